@@ -1,0 +1,471 @@
+//! The configuration one proxy runs with: who it serves, where it listens, and which
+//! destinations it can reach.
+//!
+//! Standalone proxies read it from YAML (`skein proxy --config FILE`); the control plane
+//! will build the same structure per proxy. Unknown fields are refused, defaults are
+//! applied on parse and visible when the config is printed back (`/config`).
+
+use crate::{FieldError, ModelError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Everything a proxy needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The workload this proxy sits beside.
+    pub workload: WorkloadInfo,
+    /// Traffic arriving from other proxies for the local application.
+    pub inbound: InboundConfig,
+    /// Traffic leaving the local application.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    /// The admin listener (`/live`, `/ready`, `/metrics`, `/config`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Services this proxy may call and the peer proxies that serve them.
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    /// Protection limits for HTTP parsing.
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long protocol detection waits for the client's first bytes before treating the
+    /// connection as opaque TCP (server-speaks-first protocols). Default `300ms`.
+    #[serde(default = "default_detect_timeout", with = "crate::duration")]
+    pub detect_timeout: Duration,
+    /// How long in-flight requests and streams may run after a shutdown signal. Default `10s`.
+    #[serde(default = "default_drain_timeout", with = "crate::duration")]
+    pub drain_timeout: Duration,
+}
+
+/// Identity of the workload beside the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadInfo {
+    /// This workload's name, unique within its namespace (e.g. `restaurant-1`).
+    pub name: String,
+    /// The service the workload belongs to (e.g. `restaurant`).
+    pub service: String,
+    /// Namespace; default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// The inbound side: where peers connect and where the application listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Address peer proxies connect to. Default `0.0.0.0:4143`.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    /// Host the application listens on; requests go to `appHost:PORT`. Default `127.0.0.1`.
+    #[serde(default = "default_app_host")]
+    pub app_host: IpAddr,
+    /// The application's ports. Only these are reachable through the inbound side.
+    pub ports: Vec<PortSpec>,
+}
+
+/// One application port and the protocol spoken on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    /// The port number.
+    pub port: u16,
+    /// What is spoken on it; `detect` (the default) sniffs each connection.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The protocol declared for a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Sniff each connection: HTTP/1.x by its request line, HTTP/2 by its preface,
+    /// otherwise opaque TCP (also after `detectTimeout` of client silence).
+    #[default]
+    Detect,
+    /// HTTP/1.x (HTTP/2 prior knowledge is still recognised).
+    Http,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// gRPC: HTTP/2 with trailers.
+    Grpc,
+    /// Opaque bytes; never inspected.
+    Tcp,
+}
+
+/// The outbound side: the ways the application's connections reach the proxy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Listener for connections redirected by iptables (`REDIRECT`); the original
+    /// destination is read with `SO_ORIGINAL_DST`. Unset: no transparent listener.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Explicit HTTP proxy listener (`HTTP_PROXY=http://ADDR`): absolute-form requests and
+    /// `CONNECT`, routed by the authority `service[:port]`. Unset: disabled.
+    #[serde(default)]
+    pub http_proxy: Option<SocketAddr>,
+    /// Local listeners that each lead to one service port (`127.0.0.1:PORT` → service).
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A local listener bound to one destination service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upstream {
+    /// Where the application connects, e.g. `127.0.0.1:15001`.
+    pub listen: SocketAddr,
+    /// The destination service's name.
+    pub service: String,
+    /// The destination service port.
+    pub port: u16,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:4191`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// A service this proxy can call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    /// Service name, as callers address it (`service[:port]` or `service.namespace`).
+    pub service: String,
+    /// Namespace; default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The service's ports and protocols. A port not listed is refused.
+    pub ports: Vec<PortSpec>,
+    /// Virtual addresses (cluster IPs) that transparently intercepted connections use to
+    /// reach this service. Optional.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Peer proxies (their inbound listeners) serving this service.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A peer proxy that serves a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// The peer proxy's inbound address.
+    pub address: SocketAddr,
+}
+
+/// Limits that protect the proxy and applications from abusive HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request head (request line and headers) in bytes; beyond it: 431.
+    /// Default 65536.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; beyond it: 431. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest request line in bytes; beyond it: 414. Default 8192.
+    #[serde(default = "default_max_request_line")]
+    pub max_request_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_request_line: default_max_request_line(),
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_inbound_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4143))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4191))
+}
+fn default_app_host() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_detect_timeout() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_request_line() -> usize {
+    8 * 1024
+}
+
+impl ProxyConfig {
+    /// Parses YAML and validates it; `what` names the source in error messages.
+    pub fn from_yaml(text: &str, what: &str) -> Result<Self, ModelError> {
+        let config: ProxyConfig =
+            serde_yaml_ng::from_str(text).map_err(|source| ModelError::Parse {
+                what: what.to_string(),
+                source,
+            })?;
+        config.validate(what)?;
+        Ok(config)
+    }
+
+    /// Checks every rule and reports every problem at once.
+    pub fn validate(&self, what: &str) -> Result<(), ModelError> {
+        let mut problems = Vec::new();
+        let mut bad = |path: String, value: String, expected: &str| {
+            problems.push(FieldError {
+                path,
+                value,
+                expected: expected.to_string(),
+            })
+        };
+        for (path, name) in [
+            ("workload.name", &self.workload.name),
+            ("workload.service", &self.workload.service),
+            ("workload.namespace", &self.workload.namespace),
+        ] {
+            if !is_dns_label(name) {
+                bad(path.into(), name.clone(), DNS_LABEL);
+            }
+        }
+        if self.inbound.ports.is_empty() {
+            bad(
+                "inbound.ports".into(),
+                "[]".into(),
+                "at least one application port",
+            );
+        }
+        check_ports("inbound.ports", &self.inbound.ports, &mut bad);
+        let (limits, l) = ("limits", &self.limits);
+        if !(1024..=1 << 20).contains(&l.max_header_bytes) {
+            let v = l.max_header_bytes.to_string();
+            bad(format!("{limits}.maxHeaderBytes"), v, "1024 to 1048576");
+        }
+        if !(1..=1000).contains(&l.max_headers) {
+            bad(
+                format!("{limits}.maxHeaders"),
+                l.max_headers.to_string(),
+                "1 to 1000",
+            );
+        }
+        if !(64..=l.max_header_bytes).contains(&l.max_request_line) {
+            let v = l.max_request_line.to_string();
+            bad(
+                format!("{limits}.maxRequestLine"),
+                v,
+                "64 up to limits.maxHeaderBytes",
+            );
+        }
+        if self.detect_timeout.is_zero() || self.detect_timeout > Duration::from_secs(10) {
+            let v = crate::duration::format(self.detect_timeout);
+            bad("detectTimeout".into(), v, "more than 0 and at most 10s");
+        }
+        let mut seen = HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = format!("destinations[{i}]");
+            if !is_dns_label(&d.service) {
+                bad(format!("{at}.service"), d.service.clone(), DNS_LABEL);
+            }
+            if !is_dns_label(&d.namespace) {
+                bad(format!("{at}.namespace"), d.namespace.clone(), DNS_LABEL);
+            }
+            if !seen.insert((d.service.clone(), d.namespace.clone())) {
+                let v = d.service.clone();
+                bad(
+                    format!("{at}.service"),
+                    v,
+                    "a service listed once per namespace",
+                );
+            }
+            if d.ports.is_empty() {
+                bad(format!("{at}.ports"), "[]".into(), "at least one port");
+            }
+            check_ports(&format!("{at}.ports"), &d.ports, &mut bad);
+        }
+        for (i, u) in self.outbound.upstreams.iter().enumerate() {
+            let at = format!("outbound.upstreams[{i}]");
+            match self.destination(&u.service) {
+                None => bad(
+                    format!("{at}.service"),
+                    u.service.clone(),
+                    "a service named in destinations",
+                ),
+                Some(d) if d.port(u.port).is_none() => bad(
+                    format!("{at}.port"),
+                    u.port.to_string(),
+                    "one of the destination's ports",
+                ),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::Invalid {
+                what: what.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Finds a destination by `service` or `service.namespace`.
+    pub fn destination(&self, name: &str) -> Option<&Destination> {
+        let (service, namespace) = match name.split_once('.') {
+            Some((s, rest)) => (s, rest.split('.').next().unwrap_or("default")),
+            None => (name, ""),
+        };
+        self.destinations
+            .iter()
+            .find(|d| d.service == service && (namespace.is_empty() || d.namespace == namespace))
+    }
+
+    /// The declared protocol of an application port, if the port is served.
+    pub fn inbound_port(&self, port: u16) -> Option<PortSpec> {
+        self.inbound.ports.iter().find(|p| p.port == port).copied()
+    }
+}
+
+impl Destination {
+    /// The port spec for `port`, if the service has that port.
+    pub fn port(&self, port: u16) -> Option<PortSpec> {
+        self.ports.iter().find(|p| p.port == port).copied()
+    }
+}
+
+const DNS_LABEL: &str =
+    "a DNS label: 1-63 lowercase letters, digits or '-', starting and ending alphanumeric";
+
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+fn check_ports(at: &str, ports: &[PortSpec], bad: &mut impl FnMut(String, String, &str)) {
+    let mut seen = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        if p.port == 0 {
+            bad(format!("{at}[{i}].port"), "0".into(), "1 to 65535");
+        }
+        if !seen.insert(p.port) {
+            bad(
+                format!("{at}[{i}].port"),
+                p.port.to_string(),
+                "each port listed once",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+workload: {name: web-1, service: web}
+inbound: {ports: [{port: 8080}]}
+";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = ProxyConfig::from_yaml(MINIMAL, "test").unwrap();
+        assert_eq!(c.workload.namespace, "default");
+        assert_eq!(c.inbound.listen, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.inbound.ports[0].protocol, Protocol::Detect);
+        assert_eq!(c.admin.listen, "127.0.0.1:4191".parse().unwrap());
+        assert_eq!(c.detect_timeout, Duration::from_millis(300));
+        assert_eq!(c.limits.max_headers, 100);
+        // Defaults are visible when printed back.
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"detectTimeout\":\"300ms\""), "{json}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let text = format!("{MINIMAL}\nbogus: 1\n");
+        let err = ProxyConfig::from_yaml(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "
+workload: {name: Web_1, service: web}
+inbound: {ports: [{port: 0}, {port: 0}]}
+destinations:
+  - {service: api, ports: [], endpoints: []}
+outbound:
+  upstreams: [{listen: '127.0.0.1:15001', service: nope, port: 80}]
+detectTimeout: 0ms
+";
+        let err = ProxyConfig::from_yaml(text, "test").unwrap_err();
+        let ModelError::Invalid { problems, .. } = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "workload.name",
+                "inbound.ports[0].port",
+                "inbound.ports[1].port",
+                "inbound.ports[1].port",
+                "detectTimeout",
+                "destinations[0].ports",
+                "outbound.upstreams[0].service",
+            ]
+        );
+        assert!(err.to_string().contains("\"Web_1\" is not accepted"));
+    }
+
+    #[test]
+    fn destination_lookup_accepts_namespace_suffix() {
+        let text = format!(
+            "{MINIMAL}destinations: [{{service: api, namespace: shop, ports: [{{port: 80}}], endpoints: []}}]"
+        );
+        let c = ProxyConfig::from_yaml(&text, "test").unwrap();
+        assert!(c.destination("api").is_some());
+        assert!(c.destination("api.shop").is_some());
+        assert!(c.destination("api.shop.svc.cluster.local").is_some());
+        assert!(c.destination("api.other").is_none());
+        assert!(c.destination("web").is_none());
+    }
+
+    #[test]
+    fn bad_duration_names_the_accepted_form() {
+        let text = format!("{MINIMAL}drainTimeout: soon\n");
+        let err = ProxyConfig::from_yaml(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("expected a whole number followed by ms"), "{err}");
+    }
+}
