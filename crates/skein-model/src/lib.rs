@@ -8,8 +8,8 @@ pub mod duration;
 pub mod proxy;
 
 pub use proxy::{
-    AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec,
-    Protocol, ProxyConfig, Upstream, WorkloadInfo,
+    AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,
+    ProxyConfig, Upstream, WorkloadInfo,
 };
 
 /// A problem found while reading or validating a configuration.

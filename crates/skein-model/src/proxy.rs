@@ -414,7 +414,9 @@ inbound: {ports: [{port: 8080}]}
     #[test]
     fn unknown_field_is_refused_with_its_name() {
         let text = format!("{MINIMAL}\nbogus: 1\n");
-        let err = ProxyConfig::from_yaml(&text, "test").unwrap_err().to_string();
+        let err = ProxyConfig::from_yaml(&text, "test")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `bogus`"), "{err}");
     }
 
@@ -465,7 +467,12 @@ detectTimeout: 0ms
     #[test]
     fn bad_duration_names_the_accepted_form() {
         let text = format!("{MINIMAL}drainTimeout: soon\n");
-        let err = ProxyConfig::from_yaml(&text, "test").unwrap_err().to_string();
-        assert!(err.contains("expected a whole number followed by ms"), "{err}");
+        let err = ProxyConfig::from_yaml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a whole number followed by ms"),
+            "{err}"
+        );
     }
 }

@@ -1,1 +1,158 @@
-//! placeholder
+//! Skein's data plane: the sidecar proxy.
+//!
+//! A proxy has two mirrored sides. The **outbound** side accepts the local application's
+//! connections (transparently redirected, through the explicit HTTP proxy, or on a local
+//! upstream listener), detects the protocol, resolves the destination service, picks a peer
+//! proxy and sends the traffic there over one shared HTTP/2 connection. The **inbound**
+//! side accepts those HTTP/2 connections from peers, authorizes each stream, and forwards
+//! it to the local application in the protocol the original client spoke. The **admin**
+//! listener serves health, metrics and the configuration in force.
+//!
+//! Read [`outbound`] and [`inbound`] top to bottom: accept → detect → authorize → route →
+//! connect.
+
+pub mod admin;
+pub mod connect;
+pub mod destinations;
+pub mod detect;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod metrics;
+pub mod outbound;
+pub mod server;
+pub mod transport;
+
+use connect::{Connect, H1Pool, H2Pool, TcpConnector};
+use destinations::{DestinationTable, Destinations};
+use drain::Drain;
+use metrics::Metrics;
+use skein_model::ProxyConfig;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use error::ProxyError;
+
+/// State shared by every connection of one proxy.
+pub struct Ctx {
+    /// The configuration in force.
+    pub config: Arc<ProxyConfig>,
+    /// Where services are and who serves them.
+    pub destinations: DestinationTable,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// HTTP/2 connections to peer proxies.
+    pub peers: H2Pool,
+    /// HTTP/1 connections to the local application.
+    pub app_h1: H1Pool,
+    /// HTTP/2 connections to the local application.
+    pub app_h2: H2Pool,
+    /// Connects to the local application (plain TCP).
+    pub app_connector: Arc<dyn Connect>,
+    /// Shutdown coordination.
+    pub drain: Drain,
+    /// True once every listener is bound.
+    pub ready: AtomicBool,
+}
+
+/// The addresses the proxy actually bound (useful when the config asked for port 0).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    /// Inbound listener.
+    pub inbound: SocketAddr,
+    /// Transparent outbound listener, if configured.
+    pub outbound: Option<SocketAddr>,
+    /// Explicit HTTP proxy listener, if configured.
+    pub http_proxy: Option<SocketAddr>,
+    /// Local upstream listeners, in config order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// A running proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
+pub struct RunningProxy {
+    /// Where it listens.
+    pub addrs: BoundAddrs,
+    /// Shared state, for inspection (metrics, destinations).
+    pub ctx: Arc<Ctx>,
+}
+
+impl RunningProxy {
+    /// Binds every listener and starts serving. Fails without serving anything if a
+    /// listener cannot be bound.
+    pub async fn start(config: ProxyConfig) -> std::io::Result<RunningProxy> {
+        let peer_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
+        let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
+        let ctx = Arc::new(Ctx {
+            destinations: DestinationTable::new(Destinations::new(&config.destinations)),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            peers: H2Pool::new(peer_connector),
+            app_h1: H1Pool::new(app_connector.clone()),
+            app_h2: H2Pool::new(app_connector.clone()),
+            app_connector,
+            drain: Drain::new(),
+            ready: AtomicBool::new(false),
+        });
+        let c = &ctx.config;
+        let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;
+        let admin = transport::bind(c.admin.listen, "the admin listener").await?;
+        let outbound = match c.outbound.listen {
+            Some(a) => Some(transport::bind(a, "the transparent outbound listener").await?),
+            None => None,
+        };
+        let http_proxy = match c.outbound.http_proxy {
+            Some(a) => Some(transport::bind(a, "the HTTP proxy listener").await?),
+            None => None,
+        };
+        let mut upstreams = Vec::new();
+        for u in &c.outbound.upstreams {
+            let what = format!("the upstream listener for {}:{}", u.service, u.port);
+            upstreams.push((transport::bind(u.listen, &what).await?, u.clone()));
+        }
+        let addrs = BoundAddrs {
+            inbound: inbound.local_addr()?,
+            outbound: outbound.as_ref().map(|l| l.local_addr()).transpose()?,
+            http_proxy: http_proxy.as_ref().map(|l| l.local_addr()).transpose()?,
+            upstreams: upstreams
+                .iter()
+                .map(|(l, _)| l.local_addr())
+                .collect::<Result<_, _>>()?,
+            admin: admin.local_addr()?,
+        };
+        // Accept loops are not drained tasks: they end as soon as the signal fires.
+        tokio::spawn(admin::serve(ctx.clone(), admin));
+        tokio::spawn(inbound::accept(ctx.clone(), inbound));
+        if let Some(l) = outbound {
+            tokio::spawn(outbound::accept_transparent(ctx.clone(), l));
+        }
+        if let Some(l) = http_proxy {
+            tokio::spawn(outbound::accept_http_proxy(ctx.clone(), l));
+        }
+        for (l, u) in upstreams {
+            tokio::spawn(outbound::accept_upstream(ctx.clone(), l, u));
+        }
+        ctx.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            workload = %ctx.config.workload.name,
+            service = %ctx.config.workload.service,
+            inbound = %addrs.inbound,
+            admin = %addrs.admin,
+            "proxy ready"
+        );
+        Ok(RunningProxy { addrs, ctx })
+    }
+
+    /// Stops accepting, lets in-flight requests and streams finish up to the configured
+    /// drain deadline, then stops what remains. Returns true when all finished in time.
+    pub async fn shutdown(&self) -> bool {
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        let clean = self.ctx.drain.shutdown(self.ctx.config.drain_timeout).await;
+        tracing::info!(clean, "proxy stopped");
+        clean
+    }
+}

@@ -1,0 +1,81 @@
+//! The admin listener: `/live` (the process runs), `/ready` (config loaded and listeners
+//! bound; false while draining), `/metrics` (Prometheus text) and `/config` (the
+//! configuration in force, as JSON). Keys will never appear here.
+
+use crate::http::{full, Body};
+use crate::Ctx;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Serves admin requests until the proxy has fully stopped.
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
+    loop {
+        let stream = tokio::select! {
+            _ = ctx.drain.stopped() => return,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let c = ctx.clone();
+        let handler = hyper::service::service_fn(move |req| {
+            let ctx = c.clone();
+            async move { Ok::<_, Infallible>(respond(&ctx, &req)) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), handler);
+        let stopped = ctx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = stopped.drain.stopped() => {}
+            }
+        });
+    }
+}
+
+fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
+    let ready = ctx.ready.load(Ordering::SeqCst) && !ctx.drain.is_signalled();
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" if ready => text(StatusCode::OK, "ready\n".into()),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, ctx.metrics.encode());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        "/config" => match serde_json::to_string_pretty(&*ctx.config) {
+            Ok(json) => {
+                let mut resp = text(StatusCode::OK, json);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /live, /ready, /metrics or /config\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}

@@ -1,0 +1,207 @@
+//! Connecting upstream: a [`Connect`] trait that turns an address into a byte stream
+//! (plain TCP today; the identity work slots a TLS connector in here), and the
+//! connection pools built on it — one shared HTTP/2 connection per peer proxy or HTTP/2
+//! application, and reusable HTTP/1 connections per HTTP/1 application.
+
+use crate::error::ProxyError;
+use crate::http::Body;
+use crate::io::BoxedIo;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Opens a byte stream to an address. Implementations add transport security.
+pub trait Connect: Send + Sync + 'static {
+    /// Connects to `addr`.
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxedIo>>;
+}
+
+/// Plain TCP with `TCP_NODELAY`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnector {
+    /// Give up connecting after this long. Default 3 s.
+    pub timeout: Option<Duration>,
+}
+
+impl Connect for TcpConnector {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxedIo>> {
+        let timeout = self.timeout.unwrap_or(Duration::from_secs(3));
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, crate::transport::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(Box::new(stream) as BoxedIo)
+        })
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+/// One multiplexed HTTP/2 connection per address, re-established when it closes.
+pub struct H2Pool {
+    connector: Arc<dyn Connect>,
+    slots: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+impl H2Pool {
+    /// A pool that connects with `connector`.
+    pub fn new(connector: Arc<dyn Connect>) -> Self {
+        H2Pool {
+            connector,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A handle to the live connection for `addr`, connecting if there is none.
+    pub async fn get(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(addr).or_default().clone()
+        };
+        // Serialises connection setup per address, so a burst opens one connection.
+        let mut current = slot.lock().await;
+        if let Some(sender) = current.as_ref() {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        let io = self
+            .connector
+            .connect(addr)
+            .await
+            .map_err(|source| ProxyError::Connect { addr, source })?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Upstream { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection closed");
+            }
+        });
+        *current = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends `req` on the connection to `addr`.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = self.get(addr).await?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| upstream_error(addr, source))
+    }
+}
+
+/// Classifies a hyper client error: a failure of the caller's own body is the caller's
+/// fault (400); anything else is the upstream's (502).
+pub fn upstream_error(addr: SocketAddr, source: hyper::Error) -> ProxyError {
+    if source.is_user() {
+        ProxyError::RequestBody(source.to_string())
+    } else {
+        ProxyError::Upstream { addr, source }
+    }
+}
+
+/// Most HTTP/1 connections kept per application address.
+const MAX_H1_PER_ADDR: usize = 256;
+
+/// Reusable HTTP/1.1 connections per address. A connection is taken out while a request
+/// is being sent and put back once the response head arrives; it becomes usable again when
+/// hyper reports it ready (its response body has been read to the end).
+pub struct H1Pool {
+    connector: Arc<dyn Connect>,
+    conns: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+}
+
+impl H1Pool {
+    /// A pool that connects with `connector`.
+    pub fn new(connector: Arc<dyn Connect>) -> Self {
+        H1Pool {
+            connector,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(&addr)?;
+        list.retain(|c| !c.is_closed());
+        let ready = list.iter().position(|c| c.is_ready())?;
+        Some(list.swap_remove(ready))
+    }
+
+    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.entry(addr).or_default();
+        if list.len() < MAX_H1_PER_ADDR {
+            list.push(sender);
+        }
+    }
+
+    /// Opens a new HTTP/1.1 connection (with upgrade support) to `addr`.
+    pub async fn connect(
+        connector: &dyn Connect,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let io = connector
+            .connect(addr)
+            .await
+            .map_err(|source| ProxyError::Connect { addr, source })?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Upstream { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "HTTP/1 connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to `addr` on an idle pooled connection or a new one. A pooled
+    /// connection that turns out to be closed before the request went out is replaced
+    /// once, transparently.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut req = req;
+        if let Some(mut sender) = self.checkout(addr) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin(addr, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(upstream_error(addr, e.into_error())),
+                },
+            }
+        }
+        let mut sender = Self::connect(&*self.connector, addr).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| upstream_error(addr, source))?;
+        self.checkin(addr, sender);
+        Ok(resp)
+    }
+}

@@ -1,0 +1,277 @@
+//! Destinations: which services this proxy can reach, on which ports, through which peer
+//! proxies. Resolves an authority (`service[:port]`) or an intercepted address to a
+//! [`Target`] and picks an endpoint.
+//!
+//! The table is swapped atomically as a whole ([`DestinationTable::store`]); requests in
+//! flight keep the snapshot they resolved against. The static config builds it today; the
+//! control plane will feed the same table.
+
+use crate::error::ProxyError;
+use skein_model::{Destination, PortSpec, Protocol};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// A resolved service port: where a request or connection is going.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The destination service.
+    pub service: Arc<Service>,
+    /// The service port and its declared protocol.
+    pub port: PortSpec,
+}
+
+impl Target {
+    /// Picks the peer proxy to send to (round robin).
+    pub fn endpoint(&self) -> Result<SocketAddr, ProxyError> {
+        self.service.pick()
+    }
+}
+
+/// One destination service with its endpoints.
+#[derive(Debug)]
+pub struct Service {
+    /// The configuration it was built from.
+    pub spec: Destination,
+    next: AtomicUsize,
+}
+
+impl Service {
+    fn pick(&self) -> Result<SocketAddr, ProxyError> {
+        let endpoints = &self.spec.endpoints;
+        if endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoints(self.spec.service.clone()));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        Ok(endpoints[i].address)
+    }
+}
+
+/// An immutable snapshot of every destination.
+#[derive(Debug, Default)]
+pub struct Destinations {
+    by_name: HashMap<(String, String), Arc<Service>>,
+    by_ip: HashMap<IpAddr, Arc<Service>>,
+}
+
+impl Destinations {
+    /// Builds the lookup tables from configuration.
+    pub fn new(specs: &[Destination]) -> Self {
+        let mut table = Destinations::default();
+        for spec in specs {
+            let service = Arc::new(Service {
+                spec: spec.clone(),
+                next: AtomicUsize::new(0),
+            });
+            for ip in &spec.addresses {
+                table.by_ip.insert(*ip, service.clone());
+            }
+            let key = (spec.service.clone(), spec.namespace.clone());
+            table.by_name.insert(key, service);
+        }
+        table
+    }
+
+    /// Resolves an authority `service[.namespace[.svc…]][:port]`. Without a port: port 80
+    /// if the service has it, otherwise its only port.
+    pub fn resolve_authority(&self, authority: &str) -> Result<Target, ProxyError> {
+        let (host, port) = split_authority(authority)?;
+        let mut labels = host.split('.');
+        let name = labels.next().unwrap_or_default().to_ascii_lowercase();
+        let namespace = labels.next().map(str::to_ascii_lowercase);
+        let service = self
+            .by_name
+            .iter()
+            .find(|((n, ns), _)| *n == name && namespace.as_ref().is_none_or(|want| want == ns))
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| ProxyError::UnknownService(host.to_string()))?;
+        let ports = &service.spec.ports;
+        let port = match port {
+            Some(p) => service.spec.port(p),
+            None => service
+                .spec
+                .port(80)
+                .or_else(|| (ports.len() == 1).then(|| ports[0])),
+        };
+        match port {
+            Some(port) => Ok(Target { service, port }),
+            None => Err(ProxyError::UnknownPort {
+                service: service.spec.service.clone(),
+                port: split_authority(authority)?.1.unwrap_or(80),
+                ports: ports.iter().map(|p| p.port).collect(),
+            }),
+        }
+    }
+
+    /// Resolves the original destination of an intercepted connection. `None` means no
+    /// destination claims the address: the connection passes through unchanged.
+    pub fn resolve_addr(&self, addr: SocketAddr) -> Option<Target> {
+        let service = self.by_ip.get(&addr.ip())?.clone();
+        let port = service.spec.port(addr.port())?;
+        Some(Target { service, port })
+    }
+
+    /// Resolves a service by name and port, as a local upstream listener does.
+    pub fn resolve(&self, service: &str, port: u16) -> Result<Target, ProxyError> {
+        self.resolve_authority(&format!("{service}:{port}"))
+    }
+}
+
+/// Splits `host[:port]`; IPv6 literals in brackets are accepted.
+fn split_authority(authority: &str) -> Result<(&str, Option<u16>), ProxyError> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().map_err(|_| ProxyError::NoAuthority)?),
+        None => None,
+    };
+    if host.is_empty() {
+        return Err(ProxyError::NoAuthority);
+    }
+    Ok((host, port))
+}
+
+/// The live destination table, replaced whole when configuration changes.
+#[derive(Debug, Default, Clone)]
+pub struct DestinationTable {
+    current: Arc<RwLock<Arc<Destinations>>>,
+}
+
+impl DestinationTable {
+    /// A table holding `destinations`.
+    pub fn new(destinations: Destinations) -> Self {
+        DestinationTable {
+            current: Arc::new(RwLock::new(Arc::new(destinations))),
+        }
+    }
+
+    /// The snapshot in force now.
+    pub fn load(&self) -> Arc<Destinations> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the snapshot; requests already routed keep the old one.
+    pub fn store(&self, destinations: Destinations) {
+        let next = Arc::new(destinations);
+        match self.current.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+}
+
+/// True when a declared protocol means HTTP/2 should be spoken to the application.
+pub fn speaks_h2(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_model::Endpoint;
+
+    fn dest(name: &str, ports: &[u16], endpoints: usize) -> Destination {
+        Destination {
+            service: name.into(),
+            namespace: "default".into(),
+            ports: ports
+                .iter()
+                .map(|&port| PortSpec {
+                    port,
+                    protocol: Protocol::Detect,
+                })
+                .collect(),
+            addresses: vec!["198.18.0.10".parse().unwrap()],
+            endpoints: (0..endpoints)
+                .map(|i| Endpoint {
+                    address: SocketAddr::from(([127, 0, 0, 10 + i as u8], 4143)),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn resolves_authorities() {
+        let d = Destinations::new(&[dest("api", &[8080], 1), dest("web", &[80, 443], 1)]);
+        assert_eq!(d.resolve_authority("api:8080").unwrap().port.port, 8080);
+        assert_eq!(d.resolve_authority("api").unwrap().port.port, 8080);
+        assert_eq!(d.resolve_authority("web").unwrap().port.port, 80);
+        assert_eq!(
+            d.resolve_authority("api.default.svc.cluster.local:8080")
+                .unwrap()
+                .port
+                .port,
+            8080
+        );
+        assert!(matches!(
+            d.resolve_authority("api:9"),
+            Err(ProxyError::UnknownPort { port: 9, .. })
+        ));
+        assert!(matches!(
+            d.resolve_authority("nope"),
+            Err(ProxyError::UnknownService(_))
+        ));
+        assert!(matches!(
+            d.resolve_authority("api.other"),
+            Err(ProxyError::UnknownService(_))
+        ));
+        assert!(matches!(
+            d.resolve_authority(":80"),
+            Err(ProxyError::NoAuthority)
+        ));
+        assert!(matches!(
+            d.resolve_authority("api:x"),
+            Err(ProxyError::NoAuthority)
+        ));
+    }
+
+    #[test]
+    fn resolves_intercepted_addresses() {
+        let d = Destinations::new(&[dest("api", &[8080], 1)]);
+        assert!(d
+            .resolve_addr("198.18.0.10:8080".parse().unwrap())
+            .is_some());
+        assert!(d
+            .resolve_addr("198.18.0.10:9999".parse().unwrap())
+            .is_none());
+        assert!(d
+            .resolve_addr("198.18.0.11:8080".parse().unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn round_robins_endpoints_and_reports_none() {
+        let d = Destinations::new(&[dest("api", &[80], 2), dest("empty", &[80], 0)]);
+        let t = d.resolve_authority("api").unwrap();
+        let (a, b, c) = (
+            t.endpoint().unwrap(),
+            t.endpoint().unwrap(),
+            t.endpoint().unwrap(),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a, c);
+        let e = d
+            .resolve_authority("empty")
+            .unwrap()
+            .endpoint()
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::NoEndpoints(_)));
+    }
+
+    #[test]
+    fn table_swaps_whole_snapshots() {
+        let table = DestinationTable::new(Destinations::new(&[dest("api", &[80], 1)]));
+        let before = table.load();
+        table.store(Destinations::new(&[dest("web", &[80], 1)]));
+        assert!(before.resolve_authority("api").is_ok());
+        assert!(table.load().resolve_authority("api").is_err());
+        assert!(table.load().resolve_authority("web").is_ok());
+    }
+}

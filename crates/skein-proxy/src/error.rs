@@ -1,0 +1,166 @@
+//! The proxy's errors, each classified by where it came from and whether a retry could
+//! help, and mapped to the HTTP status the caller sees.
+
+use std::net::SocketAddr;
+
+/// Where a failure originated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something wrong.
+    Downstream,
+    /// The peer proxy or application failed.
+    Upstream,
+    /// The proxy itself or its configuration.
+    Internal,
+}
+
+/// Everything that can go wrong while proxying one request or connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The caller addressed a service this proxy has no destination for.
+    #[error("no destination named {0:?}: add it to `destinations` in the proxy config (or apply a Service)")]
+    UnknownService(String),
+    /// The destination exists but not on that port.
+    #[error("service {service:?} has no port {port}; its ports are {ports:?}")]
+    UnknownPort {
+        /// The service.
+        service: String,
+        /// The requested port.
+        port: u16,
+        /// The ports it has.
+        ports: Vec<u16>,
+    },
+    /// The destination has no endpoints to send to.
+    #[error("service {0:?} has no endpoints: start a workload for it or check its selector")]
+    NoEndpoints(String),
+    /// The request has no authority to route by.
+    #[error("request has no Host header or authority to route by; send `Host: service[:port]`")]
+    NoAuthority,
+    /// Connecting to the peer proxy or the application failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange with the peer proxy or application failed.
+    #[error("upstream {addr} failed: {source}")]
+    Upstream {
+        /// The upstream address.
+        addr: SocketAddr,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The inbound side was asked for a port the application does not serve.
+    #[error("port {0} is not an application port of this workload; allowed: {1:?}")]
+    PortNotServed(u16, Vec<u16>),
+    /// A request between proxies lacked a header the protocol needs.
+    #[error("malformed request from peer proxy: {0}")]
+    BadPeerRequest(&'static str),
+    /// The client's request body failed while being forwarded.
+    #[error("request body could not be read: {0}")]
+    RequestBody(String),
+    /// The peer proxy answered a CONNECT tunnel with an error.
+    #[error("peer proxy {addr} refused the tunnel with {status}: {reason}")]
+    TunnelRefused {
+        /// The peer proxy.
+        addr: SocketAddr,
+        /// Its status code.
+        status: u16,
+        /// Its `skein-error` reason, if any.
+        reason: String,
+    },
+    /// The proxy is shutting down.
+    #[error("proxy is shutting down; retry on another endpoint")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// Where the failure came from.
+    pub fn source_kind(&self) -> Source {
+        match self {
+            ProxyError::NoAuthority | ProxyError::RequestBody(_) => Source::Downstream,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::TunnelRefused { .. } => Source::Upstream,
+            ProxyError::BadPeerRequest(_) | ProxyError::PortNotServed(..) => Source::Downstream,
+            _ => Source::Internal,
+        }
+    }
+
+    /// Whether the request can safely be sent again elsewhere (nothing reached the app).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown
+        )
+    }
+
+    /// The status returned to an HTTP caller.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ProxyError::UnknownService(_) | ProxyError::UnknownPort { .. } => S::BAD_GATEWAY,
+            ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown => S::SERVICE_UNAVAILABLE,
+            ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
+            ProxyError::RequestBody(_) => S::BAD_REQUEST,
+            ProxyError::PortNotServed(..) => S::FORBIDDEN,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
+        }
+    }
+
+    /// A short, stable label for metrics and the `skein-error` header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownService(_) => "unknown_service",
+            ProxyError::UnknownPort { .. } => "unknown_port",
+            ProxyError::NoEndpoints(_) => "no_endpoints",
+            ProxyError::NoAuthority => "no_authority",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::PortNotServed(..) => "port_not_served",
+            ProxyError::BadPeerRequest(_) => "bad_peer_request",
+            ProxyError::RequestBody(_) => "request_body",
+            ProxyError::TunnelRefused { .. } => "tunnel_refused",
+            ProxyError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The response the proxy sends in place of the upstream's.
+    pub fn to_response(&self) -> http::Response<crate::http::Body> {
+        let mut resp = http::Response::new(crate::http::full(format!("{self}\n")));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        headers.insert(
+            crate::http::headers::ERROR,
+            http::HeaderValue::from_static(self.reason()),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_to_do_and_map_to_statuses() {
+        let e = ProxyError::UnknownService("payments".into());
+        assert_eq!(e.status(), 502);
+        assert!(e.to_string().contains("add it to `destinations`"));
+        let resp = e.to_response();
+        assert_eq!(resp.headers()["skein-error"], "unknown_service");
+        assert!(ProxyError::NoEndpoints("x".into()).retryable());
+        assert!(!ProxyError::NoAuthority.retryable());
+        assert_eq!(ProxyError::NoAuthority.source_kind(), Source::Downstream);
+    }
+}

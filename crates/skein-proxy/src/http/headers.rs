@@ -1,0 +1,131 @@
+//! Header rules for proxied HTTP: hop-by-hop headers are removed (RFC 9110 §7.6.1), and
+//! Skein's own `skein-*` headers carry routing facts between proxies; callers cannot set
+//! them, because the outbound side strips whatever an application sent.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The application port the request is for (set by the outbound proxy).
+pub const DST_PORT: &str = "skein-dst-port";
+/// How the client spoke to its proxy: `http1` or `h2`; the inbound side speaks the same to
+/// the application.
+pub const ORIG_PROTO: &str = "skein-orig-proto";
+/// On a CONNECT stream between proxies: what the tunnel carries, `tcp` or `http1`.
+pub const TUNNEL: &str = "skein-tunnel";
+/// Set on responses the proxy produced itself, naming the reason.
+pub const ERROR: &str = "skein-error";
+
+/// Headers that belong to one connection and never travel past a proxy. `te` is handled
+/// separately because `te: trailers` is allowed in HTTP/2.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`, and `TE` other than
+/// `trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let keeps_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if keeps_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes every `skein-*` header, so that an application cannot forge routing facts.
+pub fn strip_internal(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("skein-"))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+}
+
+/// True when an HTTP/1 request asks to switch protocols (e.g. WebSocket).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_without_trailers_is_dropped() {
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn internal_headers_cannot_be_forged() {
+        let mut h = map(&[("skein-dst-port", "22"), ("skein-x", "1"), ("x-ok", "1")]);
+        strip_internal(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn detects_upgrade_requests() {
+        assert!(wants_upgrade(&map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&map(&[("connection", "keep-alive")])));
+    }
+}

@@ -1,0 +1,61 @@
+//! Forwarding an HTTP request from a peer to the local application, in the protocol the
+//! original client spoke (HTTP/1.1 on a pooled connection, or HTTP/2).
+
+use crate::error::ProxyError;
+use crate::http::{boxed, headers, Body};
+use crate::Ctx;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+
+/// Sends `req` to the application's `port` and returns its response with hop-by-hop
+/// headers removed.
+pub async fn forward(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    port: u16,
+    to_h2: bool,
+) -> Result<Response<Body>, ProxyError> {
+    let addr = SocketAddr::new(ctx.config.inbound.app_host, port);
+    let (mut parts, body) = req.into_parts();
+    headers::strip_internal(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let authority = parts.uri.authority().cloned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let resp = if to_h2 {
+        let authority = authority
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| addr.to_string());
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadPeerRequest("invalid :authority"))?;
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(HOST);
+        ctx.app_h2
+            .send(addr, Request::from_parts(parts, boxed(body)))
+            .await?
+    } else {
+        parts.uri = Uri::from(path);
+        parts.version = Version::HTTP_11;
+        if let Some(a) = authority {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        ctx.app_h1
+            .send(addr, Request::from_parts(parts, boxed(body)))
+            .await?
+    };
+    let mut resp = resp.map(boxed);
+    headers::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}

@@ -1,0 +1,270 @@
+//! The proxy's Prometheus metrics: connection and request counters by direction and
+//! protocol, open connections, detection timeouts and refusals. Served on `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which side of the proxy traffic passed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// From peers to the local application.
+    Inbound,
+    /// From the local application to other services.
+    Outbound,
+}
+
+/// The protocol a connection or request carried.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 (including gRPC).
+    Http2,
+    /// Opaque bytes.
+    Tcp,
+    /// Opaque bytes to an address no destination knows, forwarded unchanged.
+    Passthrough,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl Proto {
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Proto::Http1 => "http1",
+            Proto::Http2 => "http2",
+            Proto::Tcp => "tcp",
+            Proto::Passthrough => "passthrough",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl EncodeLabelValue for Proto {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels for connection metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// What the connection carried.
+    pub protocol: Proto,
+}
+
+/// Labels for request metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReqLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// How the client spoke.
+    pub protocol: Proto,
+    /// `1xx` … `5xx`, or `error` when no response was produced.
+    pub class: String,
+}
+
+/// Labels for refusals and errors.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// A short stable reason.
+    pub reason: String,
+}
+
+/// Labels for per-direction counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+}
+
+/// All metric families of one proxy.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted.
+    pub connections: Family<ConnLabels, Counter>,
+    /// Connections currently open.
+    pub open_connections: Family<ConnLabels, Gauge>,
+    /// Requests that completed with a response head (or failed), by response class.
+    pub requests: Family<ReqLabels, Counter>,
+    /// Requests or connections the proxy itself refused or failed, by reason.
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Connections whose protocol was decided by the detection timeout.
+    pub detect_timeouts: Family<DirLabels, Counter>,
+    /// Bytes copied on opaque TCP connections, client to server.
+    pub tcp_bytes_sent: Family<ConnLabels, Counter>,
+    /// Bytes copied on opaque TCP connections, server to client.
+    pub tcp_bytes_received: Family<ConnLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family under the `skein_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("skein");
+        let m = Metrics {
+            connections: Family::default(),
+            open_connections: Family::default(),
+            requests: Family::default(),
+            errors: Family::default(),
+            detect_timeouts: Family::default(),
+            tcp_bytes_sent: Family::default(),
+            tcp_bytes_received: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tcp_connections",
+            "Connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "tcp_open_connections",
+            "Connections open now",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "requests",
+            "HTTP requests proxied, by response class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Requests or connections the proxy refused or failed",
+            m.errors.clone(),
+        );
+        registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());
+        registry.register(
+            "tcp_sent_bytes",
+            "Opaque TCP bytes from client to server",
+            m.tcp_bytes_sent.clone(),
+        );
+        registry.register(
+            "tcp_received_bytes",
+            "Opaque TCP bytes from server to client",
+            m.tcp_bytes_received.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a new connection and returns a guard that keeps it in `open_connections`
+    /// until dropped.
+    pub fn open(&self, direction: Direction, protocol: Proto) -> OpenConn {
+        let labels = ConnLabels {
+            direction,
+            protocol,
+        };
+        self.connections.get_or_create(&labels).inc();
+        let gauge = self.open_connections.get_or_create(&labels).clone();
+        gauge.inc();
+        OpenConn { gauge }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, direction: Direction, protocol: Proto, status: Option<u16>) {
+        let class = match status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "error".to_string(),
+        };
+        self.requests
+            .get_or_create(&ReqLabels {
+                direction,
+                protocol,
+                class,
+            })
+            .inc();
+    }
+
+    /// Counts the bytes of a finished opaque connection.
+    pub fn tcp_bytes(&self, direction: Direction, sent: u64, received: u64) {
+        let labels = ConnLabels {
+            direction,
+            protocol: Proto::Tcp,
+        };
+        self.tcp_bytes_sent.get_or_create(&labels).inc_by(sent);
+        self.tcp_bytes_received
+            .get_or_create(&labels)
+            .inc_by(received);
+    }
+
+    /// Counts one refusal or failure.
+    pub fn error(&self, direction: Direction, reason: &str) {
+        self.errors
+            .get_or_create(&ReasonLabels {
+                direction,
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Keeps a connection counted as open while alive.
+pub struct OpenConn {
+    gauge: Gauge,
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_connections_follow_guards() {
+        let m = Metrics::new();
+        let g = m.open(Direction::Inbound, Proto::Http2);
+        m.request(Direction::Inbound, Proto::Http2, Some(204));
+        let text = m.encode();
+        assert!(
+            text.contains("skein_tcp_open_connections{direction=\"inbound\",protocol=\"http2\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "skein_requests_total{direction=\"inbound\",protocol=\"http2\",class=\"2xx\"} 1"
+            ),
+            "{text}"
+        );
+        drop(g);
+        assert!(m
+            .encode()
+            .contains("skein_tcp_open_connections{direction=\"inbound\",protocol=\"http2\"} 0"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Outbound HTTP: each request from the application is routed to a destination service
+//! and sent to a peer proxy as an HTTP/2 stream on the shared connection, carrying the
+//! target port and the client's protocol so the peer can speak it to the application.
+//! Upgrade requests (WebSocket) travel over a CONNECT tunnel as HTTP/1 instead.
+
+use super::tcp;
+use crate::destinations::Target;
+use crate::error::ProxyError;
+use crate::http::{boxed, headers, Body};
+use crate::metrics::{Direction, Proto};
+use crate::server::Handler;
+use crate::Ctx;
+use ::http::header::{EXPECT, HOST};
+use ::http::uri::{PathAndQuery, Uri};
+use ::http::{HeaderValue, Method, Request, Response, Version};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// How requests on a connection find their destination.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// All requests go to one service port (transparent and upstream listeners).
+    To(Target),
+    /// Each request names its destination in its authority (HTTP proxy mode).
+    ByAuthority,
+}
+
+/// The per-request handler for one application connection.
+pub fn handler(ctx: Arc<Ctx>, route: Route, proto: Proto) -> impl Handler {
+    let route = Arc::new(route);
+    hyper::service::service_fn(move |req| {
+        let (ctx, route) = (ctx.clone(), route.clone());
+        async move { Ok::<_, Infallible>(handle(&ctx, &route, proto, req).await) }
+    })
+}
+
+async fn handle(ctx: &Ctx, route: &Route, proto: Proto, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = match forward(ctx, route, proto, req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            ctx.metrics
+                .request(Direction::Outbound, proto, Some(status));
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "outbound request failed");
+            ctx.metrics.error(Direction::Outbound, e.reason());
+            ctx.metrics.request(Direction::Outbound, proto, None);
+            e.to_response()
+        }
+    };
+    if proto == Proto::Http1 {
+        *resp.version_mut() = Version::HTTP_11;
+    }
+    resp
+}
+
+/// route → (tunnel | upgrade | stream to the peer).
+async fn forward(
+    ctx: &Ctx,
+    route: &Route,
+    proto: Proto,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let target = match route {
+        Route::To(t) => t.clone(),
+        Route::ByAuthority => {
+            let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
+            ctx.destinations.load().resolve_authority(&authority)?
+        }
+    };
+    if req.method() == Method::CONNECT {
+        return tcp::connect_method(ctx, req, &target).await;
+    }
+    if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
+        return upgrade(ctx, req, &target).await;
+    }
+    let endpoint = target.endpoint()?;
+    let req = to_peer_request(req, &target, proto)?;
+    let resp = ctx.peers.send(endpoint, req).await?;
+    Ok(resp.map(boxed))
+}
+
+/// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| req.headers().get(HOST)?.to_str().ok().map(str::to_string))
+}
+
+/// Rewrites an application request into the HTTP/2 stream sent to the peer proxy.
+fn to_peer_request(
+    req: Request<Incoming>,
+    target: &Target,
+    proto: Proto,
+) -> Result<Request<Body>, ProxyError> {
+    let authority = authority_of(&req)
+        .unwrap_or_else(|| format!("{}:{}", target.service.spec.service, target.port.port));
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_internal(&mut parts.headers);
+    parts.headers.remove(HOST);
+    // This proxy already answered `100 Continue` (hyper does when the body is first read).
+    parts.headers.remove(EXPECT);
+    parts
+        .headers
+        .insert(headers::DST_PORT, HeaderValue::from(target.port.port));
+    let orig = if proto == Proto::Http2 { "h2" } else { "http1" };
+    parts
+        .headers
+        .insert(headers::ORIG_PROTO, HeaderValue::from_static(orig));
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::NoAuthority)?;
+    parts.version = Version::HTTP_2;
+    Ok(Request::from_parts(parts, boxed(body)))
+}
+
+/// Sends an HTTP/1 upgrade request through an HTTP/1 tunnel to the peer, then splices.
+async fn upgrade(
+    ctx: &Ctx,
+    mut req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<Body>, ProxyError> {
+    let endpoint = target.endpoint()?;
+    let tunnel = tcp::open_tunnel(ctx, endpoint, target, "http1").await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Body>(tunnel)
+        .await
+        .map_err(|source| ProxyError::Upstream {
+            addr: endpoint,
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade tunnel connection ended");
+        }
+    });
+    if let Some(authority) = authority_of(&req) {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    headers::strip_internal(req.headers_mut());
+    let origin_form = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(origin_form);
+    crate::http::upgrade::forward(sender, endpoint, req, &ctx.drain).await
+}

@@ -1,0 +1,165 @@
+//! The outbound side: connections from the local application to other services.
+//!
+//! Three ways in — transparent interception (iptables `REDIRECT`, original destination from
+//! `SO_ORIGINAL_DST`), the explicit HTTP proxy (`HTTP_PROXY`), and local upstream
+//! listeners — then, per connection: accept → detect the protocol (unless the port
+//! declares it) → route to a destination → connect to a peer proxy (HTTP as HTTP/2
+//! streams, opaque TCP as a CONNECT stream). Addresses no destination claims pass through
+//! unchanged.
+
+mod http;
+mod tcp;
+
+use crate::destinations::Target;
+use crate::detect::{self, Detected};
+use crate::http::guard::{FramingGuard, GuardedIo, Refusal};
+use crate::io::Io;
+use crate::metrics::{Direction, Proto};
+use crate::Ctx;
+use skein_model::{Protocol, Upstream};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+pub use self::http::Route;
+
+/// Accepts until shutdown is signalled, handing each connection to `serve`.
+async fn accept_loop<F, Fut>(ctx: Arc<Ctx>, listener: TcpListener, what: &'static str, serve: F)
+where
+    F: Fn(Arc<Ctx>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.drain.signalled() => return,
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        ctx.drain.spawn(serve(ctx.clone(), stream, peer));
+    }
+}
+
+/// Transparent listener: route by the original destination.
+pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
+    accept_loop(ctx, listener, "transparent", |ctx, stream, _peer| async move {
+        let Some(dst) = crate::transport::original_dst(&stream) else {
+            tracing::warn!("connection reached the transparent listener without a redirect; closing (use the HTTP proxy or an upstream listener instead)");
+            ctx.metrics.error(Direction::Outbound, "no_original_dst");
+            return;
+        };
+        let target = ctx.destinations.load().resolve_addr(dst);
+        match target {
+            Some(target) => serve_target(ctx, stream, target).await,
+            None => tcp::passthrough(&ctx, stream, dst).await,
+        }
+    })
+    .await
+}
+
+/// Explicit HTTP proxy listener: every request is routed by its authority.
+pub async fn accept_http_proxy(ctx: Arc<Ctx>, listener: TcpListener) {
+    accept_loop(
+        ctx,
+        listener,
+        "http-proxy",
+        |ctx, stream, _peer| async move {
+            serve_http(ctx, stream, Route::ByAuthority, Proto::Http1).await
+        },
+    )
+    .await
+}
+
+/// Local upstream listener: everything goes to one service port.
+pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Upstream) {
+    let upstream = Arc::new(upstream);
+    accept_loop(ctx, listener, "upstream", move |ctx, stream, _peer| {
+        let upstream = upstream.clone();
+        async move {
+            match ctx
+                .destinations
+                .load()
+                .resolve(&upstream.service, upstream.port)
+            {
+                Ok(target) => serve_target(ctx, stream, target).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream listener has no destination");
+                    ctx.metrics.error(Direction::Outbound, e.reason());
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Detects the protocol (unless declared) and serves the connection towards `target`.
+async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
+    let declared = match target.port.protocol {
+        Protocol::Detect => None,
+        Protocol::Http => Some(Detected::Http1),
+        Protocol::Http2 | Protocol::Grpc => Some(Detected::Http2),
+        Protocol::Tcp => Some(Detected::Opaque),
+    };
+    let (protocol, io) = match declared {
+        Some(p) => (p, crate::io::PrefixedIo::new(Default::default(), stream)),
+        None => {
+            let limits = &ctx.config.limits;
+            match detect::detect(stream, ctx.config.detect_timeout, limits.max_request_line).await {
+                Ok(d) => {
+                    if d.timed_out {
+                        ctx.metrics
+                            .detect_timeouts
+                            .get_or_create(&crate::metrics::DirLabels {
+                                direction: Direction::Outbound,
+                            })
+                            .inc();
+                    }
+                    (d.protocol, d.io)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection failed during detection");
+                    return;
+                }
+            }
+        }
+    };
+    let route = Route::To(target.clone());
+    match protocol {
+        Detected::Http1 => serve_http(ctx, io, route, Proto::Http1).await,
+        Detected::Http2 => serve_http(ctx, io, route, Proto::Http2).await,
+        Detected::Opaque => tcp::forward(&ctx, io, &target).await,
+        Detected::RequestLineTooLong => {
+            let refusal = Refusal::RequestLineTooLong(ctx.config.limits.max_request_line);
+            ctx.metrics.error(Direction::Outbound, refusal.reason());
+            let mut io = io;
+            let _ = io.write_all(&refusal.response()).await;
+            let _ = io.shutdown().await;
+        }
+    }
+}
+
+/// Serves HTTP/1 (behind the framing guard) or HTTP/2 from the application.
+async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, route: Route, proto: Proto) {
+    let _open = ctx.metrics.open(Direction::Outbound, proto);
+    let handler = self::http::handler(ctx.clone(), route, proto);
+    let limits = ctx.config.limits;
+    if proto == Proto::Http2 {
+        crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;
+        return;
+    }
+    let metrics = ctx.metrics.clone();
+    let guard = FramingGuard::new(limits.max_header_bytes, limits.max_request_line);
+    let on_refuse = Box::new(move |r: Refusal| {
+        tracing::info!(reason = r.reason(), "refused HTTP/1 request: {r}");
+        metrics.error(Direction::Outbound, r.reason());
+    });
+    let io = GuardedIo::new(io, guard, on_refuse);
+    crate::server::serve_http1(io, handler, &limits, &ctx.drain).await;
+}

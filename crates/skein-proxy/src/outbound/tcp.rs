@@ -1,0 +1,117 @@
+//! Outbound opaque TCP: bytes from the application travel to the peer proxy inside an
+//! HTTP/2 CONNECT stream; connections to addresses no destination knows pass through to
+//! their original destination unchanged.
+
+use crate::destinations::Target;
+use crate::error::ProxyError;
+use crate::http::{self, headers, Body};
+use crate::io::Io;
+use crate::metrics::{Direction, Proto};
+use crate::Ctx;
+use ::http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+
+/// Opens a CONNECT stream to the peer proxy at `endpoint` for `target`; `kind` tells the
+/// peer what it carries (`tcp` or `http1`).
+pub async fn open_tunnel(
+    ctx: &Ctx,
+    endpoint: SocketAddr,
+    target: &Target,
+    kind: &'static str,
+) -> Result<Upgraded, ProxyError> {
+    let authority = format!("{}:{}", target.service.spec.service, target.port.port);
+    let mut req = Request::new(http::empty());
+    *req.method_mut() = Method::CONNECT;
+    *req.version_mut() = Version::HTTP_2;
+    *req.uri_mut() = authority.parse().map_err(|_| ProxyError::NoAuthority)?;
+    let h = req.headers_mut();
+    h.insert(headers::TUNNEL, HeaderValue::from_static(kind));
+    h.insert(headers::DST_PORT, HeaderValue::from(target.port.port));
+    let mut resp = ctx.peers.send(endpoint, req).await?;
+    if resp.status() != StatusCode::OK {
+        let reason = resp
+            .headers()
+            .get(headers::ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_string();
+        return Err(ProxyError::TunnelRefused {
+            addr: endpoint,
+            status: resp.status().as_u16(),
+            reason,
+        });
+    }
+    hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|source| ProxyError::Upstream {
+            addr: endpoint,
+            source,
+        })
+}
+
+/// Carries an opaque connection to `target` through a peer proxy.
+pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
+    let _open = ctx.metrics.open(Direction::Outbound, Proto::Tcp);
+    let tunnel = match target.endpoint() {
+        Ok(endpoint) => open_tunnel(ctx, endpoint, target, "tcp").await,
+        Err(e) => Err(e),
+    };
+    let tunnel = match tunnel {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(error = %e, service = %target.service.spec.service, "TCP connection refused");
+            ctx.metrics.error(Direction::Outbound, e.reason());
+            return;
+        }
+    };
+    let mut tunnel = TokioIo::new(tunnel);
+    match crate::io::splice(&mut io, &mut tunnel).await {
+        Ok((sent, received)) => ctx.metrics.tcp_bytes(Direction::Outbound, sent, received),
+        Err(e) => tracing::debug!(error = %e, "TCP connection ended"),
+    }
+}
+
+/// Answers an HTTP proxy `CONNECT service:port`: opens the tunnel first, so a failure is
+/// reported to the client as an HTTP error, then answers 200 and splices.
+pub async fn connect_method(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<Body>, ProxyError> {
+    let endpoint = target.endpoint()?;
+    let tunnel = open_tunnel(ctx, endpoint, target, "tcp").await?;
+    let client = hyper::upgrade::on(req);
+    let metrics = ctx.metrics.clone();
+    ctx.drain.spawn(async move {
+        let _open = metrics.open(Direction::Outbound, Proto::Tcp);
+        let Ok(client) = client.await else { return };
+        let (mut client, mut tunnel) = (TokioIo::new(client), TokioIo::new(tunnel));
+        if let Ok((sent, received)) = crate::io::splice(&mut client, &mut tunnel).await {
+            metrics.tcp_bytes(Direction::Outbound, sent, received);
+        }
+    });
+    let mut resp = Response::new(http::empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// Forwards a connection nobody claims to where the application sent it.
+pub async fn passthrough(ctx: &Ctx, mut stream: TcpStream, dst: SocketAddr) {
+    let _open = ctx.metrics.open(Direction::Outbound, Proto::Passthrough);
+    let mut upstream = match crate::transport::connect(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%dst, error = %e, "passthrough connect failed");
+            ctx.metrics
+                .error(Direction::Outbound, "passthrough_connect");
+            return;
+        }
+    };
+    if let Err(e) = crate::io::splice(&mut stream, &mut upstream).await {
+        tracing::debug!(%dst, error = %e, "passthrough ended");
+    }
+}

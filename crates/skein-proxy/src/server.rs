@@ -1,0 +1,86 @@
+//! Serving one accepted connection with hyper, HTTP/1 or HTTP/2, honouring the drain
+//! signal: on shutdown HTTP/1 finishes the response in flight and closes, HTTP/2 sends
+//! GOAWAY and lets open streams complete.
+
+use crate::drain::Drain;
+use crate::http::Body;
+use crate::io::Io;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use skein_model::Limits;
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// A per-request handler as hyper wants it.
+pub trait Handler:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+impl<S> Handler for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// How long a client may take to send a request head before the connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1.1 (with upgrades) on `io` until the client closes or the drain ends it.
+pub async fn serve_http1<I: Io>(io: I, handler: impl Handler, limits: &Limits, drain: &Drain) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), handler)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+/// Serves HTTP/2 on `io` until the client closes or the drain ends it.
+pub async fn serve_http2<I: Io>(io: I, handler: impl Handler, limits: &Limits, drain: &Drain) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(TokioIo::new(io), handler);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
