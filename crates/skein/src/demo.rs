@@ -1,0 +1,401 @@
+//! `skein demo`: a meshed sample application on loopback.
+//!
+//! Workloads (each on its own 127.0.N.x address, each with its own `skein proxy` process):
+//!
+//! ```text
+//! traffic ──► frontend ──HTTP──► restaurant
+//!                  └─────TCP───► ledger
+//! ```
+//!
+//! The traffic generator and the frontend reach their destinations through their proxy's
+//! local upstream listeners; every hop between workloads crosses two proxies. The demo
+//! prints the admin addresses and live request counts read from the proxies' own
+//! `/metrics`, and removes every process and file it made when it stops.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use skein_proxy::connect::{H1Pool, TcpConnector};
+use skein_proxy::http::{boxed, Body};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const APP_PORT: u16 = 8080;
+const LEDGER_PORT: u16 = 9000;
+const INBOUND_PORT: u16 = 4143;
+const ADMIN_PORT: u16 = 4191;
+const UPSTREAM_A: u16 = 15001;
+const UPSTREAM_B: u16 = 15002;
+
+struct Workload {
+    name: &'static str,
+    host: u8,
+}
+
+const TRAFFIC: Workload = Workload {
+    name: "traffic",
+    host: 10,
+};
+const FRONTEND: Workload = Workload {
+    name: "frontend",
+    host: 11,
+};
+const RESTAURANT: Workload = Workload {
+    name: "restaurant",
+    host: 12,
+};
+const LEDGER: Workload = Workload {
+    name: "ledger",
+    host: 13,
+};
+
+/// Runs the demo for `duration` (or until Ctrl-C) at `rps` requests per second.
+pub async fn run(duration: Duration, rps: u32, net: u8) -> anyhow::Result<()> {
+    let ip = move |w: &Workload| IpAddr::from([127, 0, net, w.host]);
+    let dir = std::env::temp_dir().join(format!("skein-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!("skein demo: starting a meshed sample application on 127.0.{net}.0/24");
+    let result = run_in(&dir, duration, rps, &ip).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(
+    dir: &Path,
+    duration: Duration,
+    rps: u32,
+    ip: &dyn Fn(&Workload) -> IpAddr,
+) -> anyhow::Result<()> {
+    let mut apps = tokio::task::JoinSet::new();
+    let listen = |w: &Workload, port| SocketAddr::new(ip(w), port);
+    let restaurant = TcpListener::bind(listen(&RESTAURANT, APP_PORT)).await?;
+    apps.spawn(serve_http(
+        restaurant,
+        Arc::new(|_req| async { Ok(menu()) }),
+    ));
+    let ledger = TcpListener::bind(listen(&LEDGER, LEDGER_PORT)).await?;
+    apps.spawn(serve_ledger(ledger));
+    let frontend = TcpListener::bind(listen(&FRONTEND, APP_PORT)).await?;
+    let upstreams = (listen(&FRONTEND, UPSTREAM_A), listen(&FRONTEND, UPSTREAM_B));
+    let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
+    apps.spawn(serve_http(
+        frontend,
+        Arc::new(move |_req| frontend_handler(pool.clone(), upstreams)),
+    ));
+    println!("  apps      restaurant (HTTP), ledger (TCP), frontend (HTTP; calls both)");
+
+    let mut proxies = Vec::new();
+    let result = async {
+        for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
+            let config = proxy_config(w, ip);
+            proxies.push(spawn_proxy(dir, w, &config).await?);
+        }
+        for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
+            wait_ready(listen(w, ADMIN_PORT)).await?;
+            println!(
+                "  proxy     {:<10} inbound {}  admin http://{}/metrics",
+                w.name,
+                listen(w, INBOUND_PORT),
+                listen(w, ADMIN_PORT)
+            );
+        }
+        println!("  logs      {}", dir.display());
+        println!(
+            "  traffic   {rps} req/s to frontend for {}; press Ctrl-C to stop\n",
+            skein_model::duration::format(duration)
+        );
+        generate(listen(&TRAFFIC, UPSTREAM_A), duration, rps, |w| {
+            listen(w, ADMIN_PORT)
+        })
+        .await
+    }
+    .await;
+    println!("\nskein demo: stopping proxies (SIGTERM, drain) and apps");
+    for child in &mut proxies {
+        stop(child).await;
+    }
+    apps.abort_all();
+    result
+}
+
+/// The YAML config for `w`'s proxy: every workload knows the destinations it calls.
+fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
+    let at = |w: &Workload, port: u16| format!("'{}:{port}'", ip(w));
+    let dest = |d: &Workload, port: u16, proto: &str| {
+        format!(
+            "  - {{service: {}, ports: [{{port: {port}, protocol: {proto}}}], endpoints: [{{address: {}}}]}}\n",
+            d.name,
+            at(d, INBOUND_PORT)
+        )
+    };
+    let (app_port, app_proto) = if w.name == "ledger" {
+        (LEDGER_PORT, "tcp")
+    } else {
+        (APP_PORT, "detect")
+    };
+    let mut yaml = format!(
+        "workload: {{name: {name}-1, service: {name}}}\n\
+         inbound: {{listen: {inbound}, appHost: '{host}', ports: [{{port: {app_port}, protocol: {app_proto}}}]}}\n\
+         admin: {{listen: {admin}}}\n\
+         drainTimeout: 5s\n",
+        name = w.name,
+        inbound = at(w, INBOUND_PORT),
+        host = ip(w),
+        admin = at(w, ADMIN_PORT),
+    );
+    match w.name {
+        "traffic" => {
+            yaml += &format!(
+                "outbound:\n  upstreams: [{{listen: {}, service: frontend, port: {APP_PORT}}}]\ndestinations:\n",
+                at(w, UPSTREAM_A)
+            );
+            yaml += &dest(&FRONTEND, APP_PORT, "detect");
+        }
+        "frontend" => {
+            yaml += &format!(
+                "outbound:\n  upstreams:\n  - {{listen: {}, service: restaurant, port: {APP_PORT}}}\n  - {{listen: {}, service: ledger, port: {LEDGER_PORT}}}\ndestinations:\n",
+                at(w, UPSTREAM_A),
+                at(w, UPSTREAM_B)
+            );
+            yaml += &dest(&RESTAURANT, APP_PORT, "http");
+            yaml += &dest(&LEDGER, LEDGER_PORT, "tcp");
+        }
+        _ => {}
+    }
+    yaml
+}
+
+/// Starts `skein proxy` for `w` as a child process that dies with the demo.
+async fn spawn_proxy(dir: &Path, w: &Workload, config: &str) -> anyhow::Result<Child> {
+    let config_path = dir.join(format!("{}.yaml", w.name));
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.join(format!("{}.log", w.name)))?;
+    let exe = std::env::current_exe().context("cannot find the skein binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("proxy")
+        .arg("--config")
+        .arg(&config_path)
+        .env("SKEIN_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel stop the proxy if the demo
+    // itself is killed, so no process outlives it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start the {} proxy", w.name))
+}
+
+/// SIGTERM, then wait for the drain; SIGKILL if it takes too long.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(8), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(body) = admin_get(admin, "/ready").await {
+            if body.contains("ready") && !body.contains("not ready") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("proxy with admin {admin} did not become ready in 10s; see its log")
+}
+
+/// A plain GET on an admin listener (HTTP/1.0, so the server closes after the response).
+async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(admin).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut text)).await??;
+    Ok(text)
+}
+
+/// Sums a metric's samples whose labels contain every `want` fragment.
+fn sum_metric(text: &str, name: &str, want: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Sends `rps` requests per second to `target` until `duration` passes or Ctrl-C, printing
+/// counts every two seconds.
+async fn generate(
+    target: SocketAddr,
+    duration: Duration,
+    rps: u32,
+    admin: impl Fn(&Workload) -> SocketAddr,
+) -> anyhow::Result<()> {
+    let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rps);
+    let mut report = tokio::time::interval(Duration::from_secs(2));
+    let mut inflight = tokio::task::JoinSet::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep_until((started + duration).into()) => break,
+            _ = tick.tick() => {
+                // Bounded: at most 4 seconds' worth of requests outstanding.
+                if inflight.len() < (rps as usize * 4).max(8) {
+                    let (pool, ok, failed) = (pool.clone(), ok.clone(), failed.clone());
+                    inflight.spawn(async move {
+                        let counter = match get(&pool, target, "frontend:8080", "/").await {
+                            Ok(resp) if resp.status() == StatusCode::OK => ok,
+                            _ => failed,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            }
+            _ = report.tick() => {
+                while inflight.try_join_next().is_some() {}
+                let mut line = format!(
+                    "  [{:>4}s] traffic sent ok={} failed={}  | inbound requests seen by proxies:",
+                    started.elapsed().as_secs(),
+                    ok.load(Ordering::Relaxed),
+                    failed.load(Ordering::Relaxed)
+                );
+                for w in [&FRONTEND, &RESTAURANT] {
+                    let text = admin_get(admin(w), "/metrics").await.unwrap_or_default();
+                    let n = sum_metric(&text, "skein_requests_total", &["direction=\"inbound\""]);
+                    line += &format!(" {}={n}", w.name);
+                }
+                let text = admin_get(admin(&LEDGER), "/metrics").await.unwrap_or_default();
+                let n = sum_metric(&text, "skein_tcp_connections_total", &["direction=\"inbound\"", "protocol=\"tcp\""]);
+                line += &format!(" ledger(tcp conns)={n}");
+                println!("{line}");
+            }
+        }
+    }
+    inflight.abort_all();
+    println!(
+        "  total: ok={} failed={}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn get(
+    pool: &H1Pool,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<Response<Bytes>> {
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .body(boxed(http_body_util::Empty::<Bytes>::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), pool.send(addr, req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Serves HTTP/1.1 with `handler` on every connection.
+async fn serve_http<F, Fut>(listener: TcpListener, handler: Arc<F>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Response<Body>>> + Send + 'static,
+{
+    while let Ok((stream, _)) = listener.accept().await {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handler(req);
+                async move {
+                    Ok::<_, std::convert::Infallible>(fut.await.unwrap_or_else(|e| {
+                        let mut r = Response::new(boxed(Full::new(Bytes::from(format!("{e}\n")))));
+                        *r.status_mut() = StatusCode::BAD_GATEWAY;
+                        r
+                    }))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn menu() -> Response<Body> {
+    Response::new(boxed(Full::new(Bytes::from_static(
+        b"{\"menu\": [\"soup\", \"bread\", \"pie\"]}",
+    ))))
+}
+
+/// The frontend calls the restaurant over HTTP and the ledger over TCP for every request.
+async fn frontend_handler(
+    pool: Arc<H1Pool>,
+    (restaurant, ledger): (SocketAddr, SocketAddr),
+) -> anyhow::Result<Response<Body>> {
+    let menu = get(&pool, restaurant, "restaurant:8080", "/menu").await?;
+    if menu.status() != StatusCode::OK {
+        bail!("restaurant answered {}", menu.status());
+    }
+    let mut conn = TcpStream::connect(ledger).await?;
+    conn.write_all(b"record visit\n").await?;
+    let mut line = String::new();
+    BufReader::new(&mut conn).read_line(&mut line).await?;
+    let body = format!(
+        "frontend: menu={} ledger={}",
+        String::from_utf8_lossy(menu.body()),
+        line.trim()
+    );
+    Ok(Response::new(boxed(Full::new(Bytes::from(body)))))
+}
+
+/// The ledger: a line-oriented TCP service that acknowledges each line.
+async fn serve_ledger(listener: TcpListener) {
+    let entries = Arc::new(AtomicU64::new(0));
+    while let Ok((stream, _)) = listener.accept().await {
+        let entries = entries.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                let n = entries.fetch_add(1, Ordering::Relaxed) + 1;
+                if write
+                    .write_all(format!("entry {n} recorded\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,30 @@
+//! `skein proxy`: load the configuration, run the proxy, drain on SIGTERM/SIGINT.
+
+use anyhow::Context;
+use skein_model::ProxyConfig;
+use skein_proxy::RunningProxy;
+use std::path::Path;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Runs the proxy until a shutdown signal, then drains and returns.
+pub async fn run(path: &Path, check: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read proxy config {}", path.display()))?;
+    let config = ProxyConfig::from_yaml(&text, &path.display().to_string())?;
+    if check {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let proxy = RunningProxy::start(config).await?;
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received: draining in-flight requests");
+    if !proxy.shutdown().await {
+        tracing::warn!("drain deadline passed; remaining connections were closed");
+    }
+    Ok(())
+}
