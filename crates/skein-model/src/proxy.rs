@@ -235,6 +235,12 @@ impl ProxyConfig {
         Ok(config)
     }
 
+    /// The configuration as YAML, defaults included; [`ProxyConfig::from_yaml`] reads it back.
+    pub fn to_yaml(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
     /// Checks every rule and reports every problem at once.
     pub fn validate(&self, what: &str) -> Result<(), ModelError> {
         let mut problems = Vec::new();
@@ -409,6 +415,12 @@ inbound: {ports: [{port: 8080}]}
         // Defaults are visible when printed back.
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"detectTimeout\":\"300ms\""), "{json}");
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let c = ProxyConfig::from_yaml(MINIMAL, "test").unwrap();
+        assert_eq!(ProxyConfig::from_yaml(&c.to_yaml(), "again").unwrap(), c);
     }
 
     #[test]

@@ -231,6 +231,19 @@ impl Metrics {
     }
 }
 
+/// Sums the samples of metric `name` in Prometheus text whose labels contain every
+/// fragment of `want` (e.g. `direction="inbound"`). For tools and tests reading `/metrics`.
+pub fn sum_samples(text: &str, name: &str, want: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Keeps a connection counted as open while alive.
 pub struct OpenConn {
     gauge: Gauge,
@@ -261,6 +274,15 @@ mod tests {
                 "skein_requests_total{direction=\"inbound\",protocol=\"http2\",class=\"2xx\"} 1"
             ),
             "{text}"
+        );
+        assert_eq!(
+            sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]),
+            1
+        );
+        assert_eq!(
+            sum_samples(&text, "skein_requests", &[]),
+            0,
+            "prefix must not match"
         );
         drop(g);
         assert!(m

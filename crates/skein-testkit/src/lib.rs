@@ -4,8 +4,11 @@
 //! [`BannerServer`]). Each binds a real socket on the address a test gives it (tests use
 //! distinct `127.0.0.x` addresses) and stops everything it runs when its handle is dropped.
 
+pub mod client;
 pub mod grpc;
 pub mod http;
+pub mod mesh;
+pub mod process;
 mod server;
 pub mod tcp;
 
@@ -14,6 +17,8 @@ use std::sync::Once;
 
 pub use grpc::{pb, GrpcBackend};
 pub use http::{pattern_bytes, HttpBackend, SeenRequest};
+pub use mesh::{Mesh, MeshSpec, Side};
+pub use process::ProxyProcess;
 pub use tcp::{BannerServer, TcpEcho};
 
 /// Installs a `tracing` subscriber that writes through the test harness (so output is shown

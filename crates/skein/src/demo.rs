@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use skein_proxy::connect::{H1Pool, TcpConnector};
 use skein_proxy::http::{boxed, Body};
+use skein_proxy::metrics::sum_samples;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
@@ -240,14 +241,6 @@ async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Sums a metric's samples whose labels contain every `want` fragment.
-fn sum_metric(text: &str, name: &str, want: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && want.iter().all(|w| l.contains(w)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Sends `rps` requests per second to `target` until `duration` passes or Ctrl-C, printing
 /// counts every two seconds.
 async fn generate(
@@ -291,11 +284,11 @@ async fn generate(
                 );
                 for w in [&FRONTEND, &RESTAURANT] {
                     let text = admin_get(admin(w), "/metrics").await.unwrap_or_default();
-                    let n = sum_metric(&text, "skein_requests_total", &["direction=\"inbound\""]);
+                    let n = sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]);
                     line += &format!(" {}={n}", w.name);
                 }
                 let text = admin_get(admin(&LEDGER), "/metrics").await.unwrap_or_default();
-                let n = sum_metric(&text, "skein_tcp_connections_total", &["direction=\"inbound\"", "protocol=\"tcp\""]);
+                let n = sum_samples(&text, "skein_tcp_connections_total", &["direction=\"inbound\"", "protocol=\"tcp\""]);
                 line += &format!(" ledger(tcp conns)={n}");
                 println!("{line}");
             }

@@ -1,0 +1,6 @@
+//! End-to-end tests through two real proxies: client → proxy A → proxy B → server, over
+//! real sockets with real clients (curl, hyper, tonic, tungstenite).
+
+mod mesh {
+    pub mod http1;
+}
