@@ -2,5 +2,8 @@
 //! real sockets with real clients (curl, hyper, tonic, tungstenite).
 
 mod mesh {
+    pub mod h2;
     pub mod http1;
+    pub mod tcp;
+    pub mod websocket;
 }
