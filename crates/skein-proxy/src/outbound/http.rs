@@ -6,7 +6,7 @@
 use super::tcp;
 use crate::destinations::Target;
 use crate::error::ProxyError;
-use crate::http::{boxed, headers, Body};
+use crate::http::{boxed, headers, Body, Watched};
 use crate::metrics::{Direction, Proto};
 use crate::server::Handler;
 use crate::Ctx;
@@ -15,7 +15,7 @@ use ::http::uri::{PathAndQuery, Uri};
 use ::http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// How requests on a connection find their destination.
 #[derive(Debug, Clone)]
@@ -77,9 +77,15 @@ async fn forward(
         return upgrade(ctx, req, &target).await;
     }
     let endpoint = target.endpoint()?;
-    let req = to_peer_request(req, &target, proto)?;
-    let resp = ctx.peers.send(endpoint, req).await?;
-    Ok(resp.map(boxed))
+    let (req, body_failure) = to_peer_request(req, &target, proto)?;
+    match ctx.peers.send(endpoint, req).await {
+        Ok(resp) => Ok(resp.map(boxed)),
+        // The stream failed because the client's own body did (e.g. a bad chunk size).
+        Err(_) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
+            body_failure.get().cloned().unwrap_or_default(),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.
@@ -90,12 +96,13 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.headers().get(HOST)?.to_str().ok().map(str::to_string))
 }
 
-/// Rewrites an application request into the HTTP/2 stream sent to the peer proxy.
+/// Rewrites an application request into the HTTP/2 stream sent to the peer proxy; the
+/// returned cell records a failure of the client's body.
 fn to_peer_request(
     req: Request<Incoming>,
     target: &Target,
     proto: Proto,
-) -> Result<Request<Body>, ProxyError> {
+) -> Result<(Request<Body>, Arc<OnceLock<String>>), ProxyError> {
     let authority = authority_of(&req)
         .unwrap_or_else(|| format!("{}:{}", target.service.spec.service, target.port.port));
     let (mut parts, body) = req.into_parts();
@@ -123,7 +130,8 @@ fn to_peer_request(
         .build()
         .map_err(|_| ProxyError::NoAuthority)?;
     parts.version = Version::HTTP_2;
-    Ok(Request::from_parts(parts, boxed(body)))
+    let (body, failure) = Watched::new(body);
+    Ok((Request::from_parts(parts, boxed(body)), failure))
 }
 
 /// Sends an HTTP/1 upgrade request through an HTTP/1 tunnel to the peer, then splices.
