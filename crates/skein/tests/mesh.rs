@@ -2,6 +2,7 @@
 //! real sockets with real clients (curl, hyper, tonic, tungstenite).
 
 mod mesh {
+    pub mod admin;
     pub mod bad_input;
     pub mod h2;
     pub mod http1;

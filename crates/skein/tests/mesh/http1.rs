@@ -234,3 +234,31 @@ async fn declared_http_port_skips_detection() {
     let timeouts = mesh.metric(Side::Client, "skein_detect_timeouts_total", &[]);
     assert_eq!(timeouts, 0);
 }
+
+#[tokio::test]
+async fn http_proxy_connect_opens_a_tunnel_to_the_service() {
+    let (mesh, backend) = mesh(37, 38, Protocol::Detect).await;
+    let proxy = format!("http://{}", mesh.http_proxy());
+    let url = format!("http://{}/tunnelled", mesh.authority("web"));
+    // -p: CONNECT through the proxy, then speak HTTP inside the tunnel.
+    let out = curl(&["-i", "-p", "-x", &proxy, &url]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("200 Connection established") || text.contains("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(text.contains("x-echo-path: /tunnelled"), "{text}");
+    assert_eq!(backend.hits(), 1);
+    let tcp_in = ["direction=\"inbound\"", "protocol=\"tcp\""];
+    assert_eq!(
+        mesh.metric(Side::Server, "skein_tcp_connections_total", &tcp_in),
+        1
+    );
+
+    // CONNECT to a service the proxy does not know: refused with a reason.
+    let out = curl(&["-i", "-p", "-x", &proxy, "http://payments:443/"])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("502"), "{text}");
+}

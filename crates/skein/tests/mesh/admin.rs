@@ -1,0 +1,79 @@
+//! The admin listener: liveness, readiness, metrics and the configuration in force.
+
+use skein_model::Protocol;
+use skein_testkit::client::curl;
+use skein_testkit::{loopback, HttpBackend, MeshSpec};
+use std::net::SocketAddr;
+
+async fn get(admin: SocketAddr, path: &str) -> (String, String) {
+    let out = curl(&["-i", &format!("http://{admin}{path}")])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    (status, text)
+}
+
+#[tokio::test]
+async fn admin_serves_live_ready_metrics_and_config() {
+    skein_testkit::init_tracing();
+    let backend = HttpBackend::start(SocketAddr::new(loopback(101), 0))
+        .await
+        .unwrap();
+    let mesh = MeshSpec::new(100, 101)
+        .service("web", backend.addr(), Protocol::Detect)
+        .start()
+        .await
+        .unwrap();
+    // One request so that request counters exist.
+    let url = format!("http://{}/", mesh.upstream("web"));
+    assert!(curl(&[&url]).await.unwrap().status.success());
+
+    let admin = mesh.client.addrs.admin;
+    let (status, _) = get(admin, "/live").await;
+    assert!(status.contains("200"), "{status}");
+    let (status, _) = get(admin, "/ready").await;
+    assert!(status.contains("200"), "{status}");
+
+    let (status, metrics) = get(admin, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for family in [
+        "skein_tcp_open_connections{direction=\"outbound\",protocol=\"http1\"}",
+        "skein_tcp_connections_total{direction=\"outbound\",protocol=\"http1\"} 1",
+        "skein_requests_total{direction=\"outbound\",protocol=\"http1\",class=\"2xx\"} 1",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(family), "missing {family} in:\n{metrics}");
+    }
+
+    let (status, config) = get(admin, "/config").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(config.contains("application/json"), "{config}");
+    let json = &config[config.find('{').unwrap()..];
+    let parsed: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(parsed["workload"]["service"], "client");
+    assert_eq!(parsed["destinations"][0]["service"], "web");
+    assert_eq!(parsed["detectTimeout"], "300ms", "defaults are visible");
+
+    let (status, body) = get(admin, "/nope").await;
+    assert!(
+        status.contains("404") && body.contains("try /live"),
+        "{body}"
+    );
+
+    // Draining: no longer ready.
+    mesh.client
+        .ctx
+        .drain
+        .clone()
+        .shutdown(std::time::Duration::from_millis(1))
+        .await;
+    let ready = curl(&["-i", &format!("http://{admin}/ready")])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&ready.stdout);
+    assert!(
+        !text.contains("200 OK"),
+        "a draining proxy is not ready: {text}"
+    );
+}
