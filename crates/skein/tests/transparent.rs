@@ -8,7 +8,7 @@
 //! ```text
 //! netns skein-tp-PID                          │ root namespace
 //! curl ─REDIRECT─▶ client proxy 127.0.0.1:4140 ─veth─▶ server proxy 198.18.0.1:*
-//!                  (`skein proxy` process,    │          └─▶ backend 127.0.0.60:*
+//!                  (`skein proxy` process,    │          └─▶ backend 127.0.0.81:*
 //!                   admin 198.18.0.2:4191)    │        passthrough backend 198.18.0.1:*
 //! ```
 //!
@@ -47,7 +47,7 @@ async fn unmodified_client_is_intercepted_and_carried_by_both_proxies() {
     // Declared first so it drops last: the proxy process inside is killed before the
     // namespace is deleted, on success and on panic alike.
     let ns = Netns::create();
-    let backend = HttpBackend::start(SocketAddr::new(loopback(60), 0))
+    let backend = HttpBackend::start(SocketAddr::new(loopback(81), 0))
         .await
         .unwrap();
     let outside = HttpBackend::start(SocketAddr::new(ROOT_SIDE.into(), 0))
@@ -55,7 +55,7 @@ async fn unmodified_client_is_intercepted_and_carried_by_both_proxies() {
         .unwrap();
     ns.redirect_to_proxy(outside.addr());
 
-    let spec = MeshSpec::new(59, 60).service("web", backend.addr(), Protocol::Detect);
+    let spec = MeshSpec::new(80, 81).service("web", backend.addr(), Protocol::Detect);
     let mut server_config = spec.server_config();
     server_config.inbound.listen = SocketAddr::new(ROOT_SIDE.into(), 0);
     let server = RunningProxy::start(server_config).await.unwrap();
@@ -185,7 +185,7 @@ impl Netns {
             // connection to `extra` itself) must not be redirected back to it.
             format!("-m owner --gid-owner {PROXY_GID} -j RETURN"),
             // Only the virtual range and `extra`: everything else keeps its route.
-            format!("-d 10.255.255.255 {redirect}"),
+            format!("-d {VIRTUAL_NET} {redirect}"),
             format!("-d {} --dport {port} {redirect}", extra.ip()),
         ] {
             run(&format!("{iptables} {rule}")).unwrap_or_else(|e| panic!("iptables: {e}"));

@@ -94,6 +94,8 @@ enum Chunk {
 pub struct FramingGuard {
     state: State,
     head: Vec<u8>,
+    /// Whether `head` already holds the end of the request line.
+    line_ended: bool,
     max_head: usize,
     max_line: usize,
 }
@@ -104,6 +106,7 @@ impl FramingGuard {
         FramingGuard {
             state: State::Head,
             head: Vec::new(),
+            line_ended: false,
             max_head,
             max_line,
         }
@@ -146,7 +149,8 @@ impl FramingGuard {
         }
         for (i, b) in bytes[used..].iter().enumerate() {
             self.head.push(*b);
-            if self.head.len() > self.max_line && !self.head.contains(&b'\n') {
+            self.line_ended |= *b == b'\n';
+            if !self.line_ended && self.head.len() > self.max_line {
                 return Err(Refusal::RequestLineTooLong(self.max_line));
             }
             if self.head.ends_with(b"\r\n\r\n") || self.head.ends_with(b"\n\n") {
@@ -157,6 +161,7 @@ impl FramingGuard {
             if self.head.len() > self.max_head {
                 // hyper answers 431 for this; stop inspecting.
                 self.state = State::Passthrough;
+                self.head = Vec::new();
                 return Ok(bytes.len());
             }
         }
@@ -165,6 +170,7 @@ impl FramingGuard {
 
     fn finish_head(&mut self) -> Result<(), Refusal> {
         let head = std::mem::take(&mut self.head);
+        self.line_ended = false;
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
