@@ -86,7 +86,7 @@ pub enum Protocol {
     /// otherwise opaque TCP (also after `detectTimeout` of client silence).
     #[default]
     Detect,
-    /// HTTP/1.x (HTTP/2 prior knowledge is still recognised).
+    /// HTTP: HTTP/1.x, or HTTP/2 with prior knowledge; never treated as opaque TCP.
     Http,
     /// HTTP/2 with prior knowledge.
     Http2,

@@ -51,14 +51,20 @@ impl Service {
 /// An immutable snapshot of every destination.
 #[derive(Debug, Default)]
 pub struct Destinations {
+    /// The calling workload's namespace: short names resolve here first.
+    local_namespace: String,
     by_name: HashMap<(String, String), Arc<Service>>,
     by_ip: HashMap<IpAddr, Arc<Service>>,
 }
 
 impl Destinations {
-    /// Builds the lookup tables from configuration.
-    pub fn new(specs: &[Destination]) -> Self {
-        let mut table = Destinations::default();
+    /// Builds the lookup tables from configuration; `local_namespace` is the namespace
+    /// of the workload beside this proxy.
+    pub fn new(specs: &[Destination], local_namespace: &str) -> Self {
+        let mut table = Destinations {
+            local_namespace: local_namespace.to_string(),
+            ..Destinations::default()
+        };
         for spec in specs {
             let service = Arc::new(Service {
                 spec: spec.clone(),
@@ -73,19 +79,30 @@ impl Destinations {
         table
     }
 
-    /// Resolves an authority `service[.namespace[.svc…]][:port]`. Without a port: port 80
-    /// if the service has it, otherwise its only port.
+    /// Resolves an authority `service[.namespace[.svc…]][:port]`. A name without a
+    /// namespace means the caller's own namespace, like Kubernetes DNS; failing that, the
+    /// only service of that name. Without a port: port 80 if the service has it,
+    /// otherwise its only port.
     pub fn resolve_authority(&self, authority: &str) -> Result<Target, ProxyError> {
         let (host, port) = split_authority(authority)?;
         let mut labels = host.split('.');
         let name = labels.next().unwrap_or_default().to_ascii_lowercase();
         let namespace = labels.next().map(str::to_ascii_lowercase);
-        let service = self
-            .by_name
-            .iter()
-            .find(|((n, ns), _)| *n == name && namespace.as_ref().is_none_or(|want| want == ns))
-            .map(|(_, s)| s.clone())
-            .ok_or_else(|| ProxyError::UnknownService(host.to_string()))?;
+        let service = match namespace {
+            Some(ns) => self.by_name.get(&(name, ns)).cloned(),
+            None => self
+                .by_name
+                .get(&(name.clone(), self.local_namespace.clone()))
+                .cloned()
+                .or_else(|| {
+                    let mut same_name = self.by_name.iter().filter(|((n, _), _)| *n == name);
+                    match (same_name.next(), same_name.next()) {
+                        (Some((_, s)), None) => Some(s.clone()),
+                        _ => None,
+                    }
+                }),
+        }
+        .ok_or_else(|| ProxyError::UnknownService(host.to_string()))?;
         let ports = &service.spec.ports;
         let port = match port {
             Some(p) => service.spec.port(p),
@@ -199,7 +216,10 @@ mod tests {
 
     #[test]
     fn resolves_authorities() {
-        let d = Destinations::new(&[dest("api", &[8080], 1), dest("web", &[80, 443], 1)]);
+        let d = Destinations::new(
+            &[dest("api", &[8080], 1), dest("web", &[80, 443], 1)],
+            "default",
+        );
         assert_eq!(d.resolve_authority("api:8080").unwrap().port.port, 8080);
         assert_eq!(d.resolve_authority("api").unwrap().port.port, 8080);
         assert_eq!(d.resolve_authority("web").unwrap().port.port, 80);
@@ -233,8 +253,22 @@ mod tests {
     }
 
     #[test]
+    fn short_names_prefer_the_local_namespace() {
+        let mut other = dest("api", &[81], 1);
+        other.namespace = "shop".into();
+        let d = Destinations::new(&[dest("api", &[80], 1), other.clone()], "shop");
+        assert_eq!(d.resolve_authority("api").unwrap().port.port, 81);
+        assert_eq!(d.resolve_authority("api.default").unwrap().port.port, 80);
+        let d = Destinations::new(&[dest("api", &[80], 1), other], "billing");
+        assert!(
+            d.resolve_authority("api").is_err(),
+            "ambiguous without a namespace"
+        );
+    }
+
+    #[test]
     fn resolves_intercepted_addresses() {
-        let d = Destinations::new(&[dest("api", &[8080], 1)]);
+        let d = Destinations::new(&[dest("api", &[8080], 1)], "default");
         assert!(d
             .resolve_addr("198.18.0.10:8080".parse().unwrap())
             .is_some());
@@ -248,7 +282,7 @@ mod tests {
 
     #[test]
     fn round_robins_endpoints_and_reports_none() {
-        let d = Destinations::new(&[dest("api", &[80], 2), dest("empty", &[80], 0)]);
+        let d = Destinations::new(&[dest("api", &[80], 2), dest("empty", &[80], 0)], "default");
         let t = d.resolve_authority("api").unwrap();
         let (a, b, c) = (
             t.endpoint().unwrap(),
@@ -267,9 +301,9 @@ mod tests {
 
     #[test]
     fn table_swaps_whole_snapshots() {
-        let table = DestinationTable::new(Destinations::new(&[dest("api", &[80], 1)]));
+        let table = DestinationTable::new(Destinations::new(&[dest("api", &[80], 1)], "default"));
         let before = table.load();
-        table.store(Destinations::new(&[dest("web", &[80], 1)]));
+        table.store(Destinations::new(&[dest("web", &[80], 1)], "default"));
         assert!(before.resolve_authority("api").is_ok());
         assert!(table.load().resolve_authority("api").is_err());
         assert!(table.load().resolve_authority("web").is_ok());

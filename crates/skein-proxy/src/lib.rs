@@ -88,7 +88,10 @@ impl RunningProxy {
         let peer_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let ctx = Arc::new(Ctx {
-            destinations: DestinationTable::new(Destinations::new(&config.destinations)),
+            destinations: DestinationTable::new(Destinations::new(
+                &config.destinations,
+                &config.workload.namespace,
+            )),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             peers: H2Pool::new(peer_connector),

@@ -1,9 +1,9 @@
 //! Two-proxy test meshes: `client → proxy A (outbound) → proxy B (inbound) → backends`.
 //!
 //! [`MeshSpec`] describes the services behind proxy B; [`MeshSpec::start`] runs both
-//! proxies in this process, and [`MeshSpec::config_pair`] produces the same two
-//! configurations for tests that run `skein proxy` as real processes (memory, signals,
-//! network namespaces). Every listener binds port 0 on the test's own 127.0.0.x address.
+//! proxies in this process, and [`MeshSpec::server_config`] / [`MeshSpec::client_config`]
+//! produce the same two configurations for tests that run `skein proxy` as real processes
+//! (memory, signals, network namespaces). Every listener binds port 0 on the test's own 127.0.0.x address.
 
 use skein_model::{
     AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,

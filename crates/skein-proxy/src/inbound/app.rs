@@ -57,5 +57,7 @@ pub async fn forward(
     };
     let mut resp = resp.map(boxed);
     headers::strip_hop_by_hop(resp.headers_mut());
+    // Only proxies set skein-* headers (e.g. skein-error); an application cannot.
+    headers::strip_internal(resp.headers_mut());
     Ok(resp)
 }

@@ -19,10 +19,14 @@ use crate::Ctx;
 use skein_model::{Protocol, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use self::http::Route;
+
+/// How long a port declared `http` waits for the first bytes of a request.
+const HTTP_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts until shutdown is signalled, handing each connection to `serve`.
 async fn accept_loop<F, Fut>(ctx: Arc<Ctx>, listener: TcpListener, what: &'static str, serve: F)
@@ -101,33 +105,37 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
 
 /// Detects the protocol (unless declared) and serves the connection towards `target`.
 async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
-    let declared = match target.port.protocol {
-        Protocol::Detect => None,
-        Protocol::Http => Some(Detected::Http1),
-        Protocol::Http2 | Protocol::Grpc => Some(Detected::Http2),
-        Protocol::Tcp => Some(Detected::Opaque),
+    // A declared protocol skips sniffing between HTTP and opaque TCP. `http` still tells
+    // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take.
+    let (timeout, declared) = match target.port.protocol {
+        Protocol::Detect => (ctx.config.detect_timeout, None),
+        Protocol::Http => (HTTP_FIRST_BYTES_TIMEOUT, Some(Detected::Http1)),
+        Protocol::Http2 | Protocol::Grpc => (Duration::ZERO, Some(Detected::Http2)),
+        Protocol::Tcp => (Duration::ZERO, Some(Detected::Opaque)),
     };
-    let (protocol, io) = match declared {
-        Some(p) => (p, crate::io::PrefixedIo::new(Default::default(), stream)),
-        None => {
-            let limits = &ctx.config.limits;
-            match detect::detect(stream, ctx.config.detect_timeout, limits.max_request_line).await {
-                Ok(d) => {
-                    if d.timed_out {
-                        ctx.metrics
-                            .detect_timeouts
-                            .get_or_create(&crate::metrics::DirLabels {
-                                direction: Direction::Outbound,
-                            })
-                            .inc();
-                    }
-                    (d.protocol, d.io)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection failed during detection");
-                    return;
-                }
+    let (protocol, io) = if timeout.is_zero() {
+        let p = declared.unwrap_or(Detected::Opaque);
+        (p, crate::io::PrefixedIo::new(Default::default(), stream))
+    } else {
+        let max_line = ctx.config.limits.max_request_line;
+        let d = match detect::detect(stream, timeout, max_line).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed during detection");
+                return;
             }
+        };
+        if d.timed_out && declared.is_none() {
+            let labels = crate::metrics::DirLabels {
+                direction: Direction::Outbound,
+            };
+            ctx.metrics.detect_timeouts.get_or_create(&labels).inc();
+        }
+        match (declared, d.protocol) {
+            // On an `http` port, bytes that are not HTTP/2 go to the HTTP/1 parser, which
+            // refuses them with 400 rather than forwarding them as opaque TCP.
+            (Some(Detected::Http1), Detected::Opaque) => (Detected::Http1, d.io),
+            (_, p) => (p, d.io),
         }
     };
     let route = Route::To(target.clone());

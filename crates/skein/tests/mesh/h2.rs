@@ -156,3 +156,24 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
+
+#[tokio::test]
+async fn port_declared_http_accepts_both_http_versions() {
+    skein_testkit::init_tracing();
+    let backend = HttpBackend::start(SocketAddr::new(loopback(47), 0))
+        .await
+        .unwrap();
+    let mesh = MeshSpec::new(46, 47)
+        .service("web", backend.addr(), Protocol::Http)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("http://{}/both", mesh.upstream("web"));
+    let h2 = curl(&["-i", "--http2-prior-knowledge", &url])
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&h2.stdout).starts_with("HTTP/2 200"));
+    let h1 = curl(&["-i", &url]).await.unwrap();
+    assert!(String::from_utf8_lossy(&h1.stdout).starts_with("HTTP/1.1 200"));
+    assert_eq!(backend.hits(), 2);
+}
