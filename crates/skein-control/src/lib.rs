@@ -1,0 +1,5 @@
+//! Skein's control plane: it holds the desired state of the mesh (resources), keeps it in
+//! a persistent store (embedded by default, etcd for several replicas), serves it to the
+//! CLI over an HTTP API, and will push to each proxy the configuration it needs.
+
+pub mod store;

@@ -1,0 +1,267 @@
+//! The embedded store: a single redb file (`store.redb`) in the control plane's data
+//! directory. Crash-safe (copy-on-write B-trees, fsync on commit), nothing to install.
+//! Watchers are fed in-process, since only one control plane can own the file.
+
+use super::{Entry, Event, Op, Store, StoreError};
+use futures_util::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// key → (revision, value)
+const DATA: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("data");
+/// "revision" → the store's current revision
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Watch channels are bounded; a watcher that falls this far behind is dropped and must
+/// re-list (it sees its channel close).
+const WATCH_BUFFER: usize = 4096;
+
+/// A persistent store in one file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    watchers: Arc<Mutex<Vec<(String, mpsc::Sender<Event>)>>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `DIR/store.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("store.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(DATA).map_err(backend)?;
+        txn.open_table(META).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            watchers: Arc::default(),
+        })
+    }
+
+    fn list_sync(db: &Database, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let data = txn.open_table(DATA).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get("revision")
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for item in data.range(prefix..).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let (rev, value) = v.value();
+            out.push(Entry {
+                key: key.to_string(),
+                value: value.to_vec(),
+                revision: rev,
+            });
+        }
+        Ok((out, revision))
+    }
+
+    fn commit_sync(db: &Database, ops: &[Op]) -> Result<(u64, Vec<Event>), StoreError> {
+        let txn = db.begin_write().map_err(backend)?;
+        let mut events = Vec::with_capacity(ops.len());
+        let revision = {
+            let mut data = txn.open_table(DATA).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let revision = meta
+                .get("revision")
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            for op in ops {
+                let (key, expect) = match op {
+                    Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key, expect),
+                };
+                let found = data
+                    .get(key.as_str())
+                    .map_err(backend)?
+                    .map(|v| v.value().0)
+                    .unwrap_or(0);
+                if let Some(expected) = *expect {
+                    if expected != found {
+                        // Dropping the transaction without commit discards every write.
+                        return Err(StoreError::Conflict {
+                            key: key.clone(),
+                            expected,
+                            found,
+                        });
+                    }
+                }
+                match op {
+                    Op::Put { key, value, .. } => {
+                        data.insert(key.as_str(), (revision, value.as_slice()))
+                            .map_err(backend)?;
+                        events.push(Event::Put(Entry {
+                            key: key.clone(),
+                            value: value.clone(),
+                            revision,
+                        }));
+                    }
+                    Op::Delete { key, .. } => {
+                        if data.remove(key.as_str()).map_err(backend)?.is_some() {
+                            events.push(Event::Delete {
+                                key: key.clone(),
+                                revision,
+                            });
+                        }
+                    }
+                }
+            }
+            meta.insert("revision", revision).map_err(backend)?;
+            revision
+        };
+        txn.commit().map_err(backend)?;
+        Ok((revision, events))
+    }
+
+    fn notify(&self, events: &[Event]) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.retain(|(prefix, tx)| {
+            events
+                .iter()
+                .filter(|e| e.key().starts_with(prefix.as_str()))
+                .all(|e| tx.try_send(e.clone()).is_ok())
+        });
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn list(&self, prefix: &str) -> BoxFuture<'_, Result<(Vec<Entry>, u64), StoreError>> {
+        let (db, prefix) = (self.db.clone(), prefix.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Self::list_sync(&db, &prefix))
+                .await
+                .map_err(backend)?
+        })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let (revision, events) =
+                tokio::task::spawn_blocking(move || Self::commit_sync(&db, &ops))
+                    .await
+                    .map_err(backend)??;
+            self.notify(&events);
+            Ok(revision)
+        })
+    }
+
+    fn watch(&self, prefix: &str) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.push((prefix.to_string(), tx));
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, expect: Option<u64>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            expect,
+        }
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("skein-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn commits_are_atomic_and_persist_across_reopen() {
+        let dir = temp_dir("persist");
+        {
+            let store = EmbeddedStore::open(&dir).unwrap();
+            let rev = store
+                .commit(vec![put("r/a", "1", Some(0)), put("r/b", "2", None)])
+                .await
+                .unwrap();
+            assert_eq!(rev, 1);
+            // A failed precondition writes nothing, not even the valid op before it.
+            let err = store
+                .commit(vec![put("r/c", "3", None), put("r/a", "x", Some(0))])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Conflict {
+                        expected: 0,
+                        found: 1,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            store
+                .commit(vec![Op::Delete {
+                    key: "r/b".into(),
+                    expect: Some(1),
+                }])
+                .await
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let (entries, revision) = store.list("r/").await.unwrap();
+        assert_eq!(revision, 2);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].key.as_str(), entries[0].value.as_slice()),
+            ("r/a", &b"1"[..])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn watchers_see_committed_changes_under_their_prefix() {
+        let dir = temp_dir("watch");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let mut rx = store.watch("r/");
+        store
+            .commit(vec![put("r/a", "1", None), put("other/x", "1", None)])
+            .await
+            .unwrap();
+        store
+            .commit(vec![Op::Delete {
+                key: "r/a".into(),
+                expect: None,
+            }])
+            .await
+            .unwrap();
+        let first = rx.recv().await.unwrap();
+        assert!(matches!(first, Event::Put(ref e) if e.key == "r/a" && e.revision == 1));
+        let second = rx.recv().await.unwrap();
+        assert_eq!(
+            second,
+            Event::Delete {
+                key: "r/a".into(),
+                revision: 2
+            }
+        );
+        assert!(rx.try_recv().is_err(), "other/ is not under the prefix");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
