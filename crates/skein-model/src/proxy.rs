@@ -51,6 +51,10 @@ pub struct WorkloadInfo {
     /// Namespace; default `default`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Labels the control plane matches Service selectors against (default: `app` =
+    /// the service name).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The inbound side: where peers connect and where the application listens.

@@ -54,7 +54,7 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
             );
             resp
         }
-        "/config" => match serde_json::to_string_pretty(&*ctx.config) {
+        "/config" => match serde_json::to_string_pretty(&*ctx.config()) {
             Ok(json) => {
                 let mut resp = text(StatusCode::OK, json);
                 resp.headers_mut().insert(

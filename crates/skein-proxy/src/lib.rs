@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod connect;
+pub mod control;
 pub mod destinations;
 pub mod detect;
 pub mod drain;
@@ -31,15 +32,15 @@ use drain::Drain;
 use metrics::Metrics;
 use skein_model::ProxyConfig;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 pub use error::ProxyError;
 
 /// State shared by every connection of one proxy.
 pub struct Ctx {
-    /// The configuration in force.
-    pub config: Arc<ProxyConfig>,
+    /// The configuration in force; replaced whole by [`Ctx::apply`].
+    config: RwLock<Arc<ProxyConfig>>,
     /// Where services are and who serves them.
     pub destinations: DestinationTable,
     /// Metric families.
@@ -54,8 +55,56 @@ pub struct Ctx {
     pub app_connector: Arc<dyn Connect>,
     /// Shutdown coordination.
     pub drain: Drain,
-    /// True once every listener is bound.
+    /// True once every listener is bound (and, under a control plane, the first
+    /// snapshot is applied).
     pub ready: AtomicBool,
+    /// Version of the control-plane snapshot in force (0: none).
+    pub config_version: AtomicU64,
+}
+
+impl Ctx {
+    /// The configuration in force now. Requests keep the snapshot they started with.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        match self.config.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the configuration (and the destination table built from it) atomically.
+    /// Refuses, keeping the current configuration, a config that fails validation or that
+    /// changes what cannot change while running (the workload and listener addresses).
+    pub fn apply(&self, next: ProxyConfig) -> Result<(), ApplyError> {
+        next.validate("new configuration")?;
+        let current = self.config();
+        let fixed = |c: &ProxyConfig| {
+            (
+                c.workload.clone(),
+                c.inbound.listen,
+                c.outbound.clone(),
+                c.admin.clone(),
+            )
+        };
+        if fixed(&current) != fixed(&next) {
+            return Err(ApplyError::Restart);
+        }
+        let destinations = Destinations::new(&next.destinations, &next.workload.namespace);
+        let mut guard = self.config.write().unwrap_or_else(|p| p.into_inner());
+        self.destinations.store(destinations);
+        *guard = Arc::new(next);
+        Ok(())
+    }
+}
+
+/// Why a new configuration was refused; the old one stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// It breaks a validation rule.
+    #[error(transparent)]
+    Invalid(#[from] skein_model::ModelError),
+    /// It changes listeners or the workload, which needs a restart.
+    #[error("the workload or a listener address changed; restart the proxy to apply it")]
+    Restart,
 }
 
 /// The addresses the proxy actually bound (useful when the config asked for port 0).
@@ -85,6 +134,15 @@ impl RunningProxy {
     /// Binds every listener and starts serving. Fails without serving anything if a
     /// listener cannot be bound.
     pub async fn start(config: ProxyConfig) -> std::io::Result<RunningProxy> {
+        Self::start_with_control(config, None).await
+    }
+
+    /// Like [`RunningProxy::start`], and with `control` set, takes its destinations and
+    /// application ports from the control plane; ready once the first snapshot applies.
+    pub async fn start_with_control(
+        config: ProxyConfig,
+        control: Option<control::ControlConfig>,
+    ) -> std::io::Result<RunningProxy> {
         let peer_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let ctx = Arc::new(Ctx {
@@ -92,7 +150,7 @@ impl RunningProxy {
                 &config.destinations,
                 &config.workload.namespace,
             )),
-            config: Arc::new(config),
+            config: RwLock::new(Arc::new(config)),
             metrics: Arc::new(Metrics::new()),
             peers: H2Pool::new(peer_connector),
             app_h1: H1Pool::new(app_connector.clone()),
@@ -100,8 +158,9 @@ impl RunningProxy {
             app_connector,
             drain: Drain::new(),
             ready: AtomicBool::new(false),
+            config_version: AtomicU64::new(0),
         });
-        let c = &ctx.config;
+        let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;
         let admin = transport::bind(c.admin.listen, "the admin listener").await?;
         let outbound = match c.outbound.listen {
@@ -139,13 +198,18 @@ impl RunningProxy {
         for (l, u) in upstreams {
             tokio::spawn(outbound::accept_upstream(ctx.clone(), l, u));
         }
-        ctx.ready.store(true, Ordering::SeqCst);
+        match control {
+            Some(control) => {
+                tokio::spawn(control::run(ctx.clone(), control));
+            }
+            None => ctx.ready.store(true, Ordering::SeqCst),
+        }
         tracing::info!(
-            workload = %ctx.config.workload.name,
-            service = %ctx.config.workload.service,
+            workload = %c.workload.name,
+            service = %c.workload.service,
             inbound = %addrs.inbound,
             admin = %addrs.admin,
-            "proxy ready"
+            "proxy listening"
         );
         Ok(RunningProxy { addrs, ctx })
     }
@@ -154,7 +218,11 @@ impl RunningProxy {
     /// drain deadline, then stops what remains. Returns true when all finished in time.
     pub async fn shutdown(&self) -> bool {
         self.ctx.ready.store(false, Ordering::SeqCst);
-        let clean = self.ctx.drain.shutdown(self.ctx.config.drain_timeout).await;
+        let clean = self
+            .ctx
+            .drain
+            .shutdown(self.ctx.config().drain_timeout)
+            .await;
         tracing::info!(clean, "proxy stopped");
         clean
     }

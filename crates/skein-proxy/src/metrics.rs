@@ -116,6 +116,19 @@ pub struct Metrics {
     pub tcp_bytes_sent: Family<ConnLabels, Counter>,
     /// Bytes copied on opaque TCP connections, server to client.
     pub tcp_bytes_received: Family<ConnLabels, Counter>,
+    /// 1 while a control-plane stream is open.
+    pub control_connected: Gauge,
+    /// Version of the configuration snapshot in force (0: static config only).
+    pub config_version: Gauge,
+    /// Configuration snapshots received, by result (`applied` or `refused`).
+    pub config_updates: Family<ResultLabels, Counter>,
+}
+
+/// Labels for outcomes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// What happened.
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -136,6 +149,9 @@ impl Metrics {
             detect_timeouts: Family::default(),
             tcp_bytes_sent: Family::default(),
             tcp_bytes_received: Family::default(),
+            control_connected: Gauge::default(),
+            config_version: Gauge::default(),
+            config_updates: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -168,6 +184,21 @@ impl Metrics {
             "tcp_received_bytes",
             "Opaque TCP bytes from server to client",
             m.tcp_bytes_received.clone(),
+        );
+        registry.register(
+            "control_connected",
+            "1 while connected to the control plane",
+            m.control_connected.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version of the configuration snapshot in force",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Configuration snapshots received, by result",
+            m.config_updates.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -218,6 +249,15 @@ impl Metrics {
         self.tcp_bytes_received
             .get_or_create(&labels)
             .inc_by(received);
+    }
+
+    /// Counts one configuration snapshot by result.
+    pub fn config_updates(&self, result: &str) {
+        self.config_updates
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one refusal or failure.

@@ -82,6 +82,7 @@ impl MeshSpec {
                 name: "server-1".into(),
                 service: "server".into(),
                 namespace: "default".into(),
+                labels: Default::default(),
             },
             inbound: InboundConfig {
                 listen: SocketAddr::new(self.server_ip, 0),
@@ -134,6 +135,7 @@ impl MeshSpec {
                 name: "client-1".into(),
                 service: "client".into(),
                 namespace: "default".into(),
+                labels: Default::default(),
             },
             inbound: InboundConfig {
                 listen: SocketAddr::new(self.client_ip, 0),

@@ -18,7 +18,7 @@ pub async fn forward(
     port: u16,
     to_h2: bool,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config.inbound.app_host, port);
+    let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
     let (mut parts, body) = req.into_parts();
     headers::strip_internal(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);

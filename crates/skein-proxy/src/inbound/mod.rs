@@ -48,7 +48,7 @@ async fn serve_peer(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         let ctx = c.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
-    crate::server::serve_http2(stream, handler, &ctx.config.limits, &ctx.drain).await;
+    crate::server::serve_http2(stream, handler, &ctx.config().limits, &ctx.drain).await;
 }
 
 /// Handles one stream from a peer; failures become the proxy's own error responses.
@@ -90,8 +90,8 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
         .ok_or(ProxyError::BadPeerRequest(
             "missing or invalid skein-dst-port header",
         ))?;
-    ctx.config.inbound_port(port).ok_or_else(|| {
-        let served = ctx.config.inbound.ports.iter().map(|p| p.port).collect();
+    ctx.config().inbound_port(port).ok_or_else(|| {
+        let served = ctx.config().inbound.ports.iter().map(|p| p.port).collect();
         ProxyError::PortNotServed(port, served)
     })
 }

@@ -22,7 +22,7 @@ pub async fn open(
     mut req: Request<Incoming>,
     port: PortSpec,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config.inbound.app_host, port.port);
+    let addr = SocketAddr::new(ctx.config().inbound.app_host, port.port);
     let kind = req
         .headers()
         .get(headers::TUNNEL)
@@ -88,7 +88,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec) {
             Ok::<_, Infallible>(resp)
         }
     });
-    crate::server::serve_http1(io, handler, &ctx.config.limits, &ctx.drain).await;
+    crate::server::serve_http1(io, handler, &ctx.config().limits, &ctx.drain).await;
 }
 
 async fn upgrade(
@@ -96,7 +96,7 @@ async fn upgrade(
     mut req: Request<Incoming>,
     port: u16,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config.inbound.app_host, port);
+    let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
     headers::strip_internal(req.headers_mut());
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
     crate::http::upgrade::forward(sender, addr, req, &ctx.drain).await

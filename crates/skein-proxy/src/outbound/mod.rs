@@ -108,7 +108,7 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
     // A declared protocol skips sniffing between HTTP and opaque TCP. `http` still tells
     // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take.
     let (timeout, declared) = match target.port.protocol {
-        Protocol::Detect => (ctx.config.detect_timeout, None),
+        Protocol::Detect => (ctx.config().detect_timeout, None),
         Protocol::Http => (HTTP_FIRST_BYTES_TIMEOUT, Some(Detected::Http1)),
         Protocol::Http2 | Protocol::Grpc => (Duration::ZERO, Some(Detected::Http2)),
         Protocol::Tcp => (Duration::ZERO, Some(Detected::Opaque)),
@@ -117,7 +117,7 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
         let p = declared.unwrap_or(Detected::Opaque);
         (p, crate::io::PrefixedIo::new(Default::default(), stream))
     } else {
-        let max_line = ctx.config.limits.max_request_line;
+        let max_line = ctx.config().limits.max_request_line;
         let d = match detect::detect(stream, timeout, max_line).await {
             Ok(d) => d,
             Err(e) => {
@@ -144,7 +144,7 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
         Detected::Http2 => serve_http(ctx, io, route, Proto::Http2).await,
         Detected::Opaque => tcp::forward(&ctx, io, &target).await,
         Detected::RequestLineTooLong => {
-            let refusal = Refusal::RequestLineTooLong(ctx.config.limits.max_request_line);
+            let refusal = Refusal::RequestLineTooLong(ctx.config().limits.max_request_line);
             ctx.metrics.error(Direction::Outbound, refusal.reason());
             let mut io = io;
             let _ = io.write_all(&refusal.response()).await;
@@ -157,7 +157,7 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
 async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, route: Route, proto: Proto) {
     let _open = ctx.metrics.open(Direction::Outbound, proto);
     let handler = self::http::handler(ctx.clone(), route, proto);
-    let limits = ctx.config.limits;
+    let limits = ctx.config().limits;
     if proto == Proto::Http2 {
         crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;
         return;
