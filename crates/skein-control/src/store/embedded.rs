@@ -18,11 +18,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// re-list (it sees its channel close).
 const WATCH_BUFFER: usize = 4096;
 
+/// Watchers: each with the key prefix it follows.
+type Watchers = Arc<Mutex<Vec<(String, mpsc::Sender<Event>)>>>;
+
 /// A persistent store in one file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    watchers: Arc<Mutex<Vec<(String, mpsc::Sender<Event>)>>>,
+    watchers: Watchers,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {

@@ -6,6 +6,7 @@
 //! Values are opaque bytes here; the layer above stores resources as JSON.
 
 pub mod embedded;
+pub mod etcd;
 
 use futures_util::future::BoxFuture;
 

@@ -1,0 +1,229 @@
+//! The proxies' gRPC API: each proxy registers its workload on a `Sync` stream and
+//! receives a snapshot of the configuration it needs, then a new one each time that
+//! configuration changes — and nothing while it does not.
+//!
+//! Session order: read `Register` → validate → record the workload → send the first
+//! snapshot → loop { mesh changed: recompute, send if different | proxy acked: record }.
+
+use crate::snapshot::{snapshot_for, WorkloadView};
+use crate::state::{Connections, MeshState};
+use futures_util::Stream;
+use skein_api::v1::proxy_control_server::ProxyControl;
+use skein_api::v1::{proxy_message, ProxyMessage, Register, Snapshot};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Records workloads as their proxies come and go (the store layer implements it).
+pub trait Registrar: Send + Sync + 'static {
+    /// A proxy registered `w`.
+    fn register(&self, w: &WorkloadView)
+        -> futures_util::future::BoxFuture<'_, Result<(), Status>>;
+    /// The proxy of `w` disconnected; remove it after the grace period unless it is back.
+    fn disconnected(&self, w: WorkloadView);
+}
+
+/// The `ProxyControl` service.
+pub struct ProxyControlService {
+    state: watch::Receiver<Arc<MeshState>>,
+    registrar: Arc<dyn Registrar>,
+    connections: Arc<Connections>,
+}
+
+impl ProxyControlService {
+    /// Serves snapshots computed from `state`.
+    pub fn new(
+        state: watch::Receiver<Arc<MeshState>>,
+        registrar: Arc<dyn Registrar>,
+        connections: Arc<Connections>,
+    ) -> Self {
+        ProxyControlService {
+            state,
+            registrar,
+            connections,
+        }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ProxyControl for ProxyControlService {
+    type SyncStream = SnapshotStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let mut inbound = request.into_inner();
+        let me = match inbound.message().await? {
+            Some(ProxyMessage {
+                message: Some(proxy_message::Message::Register(r)),
+            }) => workload_from(&r)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a Sync stream must be Register",
+                ))
+            }
+        };
+        self.registrar.register(&me).await?;
+        let session = self.connections.open(&me);
+        tracing::info!(workload = %me.name, namespace = %me.namespace, "proxy connected");
+        let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
+        let mut state = self.state.clone();
+        let (registrar, connections) = (self.registrar.clone(), self.connections.clone());
+        tokio::spawn(async move {
+            let mut last_sent: Option<Snapshot> = None;
+            loop {
+                let current = state.borrow_and_update().clone();
+                let mut next = snapshot_for(
+                    &me,
+                    &current.services,
+                    &current.workloads,
+                    &current.trust_domain,
+                );
+                let changed = last_sent.as_ref() != Some(&next);
+                if changed {
+                    last_sent = Some(next.clone());
+                    next.version = current.revision;
+                    connections.sent(session, next.version);
+                    if tx.send(Ok(next)).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { break },
+                    msg = inbound.message() => match msg {
+                        Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
+                            if ack.error.is_empty() {
+                                connections.acked(session, ack.version);
+                            } else {
+                                connections.refused(session, ack.version, &ack.error);
+                                tracing::warn!(workload = %me.name, version = ack.version, error = %ack.error, "proxy refused a snapshot");
+                            }
+                            // No new snapshot is due for an ack: wait for the next change.
+                            // (`last_sent` is unchanged, so the loop head sends nothing.)
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            connections.close(session);
+            tracing::info!(workload = %me.name, namespace = %me.namespace, "proxy disconnected");
+            registrar.disconnected(me);
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Validates a registration; the message names the field and what is accepted.
+fn workload_from(r: &Register) -> Result<WorkloadView, Status> {
+    let bad = |field: &str, value: &str, expected: &str| {
+        Status::invalid_argument(format!(
+            "Register.{field}: {value:?} is not accepted; expected {expected}"
+        ))
+    };
+    for (field, value) in [
+        ("workload", &r.workload),
+        ("namespace", &r.namespace),
+        ("service", &r.service),
+    ] {
+        if !is_dns_label(value) {
+            return Err(bad(
+                field,
+                value,
+                "a DNS label (lowercase letters, digits, '-')",
+            ));
+        }
+    }
+    let address: IpAddr = r
+        .address
+        .parse()
+        .map_err(|_| bad("address", &r.address, "an IP address"))?;
+    let inbound_port = u16::try_from(r.inbound_port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("inbound_port", &r.inbound_port.to_string(), "1 to 65535"))?;
+    let app_ports = r
+        .app_ports
+        .iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("app_ports", &p.to_string(), "1 to 65535"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
+    labels
+        .entry("app".into())
+        .or_insert_with(|| r.service.clone());
+    Ok(WorkloadView {
+        name: r.workload.clone(),
+        namespace: r.namespace.clone(),
+        labels,
+        address,
+        inbound_port,
+        app_ports,
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register() -> Register {
+        Register {
+            workload: "web-1".into(),
+            namespace: "default".into(),
+            service: "web".into(),
+            labels: Default::default(),
+            address: "127.0.0.5".into(),
+            inbound_port: 4143,
+            app_ports: vec![8080],
+            last_version: 0,
+        }
+    }
+
+    #[test]
+    fn registration_is_validated_with_clear_messages() {
+        let w = workload_from(&register()).unwrap();
+        assert_eq!(w.labels["app"], "web");
+        let mut r = register();
+        r.address = "localhost".into();
+        let e = workload_from(&r).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("Register.address: \"localhost\""),
+            "{}",
+            e.message()
+        );
+        let mut r = register();
+        r.workload = "Web_1".into();
+        assert!(workload_from(&r)
+            .unwrap_err()
+            .message()
+            .contains("DNS label"));
+        let mut r = register();
+        r.inbound_port = 0;
+        assert!(workload_from(&r).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Computing the configuration one proxy needs, from the mesh's state. Pure: no I/O, so
+//! every rule is unit-tested here.
+//!
+//! A proxy receives every service it may call (today: every service in the mesh; the
+//! authorization work narrows this) with the endpoints of the workloads the service's
+//! selector matches, and its own application ports from the services that select it.
+
+use skein_api::v1 as pb;
+use skein_model::Protocol;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// What the snapshot needs to know of a Service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels a workload must carry (all of them) to serve the service.
+    pub selector: BTreeMap<String, String>,
+    /// Ports and their protocols.
+    pub ports: Vec<(u16, Protocol)>,
+    /// Virtual IPs for transparent interception.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What the snapshot needs to know of a Workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadView {
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where its proxy's inbound listener is reachable.
+    pub address: IpAddr,
+    /// The proxy's inbound port.
+    pub inbound_port: u16,
+    /// The application ports it declared.
+    pub app_ports: Vec<u16>,
+}
+
+impl ServiceView {
+    /// Whether `w` serves this service: same namespace and every selector label matches.
+    /// An empty selector selects nothing (a Service must say what it selects).
+    pub fn selects(&self, w: &WorkloadView) -> bool {
+        w.namespace == self.namespace
+            && !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
+    }
+}
+
+fn protocol(p: Protocol) -> i32 {
+    (match p {
+        Protocol::Detect => pb::Protocol::Detect,
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Http2 => pb::Protocol::Http2,
+        Protocol::Grpc => pb::Protocol::Grpc,
+        Protocol::Tcp => pb::Protocol::Tcp,
+    }) as i32
+}
+
+/// The snapshot for `me` (version left 0; the caller numbers it). Output order is stable
+/// (sorted), so equal inputs give equal snapshots and unchanged proxies can be skipped.
+pub fn snapshot_for(
+    me: &WorkloadView,
+    services: &[ServiceView],
+    workloads: &[WorkloadView],
+    trust_domain: &str,
+) -> pb::Snapshot {
+    let mut destinations: Vec<pb::Destination> = services
+        .iter()
+        .map(|s| {
+            let mut endpoints: Vec<pb::Endpoint> = workloads
+                .iter()
+                .filter(|w| s.selects(w))
+                .map(|w| pb::Endpoint {
+                    address: std::net::SocketAddr::new(w.address, w.inbound_port).to_string(),
+                    workload: w.name.clone(),
+                })
+                .collect();
+            endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+            pb::Destination {
+                service: s.name.clone(),
+                namespace: s.namespace.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|(port, p)| pb::Port {
+                        port: u32::from(*port),
+                        protocol: protocol(*p),
+                    })
+                    .collect(),
+                addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
+                endpoints,
+            }
+        })
+        .collect();
+    destinations.sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
+
+    // Own application ports: those of the services that select this workload, else the
+    // ports it declared, sniffed.
+    let mut own: BTreeMap<u16, Protocol> = BTreeMap::new();
+    for s in services.iter().filter(|s| s.selects(me)) {
+        for (port, p) in &s.ports {
+            own.entry(*port).or_insert(*p);
+        }
+    }
+    for port in &me.app_ports {
+        own.entry(*port).or_insert(Protocol::Detect);
+    }
+    pb::Snapshot {
+        version: 0,
+        destinations,
+        inbound_ports: own
+            .into_iter()
+            .map(|(port, p)| pb::Port {
+                port: u32::from(port),
+                protocol: protocol(p),
+            })
+            .collect(),
+        trust_domain: trust_domain.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn workload(name: &str, app: &str, last_octet: u8) -> WorkloadView {
+        WorkloadView {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels(&[("app", app)]),
+            address: IpAddr::from([127, 0, 0, last_octet]),
+            inbound_port: 4143,
+            app_ports: vec![8080],
+        }
+    }
+
+    fn service(name: &str, app: &str, port: u16, p: Protocol) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            namespace: "default".into(),
+            selector: labels(&[("app", app)]),
+            ports: vec![(port, p)],
+            addresses: vec![],
+        }
+    }
+
+    #[test]
+    fn endpoints_are_the_selected_workloads() {
+        let services = [service("restaurant", "restaurant", 8080, Protocol::Http)];
+        let workloads = [
+            workload("restaurant-2", "restaurant", 12),
+            workload("restaurant-1", "restaurant", 11),
+            workload("frontend-1", "frontend", 10),
+        ];
+        let snap = snapshot_for(&workloads[2], &services, &workloads, "skein.local");
+        let d = &snap.destinations[0];
+        let eps: Vec<_> = d.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(eps, ["127.0.0.11:4143", "127.0.0.12:4143"]);
+        assert_eq!(d.ports[0].protocol, pb::Protocol::Http as i32);
+        // The frontend is selected by no service: its declared port, sniffed.
+        assert_eq!(snap.inbound_ports[0].port, 8080);
+        assert_eq!(snap.inbound_ports[0].protocol, pb::Protocol::Detect as i32);
+    }
+
+    #[test]
+    fn own_ports_come_from_selecting_services() {
+        let services = [service("ledger", "ledger", 9000, Protocol::Tcp)];
+        let me = workload("ledger-1", "ledger", 13);
+        let snap = snapshot_for(&me, &services, std::slice::from_ref(&me), "skein.local");
+        let ports: Vec<_> = snap
+            .inbound_ports
+            .iter()
+            .map(|p| (p.port, p.protocol))
+            .collect();
+        assert_eq!(ports, [(8080, 0), (9000, pb::Protocol::Tcp as i32)]);
+    }
+
+    #[test]
+    fn selectors_respect_namespaces_and_empty_selects_nothing() {
+        let mut other_ns = workload("api-1", "api", 20);
+        other_ns.namespace = "shop".into();
+        let mut empty = service("api", "api", 80, Protocol::Http);
+        assert!(!empty.selects(&other_ns), "other namespace");
+        empty.selector.clear();
+        assert!(!empty.selects(&workload("api-2", "api", 21)));
+    }
+
+    #[test]
+    fn equal_inputs_give_equal_snapshots() {
+        let services = [
+            service("b", "b", 80, Protocol::Http),
+            service("a", "a", 80, Protocol::Http),
+        ];
+        let w = [workload("a-1", "a", 1), workload("b-1", "b", 2)];
+        let one = snapshot_for(&w[0], &services, &w, "x");
+        let mut reversed = services.clone();
+        reversed.reverse();
+        let two = snapshot_for(&w[0], &reversed, &[w[1].clone(), w[0].clone()], "x");
+        assert_eq!(one, two);
+        assert_eq!(one.destinations[0].service, "a");
+    }
+}

@@ -1,0 +1,585 @@
+//! The etcd store: Skein's resources in an etcd v3 cluster (Debian's `etcd-server`), so that
+//! several `skein control` replicas share one state, each watching it, and elect a leader
+//! ([`Election`]) for work that must run once.
+//!
+//! It speaks etcd's gRPC API through a thin client generated from the subset of etcd's
+//! `.proto` files in `proto/etcd/` (compiled with protox: nothing to install). Keys live under
+//! a prefix (default [`DEFAULT_PREFIX`]); an entry's revision is etcd's `mod_revision` and the
+//! store revision is etcd's. A commit is one etcd transaction whose compares are the ops'
+//! preconditions; a watch is an etcd watch stream that resumes where it stopped when the
+//! connection drops, and closes (the consumer re-lists) when etcd has compacted the history
+//! it would need.
+
+mod election;
+mod pb;
+mod watch;
+
+pub use election::Election;
+
+use super::{Entry, Event, Op, Store, StoreError};
+use futures_util::future::BoxFuture;
+use pb::etcdserverpb as rpc;
+use pb::etcdserverpb::kv_client::KvClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// The key prefix used when none is configured: every Skein key is `/skein/…`.
+pub const DEFAULT_PREFIX: &str = "/skein/";
+
+/// How long one request (not a stream) may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to one endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys per Range page when listing, so that large lists stay under message limits.
+const LIST_PAGE: i64 = 1000;
+/// Largest response accepted from etcd (tonic's default, 4 MiB, is too small for a page of
+/// large values).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// What can go wrong talking to etcd, worded for the operator; callers see it as
+/// [`StoreError::Backend`].
+#[derive(Debug, thiserror::Error)]
+enum EtcdError {
+    #[error("no etcd endpoint given: pass --store etcd://HOST:PORT[,HOST:PORT…]")]
+    NoEndpoint,
+    #[error("invalid etcd endpoint {0:?}: expected HOST:PORT, e.g. 127.0.0.1:2379 (plain http; TLS to etcd is not supported)")]
+    BadEndpoint(String),
+    #[error("the etcd key prefix is empty: give one (default {DEFAULT_PREFIX}) so Skein's keys stay apart from others' in a shared etcd")]
+    EmptyPrefix,
+    #[error("cannot reach etcd; tried {tried}. Is etcd running and serving clients there (`etcdctl --endpoints HOST:PORT endpoint health`)? Point Skein at it with --store etcd://HOST:PORT[,HOST:PORT…]")]
+    Unreachable { tried: String },
+    #[error("etcd at {endpoint} did not answer {op} within {REQUEST_TIMEOUT:?}; check that it is running and healthy (`etcdctl --endpoints {endpoint} endpoint health`)")]
+    Timeout { endpoint: String, op: &'static str },
+    #[error("etcd at {endpoint} failed {op}: {message}{hint}")]
+    Request {
+        endpoint: String,
+        op: &'static str,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("a commit of {ops} changes exceeds etcd's limit of operations per transaction (etcd flag --max-txn-ops, default 128): raise it on etcd or apply fewer resources at once")]
+    TooManyOps { ops: usize },
+    #[error("etcd at {endpoint} refused {op}: {message}")]
+    Refused {
+        endpoint: String,
+        op: &'static str,
+        message: String,
+    },
+}
+
+impl From<EtcdError> for StoreError {
+    fn from(e: EtcdError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// A [`Store`] backed by etcd. Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoint", &self.inner.endpoint)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    channel: Channel,
+    /// The endpoint in use, as given (`HOST:PORT`), for error messages.
+    endpoint: String,
+    /// Prepended to every key; ends with `/`.
+    prefix: String,
+    /// The highest store revision seen in any response: where new watches start.
+    revision: AtomicU64,
+}
+
+impl EtcdStore {
+    /// Connects to the first of `endpoints` (`HOST:PORT`, plain http) that answers, and
+    /// keeps Skein's keys under `prefix` (e.g. [`DEFAULT_PREFIX`]; a missing trailing `/` is
+    /// added). The endpoints are tried in order; the error names each one and why it failed.
+    /// After connecting, the store stays on that endpoint (the connection is re-established
+    /// if it drops).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::NoEndpoint.into());
+        }
+        let prefix = normalize_prefix(prefix)?;
+        let mut tried = Vec::new();
+        for endpoint in endpoints {
+            let uri = parse_endpoint(endpoint)?;
+            match Self::try_endpoint(&uri, endpoint, &prefix).await {
+                Ok(store) => return Ok(store),
+                Err(why) => tried.push(format!("{endpoint} ({why})")),
+            }
+        }
+        Err(EtcdError::Unreachable {
+            tried: tried.join(", "),
+        }
+        .into())
+    }
+
+    async fn try_endpoint(uri: &str, endpoint: &str, prefix: &str) -> Result<Self, String> {
+        let channel = Endpoint::from_shared(uri.to_string())
+            .map_err(|e| error_chain(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Pings find a dead peer under an idle watch; etcd refuses pings more often than
+            // every 5 s by default (--grpc-keepalive-min-time).
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, channel.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(error_chain(&e)),
+            Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+        };
+        let store = EtcdStore {
+            inner: Arc::new(Inner {
+                channel,
+                endpoint: endpoint.to_string(),
+                prefix: prefix.to_string(),
+                revision: AtomicU64::new(0),
+            }),
+        };
+        // A connection alone does not prove it is etcd, nor that it serves requests (a
+        // member without quorum accepts connections): one small read does.
+        let probe = rpc::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            count_only: true,
+            ..Default::default()
+        };
+        let response = store
+            .call("a test read", store.kv().range(probe))
+            .await
+            .map_err(|e| match e {
+                EtcdError::Request { message, .. } => message,
+                other => other.to_string(),
+            })?;
+        store.observe(response.header.as_ref());
+        Ok(store)
+    }
+
+    /// The key prefix in use (ends with `/`).
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The endpoint in use (`HOST:PORT`).
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.inner.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Runs one unary request with [`REQUEST_TIMEOUT`], naming `op` in errors.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        request: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, EtcdError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.status_error(op, &status)),
+            Err(_) => Err(EtcdError::Timeout {
+                endpoint: self.inner.endpoint.clone(),
+                op,
+            }),
+        }
+    }
+
+    fn status_error(&self, op: &'static str, status: &tonic::Status) -> EtcdError {
+        let endpoint = self.inner.endpoint.clone();
+        let message = status_text(status);
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                EtcdError::Request {
+                    endpoint,
+                    op,
+                    message,
+                    hint: "; is etcd running and healthy (`etcdctl endpoint health`)?",
+                }
+            }
+            _ => EtcdError::Refused {
+                endpoint,
+                op,
+                message,
+            },
+        }
+    }
+
+    /// Records a response's revision as the latest known one; returns it.
+    fn observe(&self, header: Option<&rpc::ResponseHeader>) -> u64 {
+        let revision = header.map_or(0, |h| revision(h.revision));
+        self.inner.revision.fetch_max(revision, Ordering::Relaxed);
+        revision
+    }
+
+    fn full_key(&self, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.inner.prefix).into_bytes()
+    }
+
+    /// The Skein key of an etcd key under the prefix (`None` for anything else).
+    fn skein_key(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(self.inner.prefix.as_str())
+            .map(str::to_string)
+    }
+
+    fn entry(&self, kv: pb::mvccpb::KeyValue) -> Option<Entry> {
+        let Some(key) = self.skein_key(&kv.key) else {
+            tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ignoring a non-UTF-8 key in etcd under Skein's prefix");
+            return None;
+        };
+        Some(Entry {
+            key,
+            value: kv.value,
+            revision: revision(kv.mod_revision),
+        })
+    }
+
+    async fn list_pages(&self, prefix: &str) -> Result<(Vec<Entry>, u64), EtcdError> {
+        let start = self.full_key(prefix);
+        let range_end = prefix_end(&start);
+        let mut request = rpc::RangeRequest {
+            key: start,
+            range_end,
+            limit: LIST_PAGE,
+            ..Default::default()
+        };
+        let mut entries = Vec::new();
+        loop {
+            let response = self
+                .call("a list", self.kv().range(request.clone()))
+                .await?;
+            let at = self.observe(response.header.as_ref());
+            // Later pages read at the first page's revision: one consistent snapshot.
+            if request.revision == 0 {
+                request.revision = at as i64;
+            }
+            let next = response.kvs.last().map(|kv| {
+                let mut k = kv.key.clone();
+                k.push(0);
+                k
+            });
+            entries.extend(response.kvs.into_iter().filter_map(|kv| self.entry(kv)));
+            match next {
+                Some(next) if response.more => request.key = next,
+                _ => return Ok((entries, request.revision as u64)),
+            }
+        }
+    }
+
+    async fn commit_txn(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let op_count = ops.len();
+        let txn = Txn::build(self, ops);
+        let response = match self.call("a commit", self.kv().txn(txn.request)).await {
+            Err(EtcdError::Refused { message, .. }) if message.contains("too many operations") => {
+                return Err(EtcdError::TooManyOps { ops: op_count }.into())
+            }
+            other => other?,
+        };
+        let at = self.observe(response.header.as_ref());
+        if response.succeeded {
+            return Ok(at);
+        }
+        // The failure branch read every checked key in the same transaction: find the
+        // precondition that did not hold.
+        let mut found = HashMap::new();
+        for (key, reply) in txn.checked_keys.iter().zip(&response.responses) {
+            if let Some(rpc::response_op::Response::ResponseRange(range)) = &reply.response {
+                let rev = range.kvs.first().map_or(0, |kv| revision(kv.mod_revision));
+                found.insert(key.as_str(), rev);
+            }
+        }
+        for (key, expected) in txn.expectations {
+            let found = found.get(key.as_str()).copied().unwrap_or(0);
+            if found != expected {
+                return Err(StoreError::Conflict {
+                    key,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Err(StoreError::Backend(
+            "etcd refused the commit although every precondition holds now (a concurrent change came and went); retry".into(),
+        ))
+    }
+}
+
+/// One commit as an etcd transaction.
+struct Txn {
+    request: rpc::TxnRequest,
+    /// (Skein key, expected revision) for every op with a precondition, in op order.
+    expectations: Vec<(String, u64)>,
+    /// The Skein keys read by the failure branch, in response order.
+    checked_keys: Vec<String>,
+}
+
+impl Txn {
+    /// Compares: one per precondition (`Some(0)`: the key was never created, or deleted
+    /// since; otherwise its `mod_revision`). Success: the writes. etcd refuses two writes to
+    /// one key in a transaction, so the last op on a key wins (as when applied in order);
+    /// every precondition is checked against the state before the commit. Failure: read
+    /// every checked key, to report which precondition failed.
+    fn build(store: &EtcdStore, ops: Vec<Op>) -> Txn {
+        use rpc::compare::{CompareResult, CompareTarget, TargetUnion};
+        let mut txn = Txn {
+            request: rpc::TxnRequest::default(),
+            expectations: Vec::new(),
+            checked_keys: Vec::new(),
+        };
+        let mut writes: Vec<rpc::RequestOp> = Vec::with_capacity(ops.len());
+        let mut write_index: HashMap<String, usize> = HashMap::new();
+        for op in ops {
+            let (key, expect) = match &op {
+                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
+            };
+            let full = store.full_key(&key);
+            if let Some(expected) = expect {
+                let (target, union) = match expected {
+                    0 => (CompareTarget::Create, TargetUnion::CreateRevision(0)),
+                    rev => (CompareTarget::Mod, TargetUnion::ModRevision(rev as i64)),
+                };
+                txn.request.compare.push(rpc::Compare {
+                    result: CompareResult::Equal as i32,
+                    target: target as i32,
+                    key: full.clone(),
+                    target_union: Some(union),
+                });
+                if !txn.checked_keys.contains(&key) {
+                    txn.request.failure.push(rpc::RequestOp {
+                        request: Some(rpc::request_op::Request::RequestRange(rpc::RangeRequest {
+                            key: full.clone(),
+                            ..Default::default()
+                        })),
+                    });
+                    txn.checked_keys.push(key.clone());
+                }
+                txn.expectations.push((key.clone(), expected));
+            }
+            let write = match op {
+                Op::Put { value, .. } => rpc::request_op::Request::RequestPut(rpc::PutRequest {
+                    key: full,
+                    value,
+                    ..Default::default()
+                }),
+                Op::Delete { .. } => {
+                    rpc::request_op::Request::RequestDeleteRange(rpc::DeleteRangeRequest {
+                        key: full,
+                        ..Default::default()
+                    })
+                }
+            };
+            let write = rpc::RequestOp {
+                request: Some(write),
+            };
+            match write_index.get(&key) {
+                Some(&i) => writes[i] = write,
+                None => {
+                    write_index.insert(key, writes.len());
+                    writes.push(write);
+                }
+            }
+        }
+        txn.request.success = writes;
+        txn
+    }
+}
+
+impl Store for EtcdStore {
+    fn list(&self, prefix: &str) -> BoxFuture<'_, Result<(Vec<Entry>, u64), StoreError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move { Ok(self.list_pages(&prefix).await?) })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.commit_txn(ops))
+    }
+
+    /// Starts after the latest revision this store has seen (from any list, commit or
+    /// watch), so changes committed after the call are delivered; a few changes from just
+    /// before it may be delivered too. Needs a tokio runtime (the stream runs in a task);
+    /// without one the channel is closed at once.
+    fn watch(&self, prefix: &str) -> mpsc::Receiver<Event> {
+        let from = self.inner.revision.load(Ordering::Relaxed) + 1;
+        watch::spawn(self.clone(), prefix, from)
+    }
+}
+
+/// etcd revisions are `int64` but never negative.
+fn revision(r: i64) -> u64 {
+    u64::try_from(r).unwrap_or(0)
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's range end for
+/// a prefix): the prefix with its last byte below 0xff incremented and the rest dropped.
+/// `[0]` (which etcd reads as "to the end of the keyspace") when there is no such byte.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn normalize_prefix(prefix: &str) -> Result<String, EtcdError> {
+    match prefix {
+        "" => Err(EtcdError::EmptyPrefix),
+        p if p.ends_with('/') => Ok(p.to_string()),
+        p => Ok(format!("{p}/")),
+    }
+}
+
+/// `HOST:PORT` (an `http://` scheme is tolerated) → the URI tonic connects to.
+fn parse_endpoint(endpoint: &str) -> Result<String, EtcdError> {
+    let bad = || EtcdError::BadEndpoint(endpoint.to_string());
+    let trimmed = endpoint.trim();
+    let authority = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.contains("://") || authority.contains('/') {
+        return Err(bad());
+    }
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(format!("http://{authority}"))
+}
+
+/// An error and its sources on one line ("transport error: … Connection refused").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A gRPC status as "message: cause" ("tcp connect error: Connection refused (os error
+/// 111)"), without tonic's debug rendering.
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = match status.message() {
+        "" => format!("{:?}", status.code()),
+        m => m.to_string(),
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Exponential backoff with jitter between reconnection attempts: 100 ms doubling to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The next delay: the current step plus up to half of it at random.
+    fn next_delay(&mut self) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let step = self.next;
+        self.next = (step * 2).min(Self::MAX);
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let half = u64::try_from(step.as_millis() / 2).unwrap_or(0).max(1);
+        step + Duration::from_millis(random % half)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_ff() {
+        assert_eq!(prefix_end(b"/skein/"), b"/skein0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_are_host_and_port() {
+        assert_eq!(
+            parse_endpoint("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            parse_endpoint("http://etcd.local:2379/").unwrap(),
+            "http://etcd.local:2379"
+        );
+        assert_eq!(parse_endpoint("[::1]:2379").unwrap(), "http://[::1]:2379");
+        for bad in [
+            "127.0.0.1",
+            ":2379",
+            "https://h:2379",
+            "h:0",
+            "h:x",
+            "h:1/path",
+        ] {
+            let err = parse_endpoint(bad).unwrap_err().to_string();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn prefixes_end_with_a_slash() {
+        assert_eq!(normalize_prefix("/skein").unwrap(), "/skein/");
+        assert_eq!(normalize_prefix("/a/").unwrap(), "/a/");
+        assert!(normalize_prefix("").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= Backoff::FIRST && first < Backoff::FIRST * 2);
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let capped = b.next_delay();
+        assert!(capped >= Backoff::MAX && capped <= Backoff::MAX * 3 / 2);
+        b.reset();
+        assert!(b.next_delay() < Backoff::FIRST * 2);
+    }
+}

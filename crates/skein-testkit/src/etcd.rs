@@ -1,0 +1,226 @@
+//! A real, single-member etcd (Debian's `etcd-server`) for tests of the etcd store and of
+//! several control-plane replicas: started on free loopback ports with its own data
+//! directory, and killed with that directory removed when the handle drops, even when the
+//! test fails.
+
+use anyhow::{bail, Context};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer its health check after starting.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+/// Start attempts, each on fresh ports (another process may take a port we picked).
+const ATTEMPTS: usize = 5;
+
+/// A running etcd child process.
+pub struct Etcd {
+    child: Option<Child>,
+    bin: PathBuf,
+    /// Holds `data/` (etcd's data dir) and `etcd.log` (its output); removed on drop.
+    dir: PathBuf,
+    client: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Etcd {
+    /// Whether an etcd binary is installed (`/usr/bin/etcd`, or `etcd` on `PATH`).
+    pub fn available() -> bool {
+        find_binary().is_some()
+    }
+
+    /// Starts etcd on free ports of 127.0.0.1 and waits until it serves requests. Blocks
+    /// (for about a second), so call it before starting async work or accept the pause.
+    pub fn start() -> anyhow::Result<Etcd> {
+        let bin = find_binary()
+            .context("etcd is not installed: apt-get install etcd-server (or put etcd on PATH)")?;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let mut etcd = Etcd {
+                child: None,
+                bin: bin.clone(),
+                dir: unique_dir()?,
+                client: free_port()?,
+                peer: free_port()?,
+            };
+            match etcd.spawn() {
+                Ok(()) => return Ok(etcd),
+                // Dropping `etcd` kills the child and removes its directory.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    /// The client address, `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.client.to_string()
+    }
+
+    /// Compacts etcd's history up to `revision` (through its JSON gateway), so that watches
+    /// starting at or before it are refused: for testing how clients recover.
+    pub fn compact(&self, revision: u64) -> anyhow::Result<()> {
+        let body = format!("{{\"revision\":\"{revision}\",\"physical\":true}}");
+        let response = http_request(self.client, "POST", "/v3/kv/compaction", &body)?;
+        if !response.starts_with("HTTP/1.1 200") && !response.starts_with("HTTP/1.0 200") {
+            bail!("etcd refused the compaction: {response}");
+        }
+        Ok(())
+    }
+
+    /// Kills etcd (SIGKILL), keeping its data, ports and directory, e.g. to test that
+    /// clients survive an outage. [`Etcd::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data, after [`Etcd::stop`] (or
+    /// kills the running one first), and waits until it serves requests.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        // The ports were just released; another process could take them meanwhile, but
+        // only the kernel's own ephemeral allocations race with us on loopback.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log_path = self.dir.join("etcd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let client_url = format!("http://{}", self.client);
+        let peer_url = format!("http://{}", self.peer);
+        let child = Command::new(&self.bin)
+            .arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer_url}"))
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-level")
+            .arg("error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        self.child = Some(child);
+        self.wait_healthy()
+            .with_context(|| format!("etcd output:\n{}", self.log_tail()))
+    }
+
+    /// Polls `GET /health` on the client port until etcd reports itself healthy (it has a
+    /// leader and serves reads), or fails if etcd exits or takes too long.
+    fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("etcd exited at start ({status})");
+                }
+            }
+            if let Ok(body) = http_get(self.client, "/health") {
+                if body.contains("\"health\":\"true\"") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "etcd on {} not healthy within {READY_WITHIN:?}",
+                    self.client
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn find_binary() -> Option<PathBuf> {
+    let usr_bin = PathBuf::from("/usr/bin/etcd");
+    if usr_bin.is_file() {
+        return Some(usr_bin);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A new, empty directory for one etcd instance.
+fn unique_dir() -> anyhow::Result<PathBuf> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "skein-etcd-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("cannot bind a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A plain HTTP/1.0 GET; the whole response as text.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    http_request(addr, "GET", path, "")
+}
+
+/// A plain HTTP/1.0 request; the whole response as text.
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
