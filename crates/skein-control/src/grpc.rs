@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Records workloads as their proxies come and go (the store layer implements it).
@@ -31,19 +32,23 @@ pub struct ProxyControlService {
     state: watch::Receiver<Arc<MeshState>>,
     registrar: Arc<dyn Registrar>,
     connections: Arc<Connections>,
+    shutdown: CancellationToken,
 }
 
 impl ProxyControlService {
-    /// Serves snapshots computed from `state`.
+    /// Serves snapshots computed from `state`. When `shutdown` fires, every session ends,
+    /// so proxies reconnect (to another replica, if there is one).
     pub fn new(
         state: watch::Receiver<Arc<MeshState>>,
         registrar: Arc<dyn Registrar>,
         connections: Arc<Connections>,
+        shutdown: CancellationToken,
     ) -> Self {
         ProxyControlService {
             state,
             registrar,
             connections,
+            shutdown,
         }
     }
 }
@@ -75,6 +80,7 @@ impl ProxyControl for ProxyControlService {
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
         let mut state = self.state.clone();
         let (registrar, connections) = (self.registrar.clone(), self.connections.clone());
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut last_sent: Option<Snapshot> = None;
             loop {
@@ -95,6 +101,7 @@ impl ProxyControl for ProxyControlService {
                     }
                 }
                 tokio::select! {
+                    _ = shutdown.cancelled() => break,
                     r = state.changed() => if r.is_err() { break },
                     msg = inbound.message() => match msg {
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
