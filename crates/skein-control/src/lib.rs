@@ -2,7 +2,10 @@
 //! a persistent store (embedded by default, etcd for several replicas), serves it to the
 //! CLI over an HTTP API, and pushes to each proxy the configuration it needs.
 
+pub mod api;
 pub mod grpc;
+pub mod registry;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;

@@ -37,6 +37,22 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
+/// Writes `token` to `DATA_DIR/admin.token` with mode 0600 (replacing any other).
+pub fn write(data_dir: &Path, token: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let file = path(data_dir);
+    let tmp = data_dir.join(".admin.token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, file)
+}
+
 /// 32 random bytes from the OS, hex-encoded.
 fn generate() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];

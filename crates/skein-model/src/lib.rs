@@ -2,15 +2,18 @@
 //!
 //! The proxy's configuration lives here so that the standalone YAML file
 //! (`skein proxy --config FILE`) and, later, the control plane's snapshots describe a
-//! proxy with the same structures.
+//! proxy with the same structures. The control plane's resources (`Mesh`, `Service`,
+//! `HTTPRoute`, …) live in [`resource`].
 
 pub mod duration;
 pub mod proxy;
+pub mod resource;
 
 pub use proxy::{
     AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,
     ProxyConfig, Upstream, WorkloadInfo,
 };
+pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
 
 /// A problem found while reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +35,29 @@ pub enum ModelError {
         /// Each broken rule, naming the field path, the bad value and what is accepted.
         problems: Vec<FieldError>,
     },
+    /// Resource documents were refused; every problem of every document is listed, each
+    /// naming its resource.
+    #[error("invalid {origin} ({} problem{}):\n{}",
+        .problems.len(),
+        if .problems.len() == 1 { "" } else { "s" },
+        .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Resources {
+        /// What was read: a file name, `the request`, or the resource itself.
+        origin: String,
+        /// Each problem, naming the resource, the field path, the value and what is
+        /// accepted.
+        problems: Vec<ResourceProblem>,
+    },
+    /// A word that names no kind of resource (`skein get WORD`).
+    #[error("unknown resource kind {word:?}; accepted: {}", Kind::accepted_words())]
+    UnknownKind {
+        /// The word as given.
+        word: String,
+    },
 }
 
 /// One broken validation rule: the field path, the offending value and what is accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
     /// Dotted path of the field, e.g. `outbound.upstreams[0].listen`.
     pub path: String,

@@ -1,6 +1,8 @@
 //! `skein`: one binary for the whole mesh. Today it runs the sidecar proxy and the demo;
 //! the control plane and the kubectl-like CLI join it as they land.
 
+mod cli;
+mod control_cmd;
 mod demo;
 mod proxy_cmd;
 
@@ -34,6 +36,59 @@ enum Command {
         /// Validate the configuration, print it with defaults applied, and exit.
         #[arg(long)]
         check: bool,
+        /// Take destinations and application ports from this control plane (gRPC
+        /// address, e.g. 127.0.0.1:9991); the file still sets workload and listeners.
+        #[arg(long)]
+        control: Option<String>,
+        /// The address peers reach this proxy's inbound listener on (default: the inbound
+        /// listen address; required when that is 0.0.0.0).
+        #[arg(long)]
+        advertise: Option<std::net::SocketAddr>,
+    },
+    /// Run the control plane: resource store, HTTP API (9990) and proxy API (9991).
+    ///
+    /// Resources live in an embedded store in --data-dir (nothing to install), or in etcd
+    /// with --store etcd://HOST:PORT[,HOST:PORT…] so several replicas can serve one mesh.
+    /// The admin token is created at first start in DATA_DIR/admin.token (mode 0600).
+    Control(control_cmd::ControlArgs),
+    /// Create or update resources from YAML files, a directory, or `-` (stdin).
+    ///
+    /// All documents are validated first and applied atomically: one invalid document
+    /// refuses the whole apply and leaves the state in force unchanged.
+    Apply {
+        /// File, directory or `-`; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// List resources of a kind, or show one (`skein get services`, `skein get workloads`).
+    Get {
+        /// Kind: mesh, service(s)/svc, workload(s)/wl, httproute(s)/route(s),
+        /// authorizationpolicies/authz, backendpolicies.
+        kind: String,
+        /// A resource name (omit to list).
+        name: Option<String>,
+        /// Namespace (default: all namespaces when listing, `default` for one resource).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: cli::Output,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Delete one resource.
+    Delete {
+        /// Kind (as for `get`).
+        kind: String,
+        /// Resource name.
+        name: String,
+        /// Namespace (default `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        target: cli::Target,
     },
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
@@ -54,12 +109,22 @@ enum Command {
     },
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     skein_model::duration::parse(s)
         .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
     tracing_subscriber::fmt()
@@ -71,7 +136,36 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Proxy { config, check } => proxy_cmd::run(&config, check).await,
+            Command::Proxy {
+                config,
+                check,
+                control,
+                advertise,
+            } => proxy_cmd::run(&config, check, control, advertise).await,
+            Command::Control(args) => control_cmd::run(args).await,
+            Command::Apply { files, target } => cli::apply(&target, &files).await,
+            Command::Get {
+                kind,
+                name,
+                namespace,
+                output,
+                target,
+            } => {
+                cli::get(
+                    &target,
+                    &kind,
+                    name.as_deref(),
+                    namespace.as_deref(),
+                    output,
+                )
+                .await
+            }
+            Command::Delete {
+                kind,
+                name,
+                namespace,
+                target,
+            } => cli::delete(&target, &kind, &name, namespace.as_deref()).await,
             Command::Demo { duration, rps, net } => demo::run(duration, rps, net).await,
         }
     })

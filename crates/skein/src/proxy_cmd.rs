@@ -7,7 +7,12 @@ use std::path::Path;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Runs the proxy until a shutdown signal, then drains and returns.
-pub async fn run(path: &Path, check: bool) -> anyhow::Result<()> {
+pub async fn run(
+    path: &Path,
+    check: bool,
+    control: Option<String>,
+    advertise: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read proxy config {}", path.display()))?;
     let config = ProxyConfig::from_yaml(&text, &path.display().to_string())?;
@@ -17,7 +22,27 @@ pub async fn run(path: &Path, check: bool) -> anyhow::Result<()> {
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let proxy = RunningProxy::start(config).await?;
+    let control = match control {
+        Some(addr) => {
+            let advertise = advertise.unwrap_or(config.inbound.listen);
+            if advertise.ip().is_unspecified() {
+                anyhow::bail!(
+                    "the inbound listener is {advertise}: pass --advertise IP:PORT so peers know where to reach this proxy"
+                );
+            }
+            let endpoint = if addr.starts_with("http://") {
+                addr
+            } else {
+                format!("http://{addr}")
+            };
+            Some(skein_proxy::control::ControlConfig {
+                endpoint,
+                advertise,
+            })
+        }
+        None => None,
+    };
+    let proxy = RunningProxy::start_with_control(config, control).await?;
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

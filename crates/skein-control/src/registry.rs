@@ -1,0 +1,349 @@
+//! The registry: every resource of the mesh, mirrored in memory from the store and kept
+//! current by the store's watch, so that every replica sees every change (its own and
+//! other replicas'). It turns resources into the [`MeshState`] proxies are configured
+//! from, and it is where applies and deletes become atomic store commits.
+
+use crate::snapshot::{ServiceView, WorkloadView};
+use crate::state::MeshState;
+use crate::store::{Entry, Event, Op, Store, StoreError};
+use skein_model::resource::{Kind, Resource, ResourceKey};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Store key prefix under which resources live.
+pub const PREFIX: &str = "resources/";
+
+/// The trust domain when no Mesh resource sets one.
+pub const DEFAULT_TRUST_DOMAIN: &str = "skein.local";
+
+/// What an apply did to one resource (kubectl's words).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// `HTTPRoute/default/restaurant`.
+    pub resource: String,
+    /// `created`, `configured` or `unchanged`.
+    pub action: &'static str,
+}
+
+/// Errors of registry operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A resource could not be encoded.
+    #[error("cannot encode {0}: {1}")]
+    Encode(String, String),
+}
+
+/// The in-memory mirror of every resource.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    resources: RwLock<BTreeMap<ResourceKey, Resource>>,
+    revision: AtomicU64,
+    state: watch::Sender<Arc<MeshState>>,
+}
+
+impl Registry {
+    /// Loads every resource from `store` and follows its changes from then on.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Arc<Registry>, RegistryError> {
+        // Watch first, then list: a change between the two is seen twice, never missed.
+        let mut events = store.watch(PREFIX);
+        let (entries, revision) = store.list(PREFIX).await?;
+        let mut resources = BTreeMap::new();
+        for entry in &entries {
+            if let Some((key, resource)) = decode(entry) {
+                resources.insert(key, resource);
+            }
+        }
+        let (state, _) = watch::channel(Arc::new(MeshState::default()));
+        let registry = Arc::new(Registry {
+            store,
+            resources: RwLock::new(resources),
+            revision: AtomicU64::new(revision),
+            state,
+        });
+        registry.publish();
+        let weak = Arc::downgrade(&registry);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
+                registry.apply_event(event);
+            }
+            tracing::error!("store watch ended; resource changes are no longer followed");
+        });
+        Ok(registry)
+    }
+
+    fn apply_event(&self, event: Event) {
+        let revision = match &event {
+            Event::Put(e) => e.revision,
+            Event::Delete { revision, .. } => *revision,
+        };
+        {
+            let mut resources = self.resources.write().unwrap_or_else(|p| p.into_inner());
+            match event {
+                Event::Put(entry) => {
+                    if let Some((key, resource)) = decode(&entry) {
+                        resources.insert(key, resource);
+                    }
+                }
+                Event::Delete { key, .. } => {
+                    if let Some(k) = key
+                        .strip_prefix(PREFIX)
+                        .and_then(ResourceKey::from_storage_path)
+                    {
+                        resources.remove(&k);
+                    }
+                }
+            }
+        }
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+        self.publish();
+    }
+
+    /// Recomputes the mesh state; proxies' sessions are woken only if it changed.
+    fn publish(&self) {
+        let next = self.mesh_state();
+        self.state.send_if_modified(|current| {
+            if **current == next {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+    }
+
+    fn mesh_state(&self) -> MeshState {
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        let mut state = MeshState {
+            revision: self.revision.load(Ordering::SeqCst),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            ..MeshState::default()
+        };
+        for resource in resources.values() {
+            match resource {
+                Resource::Mesh(m) => state.trust_domain = m.spec.trust_domain.clone(),
+                Resource::Service(s) => state.services.push(ServiceView {
+                    name: s.metadata.name.clone(),
+                    namespace: s.metadata.namespace.clone(),
+                    selector: s.spec.selector.clone(),
+                    ports: s.spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
+                    addresses: s.spec.addresses.clone(),
+                }),
+                Resource::Workload(w) => state.workloads.push(WorkloadView {
+                    name: w.metadata.name.clone(),
+                    namespace: w.metadata.namespace.clone(),
+                    labels: w.metadata.labels.clone(),
+                    address: w.spec.address,
+                    inbound_port: w.spec.inbound_port,
+                    app_ports: w.spec.ports.clone(),
+                }),
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Follows the mesh state proxies are configured from.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
+        self.state.subscribe()
+    }
+
+    /// The store revision the registry reflects.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    /// One resource.
+    pub fn get(&self, key: &ResourceKey) -> Option<Resource> {
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        resources.get(key).cloned()
+    }
+
+    /// Every resource of `kind`, optionally in one namespace, sorted by key.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Resource> {
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        resources
+            .iter()
+            .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Applies every resource or none. A resource carrying `metadata.resourceVersion`
+    /// must still be at that version (optimistic concurrency); others replace whatever is
+    /// there. Returns what happened to each, once the registry reflects the commit.
+    pub async fn apply(&self, docs: Vec<Resource>) -> Result<Vec<Applied>, RegistryError> {
+        self.apply_with(docs, false).await
+    }
+
+    /// [`Registry::apply`]; with `force`, resources are written even when their desired
+    /// state is unchanged (to record a new status).
+    pub async fn apply_with(
+        &self,
+        docs: Vec<Resource>,
+        force: bool,
+    ) -> Result<Vec<Applied>, RegistryError> {
+        let mut ops = Vec::new();
+        let mut results = Vec::new();
+        for mut doc in docs {
+            let key = doc.key();
+            let existing = self.get(&key);
+            let given_version = doc.meta().resource_version;
+            let action = match &existing {
+                None => "created",
+                Some(old) if same_desired_state(old, &doc) => "unchanged",
+                Some(_) => "configured",
+            };
+            results.push(Applied {
+                resource: key.to_string(),
+                action,
+            });
+            if action == "unchanged" && given_version == 0 && !force {
+                continue;
+            }
+            let meta = doc.meta_mut();
+            meta.resource_version = 0;
+            match &existing {
+                Some(old) => {
+                    meta.creation_timestamp = old.meta().creation_timestamp.clone();
+                    meta.generation = old.meta().generation + u64::from(action != "unchanged");
+                }
+                None => {
+                    meta.creation_timestamp = Some(now_rfc3339());
+                    meta.generation = 1;
+                }
+            }
+            let expect = if given_version != 0 {
+                Some(given_version)
+            } else {
+                Some(
+                    existing
+                        .as_ref()
+                        .map(|r| r.meta().resource_version)
+                        .unwrap_or(0),
+                )
+            };
+            let value = serde_json::to_vec(&doc)
+                .map_err(|e| RegistryError::Encode(key.to_string(), e.to_string()))?;
+            ops.push(Op::Put {
+                key: format!("{PREFIX}{}", key.storage_path()),
+                value,
+                expect,
+            });
+        }
+        if !ops.is_empty() {
+            let revision = self.store.commit(ops).await?;
+            self.wait_for(revision).await;
+        }
+        Ok(results)
+    }
+
+    /// Deletes one resource; `Ok(false)` when there was none.
+    pub async fn delete(&self, key: &ResourceKey) -> Result<bool, RegistryError> {
+        let Some(existing) = self.get(key) else {
+            return Ok(false);
+        };
+        let revision = self
+            .store
+            .commit(vec![Op::Delete {
+                key: format!("{PREFIX}{}", key.storage_path()),
+                expect: Some(existing.meta().resource_version),
+            }])
+            .await?;
+        self.wait_for(revision).await;
+        Ok(true)
+    }
+
+    /// Waits (briefly) until the watch has delivered `revision`, so a read right after a
+    /// write sees it.
+    async fn wait_for(&self, revision: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.revision() < revision && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Whether two versions of a resource want the same thing (labels, annotations, spec);
+/// bookkeeping and status do not count.
+fn same_desired_state(a: &Resource, b: &Resource) -> bool {
+    let strip = |r: &Resource| {
+        let mut r = r.clone();
+        let m = r.meta_mut();
+        m.resource_version = 0;
+        m.generation = 0;
+        m.creation_timestamp = None;
+        r.clear_status();
+        r
+    };
+    strip(a) == strip(b)
+}
+
+fn decode(entry: &Entry) -> Option<(ResourceKey, Resource)> {
+    let key = entry
+        .key
+        .strip_prefix(PREFIX)
+        .and_then(ResourceKey::from_storage_path)?;
+    match serde_json::from_slice::<Resource>(&entry.value) {
+        Ok(mut resource) => {
+            resource.meta_mut().resource_version = entry.revision;
+            Some((key, resource))
+        }
+        Err(e) => {
+            tracing::error!(key = %entry.key, error = %e, "stored resource cannot be read; ignoring it");
+            None
+        }
+    }
+}
+
+/// The current UTC time as RFC 3339 (`2026-11-22T04:05:06Z`).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's civil calendar
+/// algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,287 @@
+//! Assembling a control plane: store → registry → HTTP API and proxy gRPC API, plus the
+//! registrar that turns connected proxies into Workload resources and removes them a
+//! grace period after their proxy leaves.
+
+use crate::api::{self, Api};
+use crate::grpc::{ProxyControlService, Registrar};
+use crate::registry::{Registry, RegistryError};
+use crate::snapshot::WorkloadView;
+use crate::state::Connections;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
+use crate::store::{Op, Store, StoreError};
+use futures_util::future::BoxFuture;
+use skein_model::resource::{
+    Kind, Object, ObjectMeta, Resource, ResourceKey, WorkloadSpec, WorkloadStatus,
+};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Which store holds the mesh's state.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// `DATA_DIR/store.redb`.
+    Embedded,
+    /// etcd at these `host:port` endpoints, under this key prefix.
+    Etcd {
+        /// Client endpoints.
+        endpoints: Vec<String>,
+        /// Key prefix (default `/skein/`).
+        prefix: String,
+    },
+}
+
+/// How to run a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Where the embedded store and the admin token live.
+    pub data_dir: PathBuf,
+    /// The store.
+    pub store: StoreChoice,
+    /// HTTP API listener (default `127.0.0.1:9990`).
+    pub http: SocketAddr,
+    /// Proxy gRPC listener (default `0.0.0.0:9991`).
+    pub grpc: SocketAddr,
+    /// How long a disconnected proxy's workload stays an endpoint (default 30 s).
+    pub workload_grace: Duration,
+    /// This replica's name, recorded in the workloads it registers.
+    pub replica: String,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Loading resources failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A listener or file failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A running control plane.
+pub struct RunningControl {
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+    /// Where proxies connect.
+    pub grpc: SocketAddr,
+    /// The admin token.
+    pub token: String,
+    /// The resources.
+    pub registry: Arc<Registry>,
+    /// Connected proxies.
+    pub connections: Arc<Connections>,
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl RunningControl {
+    /// Opens the store, loads every resource and starts both APIs.
+    pub async fn start(opts: ControlOptions) -> Result<RunningControl, ControlError> {
+        let io = |what: &str, e: std::io::Error| ControlError::Io(format!("{what}: {e}"));
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|e| io(&format!("cannot create {}", opts.data_dir.display()), e))?;
+        // The data directory holds the admin token (and later the CA's keys): owner only.
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(&format!("cannot restrict {}", opts.data_dir.display()), e))?;
+        let store: Arc<dyn Store> = match &opts.store {
+            StoreChoice::Embedded => Arc::new(EmbeddedStore::open(&opts.data_dir)?),
+            StoreChoice::Etcd { endpoints, prefix } => {
+                Arc::new(EtcdStore::connect(endpoints, prefix).await?)
+            }
+        };
+        let token = shared_token(&*store, &opts).await?;
+        let registry = Registry::load(store).await?;
+        let connections = Arc::new(Connections::default());
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let http = tokio::net::TcpListener::bind(opts.http)
+            .await
+            .map_err(|e| {
+                io(
+                    &format!("cannot listen on {} for the HTTP API", opts.http),
+                    e,
+                )
+            })?;
+        let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
+        let router = api::router(Arc::new(Api {
+            registry: registry.clone(),
+            connections: connections.clone(),
+            token: token.clone(),
+        }));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(http, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+
+        let grpc = tokio::net::TcpListener::bind(opts.grpc)
+            .await
+            .map_err(|e| io(&format!("cannot listen on {} for proxies", opts.grpc), e))?;
+        let grpc_addr = grpc.local_addr().map_err(|e| io("local address", e))?;
+        let registrar = Arc::new(StoreRegistrar {
+            registry: registry.clone(),
+            connections: connections.clone(),
+            grace: opts.workload_grace,
+            replica: opts.replica.clone(),
+        });
+        let svc = ProxyControlService::new(
+            registry.subscribe(),
+            registrar,
+            connections.clone(),
+            shutdown.clone(),
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = tonic::transport::Server::builder()
+                .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc),
+                    stop.cancelled_owned(),
+                );
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "proxy gRPC API stopped");
+            }
+        });
+        tracing::info!(http = %http_addr, grpc = %grpc_addr, "control plane ready");
+        Ok(RunningControl {
+            http: http_addr,
+            grpc: grpc_addr,
+            token,
+            registry,
+            connections,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops both APIs; proxies' streams end so they reconnect elsewhere.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// The admin token: with etcd it is shared by every replica (created once, in the store),
+/// and each replica also writes it to its data dir (0600) for the CLI.
+async fn shared_token(store: &dyn Store, opts: &ControlOptions) -> Result<String, ControlError> {
+    let io = |e: std::io::Error| ControlError::Io(format!("admin token: {e}"));
+    if matches!(opts.store, StoreChoice::Embedded) {
+        return crate::token::load_or_create(&opts.data_dir).map_err(io);
+    }
+    const KEY: &str = "secrets/admin-token";
+    let (found, _) = store.list(KEY).await?;
+    let token = match found.into_iter().find(|e| e.key == KEY) {
+        Some(e) => String::from_utf8_lossy(&e.value).into_owned(),
+        None => {
+            let fresh = crate::token::load_or_create(&opts.data_dir).map_err(io)?;
+            let put = Op::Put {
+                key: KEY.into(),
+                value: fresh.clone().into_bytes(),
+                expect: Some(0),
+            };
+            match store.commit(vec![put]).await {
+                Ok(_) => fresh,
+                // Another replica created it first: use theirs.
+                Err(StoreError::Conflict { .. }) => {
+                    let (found, _) = store.list(KEY).await?;
+                    found
+                        .into_iter()
+                        .find(|e| e.key == KEY)
+                        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+                        .unwrap_or(fresh)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    crate::token::write(&opts.data_dir, &token).map_err(io)?;
+    Ok(token)
+}
+
+/// Records proxies as Workload resources.
+struct StoreRegistrar {
+    registry: Arc<Registry>,
+    connections: Arc<Connections>,
+    grace: Duration,
+    replica: String,
+}
+
+impl Registrar for StoreRegistrar {
+    fn register(&self, w: &WorkloadView) -> BoxFuture<'_, Result<(), tonic::Status>> {
+        let resource = Resource::Workload(Object {
+            metadata: ObjectMeta {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                labels: w.labels.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: WorkloadSpec {
+                address: w.address,
+                inbound_port: w.inbound_port,
+                ports: w.app_ports.clone(),
+                ..WorkloadSpec::default()
+            },
+            status: Some(WorkloadStatus {
+                connected: true,
+                since: Some(crate::registry::now_rfc3339()),
+                acknowledged_version: None,
+                control_plane: Some(self.replica.clone()),
+            }),
+        });
+        Box::pin(async move {
+            if let Err(e) = resource.validate() {
+                return Err(tonic::Status::invalid_argument(e.to_string()));
+            }
+            self.registry
+                .apply_with(vec![resource], true)
+                .await
+                .map(|_| ())
+                .map_err(|e| tonic::Status::unavailable(format!("cannot record the workload: {e}")))
+        })
+    }
+
+    fn disconnected(&self, w: WorkloadView) {
+        let (registry, connections) = (self.registry.clone(), self.connections.clone());
+        let (grace, replica) = (self.grace, self.replica.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if connections.is_connected(&w.namespace, &w.name) {
+                return;
+            }
+            let key = ResourceKey::new(Kind::Workload, &w.namespace, &w.name);
+            let Some(Resource::Workload(current)) = registry.get(&key) else {
+                return;
+            };
+            // Another replica may hold the proxy's new stream: only remove our own record.
+            let ours = current
+                .status
+                .as_ref()
+                .and_then(|s| s.control_plane.as_deref())
+                == Some(replica.as_str());
+            if ours {
+                match registry.delete(&key).await {
+                    Ok(_) => {
+                        tracing::info!(workload = %key, "workload removed after its proxy left")
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %key, error = %e, "could not remove workload")
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,261 @@
+//! `BackendPolicy`: how callers reach a service's endpoints — load balancing, connection
+//! limits, outlier detection (circuit breaking) and the retry budget. Every part is
+//! optional; what is left out takes its default, shown by `get -o yaml`.
+
+use super::policy::TargetRef;
+use super::validate::Problems;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `spec` of a `BackendPolicy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendPolicySpec {
+    /// The Service (and optionally port) whose callers follow this policy.
+    pub target_ref: TargetRef,
+    /// How an endpoint is picked. Default `ewma`.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// Limits per caller proxy. Defaults: 1024 connections, 256 pending requests.
+    #[serde(default)]
+    pub connection_pool: ConnectionPool,
+    /// Ejection of failing endpoints. Defaults: 5 consecutive 5xx, checked every 5s,
+    /// ejected for 30s and longer each time, at most 50 % of endpoints.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
+    /// How many retries may be added on top of requests. Defaults: 20 % plus 10 per second.
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+}
+
+/// Load-balancing algorithms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    /// Peak-EWMA latency with power-of-two choices (the default).
+    #[default]
+    Ewma,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight (of two picked at random).
+    LeastRequest,
+}
+
+/// Connection and queue limits towards the service, per caller proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    /// Most connections open to the service's endpoints; 1 to 1000000. Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Most requests waiting for a connection or stream; beyond it requests fail fast
+    /// with 503. 0 to 1000000. Default 256.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_requests: u32,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        ConnectionPool {
+            max_connections: default_max_connections(),
+            max_pending_requests: default_max_pending(),
+        }
+    }
+}
+
+/// When endpoints are ejected from balancing for failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses (or connection failures) that eject an endpoint; 1 to
+    /// 1000. Default 5.
+    #[serde(default = "default_consecutive_5xx", rename = "consecutive5xx")]
+    pub consecutive_5xx: u32,
+    /// How often ejections are reviewed; 100ms to 1h. Default `5s`.
+    #[serde(default = "default_interval", with = "crate::duration")]
+    pub interval: Duration,
+    /// First ejection's length, multiplied by the number of ejections; 1s to 1h.
+    /// Default `30s`.
+    #[serde(default = "default_base_ejection", with = "crate::duration")]
+    pub base_ejection_time: Duration,
+    /// Most endpoints ejected at once, in percent; 0 to 100 (0 turns ejection off).
+    /// Default 50.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive_5xx(),
+            interval: default_interval(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+/// Retries allowed on top of original requests, so retries cannot multiply an overload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries as a fraction of requests; 0 to 1. Default 0.2.
+    #[serde(default = "default_ratio")]
+    pub ratio: f64,
+    /// Retries always allowed per second, whatever the ratio; 0 to 100000. Default 10.
+    #[serde(default = "default_min_per_second")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: default_ratio(),
+            min_per_second: default_min_per_second(),
+        }
+    }
+}
+
+impl BackendPolicySpec {
+    /// Checks every rule of the spec; paths start with `spec`.
+    pub(crate) fn validate(&self, p: &mut Problems) {
+        self.target_ref.validate(p, "spec.targetRef");
+        let pool = &self.connection_pool;
+        p.check(
+            (1..=1_000_000).contains(&pool.max_connections),
+            "spec.connectionPool.maxConnections",
+            pool.max_connections,
+            "1 to 1000000",
+        );
+        p.check(
+            pool.max_pending_requests <= 1_000_000,
+            "spec.connectionPool.maxPendingRequests",
+            pool.max_pending_requests,
+            "0 to 1000000",
+        );
+        let od = &self.outlier_detection;
+        p.check(
+            (1..=1000).contains(&od.consecutive_5xx),
+            "spec.outlierDetection.consecutive5xx",
+            od.consecutive_5xx,
+            "1 to 1000",
+        );
+        let (ms, hour) = (Duration::from_millis(100), Duration::from_secs(3600));
+        let expected = "a duration from 100ms to 1h";
+        p.duration(
+            "spec.outlierDetection.interval",
+            od.interval,
+            ms,
+            hour,
+            expected,
+        );
+        let (second, expected) = (Duration::from_secs(1), "a duration from 1s to 1h");
+        let ejection = od.base_ejection_time;
+        p.duration(
+            "spec.outlierDetection.baseEjectionTime",
+            ejection,
+            second,
+            hour,
+            expected,
+        );
+        p.check(
+            od.max_ejection_percent <= 100,
+            "spec.outlierDetection.maxEjectionPercent",
+            od.max_ejection_percent,
+            "0 to 100 (percent)",
+        );
+        let budget = &self.retry_budget;
+        p.check(
+            (0.0..=1.0).contains(&budget.ratio),
+            "spec.retryBudget.ratio",
+            budget.ratio,
+            "a fraction from 0 to 1, e.g. 0.2",
+        );
+        p.check(
+            budget.min_per_second <= 100_000,
+            "spec.retryBudget.minPerSecond",
+            budget.min_per_second,
+            "0 to 100000",
+        );
+    }
+}
+
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_max_pending() -> u32 {
+    256
+}
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_ratio() -> f64 {
+    0.2
+}
+fn default_min_per_second() -> u32 {
+    10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut p = Problems::new();
+        spec.validate(&mut p);
+        p.into_vec().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_part_defaults() {
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str("{targetRef: {name: web}}").unwrap();
+        assert_eq!(spec.load_balancer, LoadBalancer::Ewma);
+        assert_eq!(spec.connection_pool, ConnectionPool::default());
+        assert_eq!(spec.outlier_detection, OutlierDetection::default());
+        assert_eq!(spec.retry_budget, RetryBudget::default());
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            r#"{"targetRef":{"group":"","kind":"Service","name":"web"},"loadBalancer":"ewma","connectionPool":{"maxConnections":1024,"maxPendingRequests":256},"outlierDetection":{"consecutive5xx":5,"interval":"5s","baseEjectionTime":"30s","maxEjectionPercent":50},"retryBudget":{"ratio":0.2,"minPerSecond":10}}"#
+        );
+        // A part given in part keeps the defaults of the rest.
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(
+            "{targetRef: {name: web}, loadBalancer: round-robin, outlierDetection: {consecutive5xx: 3}}",
+        )
+        .unwrap();
+        assert_eq!(spec.load_balancer, LoadBalancer::RoundRobin);
+        assert_eq!(spec.outlier_detection.consecutive_5xx, 3);
+        assert_eq!(spec.outlier_detection.interval, Duration::from_secs(5));
+        assert!(problems("{targetRef: {name: web}}").is_empty());
+    }
+
+    #[test]
+    fn every_bound() {
+        assert_eq!(
+            problems(
+                "{targetRef: {name: web}, connectionPool: {maxConnections: 0, maxPendingRequests: 1000001}, \
+                 outlierDetection: {consecutive5xx: 0, interval: 50ms, baseEjectionTime: 2h, maxEjectionPercent: 101}, \
+                 retryBudget: {ratio: 1.5, minPerSecond: 100001}}"
+            ),
+            [
+                "spec.connectionPool.maxConnections: \"0\" is not accepted; expected 1 to 1000000",
+                "spec.connectionPool.maxPendingRequests: \"1000001\" is not accepted; expected 0 to 1000000",
+                "spec.outlierDetection.consecutive5xx: \"0\" is not accepted; expected 1 to 1000",
+                "spec.outlierDetection.interval: \"50ms\" is not accepted; expected a duration from 100ms to 1h",
+                "spec.outlierDetection.baseEjectionTime: \"2h\" is not accepted; expected a duration from 1s to 1h",
+                "spec.outlierDetection.maxEjectionPercent: \"101\" is not accepted; expected 0 to 100 (percent)",
+                "spec.retryBudget.ratio: \"1.5\" is not accepted; expected a fraction from 0 to 1, e.g. 0.2",
+                "spec.retryBudget.minPerSecond: \"100001\" is not accepted; expected 0 to 100000",
+            ]
+        );
+    }
+}

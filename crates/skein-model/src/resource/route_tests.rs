@@ -1,0 +1,250 @@
+//! Tests of `HTTPRoute` defaults and validation, one per rule.
+
+use super::*;
+
+const PARENT: &str = "parentRefs: [{name: web, port: 80}]";
+
+fn spec(rules: &str) -> HttpRouteSpec {
+    serde_yaml_ng::from_str(&format!("{{{PARENT}, rules: {rules}}}")).unwrap()
+}
+
+fn problems_of(spec: &HttpRouteSpec) -> Vec<String> {
+    let mut p = Problems::new();
+    spec.validate(&mut p);
+    p.into_vec().iter().map(ToString::to_string).collect()
+}
+
+fn problems(rules: &str) -> Vec<String> {
+    problems_of(&spec(rules))
+}
+
+fn one(rules: &str) -> String {
+    let all = problems(rules);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn defaults_are_applied() {
+    let s = spec(
+        "[{backendRefs: [{name: web}]}, {matches: [], backendRefs: [{name: web}], retry: {}}]",
+    );
+    assert_eq!(s.parent_refs[0].group, "");
+    assert_eq!(s.parent_refs[0].kind, "Service");
+    for rule in &s.rules {
+        assert_eq!(rule.matches, [RouteMatch::default()]);
+        assert_eq!(rule.matches[0].path.kind, PathMatchType::PathPrefix);
+        assert_eq!(rule.matches[0].path.value, "/");
+        assert_eq!(rule.backend_refs[0].weight, 1);
+        assert_eq!(rule.backend_refs[0].kind, "Service");
+    }
+    assert_eq!(s.rules[1].retry, Some(RouteRetry::default()));
+    assert_eq!(
+        serde_json::to_string(&s.rules[1]).unwrap(),
+        r#"{"matches":[{"path":{"type":"PathPrefix","value":"/"}}],"backendRefs":[{"group":"","kind":"Service","name":"web","weight":1}],"retry":{"attempts":1,"codes":[502,503,504],"backoff":"25ms"}}"#
+    );
+    let h: HeaderMatch = serde_yaml_ng::from_str("{name: x, value: y}").unwrap();
+    assert_eq!(h.kind, ValueMatchType::Exact);
+    assert!(problems_of(&s).is_empty());
+}
+
+#[test]
+fn needs_parents_and_rules() {
+    let s: HttpRouteSpec = serde_yaml_ng::from_str("{parentRefs: [], rules: []}").unwrap();
+    assert_eq!(
+        problems_of(&s),
+        [
+            "spec.parentRefs: \"[]\" is not accepted; expected at least one parentRef naming a Service",
+            "spec.rules: \"[]\" is not accepted; expected at least one rule",
+        ]
+    );
+}
+
+#[test]
+fn parent_refs_name_core_services() {
+    let s: HttpRouteSpec = serde_yaml_ng::from_str(
+        "{parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: Web, namespace: Shop, port: 0}, \
+          {name: api}, {name: api}], rules: [{backendRefs: [{name: web}]}]}",
+    )
+    .unwrap();
+    let label = super::super::validate::DNS_LABEL;
+    assert_eq!(
+        problems_of(&s),
+        [
+            "spec.parentRefs[0].group: \"gateway.networking.k8s.io\" is not accepted; expected \"\" (the core API group)".to_string(),
+            "spec.parentRefs[0].kind: \"Gateway\" is not accepted; expected Service".into(),
+            format!("spec.parentRefs[0].name: \"Web\" is not accepted; expected {label}"),
+            format!("spec.parentRefs[0].namespace: \"Shop\" is not accepted; expected {label}"),
+            "spec.parentRefs[0].port: \"0\" is not accepted; expected a port from 1 to 65535".into(),
+            "spec.parentRefs[2].name: \"api\" is not accepted; expected each parentRef listed once".into(),
+        ]
+    );
+}
+
+#[test]
+fn hostnames_are_dns_names_with_optional_wildcard() {
+    let s: HttpRouteSpec = serde_yaml_ng::from_str(&format!(
+        "{{{PARENT}, hostnames: ['*.shop.example', '10.0.0.1', 'a:80', '*.shop.example'], rules: [{{backendRefs: [{{name: web}}]}}]}}"
+    ))
+    .unwrap();
+    let expected = super::super::validate::HOSTNAME;
+    assert_eq!(
+        problems_of(&s),
+        [
+            format!("spec.hostnames[1]: \"10.0.0.1\" is not accepted; expected {expected}"),
+            format!("spec.hostnames[2]: \"a:80\" is not accepted; expected {expected}"),
+            "spec.hostnames[3]: \"*.shop.example\" is not accepted; expected each hostname listed once".into(),
+        ]
+    );
+}
+
+#[test]
+fn limits_follow_gateway_api() {
+    let backends = vec!["{name: web}"; 17].join(", ");
+    assert_eq!(
+        one(&format!("[{{backendRefs: [{backends}]}}]")),
+        "spec.rules[0].backendRefs: \"17 entries\" is not accepted; expected at most 16 entries"
+    );
+    let headers: Vec<_> = (0..17)
+        .map(|i| format!("{{name: h{i}, value: v}}"))
+        .collect();
+    assert_eq!(
+        one(&format!(
+            "[{{matches: [{{headers: [{}]}}], backendRefs: [{{name: web}}]}}]",
+            headers.join(", ")
+        )),
+        "spec.rules[0].matches[0].headers: \"17 entries\" is not accepted; expected at most 16 entries"
+    );
+    let rules = vec!["{backendRefs: [{name: web}]}"; 17].join(", ");
+    assert_eq!(
+        one(&format!("[{rules}]")),
+        "spec.rules: \"17 entries\" is not accepted; expected at most 16 entries"
+    );
+    let matches = vec!["{}"; 65].join(", ");
+    assert_eq!(
+        one(&format!(
+            "[{{matches: [{matches}], backendRefs: [{{name: web}}]}}]"
+        )),
+        "spec.rules[0].matches: \"65 entries\" is not accepted; expected at most 64 entries"
+    );
+    let rule = format!(
+        "{{matches: [{}], backendRefs: [{{name: web}}]}}",
+        vec!["{}"; 60].join(", ")
+    );
+    assert_eq!(
+        one(&format!("[{rule}, {rule}, {rule}]")),
+        "spec.rules: \"180 matches\" is not accepted; expected at most 128 matches across all rules"
+    );
+}
+
+#[test]
+fn paths_must_be_clean() {
+    assert!(problems(
+        "[{matches: [{path: {type: Exact, value: /menu}}], backendRefs: [{name: web}]}]"
+    )
+    .is_empty());
+    for bad in [
+        "menu", "/a//b", "/a/../b", "/a/./b", "/a%2Fb", "/a#b", "/a/..", "/a/.",
+    ] {
+        assert_eq!(
+            one(&format!("[{{matches: [{{path: {{value: '{bad}'}}}}], backendRefs: [{{name: web}}]}}]")),
+            format!("spec.rules[0].matches[0].path.value: {bad:?} is not accepted; expected {CLEAN_PATH}")
+        );
+    }
+    assert_eq!(
+        one("[{matches: [{path: {type: RegularExpression, value: ''}}], backendRefs: [{name: web}]}]"),
+        "spec.rules[0].matches[0].path.value: \"\" is not accepted; expected a regular expression of 1-1024 characters"
+    );
+}
+
+#[test]
+fn headers_are_tokens_once_each_with_values() {
+    assert_eq!(
+        problems(
+            "[{matches: [{headers: [{name: 'x canary', value: a}, {name: X-Env, value: a}, \
+              {name: x-env, value: ''}, {type: RegularExpression, name: y, value: ''}]}], backendRefs: [{name: web}]}]"
+        ),
+        [
+            format!("spec.rules[0].matches[0].headers[0].name: \"x canary\" is not accepted; expected {HTTP_TOKEN}"),
+            "spec.rules[0].matches[0].headers[2].name: \"x-env\" is not accepted; expected each header name once per match (case-insensitive)".into(),
+            "spec.rules[0].matches[0].headers[2].value: \"\" is not accepted; expected a value of 1-4096 characters".into(),
+            "spec.rules[0].matches[0].headers[3].value: \"\" is not accepted; expected a regular expression of 1-4096 characters".into(),
+        ]
+    );
+}
+
+#[test]
+fn query_params_have_plain_names_once_each() {
+    assert_eq!(
+        problems(
+            "[{matches: [{queryParams: [{name: 'a=b', value: x}, {name: v, value: x}, {name: v, value: y}]}], backendRefs: [{name: web}]}]"
+        ),
+        [
+            format!("spec.rules[0].matches[0].queryParams[0].name: \"a=b\" is not accepted; expected {QUERY_NAME}"),
+            "spec.rules[0].matches[0].queryParams[2].name: \"v\" is not accepted; expected each query parameter name once per match".into(),
+        ]
+    );
+}
+
+#[test]
+fn methods_are_http_methods() {
+    assert_eq!(
+        one("[{matches: [{method: get}], backendRefs: [{name: web}]}]"),
+        "spec.rules[0].matches[0].method: \"get\" is not accepted; expected an HTTP method: one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH"
+    );
+}
+
+#[test]
+fn backend_refs_are_core_services_with_bounded_weights() {
+    assert_eq!(
+        problems("[{backendRefs: [{group: apps, kind: Deployment, name: web, namespace: a_b, port: 0, weight: 1000001}]}]"),
+        [
+            "spec.rules[0].backendRefs[0].group: \"apps\" is not accepted; expected \"\" (the core API group)".to_string(),
+            "spec.rules[0].backendRefs[0].kind: \"Deployment\" is not accepted; expected Service".into(),
+            format!("spec.rules[0].backendRefs[0].namespace: \"a_b\" is not accepted; expected {}", super::super::validate::DNS_LABEL),
+            "spec.rules[0].backendRefs[0].port: \"0\" is not accepted; expected a port from 1 to 65535".into(),
+            "spec.rules[0].backendRefs[0].weight: \"1000001\" is not accepted; expected 0 to 1000000".into(),
+        ]
+    );
+    assert_eq!(
+        one("[{backendRefs: []}]"),
+        "spec.rules[0].backendRefs: \"[]\" is not accepted; expected at least one backendRef"
+    );
+}
+
+#[test]
+fn backend_timeout_fits_in_request_timeout() {
+    assert_eq!(
+        one("[{backendRefs: [{name: web}], timeouts: {request: 1s, backendRequest: 2s}}]"),
+        "spec.rules[0].timeouts.backendRequest: \"2s\" is not accepted; expected at most timeouts.request (1s)"
+    );
+    // 0s disables the request timeout, so any backend timeout fits.
+    assert!(problems(
+        "[{backendRefs: [{name: web}], timeouts: {request: 0s, backendRequest: 2s}}]"
+    )
+    .is_empty());
+}
+
+#[test]
+fn retry_bounds() {
+    assert_eq!(
+        problems("[{backendRefs: [{name: web}], retry: {attempts: 11, codes: [200, 503, 503], backoff: 11s}}]"),
+        [
+            "spec.rules[0].retry.attempts: \"11\" is not accepted; expected 0 to 10 retries",
+            "spec.rules[0].retry.codes[0]: \"200\" is not accepted; expected an HTTP error status from 400 to 599",
+            "spec.rules[0].retry.codes[2]: \"503\" is not accepted; expected each code listed once",
+            "spec.rules[0].retry.backoff: \"11s\" is not accepted; expected a duration from 0s to 10s",
+        ]
+    );
+}
+
+#[test]
+fn rule_names_are_labels_used_once() {
+    assert_eq!(
+        problems("[{name: Canary, backendRefs: [{name: web}]}, {name: stable, backendRefs: [{name: web}]}, {name: stable, backendRefs: [{name: web}]}]"),
+        [
+            format!("spec.rules[0].name: \"Canary\" is not accepted; expected {}", super::super::validate::DNS_LABEL),
+            "spec.rules[2].name: \"stable\" is not accepted; expected each rule name used once".into(),
+        ]
+    );
+}

@@ -1,0 +1,190 @@
+//! `Service`: a set of workloads chosen by labels, reachable on declared ports, each with
+//! its protocol (reusing the proxy's [`Protocol`]), and optionally on virtual IPs that
+//! transparently intercepted connections use.
+
+use super::validate::Problems;
+use crate::Protocol;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// `spec` of a `Service`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Workloads whose labels include all of these belong to the service. Required, at
+    /// least one label.
+    pub selector: BTreeMap<String, String>,
+    /// The ports callers use; at least one, each port number and name at most once.
+    pub ports: Vec<ServicePort>,
+    /// Virtual IPs (cluster IPs) that reach this service when connections are intercepted
+    /// transparently; each at most once. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// One service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", from = "RawServicePort")]
+pub struct ServicePort {
+    /// Optional name (a DNS-1123 label), which routes and policies may refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port callers connect to.
+    pub port: u16,
+    /// The workloads' port that receives the traffic. Default: the same as `port`.
+    pub target_port: u16,
+    /// What is spoken on the port. Default `detect`.
+    pub protocol: Protocol,
+}
+
+/// A port as written, before `targetPort` takes its default from `port`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawServicePort {
+    #[serde(default)]
+    name: Option<String>,
+    port: u16,
+    #[serde(default)]
+    target_port: Option<u16>,
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+impl From<RawServicePort> for ServicePort {
+    fn from(raw: RawServicePort) -> Self {
+        ServicePort {
+            name: raw.name,
+            port: raw.port,
+            target_port: raw.target_port.unwrap_or(raw.port),
+            protocol: raw.protocol,
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// The port spec for service port `port`, if declared.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// Checks every rule of the spec; paths start with `spec`.
+    pub(crate) fn validate(&self, p: &mut Problems) {
+        if self.selector.is_empty() {
+            p.add(
+                "spec.selector",
+                "{}",
+                "at least one label, e.g. {app: restaurant}",
+            );
+        }
+        p.labels("spec.selector", &self.selector);
+        if self.ports.is_empty() {
+            p.add("spec.ports", "[]", "at least one port");
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            let at = format!("spec.ports[{i}]");
+            if let Some(name) = &port.name {
+                p.dns_label(format!("{at}.name"), name);
+            }
+            p.port(format!("{at}.port"), port.port);
+            // When targetPort took its default, the port's own check covers it.
+            if port.target_port != port.port {
+                p.port(format!("{at}.targetPort"), port.target_port);
+            }
+        }
+        let numbers: Vec<_> = self.ports.iter().map(|p| p.port).collect();
+        p.unique(
+            "spec.ports",
+            ".port",
+            &numbers,
+            u16::to_string,
+            "each port number listed once",
+        );
+        for (i, port) in self.ports.iter().enumerate() {
+            let earlier = &self.ports[..i];
+            if let Some(name) = &port.name {
+                let repeated = earlier.iter().any(|e| e.name.as_ref() == Some(name));
+                p.check(
+                    !repeated,
+                    format!("spec.ports[{i}].name"),
+                    name,
+                    "each port name used once",
+                );
+            }
+        }
+        p.unique(
+            "spec.addresses",
+            "",
+            &self.addresses,
+            IpAddr::to_string,
+            "each address listed once",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let spec: ServiceSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut p = Problems::new();
+        spec.validate(&mut p);
+        p.into_vec().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_target_port_and_protocol() {
+        let spec: ServiceSpec =
+            serde_yaml_ng::from_str("{selector: {app: web}, ports: [{port: 80}, {port: 81, targetPort: 8081, protocol: grpc}]}")
+                .unwrap();
+        assert_eq!(spec.ports[0].target_port, 80);
+        assert_eq!(spec.ports[0].protocol, Protocol::Detect);
+        assert_eq!(spec.port(81).unwrap().target_port, 8081);
+        assert_eq!(spec.port(81).unwrap().protocol, Protocol::Grpc);
+        assert_eq!(
+            serde_json::to_string(&spec.ports[0]).unwrap(),
+            r#"{"port":80,"targetPort":80,"protocol":"detect"}"#
+        );
+    }
+
+    #[test]
+    fn selector_must_not_be_empty() {
+        assert_eq!(
+            problems("{selector: {}, ports: [{port: 80}]}"),
+            ["spec.selector: \"{}\" is not accepted; expected at least one label, e.g. {app: restaurant}"]
+        );
+    }
+
+    #[test]
+    fn needs_a_port() {
+        assert_eq!(
+            problems("{selector: {app: web}, ports: []}"),
+            ["spec.ports: \"[]\" is not accepted; expected at least one port"]
+        );
+    }
+
+    #[test]
+    fn ports_and_names_are_unique_and_nonzero() {
+        assert_eq!(
+            problems(
+                "{selector: {app: web}, ports: [{name: http, port: 80}, {name: http, port: 80}, {name: Admin, port: 0}, {port: 90, targetPort: 0}]}"
+            ),
+            [
+                "spec.ports[2].name: \"Admin\" is not accepted; expected a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                "spec.ports[2].port: \"0\" is not accepted; expected a port from 1 to 65535",
+                "spec.ports[3].targetPort: \"0\" is not accepted; expected a port from 1 to 65535",
+                "spec.ports[1].port: \"80\" is not accepted; expected each port number listed once",
+                "spec.ports[1].name: \"http\" is not accepted; expected each port name used once",
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses_are_unique() {
+        assert_eq!(
+            problems("{selector: {app: web}, ports: [{port: 80}], addresses: [10.0.0.1, 10.0.0.1]}"),
+            ["spec.addresses[1]: \"10.0.0.1\" is not accepted; expected each address listed once"]
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! The kubectl-like commands: `apply`, `get`, `delete`, talking to the control plane's
+//! HTTP API with the admin token. Output follows kubectl's conventions: `kind/name
+//! created`, aligned tables with upper-case headers, `-o yaml|json`.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Where the control plane is and how to authenticate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The control plane's HTTP API.
+    #[arg(
+        long,
+        env = "SKEIN_SERVER",
+        default_value = "127.0.0.1:9990",
+        global = true
+    )]
+    pub server: String,
+    /// The admin token (default: read from DATA_DIR/admin.token).
+    #[arg(long, env = "SKEIN_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The control plane's data directory, where the admin token is.
+    #[arg(long, env = "SKEIN_DATA_DIR", default_value_os_t = default_data_dir(), global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// `$HOME/.local/share/skein`, or `./skein-data` without a home.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/skein"))
+        .unwrap_or_else(|| PathBuf::from("skein-data"))
+}
+
+/// Output formats of `get`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// YAML documents, as `apply` accepts them.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+struct Client {
+    server: String,
+    token: String,
+}
+
+impl Client {
+    fn new(t: &Target) -> anyhow::Result<Client> {
+        let token = match &t.token {
+            Some(token) => token.clone(),
+            None => {
+                let file = t.data_dir.join("admin.token");
+                std::fs::read_to_string(&file)
+                    .with_context(|| {
+                        format!(
+                            "no admin token: {} is not readable; pass --token, set SKEIN_TOKEN, or point --data-dir at the control plane's data directory",
+                            file.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let server = t
+            .server
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Client { server, token })
+    }
+
+    /// Sends one request; returns the JSON body of a 2xx answer, or fails with the API's
+    /// own error message.
+    async fn call(&self, method: Method, path: &str, body: String) -> anyhow::Result<Value> {
+        let stream = tokio::net::TcpStream::connect(&self.server)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the control plane at {}: is `skein control` running? (--server / SKEIN_SERVER)",
+                    self.server
+                )
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.server)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/yaml")
+            .body(Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        match status {
+            StatusCode::UNAUTHORIZED => bail!("unauthorized: {message}"),
+            _ => bail!("{message}"),
+        }
+    }
+}
+
+/// `skein apply -f FILE|DIR|-`: every document in one atomic apply.
+pub async fn apply(target: &Target, files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for f in files {
+        for part in read_sources(f)? {
+            text.push_str("\n---\n");
+            text.push_str(&part);
+        }
+    }
+    let client = Client::new(target)?;
+    let result = client.call(Method::POST, "/api/v1/apply", text).await?;
+    for r in result["results"].as_array().into_iter().flatten() {
+        let resource = r["resource"].as_str().unwrap_or_default();
+        // "HTTPRoute/default/restaurant" → "httproute/restaurant"
+        let mut parts = resource.split('/');
+        let kind = parts.next().unwrap_or_default().to_lowercase();
+        let name = parts.next_back().unwrap_or_default();
+        println!("{kind}/{name} {}", r["action"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Reads `-` (stdin), a file, or every `.yaml`/`.yml`/`.json` file in a directory (sorted).
+fn read_sources(path: &Path) -> anyhow::Result<Vec<String>> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        return Ok(vec![text]);
+    }
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        return files.iter().map(|f| read_file(f)).collect();
+    }
+    Ok(vec![read_file(path)?])
+}
+
+fn read_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn query(namespace: Option<&str>) -> String {
+    namespace
+        .map(|ns| format!("?namespace={ns}"))
+        .unwrap_or_default()
+}
+
+/// `skein get KIND [NAME]`.
+pub async fn get(
+    target: &Target,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let word = kind.to_lowercase();
+    let mut items = match name {
+        Some(name) => {
+            let ns = Some(namespace.unwrap_or("default"));
+            let path = format!("/api/v1/resources/{word}/{name}{}", query(ns));
+            vec![client.call(Method::GET, &path, String::new()).await?]
+        }
+        None => {
+            let path = format!("/api/v1/resources/{word}{}", query(namespace));
+            let list = client.call(Method::GET, &path, String::new()).await?;
+            list["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let is_workloads = items.first().is_some_and(|i| i["kind"] == "Workload")
+        || ["workload", "workloads", "wl"].contains(&word.as_str());
+    if is_workloads {
+        let live = client
+            .call(Method::GET, "/api/v1/connections", String::new())
+            .await?;
+        merge_connections(&mut items, &live["items"]);
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&items_or_one(items, name))?
+        ),
+        Output::Yaml => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    println!("---");
+                }
+                print!("{}", serde_yaml_ng::to_string(item)?);
+            }
+        }
+        Output::Table => {
+            if items.is_empty() {
+                let ns = namespace
+                    .map(|n| format!(" in namespace {n}"))
+                    .unwrap_or_default();
+                eprintln!("No resources found{ns}.");
+                return Ok(());
+            }
+            print!("{}", table(&items, namespace.is_none()));
+        }
+    }
+    Ok(())
+}
+
+fn items_or_one(mut items: Vec<Value>, name: Option<&str>) -> Value {
+    match (name, items.len()) {
+        (Some(_), 1) => items.remove(0),
+        _ => serde_json::json!({ "items": items }),
+    }
+}
+
+/// Adds this replica's live view (acknowledged version) to workload statuses.
+fn merge_connections(items: &mut [Value], live: &Value) {
+    for item in items.iter_mut() {
+        let (ns, name) = (&item["metadata"]["namespace"], &item["metadata"]["name"]);
+        let conn = live
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| &c["namespace"] == ns && &c["workload"] == name);
+        if let Some(conn) = conn {
+            item["status"]["acknowledgedVersion"] = conn["ackedVersion"].clone();
+            item["status"]["connected"] = Value::Bool(true);
+        }
+    }
+}
+
+/// kubectl-style columns per kind.
+fn table(items: &[Value], show_namespace: bool) -> String {
+    let kind = items[0]["kind"].as_str().unwrap_or_default();
+    let s = |v: &Value| match v {
+        Value::Null => "<none>".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        "Service" => (
+            vec!["NAME", "PORTS", "SELECTOR"],
+            items
+                .iter()
+                .map(|i| {
+                    let ports = i["spec"]["ports"].as_array().into_iter().flatten();
+                    let ports: Vec<String> = ports
+                        .map(|p| format!("{}/{}", s(&p["port"]), s(&p["protocol"])))
+                        .collect();
+                    let sel = i["spec"]["selector"].as_object().into_iter().flatten();
+                    let sel: Vec<String> = sel.map(|(k, v)| format!("{k}={}", s(v))).collect();
+                    vec![s(&i["metadata"]["name"]), ports.join(","), sel.join(",")]
+                })
+                .collect(),
+        ),
+        "Workload" => (
+            vec!["NAME", "ADDRESS", "CONNECTED", "SINCE", "VERSION"],
+            items
+                .iter()
+                .map(|i| {
+                    let st = &i["status"];
+                    vec![
+                        s(&i["metadata"]["name"]),
+                        format!(
+                            "{}:{}",
+                            s(&i["spec"]["address"]),
+                            s(&i["spec"]["inboundPort"])
+                        ),
+                        st["connected"].as_bool().unwrap_or(false).to_string(),
+                        s(&st["since"]),
+                        s(&st["acknowledgedVersion"]),
+                    ]
+                })
+                .collect(),
+        ),
+        "HTTPRoute" => (
+            vec!["NAME", "PARENTS", "RULES"],
+            items
+                .iter()
+                .map(|i| {
+                    let parents = i["spec"]["parentRefs"].as_array().into_iter().flatten();
+                    let parents: Vec<String> = parents.map(|p| s(&p["name"])).collect();
+                    let rules = i["spec"]["rules"].as_array().map(Vec::len).unwrap_or(0);
+                    vec![
+                        s(&i["metadata"]["name"]),
+                        parents.join(","),
+                        rules.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        _ => (
+            vec!["NAME", "CREATED"],
+            items
+                .iter()
+                .map(|i| {
+                    vec![
+                        s(&i["metadata"]["name"]),
+                        s(&i["metadata"]["creationTimestamp"]),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    let mut headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
+    let mut rows = rows;
+    if show_namespace && kind != "Mesh" {
+        headers.insert(0, "NAMESPACE".into());
+        for (row, item) in rows.iter_mut().zip(items) {
+            row.insert(0, s(&item["metadata"]["namespace"]));
+        }
+    }
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([headers[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("   ").trim_end())
+    };
+    let mut out = line(&headers);
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// `skein delete KIND NAME`.
+pub async fn delete(
+    target: &Target,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let ns = Some(namespace.unwrap_or("default"));
+    let path = format!(
+        "/api/v1/resources/{}/{name}{}",
+        kind.to_lowercase(),
+        query(ns)
+    );
+    client.call(Method::DELETE, &path, String::new()).await?;
+    println!("{} \"{name}\" deleted", kind.to_lowercase());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_columns_like_kubectl() {
+        let items = vec![
+            json!({"kind": "Service", "metadata": {"name": "restaurant", "namespace": "default"},
+                   "spec": {"ports": [{"port": 8080, "protocol": "http"}], "selector": {"app": "restaurant"}}}),
+            json!({"kind": "Service", "metadata": {"name": "db", "namespace": "shop"},
+                   "spec": {"ports": [{"port": 5432, "protocol": "tcp"}], "selector": {"app": "db"}}}),
+        ];
+        let out = table(&items, true);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "NAMESPACE   NAME         PORTS       SELECTOR");
+        assert_eq!(
+            lines[1],
+            "default     restaurant   8080/http   app=restaurant"
+        );
+        assert_eq!(lines[2], "shop        db           5432/tcp    app=db");
+    }
+}
