@@ -137,6 +137,7 @@ impl Registry {
                     selector: s.spec.selector.clone(),
                     ports: s.spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
                     addresses: s.spec.addresses.clone(),
+                    routes: Vec::new(),
                 }),
                 Resource::Workload(w) => state.workloads.push(WorkloadView {
                     name: w.metadata.name.clone(),
@@ -147,6 +148,32 @@ impl Registry {
                     app_ports: w.spec.ports.clone(),
                 }),
                 _ => {}
+            }
+        }
+        // Attach each HTTPRoute to the services it names as parents (resources are
+        // iterated in key order, so routes come sorted by namespace and name).
+        for resource in resources.values() {
+            let Resource::HttpRoute(route) = resource else {
+                continue;
+            };
+            let route_ns = &route.metadata.namespace;
+            let mut rules = route.spec.rules.clone();
+            for backend in rules.iter_mut().flat_map(|r| r.backend_refs.iter_mut()) {
+                backend.namespace.get_or_insert_with(|| route_ns.clone());
+            }
+            for parent in &route.spec.parent_refs {
+                let ns = parent.namespace.as_ref().unwrap_or(route_ns);
+                let service = state
+                    .services
+                    .iter_mut()
+                    .find(|s| s.name == parent.name && &s.namespace == ns);
+                if let Some(service) = service {
+                    service.routes.push(skein_model::DestinationRoute {
+                        name: format!("{route_ns}/{}", route.metadata.name),
+                        port: parent.port,
+                        rules: rules.clone(),
+                    });
+                }
             }
         }
         state

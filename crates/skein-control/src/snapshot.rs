@@ -23,6 +23,8 @@ pub struct ServiceView {
     pub ports: Vec<(u16, Protocol)>,
     /// Virtual IPs for transparent interception.
     pub addresses: Vec<IpAddr>,
+    /// HTTPRoutes whose parent is this service, sorted by name.
+    pub routes: Vec<skein_model::DestinationRoute>,
 }
 
 /// What the snapshot needs to know of a Workload.
@@ -98,6 +100,12 @@ pub fn snapshot_for(
                     .collect(),
                 addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
                 endpoints,
+                routes_json: if s.routes.is_empty() {
+                    Vec::new()
+                } else {
+                    // Plain data with string keys: serialisation cannot fail.
+                    serde_json::to_vec(&s.routes).unwrap_or_default()
+                },
             }
         })
         .collect();
@@ -157,6 +165,7 @@ mod tests {
             selector: labels(&[("app", app)]),
             ports: vec![(port, p)],
             addresses: vec![],
+            routes: vec![],
         }
     }
 

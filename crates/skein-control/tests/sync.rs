@@ -74,6 +74,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
                 selector: [("app".to_string(), "web".to_string())].into(),
                 ports: vec![(port, Protocol::Http)],
                 addresses: vec![],
+                routes: vec![],
             }]
         } else {
             vec![]

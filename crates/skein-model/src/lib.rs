@@ -10,8 +10,8 @@ pub mod proxy;
 pub mod resource;
 
 pub use proxy::{
-    AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,
-    ProxyConfig, Upstream, WorkloadInfo,
+    AdminConfig, Destination, DestinationRoute, Endpoint, InboundConfig, Limits, OutboundConfig,
+    PortSpec, Protocol, ProxyConfig, Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
 

@@ -163,6 +163,24 @@ pub struct Destination {
     pub addresses: Vec<IpAddr>,
     /// Peer proxies (their inbound listeners) serving this service.
     pub endpoints: Vec<Endpoint>,
+    /// HTTP routing rules for requests to this service (from HTTPRoutes whose parent is
+    /// this service). Without a matching rule, requests go to the service itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<DestinationRoute>,
+}
+
+/// The rules of one HTTPRoute attached to a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRoute {
+    /// The HTTPRoute's `namespace/name`, for diagnostics.
+    #[serde(default)]
+    pub name: String,
+    /// Only requests to this service port; default every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Gateway API rules, in order; the first whose match fits the request wins.
+    pub rules: Vec<crate::resource::RouteRule>,
 }
 
 /// A peer proxy that serves a destination.

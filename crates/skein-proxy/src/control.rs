@@ -180,6 +180,13 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
                             })
                     })
                     .collect::<Result<_, _>>()?,
+                routes: if d.routes_json.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::from_slice(&d.routes_json).map_err(|e| {
+                        format!("destination {}: routes are not readable: {e}", d.service)
+                    })?
+                },
             })
         })
         .collect::<Result<_, String>>()?;
@@ -232,6 +239,7 @@ mod tests {
                     address: "127.0.0.5:4143".into(),
                     workload: "api-1".into(),
                 }],
+                routes_json: Vec::new(),
             }],
             inbound_ports: vec![pb::Port {
                 port: 9090,

@@ -211,6 +211,7 @@ mod tests {
                     address: SocketAddr::from(([127, 0, 0, 10 + i as u8], 4143)),
                 })
                 .collect(),
+            routes: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod route;
 pub mod server;
 pub mod transport;
 

@@ -119,6 +119,7 @@ impl MeshSpec {
                 endpoints: vec![Endpoint {
                     address: server_inbound,
                 }],
+                routes: Vec::new(),
             })
             .collect();
         let upstreams = self

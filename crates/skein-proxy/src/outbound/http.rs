@@ -73,6 +73,7 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return tcp::connect_method(ctx, req, &target).await;
     }
+    let target = apply_routes(ctx, target, &req)?;
     if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
         return upgrade(ctx, req, &target).await;
     }
@@ -86,6 +87,23 @@ async fn forward(
         )),
         Err(e) => Err(e),
     }
+}
+
+/// Sends the request where the destination's HTTPRoutes say: the first matching rule's
+/// backends, split by weight. Without a matching rule, the destination itself.
+fn apply_routes<B>(ctx: &Ctx, target: Target, req: &Request<B>) -> Result<Target, ProxyError> {
+    let spec = &target.service.spec;
+    let Some(rule) = crate::route::select(&spec.routes, target.port.port, req) else {
+        return Ok(target);
+    };
+    let backend = crate::route::pick(rule, crate::route::random()).ok_or_else(|| {
+        ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
+    })?;
+    let namespace = backend.namespace.as_deref().unwrap_or(&spec.namespace);
+    let port = backend.port.unwrap_or(target.port.port);
+    ctx.destinations
+        .load()
+        .resolve(&format!("{}.{namespace}", backend.name), port)
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.

@@ -1,0 +1,190 @@
+//! Live routing through the control plane: an HTTPRoute changed while traffic flows is in
+//! force on the proxies within a second, and no request fails on the way.
+
+use http::{Request, StatusCode};
+use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_model::resource::parse_documents;
+use skein_model::{Protocol, ProxyConfig};
+use skein_proxy::control::ControlConfig;
+use skein_proxy::http::empty;
+use skein_proxy::RunningProxy;
+use skein_testkit::client::h1;
+use skein_testkit::{loopback, HttpBackend, MeshSpec};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 18080;
+
+fn control_for(control: &RunningControl, advertise: SocketAddr) -> Option<ControlConfig> {
+    Some(ControlConfig {
+        endpoint: format!("http://{}", control.grpc),
+        advertise,
+    })
+}
+
+/// A backend on 127.0.0.`host`:PORT behind its own control-plane-managed proxy,
+/// registered as a workload of `service`.
+async fn workload(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+) -> (HttpBackend, RunningProxy) {
+    let backend = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
+        .await
+        .unwrap();
+    let mut config = MeshSpec::new(host, host)
+        .service(service, backend.addr(), Protocol::Http)
+        .server_config();
+    config.workload.name = format!("{service}-1");
+    config.workload.service = service.into();
+    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
+    let advertise = config.inbound.listen;
+    let proxy = RunningProxy::start_with_control(config, control_for(control, advertise))
+        .await
+        .unwrap();
+    (backend, proxy)
+}
+
+fn route_to(backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: restaurant}}
+spec:
+  parentRefs: [{{name: restaurant, port: {PORT}}}]
+  rules:
+  - backendRefs: [{{name: {backend}, port: {PORT}}}]
+"
+    )
+}
+
+#[tokio::test]
+async fn route_change_takes_effect_within_a_second_without_failures() {
+    skein_testkit::init_tracing();
+    let dir = std::env::temp_dir().join(format!("skein-routes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let control = RunningControl::start(ControlOptions {
+        data_dir: dir.clone(),
+        store: StoreChoice::Embedded,
+        http: SocketAddr::new(loopback(150), 0),
+        grpc: SocketAddr::new(loopback(150), 0),
+        workload_grace: Duration::from_secs(30),
+        replica: "test".into(),
+    })
+    .await
+    .unwrap();
+    let services = format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: restaurant}}
+spec: {{selector: {{app: restaurant}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: restaurant-v1}}
+spec: {{selector: {{app: restaurant-v1}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: restaurant-v2}}
+spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+{}",
+        route_to("restaurant-v1")
+    );
+    control
+        .registry
+        .apply(parse_documents(&services, "test").unwrap())
+        .await
+        .unwrap();
+    let (v1, _p1) = workload(&control, 151, "restaurant-v1").await;
+    let (v2, _p2) = workload(&control, 152, "restaurant-v2").await;
+
+    // The caller's proxy: everything from the control plane, reached as an HTTP proxy.
+    let mut config: ProxyConfig =
+        MeshSpec::new(153, 153).client_config(SocketAddr::new(loopback(151), 4143));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    let advertise = SocketAddr::new(loopback(153), 4143);
+    config.inbound.listen = advertise;
+    let client = RunningProxy::start_with_control(config, control_for(&control, advertise))
+        .await
+        .unwrap();
+    let proxy = client.addrs.http_proxy.unwrap();
+
+    // Wait until the caller sees both backends' endpoints.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cfg = client.ctx.config();
+        let ready = ["restaurant-v1", "restaurant-v2"].iter().all(|s| {
+            cfg.destinations
+                .iter()
+                .any(|d| d.service == *s && !d.endpoints.is_empty())
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caller never learned the endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut sender = h1(proxy).await.unwrap();
+    let mut send = async || {
+        let req = Request::get(format!("http://restaurant:{PORT}/menu"))
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        skein_testkit::client::body_bytes(resp).await.unwrap();
+        status
+    };
+    for _ in 0..50 {
+        assert_eq!(send().await, StatusCode::OK);
+    }
+    assert_eq!(
+        (v1.hits(), v2.hits()),
+        (50, 0),
+        "the route sends everything to v1"
+    );
+
+    // Change the route while requests keep flowing; every request must succeed.
+    let changed_at = Instant::now();
+    let apply = control
+        .registry
+        .apply(parse_documents(&route_to("restaurant-v2"), "test").unwrap());
+    let (applied, ()) = tokio::join!(apply, async {
+        for _ in 0..20 {
+            assert_eq!(send().await, StatusCode::OK);
+        }
+    });
+    assert_eq!(applied.unwrap()[0].action, "configured");
+    let v2_before = v2.hits();
+    let mut switched = None;
+    for _ in 0..2000 {
+        assert_eq!(
+            send().await,
+            StatusCode::OK,
+            "no request fails during the change"
+        );
+        if v2.hits() > v2_before || v2_before > 0 {
+            switched = Some(changed_at.elapsed());
+            break;
+        }
+    }
+    let switched = switched.expect("traffic moved to v2");
+    eprintln!("route change in force after {switched:?}");
+    assert!(switched < Duration::from_secs(1), "took {switched:?}");
+    // From now on everything goes to v2.
+    let v1_now = v1.hits();
+    for _ in 0..20 {
+        assert_eq!(send().await, StatusCode::OK);
+    }
+    assert_eq!(v1.hits(), v1_now, "no more traffic to v1");
+    assert!(client.ctx.config_version.load(Ordering::SeqCst) > 0);
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
