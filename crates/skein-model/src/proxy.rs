@@ -338,18 +338,11 @@ impl ProxyConfig {
         }
         for (i, u) in self.outbound.upstreams.iter().enumerate() {
             let at = format!("outbound.upstreams[{i}]");
-            match self.destination(&u.service) {
-                None => bad(
-                    format!("{at}.service"),
-                    u.service.clone(),
-                    "a service named in destinations",
-                ),
-                Some(d) if d.port(u.port).is_none() => bad(
-                    format!("{at}.port"),
-                    u.port.to_string(),
-                    "one of the destination's ports",
-                ),
-                Some(_) => {}
+            if !is_dns_label(&u.service) {
+                bad(format!("{at}.service"), u.service.clone(), DNS_LABEL);
+            }
+            if u.port == 0 {
+                bad(format!("{at}.port"), "0".into(), "1 to 65535");
             }
         }
         if problems.is_empty() {
@@ -360,6 +353,27 @@ impl ProxyConfig {
                 problems,
             })
         }
+    }
+
+    /// Upstream listeners whose service (or port) no destination provides yet. Not an
+    /// error: under a control plane, destinations arrive (and may go) at run time, and a
+    /// connection to such a listener is refused with a message naming the service.
+    pub fn warnings(&self) -> Vec<String> {
+        self.outbound
+            .upstreams
+            .iter()
+            .filter_map(|u| match self.destination(&u.service) {
+                None => Some(format!(
+                    "upstream {} leads to service {:?}, which no destination provides yet",
+                    u.listen, u.service
+                )),
+                Some(d) if d.port(u.port).is_none() => Some(format!(
+                    "upstream {} leads to port {} of {:?}, which has no such port",
+                    u.listen, u.port, u.service
+                )),
+                Some(_) => None,
+            })
+            .collect()
     }
 
     /// Finds a destination by `service` or `service.namespace`.
@@ -462,7 +476,7 @@ inbound: {ports: [{port: 0}, {port: 0}]}
 destinations:
   - {service: api, ports: [], endpoints: []}
 outbound:
-  upstreams: [{listen: '127.0.0.1:15001', service: nope, port: 80}]
+  upstreams: [{listen: '127.0.0.1:15001', service: Nope, port: 80}]
 detectTimeout: 0ms
 ";
         let err = ProxyConfig::from_yaml(text, "test").unwrap_err();
@@ -483,6 +497,18 @@ detectTimeout: 0ms
             ]
         );
         assert!(err.to_string().contains("\"Web_1\" is not accepted"));
+    }
+
+    #[test]
+    fn upstreams_to_unknown_services_are_warnings_not_errors() {
+        let text = format!("{MINIMAL}outbound: {{upstreams: [{{listen: '127.0.0.1:15001', service: api, port: 80}}]}}\n");
+        let c = ProxyConfig::from_yaml(&text, "test").unwrap();
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("no destination provides yet"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!                  └─────TCP───► ledger
 //! ```
 //!
-//! The traffic generator and the frontend reach their destinations through their proxy's
+//! A control plane (in this process, embedded store in a temporary directory) holds the
+//! mesh's Services; every proxy gets its destinations from it. The traffic generator and
+//! the frontend reach their destinations through their proxy's
 //! local upstream listeners; every hop between workloads crosses two proxies. The demo
 //! prints the admin addresses and live request counts read from the proxies' own
 //! `/metrics`, and removes every process and file it made when it stops.
@@ -18,6 +20,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
 use skein_proxy::connect::{H1Pool, TcpConnector};
 use skein_proxy::http::{boxed, Body};
 use skein_proxy::metrics::sum_samples;
@@ -95,11 +98,38 @@ async fn run_in(
     ));
     println!("  apps      restaurant (HTTP), ledger (TCP), frontend (HTTP; calls both)");
 
+    let control_ip = ip(&Workload {
+        name: "control",
+        host: 1,
+    });
+    let control = RunningControl::start(ControlOptions {
+        data_dir: dir.join("control"),
+        store: StoreChoice::Embedded,
+        http: SocketAddr::new(control_ip, 9990),
+        grpc: SocketAddr::new(control_ip, 9991),
+        workload_grace: Duration::from_secs(10),
+        replica: "demo".into(),
+    })
+    .await
+    .context("cannot start the demo's control plane")?;
+    let resources = skein_model::parse_documents(RESOURCES, "demo resources")?;
+    control.registry.apply(resources).await?;
+    println!(
+        "  control   HTTP API http://{}  proxies connect to {}",
+        control.http, control.grpc
+    );
+    println!(
+        "            try: skein get workloads --server {} --data-dir {}",
+        control.http,
+        dir.join("control").display()
+    );
+
     let mut proxies = Vec::new();
+    let grpc = control.grpc;
     let result = async {
         for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
             let config = proxy_config(w, ip);
-            proxies.push(spawn_proxy(dir, w, &config).await?);
+            proxies.push(spawn_proxy(dir, w, &config, grpc).await?);
         }
         for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
             wait_ready(listen(w, ADMIN_PORT)).await?;
@@ -126,19 +156,14 @@ async fn run_in(
         stop(child).await;
     }
     apps.abort_all();
+    control.shutdown().await;
     result
 }
 
-/// The YAML config for `w`'s proxy: every workload knows the destinations it calls.
+/// The YAML config for `w`'s proxy: its workload, listeners and upstream listeners.
+/// Destinations come from the control plane.
 fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
     let at = |w: &Workload, port: u16| format!("'{}:{port}'", ip(w));
-    let dest = |d: &Workload, port: u16, proto: &str| {
-        format!(
-            "  - {{service: {}, ports: [{{port: {port}, protocol: {proto}}}], endpoints: [{{address: {}}}]}}\n",
-            d.name,
-            at(d, INBOUND_PORT)
-        )
-    };
     let (app_port, app_proto) = if w.name == "ledger" {
         (LEDGER_PORT, "tcp")
     } else {
@@ -157,27 +182,47 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
     match w.name {
         "traffic" => {
             yaml += &format!(
-                "outbound:\n  upstreams: [{{listen: {}, service: frontend, port: {APP_PORT}}}]\ndestinations:\n",
+                "outbound:\n  upstreams: [{{listen: {}, service: frontend, port: {APP_PORT}}}]\n",
                 at(w, UPSTREAM_A)
             );
-            yaml += &dest(&FRONTEND, APP_PORT, "detect");
         }
         "frontend" => {
             yaml += &format!(
-                "outbound:\n  upstreams:\n  - {{listen: {}, service: restaurant, port: {APP_PORT}}}\n  - {{listen: {}, service: ledger, port: {LEDGER_PORT}}}\ndestinations:\n",
+                "outbound:\n  upstreams:\n  - {{listen: {}, service: restaurant, port: {APP_PORT}}}\n  - {{listen: {}, service: ledger, port: {LEDGER_PORT}}}\n",
                 at(w, UPSTREAM_A),
                 at(w, UPSTREAM_B)
             );
-            yaml += &dest(&RESTAURANT, APP_PORT, "http");
-            yaml += &dest(&LEDGER, LEDGER_PORT, "tcp");
         }
         _ => {}
     }
     yaml
 }
 
+/// The mesh's resources, applied to the demo's control plane.
+const RESOURCES: &str = "
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: frontend}
+spec: {selector: {app: frontend}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: restaurant}
+spec: {selector: {app: restaurant}, ports: [{name: http, port: 8080, protocol: http}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: ledger}
+spec: {selector: {app: ledger}, ports: [{name: ledger, port: 9000, protocol: tcp}]}
+";
+
 /// Starts `skein proxy` for `w` as a child process that dies with the demo.
-async fn spawn_proxy(dir: &Path, w: &Workload, config: &str) -> anyhow::Result<Child> {
+async fn spawn_proxy(
+    dir: &Path,
+    w: &Workload,
+    config: &str,
+    control: SocketAddr,
+) -> anyhow::Result<Child> {
     let config_path = dir.join(format!("{}.yaml", w.name));
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.join(format!("{}.log", w.name)))?;
@@ -186,6 +231,8 @@ async fn spawn_proxy(dir: &Path, w: &Workload, config: &str) -> anyhow::Result<C
     cmd.arg("proxy")
         .arg("--config")
         .arg(&config_path)
+        .arg("--control")
+        .arg(control.to_string())
         .env("SKEIN_LOG", "info")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

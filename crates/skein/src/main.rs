@@ -126,7 +126,12 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
+    // The demo prints its own progress; its in-process control plane logs only problems.
+    let default = match (&cli.command, cli.log.as_str()) {
+        (Command::Demo { .. }, "info") => "warn".to_string(),
+        _ => cli.log.clone(),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or(default);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -16,9 +16,18 @@ pub async fn run(
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read proxy config {}", path.display()))?;
     let config = ProxyConfig::from_yaml(&text, &path.display().to_string())?;
+    let warnings = config.warnings();
     if check {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
+    }
+    if control.is_none() {
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
