@@ -190,6 +190,34 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
     .await;
     assert_eq!(status_via(proxy, &url).await, "502");
 
+    // A snapshot the proxy cannot apply is refused with the reason; the old one stays.
+    let mut bad = mesh_state(31, server.addrs.inbound, port, true);
+    bad.services[0].name = "Not_A_Label".into();
+    state_tx.send(Arc::new(bad)).unwrap();
+    eventually("refusal reported", async || {
+        connections
+            .list()
+            .first()
+            .and_then(|c| c.last_error.clone())
+            .is_some()
+    })
+    .await;
+    let error = connections.list()[0].last_error.clone().unwrap();
+    assert!(
+        error.contains("version 31") && error.contains("Not_A_Label"),
+        "{error}"
+    );
+    assert_eq!(
+        ctx.config_version.load(Ordering::SeqCst),
+        3,
+        "previous config in force"
+    );
+    let refused = ctx.metrics.encode();
+    assert!(
+        refused.contains("skein_config_updates_total{result=\"refused\"} 1"),
+        "{refused}"
+    );
+
     // Back again; then the control plane goes away: the proxy keeps its last config.
     state_tx
         .send(Arc::new(mesh_state(4, server.addrs.inbound, port, true)))
