@@ -9,6 +9,7 @@
 //! GET    /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! GET    /api/v1/connections
+//! GET    /api/v1/status                     replica, leadership, store revision
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -36,6 +37,10 @@ pub struct Api {
     pub connections: Arc<Connections>,
     /// The admin token.
     pub token: String,
+    /// This replica's name.
+    pub replica: String,
+    /// Whether this replica leads.
+    pub leader: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An error response: status plus a message that says what to do.
@@ -68,6 +73,7 @@ pub fn router(api: Arc<Api>) -> Router {
             get(get_one).delete(delete),
         )
         .route("/api/v1/connections", get(connections))
+        .route("/api/v1/status", get(status))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -167,6 +173,16 @@ async fn delete(
     } else {
         Err(ApiError(StatusCode::NOT_FOUND, format!("{key} not found")))
     }
+}
+
+async fn status(State(api): State<Arc<Api>>) -> Response {
+    Json(json!({
+        "replica": api.replica,
+        "leader": *api.leader.borrow(),
+        "revision": api.registry.revision(),
+        "connectedProxies": api.connections.list().len(),
+    }))
+    .into_response()
 }
 
 async fn connections(State(api): State<Arc<Api>>) -> Response {

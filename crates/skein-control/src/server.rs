@@ -8,7 +8,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::snapshot::WorkloadView;
 use crate::state::Connections;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{Election, EtcdStore};
 use crate::store::{Op, Store, StoreError};
 use futures_util::future::BoxFuture;
 use skein_model::resource::{
@@ -78,9 +78,15 @@ pub struct RunningControl {
     pub registry: Arc<Registry>,
     /// Connected proxies.
     pub connections: Arc<Connections>,
+    /// True while this replica leads (always, with the embedded store).
+    pub leader: tokio::sync::watch::Receiver<bool>,
+    election: Option<Election>,
     shutdown: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
 }
+
+/// Lease of the leader election: a dead leader is replaced within about this long.
+const LEADER_TTL: Duration = Duration::from_secs(5);
 
 impl RunningControl {
     /// Opens the store, loads every resource and starts both APIs.
@@ -91,11 +97,20 @@ impl RunningControl {
         // The data directory holds the admin token (and later the CA's keys): owner only.
         std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io(&format!("cannot restrict {}", opts.data_dir.display()), e))?;
-        let store: Arc<dyn Store> = match &opts.store {
-            StoreChoice::Embedded => Arc::new(EmbeddedStore::open(&opts.data_dir)?),
+        // Work that must run once in the mesh (the canary controller, later) runs on the
+        // leader: with etcd, the replica holding the election's lease; embedded, always us.
+        let (store, election): (Arc<dyn Store>, Option<Election>) = match &opts.store {
+            StoreChoice::Embedded => (Arc::new(EmbeddedStore::open(&opts.data_dir)?), None),
             StoreChoice::Etcd { endpoints, prefix } => {
-                Arc::new(EtcdStore::connect(endpoints, prefix).await?)
+                let etcd = EtcdStore::connect(endpoints, prefix).await?;
+                let election =
+                    Election::campaign(&etcd, "controller", &opts.replica, LEADER_TTL).await?;
+                (Arc::new(etcd), Some(election))
             }
+        };
+        let leader = match &election {
+            Some(e) => e.subscribe(),
+            None => tokio::sync::watch::channel(true).1,
         };
         let token = shared_token(&*store, &opts).await?;
         let registry = Registry::load(store).await?;
@@ -116,7 +131,20 @@ impl RunningControl {
             registry: registry.clone(),
             connections: connections.clone(),
             token: token.clone(),
+            replica: opts.replica.clone(),
+            leader: leader.clone(),
         }));
+        let mut follow = leader.clone();
+        let replica = opts.replica.clone();
+        tasks.spawn(async move {
+            loop {
+                let is_leader = *follow.borrow_and_update();
+                tracing::info!(%replica, leader = is_leader, "leadership");
+                if follow.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let serve = axum::serve(http, router).with_graceful_shutdown(stop.cancelled_owned());
@@ -160,6 +188,8 @@ impl RunningControl {
             token,
             registry,
             connections,
+            leader,
+            election,
             shutdown,
             tasks,
         })
@@ -168,6 +198,11 @@ impl RunningControl {
     /// Stops both APIs; proxies' streams end so they reconnect elsewhere.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
+        if let Some(election) = self.election.take() {
+            if let Err(e) = election.resign().await {
+                tracing::warn!(error = %e, "could not resign leadership; its lease will expire");
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while self.tasks.join_next().await.is_some() {}
         })
