@@ -171,7 +171,10 @@ async fn delete(
     if api.registry.delete(&key).await? {
         Ok(Json(json!({ "deleted": key.to_string() })).into_response())
     } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("{key} not found")))
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{key} not found; `skein get {word}` lists what exists"),
+        ))
     }
 }
 

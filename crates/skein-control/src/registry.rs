@@ -51,60 +51,58 @@ pub struct Registry {
 impl Registry {
     /// Loads every resource from `store` and follows its changes from then on.
     pub async fn load(store: Arc<dyn Store>) -> Result<Arc<Registry>, RegistryError> {
-        // Watch first, then list: a change between the two is seen twice, never missed.
-        let mut events = store.watch(PREFIX);
-        let (entries, revision) = store.list(PREFIX).await?;
-        let mut resources = BTreeMap::new();
-        for entry in &entries {
-            if let Some((key, resource)) = decode(entry) {
-                resources.insert(key, resource);
-            }
-        }
         let (state, _) = watch::channel(Arc::new(MeshState::default()));
         let registry = Arc::new(Registry {
             store,
-            resources: RwLock::new(resources),
-            revision: AtomicU64::new(revision),
+            resources: RwLock::new(BTreeMap::new()),
+            revision: AtomicU64::new(0),
             state,
         });
-        registry.publish();
+        let events = registry.resync().await?;
         let weak = Arc::downgrade(&registry);
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let Some(registry) = weak.upgrade() else {
-                    return;
-                };
-                registry.apply_event(event);
-            }
-            tracing::error!("store watch ended; resource changes are no longer followed");
-        });
+        tokio::spawn(follow(weak, events));
         Ok(registry)
     }
 
-    fn apply_event(&self, event: Event) {
-        let revision = match &event {
-            Event::Put(e) => e.revision,
-            Event::Delete { revision, .. } => *revision,
-        };
+    /// Replaces the mirror with a fresh listing and returns the watch that continues it.
+    /// Watch first, then list: a change between the two is seen twice, never missed.
+    async fn resync(&self) -> Result<tokio::sync::mpsc::Receiver<Vec<Event>>, RegistryError> {
+        let events = self.store.watch(PREFIX);
+        let (entries, revision) = self.store.list(PREFIX).await?;
+        let resources: BTreeMap<_, _> = entries.iter().filter_map(decode).collect();
+        *self.resources.write().unwrap_or_else(|p| p.into_inner()) = resources;
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+        self.publish();
+        Ok(events)
+    }
+
+    /// Applies the changes of whole commits, then publishes once, so proxies never see
+    /// half of an atomic apply.
+    fn apply_events(&self, events: Vec<Event>) {
+        let mut newest = 0;
         {
             let mut resources = self.resources.write().unwrap_or_else(|p| p.into_inner());
-            match event {
-                Event::Put(entry) => {
-                    if let Some((key, resource)) = decode(&entry) {
-                        resources.insert(key, resource);
+            for event in events {
+                match event {
+                    Event::Put(entry) => {
+                        newest = newest.max(entry.revision);
+                        if let Some((key, resource)) = decode(&entry) {
+                            resources.insert(key, resource);
+                        }
                     }
-                }
-                Event::Delete { key, .. } => {
-                    if let Some(k) = key
-                        .strip_prefix(PREFIX)
-                        .and_then(ResourceKey::from_storage_path)
-                    {
-                        resources.remove(&k);
+                    Event::Delete { key, revision } => {
+                        newest = newest.max(revision);
+                        let k = key
+                            .strip_prefix(PREFIX)
+                            .and_then(ResourceKey::from_storage_path);
+                        if let Some(k) = k {
+                            resources.remove(&k);
+                        }
                     }
                 }
             }
         }
-        self.revision.fetch_max(revision, Ordering::SeqCst);
+        self.revision.fetch_max(newest, Ordering::SeqCst);
         self.publish();
     }
 
@@ -296,6 +294,42 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.revision() < revision && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Follows the store's changes. When the watch ends (the store dropped a watcher that fell
+/// behind, or etcd compacted what it needed), the registry re-lists and watches again.
+async fn follow(
+    weak: std::sync::Weak<Registry>,
+    mut events: tokio::sync::mpsc::Receiver<Vec<Event>>,
+) {
+    loop {
+        while let Some(mut batch) = events.recv().await {
+            // Take every commit already waiting, and publish once for all of them.
+            while let Ok(more) = events.try_recv() {
+                batch.extend(more);
+            }
+            let Some(registry) = weak.upgrade() else {
+                return;
+            };
+            registry.apply_events(batch);
+        }
+        let Some(registry) = weak.upgrade() else {
+            return;
+        };
+        tracing::warn!("store watch ended (fell behind or history compacted); re-listing");
+        loop {
+            match registry.resync().await {
+                Ok(fresh) => {
+                    events = fresh;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot re-list resources; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 }

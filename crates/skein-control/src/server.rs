@@ -162,7 +162,9 @@ impl RunningControl {
             connections: connections.clone(),
             grace: opts.workload_grace,
             replica: opts.replica.clone(),
+            any_replica: matches!(opts.store, StoreChoice::Embedded),
         });
+        registrar.sweep();
         let svc = ProxyControlService::new(
             registry.subscribe(),
             registrar,
@@ -248,11 +250,14 @@ async fn shared_token(store: &dyn Store, opts: &ControlOptions) -> Result<String
 }
 
 /// Records proxies as Workload resources.
+#[derive(Clone)]
 struct StoreRegistrar {
     registry: Arc<Registry>,
     connections: Arc<Connections>,
     grace: Duration,
     replica: String,
+    /// Whether every registered workload is this replica's (single-replica stores).
+    any_replica: bool,
 }
 
 impl Registrar for StoreRegistrar {
@@ -290,33 +295,71 @@ impl Registrar for StoreRegistrar {
     }
 
     fn disconnected(&self, w: WorkloadView) {
-        let (registry, connections) = (self.registry.clone(), self.connections.clone());
-        let (grace, replica) = (self.grace, self.replica.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            if connections.is_connected(&w.namespace, &w.name) {
-                return;
-            }
-            let key = ResourceKey::new(Kind::Workload, &w.namespace, &w.name);
-            let Some(Resource::Workload(current)) = registry.get(&key) else {
-                return;
-            };
-            // Another replica may hold the proxy's new stream: only remove our own record.
-            let ours = current
-                .status
-                .as_ref()
-                .and_then(|s| s.control_plane.as_deref())
-                == Some(replica.as_str());
-            if ours {
-                match registry.delete(&key).await {
-                    Ok(_) => {
-                        tracing::info!(workload = %key, "workload removed after its proxy left")
-                    }
-                    Err(e) => {
-                        tracing::warn!(workload = %key, error = %e, "could not remove workload")
-                    }
+        tokio::spawn(self.clone().retire(w.namespace, w.name));
+    }
+}
+
+impl StoreRegistrar {
+    /// Whether this replica recorded the workload (with the embedded store there is only
+    /// one replica, so every registered workload is ours).
+    fn owns(&self, status: Option<&WorkloadStatus>) -> bool {
+        status.is_some_and(|s| {
+            self.any_replica || s.control_plane.as_deref() == Some(self.replica.as_str())
+        })
+    }
+
+    /// A workload's proxy is gone: mark it disconnected now; after the grace period, if it
+    /// has not come back (here or to another replica), remove it from the endpoints.
+    async fn retire(self, namespace: String, name: String) {
+        let key = ResourceKey::new(Kind::Workload, &namespace, &name);
+        let Some(Resource::Workload(mut current)) = self.registry.get(&key) else {
+            return;
+        };
+        if !self.owns(current.status.as_ref()) || self.connections.is_connected(&namespace, &name) {
+            return;
+        }
+        if let Some(status) = current.status.as_mut() {
+            if status.connected {
+                status.connected = false;
+                status.since = Some(crate::registry::now_rfc3339());
+                if let Err(e) = self
+                    .registry
+                    .apply_with(vec![Resource::Workload(current)], true)
+                    .await
+                {
+                    tracing::warn!(workload = %key, error = %e, "could not mark workload disconnected");
                 }
             }
-        });
+        }
+        tokio::time::sleep(self.grace).await;
+        if self.connections.is_connected(&namespace, &name) {
+            return;
+        }
+        let Some(Resource::Workload(current)) = self.registry.get(&key) else {
+            return;
+        };
+        // Back on another replica (it rewrote the status as connected): not ours to remove.
+        let still_gone = current.status.as_ref().is_some_and(|s| !s.connected);
+        if self.owns(current.status.as_ref()) && still_gone {
+            match self.registry.delete(&key).await {
+                Ok(_) => {
+                    tracing::info!(workload = %key, "workload removed: its proxy left {:?} ago", self.grace)
+                }
+                Err(e) => tracing::warn!(workload = %key, error = %e, "could not remove workload"),
+            }
+        }
+    }
+
+    /// At start-up: workloads this replica registered before it restarted have no session
+    /// now; give each the grace period to reconnect, then remove it.
+    fn sweep(&self) {
+        for resource in self.registry.list(Kind::Workload, None) {
+            if let Resource::Workload(w) = resource {
+                if self.owns(w.status.as_ref()) {
+                    let (ns, name) = (w.metadata.namespace.clone(), w.metadata.name.clone());
+                    tokio::spawn(self.clone().retire(ns, name));
+                }
+            }
+        }
     }
 }

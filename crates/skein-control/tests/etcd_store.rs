@@ -41,11 +41,22 @@ fn delete(key: &str, expect: Option<u64>) -> Op {
     }
 }
 
-async fn recv(rx: &mut mpsc::Receiver<Event>) -> Event {
-    tokio::time::timeout(SOON, rx.recv())
+/// The next event, one at a time (the watch delivers whole commits; this unpacks them).
+async fn recv(rx: &mut mpsc::Receiver<Vec<Event>>) -> Event {
+    thread_local! {
+        static PENDING: std::cell::RefCell<std::collections::VecDeque<Event>> = Default::default();
+    }
+    if let Some(e) = PENDING.with(|p| p.borrow_mut().pop_front()) {
+        return e;
+    }
+    let batch = tokio::time::timeout(SOON, rx.recv())
         .await
         .expect("an event within the deadline")
-        .expect("the watch is open")
+        .expect("the watch is open");
+    PENDING.with(|p| p.borrow_mut().extend(batch));
+    PENDING
+        .with(|p| p.borrow_mut().pop_front())
+        .expect("commits carry at least one event")
 }
 
 async fn keys_and_values(store: &EtcdStore, prefix: &str) -> Vec<(String, String)> {

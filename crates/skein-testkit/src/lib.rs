@@ -5,6 +5,7 @@
 //! distinct `127.0.0.x` addresses) and stops everything it runs when its handle is dropped.
 
 pub mod client;
+pub mod control;
 pub mod etcd;
 pub mod grpc;
 pub mod http;

@@ -374,8 +374,11 @@ pub async fn delete(
         kind.to_lowercase(),
         query(ns)
     );
-    client.call(Method::DELETE, &path, String::new()).await?;
-    println!("{} \"{name}\" deleted", kind.to_lowercase());
+    let result = client.call(Method::DELETE, &path, String::new()).await?;
+    // "Service/default/web" → `service "web" deleted`, as kubectl says it.
+    let deleted = result["deleted"].as_str().unwrap_or_default();
+    let canonical = deleted.split('/').next().unwrap_or(kind).to_lowercase();
+    println!("{canonical} \"{name}\" deleted");
     Ok(())
 }
 

@@ -126,6 +126,15 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Apply { .. } | Command::Get { .. } | Command::Delete { .. }
+    ) {
+        // Client commands end quietly when their output pipe closes (`skein get … | head`),
+        // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // The demo prints its own progress; its in-process control plane logs only problems.
     let default = match (&cli.command, cli.log.as_str()) {
         (Command::Demo { .. }, "info") => "warn".to_string(),

@@ -67,8 +67,8 @@ async fn route_change_takes_effect_within_a_second_without_failures() {
     let control = RunningControl::start(ControlOptions {
         data_dir: dir.clone(),
         store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(150), 0),
-        grpc: SocketAddr::new(loopback(150), 0),
+        http: SocketAddr::new(loopback(170), 0),
+        grpc: SocketAddr::new(loopback(170), 0),
         workload_grace: Duration::from_secs(30),
         replica: "test".into(),
     })
@@ -98,15 +98,15 @@ spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http
         .apply(parse_documents(&services, "test").unwrap())
         .await
         .unwrap();
-    let (v1, _p1) = workload(&control, 151, "restaurant-v1").await;
-    let (v2, _p2) = workload(&control, 152, "restaurant-v2").await;
+    let (v1, _p1) = workload(&control, 171, "restaurant-v1").await;
+    let (v2, _p2) = workload(&control, 172, "restaurant-v2").await;
 
     // The caller's proxy: everything from the control plane, reached as an HTTP proxy.
     let mut config: ProxyConfig =
-        MeshSpec::new(153, 153).client_config(SocketAddr::new(loopback(151), 4143));
+        MeshSpec::new(173, 173).client_config(SocketAddr::new(loopback(171), 4143));
     config.destinations.clear();
     config.outbound.upstreams.clear();
-    let advertise = SocketAddr::new(loopback(153), 4143);
+    let advertise = SocketAddr::new(loopback(173), 4143);
     config.inbound.listen = advertise;
     let client = RunningProxy::start_with_control(config, control_for(&control, advertise))
         .await

@@ -14,12 +14,12 @@ const DATA: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("data");
 /// "revision" → the store's current revision
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Watch channels are bounded; a watcher that falls this far behind is dropped and must
-/// re-list (it sees its channel close).
+/// Watch channels are bounded (in commits); a watcher that falls this far behind is dropped
+/// and must re-list (it sees its channel close).
 const WATCH_BUFFER: usize = 4096;
 
 /// Watchers: each with the key prefix it follows.
-type Watchers = Arc<Mutex<Vec<(String, mpsc::Sender<Event>)>>>;
+type Watchers = Arc<Mutex<Vec<(String, mpsc::Sender<Vec<Event>>)>>>;
 
 /// A persistent store in one file.
 #[derive(Clone)]
@@ -137,10 +137,12 @@ impl EmbeddedStore {
     fn notify(&self, events: &[Event]) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers.retain(|(prefix, tx)| {
-            events
+            let mine: Vec<Event> = events
                 .iter()
                 .filter(|e| e.key().starts_with(prefix.as_str()))
-                .all(|e| tx.try_send(e.clone()).is_ok())
+                .cloned()
+                .collect();
+            mine.is_empty() || tx.try_send(mine).is_ok()
         });
     }
 }
@@ -167,7 +169,7 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn watch(&self, prefix: &str) -> mpsc::Receiver<Event> {
+    fn watch(&self, prefix: &str) -> mpsc::Receiver<Vec<Event>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers.push((prefix.to_string(), tx));
@@ -255,15 +257,14 @@ mod tests {
             .await
             .unwrap();
         let first = rx.recv().await.unwrap();
-        assert!(matches!(first, Event::Put(ref e) if e.key == "r/a" && e.revision == 1));
+        assert_eq!(first.len(), 1, "one commit, only keys under r/: {first:?}");
+        assert!(matches!(first[0], Event::Put(ref e) if e.key == "r/a" && e.revision == 1));
         let second = rx.recv().await.unwrap();
-        assert_eq!(
-            second,
-            Event::Delete {
-                key: "r/a".into(),
-                revision: 2
-            }
-        );
+        let delete = Event::Delete {
+            key: "r/a".into(),
+            revision: 2,
+        };
+        assert_eq!(second, [delete]);
         assert!(rx.try_recv().is_err(), "other/ is not under the prefix");
         std::fs::remove_dir_all(&dir).unwrap();
     }

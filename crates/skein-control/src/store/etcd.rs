@@ -413,7 +413,7 @@ impl Store for EtcdStore {
     /// watch), so changes committed after the call are delivered; a few changes from just
     /// before it may be delivered too. Needs a tokio runtime (the stream runs in a task);
     /// without one the channel is closed at once.
-    fn watch(&self, prefix: &str) -> mpsc::Receiver<Event> {
+    fn watch(&self, prefix: &str) -> mpsc::Receiver<Vec<Event>> {
         let from = self.inner.revision.load(Ordering::Relaxed) + 1;
         watch::spawn(self.clone(), prefix, from)
     }

@@ -93,6 +93,8 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every op or none; returns the new store revision.
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    /// Changes committed after this call, in revision order, for keys under `prefix`.
-    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::Receiver<Event>;
+    /// Changes committed after this call, in revision order, for keys under `prefix`: one
+    /// message per commit (every change of an atomic commit together). The channel closes
+    /// if the watcher falls too far behind or the history it needs is gone; re-list then.
+    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::Receiver<Vec<Event>>;
 }

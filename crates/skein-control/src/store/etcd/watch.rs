@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 const WATCH_BUFFER: usize = 4096;
 
 /// Starts a watch on Skein keys under `prefix`, from store revision `from`.
-pub(super) fn spawn(store: EtcdStore, prefix: &str, from: u64) -> mpsc::Receiver<Event> {
+pub(super) fn spawn(store: EtcdStore, prefix: &str, from: u64) -> mpsc::Receiver<Vec<Event>> {
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::error!("an etcd watch needs a tokio runtime; closing it");
@@ -48,7 +48,7 @@ enum Ended {
     Failed(String),
 }
 
-async fn run(store: EtcdStore, range: Range, from: u64, tx: mpsc::Sender<Event>) {
+async fn run(store: EtcdStore, range: Range, from: u64, tx: mpsc::Sender<Vec<Event>>) {
     let mut next = i64::try_from(from).unwrap_or(i64::MAX);
     let mut backoff = Backoff::new();
     loop {
@@ -89,7 +89,7 @@ async fn stream_once(
     store: &EtcdStore,
     range: &Range,
     next: &mut i64,
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<Vec<Event>>,
 ) -> Ended {
     let create = rpc::WatchRequest {
         request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(
@@ -136,17 +136,20 @@ async fn stream_once(
             *next = (*next).max(i64::try_from(at).unwrap_or(i64::MAX).saturating_add(1));
             continue;
         }
+        // One response holds whole revisions (no fragmentation is requested), so one
+        // message per response keeps each commit together.
+        let mut batch = Vec::with_capacity(response.events.len());
         for event in response.events {
             let Some(kv) = event.kv.as_ref() else {
                 continue;
             };
-            let mod_revision = kv.mod_revision;
+            *next = (*next).max(kv.mod_revision.saturating_add(1));
             if let Some(event) = to_event(store, event) {
-                if tx.send(event).await.is_err() {
-                    return Ended::ReceiverGone;
-                }
+                batch.push(event);
             }
-            *next = (*next).max(mod_revision.saturating_add(1));
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return Ended::ReceiverGone;
         }
     }
 }

@@ -1,0 +1,368 @@
+//! The control plane with proxies: persistence across a restart (resources back, proxies
+//! resync), workloads following their proxies, and two replicas on one etcd.
+
+use crate::{client_proxy, json, row, start_control, status_via, write, Web, BIN, SOON};
+use skein_model::Protocol;
+use skein_proxy::Ctx;
+use skein_testkit::control::{eventually, free_port, ControlProcess, ControlledProxy, TempDir};
+use skein_testkit::etcd::Etcd;
+use skein_testkit::{loopback, HttpBackend, MeshSpec};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Every declared resource as `get -o json` prints it (the proxy-registered workloads are
+/// left out: they are re-registered, with a new status, when their proxy reconnects).
+async fn declared(cp: &ControlProcess) -> Vec<String> {
+    let mut all = Vec::new();
+    for word in ["meshes", "services", "routes", "authz", "backendpolicies"] {
+        all.push(cp.cli(&["get", word, "-o", "json"]).await.ok().to_string());
+    }
+    all.push(
+        cp.cli(&["get", "workload", "web-1", "-o", "json"])
+            .await
+            .ok()
+            .to_string(),
+    );
+    all
+}
+
+/// The endpoints of `service` in a proxy's configuration in force.
+fn endpoints(ctx: &Ctx, service: &str) -> Vec<SocketAddr> {
+    ctx.config()
+        .destinations
+        .iter()
+        .filter(|d| d.service == service)
+        .flat_map(|d| d.endpoints.iter().map(|e| e.address))
+        .collect()
+}
+
+/// `get workloads` as a table, row by name.
+async fn workload_row(
+    cp: &ControlProcess,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let out = cp.cli(&["get", "workloads"]).await;
+    row(out.ok(), name)
+}
+
+#[tokio::test]
+async fn resources_survive_a_restart_and_proxies_resync() {
+    skein_testkit::init_tracing();
+    let (data, files) = (
+        TempDir::new("ctl-data").unwrap(),
+        TempDir::new("ctl-files").unwrap(),
+    );
+    let web = Web::start(124).await;
+    let mut cp = start_control(123, data.path(), &[]).await;
+    let token = cp.token();
+
+    // One resource of every kind (the route and policies name another service, so that
+    // they do not change how requests to `web` are handled).
+    let mut yaml = web.resources("web", true);
+    yaml.push_str(
+        "---\napiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {trustDomain: skein.local}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api, labels: {team: a}}\n\
+         spec:\n  parentRefs: [{name: api}]\n  rules: [{backendRefs: [{name: api, weight: 3}], retry: {attempts: 2}}]\n\
+         ---\napiVersion: skein.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api}\nspec: {targetRef: {name: api}, action: audit}\n\
+         ---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: api, annotations: {note: kept}}\nspec: {targetRef: {name: api}, loadBalancer: least-request}\n",
+    );
+    let file = write(&files, "all.yaml", &yaml);
+    cp.cli(&["apply", "-f", file.to_str().unwrap()]).await.ok();
+    // A second generation, so that bookkeeping other than 1 must survive too.
+    let changed = yaml.replace("retry: {attempts: 2}", "retry: {attempts: 3}");
+    let file2 = write(&files, "changed.yaml", &changed);
+    let out = cp.cli(&["apply", "-f", file2.to_str().unwrap()]).await;
+    assert!(out.ok().contains("httproute/api configured"), "{out:?}");
+
+    // A proxy that stays up across the restart.
+    let a = client_proxy(125, "client-1", cp.grpc).await;
+    let (a_proxy, url) = (a.addrs.http_proxy.unwrap(), web.url("web", "before"));
+    eventually("proxy A configured", SOON, async || {
+        a.ctx.config_version.load(Ordering::SeqCst) > 0
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_via(a_proxy, &url).await, "200");
+    let before = declared(&cp).await;
+    let version_before = a.ctx.config_version.load(Ordering::SeqCst);
+
+    // SIGTERM: a clean exit.
+    cp.signal("TERM").unwrap();
+    let status = cp.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        cp.log()
+    );
+    let (http, grpc) = (cp.http, cp.grpc);
+    drop(cp);
+    // The proxy keeps serving on its last good configuration meanwhile.
+    assert_eq!(status_via(a_proxy, &url).await, "200");
+
+    // A new control plane on the same data dir (and addresses).
+    let started = Instant::now();
+    let cp = ControlProcess::start(Path::new(BIN), data.path(), http, grpc, &[])
+        .await
+        .expect("restart skein control");
+    assert_eq!(cp.token(), token, "the admin token is kept");
+    let after = declared(&cp).await;
+    assert_eq!(
+        after, before,
+        "every resource is back, bookkeeping included"
+    );
+    let route = json(&after[2]);
+    assert_eq!(route["items"][0]["metadata"]["generation"], 2);
+
+    // A proxy that connects now gets the destinations…
+    let b = client_proxy(125, "client-2", cp.grpc).await;
+    eventually("proxy B configured", SOON, async || {
+        b.ctx.config_version.load(Ordering::SeqCst) > 0
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoints(&b.ctx, "web"), [web.proxy.addrs.inbound]);
+    assert_eq!(
+        status_via(b.addrs.http_proxy.unwrap(), &web.url("web", "b")).await,
+        "200"
+    );
+    // …numbered after the versions of the first run (the store's revision persisted).
+    assert!(
+        b.ctx.config_version.load(Ordering::SeqCst) > version_before,
+        "versions keep increasing across the restart"
+    );
+    // …and the proxy that lived through the restart reconnected and acknowledged.
+    eventually("proxy A reconnected", SOON, async || {
+        a.ctx.metrics.control_connected.get() == 1
+            && a.ctx.config_version.load(Ordering::SeqCst) > version_before
+    })
+    .await
+    .unwrap();
+    let resynced = started.elapsed();
+    eventually("both proxies acknowledged", SOON, async || {
+        let (ra, rb) = (
+            workload_row(&cp, "client-1").await,
+            workload_row(&cp, "client-2").await,
+        );
+        let acked = |r: &Option<std::collections::BTreeMap<String, String>>, v: u64| {
+            r.as_ref()
+                .is_some_and(|r| r["CONNECTED"] == "true" && r["VERSION"] == v.to_string())
+        };
+        acked(&ra, a.ctx.config_version.load(Ordering::SeqCst))
+            && acked(&rb, b.ctx.config_version.load(Ordering::SeqCst))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_via(a_proxy, &web.url("web", "after")).await, "200");
+    eprintln!("persistence: restarted and both proxies resynced in {resynced:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    web.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn workloads_follow_their_proxies() {
+    skein_testkit::init_tracing();
+    let (data, files) = (
+        TempDir::new("ctl-data").unwrap(),
+        TempDir::new("ctl-files").unwrap(),
+    );
+    let cp = start_control(126, data.path(), &["--workload-grace", "1s"]).await;
+    let backend = HttpBackend::start(SocketAddr::new(loopback(127), 0))
+        .await
+        .unwrap();
+    let port = backend.addr().port();
+    let service = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\n\
+         spec:\n  selector: {{app: web}}\n  ports: [{{port: {port}, protocol: http}}]\n"
+    );
+    let file = write(&files, "web.yaml", &service);
+    cp.cli(&["apply", "-f", file.to_str().unwrap()]).await.ok();
+
+    // `web-1`: a real `skein proxy --control` process in front of the backend. It registers
+    // itself (service web → label app=web), so the Service selects it.
+    let mut config = MeshSpec::new(127, 127)
+        .service("web", backend.addr(), Protocol::Http)
+        .server_config();
+    config.workload.name = "web-1".into();
+    config.workload.service = "web".into();
+    config.inbound.listen = free_port(loopback(127)).unwrap();
+    config.admin.listen = free_port(loopback(127)).unwrap();
+    let inbound = config.inbound.listen;
+    let mut web = ControlledProxy::start(Path::new(BIN), &config, cp.grpc)
+        .await
+        .expect("start skein proxy --control");
+
+    // An in-process proxy calling it.
+    let client = client_proxy(128, "client-1", cp.grpc).await;
+    let url = format!("http://web:{port}/hello");
+    eventually("client sees web-1", SOON, async || {
+        endpoints(&client.ctx, "web") == [inbound]
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status_via(client.addrs.http_proxy.unwrap(), &url).await,
+        "200"
+    );
+
+    // Both are listed as connected, with the version they acknowledged.
+    let listed = eventually("both listed with acknowledged versions", SOON, async || {
+        let (w, c) = (
+            workload_row(&cp, "web-1").await,
+            workload_row(&cp, "client-1").await,
+        );
+        let client_version = client.ctx.config_version.load(Ordering::SeqCst).to_string();
+        w.is_some_and(|w| {
+            w["CONNECTED"] == "true"
+                && w["ADDRESS"] == inbound.to_string()
+                && w["VERSION"].parse::<u64>().is_ok_and(|v| v > 0)
+        }) && c.is_some_and(|c| c["CONNECTED"] == "true" && c["VERSION"] == client_version)
+    })
+    .await;
+    if let Err(e) = listed {
+        panic!("{e}\n{}", cp.cli(&["get", "workloads"]).await.stdout);
+    }
+    let w = json(
+        cp.cli(&["get", "workload", "web-1", "-o", "json"])
+            .await
+            .ok(),
+    );
+    assert_eq!(w["metadata"]["labels"]["app"], "web");
+    assert_eq!(w["spec"]["ports"][0], port);
+    assert_eq!(w["status"]["connected"], true);
+    assert!(w["status"]["since"].is_string(), "{w}");
+
+    // web-1's proxy stops: after the 1 s grace its workload is gone, and with it the
+    // client's endpoint.
+    let left = Instant::now();
+    web.signal("TERM").unwrap();
+    let status = web.wait_exit(SOON).await.unwrap();
+    assert!(status.success(), "proxy exit: {status}");
+    eprintln!(
+        "lifecycle: right after the proxy exited:\n{}",
+        cp.cli(&["get", "workloads"]).await.stdout
+    );
+    eventually("web-1 leaves `get workloads`", SOON, async || {
+        workload_row(&cp, "web-1").await.is_none()
+    })
+    .await
+    .unwrap();
+    let removed = left.elapsed();
+    eventually("client's endpoints drop web-1", SOON, async || {
+        endpoints(&client.ctx, "web").is_empty()
+    })
+    .await
+    .unwrap();
+    let dropped = left.elapsed();
+    // The stream ended after the signal, and the grace period counts from there.
+    assert!(
+        removed >= Duration::from_millis(990),
+        "removed after the grace period, not before ({removed:?})"
+    );
+    assert_ne!(
+        status_via(client.addrs.http_proxy.unwrap(), &url).await,
+        "200"
+    );
+    // The client itself is still there and connected.
+    let c = workload_row(&cp, "client-1")
+        .await
+        .expect("client-1 listed");
+    assert_eq!(c["CONNECTED"], "true");
+    eprintln!("lifecycle: workload removed {removed:?} after SIGTERM to its proxy, endpoint dropped after {dropped:?}");
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
+    skein_testkit::init_tracing();
+    if !Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let etcd = Etcd::start().expect("start etcd");
+    let store = format!("etcd://{}", etcd.endpoint());
+    let (d1, d2, files) = (
+        TempDir::new("ctl-r1").unwrap(),
+        TempDir::new("ctl-r2").unwrap(),
+        TempDir::new("ctl-files").unwrap(),
+    );
+    let args = ["--store", store.as_str(), "--workload-grace", "2s"];
+    let mut r1 = start_control(
+        129,
+        d1.path(),
+        &[&args[..], &["--replica", "r1"][..]].concat(),
+    )
+    .await;
+    let r2 = start_control(
+        130,
+        d2.path(),
+        &[&args[..], &["--replica", "r2"][..]].concat(),
+    )
+    .await;
+    assert_eq!(
+        r1.token(),
+        r2.token(),
+        "both replicas use the same admin token"
+    );
+
+    // Applied through replica 1…
+    let web = Web::start(131).await;
+    let file = write(&files, "web.yaml", &web.resources("web", true));
+    let out = r1.cli(&["apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(out.ok(), "service/web created\nworkload/web-1 created\n");
+    // …reaches a proxy connected to replica 2.
+    let started = Instant::now();
+    let client = client_proxy(132, "client-1", r2.grpc).await;
+    let proxy = client.addrs.http_proxy.unwrap();
+    eventually("proxy on replica 2 sees web", SOON, async || {
+        endpoints(&client.ctx, "web") == [web.proxy.addrs.inbound]
+    })
+    .await
+    .unwrap();
+    let reached = started.elapsed();
+    assert_eq!(status_via(proxy, &web.url("web", "via-r2")).await, "200");
+    // Replica 1 sees the workload replica 2 registered.
+    eventually("replica 1 lists client-1", SOON, async || {
+        workload_row(&r1, "client-1").await.is_some()
+    })
+    .await
+    .unwrap();
+    let w = json(
+        r1.cli(&["get", "workload", "client-1", "-o", "json"])
+            .await
+            .ok(),
+    );
+    assert_eq!(w["status"]["controlPlane"], "r2", "{w}");
+
+    // Replica 1 dies.
+    r1.signal("KILL").unwrap();
+    r1.wait_exit(SOON).await.unwrap();
+    let r1_data = d1.path().to_path_buf();
+    drop(r1);
+    // Replica 2 still serves the API, with replica 1's token.
+    let out = r2.cli_with(&["get", "services"], &r1_data, None).await;
+    assert!(row(out.ok(), "web").is_some(), "{out:?}");
+    // A new apply through replica 2 reaches the proxy.
+    let file = write(&files, "web2.yaml", &web.resources("web2", false));
+    let out = r2
+        .cli_with(&["apply", "-f", file.to_str().unwrap()], &r1_data, None)
+        .await;
+    assert_eq!(out.ok(), "service/web2 created\n");
+    let applied = Instant::now();
+    eventually("web2 reaches the proxy", SOON, async || {
+        status_via(proxy, &web.url("web2", "after-loss")).await == "200"
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "etcd: replica 1 → proxy on replica 2 in {reached:?}; after losing replica 1, a change reached the proxy in {:?}",
+        applied.elapsed()
+    );
+    assert_eq!(status_via(proxy, &web.url("web", "still")).await, "200");
+    client.shutdown().await;
+    web.proxy.shutdown().await;
+    drop(r2);
+    drop(etcd);
+}
