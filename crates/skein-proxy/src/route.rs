@@ -4,8 +4,8 @@
 //! Matching: path `Exact` or `PathPrefix` (on `/` boundaries: `/menu` matches `/menu`,
 //! `/menu/` and `/menu/1`, not `/menus`), headers (exact; names case-insensitive), query
 //! parameters (exact), method. All conditions of one match must hold; any match of a rule
-//! selects it. Regular-expression matches never match here (no regex engine yet); the
-//! control plane accepts them, so they are counted and logged by the caller.
+//! selects it. Regular-expression matches never match here (no regex engine yet), although
+//! the control plane accepts them; docs/resources.md says so.
 
 use skein_model::resource::{BackendRef, PathMatchType, RouteMatch, RouteRule, ValueMatchType};
 use skein_model::DestinationRoute;

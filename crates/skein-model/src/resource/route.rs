@@ -37,7 +37,7 @@ pub struct HttpRouteSpec {
     /// Host names the route applies to (`*.` wildcard allowed); at most 16. Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    /// The rules, tried in Gateway API precedence order; 1 to 16.
+    /// The rules, tried in the order listed (the first whose match fits wins); 1 to 16.
     pub rules: Vec<RouteRule>,
 }
 
