@@ -1,0 +1,63 @@
+//! `skein-bench backend`: the fast, fixed-size HTTP server every setup ends at.
+//!
+//! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (told apart by the client's
+//! preface); every request, whatever its method or path, is answered `200` with the same
+//! 1024-byte body and a `content-length`. Request bodies are discarded unread, so the
+//! backend does as little work per request as hyper allows and is never the bottleneck.
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+/// Size of every response body, in bytes.
+pub const BODY_LEN: usize = 1024;
+
+static BODY: [u8; BODY_LEN] = [b'x'; BODY_LEN];
+
+/// Serves forever on `listen`.
+pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("backend cannot bind {listen}"))?;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Benchmarks open many streams per connection; do not let the default (200 in h2)
+    // be the limit that is measured.
+    builder.http2().max_concurrent_streams(1024);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            // Out of file descriptors or similar: back off briefly instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(respond);
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(&BODY)));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(BODY_LEN));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}

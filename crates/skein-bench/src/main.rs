@@ -1,0 +1,181 @@
+//! `skein-bench`: Skein's benchmark harness in one binary. `run` is the orchestrator
+//! behind `bench/run`; the other subcommands are the parts it starts as processes (the
+//! backend, the open-model load generator, the TCP sink and bulk sender) and can be run by
+//! hand to look at one thing. See bench/README.md.
+
+mod backend;
+mod load;
+mod nginx;
+mod procs;
+mod report;
+mod run;
+mod scenarios;
+mod setups;
+mod tcp;
+mod tools;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Benchmarks Skein against a direct connection and an nginx pair, on loopback.
+#[derive(Parser)]
+#[command(name = "skein-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 + HTTP/2 (prior knowledge) server answering every request 200 with 1 KiB.
+    Backend {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Open-model load generator; prints JSON {sent, ok, errors, p50_us, …, achieved_rps}.
+    ///
+    /// Requests are scheduled every 1/RATE seconds regardless of earlier ones; latency is
+    /// measured from each request's intended send time (no coordinated omission).
+    Load {
+        /// Where to send requests.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header (HTTP/1.1) or :authority (HTTP/2).
+        #[arg(long, default_value = "bench")]
+        host: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: f64,
+        /// How long to schedule requests, e.g. 10s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+        /// Keep-alive connections opened up front (HTTP/1.1; the pool grows to 4× while all
+        /// are busy) or HTTP/2 connections used throughout.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Use HTTP/2 with prior knowledge.
+        #[arg(long)]
+        h2: bool,
+        /// A request unanswered this long after its intended send time is an error.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Accepts TCP connections and discards what they send; closes each at end of stream.
+    TcpSink {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Sends bytes to a sink, half-closes, waits for its close; prints JSON {bytes, secs, mb_per_s}.
+    TcpBulk {
+        /// The sink (or a proxy in front of it).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Bytes to send.
+        #[arg(long)]
+        bytes: u64,
+        /// Stop sending after this long even if fewer bytes went out.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Run every setup and scenario, print a Markdown report, append it to
+    /// docs/BENCHMARKS.md and write every figure as JSON.
+    Run {
+        /// Short measurements, one repetition: proves the harness works (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON (default target/bench/results-<timestamp>.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not append the report to docs/BENCHMARKS.md.
+        #[arg(long)]
+        no_append: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    skein_model::duration::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 500ms, 10s or 2m"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Backend { listen } => multi_thread()?.block_on(backend::serve(listen)),
+        Cmd::Load {
+            addr,
+            host,
+            rate,
+            duration,
+            connections,
+            h2,
+            timeout,
+        } => {
+            let spec = load::LoadSpec {
+                addr,
+                host,
+                rate,
+                duration,
+                connections,
+                max_connections: connections * 4,
+                h2,
+                timeout,
+            };
+            let report = current_thread()?.block_on(load::run(spec))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::TcpSink { listen } => current_thread()?.block_on(tcp::sink(listen)),
+        Cmd::TcpBulk {
+            addr,
+            bytes,
+            duration,
+        } => {
+            let report = current_thread()?.block_on(tcp::bulk(addr, bytes, duration))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Run {
+            quick,
+            out,
+            no_append,
+        } => {
+            let args = run::RunArgs {
+                quick,
+                out,
+                no_append,
+            };
+            // One thread: children are spawned from it, which PR_SET_PDEATHSIG relies on.
+            current_thread()?.block_on(run_until_signal(args))
+        }
+    }
+}
+
+/// Runs the orchestrator; on SIGINT or SIGTERM drops it, which stops every child.
+async fn run_until_signal(args: run::RunArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let name = tokio::select! {
+        result = run::run(args) => return result,
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // The run future has been dropped by now: its processes are stopped, its files gone.
+    anyhow::bail!("{name} received: stopped every process started and removed scratch files")
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}

@@ -1,0 +1,538 @@
+//! From raw figures to what people read: medians over repetitions, ratios to direct and
+//! added latency (the headline), a Markdown section (printed, and appended to
+//! `docs/BENCHMARKS.md`), and a JSON document holding every raw and derived figure.
+
+use crate::scenarios::{Plan, SetupResults};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Where and how the run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    /// `YYYY-MM-DD HH:MM UTC`.
+    pub date: String,
+    /// Short git commit, `+dirty` when the work tree had changes.
+    pub commit: String,
+    /// CPU model from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Cores available.
+    pub cores: usize,
+    /// The command as a user would type it.
+    pub command: String,
+    /// Whether skein's proxy-to-proxy hop used mTLS.
+    pub skein_mtls: bool,
+    /// What was measured and for how long.
+    pub plan: Plan,
+    /// Seconds the whole run took (setups, probes and measurements).
+    pub run_secs: f64,
+}
+
+/// One figure of one setup, with its ratio to direct, or why there is none.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figure {
+    /// Which setup.
+    pub setup: String,
+    /// Median over repetitions.
+    pub value: Option<f64>,
+    /// `value / direct value`.
+    pub ratio_to_direct: Option<f64>,
+    /// Why the figure is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub na: Option<String>,
+}
+
+/// Latency figures of one setup at one rate (medians over repetitions; `max` is the
+/// largest seen), µs, and the same minus direct's.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Which setup.
+    pub setup: String,
+    /// p50, p90, p99, max.
+    #[serde(serialize_with = "percentiles")]
+    pub us: [f64; 4],
+    /// Setup minus direct, same order; zero for direct itself.
+    #[serde(serialize_with = "percentiles")]
+    pub added_us: [f64; 4],
+}
+
+/// Latency of every setup at one rate.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyRow {
+    /// Requests per second.
+    pub rate: u32,
+    /// Per setup, in the order of [`Summary::setups`]; `None` when not measured.
+    pub setups: Vec<Option<Latency>>,
+}
+
+fn percentiles<S: serde::Serializer>(v: &[f64; 4], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(4))?;
+    for (k, x) in ["p50", "p90", "p99", "max"].iter().zip(v) {
+        m.serialize_entry(k, x)?;
+    }
+    m.end()
+}
+
+/// Derived figures, per setup in the order of `setups`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Setup names.
+    pub setups: Vec<String>,
+    /// Per rate, per setup.
+    pub latency: Vec<LatencyRow>,
+    /// HTTP/1.1 requests/s at fixed concurrency.
+    pub throughput_rps: Vec<Figure>,
+    /// HTTP/2 requests/s.
+    pub h2_rps: Vec<Figure>,
+    /// TCP bulk MB/s.
+    pub tcp_mb_per_s: Vec<Figure>,
+    /// New connections/s.
+    pub conn_per_s: Vec<Figure>,
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// `value / direct`, when both exist and direct is positive.
+pub fn ratio(value: Option<f64>, direct: Option<f64>) -> Option<f64> {
+    match (value, direct) {
+        (Some(v), Some(d)) if d > 0.0 => Some(v / d),
+        _ => None,
+    }
+}
+
+fn figures(
+    results: &[SetupResults],
+    pick: impl Fn(&SetupResults) -> (Vec<f64>, Option<String>),
+) -> Vec<Figure> {
+    let values: Vec<(Option<f64>, Option<String>)> = results
+        .iter()
+        .map(|r| {
+            let (v, na) = pick(r);
+            (median(&v), na)
+        })
+        .collect();
+    let direct = values.first().and_then(|(v, _)| *v);
+    values
+        .into_iter()
+        .zip(results)
+        .map(|((value, na), r)| Figure {
+            setup: r.setup.clone(),
+            value,
+            ratio_to_direct: ratio(value, direct),
+            na: if value.is_none() { na } else { None },
+        })
+        .collect()
+}
+
+/// Medians and ratios; `results[0]` must be direct.
+pub fn summarize(results: &[SetupResults]) -> Summary {
+    let rates: Vec<u32> = results
+        .first()
+        .map(|r| r.latency.keys().copied().collect())
+        .unwrap_or_default();
+    let latency = rates
+        .iter()
+        .map(|rate| {
+            let per: Vec<Option<[f64; 4]>> = results
+                .iter()
+                .map(|r| {
+                    let runs = r.latency.get(rate)?;
+                    let pick = |f: fn(&crate::load::LoadReport) -> u64| {
+                        runs.iter().map(|x| f(x) as f64).collect::<Vec<_>>()
+                    };
+                    Some([
+                        median(&pick(|x| x.p50_us))?,
+                        median(&pick(|x| x.p90_us))?,
+                        median(&pick(|x| x.p99_us))?,
+                        pick(|x| x.max_us).into_iter().fold(0.0, f64::max),
+                    ])
+                })
+                .collect();
+            let direct = per.first().copied().flatten();
+            let setups = per
+                .into_iter()
+                .zip(results)
+                .map(|(us, r)| {
+                    let us = us?;
+                    let d = direct?;
+                    Some(Latency {
+                        setup: r.setup.clone(),
+                        us,
+                        added_us: std::array::from_fn(|i| us[i] - d[i]),
+                    })
+                })
+                .collect();
+            LatencyRow {
+                rate: *rate,
+                setups,
+            }
+        })
+        .collect();
+    let na = |n: &Option<String>| n.clone().or(Some("not measured".into()));
+    Summary {
+        setups: results.iter().map(|r| r.setup.clone()).collect(),
+        latency,
+        throughput_rps: figures(results, |r| {
+            (r.throughput.iter().map(|x| x.rps).collect(), None)
+        }),
+        h2_rps: figures(results, |r| {
+            (r.h2.iter().map(|x| x.rps).collect(), na(&r.h2_na))
+        }),
+        tcp_mb_per_s: figures(results, |r| {
+            (r.tcp.iter().map(|x| x.mb_per_s).collect(), na(&r.tcp_na))
+        }),
+        conn_per_s: figures(results, |r| {
+            (r.conn_rate.iter().map(|x| x.rps).collect(), None)
+        }),
+    }
+}
+
+/// Groups digits in threes: 51703.6 → `51,704`.
+fn thousands(v: f64) -> String {
+    let s = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < -0.5 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn cell(f: &Figure, fmt: impl Fn(f64) -> String) -> String {
+    match f.value {
+        Some(v) => fmt(v),
+        None => "n/a".into(),
+    }
+}
+
+fn ratio_cell(f: &Figure) -> String {
+    match f.ratio_to_direct {
+        Some(r) => format!("{r:.2}×"),
+        None => "n/a".into(),
+    }
+}
+
+fn signed(v: f64) -> String {
+    if v >= 0.0 {
+        format!("+{}", thousands(v))
+    } else {
+        thousands(v)
+    }
+}
+
+fn header_row(out: &mut String, first: &str, cols: &[String]) {
+    let _ = writeln!(out, "| {first} | {} |", cols.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(cols.len()));
+}
+
+/// The Markdown section for one run.
+pub fn markdown(
+    meta: &Meta,
+    summary: &Summary,
+    results: &[SetupResults],
+    json_path: &str,
+) -> String {
+    let mut o = String::new();
+    let p = &meta.plan;
+    let _ = writeln!(
+        o,
+        "## {} — {} — {} × {}\n",
+        meta.date, meta.commit, meta.cpu_model, meta.cores
+    );
+    let _ = writeln!(
+        o,
+        "Command: `{}` · {} s per measurement, {} repetition{} (median), setups interleaved · \
+         skein mTLS: **{}** · run took {:.0} s.\n",
+        meta.command,
+        p.secs,
+        p.repetitions,
+        if p.repetitions == 1 { "" } else { "s" },
+        if meta.skein_mtls {
+            "on"
+        } else {
+            "off (plaintext between proxies; mTLS not implemented yet)"
+        },
+        meta.run_secs
+    );
+    for r in results {
+        let _ = writeln!(o, "- **{}**: {}", r.setup, r.description);
+    }
+    o.push('\n');
+    headline(&mut o, summary);
+    latency_table(&mut o, summary);
+    throughput_tables(&mut o, summary, p);
+    resources_table(&mut o, results);
+    notes(&mut o, summary);
+    let _ = writeln!(o, "Every figure: `{json_path}`.\n");
+    o
+}
+
+fn throughput_tables(o: &mut String, summary: &Summary, p: &Plan) {
+    let simple = [
+        (
+            format!(
+                "Maximum throughput (HTTP/1.1, wrk, {} keep-alive connections)",
+                p.wrk_connections
+            ),
+            "requests/s",
+            &summary.throughput_rps,
+        ),
+        (
+            format!(
+                "HTTP/2 (h2load, {} connections × {} concurrent streams)",
+                p.h2_clients, p.h2_streams
+            ),
+            "requests/s",
+            &summary.h2_rps,
+        ),
+        (
+            "Opaque TCP bulk (one connection)".to_string(),
+            "MB/s",
+            &summary.tcp_mb_per_s,
+        ),
+        (
+            format!(
+                "New connections (wrk, `Connection: close`, {} concurrent)",
+                p.wrk_connections
+            ),
+            "connections/s",
+            &summary.conn_per_s,
+        ),
+    ];
+    for (title, unit, figs) in simple {
+        let _ = writeln!(o, "### {title}\n");
+        header_row(o, "", &summary.setups);
+        let row =
+            |f: &dyn Fn(&Figure) -> String| figs.iter().map(f).collect::<Vec<_>>().join(" | ");
+        let _ = writeln!(o, "| {unit} | {} |", row(&|f| cell(f, thousands)));
+        let _ = writeln!(o, "| ratio to direct | {} |\n", row(&ratio_cell));
+    }
+}
+
+fn headline(o: &mut String, s: &Summary) {
+    let _ = writeln!(o, "### Headline: throughput as a ratio to direct (1.00× = no cost), latency added to direct\n");
+    let cols: Vec<String> = s.setups.iter().skip(1).cloned().collect();
+    header_row(o, "", &cols);
+    for (what, figs) in [
+        ("HTTP/1.1 max throughput", &s.throughput_rps),
+        ("HTTP/2 throughput", &s.h2_rps),
+        ("TCP bulk throughput", &s.tcp_mb_per_s),
+        ("new connections/s", &s.conn_per_s),
+    ] {
+        let cells: Vec<String> = figs.iter().skip(1).map(ratio_cell).collect();
+        let _ = writeln!(o, "| {what} | {} |", cells.join(" | "));
+    }
+    if let Some(LatencyRow { rate, setups: row }) =
+        s.latency.get(s.latency.len().saturating_sub(1).min(1))
+    {
+        for (i, pct) in [(0, "p50"), (2, "p99")] {
+            let cells: Vec<String> = row
+                .iter()
+                .skip(1)
+                .map(|l| {
+                    l.as_ref()
+                        .map_or("n/a".into(), |l| format!("{} µs", signed(l.added_us[i])))
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "| added {pct} latency at {rate} RPS | {} |",
+                cells.join(" | ")
+            );
+        }
+    }
+    o.push('\n');
+}
+
+fn latency_table(o: &mut String, s: &Summary) {
+    let _ = writeln!(
+        o,
+        "### Latency at fixed request rates (open model, µs from each request's intended send time)\n"
+    );
+    let mut cols = vec![String::from("pct")];
+    for (i, name) in s.setups.iter().enumerate() {
+        cols.push(name.clone());
+        if i > 0 {
+            cols.push(format!("{name} added"));
+        }
+    }
+    header_row(o, "RPS", &cols);
+    for LatencyRow { rate, setups: row } in &s.latency {
+        for (i, pct) in ["p50", "p90", "p99", "max"].iter().enumerate() {
+            let mut cells = vec![pct.to_string()];
+            for (j, l) in row.iter().enumerate() {
+                cells.push(l.as_ref().map_or("n/a".into(), |l| thousands(l.us[i])));
+                if j > 0 {
+                    cells.push(l.as_ref().map_or("n/a".into(), |l| signed(l.added_us[i])));
+                }
+            }
+            let first = if i == 0 {
+                thousands(*rate as f64)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "| {first} | {} |", cells.join(" | "));
+        }
+    }
+    o.push('\n');
+}
+
+fn resources_table(o: &mut String, results: &[SetupResults]) {
+    let _ = writeln!(
+        o,
+        "### Resources per proxy (from /proc; nginx: master + worker)\n"
+    );
+    let mut cols = Vec::new();
+    let mut per: Vec<[Option<f64>; 4]> = Vec::new();
+    for r in results.iter().filter(|r| !r.proxies.is_empty()) {
+        let mut pair = [Some(0.0); 4];
+        for p in &r.proxies {
+            let v = [
+                Some(p.idle_rss_kib as f64 / 1024.0),
+                Some(p.peak_rss_kib as f64 / 1024.0),
+                (p.http_requests > 0).then(|| p.http_cpu_secs / p.http_requests as f64 * 1000.0),
+                (p.tcp_bytes > 0).then(|| p.tcp_cpu_secs / (p.tcp_bytes as f64 / 1e9)),
+            ];
+            for (acc, x) in pair.iter_mut().zip(v) {
+                *acc = acc.zip(x).map(|(a, b)| a + b);
+            }
+            cols.push(p.name.clone());
+            per.push(v);
+        }
+        cols.push(format!("{} (both)", r.setup));
+        per.push(pair);
+    }
+    if cols.is_empty() {
+        return;
+    }
+    header_row(o, "", &cols);
+    let rows = [
+        ("idle RSS (MiB)", 1),
+        ("peak RSS (MiB)", 1),
+        ("CPU s per 1,000 requests", 4),
+        ("CPU s per GB of TCP", 2),
+    ];
+    for (i, (what, digits)) in rows.iter().enumerate() {
+        let cells: Vec<String> = per
+            .iter()
+            .map(|v| v[i].map_or("n/a".into(), |x| format!("{x:.digits$}")))
+            .collect();
+        let _ = writeln!(o, "| {what} | {} |", cells.join(" | "));
+    }
+    o.push('\n');
+}
+
+fn notes(o: &mut String, s: &Summary) {
+    let mut seen = Vec::new();
+    for (what, figs) in [("HTTP/2", &s.h2_rps), ("TCP bulk", &s.tcp_mb_per_s)] {
+        for (name, f) in s.setups.iter().zip(figs.iter()) {
+            if let Some(na) = &f.na {
+                seen.push(format!("- n/a — {name}, {what}: {na}"));
+            }
+        }
+    }
+    if !seen.is_empty() {
+        let _ = writeln!(o, "{}\n", seen.join("\n"));
+    }
+}
+
+/// UTC now as (`YYYY-MM-DD HH:MM UTC`, `YYYYMMDD-HHMMSS`).
+pub fn utc_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let (hh, mm, ss) = (t / 3600, t % 3600 / 60, t % 60);
+    (
+        format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC"),
+        format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"),
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::WrkReport;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(ratio(Some(50.0), Some(200.0)), Some(0.25));
+        assert_eq!(ratio(Some(50.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+    }
+
+    #[test]
+    fn summary_takes_ratios_to_the_first_setup() {
+        let setup = |name: &str, rps: &[f64]| SetupResults {
+            setup: name.into(),
+            throughput: rps
+                .iter()
+                .map(|r| WrkReport {
+                    rps: *r,
+                    ..WrkReport::default()
+                })
+                .collect(),
+            tcp_na: (name == "nginx pair").then(|| "no stream module".to_string()),
+            ..SetupResults::default()
+        };
+        let results = [
+            setup("direct", &[100.0, 300.0]),
+            setup("skein", &[50.0, 50.0]),
+            setup("nginx pair", &[40.0]),
+        ];
+        let s = summarize(&results);
+        let r: Vec<_> = s.throughput_rps.iter().map(|f| f.ratio_to_direct).collect();
+        assert_eq!(r, [Some(1.0), Some(0.25), Some(0.2)]);
+        assert_eq!(s.tcp_mb_per_s[2].na.as_deref(), Some("no stream module"));
+        assert_eq!(s.tcp_mb_per_s[1].na.as_deref(), Some("not measured"));
+        assert_eq!(thousands(51_703.6), "51,704");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(signed(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn calendar() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    }
+}

@@ -1,0 +1,255 @@
+//! `skein-bench run`: the orchestrator behind `bench/run`.
+//!
+//! Finds the binaries and tools, starts every setup (direct, skein, nginx pair) on its own
+//! loopback addresses, probes each end to end, runs the interleaved scenarios, then
+//! reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
+//! every figure as JSON. Whatever happens — success, a failed setup, Ctrl-C — every process
+//! started is stopped and the scratch directory removed, because they are all owned by
+//! values dropped on the way out.
+
+use crate::nginx;
+use crate::procs::TempDir;
+use crate::report::{self, Meta};
+use crate::scenarios::{self, Plan, SetupResults, Tools};
+use crate::setups::{self, find_tool, Env, Setup};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// What `run` was asked for.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// Short measurements, one repetition (CI).
+    pub quick: bool,
+    /// Where to write the JSON (default `target/bench/results-<timestamp>.json`).
+    pub out: Option<PathBuf>,
+    /// Do not append to `docs/BENCHMARKS.md`.
+    pub no_append: bool,
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    meta: &'a Meta,
+    summary: &'a report::Summary,
+    setups: &'a [SetupResults],
+}
+
+/// Runs the whole benchmark.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let root = workspace_root()?;
+    let tool = |name: &str, package: &str| {
+        find_tool(name).with_context(|| {
+            format!("{name} not found: install Debian's {package} (bench/run does when root)")
+        })
+    };
+    let me = std::env::current_exe().context("cannot find this binary's path")?;
+    let skein = match std::env::var_os("SKEIN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => root.join("target/release/skein"),
+    };
+    if !skein.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p skein` (bench/run does), \
+             or point SKEIN_BIN at a skein binary",
+            skein.display()
+        );
+    }
+    let tools = Tools {
+        me: me.clone(),
+        wrk: tool("wrk", "wrk")?,
+        h2load: tool("h2load", "nghttp2-client")?,
+    };
+    tool("openssl", "openssl")?;
+    let env = Env {
+        dir: TempDir::new()?,
+        me,
+        skein,
+        nginx: tool("nginx", "nginx-light")?,
+    };
+    let plan = Plan::new(args.quick);
+    eprintln!(
+        "skein-bench: starting setups (scratch dir {})",
+        env.dir.path().display()
+    );
+    let mut setups = start_setups(&env).await?;
+    let mut results = Vec::new();
+    for s in &setups {
+        results.push(SetupResults::start(s)?);
+    }
+    let measured = async {
+        for s in &mut setups {
+            s.probe().await?;
+            scenarios::warm_up(&tools, &plan, s).await?;
+        }
+        eprintln!(
+            "skein-bench: measuring ({} s each, {} repetition(s), setups interleaved)",
+            plan.secs, plan.repetitions
+        );
+        scenarios::run_all(&tools, &plan, &mut setups, &mut results).await
+    };
+    if let Err(e) = measured.await {
+        if let Some(tails) = log_tails(&setups) {
+            eprintln!("{tails}");
+        }
+        return Err(e);
+    }
+    for (s, r) in setups.iter().zip(results.iter_mut()) {
+        r.finish(s)?;
+    }
+    drop(setups);
+    write_report(&root, &args, plan, &results, started)
+}
+
+/// Starts every setup; a failure names the setup.
+async fn start_setups(env: &Env) -> anyhow::Result<Vec<Setup>> {
+    let direct = setups::direct(env)
+        .await
+        .context("setup direct could not start")?;
+    let skein = setups::skein(env)
+        .await
+        .context("setup skein could not start")?;
+    let nginx = nginx::start(env)
+        .await
+        .context("setup nginx pair could not start")?;
+    Ok(vec![direct, skein, nginx])
+}
+
+/// The last lines each proxy logged, to go with an error; `None` when they logged nothing.
+fn log_tails(setups: &[Setup]) -> Option<String> {
+    let mut out = String::from("skein-bench: the run failed; the proxies' last log lines:");
+    let mut any = false;
+    for p in setups.iter().flat_map(|s| &s.proxies) {
+        let tail = p.log_tail();
+        if !tail.trim().is_empty() {
+            out.push_str(&format!("\n--- {} ---\n{tail}", p.name));
+            any = true;
+        }
+    }
+    any.then_some(out)
+}
+
+fn write_report(
+    root: &Path,
+    args: &RunArgs,
+    plan: Plan,
+    results: &[SetupResults],
+    started: Instant,
+) -> anyhow::Result<()> {
+    let (date, stamp) = report::utc_now();
+    let meta = Meta {
+        date,
+        commit: git_commit(root),
+        cpu_model: cpu_model(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command: if args.quick {
+            "bench/run --quick"
+        } else {
+            "bench/run"
+        }
+        .into(),
+        skein_mtls: setups::SKEIN_MTLS,
+        plan,
+        run_secs: started.elapsed().as_secs_f64(),
+    };
+    let summary = report::summarize(results);
+    let json_path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join(format!("target/bench/results-{stamp}.json")));
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let doc = Document {
+        meta: &meta,
+        summary: &summary,
+        setups: results,
+    };
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let shown = json_path.strip_prefix(root).unwrap_or(&json_path);
+    let md = report::markdown(&meta, &summary, results, &shown.display().to_string());
+    println!("{md}");
+    if !args.no_append {
+        let path = root.join("docs/BENCHMARKS.md");
+        append(&path, &md)?;
+        eprintln!("skein-bench: appended to {}", path.display());
+    }
+    eprintln!("skein-bench: JSON in {}", json_path.display());
+    Ok(())
+}
+
+const HEADER: &str = "# Benchmarks
+
+Sections are appended by `bench/run` (see [bench/README.md](../bench/README.md)), newest
+last; each names its date, commit and machine. Absolute figures depend on the machine:
+compare the ratios to direct and the added latency. Do not edit by hand.
+
+";
+
+fn append(path: &Path, section: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let fresh = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if fresh {
+        f.write_all(HEADER.as_bytes())?;
+    }
+    f.write_all(section.as_bytes())
+        .with_context(|| format!("cannot append to {}", path.display()))
+}
+
+/// The workspace root: three levels above `target/release/skein-bench`, else the current
+/// directory, whichever holds the workspace's `Cargo.toml` and `crates/`.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidates = [
+        exe.ancestors().nth(3).map(Path::to_path_buf),
+        std::env::current_dir().ok(),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("Cargo.toml").is_file() && d.join("crates/skein-bench").is_dir())
+        .context("cannot find the workspace root: run from it, or via bench/run")
+}
+
+fn git_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown commit".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{commit}+dirty"),
+        _ => commit,
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

@@ -1,0 +1,361 @@
+//! The setups under comparison, each on its own 127.0.0.x addresses with its own backend
+//! and TCP sink, all started before the first measurement and kept running so scenarios
+//! can interleave them:
+//!
+//! - **direct**: load generator → backend (127.0.0.150);
+//! - **skein**: load generator → `skein proxy` outbound (127.0.0.151) → `skein proxy`
+//!   inbound (127.0.0.152) → backend (127.0.0.152), configured with local upstream
+//!   listeners, one per protocol;
+//! - **nginx pair**: see [`crate::nginx`].
+//!
+//! Each setup is probed end to end (one HTTP/1.1 request, one HTTP/2 request, a small TCP
+//! transfer) before any measurement, so a broken setup fails fast and by name.
+
+use crate::procs::{Proc, TempDir};
+use anyhow::{bail, Context};
+use skein_model::{
+    AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,
+    ProxyConfig, Upstream, WorkloadInfo,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Port of every setup's HTTP backend.
+pub const APP_PORT: u16 = 8080;
+/// Port of every setup's TCP sink.
+pub const SINK_PORT: u16 = 9000;
+/// The `Host` (and `:authority`) requests carry.
+pub const HOST: &str = "bench";
+/// Whether the skein setup's proxies talk mutual TLS. The proxy has no TLS yet; when it
+/// does, configure it in [`skein`]'s configs and flip this, which the report shows.
+pub const SKEIN_MTLS: bool = false;
+
+/// What the orchestrator runs things with.
+pub struct Env {
+    /// Scratch directory for configs, certificates and logs.
+    pub dir: TempDir,
+    /// This binary (backend, sink, load generator).
+    pub me: PathBuf,
+    /// The `skein` binary.
+    pub skein: PathBuf,
+    /// The `nginx` binary.
+    pub nginx: PathBuf,
+}
+
+/// Which setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Load generator straight to the backend.
+    Direct,
+    /// Through two skein proxies.
+    Skein,
+    /// Through two nginx instances talking mutual TLS.
+    Nginx,
+}
+
+impl Kind {
+    /// Short name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Skein => "skein",
+            Kind::Nginx => "nginx pair",
+        }
+    }
+}
+
+/// An endpoint a scenario sends to, or why the setup has none for it.
+pub type Target = Result<SocketAddr, String>;
+
+/// A running setup.
+pub struct Setup {
+    /// Which one.
+    pub kind: Kind,
+    /// How the hops talk, for the report.
+    pub description: String,
+    /// HTTP/1.1 entry point.
+    pub http: SocketAddr,
+    /// HTTP/2 (prior knowledge) entry point.
+    pub h2: Target,
+    /// Opaque TCP entry point.
+    pub tcp: Target,
+    /// The proxies whose resources are measured (none for direct).
+    pub proxies: Vec<Proc>,
+    /// Backend and sink.
+    pub apps: Vec<Proc>,
+}
+
+impl Setup {
+    /// Fails if any process of the setup has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in self.proxies.iter_mut().chain(self.apps.iter_mut()) {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// One request per protocol and a small TCP transfer, each checked.
+    pub async fn probe(&mut self) -> anyhow::Result<()> {
+        let name = self.kind.name();
+        crate::load::probe(self.http, HOST, false)
+            .await
+            .with_context(|| format!("{name}: HTTP/1.1 probe to {} failed", self.http))?;
+        if let Ok(addr) = self.h2 {
+            crate::load::probe(addr, HOST, true)
+                .await
+                .with_context(|| format!("{name}: HTTP/2 probe to {addr} failed"))?;
+        }
+        if let Ok(addr) = self.tcp {
+            crate::tcp::bulk(addr, 1 << 20, Duration::from_secs(5))
+                .await
+                .with_context(|| format!("{name}: TCP probe to {addr} failed"))?;
+        }
+        self.check_alive()
+    }
+}
+
+/// 127.0.0.`n`.
+pub fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// Starts the backend and the TCP sink on `host`.
+pub async fn start_apps(env: &Env, host: IpAddr, tag: &str) -> anyhow::Result<Vec<Proc>> {
+    let mut apps = Vec::new();
+    for (what, port) in [("backend", APP_PORT), ("tcp-sink", SINK_PORT)] {
+        let addr = SocketAddr::new(host, port);
+        let mut cmd = Command::new(&env.me);
+        cmd.arg(what).arg("--listen").arg(addr.to_string());
+        let log = env.dir.path().join(format!("{tag}-{what}.log"));
+        let mut p = Proc::spawn(&format!("{tag} {what}"), cmd, &log)?;
+        wait_listening(&mut p, addr).await?;
+        apps.push(p);
+    }
+    Ok(apps)
+}
+
+/// Waits until `addr` accepts connections, failing early if `proc` exits.
+pub async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        proc.check_alive()?;
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} is not listening on {addr} after 10s", proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The direct setup: backend and sink on 127.0.0.150.
+pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
+    let host = ip(150);
+    Ok(Setup {
+        kind: Kind::Direct,
+        description: "load generator → backend".into(),
+        http: SocketAddr::new(host, APP_PORT),
+        h2: Ok(SocketAddr::new(host, APP_PORT)),
+        tcp: Ok(SocketAddr::new(host, SINK_PORT)),
+        proxies: Vec::new(),
+        apps: start_apps(env, host, "direct").await?,
+    })
+}
+
+const INBOUND_PORT: u16 = 4143;
+const ADMIN_PORT: u16 = 4191;
+const UP_HTTP: u16 = 15001;
+const UP_H2: u16 = 15002;
+const UP_TCP: u16 = 15003;
+
+/// The skein setup: outbound proxy on 127.0.0.151, inbound proxy, backend and sink on
+/// 127.0.0.152.
+pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
+    let (client, server) = (ip(151), ip(152));
+    let apps = start_apps(env, server, "skein").await?;
+    let inbound = start_proxy(env, "skein inbound proxy", &server_config(server)).await?;
+    let outbound = start_proxy(
+        env,
+        "skein outbound proxy",
+        &client_config(client, SocketAddr::new(server, INBOUND_PORT)),
+    )
+    .await?;
+    Ok(Setup {
+        kind: Kind::Skein,
+        description: format!(
+            "load generator → skein proxy (outbound) → skein proxy (inbound) → backend; \
+             proxies talk HTTP/2 {}",
+            if SKEIN_MTLS {
+                "with mutual TLS"
+            } else {
+                "in plaintext (mTLS is not implemented yet)"
+            }
+        ),
+        http: SocketAddr::new(client, UP_HTTP),
+        h2: Ok(SocketAddr::new(client, UP_H2)),
+        tcp: Ok(SocketAddr::new(client, UP_TCP)),
+        proxies: vec![outbound, inbound],
+        apps,
+    })
+}
+
+fn workload(name: &str, service: &str) -> WorkloadInfo {
+    WorkloadInfo {
+        name: name.into(),
+        service: service.into(),
+        namespace: "default".into(),
+        labels: Default::default(),
+    }
+}
+
+fn port(port: u16, protocol: Protocol) -> PortSpec {
+    PortSpec { port, protocol }
+}
+
+/// The inbound proxy: serves the backend (HTTP) and the sink (TCP) on its own address.
+fn server_config(host: IpAddr) -> ProxyConfig {
+    ProxyConfig {
+        workload: workload("bench-1", "bench"),
+        inbound: InboundConfig {
+            listen: SocketAddr::new(host, INBOUND_PORT),
+            app_host: host,
+            ports: vec![
+                port(APP_PORT, Protocol::Http),
+                port(SINK_PORT, Protocol::Tcp),
+            ],
+        },
+        outbound: OutboundConfig::default(),
+        admin: AdminConfig {
+            listen: SocketAddr::new(host, ADMIN_PORT),
+        },
+        destinations: Vec::new(),
+        limits: Limits::default(),
+        detect_timeout: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(1),
+    }
+}
+
+/// The outbound proxy: one upstream listener per protocol, each a service with one port
+/// declared so no detection runs (`bench` HTTP/1.1, `bench-h2` HTTP/2, `bench-tcp` TCP).
+fn client_config(host: IpAddr, peer: SocketAddr) -> ProxyConfig {
+    let services = [
+        ("bench", APP_PORT, Protocol::Http, UP_HTTP),
+        ("bench-h2", APP_PORT, Protocol::Http2, UP_H2),
+        ("bench-tcp", SINK_PORT, Protocol::Tcp, UP_TCP),
+    ];
+    let destinations = services
+        .iter()
+        .map(|(name, p, protocol, _)| Destination {
+            service: (*name).into(),
+            namespace: "default".into(),
+            ports: vec![port(*p, *protocol)],
+            addresses: Vec::new(),
+            endpoints: vec![Endpoint { address: peer }],
+            routes: Vec::new(),
+        })
+        .collect();
+    let upstreams = services
+        .iter()
+        .map(|(name, p, _, listen)| Upstream {
+            listen: SocketAddr::new(host, *listen),
+            service: (*name).into(),
+            port: *p,
+        })
+        .collect();
+    ProxyConfig {
+        workload: workload("loadgen-1", "loadgen"),
+        inbound: InboundConfig {
+            listen: SocketAddr::new(host, INBOUND_PORT),
+            app_host: host,
+            ports: vec![port(APP_PORT, Protocol::Http)],
+        },
+        outbound: OutboundConfig {
+            listen: None,
+            http_proxy: None,
+            upstreams,
+        },
+        admin: AdminConfig {
+            listen: SocketAddr::new(host, ADMIN_PORT),
+        },
+        destinations,
+        limits: Limits::default(),
+        detect_timeout: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Writes `config`, starts `skein proxy` on it and waits for `/ready`.
+async fn start_proxy(env: &Env, name: &str, config: &ProxyConfig) -> anyhow::Result<Proc> {
+    config
+        .validate(name)
+        .with_context(|| format!("{name}: the generated config is invalid"))?;
+    let tag = name.replace(' ', "-");
+    let path = env.dir.path().join(format!("{tag}.yaml"));
+    std::fs::write(&path, config.to_yaml())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut cmd = Command::new(&env.skein);
+    cmd.arg("proxy").arg("--config").arg(&path);
+    cmd.env("SKEIN_LOG", "warn");
+    let log = env.dir.path().join(format!("{tag}.log"));
+    let mut p = Proc::spawn(name, cmd, &log)?;
+    let admin = config.admin.listen;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        p.check_alive()?;
+        if let Ok(text) = http_get(admin, "/ready").await {
+            if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+                return Ok(p);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{name} not ready (admin {admin}/ready) within 15s");
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// A bare `GET` with HTTP/1.0; returns the whole response.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await??;
+    Ok(text)
+}
+
+/// `name` on `$PATH` or in the sbin directories (Debian puts nginx in /usr/sbin).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_skein_configs_are_valid() {
+        let server = server_config(ip(152));
+        server.validate("server").unwrap();
+        let client = client_config(ip(151), SocketAddr::new(ip(152), INBOUND_PORT));
+        client.validate("client").unwrap();
+        let back = ProxyConfig::from_yaml(&client.to_yaml(), "again").unwrap();
+        assert_eq!(back, client);
+    }
+}
