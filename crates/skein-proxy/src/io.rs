@@ -75,6 +75,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
     }
 }
 
+/// Buffer per direction for opaque copies: large enough that bulk transfers move in few,
+/// full HTTP/2 DATA frames rather than many 8 KiB ones.
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Copies both directions until each side has finished, propagating half-closes.
 /// Returns bytes copied (a→b, b→a).
 pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
@@ -82,7 +86,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional(a, b).await
+    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub struct ReqLabels {
     /// How the client spoke.
     pub protocol: Proto,
     /// `1xx` … `5xx`, or `error` when no response was produced.
-    pub class: String,
+    pub class: &'static str,
 }
 
 /// Labels for refusals and errors.
@@ -226,9 +226,15 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, direction: Direction, protocol: Proto, status: Option<u16>) {
-        let class = match status {
-            Some(s) => format!("{}xx", s / 100),
-            None => "error".to_string(),
+        // Static labels: counting a request allocates nothing.
+        let class = match status.map(|s| s / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            Some(_) => "other",
+            None => "error",
         };
         self.requests
             .get_or_create(&ReqLabels {
