@@ -461,27 +461,12 @@ pub fn utc_now() -> (String, String) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let t = secs % 86_400;
-    let (hh, mm, ss) = (t / 3600, t % 3600 / 60, t % 60);
+    let t = skein_model::time::UtcTime::from_unix(secs);
+    let (y, m, d, hh, mm, ss) = (t.year, t.month, t.day, t.hour, t.minute, t.second);
     (
         format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC"),
         format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"),
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -527,12 +512,5 @@ mod tests {
         assert_eq!(thousands(51_703.6), "51,704");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(signed(-1234.0), "-1,234");
-    }
-
-    #[test]
-    fn calendar() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
     }
 }

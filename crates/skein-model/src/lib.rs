@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod proxy;
 pub mod resource;
+pub mod time;
 
 pub use proxy::{
     AdminConfig, Destination, DestinationRoute, Endpoint, InboundConfig, Limits, OutboundConfig,
