@@ -68,6 +68,7 @@ pub async fn serve_http2<I: Io>(io: I, handler: impl Handler, limits: &Limits, d
     builder
         .timer(TokioTimer::new())
         .adaptive_window(true)
+        .max_frame_size(256 * 1024)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));

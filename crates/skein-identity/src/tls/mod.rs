@@ -1,0 +1,389 @@
+//! rustls configurations for proxy-to-proxy mutual TLS: TLS 1.3 only, ALPN `h2`, both peers
+//! verified against the mesh trust bundle and identified by their SPIFFE IDs.
+//!
+//! The server side requires a client certificate (so the inbound proxy learns who calls, see
+//! [`peer_identity`]); the client side verifies the chain and that the server's SPIFFE ID is
+//! the one the control plane announced for the endpoint. DNS names are never checked: in the
+//! mesh, the SPIFFE ID is the name.
+//!
+//! Certificates and roots live in swappable holders, [`CertResolver`] and [`TrustBundle`].
+//! Configs read them at every handshake, so `store()` takes effect for new connections while
+//! established ones carry on untouched. Session resumption is off on both sides: a resumed
+//! session would skip verification against the current bundle and identity.
+
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+use crate::{IdentityError, Result, SpiffeId, WorkloadCert};
+
+/// The one application protocol spoken between proxies.
+pub const ALPN_H2: &[u8] = b"h2";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a lock even if a writer panicked: the value is always a complete `Arc`.
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock.write().unwrap_or_else(PoisonError::into_inner) = value;
+}
+
+/// The workload's current certificate, presented by both server and client configs.
+pub struct CertResolver {
+    current: RwLock<Arc<Current>>,
+}
+
+struct Current {
+    key: Arc<CertifiedKey>,
+    identity: SpiffeId,
+    serial: String,
+}
+
+impl CertResolver {
+    /// A resolver presenting `cert`.
+    pub fn new(cert: &WorkloadCert) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(Current::new(cert)?)),
+        }))
+    }
+
+    /// Presents `cert` from the next handshake on; established connections are unaffected.
+    pub fn store(&self, cert: &WorkloadCert) -> Result<()> {
+        write(&self.current, Arc::new(Current::new(cert)?));
+        Ok(())
+    }
+
+    /// The identity currently presented.
+    pub fn identity(&self) -> SpiffeId {
+        read(&self.current).identity.clone()
+    }
+
+    fn key(&self) -> Arc<CertifiedKey> {
+        read(&self.current).key.clone()
+    }
+}
+
+impl Current {
+    fn new(cert: &WorkloadCert) -> Result<Self> {
+        let key = CertifiedKey::from_der(
+            cert.chain().to_vec(),
+            cert.key().private_key_der(),
+            &provider(),
+        )
+        .map_err(IdentityError::tls)?;
+        Ok(Self {
+            key: Arc::new(key),
+            identity: cert.identity().clone(),
+            serial: cert.serial().to_owned(),
+        })
+    }
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = read(&self.current);
+        f.debug_struct("CertResolver")
+            .field("identity", &current.identity)
+            .field("serial", &current.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+}
+
+impl ResolvesClientCert for CertResolver {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The roots peers are verified against; during a root rotation it holds old and new.
+pub struct TrustBundle {
+    current: RwLock<Arc<Roots>>,
+}
+
+struct Roots {
+    store: Arc<RootCertStore>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl TrustBundle {
+    /// A bundle of `roots` (DER). Refuses an empty bundle or a certificate that is no anchor.
+    pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(Roots::new(roots)?)),
+        }))
+    }
+
+    /// Verifies against `roots` from the next handshake on.
+    pub fn store(&self, roots: &[CertificateDer<'static>]) -> Result<()> {
+        write(&self.current, Arc::new(Roots::new(roots)?));
+        Ok(())
+    }
+
+    /// How many roots are trusted.
+    pub fn len(&self) -> usize {
+        read(&self.current).store.len()
+    }
+
+    /// Whether no roots are trusted (never true: empty bundles are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn roots(&self) -> Arc<Roots> {
+        read(&self.current)
+    }
+}
+
+impl Roots {
+    fn new(roots: &[CertificateDer<'static>]) -> Result<Self> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root.clone())
+                .map_err(|e| IdentityError::tls(format!("a trust bundle root is unusable: {e}")))?;
+        }
+        if store.is_empty() {
+            return Err(IdentityError::tls(
+                "the trust bundle is empty; pass the mesh CA's roots",
+            ));
+        }
+        let store = Arc::new(store);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(store.clone(), provider())
+                .build()
+                .map_err(IdentityError::tls)?;
+        Ok(Self {
+            store,
+            client_verifier,
+        })
+    }
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("roots", &self.len())
+            .finish()
+    }
+}
+
+/// Config for the inbound side: TLS 1.3, ALPN `h2`, client certificates required and
+/// verified against `bundle`, and the client's SPIFFE ID required to be in our trust domain.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    bundle: Arc<TrustBundle>,
+) -> Result<Arc<ServerConfig>> {
+    let verifier = Arc::new(MeshClientVerifier {
+        trust_domain: resolver.identity().trust_domain().to_owned(),
+        bundle,
+        algs: provider().signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(IdentityError::tls)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Config for the outbound side towards a peer that must be `expected`: TLS 1.3, ALPN `h2`,
+/// our certificate from `resolver`, the server's chain verified against `bundle` and its
+/// SPIFFE ID compared with `expected`. Connect with any server name, e.g. [`server_name`];
+/// it is neither checked nor sent.
+pub fn client_config(
+    resolver: Arc<CertResolver>,
+    bundle: Arc<TrustBundle>,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>> {
+    let verifier = Arc::new(MeshServerVerifier {
+        bundle,
+        expected,
+        algs: provider().signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(IdentityError::tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// A syntactically valid server name for `id` (`<account>.<namespace>.<trust-domain>`), for
+/// APIs that need one; mesh verification ignores it.
+pub fn server_name(id: &SpiffeId) -> Result<ServerName<'static>> {
+    let name = format!("{}.{}.{}", id.account(), id.namespace(), id.trust_domain());
+    ServerName::try_from(name).map_err(IdentityError::tls)
+}
+
+/// The SPIFFE ID of the peer's verified leaf certificate, once the handshake is done. Pass a
+/// `ServerConnection` or `ClientConnection` (they deref to `CommonState`).
+pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
+    let leaf = conn.peer_certificates()?.first()?;
+    SpiffeId::from_cert(leaf).ok()
+}
+
+/// Wraps an identity failure as a rustls error whose message is ours.
+fn identity_error(err: IdentityError) -> rustls::Error {
+    rustls::Error::Other(OtherError(Arc::new(err)))
+}
+
+/// Server side: verifies client chains with the bundle's current `WebPkiClientVerifier`,
+/// then requires a SPIFFE ID in our trust domain.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    trust_domain: String,
+    bundle: Arc<TrustBundle>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The bundle can change under us, and our clients hold exactly one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let roots = self.bundle.roots();
+        roots
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = SpiffeId::from_cert(end_entity).map_err(identity_error)?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(identity_error(IdentityError::CertificateIdentity(format!(
+                "client {id} is not in trust domain {:?}",
+                self.trust_domain
+            ))));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Client side: verifies the server chain against the bundle (webpki, serverAuth usage, no
+/// DNS names) and that the leaf's SPIFFE ID is `expected`.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    bundle: Arc<TrustBundle>,
+    expected: SpiffeId,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let roots = self.bundle.roots();
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots.store,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let presented = SpiffeId::from_cert(end_entity).map_err(identity_error)?;
+        if presented != self.expected {
+            return Err(identity_error(IdentityError::UnexpectedPeer {
+                presented: Box::new(presented),
+                expected: Box::new(self.expected.clone()),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;
