@@ -1,18 +1,19 @@
 //! Header rules for proxied HTTP: hop-by-hop headers are removed (RFC 9110 §7.6.1), and
 //! Skein's own `skein-*` headers carry routing facts between proxies; callers cannot set
-//! them, because the outbound side strips whatever an application sent.
+//! them, because the outbound side strips whatever an application sent. The names are
+//! `HeaderName` constants, so the per-request path never parses or hashes them from text.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The application port the request is for (set by the outbound proxy).
-pub const DST_PORT: &str = "skein-dst-port";
+pub const DST_PORT: HeaderName = HeaderName::from_static("skein-dst-port");
 /// How the client spoke to its proxy: `http1` or `h2`; the inbound side speaks the same to
 /// the application.
-pub const ORIG_PROTO: &str = "skein-orig-proto";
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("skein-orig-proto");
 /// On a CONNECT stream between proxies: what the tunnel carries, `tcp` or `http1`.
-pub const TUNNEL: &str = "skein-tunnel";
+pub const TUNNEL: HeaderName = HeaderName::from_static("skein-tunnel");
 /// Set on responses the proxy produced itself, naming the reason.
-pub const ERROR: &str = "skein-error";
+pub const ERROR: HeaderName = HeaderName::from_static("skein-error");
 
 /// Headers that belong to one connection and never travel past a proxy. `te` is handled
 /// separately because `te: trailers` is allowed in HTTP/2.
