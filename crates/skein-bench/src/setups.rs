@@ -255,7 +255,10 @@ fn client_config(host: IpAddr, peer: SocketAddr) -> ProxyConfig {
             namespace: "default".into(),
             ports: vec![port(*p, *protocol)],
             addresses: Vec::new(),
-            endpoints: vec![Endpoint { address: peer }],
+            endpoints: vec![Endpoint {
+                address: peer,
+                identity: None,
+            }],
             routes: Vec::new(),
         })
         .collect();

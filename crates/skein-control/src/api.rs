@@ -10,6 +10,11 @@
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! GET    /api/v1/connections
 //! GET    /api/v1/status                     replica, leadership, store revision
+//! POST   /api/v1/tokens                     body: {"service", "namespace"?, "ttl"?} → join token
+//! GET    /api/v1/tokens
+//! DELETE /api/v1/tokens/{id}                revoke
+//! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins
+//! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -33,6 +38,8 @@ const MAX_BODY: usize = 4 << 20;
 pub struct Api {
     /// The resources.
     pub registry: Arc<Registry>,
+    /// The mesh CA and join tokens.
+    pub pki: Arc<crate::pki::Pki>,
     /// Proxies connected to this replica.
     pub connections: Arc<Connections>,
     /// The admin token.
@@ -74,6 +81,10 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/ca", get(ca))
+        .route("/api/v1/ca/rotate", post(rotate))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -190,4 +201,119 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
 
 async fn connections(State(api): State<Arc<Api>>) -> Response {
     Json(json!({ "items": api.connections.list() })).into_response()
+}
+
+impl From<crate::pki::PkiError> for ApiError {
+    fn from(e: crate::pki::PkiError) -> Self {
+        use crate::pki::PkiError;
+        let status = match &e {
+            PkiError::Identity(_) | PkiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            PkiError::UnknownToken(_) => StatusCode::NOT_FOUND,
+            PkiError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+            PkiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PkiError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    /// A duration such as `30m` or `24h`.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+async fn create_token(State(api): State<Arc<Api>>, body: String) -> Result<Response, ApiError> {
+    let req: TokenRequest = serde_json::from_str(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the token request is not accepted: {e}; send {{\"service\": NAME, \"namespace\": NS, \"ttl\": \"24h\"}}"),
+        )
+    })?;
+    let ttl = match &req.ttl {
+        Some(t) => skein_model::duration::parse(t).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("ttl: {t:?} is not a duration; use e.g. 30m, 24h"),
+            )
+        })?,
+        None => crate::pki::DEFAULT_TOKEN_TTL,
+    };
+    let namespace = req.namespace.as_deref().unwrap_or("default");
+    let (token, record) = api.pki.create_token(namespace, &req.service, ttl).await?;
+    Ok(Json(json!({ "token": token.reveal(), "record": record })).into_response())
+}
+
+async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "items": api.pki.list_tokens().await? })).into_response())
+}
+
+async fn revoke_token(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "revoked": api.pki.revoke_token(&id).await? })).into_response())
+}
+
+async fn ca(State(api): State<Arc<Api>>) -> Response {
+    let view = api.pki.view();
+    Json(json!({
+        "trustDomain": view.trust_domain,
+        "generation": view.generation,
+        "phase": view.phase,
+        "rootPins": view.bundle.iter().map(|r| skein_identity::ca_pin(r)).collect::<Vec<_>>(),
+        "rootCertificate": api.pki.root_pem(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct RotateQuery {
+    /// Longest wait for proxies per phase, e.g. `2m` (default `5m`).
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Runs a rotation and streams one progress line per step (text/plain), ending with
+/// `done` or `error: …`.
+async fn rotate(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<RotateQuery>,
+) -> Result<Response, ApiError> {
+    let phase_timeout = match &q.timeout {
+        Some(t) => skein_model::duration::parse(t).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("timeout: {t:?} is not a duration; use e.g. 30s, 5m"),
+            )
+        })?,
+        None => std::time::Duration::from_secs(300),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let opts = crate::pki::RotateOptions { phase_timeout };
+        let say = |line: String| {
+            tracing::info!("CA rotation: {line}");
+            let _ = tx.send(format!("{line}\n"));
+        };
+        match crate::pki::rotate(&api.pki, &api.connections, opts, say).await {
+            Ok(()) => drop(tx.send("done\n".into())),
+            Err(e) => drop(tx.send(format!("error: {e}\n"))),
+        }
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|l| (Ok::<_, std::convert::Infallible>(l), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }

@@ -2,14 +2,22 @@
 //! receives a snapshot of the configuration it needs, then a new one each time that
 //! configuration changes — and nothing while it does not.
 //!
-//! Session order: read `Register` → validate → record the workload → send the first
-//! snapshot → loop { mesh changed: recompute, send if different | proxy acked: record }.
+//! The port is TLS only (see [`crate::tls_incoming`]). `Certify` issues workload
+//! certificates (to a join token, or to the holder of a current certificate); `Sync` needs
+//! that certificate, and a proxy can only register the service its certificate names.
+//!
+//! Session order: check the client certificate → read `Register` → validate it against the
+//! identity → record the workload → send the first snapshot → loop { mesh or CA changed:
+//! recompute, send if different | proxy acked or reported its certificate: record }.
 
+use crate::pki::{Pki, PkiView};
 use crate::snapshot::{snapshot_for, WorkloadView};
-use crate::state::{Connections, MeshState};
+use crate::state::{CertReport, Connections, MeshState};
 use futures_util::Stream;
 use skein_api::v1::proxy_control_server::ProxyControl;
 use skein_api::v1::{proxy_message, ProxyMessage, Register, Snapshot};
+use skein_api::v1::{CertifyRequest, CertifyResponse};
+use skein_identity::SpiffeId;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -27,9 +35,21 @@ pub trait Registrar: Send + Sync + 'static {
     fn disconnected(&self, w: WorkloadView);
 }
 
+/// The verified SPIFFE ID of a gRPC client's TLS certificate (`None`: it presented none).
+/// The TLS listener attaches it to every request.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<SpiffeId>);
+
+fn peer_identity<T>(req: &Request<T>) -> Option<SpiffeId> {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.clone())
+}
+
 /// The `ProxyControl` service.
 pub struct ProxyControlService {
     state: watch::Receiver<Arc<MeshState>>,
+    pki: Arc<Pki>,
     registrar: Arc<dyn Registrar>,
     connections: Arc<Connections>,
     shutdown: CancellationToken,
@@ -40,12 +60,14 @@ impl ProxyControlService {
     /// so proxies reconnect (to another replica, if there is one).
     pub fn new(
         state: watch::Receiver<Arc<MeshState>>,
+        pki: Arc<Pki>,
         registrar: Arc<dyn Registrar>,
         connections: Arc<Connections>,
         shutdown: CancellationToken,
     ) -> Self {
         ProxyControlService {
             state,
+            pki,
             registrar,
             connections,
             shutdown,
@@ -59,15 +81,36 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send
 impl ProxyControl for ProxyControlService {
     type SyncStream = SnapshotStream;
 
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let presented = peer_identity(&request);
+        let ttl = self.state.borrow().cert_ttl;
+        let issued = self
+            .pki
+            .certify(request.get_ref(), presented.as_ref(), ttl)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %e.message(), "refused a certificate request"),
+            )?;
+        Ok(Response::new(issued))
+    }
+
     async fn sync(
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        let identity = peer_identity(&request).ok_or_else(|| {
+            Status::unauthenticated(
+                "Sync needs the workload certificate from Certify as the TLS client certificate; start the proxy with --token",
+            )
+        })?;
         let mut inbound = request.into_inner();
         let me = match inbound.message().await? {
             Some(ProxyMessage {
                 message: Some(proxy_message::Message::Register(r)),
-            }) => workload_from(&r)?,
+            }) => workload_from(&r, &identity)?,
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a Sync stream must be Register",
@@ -75,26 +118,24 @@ impl ProxyControl for ProxyControlService {
             }
         };
         self.registrar.register(&me).await?;
-        let session = self.connections.open(&me);
+        let session = self.connections.open(&me, &identity.to_string());
         tracing::info!(workload = %me.name, namespace = %me.namespace, "proxy connected");
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
         let mut state = self.state.clone();
+        let mut pki = self.pki.subscribe();
         let (registrar, connections) = (self.registrar.clone(), self.connections.clone());
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut last_sent: Option<Snapshot> = None;
             loop {
                 let current = state.borrow_and_update().clone();
-                let mut next = snapshot_for(
-                    &me,
-                    &current.services,
-                    &current.workloads,
-                    &current.trust_domain,
-                );
+                let ca = pki.borrow_and_update().clone();
+                let mut next = full_snapshot(&me, &current, &ca);
                 let changed = last_sent.as_ref() != Some(&next);
                 if changed {
                     last_sent = Some(next.clone());
-                    next.version = current.revision;
+                    // Both revisions come from one store, so the larger is always newer.
+                    next.version = current.revision.max(ca.revision);
                     connections.sent(session, next.version);
                     if tx.send(Ok(next)).await.is_err() {
                         break;
@@ -103,6 +144,7 @@ impl ProxyControl for ProxyControlService {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = state.changed() => if r.is_err() { break },
+                    r = pki.changed() => if r.is_err() { break },
                     msg = inbound.message() => match msg {
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
                             if ack.error.is_empty() {
@@ -113,6 +155,14 @@ impl ProxyControl for ProxyControlService {
                             }
                             // No new snapshot is due for an ack: wait for the next change.
                             // (`last_sent` is unchanged, so the loop head sends nothing.)
+                        }
+                        Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Cert(cert)) })) => {
+                            connections.certificate(session, CertReport {
+                                expires: skein_model::time::UtcTime::from_unix(cert.not_after_unix.max(0) as u64).rfc3339(),
+                                serial: cert.serial,
+                                not_after: cert.not_after_unix,
+                                ca_generation: cert.ca_generation,
+                            });
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => break,
@@ -132,8 +182,22 @@ impl ProxyControl for ProxyControlService {
     }
 }
 
-/// Validates a registration; the message names the field and what is accepted.
-fn workload_from(r: &Register) -> Result<WorkloadView, Status> {
+/// The snapshot for `me`: services and routes from the mesh, the trust bundle and CA
+/// generation from the CA, the mTLS mode from the Mesh resource.
+fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot {
+    let mut snapshot = snapshot_for(me, &mesh.services, &mesh.workloads, &ca.trust_domain);
+    snapshot.trust_bundle = ca.bundle.clone();
+    snapshot.ca_generation = ca.generation;
+    snapshot.mtls = match mesh.mtls {
+        skein_model::resource::MtlsMode::Strict => skein_api::v1::MtlsMode::Strict,
+        skein_model::resource::MtlsMode::Permissive => skein_api::v1::MtlsMode::Permissive,
+    } as i32;
+    snapshot
+}
+
+/// Validates a registration against the caller's certificate; the message names the field
+/// and what is accepted.
+fn workload_from(r: &Register, identity: &SpiffeId) -> Result<WorkloadView, Status> {
     let bad = |field: &str, value: &str, expected: &str| {
         Status::invalid_argument(format!(
             "Register.{field}: {value:?} is not accepted; expected {expected}"
@@ -170,6 +234,15 @@ fn workload_from(r: &Register) -> Result<WorkloadView, Status> {
                 .ok_or_else(|| bad("app_ports", &p.to_string(), "1 to 65535"))
         })
         .collect::<Result<_, _>>()?;
+    if r.namespace != identity.namespace() || r.service != identity.account() {
+        return Err(Status::permission_denied(format!(
+            "Register: the certificate is for {identity}, which may register service {:?} in namespace {:?}, not {:?} in {:?}",
+            identity.account(),
+            identity.namespace(),
+            r.service,
+            r.namespace
+        )));
+    }
     let mut labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
     labels
         .entry("app".into())
@@ -181,6 +254,7 @@ fn workload_from(r: &Register) -> Result<WorkloadView, Status> {
         address,
         inbound_port,
         app_ports,
+        account: identity.account().to_owned(),
     })
 }
 
@@ -210,13 +284,32 @@ mod tests {
         }
     }
 
+    fn web() -> SpiffeId {
+        SpiffeId::new("skein.local", "default", "web").unwrap()
+    }
+
+    #[test]
+    fn registration_must_match_the_certificate() {
+        let evil = SpiffeId::new("skein.local", "default", "evil").unwrap();
+        let e = workload_from(&register(), &evil).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("may register service \"evil\""),
+            "{}",
+            e.message()
+        );
+        let other_ns = SpiffeId::new("skein.local", "shop", "web").unwrap();
+        assert!(workload_from(&register(), &other_ns).is_err());
+        assert_eq!(workload_from(&register(), &web()).unwrap().account, "web");
+    }
+
     #[test]
     fn registration_is_validated_with_clear_messages() {
-        let w = workload_from(&register()).unwrap();
+        let w = workload_from(&register(), &web()).unwrap();
         assert_eq!(w.labels["app"], "web");
         let mut r = register();
         r.address = "localhost".into();
-        let e = workload_from(&r).unwrap_err();
+        let e = workload_from(&r, &web()).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
             e.message().contains("Register.address: \"localhost\""),
@@ -225,12 +318,12 @@ mod tests {
         );
         let mut r = register();
         r.workload = "Web_1".into();
-        assert!(workload_from(&r)
+        assert!(workload_from(&r, &web())
             .unwrap_err()
             .message()
             .contains("DNS label"));
         let mut r = register();
         r.inbound_port = 0;
-        assert!(workload_from(&r).is_err());
+        assert!(workload_from(&r, &web()).is_err());
     }
 }

@@ -1,12 +1,15 @@
 //! Skein's control plane: it holds the desired state of the mesh (resources), keeps it in
 //! a persistent store (embedded by default, etcd for several replicas), serves it to the
-//! CLI over an HTTP API, and pushes to each proxy the configuration it needs.
+//! CLI over an HTTP API, runs the mesh CA (join tokens, workload certificates, root
+//! rotation), and pushes to each proxy, over mutual TLS, the configuration it needs.
 
 pub mod api;
 pub mod grpc;
+pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tls_incoming;
 pub mod token;

@@ -124,11 +124,16 @@ impl Registry {
         let mut state = MeshState {
             revision: self.revision.load(Ordering::SeqCst),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cert_ttl: skein_identity::DEFAULT_WORKLOAD_TTL,
             ..MeshState::default()
         };
         for resource in resources.values() {
             match resource {
-                Resource::Mesh(m) => state.trust_domain = m.spec.trust_domain.clone(),
+                Resource::Mesh(m) => {
+                    state.trust_domain = m.spec.trust_domain.clone();
+                    state.mtls = m.spec.mtls;
+                    state.cert_ttl = m.spec.workload_cert_ttl;
+                }
                 Resource::Service(s) => state.services.push(ServiceView {
                     name: s.metadata.name.clone(),
                     namespace: s.metadata.namespace.clone(),
@@ -144,6 +149,7 @@ impl Registry {
                     address: w.spec.address,
                     inbound_port: w.spec.inbound_port,
                     app_ports: w.spec.ports.clone(),
+                    account: w.spec.service_account.clone(),
                 }),
                 _ => {}
             }

@@ -50,6 +50,8 @@ pub struct ControlOptions {
     pub workload_grace: Duration,
     /// This replica's name, recorded in the workloads it registers.
     pub replica: String,
+    /// A team's own CA to use at first start instead of generating one.
+    pub ca_import: Option<skein_identity::CaPem>,
 }
 
 /// Why the control plane could not start.
@@ -76,6 +78,8 @@ pub struct RunningControl {
     pub token: String,
     /// The resources.
     pub registry: Arc<Registry>,
+    /// The mesh CA and join tokens.
+    pub pki: Arc<crate::pki::Pki>,
     /// Connected proxies.
     pub connections: Arc<Connections>,
     /// True while this replica leads (always, with the embedded store).
@@ -113,9 +117,18 @@ impl RunningControl {
             None => tokio::sync::watch::channel(true).1,
         };
         let token = shared_token(&*store, &opts).await?;
-        let registry = Registry::load(store).await?;
-        let connections = Arc::new(Connections::default());
+        let registry = Registry::load(store.clone()).await?;
         let shutdown = CancellationToken::new();
+        // The CA's trust domain is the Mesh resource's at first start, then fixed.
+        let trust_domain = registry.subscribe().borrow().trust_domain.clone();
+        let pki = crate::pki::Pki::open(store, &trust_domain, opts.ca_import.clone())
+            .await
+            .map_err(|e| ControlError::Io(format!("mesh CA: {e}")))?;
+        pki.spawn_maintenance(shutdown.clone());
+        if pki.trust_domain() != trust_domain {
+            tracing::warn!(ca = %pki.trust_domain(), mesh = %trust_domain, "the Mesh resource names another trust domain than the CA's; identities keep the CA's (it is fixed at first start)");
+        }
+        let connections = Arc::new(Connections::default());
         let mut tasks = tokio::task::JoinSet::new();
 
         let http = tokio::net::TcpListener::bind(opts.http)
@@ -129,6 +142,7 @@ impl RunningControl {
         let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
         let router = api::router(Arc::new(Api {
             registry: registry.clone(),
+            pki: pki.clone(),
             connections: connections.clone(),
             token: token.clone(),
             replica: opts.replica.clone(),
@@ -167,18 +181,20 @@ impl RunningControl {
         registrar.sweep();
         let svc = ProxyControlService::new(
             registry.subscribe(),
+            pki.clone(),
             registrar,
             connections.clone(),
             shutdown.clone(),
         );
         let stop = shutdown.clone();
+        let tls = pki
+            .server_tls()
+            .map_err(|e| ControlError::Io(format!("proxy API TLS: {e}")))?;
+        let incoming = crate::tls_incoming::incoming(grpc, tls, stop.clone());
         tasks.spawn(async move {
             let serve = tonic::transport::Server::builder()
                 .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc),
-                    stop.cancelled_owned(),
-                );
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "proxy gRPC API stopped");
             }
@@ -189,6 +205,7 @@ impl RunningControl {
             grpc: grpc_addr,
             token,
             registry,
+            pki,
             connections,
             leader,
             election,
@@ -273,7 +290,7 @@ impl Registrar for StoreRegistrar {
                 address: w.address,
                 inbound_port: w.inbound_port,
                 ports: w.app_ports.clone(),
-                ..WorkloadSpec::default()
+                service_account: w.account.clone(),
             },
             status: Some(WorkloadStatus {
                 connected: true,

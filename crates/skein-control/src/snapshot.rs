@@ -42,6 +42,18 @@ pub struct WorkloadView {
     pub inbound_port: u16,
     /// The application ports it declared.
     pub app_ports: Vec<u16>,
+    /// The service account of its identity (`spiffe://<td>/ns/<namespace>/sa/<account>`).
+    pub account: String,
+}
+
+impl WorkloadView {
+    /// The SPIFFE ID its proxy presents in `trust_domain`.
+    pub fn identity(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.account
+        )
+    }
 }
 
 impl ServiceView {
@@ -84,6 +96,7 @@ pub fn snapshot_for(
                 .map(|w| pb::Endpoint {
                     address: std::net::SocketAddr::new(w.address, w.inbound_port).to_string(),
                     workload: w.name.clone(),
+                    identity: w.identity(trust_domain),
                 })
                 .collect();
             endpoints.sort_by(|a, b| a.address.cmp(&b.address));
@@ -133,6 +146,8 @@ pub fn snapshot_for(
             })
             .collect(),
         trust_domain: trust_domain.to_string(),
+        // The caller adds what comes from the CA and the Mesh resource.
+        ..pb::Snapshot::default()
     }
 }
 
@@ -155,6 +170,7 @@ mod tests {
             address: IpAddr::from([127, 0, 0, last_octet]),
             inbound_port: 4143,
             app_ports: vec![8080],
+            account: app.into(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// The mesh at one store revision.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshState {
     /// Store revision this state reflects; used as the snapshot version.
     pub revision: u64,
@@ -18,8 +18,27 @@ pub struct MeshState {
     pub services: Vec<ServiceView>,
     /// Every workload (registered by proxies or declared).
     pub workloads: Vec<WorkloadView>,
-    /// The mesh's SPIFFE trust domain.
+    /// The mesh's SPIFFE trust domain (as the Mesh resource says; the CA's is fixed at
+    /// first start).
     pub trust_domain: String,
+    /// Whether inbound also accepts plaintext.
+    pub mtls: skein_model::resource::MtlsMode,
+    /// Lifetime of workload certificates.
+    pub cert_ttl: std::time::Duration,
+}
+
+impl Default for MeshState {
+    /// An empty mesh with the Mesh resource's defaults.
+    fn default() -> Self {
+        MeshState {
+            revision: 0,
+            services: Vec::new(),
+            workloads: Vec::new(),
+            trust_domain: crate::registry::DEFAULT_TRUST_DOMAIN.into(),
+            mtls: skein_model::resource::MtlsMode::default(),
+            cert_ttl: skein_identity::DEFAULT_WORKLOAD_TTL,
+        }
+    }
 }
 
 /// One connected proxy, as `skein get workloads` shows it.
@@ -38,6 +57,24 @@ pub struct Connection {
     pub acked_version: u64,
     /// Why it refused the last snapshot it refused, if any.
     pub last_error: Option<String>,
+    /// The SPIFFE ID of the certificate it connected with.
+    pub identity: String,
+    /// Its current certificate, as it last reported.
+    pub certificate: Option<CertReport>,
+}
+
+/// A proxy's current certificate (never its key).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertReport {
+    /// Serial number.
+    pub serial: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Expiry, RFC 3339.
+    pub expires: String,
+    /// The CA generation that signed it.
+    pub ca_generation: u64,
 }
 
 /// Proxies connected to this control-plane replica.
@@ -55,8 +92,8 @@ impl Connections {
         }
     }
 
-    /// Records a new session; returns its id.
-    pub fn open(&self, w: &WorkloadView) -> u64 {
+    /// Records a new session of the proxy holding `identity`; returns its id.
+    pub fn open(&self, w: &WorkloadView, identity: &str) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -69,6 +106,8 @@ impl Connections {
             sent_version: 0,
             acked_version: 0,
             last_error: None,
+            identity: identity.to_owned(),
+            certificate: None,
         };
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.insert(id, conn);
@@ -93,6 +132,33 @@ impl Connections {
         self.with(id, |c| {
             c.last_error = Some(format!("version {version}: {error}"))
         });
+    }
+
+    /// The proxy reported the certificate it now presents.
+    pub fn certificate(&self, id: u64, cert: CertReport) {
+        self.with(id, |c| c.certificate = Some(cert));
+    }
+
+    /// Connected proxies that have not applied a snapshot of at least `version`.
+    pub fn lagging_config(&self, version: u64) -> Vec<String> {
+        self.lagging(|c| c.acked_version < version)
+    }
+
+    /// Connected proxies whose certificate is from a CA generation before `generation`.
+    pub fn lagging_cert(&self, generation: u64) -> Vec<String> {
+        self.lagging(|c| {
+            c.certificate
+                .as_ref()
+                .is_none_or(|x| x.ca_generation < generation)
+        })
+    }
+
+    fn lagging(&self, behind: impl Fn(&Connection) -> bool) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|c| behind(c))
+            .map(|c| format!("{}/{}", c.namespace, c.workload))
+            .collect()
     }
 
     /// The session ended.

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+mod common;
 
 const STREAMS: usize = 500;
 const CONNECTIONS: usize = 5;
@@ -90,21 +92,18 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         grpc: any,
         workload_grace: Duration::from_secs(30),
         replica: "scale".into(),
+        ca_import: None,
     })
     .await
     .expect("start the control plane");
     let rss_before = self_rss_kib().unwrap();
 
     let bounded = tokio::time::timeout(Duration::from_secs(55), async {
-        let url = format!("http://{}", control.grpc);
+        // Every simulated proxy holds a certificate for `sim`, as real ones would.
+        let identity = common::identity_for(&control.pki, "sim").await;
         let mut channels = Vec::new();
         for _ in 0..CONNECTIONS {
-            let channel = Endpoint::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .expect("connect to the control plane");
-            channels.push(channel);
+            channels.push(common::channel(control.grpc, &control.pki, &identity).await);
         }
 
         // 500 streams, all at once.

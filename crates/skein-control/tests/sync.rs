@@ -1,9 +1,14 @@
 //! The proxy sync protocol end to end: a real control-plane gRPC server and a real proxy
 //! (`skein proxy` with a control plane), real requests through the proxies.
 
+mod common;
+
+use common::{identity_for, pki};
 use skein_control::grpc::{ProxyControlService, Registrar};
+use skein_control::pki::Pki;
 use skein_control::snapshot::{ServiceView, WorkloadView};
 use skein_control::state::{Connections, MeshState};
+use skein_control::tls_incoming::incoming;
 use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::RunningProxy;
@@ -32,9 +37,10 @@ impl Registrar for Recorder {
     }
 }
 
-/// Serves the sync API on `addr` until `stop` fires.
+/// Serves the sync API (over TLS, with `pki`'s certificate) on `addr` until `stop` fires.
 async fn serve(
     addr: SocketAddr,
+    pki: &Arc<Pki>,
     state: watch::Receiver<Arc<MeshState>>,
     registrar: Arc<Recorder>,
     connections: Arc<Connections>,
@@ -42,14 +48,12 @@ async fn serve(
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let bound = listener.local_addr().unwrap();
-    let svc = ProxyControlService::new(state, registrar, connections, stop.clone());
+    let svc = ProxyControlService::new(state, pki.clone(), registrar, connections, stop.clone());
+    let incoming = incoming(listener, pki.server_tls().unwrap(), stop.clone());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
             .unwrap();
     });
@@ -64,6 +68,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
         address: backend_proxy.ip(),
         inbound_port: backend_proxy.port(),
         app_ports: vec![port],
+        account: "web".into(),
     };
     MeshState {
         revision,
@@ -81,6 +86,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
         },
         workloads: vec![web_workload],
         trust_domain: "skein.local".into(),
+        ..MeshState::default()
     }
 }
 
@@ -119,7 +125,11 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
         .await
         .unwrap();
     let spec = MeshSpec::new(110, 111).service("web", backend.addr(), Protocol::Http);
-    let server = RunningProxy::start(spec.server_config()).await.unwrap();
+    let pki = pki("snapshots").await;
+    let server =
+        RunningProxy::start_with_identity(spec.server_config(), identity_for(&pki, "web").await)
+            .await
+            .unwrap();
     let port = backend.addr().port();
 
     // Control plane.
@@ -132,6 +142,7 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
     let stop = CancellationToken::new();
     let control_addr = serve(
         SocketAddr::new(loopback(112), 0),
+        &pki,
         state_rx.clone(),
         recorder.clone(),
         connections.clone(),
@@ -143,9 +154,18 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
     let mut config: ProxyConfig = spec.client_config(server.addrs.inbound);
     config.destinations.clear();
     config.outbound.upstreams.clear();
+    let (token, _) = pki
+        .create_token(
+            "default",
+            &config.workload.service,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
     let control = ControlConfig {
-        endpoint: format!("http://{control_addr}"),
+        endpoint: control_addr.to_string(),
         advertise: SocketAddr::new(loopback(110), 4143),
+        token,
     };
     let client = RunningProxy::start_with_control(config, Some(control))
         .await
@@ -246,6 +266,7 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
         watch::channel(Arc::new(mesh_state(5, server.addrs.inbound, port, true)));
     serve(
         control_addr,
+        &pki,
         state_rx2,
         recorder.clone(),
         connections.clone(),

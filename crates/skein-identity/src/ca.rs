@@ -165,6 +165,12 @@ impl CertificateAuthority {
         &self.root_cert
     }
 
+    /// The active root as PEM (a server that proxies pin at bootstrap appends it to its
+    /// chain, see [`crate::tls::bootstrap_client_config`]).
+    pub fn root_cert_pem(&self) -> String {
+        to_pem(&self.root_cert)
+    }
+
     /// The roots peers should trust: the active root first, then any kept during a rotation.
     pub fn trust_bundle(&self) -> Vec<CertificateDer<'static>> {
         self.bundle.clone()
@@ -289,56 +295,102 @@ impl CertificateAuthority {
         })
     }
 
+    /// The CA as PEM texts, keys included: for storing it where every control-plane replica
+    /// can read it (a store that only the control plane can reach). Never log or serve it.
+    pub fn to_pem_set(&self) -> CaPem {
+        CaPem {
+            trust_domain: self.trust_domain.clone(),
+            root_cert: to_pem(&self.root_cert),
+            root_key: self.root_key.as_ref().map(KeyPair::serialize_pem),
+            intermediate_cert: to_pem(&self.intermediate_cert),
+            intermediate_key: self.intermediate.key().serialize_pem(),
+            bundle: self.trust_bundle_pem(),
+        }
+    }
+
+    /// Rebuilds a CA from [`Self::to_pem_set`], checking it hangs together.
+    pub fn from_pem_set(set: &CaPem) -> Result<Self> {
+        let mut ca = Self::from_pem(
+            set.trust_domain.trim(),
+            &set.root_cert,
+            set.root_key.as_deref(),
+            &set.intermediate_cert,
+            &set.intermediate_key,
+        )?;
+        if !set.bundle.trim().is_empty() {
+            for root in parse_cert_chain(&set.bundle)? {
+                ca.add_trusted_root(root)?;
+            }
+        }
+        Ok(ca)
+    }
+
     /// Writes the CA to `dir` (created 0700): certificates 0644, keys 0600.
     pub fn to_pem_files(&self, dir: &Path) -> Result<()> {
         fsutil::create_dir(dir)?;
+        let set = self.to_pem_set();
         let write = |name: &str, text: &str, mode| {
             fsutil::write_file(&dir.join(name), text.as_bytes(), mode)
         };
         write(
             TRUST_DOMAIN_FILE,
-            &format!("{}\n", self.trust_domain),
+            &format!("{}\n", set.trust_domain),
             PUBLIC_MODE,
         )?;
-        write(ROOT_CERT_FILE, &to_pem(&self.root_cert), PUBLIC_MODE)?;
-        if let Some(key) = &self.root_key {
-            write(ROOT_KEY_FILE, &key.serialize_pem(), SECRET_MODE)?;
+        write(ROOT_CERT_FILE, &set.root_cert, PUBLIC_MODE)?;
+        if let Some(key) = &set.root_key {
+            write(ROOT_KEY_FILE, key, SECRET_MODE)?;
         }
-        write(
-            INTERMEDIATE_CERT_FILE,
-            &to_pem(&self.intermediate_cert),
-            PUBLIC_MODE,
-        )?;
-        write(
-            INTERMEDIATE_KEY_FILE,
-            &self.intermediate.key().serialize_pem(),
-            SECRET_MODE,
-        )?;
-        write(BUNDLE_FILE, &self.trust_bundle_pem(), PUBLIC_MODE)
+        write(INTERMEDIATE_CERT_FILE, &set.intermediate_cert, PUBLIC_MODE)?;
+        write(INTERMEDIATE_KEY_FILE, &set.intermediate_key, SECRET_MODE)?;
+        write(BUNDLE_FILE, &set.bundle, PUBLIC_MODE)
     }
 
     /// Loads a CA written by [`Self::to_pem_files`].
     pub fn load(dir: &Path) -> Result<Self> {
         let read = |name: &str| fsutil::read_string(&dir.join(name));
-        let root_key_path = dir.join(ROOT_KEY_FILE);
-        let root_key = if root_key_path.exists() {
-            Some(fsutil::read_string(&root_key_path)?)
-        } else {
-            None
-        };
-        let mut ca = Self::from_pem(
-            read(TRUST_DOMAIN_FILE)?.trim(),
-            &read(ROOT_CERT_FILE)?,
-            root_key.as_deref(),
-            &read(INTERMEDIATE_CERT_FILE)?,
-            &read(INTERMEDIATE_KEY_FILE)?,
-        )?;
-        if dir.join(BUNDLE_FILE).exists() {
-            for root in parse_cert_chain(&read(BUNDLE_FILE)?)? {
-                ca.add_trusted_root(root)?;
+        let optional = |name: &str| {
+            let path = dir.join(name);
+            if path.exists() {
+                fsutil::read_string(&path).map(Some)
+            } else {
+                Ok(None)
             }
-        }
-        Ok(ca)
+        };
+        Self::from_pem_set(&CaPem {
+            trust_domain: read(TRUST_DOMAIN_FILE)?,
+            root_cert: read(ROOT_CERT_FILE)?,
+            root_key: optional(ROOT_KEY_FILE)?,
+            intermediate_cert: read(INTERMEDIATE_CERT_FILE)?,
+            intermediate_key: read(INTERMEDIATE_KEY_FILE)?,
+            bundle: optional(BUNDLE_FILE)?.unwrap_or_default(),
+        })
+    }
+}
+
+/// A CA as PEM texts (see [`CertificateAuthority::to_pem_set`]). `Debug` hides the keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaPem {
+    /// The trust domain it signs for.
+    pub trust_domain: String,
+    /// The root certificate.
+    pub root_cert: String,
+    /// The root key, if this CA holds it (imported CAs may not).
+    pub root_key: Option<String>,
+    /// The signing intermediate's certificate.
+    pub intermediate_cert: String,
+    /// The signing intermediate's key.
+    pub intermediate_key: String,
+    /// Every trusted root (the active one first).
+    pub bundle: String,
+}
+
+impl fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaPem")
+            .field("trust_domain", &self.trust_domain)
+            .field("keys", &"[redacted]")
+            .finish_non_exhaustive()
     }
 }
 
@@ -434,7 +486,7 @@ fn random_serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -443,7 +495,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

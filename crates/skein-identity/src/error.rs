@@ -64,6 +64,10 @@ pub enum IdentityError {
     #[error("{0}: the private key does not match the certificate's public key; pair the certificate with the key its CSR was made from")]
     KeyMismatch(String),
 
+    /// A join token's text is malformed.
+    #[error("invalid join token: {0}; expected the skein1:<trust-domain>:<id>.<secret>:<ca-pin> text `skein token create` printed")]
+    InvalidToken(String),
+
     /// A workload certificate chain is unusable.
     #[error("invalid certificate chain: {0}")]
     InvalidChain(String),

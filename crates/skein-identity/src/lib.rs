@@ -21,11 +21,13 @@ mod error;
 mod fsutil;
 mod spiffe;
 pub mod tls;
+mod token;
 mod workload;
 
-pub use ca::{CertificateAuthority, IssuedCert, DEFAULT_WORKLOAD_TTL};
+pub use ca::{CaPem, CertificateAuthority, IssuedCert, DEFAULT_WORKLOAD_TTL};
 pub use error::{IdentityError, Result};
 pub use spiffe::SpiffeId;
+pub use token::{ca_pin, constant_time_eq, sha256_hex, JoinToken};
 pub use workload::{WorkloadCert, WorkloadKey, RENEW_AT_FRACTION};
 
 /// Re-exported so callers name the same certificate type as this crate's API.

@@ -82,6 +82,9 @@ pub struct WorkloadCert {
     identity: SpiffeId,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When this process received the chain: renewal counts from here, because issuers
+    /// backdate `not_before` for clock skew, which would otherwise pull renewal forward.
+    received: SystemTime,
     serial: String,
 }
 
@@ -106,6 +109,7 @@ impl WorkloadCert {
             chain,
             not_before: info.not_before,
             not_after: info.not_after,
+            received: SystemTime::now(),
             serial: info.serial,
         })
     }
@@ -140,13 +144,17 @@ impl WorkloadCert {
         &self.serial
     }
 
-    /// When to renew: 70 % of the way from `not_before` to `not_after`.
+    /// When to renew: 70 % of the way from the start of validity to `not_after`, where the
+    /// start is the later of `not_before` and the moment the chain arrived (issuers backdate
+    /// `not_before` a minute for clock skew; counting from there would renew a short-lived
+    /// certificate at once).
     pub fn renew_at(&self) -> SystemTime {
+        let start = self.not_before.max(self.received);
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + life.mul_f64(RENEW_AT_FRACTION)
+        start + life.mul_f64(RENEW_AT_FRACTION)
     }
 
     /// Seconds until the certificate expires; negative once it has.
@@ -257,9 +265,28 @@ mod tests {
         let cert = WorkloadCert::new(key, &issued.chain_pem).unwrap();
         assert_eq!(cert.identity(), &id("a"));
         assert_eq!(cert.chain().len(), 2);
-        let life = cert.not_after().duration_since(cert.not_before()).unwrap();
-        let renew_after = cert.renew_at().duration_since(cert.not_before()).unwrap();
-        assert_eq!(renew_after.as_secs(), life.mul_f64(0.7).as_secs());
+        // Counted from arrival, not from the backdated not_before.
+        let now = SystemTime::now();
+        let renew_in = cert.renew_at().duration_since(now).unwrap();
+        let expected = ttl.mul_f64(0.7).as_secs();
+        assert!(
+            (expected - 5..=expected).contains(&renew_in.as_secs()),
+            "{renew_in:?}"
+        );
+        let short = WorkloadKey::generate().unwrap();
+        let issued = ca
+            .issue(
+                short.csr(&id("a")).unwrap(),
+                &id("a"),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let short = WorkloadCert::new(short, &issued.chain_pem).unwrap();
+        let renew_in = short.renew_at().duration_since(SystemTime::now()).unwrap();
+        assert!(
+            renew_in >= Duration::from_secs(5),
+            "a 10 s cert renews at ~7 s: {renew_in:?}"
+        );
         let left = cert.seconds_to_expiry();
         assert!(
             (ttl.as_secs() as i64 - 5..=ttl.as_secs() as i64).contains(&left),

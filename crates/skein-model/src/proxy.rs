@@ -189,6 +189,11 @@ pub struct DestinationRoute {
 pub struct Endpoint {
     /// The peer proxy's inbound address.
     pub address: SocketAddr,
+    /// The SPIFFE ID the peer must present (`spiffe://<td>/ns/<ns>/sa/<account>`); set by
+    /// the control plane. Without it, traffic to this endpoint is plaintext, which only a
+    /// proxy running without a control plane allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Limits that protect the proxy and applications from abusive HTTP.

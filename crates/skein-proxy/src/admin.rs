@@ -1,6 +1,7 @@
-//! The admin listener: `/live` (the process runs), `/ready` (config loaded and listeners
-//! bound; false while draining), `/metrics` (Prometheus text) and `/config` (the
-//! configuration in force, as JSON). Keys will never appear here.
+//! The admin listener: `/live` (the process runs), `/ready` (config loaded, listeners
+//! bound and, under a control plane, a valid workload certificate; false while draining),
+//! `/metrics` (Prometheus text) and `/config` (the configuration in force and the
+//! certificate presented, as JSON). Keys never appear here.
 
 use crate::http::{full, Body};
 use crate::Ctx;
@@ -39,7 +40,11 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
 }
 
 fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
-    let ready = ctx.ready.load(Ordering::SeqCst) && !ctx.drain.is_signalled();
+    let certified = match ctx.identity.get() {
+        Some(identity) => identity.is_valid(),
+        None => !ctx.identity.required,
+    };
+    let ready = ctx.ready.load(Ordering::SeqCst) && certified && !ctx.drain.is_signalled();
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" if ready => text(StatusCode::OK, "ready\n".into()),
@@ -54,7 +59,7 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
             );
             resp
         }
-        "/config" => match serde_json::to_string_pretty(&*ctx.config()) {
+        "/config" => match config_json(ctx) {
             Ok(json) => {
                 let mut resp = text(StatusCode::OK, json);
                 resp.headers_mut().insert(
@@ -70,6 +75,16 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
             "not found; try /live, /ready, /metrics or /config\n".into(),
         ),
     }
+}
+
+/// The configuration in force, plus `identity`: the certificate presented (or null).
+fn config_json(ctx: &Ctx) -> serde_json::Result<String> {
+    let mut value = serde_json::to_value(&*ctx.config())?;
+    if let Some(map) = value.as_object_mut() {
+        let identity = ctx.identity.get().map(|i| i.status());
+        map.insert("identity".into(), serde_json::to_value(identity)?);
+    }
+    serde_json::to_string_pretty(&value)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

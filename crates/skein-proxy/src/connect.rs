@@ -1,7 +1,8 @@
-//! Connecting upstream: a [`Connect`] trait that turns an address into a byte stream
-//! (plain TCP today; the identity work slots a TLS connector in here), and the
-//! connection pools built on it — one shared HTTP/2 connection per peer proxy or HTTP/2
-//! application, and reusable HTTP/1 connections per HTTP/1 application.
+//! Connecting upstream: a [`Connect`] trait that turns an [`Upstream`] into a byte stream
+//! (plain TCP to the local application; mutual TLS to peer proxies, see
+//! [`crate::identity::PeerConnector`]), and the connection pools built on it — one shared
+//! HTTP/2 connection per peer proxy (and identity) or HTTP/2 application, and reusable
+//! HTTP/1 connections per HTTP/1 application.
 
 use crate::error::ProxyError;
 use crate::http::Body;
@@ -11,16 +12,35 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use skein_identity::SpiffeId;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Opens a byte stream to an address. Implementations add transport security.
+/// Where to connect: an address and, for a peer proxy, the identity it must prove.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the control plane announced for it (peers only).
+    pub identity: Option<SpiffeId>,
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            identity: None,
+        }
+    }
+}
+
+/// Opens a byte stream to an upstream. Implementations add transport security.
 pub trait Connect: Send + Sync + 'static {
-    /// Connects to `addr`.
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxedIo>>;
+    /// Connects to `to`.
+    fn connect(&self, to: &Upstream) -> BoxFuture<'static, io::Result<BoxedIo>>;
 }
 
 /// Plain TCP with `TCP_NODELAY`.
@@ -30,24 +50,30 @@ pub struct TcpConnector {
     pub timeout: Option<Duration>,
 }
 
-impl Connect for TcpConnector {
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxedIo>> {
+impl TcpConnector {
+    /// Connects to `addr` within the timeout.
+    pub async fn tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
         let timeout = self.timeout.unwrap_or(Duration::from_secs(3));
-        Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, crate::transport::connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            Ok(Box::new(stream) as BoxedIo)
-        })
+        tokio::time::timeout(timeout, crate::transport::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+impl Connect for TcpConnector {
+    fn connect(&self, to: &Upstream) -> BoxFuture<'static, io::Result<BoxedIo>> {
+        let (this, addr) = (*self, to.addr);
+        Box::pin(async move { Ok(Box::new(this.tcp(addr).await?) as BoxedIo) })
     }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
-/// One multiplexed HTTP/2 connection per address, re-established when it closes.
+/// One multiplexed HTTP/2 connection per upstream (address and identity), re-established
+/// when it closes.
 pub struct H2Pool {
     connector: Arc<dyn Connect>,
-    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    slots: Mutex<HashMap<Upstream, Slot>>,
 }
 
 impl H2Pool {
@@ -59,11 +85,15 @@ impl H2Pool {
         }
     }
 
-    /// A handle to the live connection for `addr`, connecting if there is none.
-    pub async fn get(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ProxyError> {
+    /// A handle to the live connection for `to`, connecting if there is none.
+    pub async fn get(&self, to: &Upstream) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let addr = to.addr;
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(addr).or_default().clone()
+            match slots.get(to) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(to.clone()).or_default().clone(),
+            }
         };
         // Serialises connection setup per address, so a burst opens one connection.
         let mut current = slot.lock().await;
@@ -74,7 +104,7 @@ impl H2Pool {
         }
         let io = self
             .connector
-            .connect(addr)
+            .connect(to)
             .await
             .map_err(|source| ProxyError::Connect { addr, source })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -97,17 +127,17 @@ impl H2Pool {
         Ok(sender)
     }
 
-    /// Sends `req` on the connection to `addr`.
+    /// Sends `req` on the connection to `to`.
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        to: &Upstream,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.get(addr).await?;
+        let mut sender = self.get(to).await?;
         sender
             .send_request(req)
             .await
-            .map_err(|source| upstream_error(addr, source))
+            .map_err(|source| upstream_error(to.addr, source))
     }
 }
 
@@ -163,7 +193,7 @@ impl H1Pool {
         addr: SocketAddr,
     ) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io = connector
-            .connect(addr)
+            .connect(&addr.into())
             .await
             .map_err(|source| ProxyError::Connect { addr, source })?;
         let (sender, conn) = http1::Builder::new()

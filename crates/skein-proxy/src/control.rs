@@ -1,14 +1,27 @@
-//! The control-plane client: registers this proxy's workload with `skein control`, applies
-//! each configuration snapshot it pushes (atomically, or not at all), and acknowledges it.
+//! The control-plane client: obtains this proxy's workload certificate, registers its
+//! workload with `skein control`, applies each configuration snapshot it pushes
+//! (atomically, or not at all), acknowledges it, and renews the certificate.
+//!
+//! Order: generate a key → `Certify` with the join token over TLS that trusts only the
+//! token's pinned root (no client certificate yet) → `Sync` over mutual TLS with the new
+//! certificate → renew at 70 % of the certificate's life (or at once when the CA rolls to
+//! a new generation), presenting the current certificate instead of the token.
 //!
 //! While the control plane is unreachable the proxy keeps serving on its last good
-//! configuration and reconnects with exponential backoff and jitter. A snapshot that
-//! cannot be applied is refused with the reason (a NACK), and the old one stays in force.
+//! configuration and certificate and reconnects with exponential backoff and jitter; once
+//! the certificate expires, new mTLS handshakes fail closed until a renewal succeeds. A
+//! snapshot that cannot be applied is refused with the reason (a NACK), and the old one
+//! stays in force.
 
+use crate::identity::Identity;
 use crate::metrics::Direction;
 use crate::Ctx;
 use skein_api::v1::proxy_control_client::ProxyControlClient;
-use skein_api::v1::{self as pb, proxy_message, Ack, ProxyMessage, Register, Snapshot};
+use skein_api::v1::{
+    self as pb, proxy_message, Ack, CertifyRequest, ProxyMessage, Register, Snapshot,
+};
+use skein_identity::SpiffeId;
+use skein_identity::{CertificateDer, JoinToken, WorkloadCert, WorkloadKey};
 use skein_model::{Destination, Endpoint, PortSpec, Protocol, ProxyConfig};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -17,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 /// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,14 +40,42 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// gRPC address, e.g. `http://127.0.0.1:9991`.
+    /// gRPC address, e.g. `127.0.0.1:9991` (an `http://` prefix is accepted and ignored;
+    /// the connection is always TLS).
     pub endpoint: String,
     /// The address peers should use to reach this proxy's inbound listener.
     pub advertise: SocketAddr,
+    /// The join token (`skein token create`).
+    pub token: JoinToken,
 }
 
-/// Keeps a session with the control plane until shutdown.
+/// Keeps a session with the control plane until shutdown: first the certificate, then
+/// the configuration stream, with renewal alongside.
 pub async fn run(ctx: Arc<Ctx>, control: ControlConfig) {
+    let mut failures = 0u32;
+    while ctx.identity.get().is_none() {
+        let result = tokio::select! {
+            _ = ctx.drain.signalled() => return,
+            r = bootstrap(&ctx, &control) => r,
+        };
+        match result {
+            Ok(identity) => {
+                ctx.metrics.cert_renewals("issued");
+                tracing::info!(identity = %identity.id(), expires = %identity.status().expires, "obtained the workload certificate");
+                ctx.identity.set(identity);
+            }
+            Err(e) => {
+                ctx.metrics.cert_renewals("failed");
+                failures = failures.saturating_add(1);
+                tracing::error!(endpoint = %control.endpoint, error = %e, failures, "cannot obtain a workload certificate with the join token; retrying");
+                tokio::select! {
+                    _ = ctx.drain.signalled() => return,
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                }
+            }
+        }
+    }
+    tokio::spawn(renew_loop(ctx.clone(), control.clone()));
     let mut failures = 0u32;
     loop {
         let result = tokio::select! {
@@ -67,23 +109,290 @@ fn backoff(failures: u32) -> Duration {
     capped / 2 + capped / 2 * random as u32 / 1000
 }
 
+/// The control plane's address (`host:port`) from the configured endpoint.
+fn control_authority(endpoint: &str) -> &str {
+    endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+}
+
+/// A gRPC channel to the control plane over TLS configured by `tls`.
+async fn channel(
+    control: &ControlConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, tonic::Status> {
+    let expected = control_identity(&control.token)?;
+    tls_channel(control_authority(&control.endpoint), tls, &expected).await
+}
+
+/// A gRPC channel to `authority` (`host:port`) over TLS configured by `tls`, the server
+/// presenting `expected`.
+pub async fn tls_channel(
+    authority: &str,
+    tls: Arc<rustls::ClientConfig>,
+    expected: &SpiffeId,
+) -> Result<Channel, tonic::Status> {
+    let authority = authority.to_owned();
+    let name = skein_identity::tls::server_name(expected)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| {
+            tonic::Status::invalid_argument(format!(
+                "control plane address {authority:?} is not host:port: {e}"
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (authority, tls, name) = (authority.clone(), tls.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", error_chain(&e))))
+}
+
+/// An error and its sources on one line (TLS failures hide in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The identity the control plane must present: its own, in the token's trust domain.
+pub fn control_identity(token: &JoinToken) -> Result<SpiffeId, tonic::Status> {
+    SpiffeId::new(token.trust_domain(), "skein-system", "skein-control")
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+/// The identity this proxy's workload claims: its service in its namespace.
+fn claimed_identity(ctx: &Ctx, trust_domain: &str) -> Result<SpiffeId, String> {
+    let w = ctx.config().workload.clone();
+    SpiffeId::new(trust_domain, &w.namespace, &w.service).map_err(|e| e.to_string())
+}
+
+/// First certificate: a fresh key, a CSR, and the join token, over TLS that trusts only
+/// the root the token pins.
+async fn bootstrap(ctx: &Ctx, control: &ControlConfig) -> Result<Arc<Identity>, String> {
+    let claimed = claimed_identity(ctx, control.token.trust_domain())?;
+    certify(control, &claimed).await
+}
+
+/// Obtains a certificate for `claimed` with the join token in `control` (what a proxy does
+/// at start; public for tests and tools that run a proxy with a fixed identity).
+pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<Identity>, String> {
+    let token = &control.token;
+    let tls = skein_identity::tls::bootstrap_client_config(
+        token.ca_pin(),
+        control_identity(token).map_err(|e| e.message().to_owned())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+    let csr = key.csr(claimed).map_err(|e| e.to_string())?;
+    let mut client = ProxyControlClient::new(
+        channel(control, tls)
+            .await
+            .map_err(|e| e.message().to_owned())?,
+    );
+    let resp = client
+        .certify(CertifyRequest {
+            token: token.reveal(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|e| format!("the control plane refused: {}", e.message()))?
+        .into_inner();
+    let cert = WorkloadCert::new(key, &resp.chain_pem).map_err(|e| e.to_string())?;
+    let roots = resp
+        .trust_bundle
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    Identity::new(&cert, roots, resp.ca_generation).map_err(|e| e.to_string())
+}
+
+/// Renews the certificate at 70 % of its life (or when told to, after a CA rotation),
+/// retrying failures with backoff; keeps the expiry gauge current.
+async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
+    let Some(identity) = ctx.identity.get().cloned() else {
+        return;
+    };
+    let mut failures = 0u32;
+    let mut next_try = std::time::SystemTime::now();
+    let mut forced = false;
+    loop {
+        let expires_in = identity
+            .not_after()
+            .duration_since(std::time::SystemTime::now())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
+        ctx.metrics.cert_expiry_seconds.set(expires_in);
+        let now = std::time::SystemTime::now();
+        if (forced || now >= identity.renew_at()) && now >= next_try {
+            match renew(&ctx, &control, &identity).await {
+                Ok(()) => {
+                    failures = 0;
+                    forced = false;
+                    ctx.metrics.cert_renewals("issued");
+                    let s = identity.status();
+                    tracing::info!(serial = %s.serial, expires = %s.expires, generation = s.ca_generation, "renewed the workload certificate");
+                    continue;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    ctx.metrics.cert_renewals("failed");
+                    next_try = std::time::SystemTime::now() + backoff(failures);
+                    let valid = identity.is_valid();
+                    tracing::warn!(error = %e, failures, valid, expires = %identity.status().expires, "certificate renewal failed; retrying with backoff");
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.drain.signalled() => return,
+            _ = identity.renew_now.notified() => forced = true,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// One renewal: a fresh key and CSR, authenticated by the current certificate.
+async fn renew(ctx: &Ctx, control: &ControlConfig, identity: &Identity) -> Result<(), String> {
+    let id = identity.id();
+    let tls = identity
+        .client_config(&control_identity(&control.token).map_err(|e| e.message().to_owned())?)
+        .map_err(|e| e.to_string())?;
+    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+    let csr = key.csr(&id).map_err(|e| e.to_string())?;
+    let mut client = ProxyControlClient::new(
+        channel(control, tls)
+            .await
+            .map_err(|e| e.message().to_owned())?,
+    );
+    let resp = client
+        .certify(CertifyRequest {
+            token: String::new(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|e| format!("the control plane refused: {}", e.message()))?
+        .into_inner();
+    let cert = WorkloadCert::new(key, &resp.chain_pem).map_err(|e| e.to_string())?;
+    if cert.identity() != &id {
+        return Err(format!(
+            "the control plane issued {} instead of {id}",
+            cert.identity()
+        ));
+    }
+    // Roots first, so a certificate from a new root is presented only once peers' bundles
+    // (pushed the same way) can verify it.
+    identity
+        .install_bundle(
+            resp.trust_bundle
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+        )
+        .map_err(|e| e.to_string())?;
+    identity
+        .install_cert(&cert, resp.ca_generation)
+        .map_err(|e| e.to_string())?;
+    let _ = ctx;
+    Ok(())
+}
+
+fn cert_message(identity: &Identity) -> ProxyMessage {
+    let s = identity.status();
+    ProxyMessage {
+        message: Some(proxy_message::Message::Cert(pb::CertStatus {
+            identity: s.identity,
+            serial: s.serial,
+            not_after_unix: s.not_after_unix,
+            ca_generation: s.ca_generation,
+        })),
+    }
+}
+
+/// Applies what a snapshot says about identity: trusted roots, mTLS mode, and whether the
+/// CA moved to a generation our certificate predates.
+fn apply_identity(identity: &Identity, snapshot: &Snapshot) -> Result<(), String> {
+    if !snapshot.trust_bundle.is_empty() {
+        let roots = snapshot
+            .trust_bundle
+            .iter()
+            .map(|r| CertificateDer::from(r.clone()))
+            .collect();
+        if identity
+            .install_bundle(roots)
+            .map_err(|e| format!("trust bundle: {e}"))?
+        {
+            tracing::info!(
+                roots = snapshot.trust_bundle.len(),
+                "installed a new trust bundle"
+            );
+        }
+    }
+    identity.set_permissive(snapshot.mtls == pb::MtlsMode::Permissive as i32);
+    if snapshot.ca_generation > identity.ca_generation() {
+        identity.renew_now.notify_one();
+    }
+    Ok(())
+}
+
 /// One stream: register, then apply and acknowledge snapshots until it ends.
 async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), tonic::Status> {
-    let mut client = ProxyControlClient::connect(control.endpoint.clone())
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    let identity = ctx
+        .identity
+        .get()
+        .cloned()
+        .ok_or_else(|| tonic::Status::failed_precondition("no workload certificate"))?;
+    let tls = identity
+        .client_config(&control_identity(&control.token)?)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut client = ProxyControlClient::new(channel(control, tls).await?);
     let (tx, rx) = mpsc::channel::<ProxyMessage>(8);
     tx.send(register_message(&ctx.config(), control.advertise, ctx))
         .await
         .map_err(|_| tonic::Status::internal("stream closed"))?;
+    let mut cert_changes = identity.subscribe();
+    cert_changes.mark_changed();
     let outgoing =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut snapshots = client.sync(outgoing).await?.into_inner();
     ctx.metrics.control_connected.set(1);
     tracing::info!(endpoint = %control.endpoint, "connected to the control plane");
-    while let Some(snapshot) = snapshots.message().await? {
+    loop {
+        let snapshot = tokio::select! {
+            changed = cert_changes.changed() => {
+                if changed.is_ok() && tx.send(cert_message(&identity)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            msg = snapshots.message() => match msg? {
+                Some(s) => s,
+                None => break,
+            },
+        };
         let version = snapshot.version;
-        let error = match to_config(&ctx.config(), &snapshot).map(|c| ctx.apply(c)) {
+        let applied =
+            apply_identity(&identity, &snapshot).and_then(|()| to_config(&ctx.config(), &snapshot));
+        let error = match applied.map(|c| ctx.apply(c)) {
             Ok(Ok(())) => {
                 ctx.config_version.store(version, Ordering::SeqCst);
                 ctx.metrics.config_version.set(version as i64);
@@ -169,17 +478,27 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
                     .endpoints
                     .iter()
                     .map(|e| {
-                        e.address
-                            .parse::<SocketAddr>()
-                            .map(|address| Endpoint { address })
-                            .map_err(|_| {
-                                format!(
-                                    "destination {}: endpoint {:?} is not IP:PORT",
-                                    d.service, e.address
-                                )
-                            })
+                        let address = e.address.parse::<SocketAddr>().map_err(|_| {
+                            format!(
+                                "destination {}: endpoint {:?} is not IP:PORT",
+                                d.service, e.address
+                            )
+                        })?;
+                        if e.identity.is_empty() {
+                            return Err(format!(
+                                "destination {}: endpoint {} has no identity; refusing it rather than sending plaintext",
+                                d.service, e.address
+                            ));
+                        }
+                        let identity: SpiffeId = e.identity.parse().map_err(|err| {
+                            format!("destination {}: endpoint {}: {err}", d.service, e.address)
+                        })?;
+                        Ok(Endpoint {
+                            address,
+                            identity: Some(identity.to_string()),
+                        })
                     })
-                    .collect::<Result<_, _>>()?,
+                    .collect::<Result<_, String>>()?,
                 routes: if d.routes_json.is_empty() {
                     Vec::new()
                 } else {
@@ -238,6 +557,7 @@ mod tests {
                 endpoints: vec![pb::Endpoint {
                     address: "127.0.0.5:4143".into(),
                     workload: "api-1".into(),
+                    identity: "spiffe://skein.local/ns/default/sa/api".into(),
                 }],
                 routes_json: Vec::new(),
             }],
@@ -246,6 +566,7 @@ mod tests {
                 protocol: pb::Protocol::Grpc as i32,
             }],
             trust_domain: "skein.local".into(),
+            ..Snapshot::default()
         }
     }
 

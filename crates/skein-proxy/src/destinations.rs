@@ -6,6 +6,7 @@
 //! flight keep the snapshot they resolved against. The static config builds it today; the
 //! control plane will feed the same table.
 
+use crate::connect::Upstream;
 use crate::error::ProxyError;
 use skein_model::{Destination, PortSpec, Protocol};
 use std::collections::HashMap;
@@ -23,8 +24,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// Picks the peer proxy to send to (round robin).
-    pub fn endpoint(&self) -> Result<SocketAddr, ProxyError> {
+    /// Picks the peer proxy to send to (round robin), with the identity it must prove.
+    pub fn endpoint(&self) -> Result<Upstream, ProxyError> {
         self.service.pick()
     }
 }
@@ -34,17 +35,35 @@ impl Target {
 pub struct Service {
     /// The configuration it was built from.
     pub spec: Destination,
+    /// The endpoints, with identities parsed once.
+    endpoints: Vec<Upstream>,
     next: AtomicUsize,
 }
 
 impl Service {
-    fn pick(&self) -> Result<SocketAddr, ProxyError> {
-        let endpoints = &self.spec.endpoints;
-        if endpoints.is_empty() {
+    fn new(spec: &Destination) -> Service {
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|e| Upstream {
+                addr: e.address,
+                // Validated when the configuration was accepted (see ProxyConfig::validate).
+                identity: e.identity.as_deref().and_then(|i| i.parse().ok()),
+            })
+            .collect();
+        Service {
+            spec: spec.clone(),
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> Result<Upstream, ProxyError> {
+        if self.endpoints.is_empty() {
             return Err(ProxyError::NoEndpoints(self.spec.service.clone()));
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Ok(endpoints[i].address)
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Ok(self.endpoints[i].clone())
     }
 }
 
@@ -66,10 +85,7 @@ impl Destinations {
             ..Destinations::default()
         };
         for spec in specs {
-            let service = Arc::new(Service {
-                spec: spec.clone(),
-                next: AtomicUsize::new(0),
-            });
+            let service = Arc::new(Service::new(spec));
             for ip in &spec.addresses {
                 table.by_ip.insert(*ip, service.clone());
             }
@@ -209,6 +225,7 @@ mod tests {
             endpoints: (0..endpoints)
                 .map(|i| Endpoint {
                     address: SocketAddr::from(([127, 0, 0, 10 + i as u8], 4143)),
+                    identity: None,
                 })
                 .collect(),
             routes: Vec::new(),

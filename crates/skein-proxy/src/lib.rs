@@ -19,6 +19,7 @@ pub mod detect;
 pub mod drain;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod metrics;
@@ -61,6 +62,8 @@ pub struct Ctx {
     pub ready: AtomicBool,
     /// Version of the control-plane snapshot in force (0: none).
     pub config_version: AtomicU64,
+    /// The workload identity (mutual TLS), once the control plane issued it.
+    pub identity: Arc<identity::IdentitySlot>,
 }
 
 impl Ctx {
@@ -144,7 +147,33 @@ impl RunningProxy {
         config: ProxyConfig,
         control: Option<control::ControlConfig>,
     ) -> std::io::Result<RunningProxy> {
-        let peer_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
+        Self::start_inner(config, control, None).await
+    }
+
+    /// Like [`RunningProxy::start`] with a workload identity issued elsewhere (tests and
+    /// benchmarks that drive the CA directly): mutual TLS between proxies, no renewal.
+    pub async fn start_with_identity(
+        config: ProxyConfig,
+        identity: Arc<identity::Identity>,
+    ) -> std::io::Result<RunningProxy> {
+        Self::start_inner(config, None, Some(identity)).await
+    }
+
+    async fn start_inner(
+        config: ProxyConfig,
+        control: Option<control::ControlConfig>,
+        fixed_identity: Option<Arc<identity::Identity>>,
+    ) -> std::io::Result<RunningProxy> {
+        // With a control plane (or a given identity), peers are reached only over mTLS.
+        let identity = Arc::new(identity::IdentitySlot::new(
+            control.is_some() || fixed_identity.is_some(),
+        ));
+        let with_identity = fixed_identity.is_some();
+        if let Some(fixed) = fixed_identity {
+            identity.set(fixed);
+        }
+        let peer_connector: Arc<dyn Connect> =
+            Arc::new(identity::PeerConnector::new(identity.clone()));
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let ctx = Arc::new(Ctx {
             destinations: DestinationTable::new(Destinations::new(
@@ -160,6 +189,7 @@ impl RunningProxy {
             drain: Drain::new(),
             ready: AtomicBool::new(false),
             config_version: AtomicU64::new(0),
+            identity,
         });
         let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;
@@ -203,7 +233,12 @@ impl RunningProxy {
             Some(control) => {
                 tokio::spawn(control::run(ctx.clone(), control));
             }
-            None => ctx.ready.store(true, Ordering::SeqCst),
+            None => {
+                if !with_identity {
+                    tracing::warn!("no control plane: this proxy has no workload identity, so traffic between proxies is plaintext (run with --control and --join-token for mutual TLS)");
+                }
+                ctx.ready.store(true, Ordering::SeqCst)
+            }
         }
         tracing::info!(
             workload = %c.workload.name,

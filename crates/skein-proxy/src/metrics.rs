@@ -122,6 +122,20 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Configuration snapshots received, by result (`applied` or `refused`).
     pub config_updates: Family<ResultLabels, Counter>,
+    /// Inbound connections by how the caller was authenticated (`mtls`, `plaintext`) or
+    /// why it was refused (`refused_plaintext`, `handshake_failed`, `no_identity`).
+    pub inbound_security: Family<SecurityLabels, Counter>,
+    /// Seconds until the workload certificate expires (negative once expired).
+    pub cert_expiry_seconds: Gauge,
+    /// Certificate requests to the control plane, by result (`issued`, `failed`).
+    pub cert_renewals: Family<ResultLabels, Counter>,
+}
+
+/// Labels for inbound connection security.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecurityLabels {
+    /// How the caller proved itself, or why it was refused.
+    pub security: &'static str,
 }
 
 /// Labels for outcomes.
@@ -152,6 +166,9 @@ impl Metrics {
             control_connected: Gauge::default(),
             config_version: Gauge::default(),
             config_updates: Family::default(),
+            inbound_security: Family::default(),
+            cert_expiry_seconds: Gauge::default(),
+            cert_renewals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -200,7 +217,29 @@ impl Metrics {
             "Configuration snapshots received, by result",
             m.config_updates.clone(),
         );
+        registry.register(
+            "inbound_security_connections",
+            "Inbound connections by how the caller authenticated, or why it was refused",
+            m.inbound_security.clone(),
+        );
+        registry.register(
+            "identity_cert_expiry_seconds",
+            "Seconds until the workload certificate expires",
+            m.cert_expiry_seconds.clone(),
+        );
+        registry.register(
+            "identity_cert_requests",
+            "Workload certificate requests to the control plane, by result",
+            m.cert_renewals.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one inbound connection by security outcome.
+    pub fn inbound_security(&self, security: &'static str) {
+        self.inbound_security
+            .get_or_create(&SecurityLabels { security })
+            .inc();
     }
 
     /// The Prometheus text exposition of every family.
@@ -255,6 +294,15 @@ impl Metrics {
         self.tcp_bytes_received
             .get_or_create(&labels)
             .inc_by(received);
+    }
+
+    /// Counts one certificate request by result (`issued` or `failed`).
+    pub fn cert_renewals(&self, result: &str) {
+        self.cert_renewals
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one configuration snapshot by result.

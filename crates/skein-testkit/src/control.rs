@@ -4,6 +4,7 @@
 //! handle kills its process and removes its files when dropped, even when the test fails.
 
 use anyhow::{bail, Context};
+use skein_identity::JoinToken;
 use skein_model::ProxyConfig;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -213,6 +214,11 @@ impl ControlProcess {
             .to_string()
     }
 
+    /// A join token for `service` in namespace `default`.
+    pub async fn join_token(&self, service: &str) -> anyhow::Result<JoinToken> {
+        join_token(self.http, &self.token(), "default", service).await
+    }
+
     /// The proxy gRPC endpoint as proxies are given it (`http://IP:PORT`).
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
@@ -345,6 +351,63 @@ pub async fn skein_cli(bin: &Path, args: &[&str], stdin: Option<&str>) -> CliOut
     }
 }
 
+/// Creates a join token for `service` in `namespace` through the control plane's HTTP API
+/// at `http` (admin token `admin`).
+pub async fn join_token(
+    http: SocketAddr,
+    admin: &str,
+    namespace: &str,
+    service: &str,
+) -> anyhow::Result<JoinToken> {
+    join_token_with(http, admin, namespace, service, "1h").await
+}
+
+/// Like [`join_token`] with a lifetime such as `2s` or `1h`.
+pub async fn join_token_with(
+    http: SocketAddr,
+    admin: &str,
+    namespace: &str,
+    service: &str,
+    ttl: &str,
+) -> anyhow::Result<JoinToken> {
+    use http_body_util::BodyExt;
+    let mut sender = crate::client::h1(http).await?;
+    let body = serde_json::json!({"service": service, "namespace": namespace, "ttl": ttl});
+    let req = http::Request::post("/api/v1/tokens")
+        .header(http::header::HOST, http.to_string())
+        .header(http::header::AUTHORIZATION, format!("Bearer {admin}"))
+        .body(skein_proxy::http::full(body.to_string()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "token API answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    let text = value["token"]
+        .as_str()
+        .with_context(|| format!("token API answered {status}: {value}"))?;
+    Ok(text.parse()?)
+}
+
+/// How an in-process proxy of `service` (namespace `default`) reaches the control plane
+/// whose HTTP API is `http` and proxy API `grpc`: with a fresh join token.
+pub async fn control_config(
+    http: SocketAddr,
+    admin: &str,
+    grpc: SocketAddr,
+    advertise: SocketAddr,
+    service: &str,
+) -> anyhow::Result<skein_proxy::control::ControlConfig> {
+    Ok(skein_proxy::control::ControlConfig {
+        endpoint: grpc.to_string(),
+        advertise,
+        token: join_token(http, admin, "default", service).await?,
+    })
+}
+
 /// A running `skein proxy --config FILE --control ADDR` child process. Its inbound and
 /// admin listeners must have fixed ports in the config (see [`free_port`]): the inbound
 /// address is what it registers, the admin one is how readiness is checked.
@@ -363,6 +426,7 @@ impl ControlledProxy {
         bin: &Path,
         config: &ProxyConfig,
         control: SocketAddr,
+        join_token: &JoinToken,
     ) -> anyhow::Result<ControlledProxy> {
         let dir = TempDir::new("proxy")?;
         let file = dir.join("proxy.yaml");
@@ -373,6 +437,7 @@ impl ControlledProxy {
             .arg(&file)
             .arg("--control")
             .arg(control.to_string())
+            .env("SKEIN_JOIN_TOKEN", join_token.reveal())
             .env(
                 "SKEIN_LOG",
                 std::env::var("SKEIN_LOG").unwrap_or("info".into()),

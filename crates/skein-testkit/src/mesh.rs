@@ -118,6 +118,7 @@ impl MeshSpec {
                 addresses: vec![Self::virtual_ip(i)],
                 endpoints: vec![Endpoint {
                     address: server_inbound,
+                    identity: None,
                 }],
                 routes: Vec::new(),
             })

@@ -77,9 +77,41 @@ impl Client {
         Ok(Client { server, token })
     }
 
-    /// Sends one request; returns the JSON body of a 2xx answer, or fails with the API's
-    /// own error message.
-    async fn call(&self, method: Method, path: &str, body: String) -> anyhow::Result<Value> {
+    /// Sends a request and calls `on_line` for each line of a streamed 2xx answer as it
+    /// arrives; fails with the API's own error message otherwise.
+    async fn stream_lines(
+        &self,
+        method: Method,
+        path: &str,
+        mut on_line: impl FnMut(&str),
+    ) -> anyhow::Result<()> {
+        let resp = self.send(method, path, String::new()).await?;
+        if !resp.status().is_success() {
+            return Err(Self::failure(resp).await);
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                pending.extend_from_slice(data);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end());
+                }
+            }
+        }
+        if !pending.is_empty() {
+            on_line(String::from_utf8_lossy(&pending).trim_end());
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let stream = tokio::net::TcpStream::connect(&self.server)
             .await
             .with_context(|| {
@@ -101,21 +133,36 @@ impl Client {
             )
             .header(http::header::CONTENT_TYPE, "application/yaml")
             .body(Full::new(Bytes::from(body)))?;
-        let resp = sender.send_request(req).await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// The API's error message from a failed response.
+    async fn failure(resp: http::Response<hyper::body::Incoming>) -> anyhow::Error {
         let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return e.into(),
+        };
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
         let message = value["error"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         match status {
-            StatusCode::UNAUTHORIZED => bail!("unauthorized: {message}"),
-            _ => bail!("{message}"),
+            StatusCode::UNAUTHORIZED => anyhow::anyhow!("unauthorized: {message}"),
+            _ => anyhow::anyhow!("{message}"),
         }
+    }
+
+    /// Sends one request; returns the JSON body of a 2xx answer, or fails with the API's
+    /// own error message.
+    async fn call(&self, method: Method, path: &str, body: String) -> anyhow::Result<Value> {
+        let resp = self.send(method, path, body).await?;
+        if !resp.status().is_success() {
+            return Err(Self::failure(resp).await);
+        }
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 }
 
@@ -251,6 +298,8 @@ fn merge_connections(items: &mut [Value], live: &Value) {
         if let Some(conn) = conn {
             item["status"]["acknowledgedVersion"] = conn["ackedVersion"].clone();
             item["status"]["connected"] = Value::Bool(true);
+            item["status"]["identity"] = conn["identity"].clone();
+            item["status"]["certificate"] = conn["certificate"].clone();
         }
     }
 }
@@ -280,7 +329,15 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                 .collect(),
         ),
         "Workload" => (
-            vec!["NAME", "ADDRESS", "CONNECTED", "SINCE", "VERSION"],
+            vec![
+                "NAME",
+                "ADDRESS",
+                "CONNECTED",
+                "SINCE",
+                "VERSION",
+                "IDENTITY",
+                "CERT EXPIRES",
+            ],
             items
                 .iter()
                 .map(|i| {
@@ -295,6 +352,8 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                         st["connected"].as_bool().unwrap_or(false).to_string(),
                         s(&st["since"]),
                         s(&st["acknowledgedVersion"]),
+                        s(&st["identity"]),
+                        s(&st["certificate"]["expires"]),
                     ]
                 })
                 .collect(),
@@ -361,6 +420,133 @@ fn table(items: &[Value], show_namespace: bool) -> String {
 }
 
 /// `skein delete KIND NAME`.
+/// `skein token create`: prints the token alone on stdout (so scripts can capture it) and
+/// what it grants on stderr.
+pub async fn token_create(
+    target: &Target,
+    service: &str,
+    namespace: &str,
+    ttl: &str,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let body = serde_json::json!({ "service": service, "namespace": namespace, "ttl": ttl });
+    let result = client
+        .call(Method::POST, "/api/v1/tokens", body.to_string())
+        .await?;
+    let record = &result["record"];
+    eprintln!(
+        "join token {} for {} (expires {}); pass it to `skein proxy --join-token` or SKEIN_JOIN_TOKEN:",
+        record["id"].as_str().unwrap_or_default(),
+        record["identity"].as_str().unwrap_or_default(),
+        record["expires"].as_str().unwrap_or_default(),
+    );
+    println!("{}", result["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `skein token list`.
+pub async fn token_list(target: &Target) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let result = client
+        .call(Method::GET, "/api/v1/tokens", String::new())
+        .await?;
+    let items = result["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("No join tokens; create one with `skein token create --service NAME`.");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|t| {
+            let state = match t["revoked"].as_str() {
+                Some(when) => format!("revoked {when}"),
+                None => "active".into(),
+            };
+            [&t["id"], &t["identity"], &t["expires"]]
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .chain([state])
+                .collect()
+        })
+        .collect();
+    let headers = ["ID", "IDENTITY", "EXPIRES", "STATE"];
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([headers[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(headers.map(String::from).to_vec()).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+    Ok(())
+}
+
+/// `skein token revoke`.
+pub async fn token_revoke(target: &Target, id: &str) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let result = client
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            String::new(),
+        )
+        .await?;
+    println!(
+        "token {id} revoked ({})",
+        result["revoked"]["identity"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `skein ca show`.
+pub async fn ca_show(target: &Target) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let ca = client
+        .call(Method::GET, "/api/v1/ca", String::new())
+        .await?;
+    println!(
+        "trust domain:  {}",
+        ca["trustDomain"].as_str().unwrap_or_default()
+    );
+    println!("generation:    {}", ca["generation"]);
+    println!(
+        "rotation:      {}",
+        ca["phase"].as_str().unwrap_or_default()
+    );
+    for pin in ca["rootPins"].as_array().into_iter().flatten() {
+        println!("trusted root:  sha256:{}", pin.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `skein ca rotate`: streams the control plane's progress lines.
+pub async fn ca_rotate(target: &Target, timeout: &str) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let path = format!("/api/v1/ca/rotate?timeout={timeout}");
+    let mut failed = None;
+    client
+        .stream_lines(Method::POST, &path, |line| {
+            println!("{line}");
+            if let Some(e) = line.strip_prefix("error: ") {
+                failed = Some(e.to_string());
+            }
+        })
+        .await?;
+    match failed {
+        Some(e) => bail!("the rotation stopped: {e}"),
+        None => Ok(()),
+    }
+}
+
 pub async fn delete(
     target: &Target,
     kind: &str,

@@ -31,6 +31,42 @@ pub struct ControlArgs {
     /// This replica's name (default: host name and process id).
     #[arg(long)]
     replica: Option<String>,
+    /// Bring your own CA (used at first start only): the root certificate (PEM) …
+    #[arg(long, requires_all = ["ca_cert", "ca_key"])]
+    ca_root_cert: Option<PathBuf>,
+    /// … optionally the root's key (needed only for `skein ca rotate` to mint anew) …
+    #[arg(long, requires = "ca_root_cert")]
+    ca_root_key: Option<PathBuf>,
+    /// … and the intermediate certificate that signs workload certificates …
+    #[arg(long, requires = "ca_root_cert")]
+    ca_cert: Option<PathBuf>,
+    /// … with its key (mode 0600 recommended).
+    #[arg(long, requires = "ca_root_cert")]
+    ca_key: Option<PathBuf>,
+    /// Trust domain of an imported CA (a generated CA takes the Mesh resource's).
+    #[arg(long, default_value = "skein.local")]
+    ca_trust_domain: String,
+}
+
+/// Reads an imported CA's files, if given.
+fn ca_import(args: &ControlArgs) -> anyhow::Result<Option<skein_identity::CaPem>> {
+    let Some(root) = &args.ca_root_cert else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) else {
+        anyhow::bail!("--ca-root-cert needs --ca-cert and --ca-key");
+    };
+    Ok(Some(skein_identity::CaPem {
+        trust_domain: args.ca_trust_domain.clone(),
+        root_cert: read(root)?,
+        root_key: args.ca_root_key.as_ref().map(read).transpose()?,
+        intermediate_cert: read(cert)?,
+        intermediate_key: read(key)?,
+        bundle: String::new(),
+    }))
 }
 
 /// Parses `--store`.
@@ -70,6 +106,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         workload_grace: args.workload_grace,
         replica,
+        ca_import: ca_import(&args)?,
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -109,6 +109,7 @@ async fn run_in(
         grpc: SocketAddr::new(control_ip, 9991),
         workload_grace: Duration::from_secs(10),
         replica: "demo".into(),
+        ca_import: None,
     })
     .await
     .context("cannot start the demo's control plane")?;
@@ -129,8 +130,17 @@ async fn run_in(
     let result = async {
         for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
             let config = proxy_config(w, ip);
-            proxies.push(spawn_proxy(dir, w, &config, grpc).await?);
+            // One join token per workload, short-lived: it is used once, at start.
+            let (token, _) = control
+                .pki
+                .create_token("default", w.name, Duration::from_secs(600))
+                .await?;
+            proxies.push(spawn_proxy(dir, w, &config, grpc, &token.reveal()).await?);
         }
+        println!(
+            "  identity  mesh CA for {}; each proxy joined with its own token and holds a certificate (mutual TLS between proxies)",
+            control.pki.trust_domain()
+        );
         for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
             wait_ready(listen(w, ADMIN_PORT)).await?;
             println!(
@@ -222,6 +232,7 @@ async fn spawn_proxy(
     w: &Workload,
     config: &str,
     control: SocketAddr,
+    join_token: &str,
 ) -> anyhow::Result<Child> {
     let config_path = dir.join(format!("{}.yaml", w.name));
     std::fs::write(&config_path, config)?;
@@ -233,6 +244,8 @@ async fn spawn_proxy(
         .arg(&config_path)
         .arg("--control")
         .arg(control.to_string())
+        // In the environment, not argv: `ps` shows arguments to every user.
+        .env("SKEIN_JOIN_TOKEN", join_token)
         .env("SKEIN_LOG", "info")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

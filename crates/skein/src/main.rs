@@ -36,10 +36,16 @@ enum Command {
         /// Validate the configuration, print it with defaults applied, and exit.
         #[arg(long)]
         check: bool,
-        /// Take destinations and application ports from this control plane (gRPC
-        /// address, e.g. 127.0.0.1:9991); the file still sets workload and listeners.
-        #[arg(long)]
+        /// Take identity, destinations and application ports from this control plane
+        /// (gRPC address, e.g. 127.0.0.1:9991; always TLS); the file still sets workload
+        /// and listeners. Needs --join-token.
+        #[arg(long, requires = "join_token")]
         control: Option<String>,
+        /// The join token from `skein token create` for this workload's service: the
+        /// proxy uses it once to obtain its certificate, and checks the control plane
+        /// against the CA it pins. Prefer the environment variable, which `ps` does not show.
+        #[arg(long, env = "SKEIN_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
         /// The address peers reach this proxy's inbound listener on (default: the inbound
         /// listen address; required when that is 0.0.0.0).
         #[arg(long)]
@@ -90,6 +96,12 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// Manage join tokens: how proxies prove which service they run for.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The mesh certificate authority: show it, or roll it to a new root.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
     /// Starts four proxies (one per workload, each a real `skein proxy` process), three
@@ -106,6 +118,57 @@ enum Command {
         /// Loopback network 127.0.N.0/24 the demo's workloads use.
         #[arg(long, default_value_t = 77)]
         net: u8,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token for one service's workloads; prints it once.
+    ///
+    /// A proxy started with the token (`skein proxy --join-token`) receives a certificate
+    /// for spiffe://<trust-domain>/ns/<namespace>/sa/<service> and nothing else.
+    Create {
+        /// The service the workloads run for.
+        #[arg(long)]
+        service: String,
+        /// Its namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// How long the token is accepted (e.g. 1h, 24h).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Revoke a token: proxies can no longer join with it.
+    Revoke {
+        /// The token id (second part of the token, or from `skein token list`).
+        id: String,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Show the trust domain, CA generation, rotation phase and root pins.
+    Show {
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Roll to a new root while traffic flows: the new root joins the trust bundle, then
+    /// signs (every proxy renews), then the old root leaves the bundle. Prints progress.
+    Rotate {
+        /// Longest wait for proxies to catch up at each phase.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+        #[command(flatten)]
+        target: cli::Target,
     },
 }
 
@@ -128,7 +191,11 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Apply { .. } | Command::Get { .. } | Command::Delete { .. }
+        Command::Apply { .. }
+            | Command::Get { .. }
+            | Command::Delete { .. }
+            | Command::Token(_)
+            | Command::Ca(_)
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -154,8 +221,23 @@ fn run() -> anyhow::Result<()> {
                 config,
                 check,
                 control,
+                join_token,
                 advertise,
-            } => proxy_cmd::run(&config, check, control, advertise).await,
+            } => proxy_cmd::run(&config, check, control, join_token, advertise).await,
+            Command::Token(TokenCommand::Create {
+                service,
+                namespace,
+                ttl,
+                target,
+            }) => cli::token_create(&target, &service, &namespace, &ttl).await,
+            Command::Token(TokenCommand::List { target }) => cli::token_list(&target).await,
+            Command::Token(TokenCommand::Revoke { id, target }) => {
+                cli::token_revoke(&target, &id).await
+            }
+            Command::Ca(CaCommand::Show { target }) => cli::ca_show(&target).await,
+            Command::Ca(CaCommand::Rotate { timeout, target }) => {
+                cli::ca_rotate(&target, &timeout).await
+            }
             Command::Control(args) => control_cmd::run(args).await,
             Command::Apply { files, target } => cli::apply(&target, &files).await,
             Command::Get {

@@ -11,6 +11,7 @@ pub async fn run(
     path: &Path,
     check: bool,
     control: Option<String>,
+    join_token: Option<String>,
     advertise: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
@@ -39,14 +40,13 @@ pub async fn run(
                     "the inbound listener is {advertise}: pass --advertise IP:PORT so peers know where to reach this proxy"
                 );
             }
-            let endpoint = if addr.starts_with("http://") {
-                addr
-            } else {
-                format!("http://{addr}")
-            };
+            let token = join_token
+                .context("--control needs a join token: pass --join-token or set SKEIN_JOIN_TOKEN (create one with `skein token create --service NAME`)")?
+                .parse::<skein_identity::JoinToken>()?;
             Some(skein_proxy::control::ControlConfig {
-                endpoint,
+                endpoint: addr,
                 advertise,
+                token,
             })
         }
         None => None,

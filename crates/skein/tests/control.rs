@@ -12,6 +12,7 @@ mod control {
 }
 
 use serde_json::Value;
+use skein_identity::SpiffeId;
 use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::RunningProxy;
@@ -83,20 +84,30 @@ pub async fn status_via(proxy: SocketAddr, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// An echo backend on 127.0.0.`octet` and a static proxy in front of it (both in this
-/// process): the "web" workload that control-plane resources point at.
+/// An echo backend on 127.0.0.`octet` and a proxy in front of it (both in this process)
+/// with a certificate for `web` from the control plane but no configuration stream: the
+/// "web" workload that declared control-plane resources point at.
 pub struct Web {
     pub backend: HttpBackend,
     pub proxy: RunningProxy,
 }
 
 impl Web {
-    pub async fn start(octet: u8) -> Web {
+    pub async fn start(octet: u8, cp: &ControlProcess) -> Web {
         let backend = HttpBackend::start(SocketAddr::new(loopback(octet), 0))
             .await
             .expect("start the backend");
         let spec = MeshSpec::new(octet, octet).service("web", backend.addr(), Protocol::Http);
-        let proxy = RunningProxy::start(spec.server_config())
+        let control = ControlConfig {
+            endpoint: cp.grpc.to_string(),
+            advertise: SocketAddr::new(loopback(octet), 4143),
+            token: cp.join_token("web").await.expect("create a join token"),
+        };
+        let id = SpiffeId::new("skein.local", "default", "web").unwrap();
+        let identity = skein_proxy::control::certify(&control, &id)
+            .await
+            .expect("certificate for web");
+        let proxy = RunningProxy::start_with_identity(spec.server_config(), identity)
             .await
             .expect("start the server proxy");
         Web { backend, proxy }
@@ -120,7 +131,7 @@ impl Web {
             yaml.push_str(&format!(
                 "---\napiVersion: skein.dev/v1alpha1\nkind: Workload\n\
                  metadata: {{name: web-1, labels: {{app: web}}}}\n\
-                 spec: {{address: {}, inboundPort: {}, ports: [{port}]}}\n",
+                 spec: {{address: {}, inboundPort: {}, ports: [{port}], serviceAccount: web}}\n",
                 inbound.ip(),
                 inbound.port()
             ));
@@ -144,14 +155,19 @@ pub fn client_config(octet: u8, name: &str) -> ProxyConfig {
     config
 }
 
-/// Starts an in-process proxy configured by the control plane at `grpc`.
-pub async fn client_proxy(octet: u8, name: &str, grpc: SocketAddr) -> RunningProxy {
+/// Starts an in-process proxy configured by the control plane `cp`.
+pub async fn client_proxy(octet: u8, name: &str, cp: &ControlProcess) -> RunningProxy {
+    let config = client_config(octet, name);
     let control = ControlConfig {
-        endpoint: format!("http://{grpc}"),
+        endpoint: cp.grpc.to_string(),
         // Nobody calls the client side; the address only has to be valid.
         advertise: SocketAddr::new(loopback(octet), 4143),
+        token: cp
+            .join_token(&config.workload.service)
+            .await
+            .expect("create a join token"),
     };
-    RunningProxy::start_with_control(client_config(octet, name), Some(control))
+    RunningProxy::start_with_control(config, Some(control))
         .await
         .expect("start a proxy with a control plane")
 }

@@ -86,10 +86,26 @@ fn cli(dir: &Path, ip: std::net::IpAddr, args: &[&str], stdin: Option<&str>) -> 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn control_config(control_ip: std::net::IpAddr, advertise: SocketAddr) -> Option<ControlConfig> {
+/// How a proxy of `service` reaches the control plane: a join token made with the CLI.
+fn control_config(
+    dir: &Path,
+    control_ip: std::net::IpAddr,
+    advertise: SocketAddr,
+    service: &str,
+) -> Option<ControlConfig> {
+    let out = cli(
+        dir,
+        control_ip,
+        &["token", "create", "--service", service],
+        None,
+    );
     Some(ControlConfig {
-        endpoint: format!("http://{control_ip}:9991"),
+        endpoint: format!("{control_ip}:9991"),
         advertise,
+        token: out
+            .trim()
+            .parse()
+            .expect("skein token create prints a token"),
     })
 }
 
@@ -127,7 +143,7 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     server_cfg.inbound.listen = SocketAddr::new(loopback(161), 4143);
     let server = RunningProxy::start_with_control(
         server_cfg.clone(),
-        control_config(control_ip, server_cfg.inbound.listen),
+        control_config(&dir.0, control_ip, server_cfg.inbound.listen, "web"),
     )
     .await
     .unwrap();
@@ -138,7 +154,12 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     client_cfg.inbound.listen = SocketAddr::new(loopback(162), 4143);
     let client = RunningProxy::start_with_control(
         client_cfg.clone(),
-        control_config(control_ip, client_cfg.inbound.listen),
+        control_config(
+            &dir.0,
+            control_ip,
+            client_cfg.inbound.listen,
+            &client_cfg.workload.service,
+        ),
     )
     .await
     .unwrap();

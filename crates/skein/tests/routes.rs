@@ -16,10 +16,21 @@ use std::time::{Duration, Instant};
 
 const PORT: u16 = 18080;
 
-fn control_for(control: &RunningControl, advertise: SocketAddr) -> Option<ControlConfig> {
+/// How a proxy of `service` reaches `control`, with a fresh join token.
+async fn control_for(
+    control: &RunningControl,
+    advertise: SocketAddr,
+    service: &str,
+) -> Option<ControlConfig> {
+    let (token, _) = control
+        .pki
+        .create_token("default", service, Duration::from_secs(600))
+        .await
+        .unwrap();
     Some(ControlConfig {
-        endpoint: format!("http://{}", control.grpc),
+        endpoint: control.grpc.to_string(),
         advertise,
+        token,
     })
 }
 
@@ -40,9 +51,10 @@ async fn workload(
     config.workload.service = service.into();
     config.inbound.listen = SocketAddr::new(loopback(host), 4143);
     let advertise = config.inbound.listen;
-    let proxy = RunningProxy::start_with_control(config, control_for(control, advertise))
-        .await
-        .unwrap();
+    let proxy =
+        RunningProxy::start_with_control(config, control_for(control, advertise, service).await)
+            .await
+            .unwrap();
     (backend, proxy)
 }
 
@@ -71,6 +83,7 @@ async fn route_change_takes_effect_within_a_second_without_failures() {
         grpc: SocketAddr::new(loopback(170), 0),
         workload_grace: Duration::from_secs(30),
         replica: "test".into(),
+        ca_import: None,
     })
     .await
     .unwrap();
@@ -108,9 +121,11 @@ spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http
     config.outbound.upstreams.clear();
     let advertise = SocketAddr::new(loopback(173), 4143);
     config.inbound.listen = advertise;
-    let client = RunningProxy::start_with_control(config, control_for(&control, advertise))
-        .await
-        .unwrap();
+    let service = config.workload.service.clone();
+    let client =
+        RunningProxy::start_with_control(config, control_for(&control, advertise, &service).await)
+            .await
+            .unwrap();
     let proxy = client.addrs.http_proxy.unwrap();
 
     // Wait until the caller sees both backends' endpoints.

@@ -202,10 +202,29 @@ pub fn server_config(
     resolver: Arc<CertResolver>,
     bundle: Arc<TrustBundle>,
 ) -> Result<Arc<ServerConfig>> {
+    build_server_config(resolver, bundle, true)
+}
+
+/// Config for the control plane's proxy API: like [`server_config`], but a client without a
+/// certificate may connect (a new proxy has only its join token); a certificate that is
+/// presented is verified all the same, and [`peer_identity`] tells the two apart.
+pub fn control_server_config(
+    resolver: Arc<CertResolver>,
+    bundle: Arc<TrustBundle>,
+) -> Result<Arc<ServerConfig>> {
+    build_server_config(resolver, bundle, false)
+}
+
+fn build_server_config(
+    resolver: Arc<CertResolver>,
+    bundle: Arc<TrustBundle>,
+    mandatory: bool,
+) -> Result<Arc<ServerConfig>> {
     let verifier = Arc::new(MeshClientVerifier {
         trust_domain: resolver.identity().trust_domain().to_owned(),
         bundle,
         algs: provider().signature_verification_algorithms,
+        mandatory,
     });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -228,16 +247,39 @@ pub fn client_config(
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>> {
     let verifier = Arc::new(MeshServerVerifier {
-        bundle,
+        anchors: Anchors::Bundle(bundle),
         expected,
         algs: provider().signature_verification_algorithms,
     });
-    let mut config = ClientConfig::builder_with_provider(provider())
+    build_client_config(verifier, Some(resolver))
+}
+
+/// Config for a proxy's first contact with the control plane, before it has a certificate:
+/// no client certificate; the server's chain must end in the root whose SHA-256 is `pin`
+/// (the join token's CA pin; the control plane sends its root with its chain) and the
+/// server's SPIFFE ID must be `expected`.
+pub fn bootstrap_client_config(pin: &str, expected: SpiffeId) -> Result<Arc<ClientConfig>> {
+    let verifier = Arc::new(MeshServerVerifier {
+        anchors: Anchors::Pinned(pin.to_owned()),
+        expected,
+        algs: provider().signature_verification_algorithms,
+    });
+    build_client_config(verifier, None)
+}
+
+fn build_client_config(
+    verifier: Arc<MeshServerVerifier>,
+    resolver: Option<Arc<CertResolver>>,
+) -> Result<Arc<ClientConfig>> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(IdentityError::tls)?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(resolver);
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match resolver {
+        Some(r) => builder.with_client_cert_resolver(r),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     config.enable_sni = false;
@@ -270,11 +312,13 @@ struct MeshClientVerifier {
     trust_domain: String,
     bundle: Arc<TrustBundle>,
     algs: WebPkiSupportedAlgorithms,
+    /// False only for the control plane, where a new proxy has no certificate yet.
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -325,11 +369,20 @@ impl ClientCertVerifier for MeshClientVerifier {
     }
 }
 
-/// Client side: verifies the server chain against the bundle (webpki, serverAuth usage, no
+/// What a server chain must lead to.
+#[derive(Debug)]
+enum Anchors {
+    /// Any root of the mesh trust bundle.
+    Bundle(Arc<TrustBundle>),
+    /// The root (sent by the server with its chain) whose SHA-256 is this hex pin.
+    Pinned(String),
+}
+
+/// Client side: verifies the server chain against its anchors (webpki, serverAuth usage, no
 /// DNS names) and that the leaf's SPIFFE ID is `expected`.
 #[derive(Debug)]
 struct MeshServerVerifier {
-    bundle: Arc<TrustBundle>,
+    anchors: Anchors,
     expected: SpiffeId,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -343,11 +396,36 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let roots = self.bundle.roots();
+        let pinned;
+        let store: &RootCertStore = match &self.anchors {
+            Anchors::Bundle(bundle) => {
+                pinned = bundle.roots().store.clone();
+                &pinned
+            }
+            Anchors::Pinned(pin) => {
+                let root = intermediates
+                    .iter()
+                    .find(|c| crate::ca_pin(c) == *pin)
+                    .ok_or_else(|| {
+                        identity_error(IdentityError::CertificateIdentity(format!(
+                            "the control plane's chain does not end in the root the join token pins (sha256 {pin}); \
+                             the token was made by another control plane, or the mesh CA was rotated since: create a new token"
+                        )))
+                    })?;
+                let mut store = RootCertStore::empty();
+                store.add(root.clone().into_owned()).map_err(|e| {
+                    identity_error(IdentityError::tls(format!(
+                        "the pinned root is unusable: {e}"
+                    )))
+                })?;
+                pinned = Arc::new(store);
+                &pinned
+            }
+        };
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &roots.store,
+            store,
             intermediates,
             now,
             self.algs.all,

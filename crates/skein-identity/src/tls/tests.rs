@@ -166,7 +166,7 @@ async fn client_without_certificate_is_refused() {
         start_server(server_config(server.resolver, server.bundle.clone()).unwrap()).await;
 
     let verifier = Arc::new(MeshServerVerifier {
-        bundle: server.bundle,
+        anchors: Anchors::Bundle(server.bundle),
         expected: id("restaurant"),
         algs: provider().signature_verification_algorithms,
     });
@@ -331,4 +331,63 @@ async fn swapped_trust_bundle_admits_a_rotated_root() {
 fn empty_trust_bundle_is_refused() {
     let err = TrustBundle::new(&[]).unwrap_err().to_string();
     assert!(err.contains("trust bundle is empty"), "{err}");
+}
+
+/// The control plane's side: its chain carries the root, so a proxy can check the pin.
+fn control_side(ca: &CertificateAuthority) -> (Side, SpiffeId) {
+    let control = SpiffeId::new("skein.local", "skein-system", "skein-control").unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue(key.csr(&control).unwrap(), &control, DEFAULT_WORKLOAD_TTL)
+        .unwrap();
+    let chain = format!("{}{}", issued.chain_pem, ca.root_cert_pem());
+    let cert = WorkloadCert::new(key, &chain).unwrap();
+    (side(&cert, ca), control)
+}
+
+#[tokio::test]
+async fn bootstrap_trusts_only_the_pinned_root_and_needs_no_client_cert() {
+    let ca = CertificateAuthority::generate("skein.local").unwrap();
+    let (control, control_id) = control_side(&ca);
+    let (addr, mut rx) =
+        start_server(control_server_config(control.resolver, control.bundle).unwrap()).await;
+
+    // Right pin, no client certificate: accepted, and the server sees no identity.
+    let pin = crate::ca_pin(ca.root_cert());
+    let cfg = bootstrap_client_config(&pin, control_id.clone()).unwrap();
+    let mut s = connect(addr, cfg, &control_id).await.unwrap();
+    ping(&mut s).await.unwrap();
+    assert_eq!(server_outcome(&mut rx).await.unwrap().peer, None);
+
+    // A mesh workload's certificate is verified and its identity seen.
+    let web = workload_cert(&ca, "web");
+    let web = side(&web, &ca);
+    let cfg = client_config(web.resolver, web.bundle, control_id.clone()).unwrap();
+    let mut s = connect(addr, cfg, &control_id).await.unwrap();
+    ping(&mut s).await.unwrap();
+    assert_eq!(server_outcome(&mut rx).await.unwrap().peer, Some(id("web")));
+
+    // A token pinning another CA's root: refused, saying why.
+    let other = CertificateAuthority::generate("skein.local").unwrap();
+    let cfg =
+        bootstrap_client_config(&crate::ca_pin(other.root_cert()), control_id.clone()).unwrap();
+    let err = connect(addr, cfg, &control_id)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not end in the root the join token pins"),
+        "{err}"
+    );
+
+    // The right root but the wrong identity (not the control plane): refused.
+    let cfg = bootstrap_client_config(&pin, id("web")).unwrap();
+    let err = connect(addr, cfg, &id("web"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected spiffe://skein.local/ns/default/sa/web"),
+        "{err}"
+    );
 }

@@ -41,7 +41,7 @@ pub async fn forward(
         parts.version = Version::HTTP_2;
         parts.headers.remove(HOST);
         ctx.app_h2
-            .send(addr, Request::from_parts(parts, boxed(body)))
+            .send(&addr.into(), Request::from_parts(parts, boxed(body)))
             .await?
     } else {
         parts.uri = Uri::from(path);

@@ -1,9 +1,13 @@
 //! The inbound side: HTTP/2 connections from peer proxies, each stream forwarded to the
 //! local application.
 //!
-//! Per connection: accept → (identity: mTLS arrives with the identity work) → serve
-//! HTTP/2. Per stream: learn the target port → authorize → route (HTTP request, or a
-//! CONNECT tunnel carrying TCP or HTTP/1) → connect to the application.
+//! Per connection: accept → mutual TLS (the caller's certificate verified against the
+//! mesh trust bundle, its SPIFFE ID recorded as the [`Caller`]) → serve HTTP/2. Under
+//! `mtls: strict` anything else is refused; under `permissive` a plaintext HTTP/2
+//! connection is also served, its caller `Unauthenticated`. A proxy without a control plane
+//! has no identity and serves plaintext only. Per stream: learn the target port →
+//! authorize → route (HTTP request, or a CONNECT tunnel carrying TCP or HTTP/1) → connect
+//! to the application.
 
 mod app;
 mod tunnel;
@@ -20,6 +24,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Who is calling, as proved on this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A mesh workload, verified by its certificate.
+    Mesh(skein_identity::SpiffeId),
+    /// Plaintext: no proof (permissive mode, or a proxy without a control plane).
+    Unauthenticated,
+}
+
+/// Longest a peer may take to start and finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a plaintext client of a strict proxy reads before the connection closes.
+const STRICT_REFUSAL: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nskein-error: mtls_required\r\nconnection: close\r\ncontent-length: 130\r\n\r\nskein: this port accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call the service through your own skein proxy\n";
+
 /// Accepts peer connections until shutdown is signalled.
 pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
     loop {
@@ -35,26 +54,85 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
-        ctx.drain.spawn(serve_peer(ctx.clone(), stream, peer));
+        ctx.drain.spawn(secure(ctx.clone(), stream, peer));
+    }
+}
+
+/// accept → TLS: decides how the connection proves its caller, then serves it.
+async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
+    if !ctx.identity.required {
+        return serve_peer(ctx, stream, peer, Caller::Unauthenticated).await;
+    }
+    // A TLS connection starts with a handshake record (content type 22).
+    let mut first = [0u8; 1];
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        _ => return,
+    };
+    let identity = ctx.identity.get().cloned();
+    match (tls, identity) {
+        (true, Some(identity)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let caller = skein_identity::tls::peer_identity(tls.get_ref().1);
+                    match caller {
+                        Some(id) => {
+                            ctx.metrics.inbound_security("mtls");
+                            serve_peer(ctx, tls, peer, Caller::Mesh(id)).await
+                        }
+                        // The verifier requires a certificate with a SPIFFE ID.
+                        None => ctx.metrics.inbound_security("handshake_failed"),
+                    }
+                }
+                Ok(Err(e)) => {
+                    ctx.metrics.inbound_security("handshake_failed");
+                    tracing::info!(%peer, error = %e, "refused an inbound connection: mutual TLS failed");
+                }
+                Err(_) => {
+                    ctx.metrics.inbound_security("handshake_failed");
+                    tracing::info!(%peer, "refused an inbound connection: TLS handshake timed out");
+                }
+            }
+        }
+        (true, None) => {
+            ctx.metrics.inbound_security("no_identity");
+            tracing::info!(%peer, "refused an inbound connection: this proxy has no certificate yet");
+        }
+        (false, identity) if identity.as_ref().is_some_and(|i| i.is_permissive()) => {
+            ctx.metrics.inbound_security("plaintext");
+            serve_peer(ctx, stream, peer, Caller::Unauthenticated).await
+        }
+        (false, _) => {
+            ctx.metrics.inbound_security("refused_plaintext");
+            tracing::info!(%peer, "refused a plaintext inbound connection (mtls: strict)");
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let _ = stream.write_all(STRICT_REFUSAL).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+        }
     }
 }
 
 /// Serves one peer proxy's HTTP/2 connection.
-async fn serve_peer(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_peer<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, peer: SocketAddr, caller: Caller) {
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http2);
-    tracing::debug!(%peer, "peer connected");
+    tracing::debug!(%peer, ?caller, "peer connected");
     let c = ctx.clone();
+    let caller = Arc::new(caller);
     let handler = hyper::service::service_fn(move |req| {
-        let ctx = c.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+        let (ctx, caller) = (c.clone(), caller.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, &caller).await) }
     });
-    crate::server::serve_http2(stream, handler, &ctx.config().limits, &ctx.drain).await;
+    crate::server::serve_http2(io, handler, &ctx.config().limits, &ctx.drain).await;
 }
 
 /// Handles one stream from a peer; failures become the proxy's own error responses.
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
     let proto = orig_proto(&req);
-    match route(&ctx, req).await {
+    match route(&ctx, req, caller).await {
         Ok(resp) => {
             ctx.metrics
                 .request(Direction::Inbound, proto, Some(resp.status().as_u16()));
@@ -70,9 +148,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// target port → authorize → tunnel or HTTP forward.
-async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn route(
+    ctx: &Arc<Ctx>,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Result<Response<Body>, ProxyError> {
     let port = target_port(ctx, &req)?;
-    authorize(ctx, &req, port)?;
+    authorize(ctx, caller, &req, port)?;
     if req.method() == Method::CONNECT {
         return tunnel::open(ctx, req, port).await;
     }
@@ -97,8 +179,13 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
 }
 
 /// The authorization hook. Every stream passes it before reaching the application; the
-/// authorization work fills it in with policy evaluation on the verified peer identity.
-fn authorize(_ctx: &Ctx, _req: &Request<Incoming>, _port: PortSpec) -> Result<(), ProxyError> {
+/// authorization work fills it in with policy evaluation on the verified `caller`.
+fn authorize(
+    _ctx: &Ctx,
+    _caller: &Caller,
+    _req: &Request<Incoming>,
+    _port: PortSpec,
+) -> Result<(), ProxyError> {
     Ok(())
 }
 

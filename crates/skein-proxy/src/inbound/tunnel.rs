@@ -40,7 +40,7 @@ pub async fn open(
         Some(b"tcp") | None => {
             let mut app = ctx
                 .app_connector
-                .connect(addr)
+                .connect(&addr.into())
                 .await
                 .map_err(|source| ProxyError::Connect { addr, source })?;
             let metrics = ctx.metrics.clone();

@@ -79,7 +79,7 @@ async fn forward(
     }
     let endpoint = target.endpoint()?;
     let (req, body_failure) = to_peer_request(req, &target, proto)?;
-    match ctx.peers.send(endpoint, req).await {
+    match ctx.peers.send(&endpoint, req).await {
         Ok(resp) => Ok(resp.map(boxed)),
         // The stream failed because the client's own body did (e.g. a bad chunk size).
         Err(_) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
@@ -159,12 +159,12 @@ async fn upgrade(
     target: &Target,
 ) -> Result<Response<Body>, ProxyError> {
     let endpoint = target.endpoint()?;
-    let tunnel = tcp::open_tunnel(ctx, endpoint, target, "http1").await?;
+    let tunnel = tcp::open_tunnel(ctx, &endpoint, target, "http1").await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Body>(tunnel)
         .await
         .map_err(|source| ProxyError::Upstream {
-            addr: endpoint,
+            addr: endpoint.addr,
             source,
         })?;
     tokio::spawn(async move {
@@ -184,5 +184,5 @@ async fn upgrade(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(origin_form);
-    crate::http::upgrade::forward(sender, endpoint, req, &ctx.drain).await
+    crate::http::upgrade::forward(sender, endpoint.addr, req, &ctx.drain).await
 }

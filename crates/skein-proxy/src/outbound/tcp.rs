@@ -2,6 +2,7 @@
 //! HTTP/2 CONNECT stream; connections to addresses no destination knows pass through to
 //! their original destination unchanged.
 
+use crate::connect::Upstream;
 use crate::destinations::Target;
 use crate::error::ProxyError;
 use crate::http::{self, headers, Body};
@@ -19,7 +20,7 @@ use tokio::net::TcpStream;
 /// peer what it carries (`tcp` or `http1`).
 pub async fn open_tunnel(
     ctx: &Ctx,
-    endpoint: SocketAddr,
+    endpoint: &Upstream,
     target: &Target,
     kind: &'static str,
 ) -> Result<Upgraded, ProxyError> {
@@ -40,7 +41,7 @@ pub async fn open_tunnel(
             .unwrap_or("unknown")
             .to_string();
         return Err(ProxyError::TunnelRefused {
-            addr: endpoint,
+            addr: endpoint.addr,
             status: resp.status().as_u16(),
             reason,
         });
@@ -48,7 +49,7 @@ pub async fn open_tunnel(
     hyper::upgrade::on(&mut resp)
         .await
         .map_err(|source| ProxyError::Upstream {
-            addr: endpoint,
+            addr: endpoint.addr,
             source,
         })
 }
@@ -57,7 +58,7 @@ pub async fn open_tunnel(
 pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
     let _open = ctx.metrics.open(Direction::Outbound, Proto::Tcp);
     let tunnel = match target.endpoint() {
-        Ok(endpoint) => open_tunnel(ctx, endpoint, target, "tcp").await,
+        Ok(endpoint) => open_tunnel(ctx, &endpoint, target, "tcp").await,
         Err(e) => Err(e),
     };
     let tunnel = match tunnel {
@@ -83,7 +84,7 @@ pub async fn connect_method(
     target: &Target,
 ) -> Result<Response<Body>, ProxyError> {
     let endpoint = target.endpoint()?;
-    let tunnel = open_tunnel(ctx, endpoint, target, "tcp").await?;
+    let tunnel = open_tunnel(ctx, &endpoint, target, "tcp").await?;
     let client = hyper::upgrade::on(req);
     let metrics = ctx.metrics.clone();
     ctx.drain.spawn(async move {

@@ -54,8 +54,8 @@ async fn resources_survive_a_restart_and_proxies_resync() {
         TempDir::new("ctl-data").unwrap(),
         TempDir::new("ctl-files").unwrap(),
     );
-    let web = Web::start(124).await;
     let mut cp = start_control(123, data.path(), &[]).await;
+    let web = Web::start(124, &cp).await;
     let token = cp.token();
 
     // One resource of every kind (the route and policies name another service, so that
@@ -77,7 +77,7 @@ async fn resources_survive_a_restart_and_proxies_resync() {
     assert!(out.ok().contains("httproute/api configured"), "{out:?}");
 
     // A proxy that stays up across the restart.
-    let a = client_proxy(125, "client-1", cp.grpc).await;
+    let a = client_proxy(125, "client-1", &cp).await;
     let (a_proxy, url) = (a.addrs.http_proxy.unwrap(), web.url("web", "before"));
     eventually("proxy A configured", SOON, async || {
         a.ctx.config_version.load(Ordering::SeqCst) > 0
@@ -116,7 +116,7 @@ async fn resources_survive_a_restart_and_proxies_resync() {
     assert_eq!(route["items"][0]["metadata"]["generation"], 2);
 
     // A proxy that connects now gets the destinations…
-    let b = client_proxy(125, "client-2", cp.grpc).await;
+    let b = client_proxy(125, "client-2", &cp).await;
     eventually("proxy B configured", SOON, async || {
         b.ctx.config_version.load(Ordering::SeqCst) > 0
     })
@@ -190,12 +190,13 @@ async fn workloads_follow_their_proxies() {
     config.inbound.listen = free_port(loopback(127)).unwrap();
     config.admin.listen = free_port(loopback(127)).unwrap();
     let inbound = config.inbound.listen;
-    let mut web = ControlledProxy::start(Path::new(BIN), &config, cp.grpc)
+    let token = cp.join_token("web").await.unwrap();
+    let mut web = ControlledProxy::start(Path::new(BIN), &config, cp.grpc, &token)
         .await
         .expect("start skein proxy --control");
 
     // An in-process proxy calling it.
-    let client = client_proxy(128, "client-1", cp.grpc).await;
+    let client = client_proxy(128, "client-1", &cp).await;
     let url = format!("http://web:{port}/hello");
     eventually("client sees web-1", SOON, async || {
         endpoints(&client.ctx, "web") == [inbound]
@@ -308,13 +309,13 @@ async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
     );
 
     // Applied through replica 1…
-    let web = Web::start(131).await;
+    let web = Web::start(131, &r1).await;
     let file = write(&files, "web.yaml", &web.resources("web", true));
     let out = r1.cli(&["apply", "-f", file.to_str().unwrap()]).await;
     assert_eq!(out.ok(), "service/web created\nworkload/web-1 created\n");
     // …reaches a proxy connected to replica 2.
     let started = Instant::now();
-    let client = client_proxy(132, "client-1", r2.grpc).await;
+    let client = client_proxy(132, "client-1", &r2).await;
     let proxy = client.addrs.http_proxy.unwrap();
     eventually("proxy on replica 2 sees web", SOON, async || {
         endpoints(&client.ctx, "web") == [web.proxy.addrs.inbound]

@@ -1,0 +1,793 @@
+//! The mesh CA as the control plane runs it: where its keys live, join tokens, certificate
+//! issuance for proxies, the control plane's own certificate, and root rotation.
+//!
+//! The CA (keys included) is one record in the store (`secrets/ca`), so with etcd every
+//! replica signs with the same intermediate; with the embedded store it sits in the data
+//! directory's store file (directory 0700, file 0600). Replicas watch the record and pick
+//! up a rotation another replica made.
+//!
+//! Join tokens are records under `secrets/tokens/<id>` holding the identity they grant and
+//! the SHA-256 of their secret, never the secret itself.
+//!
+//! Root rotation runs in three phases, each published to every proxy before the next:
+//! **prepare** (a new root joins the trust bundle; the old one still signs) → **switch** (the
+//! new CA signs and the generation rises, so proxies renew at once; the old root is still
+//! trusted for certificates not yet renewed) → **finish** (the old root leaves the bundle).
+//! [`rotate`] drives the phases, waiting for proxies between them.
+
+use crate::state::Connections;
+use crate::store::{Op, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use skein_api::v1::{CertifyRequest, CertifyResponse};
+use skein_identity::tls::{control_server_config, CertResolver, TrustBundle};
+use skein_identity::{
+    CaPem, CertificateAuthority, CertificateDer, JoinToken, SpiffeId, WorkloadCert, WorkloadKey,
+};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Namespace of the control plane's own identity.
+pub const CONTROL_NAMESPACE: &str = "skein-system";
+/// Account of the control plane's own identity.
+pub const CONTROL_ACCOUNT: &str = "skein-control";
+/// Default lifetime of a join token.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime of the control plane's own serving certificate.
+const CONTROL_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+const CA_KEY: &str = "secrets/ca";
+const TOKEN_PREFIX: &str = "secrets/tokens/";
+
+/// The control plane's SPIFFE ID in `trust_domain`; proxies expect exactly this server.
+pub fn control_identity(trust_domain: &str) -> Result<SpiffeId, PkiError> {
+    Ok(SpiffeId::new(
+        trust_domain,
+        CONTROL_NAMESPACE,
+        CONTROL_ACCOUNT,
+    )?)
+}
+
+/// What can go wrong managing identities; messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate work failed.
+    #[error(transparent)]
+    Identity(#[from] skein_identity::IdentityError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record is unreadable.
+    #[error("the stored {what} is unreadable ({reason}); restore it from a backup of the store")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// The operator asked for something that conflicts with the mesh's state.
+    #[error("{0}")]
+    Refused(String),
+    /// No token has this id.
+    #[error("no join token has id {0}; `skein token list` shows the tokens")]
+    UnknownToken(String),
+}
+
+/// The CA record in the store.
+#[derive(Serialize, Deserialize)]
+struct CaRecord {
+    /// Rises at each switch to a new root.
+    generation: u64,
+    active: PemRecord,
+    /// The next CA during a rotation's first phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<PemRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PemRecord {
+    trust_domain: String,
+    root_cert: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root_key: Option<String>,
+    intermediate_cert: String,
+    intermediate_key: String,
+    bundle: String,
+}
+
+impl From<CaPem> for PemRecord {
+    fn from(p: CaPem) -> Self {
+        PemRecord {
+            trust_domain: p.trust_domain,
+            root_cert: p.root_cert,
+            root_key: p.root_key,
+            intermediate_cert: p.intermediate_cert,
+            intermediate_key: p.intermediate_key,
+            bundle: p.bundle,
+        }
+    }
+}
+
+impl PemRecord {
+    fn load(&self) -> Result<CertificateAuthority, PkiError> {
+        Ok(CertificateAuthority::from_pem_set(&CaPem {
+            trust_domain: self.trust_domain.clone(),
+            root_cert: self.root_cert.clone(),
+            root_key: self.root_key.clone(),
+            intermediate_cert: self.intermediate_cert.clone(),
+            intermediate_key: self.intermediate_key.clone(),
+            bundle: self.bundle.clone(),
+        })?)
+    }
+}
+
+/// Where a root rotation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// One root, no rotation under way.
+    Idle,
+    /// The next root is in the bundle; the old one still signs.
+    Prepared,
+    /// The new root signs; old roots are still trusted.
+    Switched,
+}
+
+/// The CA loaded from the store at one revision.
+struct Authority {
+    ca: CertificateAuthority,
+    next: Option<CertificateAuthority>,
+    generation: u64,
+    /// Store revision of the record (0 before it was first written).
+    revision: u64,
+}
+
+impl Authority {
+    fn from_record(record: &CaRecord, revision: u64) -> Result<Self, PkiError> {
+        Ok(Authority {
+            ca: record.active.load()?,
+            next: record.next.as_ref().map(PemRecord::load).transpose()?,
+            generation: record.generation,
+            revision,
+        })
+    }
+
+    fn record(&self) -> CaRecord {
+        CaRecord {
+            generation: self.generation,
+            active: self.ca.to_pem_set().into(),
+            next: self.next.as_ref().map(|n| n.to_pem_set().into()),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        if self.next.is_some() {
+            Phase::Prepared
+        } else if self.ca.trust_bundle().len() > 1 {
+            Phase::Switched
+        } else {
+            Phase::Idle
+        }
+    }
+
+    fn view(&self) -> PkiView {
+        PkiView {
+            revision: self.revision,
+            generation: self.generation,
+            trust_domain: self.ca.trust_domain().to_owned(),
+            bundle: self
+                .ca
+                .trust_bundle()
+                .into_iter()
+                .map(|c| c.as_ref().to_vec())
+                .collect(),
+            phase: self.phase(),
+        }
+    }
+}
+
+/// What proxy sessions need to know about the CA; published on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiView {
+    /// Store revision of the CA record (part of the snapshot version).
+    pub revision: u64,
+    /// CA generation: proxies holding an older certificate renew at once.
+    pub generation: u64,
+    /// The trust domain the CA signs for.
+    pub trust_domain: String,
+    /// Trusted roots, DER.
+    pub bundle: Vec<Vec<u8>>,
+    /// Rotation phase.
+    pub phase: Phase,
+}
+
+/// A join token as stored (and listed): the identity it grants, never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub secret_sha256: String,
+    /// The identity it grants.
+    pub identity: String,
+    /// Namespace of that identity.
+    pub namespace: String,
+    /// Service (and account) of that identity.
+    pub service: String,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// When it stops being accepted (Unix seconds).
+    pub expires_unix: u64,
+    /// When it stops being accepted (RFC 3339).
+    pub expires: String,
+    /// When it was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+impl TokenRecord {
+    /// The record without its secret hash, for listings.
+    pub fn public(&self) -> TokenRecord {
+        TokenRecord {
+            secret_sha256: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The control plane's identity machinery.
+pub struct Pki {
+    store: Arc<dyn Store>,
+    current: RwLock<Arc<Authority>>,
+    published: watch::Sender<PkiView>,
+    /// The control plane's own certificate, served on the proxy gRPC port.
+    resolver: Arc<CertResolver>,
+    /// Roots client certificates are verified against.
+    bundle: Arc<TrustBundle>,
+    own_renew_at: RwLock<SystemTime>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    skein_model::time::UtcTime::from_unix(unix(t)).rfc3339()
+}
+
+impl Pki {
+    /// Loads the CA from the store, creating it at first start: generated for
+    /// `trust_domain`, or `import`ed (a team's own root and intermediate). An import that
+    /// differs from the CA already in the store is refused.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        trust_domain: &str,
+        import: Option<CaPem>,
+    ) -> Result<Arc<Pki>, PkiError> {
+        let authority = match Self::read(&*store).await? {
+            Some(existing) => {
+                if let Some(import) = &import {
+                    if existing.ca.root_cert_pem().trim() != import.root_cert.trim() {
+                        return Err(PkiError::Refused(
+                            "the store already holds a mesh CA with another root; an imported CA is used only at first start (use `skein ca rotate` to change roots)".into(),
+                        ));
+                    }
+                }
+                existing
+            }
+            None => {
+                let ca = match import {
+                    Some(pem) => {
+                        let ca = CertificateAuthority::from_pem_set(&pem)?;
+                        tracing::info!(trust_domain = %ca.trust_domain(), "imported the mesh CA");
+                        ca
+                    }
+                    None => {
+                        let ca = CertificateAuthority::generate(trust_domain)?;
+                        tracing::info!(%trust_domain, "created the mesh CA (root and intermediate)");
+                        ca
+                    }
+                };
+                let fresh = Authority {
+                    ca,
+                    next: None,
+                    generation: 1,
+                    revision: 0,
+                };
+                match Self::write(&*store, &fresh, Some(0)).await {
+                    Ok(revision) => Authority { revision, ..fresh },
+                    // Another replica created it first: use theirs.
+                    Err(PkiError::Store(StoreError::Conflict { .. })) => Self::read(&*store)
+                        .await?
+                        .ok_or_else(|| PkiError::Refused("the CA record vanished".into()))?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let td = authority.ca.trust_domain().to_owned();
+        let (own, bundle) = Self::own_cert(&authority)?;
+        let resolver = CertResolver::new(&own)?;
+        let bundle = TrustBundle::new(&bundle)?;
+        let (published, _) = watch::channel(authority.view());
+        tracing::info!(identity = %control_identity(&td)?, "control plane certificate issued");
+        Ok(Arc::new(Pki {
+            store,
+            own_renew_at: RwLock::new(own.renew_at()),
+            current: RwLock::new(Arc::new(authority)),
+            published,
+            resolver,
+            bundle,
+        }))
+    }
+
+    async fn read(store: &dyn Store) -> Result<Option<Authority>, PkiError> {
+        let (found, _) = store.list(CA_KEY).await?;
+        let Some(entry) = found.into_iter().find(|e| e.key == CA_KEY) else {
+            return Ok(None);
+        };
+        let record: CaRecord =
+            serde_json::from_slice(&entry.value).map_err(|e| PkiError::Corrupt {
+                what: "mesh CA".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(Authority::from_record(&record, entry.revision)?))
+    }
+
+    async fn write(
+        store: &dyn Store,
+        authority: &Authority,
+        expect: Option<u64>,
+    ) -> Result<u64, PkiError> {
+        let value = serde_json::to_vec(&authority.record()).map_err(|e| PkiError::Corrupt {
+            what: "mesh CA".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(store
+            .commit(vec![Op::Put {
+                key: CA_KEY.into(),
+                value,
+                expect,
+            }])
+            .await?)
+    }
+
+    /// A certificate for the control plane itself, its chain ending in the active root
+    /// (proxies bootstrapping with a token check that root against the token's pin).
+    fn own_cert(
+        authority: &Authority,
+    ) -> Result<(WorkloadCert, Vec<CertificateDer<'static>>), PkiError> {
+        let ca = &authority.ca;
+        let id = control_identity(ca.trust_domain())?;
+        let key = WorkloadKey::generate()?;
+        let issued = ca.issue(key.csr(&id)?, &id, CONTROL_CERT_TTL)?;
+        let chain = format!("{}{}", issued.chain_pem, ca.root_cert_pem());
+        let mut bundle = ca.trust_bundle();
+        if let Some(next) = &authority.next {
+            bundle.push(next.root_cert().clone());
+        }
+        Ok((WorkloadCert::new(key, &chain)?, bundle))
+    }
+
+    fn authority(&self) -> Arc<Authority> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in `next` and publishes it to proxy sessions, re-issuing our own certificate.
+    fn install(&self, next: Authority) -> Result<(), PkiError> {
+        self.refresh_own(&next)?;
+        let view = next.view();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.published.send_replace(view);
+        Ok(())
+    }
+
+    /// Issues the control plane a fresh certificate from `authority` and trusts its bundle.
+    fn refresh_own(&self, authority: &Authority) -> Result<(), PkiError> {
+        let (own, bundle) = Self::own_cert(authority)?;
+        self.bundle.store(&bundle)?;
+        self.resolver.store(&own)?;
+        *self.own_renew_at.write().unwrap_or_else(|p| p.into_inner()) = own.renew_at();
+        Ok(())
+    }
+
+    /// Follows the CA record in the store (another replica's rotation) and renews the
+    /// control plane's own certificate at 70 % of its life, until `shutdown`.
+    pub fn spawn_maintenance(self: &Arc<Self>, shutdown: CancellationToken) {
+        let pki = self.clone();
+        tokio::spawn(async move {
+            let mut changes = pki.store.watch(CA_KEY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = changes.recv() => {
+                        if event.is_none() {
+                            // The watch lapsed: watch again, then re-read.
+                            changes = pki.store.watch(CA_KEY);
+                        }
+                        pki.reload().await;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                        let renew_at = *pki.own_renew_at.read().unwrap_or_else(|p| p.into_inner());
+                        if SystemTime::now() >= renew_at {
+                            if let Err(e) = pki.refresh_own(&pki.authority()) {
+                                tracing::error!(error = %e, "could not renew the control plane's certificate");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn reload(&self) {
+        match Self::read(&*self.store).await {
+            Ok(Some(a)) if a.revision != self.authority().revision => {
+                let generation = a.generation;
+                if let Err(e) = self.install(a) {
+                    tracing::error!(error = %e, "could not load the rotated mesh CA");
+                } else {
+                    tracing::info!(generation, "loaded a new mesh CA record");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not re-read the mesh CA"),
+        }
+    }
+
+    /// Changes to the CA as proxy sessions see them.
+    pub fn subscribe(&self) -> watch::Receiver<PkiView> {
+        self.published.subscribe()
+    }
+
+    /// The CA as published now.
+    pub fn view(&self) -> PkiView {
+        self.published.borrow().clone()
+    }
+
+    /// TLS for the proxy gRPC port: our certificate, client certificates optional but
+    /// verified when presented.
+    pub fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        Ok(control_server_config(
+            self.resolver.clone(),
+            self.bundle.clone(),
+        )?)
+    }
+
+    /// The trust domain the CA signs for.
+    pub fn trust_domain(&self) -> String {
+        self.authority().ca.trust_domain().to_owned()
+    }
+
+    /// The active root's PEM.
+    pub fn root_pem(&self) -> String {
+        self.authority().ca.root_cert_pem()
+    }
+
+    /// Makes a join token for `service` in `namespace`, valid for `ttl`.
+    pub async fn create_token(
+        &self,
+        namespace: &str,
+        service: &str,
+        ttl: Duration,
+    ) -> Result<(JoinToken, TokenRecord), PkiError> {
+        let authority = self.authority();
+        let identity = SpiffeId::new(authority.ca.trust_domain(), namespace, service)?;
+        if ttl.is_zero() || ttl > Duration::from_secs(365 * 24 * 3600) {
+            return Err(PkiError::Refused(format!(
+                "token lifetime {ttl:?} is not accepted; use a duration from 1s to 8760h"
+            )));
+        }
+        let token = JoinToken::generate(authority.ca.trust_domain(), authority.ca.root_cert())?;
+        let now = SystemTime::now();
+        let expires = now + ttl;
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            secret_sha256: token.secret_hash(),
+            identity: identity.to_string(),
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            created: rfc3339(now),
+            expires_unix: unix(expires),
+            expires: rfc3339(expires),
+            revoked: None,
+        };
+        self.put_token(&record, Some(0)).await?;
+        tracing::info!(token = %token.id(), %identity, "join token created");
+        Ok((token, record.public()))
+    }
+
+    async fn put_token(&self, record: &TokenRecord, expect: Option<u64>) -> Result<u64, PkiError> {
+        let value = serde_json::to_vec(record).map_err(|e| PkiError::Corrupt {
+            what: format!("token {}", record.id),
+            reason: e.to_string(),
+        })?;
+        Ok(self
+            .store
+            .commit(vec![Op::Put {
+                key: format!("{TOKEN_PREFIX}{}", record.id),
+                value,
+                expect,
+            }])
+            .await?)
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<(TokenRecord, u64)>, PkiError> {
+        let key = format!("{TOKEN_PREFIX}{id}");
+        let (found, _) = self.store.list(&key).await?;
+        found
+            .into_iter()
+            .find(|e| e.key == key)
+            .map(|e| {
+                serde_json::from_slice(&e.value)
+                    .map(|r| (r, e.revision))
+                    .map_err(|err| PkiError::Corrupt {
+                        what: format!("token {id}"),
+                        reason: err.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Every token (without secret hashes), oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, PkiError> {
+        let (found, _) = self.store.list(TOKEN_PREFIX).await?;
+        let mut tokens: Vec<TokenRecord> = found
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<TokenRecord>(&e.value).ok())
+            .map(|t| t.public())
+            .collect();
+        tokens.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(tokens)
+    }
+
+    /// Revokes token `id`: it is refused from now on (proxies that already joined keep
+    /// their certificates until they expire).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, PkiError> {
+        let (mut record, revision) = self
+            .get_token(id)
+            .await?
+            .ok_or_else(|| PkiError::UnknownToken(id.to_owned()))?;
+        if record.revoked.is_none() {
+            record.revoked = Some(rfc3339(SystemTime::now()));
+            self.put_token(&record, Some(revision)).await?;
+            tracing::info!(token = %id, identity = %record.identity, "join token revoked");
+        }
+        Ok(record.public())
+    }
+
+    /// Checks a join token and returns the identity it grants.
+    async fn redeem(&self, text: &str) -> Result<SpiffeId, tonic::Status> {
+        use tonic::Status;
+        let token: JoinToken = text
+            .parse()
+            .map_err(|e: skein_identity::IdentityError| Status::invalid_argument(e.to_string()))?;
+        let td = self.trust_domain();
+        if token.trust_domain() != td {
+            return Err(Status::permission_denied(format!(
+                "the join token is for trust domain {:?}, but this control plane serves {td:?}; create a token with this control plane's `skein token create`",
+                token.trust_domain()
+            )));
+        }
+        let (record, _) = self
+            .get_token(token.id())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "join token {} is unknown to this control plane; create one with `skein token create`",
+                    token.id()
+                ))
+            })?;
+        if !skein_identity::constant_time_eq(&record.secret_sha256, &token.secret_hash()) {
+            return Err(Status::unauthenticated(format!(
+                "join token {} has the wrong secret; copy the whole token `skein token create` printed",
+                token.id()
+            )));
+        }
+        if let Some(when) = &record.revoked {
+            return Err(Status::permission_denied(format!(
+                "join token {} was revoked at {when}; create a new one with `skein token create`",
+                token.id()
+            )));
+        }
+        if unix(SystemTime::now()) >= record.expires_unix {
+            return Err(Status::permission_denied(format!(
+                "join token {} expired at {}; create a new one with `skein token create`",
+                token.id(),
+                record.expires
+            )));
+        }
+        record
+            .identity
+            .parse()
+            .map_err(|e: skein_identity::IdentityError| {
+                Status::internal(format!("token {}: {e}", token.id()))
+            })
+    }
+
+    /// Issues a workload certificate: for the token's identity, or (renewal) for the
+    /// identity of the certificate the caller presented. `ttl` is the mesh's
+    /// `workloadCertTTL`.
+    pub async fn certify(
+        &self,
+        req: &CertifyRequest,
+        presented: Option<&SpiffeId>,
+        ttl: Duration,
+    ) -> Result<CertifyResponse, tonic::Status> {
+        use tonic::Status;
+        let identity = match (req.token.is_empty(), presented) {
+            (false, _) => self.redeem(&req.token).await?,
+            (true, Some(id)) => id.clone(),
+            (true, None) => {
+                return Err(Status::unauthenticated(
+                    "Certify needs a join token (first start) or the current workload certificate as the TLS client certificate (renewal)",
+                ))
+            }
+        };
+        if identity.namespace() == CONTROL_NAMESPACE && identity.account() == CONTROL_ACCOUNT {
+            return Err(Status::permission_denied(
+                "the control plane's own identity is never issued to a proxy",
+            ));
+        }
+        let authority = self.authority();
+        let issued = authority
+            .ca
+            .issue(req.csr_pem.as_bytes(), &identity, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(%identity, serial = %issued.serial, expires = %rfc3339(issued.not_after), renewal = req.token.is_empty(), "issued workload certificate");
+        let mut bundle: Vec<Vec<u8>> = authority
+            .ca
+            .trust_bundle()
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        if let Some(next) = &authority.next {
+            bundle.push(next.root_cert().as_ref().to_vec());
+        }
+        Ok(CertifyResponse {
+            chain_pem: issued.chain_pem,
+            trust_bundle: bundle,
+            identity: identity.to_string(),
+            ca_generation: authority.generation,
+        })
+    }
+
+    /// Moves a rotation one phase on: idle → prepared → switched → idle.
+    pub async fn advance(&self) -> Result<Phase, PkiError> {
+        let current = self.authority();
+        let copy = |ca: &CertificateAuthority| CertificateAuthority::from_pem_set(&ca.to_pem_set());
+        let next = match current.phase() {
+            Phase::Idle => {
+                let mut ca = copy(&current.ca)?;
+                let next = CertificateAuthority::generate(ca.trust_domain())?;
+                ca.add_trusted_root(next.root_cert().clone())?;
+                Authority {
+                    ca,
+                    next: Some(next),
+                    generation: current.generation,
+                    revision: 0,
+                }
+            }
+            Phase::Prepared => {
+                let mut ca = copy(current.next.as_ref().expect("prepared has a next CA"))?;
+                for root in current.ca.trust_bundle() {
+                    ca.add_trusted_root(root)?;
+                }
+                Authority {
+                    ca,
+                    next: None,
+                    generation: current.generation + 1,
+                    revision: 0,
+                }
+            }
+            Phase::Switched => {
+                let mut ca = copy(&current.ca)?;
+                let active = ca.root_cert().clone();
+                for root in ca.trust_bundle() {
+                    if root != active {
+                        ca.remove_trusted_root(&root)?;
+                    }
+                }
+                Authority {
+                    ca,
+                    next: None,
+                    generation: current.generation,
+                    revision: 0,
+                }
+            }
+        };
+        let revision = Self::write(&*self.store, &next, Some(current.revision)).await?;
+        let next = Authority { revision, ..next };
+        let phase = next.phase();
+        self.install(next)?;
+        Ok(phase)
+    }
+}
+
+/// How long [`rotate`] waits for proxies at each phase before going on without the ones
+/// that have not caught up (they fail closed and recover on their next renewal).
+#[derive(Debug, Clone, Copy)]
+pub struct RotateOptions {
+    /// Longest wait per phase.
+    pub phase_timeout: Duration,
+}
+
+/// Runs a whole root rotation, reporting progress through `progress`: prepare, wait until
+/// every connected proxy applied the bundle with both roots, switch, wait until every
+/// connected proxy renewed from the new root, finish. Resumes a rotation left half-done.
+pub async fn rotate(
+    pki: &Pki,
+    connections: &Connections,
+    opts: RotateOptions,
+    progress: impl Fn(String),
+) -> Result<(), PkiError> {
+    if pki.view().phase == Phase::Idle {
+        pki.advance().await?;
+        progress("prepared: the new root is in the trust bundle, the old root still signs".into());
+    }
+    if pki.view().phase == Phase::Prepared {
+        let revision = pki.view().revision;
+        wait(opts, &progress, "apply the bundle with both roots", || {
+            connections.lagging_config(revision)
+        })
+        .await;
+        pki.advance().await?;
+        let generation = pki.view().generation;
+        progress(format!(
+            "switched: the new root signs (CA generation {generation}); proxies renew now"
+        ));
+    }
+    if pki.view().phase == Phase::Switched {
+        let generation = pki.view().generation;
+        wait(opts, &progress, "renew from the new root", || {
+            connections.lagging_cert(generation)
+        })
+        .await;
+        pki.advance().await?;
+        progress("finished: the old root left the trust bundle".into());
+    }
+    Ok(())
+}
+
+async fn wait(
+    opts: RotateOptions,
+    progress: &impl Fn(String),
+    what: &str,
+    lagging: impl Fn() -> Vec<String>,
+) {
+    let deadline = tokio::time::Instant::now() + opts.phase_timeout;
+    let mut last = usize::MAX;
+    loop {
+        let behind = lagging();
+        if behind.is_empty() {
+            return;
+        }
+        if behind.len() != last {
+            progress(format!(
+                "waiting for {} proxies to {what}: {}",
+                behind.len(),
+                behind.join(", ")
+            ));
+            last = behind.len();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            progress(format!(
+                "going on after {:?}: {} proxies did not {what} ({})",
+                opts.phase_timeout,
+                behind.len(),
+                behind.join(", ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
