@@ -197,6 +197,15 @@ async fn bootstrap(ctx: &Ctx, control: &ControlConfig) -> Result<Arc<Identity>, 
 /// Obtains a certificate for `claimed` with the join token in `control` (what a proxy does
 /// at start; public for tests and tools that run a proxy with a fixed identity).
 pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<Identity>, String> {
+    let (cert, roots, generation) = certify_with_token(control, claimed).await?;
+    Identity::new(&cert, roots, generation).map_err(|e| e.to_string())
+}
+
+/// A certificate, the trust bundle and the CA generation, obtained with the join token.
+async fn certify_with_token(
+    control: &ControlConfig,
+    claimed: &SpiffeId,
+) -> Result<(WorkloadCert, Vec<CertificateDer<'static>>, u64), String> {
     let token = &control.token;
     let tls = skein_identity::tls::bootstrap_client_config(
         token.ca_pin(),
@@ -224,7 +233,7 @@ pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    Identity::new(&cert, roots, resp.ca_generation).map_err(|e| e.to_string())
+    Ok((cert, roots, resp.ca_generation))
 }
 
 /// Renews the certificate at 70 % of its life (or when told to, after a CA rotation),
@@ -271,9 +280,19 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
     }
 }
 
-/// One renewal: a fresh key and CSR, authenticated by the current certificate.
+/// One renewal: a fresh key and CSR, authenticated by the current certificate — or, once
+/// that expired (the control plane was unreachable too long), by the join token again.
 async fn renew(ctx: &Ctx, control: &ControlConfig, identity: &Identity) -> Result<(), String> {
     let id = identity.id();
+    if !identity.is_valid() {
+        let (cert, roots, generation) = certify_with_token(control, &id).await.map_err(|e| {
+            format!("the certificate expired and the join token could not replace it ({e}); restart the proxy with a new token")
+        })?;
+        identity.install_bundle(roots).map_err(|e| e.to_string())?;
+        return identity
+            .install_cert(&cert, generation)
+            .map_err(|e| e.to_string());
+    }
     let tls = identity
         .client_config(&control_identity(&control.token).map_err(|e| e.message().to_owned())?)
         .map_err(|e| e.to_string())?;
