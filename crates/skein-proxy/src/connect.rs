@@ -24,8 +24,9 @@ use std::time::Duration;
 pub struct Upstream {
     /// The address.
     pub addr: SocketAddr,
-    /// The SPIFFE ID the control plane announced for it (peers only).
-    pub identity: Option<SpiffeId>,
+    /// The SPIFFE ID the control plane announced for it (peers only). Shared, so picking
+    /// an endpoint per request copies a pointer, not the ID.
+    pub identity: Option<Arc<SpiffeId>>,
 }
 
 impl From<SocketAddr> for Upstream {

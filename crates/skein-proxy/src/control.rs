@@ -201,17 +201,29 @@ pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<
     Identity::new(&cert, roots, generation).map_err(|e| e.to_string())
 }
 
-/// A certificate, the trust bundle and the CA generation, obtained with the join token.
-async fn certify_with_token(
-    control: &ControlConfig,
-    claimed: &SpiffeId,
-) -> Result<(WorkloadCert, Vec<CertificateDer<'static>>, u64), String> {
+/// What `Certify` hands back: the certificate (with our key), the trust bundle and the CA
+/// generation that signed it.
+type Issued = (WorkloadCert, Vec<CertificateDer<'static>>, u64);
+
+/// A certificate obtained with the join token, over TLS that trusts only the pinned root.
+async fn certify_with_token(control: &ControlConfig, claimed: &SpiffeId) -> Result<Issued, String> {
     let token = &control.token;
     let tls = skein_identity::tls::bootstrap_client_config(
         token.ca_pin(),
         control_identity(token).map_err(|e| e.message().to_owned())?,
     )
     .map_err(|e| e.to_string())?;
+    request_cert(control, tls, token.reveal(), claimed).await
+}
+
+/// One `Certify` call over `tls`: a fresh key and CSR for `claimed`, authenticated by
+/// `token` (empty: by the client certificate in `tls`). Checks the issued identity.
+async fn request_cert(
+    control: &ControlConfig,
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+    claimed: &SpiffeId,
+) -> Result<Issued, String> {
     let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
     let csr = key.csr(claimed).map_err(|e| e.to_string())?;
     let mut client = ProxyControlClient::new(
@@ -221,13 +233,19 @@ async fn certify_with_token(
     );
     let resp = client
         .certify(CertifyRequest {
-            token: token.reveal(),
+            token,
             csr_pem: csr,
         })
         .await
         .map_err(|e| format!("the control plane refused: {}", e.message()))?
         .into_inner();
     let cert = WorkloadCert::new(key, &resp.chain_pem).map_err(|e| e.to_string())?;
+    if cert.identity() != claimed {
+        return Err(format!(
+            "the control plane issued {} instead of {claimed}",
+            cert.identity()
+        ));
+    }
     let roots = resp
         .trust_bundle
         .into_iter()
@@ -254,7 +272,7 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
         ctx.metrics.cert_expiry_seconds.set(expires_in);
         let now = std::time::SystemTime::now();
         if (forced || now >= identity.renew_at()) && now >= next_try {
-            match renew(&ctx, &control, &identity).await {
+            match renew(&control, &identity).await {
                 Ok(()) => {
                     failures = 0;
                     forced = false;
@@ -282,57 +300,24 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
 
 /// One renewal: a fresh key and CSR, authenticated by the current certificate — or, once
 /// that expired (the control plane was unreachable too long), by the join token again.
-async fn renew(ctx: &Ctx, control: &ControlConfig, identity: &Identity) -> Result<(), String> {
+async fn renew(control: &ControlConfig, identity: &Identity) -> Result<(), String> {
     let id = identity.id();
-    if !identity.is_valid() {
-        let (cert, roots, generation) = certify_with_token(control, &id).await.map_err(|e| {
+    let (cert, roots, generation) = if identity.is_valid() {
+        let tls = identity
+            .client_config(&control_identity(&control.token).map_err(|e| e.message().to_owned())?)
+            .map_err(|e| e.to_string())?;
+        request_cert(control, tls, String::new(), &id).await?
+    } else {
+        certify_with_token(control, &id).await.map_err(|e| {
             format!("the certificate expired and the join token could not replace it ({e}); restart the proxy with a new token")
-        })?;
-        identity.install_bundle(roots).map_err(|e| e.to_string())?;
-        return identity
-            .install_cert(&cert, generation)
-            .map_err(|e| e.to_string());
-    }
-    let tls = identity
-        .client_config(&control_identity(&control.token).map_err(|e| e.message().to_owned())?)
-        .map_err(|e| e.to_string())?;
-    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key.csr(&id).map_err(|e| e.to_string())?;
-    let mut client = ProxyControlClient::new(
-        channel(control, tls)
-            .await
-            .map_err(|e| e.message().to_owned())?,
-    );
-    let resp = client
-        .certify(CertifyRequest {
-            token: String::new(),
-            csr_pem: csr,
-        })
-        .await
-        .map_err(|e| format!("the control plane refused: {}", e.message()))?
-        .into_inner();
-    let cert = WorkloadCert::new(key, &resp.chain_pem).map_err(|e| e.to_string())?;
-    if cert.identity() != &id {
-        return Err(format!(
-            "the control plane issued {} instead of {id}",
-            cert.identity()
-        ));
-    }
+        })?
+    };
     // Roots first, so a certificate from a new root is presented only once peers' bundles
     // (pushed the same way) can verify it.
+    identity.install_bundle(roots).map_err(|e| e.to_string())?;
     identity
-        .install_bundle(
-            resp.trust_bundle
-                .into_iter()
-                .map(CertificateDer::from)
-                .collect(),
-        )
-        .map_err(|e| e.to_string())?;
-    identity
-        .install_cert(&cert, resp.ca_generation)
-        .map_err(|e| e.to_string())?;
-    let _ = ctx;
-    Ok(())
+        .install_cert(&cert, generation)
+        .map_err(|e| e.to_string())
 }
 
 fn cert_message(identity: &Identity) -> ProxyMessage {

@@ -48,7 +48,11 @@ impl Service {
             .map(|e| Upstream {
                 addr: e.address,
                 // Validated when the configuration was accepted (see ProxyConfig::validate).
-                identity: e.identity.as_deref().and_then(|i| i.parse().ok()),
+                identity: e
+                    .identity
+                    .as_deref()
+                    .and_then(|i| i.parse().ok())
+                    .map(Arc::new),
             })
             .collect();
         Service {

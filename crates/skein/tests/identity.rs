@@ -12,7 +12,7 @@ use skein_identity::{CertificateAuthority, SpiffeId, WorkloadCert, WorkloadKey};
 use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::RunningProxy;
-use skein_testkit::control::{eventually, ControlProcess, TempDir};
+use skein_testkit::control::{eventually, CliOutput, ControlProcess, TempDir};
 use skein_testkit::{loopback, HttpBackend, MeshSpec};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +38,13 @@ async fn control(octet: u8, data: &Path) -> RunningControl {
     })
     .await
     .expect("start the control plane")
+}
+
+/// Runs `skein ARGS` against `control`, whose data directory (and admin token) is `data`.
+async fn cli(control: &RunningControl, data: &Path, args: &[&str]) -> CliOutput {
+    let (server, data) = (control.http.to_string(), data.display().to_string());
+    let all = [args, &["--server", &server, "--data-dir", &data]].concat();
+    skein_testkit::control::skein_cli(Path::new(BIN), &all, None).await
 }
 
 async fn apply(control: &RunningControl, yaml: &str) {
@@ -448,20 +455,7 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
     skein_proxy::control::certify(&join, &id("web"))
         .await
         .expect("valid token works");
-    let out = skein_testkit::control::skein_cli(
-        Path::new(BIN),
-        &[
-            "token",
-            "revoke",
-            join.token.id(),
-            "--server",
-            &control.http.to_string(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    let out = cli(&control, data.path(), &["token", "revoke", join.token.id()]).await;
     assert!(out.ok().contains("revoked"), "{out:?}");
     let e = skein_proxy::control::certify(&join, &id("web"))
         .await
@@ -612,21 +606,7 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
 
     // Root rotation with the CLI, traffic still flowing.
     let generation = control.pki.view().generation;
-    let out = skein_testkit::control::skein_cli(
-        Path::new(BIN),
-        &[
-            "ca",
-            "rotate",
-            "--timeout",
-            "30s",
-            "--server",
-            &control.http.to_string(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    let out = cli(&control, data.path(), &["ca", "rotate", "--timeout", "30s"]).await;
     let printed = out.ok().to_string();
     assert!(
         printed.contains("prepared")
