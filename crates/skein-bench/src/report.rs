@@ -269,7 +269,7 @@ pub fn markdown(
         if meta.skein_mtls {
             "on"
         } else {
-            "off (plaintext between proxies; mTLS not implemented yet)"
+            "off (plaintext between proxies)"
         },
         meta.run_secs
     );

@@ -202,6 +202,9 @@ fn append(path: &Path, section: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     if fresh {
         f.write_all(HEADER.as_bytes())?;
+    } else if !std::fs::read_to_string(path)?.ends_with("\n\n") {
+        // Hand-written sections may end without a blank line; a heading needs one.
+        f.write_all(b"\n")?;
     }
     f.write_all(section.as_bytes())
         .with_context(|| format!("cannot append to {}", path.display()))

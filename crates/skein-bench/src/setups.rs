@@ -5,7 +5,9 @@
 //! - **direct**: load generator → backend (127.0.0.150);
 //! - **skein**: load generator → `skein proxy` outbound (127.0.0.151) → `skein proxy`
 //!   inbound (127.0.0.152) → backend (127.0.0.152), configured with local upstream
-//!   listeners, one per protocol;
+//!   listeners, one per protocol. Both proxies join a `skein control` (127.0.0.155) with
+//!   join tokens, as in production: destinations, endpoint identities and certificates
+//!   come from it, and the proxies talk HTTP/2 over mutual TLS 1.3;
 //! - **nginx pair**: see [`crate::nginx`].
 //!
 //! Each setup is probed end to end (one HTTP/1.1 request, one HTTP/2 request, a small TCP
@@ -14,8 +16,8 @@
 use crate::procs::{Proc, TempDir};
 use anyhow::{bail, Context};
 use skein_model::{
-    AdminConfig, Destination, Endpoint, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol,
-    ProxyConfig, Upstream, WorkloadInfo,
+    AdminConfig, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol, ProxyConfig, Upstream,
+    WorkloadInfo,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,9 +32,9 @@ pub const APP_PORT: u16 = 8080;
 pub const SINK_PORT: u16 = 9000;
 /// The `Host` (and `:authority`) requests carry.
 pub const HOST: &str = "bench";
-/// Whether the skein setup's proxies talk mutual TLS. The proxy has no TLS yet; when it
-/// does, configure it in [`skein`]'s configs and flip this, which the report shows.
-pub const SKEIN_MTLS: bool = false;
+/// Whether the skein setup's proxies talk mutual TLS (the report shows it). They do: each
+/// joins the control plane with a token and dials its peer with the certificate it got.
+pub const SKEIN_MTLS: bool = true;
 
 /// What the orchestrator runs things with.
 pub struct Env {
@@ -174,26 +176,49 @@ const UP_H2: u16 = 15002;
 const UP_TCP: u16 = 15003;
 
 /// The skein setup: outbound proxy on 127.0.0.151, inbound proxy, backend and sink on
-/// 127.0.0.152.
+/// 127.0.0.152, control plane on 127.0.0.155.
 pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
     let (client, server) = (ip(151), ip(152));
-    let apps = start_apps(env, server, "skein").await?;
-    let inbound = start_proxy(env, "skein inbound proxy", &server_config(server)).await?;
+    let mut apps = start_apps(env, server, "skein").await?;
+    let control = start_control(env).await?;
+    let bench_token = control.token(env, "bench")?;
+    let loadgen_token = control.token(env, "loadgen")?;
+    let grpc = control.grpc;
+    apps.push(control.proc);
+    let inbound = start_proxy(
+        env,
+        "skein inbound proxy",
+        &server_config(server),
+        Some((grpc, &bench_token)),
+    )
+    .await?;
     let outbound = start_proxy(
         env,
         "skein outbound proxy",
-        &client_config(client, SocketAddr::new(server, INBOUND_PORT)),
+        &client_config(client),
+        Some((grpc, &loadgen_token)),
     )
     .await?;
-    Ok(Setup {
+    // The outbound proxy is ready once its first snapshot applied; the inbound proxy
+    // registered before it started, so its endpoint is in that snapshot. Wait for the
+    // first request to pass anyway, so that a slow start is not reported as a failure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::load::probe(SocketAddr::new(client, UP_HTTP), HOST, false)
+        .await
+        .is_err()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let setup = Setup {
         kind: Kind::Skein,
         description: format!(
             "load generator → skein proxy (outbound) → skein proxy (inbound) → backend; \
              proxies talk HTTP/2 {}",
             if SKEIN_MTLS {
-                "with mutual TLS"
+                "over mutual TLS 1.3 with certificates from `skein control` (joined with tokens)"
             } else {
-                "in plaintext (mTLS is not implemented yet)"
+                "in plaintext"
             }
         ),
         http: SocketAddr::new(client, UP_HTTP),
@@ -201,7 +226,106 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
         tcp: Ok(SocketAddr::new(client, UP_TCP)),
         proxies: vec![outbound, inbound],
         apps,
-    })
+    };
+    Ok(setup)
+}
+
+const CONTROL_HTTP: u16 = 9990;
+const CONTROL_GRPC: u16 = 9991;
+
+/// The Services the outbound proxy's upstream listeners name, all selecting the inbound
+/// proxy's workload (`app: bench`), one per protocol so that no detection runs.
+const RESOURCES: &str = "\
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: bench}
+spec: {selector: {app: bench}, ports: [{name: http, port: 8080, protocol: http}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: bench-h2}
+spec: {selector: {app: bench}, ports: [{name: h2, port: 8080, protocol: http2}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: bench-tcp}
+spec: {selector: {app: bench}, ports: [{name: sink, port: 9000, protocol: tcp}]}
+";
+
+/// A running `skein control` with the bench's Services applied.
+struct Control {
+    proc: Proc,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl Control {
+    /// Runs the `skein` CLI against this control plane and returns its stdout.
+    fn cli(&self, env: &Env, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&env.skein)
+            .args(args)
+            .arg("--server")
+            .arg(self.http.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("SKEIN_LOG", "warn")
+            .env_remove("SKEIN_TOKEN")
+            .env_remove("SKEIN_SERVER")
+            .output()
+            .with_context(|| format!("cannot run skein {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "skein {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A join token for `service` (namespace `default`).
+    fn token(&self, env: &Env, service: &str) -> anyhow::Result<String> {
+        let out = self.cli(
+            env,
+            &["token", "create", "--service", service, "--ttl", "10m"],
+        )?;
+        Ok(out.trim().to_string())
+    }
+}
+
+/// Starts `skein control` on 127.0.0.155 with an embedded store in the scratch directory
+/// and applies [`RESOURCES`].
+async fn start_control(env: &Env) -> anyhow::Result<Control> {
+    let host = ip(155);
+    let (http, grpc) = (
+        SocketAddr::new(host, CONTROL_HTTP),
+        SocketAddr::new(host, CONTROL_GRPC),
+    );
+    let data_dir = env.dir.path().join("control");
+    let mut cmd = Command::new(&env.skein);
+    cmd.arg("control")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--grpc")
+        .arg(grpc.to_string())
+        .env("SKEIN_LOG", "warn");
+    let log = env.dir.path().join("skein-control.log");
+    let mut proc = Proc::spawn("skein control", cmd, &log)?;
+    wait_listening(&mut proc, http).await?;
+    wait_listening(&mut proc, grpc).await?;
+    let control = Control {
+        proc,
+        http,
+        grpc,
+        data_dir,
+    };
+    let file = env.dir.path().join("bench-resources.yaml");
+    std::fs::write(&file, RESOURCES).with_context(|| format!("cannot write {}", file.display()))?;
+    control.cli(env, &["apply", "-f", &file.display().to_string()])?;
+    Ok(control)
 }
 
 fn workload(name: &str, service: &str) -> WorkloadInfo {
@@ -240,31 +364,18 @@ fn server_config(host: IpAddr) -> ProxyConfig {
     }
 }
 
-/// The outbound proxy: one upstream listener per protocol, each a service with one port
-/// declared so no detection runs (`bench` HTTP/1.1, `bench-h2` HTTP/2, `bench-tcp` TCP).
-fn client_config(host: IpAddr, peer: SocketAddr) -> ProxyConfig {
+/// The outbound proxy: one upstream listener per protocol, each naming a service with one
+/// port declared so no detection runs (`bench` HTTP/1.1, `bench-h2` HTTP/2, `bench-tcp`
+/// TCP). The services, their endpoints and identities come from the control plane.
+fn client_config(host: IpAddr) -> ProxyConfig {
     let services = [
-        ("bench", APP_PORT, Protocol::Http, UP_HTTP),
-        ("bench-h2", APP_PORT, Protocol::Http2, UP_H2),
-        ("bench-tcp", SINK_PORT, Protocol::Tcp, UP_TCP),
+        ("bench", APP_PORT, UP_HTTP),
+        ("bench-h2", APP_PORT, UP_H2),
+        ("bench-tcp", SINK_PORT, UP_TCP),
     ];
-    let destinations = services
-        .iter()
-        .map(|(name, p, protocol, _)| Destination {
-            service: (*name).into(),
-            namespace: "default".into(),
-            ports: vec![port(*p, *protocol)],
-            addresses: Vec::new(),
-            endpoints: vec![Endpoint {
-                address: peer,
-                identity: None,
-            }],
-            routes: Vec::new(),
-        })
-        .collect();
     let upstreams = services
         .iter()
-        .map(|(name, p, _, listen)| Upstream {
+        .map(|(name, p, listen)| Upstream {
             listen: SocketAddr::new(host, *listen),
             service: (*name).into(),
             port: *p,
@@ -285,15 +396,21 @@ fn client_config(host: IpAddr, peer: SocketAddr) -> ProxyConfig {
         admin: AdminConfig {
             listen: SocketAddr::new(host, ADMIN_PORT),
         },
-        destinations,
+        destinations: Vec::new(),
         limits: Limits::default(),
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
     }
 }
 
-/// Writes `config`, starts `skein proxy` on it and waits for `/ready`.
-async fn start_proxy(env: &Env, name: &str, config: &ProxyConfig) -> anyhow::Result<Proc> {
+/// Writes `config`, starts `skein proxy` on it (joining the control plane at `control`
+/// with the token, if given) and waits for `/ready`.
+async fn start_proxy(
+    env: &Env,
+    name: &str,
+    config: &ProxyConfig,
+    control: Option<(SocketAddr, &str)>,
+) -> anyhow::Result<Proc> {
     config
         .validate(name)
         .with_context(|| format!("{name}: the generated config is invalid"))?;
@@ -303,6 +420,12 @@ async fn start_proxy(env: &Env, name: &str, config: &ProxyConfig) -> anyhow::Res
         .with_context(|| format!("cannot write {}", path.display()))?;
     let mut cmd = Command::new(&env.skein);
     cmd.arg("proxy").arg("--config").arg(&path);
+    if let Some((grpc, token)) = control {
+        // The token goes through the environment, never argv (visible in ps).
+        cmd.arg("--control")
+            .arg(grpc.to_string())
+            .env("SKEIN_JOIN_TOKEN", token);
+    }
     cmd.env("SKEIN_LOG", "warn");
     let log = env.dir.path().join(format!("{tag}.log"));
     let mut p = Proc::spawn(name, cmd, &log)?;
@@ -356,7 +479,7 @@ mod tests {
     fn generated_skein_configs_are_valid() {
         let server = server_config(ip(152));
         server.validate("server").unwrap();
-        let client = client_config(ip(151), SocketAddr::new(ip(152), INBOUND_PORT));
+        let client = client_config(ip(151));
         client.validate("client").unwrap();
         let back = ProxyConfig::from_yaml(&client.to_yaml(), "again").unwrap();
         assert_eq!(back, client);

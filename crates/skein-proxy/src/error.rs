@@ -73,6 +73,9 @@ pub enum ProxyError {
         /// Its `skein-error` reason, if any.
         reason: String,
     },
+    /// A plaintext caller, after the mesh switched to `mtls: strict`.
+    #[error("this workload accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call it through your own skein proxy")]
+    MtlsRequired,
     /// The proxy is shutting down.
     #[error("proxy is shutting down; retry on another endpoint")]
     ShuttingDown,
@@ -86,7 +89,9 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => Source::Upstream,
-            ProxyError::BadPeerRequest(_) | ProxyError::PortNotServed(..) => Source::Downstream,
+            ProxyError::BadPeerRequest(_)
+            | ProxyError::PortNotServed(..)
+            | ProxyError::MtlsRequired => Source::Downstream,
             _ => Source::Internal,
         }
     }
@@ -107,7 +112,7 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown => S::SERVICE_UNAVAILABLE,
             ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
-            ProxyError::PortNotServed(..) => S::FORBIDDEN,
+            ProxyError::PortNotServed(..) | ProxyError::MtlsRequired => S::FORBIDDEN,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
@@ -127,6 +132,7 @@ impl ProxyError {
             ProxyError::BadPeerRequest(_) => "bad_peer_request",
             ProxyError::RequestBody(_) => "request_body",
             ProxyError::TunnelRefused { .. } => "tunnel_refused",
+            ProxyError::MtlsRequired => "mtls_required",
             ProxyError::ShuttingDown => "shutting_down",
         }
     }

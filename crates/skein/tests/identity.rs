@@ -760,3 +760,240 @@ async fn with_the_control_plane_down_traffic_flows_until_expiry_then_fails_close
     assert!(api_app.hits() >= 1);
     drop((web, api, caller));
 }
+
+#[tokio::test]
+async fn permissive_serves_plaintext_from_outside_the_mesh_until_strict_and_shows_identities() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("id-permissive").unwrap();
+    let control = control(219, data.path()).await;
+    let mesh = |mode: &str| {
+        format!(
+            "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+             spec: {{mtls: {mode}}}\n---\n{}",
+            service_yaml("web")
+        )
+    };
+    apply(&control, &mesh("permissive")).await;
+    let (backend, web) = workload(&control, 220, "web", None).await;
+    let meshed = client(&control, 221).await;
+    let meshed_proxy = meshed.addrs.http_proxy.unwrap();
+    until_ok(meshed_proxy, &url("web", "meshed")).await;
+
+    // A proxy outside the mesh (static config, no certificate) speaks plaintext HTTP/2 to
+    // web's inbound port: served under permissive, counted as plaintext.
+    let web_inbound = web.addrs.inbound;
+    let outsider_config = MeshSpec::new(222, 220)
+        .service("web", SocketAddr::new(loopback(220), PORT), Protocol::Http)
+        .client_config(web_inbound);
+    let outsider = RunningProxy::start(outsider_config).await.unwrap();
+    let outside = outsider.addrs.http_proxy.unwrap();
+    let (status, body) = get(outside, &url("web", "from-outside")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(backend
+        .seen()
+        .iter()
+        .any(|r| r.path.contains("from-outside")));
+    let metrics = web.ctx.metrics.encode();
+    let security = |kind: &str| {
+        metric(
+            &metrics,
+            &format!("skein_inbound_security_connections_total{{security=\"{kind}\"}}"),
+        )
+    };
+    assert!(security("plaintext") >= 1.0, "{metrics}");
+    assert!(
+        security("mtls") >= 1.0,
+        "the meshed caller still used mutual TLS under permissive"
+    );
+
+    // /config shows the identity and its expiry, never the key.
+    let config =
+        skein_testkit::client::curl(&["-s", &format!("http://{}/config", web.addrs.admin)])
+            .await
+            .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    let shown = &config["identity"];
+    assert_eq!(shown["identity"], "spiffe://skein.local/ns/default/sa/web");
+    assert_eq!(shown["mtls"], "permissive");
+    let not_after = shown["notAfterUnix"].as_i64().unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(not_after > now, "{shown}");
+    assert!(!config.to_string().contains("PRIVATE KEY"));
+    // So does `skein get workloads`.
+    let out = cli(&control, data.path(), &["get", "workloads"]).await;
+    let table = out.ok();
+    assert!(
+        table.contains("IDENTITY") && table.contains("CERT EXPIRES"),
+        "{table}"
+    );
+    let web_row = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("web-1"))
+        .unwrap_or_else(|| panic!("no web-1 row: {table}"));
+    assert!(
+        web_row.contains("spiffe://skein.local/ns/default/sa/web"),
+        "{web_row}"
+    );
+    let expires = shown["expires"].as_str().unwrap();
+    assert!(
+        web_row.contains(&expires[..16]),
+        "the row shows the expiry the proxy reports ({expires}): {web_row}"
+    );
+    assert!(!table.contains("PRIVATE KEY"));
+
+    // Strict again: the outsider is refused on its open connection and on new ones, the
+    // app sees none of it, and the meshed caller is unaffected.
+    apply(&control, &mesh("strict")).await;
+    eventually(
+        "plaintext refused after the switch to strict",
+        SOON,
+        async || matches!(get(outside, &url("web", "probe")).await, Ok((s, _)) if s != 200),
+    )
+    .await
+    .unwrap();
+    let before = backend.hits();
+    for _ in 0..3 {
+        let (status, body) = get(outside, &url("web", "after-strict")).await.unwrap();
+        assert!(status == 403 || status == 502, "{status} {body}");
+        if status == 403 {
+            assert!(body.contains("accepts only mutual TLS"), "{body}");
+        }
+    }
+    assert_eq!(backend.hits(), before, "the app saw no plaintext request");
+    assert!(!backend
+        .seen()
+        .iter()
+        .any(|r| r.path.contains("after-strict")));
+    assert_eq!(
+        get(meshed_proxy, &url("web", "still")).await.unwrap().0,
+        200
+    );
+    drop((outsider, meshed, web));
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn replicas_on_etcd_share_one_ca_and_follow_a_rotation_started_on_the_other() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let etcd = skein_testkit::etcd::Etcd::start().expect("start etcd");
+    let store = format!("etcd://{}", etcd.endpoint());
+    let (d1, d2) = (
+        TempDir::new("id-r1").unwrap(),
+        TempDir::new("id-r2").unwrap(),
+    );
+    let replica = async |octet: u8, dir: &Path, name: &str| {
+        let any = SocketAddr::new(loopback(octet), 0);
+        ControlProcess::start(
+            Path::new(BIN),
+            dir,
+            any,
+            any,
+            &["--store", &store, "--replica", name],
+        )
+        .await
+        .expect("start a replica")
+    };
+    let r1 = replica(223, d1.path(), "r1").await;
+    let r2 = replica(224, d2.path(), "r2").await;
+    let show = async |r: &ControlProcess| r.cli(&["ca", "show"]).await.ok().to_string();
+    let before = show(&r1).await;
+    assert_eq!(before, show(&r2).await, "one CA for both replicas");
+    assert!(before.contains("rotation:      idle"), "{before}");
+
+    let file = d1.join("mesh.yaml");
+    std::fs::write(&file, service_yaml("web")).unwrap();
+    r1.cli(&["apply", "-f", file.to_str().unwrap()]).await.ok();
+    // Tokens cross replicas: web's is made on r2 and used on r1, the caller's the reverse.
+    let web_app = HttpBackend::start(SocketAddr::new(loopback(225), PORT))
+        .await
+        .unwrap();
+    let mut config = MeshSpec::new(225, 225)
+        .service("web", web_app.addr(), Protocol::Http)
+        .server_config();
+    config.workload.name = "web-1".into();
+    config.workload.service = "web".into();
+    config.inbound.listen = SocketAddr::new(loopback(225), 4143);
+    let join = ControlConfig {
+        endpoint: r1.grpc.to_string(),
+        advertise: config.inbound.listen,
+        token: r2.join_token("web").await.unwrap(),
+    };
+    let web = RunningProxy::start_with_control(config, Some(join))
+        .await
+        .unwrap();
+    let mut config = MeshSpec::new(226, 226).client_config(SocketAddr::new(loopback(226), 1));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    config.inbound.listen = SocketAddr::new(loopback(226), 4143);
+    let join = ControlConfig {
+        endpoint: r2.grpc.to_string(),
+        advertise: config.inbound.listen,
+        token: r1.join_token("client").await.unwrap(),
+    };
+    let caller = RunningProxy::start_with_control(config, Some(join))
+        .await
+        .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+    until_ok(proxy, &url("web", "across-replicas")).await;
+    let generation = web.ctx.identity.get().unwrap().status().ca_generation;
+    assert_eq!(
+        caller.ctx.identity.get().unwrap().status().ca_generation,
+        generation
+    );
+
+    // Rotate on r1: r2 follows through its watch, and so does the proxy it serves.
+    let out = r1.cli(&["ca", "rotate", "--timeout", "20s"]).await;
+    assert!(out.ok().contains("finished"), "{out:?}");
+    eventually("r2 shows the new root alone", SOON, async || {
+        let now = show(&r2).await;
+        now.contains(&format!("generation:    {}", generation + 1))
+            && now.contains("rotation:      idle")
+            && now.matches("trusted root:").count() == 1
+    })
+    .await
+    .unwrap();
+    let after = show(&r2).await;
+    assert_ne!(after, before);
+    for (name, p) in [("web (on r1)", &web), ("caller (on r2)", &caller)] {
+        eventually(
+            &format!("{name} renewed from the new root"),
+            SOON,
+            async || {
+                let status = p.ctx.identity.get().unwrap().status();
+                status.ca_generation == generation + 1 && status.trusted_roots == 1
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A new proxy-to-proxy connection, both certificates from the new root, works.
+    let fresh_caller = {
+        let mut config = MeshSpec::new(227, 227).client_config(SocketAddr::new(loopback(227), 1));
+        config.destinations.clear();
+        config.outbound.upstreams.clear();
+        config.inbound.listen = SocketAddr::new(loopback(227), 4143);
+        config.workload.name = "client-2".into();
+        let join = ControlConfig {
+            endpoint: r2.grpc.to_string(),
+            advertise: config.inbound.listen,
+            token: r2.join_token("client").await.unwrap(),
+        };
+        RunningProxy::start_with_control(config, Some(join))
+            .await
+            .unwrap()
+    };
+    until_ok(
+        fresh_caller.addrs.http_proxy.unwrap(),
+        &url("web", "new-root"),
+    )
+    .await;
+    assert_eq!(get(proxy, &url("web", "still")).await.unwrap().0, 200);
+    drop((fresh_caller, caller, web, r1, r2, etcd));
+}

@@ -181,11 +181,19 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
 /// The authorization hook. Every stream passes it before reaching the application; the
 /// authorization work fills it in with policy evaluation on the verified `caller`.
 fn authorize(
-    _ctx: &Ctx,
-    _caller: &Caller,
+    ctx: &Ctx,
+    caller: &Caller,
     _req: &Request<Incoming>,
     _port: PortSpec,
 ) -> Result<(), ProxyError> {
+    // A plaintext connection accepted under `permissive` does not outlive the switch to
+    // `strict`: its next request is refused, so strict takes effect without a reconnect.
+    if matches!(caller, Caller::Unauthenticated)
+        && ctx.identity.required
+        && !ctx.identity.get().is_some_and(|i| i.is_permissive())
+    {
+        return Err(ProxyError::MtlsRequired);
+    }
     Ok(())
 }
 
