@@ -15,6 +15,8 @@
 //! DELETE /api/v1/tokens/{id}                revoke
 //! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins
 //! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
+//! POST   /api/v1/policy/check               body: {"from", "to", "port"?, "method"?, "path"?, …}
+//!                                           → the decision a proxy would make
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -85,6 +87,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/ca/rotate", post(rotate))
+        .route("/api/v1/policy/check", post(policy_check))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -258,6 +261,19 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(json!({ "revoked": api.pki.revoke_token(&id).await? })).into_response())
+}
+
+async fn policy_check(State(api): State<Arc<Api>>, body: String) -> Result<Response, ApiError> {
+    let q: crate::policy_check::CheckRequest = serde_json::from_str(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the check request is not accepted: {e}; send {{\"from\": SERVICE, \"to\": SERVICE, \"port\"?, \"method\"?, \"path\"?, \"host\"?, \"namespace\"?, \"fromNamespace\"?}}"),
+        )
+    })?;
+    let state = api.registry.subscribe().borrow().clone();
+    let answer = crate::policy_check::check(&state, &q)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    Ok(Json(answer).into_response())
 }
 
 async fn ca(State(api): State<Arc<Api>>) -> Response {

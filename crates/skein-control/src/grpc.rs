@@ -192,6 +192,15 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
         skein_model::resource::MtlsMode::Strict => skein_api::v1::MtlsMode::Strict,
         skein_model::resource::MtlsMode::Permissive => skein_api::v1::MtlsMode::Permissive,
     } as i32;
+    let authorization = crate::snapshot::policies_for(
+        me,
+        &mesh.services,
+        &mesh.policies,
+        mesh.default_policy,
+        mesh.encoded_slashes,
+    );
+    // Plain data with string keys: serialisation cannot fail.
+    snapshot.authorization_json = serde_json::to_vec(&authorization).unwrap_or_default();
     snapshot
 }
 

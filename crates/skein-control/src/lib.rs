@@ -6,6 +6,7 @@
 pub mod api;
 pub mod grpc;
 pub mod pki;
+pub mod policy_check;
 pub mod registry;
 pub mod server;
 pub mod snapshot;

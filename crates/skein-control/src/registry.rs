@@ -133,6 +133,15 @@ impl Registry {
                     state.trust_domain = m.spec.trust_domain.clone();
                     state.mtls = m.spec.mtls;
                     state.cert_ttl = m.spec.workload_cert_ttl;
+                    state.default_policy = m.spec.default_policy;
+                    state.encoded_slashes = m.spec.encoded_slashes;
+                }
+                Resource::AuthorizationPolicy(p) => {
+                    state.policies.push(skein_model::authz::Policy {
+                        namespace: p.metadata.namespace.clone(),
+                        name: p.metadata.name.clone(),
+                        spec: p.spec.clone(),
+                    })
                 }
                 Resource::Service(s) => state.services.push(ServiceView {
                     name: s.metadata.name.clone(),

@@ -6,6 +6,9 @@
 //! selector matches, and its own application ports from the services that select it.
 
 use skein_api::v1 as pb;
+use skein_model::authz::path::EncodedSlashes;
+use skein_model::authz::{Policy, PolicySet};
+use skein_model::resource::PolicyAction;
 use skein_model::Protocol;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -66,6 +69,28 @@ impl ServiceView {
                 .selector
                 .iter()
                 .all(|(k, v)| w.labels.get(k) == Some(v))
+    }
+}
+
+/// The authorization `me`'s inbound proxy enforces: the policies whose target Service
+/// (in the policy's namespace) selects `me`, with the mesh's settings. Policies naming a
+/// Service that does not exist, or that does not select `me`, are left out.
+pub fn policies_for(
+    me: &WorkloadView,
+    services: &[ServiceView],
+    policies: &[Policy],
+    default: PolicyAction,
+    encoded_slashes: EncodedSlashes,
+) -> PolicySet {
+    let governs_me = |p: &&Policy| {
+        services.iter().any(|s| {
+            s.name == p.spec.target_ref.name && s.namespace == p.namespace && s.selects(me)
+        })
+    };
+    PolicySet {
+        default,
+        policies: policies.iter().filter(governs_me).cloned().collect(),
+        encoded_slashes,
     }
 }
 
@@ -183,6 +208,54 @@ mod tests {
             addresses: vec![],
             routes: vec![],
         }
+    }
+
+    #[test]
+    fn a_workload_gets_the_policies_of_the_services_that_select_it() {
+        let services = [
+            service("restaurant", "restaurant", 8080, Protocol::Http),
+            service("menu", "restaurant", 8080, Protocol::Http),
+            service("frontend", "frontend", 8080, Protocol::Http),
+        ];
+        let policy = |name: &str, target: &str, ns: &str| Policy {
+            namespace: ns.into(),
+            name: name.into(),
+            spec: serde_json::from_value(serde_json::json!({"targetRef": {"name": target}}))
+                .unwrap(),
+        };
+        let policies = [
+            policy("a", "restaurant", "default"),
+            policy("b", "menu", "default"),
+            policy("c", "frontend", "default"),
+            policy("d", "restaurant", "shop"),
+            policy("e", "missing", "default"),
+        ];
+        let me = workload("restaurant-1", "restaurant", 11);
+        let set = policies_for(
+            &me,
+            &services,
+            &policies,
+            PolicyAction::Deny,
+            EncodedSlashes::Keep,
+        );
+        let names: Vec<_> = set.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "other services, namespaces and dangling targets are left out"
+        );
+        assert_eq!(set.default, PolicyAction::Deny);
+        assert_eq!(set.encoded_slashes, EncodedSlashes::Keep);
+        let other = workload("frontend-1", "frontend", 10);
+        let set = policies_for(
+            &other,
+            &services,
+            &policies,
+            PolicyAction::Allow,
+            EncodedSlashes::Reject,
+        );
+        assert_eq!(set.policies.len(), 1);
+        assert_eq!(set.policies[0].name, "c");
     }
 
     #[test]

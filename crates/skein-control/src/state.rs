@@ -25,6 +25,12 @@ pub struct MeshState {
     pub mtls: skein_model::resource::MtlsMode,
     /// Lifetime of workload certificates.
     pub cert_ttl: std::time::Duration,
+    /// What no AuthorizationPolicy decides.
+    pub default_policy: skein_model::resource::PolicyAction,
+    /// What proxies do with `%2F` / `%5C` in paths.
+    pub encoded_slashes: skein_model::authz::path::EncodedSlashes,
+    /// Every AuthorizationPolicy, sorted by namespace and name.
+    pub policies: Vec<skein_model::authz::Policy>,
 }
 
 impl Default for MeshState {
@@ -37,6 +43,9 @@ impl Default for MeshState {
             trust_domain: crate::registry::DEFAULT_TRUST_DOMAIN.into(),
             mtls: skein_model::resource::MtlsMode::default(),
             cert_ttl: skein_identity::DEFAULT_WORKLOAD_TTL,
+            default_policy: Default::default(),
+            encoded_slashes: Default::default(),
+            policies: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! proxy with the same structures. The control plane's resources (`Mesh`, `Service`,
 //! `HTTPRoute`, …) live in [`resource`].
 
+pub mod authz;
 pub mod duration;
 pub mod proxy;
 pub mod resource;

@@ -28,6 +28,11 @@ pub struct ProxyConfig {
     /// Services this proxy may call and the peer proxies that serve them.
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// Who may call this workload: the AuthorizationPolicies governing its inbound
+    /// traffic and the mesh's default. Under a control plane it comes from there;
+    /// standalone it may be written here. Default: no policies, allow.
+    #[serde(default)]
+    pub authorization: crate::authz::PolicySet,
     /// Protection limits for HTTP parsing.
     #[serde(default)]
     pub limits: Limits,
@@ -319,6 +324,19 @@ impl ProxyConfig {
             let v = crate::duration::format(self.detect_timeout);
             bad("detectTimeout".into(), v, "more than 0 and at most 10s");
         }
+        for (i, policy) in self.authorization.policies.iter().enumerate() {
+            let at = format!("authorization.policies[{i}]");
+            for (field, name) in [("namespace", &policy.namespace), ("name", &policy.name)] {
+                if !is_dns_label(name) {
+                    bad(format!("{at}.{field}"), name.clone(), DNS_LABEL);
+                }
+            }
+            let mut p = crate::resource::validate::Problems::new();
+            policy.spec.validate(&mut p);
+            for e in p.into_vec() {
+                bad(format!("{at}.{}", e.path), e.value, &e.expected);
+            }
+        }
         let mut seen = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = format!("destinations[{i}]");
@@ -456,6 +474,34 @@ inbound: {ports: [{port: 8080}]}
         // Defaults are visible when printed back.
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"detectTimeout\":\"300ms\""), "{json}");
+    }
+
+    #[test]
+    fn authorization_is_validated_like_an_applied_policy() {
+        let ok = format!(
+            "{MINIMAL}authorization:\n  default: deny\n  policies:\n  - namespace: default\n    name: web\n    spec: {{targetRef: {{name: web}}, rules: [{{from: [{{unauthenticated: true}}], to: [{{paths: ['/open/*']}}]}}]}}\n"
+        );
+        let c = ProxyConfig::from_yaml(&ok, "test").unwrap();
+        assert_eq!(c.authorization.default, crate::resource::PolicyAction::Deny);
+        assert_eq!(c.authorization.policies.len(), 1);
+        let bad = format!(
+            "{MINIMAL}authorization:\n  policies:\n  - namespace: Default\n    name: web\n    spec: {{targetRef: {{name: web}}, rules: [{{from: [{{}}], to: [{{paths: [menu]}}]}}]}}\n"
+        );
+        let err = ProxyConfig::from_yaml(&bad, "test")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "authorization.policies[0].namespace: \"Default\"",
+            "authorization.policies[0].spec.rules[0].from[0]",
+            "authorization.policies[0].spec.rules[0].to[0].paths[0]: \"menu\"",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        let unknown = format!("{MINIMAL}authorization: {{defaults: deny}}\n");
+        let err = ProxyConfig::from_yaml(&unknown, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `defaults`"), "{err}");
     }
 
     #[test]

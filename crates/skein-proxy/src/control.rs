@@ -513,6 +513,11 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
             })
         })
         .collect::<Result<_, String>>()?;
+    // Empty from a control plane that predates authorization: the file's (default allow).
+    if !snapshot.authorization_json.is_empty() {
+        next.authorization = serde_json::from_slice(&snapshot.authorization_json)
+            .map_err(|e| format!("the authorization policies are not readable: {e}"))?;
+    }
     Ok(next)
 }
 

@@ -73,6 +73,21 @@ pub enum ProxyError {
         /// Its `skein-error` reason, if any.
         reason: String,
     },
+    /// Authorization refused the request or connection.
+    #[error("skein: {caller} may not call {target}: {reason}")]
+    Denied {
+        /// The caller's SPIFFE ID, or `unauthenticated`.
+        caller: String,
+        /// `service:port`.
+        target: String,
+        /// The decision, naming the policy (or default) that decided.
+        reason: String,
+        /// `namespace/name`, `default` or `not-allowed` (the `skein-denied-by` header).
+        policy: String,
+    },
+    /// The request path cannot be normalised for authorization.
+    #[error("{0}")]
+    BadPath(skein_model::authz::path::PathError),
     /// A plaintext caller, after the mesh switched to `mtls: strict`.
     #[error("this workload accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call it through your own skein proxy")]
     MtlsRequired,
@@ -91,7 +106,9 @@ impl ProxyError {
             | ProxyError::TunnelRefused { .. } => Source::Upstream,
             ProxyError::BadPeerRequest(_)
             | ProxyError::PortNotServed(..)
-            | ProxyError::MtlsRequired => Source::Downstream,
+            | ProxyError::MtlsRequired
+            | ProxyError::Denied { .. }
+            | ProxyError::BadPath(_) => Source::Downstream,
             _ => Source::Internal,
         }
     }
@@ -112,7 +129,10 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown => S::SERVICE_UNAVAILABLE,
             ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
-            ProxyError::PortNotServed(..) | ProxyError::MtlsRequired => S::FORBIDDEN,
+            ProxyError::PortNotServed(..)
+            | ProxyError::MtlsRequired
+            | ProxyError::Denied { .. } => S::FORBIDDEN,
+            ProxyError::BadPath(_) => S::BAD_REQUEST,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
@@ -133,6 +153,8 @@ impl ProxyError {
             ProxyError::RequestBody(_) => "request_body",
             ProxyError::TunnelRefused { .. } => "tunnel_refused",
             ProxyError::MtlsRequired => "mtls_required",
+            ProxyError::Denied { .. } => "denied",
+            ProxyError::BadPath(_) => "bad_path",
             ProxyError::ShuttingDown => "shutting_down",
         }
     }
@@ -146,11 +168,53 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain"),
         );
+        self.mark(headers);
+        resp
+    }
+
+    /// The response for a gRPC caller: HTTP 200 with the status in `grpc-status`
+    /// (trailers-only), so gRPC clients see `PERMISSION_DENIED`, `INVALID_ARGUMENT`, ….
+    pub fn to_grpc_response(&self) -> http::Response<crate::http::Body> {
+        let code = match self.status().as_u16() {
+            400 => 3,        // INVALID_ARGUMENT
+            403 => 7,        // PERMISSION_DENIED
+            502 | 503 => 14, // UNAVAILABLE
+            _ => 13,         // INTERNAL
+        };
+        let mut resp = http::Response::new(crate::http::empty());
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", http::HeaderValue::from(code));
+        // grpc-message is percent-encoded (gRPC over HTTP/2 spec); keep it printable ASCII.
+        let message: String = self
+            .to_string()
+            .bytes()
+            .flat_map(|b| match b {
+                b' '..=b'~' if b != b'%' => vec![b as char],
+                _ => format!("%{b:02X}").chars().collect(),
+            })
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", v);
+        }
+        self.mark(headers);
+        resp
+    }
+
+    /// `skein-error` (and for denials `skein-denied-by`), which the caller's proxy reads.
+    fn mark(&self, headers: &mut http::HeaderMap) {
         headers.insert(
             crate::http::headers::ERROR,
             http::HeaderValue::from_static(self.reason()),
         );
-        resp
+        if let ProxyError::Denied { policy, .. } = self {
+            if let Ok(v) = http::HeaderValue::from_str(policy) {
+                headers.insert(crate::http::headers::DENIED_BY, v);
+            }
+        }
     }
 }
 

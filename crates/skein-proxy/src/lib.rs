@@ -64,6 +64,8 @@ pub struct Ctx {
     pub config_version: AtomicU64,
     /// The workload identity (mutual TLS), once the control plane issued it.
     pub identity: Arc<identity::IdentitySlot>,
+    /// When each caller → target pair's denials were last logged.
+    pub authz_log: inbound::authorize::DecisionLog,
 }
 
 impl Ctx {
@@ -190,6 +192,7 @@ impl RunningProxy {
             ready: AtomicBool::new(false),
             config_version: AtomicU64::new(0),
             identity,
+            authz_log: Default::default(),
         });
         let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;

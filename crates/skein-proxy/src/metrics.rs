@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 
 /// Which side of the proxy traffic passed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -129,6 +130,24 @@ pub struct Metrics {
     pub cert_expiry_seconds: Gauge,
     /// Certificate requests to the control plane, by result (`issued`, `failed`).
     pub cert_renewals: Family<ResultLabels, Counter>,
+    /// Authorization decisions on inbound requests and tunnels.
+    pub authz: Family<AuthzLabels, Counter>,
+    /// The `authz` counters by a hash of their labels, so that counting a decision looks
+    /// up borrowed strings instead of building four owned labels per request.
+    authz_counters: std::sync::RwLock<HashMap<u64, Vec<(AuthzLabels, Counter)>>>,
+}
+
+/// Labels for authorization decisions.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `allowed`, `denied` or `audited`.
+    pub decision: &'static str,
+    /// The caller's SPIFFE ID, or `unauthenticated`.
+    pub source: String,
+    /// This workload's service.
+    pub target: String,
+    /// The deciding policy (`namespace/name`), `default` or `not-allowed`.
+    pub policy: String,
 }
 
 /// Labels for inbound connection security.
@@ -169,6 +188,8 @@ impl Metrics {
             inbound_security: Family::default(),
             cert_expiry_seconds: Gauge::default(),
             cert_renewals: Family::default(),
+            authz: Family::default(),
+            authz_counters: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -232,7 +253,52 @@ impl Metrics {
             "Workload certificate requests to the control plane, by result",
             m.cert_renewals.clone(),
         );
+        registry.register(
+            "authz_decisions",
+            "Inbound authorization decisions, by decision, source identity, target service and deciding policy",
+            m.authz.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one authorization decision.
+    pub fn authz(&self, decision: &'static str, source: &str, target: &str, policy: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (decision, source, target, policy).hash(&mut h);
+        let key = h.finish();
+        let same = |l: &AuthzLabels| {
+            l.decision == decision && l.source == source && l.target == target && l.policy == policy
+        };
+        {
+            let counters = self
+                .authz_counters
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some((_, c)) = counters
+                .get(&key)
+                .and_then(|v| v.iter().find(|(l, _)| same(l)))
+            {
+                c.inc();
+                return;
+            }
+        }
+        let labels = AuthzLabels {
+            decision,
+            source: source.to_string(),
+            target: target.to_string(),
+            policy: policy.to_string(),
+        };
+        let counter = self.authz.get_or_create(&labels).clone();
+        counter.inc();
+        let mut counters = self
+            .authz_counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let slot = counters.entry(key).or_default();
+        if !slot.iter().any(|(l, _)| same(l)) {
+            slot.push((labels, counter));
+        }
     }
 
     /// Counts one inbound connection by security outcome.

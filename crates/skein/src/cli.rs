@@ -528,6 +528,73 @@ pub async fn ca_show(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The question `skein policy check` asks.
+#[derive(clap::Args)]
+pub struct PolicyCheck {
+    /// The caller: a service (`reservation`, `reservation.shop`), a SPIFFE ID, or
+    /// `unauthenticated` (plaintext under mtls: permissive).
+    #[arg(long)]
+    from: String,
+    /// The caller's namespace, when --from is a bare service name.
+    #[arg(long, default_value = "default")]
+    from_namespace: String,
+    /// The target Service.
+    #[arg(long)]
+    to: String,
+    /// The target's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// The service port (default: its first).
+    #[arg(long)]
+    port: Option<u16>,
+    /// HTTP method (default GET on an HTTP port).
+    #[arg(long)]
+    method: Option<String>,
+    /// HTTP path (default /).
+    #[arg(long)]
+    path: Option<String>,
+    /// HTTP host (default: the service name).
+    #[arg(long)]
+    host: Option<String>,
+    /// `text` or `json`.
+    #[arg(short = 'o', long, default_value = "text")]
+    output: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `skein policy check`: the decision, the request as checked, and what decided.
+pub async fn policy_check(q: &PolicyCheck) -> anyhow::Result<()> {
+    let client = Client::new(&q.target)?;
+    let body = serde_json::json!({
+        "from": q.from,
+        "fromNamespace": q.from_namespace,
+        "to": q.to,
+        "namespace": q.namespace,
+        "port": q.port,
+        "method": q.method,
+        "path": q.path,
+        "host": q.host,
+    });
+    let answer = client
+        .call(Method::POST, "/api/v1/policy/check", body.to_string())
+        .await?;
+    match q.output.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&answer)?),
+        "text" => {
+            println!("{}", answer["message"].as_str().unwrap_or_default());
+            println!(
+                "  checked: {} → {} {}",
+                answer["caller"].as_str().unwrap_or_default(),
+                answer["target"].as_str().unwrap_or_default(),
+                answer["request"].as_str().unwrap_or_default()
+            );
+        }
+        other => anyhow::bail!("-o {other:?} is not accepted; use text or json"),
+    }
+    Ok(())
+}
+
 /// `skein ca rotate`: streams the control plane's progress lines.
 pub async fn ca_rotate(target: &Target, timeout: &str) -> anyhow::Result<()> {
     let client = Client::new(target)?;

@@ -102,6 +102,9 @@ enum Command {
     /// The mesh certificate authority: show it, or roll it to a new root.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Authorization: ask whether a caller may reach a service, without sending traffic.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
     /// Starts four proxies (one per workload, each a real `skein proxy` process), three
@@ -172,6 +175,16 @@ enum CaCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Would `--from` be let through to `--to`? Prints allowed / denied / audited and the
+    /// policy or default that decided, from the same evaluation the proxies run.
+    ///
+    /// Without --method/--path an HTTP port is checked with GET /; paths are normalised
+    /// as the proxy does (`/menu/../admin` is judged as `/admin`).
+    Check(cli::PolicyCheck),
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     skein_model::duration::parse(s)
         .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h"))
@@ -196,6 +209,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Delete { .. }
             | Command::Token(_)
             | Command::Ca(_)
+            | Command::Policy(_)
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -235,6 +249,7 @@ fn run() -> anyhow::Result<()> {
                 cli::token_revoke(&target, &id).await
             }
             Command::Ca(CaCommand::Show { target }) => cli::ca_show(&target).await,
+            Command::Policy(PolicyCommand::Check(q)) => cli::policy_check(&q).await,
             Command::Ca(CaCommand::Rotate { timeout, target }) => {
                 cli::ca_rotate(&target, &timeout).await
             }

@@ -9,10 +9,10 @@ use rustls_pki_types::CertificateDer;
 use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
 use skein_identity::tls::{bootstrap_client_config, client_config, CertResolver, TrustBundle};
 use skein_identity::{CertificateAuthority, SpiffeId, WorkloadCert, WorkloadKey};
-use skein_model::{Protocol, ProxyConfig};
+use skein_model::Protocol;
 use skein_proxy::control::ControlConfig;
 use skein_proxy::RunningProxy;
-use skein_testkit::control::{eventually, CliOutput, ControlProcess, TempDir};
+use skein_testkit::control::{eventually, ControlProcess, TempDir};
 use skein_testkit::{loopback, HttpBackend, MeshSpec};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,135 +22,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_skein");
-const PORT: u16 = 18090;
-const SOON: Duration = Duration::from_secs(20);
-
-async fn control(octet: u8, data: &Path) -> RunningControl {
-    RunningControl::start(ControlOptions {
-        data_dir: data.to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(octet), 0),
-        grpc: SocketAddr::new(loopback(octet), 0),
-        workload_grace: Duration::from_secs(30),
-        replica: "test".into(),
-        ca_import: None,
-    })
-    .await
-    .expect("start the control plane")
-}
-
-/// Runs `skein ARGS` against `control`, whose data directory (and admin token) is `data`.
-async fn cli(control: &RunningControl, data: &Path, args: &[&str]) -> CliOutput {
-    let (server, data) = (control.http.to_string(), data.display().to_string());
-    let all = [args, &["--server", &server, "--data-dir", &data]].concat();
-    skein_testkit::control::skein_cli(Path::new(BIN), &all, None).await
-}
-
-async fn apply(control: &RunningControl, yaml: &str) {
-    let docs = skein_model::parse_documents(yaml, "test").unwrap();
-    control.registry.apply(docs).await.unwrap();
-}
-
-fn service_yaml(name: &str) -> String {
-    format!(
-        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
-         spec: {{selector: {{app: {name}}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
-    )
-}
-
-async fn join(control: &RunningControl, service: &str, advertise: SocketAddr) -> ControlConfig {
-    let (token, _) = control
-        .pki
-        .create_token("default", service, Duration::from_secs(600))
-        .await
-        .unwrap();
-    ControlConfig {
-        endpoint: control.grpc.to_string(),
-        advertise,
-        token,
-    }
-}
-
-/// A backend on 127.0.0.`host`:PORT behind its own proxy, registered as `service`;
-/// peers are told to reach it at `advertise` (default: its inbound listener).
-async fn workload(
-    control: &RunningControl,
-    host: u8,
-    service: &str,
-    advertise: Option<SocketAddr>,
-) -> (HttpBackend, RunningProxy) {
-    let backend = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
-        .await
-        .unwrap();
-    let mut config = MeshSpec::new(host, host)
-        .service(service, backend.addr(), Protocol::Http)
-        .server_config();
-    config.workload.name = format!("{service}-1");
-    config.workload.service = service.into();
-    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
-    let advertise = advertise.unwrap_or(config.inbound.listen);
-    let join = join(control, service, advertise).await;
-    let proxy = RunningProxy::start_with_control(config, Some(join))
-        .await
-        .unwrap();
-    (backend, proxy)
-}
-
-/// A calling proxy on 127.0.0.`host` with an HTTP proxy listener.
-async fn client(control: &RunningControl, host: u8) -> RunningProxy {
-    let mut config: ProxyConfig =
-        MeshSpec::new(host, host).client_config(SocketAddr::new(loopback(host), 1));
-    config.destinations.clear();
-    config.outbound.upstreams.clear();
-    let advertise = SocketAddr::new(loopback(host), 4143);
-    config.inbound.listen = advertise;
-    let service = config.workload.service.clone();
-    let join = join(control, &service, advertise).await;
-    RunningProxy::start_with_control(config, Some(join))
-        .await
-        .unwrap()
-}
-
-/// One request through the HTTP proxy listener `proxy`, on a fresh client connection:
-/// (status, body).
-async fn get(proxy: SocketAddr, url: &str) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let mut sender = skein_testkit::client::h1(proxy)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = http::Request::get(url)
-        .body(skein_proxy::http::empty())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn url(service: &str, path: &str) -> String {
-    format!("http://{service}:{PORT}/{path}")
-}
-
-async fn until_ok(proxy: SocketAddr, url: &str) {
-    eventually(&format!("200 from {url}"), SOON, async || {
-        matches!(get(proxy, url).await, Ok((200, _)))
-    })
-    .await
-    .unwrap();
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+mod meshed;
+use meshed::*;
 
 /// A TCP relay on `listen` to `to` that records what the client sent.
 async fn tap(listen: SocketAddr, to: SocketAddr) -> Arc<Mutex<Vec<u8>>> {

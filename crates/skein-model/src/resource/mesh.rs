@@ -2,6 +2,7 @@
 //! `AuthorizationPolicy` covers, certificate lifetime). Cluster-scoped; one per mesh.
 
 use super::validate::Problems;
+pub use crate::authz::path::EncodedSlashes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub struct MeshSpec {
         with = "crate::duration"
     )]
     pub workload_cert_ttl: Duration,
+    /// What proxies do with `%2F` and `%5C` in request paths before authorizing them:
+    /// `reject` (400) or `keep` (left encoded, part of a segment). Default `reject`.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
 }
 
 impl Default for MeshSpec {
@@ -44,6 +49,7 @@ impl Default for MeshSpec {
             mtls: MtlsMode::default(),
             default_policy: PolicyAction::default(),
             workload_cert_ttl: default_cert_ttl(),
+            encoded_slashes: EncodedSlashes::default(),
         }
     }
 }
@@ -115,7 +121,7 @@ mod tests {
         assert_eq!(spec.workload_cert_ttl, Duration::from_secs(86_400));
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
-            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"24h"}"#
+            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"24h","encodedSlashes":"reject"}"#
         );
     }
 

@@ -101,7 +101,7 @@ const SPIFFE_ID: &str =
     "a SPIFFE ID: spiffe://<trust-domain>/<path>, e.g. spiffe://skein.local/ns/default/sa/reservation";
 const AUTHZ_PATH: &str =
     "\"*\", an exact path such as /menu, or a prefix such as /menu/* (starting with '/', \
-     without '//', '/./', '/../', '%2F', '%5C' or '#')";
+     without '//', '/./', '/../', '%2F', '%5C', '#' or escapes of letters, digits and -._~)";
 
 impl TargetRef {
     /// Checks the reference; `at` is its path (`spec.targetRef`).
@@ -247,7 +247,13 @@ fn is_authz_path(path: &str) -> bool {
     }
     // `/menu/*` is a prefix; a `*` anywhere else is a typo, not a glob.
     let exact = path.strip_suffix("/*").unwrap_or(path);
-    !exact.contains('*') && (exact.is_empty() || is_clean_path(exact))
+    // Requests are matched after normalisation, so a rule must already be normalised
+    // (`/%6Denu` would never match anything).
+    let normal = |p: &str| {
+        crate::authz::path::normalize(p, crate::authz::path::EncodedSlashes::Keep)
+            .is_ok_and(|n| n == p)
+    };
+    !exact.contains('*') && (exact.is_empty() || (is_clean_path(exact) && normal(exact)))
 }
 
 fn default_service_kind() -> String {
@@ -325,7 +331,7 @@ mod tests {
         assert_eq!(
             problems(
                 "{targetRef: {name: web}, rules: [{to: [{ports: [0, 80, 80], methods: [FETCH], \
-                 paths: ['*', /menu, '/menu/*', 'menu', '/a*', '/a/../b'], hosts: ['*.shop', 'a b']}]}]}"
+                 paths: ['*', /menu, '/menu/*', 'menu', '/a*', '/a/../b', '/%6Denu', '/a%20b'], hosts: ['*.shop', 'a b']}]}]}"
             ),
             [
                 "spec.rules[0].to[0].ports[0]: \"0\" is not accepted; expected a port from 1 to 65535".to_string(),
@@ -334,6 +340,7 @@ mod tests {
                 format!("spec.rules[0].to[0].paths[3]: \"menu\" is not accepted; expected {AUTHZ_PATH}"),
                 format!("spec.rules[0].to[0].paths[4]: \"/a*\" is not accepted; expected {AUTHZ_PATH}"),
                 format!("spec.rules[0].to[0].paths[5]: \"/a/../b\" is not accepted; expected {AUTHZ_PATH}"),
+                format!("spec.rules[0].to[0].paths[6]: \"/%6Denu\" is not accepted; expected {AUTHZ_PATH}"),
                 format!("spec.rules[0].to[0].hosts[1]: \"a b\" is not accepted; expected {}", super::super::validate::HOSTNAME),
             ]
         );

@@ -177,7 +177,8 @@ spec:
     "trustDomain": "skein.local",
     "mtls": "strict",
     "defaultPolicy": "allow",
-    "workloadCertTTL": "24h"
+    "workloadCertTTL": "24h",
+    "encodedSlashes": "reject"
   }
 }"#
     );

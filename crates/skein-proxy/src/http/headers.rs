@@ -14,6 +14,15 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("skein-orig-proto");
 pub const TUNNEL: HeaderName = HeaderName::from_static("skein-tunnel");
 /// Set on responses the proxy produced itself, naming the reason.
 pub const ERROR: HeaderName = HeaderName::from_static("skein-error");
+/// On a denial: the policy that decided (`namespace/name`, `default` or `not-allowed`).
+pub const DENIED_BY: HeaderName = HeaderName::from_static("skein-denied-by");
+/// To the application: the caller's verified SPIFFE ID (absent for plaintext callers).
+/// Set only by the inbound proxy, after every `skein-*` header the request carried is
+/// removed, so an application can trust it.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("skein-client-id");
+/// Envoy's client-certificate header; removed before the application, since a caller
+/// could set it and an application might believe it.
+pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Headers that belong to one connection and never travel past a proxy. `te` is handled
 /// separately because `te: trailers` is allowed in HTTP/2.

@@ -1,6 +1,7 @@
 //! Forwarding an HTTP request from a peer to the local application, in the protocol the
 //! original client spoke (HTTP/1.1 on a pooled connection, or HTTP/2).
 
+use super::Caller;
 use crate::error::ProxyError;
 use crate::http::{boxed, headers, Body};
 use crate::Ctx;
@@ -11,16 +12,17 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 
 /// Sends `req` to the application's `port` and returns its response with hop-by-hop
-/// headers removed.
+/// headers removed. The application learns the caller from `skein-client-id` only.
 pub async fn forward(
     ctx: &Ctx,
     req: Request<Incoming>,
     port: u16,
     to_h2: bool,
+    caller: &Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
     let (mut parts, body) = req.into_parts();
-    headers::strip_internal(&mut parts.headers);
+    identify(&mut parts.headers, caller);
     headers::strip_hop_by_hop(&mut parts.headers);
     let authority = parts.uri.authority().cloned();
     let path = parts
@@ -60,4 +62,14 @@ pub async fn forward(
     // Only proxies set skein-* headers (e.g. skein-error); an application cannot.
     headers::strip_internal(resp.headers_mut());
     Ok(resp)
+}
+
+/// Removes every `skein-*` header and `x-forwarded-client-cert` a caller could have set,
+/// then names the verified caller in `skein-client-id`.
+pub fn identify(headers: &mut http::HeaderMap, caller: &Caller) {
+    headers::strip_internal(headers);
+    headers.remove(headers::FORWARDED_CLIENT_CERT);
+    if let Caller::Mesh(id) = caller {
+        headers.insert(headers::CLIENT_ID, id.clone());
+    }
 }

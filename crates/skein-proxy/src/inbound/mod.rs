@@ -10,13 +10,14 @@
 //! to the application.
 
 mod app;
+pub mod authorize;
 mod tunnel;
 
 use crate::error::ProxyError;
 use crate::http::{headers, Body};
 use crate::metrics::{Direction, Proto};
 use crate::Ctx;
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use skein_model::PortSpec;
 use std::convert::Infallible;
@@ -27,10 +28,30 @@ use tokio::net::{TcpListener, TcpStream};
 /// Who is calling, as proved on this connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A mesh workload, verified by its certificate.
-    Mesh(skein_identity::SpiffeId),
+    /// A mesh workload, verified by its certificate: its SPIFFE ID, kept as the header
+    /// value the application receives (formatted once per connection).
+    Mesh(HeaderValue),
     /// Plaintext: no proof (permissive mode, or a proxy without a control plane).
     Unauthenticated,
+}
+
+impl Caller {
+    /// A verified SPIFFE ID.
+    fn mesh(id: &skein_identity::SpiffeId) -> Caller {
+        // A SPIFFE ID is printable ASCII (validated when parsed from the certificate).
+        match HeaderValue::from_str(&id.to_string()) {
+            Ok(v) => Caller::Mesh(v),
+            Err(_) => Caller::Unauthenticated,
+        }
+    }
+
+    /// The caller as policy evaluation sees it.
+    pub fn as_authz(&self) -> skein_model::authz::Caller<'_> {
+        match self {
+            Caller::Mesh(id) => skein_model::authz::Caller::Mesh(id.to_str().unwrap_or("")),
+            Caller::Unauthenticated => skein_model::authz::Caller::Unauthenticated,
+        }
+    }
 }
 
 /// Longest a peer may take to start and finish its TLS handshake.
@@ -79,7 +100,7 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
                     match caller {
                         Some(id) => {
                             ctx.metrics.inbound_security("mtls");
-                            serve_peer(ctx, tls, peer, Caller::Mesh(id)).await
+                            serve_peer(ctx, tls, peer, Caller::mesh(&id)).await
                         }
                         // The verifier requires a certificate with a SPIFFE ID.
                         None => ctx.metrics.inbound_security("handshake_failed"),
@@ -132,6 +153,7 @@ async fn serve_peer<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, peer: SocketAddr, ca
 /// Handles one stream from a peer; failures become the proxy's own error responses.
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
     let proto = orig_proto(&req);
+    let grpc = is_grpc(&req);
     match route(&ctx, req, caller).await {
         Ok(resp) => {
             ctx.metrics
@@ -142,24 +164,40 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Respo
             tracing::debug!(error = %e, "inbound request failed");
             ctx.metrics.error(Direction::Inbound, e.reason());
             ctx.metrics.request(Direction::Inbound, proto, None);
-            e.to_response()
+            if grpc {
+                e.to_grpc_response()
+            } else {
+                e.to_response()
+            }
         }
     }
 }
 
-/// target port → authorize → tunnel or HTTP forward.
+/// Whether the request is gRPC (its errors go in `grpc-status`).
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// target port → mTLS mode → authorize → tunnel or HTTP forward.
 async fn route(
     ctx: &Arc<Ctx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     caller: &Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let port = target_port(ctx, &req)?;
-    authorize(ctx, caller, &req, port)?;
+    require_mtls(ctx, caller)?;
     if req.method() == Method::CONNECT {
-        return tunnel::open(ctx, req, port).await;
+        // An HTTP/1 tunnel's requests are authorized one by one inside it.
+        if !tunnel::carries_http1(&req) {
+            authorize::tcp(ctx, caller, port.port)?;
+        }
+        return tunnel::open(ctx, req, port, caller.clone()).await;
     }
+    authorize::http(ctx, caller, &mut req, port.port)?;
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    app::forward(ctx, req, port.port, to_h2).await
+    app::forward(ctx, req, port.port, to_h2, caller).await
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.
@@ -178,16 +216,9 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
     })
 }
 
-/// The authorization hook. Every stream passes it before reaching the application; the
-/// authorization work fills it in with policy evaluation on the verified `caller`.
-fn authorize(
-    ctx: &Ctx,
-    caller: &Caller,
-    _req: &Request<Incoming>,
-    _port: PortSpec,
-) -> Result<(), ProxyError> {
-    // A plaintext connection accepted under `permissive` does not outlive the switch to
-    // `strict`: its next request is refused, so strict takes effect without a reconnect.
+/// A plaintext connection accepted under `permissive` does not outlive the switch to
+/// `strict`: its next request is refused, so strict takes effect without a reconnect.
+fn require_mtls(ctx: &Ctx, caller: &Caller) -> Result<(), ProxyError> {
     if matches!(caller, Caller::Unauthenticated)
         && ctx.identity.required
         && !ctx.identity.get().is_some_and(|i| i.is_permissive())

@@ -2,6 +2,7 @@
 //! connection (used for protocol upgrades such as WebSocket) served here and forwarded
 //! request by request.
 
+use super::Caller;
 use crate::connect::H1Pool;
 use crate::error::ProxyError;
 use crate::http::{self, headers, Body};
@@ -21,6 +22,7 @@ pub async fn open(
     ctx: &Arc<Ctx>,
     mut req: Request<Incoming>,
     port: PortSpec,
+    caller: Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let addr = SocketAddr::new(ctx.config().inbound.app_host, port.port);
     let kind = req
@@ -33,7 +35,7 @@ pub async fn open(
             let ctx = ctx.clone();
             ctx.clone().drain.spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
-                    serve_http1(ctx, TokioIo::new(upgraded), port).await;
+                    serve_http1(ctx, TokioIo::new(upgraded), port, caller).await;
                 }
             });
         }
@@ -60,18 +62,28 @@ pub async fn open(
     Ok(resp)
 }
 
-/// Serves HTTP/1 arriving through a tunnel; upgrade requests get their own application
-/// connection, others use the pool.
-async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec) {
+/// Whether a CONNECT stream carries HTTP/1 (authorized request by request inside it).
+pub fn carries_http1<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(headers::TUNNEL)
+        .is_some_and(|v| v.as_bytes() == b"http1")
+}
+
+/// Serves HTTP/1 arriving through a tunnel, authorizing each request; upgrade requests
+/// get their own application connection, others use the pool.
+async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, caller: Caller) {
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http1);
     let c = ctx.clone();
-    let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let ctx = c.clone();
+    let caller = Arc::new(caller);
+    let handler = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let (ctx, caller) = (c.clone(), caller.clone());
         async move {
-            let result = if headers::wants_upgrade(req.headers()) {
-                upgrade(&ctx, req, port.port).await
-            } else {
-                super::app::forward(&ctx, req, port.port, false).await
+            let result = match super::authorize::http(&ctx, &caller, &mut req, port.port) {
+                Err(e) => Err(e),
+                Ok(()) if headers::wants_upgrade(req.headers()) => {
+                    upgrade(&ctx, req, port.port, &caller).await
+                }
+                Ok(()) => super::app::forward(&ctx, req, port.port, false, &caller).await,
             };
             let resp = match result {
                 Ok(resp) => resp,
@@ -95,9 +107,10 @@ async fn upgrade(
     ctx: &Ctx,
     mut req: Request<Incoming>,
     port: u16,
+    caller: &Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
-    headers::strip_internal(req.headers_mut());
+    super::app::identify(req.headers_mut(), caller);
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
     crate::http::upgrade::forward(sender, addr, req, &ctx.drain).await
 }

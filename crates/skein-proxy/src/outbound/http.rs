@@ -41,6 +41,12 @@ async fn handle(ctx: &Ctx, route: &Route, proto: Proto, req: Request<Incoming>) 
             let status = resp.status().as_u16();
             ctx.metrics
                 .request(Direction::Outbound, proto, Some(status));
+            if let Some(policy) = denied_by(resp.headers()) {
+                // The peer's authorization refused it: counted here too, so the caller's
+                // side shows denials without reading the server's metrics.
+                ctx.metrics.error(Direction::Outbound, "denied");
+                tracing::debug!(policy, "the peer proxy denied the request");
+            }
             resp
         }
         Err(e) => {
@@ -54,6 +60,14 @@ async fn handle(ctx: &Ctx, route: &Route, proto: Proto, req: Request<Incoming>) 
         *resp.version_mut() = Version::HTTP_11;
     }
     resp
+}
+
+/// The deciding policy, when the response is a peer proxy's authorization denial.
+fn denied_by(h: &http::HeaderMap) -> Option<&str> {
+    if h.get(headers::ERROR)?.as_bytes() != b"denied" {
+        return None;
+    }
+    h.get(headers::DENIED_BY)?.to_str().ok()
 }
 
 /// route → (tunnel | upgrade | stream to the peer).

@@ -65,7 +65,11 @@ pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(error = %e, service = %target.service.spec.service, "TCP connection refused");
-            ctx.metrics.error(Direction::Outbound, e.reason());
+            let reason = match &e {
+                ProxyError::TunnelRefused { reason, .. } if reason == "denied" => "denied",
+                _ => e.reason(),
+            };
+            ctx.metrics.error(Direction::Outbound, reason);
             return;
         }
     };

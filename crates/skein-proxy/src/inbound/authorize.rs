@@ -1,0 +1,236 @@
+//! Inbound authorization: every request (HTTP) or tunnel (TCP) is decided on the caller's
+//! verified identity by [`skein_model::authz`], the same code `skein policy check` runs,
+//! against the policies in force now (a policy pushed by the control plane applies to
+//! the next request of a live connection).
+//!
+//! HTTP paths are normalised first and the request is rewritten to the normalised path,
+//! so the application receives exactly what was authorized. Every decision is counted;
+//! denials and audits are logged once per caller → target pair per [`LOG_INTERVAL`],
+//! with how many were folded into that line.
+
+use super::Caller;
+use crate::error::ProxyError;
+use crate::Ctx;
+use http::uri::{PathAndQuery, Uri};
+use http::Request;
+use skein_model::authz::{self, path, Decision, HttpRequest, Verdict};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often one caller → target pair's denials (or audits) are logged.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Above this many remembered pairs the log forgets the oldest half (bounded memory with
+/// many distinct callers).
+const MAX_PAIRS: usize = 4096;
+
+/// Decides an HTTP request on `port`; on success `req` carries the normalised path.
+pub fn http<B>(
+    ctx: &Ctx,
+    caller: &Caller,
+    req: &mut Request<B>,
+    port: u16,
+) -> Result<(), ProxyError> {
+    let config = ctx.config();
+    let policy = &config.authorization;
+    let normal =
+        path::normalize(req.uri().path(), policy.encoded_slashes).map_err(ProxyError::BadPath)?;
+    if let std::borrow::Cow::Owned(normal) = &normal {
+        rewrite_path(req, normal)?;
+    }
+    let host = host_of(req);
+    let request = authz::Request {
+        port,
+        http: Some(HttpRequest {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            host: &host,
+        }),
+    };
+    let decision = policy.decide(&caller.as_authz(), &request);
+    record(ctx, caller, &config.workload.service, port, &decision)
+}
+
+/// Decides an opaque TCP tunnel to `port`.
+pub fn tcp(ctx: &Ctx, caller: &Caller, port: u16) -> Result<(), ProxyError> {
+    let config = ctx.config();
+    let request = authz::Request { port, http: None };
+    let decision = config.authorization.decide(&caller.as_authz(), &request);
+    record(ctx, caller, &config.workload.service, port, &decision)
+}
+
+/// Counts and (rate-limited) logs the decision; a denial becomes the error returned.
+fn record(
+    ctx: &Ctx,
+    caller: &Caller,
+    target: &str,
+    port: u16,
+    decision: &Decision,
+) -> Result<(), ProxyError> {
+    let source = caller.as_authz();
+    ctx.metrics.authz(
+        decision.verdict.as_str(),
+        source.label(),
+        target,
+        decision.policy_label(),
+    );
+    if decision.verdict != Verdict::Allowed {
+        if let Some(folded) = ctx.authz_log.due(source.label(), target, decision.verdict) {
+            let also = if folded > 0 {
+                format!(" (and {folded} more since the last line)")
+            } else {
+                String::new()
+            };
+            match decision.verdict {
+                Verdict::Denied => tracing::warn!(
+                    caller = source.label(),
+                    target,
+                    port,
+                    "authorization: {decision}{also}"
+                ),
+                _ => tracing::info!(
+                    caller = source.label(),
+                    target,
+                    port,
+                    "authorization: {decision}{also}"
+                ),
+            }
+        }
+    }
+    if decision.verdict.admits() {
+        Ok(())
+    } else {
+        Err(ProxyError::Denied {
+            caller: source.label().to_string(),
+            target: format!("{target}:{port}"),
+            reason: decision.to_string(),
+            policy: decision.policy_label().to_string(),
+        })
+    }
+}
+
+fn rewrite_path<B>(req: &mut Request<B>, normal: &str) -> Result<(), ProxyError> {
+    let with_query = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal.to_string(),
+    };
+    let pq = PathAndQuery::try_from(with_query)
+        .map_err(|_| ProxyError::BadPeerRequest("the normalised path is not a valid URI path"))?;
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadPeerRequest("the normalised path is not a valid URI path"))?;
+    Ok(())
+}
+
+/// The host the request names (`:authority` or `Host`), without a port.
+fn host_of<B>(req: &Request<B>) -> String {
+    let raw = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            Some(h.parse::<http::uri::Authority>().ok()?.host().to_string())
+        })
+        .unwrap_or_default();
+    raw.trim_end_matches('.').to_string()
+}
+
+/// Caller, target, verdict.
+type Pair = (String, String, Verdict);
+
+/// Remembers when each caller → target pair was last logged, and how many decisions
+/// were folded since.
+#[derive(Default)]
+pub struct DecisionLog {
+    pairs: Mutex<HashMap<Pair, (Instant, u64)>>,
+}
+
+impl DecisionLog {
+    /// Whether to log now; if so, how many decisions were folded since the last line.
+    pub fn due(&self, caller: &str, target: &str, verdict: Verdict) -> Option<u64> {
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let key = (caller.to_string(), target.to_string(), verdict);
+        match pairs.get_mut(&key) {
+            Some((last, folded)) if now.duration_since(*last) < LOG_INTERVAL => {
+                *folded += 1;
+                None
+            }
+            Some((last, folded)) => {
+                let n = *folded;
+                *last = now;
+                *folded = 0;
+                Some(n)
+            }
+            None => {
+                if pairs.len() >= MAX_PAIRS {
+                    if let Some(cutoff) = now.checked_sub(LOG_INTERVAL) {
+                        pairs.retain(|_, (last, _)| *last > cutoff);
+                    }
+                    if pairs.len() >= MAX_PAIRS {
+                        pairs.clear();
+                    }
+                }
+                pairs.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_speaks_once_per_pair_per_interval() {
+        let log = DecisionLog::default();
+        assert_eq!(log.due("a", "web", Verdict::Denied), Some(0));
+        assert_eq!(log.due("a", "web", Verdict::Denied), None);
+        assert_eq!(log.due("a", "web", Verdict::Denied), None);
+        assert_eq!(
+            log.due("b", "web", Verdict::Denied),
+            Some(0),
+            "another caller"
+        );
+        assert_eq!(
+            log.due("a", "web", Verdict::Audited),
+            Some(0),
+            "another verdict"
+        );
+        // Age the entry: the next line reports what was folded.
+        {
+            let mut pairs = log.pairs.lock().unwrap();
+            let entry = pairs
+                .get_mut(&("a".into(), "web".into(), Verdict::Denied))
+                .unwrap();
+            entry.0 = entry.0.checked_sub(LOG_INTERVAL).unwrap();
+        }
+        assert_eq!(log.due("a", "web", Verdict::Denied), Some(2));
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        let req = Request::get("http://restaurant:8080/menu")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&req), "restaurant");
+        let req = Request::get("/menu")
+            .header("host", "Restaurant.default.:80")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&req), "Restaurant.default");
+    }
+
+    #[test]
+    fn the_path_is_rewritten_and_the_query_kept() {
+        let mut req = Request::get("http://web/menu/../admin?x=%2F..")
+            .body(())
+            .unwrap();
+        rewrite_path(&mut req, "/admin").unwrap();
+        assert_eq!(req.uri().to_string(), "http://web/admin?x=%2F..");
+    }
+}
