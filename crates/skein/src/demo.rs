@@ -141,6 +141,14 @@ async fn run_in(
             "  identity  mesh CA for {}; each proxy joined with its own token and holds a certificate (mutual TLS between proxies)",
             control.pki.trust_domain()
         );
+        println!(
+            "  authz     deny by default; allowed: traffic → frontend (GET), frontend → restaurant (GET /menu/*), frontend → ledger"
+        );
+        println!(
+            "            try: skein policy check --from traffic --to restaurant --server {} --data-dir {}",
+            control.http,
+            dir.join("control").display()
+        );
         for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
             wait_ready(listen(w, ADMIN_PORT)).await?;
             println!(
@@ -208,8 +216,29 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
     yaml
 }
 
-/// The mesh's resources, applied to the demo's control plane.
+/// The mesh's resources, applied to the demo's control plane: deny by default, and one
+/// AuthorizationPolicy per pathway the sample application uses.
 const RESOURCES: &str = "
+apiVersion: skein.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {defaultPolicy: deny}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend}
+spec: {targetRef: {name: frontend}, rules: [{from: [{service: traffic}], to: [{methods: [GET]}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: restaurant}
+spec: {targetRef: {name: restaurant}, rules: [{from: [{service: frontend}], to: [{methods: [GET], paths: ['/menu/*']}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ledger}
+spec: {targetRef: {name: ledger}, rules: [{from: [{service: frontend}]}]}
+---
 apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: frontend}
