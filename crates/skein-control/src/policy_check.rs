@@ -151,7 +151,10 @@ pub fn check(state: &MeshState, q: &CheckRequest) -> Result<CheckAnswer, CheckEr
                 .policies
                 .iter()
                 .filter(|p: &&Policy| p.namespace == namespace && p.spec.target_ref.name == q.to)
-                .cloned()
+                .map(|p| Policy {
+                    ports: ports.clone(),
+                    ..p.clone()
+                })
                 .collect(),
             encoded_slashes: state.encoded_slashes,
         },
@@ -247,6 +250,7 @@ mod tests {
                 "rules": [{"from": [{"service": "reservation"}], "to": [{"methods": ["GET"], "paths": ["/menu/*"]}]}]
             }))
             .unwrap(),
+            ports: Vec::new(),
         };
         MeshState {
             services: vec![

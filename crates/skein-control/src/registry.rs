@@ -141,6 +141,7 @@ impl Registry {
                         namespace: p.metadata.namespace.clone(),
                         name: p.metadata.name.clone(),
                         spec: p.spec.clone(),
+                        ports: Vec::new(),
                     })
                 }
                 Resource::Service(s) => state.services.push(ServiceView {

@@ -82,14 +82,19 @@ pub fn policies_for(
     default: PolicyAction,
     encoded_slashes: EncodedSlashes,
 ) -> PolicySet {
-    let governs_me = |p: &&Policy| {
-        services.iter().any(|s| {
+    let governing = policies.iter().filter_map(|p| {
+        let target = services.iter().find(|s| {
             s.name == p.spec.target_ref.name && s.namespace == p.namespace && s.selects(me)
-        })
-    };
+        })?;
+        // Only the target's ports: another Service selecting the same workload keeps
+        // its own policies.
+        let mut p = p.clone();
+        p.ports = target.ports.iter().map(|(port, _)| *port).collect();
+        Some(p)
+    });
     PolicySet {
         default,
-        policies: policies.iter().filter(governs_me).cloned().collect(),
+        policies: governing.collect(),
         encoded_slashes,
     }
 }
@@ -222,6 +227,7 @@ mod tests {
             name: name.into(),
             spec: serde_json::from_value(serde_json::json!({"targetRef": {"name": target}}))
                 .unwrap(),
+            ports: Vec::new(),
         };
         let policies = [
             policy("a", "restaurant", "default"),
@@ -239,6 +245,11 @@ mod tests {
             EncodedSlashes::Keep,
         );
         let names: Vec<_> = set.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            set.policies[0].ports,
+            [8080],
+            "each limited to its Service's ports"
+        );
         assert_eq!(
             names,
             ["a", "b"],

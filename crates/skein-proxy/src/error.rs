@@ -85,6 +85,10 @@ pub enum ProxyError {
         /// `namespace/name`, `default` or `not-allowed` (the `skein-denied-by` header).
         policy: String,
     },
+    /// The request is ambiguous about what it asks for (e.g. which host), so it cannot be
+    /// authorized.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// The request path cannot be normalised for authorization.
     #[error("{0}")]
     BadPath(skein_model::authz::path::PathError),
@@ -108,6 +112,7 @@ impl ProxyError {
             | ProxyError::PortNotServed(..)
             | ProxyError::MtlsRequired
             | ProxyError::Denied { .. }
+            | ProxyError::BadRequest(_)
             | ProxyError::BadPath(_) => Source::Downstream,
             _ => Source::Internal,
         }
@@ -132,7 +137,7 @@ impl ProxyError {
             ProxyError::PortNotServed(..)
             | ProxyError::MtlsRequired
             | ProxyError::Denied { .. } => S::FORBIDDEN,
-            ProxyError::BadPath(_) => S::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadRequest(_) => S::BAD_REQUEST,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
@@ -155,6 +160,7 @@ impl ProxyError {
             ProxyError::MtlsRequired => "mtls_required",
             ProxyError::Denied { .. } => "denied",
             ProxyError::BadPath(_) => "bad_path",
+            ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ShuttingDown => "shutting_down",
         }
     }

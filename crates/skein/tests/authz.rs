@@ -162,8 +162,12 @@ async fn deny_by_default_lets_through_only_the_named_pathway() {
         "{body}"
     );
     assert!(
-        body.contains("it allows only: service reservation"),
+        body.contains("denied: not allowed by AuthorizationPolicy default/restaurant"),
         "{body}"
+    );
+    assert!(
+        !body.contains("reservation"),
+        "the body names the decision, not the rules a caller could aim at: {body}"
     );
     assert_eq!(head["skein-error"], "denied");
     assert_eq!(head["skein-denied-by"], "not-allowed");

@@ -2,14 +2,24 @@
 //! the mesh's default, the caller's verified identity and the request, who decides and
 //! what. Pure, so the inbound proxy and `skein policy check` run the same code.
 //!
-//! Precedence, first match wins:
+//! Precedence:
 //! 1. a matching `deny` policy: **denied**;
-//! 2. a matching `audit` policy: **audited** (let through, reported as a would-be denial);
-//! 3. a matching `allow` policy: **allowed**;
-//! 4. `allow` policies govern the target but none matched: **denied** — an allow policy
-//!    is an allow-list, so "reservation may call restaurant" also means "nothing else
-//!    may" — or **audited** while the mesh's `defaultPolicy` is `audit`;
-//! 5. no policy governs it: the mesh's `defaultPolicy`.
+//! 2. otherwise the enforcing outcome: a matching `allow` policy allows; if `allow`
+//!    policies govern the target but none matched, **denied** (an allow policy is an
+//!    allow-list, so "reservation may call restaurant" also means "nothing else may"), or
+//!    **audited** while the mesh's `defaultPolicy` is `audit`; if no policy governs it,
+//!    the mesh's `defaultPolicy`;
+//! 3. `audit` policies are a dry run of a deny: when one matches a request the rest lets
+//!    through, the request is **audited** (let through, reported as a would-be denial).
+//!    An audit policy never lets through what the rest denies.
+//!
+//! Conservative matching where information is missing: on an opaque TCP connection the
+//! HTTP conditions (methods, paths, hosts) of `deny` and `audit` rules count as matched
+//! (a deny for `/admin/*` also refuses a raw tunnel to that port), while those of `allow`
+//! rules count as not matched. Likewise a request that names no host (HTTP/1.0) matches
+//! the `hosts` of refusing rules and of no allowing rule. Exact paths of `deny` and
+//! `audit` rules also match with a trailing `/`, and methods compare without regard to
+//! case.
 //!
 //! Callers are matched on the SPIFFE ID from their verified certificate only, never on
 //! anything a request carries. HTTP paths are matched after [`path::normalize`].
@@ -79,22 +89,36 @@ pub struct Policy {
     pub name: String,
     /// The spec as applied.
     pub spec: AuthorizationPolicySpec,
+    /// The target Service's ports, filled in by the control plane: a policy without
+    /// `targetRef.port` governs these only, not the ports of other Services selecting
+    /// the same workload. Empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 impl Policy {
     fn governs(&self, port: u16) -> bool {
-        self.spec.target_ref.port.is_none_or(|p| p == port)
+        match self.spec.target_ref.port {
+            Some(p) => p == port,
+            None => self.ports.is_empty() || self.ports.contains(&port),
+        }
     }
 
     /// The first rule matching, if any.
     fn matching_rule(&self, caller: &Caller, req: &Request) -> Option<usize> {
+        // Refusing rules match conservatively (see the module docs).
+        let refusing = self.spec.action != PolicyAction::Allow;
         self.spec.rules.iter().position(|rule| {
             (rule.from.is_empty()
                 || rule
                     .from
                     .iter()
                     .any(|s| source_matches(s, &self.namespace, caller)))
-                && (rule.to.is_empty() || rule.to.iter().any(|op| operation_matches(op, req)))
+                && (rule.to.is_empty()
+                    || rule
+                        .to
+                        .iter()
+                        .any(|op| operation_matches(op, req, refusing)))
         })
     }
 }
@@ -120,22 +144,33 @@ fn source_matches(source: &Source, policy_ns: &str, caller: &Caller) -> bool {
     false
 }
 
-fn operation_matches(op: &Operation, req: &Request) -> bool {
+/// Whether `op` matches; `refusing` (deny and audit rules) makes missing HTTP attributes
+/// (an opaque connection, a request naming no host) and a trailing `/` count as matches.
+fn operation_matches(op: &Operation, req: &Request, refusing: bool) -> bool {
     if !op.ports.is_empty() && !op.ports.contains(&req.port) {
         return false;
     }
     let http_fields = !op.methods.is_empty() || !op.paths.is_empty() || !op.hosts.is_empty();
     let Some(http) = req.http else {
-        // HTTP conditions never match an opaque connection.
-        return !http_fields;
+        // An opaque connection could carry any request: a refusing rule's HTTP
+        // conditions cannot be ruled out, an allowing rule's cannot be proved.
+        return refusing || !http_fields;
     };
-    (op.methods.is_empty() || op.methods.iter().any(|m| m == http.method))
-        && (op.paths.is_empty() || op.paths.iter().any(|p| path_matches(p, http.path)))
-        && (op.hosts.is_empty() || op.hosts.iter().any(|h| host_matches(h, http.host)))
+    let method_ok = |m: &String| m.eq_ignore_ascii_case(http.method);
+    (op.methods.is_empty() || op.methods.iter().any(method_ok))
+        && (op.paths.is_empty()
+            || op
+                .paths
+                .iter()
+                .any(|p| path_matches(p, http.path, refusing)))
+        && (op.hosts.is_empty()
+            || (refusing && http.host.is_empty())
+            || op.hosts.iter().any(|h| host_matches(h, http.host)))
 }
 
-/// `*` any; `/menu/*` the prefix `/menu` and below; otherwise exact.
-fn path_matches(pattern: &str, path: &str) -> bool {
+/// `*` any; `/menu/*` the prefix `/menu` and below; otherwise exact (and, for refusing
+/// rules, also with a trailing `/`, which many frameworks route to the same handler).
+fn path_matches(pattern: &str, path: &str, refusing: bool) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -144,7 +179,7 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             path == prefix
                 || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
         }
-        None => path == pattern,
+        None => path == pattern || (refusing && path.strip_suffix('/') == Some(pattern)),
     }
 }
 
@@ -236,6 +271,30 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// What a denied caller is told: the verdict and what decided, without the rules
+    /// (the full [`Decision`] text, with what the policies allow, goes to the proxy's log
+    /// and to `skein policy check`).
+    pub fn summary(&self) -> String {
+        let verdict = self.verdict.as_str();
+        match &self.by {
+            DecidedBy::Policy { policy, .. } => {
+                format!("{verdict} by AuthorizationPolicy {policy}")
+            }
+            DecidedBy::NotAllowed { policies, .. } => {
+                format!(
+                    "{verdict}: not allowed by AuthorizationPolicy {}",
+                    policies.join(", ")
+                )
+            }
+            DecidedBy::Default { action } => format!(
+                "{verdict} by the mesh's defaultPolicy ({})",
+                action_word(*action)
+            ),
+        }
+    }
+}
+
 fn action_word(a: PolicyAction) -> &'static str {
     match a {
         PolicyAction::Allow => "allow",
@@ -307,24 +366,42 @@ impl PolicySet {
             .iter()
             .filter(|p| p.governs(req.port))
             .collect();
-        for action in [PolicyAction::Deny, PolicyAction::Audit, PolicyAction::Allow] {
-            for p in governing.iter().filter(|p| p.spec.action == action) {
-                if let Some(rule) = p.matching_rule(caller, req) {
-                    let verdict = match action {
-                        PolicyAction::Deny => Verdict::Denied,
-                        PolicyAction::Audit => Verdict::Audited,
-                        PolicyAction::Allow => Verdict::Allowed,
-                    };
-                    return Decision {
-                        verdict,
-                        by: DecidedBy::Policy {
-                            policy: format!("{}/{}", p.namespace, p.name),
-                            action,
-                            rule,
-                        },
-                    };
-                }
-            }
+        let first_match = |action: PolicyAction| {
+            governing
+                .iter()
+                .filter(|p| p.spec.action == action)
+                .find_map(|p| Some((*p, p.matching_rule(caller, req)?)))
+        };
+        let by_policy = |verdict, (p, rule): (&Policy, usize)| Decision {
+            verdict,
+            by: DecidedBy::Policy {
+                policy: format!("{}/{}", p.namespace, p.name),
+                action: p.spec.action,
+                rule,
+            },
+        };
+        if let Some(hit) = first_match(PolicyAction::Deny) {
+            return by_policy(Verdict::Denied, hit);
+        }
+        let enforced = self.enforce(&governing, first_match(PolicyAction::Allow), &by_policy);
+        if !enforced.verdict.admits() {
+            return enforced;
+        }
+        match first_match(PolicyAction::Audit) {
+            Some(hit) => by_policy(Verdict::Audited, hit),
+            None => enforced,
+        }
+    }
+
+    /// What allow policies and the mesh default make of a request no deny policy matched.
+    fn enforce(
+        &self,
+        governing: &[&Policy],
+        allowed_by: Option<(&Policy, usize)>,
+        by_policy: &dyn Fn(Verdict, (&Policy, usize)) -> Decision,
+    ) -> Decision {
+        if let Some(hit) = allowed_by {
+            return by_policy(Verdict::Allowed, hit);
         }
         let allow: Vec<&&Policy> = governing
             .iter()

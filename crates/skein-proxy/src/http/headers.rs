@@ -73,9 +73,23 @@ pub fn strip_internal(headers: &mut HeaderMap) {
     }
 }
 
-/// True when an HTTP/1 request asks to switch protocols (e.g. WebSocket).
+/// True when an HTTP/1 request asks to switch protocols (e.g. WebSocket). An upgrade
+/// offering `h2c` does not count: the `Upgrade` header is dropped with the other
+/// hop-by-hop headers and the request proxied as plain HTTP/1, because an application
+/// that switched to HTTP/2 would take later requests on that connection past the
+/// proxy's per-request authorization and metrics.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut tokens = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .peekable();
+    let offers_upgrade = tokens.peek().is_some();
+    let offers_h2c = tokens.any(|t| t.eq_ignore_ascii_case(b"h2c"));
+    offers_upgrade
+        && !offers_h2c
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -137,5 +151,14 @@ mod tests {
         ])));
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&map(&[("connection", "keep-alive")])));
+        for offer in ["h2c", "H2C", "websocket, h2c"] {
+            assert!(
+                !wants_upgrade(&map(&[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", offer)
+                ])),
+                "{offer}: an h2c upgrade would carry later requests past authorization"
+            );
+        }
     }
 }

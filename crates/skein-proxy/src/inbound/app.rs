@@ -22,8 +22,9 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
     let (mut parts, body) = req.into_parts();
-    identify(&mut parts.headers, caller);
+    // Hop-by-hop first: a `Connection: skein-client-id` must not remove the header we add.
     headers::strip_hop_by_hop(&mut parts.headers);
+    identify(&mut parts.headers, caller);
     let authority = parts.uri.authority().cloned();
     let path = parts
         .uri
@@ -64,12 +65,86 @@ pub async fn forward(
     Ok(resp)
 }
 
-/// Removes every `skein-*` header and `x-forwarded-client-cert` a caller could have set,
-/// then names the verified caller in `skein-client-id`.
+/// Removes every `skein-*` header and `x-forwarded-client-cert` a caller could have set
+/// (also spelled with `_`, which CGI-style servers read as the same variable, and named in
+/// `Connection`), then names the verified caller in `skein-client-id`.
 pub fn identify(headers: &mut http::HeaderMap, caller: &Caller) {
-    headers::strip_internal(headers);
-    headers.remove(headers::FORWARDED_CLIENT_CERT);
+    let forged = |name: &str| {
+        let name = name.trim().to_ascii_lowercase().replace('_', "-");
+        name.starts_with("skein-") || name == headers::FORWARDED_CLIENT_CERT.as_str()
+    };
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| forged(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+    // An upgrade keeps its `Connection` header: drop any token naming those headers.
+    let connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|t| !forged(t))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    if !connection.is_empty() {
+        headers.remove(http::header::CONNECTION);
+        for v in connection.iter().filter(|v| !v.is_empty()) {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                headers.append(http::header::CONNECTION, v);
+            }
+        }
+    }
     if let Caller::Mesh(id) = caller {
         headers.insert(headers::CLIENT_ID, id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_identity_headers_go_and_the_verified_one_is_set() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("skein-client-id", "spiffe://x/ns/a/sa/b"),
+            ("skein_client_id", "spiffe://x/ns/a/sa/b"),
+            ("x-forwarded-client-cert", "URI=spiffe://x"),
+            ("x_forwarded_client_cert", "URI=spiffe://x"),
+            ("connection", "upgrade, skein-client-id"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ] {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let id = http::HeaderValue::from_static("spiffe://skein.local/ns/default/sa/web");
+        identify(&mut h, &Caller::Mesh(id.clone()));
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["accept", "connection", "skein-client-id", "upgrade"]
+        );
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(
+            h.get_all("skein-client-id").iter().collect::<Vec<_>>(),
+            [&id]
+        );
+        identify(&mut h, &Caller::Unauthenticated);
+        assert!(
+            !h.contains_key("skein-client-id"),
+            "plaintext callers get none"
+        );
     }
 }

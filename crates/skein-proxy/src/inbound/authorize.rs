@@ -39,7 +39,7 @@ pub fn http<B>(
     if let std::borrow::Cow::Owned(normal) = &normal {
         rewrite_path(req, normal)?;
     }
-    let host = host_of(req);
+    let host = host_of(req)?;
     let request = authz::Request {
         port,
         http: Some(HttpRequest {
@@ -104,7 +104,7 @@ fn record(
         Err(ProxyError::Denied {
             caller: source.label().to_string(),
             target: format!("{target}:{port}"),
-            reason: decision.to_string(),
+            reason: decision.summary(),
             policy: decision.policy_label().to_string(),
         })
     }
@@ -116,26 +116,57 @@ fn rewrite_path<B>(req: &mut Request<B>, normal: &str) -> Result<(), ProxyError>
         None => normal.to_string(),
     };
     let pq = PathAndQuery::try_from(with_query)
-        .map_err(|_| ProxyError::BadPeerRequest("the normalised path is not a valid URI path"))?;
+        .map_err(|_| ProxyError::BadRequest("the normalised path is not a valid URI path"))?;
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = Some(pq);
     *req.uri_mut() = Uri::from_parts(parts)
-        .map_err(|_| ProxyError::BadPeerRequest("the normalised path is not a valid URI path"))?;
+        .map_err(|_| ProxyError::BadRequest("the normalised path is not a valid URI path"))?;
     Ok(())
 }
 
-/// The host the request names (`:authority` or `Host`), without a port.
-fn host_of<B>(req: &Request<B>) -> String {
-    let raw = req
-        .uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| {
-            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            Some(h.parse::<http::uri::Authority>().ok()?.host().to_string())
-        })
-        .unwrap_or_default();
-    raw.trim_end_matches('.').to_string()
+/// The host the request names (`:authority`, or `Host`), without a port or trailing dot.
+///
+/// Host rules must not be dodged by the spelling of the request, so anything ambiguous is
+/// refused rather than guessed: a repeated or unparseable `Host`, a `Host` that names
+/// another host than the URI's authority (RFC 9113 §8.3.1 calls that malformed), and an
+/// HTTP/1.1 or HTTP/2 request that names no host at all. Only HTTP/1.0 may omit it; its
+/// host is then empty, which matches no `hosts` rule of an allow and every one of a deny.
+fn host_of<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    let mut headers = req.headers().get_all(http::header::HOST).iter();
+    let header = match (headers.next(), headers.next()) {
+        (None, _) => None,
+        (Some(h), None) => {
+            let authority = h
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .ok_or(ProxyError::BadRequest(
+                    "the Host header is not a valid host[:port]; send one host name",
+                ))?;
+            Some(authority.host().to_string())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ProxyError::BadRequest(
+                "the request has more than one Host header; send exactly one",
+            ))
+        }
+    };
+    let host = match (req.uri().host(), header) {
+        (Some(uri), Some(header)) if !uri.eq_ignore_ascii_case(&header) => {
+            return Err(ProxyError::BadRequest(
+                "the Host header names another host than the request's authority; make them agree",
+            ))
+        }
+        (Some(uri), _) => uri.to_string(),
+        (None, Some(header)) => header,
+        (None, None) if req.version() <= http::Version::HTTP_10 => String::new(),
+        (None, None) => {
+            return Err(ProxyError::BadRequest(
+                "the request names no host (no :authority and no Host header); HTTP/1.1 and HTTP/2 require one",
+            ))
+        }
+    };
+    Ok(host.trim_end_matches('.').to_string())
 }
 
 /// Caller, target, verdict.
@@ -217,12 +248,59 @@ mod tests {
         let req = Request::get("http://restaurant:8080/menu")
             .body(())
             .unwrap();
-        assert_eq!(host_of(&req), "restaurant");
+        assert_eq!(host_of(&req).unwrap(), "restaurant");
         let req = Request::get("/menu")
             .header("host", "Restaurant.default.:80")
             .body(())
             .unwrap();
-        assert_eq!(host_of(&req), "Restaurant.default");
+        assert_eq!(host_of(&req).unwrap(), "Restaurant.default");
+        let req = Request::get("http://web:80/menu")
+            .header("host", "WEB")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&req).unwrap(), "web", "same host, other case");
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        let refused = |req: Request<()>, what: &str| {
+            let err = host_of(&req).expect_err(what);
+            assert_eq!(err.reason(), "bad_request", "{what}");
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{what}");
+            err.to_string()
+        };
+        let msg = refused(
+            Request::get("/admin")
+                .header("host", "web")
+                .header("host", "admin")
+                .body(())
+                .unwrap(),
+            "two Host headers",
+        );
+        assert!(msg.contains("more than one Host"), "{msg}");
+        let msg = refused(
+            Request::get("http://web/admin")
+                .header("host", "admin")
+                .body(())
+                .unwrap(),
+            "Host disagrees with the authority",
+        );
+        assert!(msg.contains("another host"), "{msg}");
+        let msg = refused(
+            Request::get("/admin")
+                .header("host", "we b")
+                .body(())
+                .unwrap(),
+            "unparseable Host",
+        );
+        assert!(msg.contains("not a valid host"), "{msg}");
+        let msg = refused(Request::get("/admin").body(()).unwrap(), "no host");
+        assert!(msg.contains("names no host"), "{msg}");
+        let old = Request::get("/admin")
+            .version(http::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&old).unwrap(), "", "HTTP/1.0 may omit Host");
     }
 
     #[test]

@@ -36,13 +36,13 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// A verified SPIFFE ID.
-    fn mesh(id: &skein_identity::SpiffeId) -> Caller {
-        // A SPIFFE ID is printable ASCII (validated when parsed from the certificate).
-        match HeaderValue::from_str(&id.to_string()) {
-            Ok(v) => Caller::Mesh(v),
-            Err(_) => Caller::Unauthenticated,
-        }
+    /// A verified SPIFFE ID; `None` if it cannot be carried in a header (never expected:
+    /// IDs are validated ASCII), so that the connection is refused rather than served as
+    /// someone else.
+    fn mesh(id: &skein_identity::SpiffeId) -> Option<Caller> {
+        HeaderValue::from_str(&id.to_string())
+            .ok()
+            .map(Caller::Mesh)
     }
 
     /// The caller as policy evaluation sees it.
@@ -97,10 +97,10 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let caller = skein_identity::tls::peer_identity(tls.get_ref().1);
-                    match caller {
-                        Some(id) => {
+                    match caller.as_ref().and_then(Caller::mesh) {
+                        Some(caller) => {
                             ctx.metrics.inbound_security("mtls");
-                            serve_peer(ctx, tls, peer, Caller::mesh(&id)).await
+                            serve_peer(ctx, tls, peer, caller).await
                         }
                         // The verifier requires a certificate with a SPIFFE ID.
                         None => ctx.metrics.inbound_security("handshake_failed"),
