@@ -210,11 +210,26 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The figures are meant to include authorization: make sure it decided.
+    let metrics = http_get(SocketAddr::new(server, ADMIN_PORT), "/metrics").await?;
+    let authorized = metrics.lines().any(|l| {
+        l.starts_with("skein_authz_decisions_total{")
+            && l.contains("decision=\"allowed\"")
+            && l.contains("policy=\"default/bench\"")
+    });
+    if !authorized {
+        bail!(
+            "the skein pair's first request was not allowed by AuthorizationPolicy \
+             default/bench; the inbound proxy's log ends:\n{}",
+            inbound.log_tail()
+        );
+    }
     let setup = Setup {
         kind: Kind::Skein,
         description: format!(
             "load generator → skein proxy (outbound) → skein proxy (inbound) → backend; \
-             proxies talk HTTP/2 {}",
+             proxies talk HTTP/2 {}; the mesh denies by default and one AuthorizationPolicy \
+             per Service allows the load generator",
             if SKEIN_MTLS {
                 "over mutual TLS 1.3 with certificates from `skein control` (joined with tokens)"
             } else {
@@ -234,8 +249,31 @@ const CONTROL_HTTP: u16 = 9990;
 const CONTROL_GRPC: u16 = 9991;
 
 /// The Services the outbound proxy's upstream listeners name, all selecting the inbound
-/// proxy's workload (`app: bench`), one per protocol so that no detection runs.
+/// proxy's workload (`app: bench`), one per protocol so that no detection runs. The mesh
+/// denies by default, as production meshes should, and one AuthorizationPolicy per
+/// Service lets the load generator through, so every request and tunnel is authorized
+/// (HTTP ones on method and path) as it would be in production.
 const RESOURCES: &str = "\
+apiVersion: skein.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {defaultPolicy: deny}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: bench}
+spec: {targetRef: {name: bench}, rules: [{from: [{service: loadgen}], to: [{methods: [GET], paths: ['/*']}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: bench-h2}
+spec: {targetRef: {name: bench-h2}, rules: [{from: [{service: loadgen}], to: [{methods: [GET], paths: ['/*']}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: bench-tcp}
+spec: {targetRef: {name: bench-tcp}, rules: [{from: [{service: loadgen}]}]}
+---
 apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: bench}
