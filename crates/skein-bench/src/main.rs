@@ -4,6 +4,7 @@
 //! hand to look at one thing. See bench/README.md.
 
 mod backend;
+mod handshake;
 mod load;
 mod nginx;
 mod procs;

@@ -12,6 +12,7 @@
 //! that cell is n/a. A throwaway CA, server and client certificate are made with the
 //! `openssl` CLI for every run.
 
+use crate::handshake::{HandshakeTarget, PeerRequest};
 use crate::procs::Proc;
 use crate::setups::{ip, start_apps, wait_listening, Env, Kind, Setup, APP_PORT, SINK_PORT};
 use anyhow::{bail, Context};
@@ -69,6 +70,8 @@ pub async fn start(env: &Env) -> anyhow::Result<Setup> {
              libnginx-mod-stream)"
         ))
     };
+    let handshake = b_client(&pki, SocketAddr::new(b, B_HTTPS))
+        .context("nginx pair: cannot load A's client certificate")?;
     Ok(Setup {
         kind: Kind::Nginx,
         description: format!(
@@ -78,6 +81,7 @@ pub async fn start(env: &Env) -> anyhow::Result<Setup> {
         ),
         http: SocketAddr::new(a, A_HTTP),
         h2: Ok(SocketAddr::new(a, A_H2)),
+        handshake: Ok(handshake),
         tcp,
         proxies: vec![na, nb],
         apps,
@@ -99,6 +103,21 @@ fn spawn(env: &Env, name: &str, tag: &str, conf: &str) -> anyhow::Result<Proc> {
         .arg("-e")
         .arg(dir.join(format!("{tag}-error.log")));
     Proc::spawn(name, cmd, &dir.join(format!("{tag}.log")))
+}
+
+/// The handshake scenario's client for the nginx pair: what A presents to B.
+fn b_client(pki: &Pki, b: SocketAddr) -> anyhow::Result<HandshakeTarget> {
+    let read = |p: &str| std::fs::read_to_string(p).with_context(|| format!("cannot read {p}"));
+    Ok(HandshakeTarget {
+        addr: b,
+        tls: crate::handshake::nginx_client_config(
+            &read(&pki.ca)?,
+            &read(&pki.client_crt)?,
+            &read(&pki.client_key)?,
+        )?,
+        server_name: rustls::pki_types::ServerName::try_from(B_NAME)?,
+        request: PeerRequest::Http1,
+    })
 }
 
 /// Paths of the throwaway PKI.

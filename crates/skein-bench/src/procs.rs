@@ -124,8 +124,12 @@ impl Drop for TempDir {
 pub struct Usage {
     /// User + system CPU seconds so far.
     pub cpu_secs: f64,
-    /// Resident memory now (sum of `VmRSS`), KiB.
+    /// Resident memory now (sum of `VmRSS`), KiB. Includes the executable's and libraries'
+    /// pages, which every process running the same binary shares.
     pub rss_kib: u64,
+    /// The anonymous part of it (sum of `RssAnon`: heap, stacks), KiB: what each further
+    /// process of the same binary adds.
+    pub anon_kib: u64,
     /// Peak resident memory (sum of each process's `VmHWM`), KiB.
     pub peak_rss_kib: u64,
 }
@@ -141,6 +145,7 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         let status = fs::read_to_string(format!("/proc/{p}/status"))?;
         total.cpu_secs += cpu as f64 / ticks;
         total.rss_kib += status_kib(&status, "VmRSS").unwrap_or(0);
+        total.anon_kib += status_kib(&status, "RssAnon").unwrap_or(0);
         total.peak_rss_kib += status_kib(&status, "VmHWM").unwrap_or(0);
     }
     Ok(total)
@@ -220,8 +225,9 @@ mod tests {
 
     #[test]
     fn status_values_in_kib() {
-        let s = "Name:\tskein\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        let s = "Name:\tskein\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nRssAnon:\t    1364 kB\n";
         assert_eq!(status_kib(s, "VmRSS"), Some(10240));
+        assert_eq!(status_kib(s, "RssAnon"), Some(1364));
         assert_eq!(status_kib(s, "VmHWM"), Some(20480));
         assert_eq!(status_kib(s, "VmSwap"), None);
     }
@@ -230,5 +236,6 @@ mod tests {
     fn usage_of_this_process() {
         let u = usage(std::process::id()).unwrap();
         assert!(u.rss_kib > 0 && u.peak_rss_kib >= u.rss_kib, "{u:?}");
+        assert!(u.anon_kib > 0 && u.anon_kib <= u.rss_kib, "{u:?}");
     }
 }

@@ -88,6 +88,9 @@ pub struct Summary {
     pub tcp_mb_per_s: Vec<Figure>,
     /// New connections/s.
     pub conn_per_s: Vec<Figure>,
+    /// New mutual-TLS connections/s into the receiving proxy (no ratio: direct has no
+    /// hop between proxies).
+    pub handshakes_per_s: Vec<Figure>,
 }
 
 /// The median of `v` (mean of the middle two for an even count).
@@ -196,6 +199,12 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
         }),
         conn_per_s: figures(results, |r| {
             (r.conn_rate.iter().map(|x| x.rps).collect(), None)
+        }),
+        handshakes_per_s: figures(results, |r| {
+            (
+                r.handshakes.iter().map(|x| x.per_s).collect(),
+                na(&r.handshake_na),
+            )
         }),
     }
 }
@@ -326,6 +335,36 @@ fn throughput_tables(o: &mut String, summary: &Summary, p: &Plan) {
         let _ = writeln!(o, "| {unit} | {} |", row(&|f| cell(f, thousands)));
         let _ = writeln!(o, "| ratio to direct | {} |\n", row(&ratio_cell));
     }
+    handshake_table(o, summary, p);
+}
+
+/// New mutual-TLS connections into the receiving proxy: no direct baseline, so the
+/// pairs are compared with the nginx pair.
+fn handshake_table(o: &mut String, summary: &Summary, p: &Plan) {
+    let figs = &summary.handshakes_per_s;
+    if figs.iter().all(|f| f.value.is_none()) {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "### New mutual-TLS connections between proxies ({} workers, each: connect, full TLS 1.3 \
+         handshake with a client certificate, one request, close)\n",
+        p.handshake_workers
+    );
+    let cols: Vec<String> = figs.iter().skip(1).map(|f| f.setup.clone()).collect();
+    header_row(o, "", &cols);
+    let cells: Vec<String> = figs.iter().skip(1).map(|f| cell(f, thousands)).collect();
+    let _ = writeln!(o, "| connections/s | {} |", cells.join(" | "));
+    let nginx = figs
+        .iter()
+        .find(|f| f.setup == "nginx pair")
+        .and_then(|f| f.value);
+    let cells: Vec<String> = figs
+        .iter()
+        .skip(1)
+        .map(|f| ratio(f.value, nginx).map_or("n/a".into(), |r| format!("{r:.2}×")))
+        .collect();
+    let _ = writeln!(o, "| ratio to nginx pair | {} |\n", cells.join(" | "));
 }
 
 fn headline(o: &mut String, s: &Summary) {
@@ -402,15 +441,18 @@ fn resources_table(o: &mut String, results: &[SetupResults]) {
         "### Resources per proxy (from /proc; nginx: master + worker)\n"
     );
     let mut cols = Vec::new();
-    let mut per: Vec<[Option<f64>; 4]> = Vec::new();
+    let mut per: Vec<[Option<f64>; 6]> = Vec::new();
     for r in results.iter().filter(|r| !r.proxies.is_empty()) {
-        let mut pair = [Some(0.0); 4];
+        let mut pair = [Some(0.0); 6];
         for p in &r.proxies {
             let v = [
                 Some(p.idle_rss_kib as f64 / 1024.0),
+                (p.idle_anon_kib > 0).then(|| p.idle_anon_kib as f64 / 1024.0),
                 Some(p.peak_rss_kib as f64 / 1024.0),
                 (p.http_requests > 0).then(|| p.http_cpu_secs / p.http_requests as f64 * 1000.0),
                 (p.tcp_bytes > 0).then(|| p.tcp_cpu_secs / (p.tcp_bytes as f64 / 1e9)),
+                (r.handshakes.iter().any(|h| h.handshakes > 0))
+                    .then(|| p.handshake_cpu_secs / p.handshakes.max(1) as f64 * 1000.0),
             ];
             for (acc, x) in pair.iter_mut().zip(v) {
                 *acc = acc.zip(x).map(|(a, b)| a + b);
@@ -427,9 +469,11 @@ fn resources_table(o: &mut String, results: &[SetupResults]) {
     header_row(o, "", &cols);
     let rows = [
         ("idle RSS (MiB)", 1),
+        ("of which private: heap and stacks (MiB)", 1),
         ("peak RSS (MiB)", 1),
         ("CPU s per 1,000 requests", 4),
         ("CPU s per GB of TCP", 2),
+        ("CPU s per 1,000 mTLS connections", 3),
     ];
     for (i, (what, digits)) in rows.iter().enumerate() {
         let cells: Vec<String> = per

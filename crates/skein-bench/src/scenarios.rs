@@ -7,6 +7,7 @@
 //! Any failed request, tool error or dead process stops the run with the setup and the
 //! scenario named.
 
+use crate::handshake::{HandshakeReport, HandshakeTarget};
 use crate::load::LoadReport;
 use crate::procs::{usage, Usage};
 use crate::setups::{Setup, Target};
@@ -37,6 +38,8 @@ pub struct Plan {
     pub h2_clients: u32,
     /// Concurrent streams per HTTP/2 connection.
     pub h2_streams: u32,
+    /// Workers opening mutual-TLS connections to the receiving proxy, one at a time each.
+    pub handshake_workers: u32,
 }
 
 impl Plan {
@@ -55,6 +58,7 @@ impl Plan {
             wrk_connections: 64,
             h2_clients: 4,
             h2_streams: 32,
+            handshake_workers: 16,
         }
     }
 
@@ -66,6 +70,7 @@ impl Plan {
             Scenario::H2,
             Scenario::Tcp,
             Scenario::ConnRate,
+            Scenario::Handshakes,
         ]);
         s
     }
@@ -84,6 +89,9 @@ pub enum Scenario {
     Tcp,
     /// New connections per second (no keep-alive).
     ConnRate,
+    /// New mutual-TLS connections per second into the receiving proxy, as its peer
+    /// would open them (see [`crate::handshake`]).
+    Handshakes,
 }
 
 impl Scenario {
@@ -95,6 +103,7 @@ impl Scenario {
             Scenario::H2 => "HTTP/2 streams".into(),
             Scenario::Tcp => "TCP bulk".into(),
             Scenario::ConnRate => "new-connection rate".into(),
+            Scenario::Handshakes => "mTLS handshakes".into(),
         }
     }
 }
@@ -120,6 +129,10 @@ pub struct SetupResults {
     pub tcp_na: Option<String>,
     /// wrk `Connection: close` runs.
     pub conn_rate: Vec<WrkReport>,
+    /// New mutual-TLS connections into the receiving proxy.
+    pub handshakes: Vec<HandshakeReport>,
+    /// Why there are no handshake figures, if so.
+    pub handshake_na: Option<String>,
     /// Resources of each proxy process.
     pub proxies: Vec<ProxyUsage>,
 }
@@ -131,6 +144,9 @@ pub struct ProxyUsage {
     pub name: String,
     /// Resident memory once started and probed, before any load, KiB.
     pub idle_rss_kib: u64,
+    /// The anonymous (private) part of the idle memory, KiB: what one more proxy of the
+    /// same binary costs, the code pages being shared.
+    pub idle_anon_kib: u64,
     /// Peak resident memory at the end of the run, KiB.
     pub peak_rss_kib: u64,
     /// CPU seconds spent during HTTP scenarios.
@@ -141,6 +157,10 @@ pub struct ProxyUsage {
     pub tcp_cpu_secs: f64,
     /// Bytes carried during the TCP scenario.
     pub tcp_bytes: u64,
+    /// CPU seconds spent during the handshake scenario.
+    pub handshake_cpu_secs: f64,
+    /// Connections completed during the handshake scenario.
+    pub handshakes: u64,
     /// CPU seconds over the whole run (including probes and idle time).
     pub total_cpu_secs: f64,
 }
@@ -164,6 +184,7 @@ impl SetupResults {
             proxies.push(ProxyUsage {
                 name: p.name.clone(),
                 idle_rss_kib: u.rss_kib,
+                idle_anon_kib: u.anon_kib,
                 ..ProxyUsage::default()
             });
         }
@@ -172,6 +193,7 @@ impl SetupResults {
             description: setup.description.clone(),
             h2_na: setup.h2.clone().err(),
             tcp_na: setup.tcp.clone().err(),
+            handshake_na: setup.handshake.as_ref().err().cloned(),
             proxies,
             ..SetupResults::default()
         })
@@ -249,6 +271,7 @@ pub async fn warm_up(tools: &Tools, plan: &Plan, setup: &mut Setup) -> anyhow::R
 enum Work {
     Requests(u64),
     Bytes(u64),
+    Handshakes(u64),
     None,
 }
 
@@ -267,6 +290,10 @@ async fn measure(
         Scenario::Latency(rate) => latency(tools, plan, setup, result, rate).await?,
         Scenario::Throughput => wrk(tools, plan, setup, result, false).await?,
         Scenario::ConnRate => wrk(tools, plan, setup, result, true).await?,
+        Scenario::Handshakes => match &setup.handshake {
+            Err(_) => (Work::None, "n/a".to_string()),
+            Ok(target) => handshakes(plan, target, result).await?,
+        },
         Scenario::H2 => match target(&setup.h2) {
             None => (Work::None, "n/a".to_string()),
             Some(addr) => h2(tools, plan, addr, result).await?,
@@ -294,6 +321,10 @@ async fn measure(
             Work::Bytes(n) => {
                 p.tcp_cpu_secs += cpu;
                 p.tcp_bytes += n;
+            }
+            Work::Handshakes(n) => {
+                p.handshake_cpu_secs += cpu;
+                p.handshakes += n;
             }
             Work::None => {}
         }
@@ -387,6 +418,32 @@ async fn h2(
     let n = r.succeeded;
     result.h2.push(r);
     Ok((Work::Requests(n), line))
+}
+
+async fn handshakes(
+    plan: &Plan,
+    target: &HandshakeTarget,
+    result: &mut SetupResults,
+) -> anyhow::Result<(Work, String)> {
+    let r = crate::handshake::run(
+        target,
+        crate::setups::HOST,
+        plan.handshake_workers,
+        plan.secs,
+    )
+    .await?;
+    if r.errors > 0 || r.handshakes == 0 {
+        bail!(
+            "{} of {} connections failed; first error: {}",
+            r.errors,
+            r.errors + r.handshakes,
+            r.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    let line = format!("{:.0} conn/s, {:.0} µs each", r.per_s, r.mean_us);
+    let n = r.handshakes;
+    result.handshakes.push(r);
+    Ok((Work::Handshakes(n), line))
 }
 
 fn target(t: &Target) -> Option<std::net::SocketAddr> {

@@ -7,14 +7,18 @@
 //!   inbound (127.0.0.152) → backend (127.0.0.152), configured with local upstream
 //!   listeners, one per protocol. Both proxies join a `skein control` (127.0.0.155) with
 //!   join tokens, as in production: destinations, endpoint identities and certificates
-//!   come from it, and the proxies talk HTTP/2 over mutual TLS 1.3;
+//!   come from it, and the proxies talk HTTP/2 over mutual TLS 1.3. The harness makes the
+//!   mesh CA and the control plane imports it, so the handshake scenario's client can
+//!   hold a mesh certificate of its own;
 //! - **nginx pair**: see [`crate::nginx`].
 //!
 //! Each setup is probed end to end (one HTTP/1.1 request, one HTTP/2 request, a small TCP
 //! transfer) before any measurement, so a broken setup fails fast and by name.
 
+use crate::handshake::{HandshakeTarget, PeerRequest};
 use crate::procs::{Proc, TempDir};
 use anyhow::{bail, Context};
+use skein_identity::{CertificateAuthority, SpiffeId, WorkloadCert, WorkloadKey};
 use skein_model::{
     AdminConfig, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol, ProxyConfig, Upstream,
     WorkloadInfo,
@@ -85,6 +89,9 @@ pub struct Setup {
     pub h2: Target,
     /// Opaque TCP entry point.
     pub tcp: Target,
+    /// The receiving proxy, for new mutual-TLS connections as its peer would open them
+    /// (none for direct: there is no hop between proxies).
+    pub handshake: Result<HandshakeTarget, String>,
     /// The proxies whose resources are measured (none for direct).
     pub proxies: Vec<Proc>,
     /// Backend and sink.
@@ -164,6 +171,7 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         http: SocketAddr::new(host, APP_PORT),
         h2: Ok(SocketAddr::new(host, APP_PORT)),
         tcp: Ok(SocketAddr::new(host, SINK_PORT)),
+        handshake: Err("no hop between proxies".into()),
         proxies: Vec::new(),
         apps: start_apps(env, host, "direct").await?,
     })
@@ -184,6 +192,8 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
     let bench_token = control.token(env, "bench")?;
     let loadgen_token = control.token(env, "loadgen")?;
     let grpc = control.grpc;
+    let handshake = peer_client(&control.ca, SocketAddr::new(server, INBOUND_PORT))
+        .context("skein: cannot make the handshake scenario's client certificate")?;
     apps.push(control.proc);
     let inbound = start_proxy(
         env,
@@ -239,6 +249,7 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
         http: SocketAddr::new(client, UP_HTTP),
         h2: Ok(SocketAddr::new(client, UP_H2)),
         tcp: Ok(SocketAddr::new(client, UP_TCP)),
+        handshake: Ok(handshake),
         proxies: vec![outbound, inbound],
         apps,
     };
@@ -296,6 +307,9 @@ struct Control {
     http: SocketAddr,
     grpc: SocketAddr,
     data_dir: PathBuf,
+    /// The mesh CA, made here and imported by the control plane (bring-your-own-CA), so
+    /// that the handshake scenario's client can hold a mesh certificate.
+    ca: CertificateAuthority,
 }
 
 impl Control {
@@ -341,10 +355,24 @@ async fn start_control(env: &Env) -> anyhow::Result<Control> {
         SocketAddr::new(host, CONTROL_GRPC),
     );
     let data_dir = env.dir.path().join("control");
+    let ca = CertificateAuthority::generate(TRUST_DOMAIN).context("cannot make the mesh CA")?;
+    let ca_dir = env.dir.path().join("mesh-ca");
+    ca.to_pem_files(&ca_dir)
+        .with_context(|| format!("cannot write the mesh CA to {}", ca_dir.display()))?;
     let mut cmd = Command::new(&env.skein);
     cmd.arg("control")
         .arg("--data-dir")
         .arg(&data_dir)
+        .arg("--ca-trust-domain")
+        .arg(TRUST_DOMAIN)
+        .arg("--ca-root-cert")
+        .arg(ca_dir.join("root.crt"))
+        .arg("--ca-root-key")
+        .arg(ca_dir.join("root.key"))
+        .arg("--ca-cert")
+        .arg(ca_dir.join("intermediate.crt"))
+        .arg("--ca-key")
+        .arg(ca_dir.join("intermediate.key"))
         .arg("--http")
         .arg(http.to_string())
         .arg("--grpc")
@@ -359,11 +387,38 @@ async fn start_control(env: &Env) -> anyhow::Result<Control> {
         http,
         grpc,
         data_dir,
+        ca,
     };
     let file = env.dir.path().join("bench-resources.yaml");
     std::fs::write(&file, RESOURCES).with_context(|| format!("cannot write {}", file.display()))?;
     control.cli(env, &["apply", "-f", &file.display().to_string()])?;
     Ok(control)
+}
+
+/// The mesh's trust domain (the Mesh resource's default).
+const TRUST_DOMAIN: &str = "skein.local";
+
+/// The handshake scenario's client for the skein pair: a key made here and a certificate
+/// from the mesh CA for `loadgen` (the identity the bench's policies allow), verifying
+/// that the server is `bench`, as the outbound proxy does.
+fn peer_client(ca: &CertificateAuthority, inbound: SocketAddr) -> anyhow::Result<HandshakeTarget> {
+    use skein_identity::tls;
+    let me = SpiffeId::new(TRUST_DOMAIN, "default", "loadgen")?;
+    let peer = SpiffeId::new(TRUST_DOMAIN, "default", "bench")?;
+    let key = WorkloadKey::generate()?;
+    let issued = ca.issue(key.csr(&me)?, &me, Duration::from_secs(24 * 3600))?;
+    let cert = WorkloadCert::new(key, &issued.chain_pem)?;
+    let config = tls::client_config(
+        tls::CertResolver::new(&cert)?,
+        tls::TrustBundle::new(&ca.trust_bundle())?,
+        peer.clone(),
+    )?;
+    Ok(HandshakeTarget {
+        addr: inbound,
+        tls: config,
+        server_name: tls::server_name(&peer)?,
+        request: PeerRequest::SkeinPeer { port: APP_PORT },
+    })
 }
 
 fn workload(name: &str, service: &str) -> WorkloadInfo {
