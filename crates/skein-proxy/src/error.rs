@@ -95,6 +95,24 @@ pub enum ProxyError {
     /// A plaintext caller, after the mesh switched to `mtls: strict`.
     #[error("this workload accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call it through your own skein proxy")]
     MtlsRequired,
+    /// The route's timeout passed before the response arrived; the request was cancelled.
+    #[error(
+        "no response from {service} within {after:?} ({field} of HTTPRoute {route}, rule {rule}); \
+         the request was cancelled upstream. Raise the timeout (0s disables it) or make the \
+         backend answer sooner"
+    )]
+    Timeout {
+        /// The destination service.
+        service: String,
+        /// The timeout.
+        after: std::time::Duration,
+        /// `timeouts.request` or `timeouts.backendRequest`.
+        field: &'static str,
+        /// The HTTPRoute's `namespace/name`.
+        route: String,
+        /// The rule's index in it.
+        rule: usize,
+    },
     /// The proxy is shutting down.
     #[error("proxy is shutting down; retry on another endpoint")]
     ShuttingDown,
@@ -107,7 +125,8 @@ impl ProxyError {
             ProxyError::NoAuthority | ProxyError::RequestBody(_) => Source::Downstream,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
-            | ProxyError::TunnelRefused { .. } => Source::Upstream,
+            | ProxyError::TunnelRefused { .. }
+            | ProxyError::Timeout { .. } => Source::Upstream,
             ProxyError::BadPeerRequest(_)
             | ProxyError::PortNotServed(..)
             | ProxyError::MtlsRequired
@@ -141,6 +160,7 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => S::GATEWAY_TIMEOUT,
         }
     }
 
@@ -161,6 +181,7 @@ impl ProxyError {
             ProxyError::Denied { .. } => "denied",
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Timeout { .. } => "timeout",
             ProxyError::ShuttingDown => "shutting_down",
         }
     }
@@ -185,6 +206,7 @@ impl ProxyError {
             400 => 3,        // INVALID_ARGUMENT
             403 => 7,        // PERMISSION_DENIED
             502 | 503 => 14, // UNAVAILABLE
+            504 => 4,        // DEADLINE_EXCEEDED
             _ => 13,         // INTERNAL
         };
         let mut resp = http::Response::new(crate::http::empty());

@@ -10,17 +10,34 @@
 use skein_model::resource::{BackendRef, PathMatchType, RouteMatch, RouteRule, ValueMatchType};
 use skein_model::DestinationRoute;
 
+/// The rule that handles a request, and where it is written (for diagnostics).
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// The HTTPRoute.
+    pub route: &'a DestinationRoute,
+    /// The rule's index in it.
+    pub index: usize,
+    /// The rule.
+    pub rule: &'a RouteRule,
+}
+
 /// The rule of `routes` that handles a request to `port`, if any.
 pub fn select<'a, B>(
     routes: &'a [DestinationRoute],
     port: u16,
     req: &http::Request<B>,
-) -> Option<&'a RouteRule> {
+) -> Option<Selected<'a>> {
     routes
         .iter()
         .filter(|r| r.port.is_none_or(|p| p == port))
-        .flat_map(|r| r.rules.iter())
-        .find(|rule| rule.matches.iter().any(|m| matches(m, req)))
+        .flat_map(|route| {
+            route
+                .rules
+                .iter()
+                .enumerate()
+                .map(move |(index, rule)| Selected { route, index, rule })
+        })
+        .find(|s| s.rule.matches.iter().any(|m| matches(m, req)))
 }
 
 /// Whether one match's conditions all hold.
@@ -125,7 +142,7 @@ mod tests {
 ";
 
     fn backend_of(routes: &[DestinationRoute], port: u16, r: &http::Request<()>) -> Option<String> {
-        select(routes, port, r).map(|rule| rule.backend_refs[0].name.clone())
+        select(routes, port, r).map(|s| s.rule.backend_refs[0].name.clone())
     }
 
     #[test]
@@ -138,6 +155,12 @@ mod tests {
         );
         let admin = req("POST", "/admin", &[]);
         assert_eq!(backend_of(&routes, 8080, &admin).as_deref(), Some("admin"));
+        let selected = select(&routes, 8080, &admin).unwrap();
+        assert_eq!(
+            (selected.route.name.as_str(), selected.index),
+            ("default/restaurant", 1),
+            "where the rule is written, for timeout errors"
+        );
         assert_eq!(
             backend_of(&routes, 8080, &req("GET", "/admin", &[])),
             None,

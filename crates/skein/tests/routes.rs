@@ -71,22 +71,61 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn route_change_takes_effect_within_a_second_without_failures() {
-    skein_testkit::init_tracing();
-    let dir = std::env::temp_dir().join(format!("skein-routes-{}", std::process::id()));
+/// A control plane with an embedded store on 127.0.0.`host`, in a fresh data dir.
+async fn control_at(host: u8) -> (RunningControl, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("skein-routes-{}-{host}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let control = RunningControl::start(ControlOptions {
         data_dir: dir.clone(),
         store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(170), 0),
-        grpc: SocketAddr::new(loopback(170), 0),
+        http: SocketAddr::new(loopback(host), 0),
+        grpc: SocketAddr::new(loopback(host), 0),
         workload_grace: Duration::from_secs(30),
         replica: "test".into(),
         ca_import: None,
     })
     .await
     .unwrap();
+    (control, dir)
+}
+
+/// The caller's proxy on 127.0.0.`host`: everything from the control plane, reached as
+/// an HTTP proxy; returned once it knows endpoints of every one of `services`.
+async fn caller_at(control: &RunningControl, host: u8, services: &[&str]) -> RunningProxy {
+    let mut config: ProxyConfig =
+        MeshSpec::new(host, host).client_config(SocketAddr::new(loopback(host), 4143));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    let advertise = SocketAddr::new(loopback(host), 4143);
+    config.inbound.listen = advertise;
+    let service = config.workload.service.clone();
+    let client =
+        RunningProxy::start_with_control(config, control_for(control, advertise, &service).await)
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cfg = client.ctx.config();
+        let ready = services.iter().all(|s| {
+            cfg.destinations
+                .iter()
+                .any(|d| d.service == *s && !d.endpoints.is_empty())
+        });
+        if ready {
+            return client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caller never learned the endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn route_change_takes_effect_within_a_second_without_failures() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(170).await;
     let services = format!(
         "apiVersion: skein.dev/v1alpha1
 kind: Service
@@ -114,38 +153,8 @@ spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http
     let (v1, _p1) = workload(&control, 171, "restaurant-v1").await;
     let (v2, _p2) = workload(&control, 172, "restaurant-v2").await;
 
-    // The caller's proxy: everything from the control plane, reached as an HTTP proxy.
-    let mut config: ProxyConfig =
-        MeshSpec::new(173, 173).client_config(SocketAddr::new(loopback(171), 4143));
-    config.destinations.clear();
-    config.outbound.upstreams.clear();
-    let advertise = SocketAddr::new(loopback(173), 4143);
-    config.inbound.listen = advertise;
-    let service = config.workload.service.clone();
-    let client =
-        RunningProxy::start_with_control(config, control_for(&control, advertise, &service).await)
-            .await
-            .unwrap();
+    let client = caller_at(&control, 173, &["restaurant-v1", "restaurant-v2"]).await;
     let proxy = client.addrs.http_proxy.unwrap();
-
-    // Wait until the caller sees both backends' endpoints.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let cfg = client.ctx.config();
-        let ready = ["restaurant-v1", "restaurant-v2"].iter().all(|s| {
-            cfg.destinations
-                .iter()
-                .any(|d| d.service == *s && !d.endpoints.is_empty())
-        });
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "caller never learned the endpoints"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     let mut sender = h1(proxy).await.unwrap();
     let mut send = async || {
@@ -200,6 +209,108 @@ spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http
     }
     assert_eq!(v1.hits(), v1_now, "no more traffic to v1");
     assert!(client.ctx.config_version.load(Ordering::SeqCst) > 0);
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn route_timeouts_answer_504_and_cut_responses_that_outlive_them() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(174).await;
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: restaurant}}
+spec: {{selector: {{app: restaurant}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: restaurant}}
+spec:
+  parentRefs: [{{name: restaurant, port: {PORT}}}]
+  rules:
+  - matches: [{{headers: [{{name: x-patient, value: 'yes'}}]}}]
+    backendRefs: [{{name: restaurant, port: {PORT}}}]
+    timeouts: {{request: 0s}}
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}}}, {{path: {{type: PathPrefix, value: /chunked}}}}]
+    backendRefs: [{{name: restaurant, port: {PORT}}}]
+    timeouts: {{request: 5s, backendRequest: 300ms}}
+"
+    );
+    control
+        .registry
+        .apply(parse_documents(&resources, "test").unwrap())
+        .await
+        .unwrap();
+    let (backend, _server) = workload(&control, 175, "restaurant").await;
+    let client = caller_at(&control, 176, &["restaurant"]).await;
+    let proxy = client.addrs.http_proxy.unwrap();
+    let get = |path: &str, patient: bool| {
+        let mut req = Request::get(format!("http://restaurant:{PORT}{path}"));
+        if patient {
+            req = req.header("x-patient", "yes");
+        }
+        req.body(empty()).unwrap()
+    };
+
+    // No response headers within 300 ms: 504 naming the route, the rule and the field,
+    // long before the backend would have answered.
+    let mut sender = h1(proxy).await.unwrap();
+    let started = Instant::now();
+    let resp = sender
+        .send_request(get("/slow?ms=5000", false))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(resp.headers()["skein-error"], "timeout");
+    let body = skein_testkit::client::body_bytes(resp).await.unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains(
+            "within 300ms (timeouts.backendRequest of HTTPRoute default/restaurant, rule 1)"
+        ),
+        "{body}"
+    );
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+    let text = client.ctx.metrics.encode();
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("skein_proxy_errors_total{direction=\"outbound\",reason=\"timeout\"}")
+            && !l.ends_with(" 0")),
+        "the caller's proxy counts the timeout"
+    );
+
+    // The same slow request on a rule whose timeout is 0s (disabled) waits for the answer.
+    let resp = sender
+        .send_request(get("/slow?ms=600", true))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = skein_testkit::client::body_bytes(resp).await.unwrap();
+    assert_eq!(&body[..], b"slow done");
+
+    // Headers in time but a body still streaming at 300 ms: the response is cut, not
+    // completed late (Gateway API's timeouts cover the whole response).
+    let mut sender = h1(proxy).await.unwrap();
+    let resp = sender
+        .send_request(get("/chunked?n=5000", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the headers came in time");
+    let cut = skein_testkit::client::body_bytes(resp).await;
+    assert!(cut.is_err(), "a body that outlives the timeout is cut");
+
+    // Other requests on the route are unaffected.
+    let mut sender = h1(proxy).await.unwrap();
+    let resp = sender
+        .send_request(get("/chunked?n=3", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = skein_testkit::client::body_bytes(resp).await.unwrap();
+    assert_eq!(&body[..], b"chunk-0\nchunk-1\nchunk-2\n");
+    assert!(backend.hits() >= 4);
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -216,6 +216,22 @@ pub struct RouteTimeouts {
     pub backend_request: Option<Duration>,
 }
 
+impl RouteTimeouts {
+    /// The one deadline a proxy enforces while it makes a single try: the shorter of
+    /// `request` and `backendRequest`, a zero one being disabled, with the field it came
+    /// from (for the error a caller sees). `None` when neither is set to more than zero.
+    pub fn effective(&self) -> Option<(Duration, &'static str)> {
+        let set = |d: Option<Duration>, field| d.filter(|d| !d.is_zero()).map(|d| (d, field));
+        match (
+            set(self.request, "timeouts.request"),
+            set(self.backend_request, "timeouts.backendRequest"),
+        ) {
+            (Some(r), Some(b)) => Some(if b.0 < r.0 { b } else { r }),
+            (r, b) => r.or(b),
+        }
+    }
+}
+
 /// Retries of one rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

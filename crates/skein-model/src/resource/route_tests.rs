@@ -248,3 +248,32 @@ fn rule_names_are_labels_used_once() {
         ]
     );
 }
+
+#[test]
+fn the_effective_timeout_is_the_shorter_one_and_zero_disables() {
+    let t = |request: Option<u64>, backend: Option<u64>| RouteTimeouts {
+        request: request.map(Duration::from_millis),
+        backend_request: backend.map(Duration::from_millis),
+    };
+    let ms = |d: u64| Duration::from_millis(d);
+    assert_eq!(t(None, None).effective(), None);
+    assert_eq!(t(Some(0), Some(0)).effective(), None, "0s disables");
+    assert_eq!(
+        t(Some(500), None).effective(),
+        Some((ms(500), "timeouts.request"))
+    );
+    assert_eq!(
+        t(Some(500), Some(200)).effective(),
+        Some((ms(200), "timeouts.backendRequest"))
+    );
+    assert_eq!(
+        t(Some(200), Some(200)).effective(),
+        Some((ms(200), "timeouts.request")),
+        "a tie names the whole-request budget"
+    );
+    assert_eq!(
+        t(Some(0), Some(300)).effective(),
+        Some((ms(300), "timeouts.backendRequest")),
+        "request 0s: no whole-request budget, the per-try one holds"
+    );
+}

@@ -83,3 +83,107 @@ where
         self.inner.size_hint()
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A response body that fails once its deadline passes: a route's timeout covers the
+    /// whole response, as Gateway API defines it, so a body still streaming then is cut
+    /// (the client's HTTP/2 stream is reset, its HTTP/1 connection closed) rather than
+    /// waited on.
+    pub struct Deadline<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        what: std::sync::Arc<str>,
+    }
+}
+
+impl<B> Deadline<B> {
+    /// Wraps `inner` to fail at `at` with `what` (the timeout, for the log).
+    pub fn new(inner: B, at: tokio::time::Instant, what: std::sync::Arc<str>) -> Self {
+        Deadline {
+            inner,
+            sleep: tokio::time::sleep_until(at),
+            what,
+        }
+    }
+}
+
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        let this = self.project();
+        // The deadline first: a body that always has data ready is cut all the same.
+        if this.sleep.poll(cx).is_ready() {
+            tracing::debug!(timeout = %this.what, "response body cut at the route's timeout");
+            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the response body outlived the route's timeout ({})",
+                    this.what
+                ),
+            )
+            .into())));
+        }
+        this.inner
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_body_that_finishes_in_time_passes_whole() {
+        let at = tokio::time::Instant::now() + Duration::from_secs(30);
+        let body = Deadline::new(full("whole"), at, "timeouts.request 30s".into());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"whole");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_streaming_at_the_deadline_is_cut() {
+        // A body that sends one frame and then never ends.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        let inner = http_body_util::StreamBody::new(tokio_stream_of(rx));
+        let at = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut body = std::pin::pin!(Deadline::new(inner, at, "timeouts.request 50ms".into()));
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first"));
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("timeouts.request 50ms"), "{err}");
+        drop(tx);
+    }
+
+    /// A `Stream` over an mpsc receiver, without pulling in tokio-stream.
+    fn tokio_stream_of<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

@@ -6,7 +6,7 @@
 use super::tcp;
 use crate::destinations::Target;
 use crate::error::ProxyError;
-use crate::http::{boxed, headers, Body, Watched};
+use crate::http::{boxed, headers, Body, Deadline, Watched};
 use crate::metrics::{Direction, Proto};
 use crate::server::Handler;
 use crate::Ctx;
@@ -77,6 +77,7 @@ async fn forward(
     proto: Proto,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    let started = tokio::time::Instant::now();
     let target = match route {
         Route::To(t) => t.clone(),
         Route::ByAuthority => {
@@ -87,14 +88,31 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return tcp::connect_method(ctx, req, &target).await;
     }
-    let target = apply_routes(ctx, target, &req)?;
+    let (target, timeout) = apply_routes(ctx, target, &req)?;
     if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
+        // An upgraded connection lives as long as its parties want: no route timeout.
         return upgrade(ctx, req, &target).await;
     }
     let endpoint = target.endpoint()?;
     let (req, body_failure) = to_peer_request(req, &target, proto)?;
-    match ctx.peers.send(&endpoint, req).await {
-        Ok(resp) => Ok(resp.map(boxed)),
+    let send = ctx.peers.send(&endpoint, req);
+    let sent = match &timeout {
+        None => send.await,
+        // Dropping the send on expiry resets the stream to the peer, which drops the
+        // application request.
+        Some(t) => match tokio::time::timeout_at(started + t.after, send).await {
+            Ok(sent) => sent,
+            Err(_) => return Err(t.error(&target)),
+        },
+    };
+    match sent {
+        Ok(resp) => Ok(match timeout {
+            None => resp.map(boxed),
+            Some(t) => {
+                let what: Arc<str> = format!("{} {:?}", t.field, t.after).into();
+                resp.map(|b| boxed(Deadline::new(b, started + t.after, what)))
+            }
+        }),
         // The stream failed because the client's own body did (e.g. a bad chunk size).
         Err(_) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
             body_failure.get().cloned().unwrap_or_default(),
@@ -103,21 +121,59 @@ async fn forward(
     }
 }
 
+/// A route rule's timeout, in force for one request.
+struct RouteTimeout {
+    after: std::time::Duration,
+    field: &'static str,
+    route: String,
+    rule: usize,
+}
+
+impl RouteTimeout {
+    fn error(&self, target: &Target) -> ProxyError {
+        ProxyError::Timeout {
+            service: target.service.spec.service.clone(),
+            after: self.after,
+            field: self.field,
+            route: self.route.clone(),
+            rule: self.rule,
+        }
+    }
+}
+
 /// Sends the request where the destination's HTTPRoutes say: the first matching rule's
-/// backends, split by weight. Without a matching rule, the destination itself.
-fn apply_routes<B>(ctx: &Ctx, target: Target, req: &Request<B>) -> Result<Target, ProxyError> {
+/// backends, split by weight, under the rule's timeout. Without a matching rule, the
+/// destination itself, with no timeout.
+fn apply_routes<B>(
+    ctx: &Ctx,
+    target: Target,
+    req: &Request<B>,
+) -> Result<(Target, Option<RouteTimeout>), ProxyError> {
     let spec = &target.service.spec;
-    let Some(rule) = crate::route::select(&spec.routes, target.port.port, req) else {
-        return Ok(target);
+    let Some(selected) = crate::route::select(&spec.routes, target.port.port, req) else {
+        return Ok((target, None));
     };
+    let rule = selected.rule;
+    let timeout = rule
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.effective())
+        .map(|(after, field)| RouteTimeout {
+            after,
+            field,
+            route: selected.route.name.clone(),
+            rule: selected.index,
+        });
     let backend = crate::route::pick(rule, crate::route::random()).ok_or_else(|| {
         ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
     })?;
     let namespace = backend.namespace.as_deref().unwrap_or(&spec.namespace);
     let port = backend.port.unwrap_or(target.port.port);
-    ctx.destinations
+    let backend = ctx
+        .destinations
         .load()
-        .resolve(&format!("{}.{namespace}", backend.name), port)
+        .resolve(&format!("{}.{namespace}", backend.name), port)?;
+    Ok((backend, timeout))
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.
