@@ -24,6 +24,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod transport;
@@ -66,6 +67,8 @@ pub struct Ctx {
     pub identity: Arc<identity::IdentitySlot>,
     /// When each caller → target pair's denials were last logged.
     pub authz_log: inbound::authorize::DecisionLog,
+    /// Retries allowed per destination service (route `retry`).
+    pub retry_budget: retry::Budget,
 }
 
 impl Ctx {
@@ -193,6 +196,7 @@ impl RunningProxy {
             config_version: AtomicU64::new(0),
             identity,
             authz_log: Default::default(),
+            retry_budget: Default::default(),
         });
         let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;

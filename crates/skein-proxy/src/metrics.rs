@@ -111,6 +111,8 @@ pub struct Metrics {
     pub requests: Family<ReqLabels, Counter>,
     /// Requests or connections the proxy itself refused or failed, by reason.
     pub errors: Family<ReasonLabels, Counter>,
+    /// Route retries, by result (`sent`, `budget_exhausted`).
+    pub retries: Family<ResultLabels, Counter>,
     /// Connections whose protocol was decided by the detection timeout.
     pub detect_timeouts: Family<DirLabels, Counter>,
     /// Bytes copied on opaque TCP connections, client to server.
@@ -179,6 +181,7 @@ impl Metrics {
             open_connections: Family::default(),
             requests: Family::default(),
             errors: Family::default(),
+            retries: Family::default(),
             detect_timeouts: Family::default(),
             tcp_bytes_sent: Family::default(),
             tcp_bytes_received: Family::default(),
@@ -211,6 +214,11 @@ impl Metrics {
             "proxy_errors",
             "Requests or connections the proxy refused or failed",
             m.errors.clone(),
+        );
+        registry.register(
+            "route_retries",
+            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted)",
+            m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());
         registry.register(
@@ -374,6 +382,15 @@ impl Metrics {
     /// Counts one configuration snapshot by result.
     pub fn config_updates(&self, result: &str) {
         self.config_updates
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one route retry sent, or refused by the budget.
+    pub fn retry(&self, result: &'static str) {
+        self.retries
             .get_or_create(&ResultLabels {
                 result: result.to_string(),
             })

@@ -47,7 +47,7 @@ async fn workload(
     let mut config = MeshSpec::new(host, host)
         .service(service, backend.addr(), Protocol::Http)
         .server_config();
-    config.workload.name = format!("{service}-1");
+    config.workload.name = format!("{service}-{host}");
     config.workload.service = service.into();
     config.inbound.listen = SocketAddr::new(loopback(host), 4143);
     let advertise = config.inbound.listen;
@@ -311,6 +311,113 @@ spec:
     let body = skein_testkit::client::body_bytes(resp).await.unwrap();
     assert_eq!(&body[..], b"chunk-0\nchunk-1\nchunk-2\n");
     assert!(backend.hits() >= 4);
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn route_retries_carry_requests_past_a_dead_endpoint() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(177).await;
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: menu}}
+spec: {{selector: {{app: menu}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: menu}}
+spec:
+  parentRefs: [{{name: menu, port: {PORT}}}]
+  rules:
+  - matches: [{{headers: [{{name: x-no-retry, value: 'yes'}}]}}]
+    backendRefs: [{{name: menu, port: {PORT}}}]
+  - backendRefs: [{{name: menu, port: {PORT}}}]
+    retry: {{attempts: 1, backoff: 1ms}}
+    timeouts: {{request: 5s, backendRequest: 2s}}
+"
+    );
+    control
+        .registry
+        .apply(parse_documents(&resources, "test").unwrap())
+        .await
+        .unwrap();
+    let (alive, _alive_proxy) = workload(&control, 178, "menu").await;
+    // The second endpoint's proxy runs, but its application is gone: it answers 502.
+    let (dead, _dead_proxy) = workload(&control, 179, "menu").await;
+    drop(dead);
+    let client = caller_at(&control, 180, &["menu"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .ctx
+        .config()
+        .destinations
+        .iter()
+        .any(|d| d.service == "menu" && d.endpoints.len() < 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "caller never learned both endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let proxy = client.addrs.http_proxy.unwrap();
+    let mut sender = h1(proxy).await.unwrap();
+    let mut send = async |headers: &[(&str, &str)], body: &'static str| {
+        let mut req = Request::post(format!("http://menu:{PORT}/order"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(skein_proxy::http::full(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = skein_testkit::client::body_bytes(resp).await.unwrap();
+        (status, body)
+    };
+
+    // Without a retry, requests that land on the dead endpoint fail (round robin: half).
+    let mut failed = 0;
+    for _ in 0..10 {
+        let (status, _) = send(&[("x-no-retry", "yes")], "").await;
+        if status == StatusCode::BAD_GATEWAY {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed >= 4,
+        "the dead endpoint takes its share: {failed} of 10 failed"
+    );
+
+    // With `retry`, each is sent again to the other endpoint, body and all: none fails.
+    // (Eight requests stay within the retry budget's ten a second; `retry.rs` tests the
+    // budget itself.)
+    let served_before = alive.hits();
+    for i in 0..8 {
+        let (status, body) = send(&[], "two soups").await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(
+            &body[..],
+            b"two soups",
+            "the held body was sent again whole"
+        );
+    }
+    assert_eq!(alive.hits() - served_before, 8);
+    let text = client.ctx.metrics.encode();
+    let sent =
+        skein_proxy::metrics::sum_samples(&text, "skein_route_retries_total", &["result=\"sent\""]);
+    assert!(
+        (1..=8).contains(&sent),
+        "those that met the dead endpoint were retried: {sent}"
+    );
+    let refused = skein_proxy::metrics::sum_samples(
+        &text,
+        "skein_route_retries_total",
+        &["result=\"budget_exhausted\""],
+    );
+    assert_eq!(refused, 0);
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -217,17 +217,17 @@ pub struct RouteTimeouts {
 }
 
 impl RouteTimeouts {
-    /// The one deadline a proxy enforces while it makes a single try: the shorter of
-    /// `request` and `backendRequest`, a zero one being disabled, with the field it came
-    /// from (for the error a caller sees). `None` when neither is set to more than zero.
-    pub fn effective(&self) -> Option<(Duration, &'static str)> {
-        let set = |d: Option<Duration>, field| d.filter(|d| !d.is_zero()).map(|d| (d, field));
-        match (
-            set(self.request, "timeouts.request"),
-            set(self.backend_request, "timeouts.backendRequest"),
-        ) {
-            (Some(r), Some(b)) => Some(if b.0 < r.0 { b } else { r }),
-            (r, b) => r.or(b),
+    /// When a try that starts `into` the request must end, counted from the request's
+    /// arrival: the sooner of the end of `request` and `into` + `backendRequest` (a zero
+    /// one being disabled), with the field that sets it, for the error a caller sees.
+    /// `None` when neither is set to more than zero. With one try, `into` is zero.
+    pub fn try_deadline(&self, into: Duration) -> Option<(Duration, &'static str)> {
+        let set = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        let whole = set(self.request).map(|d| (d, "timeouts.request"));
+        let per_try = set(self.backend_request).map(|d| (into + d, "timeouts.backendRequest"));
+        match (whole, per_try) {
+            (Some(w), Some(t)) => Some(if t.0 < w.0 { t } else { w }),
+            (w, t) => w.or(t),
         }
     }
 }

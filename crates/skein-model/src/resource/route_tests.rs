@@ -250,30 +250,41 @@ fn rule_names_are_labels_used_once() {
 }
 
 #[test]
-fn the_effective_timeout_is_the_shorter_one_and_zero_disables() {
+fn a_try_ends_at_the_sooner_budget_and_zero_disables() {
     let t = |request: Option<u64>, backend: Option<u64>| RouteTimeouts {
         request: request.map(Duration::from_millis),
         backend_request: backend.map(Duration::from_millis),
     };
     let ms = |d: u64| Duration::from_millis(d);
-    assert_eq!(t(None, None).effective(), None);
-    assert_eq!(t(Some(0), Some(0)).effective(), None, "0s disables");
+    let first = Duration::ZERO;
+    assert_eq!(t(None, None).try_deadline(first), None);
+    assert_eq!(t(Some(0), Some(0)).try_deadline(first), None, "0s disables");
     assert_eq!(
-        t(Some(500), None).effective(),
+        t(Some(500), None).try_deadline(first),
         Some((ms(500), "timeouts.request"))
     );
     assert_eq!(
-        t(Some(500), Some(200)).effective(),
+        t(Some(500), Some(200)).try_deadline(first),
         Some((ms(200), "timeouts.backendRequest"))
     );
     assert_eq!(
-        t(Some(200), Some(200)).effective(),
+        t(Some(200), Some(200)).try_deadline(first),
         Some((ms(200), "timeouts.request")),
         "a tie names the whole-request budget"
     );
     assert_eq!(
-        t(Some(0), Some(300)).effective(),
+        t(Some(0), Some(300)).try_deadline(first),
         Some((ms(300), "timeouts.backendRequest")),
         "request 0s: no whole-request budget, the per-try one holds"
+    );
+    // A retry that starts 250 ms in: its own 200 ms would end at 450 ms, but the
+    // whole request's 400 ms ends first.
+    assert_eq!(
+        t(Some(400), Some(200)).try_deadline(ms(250)),
+        Some((ms(400), "timeouts.request"))
+    );
+    assert_eq!(
+        t(Some(1000), Some(200)).try_deadline(ms(250)),
+        Some((ms(450), "timeouts.backendRequest"))
     );
 }

@@ -6,14 +6,17 @@
 use super::tcp;
 use crate::destinations::Target;
 use crate::error::ProxyError;
-use crate::http::{boxed, headers, Body, Deadline, Watched};
+use crate::http::{boxed, empty, full, headers, Body, Deadline, Watched};
 use crate::metrics::{Direction, Proto};
+use crate::retry::{self, Outcome};
 use crate::server::Handler;
 use crate::Ctx;
 use ::http::header::{EXPECT, HOST};
 use ::http::uri::{PathAndQuery, Uri};
 use ::http::{HeaderValue, Method, Request, Response, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use skein_model::resource::{RouteRetry, RouteTimeouts};
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
@@ -88,53 +91,152 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return tcp::connect_method(ctx, req, &target).await;
     }
-    let (target, timeout) = apply_routes(ctx, target, &req)?;
+    let (target, plan) = apply_routes(ctx, target, &req)?;
     if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
         // An upgraded connection lives as long as its parties want: no route timeout.
         return upgrade(ctx, req, &target).await;
     }
-    let endpoint = target.endpoint()?;
     let (req, body_failure) = to_peer_request(req, &target, proto)?;
-    let send = ctx.peers.send(&endpoint, req);
-    let sent = match &timeout {
-        None => send.await,
+    let plan = plan.unwrap_or_default();
+    // Retried only if the request can be sent again: a small body of known length.
+    let retry = plan.retry.clone().filter(|r| {
+        r.attempts > 0
+            && retry::replayable(
+                http_body::Body::is_end_stream(req.body()),
+                http_body::Body::size_hint(req.body()).exact(),
+            )
+    });
+    let service = target.service.spec.service.as_str();
+    let mut requests = match retry {
+        None => Requests::Once(Some(req)),
+        Some(_) => {
+            let (parts, body) = req.into_parts();
+            let held = match plan.try_deadline(started, started) {
+                None => body.collect().await,
+                Some((at, after, field)) => tokio::time::timeout_at(at, body.collect())
+                    .await
+                    .map_err(|_| plan.error(service, after, field))?,
+            };
+            let bytes = held
+                .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+                .to_bytes();
+            ctx.retry_budget.deposit(service, std::time::Instant::now());
+            Requests::Replay(parts, bytes)
+        }
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let deadline = plan.try_deadline(started, tokio::time::Instant::now());
+        let endpoint = target.endpoint()?;
+        let req = requests.next();
+        let send = ctx.peers.send(&endpoint, req);
         // Dropping the send on expiry resets the stream to the peer, which drops the
         // application request.
-        Some(t) => match tokio::time::timeout_at(started + t.after, send).await {
-            Ok(sent) => sent,
-            Err(_) => return Err(t.error(&target)),
-        },
-    };
-    match sent {
-        Ok(resp) => Ok(match timeout {
-            None => resp.map(boxed),
-            Some(t) => {
-                let what: Arc<str> = format!("{} {:?}", t.field, t.after).into();
-                resp.map(|b| boxed(Deadline::new(b, started + t.after, what)))
+        let sent = match deadline {
+            None => Ok(send.await),
+            Some((at, after, field)) => tokio::time::timeout_at(at, send)
+                .await
+                .map_err(|_| plan.error(service, after, field)),
+        };
+        if let Some(retry) = &retry {
+            let outcome = match &sent {
+                Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
+                Err(_) => Outcome::TryTimedOut,
+                Ok(Err(e)) if e.retryable() => Outcome::NotSent,
+                Ok(Err(_)) => Outcome::Failed,
+            };
+            let resume = tokio::time::Instant::now() + retry.backoff;
+            let in_time = plan
+                .try_deadline(started, resume)
+                .is_none_or(|(at, _, _)| at > resume);
+            if retry::should_retry(retry, tries, outcome) && in_time {
+                if ctx
+                    .retry_budget
+                    .withdraw(service, std::time::Instant::now())
+                {
+                    ctx.metrics.retry("sent");
+                    tracing::debug!(service, tries, ?outcome, "retrying");
+                    drop(sent);
+                    tokio::time::sleep_until(resume).await;
+                    continue;
+                }
+                ctx.metrics.retry("budget_exhausted");
             }
-        }),
-        // The stream failed because the client's own body did (e.g. a bad chunk size).
-        Err(_) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
-            body_failure.get().cloned().unwrap_or_default(),
-        )),
-        Err(e) => Err(e),
+        }
+        return match sent {
+            Err(timed_out) => Err(timed_out),
+            Ok(Ok(resp)) => Ok(match deadline {
+                None => resp.map(boxed),
+                Some((at, after, field)) => {
+                    let what: Arc<str> = format!("{field} {after:?}").into();
+                    resp.map(|b| boxed(Deadline::new(b, at, what)))
+                }
+            }),
+            // The stream failed because the client's own body did (e.g. a bad chunk size).
+            Ok(Err(_)) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
+                body_failure.get().cloned().unwrap_or_default(),
+            )),
+            Ok(Err(e)) => Err(e),
+        };
     }
 }
 
-/// A route rule's timeout, in force for one request.
-struct RouteTimeout {
-    after: std::time::Duration,
-    field: &'static str,
+/// The request to send on each try: the client's, streamed once, or a held copy.
+enum Requests {
+    Once(Option<Request<Body>>),
+    Replay(::http::request::Parts, bytes::Bytes),
+}
+
+impl Requests {
+    fn next(&mut self) -> Request<Body> {
+        match self {
+            // Only one try is made without a held copy.
+            Requests::Once(req) => req.take().unwrap_or_else(|| Request::new(empty())),
+            Requests::Replay(parts, body) => {
+                let mut req = Request::new(full(body.clone()));
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                req
+            }
+        }
+    }
+}
+
+/// What the matched route rule asks of a request besides where it goes.
+#[derive(Default)]
+struct RoutePlan {
+    timeouts: Option<RouteTimeouts>,
+    retry: Option<RouteRetry>,
+    /// The HTTPRoute's `namespace/name` and the rule's index, for errors.
     route: String,
     rule: usize,
 }
 
-impl RouteTimeout {
-    fn error(&self, target: &Target) -> ProxyError {
+impl RoutePlan {
+    /// When a try starting at `now` must end, how long that is, and which field says so.
+    fn try_deadline(
+        &self,
+        started: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) -> Option<(tokio::time::Instant, std::time::Duration, &'static str)> {
+        let into = now.saturating_duration_since(started);
+        let (at, field) = self.timeouts.as_ref()?.try_deadline(into)?;
+        let after = if field == "timeouts.request" {
+            at
+        } else {
+            at.saturating_sub(into)
+        };
+        Some((started + at, after, field))
+    }
+
+    fn error(&self, service: &str, after: std::time::Duration, field: &'static str) -> ProxyError {
         ProxyError::Timeout {
-            service: target.service.spec.service.clone(),
-            after: self.after,
-            field: self.field,
+            service: service.to_string(),
+            after,
+            field,
             route: self.route.clone(),
             rule: self.rule,
         }
@@ -142,28 +244,24 @@ impl RouteTimeout {
 }
 
 /// Sends the request where the destination's HTTPRoutes say: the first matching rule's
-/// backends, split by weight, under the rule's timeout. Without a matching rule, the
-/// destination itself, with no timeout.
+/// backends, split by weight, with the rule's timeouts and retries. Without a matching
+/// rule, the destination itself, with neither.
 fn apply_routes<B>(
     ctx: &Ctx,
     target: Target,
     req: &Request<B>,
-) -> Result<(Target, Option<RouteTimeout>), ProxyError> {
+) -> Result<(Target, Option<RoutePlan>), ProxyError> {
     let spec = &target.service.spec;
     let Some(selected) = crate::route::select(&spec.routes, target.port.port, req) else {
         return Ok((target, None));
     };
     let rule = selected.rule;
-    let timeout = rule
-        .timeouts
-        .as_ref()
-        .and_then(|t| t.effective())
-        .map(|(after, field)| RouteTimeout {
-            after,
-            field,
-            route: selected.route.name.clone(),
-            rule: selected.index,
-        });
+    let plan = (rule.timeouts.is_some() || rule.retry.is_some()).then(|| RoutePlan {
+        timeouts: rule.timeouts.clone(),
+        retry: rule.retry.clone(),
+        route: selected.route.name.clone(),
+        rule: selected.index,
+    });
     let backend = crate::route::pick(rule, crate::route::random()).ok_or_else(|| {
         ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
     })?;
@@ -173,7 +271,7 @@ fn apply_routes<B>(
         .destinations
         .load()
         .resolve(&format!("{}.{namespace}", backend.name), port)?;
-    Ok((backend, timeout))
+    Ok((backend, plan))
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.
