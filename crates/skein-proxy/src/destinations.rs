@@ -28,6 +28,13 @@ impl Target {
     pub fn endpoint(&self) -> Result<Upstream, ProxyError> {
         self.service.pick()
     }
+
+    /// The endpoint for a retry after `tried` failed: the one after it, without moving
+    /// the round robin, so that a retry does not push the next request onto the endpoint
+    /// that just failed.
+    pub fn endpoint_after(&self, tried: &Upstream) -> Result<Upstream, ProxyError> {
+        self.service.pick_after(tried)
+    }
 }
 
 /// One destination service with its endpoints.
@@ -68,6 +75,15 @@ impl Service {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         Ok(self.endpoints[i].clone())
+    }
+
+    fn pick_after(&self, tried: &Upstream) -> Result<Upstream, ProxyError> {
+        let n = self.endpoints.len();
+        match self.endpoints.iter().position(|e| e.addr == tried.addr) {
+            Some(i) => Ok(self.endpoints[(i + 1) % n].clone()),
+            // Gone from the table since (or no endpoints at all): a fresh pick.
+            None => self.pick(),
+        }
     }
 }
 
@@ -234,6 +250,25 @@ mod tests {
                 .collect(),
             routes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_retry_takes_the_next_endpoint_without_moving_the_round_robin() {
+        let d = Destinations::new(&[dest("api", &[8080], 3)], "default");
+        let t = d.resolve_authority("api").unwrap();
+        let first = t.endpoint().unwrap();
+        let retry = t.endpoint_after(&first).unwrap();
+        assert_ne!(retry.addr, first.addr);
+        assert_eq!(
+            t.endpoint().unwrap().addr,
+            retry.addr,
+            "the round robin moved one step for the request, none for its retry"
+        );
+        let gone = Upstream::from(SocketAddr::from(([127, 0, 0, 99], 4143)));
+        assert!(
+            t.endpoint_after(&gone).is_ok(),
+            "an endpoint gone since: a fresh pick"
+        );
     }
 
     #[test]

@@ -125,10 +125,14 @@ async fn forward(
         }
     };
     let mut tries = 0;
+    let mut tried: Option<crate::connect::Upstream> = None;
     loop {
         tries += 1;
         let deadline = plan.try_deadline(started, tokio::time::Instant::now());
-        let endpoint = target.endpoint()?;
+        let endpoint = match &tried {
+            None => target.endpoint()?,
+            Some(failed) => target.endpoint_after(failed)?,
+        };
         let req = requests.next();
         let send = ctx.peers.send(&endpoint, req);
         // Dropping the send on expiry resets the stream to the peer, which drops the
@@ -158,6 +162,7 @@ async fn forward(
                     ctx.metrics.retry("sent");
                     tracing::debug!(service, tries, ?outcome, "retrying");
                     drop(sent);
+                    tried = Some(endpoint);
                     tokio::time::sleep_until(resume).await;
                     continue;
                 }
