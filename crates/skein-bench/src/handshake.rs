@@ -10,10 +10,10 @@
 //! certificate for `loadgen`, so the request is also authorized); for nginx it is B
 //! (HTTP/1.1, nginx A's client certificate).
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::Request;
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
@@ -141,7 +141,7 @@ async fn one(target: &HandshakeTarget, host: &str) -> anyhow::Result<()> {
         .await
         .context("TLS handshake")?;
     let io = TokioIo::new(tls);
-    let resp = match target.request {
+    match target.request {
         PeerRequest::SkeinPeer { port } => {
             let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -150,11 +150,10 @@ async fn one(target: &HandshakeTarget, host: &str) -> anyhow::Result<()> {
             let req = Request::get(format!("http://{host}:{port}/"))
                 .header("skein-dst-port", port)
                 .body(Empty::<Bytes>::new())?;
-            let resp = send.send_request(req).await.context("request failed")?;
-            let (status, body) = read(resp).await?;
+            let checked = crate::load::check(send.send_request(req).await).await;
             drop(send);
             conn.abort();
-            (status, body)
+            checked
         }
         PeerRequest::Http1 => {
             let (mut send, conn) = hyper::client::conn::http1::handshake(io)
@@ -165,27 +164,12 @@ async fn one(target: &HandshakeTarget, host: &str) -> anyhow::Result<()> {
                 .header(http::header::HOST, host)
                 .header(http::header::CONNECTION, "close")
                 .body(Empty::<Bytes>::new())?;
-            let resp = send.send_request(req).await.context("request failed")?;
-            let out = read(resp).await?;
+            let checked = crate::load::check(send.send_request(req).await).await;
             drop(send);
             let _ = conn.await;
-            out
+            checked
         }
-    };
-    match resp {
-        (StatusCode::OK, n) if n == crate::backend::BODY_LEN => Ok(()),
-        (status, n) => bail!("status {status} with a body of {n} bytes"),
     }
-}
-
-async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<(StatusCode, usize)> {
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .context("response body failed")?;
-    Ok((status, body.to_bytes().len()))
 }
 
 /// A client config for nginx B: TLS 1.3 with nginx A's client certificate, B's chain

@@ -259,7 +259,7 @@ impl Client {
 }
 
 /// Reads the whole response and checks it is the backend's `200` with a full body.
-async fn check(
+pub(crate) async fn check(
     resp: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
 ) -> anyhow::Result<()> {
     let resp = resp.context("request failed")?;

@@ -93,11 +93,21 @@ impl Budget {
 
     fn with<T>(&self, service: &str, now: Instant, f: impl FnOnce(&mut u64) -> T) -> T {
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = services.entry(service.to_string()).or_insert(Bucket {
-            // A new service starts with one second of the minimum.
-            milli: (self.per_ms * 1000).min(self.cap),
-            last: now,
-        });
+        // Look up before inserting, so that the name is copied once per service, not
+        // once per request.
+        if !services.contains_key(service) {
+            services.insert(
+                service.to_string(),
+                Bucket {
+                    // A new service starts with one second of the minimum.
+                    milli: (self.per_ms * 1000).min(self.cap),
+                    last: now,
+                },
+            );
+        }
+        let Some(bucket) = services.get_mut(service) else {
+            unreachable!("inserted above")
+        };
         let elapsed_ms = now.saturating_duration_since(bucket.last).as_millis() as u64;
         if elapsed_ms > 0 {
             bucket.milli = (bucket.milli + elapsed_ms * self.per_ms).min(self.cap);

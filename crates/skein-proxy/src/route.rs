@@ -15,6 +15,8 @@ use skein_model::DestinationRoute;
 pub struct Selected<'a> {
     /// The HTTPRoute.
     pub route: &'a DestinationRoute,
+    /// The HTTPRoute's index among the destination's routes.
+    pub route_index: usize,
     /// The rule's index in it.
     pub index: usize,
     /// The rule.
@@ -29,13 +31,19 @@ pub fn select<'a, B>(
 ) -> Option<Selected<'a>> {
     routes
         .iter()
-        .filter(|r| r.port.is_none_or(|p| p == port))
-        .flat_map(|route| {
+        .enumerate()
+        .filter(|(_, r)| r.port.is_none_or(|p| p == port))
+        .flat_map(|(route_index, route)| {
             route
                 .rules
                 .iter()
                 .enumerate()
-                .map(move |(index, rule)| Selected { route, index, rule })
+                .map(move |(index, rule)| Selected {
+                    route,
+                    route_index,
+                    index,
+                    rule,
+                })
         })
         .find(|s| s.rule.matches.iter().any(|m| matches(m, req)))
 }

@@ -35,7 +35,7 @@ pub use policy::{AuthorizationPolicySpec, AuthorizationRule, Operation, Source, 
 pub use problem::{Cause, ResourceProblem};
 pub use route::{
     BackendRef, HeaderMatch, HttpRouteSpec, ParentRef, PathMatch, PathMatchType, QueryParamMatch,
-    RouteMatch, RouteRetry, RouteRule, RouteTimeouts, ValueMatchType,
+    RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
 };
 pub use service::{ServicePort, ServiceSpec};
 pub use workload::{WorkloadSpec, WorkloadStatus};

@@ -216,17 +216,36 @@ pub struct RouteTimeouts {
     pub backend_request: Option<Duration>,
 }
 
+/// When one try must end, and which timeout says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryDeadline {
+    /// Counted from the request's arrival.
+    pub at: Duration,
+    /// The configured timeout that sets it, for the error a caller sees.
+    pub after: Duration,
+    /// `timeouts.request` or `timeouts.backendRequest`.
+    pub field: &'static str,
+}
+
 impl RouteTimeouts {
-    /// When a try that starts `into` the request must end, counted from the request's
-    /// arrival: the sooner of the end of `request` and `into` + `backendRequest` (a zero
-    /// one being disabled), with the field that sets it, for the error a caller sees.
-    /// `None` when neither is set to more than zero. With one try, `into` is zero.
-    pub fn try_deadline(&self, into: Duration) -> Option<(Duration, &'static str)> {
+    /// When a try that starts `into` the request must end: the sooner of the end of
+    /// `request` and `into` + `backendRequest` (a zero one being disabled; a tie goes to
+    /// `request`). `None` when neither is set to more than zero. With one try, `into` is
+    /// zero.
+    pub fn try_deadline(&self, into: Duration) -> Option<TryDeadline> {
         let set = |d: Option<Duration>| d.filter(|d| !d.is_zero());
-        let whole = set(self.request).map(|d| (d, "timeouts.request"));
-        let per_try = set(self.backend_request).map(|d| (into + d, "timeouts.backendRequest"));
+        let whole = set(self.request).map(|after| TryDeadline {
+            at: after,
+            after,
+            field: "timeouts.request",
+        });
+        let per_try = set(self.backend_request).map(|after| TryDeadline {
+            at: into + after,
+            after,
+            field: "timeouts.backendRequest",
+        });
         match (whole, per_try) {
-            (Some(w), Some(t)) => Some(if t.0 < w.0 { t } else { w }),
+            (Some(w), Some(t)) => Some(if t.at < w.at { t } else { w }),
             (w, t) => w.or(t),
         }
     }

@@ -257,34 +257,44 @@ fn a_try_ends_at_the_sooner_budget_and_zero_disables() {
     };
     let ms = |d: u64| Duration::from_millis(d);
     let first = Duration::ZERO;
-    assert_eq!(t(None, None).try_deadline(first), None);
-    assert_eq!(t(Some(0), Some(0)).try_deadline(first), None, "0s disables");
+    let at_field = |d: TryDeadline| (d.at, d.field);
+    assert_eq!(t(None, None).try_deadline(first).map(at_field), None);
     assert_eq!(
-        t(Some(500), None).try_deadline(first),
+        t(Some(0), Some(0)).try_deadline(first).map(at_field),
+        None,
+        "0s disables"
+    );
+    assert_eq!(
+        t(Some(500), None).try_deadline(first).map(at_field),
         Some((ms(500), "timeouts.request"))
     );
     assert_eq!(
-        t(Some(500), Some(200)).try_deadline(first),
+        t(Some(500), Some(200)).try_deadline(first).map(at_field),
         Some((ms(200), "timeouts.backendRequest"))
     );
     assert_eq!(
-        t(Some(200), Some(200)).try_deadline(first),
+        t(Some(200), Some(200)).try_deadline(first).map(at_field),
         Some((ms(200), "timeouts.request")),
         "a tie names the whole-request budget"
     );
     assert_eq!(
-        t(Some(0), Some(300)).try_deadline(first),
+        t(Some(0), Some(300)).try_deadline(first).map(at_field),
         Some((ms(300), "timeouts.backendRequest")),
         "request 0s: no whole-request budget, the per-try one holds"
     );
     // A retry that starts 250 ms in: its own 200 ms would end at 450 ms, but the
     // whole request's 400 ms ends first.
     assert_eq!(
-        t(Some(400), Some(200)).try_deadline(ms(250)),
+        t(Some(400), Some(200)).try_deadline(ms(250)).map(at_field),
         Some((ms(400), "timeouts.request"))
     );
     assert_eq!(
-        t(Some(1000), Some(200)).try_deadline(ms(250)),
+        t(Some(1000), Some(200)).try_deadline(ms(250)).map(at_field),
         Some((ms(450), "timeouts.backendRequest"))
     );
+    // The error names the configured timeout, not the time left.
+    let d = t(Some(1000), Some(200)).try_deadline(ms(250)).unwrap();
+    assert_eq!(d.after, ms(200));
+    let d = t(Some(400), Some(200)).try_deadline(ms(250)).unwrap();
+    assert_eq!(d.after, ms(400));
 }

@@ -61,11 +61,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every `skein-*` header, so that an application cannot forge routing facts.
+/// Whether `name` is a header only a proxy may set: `skein-*` (routing facts, the
+/// caller's identity) or `x-forwarded-client-cert`, in any case and also spelled with `_`,
+/// which CGI-style servers read as the same variable. Allocation-free: it runs on every
+/// header of every request.
+pub fn is_internal(name: &str) -> bool {
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        let norm = |c: u8| {
+            if c == b'_' {
+                b'-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        };
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == norm(*y))
+    }
+    let n = name.trim().as_bytes();
+    n.get(..6).is_some_and(|p| same(p, b"skein-"))
+        || same(n, FORWARDED_CLIENT_CERT.as_str().as_bytes())
+}
+
+/// Removes every header [`is_internal`] names, so that an application or a caller cannot
+/// forge routing facts or an identity.
 pub fn strip_internal(headers: &mut HeaderMap) {
     let internal: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("skein-"))
+        .filter(|name| is_internal(name.as_str()))
         .cloned()
         .collect();
     for name in internal {
@@ -141,6 +162,16 @@ mod tests {
         let mut h = map(&[("skein-dst-port", "22"), ("skein-x", "1"), ("x-ok", "1")]);
         strip_internal(&mut h);
         assert_eq!(h.len(), 1);
+        for name in [
+            "skein_client_id",
+            "Skein-Client-Id",
+            "x_forwarded_client_cert",
+        ] {
+            assert!(is_internal(name), "{name}");
+        }
+        for name in ["skein", "skeins-x", "x-forwarded-client", "x-forwarded-for"] {
+            assert!(!is_internal(name), "{name}");
+        }
     }
 
     #[test]

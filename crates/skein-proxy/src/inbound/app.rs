@@ -65,36 +65,29 @@ pub async fn forward(
     Ok(resp)
 }
 
-/// Removes every `skein-*` header and `x-forwarded-client-cert` a caller could have set
-/// (also spelled with `_`, which CGI-style servers read as the same variable, and named in
-/// `Connection`), then names the verified caller in `skein-client-id`.
+/// Removes every header a caller could forge an identity with ([`headers::is_internal`],
+/// also when named in `Connection`), then names the verified caller in `skein-client-id`.
 pub fn identify(headers: &mut http::HeaderMap, caller: &Caller) {
-    let forged = |name: &str| {
-        let name = name.trim().to_ascii_lowercase().replace('_', "-");
-        name.starts_with("skein-") || name == headers::FORWARDED_CLIENT_CERT.as_str()
-    };
-    let names: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|n| forged(n.as_str()))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
+    headers::strip_internal(headers);
     // An upgrade keeps its `Connection` header: drop any token naming those headers.
-    let connection: Vec<String> = headers
+    let names_internal = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter(|t| !forged(t))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect();
-    if !connection.is_empty() {
+        .any(|v| v.split(',').any(headers::is_internal));
+    if names_internal {
+        let connection: Vec<String> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter(|t| !headers::is_internal(t))
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect();
         headers.remove(http::header::CONNECTION);
         for v in connection.iter().filter(|v| !v.is_empty()) {
             if let Ok(v) = http::HeaderValue::from_str(v) {

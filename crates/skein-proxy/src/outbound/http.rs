@@ -16,7 +16,7 @@ use ::http::uri::{PathAndQuery, Uri};
 use ::http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use skein_model::resource::{RouteRetry, RouteTimeouts};
+use skein_model::resource::{RouteRetry, RouteRule, TryDeadline};
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
@@ -97,9 +97,9 @@ async fn forward(
         return upgrade(ctx, req, &target).await;
     }
     let (req, body_failure) = to_peer_request(req, &target, proto)?;
-    let plan = plan.unwrap_or_default();
+    let plan = plan.as_ref();
     // Retried only if the request can be sent again: a small body of known length.
-    let retry = plan.retry.clone().filter(|r| {
+    let retry = plan.and_then(RoutePlan::retry).filter(|r| {
         r.attempts > 0
             && retry::replayable(
                 http_body::Body::is_end_stream(req.body()),
@@ -111,11 +111,11 @@ async fn forward(
         None => Requests::Once(Some(req)),
         Some(_) => {
             let (parts, body) = req.into_parts();
-            let held = match plan.try_deadline(started, started) {
+            let held = match try_deadline(plan, started, started) {
                 None => body.collect().await,
-                Some((at, after, field)) => tokio::time::timeout_at(at, body.collect())
+                Some((at, plan, d)) => tokio::time::timeout_at(at, body.collect())
                     .await
-                    .map_err(|_| plan.error(service, after, field))?,
+                    .map_err(|_| plan.error(service, &d))?,
             };
             let bytes = held
                 .map_err(|e| ProxyError::RequestBody(e.to_string()))?
@@ -128,7 +128,7 @@ async fn forward(
     let mut tried: Option<crate::connect::Upstream> = None;
     loop {
         tries += 1;
-        let deadline = plan.try_deadline(started, tokio::time::Instant::now());
+        let deadline = try_deadline(plan, started, tokio::time::Instant::now());
         let endpoint = match &tried {
             None => target.endpoint()?,
             Some(failed) => target.endpoint_after(failed)?,
@@ -139,11 +139,11 @@ async fn forward(
         // application request.
         let sent = match deadline {
             None => Ok(send.await),
-            Some((at, after, field)) => tokio::time::timeout_at(at, send)
+            Some((at, plan, d)) => tokio::time::timeout_at(at, send)
                 .await
-                .map_err(|_| plan.error(service, after, field)),
+                .map_err(|_| plan.error(service, &d)),
         };
-        if let Some(retry) = &retry {
+        if let Some(retry) = retry {
             let outcome = match &sent {
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
                 Err(_) => Outcome::TryTimedOut,
@@ -151,9 +151,7 @@ async fn forward(
                 Ok(Err(_)) => Outcome::Failed,
             };
             let resume = tokio::time::Instant::now() + retry.backoff;
-            let in_time = plan
-                .try_deadline(started, resume)
-                .is_none_or(|(at, _, _)| at > resume);
+            let in_time = try_deadline(plan, started, resume).is_none_or(|(at, _, _)| at > resume);
             if retry::should_retry(retry, tries, outcome) && in_time {
                 if ctx
                     .retry_budget
@@ -173,8 +171,8 @@ async fn forward(
             Err(timed_out) => Err(timed_out),
             Ok(Ok(resp)) => Ok(match deadline {
                 None => resp.map(boxed),
-                Some((at, after, field)) => {
-                    let what: Arc<str> = format!("{field} {after:?}").into();
+                Some((at, _, d)) => {
+                    let what: Arc<str> = format!("{} {:?}", d.field, d.after).into();
                     resp.map(|b| boxed(Deadline::new(b, at, what)))
                 }
             }),
@@ -210,42 +208,46 @@ impl Requests {
     }
 }
 
-/// What the matched route rule asks of a request besides where it goes.
-#[derive(Default)]
+/// The route rule that matched a request, for what it asks besides where the request
+/// goes (timeouts, retries). Held through the destination's `Arc`, so that nothing of
+/// the rule is copied per request.
 struct RoutePlan {
-    timeouts: Option<RouteTimeouts>,
-    retry: Option<RouteRetry>,
-    /// The HTTPRoute's `namespace/name` and the rule's index, for errors.
-    route: String,
+    parent: Arc<crate::destinations::Service>,
+    /// Index of the HTTPRoute among the parent's routes, and of the rule in it.
+    route: usize,
     rule: usize,
 }
 
 impl RoutePlan {
-    /// When a try starting at `now` must end, how long that is, and which field says so.
-    fn try_deadline(
-        &self,
-        started: tokio::time::Instant,
-        now: tokio::time::Instant,
-    ) -> Option<(tokio::time::Instant, std::time::Duration, &'static str)> {
-        let into = now.saturating_duration_since(started);
-        let (at, field) = self.timeouts.as_ref()?.try_deadline(into)?;
-        let after = if field == "timeouts.request" {
-            at
-        } else {
-            at.saturating_sub(into)
-        };
-        Some((started + at, after, field))
+    fn rule(&self) -> &RouteRule {
+        &self.parent.spec.routes[self.route].rules[self.rule]
     }
 
-    fn error(&self, service: &str, after: std::time::Duration, field: &'static str) -> ProxyError {
+    fn retry(&self) -> Option<&RouteRetry> {
+        self.rule().retry.as_ref()
+    }
+
+    fn error(&self, service: &str, d: &TryDeadline) -> ProxyError {
         ProxyError::Timeout {
             service: service.to_string(),
-            after,
-            field,
-            route: self.route.clone(),
+            after: d.after,
+            field: d.field,
+            route: self.parent.spec.routes[self.route].name.clone(),
             rule: self.rule,
         }
     }
+}
+
+/// When a try starting at `now` must end, by the plan's timeouts, if it has any.
+fn try_deadline(
+    plan: Option<&RoutePlan>,
+    started: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> Option<(tokio::time::Instant, &RoutePlan, TryDeadline)> {
+    let plan = plan?;
+    let into = now.saturating_duration_since(started);
+    let d = plan.rule().timeouts.as_ref()?.try_deadline(into)?;
+    Some((started + d.at, plan, d))
 }
 
 /// Sends the request where the destination's HTTPRoutes say: the first matching rule's
@@ -262,9 +264,8 @@ fn apply_routes<B>(
     };
     let rule = selected.rule;
     let plan = (rule.timeouts.is_some() || rule.retry.is_some()).then(|| RoutePlan {
-        timeouts: rule.timeouts.clone(),
-        retry: rule.retry.clone(),
-        route: selected.route.name.clone(),
+        parent: target.service.clone(),
+        route: selected.route_index,
         rule: selected.index,
     });
     let backend = crate::route::pick(rule, crate::route::random()).ok_or_else(|| {
