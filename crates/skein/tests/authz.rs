@@ -528,6 +528,7 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
         &restaurant_url("/real"),
         &[
             ("skein-client-id", FRONTEND),
+            ("skein_client_id", FRONTEND),
             ("x-forwarded-client-cert", "URI=spiffe://evil"),
         ],
     )
@@ -536,15 +537,15 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
     assert_eq!(status, 200);
 
     // A plaintext peer straight to the inbound listener, claiming to be reservation.
-    let direct = async |path: &str| {
+    let direct = async |path: &str, extra: &[(&str, &str)]| {
         use http_body_util::BodyExt;
         let mut h2 = skein_testkit::client::h2(restaurant.addrs.inbound)
             .await
             .unwrap();
         let mut req =
             http::Request::get(restaurant_url(path)).header("skein-dst-port", PORT.to_string());
-        for (name, value) in forged {
-            req = req.header(name, value);
+        for (name, value) in forged.iter().chain(extra) {
+            req = req.header(*name, *value);
         }
         let resp = h2
             .send_request(req.body(skein_proxy::http::empty()).unwrap())
@@ -554,16 +555,24 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     };
-    let (status, body) = direct("/direct").await;
+    let (status, body) = direct("/direct", &[]).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("unauthenticated may not call"), "{body}");
-    let (status, body) = direct("/open/door").await;
+    // A Host that names another host than the authority could steer the app past a host
+    // rule: refused, and the proxy goes on serving.
+    let (status, body) = direct("/open/ambiguous", &[("host", "admin.restaurant")]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("another host than the request's authority"),
+        "{body}"
+    );
+    let (status, body) = direct("/open/door", &[]).await;
     assert_eq!(status, 200, "{body}");
 
     let seen = app.seen();
     assert!(!seen
         .iter()
-        .any(|r| r.path == "/forged" || r.path == "/direct"));
+        .any(|r| r.path == "/forged" || r.path == "/direct" || r.path == "/open/ambiguous"));
     let real = seen.iter().find(|r| r.path == "/real").unwrap();
     let ids: Vec<_> = real
         .headers
@@ -573,6 +582,7 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
         .collect();
     assert_eq!(ids, [RESERVATION], "exactly one, the verified one");
     assert_eq!(real.header("x-forwarded-client-cert"), None);
+    assert_eq!(real.header("skein_client_id"), None, "nor in CGI spelling");
     let open = seen.iter().find(|r| r.path == "/open/door").unwrap();
     assert_eq!(
         open.header("skein-client-id"),
