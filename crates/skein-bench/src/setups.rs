@@ -293,12 +293,12 @@ spec: {selector: {app: bench}, ports: [{name: http, port: 8080, protocol: http}]
 apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: bench-h2}
-spec: {selector: {app: bench}, ports: [{name: h2, port: 8080, protocol: http2}]}
+spec: {selector: {app: bench}, ports: [{name: h2, port: 8080, protocol: http2}], serviceAccounts: [bench]}
 ---
 apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: bench-tcp}
-spec: {selector: {app: bench}, ports: [{name: sink, port: 9000, protocol: tcp}]}
+spec: {selector: {app: bench}, ports: [{name: sink, port: 9000, protocol: tcp}], serviceAccounts: [bench]}
 ";
 
 /// A running `skein control` with the bench's Services applied.

@@ -7,19 +7,23 @@
 //! that certificate, and a proxy can only register the service its certificate names.
 //!
 //! Session order: check the client certificate → read `Register` → validate it against the
-//! identity → record the workload → send the first snapshot → loop { mesh or CA changed:
-//! recompute, send if different | proxy acked or reported its certificate: record }.
+//! identity (service and namespace from the certificate, the announced address against the
+//! connection's source) → claim the workload name on this replica (one live session per
+//! workload) → record the workload (refused if another account owns the name) → send the
+//! first snapshot → loop { mesh or CA changed: recompute, send if different | proxy acked
+//! or reported its certificate: record }.
 
 use crate::pki::{Pki, PkiView};
 use crate::snapshot::{snapshot_for, WorkloadView};
 use crate::state::{CertReport, Connections, MeshState};
 use futures_util::Stream;
+use ipnet::IpNet;
 use skein_api::v1::proxy_control_server::ProxyControl;
 use skein_api::v1::{proxy_message, ProxyMessage, Register, Snapshot};
 use skein_api::v1::{CertifyRequest, CertifyResponse};
 use skein_identity::SpiffeId;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -35,15 +39,26 @@ pub trait Registrar: Send + Sync + 'static {
     fn disconnected(&self, w: WorkloadView);
 }
 
-/// The verified SPIFFE ID of a gRPC client's TLS certificate (`None`: it presented none).
-/// The TLS listener attaches it to every request.
+/// What the TLS listener learned about a gRPC client; it attaches this to every request.
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
+pub struct PeerIdentity {
+    /// The verified SPIFFE ID of its TLS certificate (`None`: it presented none).
+    pub id: Option<SpiffeId>,
+    /// The address it connected from.
+    pub remote: Option<SocketAddr>,
+}
 
 fn peer_identity<T>(req: &Request<T>) -> Option<SpiffeId> {
     req.extensions()
         .get::<PeerIdentity>()
-        .and_then(|p| p.0.clone())
+        .and_then(|p| p.id.clone())
+}
+
+fn peer_address<T>(req: &Request<T>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.remote)
+        .map(|a| a.ip())
 }
 
 /// The `ProxyControl` service.
@@ -53,6 +68,7 @@ pub struct ProxyControlService {
     registrar: Arc<dyn Registrar>,
     connections: Arc<Connections>,
     shutdown: CancellationToken,
+    workload_cidrs: Arc<[IpNet]>,
 }
 
 impl ProxyControlService {
@@ -71,7 +87,16 @@ impl ProxyControlService {
             registrar,
             connections,
             shutdown,
+            workload_cidrs: Arc::from([]),
         }
+    }
+
+    /// Also accepts registrations announcing an address inside `cidrs` that differs from
+    /// the one the proxy connects from (proxies behind NAT). Default: none, so a proxy may
+    /// announce only the address it connects from.
+    pub fn workload_cidrs(mut self, cidrs: &[IpNet]) -> Self {
+        self.workload_cidrs = Arc::from(cidrs);
+        self
     }
 }
 
@@ -106,6 +131,7 @@ impl ProxyControl for ProxyControlService {
                 "Sync needs the workload certificate from Certify as the TLS client certificate; start the proxy with --token",
             )
         })?;
+        let seen = peer_address(&request);
         let mut inbound = request.into_inner();
         let me = match inbound.message().await? {
             Some(ProxyMessage {
@@ -117,8 +143,19 @@ impl ProxyControl for ProxyControlService {
                 ))
             }
         };
-        self.registrar.register(&me).await?;
-        let session = self.connections.open(&me, &identity.to_string());
+        let refused = |e: Status| {
+            tracing::warn!(workload = %me.name, namespace = %me.namespace, %identity, error = %e.message(), "refused a registration");
+            e
+        };
+        check_address(me.address, seen, &self.workload_cidrs).map_err(refused)?;
+        let session = self
+            .connections
+            .claim(&me, &identity.to_string())
+            .map_err(|held| refused(held_elsewhere(&me, &held)))?;
+        if let Err(e) = self.registrar.register(&me).await {
+            self.connections.close(session);
+            return Err(refused(e));
+        }
         tracing::info!(workload = %me.name, namespace = %me.namespace, "proxy connected");
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
         let mut state = self.state.clone();
@@ -202,6 +239,44 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
     // Plain data with string keys: serialisation cannot fail.
     snapshot.authorization_json = serde_json::to_vec(&authorization).unwrap_or_default();
     snapshot
+}
+
+/// Whether a proxy that connects from `seen` may announce `announced` as the address peers
+/// reach it on: only its own address, or one inside `cidrs` (proxies behind NAT, where the
+/// control plane sees a translated source). Otherwise any token holder could point a
+/// workload record at someone else's address.
+pub fn check_address(
+    announced: IpAddr,
+    seen: Option<IpAddr>,
+    cidrs: &[IpNet],
+) -> Result<(), Status> {
+    let announced = announced.to_canonical();
+    if seen.map(|s| s.to_canonical()) == Some(announced)
+        || cidrs.iter().any(|c| c.contains(&announced))
+    {
+        return Ok(());
+    }
+    let seen = seen.map_or("an unknown address".into(), |s| s.to_string());
+    let ranges = if cidrs.is_empty() {
+        "none are set".to_string()
+    } else {
+        cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Status::permission_denied(format!(
+        "Register.address {announced} is not the address this proxy connects from ({seen}); a proxy may announce only its own address, or one inside the control plane's --workload-cidr ranges ({ranges}). Set --advertise to this host's address, or behind NAT start the control plane with --workload-cidr"
+    )))
+}
+
+/// The refusal for a workload name another live session holds.
+fn held_elsewhere(me: &WorkloadView, held: &crate::state::Connection) -> Status {
+    Status::already_exists(format!(
+        "workload {}/{} is held by another live proxy connection (since {} Unix time); each proxy needs its own workload name (workload.name in its config). This proxy retries, in case the other one is its own earlier connection that has not closed yet",
+        me.namespace, me.name, held.since
+    ))
 }
 
 /// Validates a registration against the caller's certificate; the message names the field
@@ -310,6 +385,32 @@ mod tests {
         let other_ns = SpiffeId::new("skein.local", "shop", "web").unwrap();
         assert!(workload_from(&register(), &other_ns).is_err());
         assert_eq!(workload_from(&register(), &web()).unwrap().account, "web");
+    }
+
+    #[test]
+    fn a_proxy_announces_only_its_own_address_or_one_in_the_nat_ranges() {
+        let own: IpAddr = "127.0.0.5".parse().unwrap();
+        let other: IpAddr = "127.0.0.6".parse().unwrap();
+        assert!(check_address(own, Some(own), &[]).is_ok());
+        let mapped: IpAddr = "::ffff:127.0.0.5".parse().unwrap();
+        assert!(
+            check_address(own, Some(mapped), &[]).is_ok(),
+            "an IPv4-mapped source is the same address"
+        );
+        let e = check_address(other, Some(own), &[]).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().starts_with("Register.address 127.0.0.6 is not the address this proxy connects from (127.0.0.5)")
+                && e.message().contains("none are set"),
+            "{}",
+            e.message()
+        );
+        let nat: IpNet = "127.0.0.0/29".parse().unwrap();
+        assert!(check_address(other, Some("10.0.0.1".parse().unwrap()), &[nat]).is_ok());
+        let outside: IpAddr = "127.0.0.9".parse().unwrap();
+        let e = check_address(outside, Some(own), &[nat]).unwrap_err();
+        assert!(e.message().contains("(127.0.0.0/29)"), "{}", e.message());
+        assert!(check_address(own, None, &[]).is_err(), "unknown source");
     }
 
     #[test]

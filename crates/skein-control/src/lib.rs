@@ -14,3 +14,6 @@ pub mod state;
 pub mod store;
 pub mod tls_incoming;
 pub mod token;
+
+/// CIDR ranges (`--workload-cidr`), re-exported so the binary names the same type.
+pub use ipnet::IpNet;

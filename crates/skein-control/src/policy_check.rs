@@ -238,6 +238,7 @@ mod tests {
             name: name.into(),
             namespace: "default".into(),
             selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+            accounts: vec![name.to_string()],
             ports: vec![(port, p)],
             addresses: vec![],
             routes: vec![],

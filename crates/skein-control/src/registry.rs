@@ -148,6 +148,7 @@ impl Registry {
                     name: s.metadata.name.clone(),
                     namespace: s.metadata.namespace.clone(),
                     selector: s.spec.selector.clone(),
+                    accounts: s.spec.accounts(&s.metadata.name),
                     ports: s.spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
                     addresses: s.spec.addresses.clone(),
                     routes: Vec::new(),

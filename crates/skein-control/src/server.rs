@@ -52,6 +52,9 @@ pub struct ControlOptions {
     pub replica: String,
     /// A team's own CA to use at first start instead of generating one.
     pub ca_import: Option<skein_identity::CaPem>,
+    /// Address ranges proxies may announce although they connect from another address
+    /// (NAT). Default none: a proxy announces the address it connects from.
+    pub workload_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Why the control plane could not start.
@@ -185,7 +188,8 @@ impl RunningControl {
             registrar,
             connections.clone(),
             shutdown.clone(),
-        );
+        )
+        .workload_cidrs(&opts.workload_cidrs);
         let stop = shutdown.clone();
         let tls = pki
             .server_tls()
@@ -299,10 +303,16 @@ impl Registrar for StoreRegistrar {
                 control_plane: Some(self.replica.clone()),
             }),
         });
+        let existing = match self.registry.get(&resource.key()) {
+            Some(Resource::Workload(o)) => Some(o),
+            _ => None,
+        };
+        let allowed = may_register(existing.as_ref(), w, &self.replica, self.any_replica);
         Box::pin(async move {
             if let Err(e) = resource.validate() {
                 return Err(tonic::Status::invalid_argument(e.to_string()));
             }
+            allowed?;
             self.registry
                 .apply_with(vec![resource], true)
                 .await
@@ -314,6 +324,41 @@ impl Registrar for StoreRegistrar {
     fn disconnected(&self, w: WorkloadView) {
         tokio::spawn(self.clone().retire(w.namespace, w.name));
     }
+}
+
+/// Whether the proxy of `w`, connected to `replica`, may write its Workload record over
+/// `existing`: never over a record of another service account (that would hand one
+/// workload's address and traffic to another identity), nor over one that a live proxy
+/// holds through another replica. With `any_replica` (one replica), a record marked
+/// connected is a leftover of this replica's previous run.
+fn may_register(
+    existing: Option<&Object<WorkloadSpec, WorkloadStatus>>,
+    w: &WorkloadView,
+    replica: &str,
+    any_replica: bool,
+) -> Result<(), tonic::Status> {
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let (ns, name) = (&w.namespace, &w.name);
+    if existing.spec.service_account != w.account {
+        return Err(tonic::Status::permission_denied(format!(
+            "workload {ns}/{name} belongs to service account {:?}; this proxy's certificate is for account {:?}, so it may not register under that name: give it its own workload.name",
+            existing.spec.service_account, w.account
+        )));
+    }
+    if let Some(status) = existing
+        .status
+        .as_ref()
+        .filter(|s| s.connected && !any_replica)
+    {
+        if let Some(other) = status.control_plane.as_deref().filter(|r| *r != replica) {
+            return Err(tonic::Status::already_exists(format!(
+                "workload {ns}/{name} is held by a live proxy connected to control-plane replica {other:?}; each proxy needs its own workload name (workload.name). This proxy retries, in case that is its own earlier connection"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl StoreRegistrar {
@@ -378,5 +423,65 @@ impl StoreRegistrar {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(account: &str) -> WorkloadView {
+        WorkloadView {
+            name: "web-1".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            address: [127, 0, 0, 5].into(),
+            inbound_port: 4143,
+            app_ports: vec![],
+            account: account.into(),
+        }
+    }
+
+    fn record(account: &str, connected_via: Option<&str>) -> Object<WorkloadSpec, WorkloadStatus> {
+        Object {
+            metadata: ObjectMeta::default(),
+            spec: WorkloadSpec {
+                service_account: account.into(),
+                ..WorkloadSpec::default()
+            },
+            status: connected_via.map(|r| WorkloadStatus {
+                connected: true,
+                control_plane: Some(r.into()),
+                ..WorkloadStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn records_are_never_taken_across_accounts() {
+        assert!(may_register(None, &view("evil"), "r1", false).is_ok());
+        let e = may_register(Some(&record("web", None)), &view("evil"), "r1", false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message()
+                .starts_with("workload default/web-1 belongs to service account \"web\""),
+            "{}",
+            e.message()
+        );
+        // Also when the owner is disconnected, and with one replica.
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("evil"), "r1", true).is_err());
+        // The same account re-registers (a restarted proxy, a declared workload).
+        assert!(may_register(Some(&record("web", None)), &view("web"), "r1", false).is_ok());
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("web"), "r1", false).is_ok());
+    }
+
+    #[test]
+    fn a_record_held_through_another_replica_is_refused() {
+        let e =
+            may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(e.message().contains("replica \"r2\""), "{}", e.message());
+        // One replica: a connected mark is left over from its previous run.
+        assert!(may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", true).is_ok());
     }
 }

@@ -22,6 +22,9 @@ pub struct ServiceView {
     pub namespace: String,
     /// Labels a workload must carry (all of them) to serve the service.
     pub selector: BTreeMap<String, String>,
+    /// Service accounts (in `namespace`) whose workloads may serve it; never empty (the
+    /// Service's own name by default).
+    pub accounts: Vec<String>,
     /// Ports and their protocols.
     pub ports: Vec<(u16, Protocol)>,
     /// Virtual IPs for transparent interception.
@@ -60,15 +63,26 @@ impl WorkloadView {
 }
 
 impl ServiceView {
-    /// Whether `w` serves this service: same namespace and every selector label matches.
-    /// An empty selector selects nothing (a Service must say what it selects).
+    /// Whether `w` serves this service: same namespace, every selector label matches, and
+    /// it runs under an account the service admits. Labels are the registrant's word; the
+    /// account is what its certificate proved, so labels alone never make an endpoint. An
+    /// empty selector selects nothing (a Service must say what it selects).
     pub fn selects(&self, w: &WorkloadView) -> bool {
         w.namespace == self.namespace
             && !self.selector.is_empty()
+            && self.accounts.contains(&w.account)
             && self
                 .selector
                 .iter()
                 .all(|(k, v)| w.labels.get(k) == Some(v))
+    }
+
+    /// The SPIFFE IDs of the accounts it admits, in `trust_domain`.
+    pub fn identities(&self, trust_domain: &str) -> Vec<String> {
+        self.accounts
+            .iter()
+            .map(|a| format!("spiffe://{trust_domain}/ns/{}/sa/{a}", self.namespace))
+            .collect()
     }
 }
 
@@ -149,6 +163,7 @@ pub fn snapshot_for(
                     // Plain data with string keys: serialisation cannot fail.
                     serde_json::to_vec(&s.routes).unwrap_or_default()
                 },
+                identities: s.identities(trust_domain),
             }
         })
         .collect();
@@ -209,6 +224,7 @@ mod tests {
             name: name.into(),
             namespace: "default".into(),
             selector: labels(&[("app", app)]),
+            accounts: vec![app.into()],
             ports: vec![(port, p)],
             addresses: vec![],
             routes: vec![],
@@ -285,6 +301,34 @@ mod tests {
         // The frontend is selected by no service: its declared port, sniffed.
         assert_eq!(snap.inbound_ports[0].port, 8080);
         assert_eq!(snap.inbound_ports[0].protocol, pb::Protocol::Detect as i32);
+    }
+
+    #[test]
+    fn labels_alone_never_make_an_endpoint() {
+        let services = [service("web", "web", 8080, Protocol::Http)];
+        // evil registers web's labels (and even a web-like name) under its own account.
+        let mut evil = workload("web-1", "web", 66);
+        evil.account = "evil".into();
+        let real = workload("web-2", "web", 12);
+        let snap = snapshot_for(&real, &services, &[evil.clone(), real.clone()], "td");
+        let d = &snap.destinations[0];
+        let eps: Vec<_> = d.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(eps, ["127.0.0.12:4143"], "only the workload running as web");
+        assert_eq!(d.identities, ["spiffe://td/ns/default/sa/web"]);
+        assert!(
+            d.endpoints
+                .iter()
+                .all(|e| d.identities.contains(&e.identity)),
+            "every endpoint's identity is admitted"
+        );
+        // Nor does evil get web's ports or policies.
+        let own = snapshot_for(&evil, &services, &[evil.clone()], "td");
+        assert_eq!(own.inbound_ports[0].protocol, pb::Protocol::Detect as i32);
+        // A Service that lists evil's account admits it.
+        let mut widened = services[0].clone();
+        widened.accounts.push("evil".into());
+        assert!(widened.selects(&evil));
+        assert_eq!(widened.identities("td").len(), 2);
     }
 
     #[test]

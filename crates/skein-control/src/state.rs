@@ -101,8 +101,18 @@ impl Connections {
         }
     }
 
-    /// Records a new session of the proxy holding `identity`; returns its id.
-    pub fn open(&self, w: &WorkloadView, identity: &str) -> u64 {
+    /// Records a new session of the proxy holding `identity` for workload `w`; returns its
+    /// id. Refused (with the session holding it) while another session of this replica
+    /// holds the same workload: check and insert happen under one lock, so two proxies
+    /// racing for a name cannot both win.
+    pub fn claim(&self, w: &WorkloadView, identity: &str) -> Result<u64, Box<Connection>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = open
+            .values()
+            .find(|c| c.namespace == w.namespace && c.workload == w.name)
+        {
+            return Err(Box::new(held.clone()));
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -118,9 +128,8 @@ impl Connections {
             identity: identity.to_owned(),
             certificate: None,
         };
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.insert(id, conn);
-        id
+        Ok(id)
     }
 
     /// A snapshot was sent.
@@ -189,5 +198,34 @@ impl Connections {
         let mut all: Vec<_> = open.values().cloned().collect();
         all.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(name: &str) -> WorkloadView {
+        WorkloadView {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            address: [127, 0, 0, 5].into(),
+            inbound_port: 4143,
+            app_ports: vec![],
+            account: "web".into(),
+        }
+    }
+
+    #[test]
+    fn one_live_session_per_workload() {
+        let c = Connections::default();
+        let first = c.claim(&web("web-1"), "id").unwrap();
+        let held = c.claim(&web("web-1"), "other").unwrap_err();
+        assert_eq!(held.identity, "id", "the refusal names the holder");
+        assert!(c.claim(&web("web-2"), "id").is_ok(), "other names are free");
+        c.close(first);
+        assert!(c.claim(&web("web-1"), "other").is_ok(), "free once closed");
+        assert!(c.is_connected("default", "web-1"));
     }
 }

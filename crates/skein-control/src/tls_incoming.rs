@@ -104,8 +104,10 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let peer =
-                            PeerIdentity(skein_identity::tls::peer_identity(stream.get_ref().1));
+                        let peer = PeerIdentity {
+                            id: skein_identity::tls::peer_identity(stream.get_ref().1),
+                            remote: Some(addr),
+                        };
                         let _ = tx
                             .send(Ok(TlsConn {
                                 inner: stream,

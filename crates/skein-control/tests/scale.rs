@@ -93,6 +93,7 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         workload_grace: Duration::from_secs(30),
         replica: "scale".into(),
         ca_import: None,
+        workload_cidrs: Vec::new(),
     })
     .await
     .expect("start the control plane");
@@ -103,7 +104,7 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         let identity = common::identity_for(&control.pki, "sim").await;
         let mut channels = Vec::new();
         for _ in 0..CONNECTIONS {
-            channels.push(common::channel(control.grpc, &control.pki, &identity).await);
+            channels.push(common::channel(control.grpc, &control.pki, &identity, loopback(133)).await);
         }
 
         // 500 streams, all at once.

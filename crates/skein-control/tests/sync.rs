@@ -77,6 +77,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
                 name: "web".into(),
                 namespace: "default".into(),
                 selector: [("app".to_string(), "web".to_string())].into(),
+                accounts: vec!["web".into()],
                 ports: vec![(port, Protocol::Http)],
                 addresses: vec![],
                 routes: vec![],

@@ -172,6 +172,12 @@ pub struct Destination {
     /// this service). Without a matching rule, requests go to the service itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<DestinationRoute>,
+    /// The SPIFFE IDs the service admits (its `serviceAccounts`). When set, every
+    /// endpoint's identity must be one of them: a proxy verifies a peer against what the
+    /// Service allows, never only against what a registrant announced. Set by the control
+    /// plane; optional in a static file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 /// The rules of one HTTPRoute attached to a destination.
@@ -358,6 +364,22 @@ impl ProxyConfig {
                 bad(format!("{at}.ports"), "[]".into(), "at least one port");
             }
             check_ports(&format!("{at}.ports"), &d.ports, &mut bad);
+            if !d.identities.is_empty() {
+                for (j, e) in d.endpoints.iter().enumerate() {
+                    let id = e.identity.as_deref().unwrap_or_default();
+                    if !d.identities.iter().any(|a| a == id) {
+                        bad(
+                            format!("{at}.endpoints[{j}].identity"),
+                            id.to_owned(),
+                            &format!(
+                                "one of the identities service {} admits ({})",
+                                d.service,
+                                d.identities.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
         }
         for (i, u) in self.outbound.upstreams.iter().enumerate() {
             let at = format!("outbound.upstreams[{i}]");

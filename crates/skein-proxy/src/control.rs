@@ -123,15 +123,19 @@ async fn channel(
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Channel, tonic::Status> {
     let expected = control_identity(&control.token)?;
-    tls_channel(control_authority(&control.endpoint), tls, &expected).await
+    let source = Some(control.advertise.ip());
+    tls_channel(control_authority(&control.endpoint), tls, &expected, source).await
 }
 
 /// A gRPC channel to `authority` (`host:port`) over TLS configured by `tls`, the server
-/// presenting `expected`.
+/// presenting `expected`. With `source`, connections leave from that address when it is
+/// one of this host's: the control plane accepts a registration only for the address it
+/// sees the proxy connect from (or one inside its `--workload-cidr` ranges).
 pub async fn tls_channel(
     authority: &str,
     tls: Arc<rustls::ClientConfig>,
     expected: &SpiffeId,
+    source: Option<IpAddr>,
 ) -> Result<Channel, tonic::Status> {
     let authority = authority.to_owned();
     let name = skein_identity::tls::server_name(expected)
@@ -146,7 +150,7 @@ pub async fn tls_channel(
     let connector = tower::service_fn(move |_: http::Uri| {
         let (authority, tls, name) = (authority.clone(), tls.clone(), name.clone());
         async move {
-            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let tcp = connect_from(&authority, source).await?;
             let _ = tcp.set_nodelay(true);
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
@@ -158,6 +162,39 @@ pub async fn tls_channel(
         .connect_with_connector(connector)
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", error_chain(&e))))
+}
+
+/// Connects to `authority` (`host:port`, resolved), leaving from `source` when that is an
+/// address of this host (anything else, e.g. an address translated by NAT, is left to the
+/// kernel). Tries each resolved address in turn.
+async fn connect_from(
+    authority: &str,
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = source.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4())
+        {
+            if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
+                tracing::debug!(%ip, error = %e, "not binding the control connection to the advertised address");
+            }
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{authority} resolves to no address"),
+        )
+    }))
 }
 
 /// An error and its sources on one line (TLS failures hide in the sources).
@@ -510,6 +547,7 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
                         format!("destination {}: routes are not readable: {e}", d.service)
                     })?
                 },
+                identities: admitted(d)?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -519,6 +557,31 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
             .map_err(|e| format!("the authorization policies are not readable: {e}"))?;
     }
     Ok(next)
+}
+
+/// The identities destination `d` admits, each parsed; every endpoint's identity must be
+/// one of them, so a registrant cannot make this proxy accept another account as the
+/// service. Empty from a control plane that predates `identities`.
+fn admitted(d: &pb::Destination) -> Result<Vec<String>, String> {
+    let mut ids = Vec::with_capacity(d.identities.len());
+    for text in &d.identities {
+        let id: SpiffeId = text
+            .parse()
+            .map_err(|e| format!("destination {}: admitted identity: {e}", d.service))?;
+        ids.push(id.to_string());
+    }
+    if !ids.is_empty() {
+        if let Some(e) = d.endpoints.iter().find(|e| !ids.contains(&e.identity)) {
+            return Err(format!(
+                "destination {}: endpoint {} announces identity {}, which the service does not admit ({}); refusing the snapshot",
+                d.service,
+                e.address,
+                e.identity,
+                ids.join(", ")
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 fn port(p: &pb::Port) -> Result<PortSpec, String> {
@@ -569,6 +632,7 @@ mod tests {
                     identity: "spiffe://skein.local/ns/default/sa/api".into(),
                 }],
                 routes_json: Vec::new(),
+                identities: vec!["spiffe://skein.local/ns/default/sa/api".into()],
             }],
             inbound_ports: vec![pb::Port {
                 port: 9090,
@@ -596,6 +660,13 @@ mod tests {
         s.destinations[0].endpoints[0].address = "nowhere".into();
         let err = to_config(&base(), &s).unwrap_err();
         assert!(err.contains("endpoint \"nowhere\" is not IP:PORT"), "{err}");
+        let mut s = snapshot();
+        s.destinations[0].endpoints[0].identity = "spiffe://skein.local/ns/default/sa/evil".into();
+        let err = to_config(&base(), &s).unwrap_err();
+        assert!(
+            err.contains("endpoint 127.0.0.5:4143 announces identity spiffe://skein.local/ns/default/sa/evil, which the service does not admit (spiffe://skein.local/ns/default/sa/api)"),
+            "{err}"
+        );
         let mut s = snapshot();
         s.inbound_ports[0].port = 70000;
         assert!(to_config(&base(), &s)

@@ -249,6 +249,7 @@ mod tests {
                 })
                 .collect(),
             routes: Vec::new(),
+            identities: Vec::new(),
         }
     }
 

@@ -122,6 +122,7 @@ impl MeshSpec {
                     identity: None,
                 }],
                 routes: Vec::new(),
+                identities: Vec::new(),
             })
             .collect();
         let upstreams = self

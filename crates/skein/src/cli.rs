@@ -314,7 +314,7 @@ fn table(items: &[Value], show_namespace: bool) -> String {
     };
     let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
         "Service" => (
-            vec!["NAME", "PORTS", "SELECTOR"],
+            vec!["NAME", "PORTS", "SELECTOR", "ACCOUNTS"],
             items
                 .iter()
                 .map(|i| {
@@ -324,7 +324,17 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                         .collect();
                     let sel = i["spec"]["selector"].as_object().into_iter().flatten();
                     let sel: Vec<String> = sel.map(|(k, v)| format!("{k}={}", s(v))).collect();
-                    vec![s(&i["metadata"]["name"]), ports.join(","), sel.join(",")]
+                    // Without serviceAccounts, the account named after the Service.
+                    let accounts = match i["spec"]["serviceAccounts"].as_array() {
+                        Some(list) => list.iter().map(s).collect::<Vec<_>>().join(","),
+                        None => s(&i["metadata"]["name"]),
+                    };
+                    vec![
+                        s(&i["metadata"]["name"]),
+                        ports.join(","),
+                        sel.join(","),
+                        accounts,
+                    ]
                 })
                 .collect(),
         ),
@@ -332,6 +342,7 @@ fn table(items: &[Value], show_namespace: bool) -> String {
             vec![
                 "NAME",
                 "ADDRESS",
+                "ACCOUNT",
                 "CONNECTED",
                 "SINCE",
                 "VERSION",
@@ -349,6 +360,7 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                             s(&i["spec"]["address"]),
                             s(&i["spec"]["inboundPort"])
                         ),
+                        s(&i["spec"]["serviceAccount"]),
                         st["connected"].as_bool().unwrap_or(false).to_string(),
                         s(&st["since"]),
                         s(&st["acknowledgedVersion"]),
@@ -646,15 +658,22 @@ mod tests {
             json!({"kind": "Service", "metadata": {"name": "restaurant", "namespace": "default"},
                    "spec": {"ports": [{"port": 8080, "protocol": "http"}], "selector": {"app": "restaurant"}}}),
             json!({"kind": "Service", "metadata": {"name": "db", "namespace": "shop"},
-                   "spec": {"ports": [{"port": 5432, "protocol": "tcp"}], "selector": {"app": "db"}}}),
+                   "spec": {"ports": [{"port": 5432, "protocol": "tcp"}], "selector": {"app": "db"},
+                            "serviceAccounts": ["db", "db-admin"]}}),
         ];
         let out = table(&items, true);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "NAMESPACE   NAME         PORTS       SELECTOR");
+        assert_eq!(
+            lines[0],
+            "NAMESPACE   NAME         PORTS       SELECTOR         ACCOUNTS"
+        );
         assert_eq!(
             lines[1],
-            "default     restaurant   8080/http   app=restaurant"
+            "default     restaurant   8080/http   app=restaurant   restaurant"
         );
-        assert_eq!(lines[2], "shop        db           5432/tcp    app=db");
+        assert_eq!(
+            lines[2],
+            "shop        db           5432/tcp    app=db           db,db-admin"
+        );
     }
 }

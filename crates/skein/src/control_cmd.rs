@@ -46,6 +46,11 @@ pub struct ControlArgs {
     /// Trust domain of an imported CA (a generated CA takes the Mesh resource's).
     #[arg(long, default_value = "skein.local")]
     ca_trust_domain: String,
+    /// An address range (CIDR, repeatable) proxies may announce although they connect from
+    /// another address, for proxies behind NAT. Without it a proxy may announce only the
+    /// address the control plane sees it connect from.
+    #[arg(long = "workload-cidr", value_name = "CIDR")]
+    workload_cidrs: Vec<skein_control::IpNet>,
 }
 
 /// Reads an imported CA's files, if given.
@@ -107,6 +112,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         workload_grace: args.workload_grace,
         replica,
         ca_import: ca_import(&args)?,
+        workload_cidrs: args.workload_cidrs.clone(),
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

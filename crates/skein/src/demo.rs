@@ -110,6 +110,7 @@ async fn run_in(
         workload_grace: Duration::from_secs(10),
         replica: "demo".into(),
         ca_import: None,
+        workload_cidrs: Vec::new(),
     })
     .await
     .context("cannot start the demo's control plane")?;

@@ -349,6 +349,7 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
                 .unwrap()
                 .to_pem_set(),
         ),
+        workload_cidrs: Vec::new(),
     })
     .await
     .unwrap();

@@ -83,6 +83,7 @@ async fn control_at(host: u8) -> (RunningControl, std::path::PathBuf) {
         workload_grace: Duration::from_secs(30),
         replica: "test".into(),
         ca_import: None,
+        workload_cidrs: Vec::new(),
     })
     .await
     .unwrap();

@@ -46,15 +46,17 @@ pub async fn identity_for(pki: &Pki, service: &str) -> Arc<Identity> {
     Identity::new(&cert, roots, resp.ca_generation).unwrap()
 }
 
-/// An mTLS gRPC channel to the proxy API at `addr`, presenting `identity`.
+/// An mTLS gRPC channel to the proxy API at `addr`, presenting `identity`, leaving from
+/// `source` (the address registrations on it announce).
 pub async fn channel(
     addr: std::net::SocketAddr,
     pki: &Pki,
     identity: &Identity,
+    source: std::net::IpAddr,
 ) -> tonic::transport::Channel {
     let control = skein_control::pki::control_identity(&pki.trust_domain()).unwrap();
     let tls = identity.client_config(&control).unwrap();
-    skein_proxy::control::tls_channel(&addr.to_string(), tls, &control)
+    skein_proxy::control::tls_channel(&addr.to_string(), tls, &control, Some(source))
         .await
         .unwrap()
 }

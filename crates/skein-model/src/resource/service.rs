@@ -1,8 +1,14 @@
-//! `Service`: a set of workloads chosen by labels, reachable on declared ports, each with
-//! its protocol (reusing the proxy's [`Protocol`]), and optionally on virtual IPs that
-//! transparently intercepted connections use.
+//! `Service`: a set of workloads chosen by labels and by the identity they run under,
+//! reachable on declared ports, each with its protocol (reusing the proxy's [`Protocol`]),
+//! and optionally on virtual IPs that transparently intercepted connections use.
+//!
+//! Labels are what a workload says about itself; its service account is what its
+//! certificate proves. A Service therefore selects only workloads whose account it admits
+//! ([`ServiceSpec::accounts`]): by default the account named after the Service, so a proxy
+//! that joined with a token for `evil` can never become an endpoint of `web`, whatever
+//! labels it registers.
 
-use super::validate::Problems;
+use super::validate::{is_dns_subdomain, Problems, DNS_SUBDOMAIN};
 use crate::Protocol;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,6 +27,14 @@ pub struct ServiceSpec {
     /// transparently; each at most once. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpAddr>,
+    /// The service accounts (in the Service's namespace) whose workloads may serve it: a
+    /// workload is an endpoint only if its certificate's account is listed, and callers'
+    /// proxies accept only these identities from its endpoints. Default: the account named
+    /// after the Service. List more for subsets and versions that run under a shared
+    /// account, e.g. `restaurant-v2` selecting `{app: restaurant, version: v2}` with
+    /// `serviceAccounts: [restaurant]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
 }
 
 /// One service port.
@@ -63,6 +77,16 @@ impl From<RawServicePort> for ServicePort {
 }
 
 impl ServiceSpec {
+    /// The service accounts admitted as endpoints of the Service named `name`:
+    /// `serviceAccounts`, or `[name]` when none are listed.
+    pub fn accounts(&self, name: &str) -> Vec<String> {
+        if self.service_accounts.is_empty() {
+            vec![name.to_owned()]
+        } else {
+            self.service_accounts.clone()
+        }
+    }
+
     /// The port spec for service port `port`, if declared.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
@@ -118,6 +142,21 @@ impl ServiceSpec {
             &self.addresses,
             IpAddr::to_string,
             "each address listed once",
+        );
+        for (i, account) in self.service_accounts.iter().enumerate() {
+            p.check(
+                is_dns_subdomain(account),
+                format!("spec.serviceAccounts[{i}]"),
+                account,
+                DNS_SUBDOMAIN,
+            );
+        }
+        p.unique(
+            "spec.serviceAccounts",
+            "",
+            &self.service_accounts,
+            String::clone,
+            "each account listed once",
         );
     }
 }
@@ -176,6 +215,25 @@ mod tests {
                 "spec.ports[3].targetPort: \"0\" is not accepted; expected a port from 1 to 65535",
                 "spec.ports[1].port: \"80\" is not accepted; expected each port number listed once",
                 "spec.ports[1].name: \"http\" is not accepted; expected each port name used once",
+            ]
+        );
+    }
+
+    #[test]
+    fn accounts_default_to_the_service_name_and_are_checked() {
+        let spec: ServiceSpec =
+            serde_yaml_ng::from_str("{selector: {app: web}, ports: [{port: 80}]}").unwrap();
+        assert_eq!(spec.accounts("web"), ["web"]);
+        let spec: ServiceSpec = serde_yaml_ng::from_str(
+            "{selector: {app: web, version: v2}, ports: [{port: 80}], serviceAccounts: [web, web-canary]}",
+        )
+        .unwrap();
+        assert_eq!(spec.accounts("web-v2"), ["web", "web-canary"]);
+        assert_eq!(
+            problems("{selector: {app: web}, ports: [{port: 80}], serviceAccounts: [Web_SA, web, web]}"),
+            [
+                format!("spec.serviceAccounts[0]: \"Web_SA\" is not accepted; expected {DNS_SUBDOMAIN}"),
+                "spec.serviceAccounts[2]: \"web\" is not accepted; expected each account listed once".into(),
             ]
         );
     }

@@ -44,6 +44,7 @@ const CASES: &[Case] = &[
             ("NAMESPACE", "default"),
             ("PORTS", "8080/detect"),
             ("SELECTOR", "app=web"),
+            ("ACCOUNTS", "web"),
         ],
         changed: ("/spec/ports/0/protocol", "http"),
     },
@@ -57,6 +58,7 @@ const CASES: &[Case] = &[
         cells: &[
             ("NAMESPACE", "default"),
             ("ADDRESS", "127.0.0.120:4143"),
+            ("ACCOUNT", "default"),
             ("CONNECTED", "false"),
         ],
         changed: ("/spec/serviceAccount", "web"),

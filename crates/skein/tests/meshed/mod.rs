@@ -27,6 +27,7 @@ pub async fn control(octet: u8, data: &Path) -> RunningControl {
         workload_grace: Duration::from_secs(30),
         replica: "test".into(),
         ca_import: None,
+        workload_cidrs: Vec::new(),
     })
     .await
     .expect("start the control plane")
@@ -72,14 +73,38 @@ pub async fn workload(
     service: &str,
     advertise: Option<SocketAddr>,
 ) -> (HttpBackend, RunningProxy) {
+    workload_as(
+        control,
+        host,
+        &format!("{service}-1"),
+        service,
+        &[],
+        advertise,
+    )
+    .await
+}
+
+/// Like [`workload`] with the workload's name and the labels its proxy registers.
+pub async fn workload_as(
+    control: &RunningControl,
+    host: u8,
+    name: &str,
+    service: &str,
+    labels: &[(&str, &str)],
+    advertise: Option<SocketAddr>,
+) -> (HttpBackend, RunningProxy) {
     let backend = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
         .await
         .unwrap();
     let mut config = MeshSpec::new(host, host)
         .service(service, backend.addr(), Protocol::Http)
         .server_config();
-    config.workload.name = format!("{service}-1");
+    config.workload.name = name.into();
     config.workload.service = service.into();
+    config.workload.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     config.inbound.listen = SocketAddr::new(loopback(host), 4143);
     let advertise = advertise.unwrap_or(config.inbound.listen);
     let join = join(control, service, advertise).await;
