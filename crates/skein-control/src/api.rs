@@ -10,9 +10,12 @@
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! GET    /api/v1/connections
 //! GET    /api/v1/status                     replica, leadership, store revision
-//! POST   /api/v1/tokens                     body: {"service", "namespace"?, "ttl"?} → join token
+//! POST   /api/v1/tokens                     body: {"service", "namespace"?, "ttl"?, "uses"?}
+//!                                           → join token (and a warning if no such Service)
 //! GET    /api/v1/tokens
-//! DELETE /api/v1/tokens/{id}                revoke
+//! DELETE /api/v1/tokens/{id}                revoke (and every workload that joined with it)
+//! POST   /api/v1/workloads/{namespace}/{name}/revoke   revoke one workload's join lineage
+//! GET    /api/v1/revocations                the deny list proxies enforce
 //! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins
 //! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
 //! POST   /api/v1/policy/check               body: {"from", "to", "port"?, "method"?, "path"?, …}
@@ -30,7 +33,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use skein_model::resource::{parse_documents, Kind, ResourceKey};
+use skein_model::resource::{parse_documents, Kind, Resource, ResourceKey};
 use std::sync::Arc;
 
 /// Largest apply body accepted (4 MiB).
@@ -85,6 +88,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route(
+            "/api/v1/workloads/{namespace}/{name}/revoke",
+            post(revoke_workload),
+        )
+        .route("/api/v1/revocations", get(revocations))
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/ca/rotate", post(rotate))
         .route("/api/v1/policy/check", post(policy_check))
@@ -229,13 +237,16 @@ struct TokenRequest {
     /// A duration such as `30m` or `24h`.
     #[serde(default)]
     ttl: Option<String>,
+    /// How many proxies may join with it (default 1).
+    #[serde(default)]
+    uses: Option<u32>,
 }
 
 async fn create_token(State(api): State<Arc<Api>>, body: String) -> Result<Response, ApiError> {
     let req: TokenRequest = serde_json::from_str(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("the token request is not accepted: {e}; send {{\"service\": NAME, \"namespace\": NS, \"ttl\": \"24h\"}}"),
+            format!("the token request is not accepted: {e}; send {{\"service\": NAME, \"namespace\": NS, \"ttl\": \"1h\", \"uses\": 1}}"),
         )
     })?;
     let ttl = match &req.ttl {
@@ -248,8 +259,49 @@ async fn create_token(State(api): State<Arc<Api>>, body: String) -> Result<Respo
         None => crate::pki::DEFAULT_TOKEN_TTL,
     };
     let namespace = req.namespace.as_deref().unwrap_or("default");
-    let (token, record) = api.pki.create_token(namespace, &req.service, ttl).await?;
-    Ok(Json(json!({ "token": token.reveal(), "record": record })).into_response())
+    let uses = req.uses.unwrap_or(1);
+    let (token, record) = api
+        .pki
+        .create_token(namespace, &req.service, ttl, uses)
+        .await?;
+    let key = ResourceKey::new(Kind::Service, namespace, &req.service);
+    let mut answer = json!({ "token": token.reveal(), "record": record });
+    if api.registry.get(&key).is_none() {
+        answer["warning"] = json!(format!(
+            "no Service {namespace}/{} exists yet: a proxy that joins with this token serves nothing until a Service admits account {:?} (by its name or serviceAccounts)",
+            req.service, req.service
+        ));
+    }
+    Ok(Json(answer).into_response())
+}
+
+/// Revokes one workload: the join lineage its proxy's certificate records.
+async fn revoke_workload(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = ResourceKey::new(Kind::Workload, &namespace, &name);
+    let Some(Resource::Workload(w)) = api.registry.get(&key) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no workload {namespace}/{name}; `skein get workloads` lists them"),
+        ));
+    };
+    let Some(lineage) = w.status.and_then(|s| s.join_lineage) else {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("workload {namespace}/{name} has no recorded join lineage (declared by hand, or its proxy never registered); revoke the token it joined with: `skein token revoke ID`"),
+        ));
+    };
+    let entry = api
+        .pki
+        .revoke_lineage(&lineage, format!("workload {namespace}/{name}"))
+        .await?;
+    Ok(Json(json!({ "revoked": entry })).into_response())
+}
+
+async fn revocations(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "items": api.pki.deny_list() })).into_response())
 }
 
 async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {

@@ -13,7 +13,7 @@
 //! first snapshot → loop { mesh or CA changed: recompute, send if different | proxy acked
 //! or reported its certificate: record }.
 
-use crate::pki::{Pki, PkiView};
+use crate::pki::{Pki, PkiView, Presented};
 use crate::snapshot::{snapshot_for, WorkloadView};
 use crate::state::{CertReport, Connections, MeshState};
 use futures_util::Stream;
@@ -42,16 +42,17 @@ pub trait Registrar: Send + Sync + 'static {
 /// What the TLS listener learned about a gRPC client; it attaches this to every request.
 #[derive(Debug, Clone)]
 pub struct PeerIdentity {
-    /// The verified SPIFFE ID of its TLS certificate (`None`: it presented none).
-    pub id: Option<SpiffeId>,
+    /// The verified certificate it presented (`None`: it presented none). It may have
+    /// expired: only `Certify` accepts that (renewal after an outage).
+    pub cert: Option<Presented>,
     /// The address it connected from.
     pub remote: Option<SocketAddr>,
 }
 
-fn peer_identity<T>(req: &Request<T>) -> Option<SpiffeId> {
+fn presented<T>(req: &Request<T>) -> Option<Presented> {
     req.extensions()
         .get::<PeerIdentity>()
-        .and_then(|p| p.id.clone())
+        .and_then(|p| p.cert.clone())
 }
 
 fn peer_address<T>(req: &Request<T>) -> Option<IpAddr> {
@@ -110,7 +111,7 @@ impl ProxyControl for ProxyControlService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let presented = peer_identity(&request);
+        let presented = presented(&request);
         let ttl = self.state.borrow().cert_ttl;
         let issued = self
             .pki
@@ -126,17 +127,34 @@ impl ProxyControl for ProxyControlService {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let identity = peer_identity(&request).ok_or_else(|| {
+        let cert = presented(&request).ok_or_else(|| {
             Status::unauthenticated(
                 "Sync needs the workload certificate from Certify as the TLS client certificate; start the proxy with --token",
             )
         })?;
+        let identity = cert.id.clone();
+        if cert.expired() {
+            return Err(Status::failed_precondition(format!(
+                "the certificate of {identity} has expired; renew it with Certify before Sync"
+            )));
+        }
+        let lineage = cert.lineage.clone().unwrap_or_default();
+        if let Some(entry) = self.pki.revoked(&lineage) {
+            return Err(Status::permission_denied(format!(
+                "{identity} (join lineage {lineage}) is revoked: {} was revoked at {}; the workload is out of the mesh until it joins with a new token",
+                entry.what, entry.revoked
+            )));
+        }
         let seen = peer_address(&request);
         let mut inbound = request.into_inner();
         let me = match inbound.message().await? {
             Some(ProxyMessage {
                 message: Some(proxy_message::Message::Register(r)),
-            }) => workload_from(&r, &identity)?,
+            }) => {
+                let mut me = workload_from(&r, &identity)?;
+                me.lineage = cert.lineage.clone();
+                me
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a Sync stream must be Register",
@@ -167,12 +185,21 @@ impl ProxyControl for ProxyControlService {
             loop {
                 let current = state.borrow_and_update().clone();
                 let ca = pki.borrow_and_update().clone();
+                if let Some(entry) = denied(&ca, &lineage) {
+                    tracing::warn!(workload = %me.name, namespace = %me.namespace, %lineage, "closing the stream of a revoked workload");
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "{identity} (join lineage {lineage}) was revoked ({entry}); the workload is out of the mesh until it joins with a new token"
+                        ))))
+                        .await;
+                    break;
+                }
                 let mut next = full_snapshot(&me, &current, &ca);
                 let changed = last_sent.as_ref() != Some(&next);
                 if changed {
                     last_sent = Some(next.clone());
-                    // Both revisions come from one store, so the larger is always newer.
-                    next.version = current.revision.max(ca.revision);
+                    // The revisions come from one store, so the largest is always newer.
+                    next.version = current.revision.max(ca.revision).max(ca.denied_revision);
                     connections.sent(session, next.version);
                     if tx.send(Ok(next)).await.is_err() {
                         break;
@@ -219,12 +246,36 @@ impl ProxyControl for ProxyControlService {
     }
 }
 
-/// The snapshot for `me`: services and routes from the mesh, the trust bundle and CA
-/// generation from the CA, the mTLS mode from the Mesh resource.
+/// The deny-list entry of `ca` that revokes `lineage`, if any.
+fn denied(ca: &PkiView, lineage: &str) -> Option<String> {
+    if ca.denied.is_empty() || lineage.is_empty() {
+        return None;
+    }
+    let list = skein_identity::DenyList::new(ca.denied.clone()).ok()?;
+    list.denies(lineage).map(str::to_owned)
+}
+
+/// The snapshot for `me`: services and routes from the mesh, the trust bundle, CA
+/// generation and deny list from the CA, the mTLS mode from the Mesh resource.
 fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot {
-    let mut snapshot = snapshot_for(me, &mesh.services, &mesh.workloads, &ca.trust_domain);
+    // A revoked workload is no endpoint: callers stop choosing it in the same snapshot
+    // that tells them to refuse its certificate.
+    let live: Vec<WorkloadView>;
+    let workloads = if ca.denied.is_empty() {
+        &mesh.workloads
+    } else {
+        live = mesh
+            .workloads
+            .iter()
+            .filter(|w| w.lineage.as_deref().is_none_or(|l| denied(ca, l).is_none()))
+            .cloned()
+            .collect();
+        &live
+    };
+    let mut snapshot = snapshot_for(me, &mesh.services, workloads, &ca.trust_domain);
     snapshot.trust_bundle = ca.bundle.clone();
     snapshot.ca_generation = ca.generation;
+    snapshot.revoked_lineages = ca.denied.clone();
     snapshot.mtls = match mesh.mtls {
         skein_model::resource::MtlsMode::Strict => skein_api::v1::MtlsMode::Strict,
         skein_model::resource::MtlsMode::Permissive => skein_api::v1::MtlsMode::Permissive,
@@ -339,6 +390,7 @@ fn workload_from(r: &Register, identity: &SpiffeId) -> Result<WorkloadView, Stat
         inbound_port,
         app_ports,
         account: identity.account().to_owned(),
+        lineage: None,
     })
 }
 

@@ -6,8 +6,17 @@
 //! directory's store file (directory 0700, file 0600). Replicas watch the record and pick
 //! up a rotation another replica made.
 //!
-//! Join tokens are records under `secrets/tokens/<id>` holding the identity they grant and
-//! the SHA-256 of their secret, never the secret itself.
+//! Join tokens are records under `secrets/tokens/<id>` holding the identity they grant, the
+//! SHA-256 of their secret (never the secret itself), and how many of their uses are left:
+//! single-use by default, each use counted by an atomic compare-and-set on the record, so
+//! two proxies (on two replicas) racing with one token cannot both join on its last use.
+//!
+//! Every certificate records its **lineage**, `<token id>.<n>` for the n-th join with the
+//! token, and keeps it across renewals (also across a root rotation). Revoking a token or
+//! a workload adds its lineage to the deny list (`secrets/denylist`): renewals and `Sync`
+//! of that lineage are refused, and every proxy receives the list and refuses its
+//! certificates at the next handshake. An entry lives as long as the longest certificate
+//! it could still cover.
 //!
 //! Root rotation runs in three phases, each published to every proxy before the next:
 //! **prepare** (a new root joins the trust bundle; the old one still signs) → **switch** (the
@@ -33,12 +42,20 @@ pub const CONTROL_NAMESPACE: &str = "skein-system";
 /// Account of the control plane's own identity.
 pub const CONTROL_ACCOUNT: &str = "skein-control";
 /// Default lifetime of a join token.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How long after its certificate expired a proxy may still renew with it (it was cut off
+/// from the control plane meanwhile); after that it needs a new join token.
+pub const EXPIRED_RENEWAL_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Added to a deny entry's lifetime for clock skew between issuers and verifiers.
+const BACKDATE_SLACK: Duration = Duration::from_secs(3600);
 /// Lifetime of the control plane's own serving certificate.
 const CONTROL_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 const CA_KEY: &str = "secrets/ca";
 const TOKEN_PREFIX: &str = "secrets/tokens/";
+const DENY_KEY: &str = "secrets/denylist";
+/// Tries of a compare-and-set on a record other replicas may write at the same time.
+const CAS_TRIES: usize = 16;
 
 /// The control plane's SPIFFE ID in `trust_domain`; proxies expect exactly this server.
 pub fn control_identity(trust_domain: &str) -> Result<SpiffeId, PkiError> {
@@ -171,20 +188,23 @@ impl Authority {
             Phase::Idle
         }
     }
+}
 
-    fn view(&self) -> PkiView {
-        PkiView {
-            revision: self.revision,
-            generation: self.generation,
-            trust_domain: self.ca.trust_domain().to_owned(),
-            bundle: self
-                .ca
-                .trust_bundle()
-                .into_iter()
-                .map(|c| c.as_ref().to_vec())
-                .collect(),
-            phase: self.phase(),
-        }
+/// What proxy sessions see of `authority` and the deny list `(record, revision)`.
+fn view(authority: &Authority, denied: &(DenyRecord, u64)) -> PkiView {
+    PkiView {
+        revision: authority.revision,
+        generation: authority.generation,
+        trust_domain: authority.ca.trust_domain().to_owned(),
+        bundle: authority
+            .ca
+            .trust_bundle()
+            .into_iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect(),
+        phase: authority.phase(),
+        denied: denied.0.in_force(unix(SystemTime::now())),
+        denied_revision: denied.1,
     }
 }
 
@@ -201,6 +221,60 @@ pub struct PkiView {
     pub bundle: Vec<Vec<u8>>,
     /// Rotation phase.
     pub phase: Phase,
+    /// Revoked lineages (token ids and whole lineages) still covering a live certificate.
+    pub denied: Vec<String>,
+    /// Store revision of the deny list (part of the snapshot version).
+    pub denied_revision: u64,
+}
+
+/// One revoked lineage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DenyEntry {
+    /// A token id (every workload that joined with it) or a whole lineage (one workload).
+    pub lineage: String,
+    /// What was revoked, for listings: `token <id> (<identity>)` or `workload <ns>/<name>`.
+    pub what: String,
+    /// When (RFC 3339).
+    pub revoked: String,
+    /// Until when it must be kept (Unix seconds): no certificate it covers lives longer.
+    pub until_unix: u64,
+}
+
+/// The deny list as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DenyRecord {
+    entries: Vec<DenyEntry>,
+}
+
+impl DenyRecord {
+    /// The entries still in force at `now`.
+    fn in_force(&self, now: u64) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.until_unix > now)
+            .map(|e| e.lineage.clone())
+            .collect()
+    }
+}
+
+/// What the TLS layer proved about a certificate a caller presented.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// Its SPIFFE ID.
+    pub id: SpiffeId,
+    /// The join lineage it records (none: issued before lineages were recorded).
+    pub lineage: Option<String>,
+    /// When it expires (it may have already: the proxy API accepts expired certificates
+    /// for renewal only).
+    pub expires: SystemTime,
+}
+
+impl Presented {
+    /// Whether it has expired.
+    pub fn expired(&self) -> bool {
+        SystemTime::now() >= self.expires
+    }
 }
 
 /// A join token as stored (and listed): the identity it grants, never its secret.
@@ -227,6 +301,16 @@ pub struct TokenRecord {
     /// When it was revoked, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<String>,
+    /// How many proxies may join with it. Default 1.
+    #[serde(default = "one")]
+    pub uses: u32,
+    /// How many have.
+    #[serde(default)]
+    pub used: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl TokenRecord {
@@ -249,6 +333,8 @@ pub struct Pki {
     /// Roots client certificates are verified against.
     bundle: Arc<TrustBundle>,
     own_renew_at: RwLock<SystemTime>,
+    /// The deny list and its store revision.
+    denied: RwLock<(Arc<DenyRecord>, u64)>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -314,7 +400,8 @@ impl Pki {
         let (own, bundle) = Self::own_cert(&authority)?;
         let resolver = CertResolver::new(&own)?;
         let bundle = TrustBundle::new(&bundle)?;
-        let (published, _) = watch::channel(authority.view());
+        let denied = Self::read_denied(&*store).await?;
+        let (published, _) = watch::channel(view(&authority, &denied));
         tracing::info!(identity = %control_identity(&td)?, "control plane certificate issued");
         Ok(Arc::new(Pki {
             store,
@@ -323,7 +410,37 @@ impl Pki {
             published,
             resolver,
             bundle,
+            denied: RwLock::new((Arc::new(denied.0), denied.1)),
         }))
+    }
+
+    async fn read_denied(store: &dyn Store) -> Result<(DenyRecord, u64), PkiError> {
+        let (found, _) = store.list(DENY_KEY).await?;
+        match found.into_iter().find(|e| e.key == DENY_KEY) {
+            None => Ok((DenyRecord::default(), 0)),
+            Some(e) => serde_json::from_slice(&e.value)
+                .map(|r| (r, e.revision))
+                .map_err(|err| PkiError::Corrupt {
+                    what: "deny list".into(),
+                    reason: err.to_string(),
+                }),
+        }
+    }
+
+    fn denied(&self) -> (Arc<DenyRecord>, u64) {
+        self.denied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes the CA and deny list in force to proxy sessions.
+    fn publish(&self) {
+        let (record, revision) = self.denied();
+        self.published.send_replace(view(
+            &self.authority(),
+            &(DenyRecord::clone(&record), revision),
+        ));
     }
 
     async fn read(store: &dyn Store) -> Result<Option<Authority>, PkiError> {
@@ -384,9 +501,8 @@ impl Pki {
     /// Swaps in `next` and publishes it to proxy sessions, re-issuing our own certificate.
     fn install(&self, next: Authority) -> Result<(), PkiError> {
         self.refresh_own(&next)?;
-        let view = next.view();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        self.published.send_replace(view);
+        self.publish();
         Ok(())
     }
 
@@ -405,6 +521,7 @@ impl Pki {
         let pki = self.clone();
         tokio::spawn(async move {
             let mut changes = pki.store.watch(CA_KEY);
+            let mut deny_changes = pki.store.watch(DENY_KEY);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -414,6 +531,12 @@ impl Pki {
                             changes = pki.store.watch(CA_KEY);
                         }
                         pki.reload().await;
+                    }
+                    event = deny_changes.recv() => {
+                        if event.is_none() {
+                            deny_changes = pki.store.watch(DENY_KEY);
+                        }
+                        pki.reload_denied().await;
                     }
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {
                         let renew_at = *pki.own_renew_at.read().unwrap_or_else(|p| p.into_inner());
@@ -441,6 +564,99 @@ impl Pki {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not re-read the mesh CA"),
         }
+    }
+
+    async fn reload_denied(&self) {
+        match Self::read_denied(&*self.store).await {
+            Ok((record, revision)) if revision != self.denied().1 => {
+                *self.denied.write().unwrap_or_else(|p| p.into_inner()) =
+                    (Arc::new(record), revision);
+                self.publish();
+                tracing::info!(revision, "loaded a new deny list");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not re-read the deny list"),
+        }
+    }
+
+    /// Adds `entry` to the deny list (compare-and-set against other replicas) and
+    /// publishes it at once.
+    async fn deny(&self, entry: DenyEntry) -> Result<(), PkiError> {
+        for _ in 0..CAS_TRIES {
+            let (mut record, revision) = Self::read_denied(&*self.store).await?;
+            let now = unix(SystemTime::now());
+            record.entries.retain(|e| e.until_unix > now);
+            if record.entries.iter().any(|e| e.lineage == entry.lineage) {
+                return Ok(());
+            }
+            record.entries.push(entry.clone());
+            let value = serde_json::to_vec(&record).map_err(|e| PkiError::Corrupt {
+                what: "deny list".into(),
+                reason: e.to_string(),
+            })?;
+            let put = Op::Put {
+                key: DENY_KEY.into(),
+                value,
+                expect: Some(revision),
+            };
+            match self.store.commit(vec![put]).await {
+                Ok(revision) => {
+                    *self.denied.write().unwrap_or_else(|p| p.into_inner()) =
+                        (Arc::new(record), revision);
+                    self.publish();
+                    tracing::info!(lineage = %entry.lineage, what = %entry.what, "revoked");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PkiError::Refused(
+            "the deny list kept changing under this write; try again".into(),
+        ))
+    }
+
+    /// A deny-list entry for `lineage` revoked now: kept until the longest certificate it
+    /// can cover has expired (no workload certificate lives longer than the Mesh's
+    /// largest `workloadCertTTL`).
+    fn deny_entry(lineage: &str, what: String) -> DenyEntry {
+        let now = SystemTime::now();
+        DenyEntry {
+            lineage: lineage.to_owned(),
+            what,
+            revoked: rfc3339(now),
+            until_unix: unix(now + skein_model::resource::MAX_CERT_TTL + BACKDATE_SLACK),
+        }
+    }
+
+    /// Revokes one workload's lineage (`<token id>.<n>`): its proxy can no longer renew or
+    /// sync, and every proxy refuses its certificate at the next handshake.
+    pub async fn revoke_lineage(&self, lineage: &str, what: String) -> Result<DenyEntry, PkiError> {
+        skein_identity::validate_lineage(lineage, false)?;
+        let entry = Self::deny_entry(lineage, what);
+        self.deny(entry.clone()).await?;
+        Ok(entry)
+    }
+
+    /// The revoked lineages in force, with what each was.
+    pub fn deny_list(&self) -> Vec<DenyEntry> {
+        let now = unix(SystemTime::now());
+        self.denied()
+            .0
+            .entries
+            .iter()
+            .filter(|e| e.until_unix > now)
+            .cloned()
+            .collect()
+    }
+
+    /// Why `lineage` is refused, if it is.
+    pub fn revoked(&self, lineage: &str) -> Option<DenyEntry> {
+        let list = self.deny_list();
+        let names: Vec<String> = list.iter().map(|e| e.lineage.clone()).collect();
+        let deny = skein_identity::DenyList::new(names).ok()?;
+        let hit = deny.denies(lineage)?;
+        list.into_iter().find(|e| e.lineage == hit)
     }
 
     /// Changes to the CA as proxy sessions see them.
@@ -472,13 +688,20 @@ impl Pki {
         self.authority().ca.root_cert_pem()
     }
 
-    /// Makes a join token for `service` in `namespace`, valid for `ttl`.
+    /// Makes a join token for `service` in `namespace`, valid for `ttl`, with which `uses`
+    /// proxies may join (1 to 100000).
     pub async fn create_token(
         &self,
         namespace: &str,
         service: &str,
         ttl: Duration,
+        uses: u32,
     ) -> Result<(JoinToken, TokenRecord), PkiError> {
+        if !(1..=100_000).contains(&uses) {
+            return Err(PkiError::Refused(format!(
+                "token uses {uses} is not accepted; use 1 (the default: one proxy) to 100000"
+            )));
+        }
         let authority = self.authority();
         let identity = SpiffeId::new(authority.ca.trust_domain(), namespace, service)?;
         if ttl.is_zero() || ttl > Duration::from_secs(365 * 24 * 3600) {
@@ -499,9 +722,11 @@ impl Pki {
             expires_unix: unix(expires),
             expires: rfc3339(expires),
             revoked: None,
+            uses,
+            used: 0,
         };
         self.put_token(&record, Some(0)).await?;
-        tracing::info!(token = %token.id(), %identity, "join token created");
+        tracing::info!(token = %token.id(), %identity, uses, "join token created");
         Ok((token, record.public()))
     }
 
@@ -549,27 +774,41 @@ impl Pki {
         Ok(tokens)
     }
 
-    /// Revokes token `id`: it is refused from now on (proxies that already joined keep
-    /// their certificates until they expire).
+    /// Revokes token `id`: no proxy joins with it from now on, and every workload that
+    /// joined with it is out of the mesh: its renewals and `Sync` are refused and every
+    /// proxy refuses its certificate at the next handshake (the deny list).
     pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, PkiError> {
-        let (mut record, revision) = self
-            .get_token(id)
-            .await?
-            .ok_or_else(|| PkiError::UnknownToken(id.to_owned()))?;
-        if record.revoked.is_none() {
-            record.revoked = Some(rfc3339(SystemTime::now()));
-            self.put_token(&record, Some(revision)).await?;
-            tracing::info!(token = %id, identity = %record.identity, "join token revoked");
+        for _ in 0..CAS_TRIES {
+            let (mut record, revision) = self
+                .get_token(id)
+                .await?
+                .ok_or_else(|| PkiError::UnknownToken(id.to_owned()))?;
+            if record.revoked.is_none() {
+                record.revoked = Some(rfc3339(SystemTime::now()));
+                match self.put_token(&record, Some(revision)).await {
+                    Ok(_) => {}
+                    Err(PkiError::Store(StoreError::Conflict { .. })) => continue,
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(token = %id, identity = %record.identity, "join token revoked");
+            }
+            // Also when it was revoked before: the deny entry may have lapsed or failed.
+            let what = format!("token {id} ({})", record.identity);
+            self.deny(Self::deny_entry(id, what)).await?;
+            return Ok(record.public());
         }
-        Ok(record.public())
+        Err(PkiError::Refused(
+            "the token record kept changing under this write; try again".into(),
+        ))
     }
 
-    /// Checks a join token and returns the identity it grants.
-    async fn redeem(&self, text: &str) -> Result<SpiffeId, tonic::Status> {
+    /// Checks a join token without using it: its record, that record's revision, and the
+    /// identity it grants.
+    async fn check_token(
+        &self,
+        token: &JoinToken,
+    ) -> Result<(TokenRecord, u64, SpiffeId), tonic::Status> {
         use tonic::Status;
-        let token: JoinToken = text
-            .parse()
-            .map_err(|e: skein_identity::IdentityError| Status::invalid_argument(e.to_string()))?;
         let td = self.trust_domain();
         if token.trust_domain() != td {
             return Err(Status::permission_denied(format!(
@@ -577,7 +816,7 @@ impl Pki {
                 token.trust_domain()
             )));
         }
-        let (record, _) = self
+        let (record, revision) = self
             .get_token(token.id())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
@@ -606,44 +845,107 @@ impl Pki {
                 record.expires
             )));
         }
-        record
+        if record.used >= record.uses {
+            return Err(Status::permission_denied(format!(
+                "join token {} is used up ({} of {} joins; tokens are single-use unless created with --uses N); create a new one with `skein token create`",
+                token.id(),
+                record.used,
+                record.uses
+            )));
+        }
+        let identity = record
             .identity
             .parse()
             .map_err(|e: skein_identity::IdentityError| {
                 Status::internal(format!("token {}: {e}", token.id()))
-            })
+            })?;
+        Ok((record, revision, identity))
     }
 
-    /// Issues a workload certificate: for the token's identity, or (renewal) for the
-    /// identity of the certificate the caller presented. `ttl` is the mesh's
+    /// Uses the token once (compare-and-set, so a use is never counted twice nor a last
+    /// use granted twice, whichever replica redeems it) and returns the new lineage,
+    /// `<token id>.<n>` for the n-th join.
+    async fn take_use(&self, token: &JoinToken) -> Result<String, tonic::Status> {
+        for _ in 0..CAS_TRIES {
+            let (mut record, revision, _) = self.check_token(token).await?;
+            record.used += 1;
+            match self.put_token(&record, Some(revision)).await {
+                Ok(_) => return Ok(format!("{}.{}", token.id(), record.used)),
+                Err(PkiError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
+            }
+        }
+        Err(tonic::Status::unavailable(
+            "the join token is being redeemed by many proxies at once; retry",
+        ))
+    }
+
+    /// Who a renewal is for: the presented certificate's identity and lineage, unless the
+    /// lineage was revoked, the certificate expired too long ago, or it predates lineages.
+    fn check_renewal(&self, presented: &Presented) -> Result<String, tonic::Status> {
+        use tonic::Status;
+        let id = &presented.id;
+        let Some(lineage) = presented.lineage.clone() else {
+            return Err(Status::permission_denied(format!(
+                "the certificate of {id} records no join lineage (issued before lineages were recorded); restart the proxy with a new join token"
+            )));
+        };
+        if let Some(entry) = self.revoked(&lineage) {
+            return Err(Status::permission_denied(format!(
+                "{id} (join lineage {lineage}) is revoked: {} was revoked at {}; the workload is out of the mesh until it joins with a new token",
+                entry.what, entry.revoked
+            )));
+        }
+        if let Ok(ago) = SystemTime::now().duration_since(presented.expires) {
+            if ago > EXPIRED_RENEWAL_GRACE {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of {id} expired at {}, more than {}h ago; restart the proxy with a new join token",
+                    rfc3339(presented.expires),
+                    EXPIRED_RENEWAL_GRACE.as_secs() / 3600
+                )));
+            }
+        }
+        Ok(lineage)
+    }
+
+    /// Issues a workload certificate: for the token's identity (using the token once), or
+    /// (renewal) for the identity and lineage of the certificate the caller presented, also
+    /// an expired one within [`EXPIRED_RENEWAL_GRACE`]. `ttl` is the mesh's
     /// `workloadCertTTL`.
     pub async fn certify(
         &self,
         req: &CertifyRequest,
-        presented: Option<&SpiffeId>,
+        presented: Option<&Presented>,
         ttl: Duration,
     ) -> Result<CertifyResponse, tonic::Status> {
         use tonic::Status;
-        let identity = match (req.token.is_empty(), presented) {
-            (false, _) => self.redeem(&req.token).await?,
-            (true, Some(id)) => id.clone(),
+        let bad_csr = |e: skein_identity::IdentityError| Status::invalid_argument(e.to_string());
+        let (identity, lineage) = match (req.token.is_empty(), presented) {
+            (false, _) => {
+                let token: JoinToken = req.token.parse().map_err(bad_csr)?;
+                let (_, _, identity) = self.check_token(&token).await?;
+                refuse_control_identity(&identity)?;
+                // Check the CSR before the token's use is taken.
+                self.authority()
+                    .ca
+                    .issue(req.csr_pem.as_bytes(), &identity, ttl)
+                    .map_err(bad_csr)?;
+                (identity, self.take_use(&token).await?)
+            }
+            (true, Some(p)) => (p.id.clone(), self.check_renewal(p)?),
             (true, None) => {
                 return Err(Status::unauthenticated(
                     "Certify needs a join token (first start) or the current workload certificate as the TLS client certificate (renewal)",
                 ))
             }
         };
-        if identity.namespace() == CONTROL_NAMESPACE && identity.account() == CONTROL_ACCOUNT {
-            return Err(Status::permission_denied(
-                "the control plane's own identity is never issued to a proxy",
-            ));
-        }
+        refuse_control_identity(&identity)?;
         let authority = self.authority();
         let issued = authority
             .ca
-            .issue(req.csr_pem.as_bytes(), &identity, ttl)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(%identity, serial = %issued.serial, expires = %rfc3339(issued.not_after), renewal = req.token.is_empty(), "issued workload certificate");
+            .issue_in_lineage(req.csr_pem.as_bytes(), &identity, ttl, &lineage)
+            .map_err(bad_csr)?;
+        tracing::info!(%identity, %lineage, serial = %issued.serial, expires = %rfc3339(issued.not_after), renewal = req.token.is_empty(), "issued workload certificate");
         let mut bundle: Vec<Vec<u8>> = authority
             .ca
             .trust_bundle()
@@ -711,6 +1013,15 @@ impl Pki {
         self.install(next)?;
         Ok(phase)
     }
+}
+
+fn refuse_control_identity(identity: &SpiffeId) -> Result<(), tonic::Status> {
+    if identity.namespace() == CONTROL_NAMESPACE && identity.account() == CONTROL_ACCOUNT {
+        return Err(tonic::Status::permission_denied(
+            "the control plane's own identity is never issued to a proxy",
+        ));
+    }
+    Ok(())
 }
 
 /// How long [`rotate`] waits for proxies at each phase before going on without the ones
@@ -789,5 +1100,110 @@ async fn wait(
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    async fn pki(name: &str) -> (Arc<Pki>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("skein-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        (Pki::open(store, "skein.local", None).await.unwrap(), dir)
+    }
+
+    fn web() -> SpiffeId {
+        SpiffeId::new("skein.local", "default", "web").unwrap()
+    }
+
+    fn presented(lineage: Option<&str>, expired_ago: Option<Duration>) -> Presented {
+        let now = SystemTime::now();
+        Presented {
+            id: web(),
+            lineage: lineage.map(str::to_owned),
+            expires: match expired_ago {
+                Some(ago) => now - ago,
+                None => now + Duration::from_secs(600),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_lineage_within_the_grace_and_refuses_otherwise() {
+        let (pki, dir) = pki("renewal").await;
+        assert_eq!(
+            pki.check_renewal(&presented(Some("aa.1"), None)).unwrap(),
+            "aa.1"
+        );
+        let hour = Duration::from_secs(3600);
+        assert!(
+            pki.check_renewal(&presented(Some("aa.1"), Some(hour)))
+                .is_ok(),
+            "expired an hour ago"
+        );
+        let e = pki
+            .check_renewal(&presented(Some("aa.1"), Some(EXPIRED_RENEWAL_GRACE + hour)))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message()
+                .contains("more than 24h ago; restart the proxy with a new join token"),
+            "{}",
+            e.message()
+        );
+        let e = pki.check_renewal(&presented(None, None)).unwrap_err();
+        assert!(
+            e.message().contains("records no join lineage"),
+            "{}",
+            e.message()
+        );
+        // Revoking the token denies every lineage of it, not other tokens'.
+        pki.deny(Pki::deny_entry("aa", "token aa (web)".into()))
+            .await
+            .unwrap();
+        let e = pki
+            .check_renewal(&presented(Some("aa.1"), None))
+            .unwrap_err();
+        assert!(
+            e.message().contains("token aa (web) was revoked at"),
+            "{}",
+            e.message()
+        );
+        assert!(pki.check_renewal(&presented(Some("aab.1"), None)).is_ok());
+        assert_eq!(pki.view().denied, ["aa"], "published to proxy sessions");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn tokens_count_their_uses_and_refuse_past_the_last() {
+        let (pki, dir) = pki("uses").await;
+        let (token, record) = pki
+            .create_token("default", "web", Duration::from_secs(60), 2)
+            .await
+            .unwrap();
+        assert_eq!((record.uses, record.used), (2, 0));
+        assert_eq!(
+            pki.take_use(&token).await.unwrap(),
+            format!("{}.1", token.id())
+        );
+        assert_eq!(
+            pki.take_use(&token).await.unwrap(),
+            format!("{}.2", token.id())
+        );
+        let e = pki.take_use(&token).await.unwrap_err();
+        assert!(
+            e.message().contains("is used up (2 of 2 joins"),
+            "{}",
+            e.message()
+        );
+        assert!(pki
+            .create_token("default", "web", Duration::from_secs(60), 0)
+            .await
+            .is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -266,6 +266,7 @@ mod tests {
                 inbound_port: 4143,
                 app_ports: vec![8080],
                 account: "restaurant".into(),
+                lineage: None,
             }],
             policies: vec![policy],
             default_policy: PolicyAction::Deny,

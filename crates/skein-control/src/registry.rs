@@ -161,6 +161,7 @@ impl Registry {
                     inbound_port: w.spec.inbound_port,
                     app_ports: w.spec.ports.clone(),
                     account: w.spec.service_account.clone(),
+                    lineage: w.status.as_ref().and_then(|s| s.join_lineage.clone()),
                 }),
                 _ => {}
             }

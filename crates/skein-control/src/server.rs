@@ -301,6 +301,7 @@ impl Registrar for StoreRegistrar {
                 since: Some(crate::registry::now_rfc3339()),
                 acknowledged_version: None,
                 control_plane: Some(self.replica.clone()),
+                join_lineage: w.lineage.clone(),
             }),
         });
         let existing = match self.registry.get(&resource.key()) {
@@ -439,6 +440,7 @@ mod tests {
             inbound_port: 4143,
             app_ports: vec![],
             account: account.into(),
+            lineage: None,
         }
     }
 

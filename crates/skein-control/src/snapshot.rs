@@ -50,6 +50,9 @@ pub struct WorkloadView {
     pub app_ports: Vec<u16>,
     /// The service account of its identity (`spiffe://<td>/ns/<namespace>/sa/<account>`).
     pub account: String,
+    /// The join lineage of its proxy's certificate (`<token id>.<n>`), once it registered:
+    /// what `skein workload revoke` revokes.
+    pub lineage: Option<String>,
 }
 
 impl WorkloadView {
@@ -216,6 +219,7 @@ mod tests {
             inbound_port: 4143,
             app_ports: vec![8080],
             account: app.into(),
+            lineage: None,
         }
     }
 

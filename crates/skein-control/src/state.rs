@@ -214,6 +214,7 @@ mod tests {
             inbound_port: 4143,
             app_ports: vec![],
             account: "web".into(),
+            lineage: None,
         }
     }
 

@@ -104,8 +104,17 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let conn = stream.get_ref().1;
+                        let cert = skein_identity::tls::peer_identity(conn).and_then(|id| {
+                            let leaf = conn.peer_certificates()?.first()?;
+                            Some(crate::pki::Presented {
+                                id,
+                                lineage: skein_identity::lineage_of(leaf),
+                                expires: skein_identity::expiry_of(leaf)?,
+                            })
+                        });
                         let peer = PeerIdentity {
-                            id: skein_identity::tls::peer_identity(stream.get_ref().1),
+                            cert,
                             remote: Some(addr),
                         };
                         let _ = tx

@@ -69,6 +69,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
         inbound_port: backend_proxy.port(),
         app_ports: vec![port],
         account: "web".into(),
+        lineage: None,
     };
     MeshState {
         revision,
@@ -160,6 +161,7 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
             "default",
             &config.workload.service,
             Duration::from_secs(600),
+            1,
         )
         .await
         .unwrap();

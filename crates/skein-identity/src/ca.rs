@@ -26,7 +26,7 @@ use crate::workload::{parse_cert_chain, uri_san, CertInfo};
 use crate::{IdentityError, Result, SpiffeId};
 
 /// Default workload certificate lifetime (the `Mesh` resource's `workloadCertTTL` default).
-pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(3600);
 /// Lifetime of a generated root: long, because replacing it means `skein ca rotate`.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Lifetime of a generated intermediate.
@@ -235,14 +235,42 @@ impl CertificateAuthority {
     ) -> Result<IssuedCert> {
         if ttl.is_zero() {
             return Err(IdentityError::InvalidTtl(
-                "the lifetime must be positive; the default is 24h".into(),
+                "the lifetime must be positive; the default is 1h".into(),
             ));
         }
         let now = SystemTime::now();
         let not_after = now
             .checked_add(ttl)
             .ok_or_else(|| IdentityError::InvalidTtl(format!("{ttl:?} is too long")))?;
-        self.issue_window(csr.as_ref(), identity, now - BACKDATE, not_after)
+        self.issue_window(csr.as_ref(), identity, now - BACKDATE, not_after, None)
+    }
+
+    /// Like [`Self::issue`], recording `lineage` (`<token id>.<n>`, see [`crate::lineage_of`])
+    /// in the certificate: the join it descends from, which revocation refers to.
+    pub fn issue_in_lineage(
+        &self,
+        csr: impl AsRef<[u8]>,
+        identity: &SpiffeId,
+        ttl: Duration,
+        lineage: &str,
+    ) -> Result<IssuedCert> {
+        crate::validate_lineage(lineage, false)?;
+        if ttl.is_zero() {
+            return Err(IdentityError::InvalidTtl(
+                "the lifetime must be positive; the default is 1h".into(),
+            ));
+        }
+        let now = SystemTime::now();
+        let not_after = now
+            .checked_add(ttl)
+            .ok_or_else(|| IdentityError::InvalidTtl(format!("{ttl:?} is too long")))?;
+        self.issue_window(
+            csr.as_ref(),
+            identity,
+            now - BACKDATE,
+            not_after,
+            Some(lineage),
+        )
     }
 
     /// Like [`Self::issue`] with an explicit validity window, for tests of expired and
@@ -255,7 +283,7 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCert> {
-        self.issue_window(csr.as_ref(), identity, not_before, not_after)
+        self.issue_window(csr.as_ref(), identity, not_before, not_after, None)
     }
 
     fn issue_window(
@@ -264,6 +292,7 @@ impl CertificateAuthority {
         identity: &SpiffeId,
         not_before: SystemTime,
         not_after: SystemTime,
+        lineage: Option<&str>,
     ) -> Result<IssuedCert> {
         if identity.trust_domain() != self.trust_domain {
             return Err(IdentityError::ForeignTrustDomain {
@@ -274,6 +303,12 @@ impl CertificateAuthority {
         let public_key = verified_csr_key(csr, identity)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
+        if let Some(lineage) = lineage {
+            params.distinguished_name.push(
+                DnType::OrganizationalUnitName,
+                format!("{}{lineage}", crate::LINEAGE_PREFIX),
+            );
+        }
         params.subject_alt_names = vec![uri_san(identity)?];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

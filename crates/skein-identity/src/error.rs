@@ -79,6 +79,20 @@ pub enum IdentityError {
         expected: Box<SpiffeId>,
     },
 
+    /// The peer's certificate belongs to a revoked join lineage (a revoked token or
+    /// workload).
+    #[error("the certificate of {identity} (join lineage {lineage}) was revoked; that workload is out of the mesh until it joins again with a new token")]
+    Revoked {
+        /// The peer's SPIFFE ID.
+        identity: Box<SpiffeId>,
+        /// The revoked lineage.
+        lineage: String,
+    },
+
+    /// A lineage to record in a certificate is malformed.
+    #[error("invalid join lineage {0:?}: expected <token id>.<n>, lowercase hex and a number")]
+    InvalidLineage(String),
+
     /// Certificate or key generation / signing failed inside rcgen.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),

@@ -19,6 +19,7 @@
 mod ca;
 mod error;
 mod fsutil;
+mod lineage;
 mod spiffe;
 pub mod tls;
 mod token;
@@ -26,6 +27,7 @@ mod workload;
 
 pub use ca::{CaPem, CertificateAuthority, IssuedCert, DEFAULT_WORKLOAD_TTL};
 pub use error::{IdentityError, Result};
+pub use lineage::{expiry_of, lineage_of, validate_lineage, DenyList, LINEAGE_PREFIX};
 pub use spiffe::SpiffeId;
 pub use token::{ca_pin, constant_time_eq, sha256_hex, JoinToken};
 pub use workload::{WorkloadCert, WorkloadKey, RENEW_AT_FRACTION};

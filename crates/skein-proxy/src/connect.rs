@@ -128,6 +128,12 @@ impl H2Pool {
         Ok(sender)
     }
 
+    /// Forgets every pooled connection: the next request to each upstream connects (and,
+    /// for peers, verifies) anew. Streams in flight on the old connections finish.
+    pub fn clear(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Sends `req` on the connection to `to`.
     pub async fn send(
         &self,

@@ -9,9 +9,15 @@
 //!
 //! While the control plane is unreachable the proxy keeps serving on its last good
 //! configuration and certificate and reconnects with exponential backoff and jitter; once
-//! the certificate expires, new mTLS handshakes fail closed until a renewal succeeds. A
+//! the certificate expires, new mTLS handshakes fail closed until a renewal succeeds (with
+//! the expired certificate, which the control plane accepts for a day, or the token). A
 //! snapshot that cannot be applied is refused with the reason (a NACK), and the old one
 //! stays in force.
+//!
+//! A refusal that retrying cannot fix (the token or workload revoked, a token for another
+//! service or used up, a control plane that is not the one the token pins) is
+//! [`Failure::fatal`]: the proxy reports it through [`Ctx::fatal`] and stops trying, and
+//! `skein proxy` exits non-zero. Only transient failures are retried.
 
 use crate::identity::Identity;
 use crate::metrics::Direction;
@@ -21,7 +27,7 @@ use skein_api::v1::{
     self as pb, proxy_message, Ack, CertifyRequest, ProxyMessage, Register, Snapshot,
 };
 use skein_identity::SpiffeId;
-use skein_identity::{CertificateDer, JoinToken, WorkloadCert, WorkloadKey};
+use skein_identity::{CertificateDer, DenyList, JoinToken, WorkloadCert, WorkloadKey};
 use skein_model::{Destination, Endpoint, PortSpec, Protocol, ProxyConfig};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -49,6 +55,59 @@ pub struct ControlConfig {
     pub token: JoinToken,
 }
 
+/// Why a call to the control plane failed, and whether trying again can help.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// What went wrong, for the log and the operator.
+    pub message: String,
+    /// True when retrying cannot help: revoked, used up, for another service, or a control
+    /// plane the token does not pin.
+    pub fatal: bool,
+}
+
+impl Failure {
+    fn transient(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
+    fn fatal(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            fatal: true,
+        }
+    }
+
+    /// A refusal from the control plane: permission, authentication and argument errors
+    /// are answers about this proxy, not about the network, so retrying cannot change them.
+    fn from_status(s: &tonic::Status, what: &str) -> Self {
+        use tonic::Code;
+        let message = format!("{what}: {}", s.message());
+        match s.code() {
+            Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument => {
+                Failure::fatal(message)
+            }
+            _ => Failure::transient(message),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Reports a failure retrying cannot fix and stops: `/ready` turns false and
+/// [`crate::RunningProxy::fatal`] returns it (`skein proxy` then exits non-zero).
+fn give_up(ctx: &Ctx, failure: &Failure) {
+    tracing::error!(error = %failure, "the control plane refused this proxy for good; stopping (fix the cause, then start the proxy with a new join token)");
+    ctx.ready.store(false, Ordering::SeqCst);
+    ctx.fatal.send_replace(Some(failure.message.clone()));
+}
+
 /// Keeps a session with the control plane until shutdown: first the certificate, then
 /// the configuration stream, with renewal alongside.
 pub async fn run(ctx: Arc<Ctx>, control: ControlConfig) {
@@ -64,6 +123,10 @@ pub async fn run(ctx: Arc<Ctx>, control: ControlConfig) {
                 tracing::info!(identity = %identity.id(), expires = %identity.status().expires, "obtained the workload certificate");
                 ctx.identity.set(identity);
             }
+            Err(e) if e.fatal => {
+                ctx.metrics.cert_renewals("failed");
+                return give_up(&ctx, &e);
+            }
             Err(e) => {
                 ctx.metrics.cert_renewals("failed");
                 failures = failures.saturating_add(1);
@@ -77,9 +140,12 @@ pub async fn run(ctx: Arc<Ctx>, control: ControlConfig) {
     }
     tokio::spawn(renew_loop(ctx.clone(), control.clone()));
     let mut failures = 0u32;
+    let mut fatal = ctx.fatal.subscribe();
     loop {
         let result = tokio::select! {
             _ = ctx.drain.signalled() => return,
+            // Renewal gave up: so does the session.
+            _ = fatal.wait_for(Option::is_some) => return,
             r = session(&ctx, &control) => r,
         };
         ctx.metrics.control_connected.set(0);
@@ -88,6 +154,7 @@ pub async fn run(ctx: Arc<Ctx>, control: ControlConfig) {
                 tracing::warn!(endpoint = %control.endpoint, "control plane closed the stream; reconnecting");
                 failures = 0;
             }
+            Err(e) if e.fatal => return give_up(&ctx, &e),
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(endpoint = %control.endpoint, error = %e, failures, "control plane unreachable; serving the last good configuration");
@@ -117,14 +184,24 @@ fn control_authority(endpoint: &str) -> &str {
         .trim_end_matches('/')
 }
 
-/// A gRPC channel to the control plane over TLS configured by `tls`.
+/// A gRPC channel to the control plane over TLS configured by `tls`. A control plane
+/// whose certificate is not the one the token pins is a fatal failure.
 async fn channel(
     control: &ControlConfig,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Channel, tonic::Status> {
-    let expected = control_identity(&control.token)?;
+) -> Result<Channel, Failure> {
+    let expected =
+        control_identity(&control.token).map_err(|s| Failure::fatal(s.message().to_owned()))?;
     let source = Some(control.advertise.ip());
-    tls_channel(control_authority(&control.endpoint), tls, &expected, source).await
+    tls_channel(control_authority(&control.endpoint), tls, &expected, source)
+        .await
+        .map_err(|s| {
+            if s.code() == tonic::Code::PermissionDenied {
+                Failure::fatal(s.message().to_owned())
+            } else {
+                Failure::transient(s.message().to_owned())
+            }
+        })
 }
 
 /// A gRPC channel to `authority` (`host:port`) over TLS configured by `tls`, the server
@@ -154,14 +231,48 @@ pub async fn tls_channel(
             let _ = tcp.set_nodelay(true);
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
-                .await?;
+                .await
+                .map_err(refused_server)?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", error_chain(&e))))
+        .map_err(|e| {
+            let text = format!("cannot connect: {}", error_chain(&e));
+            if source_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
+                tonic::Status::permission_denied(text)
+            } else {
+                tonic::Status::unavailable(text)
+            }
+        })
+}
+
+/// A TLS failure because the server is not who we expect (our verifier refused its
+/// identity or pin) becomes `PermissionDenied`: retrying the same server cannot help.
+fn refused_server(e: std::io::Error) -> std::io::Error {
+    let ours = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::Other(_)));
+    if ours {
+        std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())
+    } else {
+        e
+    }
+}
+
+/// The kind of the first I/O error among `e` and its sources.
+fn source_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// Connects to `authority` (`host:port`, resolved), leaving from `source` when that is an
@@ -226,16 +337,19 @@ fn claimed_identity(ctx: &Ctx, trust_domain: &str) -> Result<SpiffeId, String> {
 
 /// First certificate: a fresh key, a CSR, and the join token, over TLS that trusts only
 /// the root the token pins.
-async fn bootstrap(ctx: &Ctx, control: &ControlConfig) -> Result<Arc<Identity>, String> {
-    let claimed = claimed_identity(ctx, control.token.trust_domain())?;
+async fn bootstrap(ctx: &Ctx, control: &ControlConfig) -> Result<Arc<Identity>, Failure> {
+    let claimed = claimed_identity(ctx, control.token.trust_domain()).map_err(Failure::fatal)?;
     certify(control, &claimed).await
 }
 
 /// Obtains a certificate for `claimed` with the join token in `control` (what a proxy does
 /// at start; public for tests and tools that run a proxy with a fixed identity).
-pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<Identity>, String> {
+pub async fn certify(
+    control: &ControlConfig,
+    claimed: &SpiffeId,
+) -> Result<Arc<Identity>, Failure> {
     let (cert, roots, generation) = certify_with_token(control, claimed).await?;
-    Identity::new(&cert, roots, generation).map_err(|e| e.to_string())
+    Identity::new(&cert, roots, generation).map_err(|e| Failure::transient(e.to_string()))
 }
 
 /// What `Certify` hands back: the certificate (with our key), the trust bundle and the CA
@@ -243,13 +357,16 @@ pub async fn certify(control: &ControlConfig, claimed: &SpiffeId) -> Result<Arc<
 type Issued = (WorkloadCert, Vec<CertificateDer<'static>>, u64);
 
 /// A certificate obtained with the join token, over TLS that trusts only the pinned root.
-async fn certify_with_token(control: &ControlConfig, claimed: &SpiffeId) -> Result<Issued, String> {
+async fn certify_with_token(
+    control: &ControlConfig,
+    claimed: &SpiffeId,
+) -> Result<Issued, Failure> {
     let token = &control.token;
     let tls = skein_identity::tls::bootstrap_client_config(
         token.ca_pin(),
-        control_identity(token).map_err(|e| e.message().to_owned())?,
+        control_identity(token).map_err(|e| Failure::fatal(e.message()))?,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure::fatal(e.to_string()))?;
     request_cert(control, tls, token.reveal(), claimed).await
 }
 
@@ -260,28 +377,27 @@ async fn request_cert(
     tls: Arc<rustls::ClientConfig>,
     token: String,
     claimed: &SpiffeId,
-) -> Result<Issued, String> {
-    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key.csr(claimed).map_err(|e| e.to_string())?;
-    let mut client = ProxyControlClient::new(
-        channel(control, tls)
-            .await
-            .map_err(|e| e.message().to_owned())?,
-    );
+) -> Result<Issued, Failure> {
+    let key = WorkloadKey::generate().map_err(|e| Failure::transient(e.to_string()))?;
+    let csr = key
+        .csr(claimed)
+        .map_err(|e| Failure::fatal(e.to_string()))?;
+    let mut client = ProxyControlClient::new(channel(control, tls).await?);
     let resp = client
         .certify(CertifyRequest {
             token,
             csr_pem: csr,
         })
         .await
-        .map_err(|e| format!("the control plane refused: {}", e.message()))?
+        .map_err(|e| Failure::from_status(&e, "the control plane refused"))?
         .into_inner();
-    let cert = WorkloadCert::new(key, &resp.chain_pem).map_err(|e| e.to_string())?;
+    let cert =
+        WorkloadCert::new(key, &resp.chain_pem).map_err(|e| Failure::transient(e.to_string()))?;
     if cert.identity() != claimed {
-        return Err(format!(
+        return Err(Failure::fatal(format!(
             "the control plane issued {} instead of {claimed}",
             cert.identity()
-        ));
+        )));
     }
     let roots = resp
         .trust_bundle
@@ -318,6 +434,10 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
                     tracing::info!(serial = %s.serial, expires = %s.expires, generation = s.ca_generation, "renewed the workload certificate");
                     continue;
                 }
+                Err(e) if e.fatal => {
+                    ctx.metrics.cert_renewals("failed");
+                    return give_up(&ctx, &e);
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     ctx.metrics.cert_renewals("failed");
@@ -335,26 +455,34 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
     }
 }
 
-/// One renewal: a fresh key and CSR, authenticated by the current certificate — or, once
-/// that expired (the control plane was unreachable too long), by the join token again.
-async fn renew(control: &ControlConfig, identity: &Identity) -> Result<(), String> {
+/// One renewal: a fresh key and CSR, authenticated by the current certificate. Once that
+/// expired (the control plane was unreachable too long) the expired certificate still
+/// authenticates for a day; if it is refused, the join token is tried (it has a use left
+/// only if it was made with `--uses`).
+async fn renew(control: &ControlConfig, identity: &Identity) -> Result<(), Failure> {
     let id = identity.id();
-    let (cert, roots, generation) = if identity.is_valid() {
-        let tls = identity
-            .client_config(&control_identity(&control.token).map_err(|e| e.message().to_owned())?)
-            .map_err(|e| e.to_string())?;
-        request_cert(control, tls, String::new(), &id).await?
-    } else {
-        certify_with_token(control, &id).await.map_err(|e| {
-            format!("the certificate expired and the join token could not replace it ({e}); restart the proxy with a new token")
-        })?
+    let expected = control_identity(&control.token).map_err(|e| Failure::fatal(e.message()))?;
+    let tls = identity
+        .client_config(&expected)
+        .map_err(|e| Failure::transient(e.to_string()))?;
+    let (cert, roots, generation) = match request_cert(control, tls, String::new(), &id).await {
+        Ok(issued) => issued,
+        Err(e) if identity.is_valid() || !e.fatal => return Err(e),
+        Err(by_cert) => certify_with_token(control, &id).await.map_err(|by_token| Failure {
+            message: format!(
+                "the certificate expired and neither it ({by_cert}) nor the join token ({by_token}) could renew it; restart the proxy with a new token"
+            ),
+            fatal: by_token.fatal,
+        })?,
     };
     // Roots first, so a certificate from a new root is presented only once peers' bundles
     // (pushed the same way) can verify it.
-    identity.install_bundle(roots).map_err(|e| e.to_string())?;
+    identity
+        .install_bundle(roots)
+        .map_err(|e| Failure::transient(e.to_string()))?;
     identity
         .install_cert(&cert, generation)
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failure::transient(e.to_string()))
 }
 
 fn cert_message(identity: &Identity) -> ProxyMessage {
@@ -370,8 +498,10 @@ fn cert_message(identity: &Identity) -> ProxyMessage {
 }
 
 /// Applies what a snapshot says about identity: trusted roots, mTLS mode, and whether the
-/// CA moved to a generation our certificate predates.
-fn apply_identity(identity: &Identity, snapshot: &Snapshot) -> Result<(), String> {
+/// CA moved to a generation our certificate predates. Returns the revoked lineages, which
+/// [`apply_denied`] installs once the snapshot's endpoints are in force (so no request
+/// picks a revoked endpoint that the old table still listed).
+fn apply_identity(identity: &Identity, snapshot: &Snapshot) -> Result<DenyList, String> {
     if !snapshot.trust_bundle.is_empty() {
         let roots = snapshot
             .trust_bundle
@@ -388,33 +518,52 @@ fn apply_identity(identity: &Identity, snapshot: &Snapshot) -> Result<(), String
             );
         }
     }
+    let denied = DenyList::new(snapshot.revoked_lineages.clone())
+        .map_err(|e| format!("revoked lineages: {e}"))?;
     identity.set_permissive(snapshot.mtls == pb::MtlsMode::Permissive as i32);
     if snapshot.ca_generation > identity.ca_generation() {
         identity.renew_now.notify_one();
     }
-    Ok(())
+    Ok(denied)
+}
+
+/// Refuses peers of the revoked lineages in `denied` from now on. Connections already
+/// open to a peer that is now revoked must not carry on: every pooled peer connection is
+/// dropped, so each is dialled (and verified) anew; streams in flight finish.
+fn apply_denied(ctx: &Ctx, identity: &Identity, denied: DenyList) {
+    let count = denied.entries().len();
+    if identity.install_denied(denied) {
+        ctx.peers.clear();
+        tracing::info!(
+            revoked = count,
+            "installed a new list of revoked lineages; peer connections re-verify"
+        );
+    }
 }
 
 /// One stream: register, then apply and acknowledge snapshots until it ends.
-async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), tonic::Status> {
+async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure> {
     let identity = ctx
         .identity
         .get()
         .cloned()
-        .ok_or_else(|| tonic::Status::failed_precondition("no workload certificate"))?;
+        .ok_or_else(|| Failure::transient("no workload certificate"))?;
+    let expected = control_identity(&control.token).map_err(|e| Failure::fatal(e.message()))?;
     let tls = identity
-        .client_config(&control_identity(&control.token)?)
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        .client_config(&expected)
+        .map_err(|e| Failure::transient(e.to_string()))?;
     let mut client = ProxyControlClient::new(channel(control, tls).await?);
     let (tx, rx) = mpsc::channel::<ProxyMessage>(8);
     tx.send(register_message(&ctx.config(), control.advertise, ctx))
         .await
-        .map_err(|_| tonic::Status::internal("stream closed"))?;
+        .map_err(|_| Failure::transient("stream closed"))?;
     let mut cert_changes = identity.subscribe();
     cert_changes.mark_changed();
     let outgoing =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut snapshots = client.sync(outgoing).await?.into_inner();
+    let refused =
+        |e: tonic::Status| Failure::from_status(&e, "the control plane refused the session");
+    let mut snapshots = client.sync(outgoing).await.map_err(refused)?.into_inner();
     ctx.metrics.control_connected.set(1);
     tracing::info!(endpoint = %control.endpoint, "connected to the control plane");
     loop {
@@ -425,16 +574,17 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), tonic::S
                 }
                 continue;
             }
-            msg = snapshots.message() => match msg? {
+            msg = snapshots.message() => match msg.map_err(refused)? {
                 Some(s) => s,
                 None => break,
             },
         };
         let version = snapshot.version;
-        let applied =
-            apply_identity(&identity, &snapshot).and_then(|()| to_config(&ctx.config(), &snapshot));
-        let error = match applied.map(|c| ctx.apply(c)) {
-            Ok(Ok(())) => {
+        let applied = apply_identity(&identity, &snapshot)
+            .and_then(|denied| to_config(&ctx.config(), &snapshot).map(|config| (config, denied)));
+        let error = match applied.map(|(config, denied)| (ctx.apply(config), denied)) {
+            Ok((Ok(()), denied)) => {
+                apply_denied(ctx, &identity, denied);
                 ctx.config_version.store(version, Ordering::SeqCst);
                 ctx.metrics.config_version.set(version as i64);
                 ctx.metrics.config_updates("applied");
@@ -442,7 +592,7 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), tonic::S
                 tracing::info!(version, "applied configuration snapshot");
                 String::new()
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok((Err(e), _)) => e.to_string(),
             Err(e) => e,
         };
         if !error.is_empty() {

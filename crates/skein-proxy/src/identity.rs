@@ -41,6 +41,9 @@ pub struct CertStatus {
     pub trusted_roots: usize,
     /// `strict` or `permissive`.
     pub mtls: &'static str,
+    /// The join lineage it records (`<token id>.<n>`), which revocation refers to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -116,6 +119,10 @@ impl Identity {
             ca_generation,
             trusted_roots: roots,
             mtls: if permissive { "permissive" } else { "strict" },
+            lineage: cert
+                .chain()
+                .first()
+                .and_then(|leaf| skein_identity::lineage_of(leaf)),
         }
     }
 
@@ -156,6 +163,19 @@ impl Identity {
             .trusted_roots = roots.len();
         *current = roots;
         Ok(true)
+    }
+
+    /// Refuses peers whose certificate descends from a lineage in `denied` from the next
+    /// handshake on. Returns whether the list changed.
+    pub fn install_denied(&self, denied: skein_identity::DenyList) -> bool {
+        self.bundle.store_denied(denied)
+    }
+
+    /// Whether a peer certificate of `lineage` is revoked (for connections that were
+    /// verified before the revocation).
+    pub fn is_revoked(&self, lineage: &str) -> bool {
+        let denied = self.bundle.denied();
+        !denied.is_empty() && denied.denies(lineage).is_some()
     }
 
     /// Sets the mesh's mTLS mode (`permissive`: inbound also accepts plaintext).

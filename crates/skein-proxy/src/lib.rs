@@ -69,6 +69,9 @@ pub struct Ctx {
     pub authz_log: inbound::authorize::DecisionLog,
     /// Retries allowed per destination service (route `retry`).
     pub retry_budget: retry::Budget,
+    /// Set once the control plane refused this proxy for good (revoked, used-up or
+    /// foreign token): the reason. See [`RunningProxy::fatal`].
+    pub fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Ctx {
@@ -197,6 +200,7 @@ impl RunningProxy {
             identity,
             authz_log: Default::default(),
             retry_budget: Default::default(),
+            fatal: tokio::sync::watch::Sender::new(None),
         });
         let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;
@@ -255,6 +259,21 @@ impl RunningProxy {
             "proxy listening"
         );
         Ok(RunningProxy { addrs, ctx })
+    }
+
+    /// Waits until the control plane refused this proxy for good (its token or workload
+    /// was revoked, the token is used up or for another service, the control plane is not
+    /// the one the token pins) and returns why. Never returns otherwise.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.ctx.fatal.subscribe();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops accepting, lets in-flight requests and streams finish up to the configured

@@ -439,15 +439,24 @@ pub async fn token_create(
     service: &str,
     namespace: &str,
     ttl: &str,
+    uses: u32,
 ) -> anyhow::Result<()> {
     let client = Client::new(target)?;
-    let body = serde_json::json!({ "service": service, "namespace": namespace, "ttl": ttl });
+    let body =
+        serde_json::json!({ "service": service, "namespace": namespace, "ttl": ttl, "uses": uses });
     let result = client
         .call(Method::POST, "/api/v1/tokens", body.to_string())
         .await?;
+    if let Some(warning) = result["warning"].as_str() {
+        eprintln!("warning: {warning}");
+    }
     let record = &result["record"];
+    let joins = match uses {
+        1 => "one proxy may join with it".to_string(),
+        n => format!("{n} proxies may join with it"),
+    };
     eprintln!(
-        "join token {} for {} (expires {}); pass it to `skein proxy --join-token` or SKEIN_JOIN_TOKEN:",
+        "join token {} for {} (expires {}; {joins}); pass it to `skein proxy --join-token` or SKEIN_JOIN_TOKEN:",
         record["id"].as_str().unwrap_or_default(),
         record["identity"].as_str().unwrap_or_default(),
         record["expires"].as_str().unwrap_or_default(),
@@ -474,14 +483,19 @@ pub async fn token_list(target: &Target) -> anyhow::Result<()> {
                 Some(when) => format!("revoked {when}"),
                 None => "active".into(),
             };
+            let used = format!(
+                "{}/{}",
+                t["used"].as_u64().unwrap_or(0),
+                t["uses"].as_u64().unwrap_or(1)
+            );
             [&t["id"], &t["identity"], &t["expires"]]
                 .iter()
                 .map(|v| v.as_str().unwrap_or_default().to_string())
-                .chain([state])
+                .chain([used, state])
                 .collect()
         })
         .collect();
-    let headers = ["ID", "IDENTITY", "EXPIRES", "STATE"];
+    let headers = ["ID", "IDENTITY", "EXPIRES", "USED", "STATE"];
     let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
@@ -499,6 +513,24 @@ pub async fn token_list(target: &Target) -> anyhow::Result<()> {
             .collect();
         println!("{}", cells.join("   ").trim_end());
     }
+    Ok(())
+}
+
+/// `skein workload revoke`.
+pub async fn workload_revoke(target: &Target, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let result = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/workloads/{namespace}/{name}/revoke"),
+            String::new(),
+        )
+        .await?;
+    let entry = &result["revoked"];
+    println!(
+        "workload {namespace}/{name} revoked (join lineage {}); proxies refuse its certificate from their next handshake",
+        entry["lineage"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
 

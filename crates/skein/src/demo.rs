@@ -134,7 +134,7 @@ async fn run_in(
             // One join token per workload, short-lived: it is used once, at start.
             let (token, _) = control
                 .pki
-                .create_token("default", w.name, Duration::from_secs(600))
+                .create_token("default", w.name, Duration::from_secs(600), 1)
                 .await?;
             proxies.push(spawn_proxy(dir, w, &config, grpc, &token.reveal()).await?);
         }

@@ -99,6 +99,9 @@ enum Command {
     /// Manage join tokens: how proxies prove which service they run for.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Workloads: take one out of the mesh.
+    #[command(subcommand)]
+    Workload(WorkloadCommand),
     /// The mesh certificate authority: show it, or roll it to a new root.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -137,9 +140,12 @@ enum TokenCommand {
         /// Its namespace.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// How long the token is accepted (e.g. 1h, 24h).
-        #[arg(long, default_value = "24h")]
+        /// How long the token is accepted (e.g. 30m, 24h).
+        #[arg(long, default_value = "1h")]
         ttl: String,
+        /// How many proxies may join with it (a fleet of replicas); by default one.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        uses: u32,
         #[command(flatten)]
         target: cli::Target,
     },
@@ -148,10 +154,29 @@ enum TokenCommand {
         #[command(flatten)]
         target: cli::Target,
     },
-    /// Revoke a token: proxies can no longer join with it.
+    /// Revoke a token: no proxy joins with it again, and every workload that joined with
+    /// it is out of the mesh (renewals refused; peers refuse its certificate at the next
+    /// handshake).
     Revoke {
         /// The token id (second part of the token, or from `skein token list`).
         id: String,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCommand {
+    /// Take one workload out of the mesh: its proxy can no longer renew its certificate or
+    /// receive configuration (it exits), and every proxy refuses its certificate at the
+    /// next handshake and drops connections to it. Other workloads that joined with the
+    /// same token are not affected; `skein token revoke` takes them all.
+    Revoke {
+        /// The workload's name (`skein get workloads`).
+        name: String,
+        /// Its namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         #[command(flatten)]
         target: cli::Target,
     },
@@ -208,6 +233,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Get { .. }
             | Command::Delete { .. }
             | Command::Token(_)
+            | Command::Workload(_)
             | Command::Ca(_)
             | Command::Policy(_)
     ) {
@@ -242,12 +268,18 @@ fn run() -> anyhow::Result<()> {
                 service,
                 namespace,
                 ttl,
+                uses,
                 target,
-            }) => cli::token_create(&target, &service, &namespace, &ttl).await,
+            }) => cli::token_create(&target, &service, &namespace, &ttl, uses).await,
             Command::Token(TokenCommand::List { target }) => cli::token_list(&target).await,
             Command::Token(TokenCommand::Revoke { id, target }) => {
                 cli::token_revoke(&target, &id).await
             }
+            Command::Workload(WorkloadCommand::Revoke {
+                name,
+                namespace,
+                target,
+            }) => cli::workload_revoke(&target, &namespace, &name).await,
             Command::Ca(CaCommand::Show { target }) => cli::ca_show(&target).await,
             Command::Policy(PolicyCommand::Check(q)) => cli::policy_check(&q).await,
             Command::Ca(CaCommand::Rotate { timeout, target }) => {

@@ -1,4 +1,7 @@
-//! `skein proxy`: load the configuration, run the proxy, drain on SIGTERM/SIGINT.
+//! `skein proxy`: load the configuration, run the proxy, drain on SIGTERM/SIGINT. A
+//! refusal from the control plane that retrying cannot fix (revoked or used-up token,
+//! a token for another service, a control plane the token does not pin) drains the proxy
+//! too and exits non-zero with the reason.
 
 use anyhow::Context;
 use skein_model::ProxyConfig;
@@ -52,13 +55,16 @@ pub async fn run(
         None => None,
     };
     let proxy = RunningProxy::start_with_control(config, control).await?;
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let refused = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM received: draining in-flight requests"); None }
+        _ = int.recv() => { tracing::info!("SIGINT received: draining in-flight requests"); None }
+        reason = proxy.fatal() => Some(reason),
     };
-    tracing::info!("{name} received: draining in-flight requests");
     if !proxy.shutdown().await {
         tracing::warn!("drain deadline passed; remaining connections were closed");
     }
-    Ok(())
+    match refused {
+        None => Ok(()),
+        Some(reason) => anyhow::bail!("the control plane refused this proxy: {reason}"),
+    }
 }

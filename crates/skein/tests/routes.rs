@@ -24,7 +24,7 @@ async fn control_for(
 ) -> Option<ControlConfig> {
     let (token, _) = control
         .pki
-        .create_token("default", service, Duration::from_secs(600))
+        .create_token("default", service, Duration::from_secs(600), 1)
         .await
         .unwrap();
     Some(ControlConfig {

@@ -296,3 +296,356 @@ async fn a_token_for_one_service_cannot_take_over_another_services_workloads() {
     assert_eq!(row("evil-1")[3], "evil", "{rows:?}");
     control.shutdown().await;
 }
+
+/// A fresh join token for `service` made through the CLI; (its text, what the CLI said on
+/// stderr).
+async fn cli_token(
+    control: &RunningControl,
+    data: &std::path::Path,
+    service: &str,
+    extra: &[&str],
+) -> (skein_identity::JoinToken, String) {
+    let args = [&["token", "create", "--service", service][..], extra].concat();
+    let out = cli(control, data, &args).await;
+    let token = out.ok().trim().parse().expect("the CLI prints the token");
+    (token, out.stderr.clone())
+}
+
+fn join_with(
+    control: &RunningControl,
+    token: &skein_identity::JoinToken,
+    host: u8,
+) -> skein_proxy::control::ControlConfig {
+    skein_proxy::control::ControlConfig {
+        endpoint: control.grpc.to_string(),
+        advertise: SocketAddr::new(loopback(host), 4143),
+        token: token.clone(),
+    }
+}
+
+#[tokio::test]
+async fn join_tokens_are_single_use_short_lived_and_say_when_they_name_no_service() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-tokens").unwrap();
+    let control = control(185, data.path()).await;
+    apply(&control, &service_yaml("web")).await;
+
+    // Default: one join, then refused for good (the proxy would give up, not retry).
+    let (once, said) = cli_token(&control, data.path(), "web", &[]).await;
+    assert!(said.contains("one proxy may join with it"), "{said}");
+    assert!(!said.contains("warning"), "web exists: {said}");
+    skein_proxy::control::certify(&join_with(&control, &once, 185), &spiffe("web"))
+        .await
+        .expect("the first join");
+    let e = skein_proxy::control::certify(&join_with(&control, &once, 186), &spiffe("web"))
+        .await
+        .unwrap_err();
+    assert!(e.fatal, "{e}");
+    assert!(
+        e.message.contains(&format!(
+            "join token {} is used up (1 of 1 joins; tokens are single-use unless created with --uses N)",
+            once.id()
+        )),
+        "{e}"
+    );
+
+    // --uses 3: three joins, each its own lineage; the fourth is refused.
+    let (fleet, said) = cli_token(&control, data.path(), "web", &["--uses", "3"]).await;
+    assert!(said.contains("3 proxies may join with it"), "{said}");
+    let mut lineages = Vec::new();
+    for host in [187, 188, 189] {
+        let identity =
+            skein_proxy::control::certify(&join_with(&control, &fleet, host), &spiffe("web"))
+                .await
+                .unwrap();
+        lineages.push(identity.status().lineage.unwrap_or_default());
+    }
+    lineages.sort();
+    let id = fleet.id();
+    assert_eq!(
+        lineages,
+        [format!("{id}.1"), format!("{id}.2"), format!("{id}.3")]
+    );
+    let e = skein_proxy::control::certify(&join_with(&control, &fleet, 190), &spiffe("web"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.fatal && e.message.contains("is used up (3 of 3 joins"),
+        "{e}"
+    );
+
+    // Tokens live an hour unless told otherwise; the list shows their uses.
+    let list = cli(&control, data.path(), &["token", "list"]).await;
+    let row = list
+        .ok()
+        .lines()
+        .find(|l| l.starts_with(once.id()))
+        .unwrap()
+        .to_string();
+    assert!(row.contains(" 1/1 "), "{row}");
+    let tokens = control.pki.list_tokens().await.unwrap();
+    let record = tokens.iter().find(|t| t.id == once.id()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (3590..=3600).contains(&(record.expires_unix - now)),
+        "default lifetime 1h: {record:?}"
+    );
+
+    // A token for a Service that does not exist is made, with a warning.
+    let (_, said) = cli_token(&control, data.path(), "wbe", &[]).await;
+    assert!(
+        said.contains("warning: no Service default/wbe exists yet"),
+        "{said}"
+    );
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let etcd = skein_testkit::etcd::Etcd::start().expect("start etcd");
+    let (d1, d2) = (
+        TempDir::new("sec-race-1").unwrap(),
+        TempDir::new("sec-race-2").unwrap(),
+    );
+    let replica =
+        |octet: u8, dir: &std::path::Path, name: &str| skein_control::server::ControlOptions {
+            data_dir: dir.to_path_buf(),
+            store: skein_control::server::StoreChoice::Etcd {
+                endpoints: vec![etcd.endpoint()],
+                prefix: "/skein/".into(),
+            },
+            http: SocketAddr::new(loopback(octet), 0),
+            grpc: SocketAddr::new(loopback(octet), 0),
+            workload_grace: Duration::from_secs(30),
+            replica: name.into(),
+            ca_import: None,
+            workload_cidrs: Vec::new(),
+        };
+    let r1 = RunningControl::start(replica(191, d1.path(), "r1"))
+        .await
+        .unwrap();
+    let r2 = RunningControl::start(replica(192, d2.path(), "r2"))
+        .await
+        .unwrap();
+    // Ten single-use tokens, each raced by two proxies, one through each replica.
+    let mut won = 0;
+    for _ in 0..10 {
+        let (token, _) = r1
+            .pki
+            .create_token("default", "web", Duration::from_secs(600), 1)
+            .await
+            .unwrap();
+        let (via1, via2, web) = (
+            join_with(&r1, &token, 191),
+            join_with(&r2, &token, 192),
+            spiffe("web"),
+        );
+        let (a, b) = tokio::join!(
+            skein_proxy::control::certify(&via1, &web),
+            skein_proxy::control::certify(&via2, &web),
+        );
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "exactly one of the two joins: {:?} / {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        );
+        let lost = a.err().or(b.err()).unwrap();
+        assert!(lost.fatal && lost.message.contains("is used up"), "{lost}");
+        won += 1;
+    }
+    assert_eq!(won, 10);
+    r1.shutdown().await;
+    r2.shutdown().await;
+    drop(etcd);
+}
+
+#[tokio::test]
+async fn a_revoked_workload_is_out_of_the_mesh_at_once_and_callers_never_notice() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-revoke").unwrap();
+    let control = control(193, data.path()).await;
+    apply(&control, &service_yaml("web")).await;
+    // Two replicas of web joined with one token (--uses 2): lineages <id>.1 and <id>.2.
+    let (token, _) = control
+        .pki
+        .create_token("default", "web", Duration::from_secs(600), 2)
+        .await
+        .unwrap();
+    let (_app1, web1) = workload_with(194, "web-1", "web", join_with(&control, &token, 194)).await;
+    let (app2, web2) = workload_with(195, "web-2", "web", join_with(&control, &token, 195)).await;
+    let caller = client(&control, 196).await;
+    let proxy = caller.addrs.http_proxy.unwrap();
+    let endpoints = || {
+        let config = caller.ctx.config();
+        config
+            .destinations
+            .iter()
+            .find(|d| d.service == "web")
+            .map_or(0, |d| d.endpoints.len())
+    };
+    eventually("caller knows both endpoints", SOON, async || {
+        endpoints() == 2
+    })
+    .await
+    .unwrap();
+    until_ok(proxy, &url("web", "warmup")).await;
+    let load = Load::start(proxy, url("web", "steady"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Revoke web-2 alone.
+    let lineage2 = web2.ctx.identity.get().unwrap().status().lineage.unwrap();
+    assert_eq!(lineage2, format!("{}.2", token.id()));
+    let out = cli(&control, data.path(), &["workload", "revoke", "web-2"]).await;
+    assert!(
+        out.ok().contains(&format!(
+            "workload default/web-2 revoked (join lineage {lineage2})"
+        )),
+        "{out:?}"
+    );
+    // Its proxy is told, and gives up for good (`skein proxy` would exit non-zero).
+    let reason = tokio::time::timeout(SOON, web2.fatal())
+        .await
+        .expect("the revoked proxy learns it at once");
+    assert!(
+        reason.contains(&format!("(join lineage {lineage2}) was revoked")),
+        "{reason}"
+    );
+    // Callers stop choosing it in the same snapshot.
+    eventually("caller drops web-2", SOON, async || endpoints() == 1)
+        .await
+        .unwrap();
+    let hits = app2.hits();
+    for i in 0..20 {
+        let (status, body) = get(proxy, &url("web", &format!("after-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        app2.hits(),
+        hits,
+        "the revoked workload gets no more requests"
+    );
+    // Its certificate fails at the next handshake with a peer that still trusts the CA.
+    let revoked = web2.ctx.identity.get().unwrap().clone();
+    let cfg = revoked.client_config(&spiffe("web")).unwrap();
+    let e = tls_attempt(SocketAddr::new(loopback(194), 4143), cfg, &spiffe("web"))
+        .await
+        .unwrap_err();
+    assert!(!e.is_empty(), "web-1 refuses web-2's certificate");
+    // And it cannot renew, also with a new root.
+    let renewal = |identity: &skein_proxy::identity::Identity| {
+        let key = skein_identity::WorkloadKey::generate().unwrap();
+        let req = skein_api::v1::CertifyRequest {
+            token: String::new(),
+            csr_pem: key.csr(&spiffe("web")).unwrap(),
+        };
+        let presented = skein_control::pki::Presented {
+            id: spiffe("web"),
+            lineage: identity.status().lineage,
+            expires: std::time::SystemTime::now() + Duration::from_secs(60),
+        };
+        (req, presented)
+    };
+    let (req, presented) = renewal(&revoked);
+    let e = control
+        .pki
+        .certify(&req, Some(&presented), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .contains("is revoked: workload default/web-2 was revoked at"),
+        "{e:?}"
+    );
+    for _ in 0..3 {
+        control.pki.advance().await.unwrap();
+    }
+    let e = control
+        .pki
+        .certify(&req, Some(&presented), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("is revoked"),
+        "after a root rotation: {e:?}"
+    );
+    // web-1, same token, renews.
+    let (req, presented) = renewal(web1.ctx.identity.get().unwrap());
+    control
+        .pki
+        .certify(&req, Some(&presented), Duration::from_secs(60))
+        .await
+        .expect("the other workload of the token is unaffected");
+    load.finish_without_failures().await;
+
+    // Revoking the token takes every workload that joined with it.
+    let out = cli(&control, data.path(), &["token", "revoke", token.id()]).await;
+    assert!(out.ok().contains("revoked"), "{out:?}");
+    let reason = tokio::time::timeout(SOON, web1.fatal()).await.unwrap();
+    assert!(reason.contains("was revoked"), "{reason}");
+    eventually("web has no endpoints left", SOON, async || endpoints() == 0)
+        .await
+        .unwrap();
+    let (status, body) = get(proxy, &url("web", "gone")).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let list = cli(&control, data.path(), &["token", "list"]).await;
+    assert!(list.ok().contains("revoked"), "{list:?}");
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_refused_for_good_exits_non_zero_saying_why() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-fatal").unwrap();
+    let control = control(197, data.path()).await;
+    apply(&control, &service_yaml("web")).await;
+    let (token, _) = control
+        .pki
+        .create_token("default", "web", Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    // Its one use goes to someone else first.
+    skein_proxy::control::certify(&join_with(&control, &token, 197), &spiffe("web"))
+        .await
+        .unwrap();
+    let mut config =
+        skein_testkit::MeshSpec::new(198, 198).client_config(SocketAddr::new(loopback(198), 1));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    config.workload.name = "web-9".into();
+    config.workload.service = "web".into();
+    config.inbound.listen = SocketAddr::new(loopback(198), 4143);
+    config.admin.listen = skein_testkit::control::free_port(loopback(198)).unwrap();
+    let e = skein_testkit::control::ControlledProxy::start(
+        std::path::Path::new(BIN),
+        &config,
+        control.grpc,
+        &token,
+    )
+    .await
+    .err()
+    .expect("the proxy exits instead of retrying forever");
+    let text = format!("{e:#}");
+    assert!(text.contains("exited (exit status: 1)"), "{text}");
+    assert!(
+        text.contains("the control plane refused this proxy")
+            && text.contains("is used up (1 of 1 joins"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("retrying"),
+        "refused at once, not retried: {text}"
+    );
+    control.shutdown().await;
+}

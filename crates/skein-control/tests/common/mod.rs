@@ -24,7 +24,7 @@ pub async fn pki(tag: &str) -> Arc<Pki> {
 /// proxy would get it.
 pub async fn identity_for(pki: &Pki, service: &str) -> Arc<Identity> {
     let (token, _) = pki
-        .create_token("default", service, Duration::from_secs(600))
+        .create_token("default", service, Duration::from_secs(600), 1)
         .await
         .unwrap();
     let id = SpiffeId::new(pki.trust_domain(), "default", service).unwrap();

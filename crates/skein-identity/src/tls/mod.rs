@@ -8,7 +8,8 @@
 //!
 //! Certificates and roots live in swappable holders, [`CertResolver`] and [`TrustBundle`].
 //! Configs read them at every handshake, so `store()` takes effect for new connections while
-//! established ones carry on untouched. Session resumption is off on both sides: a resumed
+//! established ones carry on untouched. The bundle also holds the [`DenyList`] of revoked
+//! join lineages: a peer whose certificate descends from one is refused at the handshake. Session resumption is off on both sides: a resumed
 //! session would skip verification against the current bundle and identity.
 
 use std::fmt;
@@ -29,7 +30,7 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
-use crate::{IdentityError, Result, SpiffeId, WorkloadCert};
+use crate::{DenyList, IdentityError, Result, SpiffeId, WorkloadCert};
 
 /// The one application protocol spoken between proxies.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -124,9 +125,11 @@ impl ResolvesClientCert for CertResolver {
     }
 }
 
-/// The roots peers are verified against; during a root rotation it holds old and new.
+/// The roots peers are verified against (during a root rotation, old and new) and the
+/// revoked lineages whose certificates are refused although they chain to a root.
 pub struct TrustBundle {
     current: RwLock<Arc<Roots>>,
+    denied: RwLock<Arc<DenyList>>,
 }
 
 struct Roots {
@@ -139,7 +142,41 @@ impl TrustBundle {
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(Roots::new(roots)?)),
+            denied: RwLock::new(Arc::new(DenyList::default())),
         }))
+    }
+
+    /// Refuses certificates of the lineages in `denied` from the next handshake on.
+    /// Returns whether the list changed.
+    pub fn store_denied(&self, denied: DenyList) -> bool {
+        if *read(&self.denied) == denied {
+            return false;
+        }
+        write(&self.denied, Arc::new(denied));
+        true
+    }
+
+    /// The revoked lineages in force.
+    pub fn denied(&self) -> Arc<DenyList> {
+        read(&self.denied)
+    }
+
+    /// Refuses `leaf` (DER, its chain already verified) if it descends from a revoked
+    /// lineage.
+    fn check_denied(&self, leaf: &[u8], id: &SpiffeId) -> std::result::Result<(), rustls::Error> {
+        let denied = self.denied();
+        if denied.is_empty() {
+            return Ok(());
+        }
+        match crate::lineage_of(leaf) {
+            Some(lineage) if denied.denies(&lineage).is_some() => {
+                Err(identity_error(IdentityError::Revoked {
+                    identity: Box::new(id.clone()),
+                    lineage,
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Verifies against `roots` from the next handshake on.
@@ -206,8 +243,11 @@ pub fn server_config(
 }
 
 /// Config for the control plane's proxy API: like [`server_config`], but a client without a
-/// certificate may connect (a new proxy has only its join token); a certificate that is
-/// presented is verified all the same, and [`peer_identity`] tells the two apart.
+/// certificate may connect (a new proxy has only its join token), and an expired mesh
+/// certificate is accepted (a proxy whose certificate ran out while the control plane was
+/// unreachable renews with it; the control plane decides how long after expiry, and
+/// refuses everything else to it). A certificate that is presented is verified all the
+/// same, and [`peer_identity`] tells the cases apart.
 pub fn control_server_config(
     resolver: Arc<CertResolver>,
     bundle: Arc<TrustBundle>,
@@ -225,6 +265,7 @@ fn build_server_config(
         bundle,
         algs: provider().signature_verification_algorithms,
         mandatory,
+        accept_expired: !mandatory,
     });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -293,6 +334,16 @@ pub fn server_name(id: &SpiffeId) -> Result<ServerName<'static>> {
     ServerName::try_from(name).map_err(IdentityError::tls)
 }
 
+/// The last second `leaf` (DER) is valid.
+fn expiry(leaf: &[u8]) -> Result<UnixTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| IdentityError::parse("X.509 certificate", e))?;
+    let not_after = cert.validity().not_after.timestamp().max(1) as u64;
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        not_after - 1,
+    )))
+}
+
 /// The SPIFFE ID of the peer's verified leaf certificate, once the handshake is done. Pass a
 /// `ServerConnection` or `ClientConnection` (they deref to `CommonState`).
 pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
@@ -342,6 +393,9 @@ struct MeshClientVerifier {
     algs: WebPkiSupportedAlgorithms,
     /// False only for the control plane, where a new proxy has no certificate yet.
     mandatory: bool,
+    /// True only for the control plane: an expired certificate that was valid (chain,
+    /// signatures, trust domain) when it expired is accepted, for renewal.
+    accept_expired: bool,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
@@ -361,9 +415,29 @@ impl ClientCertVerifier for MeshClientVerifier {
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
         let roots = self.bundle.roots();
-        roots
+        match roots
             .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(_) => {}
+            Err(
+                e @ rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                    | rustls::CertificateError::ExpiredContext { .. },
+                ),
+            ) if self.accept_expired => {
+                // Verified as of its last valid second: everything but the time must hold.
+                let at = expiry(end_entity).map_err(identity_error)?;
+                if roots
+                    .client_verifier
+                    .verify_client_cert(end_entity, intermediates, at)
+                    .is_err()
+                {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
         let id = SpiffeId::from_cert(end_entity).map_err(identity_error)?;
         if id.trust_domain() != self.trust_domain {
             return Err(identity_error(IdentityError::CertificateIdentity(format!(
@@ -371,6 +445,7 @@ impl ClientCertVerifier for MeshClientVerifier {
                 self.trust_domain
             ))));
         }
+        self.bundle.check_denied(end_entity, &id)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -444,6 +519,9 @@ impl ServerCertVerifier for MeshServerVerifier {
                 presented: Box::new(presented),
                 expected: Box::new(self.expected.clone()),
             }));
+        }
+        if let Anchors::Bundle(bundle) = &self.anchors {
+            bundle.check_denied(end_entity, &presented)?;
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -391,3 +391,102 @@ async fn bootstrap_trusts_only_the_pinned_root_and_needs_no_client_cert() {
         "{err}"
     );
 }
+
+fn lineage_cert(ca: &CertificateAuthority, account: &str, lineage: &str) -> WorkloadCert {
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue_in_lineage(
+            key.csr(&id(account)).unwrap(),
+            &id(account),
+            DEFAULT_WORKLOAD_TTL,
+            lineage,
+        )
+        .unwrap();
+    let cert = WorkloadCert::new(key, &issued.chain_pem).unwrap();
+    assert_eq!(
+        crate::lineage_of(&cert.chain()[0]).as_deref(),
+        Some(lineage),
+        "the certificate records its lineage"
+    );
+    cert
+}
+
+#[tokio::test]
+async fn revoked_lineages_are_refused_at_the_handshake_on_both_sides() {
+    let ca = CertificateAuthority::generate("skein.local").unwrap();
+    let server = side(&lineage_cert(&ca, "restaurant", "aa.1"), &ca);
+    let server_bundle = server.bundle.clone();
+    let (addr, mut rx) = start_server(server_config(server.resolver, server.bundle).unwrap()).await;
+    let client = side(&lineage_cert(&ca, "reservation", "bb.3"), &ca);
+    let client_bundle = client.bundle.clone();
+    let cfg = client_config(client.resolver, client.bundle, id("restaurant")).unwrap();
+    let mut ok = connect(addr, cfg.clone(), &id("restaurant")).await.unwrap();
+    ping(&mut ok).await.unwrap();
+    server_outcome(&mut rx).await.unwrap();
+
+    // The server denies the client's whole token: the next handshake fails, naming it;
+    // the open connection is not this layer's business.
+    assert!(server_bundle.store_denied(DenyList::new(vec!["bb".into()]).unwrap()));
+    assert!(
+        !server_bundle.store_denied(DenyList::new(vec!["bb".into()]).unwrap()),
+        "unchanged"
+    );
+    let attempt = async {
+        let mut s = connect(addr, cfg.clone(), &id("restaurant")).await?;
+        ping(&mut s).await
+    };
+    assert!(attempt.await.is_err());
+    let err = server_outcome(&mut rx).await.unwrap_err();
+    assert!(err.contains("(join lineage bb.3) was revoked"), "{err}");
+    ping(&mut ok).await.unwrap();
+
+    // The client denies the server's lineage: it refuses to send to it.
+    server_bundle.store_denied(DenyList::default());
+    client_bundle.store_denied(DenyList::new(vec!["aa.1".into()]).unwrap());
+    let err = connect(addr, cfg, &id("restaurant"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "spiffe://skein.local/ns/default/sa/restaurant (join lineage aa.1) was revoked"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_control_plane_accepts_an_expired_mesh_certificate_but_not_a_foreign_one() {
+    let ca = CertificateAuthority::generate("skein.local").unwrap();
+    let (control, control_id) = control_side(&ca);
+    let (addr, mut rx) =
+        start_server(control_server_config(control.resolver, control.bundle).unwrap()).await;
+    // Expired a few seconds ago (within the intermediate's life, as a real one would be).
+    let key = WorkloadKey::generate().unwrap();
+    let now = SystemTime::now();
+    let issued = ca
+        .issue_with_validity(
+            key.csr(&id("web")).unwrap(),
+            &id("web"),
+            now - Duration::from_secs(30),
+            now - Duration::from_secs(5),
+        )
+        .unwrap();
+    let expired = side(&WorkloadCert::new(key, &issued.chain_pem).unwrap(), &ca);
+    let cfg = client_config(expired.resolver, expired.bundle, control_id.clone()).unwrap();
+    let mut s = connect(addr, cfg, &control_id).await.unwrap();
+    ping(&mut s).await.unwrap();
+    assert_eq!(server_outcome(&mut rx).await.unwrap().peer, Some(id("web")));
+
+    // Expired and from a foreign CA: still refused.
+    let foreign = CertificateAuthority::generate("skein.local").unwrap();
+    let stranger = side(&expired_cert(&foreign, "web"), &ca);
+    let cfg = client_config(stranger.resolver, stranger.bundle, control_id.clone()).unwrap();
+    let attempt = async {
+        let mut s = connect(addr, cfg, &control_id).await?;
+        ping(&mut s).await
+    };
+    assert!(attempt.await.is_err());
+    let err = server_outcome(&mut rx).await.unwrap_err();
+    assert!(err.contains("certificate expired"), "{err}");
+}

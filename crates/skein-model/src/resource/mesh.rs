@@ -29,7 +29,8 @@ pub struct MeshSpec {
     #[serde(default)]
     pub default_policy: PolicyAction,
     /// Lifetime of workload certificates; rotated at 70 %. Between 5s and 2160h (90 days);
-    /// default `24h`.
+    /// default `1h`, which also bounds how long a revoked workload can still be accepted by
+    /// a proxy that cannot reach the control plane.
     #[serde(
         default = "default_cert_ttl",
         rename = "workloadCertTTL",
@@ -97,7 +98,7 @@ fn default_trust_domain() -> String {
 }
 
 fn default_cert_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
+    Duration::from_secs(3600)
 }
 
 #[cfg(test)]
@@ -118,10 +119,10 @@ mod tests {
         assert_eq!(spec.trust_domain, "skein.local");
         assert_eq!(spec.mtls, MtlsMode::Strict);
         assert_eq!(spec.default_policy, PolicyAction::Allow);
-        assert_eq!(spec.workload_cert_ttl, Duration::from_secs(86_400));
+        assert_eq!(spec.workload_cert_ttl, Duration::from_secs(3600));
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
-            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"24h","encodedSlashes":"reject"}"#
+            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject"}"#
         );
     }
 

@@ -177,7 +177,7 @@ spec:
     "trustDomain": "skein.local",
     "mtls": "strict",
     "defaultPolicy": "allow",
-    "workloadCertTTL": "24h",
+    "workloadCertTTL": "1h",
     "encodedSlashes": "reject"
   }
 }"#

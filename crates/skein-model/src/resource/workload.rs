@@ -56,6 +56,10 @@ pub struct WorkloadStatus {
     /// The control-plane replica the proxy is (or was last) connected to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<String>,
+    /// The join lineage of the proxy's certificate (`<token id>.<n>`: the n-th join with
+    /// that token), which `skein workload revoke` revokes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_lineage: Option<String>,
 }
 
 impl WorkloadSpec {

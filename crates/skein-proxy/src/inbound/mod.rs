@@ -82,7 +82,7 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
 /// accept → TLS: decides how the connection proves its caller, then serves it.
 async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     if !ctx.identity.required {
-        return serve_peer(ctx, stream, peer, Caller::Unauthenticated).await;
+        return serve_peer(ctx, stream, peer, Caller::Unauthenticated, None).await;
     }
     // A TLS connection starts with a handshake record (content type 22).
     let mut first = [0u8; 1];
@@ -96,11 +96,17 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
             let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let caller = skein_identity::tls::peer_identity(tls.get_ref().1);
+                    let conn = tls.get_ref().1;
+                    let caller = skein_identity::tls::peer_identity(conn);
+                    let lineage = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|leaf| skein_identity::lineage_of(leaf))
+                        .map(Arc::<str>::from);
                     match caller.as_ref().and_then(Caller::mesh) {
                         Some(caller) => {
                             ctx.metrics.inbound_security("mtls");
-                            serve_peer(ctx, tls, peer, caller).await
+                            serve_peer(ctx, tls, peer, caller, lineage).await
                         }
                         // The verifier requires a certificate with a SPIFFE ID.
                         None => ctx.metrics.inbound_security("handshake_failed"),
@@ -122,7 +128,7 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
         }
         (false, identity) if identity.as_ref().is_some_and(|i| i.is_permissive()) => {
             ctx.metrics.inbound_security("plaintext");
-            serve_peer(ctx, stream, peer, Caller::Unauthenticated).await
+            serve_peer(ctx, stream, peer, Caller::Unauthenticated, None).await
         }
         (false, _) => {
             ctx.metrics.inbound_security("refused_plaintext");
@@ -137,24 +143,40 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// Serves one peer proxy's HTTP/2 connection.
-async fn serve_peer<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, peer: SocketAddr, caller: Caller) {
+/// Serves one peer proxy's HTTP/2 connection. `lineage` is the join lineage of the
+/// caller's certificate: a revocation after the handshake refuses its next request.
+async fn serve_peer<I: crate::io::Io>(
+    ctx: Arc<Ctx>,
+    io: I,
+    peer: SocketAddr,
+    caller: Caller,
+    lineage: Option<Arc<str>>,
+) {
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http2);
     tracing::debug!(%peer, ?caller, "peer connected");
     let c = ctx.clone();
     let caller = Arc::new(caller);
     let handler = hyper::service::service_fn(move |req| {
-        let (ctx, caller) = (c.clone(), caller.clone());
-        async move { Ok::<_, Infallible>(handle(ctx, req, &caller).await) }
+        let (ctx, caller, lineage) = (c.clone(), caller.clone(), lineage.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, &caller, lineage.as_deref()).await) }
     });
     crate::server::serve_http2(io, handler, &ctx.config().limits, &ctx.drain).await;
 }
 
 /// Handles one stream from a peer; failures become the proxy's own error responses.
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    caller: &Caller,
+    lineage: Option<&str>,
+) -> Response<Body> {
     let proto = orig_proto(&req);
     let grpc = is_grpc(&req);
-    match route(&ctx, req, caller).await {
+    let routed = match require_not_revoked(&ctx, lineage) {
+        Ok(()) => route(&ctx, req, caller).await,
+        Err(e) => Err(e),
+    };
+    match routed {
         Ok(resp) => {
             ctx.metrics
                 .request(Direction::Inbound, proto, Some(resp.status().as_u16()));
@@ -214,6 +236,17 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
         let served = ctx.config().inbound.ports.iter().map(|p| p.port).collect();
         ProxyError::PortNotServed(port, served)
     })
+}
+
+/// A connection verified before its caller was revoked does not outlive the revocation:
+/// its next request is refused (new handshakes already fail).
+fn require_not_revoked(ctx: &Ctx, lineage: Option<&str>) -> Result<(), ProxyError> {
+    match (lineage, ctx.identity.get()) {
+        (Some(l), Some(identity)) if identity.is_revoked(l) => {
+            Err(ProxyError::Revoked(l.to_owned()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A plaintext connection accepted under `permissive` does not outlive the switch to

@@ -29,7 +29,7 @@ const CASES: &[Case] = &[
         name: "default",
         v1: "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {trustDomain: example.org}\n",
         v2: "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {trustDomain: example.org, mtls: permissive}\n",
-        defaults: &["mtls: strict", "defaultPolicy: allow", "workloadCertTTL: 24h"],
+        defaults: &["mtls: strict", "defaultPolicy: allow", "workloadCertTTL: 1h"],
         cells: &[("NAME", "default")],
         changed: ("/spec/mtls", "permissive"),
     },

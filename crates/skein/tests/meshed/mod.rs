@@ -55,7 +55,7 @@ pub fn service_yaml(name: &str) -> String {
 pub async fn join(control: &RunningControl, service: &str, advertise: SocketAddr) -> ControlConfig {
     let (token, _) = control
         .pki
-        .create_token("default", service, Duration::from_secs(600))
+        .create_token("default", service, Duration::from_secs(600), 1)
         .await
         .unwrap();
     ControlConfig {
@@ -93,6 +93,30 @@ pub async fn workload_as(
     labels: &[(&str, &str)],
     advertise: Option<SocketAddr>,
 ) -> (HttpBackend, RunningProxy) {
+    let (backend, config) = backend_config(host, name, service, labels).await;
+    let advertise = advertise.unwrap_or(config.inbound.listen);
+    let join = join(control, service, advertise).await;
+    start_backend_proxy(backend, config, join).await
+}
+
+/// Like [`workload_as`] without labels, joining with `join` (a token made elsewhere).
+pub async fn workload_with(
+    host: u8,
+    name: &str,
+    service: &str,
+    join: ControlConfig,
+) -> (HttpBackend, RunningProxy) {
+    let (backend, config) = backend_config(host, name, service, &[]).await;
+    start_backend_proxy(backend, config, join).await
+}
+
+/// An app on 127.0.0.`host`:PORT and the config of the proxy in front of it.
+async fn backend_config(
+    host: u8,
+    name: &str,
+    service: &str,
+    labels: &[(&str, &str)],
+) -> (HttpBackend, ProxyConfig) {
     let backend = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
         .await
         .unwrap();
@@ -106,8 +130,14 @@ pub async fn workload_as(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     config.inbound.listen = SocketAddr::new(loopback(host), 4143);
-    let advertise = advertise.unwrap_or(config.inbound.listen);
-    let join = join(control, service, advertise).await;
+    (backend, config)
+}
+
+async fn start_backend_proxy(
+    backend: HttpBackend,
+    config: ProxyConfig,
+    join: ControlConfig,
+) -> (HttpBackend, RunningProxy) {
     let proxy = RunningProxy::start_with_control(config, Some(join))
         .await
         .unwrap();
@@ -184,6 +214,35 @@ pub async fn send(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Opens TLS to `addr` with `config` and tries an HTTP/2 exchange: Ok if the server
+/// answered with bytes, Err with what failed otherwise. (TLS 1.3 servers judge the client
+/// certificate after the client's handshake completes, so only reading tells.)
+pub async fn tls_attempt(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server: &skein_identity::SpiffeId,
+) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = skein_identity::tls::server_name(server).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 9];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed by the server".into()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err("no answer".into()),
+    }
 }
 
 pub fn url(service: &str, path: &str) -> String {
