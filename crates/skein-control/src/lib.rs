@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod grpc;
+pub mod limits;
 pub mod pki;
 pub mod policy_check;
 pub mod registry;

@@ -55,6 +55,8 @@ pub struct ControlOptions {
     /// Address ranges proxies may announce although they connect from another address
     /// (NAT). Default none: a proxy announces the address it connects from.
     pub workload_cidrs: Vec<ipnet::IpNet>,
+    /// Connection caps and deadlines of both listeners.
+    pub limits: crate::limits::ListenerLimits,
 }
 
 /// Why the control plane could not start.
@@ -162,13 +164,12 @@ impl RunningControl {
                 }
             }
         });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(http, router).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP API stopped");
-            }
-        });
+        tasks.spawn(crate::limits::serve_api(
+            http,
+            router,
+            opts.limits.api,
+            shutdown.clone(),
+        ));
 
         let grpc = tokio::net::TcpListener::bind(opts.grpc)
             .await
@@ -194,9 +195,14 @@ impl RunningControl {
         let tls = pki
             .server_tls()
             .map_err(|e| ControlError::Io(format!("proxy API TLS: {e}")))?;
-        let incoming = crate::tls_incoming::incoming(grpc, tls, stop.clone());
+        let incoming =
+            crate::tls_incoming::incoming(grpc, tls, opts.limits.proxy_api, stop.clone());
         tasks.spawn(async move {
             let serve = tonic::transport::Server::builder()
+                // Dead proxies are noticed (their streams end, their workloads retire)
+                // even when the network drops packets instead of resetting.
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             if let Err(e) = serve.await {

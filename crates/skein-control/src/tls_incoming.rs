@@ -4,10 +4,15 @@
 //!
 //! Handshakes run in their own tasks with a deadline, so a slow or silent client never
 //! holds up the accept loop. A client that does not speak TLS is dropped with a log line:
-//! this port never serves plaintext.
+//! this port never serves plaintext. Open connections are capped
+//! ([`crate::limits::ConnCap`]), and one without a client certificate lives only
+//! [`ConnLimits::header_timeout`]: long enough for a new proxy's one `Certify`, too short
+//! to hold a socket for free.
 
 use crate::grpc::PeerIdentity;
+use crate::limits::{ConnCap, ConnLimits};
 use futures_util::Stream;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +33,27 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// When a connection without a client certificate is closed.
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl TlsConn {
+    /// Fails reads and writes once an unauthenticated connection's time is up, which
+    /// makes the server close it.
+    fn check_expiry(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let expired = self
+            .expires
+            .as_mut()
+            .is_some_and(|e| e.as_mut().poll(cx).is_ready());
+        if expired {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a connection without a client certificate lives only long enough for Certify",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Connected for TlsConn {
@@ -44,6 +70,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_expiry(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -54,6 +81,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_expiry(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -78,14 +106,17 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts on `listener` until `stop`, yielding connections whose handshake succeeded.
+/// Accepts on `listener` until `stop`, yielding connections whose handshake succeeded,
+/// at most `limits.max_connections` open at once.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
     stop: CancellationToken,
 ) -> impl Stream<Item = io::Result<TlsConn>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<TlsConn>>(64);
     let acceptor = TlsAcceptor::from(config);
+    let cap = ConnCap::new(limits.max_connections, "proxy API");
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -98,6 +129,9 @@ pub fn incoming(
                         continue;
                     }
                 },
+            };
+            let Some(permit) = cap.admit(addr) else {
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
@@ -113,6 +147,9 @@ pub fn incoming(
                                 expires: skein_identity::expiry_of(leaf)?,
                             })
                         });
+                        let expires = cert
+                            .is_none()
+                            .then(|| Box::pin(tokio::time::sleep(limits.header_timeout)));
                         let peer = PeerIdentity {
                             cert,
                             remote: Some(addr),
@@ -121,6 +158,8 @@ pub fn incoming(
                             .send(Ok(TlsConn {
                                 inner: stream,
                                 peer,
+                                expires,
+                                _permit: permit,
                             }))
                             .await;
                     }

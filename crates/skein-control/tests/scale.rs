@@ -94,6 +94,7 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         replica: "scale".into(),
         ca_import: None,
         workload_cidrs: Vec::new(),
+        limits: Default::default(),
     })
     .await
     .expect("start the control plane");

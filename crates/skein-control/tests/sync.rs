@@ -49,7 +49,12 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let bound = listener.local_addr().unwrap();
     let svc = ProxyControlService::new(state, pki.clone(), registrar, connections, stop.clone());
-    let incoming = incoming(listener, pki.server_tls().unwrap(), stop.clone());
+    let incoming = incoming(
+        listener,
+        pki.server_tls().unwrap(),
+        skein_control::limits::ConnLimits::PROXY_API,
+        stop.clone(),
+    );
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))

@@ -2,6 +2,11 @@
 //! bound and, under a control plane, a valid workload certificate; false while draining),
 //! `/metrics` (Prometheus text) and `/config` (the configuration in force and the
 //! certificate presented, as JSON). Keys never appear here.
+//!
+//! It holds at most [`MAX_CONNECTIONS`] connections (more are closed at once), and closes
+//! one whose request head does not arrive within [`HEADER_TIMEOUT`], idle keep-alive
+//! connections included: probes and scrapers reconnect, and nobody holds a socket here for
+//! free.
 
 use crate::http::{full, Body};
 use crate::Ctx;
@@ -12,15 +17,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Most admin connections open at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest wait for a request head (from the connection's start or the previous response).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves admin requests until the proxy has fully stopped.
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             _ = ctx.drain.stopped() => return,
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(_) => continue,
             },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.metrics
+                .error(crate::metrics::Direction::Inbound, "admin_connection_cap");
+            tracing::debug!(%client, "refused an admin connection: {MAX_CONNECTIONS} are open");
+            continue;
         };
         let c = ctx.clone();
         let handler = hyper::service::service_fn(move |req| {
@@ -28,9 +45,12 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
             async move { Ok::<_, Infallible>(respond(&ctx, &req)) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), handler);
         let stopped = ctx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             tokio::select! {
                 _ = conn => {}
                 _ = stopped.drain.stopped() => {}

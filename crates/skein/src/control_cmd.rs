@@ -113,6 +113,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         replica,
         ca_import: ca_import(&args)?,
         workload_cidrs: args.workload_cidrs.clone(),
+        limits: Default::default(),
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -111,6 +111,7 @@ async fn run_in(
         replica: "demo".into(),
         ca_import: None,
         workload_cidrs: Vec::new(),
+        limits: Default::default(),
     })
     .await
     .context("cannot start the demo's control plane")?;

@@ -118,13 +118,13 @@ impl Web {
         self.backend.addr().port()
     }
 
-    /// A Service `name` selecting `app: web` on the backend's port, plus (with
+    /// A Service `name` selecting `app: web` (running as account web) on the backend's port, plus (with
     /// `workload`) the declared Workload `web-1` at the static proxy.
     pub fn resources(&self, name: &str, workload: bool) -> String {
         let port = self.port();
         let mut yaml = format!(
             "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
-             spec:\n  selector: {{app: web}}\n  ports: [{{port: {port}, protocol: http}}]\n"
+             spec:\n  selector: {{app: web}}\n  serviceAccounts: [web]\n  ports: [{{port: {port}, protocol: http}}]\n"
         );
         if workload {
             let inbound = self.proxy.addrs.inbound;

@@ -326,6 +326,7 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
                 .to_pem_set(),
         ),
         workload_cidrs: Vec::new(),
+        limits: Default::default(),
     })
     .await
     .unwrap();

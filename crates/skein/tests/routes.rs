@@ -84,6 +84,7 @@ async fn control_at(host: u8) -> (RunningControl, std::path::PathBuf) {
         replica: "test".into(),
         ca_import: None,
         workload_cidrs: Vec::new(),
+        limits: Default::default(),
     })
     .await
     .unwrap();

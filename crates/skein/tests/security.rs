@@ -428,6 +428,7 @@ async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
             replica: name.into(),
             ca_import: None,
             workload_cidrs: Vec::new(),
+            limits: Default::default(),
         };
     let r1 = RunningControl::start(replica(191, d1.path(), "r1"))
         .await
@@ -647,5 +648,182 @@ async fn a_proxy_refused_for_good_exits_non_zero_saying_why() {
         !text.contains("retrying"),
         "refused at once, not retried: {text}"
     );
+    control.shutdown().await;
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`, reading and
+/// discarding whatever it sends first.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A GET of `path` on a fresh or given connection to `addr`: the status line.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(SOON, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_control_planes_listeners_hold_no_idle_or_half_sent_connection() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-sockets").unwrap();
+    let fast = skein_control::limits::ConnLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+    };
+    let limits = skein_control::limits::ListenerLimits {
+        api: fast,
+        proxy_api: fast,
+    };
+    let control = control_with(199, data.path(), limits).await;
+    let api = control.http;
+
+    // HTTP API: an idle connection, a half-sent head and a half-sent body are all closed
+    // (or answered with an error), and a legitimate request on a new connection works.
+    let mut idle = TcpStream::connect(api).await.unwrap();
+    let mut half_head = TcpStream::connect(api).await.unwrap();
+    half_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut half_body = TcpStream::connect(api).await.unwrap();
+    half_body
+        .write_all(
+            format!(
+                "POST /api/v1/apply HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100\r\n\r\nkind: Serv",
+                control.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut idle, SOON).await,
+        "idle API connection closed"
+    );
+    assert!(
+        closed_within(&mut half_head, SOON).await,
+        "half-sent head closed"
+    );
+    assert!(
+        closed_within(&mut half_body, SOON).await,
+        "half-sent body ended"
+    );
+    let mut fresh = TcpStream::connect(api).await.unwrap();
+    assert_eq!(get_on(&mut fresh, "/healthz").await, "HTTP/1.1 200 OK");
+    drop(fresh);
+
+    // The cap: four connections open, the fifth is closed at once while the four work.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(api).await.unwrap());
+    }
+    let mut over = TcpStream::connect(api).await.unwrap();
+    assert!(closed_within(&mut over, SOON).await, "over the cap: closed");
+    // Closed by the cap, not a timeout: the older connections still serve.
+    assert_eq!(get_on(&mut held[0], "/healthz").await, "HTTP/1.1 200 OK");
+    drop(held);
+
+    // Proxy API: a TLS connection without a client certificate that never calls Certify
+    // is closed; a plain TCP connection that never starts TLS too.
+    let pin = skein_identity::ca_pin(
+        &<rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+            control.pki.root_pem().as_bytes(),
+        )
+        .next()
+        .unwrap()
+        .unwrap(),
+    );
+    let control_id = skein_control::pki::control_identity("skein.local").unwrap();
+    let tls = skein_identity::tls::bootstrap_client_config(&pin, control_id.clone()).unwrap();
+    let tcp = TcpStream::connect(control.grpc).await.unwrap();
+    let mut anonymous = tokio_rustls::TlsConnector::from(tls)
+        .connect(skein_identity::tls::server_name(&control_id).unwrap(), tcp)
+        .await
+        .expect("TLS without a client certificate is accepted, for Certify");
+    let closed = tokio::time::timeout(SOON, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        loop {
+            match anonymous.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an anonymous connection that never certifies is closed"
+    );
+    // Meanwhile a proxy joins and syncs normally.
+    apply(&control, &service_yaml("web")).await;
+    let (_app, web) = workload(&control, 186, "web", None).await;
+    eventually("web applied a snapshot", SOON, async || {
+        web.ctx.ready.load(Ordering::SeqCst)
+    })
+    .await
+    .unwrap();
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxys_admin_listener_holds_no_idle_connection_and_caps_them() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-admin").unwrap();
+    let control = control(187, data.path()).await;
+    let caller = client(&control, 188).await;
+    let admin = caller.addrs.admin;
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    let mut half = TcpStream::connect(admin).await.unwrap();
+    half.write_all(b"GET /ready HTTP/1.1\r\n").await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..skein_proxy::admin::MAX_CONNECTIONS - 2 {
+        held.push(TcpStream::connect(admin).await.unwrap());
+    }
+    let mut over = TcpStream::connect(admin).await.unwrap();
+    assert!(closed_within(&mut over, SOON).await, "over the cap: closed");
+    // Closed by the cap, not a timeout: the older connections still serve.
+    assert_eq!(get_on(&mut held[0], "/live").await, "HTTP/1.1 200 OK");
+    assert!(
+        closed_within(&mut idle, SOON).await,
+        "idle admin connection closed"
+    );
+    assert!(
+        closed_within(&mut half, SOON).await,
+        "half-sent head closed"
+    );
+    drop(held);
+    let mut fresh = TcpStream::connect(admin).await.unwrap();
+    assert_eq!(get_on(&mut fresh, "/live").await, "HTTP/1.1 200 OK");
     control.shutdown().await;
 }

@@ -19,6 +19,15 @@ pub const PORT: u16 = 18090;
 pub const SOON: Duration = Duration::from_secs(20);
 
 pub async fn control(octet: u8, data: &Path) -> RunningControl {
+    control_with(octet, data, Default::default()).await
+}
+
+/// Like [`control`] with these listener limits.
+pub async fn control_with(
+    octet: u8,
+    data: &Path,
+    limits: skein_control::limits::ListenerLimits,
+) -> RunningControl {
     RunningControl::start(ControlOptions {
         data_dir: data.to_path_buf(),
         store: StoreChoice::Embedded,
@@ -28,6 +37,7 @@ pub async fn control(octet: u8, data: &Path) -> RunningControl {
         replica: "test".into(),
         ca_import: None,
         workload_cidrs: Vec::new(),
+        limits,
     })
     .await
     .expect("start the control plane")
