@@ -222,7 +222,7 @@ impl From<crate::pki::PkiError> for ApiError {
             PkiError::UnknownToken(_) => StatusCode::NOT_FOUND,
             PkiError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             PkiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            PkiError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            PkiError::Corrupt { .. } | PkiError::Secrets(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod pki;
 pub mod policy_check;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -89,6 +89,9 @@ pub enum PkiError {
     /// No token has this id.
     #[error("no join token has id {0}; `skein token list` shows the tokens")]
     UnknownToken(String),
+    /// A sealed record could not be opened (or sealed).
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }
 
 /// The CA record in the store.
@@ -159,6 +162,8 @@ struct Authority {
     generation: u64,
     /// Store revision of the record (0 before it was first written).
     revision: u64,
+    /// Whether the record is stored encrypted.
+    sealed: bool,
 }
 
 impl Authority {
@@ -168,6 +173,7 @@ impl Authority {
             next: record.next.as_ref().map(PemRecord::load).transpose()?,
             generation: record.generation,
             revision,
+            sealed: false,
         })
     }
 
@@ -335,6 +341,8 @@ pub struct Pki {
     own_renew_at: RwLock<SystemTime>,
     /// The deny list and its store revision.
     denied: RwLock<(Arc<DenyRecord>, u64)>,
+    /// Encrypts the CA record when the control plane has a secrets key.
+    sealer: crate::secrets::Sealer,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -351,13 +359,21 @@ impl Pki {
     /// Loads the CA from the store, creating it at first start: generated for
     /// `trust_domain`, or `import`ed (a team's own root and intermediate). An import that
     /// differs from the CA already in the store is refused.
+    /// With a key in `sealer`, the CA record is encrypted in the store (and a plaintext
+    /// one is sealed now).
     pub async fn open(
         store: Arc<dyn Store>,
         trust_domain: &str,
         import: Option<CaPem>,
+        sealer: crate::secrets::Sealer,
     ) -> Result<Arc<Pki>, PkiError> {
-        let authority = match Self::read(&*store).await? {
-            Some(existing) => {
+        let authority = match Self::read(&*store, &sealer).await? {
+            Some(mut existing) => {
+                if sealer.seals() && !existing.sealed {
+                    existing.revision =
+                        Self::write(&*store, &sealer, &existing, Some(existing.revision)).await?;
+                    tracing::info!("sealed the mesh CA record with the secrets key");
+                }
                 if let Some(import) = &import {
                     if existing.ca.root_cert_pem().trim() != import.root_cert.trim() {
                         return Err(PkiError::Refused(
@@ -385,13 +401,16 @@ impl Pki {
                     next: None,
                     generation: 1,
                     revision: 0,
+                    sealed: sealer.seals(),
                 };
-                match Self::write(&*store, &fresh, Some(0)).await {
+                match Self::write(&*store, &sealer, &fresh, Some(0)).await {
                     Ok(revision) => Authority { revision, ..fresh },
                     // Another replica created it first: use theirs.
-                    Err(PkiError::Store(StoreError::Conflict { .. })) => Self::read(&*store)
-                        .await?
-                        .ok_or_else(|| PkiError::Refused("the CA record vanished".into()))?,
+                    Err(PkiError::Store(StoreError::Conflict { .. })) => {
+                        Self::read(&*store, &sealer)
+                            .await?
+                            .ok_or_else(|| PkiError::Refused("the CA record vanished".into()))?
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -411,6 +430,7 @@ impl Pki {
             resolver,
             bundle,
             denied: RwLock::new((Arc::new(denied.0), denied.1)),
+            sealer,
         }))
     }
 
@@ -443,28 +463,35 @@ impl Pki {
         ));
     }
 
-    async fn read(store: &dyn Store) -> Result<Option<Authority>, PkiError> {
+    async fn read(
+        store: &dyn Store,
+        sealer: &crate::secrets::Sealer,
+    ) -> Result<Option<Authority>, PkiError> {
         let (found, _) = store.list(CA_KEY).await?;
         let Some(entry) = found.into_iter().find(|e| e.key == CA_KEY) else {
             return Ok(None);
         };
-        let record: CaRecord =
-            serde_json::from_slice(&entry.value).map_err(|e| PkiError::Corrupt {
-                what: "mesh CA".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(Some(Authority::from_record(&record, entry.revision)?))
+        let (plain, sealed) = sealer.open(CA_KEY, &entry.value)?;
+        let record: CaRecord = serde_json::from_slice(&plain).map_err(|e| PkiError::Corrupt {
+            what: "mesh CA".into(),
+            reason: e.to_string(),
+        })?;
+        let mut authority = Authority::from_record(&record, entry.revision)?;
+        authority.sealed = sealed;
+        Ok(Some(authority))
     }
 
     async fn write(
         store: &dyn Store,
+        sealer: &crate::secrets::Sealer,
         authority: &Authority,
         expect: Option<u64>,
     ) -> Result<u64, PkiError> {
-        let value = serde_json::to_vec(&authority.record()).map_err(|e| PkiError::Corrupt {
+        let plain = serde_json::to_vec(&authority.record()).map_err(|e| PkiError::Corrupt {
             what: "mesh CA".into(),
             reason: e.to_string(),
         })?;
+        let value = sealer.seal(CA_KEY, &plain)?;
         Ok(store
             .commit(vec![Op::Put {
                 key: CA_KEY.into(),
@@ -552,7 +579,7 @@ impl Pki {
     }
 
     async fn reload(&self) {
-        match Self::read(&*self.store).await {
+        match Self::read(&*self.store, &self.sealer).await {
             Ok(Some(a)) if a.revision != self.authority().revision => {
                 let generation = a.generation;
                 if let Err(e) = self.install(a) {
@@ -977,6 +1004,7 @@ impl Pki {
                     next: Some(next),
                     generation: current.generation,
                     revision: 0,
+                    sealed: self.sealer.seals(),
                 }
             }
             Phase::Prepared => {
@@ -989,6 +1017,7 @@ impl Pki {
                     next: None,
                     generation: current.generation + 1,
                     revision: 0,
+                    sealed: self.sealer.seals(),
                 }
             }
             Phase::Switched => {
@@ -1004,10 +1033,12 @@ impl Pki {
                     next: None,
                     generation: current.generation,
                     revision: 0,
+                    sealed: self.sealer.seals(),
                 }
             }
         };
-        let revision = Self::write(&*self.store, &next, Some(current.revision)).await?;
+        let revision =
+            Self::write(&*self.store, &self.sealer, &next, Some(current.revision)).await?;
         let next = Authority { revision, ..next };
         let phase = next.phase();
         self.install(next)?;
@@ -1113,7 +1144,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
-        (Pki::open(store, "skein.local", None).await.unwrap(), dir)
+        let sealer = crate::secrets::Sealer::default();
+        (
+            Pki::open(store, "skein.local", None, sealer).await.unwrap(),
+            dir,
+        )
     }
 
     fn web() -> SpiffeId {

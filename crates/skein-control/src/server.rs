@@ -57,6 +57,10 @@ pub struct ControlOptions {
     pub workload_cidrs: Vec<ipnet::IpNet>,
     /// Connection caps and deadlines of both listeners.
     pub limits: crate::limits::ListenerLimits,
+    /// The key that encrypts the CA record and the admin token in the store. Required with
+    /// etcd (whoever reads etcd must not read the CA's keys); optional with the embedded
+    /// store, whose file is the control plane's own (0600 in a 0700 directory).
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 /// Why the control plane could not start.
@@ -108,6 +112,12 @@ impl RunningControl {
             .map_err(|e| io(&format!("cannot restrict {}", opts.data_dir.display()), e))?;
         // Work that must run once in the mesh (the canary controller, later) runs on the
         // leader: with etcd, the replica holding the election's lease; embedded, always us.
+        if matches!(opts.store, StoreChoice::Etcd { .. }) && opts.secrets_key.is_none() {
+            return Err(ControlError::Io(
+                "--store etcd needs a secrets key, which encrypts the mesh CA's keys and the admin token in etcd: give every replica the same 64 hex characters with --secrets-key-file FILE or SKEIN_SECRETS_KEY (make one with `od -An -vtx1 -N32 /dev/urandom | tr -d ' \\n'`)".into(),
+            ));
+        }
+        let sealer = crate::secrets::Sealer::new(opts.secrets_key.clone());
         let (store, election): (Arc<dyn Store>, Option<Election>) = match &opts.store {
             StoreChoice::Embedded => (Arc::new(EmbeddedStore::open(&opts.data_dir)?), None),
             StoreChoice::Etcd { endpoints, prefix } => {
@@ -121,12 +131,12 @@ impl RunningControl {
             Some(e) => e.subscribe(),
             None => tokio::sync::watch::channel(true).1,
         };
-        let token = shared_token(&*store, &opts).await?;
+        let token = shared_token(&*store, &opts, &sealer).await?;
         let registry = Registry::load(store.clone()).await?;
         let shutdown = CancellationToken::new();
         // The CA's trust domain is the Mesh resource's at first start, then fixed.
         let trust_domain = registry.subscribe().borrow().trust_domain.clone();
-        let pki = crate::pki::Pki::open(store, &trust_domain, opts.ca_import.clone())
+        let pki = crate::pki::Pki::open(store, &trust_domain, opts.ca_import.clone(), sealer)
             .await
             .map_err(|e| ControlError::Io(format!("mesh CA: {e}")))?;
         pki.spawn_maintenance(shutdown.clone());
@@ -241,32 +251,58 @@ impl RunningControl {
 
 /// The admin token: with etcd it is shared by every replica (created once, in the store),
 /// and each replica also writes it to its data dir (0600) for the CLI.
-async fn shared_token(store: &dyn Store, opts: &ControlOptions) -> Result<String, ControlError> {
+/// Sealed with the secrets key; a plaintext record (from before sealing) is sealed now.
+async fn shared_token(
+    store: &dyn Store,
+    opts: &ControlOptions,
+    sealer: &crate::secrets::Sealer,
+) -> Result<String, ControlError> {
     let io = |e: std::io::Error| ControlError::Io(format!("admin token: {e}"));
     if matches!(opts.store, StoreChoice::Embedded) {
         return crate::token::load_or_create(&opts.data_dir).map_err(io);
     }
     const KEY: &str = "secrets/admin-token";
-    let (found, _) = store.list(KEY).await?;
-    let token = match found.into_iter().find(|e| e.key == KEY) {
-        Some(e) => String::from_utf8_lossy(&e.value).into_owned(),
+    let secret = |e: crate::secrets::SecretsError| ControlError::Io(e.to_string());
+    let read = async || -> Result<Option<(String, bool, u64)>, ControlError> {
+        let (found, _) = store.list(KEY).await?;
+        match found.into_iter().find(|e| e.key == KEY) {
+            None => Ok(None),
+            Some(e) => {
+                let (plain, sealed) = sealer.open(KEY, &e.value).map_err(secret)?;
+                Ok(Some((
+                    String::from_utf8_lossy(&plain).into_owned(),
+                    sealed,
+                    e.revision,
+                )))
+            }
+        }
+    };
+    let put = |token: &str, expect: u64| -> Result<Op, ControlError> {
+        Ok(Op::Put {
+            key: KEY.into(),
+            value: sealer.seal(KEY, token.as_bytes()).map_err(secret)?,
+            expect: Some(expect),
+        })
+    };
+    let token = match read().await? {
+        Some((token, sealed, revision)) => {
+            if sealer.seals() && !sealed {
+                match store.commit(vec![put(&token, revision)?]).await {
+                    Ok(_) => tracing::info!("sealed the admin token record with the secrets key"),
+                    // Another replica sealed it first.
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            token
+        }
         None => {
             let fresh = crate::token::load_or_create(&opts.data_dir).map_err(io)?;
-            let put = Op::Put {
-                key: KEY.into(),
-                value: fresh.clone().into_bytes(),
-                expect: Some(0),
-            };
-            match store.commit(vec![put]).await {
+            match store.commit(vec![put(&fresh, 0)?]).await {
                 Ok(_) => fresh,
                 // Another replica created it first: use theirs.
                 Err(StoreError::Conflict { .. }) => {
-                    let (found, _) = store.list(KEY).await?;
-                    found
-                        .into_iter()
-                        .find(|e| e.key == KEY)
-                        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
-                        .unwrap_or(fresh)
+                    read().await?.map(|(token, _, _)| token).unwrap_or(fresh)
                 }
                 Err(e) => return Err(e.into()),
             }

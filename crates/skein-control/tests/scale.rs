@@ -95,6 +95,7 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         ca_import: None,
         workload_cidrs: Vec::new(),
         limits: Default::default(),
+        secrets_key: None,
     })
     .await
     .expect("start the control plane");

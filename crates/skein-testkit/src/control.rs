@@ -57,6 +57,19 @@ impl Drop for TempDir {
     }
 }
 
+/// The secrets key tests give etcd-backed control planes (64 hex characters).
+pub const TEST_SECRETS_KEY: &str =
+    "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+
+/// Writes [`TEST_SECRETS_KEY`] to `dir/secrets.key` (mode 0600) for `--secrets-key-file`.
+pub fn secrets_key_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("secrets.key");
+    std::fs::write(&path, TEST_SECRETS_KEY)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
 /// A port on `ip` that was free a moment ago (bound to port 0, then released), for the few
 /// listeners whose address must be known before the process starts.
 pub fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {

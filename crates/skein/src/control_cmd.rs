@@ -51,6 +51,32 @@ pub struct ControlArgs {
     /// address the control plane sees it connect from.
     #[arg(long = "workload-cidr", value_name = "CIDR")]
     workload_cidrs: Vec<skein_control::IpNet>,
+    /// A file holding the secrets key (64 hex characters) that encrypts the mesh CA's keys
+    /// and the admin token in the store; required with etcd, the same for every replica.
+    /// Or set SKEIN_SECRETS_KEY (never on the command line, where `ps` shows it).
+    #[arg(long, value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
+}
+
+/// The secrets key from `--secrets-key-file` or `SKEIN_SECRETS_KEY`, if given.
+fn secrets_key(args: &ControlArgs) -> anyhow::Result<Option<skein_control::secrets::SecretsKey>> {
+    let text = match (&args.secrets_key_file, std::env::var("SKEIN_SECRETS_KEY")) {
+        (Some(path), _) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("cannot read the secrets key file {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the secrets key file is readable by others; make it 0600");
+            }
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the secrets key file {}", path.display()))?
+        }
+        (None, Ok(text)) => text,
+        (None, Err(_)) => return Ok(None),
+    };
+    Ok(Some(text.parse()?))
 }
 
 /// Reads an imported CA's files, if given.
@@ -114,6 +140,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         ca_import: ca_import(&args)?,
         workload_cidrs: args.workload_cidrs.clone(),
         limits: Default::default(),
+        secrets_key: secrets_key(&args)?,
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -112,6 +112,7 @@ async fn run_in(
         ca_import: None,
         workload_cidrs: Vec::new(),
         limits: Default::default(),
+        secrets_key: None,
     })
     .await
     .context("cannot start the demo's control plane")?;

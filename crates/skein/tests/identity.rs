@@ -327,6 +327,7 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
         ),
         workload_cidrs: Vec::new(),
         limits: Default::default(),
+        secrets_key: None,
     })
     .await
     .unwrap();
@@ -745,12 +746,21 @@ async fn replicas_on_etcd_share_one_ca_and_follow_a_rotation_started_on_the_othe
     );
     let replica = async |octet: u8, dir: &Path, name: &str| {
         let any = SocketAddr::new(loopback(octet), 0);
+        let key = skein_testkit::control::secrets_key_file(dir).unwrap();
+        let key = key.to_str().unwrap();
         ControlProcess::start(
             Path::new(BIN),
             dir,
             any,
             any,
-            &["--store", &store, "--replica", name],
+            &[
+                "--store",
+                &store,
+                "--replica",
+                name,
+                "--secrets-key-file",
+                key,
+            ],
         )
         .await
         .expect("start a replica")

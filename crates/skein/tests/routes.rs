@@ -85,6 +85,7 @@ async fn control_at(host: u8) -> (RunningControl, std::path::PathBuf) {
         ca_import: None,
         workload_cidrs: Vec::new(),
         limits: Default::default(),
+        secrets_key: None,
     })
     .await
     .unwrap();

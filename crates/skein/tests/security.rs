@@ -404,7 +404,7 @@ async fn join_tokens_are_single_use_short_lived_and_say_when_they_name_no_servic
 }
 
 #[tokio::test]
-async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
+async fn etcd_replicas_seal_the_ca_and_admin_token_and_race_a_single_use_token_once() {
     skein_testkit::init_tracing();
     if !skein_testkit::etcd::Etcd::available() {
         eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
@@ -415,6 +415,8 @@ async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
         TempDir::new("sec-race-1").unwrap(),
         TempDir::new("sec-race-2").unwrap(),
     );
+    let key: skein_control::secrets::SecretsKey =
+        skein_testkit::control::TEST_SECRETS_KEY.parse().unwrap();
     let replica =
         |octet: u8, dir: &std::path::Path, name: &str| skein_control::server::ControlOptions {
             data_dir: dir.to_path_buf(),
@@ -429,6 +431,7 @@ async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
             ca_import: None,
             workload_cidrs: Vec::new(),
             limits: Default::default(),
+            secrets_key: Some(key.clone()),
         };
     let r1 = RunningControl::start(replica(191, d1.path(), "r1"))
         .await
@@ -436,6 +439,44 @@ async fn a_single_use_token_joins_once_across_etcd_replicas_racing_for_it() {
     let r2 = RunningControl::start(replica(192, d2.path(), "r2"))
         .await
         .unwrap();
+
+    // What etcd holds of the CA and the admin token is sealed: no key, no token in it.
+    let raw = skein_control::store::etcd::EtcdStore::connect(&[etcd.endpoint()], "/skein/")
+        .await
+        .unwrap();
+    let (secrets, _) = skein_control::store::Store::list(&raw, "secrets/")
+        .await
+        .unwrap();
+    for name in ["secrets/ca", "secrets/admin-token"] {
+        let value = &secrets.iter().find(|e| e.key == name).unwrap().value;
+        assert!(
+            value.starts_with(skein_control::secrets::MAGIC),
+            "{name} is sealed"
+        );
+        let text = String::from_utf8_lossy(value);
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains(&r1.token),
+            "{name}: {text}"
+        );
+    }
+    // A replica without the key, or with another one, refuses to start, saying why.
+    let d3 = TempDir::new("sec-race-3").unwrap();
+    let mut keyless = replica(192, d3.path(), "r3");
+    keyless.secrets_key = None;
+    let e = RunningControl::start(keyless)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--store etcd needs a secrets key"), "{e}");
+    let mut wrong = replica(192, d3.path(), "r3");
+    wrong.secrets_key = Some("ab".repeat(32).parse().unwrap());
+    let e = RunningControl::start(wrong)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("sealed with another key"), "{e}");
     // Ten single-use tokens, each raced by two proxies, one through each replica.
     let mut won = 0;
     for _ in 0..10 {

@@ -38,6 +38,7 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
+        owner_only(&path)?;
         let db = Database::create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
@@ -177,6 +178,35 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Makes `path` (the store file, which holds the mesh CA's keys) readable by its owner
+/// only: created `0600`, or set back to `0600` with a warning if it was wider.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail("create", e)),
+    }
+    let mode = std::fs::metadata(path)
+        .map_err(|e| fail("inspect", e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the store file was readable by others; setting it to 0600 (it holds the mesh CA's keys)");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| fail("restrict", e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +223,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("skein-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[tokio::test]
+    async fn the_store_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("mode");
+        drop(EmbeddedStore::open(&dir).unwrap());
+        let file = dir.join("store.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600, "created owner-only");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(EmbeddedStore::open(&dir).unwrap());
+        assert_eq!(mode(&file), 0o600, "set back when it was wider");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -17,7 +17,9 @@ pub async fn pki(tag: &str) -> Arc<Pki> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
-    Pki::open(store, "skein.local", None).await.unwrap()
+    Pki::open(store, "skein.local", None, Default::default())
+        .await
+        .unwrap()
 }
 
 /// A certificate for `service` (namespace `default`) issued through a join token, as a

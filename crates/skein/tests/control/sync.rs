@@ -289,7 +289,15 @@ async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
         TempDir::new("ctl-r2").unwrap(),
         TempDir::new("ctl-files").unwrap(),
     );
-    let args = ["--store", store.as_str(), "--workload-grace", "2s"];
+    let key = skein_testkit::control::secrets_key_file(files.path()).unwrap();
+    let args = [
+        "--store",
+        store.as_str(),
+        "--workload-grace",
+        "2s",
+        "--secrets-key-file",
+        key.to_str().unwrap(),
+    ];
     let mut r1 = start_control(
         129,
         d1.path(),

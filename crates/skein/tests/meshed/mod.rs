@@ -38,6 +38,7 @@ pub async fn control_with(
         ca_import: None,
         workload_cidrs: Vec::new(),
         limits,
+        secrets_key: None,
     })
     .await
     .expect("start the control plane")
