@@ -19,24 +19,30 @@
 //! [`Failure::fatal`]: the proxy reports it through [`Ctx::fatal`] and stops trying, and
 //! `skein proxy` exits non-zero. Only transient failures are retried.
 
+mod channel;
+mod snapshot;
+
+pub use channel::tls_channel;
+pub use snapshot::to_config;
+
 use crate::identity::Identity;
 use crate::metrics::Direction;
 use crate::Ctx;
+use channel::channel;
 use skein_api::v1::proxy_control_client::ProxyControlClient;
 use skein_api::v1::{
     self as pb, proxy_message, Ack, CertifyRequest, ProxyMessage, Register, Snapshot,
 };
 use skein_identity::SpiffeId;
 use skein_identity::{CertificateDer, DenyList, JoinToken, WorkloadCert, WorkloadKey};
-use skein_model::{Destination, Endpoint, PortSpec, Protocol, ProxyConfig};
+use skein_model::ProxyConfig;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 /// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -174,153 +180,6 @@ fn backoff(failures: u32) -> Duration {
     let capped = exp.min(MAX_BACKOFF);
     let random = RandomState::new().hash_one(failures) % 1000;
     capped / 2 + capped / 2 * random as u32 / 1000
-}
-
-/// The control plane's address (`host:port`) from the configured endpoint.
-fn control_authority(endpoint: &str) -> &str {
-    endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-}
-
-/// A gRPC channel to the control plane over TLS configured by `tls`. A control plane
-/// whose certificate is not the one the token pins is a fatal failure.
-async fn channel(
-    control: &ControlConfig,
-    tls: Arc<rustls::ClientConfig>,
-) -> Result<Channel, Failure> {
-    let expected =
-        control_identity(&control.token).map_err(|s| Failure::fatal(s.message().to_owned()))?;
-    let source = Some(control.advertise.ip());
-    tls_channel(control_authority(&control.endpoint), tls, &expected, source)
-        .await
-        .map_err(|s| {
-            if s.code() == tonic::Code::PermissionDenied {
-                Failure::fatal(s.message().to_owned())
-            } else {
-                Failure::transient(s.message().to_owned())
-            }
-        })
-}
-
-/// A gRPC channel to `authority` (`host:port`) over TLS configured by `tls`, the server
-/// presenting `expected`. With `source`, connections leave from that address when it is
-/// one of this host's: the control plane accepts a registration only for the address it
-/// sees the proxy connect from (or one inside its `--workload-cidr` ranges).
-pub async fn tls_channel(
-    authority: &str,
-    tls: Arc<rustls::ClientConfig>,
-    expected: &SpiffeId,
-    source: Option<IpAddr>,
-) -> Result<Channel, tonic::Status> {
-    let authority = authority.to_owned();
-    let name = skein_identity::tls::server_name(expected)
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
-        .map_err(|e| {
-            tonic::Status::invalid_argument(format!(
-                "control plane address {authority:?} is not host:port: {e}"
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5));
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (authority, tls, name) = (authority.clone(), tls.clone(), name.clone());
-        async move {
-            let tcp = connect_from(&authority, source).await?;
-            let _ = tcp.set_nodelay(true);
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .map_err(refused_server)?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    endpoint
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| {
-            let text = format!("cannot connect: {}", error_chain(&e));
-            if source_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
-                tonic::Status::permission_denied(text)
-            } else {
-                tonic::Status::unavailable(text)
-            }
-        })
-}
-
-/// A TLS failure because the server is not who we expect (our verifier refused its
-/// identity or pin) becomes `PermissionDenied`: retrying the same server cannot help.
-fn refused_server(e: std::io::Error) -> std::io::Error {
-    let ours = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::Other(_)));
-    if ours {
-        std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())
-    } else {
-        e
-    }
-}
-
-/// The kind of the first I/O error among `e` and its sources.
-fn source_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        current = err.source();
-    }
-    None
-}
-
-/// Connects to `authority` (`host:port`, resolved), leaving from `source` when that is an
-/// address of this host (anything else, e.g. an address translated by NAT, is left to the
-/// kernel). Tries each resolved address in turn.
-async fn connect_from(
-    authority: &str,
-    source: Option<IpAddr>,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let mut last = None;
-    for addr in tokio::net::lookup_host(authority).await? {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        if let Some(ip) = source.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4())
-        {
-            if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
-                tracing::debug!(%ip, error = %e, "not binding the control connection to the advertised address");
-            }
-        }
-        match socket.connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{authority} resolves to no address"),
-        )
-    }))
-}
-
-/// An error and its sources on one line (TLS failures hide in the sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The identity the control plane must present: its own, in the token's trust domain.
@@ -636,193 +495,9 @@ fn register_message(config: &ProxyConfig, advertise: SocketAddr, ctx: &Ctx) -> P
     }
 }
 
-/// Builds the configuration a snapshot describes: the proxy's own listeners and workload
-/// stay, destinations and application ports come from the snapshot. Pure, so it is
-/// unit-tested; validation happens when the result is applied.
-pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
-    let mut next = base.clone();
-    if !snapshot.inbound_ports.is_empty() {
-        next.inbound.ports = snapshot
-            .inbound_ports
-            .iter()
-            .map(port)
-            .collect::<Result<_, _>>()?;
-    }
-    next.destinations = snapshot
-        .destinations
-        .iter()
-        .map(|d| {
-            Ok(Destination {
-                service: d.service.clone(),
-                namespace: d.namespace.clone(),
-                ports: d.ports.iter().map(port).collect::<Result<_, String>>()?,
-                addresses: d
-                    .addresses
-                    .iter()
-                    .map(|a| {
-                        a.parse::<IpAddr>().map_err(|_| {
-                            format!("destination {}: address {a:?} is not an IP", d.service)
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-                endpoints: d
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        let address = e.address.parse::<SocketAddr>().map_err(|_| {
-                            format!(
-                                "destination {}: endpoint {:?} is not IP:PORT",
-                                d.service, e.address
-                            )
-                        })?;
-                        if e.identity.is_empty() {
-                            return Err(format!(
-                                "destination {}: endpoint {} has no identity; refusing it rather than sending plaintext",
-                                d.service, e.address
-                            ));
-                        }
-                        let identity: SpiffeId = e.identity.parse().map_err(|err| {
-                            format!("destination {}: endpoint {}: {err}", d.service, e.address)
-                        })?;
-                        Ok(Endpoint {
-                            address,
-                            identity: Some(identity.to_string()),
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
-                routes: if d.routes_json.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::from_slice(&d.routes_json).map_err(|e| {
-                        format!("destination {}: routes are not readable: {e}", d.service)
-                    })?
-                },
-                identities: admitted(d)?,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    // Empty from a control plane that predates authorization: the file's (default allow).
-    if !snapshot.authorization_json.is_empty() {
-        next.authorization = serde_json::from_slice(&snapshot.authorization_json)
-            .map_err(|e| format!("the authorization policies are not readable: {e}"))?;
-    }
-    Ok(next)
-}
-
-/// The identities destination `d` admits, each parsed; every endpoint's identity must be
-/// one of them, so a registrant cannot make this proxy accept another account as the
-/// service. Empty from a control plane that predates `identities`.
-fn admitted(d: &pb::Destination) -> Result<Vec<String>, String> {
-    let mut ids = Vec::with_capacity(d.identities.len());
-    for text in &d.identities {
-        let id: SpiffeId = text
-            .parse()
-            .map_err(|e| format!("destination {}: admitted identity: {e}", d.service))?;
-        ids.push(id.to_string());
-    }
-    if !ids.is_empty() {
-        if let Some(e) = d.endpoints.iter().find(|e| !ids.contains(&e.identity)) {
-            return Err(format!(
-                "destination {}: endpoint {} announces identity {}, which the service does not admit ({}); refusing the snapshot",
-                d.service,
-                e.address,
-                e.identity,
-                ids.join(", ")
-            ));
-        }
-    }
-    Ok(ids)
-}
-
-fn port(p: &pb::Port) -> Result<PortSpec, String> {
-    let number = u16::try_from(p.port)
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("port {} is not 1 to 65535", p.port))?;
-    let protocol = match pb::Protocol::try_from(p.protocol) {
-        Ok(pb::Protocol::Detect) => Protocol::Detect,
-        Ok(pb::Protocol::Http) => Protocol::Http,
-        Ok(pb::Protocol::Http2) => Protocol::Http2,
-        Ok(pb::Protocol::Grpc) => Protocol::Grpc,
-        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
-        Err(_) => return Err(format!("port {number}: unknown protocol {}", p.protocol)),
-    };
-    Ok(PortSpec {
-        port: number,
-        protocol,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn base() -> ProxyConfig {
-        ProxyConfig::from_yaml(
-            "workload: {name: web-1, service: web}\ninbound: {ports: [{port: 8080}]}\n",
-            "test",
-        )
-        .unwrap()
-    }
-
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            version: 7,
-            destinations: vec![pb::Destination {
-                service: "api".into(),
-                namespace: "default".into(),
-                ports: vec![pb::Port {
-                    port: 80,
-                    protocol: pb::Protocol::Http as i32,
-                }],
-                addresses: vec!["198.18.1.10".into()],
-                endpoints: vec![pb::Endpoint {
-                    address: "127.0.0.5:4143".into(),
-                    workload: "api-1".into(),
-                    identity: "spiffe://skein.local/ns/default/sa/api".into(),
-                }],
-                routes_json: Vec::new(),
-                identities: vec!["spiffe://skein.local/ns/default/sa/api".into()],
-            }],
-            inbound_ports: vec![pb::Port {
-                port: 9090,
-                protocol: pb::Protocol::Grpc as i32,
-            }],
-            trust_domain: "skein.local".into(),
-            ..Snapshot::default()
-        }
-    }
-
-    #[test]
-    fn snapshot_becomes_config_keeping_listeners() {
-        let base = base();
-        let c = to_config(&base, &snapshot()).unwrap();
-        assert_eq!(c.inbound.listen, base.inbound.listen);
-        assert_eq!(c.inbound.ports[0].port, 9090);
-        assert_eq!(c.inbound.ports[0].protocol, Protocol::Grpc);
-        assert_eq!(c.destinations[0].endpoints[0].address.port(), 4143);
-        c.validate("snapshot").unwrap();
-    }
-
-    #[test]
-    fn malformed_snapshots_are_refused_with_reasons() {
-        let mut s = snapshot();
-        s.destinations[0].endpoints[0].address = "nowhere".into();
-        let err = to_config(&base(), &s).unwrap_err();
-        assert!(err.contains("endpoint \"nowhere\" is not IP:PORT"), "{err}");
-        let mut s = snapshot();
-        s.destinations[0].endpoints[0].identity = "spiffe://skein.local/ns/default/sa/evil".into();
-        let err = to_config(&base(), &s).unwrap_err();
-        assert!(
-            err.contains("endpoint 127.0.0.5:4143 announces identity spiffe://skein.local/ns/default/sa/evil, which the service does not admit (spiffe://skein.local/ns/default/sa/api)"),
-            "{err}"
-        );
-        let mut s = snapshot();
-        s.inbound_ports[0].port = 70000;
-        assert!(to_config(&base(), &s)
-            .unwrap_err()
-            .contains("not 1 to 65535"));
-    }
 
     #[test]
     fn backoff_grows_and_is_capped_with_jitter() {
