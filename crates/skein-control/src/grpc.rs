@@ -166,7 +166,7 @@ impl ProxyControl for ProxyControlService {
             e
         };
         check_address(me.address, seen, &self.workload_cidrs).map_err(refused)?;
-        let session = self
+        let (session, replaced) = self
             .connections
             .claim(&me, &identity.to_string())
             .map_err(|held| refused(held_elsewhere(&me, &held)))?;
@@ -207,6 +207,11 @@ impl ProxyControl for ProxyControlService {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    // The same proxy opened a new stream: this one is abandoned.
+                    _ = replaced.cancelled() => {
+                        tracing::info!(workload = %me.name, namespace = %me.namespace, "a newer stream of this proxy replaced this one");
+                        break;
+                    }
                     r = state.changed() => if r.is_err() { break },
                     r = pki.changed() => if r.is_err() { break },
                     msg = inbound.message() => match msg {

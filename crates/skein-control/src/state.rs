@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
 
 /// The mesh at one store revision.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +71,9 @@ pub struct Connection {
     pub identity: String,
     /// Its current certificate, as it last reported.
     pub certificate: Option<CertReport>,
+    /// The join lineage of the certificate it connected with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
 }
 
 /// A proxy's current certificate (never its key).
@@ -86,32 +90,44 @@ pub struct CertReport {
     pub ca_generation: u64,
 }
 
-/// Proxies connected to this control-plane replica.
+/// Proxies connected to this control-plane replica, each with the token that ends its
+/// session when a newer session of the same proxy replaces it.
 #[derive(Default)]
 pub struct Connections {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Connection>>,
+    open: Mutex<HashMap<u64, (Connection, CancellationToken)>>,
 }
 
 impl Connections {
     fn with(&self, id: u64, f: impl FnOnce(&mut Connection)) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = open.get_mut(&id) {
+        if let Some((c, _)) = open.get_mut(&id) {
             f(c);
         }
     }
 
     /// Records a new session of the proxy holding `identity` for workload `w`; returns its
-    /// id. Refused (with the session holding it) while another session of this replica
-    /// holds the same workload: check and insert happen under one lock, so two proxies
-    /// racing for a name cannot both win.
-    pub fn claim(&self, w: &WorkloadView, identity: &str) -> Result<u64, Box<Connection>> {
+    /// id and the token that ends it early. Refused (with the session holding it) while
+    /// another proxy's session on this replica holds the same workload: check and insert
+    /// happen under one lock, so two proxies racing for a name cannot both win. A held
+    /// session of the same join lineage is the same proxy's earlier stream, which it has
+    /// abandoned (it keeps one): that one is ended and replaced.
+    pub fn claim(
+        &self,
+        w: &WorkloadView,
+        identity: &str,
+    ) -> Result<(u64, CancellationToken), Box<Connection>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = open
-            .values()
-            .find(|c| c.namespace == w.namespace && c.workload == w.name)
-        {
-            return Err(Box::new(held.clone()));
+        let held = open
+            .iter()
+            .find(|(_, (c, _))| c.namespace == w.namespace && c.workload == w.name)
+            .map(|(id, (c, token))| (*id, c.clone(), token.clone()));
+        if let Some((id, held, token)) = held {
+            if held.lineage.is_none() || held.lineage != w.lineage {
+                return Err(Box::new(held));
+            }
+            token.cancel();
+            open.remove(&id);
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since = SystemTime::now()
@@ -127,9 +143,11 @@ impl Connections {
             last_error: None,
             identity: identity.to_owned(),
             certificate: None,
+            lineage: w.lineage.clone(),
         };
-        open.insert(id, conn);
-        Ok(id)
+        let token = CancellationToken::new();
+        open.insert(id, (conn, token.clone()));
+        Ok((id, token))
     }
 
     /// A snapshot was sent.
@@ -189,13 +207,13 @@ impl Connections {
     pub fn is_connected(&self, namespace: &str, name: &str) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.values()
-            .any(|c| c.namespace == namespace && c.workload == name)
+            .any(|(c, _)| c.namespace == namespace && c.workload == name)
     }
 
     /// Every open session, sorted by namespace and workload.
     pub fn list(&self) -> Vec<Connection> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = open.values().cloned().collect();
+        let mut all: Vec<_> = open.values().map(|(c, _)| c.clone()).collect();
         all.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
         all
     }
@@ -221,12 +239,30 @@ mod tests {
     #[test]
     fn one_live_session_per_workload() {
         let c = Connections::default();
-        let first = c.claim(&web("web-1"), "id").unwrap();
+        let (first, _) = c.claim(&web("web-1"), "id").unwrap();
         let held = c.claim(&web("web-1"), "other").unwrap_err();
         assert_eq!(held.identity, "id", "the refusal names the holder");
         assert!(c.claim(&web("web-2"), "id").is_ok(), "other names are free");
         c.close(first);
         assert!(c.claim(&web("web-1"), "other").is_ok(), "free once closed");
         assert!(c.is_connected("default", "web-1"));
+    }
+
+    #[test]
+    fn the_same_proxy_reconnecting_replaces_its_abandoned_session() {
+        let c = Connections::default();
+        let mut me = web("web-1");
+        me.lineage = Some("aa.1".into());
+        let (first, ended) = c.claim(&me, "id").unwrap();
+        let (second, _) = c.claim(&me, "id").expect("same lineage: replaced");
+        assert!(ended.is_cancelled(), "the abandoned session is told to end");
+        assert_ne!(first, second);
+        assert_eq!(c.list().len(), 1);
+        let mut other = me.clone();
+        other.lineage = Some("aa.2".into());
+        assert!(
+            c.claim(&other, "id").is_err(),
+            "another proxy of the same token"
+        );
     }
 }

@@ -37,8 +37,10 @@ enum Command {
         #[arg(long)]
         check: bool,
         /// Take identity, destinations and application ports from this control plane
-        /// (gRPC address, e.g. 127.0.0.1:9991; always TLS); the file still sets workload
-        /// and listeners. Needs --join-token.
+        /// (gRPC address, e.g. 127.0.0.1:9991; always TLS), or from any of several replicas
+        /// (`a:9991,b:9991`; a name may also resolve to several addresses): the proxy fails
+        /// over to the next when one stops answering. The file still sets workload and
+        /// listeners. Needs --join-token.
         #[arg(long, requires = "join_token")]
         control: Option<String>,
         /// The join token from `skein token create` for this workload's service: the

@@ -1,20 +1,87 @@
 //! The connection to the control plane: a gRPC channel over TLS that leaves from the
 //! proxy's advertised address, and how a failed connection is reported (a control plane
 //! that fails the token's pin or identity is refused for good).
+//!
+//! The endpoint may list several replicas (`a:9991,b:9991`), and each name may resolve to
+//! several addresses. A connection tries them in turn, starting with the replica that
+//! answered last, each for at most [`CONNECT_EACH`]: a dead replica costs one refused or
+//! timed-out connect, then the proxy is on the next one.
 
 use super::{control_identity, ControlConfig, Failure};
 use skein_identity::SpiffeId;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// The control plane's address (`host:port`) from the configured endpoint.
-fn control_authority(endpoint: &str) -> &str {
+/// Longest wait for one replica's TCP connection before the next one is tried.
+pub const CONNECT_EACH: Duration = Duration::from_secs(2);
+
+/// The control plane replicas' addresses (`host:port`) from the configured endpoint: a
+/// comma-separated list, each with an optional `http://` or `https://` prefix (ignored: the
+/// connection is always TLS).
+pub fn control_authorities(endpoint: &str) -> Vec<String> {
     endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
+        .split(',')
+        .map(|e| {
+            e.trim()
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// Which replica of each endpoint list answered last (its index), so that the next
+/// connection goes there first instead of waiting on a dead one.
+fn preferred() -> &'static Mutex<HashMap<String, usize>> {
+    static PREFERRED: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    PREFERRED.get_or_init(Default::default)
+}
+
+/// Connects to one of `authorities` (leaving from `source`), starting with the one that
+/// answered last; the error of the last one tried if none answers.
+async fn connect_any(
+    list: &str,
+    authorities: &[String],
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let start = preferred()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(list)
+        .copied()
+        .unwrap_or(0);
+    let mut last = None;
+    for k in 0..authorities.len() {
+        let i = (start + k) % authorities.len();
+        match tokio::time::timeout(CONNECT_EACH, connect_from(&authorities[i], source)).await {
+            Ok(Ok(tcp)) => {
+                if i != start {
+                    tracing::info!(replica = %authorities[i], "control plane: switched to another replica");
+                }
+                preferred()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(list.to_owned(), i);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => last = Some(format!("{}: {e}", authorities[i])),
+            Err(_) => {
+                last = Some(format!(
+                    "{}: no answer within {CONNECT_EACH:?}",
+                    authorities[i]
+                ))
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        last.unwrap_or_else(|| "no control plane address is configured".into()),
+    ))
 }
 
 /// A gRPC channel to the control plane over TLS configured by `tls`. A control plane
@@ -26,7 +93,7 @@ pub(super) async fn channel(
     let expected =
         control_identity(&control.token).map_err(|s| Failure::fatal(s.message().to_owned()))?;
     let source = Some(control.advertise.ip());
-    tls_channel(control_authority(&control.endpoint), tls, &expected, source)
+    tls_channel(&control.endpoint, tls, &expected, source)
         .await
         .map_err(|s| {
             if s.code() == tonic::Code::PermissionDenied {
@@ -37,30 +104,34 @@ pub(super) async fn channel(
         })
 }
 
-/// A gRPC channel to `authority` (`host:port`) over TLS configured by `tls`, the server
-/// presenting `expected`. With `source`, connections leave from that address when it is
-/// one of this host's: the control plane accepts a registration only for the address it
-/// sees the proxy connect from (or one inside its `--workload-cidr` ranges).
+/// A gRPC channel to the control plane at `endpoint` (`host:port`, or several
+/// comma-separated replicas, see [`control_authorities`]) over TLS configured by `tls`,
+/// the server presenting `expected`. With `source`, connections leave from that address
+/// when it is one of this host's: the control plane accepts a registration only for the
+/// address it sees the proxy connect from (or one inside its `--workload-cidr` ranges).
 pub async fn tls_channel(
-    authority: &str,
+    endpoint: &str,
     tls: Arc<rustls::ClientConfig>,
     expected: &SpiffeId,
     source: Option<IpAddr>,
 ) -> Result<Channel, tonic::Status> {
-    let authority = authority.to_owned();
+    let list = endpoint.to_owned();
+    let authorities = Arc::new(control_authorities(endpoint));
+    let first = authorities.first().cloned().unwrap_or_default();
     let name = skein_identity::tls::server_name(expected)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+    let uri = tonic::transport::Endpoint::from_shared(format!("http://{first}"))
         .map_err(|e| {
             tonic::Status::invalid_argument(format!(
-                "control plane address {authority:?} is not host:port: {e}"
+                "control plane address {first:?} is not host:port: {e}"
             ))
         })?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(CONNECT_EACH * (authorities.len().max(1) as u32) + Duration::from_secs(3));
     let connector = tower::service_fn(move |_: http::Uri| {
-        let (authority, tls, name) = (authority.clone(), tls.clone(), name.clone());
+        let (list, authorities, tls, name) =
+            (list.clone(), authorities.clone(), tls.clone(), name.clone());
         async move {
-            let tcp = connect_from(&authority, source).await?;
+            let tcp = connect_any(&list, &authorities, source).await?;
             let _ = tcp.set_nodelay(true);
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
@@ -69,17 +140,14 @@ pub async fn tls_channel(
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
-    endpoint
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| {
-            let text = format!("cannot connect: {}", error_chain(&e));
-            if source_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
-                tonic::Status::permission_denied(text)
-            } else {
-                tonic::Status::unavailable(text)
-            }
-        })
+    uri.connect_with_connector(connector).await.map_err(|e| {
+        let text = format!("cannot connect: {}", error_chain(&e));
+        if source_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
+            tonic::Status::permission_denied(text)
+        } else {
+            tonic::Status::unavailable(text)
+        }
+    })
 }
 
 /// A TLS failure because the server is not who we expect (our verifier refused its
@@ -154,4 +222,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_list_replicas() {
+        assert_eq!(
+            control_authorities("http://a:9991, b:9991/,,https://c:1"),
+            ["a:9991", "b:9991", "c:1"]
+        );
+        assert_eq!(control_authorities("127.0.0.1:9991"), ["127.0.0.1:9991"]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_replica_is_skipped_and_the_live_one_preferred_next_time() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let live_addr = live.local_addr().unwrap().to_string();
+        let list = format!("{dead_addr},{live_addr}");
+        let authorities = control_authorities(&list);
+        let tcp = connect_any(&list, &authorities, None).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap().to_string(), live_addr);
+        assert_eq!(preferred().lock().unwrap().get(&list), Some(&1));
+        drop(live);
+        let e = connect_any(&list, &authorities, None).await.unwrap_err();
+        assert!(
+            e.to_string().contains(&dead_addr),
+            "names the last one tried: {e}"
+        );
+    }
 }

@@ -52,8 +52,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// gRPC address, e.g. `127.0.0.1:9991` (an `http://` prefix is accepted and ignored;
-    /// the connection is always TLS).
+    /// gRPC address, e.g. `127.0.0.1:9991`, or several replicas separated by commas (an
+    /// `http://` prefix is accepted and ignored; the connection is always TLS). The proxy
+    /// fails over between them.
     pub endpoint: String,
     /// The address peers should use to reach this proxy's inbound listener.
     pub advertise: SocketAddr,
