@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod limits;
 pub mod pki;
 pub mod policy_check;
+pub mod registrar;
 pub mod registry;
 pub mod secrets;
 pub mod server;

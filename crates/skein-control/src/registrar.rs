@@ -1,0 +1,232 @@
+//! The registrar: turns connected proxies into Workload resources, refuses a registration
+//! that would take another account's record or a name a live proxy holds, and removes a
+//! workload a grace period after its proxy left.
+
+use crate::grpc::Registrar;
+use crate::registry::Registry;
+use crate::snapshot::WorkloadView;
+use crate::state::Connections;
+use futures_util::future::BoxFuture;
+use skein_model::resource::{
+    Kind, Object, ObjectMeta, Resource, ResourceKey, WorkloadSpec, WorkloadStatus,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Records proxies as Workload resources.
+#[derive(Clone)]
+pub(crate) struct StoreRegistrar {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) grace: Duration,
+    pub(crate) replica: String,
+    /// Whether every registered workload is this replica's (single-replica stores).
+    pub(crate) any_replica: bool,
+}
+
+impl Registrar for StoreRegistrar {
+    fn register(&self, w: &WorkloadView) -> BoxFuture<'_, Result<(), tonic::Status>> {
+        let resource = Resource::Workload(Object {
+            metadata: ObjectMeta {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                labels: w.labels.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: WorkloadSpec {
+                address: w.address,
+                inbound_port: w.inbound_port,
+                ports: w.app_ports.clone(),
+                service_account: w.account.clone(),
+            },
+            status: Some(WorkloadStatus {
+                connected: true,
+                since: Some(crate::registry::now_rfc3339()),
+                acknowledged_version: None,
+                control_plane: Some(self.replica.clone()),
+                join_lineage: w.lineage.clone(),
+            }),
+        });
+        let existing = match self.registry.get(&resource.key()) {
+            Some(Resource::Workload(o)) => Some(o),
+            _ => None,
+        };
+        let allowed = may_register(existing.as_ref(), w, &self.replica, self.any_replica);
+        Box::pin(async move {
+            if let Err(e) = resource.validate() {
+                return Err(tonic::Status::invalid_argument(e.to_string()));
+            }
+            allowed?;
+            self.registry
+                .apply_with(vec![resource], true)
+                .await
+                .map(|_| ())
+                .map_err(|e| tonic::Status::unavailable(format!("cannot record the workload: {e}")))
+        })
+    }
+
+    fn disconnected(&self, w: WorkloadView) {
+        tokio::spawn(self.clone().retire(w.namespace, w.name));
+    }
+}
+
+/// Whether the proxy of `w`, connected to `replica`, may write its Workload record over
+/// `existing`: never over a record of another service account (that would hand one
+/// workload's address and traffic to another identity), nor over one that a live proxy
+/// holds through another replica. With `any_replica` (one replica), a record marked
+/// connected is a leftover of this replica's previous run.
+fn may_register(
+    existing: Option<&Object<WorkloadSpec, WorkloadStatus>>,
+    w: &WorkloadView,
+    replica: &str,
+    any_replica: bool,
+) -> Result<(), tonic::Status> {
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let (ns, name) = (&w.namespace, &w.name);
+    if existing.spec.service_account != w.account {
+        return Err(tonic::Status::permission_denied(format!(
+            "workload {ns}/{name} belongs to service account {:?}; this proxy's certificate is for account {:?}, so it may not register under that name: give it its own workload.name",
+            existing.spec.service_account, w.account
+        )));
+    }
+    if let Some(status) = existing
+        .status
+        .as_ref()
+        .filter(|s| s.connected && !any_replica)
+    {
+        if let Some(other) = status.control_plane.as_deref().filter(|r| *r != replica) {
+            return Err(tonic::Status::already_exists(format!(
+                "workload {ns}/{name} is held by a live proxy connected to control-plane replica {other:?}; each proxy needs its own workload name (workload.name). This proxy retries, in case that is its own earlier connection"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl StoreRegistrar {
+    /// Whether this replica recorded the workload (with the embedded store there is only
+    /// one replica, so every registered workload is ours).
+    fn owns(&self, status: Option<&WorkloadStatus>) -> bool {
+        status.is_some_and(|s| {
+            self.any_replica || s.control_plane.as_deref() == Some(self.replica.as_str())
+        })
+    }
+
+    /// A workload's proxy is gone: mark it disconnected now; after the grace period, if it
+    /// has not come back (here or to another replica), remove it from the endpoints.
+    async fn retire(self, namespace: String, name: String) {
+        let key = ResourceKey::new(Kind::Workload, &namespace, &name);
+        let Some(Resource::Workload(mut current)) = self.registry.get(&key) else {
+            return;
+        };
+        if !self.owns(current.status.as_ref()) || self.connections.is_connected(&namespace, &name) {
+            return;
+        }
+        if let Some(status) = current.status.as_mut() {
+            if status.connected {
+                status.connected = false;
+                status.since = Some(crate::registry::now_rfc3339());
+                if let Err(e) = self
+                    .registry
+                    .apply_with(vec![Resource::Workload(current)], true)
+                    .await
+                {
+                    tracing::warn!(workload = %key, error = %e, "could not mark workload disconnected");
+                }
+            }
+        }
+        tokio::time::sleep(self.grace).await;
+        if self.connections.is_connected(&namespace, &name) {
+            return;
+        }
+        let Some(Resource::Workload(current)) = self.registry.get(&key) else {
+            return;
+        };
+        // Back on another replica (it rewrote the status as connected): not ours to remove.
+        let still_gone = current.status.as_ref().is_some_and(|s| !s.connected);
+        if self.owns(current.status.as_ref()) && still_gone {
+            match self.registry.delete(&key).await {
+                Ok(_) => {
+                    tracing::info!(workload = %key, "workload removed: its proxy left {:?} ago", self.grace)
+                }
+                Err(e) => tracing::warn!(workload = %key, error = %e, "could not remove workload"),
+            }
+        }
+    }
+
+    /// At start-up: workloads this replica registered before it restarted have no session
+    /// now; give each the grace period to reconnect, then remove it.
+    pub(crate) fn sweep(&self) {
+        for resource in self.registry.list(Kind::Workload, None) {
+            if let Resource::Workload(w) = resource {
+                if self.owns(w.status.as_ref()) {
+                    let (ns, name) = (w.metadata.namespace.clone(), w.metadata.name.clone());
+                    tokio::spawn(self.clone().retire(ns, name));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(account: &str) -> WorkloadView {
+        WorkloadView {
+            name: "web-1".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            address: [127, 0, 0, 5].into(),
+            inbound_port: 4143,
+            app_ports: vec![],
+            account: account.into(),
+            lineage: None,
+        }
+    }
+
+    fn record(account: &str, connected_via: Option<&str>) -> Object<WorkloadSpec, WorkloadStatus> {
+        Object {
+            metadata: ObjectMeta::default(),
+            spec: WorkloadSpec {
+                service_account: account.into(),
+                ..WorkloadSpec::default()
+            },
+            status: connected_via.map(|r| WorkloadStatus {
+                connected: true,
+                control_plane: Some(r.into()),
+                ..WorkloadStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn records_are_never_taken_across_accounts() {
+        assert!(may_register(None, &view("evil"), "r1", false).is_ok());
+        let e = may_register(Some(&record("web", None)), &view("evil"), "r1", false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message()
+                .starts_with("workload default/web-1 belongs to service account \"web\""),
+            "{}",
+            e.message()
+        );
+        // Also when the owner is disconnected, and with one replica.
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("evil"), "r1", true).is_err());
+        // The same account re-registers (a restarted proxy, a declared workload).
+        assert!(may_register(Some(&record("web", None)), &view("web"), "r1", false).is_ok());
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("web"), "r1", false).is_ok());
+    }
+
+    #[test]
+    fn a_record_held_through_another_replica_is_refused() {
+        let e =
+            may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(e.message().contains("replica \"r2\""), "{}", e.message());
+        // One replica: a connected mark is left over from its previous run.
+        assert!(may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", true).is_ok());
+    }
+}
