@@ -10,6 +10,7 @@ pub mod pki;
 pub mod policy_check;
 pub mod registrar;
 pub mod registry;
+pub mod replicas;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

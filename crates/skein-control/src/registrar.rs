@@ -22,6 +22,9 @@ pub(crate) struct StoreRegistrar {
     pub(crate) replica: String,
     /// Whether every registered workload is this replica's (single-replica stores).
     pub(crate) any_replica: bool,
+    /// The replicas alive now (etcd; `None` until first read, and always with the
+    /// embedded store).
+    pub(crate) live: tokio::sync::watch::Receiver<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Registrar for StoreRegistrar {
@@ -51,7 +54,13 @@ impl Registrar for StoreRegistrar {
             Some(Resource::Workload(o)) => Some(o),
             _ => None,
         };
-        let allowed = may_register(existing.as_ref(), w, &self.replica, self.any_replica);
+        let live = self.live.borrow().clone();
+        let holders = Holders {
+            me: &self.replica,
+            single: self.any_replica,
+            live: live.as_ref(),
+        };
+        let allowed = may_register(existing.as_ref(), w, &holders);
         Box::pin(async move {
             if let Err(e) = resource.validate() {
                 return Err(tonic::Status::invalid_argument(e.to_string()));
@@ -70,16 +79,26 @@ impl Registrar for StoreRegistrar {
     }
 }
 
-/// Whether the proxy of `w`, connected to `replica`, may write its Workload record over
-/// `existing`: never over a record of another service account (that would hand one
-/// workload's address and traffic to another identity), nor over one that a live proxy
-/// holds through another replica. With `any_replica` (one replica), a record marked
-/// connected is a leftover of this replica's previous run.
+/// What the registrar knows about who may hold a workload record.
+struct Holders<'a> {
+    /// This replica.
+    me: &'a str,
+    /// Whether this is the only replica (embedded store): a record marked connected is a
+    /// leftover of its previous run.
+    single: bool,
+    /// The replicas alive now, when known.
+    live: Option<&'a std::collections::BTreeSet<String>>,
+}
+
+/// Whether the proxy of `w` may write its Workload record over `existing`: never over a
+/// record of another service account (that would hand one workload's address and traffic
+/// to another identity), nor over one that a live proxy holds through another replica —
+/// unless that is this same proxy (the same join lineage) failing over, or that replica is
+/// no longer alive.
 fn may_register(
     existing: Option<&Object<WorkloadSpec, WorkloadStatus>>,
     w: &WorkloadView,
-    replica: &str,
-    any_replica: bool,
+    holders: &Holders<'_>,
 ) -> Result<(), tonic::Status> {
     let Some(existing) = existing else {
         return Ok(());
@@ -94,9 +113,13 @@ fn may_register(
     if let Some(status) = existing
         .status
         .as_ref()
-        .filter(|s| s.connected && !any_replica)
+        .filter(|s| s.connected && !holders.single)
     {
-        if let Some(other) = status.control_plane.as_deref().filter(|r| *r != replica) {
+        let same_proxy = w.lineage.is_some() && status.join_lineage == w.lineage;
+        let holder = status.control_plane.as_deref().filter(|r| {
+            *r != holders.me && !same_proxy && holders.live.is_none_or(|l| l.contains(*r))
+        });
+        if let Some(other) = holder {
             return Err(tonic::Status::already_exists(format!(
                 "workload {ns}/{name} is held by a live proxy connected to control-plane replica {other:?}; each proxy needs its own workload name (workload.name). This proxy retries, in case that is its own earlier connection"
             )));
@@ -202,10 +225,21 @@ mod tests {
         }
     }
 
+    const ONE: Holders<'static> = Holders {
+        me: "r1",
+        single: true,
+        live: None,
+    };
+    const R1: Holders<'static> = Holders {
+        me: "r1",
+        single: false,
+        live: None,
+    };
+
     #[test]
     fn records_are_never_taken_across_accounts() {
-        assert!(may_register(None, &view("evil"), "r1", false).is_ok());
-        let e = may_register(Some(&record("web", None)), &view("evil"), "r1", false).unwrap_err();
+        assert!(may_register(None, &view("evil"), &R1).is_ok());
+        let e = may_register(Some(&record("web", None)), &view("evil"), &R1).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(
             e.message()
@@ -214,19 +248,31 @@ mod tests {
             e.message()
         );
         // Also when the owner is disconnected, and with one replica.
-        assert!(may_register(Some(&record("web", Some("r1"))), &view("evil"), "r1", true).is_err());
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("evil"), &ONE).is_err());
         // The same account re-registers (a restarted proxy, a declared workload).
-        assert!(may_register(Some(&record("web", None)), &view("web"), "r1", false).is_ok());
-        assert!(may_register(Some(&record("web", Some("r1"))), &view("web"), "r1", false).is_ok());
+        assert!(may_register(Some(&record("web", None)), &view("web"), &R1).is_ok());
+        assert!(may_register(Some(&record("web", Some("r1"))), &view("web"), &R1).is_ok());
     }
 
     #[test]
     fn a_record_held_through_another_replica_is_refused() {
-        let e =
-            may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", false).unwrap_err();
+        let e = may_register(Some(&record("web", Some("r2"))), &view("web"), &R1).unwrap_err();
         assert_eq!(e.code(), tonic::Code::AlreadyExists);
         assert!(e.message().contains("replica \"r2\""), "{}", e.message());
+        // The same proxy failing over from r2 (same join lineage) takes it back.
+        let mut held = record("web", Some("r2"));
+        held.status.as_mut().unwrap().join_lineage = Some("aa.1".into());
+        let mut me = view("web");
+        me.lineage = Some("aa.1".into());
+        assert!(may_register(Some(&held), &me, &R1).is_ok());
+        // r2 is known to be dead: its mark blocks nobody.
+        let live = std::collections::BTreeSet::from(["r1".to_string()]);
+        let after = Holders {
+            live: Some(&live),
+            ..R1
+        };
+        assert!(may_register(Some(&record("web", Some("r2"))), &view("web"), &after).is_ok());
         // One replica: a connected mark is left over from its previous run.
-        assert!(may_register(Some(&record("web", Some("r2"))), &view("web"), "r1", true).is_ok());
+        assert!(may_register(Some(&record("web", Some("r2"))), &view("web"), &ONE).is_ok());
     }
 }

@@ -89,6 +89,8 @@ pub struct RunningControl {
     /// True while this replica leads (always, with the embedded store).
     pub leader: tokio::sync::watch::Receiver<bool>,
     election: Option<Election>,
+    /// This replica's presence key (etcd), which tells the others it is alive.
+    presence: Option<Election>,
     shutdown: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -113,13 +115,15 @@ impl RunningControl {
             ));
         }
         let sealer = crate::secrets::Sealer::new(opts.secrets_key.clone());
-        let (store, election): (Arc<dyn Store>, Option<Election>) = match &opts.store {
-            StoreChoice::Embedded => (Arc::new(EmbeddedStore::open(&opts.data_dir)?), None),
+        type Elections = (Option<Election>, Option<Election>);
+        let (store, (election, presence)): (Arc<dyn Store>, Elections) = match &opts.store {
+            StoreChoice::Embedded => (Arc::new(EmbeddedStore::open(&opts.data_dir)?), (None, None)),
             StoreChoice::Etcd { endpoints, prefix } => {
                 let etcd = EtcdStore::connect(endpoints, prefix).await?;
+                let presence = crate::replicas::announce(&etcd, &opts.replica).await?;
                 let election =
                     Election::campaign(&etcd, "controller", &opts.replica, LEADER_TTL).await?;
-                (Arc::new(etcd), Some(election))
+                (Arc::new(etcd), (Some(election), Some(presence)))
             }
         };
         let leader = match &election {
@@ -131,9 +135,10 @@ impl RunningControl {
         let shutdown = CancellationToken::new();
         // The CA's trust domain is the Mesh resource's at first start, then fixed.
         let trust_domain = registry.subscribe().borrow().trust_domain.clone();
-        let pki = crate::pki::Pki::open(store, &trust_domain, opts.ca_import.clone(), sealer)
-            .await
-            .map_err(|e| ControlError::Io(format!("mesh CA: {e}")))?;
+        let pki =
+            crate::pki::Pki::open(store.clone(), &trust_domain, opts.ca_import.clone(), sealer)
+                .await
+                .map_err(|e| ControlError::Io(format!("mesh CA: {e}")))?;
         pki.spawn_maintenance(shutdown.clone());
         if pki.trust_domain() != trust_domain {
             tracing::warn!(ca = %pki.trust_domain(), mesh = %trust_domain, "the Mesh resource names another trust domain than the CA's; identities keep the CA's (it is fixed at first start)");
@@ -180,12 +185,24 @@ impl RunningControl {
             .await
             .map_err(|e| io(&format!("cannot listen on {} for proxies", opts.grpc), e))?;
         let grpc_addr = grpc.local_addr().map_err(|e| io("local address", e))?;
+        let (live_tx, live) = tokio::sync::watch::channel(None);
+        if presence.is_some() {
+            tasks.spawn(crate::replicas::watch(
+                store.clone(),
+                registry.clone(),
+                leader.clone(),
+                live_tx,
+                opts.workload_grace,
+                shutdown.clone(),
+            ));
+        }
         let registrar = Arc::new(StoreRegistrar {
             registry: registry.clone(),
             connections: connections.clone(),
             grace: opts.workload_grace,
             replica: opts.replica.clone(),
             any_replica: matches!(opts.store, StoreChoice::Embedded),
+            live,
         });
         registrar.sweep();
         let svc = ProxyControlService::new(
@@ -224,6 +241,7 @@ impl RunningControl {
             connections,
             leader,
             election,
+            presence,
             shutdown,
             tasks,
         })
@@ -232,6 +250,11 @@ impl RunningControl {
     /// Stops both APIs; proxies' streams end so they reconnect elsewhere.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
+        if let Some(presence) = self.presence.take() {
+            if let Err(e) = presence.resign().await {
+                tracing::warn!(error = %e, "could not withdraw this replica's presence; its lease will expire");
+            }
+        }
         if let Some(election) = self.election.take() {
             if let Err(e) = election.resign().await {
                 tracing::warn!(error = %e, "could not resign leadership; its lease will expire");

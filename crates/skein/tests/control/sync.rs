@@ -375,3 +375,163 @@ async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
     drop(r2);
     drop(etcd);
 }
+
+/// An in-process proxy for `service` on 127.0.0.`octet` (its app there too) that knows the
+/// control plane at `endpoints` (one or several replicas), joined with a token from `cp`.
+async fn proxy_of(
+    octet: u8,
+    service: &str,
+    endpoints: &str,
+    cp: &ControlProcess,
+) -> (HttpBackend, skein_proxy::RunningProxy) {
+    let app = HttpBackend::start(SocketAddr::new(loopback(octet), 18090))
+        .await
+        .unwrap();
+    let mut config = MeshSpec::new(octet, octet)
+        .service(service, app.addr(), Protocol::Http)
+        .client_config(SocketAddr::new(loopback(octet), 1));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    config.inbound.ports = vec![skein_model::PortSpec {
+        port: 18090,
+        protocol: Protocol::Http,
+    }];
+    config.workload.name = format!("{service}-1");
+    config.workload.service = service.into();
+    config.inbound.listen = SocketAddr::new(loopback(octet), 4143);
+    let control = skein_proxy::control::ControlConfig {
+        endpoint: endpoints.to_string(),
+        advertise: config.inbound.listen,
+        token: cp.join_token(service).await.unwrap(),
+    };
+    let proxy = skein_proxy::RunningProxy::start_with_control(config, Some(control))
+        .await
+        .unwrap();
+    (app, proxy)
+}
+
+#[tokio::test]
+async fn proxies_fail_over_when_their_replica_dies_and_its_orphans_are_swept() {
+    skein_testkit::init_tracing();
+    if !Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let etcd = Etcd::start().expect("start etcd");
+    let store = format!("etcd://{}", etcd.endpoint());
+    let (d1, d2, files) = (
+        TempDir::new("ha-r1").unwrap(),
+        TempDir::new("ha-r2").unwrap(),
+        TempDir::new("ha-files").unwrap(),
+    );
+    let key = skein_testkit::control::secrets_key_file(files.path()).unwrap();
+    let args = [
+        "--store",
+        store.as_str(),
+        "--workload-grace",
+        "2s",
+        "--secrets-key-file",
+        key.to_str().unwrap(),
+    ];
+    let mut r1 = start_control(
+        134,
+        d1.path(),
+        &[&args[..], &["--replica", "r1"][..]].concat(),
+    )
+    .await;
+    let r2 = start_control(
+        135,
+        d2.path(),
+        &[&args[..], &["--replica", "r2"][..]].concat(),
+    )
+    .await;
+    let services = "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n\
+                    spec: {selector: {app: web}, ports: [{port: 18090, protocol: http}]}\n---\n\
+                    apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: solo}\n\
+                    spec: {selector: {app: solo}, ports: [{port: 18090, protocol: http}]}\n";
+    let file = write(&files, "services.yaml", services);
+    r1.cli(&["apply", "-f", file.to_str().unwrap()]).await.ok();
+    // Both proxies know both replicas and start on r1; solo knows only r1.
+    let both = format!("{},{}", r1.grpc, r2.grpc);
+    let (_web_app, web) = proxy_of(137, "web", &both, &r1).await;
+    let (caller_app, caller) = proxy_of(136, "client", &both, &r2).await;
+    let (_solo_app, _solo) = proxy_of(138, "solo", &r1.grpc.to_string(), &r1).await;
+    drop(caller_app);
+    let proxy = caller.addrs.http_proxy.unwrap();
+    eventually("caller sees web and solo", SOON, async || {
+        endpoints(&caller.ctx, "web").len() == 1 && endpoints(&caller.ctx, "solo").len() == 1
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_via(proxy, "http://web:18090/before").await, "200");
+    let via = |name: &'static str| {
+        let r2 = &r2;
+        async move {
+            let out = r2.cli(&["get", "workload", name, "-o", "json"]).await;
+            out.success()
+                .then(|| {
+                    json(&out.stdout)["status"]["controlPlane"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        }
+    };
+    assert_eq!(via("client-1").await.as_deref(), Some("r1"), "on r1 first");
+
+    // r1 dies: both proxies move to r2, and a route change made there reaches the caller.
+    r1.signal("KILL").unwrap();
+    r1.wait_exit(SOON).await.unwrap();
+    drop(r1);
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\n\
+                 spec: {parentRefs: [{name: web}], rules: [{timeouts: {request: 7s}, backendRefs: [{name: web, port: 18090}]}]}\n";
+    let file = write(&files, "route.yaml", route);
+    let out = r2
+        .cli_with(&["apply", "-f", file.to_str().unwrap()], d1.path(), None)
+        .await;
+    assert_eq!(out.ok(), "httproute/web created\n");
+    let applied = Instant::now();
+    eventually(
+        "the caller applies the route within 5 s",
+        Duration::from_secs(5),
+        async || {
+            caller
+                .ctx
+                .config()
+                .destinations
+                .iter()
+                .any(|d| d.service == "web" && !d.routes.is_empty())
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "failover: the route reached the caller {:?} after it was applied on r2",
+        applied.elapsed()
+    );
+    assert_eq!(status_via(proxy, "http://web:18090/after").await, "200");
+    eventually("both proxies re-registered through r2", SOON, async || {
+        via("client-1").await.as_deref() == Some("r2")
+            && via("web-1").await.as_deref() == Some("r2")
+    })
+    .await
+    .unwrap();
+    assert!(web.ctx.ready.load(Ordering::SeqCst));
+
+    // solo could not follow: its record (connected through dead r1) is swept by r2 after
+    // the grace period, and callers stop seeing it as an endpoint.
+    eventually("solo-1 swept", Duration::from_secs(30), async || {
+        !r2.cli(&["get", "workload", "solo-1"]).await.success()
+    })
+    .await
+    .unwrap();
+    eventually("the caller drops solo's endpoint", SOON, async || {
+        endpoints(&caller.ctx, "solo").is_empty()
+    })
+    .await
+    .unwrap();
+    caller.shutdown().await;
+    web.shutdown().await;
+    drop(r2);
+    drop(etcd);
+}
