@@ -209,7 +209,9 @@ fn view(authority: &Authority, denied: &(DenyRecord, u64)) -> PkiView {
             .map(|c| c.as_ref().to_vec())
             .collect(),
         phase: authority.phase(),
-        denied: denied.0.in_force(unix(SystemTime::now())),
+        // Entries were validated when they were written; a damaged one denies nothing.
+        denied: skein_identity::DenyList::new(denied.0.in_force(unix(SystemTime::now())))
+            .unwrap_or_default(),
         denied_revision: denied.1,
     }
 }
@@ -228,7 +230,7 @@ pub struct PkiView {
     /// Rotation phase.
     pub phase: Phase,
     /// Revoked lineages (token ids and whole lineages) still covering a live certificate.
-    pub denied: Vec<String>,
+    pub denied: skein_identity::DenyList,
     /// Store revision of the deny list (part of the snapshot version).
     pub denied_revision: u64,
 }
@@ -1209,7 +1211,11 @@ mod tests {
             e.message()
         );
         assert!(pki.check_renewal(&presented(Some("aab.1"), None)).is_ok());
-        assert_eq!(pki.view().denied, ["aa"], "published to proxy sessions");
+        assert_eq!(
+            pki.view().denied.entries(),
+            ["aa"],
+            "published to proxy sessions"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -174,8 +174,7 @@ impl Identity {
     /// Whether a peer certificate of `lineage` is revoked (for connections that were
     /// verified before the revocation).
     pub fn is_revoked(&self, lineage: &str) -> bool {
-        let denied = self.bundle.denied();
-        !denied.is_empty() && denied.denies(lineage).is_some()
+        self.bundle.denies(lineage)
     }
 
     /// Sets the mesh's mTLS mode (`permissive`: inbound also accepts plaintext).

@@ -161,6 +161,12 @@ impl TrustBundle {
         read(&self.denied)
     }
 
+    /// Whether a certificate of `lineage` is revoked (no copy of the list is made).
+    pub fn denies(&self, lineage: &str) -> bool {
+        let denied = self.denied.read().unwrap_or_else(PoisonError::into_inner);
+        !denied.is_empty() && denied.denies(lineage).is_some()
+    }
+
     /// Refuses `leaf` (DER, its chain already verified) if it descends from a revoked
     /// lineage.
     fn check_denied(&self, leaf: &[u8], id: &SpiffeId) -> std::result::Result<(), rustls::Error> {
