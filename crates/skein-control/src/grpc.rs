@@ -256,8 +256,7 @@ fn denied(ca: &PkiView, lineage: &str) -> Option<String> {
     if ca.denied.is_empty() || lineage.is_empty() {
         return None;
     }
-    let list = skein_identity::DenyList::new(ca.denied.clone()).ok()?;
-    list.denies(lineage).map(str::to_owned)
+    ca.denied.denies(lineage).map(str::to_owned)
 }
 
 /// The snapshot for `me`: services and routes from the mesh, the trust bundle, CA
@@ -280,7 +279,7 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
     let mut snapshot = snapshot_for(me, &mesh.services, workloads, &ca.trust_domain);
     snapshot.trust_bundle = ca.bundle.clone();
     snapshot.ca_generation = ca.generation;
-    snapshot.revoked_lineages = ca.denied.clone();
+    snapshot.revoked_lineages = ca.denied.entries().to_vec();
     snapshot.mtls = match mesh.mtls {
         skein_model::resource::MtlsMode::Strict => skein_api::v1::MtlsMode::Strict,
         skein_model::resource::MtlsMode::Permissive => skein_api::v1::MtlsMode::Permissive,
@@ -291,6 +290,7 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
         &mesh.policies,
         mesh.default_policy,
         mesh.encoded_slashes,
+        mesh.ambiguous_paths,
     );
     // Plain data with string keys: serialisation cannot fail.
     snapshot.authorization_json = serde_json::to_vec(&authorization).unwrap_or_default();

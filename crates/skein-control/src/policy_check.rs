@@ -144,6 +144,7 @@ pub fn check(state: &MeshState, q: &CheckRequest) -> Result<CheckAnswer, CheckEr
             &state.policies,
             state.default_policy,
             state.encoded_slashes,
+            state.ambiguous_paths,
         ),
         None => PolicySet {
             default: state.default_policy,
@@ -157,6 +158,7 @@ pub fn check(state: &MeshState, q: &CheckRequest) -> Result<CheckAnswer, CheckEr
                 })
                 .collect(),
             encoded_slashes: state.encoded_slashes,
+            ambiguous_paths: state.ambiguous_paths,
         },
     };
     let wants_http = q.method.is_some() || q.path.is_some() || q.host.is_some();
@@ -176,7 +178,7 @@ pub fn check(state: &MeshState, q: &CheckRequest) -> Result<CheckAnswer, CheckEr
     let method = q.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
     let raw_path = q.path.as_deref().unwrap_or("/");
     let raw_path = raw_path.split('?').next().unwrap_or(raw_path);
-    let normal = path::normalize(raw_path, set.encoded_slashes).map_err(CheckError::BadPath)?;
+    let normal = set.normalize_path(raw_path).map_err(CheckError::BadPath)?;
     let host = q.host.clone().unwrap_or_else(|| service.name.clone());
     let request = authz::Request {
         port,
@@ -347,5 +349,39 @@ mod tests {
             e.to_string(),
             "Service restaurant has no port 81; its ports are [8080]"
         );
+    }
+
+    #[test]
+    fn ambiguous_paths_are_judged_as_the_proxy_judges_them() {
+        for raw in [
+            "/menu/..;/admin",
+            "/menu/%252e%252e/admin",
+            "/menu/%c0%ae%c0%ae/admin",
+        ] {
+            let e = ask("reservation", "restaurant", None, Some(raw)).unwrap_err();
+            assert!(matches!(e, CheckError::BadPath(_)), "{raw}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("400") && text.contains("ambiguousPaths"),
+                "{raw}: {text}"
+            );
+        }
+        // With `ambiguousPaths: forward` the path is judged as written, as proxies do.
+        let lenient = MeshState {
+            ambiguous_paths: skein_model::authz::path::AmbiguousPaths::Forward,
+            ..state()
+        };
+        let a = check(
+            &lenient,
+            &CheckRequest {
+                from: "reservation".into(),
+                to: "restaurant".into(),
+                path: Some("/menu/..;/admin".into()),
+                ..CheckRequest::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(a.request, "GET /menu/..;/admin");
+        assert_eq!(a.decision.verdict, authz::Verdict::Allowed);
     }
 }

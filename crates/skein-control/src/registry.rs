@@ -135,6 +135,7 @@ impl Registry {
                     state.cert_ttl = m.spec.workload_cert_ttl;
                     state.default_policy = m.spec.default_policy;
                     state.encoded_slashes = m.spec.encoded_slashes;
+                    state.ambiguous_paths = m.spec.ambiguous_paths;
                 }
                 Resource::AuthorizationPolicy(p) => {
                     state.policies.push(skein_model::authz::Policy {

@@ -6,7 +6,7 @@
 //! selector matches, and its own application ports from the services that select it.
 
 use skein_api::v1 as pb;
-use skein_model::authz::path::EncodedSlashes;
+use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
 use skein_model::resource::PolicyAction;
 use skein_model::Protocol;
@@ -98,6 +98,7 @@ pub fn policies_for(
     policies: &[Policy],
     default: PolicyAction,
     encoded_slashes: EncodedSlashes,
+    ambiguous_paths: AmbiguousPaths,
 ) -> PolicySet {
     let governing = policies.iter().filter_map(|p| {
         let target = services.iter().find(|s| {
@@ -113,6 +114,7 @@ pub fn policies_for(
         default,
         policies: governing.collect(),
         encoded_slashes,
+        ambiguous_paths,
     }
 }
 
@@ -263,6 +265,7 @@ mod tests {
             &policies,
             PolicyAction::Deny,
             EncodedSlashes::Keep,
+            AmbiguousPaths::Forward,
         );
         let names: Vec<_> = set.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
@@ -277,6 +280,7 @@ mod tests {
         );
         assert_eq!(set.default, PolicyAction::Deny);
         assert_eq!(set.encoded_slashes, EncodedSlashes::Keep);
+        assert_eq!(set.ambiguous_paths, AmbiguousPaths::Forward);
         let other = workload("frontend-1", "frontend", 10);
         let set = policies_for(
             &other,
@@ -284,6 +288,7 @@ mod tests {
             &policies,
             PolicyAction::Allow,
             EncodedSlashes::Reject,
+            AmbiguousPaths::Reject,
         );
         assert_eq!(set.policies.len(), 1);
         assert_eq!(set.policies[0].name, "c");

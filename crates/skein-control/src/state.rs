@@ -30,6 +30,8 @@ pub struct MeshState {
     pub default_policy: skein_model::resource::PolicyAction,
     /// What proxies do with `%2F` / `%5C` in paths.
     pub encoded_slashes: skein_model::authz::path::EncodedSlashes,
+    /// What proxies do with paths applications may resolve differently.
+    pub ambiguous_paths: skein_model::authz::path::AmbiguousPaths,
     /// Every AuthorizationPolicy, sorted by namespace and name.
     pub policies: Vec<skein_model::authz::Policy>,
 }
@@ -46,6 +48,7 @@ impl Default for MeshState {
             cert_ttl: skein_identity::DEFAULT_WORKLOAD_TTL,
             default_policy: Default::default(),
             encoded_slashes: Default::default(),
+            ambiguous_paths: Default::default(),
             policies: Vec::new(),
         }
     }

@@ -1,16 +1,23 @@
 //! Serving one accepted connection with hyper, HTTP/1 or HTTP/2, honouring the drain
 //! signal: on shutdown HTTP/1 finishes the response in flight and closes, HTTP/2 sends
-//! GOAWAY and lets open streams complete.
+//! GOAWAY and lets open streams complete. Every HTTP/1 server runs behind the framing
+//! guard (`http::guard`), which learns from the handler's answers when a connection
+//! really switches protocols.
 
 use crate::drain::Drain;
+use crate::http::guard::{
+    FramingGuard, GuardedIo, OnRefuse, Refusal, ReportSwitches, SwitchSignal,
+};
 use crate::http::Body;
 use crate::io::Io;
+use crate::metrics::{Direction, Metrics};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use skein_model::Limits;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A per-request handler as hyper wants it.
@@ -35,11 +42,40 @@ impl<S> Handler for S where
 {
 }
 
+/// Counts and logs a request the framing guard refuses on a `direction` connection.
+pub fn count_refusal(metrics: &Arc<Metrics>, direction: Direction) -> OnRefuse {
+    let metrics = metrics.clone();
+    Box::new(move |r: Refusal| {
+        tracing::info!(
+            reason = r.reason(),
+            ?direction,
+            "refused HTTP/1 request: {r}"
+        );
+        metrics.error(direction, r.reason());
+    })
+}
+
 /// How long a client may take to send a request head before the connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves HTTP/1.1 (with upgrades) on `io` until the client closes or the drain ends it.
-pub async fn serve_http1<I: Io>(io: I, handler: impl Handler, limits: &Limits, drain: &Drain) {
+/// Each byte read passes the framing guard first, with `limits`; `on_refuse` hears of a
+/// request it refuses.
+pub async fn serve_http1<I: Io>(
+    io: I,
+    handler: impl Handler,
+    limits: &Limits,
+    drain: &Drain,
+    on_refuse: OnRefuse,
+) {
+    let signal = SwitchSignal::default();
+    let io = GuardedIo::new(
+        io,
+        FramingGuard::new(limits.into()),
+        signal.clone(),
+        on_refuse,
+    );
+    let handler = ReportSwitches::new(handler, signal);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -2,7 +2,7 @@
 //! mesh default, real proxies joined to it deciding on the caller's verified identity, and
 //! real HTTP/1.1, gRPC and TCP clients and servers that show who got through.
 //!
-//! Addresses: 127.0.0.230–251.
+//! Addresses: 127.0.0.230–254.
 
 mod meshed;
 
@@ -566,13 +566,18 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
         body.contains("another host than the request's authority"),
         "{body}"
     );
+    // So could userinfo, which the app would read as part of the host.
+    let (status, body) = direct("/open/userinfo", &[("host", "admin@restaurant")]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Host header carries userinfo"), "{body}");
     let (status, body) = direct("/open/door", &[]).await;
     assert_eq!(status, 200, "{body}");
 
     let seen = app.seen();
-    assert!(!seen
-        .iter()
-        .any(|r| r.path == "/forged" || r.path == "/direct" || r.path == "/open/ambiguous"));
+    assert!(!seen.iter().any(|r| r.path == "/forged"
+        || r.path == "/direct"
+        || r.path == "/open/ambiguous"
+        || r.path == "/open/userinfo"));
     let real = seen.iter().find(|r| r.path == "/real").unwrap();
     let ids: Vec<_> = real
         .headers
@@ -590,5 +595,136 @@ async fn headers_a_caller_sets_neither_decide_nor_reach_the_app() {
         "a plaintext caller has no identity"
     );
     assert_eq!(open.header("x-forwarded-client-cert"), None);
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn ambiguous_paths_and_hosts_are_refused_before_they_reach_the_app() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("authz-ambiguous").unwrap();
+    let control = control(252, data.path()).await;
+    let allow_public = policy(
+        "public",
+        "restaurant",
+        "allow",
+        "[{from: [{service: reservation}], to: [{methods: [GET], paths: ['/public/*']}]}]",
+    );
+    apply(
+        &control,
+        &format!(
+            "{}{}{allow_public}",
+            mesh("deny"),
+            service("restaurant", PORT, "http")
+        ),
+    )
+    .await;
+    let (app, _restaurant) = workload(&control, 253, "restaurant", None).await;
+    let upstream = SocketAddr::new(loopback(254), 19003);
+    let reservation = client_of(&control, 254, "reservation", &[(19003, "restaurant", PORT)]).await;
+    let proxy = reservation.addrs.http_proxy.unwrap();
+    until_ok(proxy, &restaurant_url("/public/warm")).await;
+
+    // (path as sent, status, path the app must see if let through)
+    let cases = [
+        ("/public/menu", 200, Some("/public/menu")),
+        ("/public/menu;v=2", 200, Some("/public/menu;v=2")),
+        ("/public/caf%C3%A9", 200, Some("/public/caf%C3%A9")),
+        ("/public/100%25", 200, Some("/public/100%25")),
+        ("/private", 403, None),
+        ("/public/..;/private", 400, None),
+        ("/public/.;x/private", 400, None),
+        ("/public/;x/../../private", 403, None),
+        ("/public/..%3B/private", 400, None),
+        ("/public/%252e%252e/private", 400, None),
+        ("/public/%252E%252E%252Fprivate", 400, None),
+        ("/public/%c0%ae%c0%ae/private", 400, None),
+        ("/public/%e0%80%ae%e0%80%ae/private", 400, None),
+    ];
+    for (path, want, seen_as) in cases {
+        let before = app.seen().len();
+        let (status, head, body) = send(proxy, "GET", &restaurant_url(path), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{path}: {body}");
+        let seen = app.seen();
+        match seen_as {
+            Some(p) => assert_eq!(seen.last().unwrap().path, p, "{path}"),
+            None => assert_eq!(seen.len(), before, "{path} reached the app"),
+        }
+        if want == 400 {
+            assert_eq!(head["skein-error"], "bad_path", "{path}");
+            assert!(
+                body.contains("ambiguousPaths: reject") && body.contains("; this mesh refuses"),
+                "{path}: {body}"
+            );
+        }
+    }
+
+    // Userinfo in the authority: the app would see `Host: admin@restaurant`. Refused by
+    // the caller's proxy, through a listener that routes by service and by authority.
+    let userinfo_url = format!("http://admin@restaurant:{PORT}/public/x");
+    for (via, url, headers) in [
+        (upstream, userinfo_url.as_str(), &[][..]),
+        (proxy, userinfo_url.as_str(), &[][..]),
+        (upstream, "/public/x", &[("host", "admin@restaurant")][..]),
+    ] {
+        let before = app.seen().len();
+        let (status, head, body) = send(via, "GET", url, headers).await.unwrap();
+        assert_eq!(status, 400, "{url} {headers:?}: {body}");
+        assert_eq!(head["skein-error"], "bad_request");
+        assert!(
+            body.contains("userinfo") && body.contains("send only host[:port]"),
+            "{body}"
+        );
+        assert_eq!(app.seen().len(), before, "{url} reached the app");
+    }
+    let (status, _, body) = send(upstream, "GET", "/public/fine", &[("host", "restaurant")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(app
+        .seen()
+        .iter()
+        .all(|r| !r.header("host").unwrap_or_default().contains('@')));
+
+    // `skein policy check` judges paths as the proxies do.
+    let refused = cli(
+        &control,
+        data.path(),
+        &[
+            "policy",
+            "check",
+            "--from",
+            "reservation",
+            "--to",
+            "restaurant",
+            "--path",
+            "/public/..;/private",
+        ],
+    )
+    .await;
+    let why = refused.failed();
+    assert!(
+        why.contains("would refuse this request with 400") && why.contains("ambiguousPaths"),
+        "{why}"
+    );
+
+    // The Mesh setting reaches the proxies: with `forward` the same path is judged as
+    // written (and allowed under /public/*), as the operator then asked.
+    apply(
+        &control,
+        "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+         spec: {defaultPolicy: deny, ambiguousPaths: forward}\n",
+    )
+    .await;
+    eventually("ambiguousPaths: forward in force", SOON, async || {
+        matches!(
+            get(proxy, &restaurant_url("/public/..;/private")).await,
+            Ok((200, _))
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.seen().last().unwrap().path, "/public/..;/private");
     control.shutdown().await;
 }

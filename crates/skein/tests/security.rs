@@ -745,6 +745,13 @@ async fn the_control_planes_listeners_hold_no_idle_or_half_sent_connection() {
     };
     let control = control_with(199, data.path(), limits).await;
     let api = control.http;
+    // The store file holds the CA's keys: owner-only, as is its directory.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&data.path().join("store.redb")), 0o600);
+    assert_eq!(mode(data.path()), 0o700);
 
     // HTTP API: an idle connection, a half-sent head and a half-sent body are all closed
     // (or answered with an error), and a legitimate request on a new connection works.

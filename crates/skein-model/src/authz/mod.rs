@@ -28,6 +28,7 @@ pub mod path;
 
 use crate::resource::{AuthorizationPolicySpec, Operation, PolicyAction, Source};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Who is calling, as the transport proved it.
@@ -356,9 +357,28 @@ pub struct PolicySet {
     /// `reject`.
     #[serde(default)]
     pub encoded_slashes: path::EncodedSlashes,
+    /// What request paths that applications may resolve differently do (the mesh's
+    /// `ambiguousPaths`). Default `reject`. Written only when `forward`, so that proxies
+    /// that predate the field (and refuse unknown fields) accept the default.
+    #[serde(default, skip_serializing_if = "path::AmbiguousPaths::is_reject")]
+    pub ambiguous_paths: path::AmbiguousPaths,
 }
 
 impl PolicySet {
+    /// The mesh's path settings.
+    pub fn path_rules(&self) -> path::PathRules {
+        path::PathRules {
+            encoded_slashes: self.encoded_slashes,
+            ambiguous_paths: self.ambiguous_paths,
+        }
+    }
+
+    /// `raw` (a request path without its query) as the policies match it, or why the
+    /// request must be refused with 400 before it is authorized.
+    pub fn normalize_path<'p>(&self, raw: &'p str) -> Result<Cow<'p, str>, path::PathError> {
+        path::normalize(raw, self.path_rules())
+    }
+
     /// Decides `req` from `caller`.
     pub fn decide(&self, caller: &Caller, req: &Request) -> Decision {
         let governing: Vec<&Policy> = self

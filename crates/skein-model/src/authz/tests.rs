@@ -440,6 +440,33 @@ fn decisions_serialise_for_the_api() {
     );
 }
 
+#[test]
+fn the_path_settings_travel_in_the_policy_set() {
+    // The default is not written, so proxies that predate `ambiguousPaths` accept it.
+    let strict = PolicySet::default();
+    assert_eq!(
+        serde_json::to_value(&strict).unwrap(),
+        serde_json::json!({"default": "allow", "policies": [], "encodedSlashes": "reject"})
+    );
+    let back: PolicySet = serde_json::from_value(serde_json::json!({})).unwrap();
+    assert_eq!(back.ambiguous_paths, path::AmbiguousPaths::Reject);
+    assert_eq!(
+        strict.normalize_path("/public/..;/private"),
+        Err(path::PathError::HiddenSegment("..;".into()))
+    );
+    let lenient = PolicySet {
+        ambiguous_paths: path::AmbiguousPaths::Forward,
+        ..PolicySet::default()
+    };
+    let json = serde_json::to_value(&lenient).unwrap();
+    assert_eq!(json["ambiguousPaths"], "forward");
+    assert_eq!(serde_json::from_value::<PolicySet>(json).unwrap(), lenient);
+    assert_eq!(
+        lenient.normalize_path("/public/..;/private").unwrap(),
+        "/public/..;/private"
+    );
+}
+
 // Property tests: policies and requests drawn from small alphabets, so that matches are
 // frequent, and the precedence rules checked against what matched.
 

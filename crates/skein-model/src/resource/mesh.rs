@@ -1,8 +1,9 @@
 //! `Mesh`: the mesh-wide settings (trust domain, mTLS mode, the policy for traffic no
-//! `AuthorizationPolicy` covers, certificate lifetime). Cluster-scoped; one per mesh.
+//! `AuthorizationPolicy` covers, certificate lifetime, how proxies treat request paths
+//! before authorizing them). Cluster-scoped; one per mesh.
 
 use super::validate::Problems;
-pub use crate::authz::path::EncodedSlashes;
+pub use crate::authz::path::{AmbiguousPaths, EncodedSlashes};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -41,6 +42,13 @@ pub struct MeshSpec {
     /// `reject` (400) or `keep` (left encoded, part of a segment). Default `reject`.
     #[serde(default)]
     pub encoded_slashes: EncodedSlashes,
+    /// What proxies do with request paths that applications may resolve differently from
+    /// the proxy (see [`AmbiguousPaths`]): `;` parameters hiding `.`, `..` or empty
+    /// segments, escaped `%` followed by hex digits, escapes that are not UTF-8. `reject`
+    /// (400) or `forward` (authorized and forwarded as written). Default `reject`, also
+    /// for a Mesh stored before this field existed.
+    #[serde(default)]
+    pub ambiguous_paths: AmbiguousPaths,
 }
 
 impl Default for MeshSpec {
@@ -51,6 +59,7 @@ impl Default for MeshSpec {
             default_policy: PolicyAction::default(),
             workload_cert_ttl: default_cert_ttl(),
             encoded_slashes: EncodedSlashes::default(),
+            ambiguous_paths: AmbiguousPaths::default(),
         }
     }
 }
@@ -120,10 +129,23 @@ mod tests {
         assert_eq!(spec.mtls, MtlsMode::Strict);
         assert_eq!(spec.default_policy, PolicyAction::Allow);
         assert_eq!(spec.workload_cert_ttl, Duration::from_secs(3600));
+        assert_eq!(spec.ambiguous_paths, AmbiguousPaths::Reject);
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
-            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject"}"#
+            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject","ambiguousPaths":"reject"}"#
         );
+    }
+
+    #[test]
+    fn ambiguous_paths_is_reject_or_forward() {
+        let spec: MeshSpec = serde_yaml_ng::from_str("{ambiguousPaths: forward}").unwrap();
+        assert_eq!(spec.ambiguous_paths, AmbiguousPaths::Forward);
+        assert!(problems("{ambiguousPaths: forward}").is_empty());
+        // A Mesh written before the field existed gets the safe default.
+        let spec: MeshSpec =
+            serde_json::from_str(r#"{"trustDomain":"skein.local","encodedSlashes":"keep"}"#)
+                .unwrap();
+        assert_eq!(spec.ambiguous_paths, AmbiguousPaths::Reject);
     }
 
     #[test]

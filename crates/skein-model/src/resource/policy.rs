@@ -250,8 +250,12 @@ fn is_authz_path(path: &str) -> bool {
     // Requests are matched after normalisation, so a rule must already be normalised
     // (`/%6Denu` would never match anything).
     let normal = |p: &str| {
-        crate::authz::path::normalize(p, crate::authz::path::EncodedSlashes::Keep)
-            .is_ok_and(|n| n == p)
+        use crate::authz::path::{AmbiguousPaths, EncodedSlashes, PathRules};
+        let lenient = PathRules {
+            encoded_slashes: EncodedSlashes::Keep,
+            ambiguous_paths: AmbiguousPaths::Forward,
+        };
+        crate::authz::path::normalize(p, lenient).is_ok_and(|n| n == p)
     };
     !exact.contains('*') && (exact.is_empty() || (is_clean_path(exact) && normal(exact)))
 }

@@ -178,7 +178,8 @@ spec:
     "mtls": "strict",
     "defaultPolicy": "allow",
     "workloadCertTTL": "1h",
-    "encodedSlashes": "reject"
+    "encodedSlashes": "reject",
+    "ambiguousPaths": "reject"
   }
 }"#
     );
@@ -303,6 +304,24 @@ fn wrong_types_and_missing_fields_name_path_value_and_expectation() {
     assert_eq!(
         problems(route),
         ["HTTPRoute default/web: spec.rules[0].timeouts.request: \"soon\" is not accepted; expected a whole number followed by ms, s, m or h (e.g. 250ms, 10s)"]
+    );
+}
+
+#[test]
+fn mesh_path_settings_name_the_accepted_values() {
+    let mesh = |spec: &str| {
+        format!(
+            "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {spec}"
+        )
+    };
+    let docs = parse_documents(
+        &mesh("{ambiguousPaths: forward, encodedSlashes: keep}"),
+        "m.yaml",
+    );
+    assert!(docs.is_ok(), "{docs:?}");
+    assert_eq!(
+        problems(&mesh("{ambiguousPaths: allow}")),
+        ["Mesh default: spec.ambiguousPaths: \"allow\" is not accepted; expected reject or forward"]
     );
 }
 

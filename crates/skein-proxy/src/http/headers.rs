@@ -121,6 +121,29 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Why a request naming userinfo in its authority (`http://admin@web/`, `Host:
+/// admin@web`) is refused, or `None`. HTTP forbids it there (RFC 9110 §4.2.4; RFC 9113
+/// §8.3.1 for `:authority`), and it is ambiguous: the proxy routes and authorizes by the
+/// host part while an application may read the whole field.
+pub fn userinfo<B>(req: &http::Request<B>) -> Option<&'static str> {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some("the request target's authority carries userinfo (user@host), which HTTP does not allow; send only host[:port], and credentials in the Authorization header");
+    }
+    if req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .any(|v| v.as_bytes().contains(&b'@'))
+    {
+        return Some("the Host header carries userinfo (user@host); send only host[:port], and credentials in the Authorization header");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +214,33 @@ mod tests {
                 "{offer}: an h2c upgrade would carry later requests past authorization"
             );
         }
+    }
+
+    #[test]
+    fn userinfo_in_an_authority_is_named() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::get(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        let why = userinfo(&req("http://admin@web/menu", None)).unwrap();
+        assert!(
+            why.contains("request target") && why.contains("host[:port]"),
+            "{why}"
+        );
+        assert!(userinfo(&req("http://admin:pw@web:80/", Some("web"))).is_some());
+        let why = userinfo(&req("/menu", Some("admin@web"))).unwrap();
+        assert!(why.contains("Host header"), "{why}");
+        assert_eq!(
+            userinfo(&req("http://web:80/a@b?x=@", Some("web:80"))),
+            None
+        );
+        assert_eq!(
+            userinfo(&req("/a@b", Some("web"))),
+            None,
+            "'@' in a path is fine"
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::error::ProxyError;
 use crate::Ctx;
 use http::uri::{PathAndQuery, Uri};
 use http::Request;
-use skein_model::authz::{self, path, Decision, HttpRequest, Verdict};
+use skein_model::authz::{self, Decision, HttpRequest, Verdict};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,8 +34,9 @@ pub fn http<B>(
 ) -> Result<(), ProxyError> {
     let config = ctx.config();
     let policy = &config.authorization;
-    let normal =
-        path::normalize(req.uri().path(), policy.encoded_slashes).map_err(ProxyError::BadPath)?;
+    let normal = policy
+        .normalize_path(req.uri().path())
+        .map_err(ProxyError::BadPath)?;
     if let std::borrow::Cow::Owned(normal) = &normal {
         rewrite_path(req, normal)?;
     }
@@ -129,9 +130,14 @@ fn rewrite_path<B>(req: &mut Request<B>, normal: &str) -> Result<(), ProxyError>
 /// Host rules must not be dodged by the spelling of the request, so anything ambiguous is
 /// refused rather than guessed: a repeated or unparseable `Host`, a `Host` that names
 /// another host than the URI's authority (RFC 9113 §8.3.1 calls that malformed), and an
-/// HTTP/1.1 or HTTP/2 request that names no host at all. Only HTTP/1.0 may omit it; its
-/// host is then empty, which matches no `hosts` rule of an allow and every one of a deny.
+/// HTTP/1.1 or HTTP/2 request that names no host at all, and userinfo (`admin@web`) in
+/// either, which the application would receive as the host. Only HTTP/1.0 may omit it;
+/// its host is then empty, which matches no `hosts` rule of an allow and every one of a
+/// deny.
 fn host_of<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    if let Some(why) = crate::http::headers::userinfo(req) {
+        return Err(ProxyError::BadRequest(why));
+    }
     let mut headers = req.headers().get_all(http::header::HOST).iter();
     let header = match (headers.next(), headers.next()) {
         (None, _) => None,
@@ -294,6 +300,22 @@ mod tests {
             "unparseable Host",
         );
         assert!(msg.contains("not a valid host"), "{msg}");
+        let msg = refused(
+            Request::get("http://admin@web/menu").body(()).unwrap(),
+            "userinfo in the authority",
+        );
+        assert!(
+            msg.contains("userinfo") && msg.contains("host[:port]"),
+            "{msg}"
+        );
+        let msg = refused(
+            Request::get("/menu")
+                .header("host", "admin@web")
+                .body(())
+                .unwrap(),
+            "userinfo in Host",
+        );
+        assert!(msg.contains("Host header carries userinfo"), "{msg}");
         let msg = refused(Request::get("/admin").body(()).unwrap(), "no host");
         assert!(msg.contains("names no host"), "{msg}");
         let old = Request::get("/admin")

@@ -1,6 +1,6 @@
 //! CONNECT streams from peers: opaque TCP spliced to the application port, or an HTTP/1
-//! connection (used for protocol upgrades such as WebSocket) served here and forwarded
-//! request by request.
+//! connection (used for protocol upgrades such as WebSocket) served here, behind the
+//! framing guard, and forwarded request by request.
 
 use super::Caller;
 use crate::connect::H1Pool;
@@ -69,8 +69,8 @@ pub fn carries_http1<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes() == b"http1")
 }
 
-/// Serves HTTP/1 arriving through a tunnel, authorizing each request; upgrade requests
-/// get their own application connection, others use the pool.
+/// Serves HTTP/1 arriving through a tunnel, behind the framing guard, authorizing each
+/// request; upgrade requests get their own application connection, others use the pool.
 async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, caller: Caller) {
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http1);
     let c = ctx.clone();
@@ -100,7 +100,11 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, cal
             Ok::<_, Infallible>(resp)
         }
     });
-    crate::server::serve_http1(io, handler, &ctx.config().limits, &ctx.drain).await;
+    // A peer writes these bytes itself: the framing guard inspects them as it does an
+    // application's, so no smuggled request reaches the application's pooled connections.
+    let on_refuse = crate::server::count_refusal(&ctx.metrics, Direction::Inbound);
+    let limits = ctx.config().limits;
+    crate::server::serve_http1(io, handler, &limits, &ctx.drain, on_refuse).await;
 }
 
 async fn upgrade(

@@ -73,7 +73,7 @@ fn denied_by(h: &http::HeaderMap) -> Option<&str> {
     h.get(headers::DENIED_BY)?.to_str().ok()
 }
 
-/// route → (tunnel | upgrade | stream to the peer).
+/// refuse userinfo → route → (tunnel | upgrade | stream to the peer).
 async fn forward(
     ctx: &Ctx,
     route: &Route,
@@ -81,6 +81,10 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = tokio::time::Instant::now();
+    // Before the authority is used to route: `admin@web` must not reach the app as Host.
+    if let Some(why) = headers::userinfo(&req) {
+        return Err(ProxyError::BadRequest(why));
+    }
     let target = match route {
         Route::To(t) => t.clone(),
         Route::ByAuthority => {

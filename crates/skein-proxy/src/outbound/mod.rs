@@ -12,7 +12,7 @@ mod tcp;
 
 use crate::destinations::Target;
 use crate::detect::{self, Detected};
-use crate::http::guard::{FramingGuard, GuardedIo, Refusal};
+use crate::http::guard::Refusal;
 use crate::io::Io;
 use crate::metrics::{Direction, Proto};
 use crate::Ctx;
@@ -153,7 +153,8 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
     }
 }
 
-/// Serves HTTP/1 (behind the framing guard) or HTTP/2 from the application.
+/// Serves HTTP/1 (behind the framing guard, see `server::serve_http1`) or HTTP/2 from the
+/// application.
 async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, route: Route, proto: Proto) {
     let _open = ctx.metrics.open(Direction::Outbound, proto);
     let handler = self::http::handler(ctx.clone(), route, proto);
@@ -162,12 +163,6 @@ async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, route: Route, proto: Proto) {
         crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;
         return;
     }
-    let metrics = ctx.metrics.clone();
-    let guard = FramingGuard::new(limits.max_header_bytes, limits.max_request_line);
-    let on_refuse = Box::new(move |r: Refusal| {
-        tracing::info!(reason = r.reason(), "refused HTTP/1 request: {r}");
-        metrics.error(Direction::Outbound, r.reason());
-    });
-    let io = GuardedIo::new(io, guard, on_refuse);
-    crate::server::serve_http1(io, handler, &limits, &ctx.drain).await;
+    let on_refuse = crate::server::count_refusal(&ctx.metrics, Direction::Outbound);
+    crate::server::serve_http1(io, handler, &limits, &ctx.drain, on_refuse).await;
 }
