@@ -297,7 +297,9 @@ async fn revoke_workload(
         .pki
         .revoke_lineage(&lineage, format!("workload {namespace}/{name}"))
         .await?;
-    Ok(Json(json!({ "revoked": entry })).into_response())
+    // Whoever holds the token could otherwise join again with a use it has left.
+    let token = api.pki.close_token(&lineage).await?;
+    Ok(Json(json!({ "revoked": entry, "tokenClosed": token })).into_response())
 }
 
 async fn revocations(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {

@@ -62,6 +62,9 @@ fn peer_address<T>(req: &Request<T>) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// How long a new `Sync` stream may take to send its `Register`.
+const REGISTER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The `ProxyControl` service.
 pub struct ProxyControlService {
     state: watch::Receiver<Arc<MeshState>>,
@@ -138,7 +141,11 @@ impl ProxyControl for ProxyControlService {
                 "the certificate of {identity} has expired; renew it with Certify before Sync"
             )));
         }
-        let lineage = cert.lineage.clone().unwrap_or_default();
+        let Some(lineage) = cert.lineage.clone() else {
+            return Err(Status::permission_denied(format!(
+                "the certificate of {identity} records no join lineage (issued before lineages were recorded), so it could not be revoked; restart the proxy with a new join token"
+            )));
+        };
         if let Some(entry) = self.pki.revoked(&lineage) {
             return Err(Status::permission_denied(format!(
                 "{identity} (join lineage {lineage}) is revoked: {} was revoked at {}; the workload is out of the mesh until it joins with a new token",
@@ -147,7 +154,14 @@ impl ProxyControl for ProxyControlService {
         }
         let seen = peer_address(&request);
         let mut inbound = request.into_inner();
-        let me = match inbound.message().await? {
+        let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Register within {REGISTER_WITHIN:?} of opening the Sync stream"
+                ))
+            })?;
+        let me = match first? {
             Some(ProxyMessage {
                 message: Some(proxy_message::Message::Register(r)),
             }) => {
@@ -329,6 +343,12 @@ pub fn check_address(
 
 /// The refusal for a workload name another live session holds.
 fn held_elsewhere(me: &WorkloadView, held: &crate::state::Connection) -> Status {
+    if held.workload != me.name || held.namespace != me.namespace {
+        return Status::already_exists(format!(
+            "this proxy's certificate already holds workload {}/{} on this control plane; one proxy registers one workload",
+            held.namespace, held.workload
+        ));
+    }
     Status::already_exists(format!(
         "workload {}/{} is held by another live proxy connection (since {} Unix time); each proxy needs its own workload name (workload.name in its config). This proxy retries, in case the other one is its own earlier connection that has not closed yet",
         me.namespace, me.name, held.since

@@ -13,10 +13,12 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::Frame;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
@@ -29,6 +31,10 @@ pub struct ConnLimits {
     /// Most connections open at once. Default 1024 for the HTTP API, 20000 for the proxy
     /// API (one per proxy, with room for renewals).
     pub max_connections: usize,
+    /// Most connections open at once from one source address, so that one client cannot
+    /// take the whole cap. Default 256 for the HTTP API, 1024 for the proxy API (proxies
+    /// behind one NAT address share it).
+    pub max_per_source: usize,
     /// Longest wait for a request head, counted from the connection's start or the end of
     /// the previous response (so an idle keep-alive connection is closed too). Default 10 s.
     pub header_timeout: Duration,
@@ -40,6 +46,7 @@ impl ConnLimits {
     /// The HTTP API's defaults.
     pub const API: ConnLimits = ConnLimits {
         max_connections: 1024,
+        max_per_source: 256,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(30),
     };
@@ -47,6 +54,7 @@ impl ConnLimits {
     /// client certificate may live.
     pub const PROXY_API: ConnLimits = ConnLimits {
         max_connections: 20_000,
+        max_per_source: 1024,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(30),
     };
@@ -70,29 +78,73 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Open connections of one listener, up to a cap.
+/// Open connections of one listener, up to a cap in all and a cap per source address.
 #[derive(Clone)]
 pub struct ConnCap {
     permits: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     what: &'static str,
     max: usize,
+    max_per_source: usize,
     last_log: Arc<AtomicU64>,
 }
 
+/// One admitted connection's share of the caps, returned when it is dropped.
+pub struct ConnPermit {
+    _permit: OwnedSemaphorePermit,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
 impl ConnCap {
-    /// A cap of `max` connections on the listener described by `what`.
-    pub fn new(max: usize, what: &'static str) -> Self {
+    /// Caps from `limits` on the listener described by `what`.
+    pub fn new(limits: &ConnLimits, what: &'static str) -> Self {
         ConnCap {
-            permits: Arc::new(Semaphore::new(max)),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_source: Arc::default(),
             what,
-            max,
+            max: limits.max_connections,
+            max_per_source: limits.max_per_source,
             last_log: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// A permit for one more connection (held as long as it is open), or `None` at the cap.
-    pub fn admit(&self, client: std::net::SocketAddr) -> Option<OwnedSemaphorePermit> {
-        let permit = self.permits.clone().try_acquire_owned().ok();
+    /// A permit for one more connection from `client` (held as long as it is open), or
+    /// `None` at either cap.
+    pub fn admit(&self, client: SocketAddr) -> Option<ConnPermit> {
+        let source = client.ip().to_canonical();
+        let permit = {
+            let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(source).or_insert(0);
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) if *n < self.max_per_source => {
+                    *n += 1;
+                    Some(ConnPermit {
+                        _permit: permit,
+                        per_source: self.per_source.clone(),
+                        source,
+                    })
+                }
+                _ => {
+                    if *n == 0 {
+                        counts.remove(&source);
+                    }
+                    None
+                }
+            }
+        };
         if permit.is_none() {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -104,7 +156,7 @@ impl ConnCap {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                tracing::warn!(%client, max = self.max, listener = self.what, "refused a connection: the listener is at its connection cap (logged at most every 10 s)");
+                tracing::warn!(%client, max = self.max, max_per_source = self.max_per_source, listener = self.what, "refused a connection: the listener or this client is at its connection cap (logged at most every 10 s)");
             }
         }
         permit
@@ -119,7 +171,7 @@ pub async fn serve_api(
     limits: ConnLimits,
     stop: CancellationToken,
 ) {
-    let cap = ConnCap::new(limits.max_connections, "HTTP API");
+    let cap = ConnCap::new(&limits, "HTTP API");
     let router = router.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let req = req.map(|body| Body::new(BodyDeadline::new(body, limits.body_timeout)));
@@ -209,5 +261,32 @@ impl http_body::Body for BodyDeadline {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_cannot_take_the_whole_cap() {
+        let limits = ConnLimits {
+            max_connections: 3,
+            max_per_source: 2,
+            ..ConnLimits::API
+        };
+        let cap = ConnCap::new(&limits, "test");
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let a1 = cap.admit(a).unwrap();
+        let _a2 = cap.admit(a).unwrap();
+        assert!(cap.admit(a).is_none(), "per-source cap");
+        let _b1 = cap.admit(b).unwrap();
+        assert!(cap.admit(b).is_none(), "global cap");
+        drop(a1);
+        assert!(
+            cap.admit("[::ffff:127.0.0.1]:2".parse().unwrap()).is_some(),
+            "the same source, IPv4-mapped"
+        );
     }
 }

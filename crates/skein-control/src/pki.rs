@@ -582,6 +582,11 @@ impl Pki {
 
     async fn reload(&self) {
         match Self::read(&*self.store, &self.sealer).await {
+            // Every replica with the key writes sealed records; a plaintext one appearing
+            // now was written by someone without it.
+            Ok(Some(a)) if self.sealer.seals() && !a.sealed => {
+                tracing::error!("the mesh CA record in the store is no longer sealed; ignoring it (someone without the secrets key wrote it)");
+            }
             Ok(Some(a)) if a.revision != self.authority().revision => {
                 let generation = a.generation;
                 if let Err(e) = self.install(a) {
@@ -646,15 +651,19 @@ impl Pki {
     }
 
     /// A deny-list entry for `lineage` revoked now: kept until the longest certificate it
-    /// can cover has expired (no workload certificate lives longer than the Mesh's
-    /// largest `workloadCertTTL`).
+    /// can cover has expired and could no longer be renewed (no workload certificate lives
+    /// longer than the Mesh's largest `workloadCertTTL`, and an expired one renews for at
+    /// most [`EXPIRED_RENEWAL_GRACE`]).
     fn deny_entry(lineage: &str, what: String) -> DenyEntry {
         let now = SystemTime::now();
         DenyEntry {
             lineage: lineage.to_owned(),
             what,
             revoked: rfc3339(now),
-            until_unix: unix(now + skein_model::resource::MAX_CERT_TTL + BACKDATE_SLACK),
+            // The longest certificate, plus the time an expired one may still renew.
+            until_unix: unix(
+                now + skein_model::resource::MAX_CERT_TTL + EXPIRED_RENEWAL_GRACE + BACKDATE_SLACK,
+            ),
         }
     }
 
@@ -665,6 +674,30 @@ impl Pki {
         let entry = Self::deny_entry(lineage, what);
         self.deny(entry.clone()).await?;
         Ok(entry)
+    }
+
+    /// Lets no further proxy join with the token of `lineage` (its remaining uses are
+    /// spent); the workloads that already joined with it are not affected. Returns the
+    /// token id, or `None` when the token record is gone.
+    pub async fn close_token(&self, lineage: &str) -> Result<Option<String>, PkiError> {
+        let id = lineage.split('.').next().unwrap_or_default().to_owned();
+        for _ in 0..CAS_TRIES {
+            let Some((mut record, revision)) = self.get_token(&id).await? else {
+                return Ok(None);
+            };
+            if record.used >= record.uses {
+                return Ok(Some(id));
+            }
+            record.used = record.uses;
+            match self.put_token(&record, Some(revision)).await {
+                Ok(_) => return Ok(Some(id)),
+                Err(PkiError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(PkiError::Refused(
+            "the token record kept changing under this write; try again".into(),
+        ))
     }
 
     /// The revoked lineages in force, with what each was.

@@ -105,8 +105,10 @@ fn may_register(
     };
     let (ns, name) = (&w.namespace, &w.name);
     if existing.spec.service_account != w.account {
-        return Err(tonic::Status::permission_denied(format!(
-            "workload {ns}/{name} belongs to service account {:?}; this proxy's certificate is for account {:?}, so it may not register under that name: give it its own workload.name",
+        // Not PERMISSION_DENIED: that would make the proxy give up, and a name someone else
+        // registered first (by mistake or to squat it) is freed when its holder leaves.
+        return Err(tonic::Status::failed_precondition(format!(
+            "workload {ns}/{name} belongs to service account {:?}; this proxy's certificate is for account {:?}, so it may not register under that name: give it its own workload.name (this proxy retries, in case the other one leaves)",
             existing.spec.service_account, w.account
         )));
     }
@@ -240,7 +242,7 @@ mod tests {
     fn records_are_never_taken_across_accounts() {
         assert!(may_register(None, &view("evil"), &R1).is_ok());
         let e = may_register(Some(&record("web", None)), &view("evil"), &R1).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(
             e.message()
                 .starts_with("workload default/web-1 belongs to service account \"web\""),

@@ -217,14 +217,21 @@ impl RunningControl {
         let tls = pki
             .server_tls()
             .map_err(|e| ControlError::Io(format!("proxy API TLS: {e}")))?;
-        let incoming =
-            crate::tls_incoming::incoming(grpc, tls, opts.limits.proxy_api, stop.clone());
+        let incoming = crate::tls_incoming::incoming(
+            grpc,
+            tls,
+            opts.limits.proxy_api,
+            pki.clone(),
+            stop.clone(),
+        );
         tasks.spawn(async move {
             let serve = tonic::transport::Server::builder()
                 // Dead proxies are noticed (their streams end, their workloads retire)
                 // even when the network drops packets instead of resetting.
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                // A proxy needs one Sync stream and now and then a Certify.
+                .max_concurrent_streams(Some(16))
                 .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             if let Err(e) = serve.await {

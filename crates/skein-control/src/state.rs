@@ -132,6 +132,13 @@ impl Connections {
             token.cancel();
             open.remove(&id);
         }
+        // One proxy, one workload: a certificate cannot hold several names at once.
+        if let Some((_, (other, _))) = open
+            .iter()
+            .find(|(_, (c, _))| w.lineage.is_some() && c.lineage == w.lineage)
+        {
+            return Err(Box::new(other.clone()));
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -267,5 +274,9 @@ mod tests {
             c.claim(&other, "id").is_err(),
             "another proxy of the same token"
         );
+        let mut second_name = web("web-9");
+        second_name.lineage = Some("aa.1".into());
+        let held = c.claim(&second_name, "id").unwrap_err();
+        assert_eq!(held.workload, "web-1", "one proxy, one workload");
     }
 }

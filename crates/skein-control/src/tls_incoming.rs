@@ -5,9 +5,10 @@
 //! Handshakes run in their own tasks with a deadline, so a slow or silent client never
 //! holds up the accept loop. A client that does not speak TLS is dropped with a log line:
 //! this port never serves plaintext. Open connections are capped
-//! ([`crate::limits::ConnCap`]), and one without a client certificate lives only
-//! [`ConnLimits::header_timeout`]: long enough for a new proxy's one `Certify`, too short
-//! to hold a socket for free.
+//! ([`crate::limits::ConnCap`], in all and per source address), and one without a
+//! certificate that can `Sync` (none, expired, revoked, or without a join lineage) lives
+//! only [`ConnLimits::header_timeout`]: long enough for a new proxy's one `Certify` or a
+//! refusal, too short to hold a socket for free.
 
 use crate::grpc::PeerIdentity;
 use crate::limits::{ConnCap, ConnLimits};
@@ -35,7 +36,7 @@ pub struct TlsConn {
     peer: PeerIdentity,
     /// When a connection without a client certificate is closed.
     expires: Option<Pin<Box<tokio::time::Sleep>>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: crate::limits::ConnPermit,
 }
 
 impl TlsConn {
@@ -107,16 +108,19 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts on `listener` until `stop`, yielding connections whose handshake succeeded,
-/// at most `limits.max_connections` open at once.
+/// within `limits`. A connection whose certificate `pki` will not serve `Sync` (none,
+/// expired, revoked) lives only `limits.header_timeout`: long enough for the one answer it
+/// can get.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     limits: ConnLimits,
+    pki: Arc<crate::pki::Pki>,
     stop: CancellationToken,
 ) -> impl Stream<Item = io::Result<TlsConn>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<TlsConn>>(64);
     let acceptor = TlsAcceptor::from(config);
-    let cap = ConnCap::new(limits.max_connections, "proxy API");
+    let cap = ConnCap::new(&limits, "proxy API");
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -134,7 +138,7 @@ pub fn incoming(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, pki) = (acceptor.clone(), tx.clone(), pki.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -147,8 +151,13 @@ pub fn incoming(
                                 expires: skein_identity::expiry_of(leaf)?,
                             })
                         });
-                        let expires = cert
-                            .is_none()
+                        let short_lived = cert.as_ref().is_none_or(|c| {
+                            c.expired()
+                                || c.lineage
+                                    .as_deref()
+                                    .is_none_or(|l| pki.revoked(l).is_some())
+                        });
+                        let expires = short_lived
                             .then(|| Box::pin(tokio::time::sleep(limits.header_timeout)));
                         let peer = PeerIdentity {
                             cert,

@@ -53,6 +53,7 @@ async fn serve(
         listener,
         pki.server_tls().unwrap(),
         skein_control::limits::ConnLimits::PROXY_API,
+        pki.clone(),
         stop.clone(),
     );
     tokio::spawn(async move {

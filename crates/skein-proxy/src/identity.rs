@@ -70,6 +70,8 @@ pub struct Identity {
     pub renew_now: Notify,
     /// Counts certificate changes, so the control session can report each one.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Counts changes of the revoked lineages, so open connections can re-check theirs.
+    denied_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -101,6 +103,7 @@ impl Identity {
             permissive: AtomicBool::new(false),
             renew_now: Notify::new(),
             changes: tokio::sync::watch::Sender::new(0),
+            denied_changes: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -168,7 +171,24 @@ impl Identity {
     /// Refuses peers whose certificate descends from a lineage in `denied` from the next
     /// handshake on. Returns whether the list changed.
     pub fn install_denied(&self, denied: skein_identity::DenyList) -> bool {
-        self.bundle.store_denied(denied)
+        let changed = self.bundle.store_denied(denied);
+        if changed {
+            self.denied_changes.send_modify(|n| *n += 1);
+        }
+        changed
+    }
+
+    /// Resolves once `lineage` is revoked (never, while it is not).
+    pub async fn revoked(&self, lineage: &str) {
+        let mut changes = self.denied_changes.subscribe();
+        loop {
+            if self.is_revoked(lineage) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Whether a peer certificate of `lineage` is revoked (for connections that were

@@ -531,6 +531,11 @@ pub async fn workload_revoke(target: &Target, namespace: &str, name: &str) -> an
         "workload {namespace}/{name} revoked (join lineage {}); proxies refuse its certificate from their next handshake",
         entry["lineage"].as_str().unwrap_or_default()
     );
+    if let Some(token) = result["tokenClosed"].as_str() {
+        println!(
+            "join token {token} can join no more proxies (the others that joined with it stay; `skein token revoke {token}` takes them too)"
+        );
+    }
     Ok(())
 }
 

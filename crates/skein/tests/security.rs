@@ -2,7 +2,7 @@
 //! each attack, the refusal the attacker sees, and legitimate traffic going on untouched
 //! (zero failed requests for the real workload) throughout.
 //!
-//! Addresses: 127.0.0.181–199.
+//! Addresses: 127.0.0.181–199 and 141–143.
 
 mod meshed;
 
@@ -223,7 +223,7 @@ async fn a_token_for_one_service_cannot_take_over_another_services_workloads() {
         "evil",
         evil_ip,
         as_evil("web-2", evil_ip),
-        tonic::Code::PermissionDenied,
+        tonic::Code::FailedPrecondition,
         "workload default/web-2 belongs to service account \"web\"; this proxy's certificate is for account \"evil\"",
     )
     .await;
@@ -516,10 +516,10 @@ async fn a_revoked_workload_is_out_of_the_mesh_at_once_and_callers_never_notice(
     let data = TempDir::new("sec-revoke").unwrap();
     let control = control(193, data.path()).await;
     apply(&control, &service_yaml("web")).await;
-    // Two replicas of web joined with one token (--uses 2): lineages <id>.1 and <id>.2.
+    // Two replicas of web joined with one token (--uses 3): lineages <id>.1 and <id>.2.
     let (token, _) = control
         .pki
-        .create_token("default", "web", Duration::from_secs(600), 2)
+        .create_token("default", "web", Duration::from_secs(600), 3)
         .await
         .unwrap();
     let (_app1, web1) = workload_with(194, "web-1", "web", join_with(&control, &token, 194)).await;
@@ -545,13 +545,33 @@ async fn a_revoked_workload_is_out_of_the_mesh_at_once_and_callers_never_notice(
 
     // Revoke web-2 alone.
     let lineage2 = web2.ctx.identity.get().unwrap().status().lineage.unwrap();
-    assert_eq!(lineage2, format!("{}.2", token.id()));
+    // The two joined at the same time: either may have taken the first use.
+    let id = token.id();
+    assert!(
+        [format!("{id}.1"), format!("{id}.2")].contains(&lineage2),
+        "{lineage2}"
+    );
     let out = cli(&control, data.path(), &["workload", "revoke", "web-2"]).await;
     assert!(
         out.ok().contains(&format!(
             "workload default/web-2 revoked (join lineage {lineage2})"
         )),
         "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "join token {} can join no more proxies",
+            token.id()
+        )),
+        "{out:?}"
+    );
+    // Whoever holds the token cannot join again with its remaining use.
+    let e = skein_proxy::control::certify(&join_with(&control, &token, 195), &spiffe("web"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.fatal && e.message.contains("is used up (3 of 3 joins"),
+        "{e}"
     );
     // Its proxy is told, and gives up for good (`skein proxy` would exit non-zero).
     let reason = tokio::time::timeout(SOON, web2.fatal())
@@ -736,12 +756,17 @@ async fn the_control_planes_listeners_hold_no_idle_or_half_sent_connection() {
     let data = TempDir::new("sec-sockets").unwrap();
     let fast = skein_control::limits::ConnLimits {
         max_connections: 4,
+        max_per_source: 4,
         header_timeout: Duration::from_secs(1),
         body_timeout: Duration::from_secs(1),
     };
     let limits = skein_control::limits::ListenerLimits {
         api: fast,
-        proxy_api: fast,
+        proxy_api: skein_control::limits::ConnLimits {
+            max_connections: 8,
+            max_per_source: 3,
+            ..fast
+        },
     };
     let control = control_with(199, data.path(), limits).await;
     let api = control.http;
@@ -820,8 +845,55 @@ async fn the_control_planes_listeners_hold_no_idle_or_half_sent_connection() {
         closed_within(&mut anonymous, SOON).await,
         "an anonymous connection that never certifies is closed"
     );
-    // Meanwhile a proxy joins and syncs normally.
+    // A certificate whose token was revoked buys no long-lived connection either, while a
+    // valid one keeps its connection (for Sync).
     apply(&control, &service_yaml("web")).await;
+    let mesh_tls = async |service: &str, revoke: bool| {
+        let join = join(&control, service, SocketAddr::new(loopback(199), 4143)).await;
+        let identity = skein_proxy::control::certify(&join, &spiffe(service))
+            .await
+            .unwrap();
+        if revoke {
+            control.pki.revoke_token(join.token.id()).await.unwrap();
+        }
+        let tls = identity.client_config(&control_id).unwrap();
+        let tcp = TcpStream::connect(control.grpc).await.unwrap();
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(skein_identity::tls::server_name(&control_id).unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let mut valid = mesh_tls("web", false).await;
+    let mut revoked = mesh_tls("web", true).await;
+    assert!(
+        closed_within(&mut revoked, SOON).await,
+        "a revoked certificate's connection closes"
+    );
+    assert!(
+        !closed_within(&mut valid, Duration::from_secs(2)).await,
+        "a valid certificate's connection stays (it outlived the revoked one's short life)"
+    );
+    // One source address holds at most 3 proxy API connections; another still gets in.
+    let from = async |octet: u8| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(loopback(octet), 0)).unwrap();
+        socket.connect(control.grpc).await.unwrap()
+    };
+    let mut held = vec![from(192).await, from(192).await, from(192).await];
+    let mut over = from(192).await;
+    assert!(
+        closed_within(&mut over, SOON).await,
+        "a fourth from one source is closed"
+    );
+    let mut other = from(193).await;
+    assert!(
+        !closed_within(&mut other, Duration::from_millis(300)).await,
+        "another source still gets in"
+    );
+    held.clear();
+    drop(valid);
+
+    // Meanwhile a proxy joins and syncs normally.
     let (_app, web) = workload(&control, 186, "web", None).await;
     eventually("web applied a snapshot", SOON, async || {
         web.ctx.ready.load(Ordering::SeqCst)
@@ -862,5 +934,82 @@ async fn a_proxys_admin_listener_holds_no_idle_connection_and_caps_them() {
     drop(held);
     let mut fresh = TcpStream::connect(admin).await.unwrap();
     assert_eq!(get_on(&mut fresh, "/live").await, "HTTP/1.1 200 OK");
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_caller_loses_the_tunnels_it_opened_before() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    skein_testkit::init_tracing();
+    let data = TempDir::new("sec-tunnel").unwrap();
+    let control = control(141, data.path()).await;
+    apply(
+        &control,
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: echo}\n\
+         spec: {selector: {app: echo}, ports: [{port: 19100, protocol: tcp}]}\n",
+    )
+    .await;
+    let echo = skein_testkit::TcpEcho::start(SocketAddr::new(loopback(142), 19100))
+        .await
+        .unwrap();
+    let mut config = skein_testkit::MeshSpec::new(142, 142)
+        .service("echo", echo.addr(), skein_model::Protocol::Tcp)
+        .server_config();
+    config.workload.name = "echo-1".into();
+    config.workload.service = "echo".into();
+    config.inbound.listen = SocketAddr::new(loopback(142), 4143);
+    let join = join(&control, "echo", config.inbound.listen).await;
+    let server = skein_proxy::RunningProxy::start_with_control(config, Some(join))
+        .await
+        .unwrap();
+    let _caller = client_of(&control, 143, "client", &[(19100, "echo", 19100)]).await;
+    let listener = SocketAddr::new(loopback(143), 19100);
+    let mut tunnel = None;
+    eventually("a tunnel to echo", SOON, async || {
+        let Ok(mut s) = tokio::net::TcpStream::connect(listener).await else {
+            return false;
+        };
+        let mut buf = [0u8; 5];
+        let ok = s.write_all(b"hello").await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if ok {
+            tunnel = Some(s);
+        }
+        ok
+    })
+    .await
+    .unwrap();
+    let mut tunnel = tunnel.unwrap();
+
+    // The caller is revoked while its tunnel is open: the echo side closes it.
+    let out = cli(&control, data.path(), &["workload", "revoke", "client-1"]).await;
+    assert!(out.ok().contains("revoked"), "{out:?}");
+    let closed = tokio::time::timeout(SOON, async {
+        let mut buf = [0u8; 64];
+        loop {
+            if tunnel.write_all(b"still?").await.is_err() {
+                return;
+            }
+            match tunnel.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the revoked caller's open tunnel was closed"
+    );
+    let metrics = server.ctx.metrics.encode();
+    assert!(
+        metric(
+            &metrics,
+            "skein_proxy_errors_total{direction=\"inbound\",reason=\"revoked\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
     control.shutdown().await;
 }

@@ -29,6 +29,15 @@ pub async fn identity_for(pki: &Pki, service: &str) -> Arc<Identity> {
         .create_token("default", service, Duration::from_secs(600), 1)
         .await
         .unwrap();
+    identity_with(pki, service, &token).await
+}
+
+/// A certificate for `service` through `token` (one of its uses): its own join lineage.
+pub async fn identity_with(
+    pki: &Pki,
+    service: &str,
+    token: &skein_identity::JoinToken,
+) -> Arc<Identity> {
     let id = SpiffeId::new(pki.trust_domain(), "default", service).unwrap();
     let key = WorkloadKey::generate().unwrap();
     let req = CertifyRequest {

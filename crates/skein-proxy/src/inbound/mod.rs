@@ -144,7 +144,8 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Serves one peer proxy's HTTP/2 connection. `lineage` is the join lineage of the
-/// caller's certificate: a revocation after the handshake refuses its next request.
+/// caller's certificate: a revocation after the handshake refuses its next request and
+/// closes the connection, with every stream and tunnel on it.
 async fn serve_peer<I: crate::io::Io>(
     ctx: Arc<Ctx>,
     io: I,
@@ -156,11 +157,24 @@ async fn serve_peer<I: crate::io::Io>(
     tracing::debug!(%peer, ?caller, "peer connected");
     let c = ctx.clone();
     let caller = Arc::new(caller);
+    let on_streams = lineage.clone();
     let handler = hyper::service::service_fn(move |req| {
-        let (ctx, caller, lineage) = (c.clone(), caller.clone(), lineage.clone());
+        let (ctx, caller, lineage) = (c.clone(), caller.clone(), on_streams.clone());
         async move { Ok::<_, Infallible>(handle(ctx, req, &caller, lineage.as_deref()).await) }
     });
-    crate::server::serve_http2(io, handler, &ctx.config().limits, &ctx.drain).await;
+    let limits = ctx.config().limits;
+    let serve = crate::server::serve_http2(io, handler, &limits, &ctx.drain);
+    let identity = ctx.identity.get().cloned();
+    match (lineage, identity) {
+        (Some(lineage), Some(identity)) => tokio::select! {
+            _ = serve => {}
+            _ = identity.revoked(&lineage) => {
+                ctx.metrics.error(Direction::Inbound, "revoked");
+                tracing::info!(%peer, %lineage, "closed a connection from a revoked workload, with its streams and tunnels");
+            }
+        },
+        _ => serve.await,
+    }
 }
 
 /// Handles one stream from a peer; failures become the proxy's own error responses.
