@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! GET    /healthz
-//! POST   /api/v1/apply                      body: YAML or JSON, one or more documents
+//! POST   /api/v1/apply                      body: YAML or JSON, one or more documents;
+//!                                           answers results and warnings (settings stored
+//!                                           but not enforced yet)
 //! GET    /api/v1/resources/{kind}[?namespace=NS]
 //! GET    /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
@@ -155,8 +157,17 @@ async fn apply(State(api): State<Arc<Api>>, body: String) -> Result<Response, Ap
             "no resources in the request; send one or more YAML documents".into(),
         ));
     }
+    let warnings: Vec<String> = docs
+        .iter()
+        .flat_map(skein_model::resource::unenforced)
+        .collect();
     let results = api.registry.apply(docs).await?;
-    Ok(Json(json!({ "results": results, "revision": api.registry.revision() })).into_response())
+    Ok(Json(json!({
+        "results": results,
+        "revision": api.registry.revision(),
+        "warnings": warnings,
+    }))
+    .into_response())
 }
 
 async fn list(

@@ -185,6 +185,9 @@ pub async fn apply(target: &Target, files: &[PathBuf]) -> anyhow::Result<()> {
         let name = parts.next_back().unwrap_or_default();
         println!("{kind}/{name} {}", r["action"].as_str().unwrap_or_default());
     }
+    for w in result["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 

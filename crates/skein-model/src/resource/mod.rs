@@ -23,6 +23,7 @@ mod policy;
 mod problem;
 mod route;
 mod service;
+mod unenforced;
 pub mod validate;
 mod workload;
 
@@ -38,6 +39,7 @@ pub use route::{
     RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
 };
 pub use service::{ServicePort, ServiceSpec};
+pub use unenforced::unenforced;
 pub use workload::{WorkloadSpec, WorkloadStatus};
 
 use crate::{FieldError, ModelError};
