@@ -276,21 +276,13 @@ fn denied(ca: &PkiView, lineage: &str) -> Option<String> {
 /// The snapshot for `me`: services and routes from the mesh, the trust bundle, CA
 /// generation and deny list from the CA, the mTLS mode from the Mesh resource.
 fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot {
-    // A revoked workload is no endpoint: callers stop choosing it in the same snapshot
-    // that tells them to refuse its certificate.
-    let live: Vec<WorkloadView>;
-    let workloads = if ca.denied.is_empty() {
-        &mesh.workloads
-    } else {
-        live = mesh
-            .workloads
-            .iter()
-            .filter(|w| w.lineage.as_deref().is_none_or(|l| denied(ca, l).is_none()))
-            .cloned()
-            .collect();
-        &live
-    };
-    let mut snapshot = snapshot_for(me, &mesh.services, workloads, &ca.trust_domain);
+    let mut snapshot = snapshot_for(
+        me,
+        &mesh.services,
+        &mesh.workloads,
+        &ca.trust_domain,
+        &ca.denied,
+    );
     snapshot.trust_bundle = ca.bundle.clone();
     snapshot.ca_generation = ca.generation;
     snapshot.revoked_lineages = ca.denied.entries().to_vec();

@@ -6,6 +6,7 @@
 //! selector matches, and its own application ports from the services that select it.
 
 use skein_api::v1 as pb;
+use skein_identity::DenyList;
 use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
 use skein_model::resource::PolicyAction;
@@ -130,18 +131,27 @@ fn protocol(p: Protocol) -> i32 {
 
 /// The snapshot for `me` (version left 0; the caller numbers it). Output order is stable
 /// (sorted), so equal inputs give equal snapshots and unchanged proxies can be skipped.
+/// Workloads of a `denied` lineage are no endpoints: callers stop choosing them in the
+/// same snapshot that tells them to refuse their certificates.
 pub fn snapshot_for(
     me: &WorkloadView,
     services: &[ServiceView],
     workloads: &[WorkloadView],
     trust_domain: &str,
+    denied: &DenyList,
 ) -> pb::Snapshot {
+    let revoked = |w: &WorkloadView| {
+        !denied.is_empty()
+            && w.lineage
+                .as_deref()
+                .is_some_and(|l| denied.denies(l).is_some())
+    };
     let mut destinations: Vec<pb::Destination> = services
         .iter()
         .map(|s| {
             let mut endpoints: Vec<pb::Endpoint> = workloads
                 .iter()
-                .filter(|w| s.selects(w))
+                .filter(|w| s.selects(w) && !revoked(w))
                 .map(|w| pb::Endpoint {
                     address: std::net::SocketAddr::new(w.address, w.inbound_port).to_string(),
                     workload: w.name.clone(),
@@ -302,7 +312,13 @@ mod tests {
             workload("restaurant-1", "restaurant", 11),
             workload("frontend-1", "frontend", 10),
         ];
-        let snap = snapshot_for(&workloads[2], &services, &workloads, "skein.local");
+        let snap = snapshot_for(
+            &workloads[2],
+            &services,
+            &workloads,
+            "skein.local",
+            &DenyList::default(),
+        );
         let d = &snap.destinations[0];
         let eps: Vec<_> = d.endpoints.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(eps, ["127.0.0.11:4143", "127.0.0.12:4143"]);
@@ -319,7 +335,13 @@ mod tests {
         let mut evil = workload("web-1", "web", 66);
         evil.account = "evil".into();
         let real = workload("web-2", "web", 12);
-        let snap = snapshot_for(&real, &services, &[evil.clone(), real.clone()], "td");
+        let snap = snapshot_for(
+            &real,
+            &services,
+            &[evil.clone(), real.clone()],
+            "td",
+            &DenyList::default(),
+        );
         let d = &snap.destinations[0];
         let eps: Vec<_> = d.endpoints.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(eps, ["127.0.0.12:4143"], "only the workload running as web");
@@ -331,7 +353,13 @@ mod tests {
             "every endpoint's identity is admitted"
         );
         // Nor does evil get web's ports or policies.
-        let own = snapshot_for(&evil, &services, &[evil.clone()], "td");
+        let own = snapshot_for(
+            &evil,
+            &services,
+            &[evil.clone()],
+            "td",
+            &DenyList::default(),
+        );
         assert_eq!(own.inbound_ports[0].protocol, pb::Protocol::Detect as i32);
         // A Service that lists evil's account admits it.
         let mut widened = services[0].clone();
@@ -341,10 +369,34 @@ mod tests {
     }
 
     #[test]
+    fn revoked_workloads_are_no_endpoints() {
+        let services = [service("web", "web", 8080, Protocol::Http)];
+        let mut one = workload("web-1", "web", 11);
+        one.lineage = Some("aa.1".into());
+        let mut two = workload("web-2", "web", 12);
+        two.lineage = Some("bb.1".into());
+        let all = [one.clone(), two];
+        let denied = DenyList::new(vec!["bb".into()]).unwrap();
+        let snap = snapshot_for(&one, &services, &all, "td", &denied);
+        let eps: Vec<_> = snap.destinations[0]
+            .endpoints
+            .iter()
+            .map(|e| e.workload.as_str())
+            .collect();
+        assert_eq!(eps, ["web-1"]);
+    }
+
+    #[test]
     fn own_ports_come_from_selecting_services() {
         let services = [service("ledger", "ledger", 9000, Protocol::Tcp)];
         let me = workload("ledger-1", "ledger", 13);
-        let snap = snapshot_for(&me, &services, std::slice::from_ref(&me), "skein.local");
+        let snap = snapshot_for(
+            &me,
+            &services,
+            std::slice::from_ref(&me),
+            "skein.local",
+            &DenyList::default(),
+        );
         let ports: Vec<_> = snap
             .inbound_ports
             .iter()
@@ -370,10 +422,16 @@ mod tests {
             service("a", "a", 80, Protocol::Http),
         ];
         let w = [workload("a-1", "a", 1), workload("b-1", "b", 2)];
-        let one = snapshot_for(&w[0], &services, &w, "x");
+        let one = snapshot_for(&w[0], &services, &w, "x", &DenyList::default());
         let mut reversed = services.clone();
         reversed.reverse();
-        let two = snapshot_for(&w[0], &reversed, &[w[1].clone(), w[0].clone()], "x");
+        let two = snapshot_for(
+            &w[0],
+            &reversed,
+            &[w[1].clone(), w[0].clone()],
+            "x",
+            &DenyList::default(),
+        );
         assert_eq!(one, two);
         assert_eq!(one.destinations[0].service, "a");
     }

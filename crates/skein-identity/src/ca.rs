@@ -233,16 +233,7 @@ impl CertificateAuthority {
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<IssuedCert> {
-        if ttl.is_zero() {
-            return Err(IdentityError::InvalidTtl(
-                "the lifetime must be positive; the default is 1h".into(),
-            ));
-        }
-        let now = SystemTime::now();
-        let not_after = now
-            .checked_add(ttl)
-            .ok_or_else(|| IdentityError::InvalidTtl(format!("{ttl:?} is too long")))?;
-        self.issue_window(csr.as_ref(), identity, now - BACKDATE, not_after, None)
+        self.issue_for(csr.as_ref(), identity, ttl, None)
     }
 
     /// Like [`Self::issue`], recording `lineage` (`<token id>.<n>`, see [`crate::lineage_of`])
@@ -255,6 +246,17 @@ impl CertificateAuthority {
         lineage: &str,
     ) -> Result<IssuedCert> {
         crate::validate_lineage(lineage, false)?;
+        self.issue_for(csr.as_ref(), identity, ttl, Some(lineage))
+    }
+
+    /// Issues for `ttl` from now (backdated for clock skew).
+    fn issue_for(
+        &self,
+        csr: &[u8],
+        identity: &SpiffeId,
+        ttl: Duration,
+        lineage: Option<&str>,
+    ) -> Result<IssuedCert> {
         if ttl.is_zero() {
             return Err(IdentityError::InvalidTtl(
                 "the lifetime must be positive; the default is 1h".into(),
@@ -264,13 +266,7 @@ impl CertificateAuthority {
         let not_after = now
             .checked_add(ttl)
             .ok_or_else(|| IdentityError::InvalidTtl(format!("{ttl:?} is too long")))?;
-        self.issue_window(
-            csr.as_ref(),
-            identity,
-            now - BACKDATE,
-            not_after,
-            Some(lineage),
-        )
+        self.issue_window(csr, identity, now - BACKDATE, not_after, lineage)
     }
 
     /// Like [`Self::issue`] with an explicit validity window, for tests of expired and

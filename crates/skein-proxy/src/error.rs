@@ -95,10 +95,6 @@ pub enum ProxyError {
     /// A plaintext caller, after the mesh switched to `mtls: strict`.
     #[error("this workload accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call it through your own skein proxy")]
     MtlsRequired,
-    /// The caller's certificate descends from a join lineage revoked after this connection
-    /// was verified.
-    #[error("the caller's workload was revoked (join lineage {0}); it is out of the mesh")]
-    Revoked(String),
     /// The route's timeout passed before the response arrived; the request was cancelled.
     #[error(
         "no response from {service} within {after:?} ({field} of HTTPRoute {route}, rule {rule}); \
@@ -134,7 +130,6 @@ impl ProxyError {
             ProxyError::BadPeerRequest(_)
             | ProxyError::PortNotServed(..)
             | ProxyError::MtlsRequired
-            | ProxyError::Revoked(_)
             | ProxyError::Denied { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::BadPath(_) => Source::Downstream,
@@ -160,7 +155,6 @@ impl ProxyError {
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
             ProxyError::PortNotServed(..)
             | ProxyError::MtlsRequired
-            | ProxyError::Revoked(_)
             | ProxyError::Denied { .. } => S::FORBIDDEN,
             ProxyError::BadPath(_) | ProxyError::BadRequest(_) => S::BAD_REQUEST,
             ProxyError::Connect { .. }
@@ -184,7 +178,6 @@ impl ProxyError {
             ProxyError::RequestBody(_) => "request_body",
             ProxyError::TunnelRefused { .. } => "tunnel_refused",
             ProxyError::MtlsRequired => "mtls_required",
-            ProxyError::Revoked(_) => "revoked",
             ProxyError::Denied { .. } => "denied",
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::BadRequest(_) => "bad_request",

@@ -144,8 +144,8 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Serves one peer proxy's HTTP/2 connection. `lineage` is the join lineage of the
-/// caller's certificate: a revocation after the handshake refuses its next request and
-/// closes the connection, with every stream and tunnel on it.
+/// caller's certificate: its revocation after the handshake closes the connection, with
+/// every stream and tunnel on it (so no per-request check is needed).
 async fn serve_peer<I: crate::io::Io>(
     ctx: Arc<Ctx>,
     io: I,
@@ -157,10 +157,9 @@ async fn serve_peer<I: crate::io::Io>(
     tracing::debug!(%peer, ?caller, "peer connected");
     let c = ctx.clone();
     let caller = Arc::new(caller);
-    let on_streams = lineage.clone();
     let handler = hyper::service::service_fn(move |req| {
-        let (ctx, caller, lineage) = (c.clone(), caller.clone(), on_streams.clone());
-        async move { Ok::<_, Infallible>(handle(ctx, req, &caller, lineage.as_deref()).await) }
+        let (ctx, caller) = (c.clone(), caller.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, &caller).await) }
     });
     let limits = ctx.config().limits;
     let serve = crate::server::serve_http2(io, handler, &limits, &ctx.drain);
@@ -178,19 +177,10 @@ async fn serve_peer<I: crate::io::Io>(
 }
 
 /// Handles one stream from a peer; failures become the proxy's own error responses.
-async fn handle(
-    ctx: Arc<Ctx>,
-    req: Request<Incoming>,
-    caller: &Caller,
-    lineage: Option<&str>,
-) -> Response<Body> {
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
     let proto = orig_proto(&req);
     let grpc = is_grpc(&req);
-    let routed = match require_not_revoked(&ctx, lineage) {
-        Ok(()) => route(&ctx, req, caller).await,
-        Err(e) => Err(e),
-    };
-    match routed {
+    match route(&ctx, req, caller).await {
         Ok(resp) => {
             ctx.metrics
                 .request(Direction::Inbound, proto, Some(resp.status().as_u16()));
@@ -250,17 +240,6 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
         let served = ctx.config().inbound.ports.iter().map(|p| p.port).collect();
         ProxyError::PortNotServed(port, served)
     })
-}
-
-/// A connection verified before its caller was revoked does not outlive the revocation:
-/// its next request is refused (new handshakes already fail).
-fn require_not_revoked(ctx: &Ctx, lineage: Option<&str>) -> Result<(), ProxyError> {
-    match (lineage, ctx.identity.get()) {
-        (Some(l), Some(identity)) if identity.is_revoked(l) => {
-            Err(ProxyError::Revoked(l.to_owned()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// A plaintext connection accepted under `permissive` does not outlive the switch to

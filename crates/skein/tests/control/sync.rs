@@ -275,19 +275,24 @@ async fn workloads_follow_their_proxies() {
     client.shutdown().await;
 }
 
-#[tokio::test]
-async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
-    skein_testkit::init_tracing();
-    if !Etcd::available() {
-        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
-        return;
-    }
+/// Two `skein control` replicas (`r1`, `r2`) on one real etcd, on 127.0.0.`o1` and `o2`,
+/// with a 2 s workload grace period and the test secrets key.
+struct Replicas {
+    etcd: Etcd,
+    d1: TempDir,
+    _d2: TempDir,
+    files: TempDir,
+    r1: ControlProcess,
+    r2: ControlProcess,
+}
+
+async fn two_replicas(tag: &str, o1: u8, o2: u8) -> Replicas {
     let etcd = Etcd::start().expect("start etcd");
     let store = format!("etcd://{}", etcd.endpoint());
     let (d1, d2, files) = (
-        TempDir::new("ctl-r1").unwrap(),
-        TempDir::new("ctl-r2").unwrap(),
-        TempDir::new("ctl-files").unwrap(),
+        TempDir::new(&format!("{tag}-r1")).unwrap(),
+        TempDir::new(&format!("{tag}-r2")).unwrap(),
+        TempDir::new(&format!("{tag}-files")).unwrap(),
     );
     let key = skein_testkit::control::secrets_key_file(files.path()).unwrap();
     let args = [
@@ -298,18 +303,36 @@ async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
         "--secrets-key-file",
         key.to_str().unwrap(),
     ];
-    let mut r1 = start_control(
-        129,
-        d1.path(),
-        &[&args[..], &["--replica", "r1"][..]].concat(),
-    )
-    .await;
-    let r2 = start_control(
-        130,
-        d2.path(),
-        &[&args[..], &["--replica", "r2"][..]].concat(),
-    )
-    .await;
+    let replica = async |octet: u8, dir: &Path, name: &str| {
+        start_control(octet, dir, &[&args[..], &["--replica", name][..]].concat()).await
+    };
+    let r1 = replica(o1, d1.path(), "r1").await;
+    let r2 = replica(o2, d2.path(), "r2").await;
+    Replicas {
+        etcd,
+        d1,
+        _d2: d2,
+        files,
+        r1,
+        r2,
+    }
+}
+
+#[tokio::test]
+async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
+    skein_testkit::init_tracing();
+    if !Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let Replicas {
+        etcd,
+        d1,
+        _d2,
+        files,
+        mut r1,
+        r2,
+    } = two_replicas("ctl", 129, 130).await;
     assert_eq!(
         r1.token(),
         r2.token(),
@@ -417,34 +440,14 @@ async fn proxies_fail_over_when_their_replica_dies_and_its_orphans_are_swept() {
         eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
         return;
     }
-    let etcd = Etcd::start().expect("start etcd");
-    let store = format!("etcd://{}", etcd.endpoint());
-    let (d1, d2, files) = (
-        TempDir::new("ha-r1").unwrap(),
-        TempDir::new("ha-r2").unwrap(),
-        TempDir::new("ha-files").unwrap(),
-    );
-    let key = skein_testkit::control::secrets_key_file(files.path()).unwrap();
-    let args = [
-        "--store",
-        store.as_str(),
-        "--workload-grace",
-        "2s",
-        "--secrets-key-file",
-        key.to_str().unwrap(),
-    ];
-    let mut r1 = start_control(
-        134,
-        d1.path(),
-        &[&args[..], &["--replica", "r1"][..]].concat(),
-    )
-    .await;
-    let r2 = start_control(
-        135,
-        d2.path(),
-        &[&args[..], &["--replica", "r2"][..]].concat(),
-    )
-    .await;
+    let Replicas {
+        etcd,
+        d1,
+        _d2,
+        files,
+        mut r1,
+        r2,
+    } = two_replicas("ha", 134, 135).await;
     let services = "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n\
                     spec: {selector: {app: web}, ports: [{port: 18090, protocol: http}]}\n---\n\
                     apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: solo}\n\
