@@ -455,6 +455,7 @@ fn server_config(host: IpAddr) -> ProxyConfig {
         limits: Limits::default(),
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
+        telemetry: Default::default(),
     }
 }
 
@@ -495,6 +496,7 @@ fn client_config(host: IpAddr) -> ProxyConfig {
         limits: Limits::default(),
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
+        telemetry: Default::default(),
     }
 }
 

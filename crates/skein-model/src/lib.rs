@@ -13,7 +13,7 @@ pub mod time;
 
 pub use proxy::{
     AdminConfig, Destination, DestinationRoute, Endpoint, InboundConfig, Limits, OutboundConfig,
-    PortSpec, Protocol, ProxyConfig, Upstream, WorkloadInfo,
+    PortSpec, Protocol, ProxyConfig, TelemetryConfig, Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
 

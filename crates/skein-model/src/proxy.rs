@@ -43,6 +43,29 @@ pub struct ProxyConfig {
     /// How long in-flight requests and streams may run after a shutdown signal. Default `10s`.
     #[serde(default = "default_drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
+    /// What the proxy records about the traffic it carries.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// What the proxy records about traffic (see `docs/telemetry.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Per-request and per-TCP-edge golden signals (counts, latency histograms, bytes by
+    /// caller, callee and route). Default `true`; `false` exists to measure their cost.
+    #[serde(default = "yes")]
+    pub requests: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { requests: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Identity of the workload beside the proxy.

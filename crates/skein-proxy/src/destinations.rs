@@ -2,9 +2,9 @@
 //! proxies. Resolves an authority (`service[:port]`) or an intercepted address to a
 //! [`Target`] and picks an endpoint.
 //!
-//! The table is swapped atomically as a whole ([`DestinationTable::store`]); requests in
-//! flight keep the snapshot they resolved against. The static config builds it today; the
-//! control plane will feed the same table.
+//! The table is immutable: it is built with the configuration and swapped with it as
+//! one [`crate::state::State`]; requests in flight keep the snapshot they resolved
+//! against.
 
 use crate::connect::Upstream;
 use crate::error::ProxyError;
@@ -12,7 +12,7 @@ use skein_model::{Destination, PortSpec, Protocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// A resolved service port: where a request or connection is going.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ impl Target {
 pub struct Service {
     /// The configuration it was built from.
     pub spec: Destination,
+    /// Its namespace and name, as telemetry labels them.
+    pub label: crate::telemetry::Named,
+    /// Its HTTPRoutes' names, as telemetry labels them (same order as `spec.routes`).
+    pub route_labels: Vec<crate::telemetry::Label>,
     /// The endpoints, with identities parsed once.
     endpoints: Vec<Upstream>,
     next: AtomicUsize,
@@ -64,6 +68,8 @@ impl Service {
             .collect();
         Service {
             spec: spec.clone(),
+            label: crate::telemetry::Named::new(&spec.namespace, &spec.service),
+            route_labels: spec.routes.iter().map(|r| r.name.as_str().into()).collect(),
             endpoints,
             next: AtomicUsize::new(0),
         }
@@ -186,38 +192,6 @@ fn split_authority(authority: &str) -> Result<(&str, Option<u16>), ProxyError> {
         return Err(ProxyError::NoAuthority);
     }
     Ok((host, port))
-}
-
-/// The live destination table, replaced whole when configuration changes.
-#[derive(Debug, Default, Clone)]
-pub struct DestinationTable {
-    current: Arc<RwLock<Arc<Destinations>>>,
-}
-
-impl DestinationTable {
-    /// A table holding `destinations`.
-    pub fn new(destinations: Destinations) -> Self {
-        DestinationTable {
-            current: Arc::new(RwLock::new(Arc::new(destinations))),
-        }
-    }
-
-    /// The snapshot in force now.
-    pub fn load(&self) -> Arc<Destinations> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Replaces the snapshot; requests already routed keep the old one.
-    pub fn store(&self, destinations: Destinations) {
-        let next = Arc::new(destinations);
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
-    }
 }
 
 /// True when a declared protocol means HTTP/2 should be spoken to the application.
@@ -355,15 +329,5 @@ mod tests {
             .endpoint()
             .unwrap_err();
         assert!(matches!(e, ProxyError::NoEndpoints(_)));
-    }
-
-    #[test]
-    fn table_swaps_whole_snapshots() {
-        let table = DestinationTable::new(Destinations::new(&[dest("api", &[80], 1)], "default"));
-        let before = table.load();
-        table.store(Destinations::new(&[dest("web", &[80], 1)], "default"));
-        assert!(before.resolve_authority("api").is_ok());
-        assert!(table.load().resolve_authority("api").is_err());
-        assert!(table.load().resolve_authority("web").is_ok());
     }
 }

@@ -186,6 +186,37 @@ impl ProxyError {
         }
     }
 
+    /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
+    /// without trusting its text as a label.
+    pub const REASONS: [&'static str; 16] = [
+        "unknown_service",
+        "unknown_port",
+        "no_endpoints",
+        "no_authority",
+        "connect",
+        "upstream",
+        "port_not_served",
+        "bad_peer_request",
+        "request_body",
+        "tunnel_refused",
+        "mtls_required",
+        "denied",
+        "bad_path",
+        "bad_request",
+        "timeout",
+        "shutting_down",
+    ];
+
+    /// The reason a `skein-error` header names, or `other` for one this proxy does not
+    /// know (a newer peer's, or a refusal of the HTTP/1 framing guard).
+    pub fn reason_of(header: &[u8]) -> &'static str {
+        Self::REASONS
+            .iter()
+            .find(|r| r.as_bytes() == header)
+            .copied()
+            .unwrap_or("other")
+    }
+
     /// The response the proxy sends in place of the upstream's.
     pub fn to_response(&self) -> http::Response<crate::http::Body> {
         let mut resp = http::Response::new(crate::http::full(format!("{self}\n")));
@@ -260,5 +291,8 @@ mod tests {
         assert!(ProxyError::NoEndpoints("x".into()).retryable());
         assert!(!ProxyError::NoAuthority.retryable());
         assert_eq!(ProxyError::NoAuthority.source_kind(), Source::Downstream);
+        assert_eq!(ProxyError::reason_of(b"denied"), "denied");
+        assert_eq!(ProxyError::reason_of(b"<script>"), "other");
+        assert!(ProxyError::REASONS.contains(&ProxyError::ShuttingDown.reason()));
     }
 }

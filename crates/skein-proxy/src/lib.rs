@@ -24,28 +24,29 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod request;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod state;
+pub mod telemetry;
 pub mod transport;
 
 use connect::{Connect, H1Pool, H2Pool, TcpConnector};
-use destinations::{DestinationTable, Destinations};
 use drain::Drain;
 use metrics::Metrics;
 use skein_model::ProxyConfig;
+use state::{State, StateCell};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 pub use error::ProxyError;
 
 /// State shared by every connection of one proxy.
 pub struct Ctx {
-    /// The configuration in force; replaced whole by [`Ctx::apply`].
-    config: RwLock<Arc<ProxyConfig>>,
-    /// Where services are and who serves them.
-    pub destinations: DestinationTable,
+    /// The configuration and destinations in force; replaced whole by [`Ctx::apply`].
+    state: StateCell,
     /// Metric families.
     pub metrics: Arc<Metrics>,
     /// HTTP/2 connections to peer proxies.
@@ -69,18 +70,41 @@ pub struct Ctx {
     pub authz_log: inbound::authorize::DecisionLog,
     /// Retries allowed per destination service (route `retry`).
     pub retry_budget: retry::Budget,
+    /// This workload's account, once its certificate says (see [`Ctx::own_account`]).
+    own_account: std::sync::OnceLock<telemetry::Named>,
     /// Set once the control plane refused this proxy for good (revoked, used-up or
     /// foreign token): the reason. See [`RunningProxy::fatal`].
     pub fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Ctx {
-    /// The configuration in force now. Requests keep the snapshot they started with.
-    pub fn config(&self) -> Arc<ProxyConfig> {
-        match self.config.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+    /// The state in force now. A request reads it once and keeps it to the end.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load()
+    }
+
+    /// This workload's service account as telemetry labels the outbound side: its
+    /// certificate's once issued; before that (and without a control plane), its
+    /// namespace and service name from the configuration.
+    pub fn own_account(&self, config: &ProxyConfig) -> telemetry::Named {
+        if let Some(known) = self.own_account.get() {
+            return known.clone();
         }
+        match self.identity.get() {
+            Some(identity) => {
+                let id = identity.id();
+                self.own_account
+                    .get_or_init(|| telemetry::Named::new(id.namespace(), id.account()))
+                    .clone()
+            }
+            None => telemetry::Named::new(&config.workload.namespace, &config.workload.service),
+        }
+    }
+
+    /// The configuration in force now (for what is not per request: listeners, limits
+    /// of a new connection, the control-plane session).
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.state.load().config.clone()
     }
 
     /// Replaces the configuration (and the destination table built from it) atomically.
@@ -100,10 +124,7 @@ impl Ctx {
         if fixed(&current) != fixed(&next) {
             return Err(ApplyError::Restart);
         }
-        let destinations = Destinations::new(&next.destinations, &next.workload.namespace);
-        let mut guard = self.config.write().unwrap_or_else(|p| p.into_inner());
-        self.destinations.store(destinations);
-        *guard = Arc::new(next);
+        self.state.store(State::new(next));
         Ok(())
     }
 }
@@ -184,11 +205,7 @@ impl RunningProxy {
             Arc::new(identity::PeerConnector::new(identity.clone()));
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let ctx = Arc::new(Ctx {
-            destinations: DestinationTable::new(Destinations::new(
-                &config.destinations,
-                &config.workload.namespace,
-            )),
-            config: RwLock::new(Arc::new(config)),
+            state: StateCell::new(State::new(config)),
             metrics: Arc::new(Metrics::new()),
             peers: H2Pool::new(peer_connector),
             app_h1: H1Pool::new(app_connector.clone()),
@@ -200,6 +217,7 @@ impl RunningProxy {
             identity,
             authz_log: Default::default(),
             retry_budget: Default::default(),
+            own_account: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
         });
         let c = ctx.config();

@@ -1,5 +1,7 @@
-//! The proxy's Prometheus metrics: connection and request counters by direction and
-//! protocol, open connections, detection timeouts and refusals. Served on `/metrics`.
+//! The proxy's Prometheus metrics: connections by direction and protocol, refusals and
+//! errors, detection timeouts, the control-plane session and the workload certificate,
+//! authorization decisions, and (through [`crate::telemetry`]) the golden signals of
+//! every request and TCP edge. Served on `/metrics`.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -73,17 +75,6 @@ pub struct ConnLabels {
     pub protocol: Proto,
 }
 
-/// Labels for request metrics.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReqLabels {
-    /// inbound or outbound.
-    pub direction: Direction,
-    /// How the client spoke.
-    pub protocol: Proto,
-    /// `1xx` … `5xx`, or `error` when no response was produced.
-    pub class: &'static str,
-}
-
 /// Labels for refusals and errors.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -107,18 +98,14 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     /// Connections currently open.
     pub open_connections: Family<ConnLabels, Gauge>,
-    /// Requests that completed with a response head (or failed), by response class.
-    pub requests: Family<ReqLabels, Counter>,
+    /// Golden signals per request and TCP edge.
+    pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
     /// Requests or connections the proxy itself refused or failed, by reason.
     pub errors: Family<ReasonLabels, Counter>,
     /// Route retries, by result (`sent`, `budget_exhausted`).
     pub retries: Family<ResultLabels, Counter>,
     /// Connections whose protocol was decided by the detection timeout.
     pub detect_timeouts: Family<DirLabels, Counter>,
-    /// Bytes copied on opaque TCP connections, client to server.
-    pub tcp_bytes_sent: Family<ConnLabels, Counter>,
-    /// Bytes copied on opaque TCP connections, server to client.
-    pub tcp_bytes_received: Family<ConnLabels, Counter>,
     /// 1 while a control-plane stream is open.
     pub control_connected: Gauge,
     /// Version of the configuration snapshot in force (0: static config only).
@@ -138,6 +125,9 @@ pub struct Metrics {
     /// up borrowed strings instead of building four owned labels per request.
     authz_counters: std::sync::RwLock<HashMap<u64, Vec<(AuthzLabels, Counter)>>>,
 }
+
+/// Authorization label sets kept at most; later callers are counted as `other`.
+pub const MAX_AUTHZ_SERIES: usize = 1024;
 
 /// Labels for authorization decisions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,12 +169,10 @@ impl Metrics {
         let m = Metrics {
             connections: Family::default(),
             open_connections: Family::default(),
-            requests: Family::default(),
+            telemetry: Default::default(),
             errors: Family::default(),
             retries: Family::default(),
             detect_timeouts: Family::default(),
-            tcp_bytes_sent: Family::default(),
-            tcp_bytes_received: Family::default(),
             control_connected: Gauge::default(),
             config_version: Gauge::default(),
             config_updates: Family::default(),
@@ -205,11 +193,7 @@ impl Metrics {
             "Connections open now",
             m.open_connections.clone(),
         );
-        registry.register(
-            "requests",
-            "HTTP requests proxied, by response class",
-            m.requests.clone(),
-        );
+        registry.register_collector(Box::new(m.telemetry.clone()));
         registry.register(
             "proxy_errors",
             "Requests or connections the proxy refused or failed",
@@ -221,16 +205,6 @@ impl Metrics {
             m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());
-        registry.register(
-            "tcp_sent_bytes",
-            "Opaque TCP bytes from client to server",
-            m.tcp_bytes_sent.clone(),
-        );
-        registry.register(
-            "tcp_received_bytes",
-            "Opaque TCP bytes from server to client",
-            m.tcp_bytes_received.clone(),
-        );
         registry.register(
             "control_connected",
             "1 while connected to the control plane",
@@ -269,8 +243,22 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one authorization decision.
+    /// Counts one authorization decision. Past [`MAX_AUTHZ_SERIES`] label sets, a new
+    /// caller is counted as `other` (a fixed ceiling whatever the number of callers).
     pub fn authz(&self, decision: &'static str, source: &str, target: &str, policy: &str) {
+        if !self.count_authz(decision, source, target, policy) {
+            self.count_authz(decision, crate::telemetry::OTHER, target, policy);
+        }
+    }
+
+    /// Counts under these labels; false when they are new and the ceiling is reached.
+    fn count_authz(
+        &self,
+        decision: &'static str,
+        source: &str,
+        target: &str,
+        policy: &str,
+    ) -> bool {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (decision, source, target, policy).hash(&mut h);
@@ -288,8 +276,16 @@ impl Metrics {
                 .and_then(|v| v.iter().find(|(l, _)| same(l)))
             {
                 c.inc();
-                return;
+                return true;
             }
+        }
+        let mut counters = self
+            .authz_counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let held: usize = counters.values().map(Vec::len).sum();
+        if held >= MAX_AUTHZ_SERIES && source != crate::telemetry::OTHER {
+            return false;
         }
         let labels = AuthzLabels {
             decision,
@@ -299,14 +295,11 @@ impl Metrics {
         };
         let counter = self.authz.get_or_create(&labels).clone();
         counter.inc();
-        let mut counters = self
-            .authz_counters
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
         let slot = counters.entry(key).or_default();
         if !slot.iter().any(|(l, _)| same(l)) {
             slot.push((labels, counter));
         }
+        true
     }
 
     /// Counts one inbound connection by security outcome.
@@ -335,39 +328,6 @@ impl Metrics {
         let gauge = self.open_connections.get_or_create(&labels).clone();
         gauge.inc();
         OpenConn { gauge }
-    }
-
-    /// Counts one finished request.
-    pub fn request(&self, direction: Direction, protocol: Proto, status: Option<u16>) {
-        // Static labels: counting a request allocates nothing.
-        let class = match status.map(|s| s / 100) {
-            Some(1) => "1xx",
-            Some(2) => "2xx",
-            Some(3) => "3xx",
-            Some(4) => "4xx",
-            Some(5) => "5xx",
-            Some(_) => "other",
-            None => "error",
-        };
-        self.requests
-            .get_or_create(&ReqLabels {
-                direction,
-                protocol,
-                class,
-            })
-            .inc();
-    }
-
-    /// Counts the bytes of a finished opaque connection.
-    pub fn tcp_bytes(&self, direction: Direction, sent: u64, received: u64) {
-        let labels = ConnLabels {
-            direction,
-            protocol: Proto::Tcp,
-        };
-        self.tcp_bytes_sent.get_or_create(&labels).inc_by(sent);
-        self.tcp_bytes_received
-            .get_or_create(&labels)
-            .inc_by(received);
     }
 
     /// Counts one certificate request by result (`issued` or `failed`).
@@ -440,28 +400,49 @@ mod tests {
     fn open_connections_follow_guards() {
         let m = Metrics::new();
         let g = m.open(Direction::Inbound, Proto::Http2);
-        m.request(Direction::Inbound, Proto::Http2, Some(204));
+        m.error(Direction::Inbound, "denied");
         let text = m.encode();
         assert!(
             text.contains("skein_tcp_open_connections{direction=\"inbound\",protocol=\"http2\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains(
-                "skein_requests_total{direction=\"inbound\",protocol=\"http2\",class=\"2xx\"} 1"
-            ),
-            "{text}"
-        );
         assert_eq!(
-            sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]),
+            sum_samples(
+                &text,
+                "skein_proxy_errors_total",
+                &["direction=\"inbound\""]
+            ),
             1
         );
         assert_eq!(
-            sum_samples(&text, "skein_requests", &[]),
+            sum_samples(&text, "skein_proxy_errors", &[]),
             0,
             "prefix must not match"
         );
         drop(g);
+        for caller in 0..2 * MAX_AUTHZ_SERIES {
+            m.authz(
+                "allowed",
+                &format!("spiffe://x/ns/a/sa/{caller}"),
+                "api",
+                "default",
+            );
+        }
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("skein_authz_decisions_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_AUTHZ_SERIES + 1,
+            "a fixed ceiling, then `other`"
+        );
+        assert_eq!(
+            sum_samples(&text, "skein_authz_decisions_total", &[]),
+            2 * MAX_AUTHZ_SERIES as u64,
+            "every decision counted"
+        );
         assert!(m
             .encode()
             .contains("skein_tcp_open_connections{direction=\"inbound\",protocol=\"http2\"} 0"));

@@ -98,6 +98,7 @@ impl MeshSpec {
             limits: self.limits,
             detect_timeout: self.detect_timeout,
             drain_timeout: Duration::from_secs(10),
+            telemetry: Default::default(),
         }
     }
 
@@ -162,6 +163,7 @@ impl MeshSpec {
             limits: self.limits,
             detect_timeout: self.detect_timeout,
             drain_timeout: Duration::from_secs(10),
+            telemetry: Default::default(),
         }
     }
 

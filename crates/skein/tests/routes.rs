@@ -1,5 +1,7 @@
 //! Live routing through the control plane: an HTTPRoute changed while traffic flows is in
-//! force on the proxies within a second, and no request fails on the way.
+//! force on the proxies within a second, and no request fails on the way; a route or
+//! endpoint change reaches the next request on connections that are already open
+//! (HTTP/1.1 keep-alive, HTTP/2, gRPC).
 
 use http::{Request, StatusCode};
 use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
@@ -44,18 +46,34 @@ async fn workload(
     let backend = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
         .await
         .unwrap();
+    let proxy = workload_proxy(control, host, service, backend.addr(), Protocol::Http, &[]).await;
+    (backend, proxy)
+}
+
+/// A control-plane-managed proxy on 127.0.0.`host` in front of the application at `app`,
+/// registered as a workload of `service` with `labels` besides `app: <service>`.
+async fn workload_proxy(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+    app: SocketAddr,
+    protocol: Protocol,
+    labels: &[(&str, &str)],
+) -> RunningProxy {
     let mut config = MeshSpec::new(host, host)
-        .service(service, backend.addr(), Protocol::Http)
+        .service(service, app, protocol)
         .server_config();
+    for (k, v) in labels {
+        config.workload.labels.insert(k.to_string(), v.to_string());
+    }
+    config.workload.labels.insert("app".into(), service.into());
     config.workload.name = format!("{service}-{host}");
     config.workload.service = service.into();
     config.inbound.listen = SocketAddr::new(loopback(host), 4143);
     let advertise = config.inbound.listen;
-    let proxy =
-        RunningProxy::start_with_control(config, control_for(control, advertise, service).await)
-            .await
-            .unwrap();
-    (backend, proxy)
+    RunningProxy::start_with_control(config, control_for(control, advertise, service).await)
+        .await
+        .unwrap()
 }
 
 fn route_to(backend: &str) -> String {
@@ -105,10 +123,28 @@ async fn apply(control: &RunningControl, yaml: &str) {
 /// an HTTP proxy; returned once it knows at least the given number of endpoints of each
 /// service.
 async fn caller_at(control: &RunningControl, host: u8, services: &[(&str, usize)]) -> RunningProxy {
+    caller_with(control, host, services, &[]).await
+}
+
+/// Like [`caller_at`], with local upstream listeners on 127.0.0.`host`:`port` for each
+/// `(service, port)` of `upstreams`.
+async fn caller_with(
+    control: &RunningControl,
+    host: u8,
+    services: &[(&str, usize)],
+    upstreams: &[(&str, u16)],
+) -> RunningProxy {
     let mut config: ProxyConfig =
         MeshSpec::new(host, host).client_config(SocketAddr::new(loopback(host), 4143));
     config.destinations.clear();
-    config.outbound.upstreams.clear();
+    config.outbound.upstreams = upstreams
+        .iter()
+        .map(|(service, port)| skein_model::Upstream {
+            listen: SocketAddr::new(loopback(host), *port),
+            service: service.to_string(),
+            port: *port,
+        })
+        .collect();
     let advertise = SocketAddr::new(loopback(host), 4143);
     config.inbound.listen = advertise;
     let service = config.workload.service.clone();
@@ -405,6 +441,310 @@ spec:
         &["result=\"budget_exhausted\""],
     );
     assert_eq!(refused, 0);
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const GRPC_PORT: u16 = 18090;
+
+fn service_doc(name: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: {port}, protocol: {protocol}}}]}}
+---
+"
+    )
+}
+
+fn split(parent: &str, port: u16, backends: &[(&str, u32)]) -> String {
+    let refs: Vec<String> = backends
+        .iter()
+        .map(|(name, weight)| format!("{{name: {name}, port: {port}, weight: {weight}}}"))
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {parent}}}
+spec:
+  parentRefs: [{{name: {parent}, port: {port}}}]
+  rules:
+  - backendRefs: [{}]
+",
+        refs.join(", ")
+    )
+}
+
+/// Waits until the caller's proxy has applied a snapshot in which `service`'s first route
+/// sends everything to `backend` (the proxy's acknowledgement of the change).
+async fn acknowledged(client: &RunningProxy, service: &str, backend: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = client.ctx.state();
+        let in_force = state.config.destinations.iter().any(|d| {
+            d.service == service
+                && d.routes.first().is_some_and(|r| {
+                    r.rules[0]
+                        .backend_refs
+                        .iter()
+                        .all(|b| (b.name == backend) == (b.weight > 0))
+                })
+        });
+        if in_force {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the route change never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_route_flip_reaches_open_http1_h2_and_grpc_connections() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(20).await;
+    let mut docs = String::new();
+    for s in ["web", "web-a", "web-b"] {
+        docs += &service_doc(s, PORT, "http");
+    }
+    for s in ["echo", "echo-a", "echo-b"] {
+        docs += &service_doc(s, GRPC_PORT, "grpc");
+    }
+    docs += &split("web", PORT, &[("web-a", 1), ("web-b", 0)]);
+    docs += "---\n";
+    docs += &split("echo", GRPC_PORT, &[("echo-a", 1), ("echo-b", 0)]);
+    apply(&control, &docs).await;
+    let (a, _pa) = workload(&control, 21, "web-a").await;
+    let (b, _pb) = workload(&control, 22, "web-b").await;
+    let echo_a = skein_testkit::GrpcBackend::start(SocketAddr::new(loopback(23), GRPC_PORT))
+        .await
+        .unwrap();
+    let _pea = workload_proxy(&control, 23, "echo-a", echo_a.addr(), Protocol::Grpc, &[]).await;
+    let echo_b = skein_testkit::GrpcBackend::start(SocketAddr::new(loopback(24), GRPC_PORT))
+        .await
+        .unwrap();
+    let _peb = workload_proxy(&control, 24, "echo-b", echo_b.addr(), Protocol::Grpc, &[]).await;
+    let client = caller_with(
+        &control,
+        25,
+        &[("web-a", 1), ("web-b", 1), ("echo-a", 1), ("echo-b", 1)],
+        &[("web", PORT), ("echo", GRPC_PORT)],
+    )
+    .await;
+    let web = client.addrs.upstreams[0];
+    let echo = client.addrs.upstreams[1];
+
+    // One connection of each kind, opened while the route points at `-a`.
+    let mut http1 = h1(web).await.unwrap();
+    let mut http2 = skein_testkit::client::h2(web).await.unwrap();
+    let mut grpc = skein_testkit::pb::echo_client::EchoClient::connect(format!("http://{echo}"))
+        .await
+        .unwrap();
+    let get = || {
+        Request::get(format!("http://web:{PORT}/menu"))
+            .body(empty())
+            .unwrap()
+    };
+    let unary = || skein_testkit::pb::EchoRequest {
+        message: "hi".into(),
+        count: 0,
+        fail_with_code: 0,
+    };
+    for _ in 0..3 {
+        assert_eq!(http1.send_request(get()).await.unwrap().status(), 200);
+        assert_eq!(http2.send_request(get()).await.unwrap().status(), 200);
+        grpc.unary(unary()).await.unwrap();
+    }
+    assert_eq!((a.hits(), b.hits()), (6, 0));
+    assert_eq!((echo_a.hits(), echo_b.hits()), (3, 0));
+
+    // Flip both routes; once the caller's proxy has the change, the next request on each
+    // open connection goes to `-b`.
+    let mut flip = split("web", PORT, &[("web-a", 0), ("web-b", 1)]);
+    flip += "---\n";
+    flip += &split("echo", GRPC_PORT, &[("echo-a", 0), ("echo-b", 1)]);
+    apply(&control, &flip).await;
+    acknowledged(&client, "web", "web-b").await;
+    acknowledged(&client, "echo", "echo-b").await;
+    let resp = http1.send_request(get()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (6, 1),
+        "HTTP/1.1 keep-alive: the same connection, the new backend"
+    );
+    assert_eq!(http2.send_request(get()).await.unwrap().status(), 200);
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (6, 2),
+        "HTTP/2: a new stream, the new backend"
+    );
+    grpc.unary(unary()).await.unwrap();
+    assert_eq!(
+        (echo_a.hits(), echo_b.hits()),
+        (3, 1),
+        "gRPC: the next call, the new backend"
+    );
+    assert!(
+        http1.is_ready() && !http1.is_closed(),
+        "the HTTP/1.1 connection stayed open"
+    );
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_weight_shift_under_load_leaves_the_old_backend_within_a_second() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(26).await;
+    let mut docs = String::new();
+    for s in ["shop", "shop-a", "shop-b"] {
+        docs += &service_doc(s, PORT, "http");
+    }
+    docs += &split("shop", PORT, &[("shop-a", 100), ("shop-b", 0)]);
+    apply(&control, &docs).await;
+    let (a, _pa) = workload(&control, 27, "shop-a").await;
+    let (b, _pb) = workload(&control, 28, "shop-b").await;
+    let client = caller_with(
+        &control,
+        29,
+        &[("shop-a", 1), ("shop-b", 1)],
+        &[("shop", PORT)],
+    )
+    .await;
+    let listener = client.addrs.upstreams[0];
+
+    // Four pooled keep-alive connections, each sending requests back to back, bounded
+    // in count and time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        let mut conn = h1(listener).await.unwrap();
+        load.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let req = Request::get(format!("http://shop:{PORT}/"))
+                    .body(empty())
+                    .unwrap();
+                match conn.send_request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = skein_testkit::client::body_bytes(resp).await;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.hits() > 0 && b.hits() == 0);
+    apply(
+        &control,
+        &split("shop", PORT, &[("shop-a", 0), ("shop-b", 100)]),
+    )
+    .await;
+    acknowledged(&client, "shop", "shop-b").await;
+    let at_ack = a.hits();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_a_second = a.hits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    for l in load {
+        failed += l.await.unwrap();
+    }
+    assert_eq!(failed, 0, "no request failed during the shift");
+    assert!(
+        after_a_second - at_ack <= 4,
+        "only requests already under way at the acknowledgement (at most one per connection) reached the old backend: {}",
+        after_a_second - at_ack
+    );
+    assert_eq!(
+        a.hits(),
+        after_a_second,
+        "0 requests reached the old backend after a second"
+    );
+    assert!(b.hits() > 0, "the new backend took the load");
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_withdrawn_endpoint_gets_no_request_from_an_open_connection() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(30).await;
+    apply(&control, &service_doc("menu", PORT, "http")).await;
+    let main = HttpBackend::start(SocketAddr::new(loopback(31), PORT))
+        .await
+        .unwrap();
+    let _pm = workload_proxy(
+        &control,
+        31,
+        "menu",
+        main.addr(),
+        Protocol::Http,
+        &[("tier", "main")],
+    )
+    .await;
+    let extra = HttpBackend::start(SocketAddr::new(loopback(33), PORT))
+        .await
+        .unwrap();
+    let _pe = workload_proxy(
+        &control,
+        33,
+        "menu",
+        extra.addr(),
+        Protocol::Http,
+        &[("tier", "extra")],
+    )
+    .await;
+    let client = caller_with(&control, 34, &[("menu", 2)], &[("menu", PORT)]).await;
+    let mut conn = h1(client.addrs.upstreams[0]).await.unwrap();
+    let get = || {
+        Request::get(format!("http://menu:{PORT}/"))
+            .body(empty())
+            .unwrap()
+    };
+    for _ in 0..10 {
+        assert_eq!(conn.send_request(get()).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        (main.hits(), extra.hits()),
+        (5, 5),
+        "round robin over both endpoints"
+    );
+
+    // The Service stops selecting the extra workload: its endpoint is withdrawn, though
+    // its proxy and application still run.
+    let narrowed = "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: menu}
+spec: {selector: {app: menu, tier: main}, ports: [{port: 18080, protocol: http}]}
+";
+    apply(&control, narrowed).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .ctx
+        .config()
+        .destinations
+        .iter()
+        .any(|d| d.service == "menu" && d.endpoints.len() != 1)
+    {
+        assert!(Instant::now() < deadline, "the withdrawal never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(conn.send_request(get()).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        (main.hits(), extra.hits()),
+        (15, 5),
+        "every request on the open connection went to the endpoint still selected"
+    );
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,21 +34,28 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pin_project_lite::pin_project! {
-    /// A body that remembers whether it failed, so that a failed upstream exchange can be
-    /// blamed on the client's body (400) rather than the upstream (502).
+    /// A request body that counts its bytes (into the request's record) and remembers
+    /// whether it failed, so that a failed upstream exchange can be blamed on the client's
+    /// body (400) rather than the upstream (502).
     pub struct Watched<B> {
         #[pin]
         inner: B,
+        bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
         failure: std::sync::Arc<std::sync::OnceLock<String>>,
     }
 }
 
 impl<B> Watched<B> {
-    /// Wraps `inner`; the returned cell holds the body's error message once it fails.
-    pub fn new(inner: B) -> (Self, std::sync::Arc<std::sync::OnceLock<String>>) {
+    /// Wraps `inner`, counting its data into `bytes`; the returned cell holds the body's
+    /// error message once it fails.
+    pub fn new(
+        inner: B,
+        bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> (Self, std::sync::Arc<std::sync::OnceLock<String>>) {
         let failure = std::sync::Arc::new(std::sync::OnceLock::new());
         let body = Watched {
             inner,
+            bytes,
             failure: failure.clone(),
         };
         (body, failure)
@@ -58,6 +65,7 @@ impl<B> Watched<B> {
 impl<B> http_body::Body for Watched<B>
 where
     B: http_body::Body,
+    B::Data: bytes::Buf,
     B::Error: std::fmt::Display,
 {
     type Data = B::Data;
@@ -69,8 +77,18 @@ where
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
-            let _ = this.failure.set(e.to_string());
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = bytes::Buf::remaining(data) as u64;
+                    this.bytes
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let _ = this.failure.set(e.to_string());
+            }
+            _ => {}
         }
         polled
     }

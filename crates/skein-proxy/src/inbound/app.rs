@@ -4,24 +4,31 @@
 use super::Caller;
 use crate::error::ProxyError;
 use crate::http::{boxed, headers, Body};
+use crate::request::Record;
 use crate::Ctx;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use skein_model::ProxyConfig;
 use std::net::SocketAddr;
 
 /// Sends `req` to the application's `port` and returns its response with hop-by-hop
 /// headers removed. The application learns the caller from `skein-client-id` only.
 pub async fn forward(
     ctx: &Ctx,
+    config: &ProxyConfig,
     req: Request<Incoming>,
     port: u16,
     to_h2: bool,
     caller: &Caller,
+    rec: &mut Record,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
+    let addr = SocketAddr::new(config.inbound.app_host, port);
+    rec.endpoint = Some(addr);
+    rec.attempts = 1;
     let (mut parts, body) = req.into_parts();
+    let (body, _) = crate::http::Watched::new(body, rec.request_bytes.clone());
     // Hop-by-hop first: a `Connection: skein-client-id` must not remove the header we add.
     headers::strip_hop_by_hop(&mut parts.headers);
     identify(&mut parts.headers, caller);

@@ -1,7 +1,7 @@
 //! Inbound authorization: every request (HTTP) or tunnel (TCP) is decided on the caller's
 //! verified identity by [`skein_model::authz`], the same code `skein policy check` runs,
-//! against the policies in force now (a policy pushed by the control plane applies to
-//! the next request of a live connection).
+//! against the policies in the state the request loaded when it arrived (a policy pushed
+//! by the control plane applies to the next request of a live connection).
 //!
 //! HTTP paths are normalised first and the request is rewritten to the normalised path,
 //! so the application receives exactly what was authorized. Every decision is counted;
@@ -14,6 +14,7 @@ use crate::Ctx;
 use http::uri::{PathAndQuery, Uri};
 use http::Request;
 use skein_model::authz::{self, Decision, HttpRequest, Verdict};
+use skein_model::ProxyConfig;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,11 +29,11 @@ const MAX_PAIRS: usize = 4096;
 /// Decides an HTTP request on `port`; on success `req` carries the normalised path.
 pub fn http<B>(
     ctx: &Ctx,
+    config: &ProxyConfig,
     caller: &Caller,
     req: &mut Request<B>,
     port: u16,
 ) -> Result<(), ProxyError> {
-    let config = ctx.config();
     let policy = &config.authorization;
     let normal = policy
         .normalize_path(req.uri().path())
@@ -54,8 +55,7 @@ pub fn http<B>(
 }
 
 /// Decides an opaque TCP tunnel to `port`.
-pub fn tcp(ctx: &Ctx, caller: &Caller, port: u16) -> Result<(), ProxyError> {
-    let config = ctx.config();
+pub fn tcp(ctx: &Ctx, config: &ProxyConfig, caller: &Caller, port: u16) -> Result<(), ProxyError> {
     let request = authz::Request { port, http: None };
     let decision = config.authorization.decide(&caller.as_authz(), &request);
     record(ctx, caller, &config.workload.service, port, &decision)

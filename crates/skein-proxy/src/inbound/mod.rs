@@ -16,10 +16,13 @@ mod tunnel;
 use crate::error::ProxyError;
 use crate::http::{headers, Body};
 use crate::metrics::{Direction, Proto};
+use crate::request::{self, Record};
+use crate::state::State;
+use crate::telemetry::Named;
 use crate::Ctx;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use skein_model::PortSpec;
+use skein_model::{PortSpec, ProxyConfig};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +54,36 @@ impl Caller {
             Caller::Mesh(id) => skein_model::authz::Caller::Mesh(id.to_str().unwrap_or("")),
             Caller::Unauthenticated => skein_model::authz::Caller::Unauthenticated,
         }
+    }
+}
+
+/// The caller of one connection, as authorization and telemetry see it (worked out once
+/// per connection).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Who is calling.
+    pub caller: Caller,
+    /// Its service account, as telemetry labels it.
+    pub account: Named,
+}
+
+impl Peer {
+    fn new(caller: Caller) -> Peer {
+        let account = match &caller {
+            Caller::Mesh(id) => id
+                .to_str()
+                .ok()
+                .and_then(|id| id.parse::<skein_identity::SpiffeId>().ok())
+                .map(|id| Named::new(id.namespace(), id.account()))
+                .unwrap_or_else(|| Named::new("", "unknown")),
+            Caller::Unauthenticated => Named::unauthenticated(),
+        };
+        Peer { caller, account }
+    }
+
+    /// Whether the caller proved itself with mutual TLS.
+    pub fn tls(&self) -> bool {
+        matches!(self.caller, Caller::Mesh(_))
     }
 }
 
@@ -156,10 +189,10 @@ async fn serve_peer<I: crate::io::Io>(
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http2);
     tracing::debug!(%peer, ?caller, "peer connected");
     let c = ctx.clone();
-    let caller = Arc::new(caller);
+    let who = Arc::new(Peer::new(caller));
     let handler = hyper::service::service_fn(move |req| {
-        let (ctx, caller) = (c.clone(), caller.clone());
-        async move { Ok::<_, Infallible>(handle(ctx, req, &caller).await) }
+        let (ctx, who) = (c.clone(), who.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, &who).await) }
     });
     let limits = ctx.config().limits;
     let serve = crate::server::serve_http2(io, handler, &limits, &ctx.drain);
@@ -176,27 +209,22 @@ async fn serve_peer<I: crate::io::Io>(
     }
 }
 
-/// Handles one stream from a peer; failures become the proxy's own error responses.
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
-    let proto = orig_proto(&req);
-    let grpc = is_grpc(&req);
-    match route(&ctx, req, caller).await {
-        Ok(resp) => {
-            ctx.metrics
-                .request(Direction::Inbound, proto, Some(resp.status().as_u16()));
-            resp
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "inbound request failed");
-            ctx.metrics.error(Direction::Inbound, e.reason());
-            ctx.metrics.request(Direction::Inbound, proto, None);
-            if grpc {
-                e.to_grpc_response()
-            } else {
-                e.to_response()
-            }
-        }
-    }
+/// Handles one stream from a peer: reads the state in force once, routes, and ends in
+/// [`request::finish`] (which turns failures into the proxy's own responses).
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    let state = ctx.state();
+    let mut rec = Record::new(
+        Direction::Inbound,
+        orig_proto(&req),
+        is_grpc(&req),
+        peer.account.clone(),
+        peer.tls(),
+    );
+    // A tunnel is an edge, not a request: telemetry records it as a TCP connection.
+    rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
+    rec.dst = Some(state.service.clone());
+    let result = route(&ctx, &state, req, peer, &mut rec).await;
+    request::finish(&ctx, rec, result)
 }
 
 /// Whether the request is gRPC (its errors go in `grpc-status`).
@@ -209,25 +237,29 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
 /// target port → mTLS mode → authorize → tunnel or HTTP forward.
 async fn route(
     ctx: &Arc<Ctx>,
+    state: &State,
     mut req: Request<Incoming>,
-    caller: &Caller,
+    peer: &Peer,
+    rec: &mut Record,
 ) -> Result<Response<Body>, ProxyError> {
-    let port = target_port(ctx, &req)?;
+    let caller = &peer.caller;
+    let config = &state.config;
+    let port = target_port(config, &req)?;
     require_mtls(ctx, caller)?;
     if req.method() == Method::CONNECT {
         // An HTTP/1 tunnel's requests are authorized one by one inside it.
         if !tunnel::carries_http1(&req) {
-            authorize::tcp(ctx, caller, port.port)?;
+            authorize::tcp(ctx, config, caller, port.port)?;
         }
-        return tunnel::open(ctx, req, port, caller.clone()).await;
+        return tunnel::open(ctx, state, req, port, peer).await;
     }
-    authorize::http(ctx, caller, &mut req, port.port)?;
+    authorize::http(ctx, config, caller, &mut req, port.port)?;
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    app::forward(ctx, req, port.port, to_h2, caller).await
+    app::forward(ctx, config, req, port.port, to_h2, caller, rec).await
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.
-fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyError> {
+fn target_port(config: &ProxyConfig, req: &Request<Incoming>) -> Result<PortSpec, ProxyError> {
     let port = req
         .headers()
         .get(headers::DST_PORT)
@@ -236,8 +268,8 @@ fn target_port(ctx: &Ctx, req: &Request<Incoming>) -> Result<PortSpec, ProxyErro
         .ok_or(ProxyError::BadPeerRequest(
             "missing or invalid skein-dst-port header",
         ))?;
-    ctx.config().inbound_port(port).ok_or_else(|| {
-        let served = ctx.config().inbound.ports.iter().map(|p| p.port).collect();
+    config.inbound_port(port).ok_or_else(|| {
+        let served = config.inbound.ports.iter().map(|p| p.port).collect();
         ProxyError::PortNotServed(port, served)
     })
 }

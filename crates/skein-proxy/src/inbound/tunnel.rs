@@ -2,16 +2,19 @@
 //! connection (used for protocol upgrades such as WebSocket) served here, behind the
 //! framing guard, and forwarded request by request.
 
-use super::Caller;
+use super::{Caller, Peer};
 use crate::connect::H1Pool;
 use crate::error::ProxyError;
 use crate::http::{self, headers, Body};
 use crate::metrics::{Direction, Proto};
+use crate::request::{self, Record};
+use crate::state::State;
+use crate::telemetry::TcpKey;
 use crate::Ctx;
 use ::http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use skein_model::PortSpec;
+use skein_model::{PortSpec, ProxyConfig};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,11 +23,12 @@ use std::sync::Arc;
 /// connection is reported to the caller), answers 200, then carries bytes.
 pub async fn open(
     ctx: &Arc<Ctx>,
+    state: &State,
     mut req: Request<Incoming>,
     port: PortSpec,
-    caller: Caller,
+    peer: &Peer,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config().inbound.app_host, port.port);
+    let addr = SocketAddr::new(state.config.inbound.app_host, port.port);
     let kind = req
         .headers()
         .get(headers::TUNNEL)
@@ -33,9 +37,10 @@ pub async fn open(
     match kind.as_deref() {
         Some(b"http1") => {
             let ctx = ctx.clone();
+            let peer = peer.clone();
             ctx.clone().drain.spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
-                    serve_http1(ctx, TokioIo::new(upgraded), port, caller).await;
+                    serve_http1(ctx, TokioIo::new(upgraded), port, peer).await;
                 }
             });
         }
@@ -46,12 +51,21 @@ pub async fn open(
                 .await
                 .map_err(|source| ProxyError::Connect { addr, source })?;
             let metrics = ctx.metrics.clone();
+            let edge = state.config.telemetry.requests.then(|| TcpKey {
+                direction: Direction::Inbound,
+                tls: peer.tls(),
+                src: peer.account.clone(),
+                dst: state.service.clone(),
+            });
             ctx.drain.spawn(async move {
                 let _open = metrics.open(Direction::Inbound, Proto::Tcp);
+                let mut edge = edge.map(|key| metrics.telemetry.tcp_open(key));
                 let Ok(upgraded) = upgrade.await else { return };
                 let mut peer = TokioIo::new(upgraded);
                 if let Ok((sent, received)) = crate::io::splice(&mut peer, &mut app).await {
-                    metrics.tcp_bytes(Direction::Inbound, sent, received);
+                    if let Some(edge) = edge.as_mut() {
+                        edge.bytes(sent, received);
+                    }
                 }
             });
         }
@@ -70,34 +84,39 @@ pub fn carries_http1<B>(req: &Request<B>) -> bool {
 }
 
 /// Serves HTTP/1 arriving through a tunnel, behind the framing guard, authorizing each
-/// request; upgrade requests get their own application connection, others use the pool.
-async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, caller: Caller) {
+/// request against the state in force when it arrives; upgrade requests get their own
+/// application connection, others use the pool. Every request ends in
+/// [`request::finish`], like those on HTTP/2 streams.
+async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, peer: Peer) {
     let _open = ctx.metrics.open(Direction::Inbound, Proto::Http1);
     let c = ctx.clone();
-    let caller = Arc::new(caller);
+    let peer = Arc::new(peer);
     let handler = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let (ctx, caller) = (c.clone(), caller.clone());
+        let (ctx, peer) = (c.clone(), peer.clone());
         async move {
-            let result = match super::authorize::http(&ctx, &caller, &mut req, port.port) {
-                Err(e) => Err(e),
-                Ok(()) if headers::wants_upgrade(req.headers()) => {
-                    upgrade(&ctx, req, port.port, &caller).await
-                }
-                Ok(()) => super::app::forward(&ctx, req, port.port, false, &caller).await,
-            };
-            let resp = match result {
-                Ok(resp) => resp,
-                Err(e) => {
-                    ctx.metrics.error(Direction::Inbound, e.reason());
-                    e.to_response()
-                }
-            };
-            ctx.metrics.request(
+            let state = ctx.state();
+            let config = &state.config;
+            let caller = &peer.caller;
+            let mut rec = Record::new(
                 Direction::Inbound,
                 Proto::Http1,
-                Some(resp.status().as_u16()),
+                false,
+                peer.account.clone(),
+                peer.tls(),
             );
-            Ok::<_, Infallible>(resp)
+            rec.recorded = config.telemetry.requests;
+            rec.dst = Some(state.service.clone());
+            let result = match super::authorize::http(&ctx, config, caller, &mut req, port.port) {
+                Err(e) => Err(e),
+                Ok(()) if headers::wants_upgrade(req.headers()) => {
+                    rec.attempts = 1;
+                    upgrade(&ctx, config, req, port.port, caller).await
+                }
+                Ok(()) => {
+                    super::app::forward(&ctx, config, req, port.port, false, caller, &mut rec).await
+                }
+            };
+            Ok::<_, Infallible>(request::finish(&ctx, rec, result))
         }
     });
     // A peer writes these bytes itself: the framing guard inspects them as it does an
@@ -109,11 +128,12 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, cal
 
 async fn upgrade(
     ctx: &Ctx,
+    config: &ProxyConfig,
     mut req: Request<Incoming>,
     port: u16,
     caller: &Caller,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(ctx.config().inbound.app_host, port);
+    let addr = SocketAddr::new(config.inbound.app_host, port);
     super::app::identify(req.headers_mut(), caller);
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
     crate::http::upgrade::forward(sender, addr, req, &ctx.drain).await

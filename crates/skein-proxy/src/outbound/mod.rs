@@ -6,8 +6,12 @@
 //! declares it) → route to a destination → connect to a peer proxy (HTTP as HTTP/2
 //! streams, opaque TCP as a CONNECT stream). Addresses no destination claims pass through
 //! unchanged.
+//!
+//! HTTP is routed per request, with the state in force when the request arrives
+//! ([`plan`]); an opaque TCP connection is routed once and keeps its backend for life.
 
 mod http;
+pub mod plan;
 mod tcp;
 
 use crate::destinations::Target;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-pub use self::http::Route;
+pub use self::plan::Addressed;
 
 /// How long a port declared `http` waits for the first bytes of a request.
 const HTTP_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,9 +63,9 @@ pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
             ctx.metrics.error(Direction::Outbound, "no_original_dst");
             return;
         };
-        let target = ctx.destinations.load().resolve_addr(dst);
+        let target = ctx.state().destinations.resolve_addr(dst);
         match target {
-            Some(target) => serve_target(ctx, stream, target).await,
+            Some(target) => serve_target(ctx, stream, target, Addressed::Addr(dst)).await,
             None => tcp::passthrough(&ctx, stream, dst).await,
         }
     })
@@ -75,7 +79,7 @@ pub async fn accept_http_proxy(ctx: Arc<Ctx>, listener: TcpListener) {
         listener,
         "http-proxy",
         |ctx, stream, _peer| async move {
-            serve_http(ctx, stream, Route::ByAuthority, Proto::Http1).await
+            serve_http(ctx, stream, Addressed::Authority, Proto::Http1).await
         },
     )
     .await
@@ -87,12 +91,18 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
     accept_loop(ctx, listener, "upstream", move |ctx, stream, _peer| {
         let upstream = upstream.clone();
         async move {
-            match ctx
+            let resolved = ctx
+                .state()
                 .destinations
-                .load()
-                .resolve(&upstream.service, upstream.port)
-            {
-                Ok(target) => serve_target(ctx, stream, target).await,
+                .resolve(&upstream.service, upstream.port);
+            match resolved {
+                Ok(target) => {
+                    let addressed = Addressed::Name {
+                        service: upstream.service.as_str().into(),
+                        port: upstream.port,
+                    };
+                    serve_target(ctx, stream, target, addressed).await
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream listener has no destination");
                     ctx.metrics.error(Direction::Outbound, e.reason());
@@ -103,8 +113,10 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
     .await
 }
 
-/// Detects the protocol (unless declared) and serves the connection towards `target`.
-async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
+/// Detects the protocol (unless declared) and serves the connection towards `target`:
+/// opaque TCP to it for the connection's life, HTTP request by request to what
+/// `addressed` resolves to when each request arrives.
+async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addressed: Addressed) {
     // A declared protocol skips sniffing between HTTP and opaque TCP. `http` still tells
     // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take.
     let (timeout, declared) = match target.port.protocol {
@@ -138,10 +150,9 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
             (_, p) => (p, d.io),
         }
     };
-    let route = Route::To(target.clone());
     match protocol {
-        Detected::Http1 => serve_http(ctx, io, route, Proto::Http1).await,
-        Detected::Http2 => serve_http(ctx, io, route, Proto::Http2).await,
+        Detected::Http1 => serve_http(ctx, io, addressed, Proto::Http1).await,
+        Detected::Http2 => serve_http(ctx, io, addressed, Proto::Http2).await,
         Detected::Opaque => tcp::forward(&ctx, io, &target).await,
         Detected::RequestLineTooLong => {
             let refusal = Refusal::RequestLineTooLong(ctx.config().limits.max_request_line);
@@ -155,9 +166,9 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target) {
 
 /// Serves HTTP/1 (behind the framing guard, see `server::serve_http1`) or HTTP/2 from the
 /// application.
-async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, route: Route, proto: Proto) {
+async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, addressed: Addressed, proto: Proto) {
     let _open = ctx.metrics.open(Direction::Outbound, proto);
-    let handler = self::http::handler(ctx.clone(), route, proto);
+    let handler = self::http::handler(ctx.clone(), addressed, proto);
     let limits = ctx.config().limits;
     if proto == Proto::Http2 {
         crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;

@@ -8,6 +8,7 @@ use crate::error::ProxyError;
 use crate::http::{self, headers, Body};
 use crate::io::Io;
 use crate::metrics::{Direction, Proto};
+use crate::telemetry::TcpKey;
 use crate::Ctx;
 use ::http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -54,9 +55,22 @@ pub async fn open_tunnel(
         })
 }
 
-/// Carries an opaque connection to `target` through a peer proxy.
+/// The TCP edge from this workload to `target`, when telemetry records edges.
+fn edge(ctx: &Ctx, target: &Target) -> Option<TcpKey> {
+    let config = ctx.config();
+    config.telemetry.requests.then(|| TcpKey {
+        direction: Direction::Outbound,
+        tls: ctx.identity.required,
+        src: ctx.own_account(&config),
+        dst: target.service.label.clone(),
+    })
+}
+
+/// Carries an opaque connection to `target` through a peer proxy. It keeps this backend
+/// for its life: bytes of one stream cannot be re-routed.
 pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
     let _open = ctx.metrics.open(Direction::Outbound, Proto::Tcp);
+    let mut edge = edge(ctx, target).map(|key| ctx.metrics.telemetry.tcp_open(key));
     let tunnel = match target.endpoint() {
         Ok(endpoint) => open_tunnel(ctx, &endpoint, target, "tcp").await,
         Err(e) => Err(e),
@@ -75,7 +89,11 @@ pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
     };
     let mut tunnel = TokioIo::new(tunnel);
     match crate::io::splice(&mut io, &mut tunnel).await {
-        Ok((sent, received)) => ctx.metrics.tcp_bytes(Direction::Outbound, sent, received),
+        Ok((sent, received)) => {
+            if let Some(edge) = edge.as_mut() {
+                edge.bytes(sent, received);
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "TCP connection ended"),
     }
 }
@@ -91,12 +109,16 @@ pub async fn connect_method(
     let tunnel = open_tunnel(ctx, &endpoint, target, "tcp").await?;
     let client = hyper::upgrade::on(req);
     let metrics = ctx.metrics.clone();
+    let edge = edge(ctx, target);
     ctx.drain.spawn(async move {
         let _open = metrics.open(Direction::Outbound, Proto::Tcp);
+        let mut edge = edge.map(|key| metrics.telemetry.tcp_open(key));
         let Ok(client) = client.await else { return };
         let (mut client, mut tunnel) = (TokioIo::new(client), TokioIo::new(tunnel));
         if let Ok((sent, received)) = crate::io::splice(&mut client, &mut tunnel).await {
-            metrics.tcp_bytes(Direction::Outbound, sent, received);
+            if let Some(edge) = edge.as_mut() {
+                edge.bytes(sent, received);
+            }
         }
     });
     let mut resp = Response::new(http::empty());

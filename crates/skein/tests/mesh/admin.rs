@@ -40,7 +40,10 @@ async fn admin_serves_live_ready_metrics_and_config() {
     for family in [
         "skein_tcp_open_connections{direction=\"outbound\",protocol=\"http1\"}",
         "skein_tcp_connections_total{direction=\"outbound\",protocol=\"http1\"} 1",
-        "skein_requests_total{direction=\"outbound\",protocol=\"http1\",class=\"2xx\"} 1",
+        "skein_requests_total{direction=\"outbound\",protocol=\"http1\",tls=\"false\",\
+         src_namespace=\"default\",src_account=\"client\",dst_namespace=\"default\",\
+         dst_service=\"web\",route=\"\",rule=\"\",status_code=\"200\",grpc_status=\"\",error=\"\"} 1",
+        "skein_response_latency_seconds_bucket{le=\"0.05\",direction=\"outbound\"",
         "# EOF",
     ] {
         assert!(metrics.contains(family), "missing {family} in:\n{metrics}");

@@ -37,7 +37,7 @@ async fn websocket_echo_through_the_mesh() {
     let upgraded = [
         "direction=\"inbound\"",
         "protocol=\"http1\"",
-        "class=\"1xx\"",
+        "status_code=\"101\"",
     ];
     assert_eq!(
         mesh.metric(Side::Server, "skein_requests_total", &upgraded),

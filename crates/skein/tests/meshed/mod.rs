@@ -121,6 +121,28 @@ pub async fn workload_with(
     start_backend_proxy(backend, config, join).await
 }
 
+/// A proxy on 127.0.0.`host` in front of the application at `app` speaking `protocol`,
+/// registered as the workload `<service>-1` of `service`.
+pub async fn app_workload(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+    app: SocketAddr,
+    protocol: Protocol,
+) -> RunningProxy {
+    let mut config = MeshSpec::new(host, host)
+        .service(service, app, protocol)
+        .server_config();
+    config.workload.name = format!("{service}-1");
+    config.workload.service = service.into();
+    config.workload.labels.clear();
+    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
+    let join = join(control, service, config.inbound.listen).await;
+    RunningProxy::start_with_control(config, Some(join))
+        .await
+        .unwrap()
+}
+
 /// An app on 127.0.0.`host`:PORT and the config of the proxy in front of it.
 async fn backend_config(
     host: u8,

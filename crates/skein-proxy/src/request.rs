@@ -1,0 +1,265 @@
+//! One request's record, carried with it from arrival to the end of its response, and
+//! [`finish`], the one place every HTTP request ends: outbound, inbound, and requests
+//! inside inbound HTTP/1 tunnels.
+//!
+//! The record is filled in request order (accept → detect → authorize → route →
+//! connect): who called (the peer's verified account), which service, which route and
+//! rule, which backend and endpoint, how many tries. [`finish`] turns an error into the
+//! response the caller reads (HTTP status with `skein-error`, or a gRPC status), logs the
+//! request, and wraps the response body so that the request is recorded in telemetry
+//! when the response ends: time to headers, time to the end, bytes each way, and the
+//! gRPC status from the trailers.
+
+use crate::error::ProxyError;
+use crate::http::{headers, Body};
+use crate::metrics::{Direction, Proto};
+use crate::telemetry::{Ended, Label, Named, RequestKey, Status, Telemetry};
+use crate::Ctx;
+use bytes::Bytes;
+use http::Response;
+use http_body::Frame;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What is known about one request so far.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Which side of the proxy.
+    pub direction: Direction,
+    /// How the client spoke.
+    pub protocol: Proto,
+    /// Whether it is gRPC (errors go in `grpc-status`).
+    pub grpc: bool,
+    /// When it arrived.
+    pub started: Instant,
+    /// Whether the peer proxy was verified by mutual TLS.
+    pub tls: bool,
+    /// The calling account (outbound: this workload's).
+    pub src: Named,
+    /// The service called, once known.
+    pub dst: Option<Named>,
+    /// The HTTPRoute and rule that handled it.
+    pub route: Option<(Label, u16)>,
+    /// The backend service the rule picked.
+    pub backend: Option<Label>,
+    /// The peer proxy (outbound) or application address (inbound) of the last try.
+    pub endpoint: Option<SocketAddr>,
+    /// Tries made.
+    pub attempts: u32,
+    /// The authorization policy that decided (inbound).
+    pub policy: Option<Label>,
+    /// Request body bytes read so far.
+    pub request_bytes: Arc<AtomicU64>,
+    /// Whether to record it in telemetry (the `telemetry.requests` setting).
+    pub recorded: bool,
+}
+
+impl Record {
+    /// A request that arrived now.
+    pub fn new(direction: Direction, protocol: Proto, grpc: bool, src: Named, tls: bool) -> Self {
+        Record {
+            direction,
+            protocol,
+            grpc,
+            started: Instant::now(),
+            tls,
+            src,
+            dst: None,
+            route: None,
+            backend: None,
+            endpoint: None,
+            attempts: 0,
+            policy: None,
+            request_bytes: Arc::default(),
+            recorded: true,
+        }
+    }
+}
+
+/// Ends a request: turns an error into its response, logs it, and returns the response
+/// with a body that records the request in telemetry when it ends.
+pub fn finish(
+    ctx: &Ctx,
+    rec: Record,
+    result: Result<Response<Body>, ProxyError>,
+) -> Response<Body> {
+    let (resp, error) = match result {
+        Ok(resp) => {
+            // A peer proxy's own error (e.g. its authorization denied the request): the
+            // caller's side counts it too, without reading the server's metrics.
+            let error = resp
+                .headers()
+                .get(headers::ERROR)
+                .map(|v| ProxyError::reason_of(v.as_bytes()))
+                .unwrap_or("");
+            if !error.is_empty() {
+                ctx.metrics.error(rec.direction, error);
+            }
+            (resp, error)
+        }
+        Err(e) => {
+            ctx.metrics.error(rec.direction, e.reason());
+            let resp = if rec.grpc {
+                e.to_grpc_response()
+            } else {
+                e.to_response()
+            };
+            tracing::debug!(
+                direction = rec.direction.as_str(),
+                dst = rec.dst.as_ref().map(|d| &*d.name),
+                route = rec.route.as_ref().map(|r| &*r.0),
+                endpoint = ?rec.endpoint,
+                attempts = rec.attempts,
+                error = %e,
+                "the mesh answered the request itself"
+            );
+            (resp, e.reason())
+        }
+    };
+    let latency = rec.started.elapsed();
+    tracing::trace!(
+        direction = rec.direction.as_str(),
+        status = resp.status().as_u16(),
+        dst = rec.dst.as_ref().map(|d| &*d.name),
+        backend = rec.backend.as_deref(),
+        endpoint = ?rec.endpoint,
+        attempts = rec.attempts,
+        latency_us = latency.as_micros() as u64,
+        "response headers"
+    );
+    if !rec.recorded {
+        return resp;
+    }
+    let status = resp.status().as_u16();
+    // A trailers-only gRPC response carries its status in the headers.
+    let grpc_status = rec.grpc.then(|| grpc_status(resp.headers())).flatten();
+    let (parts, body) = resp.into_parts();
+    let body = Ending {
+        inner: body,
+        end: Some(End {
+            telemetry: ctx.metrics.telemetry.clone(),
+            rec,
+            latency,
+            status,
+            grpc_status,
+            error,
+            response_bytes: 0,
+        }),
+    };
+    Response::from_parts(parts, crate::http::boxed(body))
+}
+
+fn grpc_status(h: &http::HeaderMap) -> Option<u8> {
+    std::str::from_utf8(h.get("grpc-status")?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// What is recorded when the response ends.
+struct End {
+    telemetry: Arc<Telemetry>,
+    rec: Record,
+    latency: std::time::Duration,
+    status: u16,
+    grpc_status: Option<u8>,
+    error: &'static str,
+    response_bytes: u64,
+}
+
+impl End {
+    fn record(self) {
+        let rec = self.rec;
+        let key = RequestKey {
+            direction: rec.direction,
+            protocol: rec.protocol,
+            tls: rec.tls,
+            src: rec.src,
+            dst: rec.dst.unwrap_or_else(|| Named::new("", "unknown")),
+            route: rec
+                .route
+                .as_ref()
+                .map(|r| r.0.clone())
+                .unwrap_or_else(|| "".into()),
+            rule: rec.route.as_ref().map(|r| r.1),
+            status: Status::Code(self.status),
+            grpc_status: self.grpc_status,
+            error: self.error,
+        };
+        self.telemetry.request(
+            key,
+            Ended {
+                latency: self.latency,
+                duration: rec.started.elapsed(),
+                request_bytes: rec.request_bytes.load(Ordering::Relaxed),
+                response_bytes: self.response_bytes,
+            },
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its request when it ends (or is dropped early, when
+    /// the client went away).
+    struct Ending<B> {
+        #[pin]
+        inner: B,
+        end: Option<End>,
+    }
+
+    impl<B> PinnedDrop for Ending<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(end) = this.project().end.take() {
+                end.record();
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for Ending<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(end) = this.end.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        end.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        if end.rec.grpc {
+                            end.grpc_status = grpc_status(trailers).or(end.grpc_status);
+                        }
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                    if let Some(end) = this.end.take() {
+                        end.record();
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

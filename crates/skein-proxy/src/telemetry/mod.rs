@@ -1,0 +1,635 @@
+//! Golden signals: per-request and per-TCP-edge series, labelled by who called whom, kept
+//! in memory with a fixed ceiling and exposed on `/metrics` (see `docs/telemetry.md` for
+//! every name and label).
+//!
+//! A request is recorded once, when its response ends, by [`crate::request`]: a count,
+//! the time to response headers and to the end of the response, and body bytes each way.
+//! An opaque TCP connection is recorded when it opens and when it closes.
+//!
+//! Cardinality is bounded. Paths are never labels. Each kind of label value (accounts,
+//! services, routes) admits [`MAX_VALUES`] distinct values; later ones read `other`.
+//! Past [`MAX_SERIES`] series, a new label set keeps only its direction, protocol, TLS
+//! and status class and reads `other` everywhere else. Every request recorded under a
+//! folded label set is counted in `skein_telemetry_folded_requests_total`.
+
+pub mod histogram;
+
+use crate::metrics::{Direction, Proto};
+use histogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// A label value, shared rather than copied per request.
+pub type Label = Arc<str>;
+
+/// Distinct values admitted per kind of label (accounts, services, routes).
+pub const MAX_VALUES: usize = 256;
+
+/// Request series kept at most; TCP edge series likewise.
+pub const MAX_SERIES: usize = 2048;
+
+/// The value excess or unknown label values fold into.
+pub const OTHER: &str = "other";
+
+/// A namespaced name: a service account or a service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Named {
+    /// Its namespace.
+    pub namespace: Label,
+    /// Its name.
+    pub name: Label,
+}
+
+impl Named {
+    /// `namespace`/`name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Named {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn other() -> Self {
+        Named::new(OTHER, OTHER)
+    }
+
+    /// What an unauthenticated caller is recorded as.
+    pub fn unauthenticated() -> Self {
+        Named::new("", "unauthenticated")
+    }
+}
+
+/// The status a request ended with, as labelled.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Status {
+    /// The HTTP status code.
+    Code(u16),
+    /// Only the class (`5xx`), once the series limit is reached.
+    Class(u8),
+}
+
+impl Status {
+    fn label(&self) -> String {
+        match self {
+            Status::Code(c) => c.to_string(),
+            Status::Class(c) => format!("{c}xx"),
+        }
+    }
+}
+
+/// Labels of one request series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct RequestKey {
+    /// Which side of the proxy.
+    pub direction: Direction,
+    /// How the client spoke.
+    pub protocol: Proto,
+    /// Whether the peer proxy was verified by mutual TLS.
+    pub tls: bool,
+    /// The caller's service account (outbound: this workload's).
+    pub src: Named,
+    /// The service called (inbound: this workload's).
+    pub dst: Named,
+    /// The HTTPRoute (`namespace/name`) that handled it, or empty.
+    pub route: Label,
+    /// The rule's index in the route, when a route handled it.
+    pub rule: Option<u16>,
+    /// The response status.
+    pub status: Status,
+    /// The gRPC status, for gRPC requests that ended with one.
+    pub grpc_status: Option<u8>,
+    /// Why the mesh answered the request itself (`skein-error`), or empty.
+    pub error: &'static str,
+}
+
+/// Labels of one TCP edge series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct TcpKey {
+    /// Which side of the proxy.
+    pub direction: Direction,
+    /// Whether the peer proxy was verified by mutual TLS.
+    pub tls: bool,
+    /// The caller's service account.
+    pub src: Named,
+    /// The service called.
+    pub dst: Named,
+}
+
+/// The values of one request series.
+#[derive(Debug, Default)]
+pub struct RequestSeries {
+    /// Requests ended.
+    pub count: AtomicU64,
+    /// Time from the request's arrival to the response headers.
+    pub latency: Histogram,
+    /// Time from the request's arrival to the end of the response.
+    pub duration: Histogram,
+    /// Request body bytes.
+    pub request_bytes: AtomicU64,
+    /// Response body bytes.
+    pub response_bytes: AtomicU64,
+}
+
+/// What one request came to, recorded into its series.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Time to response headers.
+    pub latency: Duration,
+    /// Time to the end of the response.
+    pub duration: Duration,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+/// The values of one TCP edge series.
+#[derive(Debug, Default)]
+pub struct TcpSeries {
+    /// Connections opened.
+    pub opened: AtomicU64,
+    /// Connections closed.
+    pub closed: AtomicU64,
+    /// Bytes from client to server (added when a connection closes).
+    pub sent: AtomicU64,
+    /// Bytes from server to client (added when a connection closes).
+    pub received: AtomicU64,
+    /// How long connections lasted.
+    pub duration: Histogram,
+}
+
+/// Every series of one proxy.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    requests: RwLock<HashMap<RequestKey, Arc<RequestSeries>>>,
+    tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
+    admitted: Mutex<Admitted>,
+    folded: AtomicU64,
+}
+
+/// The label values admitted so far, per kind.
+#[derive(Debug, Default)]
+struct Admitted {
+    accounts: HashSet<Named>,
+    services: HashSet<Named>,
+    routes: HashSet<Label>,
+}
+
+impl Admitted {
+    fn named(set: &mut HashSet<Named>, n: &Named) -> Option<Named> {
+        if set.contains(n) || set.len() < MAX_VALUES && set.insert(n.clone()) {
+            return None;
+        }
+        Some(Named::other())
+    }
+}
+
+impl Telemetry {
+    /// Records one ended request.
+    pub fn request(&self, key: RequestKey, ended: Ended) {
+        let series = self.request_series(key);
+        series.count.fetch_add(1, Ordering::Relaxed);
+        series.latency.record(ended.latency);
+        series.duration.record(ended.duration);
+        series
+            .request_bytes
+            .fetch_add(ended.request_bytes, Ordering::Relaxed);
+        series
+            .response_bytes
+            .fetch_add(ended.response_bytes, Ordering::Relaxed);
+    }
+
+    /// The series for `key`, or the folded one it falls into.
+    fn request_series(&self, key: RequestKey) -> Arc<RequestSeries> {
+        if let Some(s) = read(&self.requests).get(&key) {
+            return s.clone();
+        }
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = series.get(&key) {
+            return s.clone();
+        }
+        let mut key = key;
+        let mut folded = false;
+        if let Some(o) = Admitted::named(&mut admitted.accounts, &key.src) {
+            (key.src, folded) = (o, true);
+        }
+        if let Some(o) = Admitted::named(&mut admitted.services, &key.dst) {
+            (key.dst, folded) = (o, true);
+        }
+        if !key.route.is_empty()
+            && !admitted.routes.contains(&key.route)
+            && (admitted.routes.len() >= MAX_VALUES || !admitted.routes.insert(key.route.clone()))
+        {
+            (key.route, key.rule, folded) = (OTHER.into(), None, true);
+        }
+        if series.len() >= MAX_SERIES && !series.contains_key(&key) {
+            key = RequestKey {
+                src: Named::other(),
+                dst: Named::other(),
+                route: OTHER.into(),
+                rule: None,
+                status: match key.status {
+                    Status::Code(c) => Status::Class((c / 100).min(9) as u8),
+                    class => class,
+                },
+                grpc_status: None,
+                error: "",
+                ..key
+            };
+            folded = true;
+        }
+        if folded {
+            self.folded.fetch_add(1, Ordering::Relaxed);
+        }
+        series.entry(key).or_default().clone()
+    }
+
+    /// Records a TCP edge's connection opening; the returned guard records its close.
+    pub fn tcp_open(self: &Arc<Self>, key: TcpKey) -> TcpEdge {
+        let series = self.tcp_series(key);
+        series.opened.fetch_add(1, Ordering::Relaxed);
+        TcpEdge {
+            series,
+            opened: std::time::Instant::now(),
+            bytes: (0, 0),
+        }
+    }
+
+    fn tcp_series(&self, key: TcpKey) -> Arc<TcpSeries> {
+        if let Some(s) = read(&self.tcp).get(&key) {
+            return s.clone();
+        }
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = self.tcp.write().unwrap_or_else(|p| p.into_inner());
+        let mut key = key;
+        if let Some(o) = Admitted::named(&mut admitted.accounts, &key.src) {
+            key.src = o;
+        }
+        if let Some(o) = Admitted::named(&mut admitted.services, &key.dst) {
+            key.dst = o;
+        }
+        if series.len() >= MAX_SERIES && !series.contains_key(&key) {
+            key.src = Named::other();
+            key.dst = Named::other();
+        }
+        series.entry(key).or_default().clone()
+    }
+
+    /// Requests recorded under folded labels so far.
+    pub fn folded(&self) -> u64 {
+        self.folded.load(Ordering::Relaxed)
+    }
+
+    /// Number of request and TCP series held.
+    pub fn series(&self) -> (usize, usize) {
+        (read(&self.requests).len(), read(&self.tcp).len())
+    }
+
+    /// Every request series with its labels, for summaries and tests.
+    pub fn request_series_now(&self) -> Vec<(RequestKey, Arc<RequestSeries>)> {
+        read(&self.requests)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every TCP edge series with its labels.
+    pub fn tcp_series_now(&self) -> Vec<(TcpKey, Arc<TcpSeries>)> {
+        read(&self.tcp)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An open TCP edge connection; dropping it records the close, its duration and bytes.
+#[derive(Debug)]
+pub struct TcpEdge {
+    series: Arc<TcpSeries>,
+    opened: std::time::Instant,
+    bytes: (u64, u64),
+}
+
+impl TcpEdge {
+    /// Sets the bytes copied each way (client to server, server to client).
+    pub fn bytes(&mut self, sent: u64, received: u64) {
+        self.bytes = (sent, received);
+    }
+}
+
+impl Drop for TcpEdge {
+    fn drop(&mut self) {
+        let s = &self.series;
+        s.sent.fetch_add(self.bytes.0, Ordering::Relaxed);
+        s.received.fetch_add(self.bytes.1, Ordering::Relaxed);
+        s.duration.record(self.opened.elapsed());
+        s.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Request labels as exposed.
+struct RequestLabels<'a>(&'a RequestKey);
+
+impl EncodeLabelSet for RequestLabels<'_> {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let k = self.0;
+        let rule = k.rule.map(|r| r.to_string()).unwrap_or_default();
+        let grpc = k.grpc_status.map(|g| g.to_string()).unwrap_or_default();
+        let labels: [(&str, &str); 12] = [
+            ("direction", k.direction.as_str()),
+            ("protocol", k.protocol.as_str()),
+            ("tls", if k.tls { "true" } else { "false" }),
+            ("src_namespace", &k.src.namespace),
+            ("src_account", &k.src.name),
+            ("dst_namespace", &k.dst.namespace),
+            ("dst_service", &k.dst.name),
+            ("route", &k.route),
+            ("rule", &rule),
+            ("status_code", &k.status.label()),
+            ("grpc_status", &grpc),
+            ("error", k.error),
+        ];
+        labels.as_slice().encode(encoder)
+    }
+}
+
+/// TCP edge labels as exposed.
+struct TcpLabels<'a>(&'a TcpKey);
+
+impl EncodeLabelSet for TcpLabels<'_> {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let k = self.0;
+        let labels: [(&str, &str); 6] = [
+            ("direction", k.direction.as_str()),
+            ("tls", if k.tls { "true" } else { "false" }),
+            ("src_namespace", &k.src.namespace),
+            ("src_account", &k.src.name),
+            ("dst_namespace", &k.dst.namespace),
+            ("dst_service", &k.dst.name),
+        ];
+        labels.as_slice().encode(encoder)
+    }
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(impl EncodeLabelSet, histogram::Snapshot)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, snap) in series {
+        family
+            .encode_family(labels)?
+            .encode_histogram::<NoLabelSet>(
+                snap.sum_us as f64 / 1e6,
+                snap.count(),
+                &snap.exposed(),
+                None,
+            )?;
+    }
+    Ok(())
+}
+
+fn counter<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        prometheus_client::metrics::counter::ConstCounter::new(v)
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Telemetry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let requests = self.request_series_now();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "requests",
+            "HTTP requests whose response ended (or failed), by caller, callee, route, status and the mesh's own error reason",
+            requests.iter().map(|(k, s)| (RequestLabels(k), load(&s.count))),
+        )?;
+        let latency: Vec<_> = requests
+            .iter()
+            .map(|(k, s)| (RequestLabels(k), s.latency.snapshot()))
+            .collect();
+        histogram(
+            &mut encoder,
+            "response_latency_seconds",
+            "Time from a request's arrival at the proxy to its response headers",
+            &latency,
+        )?;
+        let duration: Vec<_> = requests
+            .iter()
+            .map(|(k, s)| (RequestLabels(k), s.duration.snapshot()))
+            .collect();
+        histogram(
+            &mut encoder,
+            "response_duration_seconds",
+            "Time from a request's arrival at the proxy to the end of its response",
+            &duration,
+        )?;
+        counter(
+            &mut encoder,
+            "request_body_bytes",
+            "Request body bytes",
+            requests
+                .iter()
+                .map(|(k, s)| (RequestLabels(k), load(&s.request_bytes))),
+        )?;
+        counter(
+            &mut encoder,
+            "response_body_bytes",
+            "Response body bytes",
+            requests
+                .iter()
+                .map(|(k, s)| (RequestLabels(k), load(&s.response_bytes))),
+        )?;
+        let tcp = self.tcp_series_now();
+        counter(
+            &mut encoder,
+            "tcp_edge_opened",
+            "Opaque TCP connections opened, by caller and callee",
+            tcp.iter().map(|(k, s)| (TcpLabels(k), load(&s.opened))),
+        )?;
+        counter(
+            &mut encoder,
+            "tcp_edge_closed",
+            "Opaque TCP connections closed, by caller and callee",
+            tcp.iter().map(|(k, s)| (TcpLabels(k), load(&s.closed))),
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "tcp_edge_open",
+                "Opaque TCP connections open now, by caller and callee",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (k, s) in &tcp {
+                let open = load(&s.opened).saturating_sub(load(&s.closed)) as i64;
+                family.encode_family(&TcpLabels(k))?.encode_gauge(&open)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "tcp_sent_bytes",
+            "Opaque TCP bytes from client to server, added when a connection closes",
+            tcp.iter().map(|(k, s)| (TcpLabels(k), load(&s.sent))),
+        )?;
+        counter(
+            &mut encoder,
+            "tcp_received_bytes",
+            "Opaque TCP bytes from server to client, added when a connection closes",
+            tcp.iter().map(|(k, s)| (TcpLabels(k), load(&s.received))),
+        )?;
+        let durations: Vec<_> = tcp
+            .iter()
+            .map(|(k, s)| (TcpLabels(k), s.duration.snapshot()))
+            .collect();
+        histogram(
+            &mut encoder,
+            "tcp_edge_duration_seconds",
+            "How long opaque TCP connections lasted",
+            &durations,
+        )?;
+        counter(
+            &mut encoder,
+            "telemetry_folded_requests",
+            "Requests recorded with labels folded into `other` because a label had too many distinct values or the series limit was reached",
+            std::iter::once(([("", ""); 0], self.folded())),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str, dst: &str, status: u16) -> RequestKey {
+        RequestKey {
+            direction: Direction::Inbound,
+            protocol: Proto::Http1,
+            tls: true,
+            src: Named::new("default", src),
+            dst: Named::new("default", dst),
+            route: "".into(),
+            rule: None,
+            status: Status::Code(status),
+            grpc_status: None,
+            error: "",
+        }
+    }
+
+    fn ended(ms: u64) -> Ended {
+        Ended {
+            latency: Duration::from_millis(ms),
+            duration: Duration::from_millis(ms),
+            request_bytes: 10,
+            response_bytes: 20,
+        }
+    }
+
+    #[test]
+    fn requests_count_into_their_series() {
+        let t = Telemetry::default();
+        for _ in 0..3 {
+            t.request(key("web", "api", 200), ended(5));
+        }
+        t.request(key("web", "api", 503), ended(5));
+        let series = t.request_series_now();
+        assert_eq!(series.len(), 2);
+        let ok = &series
+            .iter()
+            .find(|(k, _)| k.status == Status::Code(200))
+            .unwrap()
+            .1;
+        assert_eq!(ok.count.load(Ordering::Relaxed), 3);
+        assert_eq!(ok.response_bytes.load(Ordering::Relaxed), 60);
+        assert_eq!(t.folded(), 0);
+    }
+
+    #[test]
+    fn a_thousand_callers_fold_into_other_with_a_fixed_ceiling() {
+        let t = Telemetry::default();
+        for caller in 0..1000 {
+            for status in [200, 404, 500] {
+                t.request(key(&format!("caller-{caller}"), "api", status), ended(1));
+            }
+        }
+        let (requests, _) = t.series();
+        assert!(requests <= MAX_SERIES, "{requests} series");
+        assert_eq!(requests, (MAX_VALUES + 1) * 3, "256 callers, then `other`");
+        assert_eq!(t.folded(), (1000 - MAX_VALUES as u64) * 3);
+        let total: u64 = t
+            .request_series_now()
+            .iter()
+            .map(|(_, s)| s.count.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(total, 3000, "nothing is lost by folding, only labels");
+        // Past the series limit, new label sets keep only their status class.
+        for dst in 0..1000 {
+            for caller in 0..20 {
+                t.request(
+                    key(&format!("caller-{caller}"), &format!("s{dst}"), 201),
+                    ended(1),
+                );
+            }
+        }
+        assert!(
+            t.series().0 <= MAX_SERIES + 2 * 2 * 4 * 10,
+            "{:?}",
+            t.series()
+        );
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(t));
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(text.contains("src_account=\"other\""));
+        assert!(text.contains("status_code=\"2xx\""));
+    }
+
+    #[test]
+    fn tcp_edges_record_open_close_bytes_and_duration() {
+        let t = Arc::new(Telemetry::default());
+        let k = TcpKey {
+            direction: Direction::Outbound,
+            tls: true,
+            src: Named::new("default", "web"),
+            dst: Named::new("default", "db"),
+        };
+        let mut edge = t.tcp_open(k.clone());
+        let other = t.tcp_open(k);
+        edge.bytes(5, 7);
+        drop(edge);
+        let (_, s) = &t.tcp_series_now()[0];
+        assert_eq!(s.opened.load(Ordering::Relaxed), 2);
+        assert_eq!(s.closed.load(Ordering::Relaxed), 1);
+        assert_eq!(s.sent.load(Ordering::Relaxed), 5);
+        assert_eq!(s.received.load(Ordering::Relaxed), 7);
+        assert_eq!(s.duration.snapshot().count(), 1);
+        drop(other);
+    }
+}

@@ -1,0 +1,334 @@
+//! Golden signals end to end: requests through a meshed pair (mutual TLS, accounts from
+//! certificates) are counted exactly on both proxies, labelled with who called whom;
+//! latency histograms put percentiles where the backend's delays are; gRPC statuses come
+//! from the trailers; an opaque TCP edge shows its bytes; paths never become labels; and
+//! promtool accepts every exposition.
+
+mod meshed;
+
+use meshed::*;
+use skein_model::Protocol;
+use skein_proxy::metrics::sum_samples;
+use skein_proxy::telemetry::Status;
+use skein_proxy::RunningProxy;
+use skein_testkit::control::{eventually, TempDir};
+use skein_testkit::loopback;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const GRPC_PORT: u16 = 18091;
+const TCP_PORT: u16 = 18092;
+
+/// Waits until `proxy` knows an endpoint of each of `services`.
+async fn knows(proxy: &RunningProxy, services: &[&str]) {
+    eventually("the caller learns its destinations", SOON, async || {
+        let config = proxy.ctx.config();
+        services.iter().all(|s| {
+            config
+                .destinations
+                .iter()
+                .any(|d| d.service == *s && !d.endpoints.is_empty())
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until the sum of `name` samples matching `want` on `proxy` reaches `n` (a
+/// request is recorded when its response ends, a moment after the client has it), then
+/// returns it, checked once more a moment later so that overcounting shows.
+async fn settled(proxy: &RunningProxy, name: &str, want: &[&str], n: u64) -> u64 {
+    let read = || sum_samples(&proxy.ctx.metrics.encode(), name, want);
+    let _ = eventually("the count settles", Duration::from_secs(5), async || {
+        read() >= n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    read()
+}
+
+/// Runs `promtool check metrics` on the exposition and fails on any complaint but one:
+/// promtool reads the Prometheus text format, where a counter's HELP names the sample
+/// (`x_total`); OpenMetrics, which `/metrics` serves, names the family (`x`). Each such
+/// line is accepted only where the family has its HELP and `counter` TYPE.
+fn promtool(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (apt-get install prometheus; .ci/run does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let family = l
+                .strip_suffix(" no help text")
+                .and_then(|sample| sample.strip_suffix("_total"));
+            !family.is_some_and(|f| {
+                text.contains(&format!("# HELP {f} "))
+                    && text.contains(&format!("# TYPE {f} counter"))
+            })
+        })
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "promtool refused the exposition:\n{said}"
+    );
+}
+
+/// The `q` latency quantile of `proxy`'s requests in `direction` to `service` with
+/// `status`, from the full-resolution histograms.
+fn quantile_ms(proxy: &RunningProxy, inbound: bool, service: &str, q: f64) -> f64 {
+    let mut merged = skein_proxy::telemetry::histogram::Snapshot::default();
+    for (k, s) in proxy.ctx.metrics.telemetry.request_series_now() {
+        let direction = matches!(k.direction, skein_proxy::metrics::Direction::Inbound);
+        if direction == inbound && &*k.dst.name == service && k.status == Status::Code(200) {
+            merged.add(&s.duration.snapshot());
+        }
+    }
+    merged.quantile(q).unwrap().as_secs_f64() * 1e3
+}
+
+#[tokio::test]
+async fn requests_and_edges_are_counted_exactly_with_who_called_whom() {
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("telemetry").unwrap();
+    let control = control(35, dir.path()).await;
+    let docs = format!(
+        "{}---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: echo}}\n\
+         spec: {{selector: {{app: echo}}, ports: [{{port: {GRPC_PORT}, protocol: grpc}}]}}\n---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: db}}\n\
+         spec: {{selector: {{app: db}}, ports: [{{port: {TCP_PORT}, protocol: tcp}}]}}\n",
+        service_yaml("api")
+    );
+    apply(&control, &docs).await;
+    let (_api, server) = workload(&control, 36, "api", None).await;
+    let echo = skein_testkit::GrpcBackend::start(SocketAddr::new(loopback(38), GRPC_PORT))
+        .await
+        .unwrap();
+    let echo_proxy = app_workload(&control, 38, "echo", echo.addr(), Protocol::Grpc).await;
+    let db = skein_testkit::TcpEcho::start(SocketAddr::new(loopback(39), TCP_PORT))
+        .await
+        .unwrap();
+    let db_proxy = app_workload(&control, 39, "db", db.addr(), Protocol::Tcp).await;
+    let web = client_of(
+        &control,
+        37,
+        "web",
+        &[(GRPC_PORT, "echo", GRPC_PORT), (TCP_PORT, "db", TCP_PORT)],
+    )
+    .await;
+    knows(&web, &["api", "echo", "db"]).await;
+    let proxy = web.addrs.http_proxy.unwrap();
+
+    // 25 fast requests, 10 that take 50 ms, 3 that fail with 503 at the app.
+    for _ in 0..25 {
+        assert_eq!(
+            get(proxy, &format!("http://api:{PORT}/status/204"))
+                .await
+                .unwrap()
+                .0,
+            204
+        );
+    }
+    for _ in 0..10 {
+        let (status, _) = get(proxy, &format!("http://api:{PORT}/slow?ms=50"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            get(proxy, &format!("http://api:{PORT}/status/503"))
+                .await
+                .unwrap()
+                .0,
+            503
+        );
+    }
+    let edge = [
+        "tls=\"true\"",
+        "src_namespace=\"default\"",
+        "src_account=\"web\"",
+        "dst_namespace=\"default\"",
+        "dst_service=\"api\"",
+    ];
+    let with = |more: &[&'static str]| -> Vec<&'static str> {
+        edge.iter().copied().chain(more.iter().copied()).collect()
+    };
+    let out = with(&["direction=\"outbound\""]);
+    let inb = with(&["direction=\"inbound\""]);
+    assert_eq!(
+        settled(&web, "skein_requests_total", &out, 38).await,
+        38,
+        "the caller's proxy"
+    );
+    assert_eq!(
+        settled(&server, "skein_requests_total", &inb, 38).await,
+        38,
+        "the callee's proxy"
+    );
+    for (status, n) in [("204", 25), ("200", 10), ("503", 3)] {
+        let code = format!("status_code=\"{status}\"");
+        let mut want = out.clone();
+        want.push(&code);
+        assert_eq!(
+            sum_samples(&web.ctx.metrics.encode(), "skein_requests_total", &want),
+            n
+        );
+    }
+    assert_eq!(
+        settled(&web, "skein_response_latency_seconds_count", &out, 38).await,
+        38,
+        "one latency observation per request"
+    );
+
+    // Latency truth: the 50 ms requests read 50–60 ms at p50 and p99 on both sides.
+    for (side, inbound) in [(&web, false), (&server, true)] {
+        let (p50, p99) = (
+            quantile_ms(side, inbound, "api", 0.5),
+            quantile_ms(side, inbound, "api", 0.99),
+        );
+        assert!(
+            (50.0..=60.0).contains(&p50),
+            "p50 {p50} ms (inbound: {inbound})"
+        );
+        assert!(
+            (50.0..=60.0).contains(&p99),
+            "p99 {p99} ms (inbound: {inbound})"
+        );
+    }
+
+    // gRPC: the status comes from the trailers, on both proxies.
+    let mut grpc = skein_testkit::pb::echo_client::EchoClient::connect(format!(
+        "http://{}",
+        web.addrs.upstreams[0]
+    ))
+    .await
+    .unwrap();
+    let call = |fail| skein_testkit::pb::EchoRequest {
+        message: "hi".into(),
+        count: 0,
+        fail_with_code: fail,
+    };
+    grpc.unary(call(0)).await.unwrap();
+    let refused = grpc.unary(call(5)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    for (side, dir) in [(&web, "outbound"), (&echo_proxy, "inbound")] {
+        for (grpc_status, n) in [("0", 1), ("5", 1)] {
+            let d = format!("direction=\"{dir}\"");
+            let g = format!("grpc_status=\"{grpc_status}\"");
+            let want = ["dst_service=\"echo\"", "status_code=\"200\"", &d, &g];
+            assert_eq!(
+                settled(side, "skein_requests_total", &want, n).await,
+                n,
+                "{dir} grpc-status {grpc_status}"
+            );
+        }
+    }
+
+    // An opaque TCP edge: opened, closed, its bytes each way.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(web.addrs.upstreams[1])
+            .await
+            .unwrap();
+        conn.write_all(&[7u8; 1000]).await.unwrap();
+        let mut back = [0u8; 1000];
+        conn.read_exact(&mut back).await.unwrap();
+        conn.shutdown().await.unwrap();
+        let _ = conn.read(&mut back).await;
+    }
+    let tcp = [
+        "direction=\"outbound\"",
+        "src_account=\"web\"",
+        "dst_service=\"db\"",
+        "tls=\"true\"",
+    ];
+    assert_eq!(
+        settled(&web, "skein_tcp_edge_closed_total", &tcp, 1).await,
+        1
+    );
+    assert_eq!(
+        settled(&web, "skein_tcp_sent_bytes_total", &tcp, 1000).await,
+        1000
+    );
+    assert_eq!(
+        settled(&web, "skein_tcp_received_bytes_total", &tcp, 1000).await,
+        1000
+    );
+    let tcp_in = [
+        "direction=\"inbound\"",
+        "src_account=\"web\"",
+        "dst_service=\"db\"",
+    ];
+    assert_eq!(
+        settled(&db_proxy, "skein_tcp_sent_bytes_total", &tcp_in, 1000).await,
+        1000
+    );
+    assert_eq!(
+        sum_samples(
+            &web.ctx.metrics.encode(),
+            "skein_requests_total",
+            &["dst_service=\"db\""]
+        ),
+        0,
+        "a tunnel is an edge, not a request"
+    );
+
+    // Standard tools accept every exposition.
+    for p in [&web, &server, &echo_proxy, &db_proxy] {
+        promtool(&p.ctx.metrics.encode());
+    }
+    control.shutdown().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_paths_add_no_series() {
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("telemetry-paths").unwrap();
+    let control = control(40, dir.path()).await;
+    apply(&control, &service_yaml("api")).await;
+    let (_api, server) = workload(&control, 41, "api", None).await;
+    let web = client_of(&control, 42, "web", &[]).await;
+    knows(&web, &["api"]).await;
+    let proxy = web.addrs.http_proxy.unwrap();
+    let mut conn = skein_testkit::client::h1(proxy).await.unwrap();
+    for i in 0..10_000 {
+        let req = http::Request::get(format!("http://api:{PORT}/item/{i}?q={i}"))
+            .body(skein_proxy::http::empty())
+            .unwrap();
+        let resp = conn.send_request(req).await.unwrap();
+        skein_testkit::client::body_bytes(resp).await.unwrap();
+    }
+    let want = ["direction=\"outbound\"", "dst_service=\"api\""];
+    assert_eq!(
+        settled(&web, "skein_requests_total", &want, 10_000).await,
+        10_000
+    );
+    for p in [&web, &server] {
+        let (requests, tcp) = p.ctx.metrics.telemetry.series();
+        assert_eq!(
+            (requests, tcp),
+            (1, 0),
+            "one series: paths are never labels"
+        );
+        let text = p.ctx.metrics.encode();
+        assert!(!text.contains("/item/"), "no path in the exposition");
+        assert!(text.len() < 64 * 1024, "{} bytes of metrics", text.len());
+    }
+    control.shutdown().await;
+}
