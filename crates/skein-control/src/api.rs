@@ -22,6 +22,9 @@
 //! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
 //! POST   /api/v1/policy/check               body: {"from", "to", "port"?, "method"?, "path"?, …}
 //!                                           → the decision a proxy would make
+//! GET    /api/v1/stat/{services|workloads|routes}[?name=N&window=1m]
+//!                                           golden signals per row over the window
+//! GET    /api/v1/edges[?service=S&window=1m] caller account → service pairs
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -43,6 +46,8 @@ const MAX_BODY: usize = 4 << 20;
 
 /// What the handlers share.
 pub struct Api {
+    /// The golden signals proxies report.
+    pub central: Arc<crate::telemetry::Central>,
     /// The resources.
     pub registry: Arc<Registry>,
     /// The mesh CA and join tokens.
@@ -98,6 +103,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/ca/rotate", post(rotate))
         .route("/api/v1/policy/check", post(policy_check))
+        .route("/api/v1/stat/{kind}", get(stat))
+        .route("/api/v1/edges", get(edges))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -397,4 +404,67 @@ async fn rotate(
         axum::body::Body::from_stream(lines),
     )
         .into_response())
+}
+
+/// `?window=` (default `1m`, at most the hour held) and a row filter.
+#[derive(Debug, Deserialize)]
+struct SignalsQuery {
+    window: Option<String>,
+    name: Option<String>,
+    service: Option<String>,
+}
+
+impl SignalsQuery {
+    fn window(&self) -> Result<std::time::Duration, ApiError> {
+        use crate::telemetry::query::MAX_WINDOW;
+        let Some(text) = self.window.as_deref() else {
+            return Ok(std::time::Duration::from_secs(60));
+        };
+        let bad = |why: &str| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("window {text:?} is not accepted: {why}; use e.g. 30s, 1m, 15m or 1h"),
+            )
+        };
+        let w = skein_model::duration::parse(text)
+            .ok_or_else(|| bad("not a duration (a whole number and ms, s, m or h)"))?;
+        if w < std::time::Duration::from_secs(10) || w > MAX_WINDOW {
+            return Err(bad(
+                "it must be 10s to 1h (the control plane keeps an hour in 10 s slots)",
+            ));
+        }
+        Ok(w)
+    }
+}
+
+async fn stat(
+    State(api): State<Arc<Api>>,
+    Path(kind): Path<String>,
+    Query(q): Query<SignalsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let kind: crate::telemetry::query::StatKind = kind
+        .parse()
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let window = q.window()?;
+    let now = crate::telemetry::unix_now();
+    let rows = api.central.stat(kind, q.name.as_deref(), window, now);
+    Ok(Json(json!({
+        "window": skein_model::duration::format(window),
+        "replica": api.replica,
+        "rows": rows,
+    })))
+}
+
+async fn edges(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<SignalsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let window = q.window()?;
+    let now = crate::telemetry::unix_now();
+    let rows = api.central.edges(q.service.as_deref(), window, now);
+    Ok(Json(json!({
+        "window": skein_model::duration::format(window),
+        "replica": api.replica,
+        "rows": rows,
+    })))
 }

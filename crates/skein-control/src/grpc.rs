@@ -73,6 +73,7 @@ pub struct ProxyControlService {
     connections: Arc<Connections>,
     shutdown: CancellationToken,
     workload_cidrs: Arc<[IpNet]>,
+    central: Arc<crate::telemetry::Central>,
 }
 
 impl ProxyControlService {
@@ -92,7 +93,14 @@ impl ProxyControlService {
             connections,
             shutdown,
             workload_cidrs: Arc::from([]),
+            central: Default::default(),
         }
+    }
+
+    /// Takes the proxies' telemetry summaries into `central`.
+    pub fn telemetry(mut self, central: Arc<crate::telemetry::Central>) -> Self {
+        self.central = central;
+        self
     }
 
     /// Also accepts registrations announcing an address inside `cidrs` that differs from
@@ -194,8 +202,15 @@ impl ProxyControl for ProxyControlService {
         let mut pki = self.pki.subscribe();
         let (registrar, connections) = (self.registrar.clone(), self.connections.clone());
         let shutdown = self.shutdown.clone();
+        let central = self.central.clone();
+        let reporter = crate::telemetry::Reporter {
+            namespace: me.namespace.clone(),
+            workload: me.name.clone(),
+            account: me.account.clone(),
+        };
         tokio::spawn(async move {
             let mut last_sent: Option<Snapshot> = None;
+            let mut summary_refused = false;
             loop {
                 let current = state.borrow_and_update().clone();
                 let ca = pki.borrow_and_update().clone();
@@ -246,6 +261,14 @@ impl ProxyControl for ProxyControlService {
                                 not_after: cert.not_after_unix,
                                 ca_generation: cert.ca_generation,
                             });
+                        }
+                        Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Summary(summary)) })) => {
+                            let now = crate::telemetry::unix_now();
+                            if let Err(e) = central.ingest(&reporter, &summary, now) {
+                                if !std::mem::replace(&mut summary_refused, true) {
+                                    tracing::warn!(workload = %me.name, namespace = %me.namespace, error = %e, "ignoring this proxy's telemetry summaries");
+                                }
+                            }
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => break,

@@ -86,6 +86,8 @@ pub struct RunningControl {
     pub pki: Arc<crate::pki::Pki>,
     /// Connected proxies.
     pub connections: Arc<Connections>,
+    /// The golden signals proxies connected to this replica report.
+    pub central: Arc<crate::telemetry::Central>,
     /// True while this replica leads (always, with the embedded store).
     pub leader: tokio::sync::watch::Receiver<bool>,
     election: Option<Election>,
@@ -155,7 +157,9 @@ impl RunningControl {
                 )
             })?;
         let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
+        let central = crate::telemetry::Central::new();
         let router = api::router(Arc::new(Api {
+            central: central.clone(),
             registry: registry.clone(),
             pki: pki.clone(),
             connections: connections.clone(),
@@ -212,7 +216,8 @@ impl RunningControl {
             connections.clone(),
             shutdown.clone(),
         )
-        .workload_cidrs(&opts.workload_cidrs);
+        .workload_cidrs(&opts.workload_cidrs)
+        .telemetry(central.clone());
         let stop = shutdown.clone();
         let tls = pki
             .server_tls()
@@ -246,6 +251,7 @@ impl RunningControl {
             registry,
             pki,
             connections,
+            central,
             leader,
             election,
             presence,

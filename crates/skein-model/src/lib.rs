@@ -7,6 +7,7 @@
 
 pub mod authz;
 pub mod duration;
+pub mod latency;
 pub mod proxy;
 pub mod resource;
 pub mod time;

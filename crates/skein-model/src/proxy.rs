@@ -56,12 +56,23 @@ pub struct TelemetryConfig {
     /// caller, callee and route). Default `true`; `false` exists to measure their cost.
     #[serde(default = "yes")]
     pub requests: bool,
+    /// How often a proxy under a control plane sends it a summary of what it recorded
+    /// (100ms to 60s). Default `5s`.
+    #[serde(default = "default_summary_interval", with = "crate::duration")]
+    pub summary_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { requests: true }
+        TelemetryConfig {
+            requests: true,
+            summary_interval: default_summary_interval(),
+        }
     }
+}
+
+fn default_summary_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn yes() -> bool {
@@ -353,6 +364,11 @@ impl ProxyConfig {
             let v = crate::duration::format(self.detect_timeout);
             bad("detectTimeout".into(), v, "more than 0 and at most 10s");
         }
+        let interval = self.telemetry.summary_interval;
+        if interval < Duration::from_millis(100) || interval > Duration::from_secs(60) {
+            let v = crate::duration::format(interval);
+            bad("telemetry.summaryInterval".into(), v, "100ms to 60s");
+        }
         for (i, policy) in self.authorization.policies.iter().enumerate() {
             let at = format!("authorization.policies[{i}]");
             for (field, name) in [("namespace", &policy.namespace), ("name", &policy.name)] {
@@ -574,6 +590,7 @@ destinations:
 outbound:
   upstreams: [{listen: '127.0.0.1:15001', service: Nope, port: 80}]
 detectTimeout: 0ms
+telemetry: {summaryInterval: 0ms}
 ";
         let err = ProxyConfig::from_yaml(text, "test").unwrap_err();
         let ModelError::Invalid { problems, .. } = &err else {
@@ -588,6 +605,7 @@ detectTimeout: 0ms
                 "inbound.ports[1].port",
                 "inbound.ports[1].port",
                 "detectTimeout",
+                "telemetry.summaryInterval",
                 "destinations[0].ports",
                 "outbound.upstreams[0].service",
             ]

@@ -70,6 +70,8 @@ pub struct Ctx {
     pub authz_log: inbound::authorize::DecisionLog,
     /// Retries allowed per destination service (route `retry`).
     pub retry_budget: retry::Budget,
+    /// Telemetry summaries waiting for the control-plane stream.
+    pub summaries: telemetry::summary::Outbox,
     /// This workload's account, once its certificate says (see [`Ctx::own_account`]).
     own_account: std::sync::OnceLock<telemetry::Named>,
     /// Set once the control plane refused this proxy for good (revoked, used-up or
@@ -218,6 +220,7 @@ impl RunningProxy {
             authz_log: Default::default(),
             retry_budget: Default::default(),
             own_account: Default::default(),
+            summaries: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
         });
         let c = ctx.config();
@@ -260,6 +263,7 @@ impl RunningProxy {
         }
         match control {
             Some(control) => {
+                tokio::spawn(control::report(ctx.clone()));
                 tokio::spawn(control::run(ctx.clone(), control));
             }
             None => {

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub detect_timeouts: Family<DirLabels, Counter>,
     /// 1 while a control-plane stream is open.
     pub control_connected: Gauge,
+    /// Telemetry summaries dropped unsent because the control plane was unreachable.
+    pub summaries_dropped: Counter,
     /// Version of the configuration snapshot in force (0: static config only).
     pub config_version: Gauge,
     /// Configuration snapshots received, by result (`applied` or `refused`).
@@ -174,6 +176,7 @@ impl Metrics {
             retries: Family::default(),
             detect_timeouts: Family::default(),
             control_connected: Gauge::default(),
+            summaries_dropped: Counter::default(),
             config_version: Gauge::default(),
             config_updates: Family::default(),
             inbound_security: Family::default(),
@@ -205,6 +208,11 @@ impl Metrics {
             m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());
+        registry.register(
+            "telemetry_summaries_dropped",
+            "Telemetry summaries dropped unsent while the control plane was unreachable (the oldest go first)",
+            m.summaries_dropped.clone(),
+        );
         registry.register(
             "control_connected",
             "1 while connected to the control plane",

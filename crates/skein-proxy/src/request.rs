@@ -197,6 +197,7 @@ impl End {
                 duration: rec.started.elapsed(),
                 request_bytes: rec.request_bytes.load(Ordering::Relaxed),
                 response_bytes: self.response_bytes,
+                retries: u64::from(rec.attempts.saturating_sub(1)),
             },
         );
     }

@@ -98,7 +98,11 @@ impl MeshSpec {
             limits: self.limits,
             detect_timeout: self.detect_timeout,
             drain_timeout: Duration::from_secs(10),
-            telemetry: Default::default(),
+            telemetry: skein_model::TelemetryConfig {
+                // Tests read the control plane's view soon after traffic.
+                summary_interval: Duration::from_millis(200),
+                ..Default::default()
+            },
         }
     }
 
@@ -163,7 +167,11 @@ impl MeshSpec {
             limits: self.limits,
             detect_timeout: self.detect_timeout,
             drain_timeout: Duration::from_secs(10),
-            telemetry: Default::default(),
+            telemetry: skein_model::TelemetryConfig {
+                // Tests read the control plane's view soon after traffic.
+                summary_interval: Duration::from_millis(200),
+                ..Default::default()
+            },
         }
     }
 

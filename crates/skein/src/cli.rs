@@ -47,13 +47,13 @@ pub enum Output {
     Json,
 }
 
-struct Client {
+pub(crate) struct Client {
     server: String,
     token: String,
 }
 
 impl Client {
-    fn new(t: &Target) -> anyhow::Result<Client> {
+    pub(crate) fn new(t: &Target) -> anyhow::Result<Client> {
         let token = match &t.token {
             Some(token) => token.clone(),
             None => {
@@ -156,7 +156,12 @@ impl Client {
 
     /// Sends one request; returns the JSON body of a 2xx answer, or fails with the API's
     /// own error message.
-    async fn call(&self, method: Method, path: &str, body: String) -> anyhow::Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<Value> {
         let resp = self.send(method, path, body).await?;
         if !resp.status().is_success() {
             return Err(Self::failure(resp).await);
@@ -410,6 +415,11 @@ fn table(items: &[Value], show_namespace: bool) -> String {
             row.insert(0, s(&item["metadata"]["namespace"]));
         }
     }
+    align(&headers, &rows)
+}
+
+/// Columns aligned like kubectl's: left-aligned, three spaces apart, headers first.
+pub(crate) fn align(headers: &[String], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
@@ -427,8 +437,8 @@ fn table(items: &[Value], show_namespace: bool) -> String {
             .collect();
         format!("{}\n", padded.join("   ").trim_end())
     };
-    let mut out = line(&headers);
-    for row in &rows {
+    let mut out = line(headers);
+    for row in rows {
         out.push_str(&line(row));
     }
     out

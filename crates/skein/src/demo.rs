@@ -162,6 +162,15 @@ async fn run_in(
             );
         }
         println!("  logs      {}", dir.display());
+        let target = format!(
+            "--server {} --data-dir {}",
+            control.http,
+            dir.join("control").display()
+        );
+        println!("  signals   every proxy reports its golden signals to the control plane every 2 s");
+        println!("            try: skein stat services {target}");
+        println!("                 skein stat workloads {target}");
+        println!("                 skein edges {target}");
         println!(
             "  traffic   {rps} req/s to frontend for {}; press Ctrl-C to stop\n",
             skein_model::duration::format(duration)
@@ -194,7 +203,8 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
         "workload: {{name: {name}-1, service: {name}}}\n\
          inbound: {{listen: {inbound}, appHost: '{host}', ports: [{{port: {app_port}, protocol: {app_proto}}}]}}\n\
          admin: {{listen: {admin}}}\n\
-         drainTimeout: 5s\n",
+         drainTimeout: 5s\n\
+         telemetry: {{summaryInterval: 2s}}\n",
         name = w.name,
         inbound = at(w, INBOUND_PORT),
         host = ip(w),

@@ -5,6 +5,7 @@ mod cli;
 mod control_cmd;
 mod demo;
 mod proxy_cmd;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -110,6 +111,41 @@ enum Command {
     /// Authorization: ask whether a caller may reach a service, without sending traffic.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Golden signals per service, workload or route, from every proxy's reports.
+    ///
+    /// Success rate, requests per second and latency percentiles (to response headers)
+    /// over a window, merged across all replicas; TCP connections. Services and
+    /// workloads as their own proxies saw them, routes as their callers did.
+    Stat {
+        /// services, workloads or routes.
+        kind: String,
+        /// Only this service, workload or route (`namespace/name` for routes).
+        name: Option<String>,
+        /// How far back to look: 10s to 1h.
+        #[arg(long, short = 'w', default_value = "1m")]
+        window: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: signals::Output,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Caller → service pairs with their signals, and whether each is mutual TLS.
+    ///
+    /// Callers are the accounts their certificates prove, as the callee's proxy saw them;
+    /// calls that authorization denied are counted as DENIED.
+    Edges {
+        /// Only edges into or out of this service.
+        service: Option<String>,
+        /// How far back to look: 10s to 1h.
+        #[arg(long, short = 'w', default_value = "1m")]
+        window: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: signals::Output,
+        #[command(flatten)]
+        target: cli::Target,
+    },
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
     /// Starts four proxies (one per workload, each a real `skein proxy` process), three
@@ -238,6 +274,8 @@ fn run() -> anyhow::Result<()> {
             | Command::Workload(_)
             | Command::Ca(_)
             | Command::Policy(_)
+            | Command::Stat { .. }
+            | Command::Edges { .. }
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -311,6 +349,19 @@ fn run() -> anyhow::Result<()> {
                 namespace,
                 target,
             } => cli::delete(&target, &kind, &name, namespace.as_deref()).await,
+            Command::Stat {
+                kind,
+                name,
+                window,
+                output,
+                target,
+            } => signals::stat(&target, &kind, name.as_deref(), &window, output).await,
+            Command::Edges {
+                service,
+                window,
+                output,
+                target,
+            } => signals::edges(&target, service.as_deref(), &window, output).await,
             Command::Demo { duration, rps, net } => demo::run(duration, rps, net).await,
         }
     })

@@ -1,21 +1,91 @@
-//! `skein demo` end to end: it starts, traffic flows through every proxy, and it leaves
-//! no process behind when `--duration` ends.
+//! `skein demo` end to end: it starts, traffic flows through every proxy, the `skein
+//! stat` and `skein edges` commands it prints work while it runs, and it leaves no
+//! process behind when `--duration` ends.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs a command line the demo printed (`skein …`) with this build's binary.
+fn run_printed(line: &str) -> String {
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(&args)
+        .output()
+        .expect("run a printed command");
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 #[test]
 fn demo_runs_with_traffic_and_cleans_up() {
-    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
-        .args(["demo", "--duration", "4s", "--rps", "25", "--net", "79"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["demo", "--duration", "12s", "--rps", "25", "--net", "79"])
         .env("SKEIN_LOG", "warn")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run skein demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    let mut printed = Vec::new();
+    // Up to the line that says traffic has started.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if let Some(cmd) = line
+            .trim()
+            .strip_prefix("try: ")
+            .or_else(|| line.trim().starts_with("skein ").then_some(line.trim()))
+        {
+            printed.push(cmd.to_string());
+        }
+        if line.trim_start().starts_with("traffic ") {
+            break;
+        }
+    }
+    let stat = printed
+        .iter()
+        .find(|c| c.starts_with("skein stat services"))
+        .unwrap_or_else(|| panic!("no skein stat command in:\n{stdout}"));
+    let edges = printed
+        .iter()
+        .find(|c| c.starts_with("skein edges"))
+        .unwrap_or_else(|| panic!("no skein edges command in:\n{stdout}"));
+    // A few summaries later, the commands show the demo's services and pathways.
+    std::thread::sleep(Duration::from_secs(6));
+    let services = run_printed(stat);
+    for service in ["frontend", "restaurant"] {
+        assert!(
+            services
+                .lines()
+                .any(|l| l.contains(&format!(" {service} "))),
+            "{stat} shows {service}:\n{services}"
+        );
+    }
+    let pathways = run_printed(edges);
     assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        pathways.contains("default/frontend") && pathways.contains("default/restaurant"),
+        "{edges}:\n{pathways}"
     );
+    for line in lines {
+        stdout.push_str(&line.unwrap());
+        stdout.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stdout}\n{stderr}");
     for expected in [
         "proxy     frontend",
         "admin http://127.0.79.12:4191/metrics",

@@ -332,3 +332,287 @@ async fn ten_thousand_paths_add_no_series() {
     }
     control.shutdown().await;
 }
+
+/// `skein stat`/`edges` as JSON rows (retried until `done` holds for them, since proxies
+/// report every 200 ms in tests).
+async fn rows(
+    control: &skein_control::server::RunningControl,
+    dir: &std::path::Path,
+    args: &[&str],
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut last = Vec::new();
+    let _ = eventually(
+        "the control plane's view settles",
+        Duration::from_secs(10),
+        async || {
+            let out = cli(control, dir, args).await;
+            let json: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+            last = json["rows"].as_array().cloned().unwrap_or_default();
+            done(&last)
+        },
+    )
+    .await;
+    // Settled: a moment later nothing more arrives (no double counting).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = cli(control, dir, args).await;
+    let json: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    let again = json["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(again, last, "the view changed after it settled");
+    last
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], key: &str, name: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r[key] == name)
+        .unwrap_or_else(|| panic!("no row {key}={name} in {rows:#?}"))
+}
+
+#[tokio::test]
+async fn stat_and_edges_show_exactly_what_the_proxies_saw() {
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("telemetry-stat").unwrap();
+    let control = control(43, dir.path()).await;
+    let docs = format!(
+        "{}---\n{}---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: db}}\n\
+         spec: {{selector: {{app: db}}, ports: [{{port: {TCP_PORT}, protocol: tcp}}]}}\n---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: slow}}\n\
+         spec: {{targetRef: {{name: slow}}, rules: [{{from: [{{service: web}}]}}]}}\n",
+        service_yaml("api"),
+        service_yaml("slow"),
+    );
+    apply(&control, &docs).await;
+    // Two replicas of api, one of slow, one of db.
+    let (_a1, _pa1) = workload_as(&control, 44, "api-1", "api", &[], None).await;
+    let (_a2, _pa2) = workload_as(&control, 45, "api-2", "api", &[], None).await;
+    let (_s, _ps) = workload(&control, 46, "slow", None).await;
+    let db = skein_testkit::TcpEcho::start(SocketAddr::new(loopback(47), TCP_PORT))
+        .await
+        .unwrap();
+    let _pdb = app_workload(&control, 47, "db", db.addr(), Protocol::Tcp).await;
+    let web = client_of(&control, 48, "web", &[(TCP_PORT, "db", TCP_PORT)]).await;
+    let intruder = client_of(&control, 49, "intruder", &[]).await;
+    eventually("the callers learn both api endpoints", SOON, async || {
+        let ok = |p: &RunningProxy| {
+            let c = p.ctx.config();
+            let n = |s: &str| {
+                c.destinations
+                    .iter()
+                    .find(|d| d.service == s)
+                    .map_or(0, |d| d.endpoints.len())
+            };
+            n("api") == 2 && n("slow") == 1 && n("db") == 1
+        };
+        ok(&web) && ok(&intruder)
+    })
+    .await
+    .unwrap();
+    let (from_web, from_intruder) = (
+        web.addrs.http_proxy.unwrap(),
+        intruder.addrs.http_proxy.unwrap(),
+    );
+
+    // Known call patterns: web → api (90 fast, 10 of 50 ms, 3 failures), web → slow
+    // (20 of 50 ms), intruder → slow (5, denied), web → db (one TCP connection).
+    for _ in 0..90 {
+        assert_eq!(
+            get(from_web, &format!("http://api:{PORT}/status/204"))
+                .await
+                .unwrap()
+                .0,
+            204
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            get(from_web, &format!("http://api:{PORT}/slow?ms=50"))
+                .await
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            get(from_web, &format!("http://api:{PORT}/status/503"))
+                .await
+                .unwrap()
+                .0,
+            503
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            get(from_web, &format!("http://slow:{PORT}/slow?ms=50"))
+                .await
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            get(from_intruder, &format!("http://slow:{PORT}/"))
+                .await
+                .unwrap()
+                .0,
+            403
+        );
+    }
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(web.addrs.upstreams[0])
+            .await
+            .unwrap();
+        conn.write_all(&[1u8; 4096]).await.unwrap();
+        let mut back = vec![0u8; 4096];
+        conn.read_exact(&mut back).await.unwrap();
+        conn.shutdown().await.unwrap();
+        let _ = conn.read(&mut back).await;
+    }
+
+    let d = dir.path();
+    let services = rows(&control, d, &["stat", "services", "-o", "json"], |rows| {
+        let n = |name: &str| {
+            rows.iter()
+                .find(|r| r["name"] == name)
+                .and_then(|r| r["requests"].as_u64())
+        };
+        n("api") == Some(103)
+            && n("slow") == Some(25)
+            && rows
+                .iter()
+                .any(|r| r["name"] == "db" && r["tcp_connections"] == 1)
+    })
+    .await;
+    let api = row(&services, "name", "api");
+    assert_eq!(
+        api["requests"], 103,
+        "exactly the requests sent, both replicas merged"
+    );
+    let success = api["success_rate"].as_f64().unwrap();
+    assert!((success - 100.0 / 103.0).abs() < 1e-9, "{success}");
+    let p50 = api["p50_ms"].as_f64().unwrap();
+    let p99 = api["p99_ms"].as_f64().unwrap();
+    assert!(p50 < 10.0, "most calls are fast: p50 {p50} ms");
+    assert!(
+        (50.0..=60.0).contains(&p99),
+        "the slowest tenth: p99 {p99} ms"
+    );
+    assert_eq!(api["mtls"], true);
+    let slow = row(&services, "name", "slow");
+    assert_eq!(
+        (slow["requests"].as_u64(), slow["denied"].as_u64()),
+        (Some(25), Some(5))
+    );
+    let p99 = slow["p99_ms"].as_f64().unwrap();
+    assert!((50.0..=60.0).contains(&p99), "p99 {p99} ms");
+    let db_row = row(&services, "name", "db");
+    assert_eq!(db_row["tcp_sent_bytes"], 4096);
+    assert_eq!(db_row["tcp_received_bytes"], 4096);
+
+    // Workloads: the two api replicas split the 103.
+    let workloads = rows(&control, d, &["stat", "workloads", "-o", "json"], |rows| {
+        rows.iter()
+            .filter(|r| r["service"] == "api")
+            .filter_map(|r| r["requests"].as_u64())
+            .sum::<u64>()
+            == 103
+    })
+    .await;
+    let (w1, w2) = (
+        row(&workloads, "name", "api-1"),
+        row(&workloads, "name", "api-2"),
+    );
+    assert_eq!(
+        w1["requests"].as_u64().unwrap() + w2["requests"].as_u64().unwrap(),
+        103
+    );
+    assert!(w1["requests"].as_u64().unwrap() > 0 && w2["requests"].as_u64().unwrap() > 0);
+
+    // Latency truth on its own: a service whose only allowed calls sleep 50 ms.
+    let slow_only = rows(
+        &control,
+        d,
+        &["stat", "services", "slow", "-o", "json"],
+        |rows| rows.len() == 1,
+    )
+    .await;
+    assert_eq!(slow_only.len(), 1, "NAME filters");
+    let edges = rows(&control, d, &["edges", "-o", "json"], |rows| {
+        rows.len() == 4
+    })
+    .await;
+    let pairs: Vec<(String, String)> = edges
+        .iter()
+        .map(|e| {
+            (
+                e["src"].as_str().unwrap().to_string(),
+                e["dst"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("intruder", "slow"),
+            ("web", "api"),
+            ("web", "db"),
+            ("web", "slow")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "exactly the pairs that talked"
+    );
+    let denied = &edges[0];
+    assert_eq!(
+        (denied["requests"].as_u64(), denied["denied"].as_u64()),
+        (Some(5), Some(5))
+    );
+    let web_slow = &edges[3];
+    assert_eq!(
+        (web_slow["requests"].as_u64(), web_slow["denied"].as_u64()),
+        (Some(20), Some(0))
+    );
+    let p50 = web_slow["p50_ms"].as_f64().unwrap();
+    let p99 = web_slow["p99_ms"].as_f64().unwrap();
+    assert!(
+        (50.0..=60.0).contains(&p50) && (50.0..=60.0).contains(&p99),
+        "50 ms calls: p50 {p50}, p99 {p99}"
+    );
+    assert!(
+        edges.iter().all(|e| e["mtls"] == true),
+        "every edge is mutual TLS"
+    );
+    assert_eq!(
+        edges[2]["tcp_sent_bytes"], 4096,
+        "the TCP edge shows its bytes"
+    );
+
+    // The tables people read.
+    let table = cli(&control, d, &["stat", "services"]).await;
+    let text = table.ok();
+    assert!(text.starts_with("NAMESPACE   NAME"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("default     api ") && l.contains("97.09%")),
+        "{text}"
+    );
+    let table = cli(&control, d, &["edges", "slow", "-o", "wide"]).await;
+    assert!(table.ok().contains("default/intruder"), "{}", table.ok());
+    let refused = cli(&control, d, &["stat", "services", "--window", "2h"]).await;
+    assert!(
+        refused.failed().contains("10s to 1h"),
+        "{}",
+        refused.failed()
+    );
+    let refused = cli(&control, d, &["stat", "pods"]).await;
+    assert!(
+        refused
+            .failed()
+            .contains("use services, workloads or routes"),
+        "{}",
+        refused.failed()
+    );
+    control.shutdown().await;
+}

@@ -401,7 +401,33 @@ fn apply_denied(ctx: &Ctx, identity: &Identity, denied: DenyList) {
     }
 }
 
-/// One stream: register, then apply and acknowledge snapshots until it ends.
+/// Takes a telemetry summary every `telemetry.summaryInterval` and queues it for the
+/// control-plane stream ([`session`] sends it); never waits on the stream.
+pub async fn report(ctx: Arc<Ctx>) {
+    let mut summarizer = crate::telemetry::summary::Summarizer::default();
+    let mut dropped = 0;
+    loop {
+        let interval = ctx.config().telemetry.summary_interval;
+        tokio::select! {
+            _ = ctx.drain.signalled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+        if let Some(summary) = summarizer.take(&ctx.metrics.telemetry, now_ms, interval_ms) {
+            ctx.summaries.push(summary);
+        }
+        let now_dropped = ctx.summaries.dropped();
+        ctx.metrics.summaries_dropped.inc_by(now_dropped - dropped);
+        dropped = now_dropped;
+    }
+}
+
+/// One stream: register, then apply and acknowledge snapshots until it ends; send the
+/// telemetry summaries [`report`] queues.
 async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure> {
     let identity = ctx
         .identity
@@ -431,6 +457,17 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure>
             changed = cert_changes.changed() => {
                 if changed.is_ok() && tx.send(cert_message(&identity)).await.is_err() {
                     break;
+                }
+                continue;
+            }
+            _ = ctx.summaries.ready() => {
+                for summary in ctx.summaries.drain() {
+                    let message = ProxyMessage {
+                        message: Some(proxy_message::Message::Summary(summary)),
+                    };
+                    if tx.send(message).await.is_err() {
+                        break;
+                    }
                 }
                 continue;
             }

@@ -13,6 +13,7 @@
 //! folded label set is counted in `skein_telemetry_folded_requests_total`.
 
 pub mod histogram;
+pub mod summary;
 
 use crate::metrics::{Direction, Proto};
 use histogram::Histogram;
@@ -125,6 +126,8 @@ pub struct TcpKey {
 pub struct RequestSeries {
     /// Requests ended.
     pub count: AtomicU64,
+    /// Tries beyond the first (route retries).
+    pub retries: AtomicU64,
     /// Time from the request's arrival to the response headers.
     pub latency: Histogram,
     /// Time from the request's arrival to the end of the response.
@@ -146,6 +149,8 @@ pub struct Ended {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
+    /// Tries beyond the first.
+    pub retries: u64,
 }
 
 /// The values of one TCP edge series.
@@ -194,6 +199,9 @@ impl Telemetry {
     pub fn request(&self, key: RequestKey, ended: Ended) {
         let series = self.request_series(key);
         series.count.fetch_add(1, Ordering::Relaxed);
+        if ended.retries > 0 {
+            series.retries.fetch_add(ended.retries, Ordering::Relaxed);
+        }
         series.latency.record(ended.latency);
         series.duration.record(ended.duration);
         series
@@ -549,6 +557,7 @@ mod tests {
             duration: Duration::from_millis(ms),
             request_bytes: 10,
             response_bytes: 20,
+            retries: 0,
         }
     }
 

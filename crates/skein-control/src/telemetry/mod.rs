@@ -1,0 +1,445 @@
+//! The central view of the mesh's golden signals: every proxy's summaries (deltas sent on
+//! its `Sync` stream every few seconds), kept in memory as a rolling hour of 10-second
+//! slots per proxy, and queried across proxies ([`query`]): per service, workload, route
+//! and edge, over a chosen window. No Prometheus needed.
+//!
+//! Trust: a summary is what its proxy observed, attributed to the workload its stream
+//! registered under its certificate. Its inbound series are recorded as calls to that
+//! workload's service and its outbound series as calls from its account, whatever the
+//! labels say; callers of inbound series are the accounts that proxy verified. Slots are
+//! placed by the control plane's clock, never the proxy's.
+//!
+//! Memory is bounded: at most [`MAX_SERIES_PER_SLOT`] series per proxy per slot (more
+//! fold into one `other` series), at most [`MAX_ENTRIES_PER_PROXY`] series-slots per
+//! proxy (the oldest slots go first), label values interned up to [`MAX_VALUES`]
+//! distinct ones, and proxies silent for longer than the window are forgotten.
+
+pub mod query;
+
+use skein_api::v1 as pb;
+use skein_model::latency::{Snapshot, BUCKETS};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Seconds per slot.
+pub const SLOT_SECS: i64 = 10;
+
+/// Slots kept per proxy: one hour.
+pub const WINDOW_SLOTS: i64 = 360;
+
+/// Request or TCP series per proxy per slot; more fold into `other`.
+pub const MAX_SERIES_PER_SLOT: usize = 256;
+
+/// Series-slots kept per proxy (about 1 MiB at most); beyond, the oldest slots go.
+pub const MAX_ENTRIES_PER_PROXY: usize = 4096;
+
+/// Distinct label values interned; later ones read `other`.
+pub const MAX_VALUES: usize = 8192;
+
+/// The histogram layout this control plane reads (`skein_model::latency`).
+pub const BUCKET_LAYOUT: u32 = 1;
+
+/// What excess or unknown label values fold into.
+pub const OTHER: &str = "other";
+
+/// Seconds since the Unix epoch on this control plane's clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// A label value, shared by every slot that mentions it.
+pub type Label = Arc<str>;
+
+/// A namespaced name: an account or a service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Who {
+    /// Its namespace.
+    pub namespace: Label,
+    /// Its name.
+    pub name: Label,
+}
+
+/// The workload whose proxy sent a summary, as its stream registered it.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    /// Namespace.
+    pub namespace: String,
+    /// Workload name.
+    pub workload: String,
+    /// Its service account, which is also the service it registered for.
+    pub account: String,
+}
+
+/// Labels of a request series, as the control plane keeps them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct ReqKey {
+    /// Recorded by the callee's proxy.
+    pub inbound: bool,
+    /// The peer was verified by mutual TLS.
+    pub tls: bool,
+    /// The caller's account.
+    pub src: Who,
+    /// The service called.
+    pub dst: Who,
+    /// The HTTPRoute, or empty.
+    pub route: Label,
+    /// The HTTP status (a class × 100 when the proxy folded it).
+    pub status: u16,
+    /// The gRPC status, for gRPC.
+    pub grpc_status: Option<u8>,
+    /// Why the mesh answered itself, or empty.
+    pub error: Label,
+}
+
+/// Labels of a TCP edge series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct TcpKey {
+    /// Recorded by the callee's proxy.
+    pub inbound: bool,
+    /// The peer was verified by mutual TLS.
+    pub tls: bool,
+    /// The caller's account.
+    pub src: Who,
+    /// The service called.
+    pub dst: Who,
+}
+
+/// A latency histogram with only its non-empty buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sparse {
+    buckets: Vec<(u8, u64)>,
+    sum_us: u64,
+}
+
+impl Sparse {
+    /// From a summary's histogram; buckets outside the layout are ignored.
+    fn from_pb(h: Option<&pb::Histogram>) -> Sparse {
+        let Some(h) = h else {
+            return Sparse::default();
+        };
+        let mut s = Sparse {
+            buckets: Vec::new(),
+            sum_us: h.sum_us,
+        };
+        for (&b, &n) in h.buckets.iter().zip(&h.counts) {
+            if (b as usize) < BUCKETS && n > 0 {
+                s.add_one(b as u8, n);
+            }
+        }
+        s
+    }
+
+    fn add_one(&mut self, bucket: u8, n: u64) {
+        match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
+            Ok(i) => self.buckets[i].1 += n,
+            Err(i) => self.buckets.insert(i, (bucket, n)),
+        }
+    }
+
+    fn merge(&mut self, other: &Sparse) {
+        for &(b, n) in &other.buckets {
+            self.add_one(b, n);
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// Adds these observations to a full histogram.
+    pub fn add_to(&self, into: &mut Snapshot) {
+        for &(b, n) in &self.buckets {
+            into.counts[b as usize] += n;
+        }
+        into.sum_us += self.sum_us;
+    }
+}
+
+/// A request series' values in one slot.
+#[derive(Debug, Clone, Default)]
+pub struct ReqAgg {
+    /// Requests.
+    pub count: u64,
+    /// Tries beyond the first.
+    pub retries: u64,
+    /// Time to response headers.
+    pub latency: Sparse,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl ReqAgg {
+    fn merge(&mut self, o: &ReqAgg) {
+        self.count += o.count;
+        self.retries += o.retries;
+        self.latency.merge(&o.latency);
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+    }
+}
+
+/// A TCP series' values in one slot.
+#[derive(Debug, Clone, Default)]
+pub struct TcpAgg {
+    /// Connections opened.
+    pub opened: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Bytes client → server.
+    pub sent: u64,
+    /// Bytes server → client.
+    pub received: u64,
+    /// Connection lifetimes.
+    pub duration: Sparse,
+}
+
+impl TcpAgg {
+    fn merge(&mut self, o: &TcpAgg) {
+        self.opened += o.opened;
+        self.closed += o.closed;
+        self.sent += o.sent;
+        self.received += o.received;
+        self.duration.merge(&o.duration);
+    }
+}
+
+/// Ten seconds of one proxy's traffic.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Unix second the slot starts at (a multiple of [`SLOT_SECS`]).
+    pub start: i64,
+    /// Request series.
+    pub requests: HashMap<ReqKey, ReqAgg>,
+    /// TCP edge series.
+    pub tcp: HashMap<TcpKey, TcpAgg>,
+}
+
+impl Slot {
+    fn entries(&self) -> usize {
+        self.requests.len() + self.tcp.len()
+    }
+}
+
+/// One proxy's rolling hour.
+#[derive(Debug)]
+pub struct ProxyRecord {
+    /// The workload (namespace, name).
+    pub workload: Who,
+    /// Its account, which is its service.
+    pub account: Label,
+    /// Oldest first.
+    pub slots: VecDeque<Slot>,
+    /// When its last summary arrived (unix seconds).
+    pub last_seen: i64,
+    /// Its last summary's sequence number.
+    pub last_sequence: u64,
+    /// Summaries it reports having dropped unsent.
+    pub dropped: u64,
+    /// Summaries missing between sequence numbers (lost in transit or dropped).
+    pub gaps: u64,
+    /// Requests it recorded under folded labels.
+    pub folded: u64,
+}
+
+impl ProxyRecord {
+    fn entries(&self) -> usize {
+        self.slots.iter().map(Slot::entries).sum()
+    }
+}
+
+/// Why a summary was not taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Its histograms use buckets this control plane does not know.
+    #[error("the summary's histograms use bucket layout {0}; this control plane reads layout {BUCKET_LAYOUT}: upgrade the control plane before its proxies")]
+    Layout(u32),
+}
+
+/// Every proxy's rolling hour.
+#[derive(Debug, Default)]
+pub struct Central {
+    proxies: RwLock<HashMap<(String, String), ProxyRecord>>,
+    values: Mutex<HashSet<Label>>,
+}
+
+impl Central {
+    /// An empty view.
+    pub fn new() -> Arc<Central> {
+        Arc::new(Central::default())
+    }
+
+    fn intern(&self, values: &mut HashSet<Label>, v: &str) -> Label {
+        if let Some(l) = values.get(v) {
+            return l.clone();
+        }
+        if values.len() >= MAX_VALUES {
+            return values.get(OTHER).cloned().unwrap_or_else(|| OTHER.into());
+        }
+        let l: Label = v.into();
+        values.insert(l.clone());
+        l
+    }
+
+    fn who(&self, values: &mut HashSet<Label>, a: Option<&pb::Account>) -> Who {
+        let (ns, name) = a.map_or(("", "unknown"), |a| (&*a.namespace, &*a.name));
+        Who {
+            namespace: self.intern(values, ns),
+            name: self.intern(values, name),
+        }
+    }
+
+    /// Takes in one summary from `from`'s proxy, received at `now` (unix seconds).
+    pub fn ingest(&self, from: &Reporter, s: &pb::Summary, now: i64) -> Result<(), IngestError> {
+        if s.bucket_layout != BUCKET_LAYOUT {
+            return Err(IngestError::Layout(s.bucket_layout));
+        }
+        let start = now - now.rem_euclid(SLOT_SECS);
+        let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
+        proxies.retain(|_, p| p.last_seen >= now - WINDOW_SLOTS * SLOT_SECS);
+        let key = (from.namespace.clone(), from.workload.clone());
+        let record = proxies.entry(key).or_insert_with(|| ProxyRecord {
+            workload: Who {
+                namespace: from.namespace.as_str().into(),
+                name: from.workload.as_str().into(),
+            },
+            account: from.account.as_str().into(),
+            slots: VecDeque::new(),
+            last_seen: now,
+            last_sequence: 0,
+            dropped: 0,
+            gaps: 0,
+            folded: 0,
+        });
+        if record.last_sequence > 0 && s.sequence > record.last_sequence + 1 {
+            record.gaps += s.sequence - record.last_sequence - 1;
+        }
+        record.last_sequence = s.sequence;
+        record.last_seen = now;
+        record.dropped = s.dropped_summaries;
+        record.folded += s.folded_requests;
+        if record.slots.back().is_none_or(|last| last.start != start) {
+            record.slots.push_back(Slot {
+                start,
+                ..Slot::default()
+            });
+        }
+        let Some(slot) = record.slots.back_mut() else {
+            unreachable!("pushed above")
+        };
+        self.add(from, s, slot);
+        let oldest = start - (WINDOW_SLOTS - 1) * SLOT_SECS;
+        while record.slots.front().is_some_and(|s| s.start < oldest) {
+            record.slots.pop_front();
+        }
+        while record.entries() > MAX_ENTRIES_PER_PROXY && record.slots.len() > 1 {
+            record.slots.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Adds a summary's series to `slot`, attributed to `from`, folding past the limit.
+    fn add(&self, from: &Reporter, s: &pb::Summary, slot: &mut Slot) {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let own = Who {
+            namespace: self.intern(&mut values, &from.namespace),
+            name: self.intern(&mut values, &from.account),
+        };
+        let other = Who {
+            namespace: self.intern(&mut values, OTHER),
+            name: self.intern(&mut values, OTHER),
+        };
+        // Inbound: a call to this workload's service; outbound: a call from its account.
+        let mut ends = |inbound: bool, src: Option<&pb::Account>, dst: Option<&pb::Account>| {
+            if inbound {
+                (self.who(&mut values, src), own.clone())
+            } else {
+                (own.clone(), self.who(&mut values, dst))
+            }
+        };
+        let mut requests = Vec::with_capacity(s.requests.len());
+        for r in &s.requests {
+            let (src, dst) = ends(r.inbound, r.src.as_ref(), r.dst.as_ref());
+            requests.push((r, src, dst));
+        }
+        let mut tcp = Vec::with_capacity(s.tcp.len());
+        for t in &s.tcp {
+            let (src, dst) = ends(t.inbound, t.src.as_ref(), t.dst.as_ref());
+            tcp.push((t, src, dst));
+        }
+        for (r, src, dst) in requests {
+            let status = match (r.status_code, r.status_class) {
+                (0, class) => (class.min(9) * 100) as u16,
+                (code, _) => code.min(999) as u16,
+            };
+            let mut key = ReqKey {
+                inbound: r.inbound,
+                tls: r.tls,
+                src,
+                dst,
+                route: self.intern(&mut values, &r.route),
+                status,
+                grpc_status: r.grpc_status.and_then(|g| u8::try_from(g).ok()),
+                error: self.intern(&mut values, &r.error),
+            };
+            if slot.requests.len() >= MAX_SERIES_PER_SLOT && !slot.requests.contains_key(&key) {
+                key.src = other.clone();
+                key.route = other.name.clone();
+                key.error = other.name.clone();
+                if !key.inbound {
+                    key.dst = other.clone();
+                }
+            }
+            slot.requests.entry(key).or_default().merge(&ReqAgg {
+                count: r.count,
+                retries: r.retries,
+                latency: Sparse::from_pb(r.latency.as_ref()),
+                request_bytes: r.request_bytes,
+                response_bytes: r.response_bytes,
+            });
+        }
+        for (t, src, dst) in tcp {
+            let mut key = TcpKey {
+                inbound: t.inbound,
+                tls: t.tls,
+                src,
+                dst,
+            };
+            if slot.tcp.len() >= MAX_SERIES_PER_SLOT && !slot.tcp.contains_key(&key) {
+                key.src = other.clone();
+                if !key.inbound {
+                    key.dst = other.clone();
+                }
+            }
+            slot.tcp.entry(key).or_default().merge(&TcpAgg {
+                opened: t.opened,
+                closed: t.closed,
+                sent: t.sent_bytes,
+                received: t.received_bytes,
+                duration: Sparse::from_pb(t.duration.as_ref()),
+            });
+        }
+    }
+
+    /// Runs `f` over every proxy's slots that start at or after `from` (unix seconds).
+    pub fn each_slot(&self, from: i64, mut f: impl FnMut(&ProxyRecord, &Slot)) {
+        let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
+        for p in proxies.values() {
+            for s in p.slots.iter().filter(|s| s.start >= from) {
+                f(p, s);
+            }
+        }
+    }
+
+    /// How much is held: (proxies, series-slots, interned values).
+    pub fn held(&self) -> (usize, usize, usize) {
+        let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
+        let entries = proxies.values().map(ProxyRecord::entries).sum();
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (proxies.len(), entries, values)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+use super::query::StatKind;
+use super::*;
+use std::time::Duration;
+
+fn reporter(workload: &str, account: &str) -> Reporter {
+    Reporter {
+        namespace: "default".into(),
+        workload: workload.into(),
+        account: account.into(),
+    }
+}
+
+fn account(name: &str) -> Option<pb::Account> {
+    Some(pb::Account {
+        namespace: "default".into(),
+        name: name.into(),
+    })
+}
+
+/// `n` requests of `ms` each from `src` to `dst` with `status`.
+fn requests(inbound: bool, src: &str, dst: &str, status: u32, n: u64, ms: u64) -> pb::RequestStats {
+    let bucket = skein_model::latency::bucket_of(ms * 1000) as u32;
+    pb::RequestStats {
+        inbound,
+        protocol: "http1".into(),
+        tls: true,
+        src: account(src),
+        dst: account(dst),
+        status_code: status,
+        count: n,
+        latency: Some(pb::Histogram {
+            buckets: vec![bucket],
+            counts: vec![n],
+            sum_us: n * ms * 1000,
+        }),
+        ..Default::default()
+    }
+}
+
+fn summary(sequence: u64, requests: Vec<pb::RequestStats>) -> pb::Summary {
+    pb::Summary {
+        sequence,
+        bucket_layout: BUCKET_LAYOUT,
+        requests,
+        ..Default::default()
+    }
+}
+
+const MIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn services_merge_their_replicas_and_count_exactly() {
+    let c = Central::default();
+    let now = 1_000_000;
+    c.ingest(
+        &reporter("api-1", "api"),
+        &summary(1, vec![requests(true, "web", "api", 200, 30, 51)]),
+        now,
+    )
+    .unwrap();
+    c.ingest(
+        &reporter("api-2", "api"),
+        &summary(1, vec![requests(true, "web", "api", 200, 10, 52)]),
+        now + 3,
+    )
+    .unwrap();
+    c.ingest(
+        &reporter("api-2", "api"),
+        &summary(2, vec![requests(true, "web", "api", 503, 2, 1)]),
+        now + 5,
+    )
+    .unwrap();
+    let rows = c.stat(StatKind::Services, None, MIN, now + 5);
+    assert_eq!(rows.len(), 1);
+    let api = &rows[0].signals;
+    assert_eq!((rows[0].name.as_str(), api.requests), ("api", 42));
+    assert_eq!(api.success_rate, Some(40.0 / 42.0));
+    let p50 = api.p50_ms.unwrap();
+    let p99 = api.p99_ms.unwrap();
+    assert!(
+        (50.0..=60.0).contains(&p50) && (50.0..=60.0).contains(&p99),
+        "{p50} {p99}"
+    );
+    assert_eq!(api.mtls, Some(true));
+    let workloads = c.stat(StatKind::Workloads, None, MIN, now + 5);
+    let names: Vec<_> = workloads
+        .iter()
+        .map(|r| (r.name.as_str(), r.signals.requests))
+        .collect();
+    assert_eq!(names, [("api-1", 30), ("api-2", 12)]);
+    assert_eq!(workloads[0].service.as_deref(), Some("api"));
+    assert_eq!(c.stat(StatKind::Services, Some("web"), MIN, now + 5), []);
+}
+
+#[test]
+fn a_proxy_cannot_report_traffic_for_another_service_or_account() {
+    let c = Central::default();
+    let now = 2_000_000;
+    // api-1's proxy claims inbound calls to `payments` and outbound calls from `admin`.
+    let lies = summary(
+        1,
+        vec![
+            requests(true, "web", "payments", 200, 5, 1),
+            requests(false, "admin", "db", 200, 7, 1),
+        ],
+    );
+    c.ingest(&reporter("api-1", "api"), &lies, now).unwrap();
+    let services: Vec<_> = c
+        .stat(StatKind::Services, None, MIN, now)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(services, ["api"], "recorded as calls to its own service");
+    let edges = c.edges(None, MIN, now);
+    assert_eq!(
+        (edges[0].src.as_str(), edges[0].dst.as_str()),
+        ("web", "api")
+    );
+    let mut seen_admin = false;
+    c.each_slot(0, |_, slot| {
+        seen_admin |= slot.requests.keys().any(|k| &*k.src.name == "admin");
+    });
+    assert!(!seen_admin, "outbound calls are from its own account");
+}
+
+#[test]
+fn edges_show_denials_and_tcp_and_routes_show_callers_traffic() {
+    let c = Central::default();
+    let now = 3_000_000;
+    let mut denied = requests(true, "intruder", "api", 403, 4, 1);
+    denied.error = "denied".into();
+    let mut routed = requests(false, "web", "api", 200, 9, 1);
+    routed.route = "default/api-split".into();
+    routed.rule = Some(0);
+    routed.retries = 2;
+    let tcp = pb::TcpStats {
+        inbound: true,
+        tls: false,
+        src: account("web"),
+        dst: account("db"),
+        opened: 1,
+        closed: 1,
+        sent_bytes: 1000,
+        received_bytes: 1000,
+        duration: None,
+    };
+    c.ingest(
+        &reporter("api-1", "api"),
+        &summary(1, vec![denied, requests(true, "web", "api", 200, 6, 1)]),
+        now,
+    )
+    .unwrap();
+    c.ingest(&reporter("web-1", "web"), &summary(1, vec![routed]), now)
+        .unwrap();
+    let mut with_tcp = summary(1, vec![]);
+    with_tcp.tcp = vec![tcp];
+    c.ingest(&reporter("db-1", "db"), &with_tcp, now).unwrap();
+    let edges = c.edges(None, MIN, now);
+    let pairs: Vec<_> = edges
+        .iter()
+        .map(|e| {
+            (
+                e.src.as_str(),
+                e.dst.as_str(),
+                e.signals.requests,
+                e.signals.denied,
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("intruder", "api", 4, 4),
+            ("web", "api", 6, 0),
+            ("web", "db", 0, 0)
+        ]
+    );
+    let db = &edges[2].signals;
+    assert_eq!(
+        (db.tcp_connections, db.tcp_sent_bytes, db.mtls),
+        (1, 1000, Some(false))
+    );
+    assert_eq!(
+        edges[0].signals.success_rate,
+        Some(1.0),
+        "a denial is not a failure"
+    );
+    assert_eq!(c.edges(Some("db"), MIN, now).len(), 1);
+    let routes = c.stat(StatKind::Routes, None, MIN, now);
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].name, "default/api-split");
+    assert_eq!(routes[0].service.as_deref(), Some("api"));
+    assert_eq!(
+        (routes[0].signals.requests, routes[0].signals.retries),
+        (9, 2)
+    );
+}
+
+#[test]
+fn windows_keep_only_their_slots_and_an_hour_at_most() {
+    let c = Central::default();
+    let start = 4_000_000;
+    for i in 0..400 {
+        let s = summary(i + 1, vec![requests(true, "web", "api", 200, 1, 1)]);
+        c.ingest(&reporter("api-1", "api"), &s, start + i as i64 * SLOT_SECS)
+            .unwrap();
+    }
+    let now = start + 399 * SLOT_SECS;
+    let count = |w: Duration| c.stat(StatKind::Services, None, w, now)[0].signals.requests;
+    assert_eq!(count(MIN), 6);
+    assert_eq!(
+        count(Duration::from_secs(3600)),
+        360,
+        "an hour at 10 s resolution"
+    );
+    assert_eq!(
+        count(Duration::from_secs(86_400)),
+        360,
+        "never more than the hour held"
+    );
+    let rps = c.stat(StatKind::Services, None, MIN, now)[0].signals.rps;
+    assert!((rps - 0.1).abs() < 1e-9, "{rps}");
+    // A proxy silent for longer than the window is forgotten.
+    c.ingest(
+        &reporter("other-1", "other"),
+        &summary(1, vec![]),
+        now + 3601,
+    )
+    .unwrap();
+    assert_eq!(c.held().0, 1);
+}
+
+#[test]
+fn an_unknown_bucket_layout_is_refused() {
+    let c = Central::default();
+    let mut s = summary(1, vec![]);
+    s.bucket_layout = 2;
+    let e = c.ingest(&reporter("a-1", "a"), &s, 0).unwrap_err();
+    assert!(e.to_string().contains("upgrade the control plane"), "{e}");
+}
+
+#[test]
+fn two_hundred_proxies_with_a_thousand_callers_each_stay_under_the_ceiling() {
+    let c = Central::default();
+    let start = 5_000_000;
+    for slot in 0..20 {
+        for proxy in 0..200 {
+            let callers = (0..1000)
+                .map(|i| requests(true, &format!("caller-{proxy}-{i}"), "x", 200, 1, 1))
+                .collect();
+            let r = reporter(&format!("svc-{proxy}-1"), &format!("svc-{proxy}"));
+            c.ingest(
+                &r,
+                &summary(slot + 1, callers),
+                start + slot as i64 * SLOT_SECS,
+            )
+            .unwrap();
+        }
+    }
+    let (proxies, entries, values) = c.held();
+    assert_eq!(proxies, 200);
+    assert!(
+        entries <= 200 * MAX_ENTRIES_PER_PROXY,
+        "{entries} series-slots"
+    );
+    assert!(values <= MAX_VALUES + 1, "{values} interned values");
+    // Nothing counted was lost, only labels: the last minute still sums every request.
+    let rows = c.stat(StatKind::Services, None, MIN, start + 19 * SLOT_SECS);
+    let total: u64 = rows.iter().map(|r| r.signals.requests).sum();
+    assert_eq!(total, 200 * 1000 * 6);
+}

@@ -1,0 +1,305 @@
+//! Summaries for the control plane: what the proxy recorded since the previous summary
+//! (deltas of every series that moved), taken every `telemetry.summaryInterval` and sent
+//! on the control-plane stream.
+//!
+//! Sending never blocks traffic: summaries wait in a bounded [`Outbox`] while the control
+//! plane is unreachable, and the oldest are dropped (and counted) when it is full.
+
+use super::histogram::Snapshot;
+use super::{Named, RequestKey, Status, TcpKey, Telemetry};
+use crate::metrics::Direction;
+use skein_api::v1 as pb;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Summaries kept while the control plane is unreachable (a minute at the default
+/// interval); older ones are dropped.
+pub const MAX_QUEUED: usize = 12;
+
+/// The histogram layout summaries carry: [`super::histogram::BOUNDS_US`].
+pub const BUCKET_LAYOUT: u32 = 1;
+
+/// A request series' totals at the last summary.
+#[derive(Debug, Clone, Default)]
+struct RequestTotals {
+    count: u64,
+    retries: u64,
+    latency: Snapshot,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// A TCP series' totals at the last summary.
+#[derive(Debug, Clone, Default)]
+struct TcpTotals {
+    opened: u64,
+    closed: u64,
+    sent: u64,
+    received: u64,
+    duration: Snapshot,
+}
+
+/// Takes summaries: remembers each series' totals at the previous one. Its memory is
+/// bounded by the telemetry's series limit.
+#[derive(Debug, Default)]
+pub struct Summarizer {
+    requests: HashMap<RequestKey, RequestTotals>,
+    tcp: HashMap<TcpKey, TcpTotals>,
+    folded: u64,
+    sequence: u64,
+}
+
+impl Summarizer {
+    /// What moved since the previous call; `None` when nothing did.
+    pub fn take(
+        &mut self,
+        t: &Telemetry,
+        taken_unix_ms: i64,
+        interval_ms: u32,
+    ) -> Option<pb::Summary> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut requests = Vec::new();
+        for (key, series) in t.request_series_now() {
+            let now = RequestTotals {
+                count: load(&series.count),
+                retries: load(&series.retries),
+                latency: series.latency.snapshot(),
+                request_bytes: load(&series.request_bytes),
+                response_bytes: load(&series.response_bytes),
+            };
+            let before = self.requests.get(&key).cloned().unwrap_or_default();
+            if now.count == before.count && now.response_bytes == before.response_bytes {
+                continue;
+            }
+            requests.push(request_stats(&key, &now, &before));
+            self.requests.insert(key, now);
+        }
+        let mut tcp = Vec::new();
+        for (key, series) in t.tcp_series_now() {
+            let now = TcpTotals {
+                opened: load(&series.opened),
+                closed: load(&series.closed),
+                sent: load(&series.sent),
+                received: load(&series.received),
+                duration: series.duration.snapshot(),
+            };
+            let before = self.tcp.get(&key).cloned().unwrap_or_default();
+            if now.opened == before.opened && now.closed == before.closed {
+                continue;
+            }
+            tcp.push(pb::TcpStats {
+                inbound: key.direction == Direction::Inbound,
+                tls: key.tls,
+                src: Some(account(&key.src)),
+                dst: Some(account(&key.dst)),
+                opened: now.opened - before.opened,
+                closed: now.closed - before.closed,
+                sent_bytes: now.sent - before.sent,
+                received_bytes: now.received - before.received,
+                duration: Some(histogram(&now.duration.since(&before.duration))),
+            });
+            self.tcp.insert(key, now);
+        }
+        let folded = t.folded();
+        let folded_delta = folded - self.folded.min(folded);
+        self.folded = folded;
+        if requests.is_empty() && tcp.is_empty() && folded_delta == 0 {
+            return None;
+        }
+        self.sequence += 1;
+        Some(pb::Summary {
+            sequence: self.sequence,
+            taken_unix_ms,
+            interval_ms,
+            bucket_layout: BUCKET_LAYOUT,
+            requests,
+            tcp,
+            folded_requests: folded_delta,
+            dropped_summaries: 0,
+        })
+    }
+}
+
+fn account(n: &Named) -> pb::Account {
+    pb::Account {
+        namespace: n.namespace.to_string(),
+        name: n.name.to_string(),
+    }
+}
+
+fn request_stats(
+    key: &RequestKey,
+    now: &RequestTotals,
+    before: &RequestTotals,
+) -> pb::RequestStats {
+    let (status_code, status_class) = match key.status {
+        Status::Code(c) => (u32::from(c), 0),
+        Status::Class(c) => (0, u32::from(c)),
+    };
+    pb::RequestStats {
+        inbound: key.direction == Direction::Inbound,
+        protocol: key.protocol.as_str().to_string(),
+        tls: key.tls,
+        src: Some(account(&key.src)),
+        dst: Some(account(&key.dst)),
+        route: key.route.to_string(),
+        rule: key.rule.map(u32::from),
+        status_code,
+        status_class,
+        grpc_status: key.grpc_status.map(u32::from),
+        error: key.error.to_string(),
+        count: now.count - before.count,
+        retries: now.retries - before.retries,
+        latency: Some(histogram(&now.latency.since(&before.latency))),
+        request_bytes: now.request_bytes - before.request_bytes,
+        response_bytes: now.response_bytes - before.response_bytes,
+    }
+}
+
+/// The sparse form of a histogram.
+pub fn histogram(s: &Snapshot) -> pb::Histogram {
+    let (buckets, counts) = s
+        .counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (i as u32, *n))
+        .unzip();
+    pb::Histogram {
+        buckets,
+        counts,
+        sum_us: s.sum_us,
+    }
+}
+
+/// Summaries waiting to be sent.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<pb::Summary>>,
+    ready: tokio::sync::Notify,
+    dropped: AtomicU64,
+}
+
+impl Outbox {
+    /// Queues `summary`, dropping the oldest when full; never waits.
+    pub fn push(&self, mut summary: pb::Summary) {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() >= MAX_QUEUED {
+                queue.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            summary.dropped_summaries = self.dropped.load(Ordering::Relaxed);
+            queue.push_back(summary);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Waits until a summary is queued.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Takes everything queued.
+    pub fn drain(&self) -> Vec<pb::Summary> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.drain(..).collect()
+    }
+
+    /// Summaries dropped unsent so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Proto;
+    use crate::telemetry::Ended;
+    use std::time::Duration;
+
+    fn key(status: u16) -> RequestKey {
+        RequestKey {
+            direction: Direction::Inbound,
+            protocol: Proto::Http2,
+            tls: true,
+            src: Named::new("default", "web"),
+            dst: Named::new("default", "api"),
+            route: "".into(),
+            rule: None,
+            status: Status::Code(status),
+            grpc_status: Some(0),
+            error: "",
+        }
+    }
+
+    fn ended(ms: u64, retries: u64) -> Ended {
+        Ended {
+            latency: Duration::from_millis(ms),
+            duration: Duration::from_millis(ms),
+            request_bytes: 1,
+            response_bytes: 2,
+            retries,
+        }
+    }
+
+    #[test]
+    fn summaries_carry_what_moved_since_the_last_one() {
+        let t = Telemetry::default();
+        let mut s = Summarizer::default();
+        assert!(s.take(&t, 0, 1000).is_none(), "nothing recorded");
+        for _ in 0..3 {
+            t.request(key(200), ended(5, 0));
+        }
+        t.request(key(503), ended(50, 2));
+        let first = s.take(&t, 1, 1000).unwrap();
+        assert_eq!(first.sequence, 1);
+        assert_eq!(first.requests.len(), 2);
+        let ok = first
+            .requests
+            .iter()
+            .find(|r| r.status_code == 200)
+            .unwrap();
+        assert_eq!((ok.count, ok.request_bytes, ok.response_bytes), (3, 3, 6));
+        assert_eq!(ok.grpc_status, Some(0));
+        let latency = ok.latency.as_ref().unwrap();
+        assert_eq!(latency.counts.iter().sum::<u64>(), 3);
+        assert_eq!(
+            latency.buckets.len(),
+            1,
+            "sparse: one bucket holds all three"
+        );
+        let failed = first
+            .requests
+            .iter()
+            .find(|r| r.status_code == 503)
+            .unwrap();
+        assert_eq!(failed.retries, 2);
+
+        t.request(key(200), ended(5, 0));
+        let second = s.take(&t, 2, 1000).unwrap();
+        assert_eq!(second.sequence, 2);
+        assert_eq!(second.requests.len(), 1, "only the series that moved");
+        assert_eq!(second.requests[0].count, 1, "a delta, not a total");
+        assert!(s.take(&t, 3, 1000).is_none());
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_and_counts_it() {
+        let outbox = Outbox::default();
+        for sequence in 1..=(MAX_QUEUED as u64 + 3) {
+            outbox.push(pb::Summary {
+                sequence,
+                ..Default::default()
+            });
+        }
+        assert_eq!(outbox.dropped(), 3);
+        let queued = outbox.drain();
+        assert_eq!(queued.len(), MAX_QUEUED);
+        assert_eq!(queued[0].sequence, 4, "the oldest went");
+        assert_eq!(queued.last().unwrap().dropped_summaries, 3);
+        assert!(outbox.drain().is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+//! `skein stat` and `skein edges`: the control plane's central view of the golden signals
+//! every proxy reports, as tables (in the manner of `linkerd viz stat` and `edges`) or
+//! JSON. See docs/telemetry.md for what each figure means.
+
+use crate::cli::{align, Client, Target};
+use http::Method;
+use serde_json::Value;
+
+/// Output formats of `stat` and `edges`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The main columns.
+    Table,
+    /// Every column.
+    Wide,
+    /// The API's JSON.
+    Json,
+}
+
+/// `skein stat services|workloads|routes [NAME] [--window 1m]`.
+pub async fn stat(
+    target: &Target,
+    kind: &str,
+    name: Option<&str>,
+    window: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let mut path = format!("/api/v1/stat/{}?window={window}", kind.to_lowercase());
+    if let Some(name) = name {
+        path.push_str(&format!("&name={name}"));
+    }
+    let answer = client.call(Method::GET, &path, String::new()).await?;
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "No traffic in the last {window} (proxies send summaries every few seconds; try a longer --window).",
+        );
+        return Ok(());
+    }
+    let by_service = rows.iter().any(|r| r.get("service").is_some());
+    let mut headers = vec!["NAMESPACE", "NAME"];
+    if by_service {
+        headers.push("SERVICE");
+    }
+    headers.extend([
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+        "TCP_CONN",
+    ]);
+    if output == Output::Wide {
+        headers.extend([
+            "REQUESTS",
+            "DENIED",
+            "RETRIES",
+            "MTLS",
+            "READ_BYTES",
+            "WRITE_BYTES",
+        ]);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![text(&r["namespace"]), text(&r["name"])];
+            if by_service {
+                row.push(text(&r["service"]));
+            }
+            row.extend(signals(r, output == Output::Wide));
+            row
+        })
+        .collect();
+    let headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
+    print!("{}", align(&headers, &table));
+    Ok(())
+}
+
+/// `skein edges [SERVICE] [--window 1m]`.
+pub async fn edges(
+    target: &Target,
+    service: Option<&str>,
+    window: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let mut path = format!("/api/v1/edges?window={window}");
+    if let Some(service) = service {
+        path.push_str(&format!("&service={service}"));
+    }
+    let answer = client.call(Method::GET, &path, String::new()).await?;
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("No edges in the last {window}.");
+        return Ok(());
+    }
+    let mut headers = vec![
+        "SRC",
+        "DST",
+        "MTLS",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P99",
+        "DENIED",
+        "TCP_CONN",
+    ];
+    if output == Output::Wide {
+        headers.extend(["REQUESTS", "RETRIES", "TCP_SENT", "TCP_RECEIVED"]);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                format!("{}/{}", text(&r["src_namespace"]), text(&r["src"])),
+                format!("{}/{}", text(&r["dst_namespace"]), text(&r["dst"])),
+                mtls(&r["mtls"]),
+                percent(&r["success_rate"]),
+                rate(&r["rps"]),
+                millis(&r["p99_ms"]),
+                text(&r["denied"]),
+                text(&r["tcp_connections"]),
+            ];
+            if output == Output::Wide {
+                row.extend([
+                    text(&r["requests"]),
+                    text(&r["retries"]),
+                    text(&r["tcp_sent_bytes"]),
+                    text(&r["tcp_received_bytes"]),
+                ]);
+            }
+            row
+        })
+        .collect();
+    let headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
+    print!("{}", align(&headers, &table));
+    Ok(())
+}
+
+/// The signal columns of a stat row.
+fn signals(r: &Value, wide: bool) -> Vec<String> {
+    let mut out = vec![
+        percent(&r["success_rate"]),
+        rate(&r["rps"]),
+        millis(&r["p50_ms"]),
+        millis(&r["p95_ms"]),
+        millis(&r["p99_ms"]),
+        text(&r["tcp_connections"]),
+    ];
+    if wide {
+        let sum = |a: &str, b: &str| {
+            (r[a].as_u64().unwrap_or(0) + r[b].as_u64().unwrap_or(0)).to_string()
+        };
+        out.extend([
+            text(&r["requests"]),
+            text(&r["denied"]),
+            text(&r["retries"]),
+            mtls(&r["mtls"]),
+            sum("request_bytes", "tcp_sent_bytes"),
+            sum("response_bytes", "tcp_received_bytes"),
+        ]);
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn percent(v: &Value) -> String {
+    v.as_f64()
+        .map(|f| format!("{:.2}%", f * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn rate(v: &Value) -> String {
+    v.as_f64()
+        .map(|f| format!("{f:.1}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn millis(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(ms) if ms < 10.0 => format!("{ms:.2}ms"),
+        Some(ms) => format!("{ms:.0}ms"),
+    }
+}
+
+fn mtls(v: &Value) -> String {
+    match v.as_bool() {
+        Some(true) => "√".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn figures_read_like_linkerd_viz() {
+        assert_eq!(percent(&json!(0.975)), "97.50%");
+        assert_eq!(percent(&Value::Null), "-");
+        assert_eq!(rate(&json!(1.25)), "1.2");
+        assert_eq!(millis(&json!(52.4)), "52ms");
+        assert_eq!(millis(&json!(1.234)), "1.23ms");
+        assert_eq!(mtls(&json!(true)), "√");
+        let row = json!({"success_rate": 1.0, "rps": 2.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+            "tcp_connections": 0, "requests": 120, "denied": 0, "retries": 1, "mtls": true,
+            "request_bytes": 10, "tcp_sent_bytes": 5, "response_bytes": 7, "tcp_received_bytes": 0});
+        assert_eq!(
+            signals(&row, true),
+            [
+                "100.00%", "2.0", "1.00ms", "2.00ms", "3.00ms", "0", "120", "0", "1", "√", "15",
+                "7"
+            ]
+        );
+    }
+}
