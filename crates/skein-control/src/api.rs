@@ -25,6 +25,9 @@
 //! GET    /api/v1/stat/{services|workloads|routes}[?name=N&window=1m]
 //!                                           golden signals per row over the window
 //! GET    /api/v1/edges[?service=S&window=1m] caller account → service pairs
+//! GET    /api/v1/map[?window=1m]             services as nodes, observed edges
+//! GET    /api/v1/prometheus/targets         every connected proxy's admin address, in
+//!                                           Prometheus HTTP service-discovery form
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -105,6 +108,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/policy/check", post(policy_check))
         .route("/api/v1/stat/{kind}", get(stat))
         .route("/api/v1/edges", get(edges))
+        .route("/api/v1/map", get(map))
+        .route("/api/v1/prometheus/targets", get(prometheus_targets))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -466,5 +471,43 @@ async fn edges(
         "window": skein_model::duration::format(window),
         "replica": api.replica,
         "rows": rows,
+    })))
+}
+
+/// Prometheus `http_sd_configs` (and, saved to a file, `file_sd_configs`): one target
+/// group per connected proxy that announced its admin address, labelled with its
+/// workload, namespace and service.
+async fn prometheus_targets(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
+    let groups: Vec<serde_json::Value> = api
+        .connections
+        .list()
+        .into_iter()
+        .filter_map(|c| {
+            let admin = c.admin?;
+            Some(json!({
+                "targets": [admin.to_string()],
+                "labels": {
+                    "skein_namespace": c.namespace,
+                    "skein_workload": c.workload,
+                    "skein_service": c.account,
+                    "__metrics_path__": "/metrics",
+                },
+            }))
+        })
+        .collect();
+    Json(serde_json::Value::Array(groups))
+}
+
+async fn map(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<SignalsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let window = q.window()?;
+    let view = api.central.map(window, crate::telemetry::unix_now());
+    Ok(Json(json!({
+        "window": skein_model::duration::format(window),
+        "replica": api.replica,
+        "nodes": view.nodes,
+        "edges": view.edges,
     })))
 }

@@ -169,13 +169,13 @@ impl ProxyControl for ProxyControlService {
                     "no Register within {REGISTER_WITHIN:?} of opening the Sync stream"
                 ))
             })?;
-        let me = match first? {
+        let (me, admin) = match first? {
             Some(ProxyMessage {
                 message: Some(proxy_message::Message::Register(r)),
             }) => {
                 let mut me = workload_from(&r, &identity)?;
                 me.lineage = cert.lineage.clone();
-                me
+                (me, admin_from(&r)?)
             }
             _ => {
                 return Err(Status::invalid_argument(
@@ -195,6 +195,9 @@ impl ProxyControl for ProxyControlService {
         if let Err(e) = self.registrar.register(&me).await {
             self.connections.close(session);
             return Err(refused(e));
+        }
+        if let Some(admin) = admin {
+            self.connections.admin(session, admin);
         }
         tracing::info!(workload = %me.name, namespace = %me.namespace, "proxy connected");
         let (tx, rx) = mpsc::channel::<Result<Snapshot, Status>>(4);
@@ -434,6 +437,19 @@ fn workload_from(r: &Register, identity: &SpiffeId) -> Result<WorkloadView, Stat
     })
 }
 
+/// The admin address a registration announces, if any.
+fn admin_from(r: &Register) -> Result<Option<std::net::SocketAddr>, Status> {
+    if r.admin_address.is_empty() {
+        return Ok(None);
+    }
+    r.admin_address.parse().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "Register.admin_address: {:?} is not accepted; expected IP:PORT or empty",
+            r.admin_address
+        ))
+    })
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -457,11 +473,31 @@ mod tests {
             inbound_port: 4143,
             app_ports: vec![8080],
             last_version: 0,
+            admin_address: String::new(),
         }
     }
 
     fn web() -> SpiffeId {
         SpiffeId::new("skein.local", "default", "web").unwrap()
+    }
+
+    #[test]
+    fn an_admin_address_is_ip_port_or_nothing() {
+        let mut r = register();
+        assert_eq!(admin_from(&r).unwrap(), None);
+        r.admin_address = "10.0.0.5:4191".into();
+        assert_eq!(
+            admin_from(&r).unwrap(),
+            Some("10.0.0.5:4191".parse().unwrap())
+        );
+        r.admin_address = "web:4191".into();
+        let e = admin_from(&r).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("expected IP:PORT or empty"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub struct Connection {
     /// The join lineage of the certificate it connected with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lineage: Option<String>,
+    /// Where its admin listener (`/metrics`) is, as it announced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Its service account (which is its service).
+    #[serde(skip)]
+    pub account: String,
 }
 
 /// A proxy's current certificate (never its key).
@@ -154,10 +160,17 @@ impl Connections {
             identity: identity.to_owned(),
             certificate: None,
             lineage: w.lineage.clone(),
+            admin: None,
+            account: w.account.clone(),
         };
         let token = CancellationToken::new();
         open.insert(id, (conn, token.clone()));
         Ok((id, token))
+    }
+
+    /// Where the proxy's admin listener is, as it announced.
+    pub fn admin(&self, id: u64, admin: std::net::SocketAddr) {
+        self.with(id, |c| c.admin = Some(admin));
     }
 
     /// A snapshot was sent.

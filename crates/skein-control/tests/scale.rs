@@ -44,6 +44,7 @@ async fn simulate(i: usize, channel: Channel, seen: Arc<Seen>) -> Result<(), ton
         inbound_port: 20_000 + i as u32,
         app_ports: vec![8080],
         last_version: 0,
+        admin_address: String::new(),
     };
     let first = ProxyMessage {
         message: Some(proxy_message::Message::Register(register)),

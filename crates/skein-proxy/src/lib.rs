@@ -70,6 +70,9 @@ pub struct Ctx {
     pub authz_log: inbound::authorize::DecisionLog,
     /// Retries allowed per destination service (route `retry`).
     pub retry_budget: retry::Budget,
+    /// Where the admin listener was bound (announced to the control plane for
+    /// Prometheus service discovery).
+    pub admin_addr: std::sync::OnceLock<SocketAddr>,
     /// Telemetry summaries waiting for the control-plane stream.
     pub summaries: telemetry::summary::Outbox,
     /// This workload's account, once its certificate says (see [`Ctx::own_account`]).
@@ -221,6 +224,7 @@ impl RunningProxy {
             retry_budget: Default::default(),
             own_account: Default::default(),
             summaries: Default::default(),
+            admin_addr: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
         });
         let c = ctx.config();
@@ -249,6 +253,7 @@ impl RunningProxy {
                 .collect::<Result<_, _>>()?,
             admin: admin.local_addr()?,
         };
+        let _ = ctx.admin_addr.set(addrs.admin);
         // Accept loops are not drained tasks: they end as soon as the signal fires.
         tokio::spawn(admin::serve(ctx.clone(), admin));
         tokio::spawn(inbound::accept(ctx.clone(), inbound));

@@ -146,6 +146,18 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// The network map: every service with its signals, every observed caller → service
+    /// edge with its protocol, rate, success, p99, mutual TLS and authorization denials.
+    Map {
+        /// table, dot (Graphviz), mermaid or json.
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: signals::MapFormat,
+        /// How far back to look: 10s to 1h.
+        #[arg(long, short = 'w', default_value = "1m")]
+        window: String,
+        #[command(flatten)]
+        target: cli::Target,
+    },
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
     /// Starts four proxies (one per workload, each a real `skein proxy` process), three
@@ -276,6 +288,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Policy(_)
             | Command::Stat { .. }
             | Command::Edges { .. }
+            | Command::Map { .. }
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -362,6 +375,11 @@ fn run() -> anyhow::Result<()> {
                 output,
                 target,
             } => signals::edges(&target, service.as_deref(), &window, output).await,
+            Command::Map {
+                format,
+                window,
+                target,
+            } => signals::map(&target, &window, format).await,
             Command::Demo { duration, rps, net } => demo::run(duration, rps, net).await,
         }
     })

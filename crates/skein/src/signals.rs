@@ -1,6 +1,7 @@
-//! `skein stat` and `skein edges`: the control plane's central view of the golden signals
-//! every proxy reports, as tables (in the manner of `linkerd viz stat` and `edges`) or
-//! JSON. See docs/telemetry.md for what each figure means.
+//! `skein stat`, `skein edges` and `skein map`: the control plane's central view of the
+//! golden signals every proxy reports, as tables (in the manner of `linkerd viz stat` and
+//! `edges`), JSON, or a graph (Graphviz DOT, Mermaid). See docs/telemetry.md for what each
+//! figure means.
 
 use crate::cli::{align, Client, Target};
 use http::Method;
@@ -145,6 +146,179 @@ pub async fn edges(
     Ok(())
 }
 
+/// How `skein map` draws the mesh.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapFormat {
+    /// One line per edge.
+    Table,
+    /// Graphviz DOT (`skein map --format dot | dot -Tsvg > mesh.svg`).
+    Dot,
+    /// A Mermaid flowchart (renders in Markdown on GitHub and GitLab).
+    Mermaid,
+    /// The API's JSON.
+    Json,
+}
+
+/// `skein map [--format table|dot|mermaid|json] [--window 1m]`.
+pub async fn map(target: &Target, window: &str, format: MapFormat) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let answer = client
+        .call(
+            Method::GET,
+            &format!("/api/v1/map?window={window}"),
+            String::new(),
+        )
+        .await?;
+    let out = match format {
+        MapFormat::Json => serde_json::to_string_pretty(&answer)? + "\n",
+        MapFormat::Table => map_table(&answer),
+        MapFormat::Dot => dot(&answer),
+        MapFormat::Mermaid => mermaid(&answer),
+    };
+    if format == MapFormat::Table && answer["edges"].as_array().is_none_or(Vec::is_empty) {
+        eprintln!("No traffic in the last {window}.");
+        return Ok(());
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn node_id(namespace: &Value, name: &Value) -> String {
+    format!("{}/{}", text(namespace), text(name))
+}
+
+/// What an edge label says: protocol, rate, success, p99, mTLS, denials.
+fn edge_label(e: &Value) -> String {
+    let mut parts = vec![text(&e["protocol"])];
+    if e["requests"].as_u64().unwrap_or(0) > 0 {
+        parts.push(format!("{} rps", rate(&e["rps"])));
+        parts.push(percent(&e["success_rate"]));
+        parts.push(format!("p99 {}", millis(&e["p99_ms"])));
+    }
+    if e["tcp_connections"].as_u64().unwrap_or(0) > 0 {
+        parts.push(format!("{} conns", text(&e["tcp_connections"])));
+    }
+    parts.push(if e["mtls"] == true {
+        "mTLS".into()
+    } else {
+        "no mTLS".into()
+    });
+    if e["denied"].as_u64().unwrap_or(0) > 0 {
+        parts.push(format!("{} denied", text(&e["denied"])));
+    }
+    parts.join(", ")
+}
+
+fn node_label(n: &Value) -> String {
+    let s = &n["signals"];
+    if s.is_null() {
+        return text(&n["name"]);
+    }
+    format!(
+        "{} ({} rps, {}, p99 {})",
+        text(&n["name"]),
+        rate(&s["rps"]),
+        percent(&s["success_rate"]),
+        millis(&s["p99_ms"])
+    )
+}
+
+fn map_table(answer: &Value) -> String {
+    let headers: Vec<String> = [
+        "SRC",
+        "DST",
+        "PROTOCOL",
+        "AUTHZ",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P99",
+        "MTLS",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    let rows: Vec<Vec<String>> = answer["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                node_id(&e["src_namespace"], &e["src"]),
+                node_id(&e["dst_namespace"], &e["dst"]),
+                text(&e["protocol"]),
+                text(&e["authorization"]),
+                percent(&e["success_rate"]),
+                rate(&e["rps"]),
+                millis(&e["p99_ms"]),
+                mtls(&e["mtls"]),
+            ]
+        })
+        .collect();
+    align(&headers, &rows)
+}
+
+/// A DOT string literal.
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn dot(answer: &Value) -> String {
+    let mut out = String::from("digraph skein {\n  rankdir=LR;\n  node [shape=box];\n");
+    for n in answer["nodes"].as_array().into_iter().flatten() {
+        let id = node_id(&n["namespace"], &n["name"]);
+        out += &format!("  {} [label={}];\n", quoted(&id), quoted(&node_label(n)));
+    }
+    for e in answer["edges"].as_array().into_iter().flatten() {
+        let style = match e["authorization"].as_str() {
+            Some("denied") => ", color=red, style=dashed",
+            Some("partly denied") => ", color=orange",
+            _ => "",
+        };
+        out += &format!(
+            "  {} -> {} [label={}{style}];\n",
+            quoted(&node_id(&e["src_namespace"], &e["src"])),
+            quoted(&node_id(&e["dst_namespace"], &e["dst"])),
+            quoted(&edge_label(e)),
+        );
+    }
+    out + "}\n"
+}
+
+/// A Mermaid node id: letters, digits and `_` only.
+fn mermaid_id(namespace: &Value, name: &Value) -> String {
+    node_id(namespace, name)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn mermaid(answer: &Value) -> String {
+    // Mermaid text in quotes may not hold `"`; the names are DNS labels.
+    let clean = |s: String| s.replace('"', "'");
+    let mut out = String::from("flowchart LR\n");
+    for n in answer["nodes"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {}[\"{}\"]\n",
+            mermaid_id(&n["namespace"], &n["name"]),
+            clean(node_label(n))
+        );
+    }
+    for e in answer["edges"].as_array().into_iter().flatten() {
+        let arrow = if e["authorization"] == "denied" {
+            "-.->"
+        } else {
+            "-->"
+        };
+        out += &format!(
+            "  {} {arrow}|\"{}\"| {}\n",
+            mermaid_id(&e["src_namespace"], &e["src"]),
+            clean(edge_label(e)),
+            mermaid_id(&e["dst_namespace"], &e["dst"]),
+        );
+    }
+    out
+}
+
 /// The signal columns of a stat row.
 fn signals(r: &Value, wide: bool) -> Vec<String> {
     let mut out = vec![
@@ -211,6 +385,43 @@ fn mtls(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn sample_map() -> Value {
+        json!({
+            "nodes": [
+                {"namespace": "default", "name": "api", "signals": {"rps": 2.0, "success_rate": 1.0, "p99_ms": 5.0}},
+                {"namespace": "default", "name": "web", "signals": null}
+            ],
+            "edges": [
+                {"src_namespace": "default", "src": "web", "dst_namespace": "default", "dst": "api",
+                 "protocol": "http", "authorization": "allowed", "requests": 120, "rps": 2.0,
+                 "success_rate": 1.0, "p99_ms": 5.0, "tcp_connections": 0, "mtls": true, "denied": 0},
+                {"src_namespace": "default", "src": "intruder", "dst_namespace": "default", "dst": "api",
+                 "protocol": "http", "authorization": "denied", "requests": 5, "rps": 0.1,
+                 "success_rate": 1.0, "p99_ms": 1.0, "tcp_connections": 0, "mtls": true, "denied": 5}
+            ]
+        })
+    }
+
+    #[test]
+    fn the_map_draws_nodes_and_edges_with_denials_apart() {
+        let m = sample_map();
+        let d = dot(&m);
+        assert!(d.starts_with("digraph skein {"), "{d}");
+        assert!(d.contains("\"default/web\" -> \"default/api\" [label=\"http, 2.0 rps, 100.00%, p99 5.00ms, mTLS\"];"), "{d}");
+        assert!(
+            d.contains("\"default/intruder\" -> \"default/api\"")
+                && d.contains("color=red, style=dashed"),
+            "{d}"
+        );
+        let mm = mermaid(&m);
+        assert!(mm.starts_with("flowchart LR\n"), "{mm}");
+        assert!(mm.contains("default_web -->|\"http, 2.0 rps"), "{mm}");
+        assert!(mm.contains("default_intruder -.->|"), "{mm}");
+        let t = map_table(&m);
+        assert!(t.lines().nth(2).unwrap().contains("denied"), "{t}");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
 
     #[test]
     fn figures_read_like_linkerd_viz() {

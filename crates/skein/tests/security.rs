@@ -161,6 +161,7 @@ fn registration(workload: &str, service: &str, address: IpAddr, app: &str) -> Re
         inbound_port: 4143,
         app_ports: vec![u32::from(PORT)],
         last_version: 0,
+        admin_address: String::new(),
     }
 }
 

@@ -589,6 +589,103 @@ async fn stat_and_edges_show_exactly_what_the_proxies_saw() {
         "the TCP edge shows its bytes"
     );
 
+    // Prometheus finds every proxy through the control plane: promtool runs the
+    // HTTP service discovery against it with the admin token.
+    let token = std::fs::read_to_string(d.join("admin.token")).unwrap();
+    let config = d.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "scrape_configs:\n- job_name: skein\n  http_sd_configs:\n  - url: http://{}/api/v1/prometheus/targets\n    authorization: {{type: Bearer, credentials: {}}}\n",
+            control.http,
+            token.trim()
+        ),
+    )
+    .unwrap();
+    // The control plane runs on this test's runtime: wait for promtool without blocking it.
+    let sd = tokio::process::Command::new("promtool")
+        .args(["check", "service-discovery", "--timeout", "3s"])
+        .arg(&config)
+        .arg("skein")
+        .output()
+        .await
+        .expect("promtool is installed");
+    let found = String::from_utf8_lossy(&sd.stdout);
+    assert!(
+        sd.status.success(),
+        "{found}{}",
+        String::from_utf8_lossy(&sd.stderr)
+    );
+    for (proxy, service) in [(&web, "web"), (&intruder, "intruder"), (&_pdb, "db")] {
+        let admin = proxy.addrs.admin.to_string();
+        assert!(
+            found.contains(&admin),
+            "{service}'s admin {admin} in:\n{found}"
+        );
+    }
+    assert!(found.contains("\"skein_service\": \"api\""), "{found}");
+
+    // The map: every service a node, every pair an edge, the denied one drawn apart;
+    // Graphviz renders the DOT.
+    let map = cli(&control, d, &["map", "--format", "json"]).await;
+    let map: serde_json::Value = serde_json::from_str(map.ok()).unwrap();
+    let edges: Vec<(&str, &str, &str, &str)> = map["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap();
+            (s("src"), s("dst"), s("protocol"), s("authorization"))
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("intruder", "slow", "http", "denied"),
+            ("web", "api", "http", "allowed"),
+            ("web", "db", "tcp", "allowed"),
+            ("web", "slow", "http", "allowed"),
+        ]
+    );
+    let nodes: Vec<&str> = map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["api", "db", "intruder", "slow", "web"]);
+    let dot_text = cli(&control, d, &["map", "--format", "dot"]).await;
+    let mut render = tokio::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("graphviz is installed (apt-get install graphviz; .ci/run does)");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = render.stdin.take().unwrap();
+        stdin.write_all(dot_text.ok().as_bytes()).await.unwrap();
+    }
+    let svg = render.wait_with_output().await.unwrap();
+    assert!(
+        svg.status.success(),
+        "dot refused:\n{}\n{}",
+        dot_text.ok(),
+        String::from_utf8_lossy(&svg.stderr)
+    );
+    let svg = String::from_utf8_lossy(&svg.stdout);
+    assert!(
+        svg.contains("<svg") && svg.contains("default/intruder") && svg.contains("denied"),
+        "{svg}"
+    );
+    let mermaid = cli(&control, d, &["map", "--format", "mermaid"]).await;
+    assert!(
+        mermaid.ok().contains("default_intruder -.->|"),
+        "{}",
+        mermaid.ok()
+    );
+
     // The tables people read.
     let table = cli(&control, d, &["stat", "services"]).await;
     let text = table.ok();

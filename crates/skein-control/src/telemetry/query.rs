@@ -8,6 +8,9 @@
 //!   the account its certificate proved), with whether it was mutual TLS and how many
 //!   calls authorization denied.
 //!
+//! - **map**: every service as a node with its signals, every edge with its protocol and
+//!   whether authorization denied it.
+//!
 //! A request failed when its status is 5xx or its gRPC status is not OK; a request the
 //! callee's authorization denied is counted as denied, not as a failure.
 
@@ -281,5 +284,89 @@ impl Central {
                 signals: acc.signals(window),
             })
             .collect()
+    }
+}
+
+/// One service on the map.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MapNode {
+    /// Namespace.
+    pub namespace: String,
+    /// Service (or, for a caller nobody calls, its account).
+    pub name: String,
+    /// What its proxies received (none: it only calls).
+    pub signals: Option<Signals>,
+}
+
+/// One edge on the map.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MapEdge {
+    /// The edge's ends and signals.
+    #[serde(flatten)]
+    pub edge: EdgeRow,
+    /// `http`, `tcp` or `http+tcp`.
+    pub protocol: &'static str,
+    /// Requests authorization allowed (or audited).
+    pub allowed: u64,
+    /// `allowed`, `denied` (every request refused) or `partly denied`.
+    pub authorization: &'static str,
+}
+
+/// The network map over a window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MapView {
+    /// Services and callers, sorted.
+    pub nodes: Vec<MapNode>,
+    /// Caller → service edges, sorted.
+    pub edges: Vec<MapEdge>,
+}
+
+impl Central {
+    /// `skein map`: every service with traffic as a node, every observed edge.
+    pub fn map(&self, window: Duration, now: i64) -> MapView {
+        let services = self.stat(StatKind::Services, None, window, now);
+        let edges = self.edges(None, window, now);
+        let mut nodes: BTreeMap<(String, String), Option<Signals>> = services
+            .into_iter()
+            .map(|r| ((r.namespace, r.name), Some(r.signals)))
+            .collect();
+        for e in &edges {
+            nodes
+                .entry((e.src_namespace.clone(), e.src.clone()))
+                .or_insert(None);
+        }
+        MapView {
+            nodes: nodes
+                .into_iter()
+                .map(|((namespace, name), signals)| MapNode {
+                    namespace,
+                    name,
+                    signals,
+                })
+                .collect(),
+            edges: edges
+                .into_iter()
+                .map(|edge| {
+                    let s = &edge.signals;
+                    let protocol = match (s.requests > 0, s.tcp_connections > 0) {
+                        (true, true) => "http+tcp",
+                        (false, true) => "tcp",
+                        _ => "http",
+                    };
+                    let allowed = s.requests - s.denied;
+                    let authorization = match (allowed, s.denied) {
+                        (_, 0) => "allowed",
+                        (0, _) if s.tcp_connections == 0 => "denied",
+                        _ => "partly denied",
+                    };
+                    MapEdge {
+                        protocol,
+                        allowed,
+                        authorization,
+                        edge,
+                    }
+                })
+                .collect(),
+        }
     }
 }

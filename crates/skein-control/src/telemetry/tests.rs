@@ -186,6 +186,42 @@ fn edges_show_denials_and_tcp_and_routes_show_callers_traffic() {
         "a denial is not a failure"
     );
     assert_eq!(c.edges(Some("db"), MIN, now).len(), 1);
+    let map = c.map(MIN, now);
+    let nodes: Vec<_> = map
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.signals.is_some()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("api", true),
+            ("db", true),
+            ("intruder", false),
+            ("web", false)
+        ],
+        "callers nobody calls are nodes too"
+    );
+    let kinds: Vec<_> = map
+        .edges
+        .iter()
+        .map(|e| {
+            (
+                e.edge.src.as_str(),
+                e.edge.dst.as_str(),
+                e.protocol,
+                e.authorization,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("intruder", "api", "http", "denied"),
+            ("web", "api", "http", "allowed"),
+            ("web", "db", "tcp", "allowed")
+        ]
+    );
     let routes = c.stat(StatKind::Routes, None, MIN, now);
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].name, "default/api-split");

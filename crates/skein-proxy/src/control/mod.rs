@@ -507,6 +507,16 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure>
     Ok(())
 }
 
+/// Where Prometheus reaches the admin listener: its address, or the advertised IP with its
+/// port when it listens on every address.
+fn admin_address(admin: SocketAddr, advertise: SocketAddr) -> SocketAddr {
+    if admin.ip().is_unspecified() {
+        SocketAddr::new(advertise.ip(), admin.port())
+    } else {
+        admin
+    }
+}
+
 fn register_message(config: &ProxyConfig, advertise: SocketAddr, ctx: &Ctx) -> ProxyMessage {
     let w = &config.workload;
     let mut labels: std::collections::HashMap<String, String> =
@@ -529,6 +539,11 @@ fn register_message(config: &ProxyConfig, advertise: SocketAddr, ctx: &Ctx) -> P
                 .map(|p| u32::from(p.port))
                 .collect(),
             last_version: ctx.config_version.load(Ordering::SeqCst),
+            admin_address: admin_address(
+                ctx.admin_addr.get().copied().unwrap_or(config.admin.listen),
+                advertise,
+            )
+            .to_string(),
         })),
     }
 }
