@@ -26,6 +26,9 @@
 //!                                           golden signals per row over the window
 //! GET    /api/v1/edges[?service=S&window=1m] caller account → service pairs
 //! GET    /api/v1/map[?window=1m]             services as nodes, observed edges
+//! GET    /api/v1/policy/suggest[?namespace=NS&window=1h]
+//!                                           least-privilege AuthorizationPolicies for the
+//!                                           observed pathways: {"yaml", "policies"}
 //! GET    /api/v1/prometheus/targets         every connected proxy's admin address, in
 //!                                           Prometheus HTTP service-discovery form
 //! ```
@@ -109,6 +112,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/stat/{kind}", get(stat))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/map", get(map))
+        .route("/api/v1/policy/suggest", get(policy_suggest))
         .route("/api/v1/prometheus/targets", get(prometheus_targets))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
@@ -417,6 +421,7 @@ struct SignalsQuery {
     window: Option<String>,
     name: Option<String>,
     service: Option<String>,
+    namespace: Option<String>,
 }
 
 impl SignalsQuery {
@@ -510,4 +515,18 @@ async fn map(
         "nodes": view.nodes,
         "edges": view.edges,
     })))
+}
+
+async fn policy_suggest(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<SignalsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let window = match q.window {
+        None => crate::telemetry::query::MAX_WINDOW,
+        Some(_) => q.window()?,
+    };
+    let now = crate::telemetry::unix_now();
+    let policies = api.central.suggest(q.namespace.as_deref(), window, now);
+    let yaml = crate::telemetry::suggest::to_yaml(&policies, window, now);
+    Ok(Json(json!({ "yaml": yaml, "policies": policies })))
 }

@@ -52,6 +52,8 @@ pub struct Record {
     pub attempts: u32,
     /// The authorization policy that decided (inbound).
     pub policy: Option<Label>,
+    /// What authorization let through (inbound), for `skein policy suggest`.
+    pub pathway: Option<(u16, &'static str, Label)>,
     /// Request body bytes read so far.
     pub request_bytes: Arc<AtomicU64>,
     /// Whether to record it in telemetry (the `telemetry.requests` setting).
@@ -74,6 +76,7 @@ impl Record {
             endpoint: None,
             attempts: 0,
             policy: None,
+            pathway: None,
             request_bytes: Arc::default(),
             recorded: true,
         }
@@ -174,6 +177,14 @@ struct End {
 impl End {
     fn record(self) {
         let rec = self.rec;
+        if let Some((port, method, prefix)) = &rec.pathway {
+            self.telemetry.pathway(crate::telemetry::PathwayKey {
+                src: rec.src.clone(),
+                port: *port,
+                method,
+                prefix: prefix.clone(),
+            });
+        }
         let key = RequestKey {
             direction: rec.direction,
             protocol: rec.protocol,

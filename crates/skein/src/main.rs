@@ -258,6 +258,25 @@ enum PolicyCommand {
     /// Without --method/--path an HTTP port is checked with GET /; paths are normalised
     /// as the proxy does (`/menu/../admin` is judged as `/admin`).
     Check(cli::PolicyCheck),
+    /// Write the least-privilege AuthorizationPolicies that allow exactly the traffic the
+    /// proxies observed: callers per service, with their ports, methods and path prefixes.
+    ///
+    /// The safe road from an open mesh to deny-by-default: set the Mesh's defaultPolicy
+    /// to audit, let traffic flow, `skein policy suggest > observed.yaml`, review and
+    /// apply it, check that audited decisions stay at zero, then set deny.
+    Suggest {
+        /// Only services in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// How far back to look: 10s to 1h.
+        #[arg(long, short = 'w', default_value = "1h")]
+        window: String,
+        /// yaml (apply it as it is) or json.
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: signals::SuggestOutput,
+        #[command(flatten)]
+        target: cli::Target,
+    },
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -335,6 +354,12 @@ fn run() -> anyhow::Result<()> {
             }) => cli::workload_revoke(&target, &namespace, &name).await,
             Command::Ca(CaCommand::Show { target }) => cli::ca_show(&target).await,
             Command::Policy(PolicyCommand::Check(q)) => cli::policy_check(&q).await,
+            Command::Policy(PolicyCommand::Suggest {
+                namespace,
+                window,
+                output,
+                target,
+            }) => signals::suggest(&target, namespace.as_deref(), &window, output).await,
             Command::Ca(CaCommand::Rotate { timeout, target }) => {
                 cli::ca_rotate(&target, &timeout).await
             }

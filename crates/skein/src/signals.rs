@@ -1,4 +1,4 @@
-//! `skein stat`, `skein edges` and `skein map`: the control plane's central view of the
+//! `skein stat`, `skein edges`, `skein map` and `skein policy suggest`: the control plane's central view of the
 //! golden signals every proxy reports, as tables (in the manner of `linkerd viz stat` and
 //! `edges`), JSON, or a graph (Graphviz DOT, Mermaid). See docs/telemetry.md for what each
 //! figure means.
@@ -143,6 +143,35 @@ pub async fn edges(
         .collect();
     let headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
     print!("{}", align(&headers, &table));
+    Ok(())
+}
+
+/// Output formats of `policy suggest`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuggestOutput {
+    /// AuthorizationPolicy documents with a comment per rule.
+    Yaml,
+    /// The API's JSON.
+    Json,
+}
+
+/// `skein policy suggest [-n NS] [--window 1h] [-o yaml|json]`.
+pub async fn suggest(
+    target: &Target,
+    namespace: Option<&str>,
+    window: &str,
+    output: SuggestOutput,
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let mut path = format!("/api/v1/policy/suggest?window={window}");
+    if let Some(ns) = namespace {
+        path.push_str(&format!("&namespace={ns}"));
+    }
+    let answer = client.call(Method::GET, &path, String::new()).await?;
+    match output {
+        SuggestOutput::Json => println!("{}", serde_json::to_string_pretty(&answer["policies"])?),
+        SuggestOutput::Yaml => print!("{}", answer["yaml"].as_str().unwrap_or_default()),
+    }
     Ok(())
 }
 

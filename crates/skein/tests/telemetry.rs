@@ -713,3 +713,166 @@ async fn stat_and_edges_show_exactly_what_the_proxies_saw() {
     );
     control.shutdown().await;
 }
+
+/// One exchange of the observed traffic: web's HTTP calls to api and a TCP round trip to
+/// db. Returns the HTTP statuses and whether the TCP echo came back.
+async fn observed_traffic(web: &RunningProxy) -> (Vec<u16>, bool) {
+    let proxy = web.addrs.http_proxy.unwrap();
+    let mut statuses = Vec::new();
+    for (method, path) in [
+        ("GET", "/menu/1"),
+        ("GET", "/menu/2"),
+        ("GET", "/about"),
+        ("POST", "/orders"),
+    ] {
+        let url = format!("http://api:{PORT}{path}");
+        statuses.push(send(proxy, method, &url, &[]).await.unwrap().0);
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(web.addrs.upstreams[0])
+        .await
+        .unwrap();
+    let echoed = async {
+        conn.write_all(b"ledger line\n").await.ok()?;
+        let mut back = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut back))
+            .await
+            .ok()?
+            .ok()?;
+        Some(&back == b"ledger line\n")
+    }
+    .await
+    .unwrap_or(false);
+    (statuses, echoed)
+}
+
+/// Applies `yaml` with the CLI, then waits until `proxy` holds `policies` policies and
+/// the default `default`.
+async fn apply_and_wait(
+    control: &skein_control::server::RunningControl,
+    dir: &std::path::Path,
+    yaml: &str,
+    proxy: &RunningProxy,
+    policies: usize,
+    default: skein_model::resource::PolicyAction,
+) {
+    let file = dir.join(format!("apply-{}.yaml", policies));
+    std::fs::write(&file, yaml).unwrap();
+    let out = cli(control, dir, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(out.success(), "{}", out.failed());
+    eventually("the policies reach the proxy", SOON, async || {
+        let c = proxy.ctx.config();
+        c.authorization.policies.len() == policies && c.authorization.default == default
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn suggested_policies_take_an_audited_mesh_to_deny_without_breaking_it() {
+    use skein_model::resource::PolicyAction;
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("telemetry-suggest").unwrap();
+    let d = dir.path();
+    let control = control(50, d).await;
+    let mesh = |default: &str| {
+        format!("apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{defaultPolicy: {default}}}\n")
+    };
+    let docs = format!(
+        "{}---\n{}---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: db}}\n\
+         spec: {{selector: {{app: db}}, ports: [{{port: {TCP_PORT}, protocol: tcp}}]}}\n",
+        mesh("audit"),
+        service_yaml("api"),
+    );
+    apply(&control, &docs).await;
+    let (_api, api_proxy) = workload(&control, 51, "api", None).await;
+    let db = skein_testkit::TcpEcho::start(SocketAddr::new(loopback(52), TCP_PORT))
+        .await
+        .unwrap();
+    let db_proxy = app_workload(&control, 52, "db", db.addr(), Protocol::Tcp).await;
+    let web = client_of(&control, 53, "web", &[(TCP_PORT, "db", TCP_PORT)]).await;
+    let intruder = client_of(&control, 54, "intruder", &[]).await;
+    knows(&web, &["api", "db"]).await;
+    knows(&intruder, &["api"]).await;
+    let audited = |p: &RunningProxy| {
+        sum_samples(
+            &p.ctx.metrics.encode(),
+            "skein_authz_decisions_total",
+            &["decision=\"audited\""],
+        )
+    };
+
+    // Observe: under audit everything passes, and every decision is a would-be denial.
+    let ok = (vec![200, 200, 200, 200], true);
+    assert_eq!(observed_traffic(&web).await, ok);
+    assert!(audited(&api_proxy) >= 4 && audited(&db_proxy) >= 1);
+
+    // Suggest.
+    let mut yaml = String::new();
+    eventually("the control plane saw the pathways", SOON, async || {
+        let out = cli(&control, d, &["policy", "suggest", "--window", "10m"]).await;
+        yaml = out.ok().to_string();
+        yaml.contains("name: api-observed")
+            && yaml.contains("name: db-observed")
+            && yaml.contains("/menu/*")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{yaml}"));
+    assert!(
+        yaml.contains("# default/web: "),
+        "a comment per rule:\n{yaml}"
+    );
+    assert!(
+        yaml.contains("methods: [GET]") && yaml.contains("methods: [POST]"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("intruder"),
+        "only callers that called:\n{yaml}"
+    );
+
+    // Apply it while still auditing: the observed traffic raises no more audits.
+    apply_and_wait(&control, d, &yaml, &api_proxy, 1, PolicyAction::Audit).await;
+    let before = (audited(&api_proxy), audited(&db_proxy));
+    assert_eq!(observed_traffic(&web).await, ok);
+    assert_eq!(
+        (audited(&api_proxy), audited(&db_proxy)),
+        before,
+        "zero would-be denials"
+    );
+
+    // Deny by default: the observed traffic still succeeds, anything else is refused.
+    apply_and_wait(
+        &control,
+        d,
+        &mesh("deny"),
+        &api_proxy,
+        1,
+        PolicyAction::Deny,
+    )
+    .await;
+    assert_eq!(
+        observed_traffic(&web).await,
+        ok,
+        "every observed pathway still works"
+    );
+    let from_intruder = intruder.addrs.http_proxy.unwrap();
+    let refused = send(
+        from_intruder,
+        "GET",
+        &format!("http://api:{PORT}/menu/1"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.0, 403, "a new caller is denied");
+    let from_web = web.addrs.http_proxy.unwrap();
+    for (method, path) in [("DELETE", "/menu/1"), ("GET", "/admin")] {
+        let r = send(from_web, method, &format!("http://api:{PORT}{path}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.0, 403, "{method} {path} was never observed");
+    }
+    control.shutdown().await;
+}

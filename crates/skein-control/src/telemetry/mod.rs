@@ -15,6 +15,7 @@
 //! distinct ones, and proxies silent for longer than the window are forgotten.
 
 pub mod query;
+pub mod suggest;
 
 use skein_api::v1 as pb;
 use skein_model::latency::{Snapshot, BUCKETS};
@@ -105,6 +106,22 @@ pub struct TcpKey {
     pub src: Who,
     /// The service called.
     pub dst: Who,
+}
+
+/// Labels of a pathway: a caller reaching a port of a service with a method under a path
+/// prefix (empty method and prefix: a TCP tunnel).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct PathKey {
+    /// The caller's verified account.
+    pub src: Who,
+    /// The service called.
+    pub dst: Who,
+    /// The application port.
+    pub port: u16,
+    /// The method, `*`, or empty for TCP.
+    pub method: Label,
+    /// The path prefix, or empty for TCP.
+    pub prefix: Label,
 }
 
 /// A latency histogram with only its non-empty buckets.
@@ -214,11 +231,13 @@ pub struct Slot {
     pub requests: HashMap<ReqKey, ReqAgg>,
     /// TCP edge series.
     pub tcp: HashMap<TcpKey, TcpAgg>,
+    /// Pathways authorization let through, with their counts.
+    pub pathways: HashMap<PathKey, u64>,
 }
 
 impl Slot {
     fn entries(&self) -> usize {
-        self.requests.len() + self.tcp.len()
+        self.requests.len() + self.tcp.len() + self.pathways.len()
     }
 }
 
@@ -368,6 +387,11 @@ impl Central {
             let (src, dst) = ends(t.inbound, t.src.as_ref(), t.dst.as_ref());
             tcp.push((t, src, dst));
         }
+        let mut pathways = Vec::with_capacity(s.pathways.len());
+        for p in &s.pathways {
+            let (src, _) = ends(true, p.src.as_ref(), None);
+            pathways.push((p, src));
+        }
         for (r, src, dst) in requests {
             let status = match (r.status_code, r.status_class) {
                 (0, class) => (class.min(9) * 100) as u16,
@@ -419,6 +443,26 @@ impl Central {
                 received: t.received_bytes,
                 duration: Sparse::from_pb(t.duration.as_ref()),
             });
+        }
+        for (p, src) in pathways {
+            let Ok(port) = u16::try_from(p.port) else {
+                continue;
+            };
+            let mut key = PathKey {
+                src,
+                dst: own.clone(),
+                port,
+                method: self.intern(&mut values, &p.method),
+                prefix: self.intern(&mut values, &p.prefix),
+            };
+            let full = slot.pathways.len() >= MAX_SERIES_PER_SLOT;
+            if full && !slot.pathways.contains_key(&key) && !key.method.is_empty() {
+                key.prefix = self.intern(&mut values, "/*");
+            }
+            if full && !slot.pathways.contains_key(&key) {
+                key.src = other.clone();
+            }
+            *slot.pathways.entry(key).or_default() += p.count;
         }
     }
 

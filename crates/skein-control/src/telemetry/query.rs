@@ -179,7 +179,7 @@ pub struct EdgeRow {
 
 /// The first slot of a window ending `now`: `window / 10 s` slots, the current (partial)
 /// one included.
-fn window_start(now: i64, window: Duration) -> i64 {
+pub(super) fn window_start(now: i64, window: Duration) -> i64 {
     let w = i64::try_from(window.as_secs())
         .unwrap_or(i64::MAX)
         .clamp(SLOT_SECS, MAX_WINDOW.as_secs() as i64);

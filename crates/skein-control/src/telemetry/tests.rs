@@ -305,3 +305,103 @@ fn two_hundred_proxies_with_a_thousand_callers_each_stay_under_the_ceiling() {
     let total: u64 = rows.iter().map(|r| r.signals.requests).sum();
     assert_eq!(total, 200 * 1000 * 6);
 }
+
+fn pathway(
+    src_ns: &str,
+    src: &str,
+    port: u32,
+    method: &str,
+    prefix: &str,
+    count: u64,
+) -> pb::PathwayStats {
+    pb::PathwayStats {
+        src: Some(pb::Account {
+            namespace: src_ns.into(),
+            name: src.into(),
+        }),
+        port,
+        method: method.into(),
+        prefix: prefix.into(),
+        count,
+    }
+}
+
+#[test]
+fn suggestions_allow_exactly_the_observed_pathways_and_apply() {
+    let c = Central::default();
+    let now = 6_000_000;
+    let mut s = summary(1, vec![]);
+    s.pathways = vec![
+        pathway("default", "web", 8080, "GET", "/menu/*", 10),
+        pathway("default", "web", 8080, "GET", "/about", 2),
+        pathway("default", "web", 8080, "HEAD", "/about", 1),
+        pathway("default", "web", 8080, "HEAD", "/menu/*", 1),
+        pathway("default", "web", 8080, "POST", "/orders/*", 3),
+        pathway("shop", "cart", 8080, "PURGE", "/", 1),
+        pathway("", "unauthenticated", 8080, "GET", "/healthz", 4),
+        pathway(OTHER, OTHER, 8080, "GET", "/", 7),
+    ];
+    c.ingest(&reporter("api-1", "api"), &s, now).unwrap();
+    let mut tcp = summary(1, vec![]);
+    tcp.pathways = vec![pathway("default", "web", 9000, "", "", 3)];
+    c.ingest(&reporter("db-1", "db"), &tcp, now).unwrap();
+    let many: Vec<_> = (0..12)
+        .map(|i| pathway("default", "crawler", 8080, "GET", &format!("/p{i}/*"), 1))
+        .collect();
+    let mut wide = summary(2, vec![]);
+    wide.pathways = many;
+    c.ingest(&reporter("api-1", "api"), &wide, now).unwrap();
+
+    let all = c.suggest(None, MIN, now);
+    let services: Vec<_> = all.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, ["api", "db"]);
+    let api = &all[0];
+    assert_eq!(
+        api.unattributed, 7,
+        "callers folded into `other` are never allowed"
+    );
+    let rule = |from: &str| api.rules.iter().find(|r| r.from == from).unwrap();
+    let web = rule("web");
+    assert_eq!((web.requests, web.prefixes), (17, 3));
+    let to: Vec<_> = web
+        .to
+        .iter()
+        .map(|t| (t.methods.join(","), t.paths.join(",")))
+        .collect();
+    assert_eq!(
+        to,
+        [
+            ("GET,HEAD".to_string(), "/about,/menu/*".to_string()),
+            ("POST".to_string(), "/orders/*".to_string())
+        ],
+        "methods reaching the same paths share an entry"
+    );
+    assert_eq!(
+        rule("crawler").to[0].paths,
+        ["/*"],
+        "more than 8 prefixes: every path"
+    );
+    assert!(
+        rule("cart").to[0].methods.is_empty(),
+        "a non-standard method: any method"
+    );
+    let db = &all[1];
+    assert_eq!(db.rules[0].to[0].ports, [9000]);
+    assert!(db.rules[0].to[0].paths.is_empty(), "TCP: the port alone");
+    assert_eq!(c.suggest(Some("shop"), MIN, now), []);
+
+    let yaml = suggest::to_yaml(&all, Duration::from_secs(3600), now);
+    assert!(
+        yaml.contains("# default/web: 17 requests under 3 path prefixes"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("- service: cart.shop"), "{yaml}");
+    assert!(yaml.contains("- unauthenticated: true"), "{yaml}");
+    assert!(
+        yaml.contains("# 7 requests or connections came from callers"),
+        "{yaml}"
+    );
+    let docs =
+        skein_model::parse_documents(&yaml, "suggestion").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(docs.len(), 2, "one policy per service, each valid");
+}

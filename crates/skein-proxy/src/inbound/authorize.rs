@@ -54,6 +54,13 @@ pub fn http<B>(
     record(ctx, caller, &config.workload.service, port, &decision)
 }
 
+/// The pathway an authorized request took (its port, method and normalised path prefix).
+pub fn pathway<B>(req: &Request<B>, port: u16) -> (u16, &'static str, crate::telemetry::Label) {
+    let method = crate::telemetry::pathway_method(req.method());
+    let prefix = crate::telemetry::path_prefix(req.uri().path());
+    (port, method, prefix.into())
+}
+
 /// Decides an opaque TCP tunnel to `port`.
 pub fn tcp(ctx: &Ctx, config: &ProxyConfig, caller: &Caller, port: u16) -> Result<(), ProxyError> {
     let request = authz::Request { port, http: None };

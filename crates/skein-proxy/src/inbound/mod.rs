@@ -250,10 +250,19 @@ async fn route(
         // An HTTP/1 tunnel's requests are authorized one by one inside it.
         if !tunnel::carries_http1(&req) {
             authorize::tcp(ctx, config, caller, port.port)?;
+            if config.telemetry.requests {
+                ctx.metrics.telemetry.pathway(crate::telemetry::PathwayKey {
+                    src: peer.account.clone(),
+                    port: port.port,
+                    method: "",
+                    prefix: "".into(),
+                });
+            }
         }
         return tunnel::open(ctx, state, req, port, peer).await;
     }
     authorize::http(ctx, config, caller, &mut req, port.port)?;
+    rec.pathway = Some(authorize::pathway(&req, port.port));
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
     app::forward(ctx, config, req, port.port, to_h2, caller, rec).await
 }

@@ -106,7 +106,11 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             );
             rec.recorded = config.telemetry.requests;
             rec.dst = Some(state.service.clone());
-            let result = match super::authorize::http(&ctx, config, caller, &mut req, port.port) {
+            let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
+            if authorized.is_ok() {
+                rec.pathway = Some(super::authorize::pathway(&req, port.port));
+            }
+            let result = match authorized {
                 Err(e) => Err(e),
                 Ok(()) if headers::wants_upgrade(req.headers()) => {
                     rec.attempts = 1;

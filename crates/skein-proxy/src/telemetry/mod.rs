@@ -153,6 +153,55 @@ pub struct Ended {
     pub retries: u64,
 }
 
+/// One pathway into this workload: who called which port, with which method, under
+/// which path prefix (the first segment: `/menu/*`, an exact one-segment path, or `/`).
+/// Recorded for requests and tunnels authorization let through, for `skein policy
+/// suggest`. TCP tunnels have an empty method and prefix.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct PathwayKey {
+    /// The caller's account (verified).
+    pub src: Named,
+    /// The application port.
+    pub port: u16,
+    /// The method (`*` for one outside the standard ones), or empty for TCP.
+    pub method: &'static str,
+    /// The path prefix, or empty for TCP.
+    pub prefix: Label,
+}
+
+/// Pathways kept at most; past it, new ones lose their prefix (`/*`), then their caller.
+pub const MAX_PATHWAYS: usize = 512;
+
+/// The prefix a request path is recorded under: `/` for the root, the path itself when it
+/// has one segment, else its first segment as a prefix (`/menu/*`). Segments over 64
+/// bytes read `/*`.
+pub fn path_prefix(path: &str) -> String {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    if rest.is_empty() {
+        return "/".into();
+    }
+    let (first, more) = match rest.split_once('/') {
+        Some((first, _)) => (first, true),
+        None => (rest, false),
+    };
+    if first.len() > 64 || first.contains('*') {
+        return "/*".into();
+    }
+    if more {
+        format!("/{first}/*")
+    } else {
+        format!("/{first}")
+    }
+}
+
+/// The method as a pathway records it.
+pub fn pathway_method(m: &http::Method) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+    ];
+    KNOWN.into_iter().find(|k| m.as_str() == *k).unwrap_or("*")
+}
+
 /// The values of one TCP edge series.
 #[derive(Debug, Default)]
 pub struct TcpSeries {
@@ -173,6 +222,7 @@ pub struct TcpSeries {
 pub struct Telemetry {
     requests: RwLock<HashMap<RequestKey, Arc<RequestSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
+    pathways: RwLock<HashMap<PathwayKey, Arc<AtomicU64>>>,
     admitted: Mutex<Admitted>,
     folded: AtomicU64,
 }
@@ -287,6 +337,35 @@ impl Telemetry {
             key.dst = Named::other();
         }
         series.entry(key).or_default().clone()
+    }
+
+    /// Counts one request or tunnel along `key`.
+    pub fn pathway(&self, key: PathwayKey) {
+        if let Some(c) = read(&self.pathways).get(&key) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut pathways = self.pathways.write().unwrap_or_else(|p| p.into_inner());
+        let mut key = key;
+        if pathways.len() >= MAX_PATHWAYS && !pathways.contains_key(&key) && !key.method.is_empty()
+        {
+            key.prefix = "/*".into();
+        }
+        if pathways.len() >= MAX_PATHWAYS && !pathways.contains_key(&key) {
+            key.src = Named::other();
+        }
+        pathways
+            .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every pathway with its count.
+    pub fn pathways_now(&self) -> Vec<(PathwayKey, u64)> {
+        read(&self.pathways)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Requests recorded under folded labels so far.
@@ -618,6 +697,39 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
         assert!(text.contains("src_account=\"other\""));
         assert!(text.contains("status_code=\"2xx\""));
+    }
+
+    #[test]
+    fn pathways_keep_the_first_segment_and_stay_bounded() {
+        assert_eq!(path_prefix("/"), "/");
+        assert_eq!(path_prefix("/healthz"), "/healthz");
+        assert_eq!(path_prefix("/menu/1"), "/menu/*");
+        assert_eq!(path_prefix("/menu/"), "/menu/*");
+        assert_eq!(path_prefix(&format!("/{}", "a".repeat(65))), "/*");
+        assert_eq!(pathway_method(&http::Method::GET), "GET");
+        assert_eq!(
+            pathway_method(&http::Method::from_bytes(b"PURGE").unwrap()),
+            "*"
+        );
+        let t = Telemetry::default();
+        for caller in 0..20 {
+            for path in 0..100 {
+                t.pathway(PathwayKey {
+                    src: Named::new("default", &format!("c{caller}")),
+                    port: 80,
+                    method: "GET",
+                    prefix: format!("/p{path}/*").into(),
+                });
+            }
+        }
+        let all = t.pathways_now();
+        assert!(all.len() <= MAX_PATHWAYS + 20 + 1, "{}", all.len());
+        assert_eq!(
+            all.iter().map(|(_, n)| n).sum::<u64>(),
+            2000,
+            "every request counted"
+        );
+        assert!(all.iter().any(|(k, _)| &*k.prefix == "/*"));
     }
 
     #[test]

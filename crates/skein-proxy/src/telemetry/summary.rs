@@ -46,6 +46,7 @@ struct TcpTotals {
 pub struct Summarizer {
     requests: HashMap<RequestKey, RequestTotals>,
     tcp: HashMap<TcpKey, TcpTotals>,
+    pathways: HashMap<super::PathwayKey, u64>,
     folded: u64,
     sequence: u64,
 }
@@ -101,10 +102,25 @@ impl Summarizer {
             });
             self.tcp.insert(key, now);
         }
+        let mut pathways = Vec::new();
+        for (key, count) in t.pathways_now() {
+            let before = self.pathways.get(&key).copied().unwrap_or(0);
+            if count == before {
+                continue;
+            }
+            pathways.push(pb::PathwayStats {
+                src: Some(account(&key.src)),
+                port: u32::from(key.port),
+                method: key.method.to_string(),
+                prefix: key.prefix.to_string(),
+                count: count - before,
+            });
+            self.pathways.insert(key, count);
+        }
         let folded = t.folded();
         let folded_delta = folded - self.folded.min(folded);
         self.folded = folded;
-        if requests.is_empty() && tcp.is_empty() && folded_delta == 0 {
+        if requests.is_empty() && tcp.is_empty() && pathways.is_empty() && folded_delta == 0 {
             return None;
         }
         self.sequence += 1;
@@ -117,6 +133,7 @@ impl Summarizer {
             tcp,
             folded_requests: folded_delta,
             dropped_summaries: 0,
+            pathways,
         })
     }
 }
@@ -277,12 +294,26 @@ mod tests {
             .find(|r| r.status_code == 503)
             .unwrap();
         assert_eq!(failed.retries, 2);
+        assert!(first.pathways.is_empty());
+        let menu = crate::telemetry::PathwayKey {
+            src: Named::new("default", "web"),
+            port: 8080,
+            method: "GET",
+            prefix: "/menu/*".into(),
+        };
+        t.pathway(menu.clone());
+        t.pathway(menu);
 
         t.request(key(200), ended(5, 0));
         let second = s.take(&t, 2, 1000).unwrap();
         assert_eq!(second.sequence, 2);
         assert_eq!(second.requests.len(), 1, "only the series that moved");
         assert_eq!(second.requests[0].count, 1, "a delta, not a total");
+        assert_eq!(second.pathways.len(), 1);
+        assert_eq!(
+            (second.pathways[0].prefix.as_str(), second.pathways[0].count),
+            ("/menu/*", 2)
+        );
         assert!(s.take(&t, 3, 1000).is_none());
     }
 
