@@ -29,6 +29,9 @@
 //! GET    /api/v1/policy/suggest[?namespace=NS&window=1h]
 //!                                           least-privilege AuthorizationPolicies for the
 //!                                           observed pathways: {"yaml", "policies"}
+//! GET    /api/v1/tap[?to=&from=&path=&method=&status=5xx&max_rps=100]
+//!                                           live request metadata, one JSON object per
+//!                                           line, until the client disconnects
 //! GET    /api/v1/prometheus/targets         every connected proxy's admin address, in
 //!                                           Prometheus HTTP service-discovery form
 //! ```
@@ -54,6 +57,8 @@ const MAX_BODY: usize = 4 << 20;
 pub struct Api {
     /// The golden signals proxies report.
     pub central: Arc<crate::telemetry::Central>,
+    /// Live taps.
+    pub taps: Arc<crate::tap::TapHub>,
     /// The resources.
     pub registry: Arc<Registry>,
     /// The mesh CA and join tokens.
@@ -112,6 +117,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/stat/{kind}", get(stat))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/map", get(map))
+        .route("/api/v1/tap", get(tap))
         .route("/api/v1/policy/suggest", get(policy_suggest))
         .route("/api/v1/prometheus/targets", get(prometheus_targets))
         .layer(axum::middleware::from_fn_with_state(
@@ -529,4 +535,93 @@ async fn policy_suggest(
     let policies = api.central.suggest(q.namespace.as_deref(), window, now);
     let yaml = crate::telemetry::suggest::to_yaml(&policies, window, now);
     Ok(Json(json!({ "yaml": yaml, "policies": policies })))
+}
+
+/// `?to=&from=&path=&method=&status=&max_rps=` of a tap.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TapQuery {
+    to: Option<String>,
+    from: Option<String>,
+    path: Option<String>,
+    method: Option<String>,
+    status: Option<String>,
+    max_rps: Option<u32>,
+}
+
+/// Streams live request metadata, one JSON object per line, until the client goes; then
+/// every proxy stops tapping.
+async fn tap(State(api): State<Arc<Api>>, Query(q): Query<TapQuery>) -> Result<Response, ApiError> {
+    let bad = |what: String| ApiError(StatusCode::BAD_REQUEST, what);
+    let status_class = match q.status.as_deref() {
+        None | Some("") => 0,
+        Some(s) => match s.as_bytes() {
+            [c @ b'1'..=b'5', b'x', b'x'] => u32::from(c - b'0'),
+            _ => {
+                return Err(bad(format!(
+                    "status {s:?} is not accepted; use 1xx, 2xx, 3xx, 4xx or 5xx"
+                )))
+            }
+        },
+    };
+    let max = q.max_rps.unwrap_or(100);
+    if !(1..=1000).contains(&max) {
+        return Err(bad(format!(
+            "max_rps {max} is not accepted; use 1 to 1000 events per second"
+        )));
+    }
+    if q.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+        return Err(bad(
+            "path must start with '/' (a path prefix such as /menu)".into(),
+        ));
+    }
+    let filter = skein_api::v1::TapFilter {
+        to: q.to.unwrap_or_default(),
+        from: q.from.unwrap_or_default(),
+        path_prefix: q.path.unwrap_or_default(),
+        method: q.method.unwrap_or_default().to_ascii_uppercase(),
+        status_class,
+        max_per_second: max,
+    };
+    let subscription = api.taps.subscribe(filter);
+    let lines = futures_util::stream::unfold(subscription, |mut sub| async move {
+        let event = sub.events.recv().await?;
+        let mut line = serde_json::to_vec(&tap_json(&event)).unwrap_or_default();
+        line.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            sub,
+        ))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .unwrap_or_default())
+}
+
+/// A tap event as the API shows it.
+fn tap_json(e: &skein_api::v1::TapEvent) -> serde_json::Value {
+    let who = |a: &Option<skein_api::v1::Account>| {
+        a.as_ref()
+            .map(|a| format!("{}/{}", a.namespace, a.name))
+            .unwrap_or_default()
+    };
+    json!({
+        "direction": if e.inbound { "inbound" } else { "outbound" },
+        "workload": e.workload,
+        "src": who(&e.src),
+        "dst": who(&e.dst),
+        "tls": e.tls,
+        "method": e.method,
+        "path": e.path,
+        "status": e.status,
+        "grpc_status": e.grpc_status,
+        "latency_ms": e.latency_us as f64 / 1000.0,
+        "duration_ms": e.duration_us as f64 / 1000.0,
+        "request_bytes": e.request_bytes,
+        "response_bytes": e.response_bytes,
+        "route": e.route,
+        "error": e.error,
+        "unix_ms": e.unix_ms,
+    })
 }

@@ -74,6 +74,7 @@ pub struct ProxyControlService {
     shutdown: CancellationToken,
     workload_cidrs: Arc<[IpNet]>,
     central: Arc<crate::telemetry::Central>,
+    taps: Arc<crate::tap::TapHub>,
 }
 
 impl ProxyControlService {
@@ -94,7 +95,14 @@ impl ProxyControlService {
             shutdown,
             workload_cidrs: Arc::from([]),
             central: Default::default(),
+            taps: Default::default(),
         }
+    }
+
+    /// Serves the proxies' `Tap` streams through `hub`.
+    pub fn taps(mut self, hub: Arc<crate::tap::TapHub>) -> Self {
+        self.taps = hub;
+        self
     }
 
     /// Takes the proxies' telemetry summaries into `central`.
@@ -113,10 +121,79 @@ impl ProxyControlService {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send + 'static>>;
+type TapCommandStream =
+    Pin<Box<dyn Stream<Item = Result<skein_api::v1::TapCommand, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl ProxyControl for ProxyControlService {
     type SyncStream = SnapshotStream;
+    type TapStream = TapCommandStream;
+
+    async fn tap(
+        &self,
+        request: Request<Streaming<skein_api::v1::TapEvent>>,
+    ) -> Result<Response<TapCommandStream>, Status> {
+        let cert = presented(&request).ok_or_else(|| {
+            Status::unauthenticated(
+                "Tap needs the workload certificate as the TLS client certificate",
+            )
+        })?;
+        if cert.expired() {
+            return Err(Status::failed_precondition(
+                "the certificate has expired; renew it with Certify before Tap",
+            ));
+        }
+        let lineage = cert.lineage.clone().unwrap_or_default();
+        // The proxy's Sync session on this replica names its workload; without one, no taps.
+        let conn = self
+            .connections
+            .list()
+            .into_iter()
+            .find(|c| !lineage.is_empty() && c.lineage.as_deref() == Some(lineage.as_str()))
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "Tap needs this proxy's Sync session on the same control plane; open Sync first",
+                )
+            })?;
+        let (tx, rx) = mpsc::channel(64);
+        let hub = self.taps.clone();
+        let key = hub.attach(tx);
+        let mut inbound = request.into_inner();
+        let shutdown = self.shutdown.clone();
+        let own = skein_api::v1::Account {
+            namespace: conn.namespace.clone(),
+            name: conn.account.clone(),
+        };
+        let workload = format!("{}/{}", conn.namespace, conn.workload);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(mut event)) => {
+                            // Attributed like summaries: inbound events are calls to this
+                            // workload's service, outbound ones calls from its account.
+                            if event.inbound {
+                                event.dst = Some(own.clone());
+                            } else {
+                                event.src = Some(own.clone());
+                            }
+                            event.workload = workload.clone();
+                            hub.deliver(event);
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            hub.detach(key);
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn certify(
         &self,

@@ -16,6 +16,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tap;
 pub mod telemetry;
 pub mod tls_incoming;
 pub mod token;

@@ -88,6 +88,8 @@ pub struct RunningControl {
     pub connections: Arc<Connections>,
     /// The golden signals proxies connected to this replica report.
     pub central: Arc<crate::telemetry::Central>,
+    /// Live taps and the proxies' tap streams.
+    pub taps: Arc<crate::tap::TapHub>,
     /// True while this replica leads (always, with the embedded store).
     pub leader: tokio::sync::watch::Receiver<bool>,
     election: Option<Election>,
@@ -158,8 +160,10 @@ impl RunningControl {
             })?;
         let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
         let central = crate::telemetry::Central::new();
+        let taps = crate::tap::TapHub::new();
         let router = api::router(Arc::new(Api {
             central: central.clone(),
+            taps: taps.clone(),
             registry: registry.clone(),
             pki: pki.clone(),
             connections: connections.clone(),
@@ -217,7 +221,8 @@ impl RunningControl {
             shutdown.clone(),
         )
         .workload_cidrs(&opts.workload_cidrs)
-        .telemetry(central.clone());
+        .telemetry(central.clone())
+        .taps(taps.clone());
         let stop = shutdown.clone();
         let tls = pki
             .server_tls()
@@ -252,6 +257,7 @@ impl RunningControl {
             pki,
             connections,
             central,
+            taps,
             leader,
             election,
             presence,

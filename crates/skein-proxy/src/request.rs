@@ -54,6 +54,8 @@ pub struct Record {
     pub policy: Option<Label>,
     /// What authorization let through (inbound), for `skein policy suggest`.
     pub pathway: Option<(u16, &'static str, Label)>,
+    /// Method and path, kept only while a tap is in force.
+    pub tap: Option<crate::telemetry::tap::Seen>,
     /// Request body bytes read so far.
     pub request_bytes: Arc<AtomicU64>,
     /// Whether to record it in telemetry (the `telemetry.requests` setting).
@@ -61,6 +63,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// Keeps the request's method and path for taps, when one is in force.
+    pub fn for_taps<B>(&mut self, ctx: &Ctx, req: &http::Request<B>) {
+        if ctx.metrics.telemetry.taps.on() {
+            self.tap = Some(crate::telemetry::tap::Seen {
+                method: req.method().as_str().to_string(),
+                path: req.uri().path().to_string(),
+            });
+        }
+    }
+
     /// A request that arrived now.
     pub fn new(direction: Direction, protocol: Proto, grpc: bool, src: Named, tls: bool) -> Self {
         Record {
@@ -77,6 +89,7 @@ impl Record {
             attempts: 0,
             policy: None,
             pathway: None,
+            tap: None,
             request_bytes: Arc::default(),
             recorded: true,
         }
@@ -185,6 +198,27 @@ impl End {
                 prefix: prefix.clone(),
             });
         }
+        let duration = rec.started.elapsed();
+        if let Some(seen) = &rec.tap {
+            let dst = rec.dst.clone().unwrap_or_else(|| Named::new("", "unknown"));
+            self.telemetry.taps.observe(&crate::telemetry::tap::Ended {
+                inbound: rec.direction == Direction::Inbound,
+                tls: rec.tls,
+                src: &rec.src,
+                dst: &dst,
+                seen,
+                status: self.status,
+                grpc_status: self.grpc_status,
+                latency: self.latency,
+                duration,
+                bytes: (
+                    rec.request_bytes.load(Ordering::Relaxed),
+                    self.response_bytes,
+                ),
+                route: rec.route.as_ref().map_or("", |r| &r.0),
+                error: self.error,
+            });
+        }
         let key = RequestKey {
             direction: rec.direction,
             protocol: rec.protocol,
@@ -205,7 +239,7 @@ impl End {
             key,
             Ended {
                 latency: self.latency,
-                duration: rec.started.elapsed(),
+                duration,
                 request_bytes: rec.request_bytes.load(Ordering::Relaxed),
                 response_bytes: self.response_bytes,
                 retries: u64::from(rec.attempts.saturating_sub(1)),

@@ -79,7 +79,7 @@ impl Client {
 
     /// Sends a request and calls `on_line` for each line of a streamed 2xx answer as it
     /// arrives; fails with the API's own error message otherwise.
-    async fn stream_lines(
+    pub(crate) async fn stream_lines(
         &self,
         method: Method,
         path: &str,

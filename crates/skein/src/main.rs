@@ -146,6 +146,26 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// Live request metadata as proxies see requests end: method, path, status, latency,
+    /// caller and callee. Never bodies, query strings or header values. Rate-bounded; the
+    /// proxies stop tapping as soon as this command ends.
+    Tap {
+        #[command(flatten)]
+        filter: signals::TapFilter,
+        /// Print each event as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// The busiest paths, live, from `skein tap`: count, best, worst and last latency,
+    /// success rate.
+    Top {
+        #[command(flatten)]
+        filter: signals::TapFilter,
+        #[command(flatten)]
+        target: cli::Target,
+    },
     /// The network map: every service with its signals, every observed caller → service
     /// edge with its protocol, rate, success, p99, mutual TLS and authorization denials.
     Map {
@@ -308,6 +328,8 @@ fn run() -> anyhow::Result<()> {
             | Command::Stat { .. }
             | Command::Edges { .. }
             | Command::Map { .. }
+            | Command::Tap { .. }
+            | Command::Top { .. }
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -400,6 +422,12 @@ fn run() -> anyhow::Result<()> {
                 output,
                 target,
             } => signals::edges(&target, service.as_deref(), &window, output).await,
+            Command::Tap {
+                filter,
+                json,
+                target,
+            } => signals::tap(&target, &filter, json).await,
+            Command::Top { filter, target } => signals::top(&target, &filter).await,
             Command::Map {
                 format,
                 window,

@@ -175,6 +175,219 @@ pub async fn suggest(
     Ok(())
 }
 
+/// Which requests `skein tap` and `skein top` follow.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TapFilter {
+    /// Requests to this service.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Requests from this service account.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Requests whose path starts with this prefix.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Requests with this method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Responses of this class: 1xx to 5xx.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many events per second (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub max_rps: u32,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = crate::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+impl TapFilter {
+    fn path(&self) -> String {
+        let mut q = vec![format!("max_rps={}", self.max_rps)];
+        for (k, v) in [
+            ("to", &self.to),
+            ("from", &self.from),
+            ("path", &self.path),
+            ("method", &self.method),
+            ("status", &self.status),
+        ] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", encode(v)));
+            }
+        }
+        format!("/api/v1/tap?{}", q.join("&"))
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs the tap stream, calling `on_event` per event, until `duration` (if any) ends.
+async fn follow(
+    target: &Target,
+    filter: &TapFilter,
+    mut on_event: impl FnMut(&Value),
+) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let path = filter.path();
+    let stream = client.stream_lines(Method::GET, &path, |line| {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            on_event(&v);
+        }
+    });
+    match filter.duration {
+        Some(d) => match tokio::time::timeout(d, stream).await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        },
+        None => stream.await,
+    }
+}
+
+/// `skein tap [--to SVC] [--from SVC] [--path PREFIX] [--method M] [--status 5xx]`: one
+/// line per request as proxies see it end (metadata only: never bodies, query strings or
+/// header values).
+pub async fn tap(target: &Target, filter: &TapFilter, json: bool) -> anyhow::Result<()> {
+    follow(target, filter, |e| {
+        if json {
+            println!("{e}");
+        } else {
+            println!("{}", tap_line(e));
+        }
+    })
+    .await
+}
+
+/// One tap event as a line, in the manner of `linkerd viz tap`.
+fn tap_line(e: &Value) -> String {
+    let mut line = format!(
+        "rsp dir={} workload={} src={} dst={} tls={} :method={} :path={} :status={}",
+        text(&e["direction"]),
+        text(&e["workload"]),
+        text(&e["src"]),
+        text(&e["dst"]),
+        text(&e["tls"]),
+        text(&e["method"]),
+        text(&e["path"]),
+        text(&e["status"]),
+    );
+    if !e["grpc_status"].is_null() {
+        line += &format!(" grpc-status={}", text(&e["grpc_status"]));
+    }
+    line += &format!(
+        " latency={} duration={} bytes={}/{}",
+        millis(&e["latency_ms"]),
+        millis(&e["duration_ms"]),
+        text(&e["request_bytes"]),
+        text(&e["response_bytes"])
+    );
+    for k in ["route", "error"] {
+        if e[k].as_str().is_some_and(|s| !s.is_empty()) {
+            line += &format!(" {k}={}", text(&e[k]));
+        }
+    }
+    line
+}
+
+/// What `skein top` shows per path.
+#[derive(Debug, Default, Clone)]
+struct TopRow {
+    count: u64,
+    failures: u64,
+    best_ms: f64,
+    worst_ms: f64,
+    last_ms: f64,
+}
+
+/// `skein top`: the busiest paths, from the tap stream, redrawn every second.
+pub async fn top(target: &Target, filter: &TapFilter) -> anyhow::Result<()> {
+    let mut rows: std::collections::HashMap<(String, String, String, String), TopRow> =
+        Default::default();
+    let mut drawn = std::time::Instant::now();
+    let draw = |rows: &std::collections::HashMap<(String, String, String, String), TopRow>| {
+        // Clear the screen and go home, then the table.
+        print!("\x1b[H\x1b[2J{}", top_table(rows));
+    };
+    follow(target, filter, |e| {
+        // Each request once: as its callee's proxy saw it when there is one.
+        if e["direction"] == "outbound" && filter.from.is_none() {
+            return;
+        }
+        let key = (
+            text(&e["src"]),
+            text(&e["dst"]),
+            text(&e["method"]),
+            text(&e["path"]),
+        );
+        let ms = e["latency_ms"].as_f64().unwrap_or(0.0);
+        let row = rows.entry(key).or_default();
+        if row.count == 0 || ms < row.best_ms {
+            row.best_ms = ms;
+        }
+        row.worst_ms = row.worst_ms.max(ms);
+        row.last_ms = ms;
+        row.count += 1;
+        let status = e["status"].as_u64().unwrap_or(0);
+        if status >= 500 || e["grpc_status"].as_u64().is_some_and(|g| g != 0) {
+            row.failures += 1;
+        }
+        if drawn.elapsed() >= std::time::Duration::from_secs(1) {
+            draw(&rows);
+            drawn = std::time::Instant::now();
+        }
+    })
+    .await?;
+    draw(&rows);
+    Ok(())
+}
+
+fn top_table(rows: &std::collections::HashMap<(String, String, String, String), TopRow>) -> String {
+    let mut sorted: Vec<_> = rows.iter().collect();
+    sorted.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    let headers: Vec<String> = [
+        "SOURCE",
+        "DESTINATION",
+        "METHOD",
+        "PATH",
+        "COUNT",
+        "BEST",
+        "WORST",
+        "LAST",
+        "SUCCESS",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    let table: Vec<Vec<String>> = sorted
+        .into_iter()
+        .take(40)
+        .map(|((src, dst, method, path), r)| {
+            let ms = |v: f64| millis(&Value::from(v));
+            vec![
+                src.clone(),
+                dst.clone(),
+                method.clone(),
+                path.clone(),
+                r.count.to_string(),
+                ms(r.best_ms),
+                ms(r.worst_ms),
+                ms(r.last_ms),
+                percent(&Value::from(1.0 - r.failures as f64 / r.count as f64)),
+            ]
+        })
+        .collect();
+    align(&headers, &table)
+}
+
 /// How `skein map` draws the mesh.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapFormat {
@@ -450,6 +663,52 @@ mod tests {
         let t = map_table(&m);
         assert!(t.lines().nth(2).unwrap().contains("denied"), "{t}");
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn tap_lines_and_top_rows_read_like_linkerd_viz() {
+        let e = json!({"direction": "inbound", "workload": "default/api-1", "src": "default/web",
+            "dst": "default/api", "tls": true, "method": "GET", "path": "/menu/1", "status": 503,
+            "grpc_status": null, "latency_ms": 1.5, "duration_ms": 1.75, "request_bytes": 0,
+            "response_bytes": 12, "route": "", "error": "connect"});
+        assert_eq!(
+            tap_line(&e),
+            "rsp dir=inbound workload=default/api-1 src=default/web dst=default/api tls=true :method=GET :path=/menu/1 :status=503 latency=1.50ms duration=1.75ms bytes=0/12 error=connect"
+        );
+        let mut rows = std::collections::HashMap::new();
+        rows.insert(
+            (
+                "default/web".to_string(),
+                "default/api".to_string(),
+                "GET".to_string(),
+                "/menu/1".to_string(),
+            ),
+            TopRow {
+                count: 4,
+                failures: 1,
+                best_ms: 1.0,
+                worst_ms: 3.0,
+                last_ms: 2.0,
+            },
+        );
+        let t = top_table(&rows);
+        assert!(
+            t.lines().nth(1).unwrap().contains("/menu/1") && t.contains("75.00%"),
+            "{t}"
+        );
+        let f = TapFilter {
+            to: Some("api".into()),
+            from: None,
+            path: Some("/a b".into()),
+            method: None,
+            status: Some("5xx".into()),
+            max_rps: 10,
+            duration: None,
+        };
+        assert_eq!(
+            f.path(),
+            "/api/v1/tap?max_rps=10&to=api&path=/a%20b&status=5xx"
+        );
     }
 
     #[test]

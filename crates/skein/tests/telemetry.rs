@@ -876,3 +876,111 @@ async fn suggested_policies_take_an_audited_mesh_to_deny_without_breaking_it() {
     }
     control.shutdown().await;
 }
+
+#[tokio::test]
+async fn tap_shows_matching_requests_only_never_header_values_and_stops_with_its_client() {
+    use tokio::io::AsyncBufReadExt;
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("telemetry-tap").unwrap();
+    let d = dir.path();
+    let control = control(55, d).await;
+    apply(&control, &service_yaml("api")).await;
+    let (_api, api_proxy) = workload(&control, 56, "api", None).await;
+    let web = client_of(&control, 57, "web", &[]).await;
+    knows(&web, &["api"]).await;
+    let tapping = |p: &RunningProxy| p.ctx.metrics.telemetry.taps.count();
+    assert_eq!((tapping(&web), tapping(&api_proxy)), (0, 0));
+
+    // `skein tap --to api --path /menu` in the background.
+    let (server, data) = (control.http.to_string(), d.display().to_string());
+    let mut tap = tokio::process::Command::new(BIN)
+        .args([
+            "tap",
+            "--to",
+            "api",
+            "--path",
+            "/menu",
+            "--json",
+            "--server",
+            &server,
+            "--data-dir",
+            &data,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("both proxies tap", SOON, async || {
+        tapping(&web) == 1 && tapping(&api_proxy) == 1
+    })
+    .await
+    .unwrap();
+
+    let proxy = web.addrs.http_proxy.unwrap();
+    let secret = [
+        ("authorization", "Bearer secret-header-value"),
+        ("x-api-key", "another-secret"),
+    ];
+    for i in 0..5 {
+        let url = format!("http://api:{PORT}/menu/{i}?token=query-secret");
+        assert_eq!(send(proxy, "GET", &url, &secret).await.unwrap().0, 200);
+    }
+    for _ in 0..3 {
+        let url = format!("http://api:{PORT}/about");
+        assert_eq!(send(proxy, "GET", &url, &secret).await.unwrap().0, 200);
+    }
+    // Each matching request is seen twice: leaving web's proxy and entering api's.
+    let mut lines = tokio::io::BufReader::new(tap.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    while events.len() < 10 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("tap events arrive")
+            .unwrap()
+            .expect("tap keeps running");
+        events.push(line);
+    }
+    // Nothing more arrives: the /about requests matched nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), lines.next_line())
+            .await
+            .is_err(),
+        "only matching requests"
+    );
+    for line in &events {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(e["path"].as_str().unwrap().starts_with("/menu/"), "{line}");
+        assert_eq!(
+            (e["src"].as_str(), e["dst"].as_str()),
+            (Some("default/web"), Some("default/api"))
+        );
+        assert_eq!(e["status"], 200);
+        assert!(
+            !line.contains("secret"),
+            "no header value and no query string: {line}"
+        );
+    }
+    let inbound = events
+        .iter()
+        .filter(|l| l.contains("\"direction\":\"inbound\""))
+        .count();
+    assert_eq!(inbound, 5);
+
+    // The client goes: every proxy stops tapping.
+    tap.kill().await.unwrap();
+    eventually("the proxies stop tapping", SOON, async || {
+        tapping(&web) == 0 && tapping(&api_proxy) == 0
+    })
+    .await
+    .unwrap();
+    assert_eq!(control.taps.subscribers(), 0);
+    // And a bad filter is refused, saying what is accepted.
+    let refused = cli(&control, d, &["tap", "--status", "6xx"]).await;
+    assert!(
+        refused.failed().contains("use 1xx, 2xx, 3xx, 4xx or 5xx"),
+        "{}",
+        refused.failed()
+    );
+    control.shutdown().await;
+}

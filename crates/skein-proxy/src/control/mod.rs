@@ -452,8 +452,76 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure>
     let mut snapshots = client.sync(outgoing).await.map_err(refused)?.into_inner();
     ctx.metrics.control_connected.set(1);
     tracing::info!(endpoint = %control.endpoint, "connected to the control plane");
+    let mut taps = open_taps(ctx, &mut client).await;
+    let result = serve_session(
+        ctx,
+        &identity,
+        &tx,
+        &mut snapshots,
+        &mut cert_changes,
+        &mut taps,
+    )
+    .await;
+    ctx.metrics.telemetry.taps.clear();
+    result
+}
+
+type TapCommands = Option<tonic::Streaming<pb::TapCommand>>;
+
+/// Opens the `Tap` stream beside `Sync`: the control plane starts and stops taps on it.
+/// A control plane without it (older) or a failure leaves taps off; the session goes on.
+async fn open_taps(
+    ctx: &Ctx,
+    client: &mut ProxyControlClient<tonic::transport::Channel>,
+) -> TapCommands {
+    let (events, rx) = mpsc::channel::<pb::TapEvent>(256);
+    let outgoing =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    match client.tap(outgoing).await {
+        Ok(resp) => {
+            ctx.metrics.telemetry.taps.connect(events);
+            Some(resp.into_inner())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e.message(), "the control plane offers no taps");
+            None
+        }
+    }
+}
+
+/// The next tap command, or never when there is no tap stream.
+async fn next_tap(taps: &mut TapCommands) -> Option<Result<Option<pb::TapCommand>, tonic::Status>> {
+    match taps {
+        Some(stream) => Some(stream.message().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies and acknowledges snapshots, reports certificates and sends summaries until
+/// the stream ends; applies tap commands.
+async fn serve_session(
+    ctx: &Arc<Ctx>,
+    identity: &Arc<Identity>,
+    tx: &mpsc::Sender<ProxyMessage>,
+    snapshots: &mut tonic::Streaming<Snapshot>,
+    cert_changes: &mut tokio::sync::watch::Receiver<u64>,
+    taps: &mut TapCommands,
+) -> Result<(), Failure> {
+    let identity = identity.clone();
+    let refused =
+        |e: tonic::Status| Failure::from_status(&e, "the control plane refused the session");
     loop {
         let snapshot = tokio::select! {
+            command = next_tap(taps) => {
+                match command {
+                    Some(Ok(Some(c))) => ctx.metrics.telemetry.taps.command(c),
+                    _ => {
+                        ctx.metrics.telemetry.taps.clear();
+                        *taps = None;
+                    }
+                }
+                continue;
+            }
             changed = cert_changes.changed() => {
                 if changed.is_ok() && tx.send(cert_message(&identity)).await.is_err() {
                     break;

@@ -105,6 +105,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                 peer.tls(),
             );
             rec.recorded = config.telemetry.requests;
+            rec.for_taps(&ctx, &req);
             rec.dst = Some(state.service.clone());
             let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
             if authorized.is_ok() {

@@ -53,6 +53,7 @@ async fn handle(
         ctx.identity.required,
     );
     rec.recorded = state.config.telemetry.requests;
+    rec.for_taps(ctx, &req);
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {

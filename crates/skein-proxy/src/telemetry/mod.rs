@@ -14,6 +14,7 @@
 
 pub mod histogram;
 pub mod summary;
+pub mod tap;
 
 use crate::metrics::{Direction, Proto};
 use histogram::Histogram;
@@ -223,6 +224,8 @@ pub struct Telemetry {
     requests: RwLock<HashMap<RequestKey, Arc<RequestSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
     pathways: RwLock<HashMap<PathwayKey, Arc<AtomicU64>>>,
+    /// Live taps.
+    pub taps: tap::Taps,
     admitted: Mutex<Admitted>,
     folded: AtomicU64,
 }
