@@ -2,7 +2,8 @@
 //! added latency (the headline), a Markdown section (printed, and appended to
 //! `docs/BENCHMARKS.md`), and a JSON document holding every raw and derived figure.
 
-use crate::scenarios::{Plan, SetupResults};
+use crate::scenarios::{Plan, ProxyUsage, SetupResults};
+use crate::setups::Kind;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -91,6 +92,25 @@ pub struct Summary {
     /// New mutual-TLS connections/s into the receiving proxy (no ratio: direct has no
     /// hop between proxies).
     pub handshakes_per_s: Vec<Figure>,
+    /// What per-request telemetry costs in CPU; absent when the run had no skein setup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry_cost: Option<TelemetryCost>,
+}
+
+/// The CPU cost of the proxies' per-request telemetry, from one run: CPU s per 1,000
+/// requests (HTTP scenarios, both proxies of the pair summed) of the skein pair and of
+/// the identical pair whose proxies run with `telemetry.requests: false`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelemetryCost {
+    /// The skein pair (telemetry on), CPU s per 1,000 requests.
+    pub on: Option<f64>,
+    /// The telemetry-off pair, CPU s per 1,000 requests.
+    pub off: Option<f64>,
+    /// `(on / off − 1) × 100`: how much more CPU per request telemetry costs, in percent.
+    pub increase_pct: Option<f64>,
+    /// Why there is no figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub na: Option<String>,
 }
 
 /// The median of `v` (mean of the middle two for an even count).
@@ -114,6 +134,51 @@ pub fn ratio(value: Option<f64>, direct: Option<f64>) -> Option<f64> {
         (Some(v), Some(d)) if d > 0.0 => Some(v / d),
         _ => None,
     }
+}
+
+/// One proxy's CPU seconds per 1,000 requests during the HTTP scenarios.
+fn proxy_cpu_per_1k_requests(p: &ProxyUsage) -> Option<f64> {
+    (p.http_requests > 0).then(|| p.http_cpu_secs / p.http_requests as f64 * 1000.0)
+}
+
+/// A setup's CPU seconds per 1,000 requests during the HTTP scenarios, all its proxies
+/// summed (what the resources table shows as `(both)`); `None` without proxies or
+/// requests.
+pub fn cpu_per_1k_requests(r: &SetupResults) -> Option<f64> {
+    if r.proxies.is_empty() {
+        return None;
+    }
+    r.proxies
+        .iter()
+        .map(proxy_cpu_per_1k_requests)
+        .sum::<Option<f64>>()
+}
+
+/// Telemetry on against off, from the two skein setups; `None` when the run had no skein
+/// setup at all.
+fn telemetry_cost(results: &[SetupResults]) -> Option<TelemetryCost> {
+    let find = |k: Kind| results.iter().find(|r| r.setup == k.name());
+    let on = find(Kind::Skein)?;
+    let Some(off) = find(Kind::SkeinTelemetryOff) else {
+        return Some(TelemetryCost {
+            na: Some(format!(
+                "setup \"{}\" did not run (skipped with {})",
+                Kind::SkeinTelemetryOff.name(),
+                crate::run::NO_TELEMETRY_SETUP_ENV
+            )),
+            ..TelemetryCost::default()
+        });
+    };
+    let (on, off) = (cpu_per_1k_requests(on), cpu_per_1k_requests(off));
+    let increase_pct = ratio(on, off).map(|r| (r - 1.0) * 100.0);
+    Some(TelemetryCost {
+        on,
+        off,
+        increase_pct,
+        na: increase_pct
+            .is_none()
+            .then(|| "no CPU per request measured for both skein setups".to_string()),
+    })
 }
 
 fn figures(
@@ -206,6 +271,7 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
                 na(&r.handshake_na),
             )
         }),
+        telemetry_cost: telemetry_cost(results),
     }
 }
 
@@ -290,6 +356,7 @@ pub fn markdown(
     latency_table(&mut o, summary);
     throughput_tables(&mut o, summary, p);
     resources_table(&mut o, results);
+    telemetry_section(&mut o, summary);
     notes(&mut o, summary);
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o
@@ -449,7 +516,7 @@ fn resources_table(o: &mut String, results: &[SetupResults]) {
                 Some(p.idle_rss_kib as f64 / 1024.0),
                 (p.idle_anon_kib > 0).then(|| p.idle_anon_kib as f64 / 1024.0),
                 Some(p.peak_rss_kib as f64 / 1024.0),
-                (p.http_requests > 0).then(|| p.http_cpu_secs / p.http_requests as f64 * 1000.0),
+                proxy_cpu_per_1k_requests(p),
                 (p.tcp_bytes > 0).then(|| p.tcp_cpu_secs / (p.tcp_bytes as f64 / 1e9)),
                 (r.handshakes.iter().any(|h| h.handshakes > 0))
                     .then(|| p.handshake_cpu_secs / p.handshakes.max(1) as f64 * 1000.0),
@@ -483,6 +550,41 @@ fn resources_table(o: &mut String, results: &[SetupResults]) {
         let _ = writeln!(o, "| {what} | {} |", cells.join(" | "));
     }
     o.push('\n');
+}
+
+/// The CPU cost of per-request telemetry: the skein pair against the identical pair with
+/// `telemetry.requests: false`, from this run.
+fn telemetry_section(o: &mut String, s: &Summary) {
+    let Some(t) = &s.telemetry_cost else {
+        return;
+    };
+    let (on, off) = (Kind::Skein.name(), Kind::SkeinTelemetryOff.name());
+    let _ = writeln!(o, "### Telemetry cost\n");
+    let _ = writeln!(
+        o,
+        "CPU per request of the {on} pair against an identical pair in the same run whose \
+         proxies record no per-request golden signals (`telemetry.requests: false`): \
+         {on} ÷ {off} − 1, CPU s per 1,000 requests in the HTTP scenarios, both proxies \
+         summed.\n"
+    );
+    if let Some(na) = &t.na {
+        let _ = writeln!(o, "Telemetry cost: n/a — {na}.\n");
+        return;
+    }
+    let cols = [
+        on.to_string(),
+        off.to_string(),
+        "telemetry cost".to_string(),
+    ];
+    header_row(o, "", &cols);
+    let cpu = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.4}"));
+    let pct = t.increase_pct.map_or("n/a".into(), |p| format!("{p:+.1}%"));
+    let _ = writeln!(
+        o,
+        "| CPU s per 1,000 requests (both proxies) | {} | {} | {pct} |\n",
+        cpu(t.on),
+        cpu(t.off)
+    );
 }
 
 fn notes(o: &mut String, s: &Summary) {
@@ -556,5 +658,60 @@ mod tests {
         assert_eq!(thousands(51_703.6), "51,704");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(signed(-1234.0), "-1,234");
+        // A skein setup without its telemetry-off twin: the cost is n/a, and says why.
+        let t = s.telemetry_cost.unwrap();
+        assert_eq!(t.increase_pct, None);
+        assert!(t.na.unwrap().contains("did not run"));
+        // No skein setup at all: no telemetry section.
+        assert!(summarize(&results[..1]).telemetry_cost.is_none());
+    }
+
+    #[test]
+    fn telemetry_cost_compares_the_two_skein_pairs() {
+        let proxy = |cpu: f64, requests: u64| ProxyUsage {
+            http_cpu_secs: cpu,
+            http_requests: requests,
+            ..ProxyUsage::default()
+        };
+        let setup = |kind: Kind, proxies: Vec<ProxyUsage>| SetupResults {
+            setup: kind.name().into(),
+            proxies,
+            ..SetupResults::default()
+        };
+        let direct = setup(Kind::Direct, Vec::new());
+        // 1.5 + 1.0 = 2.5 CPU s per 1,000 requests with telemetry, 1.2 + 0.8 = 2.0
+        // without: +25 %.
+        let on = setup(Kind::Skein, vec![proxy(3.0, 2000), proxy(2.0, 2000)]);
+        let off = setup(
+            Kind::SkeinTelemetryOff,
+            vec![proxy(3.6, 3000), proxy(2.4, 3000)],
+        );
+        let nginx = setup(Kind::Nginx, vec![proxy(1.0, 1000), proxy(1.0, 1000)]);
+        assert_eq!(cpu_per_1k_requests(&direct), None);
+        assert_eq!(cpu_per_1k_requests(&nginx), Some(2.0));
+
+        let results = [direct.clone(), on.clone(), nginx.clone(), off];
+        let s = summarize(&results);
+        let t = s.telemetry_cost.clone().unwrap();
+        assert!((t.on.unwrap() - 2.5).abs() < 1e-9);
+        assert!((t.off.unwrap() - 2.0).abs() < 1e-9);
+        assert!((t.increase_pct.unwrap() - 25.0).abs() < 1e-9);
+        assert!(t.na.is_none());
+        let mut o = String::new();
+        telemetry_section(&mut o, &s);
+        assert!(o.contains("### Telemetry cost"), "{o}");
+        assert!(
+            o.contains("| CPU s per 1,000 requests (both proxies) | 2.5000 | 2.0000 | +25.0% |"),
+            "{o}"
+        );
+
+        // Without the telemetry-off pair: n/a, with the reason.
+        let s = summarize(&[direct, on, nginx]);
+        let t = s.telemetry_cost.clone().unwrap();
+        assert_eq!(t.increase_pct, None);
+        assert!(t.na.as_deref().unwrap().contains("did not run"));
+        let mut o = String::new();
+        telemetry_section(&mut o, &s);
+        assert!(o.contains("Telemetry cost: n/a"), "{o}");
     }
 }

@@ -1,8 +1,8 @@
 //! `skein-bench run`: the orchestrator behind `bench/run`.
 //!
-//! Finds the binaries and tools, starts every setup (direct, skein, nginx pair) on its own
-//! loopback addresses, probes each end to end, runs the interleaved scenarios, then
-//! reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
+//! Finds the binaries and tools, starts every setup (direct, skein, nginx pair, skein with
+//! telemetry off) on its own loopback addresses, probes each end to end, runs the
+//! interleaved scenarios, then reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
 //! every figure as JSON. Whatever happens — success, a failed setup, Ctrl-C — every process
 //! started is stopped and the scratch directory removed, because they are all owned by
 //! values dropped on the way out.
@@ -72,7 +72,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let plan = Plan::new(args.quick);
     eprintln!(
-        "skein-bench: starting setups (scratch dir {})",
+        "skein-bench: starting setups with skein binary {} (scratch dir {})",
+        env.skein.display(),
         env.dir.path().display()
     );
     let mut setups = start_setups(&env).await?;
@@ -104,18 +105,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     write_report(&root, &args, plan, &results, started)
 }
 
+/// Set to `1` to leave out the "skein, telemetry off" setup, e.g. to measure a `skein`
+/// binary older than the `telemetry` setting, which refuses that pair's config.
+pub const NO_TELEMETRY_SETUP_ENV: &str = "SKEIN_BENCH_NO_TELEMETRY_SETUP";
+
+/// Whether [`NO_TELEMETRY_SETUP_ENV`] asks to skip the telemetry-off setup.
+fn skip_telemetry_setup() -> bool {
+    std::env::var(NO_TELEMETRY_SETUP_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "0"))
+}
+
 /// Starts every setup; a failure names the setup.
 async fn start_setups(env: &Env) -> anyhow::Result<Vec<Setup>> {
     let direct = setups::direct(env)
         .await
         .context("setup direct could not start")?;
-    let skein = setups::skein(env)
+    let skein = setups::skein(env, setups::SKEIN)
         .await
         .context("setup skein could not start")?;
     let nginx = nginx::start(env)
         .await
         .context("setup nginx pair could not start")?;
-    Ok(vec![direct, skein, nginx])
+    // Last, so that the columns of the other setups stay where earlier reports had them.
+    let mut all = vec![direct, skein, nginx];
+    let off = setups::SKEIN_TELEMETRY_OFF.kind.name();
+    if skip_telemetry_setup() {
+        eprintln!(
+            "skein-bench: {NO_TELEMETRY_SETUP_ENV} is set: skipping setup \"{off}\" \
+             (the report will have no telemetry cost)"
+        );
+    } else {
+        let skein_off = setups::skein(env, setups::SKEIN_TELEMETRY_OFF)
+            .await
+            .with_context(|| {
+                format!(
+                    "setup {off} could not start (a skein binary without the `telemetry` \
+                     setting refuses its config: set {NO_TELEMETRY_SETUP_ENV}=1 to skip it)"
+                )
+            })?;
+        all.push(skein_off);
+    }
+    Ok(all)
 }
 
 /// The last lines each proxy logged, to go with an error; `None` when they logged nothing.

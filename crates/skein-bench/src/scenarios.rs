@@ -238,7 +238,7 @@ pub async fn run_all(
                     .with_context(|| format!("setup {name}, scenario {}", scenario.title()))?,
                 };
                 eprintln!(
-                    "[{done:>2}/{total}] {name:<10} {:<22} {line}",
+                    "[{done:>2}/{total}] {name:<20} {:<22} {line}",
                     scenario.title()
                 );
                 // Let sockets and CPU frequency settle between measurements.

@@ -10,7 +10,13 @@
 //!   come from it, and the proxies talk HTTP/2 over mutual TLS 1.3. The harness makes the
 //!   mesh CA and the control plane imports it, so the handshake scenario's client can
 //!   hold a mesh certificate of its own;
-//! - **nginx pair**: see [`crate::nginx`].
+//! - **nginx pair**: see [`crate::nginx`];
+//! - **skein, telemetry off**: an identical skein pair with its own control plane,
+//!   backend and sink (outbound 127.0.0.156, inbound, backend and sink 127.0.0.157,
+//!   control plane 127.0.0.158) whose proxies run with `telemetry.requests: false`, so
+//!   that the report can give the CPU cost of per-request telemetry from the same run.
+//!   Skipped when `SKEIN_BENCH_NO_TELEMETRY_SETUP=1` (a `skein` binary older than the
+//!   `telemetry` setting refuses the config).
 //!
 //! Each setup is probed end to end (one HTTP/1.1 request, one HTTP/2 request, a small TCP
 //! transfer) before any measurement, so a broken setup fails fast and by name.
@@ -20,10 +26,10 @@ use crate::procs::{Proc, TempDir};
 use anyhow::{bail, Context};
 use skein_identity::{CertificateAuthority, SpiffeId, WorkloadCert, WorkloadKey};
 use skein_model::{
-    AdminConfig, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol, ProxyConfig, Upstream,
-    WorkloadInfo,
+    AdminConfig, InboundConfig, Limits, OutboundConfig, PortSpec, Protocol, ProxyConfig,
+    TelemetryConfig, Upstream, WorkloadInfo,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,6 +65,8 @@ pub enum Kind {
     Direct,
     /// Through two skein proxies.
     Skein,
+    /// Through two skein proxies that record no per-request telemetry.
+    SkeinTelemetryOff,
     /// Through two nginx instances talking mutual TLS.
     Nginx,
 }
@@ -69,6 +77,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Skein => "skein",
+            Kind::SkeinTelemetryOff => "skein, telemetry off",
             Kind::Nginx => "nginx pair",
         }
     }
@@ -128,8 +137,8 @@ impl Setup {
 }
 
 /// 127.0.0.`n`.
-pub fn ip(n: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, n])
+pub const fn ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
 /// Starts the backend and the TCP sink on `host`.
@@ -183,29 +192,83 @@ const UP_HTTP: u16 = 15001;
 const UP_H2: u16 = 15002;
 const UP_TCP: u16 = 15003;
 
+/// One skein pair: where its parts listen and how its proxies are configured.
+#[derive(Debug, Clone, Copy)]
+pub struct SkeinPair {
+    /// Which setup it is.
+    pub kind: Kind,
+    /// Prefix of its processes' names (`<label> outbound proxy`, …), for messages and the
+    /// report.
+    pub label: &'static str,
+    /// Prefix of its scratch files (configs, logs, the control plane's store).
+    pub tag: &'static str,
+    /// The outbound proxy's address (its upstream listeners and admin).
+    pub outbound: IpAddr,
+    /// The inbound proxy's, the backend's and the sink's address.
+    pub inbound: IpAddr,
+    /// The control plane's address.
+    pub control: IpAddr,
+    /// `telemetry.requests` of both proxies.
+    pub telemetry_requests: bool,
+}
+
 /// The skein setup: outbound proxy on 127.0.0.151, inbound proxy, backend and sink on
-/// 127.0.0.152, control plane on 127.0.0.155.
-pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
-    let (client, server) = (ip(151), ip(152));
-    let mut apps = start_apps(env, server, "skein").await?;
-    let control = start_control(env).await?;
+/// 127.0.0.152, control plane on 127.0.0.155; per-request telemetry on (the default).
+pub const SKEIN: SkeinPair = SkeinPair {
+    kind: Kind::Skein,
+    label: "skein",
+    tag: "skein",
+    outbound: ip(151),
+    inbound: ip(152),
+    control: ip(155),
+    telemetry_requests: true,
+};
+
+/// The same pair with `telemetry.requests: false` on both proxies: outbound proxy on
+/// 127.0.0.156, inbound proxy, backend and sink on 127.0.0.157, control plane on
+/// 127.0.0.158.
+pub const SKEIN_TELEMETRY_OFF: SkeinPair = SkeinPair {
+    kind: Kind::SkeinTelemetryOff,
+    label: "skein (telemetry off)",
+    tag: "skein-telemetry-off",
+    outbound: ip(156),
+    inbound: ip(157),
+    control: ip(158),
+    telemetry_requests: false,
+};
+
+/// Starts a skein pair: its backend and sink, its control plane, then the inbound and the
+/// outbound proxy, and checks that the first request passed authorization.
+pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
+    let (client, server) = (pair.outbound, pair.inbound);
+    let (label, tag) = (pair.label, pair.tag);
+    let mut apps = start_apps(env, server, tag).await?;
+    let control = start_control(env, pair.control, label, tag).await?;
     let bench_token = control.token(env, "bench")?;
     let loadgen_token = control.token(env, "loadgen")?;
     let grpc = control.grpc;
-    let handshake = peer_client(&control.ca, SocketAddr::new(server, INBOUND_PORT))
-        .context("skein: cannot make the handshake scenario's client certificate")?;
+    let handshake =
+        peer_client(&control.ca, SocketAddr::new(server, INBOUND_PORT)).with_context(|| {
+            format!("{label}: cannot make the handshake scenario's client certificate")
+        })?;
     apps.push(control.proc);
+    let telemetry = TelemetryConfig {
+        requests: pair.telemetry_requests,
+        ..TelemetryConfig::default()
+    };
     let inbound = start_proxy(
         env,
-        "skein inbound proxy",
-        &server_config(server),
+        &format!("{label} inbound proxy"),
+        &format!("{tag}-inbound-proxy"),
+        &server_config(server, telemetry),
         Some((grpc, &bench_token)),
     )
     .await?;
     let outbound = start_proxy(
         env,
-        "skein outbound proxy",
-        &client_config(client),
+        &format!("{label} outbound proxy"),
+        &format!("{tag}-outbound-proxy"),
+        &client_config(client, telemetry),
         Some((grpc, &loadgen_token)),
     )
     .await?;
@@ -229,21 +292,27 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
     });
     if !authorized {
         bail!(
-            "the skein pair's first request was not allowed by AuthorizationPolicy \
+            "the {label} pair's first request was not allowed by AuthorizationPolicy \
              default/bench; the inbound proxy's log ends:\n{}",
             inbound.log_tail()
         );
     }
     let setup = Setup {
-        kind: Kind::Skein,
+        kind: pair.kind,
         description: format!(
             "load generator → skein proxy (outbound) → skein proxy (inbound) → backend; \
              proxies talk HTTP/2 {}; the mesh denies by default and one AuthorizationPolicy \
-             per Service allows the load generator",
+             per Service allows the load generator{}",
             if SKEIN_MTLS {
                 "over mutual TLS 1.3 with certificates from `skein control` (joined with tokens)"
             } else {
                 "in plaintext"
+            },
+            if pair.telemetry_requests {
+                ""
+            } else {
+                "; both proxies run with `telemetry.requests: false` (no per-request golden \
+                 signals), otherwise identical to the skein pair"
             }
         ),
         http: SocketAddr::new(client, UP_HTTP),
@@ -346,17 +415,16 @@ impl Control {
     }
 }
 
-/// Starts `skein control` on 127.0.0.155 with an embedded store in the scratch directory
-/// and applies [`RESOURCES`].
-async fn start_control(env: &Env) -> anyhow::Result<Control> {
-    let host = ip(155);
+/// Starts `skein control` on `host` with an embedded store in the scratch directory and
+/// applies [`RESOURCES`]; `label` names the process, `tag` prefixes its scratch files.
+async fn start_control(env: &Env, host: IpAddr, label: &str, tag: &str) -> anyhow::Result<Control> {
     let (http, grpc) = (
         SocketAddr::new(host, CONTROL_HTTP),
         SocketAddr::new(host, CONTROL_GRPC),
     );
-    let data_dir = env.dir.path().join("control");
+    let data_dir = env.dir.path().join(format!("{tag}-control"));
     let ca = CertificateAuthority::generate(TRUST_DOMAIN).context("cannot make the mesh CA")?;
-    let ca_dir = env.dir.path().join("mesh-ca");
+    let ca_dir = env.dir.path().join(format!("{tag}-mesh-ca"));
     ca.to_pem_files(&ca_dir)
         .with_context(|| format!("cannot write the mesh CA to {}", ca_dir.display()))?;
     let mut cmd = Command::new(&env.skein);
@@ -378,8 +446,8 @@ async fn start_control(env: &Env) -> anyhow::Result<Control> {
         .arg("--grpc")
         .arg(grpc.to_string())
         .env("SKEIN_LOG", "warn");
-    let log = env.dir.path().join("skein-control.log");
-    let mut proc = Proc::spawn("skein control", cmd, &log)?;
+    let log = env.dir.path().join(format!("{tag}-control.log"));
+    let mut proc = Proc::spawn(&format!("{label} control"), cmd, &log)?;
     wait_listening(&mut proc, http).await?;
     wait_listening(&mut proc, grpc).await?;
     let control = Control {
@@ -389,7 +457,7 @@ async fn start_control(env: &Env) -> anyhow::Result<Control> {
         data_dir,
         ca,
     };
-    let file = env.dir.path().join("bench-resources.yaml");
+    let file = env.dir.path().join(format!("{tag}-resources.yaml"));
     std::fs::write(&file, RESOURCES).with_context(|| format!("cannot write {}", file.display()))?;
     control.cli(env, &["apply", "-f", &file.display().to_string()])?;
     Ok(control)
@@ -435,7 +503,7 @@ fn port(port: u16, protocol: Protocol) -> PortSpec {
 }
 
 /// The inbound proxy: serves the backend (HTTP) and the sink (TCP) on its own address.
-fn server_config(host: IpAddr) -> ProxyConfig {
+fn server_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
     ProxyConfig {
         workload: workload("bench-1", "bench"),
         inbound: InboundConfig {
@@ -455,14 +523,14 @@ fn server_config(host: IpAddr) -> ProxyConfig {
         limits: Limits::default(),
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
-        telemetry: Default::default(),
+        telemetry,
     }
 }
 
 /// The outbound proxy: one upstream listener per protocol, each naming a service with one
 /// port declared so no detection runs (`bench` HTTP/1.1, `bench-h2` HTTP/2, `bench-tcp`
 /// TCP). The services, their endpoints and identities come from the control plane.
-fn client_config(host: IpAddr) -> ProxyConfig {
+fn client_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
     let services = [
         ("bench", APP_PORT, UP_HTTP),
         ("bench-h2", APP_PORT, UP_H2),
@@ -496,24 +564,24 @@ fn client_config(host: IpAddr) -> ProxyConfig {
         limits: Limits::default(),
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
-        telemetry: Default::default(),
+        telemetry,
     }
 }
 
-/// Writes `config`, starts `skein proxy` on it (joining the control plane at `control`
-/// with the token, if given) and waits for `/ready`.
+/// Writes `config` to `<tag>.yaml`, starts `skein proxy` on it (joining the control plane
+/// at `control` with the token, if given; log in `<tag>.log`) and waits for `/ready`.
 async fn start_proxy(
     env: &Env,
     name: &str,
+    tag: &str,
     config: &ProxyConfig,
     control: Option<(SocketAddr, &str)>,
 ) -> anyhow::Result<Proc> {
     config
         .validate(name)
         .with_context(|| format!("{name}: the generated config is invalid"))?;
-    let tag = name.replace(' ', "-");
     let path = env.dir.path().join(format!("{tag}.yaml"));
-    std::fs::write(&path, config.to_yaml())
+    std::fs::write(&path, proxy_yaml(config))
         .with_context(|| format!("cannot write {}", path.display()))?;
     let mut cmd = Command::new(&env.skein);
     cmd.arg("proxy").arg("--config").arg(&path);
@@ -540,6 +608,51 @@ async fn start_proxy(
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+}
+
+/// `config` as YAML for `skein proxy --config`, with only the `telemetry` settings that
+/// differ from their defaults (none for the skein pair, `requests: false` for the
+/// telemetry-off pair). The proxy reads it back the same, and `skein` binaries older than
+/// some of those settings (they refuse unknown keys) still run: every version runs the
+/// skein pair (with `SKEIN_BENCH_NO_TELEMETRY_SETUP=1` for the rest of the run), and every
+/// version that knows `telemetry.requests` runs the telemetry-off pair too. See
+/// bench/README.md.
+fn proxy_yaml(config: &ProxyConfig) -> String {
+    let yaml = config.to_yaml();
+    let mut out = String::with_capacity(yaml.len());
+    let mut in_telemetry = false;
+    for line in yaml.lines() {
+        if line.starts_with("telemetry:") {
+            in_telemetry = true;
+            continue;
+        }
+        // The block ends at the next top-level key.
+        if in_telemetry && line.starts_with([' ', '-']) {
+            continue;
+        }
+        in_telemetry = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    let (Ok(serde_json::Value::Object(set)), Ok(serde_json::Value::Object(default))) = (
+        serde_json::to_value(config.telemetry),
+        serde_json::to_value(TelemetryConfig::default()),
+    ) else {
+        // Not a map: keep the block as written.
+        return yaml;
+    };
+    let changed: serde_json::Map<String, serde_json::Value> = set
+        .into_iter()
+        .filter(|(k, v)| default.get(k) != Some(v))
+        .collect();
+    if !changed.is_empty() {
+        // JSON is a YAML flow mapping.
+        out.push_str(&format!(
+            "telemetry: {}\n",
+            serde_json::Value::Object(changed)
+        ));
+    }
+    out
 }
 
 /// A bare `GET` with HTTP/1.0; returns the whole response.
@@ -574,11 +687,45 @@ mod tests {
 
     #[test]
     fn generated_skein_configs_are_valid() {
-        let server = server_config(ip(152));
-        server.validate("server").unwrap();
-        let client = client_config(ip(151));
-        client.validate("client").unwrap();
-        let back = ProxyConfig::from_yaml(&client.to_yaml(), "again").unwrap();
-        assert_eq!(back, client);
+        for pair in [SKEIN, SKEIN_TELEMETRY_OFF] {
+            let telemetry = TelemetryConfig {
+                requests: pair.telemetry_requests,
+                ..TelemetryConfig::default()
+            };
+            let server = server_config(pair.inbound, telemetry);
+            server.validate("server").unwrap();
+            let client = client_config(pair.outbound, telemetry);
+            client.validate("client").unwrap();
+            for config in [server, client] {
+                let yaml = proxy_yaml(&config);
+                let back = ProxyConfig::from_yaml(&yaml, "again").unwrap();
+                assert_eq!(back, config);
+                assert_eq!(back.telemetry.requests, pair.telemetry_requests);
+                // Only what differs from the default, for binaries older than some
+                // telemetry settings.
+                let want = if pair.telemetry_requests {
+                    None
+                } else {
+                    Some("telemetry: {\"requests\":false}")
+                };
+                let got = yaml.lines().find(|l| l.contains("telemetry"));
+                assert_eq!(got, want, "{yaml}");
+            }
+        }
+    }
+
+    #[test]
+    fn setups_use_distinct_addresses() {
+        // direct, the nginx pair (A, B) and both skein pairs.
+        let mut hosts = vec![ip(150), ip(153), ip(154)];
+        for pair in [SKEIN, SKEIN_TELEMETRY_OFF] {
+            hosts.extend([pair.outbound, pair.inbound, pair.control]);
+        }
+        let n = hosts.len();
+        hosts.sort();
+        hosts.dedup();
+        assert_eq!(hosts.len(), n, "two setups share an address");
+        assert_ne!(SKEIN.label, SKEIN_TELEMETRY_OFF.label);
+        assert_ne!(SKEIN.tag, SKEIN_TELEMETRY_OFF.tag);
     }
 }
