@@ -441,6 +441,35 @@ spec:
         &["result=\"budget_exhausted\""],
     );
     assert_eq!(refused, 0);
+
+    // The central view counts each request once and its retries apart: the route's
+    // callers sent 30 requests (10 on the no-retry rule), and `sent` retries.
+    use skein_control::telemetry::query::StatKind;
+    // The endpoints' proxies saw every try.
+    let want = ((30, sent), 30 + sent);
+    let mut seen = ((0, 0), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && seen != want {
+        let now = skein_control::telemetry::unix_now();
+        let minute = Duration::from_secs(60);
+        let route = control
+            .central
+            .stat(StatKind::Routes, Some("default/menu"), minute, now);
+        let service = control
+            .central
+            .stat(StatKind::Services, Some("menu"), minute, now);
+        seen = (
+            route
+                .first()
+                .map_or((0, 0), |r| (r.signals.requests, r.signals.retries)),
+            service.first().map_or(0, |r| r.signals.requests),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen, want,
+        "((route requests, retries), tries the endpoints served)"
+    );
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

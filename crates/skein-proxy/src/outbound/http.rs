@@ -52,7 +52,8 @@ async fn handle(
         ctx.own_account(&state.config),
         ctx.identity.required,
     );
-    rec.recorded = state.config.telemetry.requests;
+    // A CONNECT tunnel is an edge, not a request: telemetry records it as a TCP connection.
+    rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(ctx, &req);
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
