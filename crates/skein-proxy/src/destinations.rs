@@ -98,7 +98,8 @@ impl Service {
 pub struct Destinations {
     /// The calling workload's namespace: short names resolve here first.
     local_namespace: String,
-    by_name: HashMap<(String, String), Arc<Service>>,
+    /// Services by name, one per namespace that has the name.
+    by_name: HashMap<String, Vec<Arc<Service>>>,
     by_ip: HashMap<IpAddr, Arc<Service>>,
 }
 
@@ -115,8 +116,9 @@ impl Destinations {
             for ip in &spec.addresses {
                 table.by_ip.insert(*ip, service.clone());
             }
-            let key = (spec.service.clone(), spec.namespace.clone());
-            table.by_name.insert(key, service);
+            let same = table.by_name.entry(spec.service.clone()).or_default();
+            same.retain(|s| s.spec.namespace != spec.namespace);
+            same.push(service);
         }
         table
     }
@@ -127,38 +129,40 @@ impl Destinations {
     /// otherwise its only port.
     pub fn resolve_authority(&self, authority: &str) -> Result<Target, ProxyError> {
         let (host, port) = split_authority(authority)?;
-        let mut labels = host.split('.');
-        let name = labels.next().unwrap_or_default().to_ascii_lowercase();
-        let namespace = labels.next().map(str::to_ascii_lowercase);
-        let service = match namespace {
-            Some(ns) => self.by_name.get(&(name, ns)).cloned(),
-            None => self
-                .by_name
-                .get(&(name.clone(), self.local_namespace.clone()))
-                .cloned()
-                .or_else(|| {
-                    let mut same_name = self.by_name.iter().filter(|((n, _), _)| *n == name);
-                    match (same_name.next(), same_name.next()) {
-                        (Some((_, s)), None) => Some(s.clone()),
-                        _ => None,
-                    }
-                }),
-        }
-        .ok_or_else(|| ProxyError::UnknownService(host.to_string()))?;
+        let service = self
+            .lookup(host)
+            .ok_or_else(|| ProxyError::UnknownService(host.to_string()))?;
         let ports = &service.spec.ports;
-        let port = match port {
+        let found = match port {
             Some(p) => service.spec.port(p),
             None => service
                 .spec
                 .port(80)
                 .or_else(|| (ports.len() == 1).then(|| ports[0])),
         };
-        match port {
+        match found {
             Some(port) => Ok(Target { service, port }),
             None => Err(ProxyError::UnknownPort {
                 service: service.spec.service.clone(),
-                port: split_authority(authority)?.1.unwrap_or(80),
+                port: port.unwrap_or(80),
                 ports: ports.iter().map(|p| p.port).collect(),
+            }),
+        }
+    }
+
+    /// The service a host `name[.namespace[.svc…]]` names, looked up without allocating
+    /// (names are compared without regard to case).
+    fn lookup(&self, host: &str) -> Option<Arc<Service>> {
+        let mut labels = host.split('.');
+        let name = lower(labels.next().unwrap_or_default());
+        let namespace = labels.next().map(lower);
+        let same = self.by_name.get(name.as_ref())?;
+        let in_ns = |ns: &str| same.iter().find(|s| s.spec.namespace == ns).cloned();
+        match namespace {
+            Some(ns) => in_ns(&ns),
+            None => in_ns(&self.local_namespace).or_else(|| match same.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
             }),
         }
     }
@@ -173,7 +177,29 @@ impl Destinations {
 
     /// Resolves a service by name and port, as a local upstream listener does.
     pub fn resolve(&self, service: &str, port: u16) -> Result<Target, ProxyError> {
-        self.resolve_authority(&format!("{service}:{port}"))
+        let found = self
+            .lookup(service)
+            .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
+        match found.spec.port(port) {
+            Some(p) => Ok(Target {
+                service: found,
+                port: p,
+            }),
+            None => Err(ProxyError::UnknownPort {
+                service: found.spec.service.clone(),
+                port,
+                ports: found.spec.ports.iter().map(|p| p.port).collect(),
+            }),
+        }
+    }
+}
+
+/// `s` in lower case, copied only when it has an upper-case letter.
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -281,6 +307,16 @@ mod tests {
         assert!(matches!(
             d.resolve_authority("api:x"),
             Err(ProxyError::NoAuthority)
+        ));
+        assert_eq!(
+            d.resolve_authority("API.Default:8080").unwrap().port.port,
+            8080,
+            "any case"
+        );
+        assert_eq!(d.resolve("api", 8080).unwrap().port.port, 8080);
+        assert!(matches!(
+            d.resolve("api", 9),
+            Err(ProxyError::UnknownPort { port: 9, .. })
         ));
     }
 

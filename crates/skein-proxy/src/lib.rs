@@ -91,7 +91,7 @@ impl Ctx {
     /// This workload's service account as telemetry labels the outbound side: its
     /// certificate's once issued; before that (and without a control plane), its
     /// namespace and service name from the configuration.
-    pub fn own_account(&self, config: &ProxyConfig) -> telemetry::Named {
+    pub fn own_account(&self, state: &State) -> telemetry::Named {
         if let Some(known) = self.own_account.get() {
             return known.clone();
         }
@@ -102,7 +102,7 @@ impl Ctx {
                     .get_or_init(|| telemetry::Named::new(id.namespace(), id.account()))
                     .clone()
             }
-            None => telemetry::Named::new(&config.workload.namespace, &config.workload.service),
+            None => state.service.clone(),
         }
     }
 

@@ -56,8 +56,8 @@ pub struct Record {
     pub pathway: Option<(u16, &'static str, Label)>,
     /// Method and path, kept only while a tap is in force.
     pub tap: Option<crate::telemetry::tap::Seen>,
-    /// Request body bytes read so far.
-    pub request_bytes: Arc<AtomicU64>,
+    /// Request body bytes read so far (counted only when the request is recorded).
+    request_bytes: Option<Arc<AtomicU64>>,
     /// Whether to record it in telemetry (the `telemetry.requests` setting).
     pub recorded: bool,
 }
@@ -71,6 +71,22 @@ impl Record {
                 path: req.uri().path().to_string(),
             });
         }
+    }
+
+    /// Where the request body's bytes are counted: a counter when the request is
+    /// recorded, none otherwise (nothing allocated).
+    pub fn body_counter(&mut self) -> Option<Arc<AtomicU64>> {
+        if !self.recorded {
+            return None;
+        }
+        Some(self.request_bytes.get_or_insert_with(Arc::default).clone())
+    }
+
+    /// Request body bytes read so far.
+    fn body_bytes(&self) -> u64 {
+        self.request_bytes
+            .as_ref()
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// A request that arrived now.
@@ -90,7 +106,7 @@ impl Record {
             policy: None,
             pathway: None,
             tap: None,
-            request_bytes: Arc::default(),
+            request_bytes: None,
             recorded: true,
         }
     }
@@ -199,6 +215,7 @@ impl End {
             });
         }
         let duration = rec.started.elapsed();
+        let request_bytes = rec.body_bytes();
         if let Some(seen) = &rec.tap {
             let dst = rec.dst.clone().unwrap_or_else(|| Named::new("", "unknown"));
             self.telemetry.taps.observe(&crate::telemetry::tap::Ended {
@@ -211,10 +228,7 @@ impl End {
                 grpc_status: self.grpc_status,
                 latency: self.latency,
                 duration,
-                bytes: (
-                    rec.request_bytes.load(Ordering::Relaxed),
-                    self.response_bytes,
-                ),
+                bytes: (rec.body_bytes(), self.response_bytes),
                 route: rec.route.as_ref().map_or("", |r| &r.0),
                 error: self.error,
             });
@@ -240,7 +254,7 @@ impl End {
             Ended {
                 latency: self.latency,
                 duration,
-                request_bytes: rec.request_bytes.load(Ordering::Relaxed),
+                request_bytes,
                 response_bytes: self.response_bytes,
                 retries: u64::from(rec.attempts.saturating_sub(1)),
             },

@@ -19,7 +19,8 @@ pub struct State {
     pub config: Arc<ProxyConfig>,
     /// Where services are and who serves them, built from `config`.
     pub destinations: Destinations,
-    /// This workload's service, as telemetry labels it.
+    /// This workload's service, as telemetry labels it (also its account until its
+    /// certificate says otherwise: see `Ctx::own_account`).
     pub service: crate::telemetry::Named,
 }
 

@@ -40,17 +40,17 @@ pin_project_lite::pin_project! {
     pub struct Watched<B> {
         #[pin]
         inner: B,
-        bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        bytes: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
         failure: std::sync::Arc<std::sync::OnceLock<String>>,
     }
 }
 
 impl<B> Watched<B> {
-    /// Wraps `inner`, counting its data into `bytes`; the returned cell holds the body's
-    /// error message once it fails.
+    /// Wraps `inner`, counting its data into `bytes` (if given); the returned cell holds
+    /// the body's error message once it fails.
     pub fn new(
         inner: B,
-        bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        bytes: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> (Self, std::sync::Arc<std::sync::OnceLock<String>>) {
         let failure = std::sync::Arc::new(std::sync::OnceLock::new());
         let body = Watched {
@@ -79,10 +79,9 @@ where
         let polled = this.inner.poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                if let (Some(data), Some(bytes)) = (frame.data_ref(), this.bytes.as_ref()) {
                     let n = bytes::Buf::remaining(data) as u64;
-                    this.bytes
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             std::task::Poll::Ready(Some(Err(e))) => {

@@ -28,7 +28,7 @@ pub async fn forward(
     rec.endpoint = Some(addr);
     rec.attempts = 1;
     let (mut parts, body) = req.into_parts();
-    let (body, _) = crate::http::Watched::new(body, rec.request_bytes.clone());
+    let (body, _) = crate::http::Watched::new(body, rec.body_counter());
     // Hop-by-hop first: a `Connection: skein-client-id` must not remove the header we add.
     headers::strip_hop_by_hop(&mut parts.headers);
     identify(&mut parts.headers, caller);

@@ -49,7 +49,7 @@ async fn handle(
         Direction::Outbound,
         proto,
         grpc,
-        ctx.own_account(&state.config),
+        ctx.own_account(&state),
         ctx.identity.required,
     );
     // A CONNECT tunnel is an edge, not a request: telemetry records it as a TCP connection.
@@ -221,7 +221,7 @@ fn to_peer_request(
     req: Request<Incoming>,
     target: &Target,
     proto: Proto,
-    rec: &Record,
+    rec: &mut Record,
 ) -> Result<(Request<Body>, Arc<OnceLock<String>>), ProxyError> {
     let authority = authority_of(&req)
         .unwrap_or_else(|| format!("{}:{}", target.service.spec.service, target.port.port));
@@ -250,7 +250,7 @@ fn to_peer_request(
         .build()
         .map_err(|_| ProxyError::NoAuthority)?;
     parts.version = Version::HTTP_2;
-    let (body, failure) = Watched::new(body, rec.request_bytes.clone());
+    let (body, failure) = Watched::new(body, rec.body_counter());
     Ok((Request::from_parts(parts, boxed(body)), failure))
 }
 

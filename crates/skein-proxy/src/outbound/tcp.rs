@@ -57,11 +57,11 @@ pub async fn open_tunnel(
 
 /// The TCP edge from this workload to `target`, when telemetry records edges.
 fn edge(ctx: &Ctx, target: &Target) -> Option<TcpKey> {
-    let config = ctx.config();
-    config.telemetry.requests.then(|| TcpKey {
+    let state = ctx.state();
+    state.config.telemetry.requests.then(|| TcpKey {
         direction: Direction::Outbound,
         tls: ctx.identity.required,
-        src: ctx.own_account(&config),
+        src: ctx.own_account(&state),
         dst: target.service.label.clone(),
     })
 }
