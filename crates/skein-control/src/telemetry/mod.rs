@@ -252,6 +252,9 @@ pub struct ProxyRecord {
     pub slots: VecDeque<Slot>,
     /// When its last summary arrived (unix seconds).
     pub last_seen: i64,
+    /// Since when its summaries cover its traffic: its first summary's arrival less
+    /// one summary interval (unix seconds).
+    pub covered_since: i64,
     /// Its last summary's sequence number.
     pub last_sequence: u64,
     /// Summaries it reports having dropped unsent.
@@ -326,6 +329,7 @@ impl Central {
             account: from.account.as_str().into(),
             slots: VecDeque::new(),
             last_seen: now,
+            covered_since: now - i64::from(s.interval_ms.div_ceil(1000)),
             last_sequence: 0,
             dropped: 0,
             gaps: 0,

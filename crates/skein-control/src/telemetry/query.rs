@@ -61,9 +61,18 @@ struct Acc {
     response_bytes: u64,
     tcp: TcpAgg,
     tls_connections: u64,
+    /// Since when the proxies contributing to the row report (the earliest).
+    covered_since: Option<i64>,
 }
 
 impl Acc {
+    /// Notes that `proxy` contributes to this row.
+    fn from(&mut self, proxy: &super::ProxyRecord) -> &mut Self {
+        let since = proxy.covered_since;
+        self.covered_since = Some(self.covered_since.map_or(since, |s| s.min(since)));
+        self
+    }
+
     fn request(&mut self, k: &ReqKey, v: &ReqAgg) {
         self.requests += v.count;
         self.retries += v.retries;
@@ -122,8 +131,14 @@ pub struct Signals {
 }
 
 impl Acc {
-    fn signals(&self, window: Duration) -> Signals {
-        let secs = window.as_secs_f64().max(1.0);
+    /// The signals over `window` ending `now`. Rates divide by the part of the window
+    /// the proxies' reports cover: a mesh that started 12 s ago shows its real rate, not
+    /// a fifth of it over a one-minute window.
+    fn signals(&self, window: Duration, now: i64) -> Signals {
+        let covered = self
+            .covered_since
+            .map_or(f64::MAX, |since| (now - since) as f64);
+        let secs = window.as_secs_f64().min(covered).max(1.0);
         let ms = |q| self.latency.quantile(q).map(|d| d.as_secs_f64() * 1e3);
         let traffic = self.requests + self.tcp.opened;
         Signals {
@@ -220,7 +235,7 @@ impl Central {
                     _ => continue,
                 };
                 let row = rows.entry(at.0).or_insert_with(|| (at.1, Acc::default()));
-                row.1.request(k, v);
+                row.1.from(proxy).request(k, v);
             }
             for (k, v) in &slot.tcp {
                 let at = match kind {
@@ -237,6 +252,7 @@ impl Central {
                 rows.entry(at)
                     .or_insert_with(|| (service, Acc::default()))
                     .1
+                    .from(proxy)
                     .connection(k, v);
             }
         });
@@ -246,7 +262,7 @@ impl Central {
                 namespace,
                 name,
                 service,
-                signals: acc.signals(window),
+                signals: acc.signals(window, now),
             })
             .collect()
     }
@@ -264,13 +280,17 @@ impl Central {
                 dst.name.to_string(),
             )
         };
-        self.each_slot(window_start(now, window), |_, slot| {
+        self.each_slot(window_start(now, window), |proxy, slot| {
             for (k, v) in slot.requests.iter().filter(|(k, _)| k.inbound) {
-                rows.entry(pair(&k.src, &k.dst)).or_default().request(k, v);
+                rows.entry(pair(&k.src, &k.dst))
+                    .or_default()
+                    .from(proxy)
+                    .request(k, v);
             }
             for (k, v) in slot.tcp.iter().filter(|(k, _)| k.inbound) {
                 rows.entry(pair(&k.src, &k.dst))
                     .or_default()
+                    .from(proxy)
                     .connection(k, v);
             }
         });
@@ -281,7 +301,7 @@ impl Central {
                 src,
                 dst_namespace,
                 dst,
-                signals: acc.signals(window),
+                signals: acc.signals(window, now),
             })
             .collect()
     }

@@ -405,3 +405,25 @@ fn suggestions_allow_exactly_the_observed_pathways_and_apply() {
         skein_model::parse_documents(&yaml, "suggestion").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(docs.len(), 2, "one policy per service, each valid");
 }
+
+#[test]
+fn a_young_mesh_shows_its_real_rate_not_a_share_of_the_window() {
+    let c = Central::default();
+    let t0 = 7_000_000;
+    // Six summaries two seconds apart, 40 requests each: 20 requests per second.
+    for i in 0..6u64 {
+        let mut s = summary(i + 1, vec![requests(true, "web", "api", 200, 40, 1)]);
+        s.interval_ms = 2000;
+        c.ingest(&reporter("api-1", "api"), &s, t0 + 2 * i as i64)
+            .unwrap();
+    }
+    let rps = c.stat(StatKind::Services, None, MIN, t0 + 10)[0]
+        .signals
+        .rps;
+    assert!(
+        (rps - 20.0).abs() < 0.01,
+        "{rps} rps over the 12 s the reports cover"
+    );
+    let edge = c.edges(None, MIN, t0 + 10)[0].signals.rps;
+    assert!((edge - 20.0).abs() < 0.01, "{edge}");
+}
