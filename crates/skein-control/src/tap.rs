@@ -60,11 +60,6 @@ impl TapHub {
             .remove(&key);
     }
 
-    /// Proxies with a tap stream.
-    pub fn proxies(&self) -> usize {
-        self.proxies.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     fn broadcast(&self, command: pb::TapCommand) {
         let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
         for tx in proxies.values() {

@@ -419,17 +419,17 @@ fn table(items: &[Value], show_namespace: bool) -> String {
 }
 
 /// Columns aligned like kubectl's: left-aligned, three spaces apart, headers first.
-pub(crate) fn align(headers: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn align<H: AsRef<str>>(headers: &[H], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
                 .map(|r| r[c].len())
-                .chain([headers[c].len()])
+                .chain([headers[c].as_ref().len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: &[String]| {
+    let line = |cells: &[&str]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -437,9 +437,11 @@ pub(crate) fn align(headers: &[String], rows: &[Vec<String>]) -> String {
             .collect();
         format!("{}\n", padded.join("   ").trim_end())
     };
-    let mut out = line(headers);
+    let head: Vec<&str> = headers.iter().map(AsRef::as_ref).collect();
+    let mut out = line(&head);
     for row in rows {
-        out.push_str(&line(row));
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cells));
     }
     out
 }

@@ -26,23 +26,16 @@ pub async fn stat(
     window: &str,
     output: Output,
 ) -> anyhow::Result<()> {
-    let client = Client::new(target)?;
-    let mut path = format!("/api/v1/stat/{}?window={window}", kind.to_lowercase());
-    if let Some(name) = name {
-        path.push_str(&format!("&name={name}"));
-    }
-    let answer = client.call(Method::GET, &path, String::new()).await?;
-    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+    let path = with_query(
+        &format!("/api/v1/stat/{}", encode(&kind.to_lowercase())),
+        &[("window", Some(window)), ("name", name)],
+    );
+    let empty = format!(
+        "No traffic in the last {window} (proxies send summaries every few seconds; try a longer --window)."
+    );
+    let Some(rows) = fetch_rows(target, &path, output, &empty).await? else {
         return Ok(());
-    }
-    if rows.is_empty() {
-        eprintln!(
-            "No traffic in the last {window} (proxies send summaries every few seconds; try a longer --window).",
-        );
-        return Ok(());
-    }
+    };
     let by_service = rows.iter().any(|r| r.get("service").is_some());
     let mut headers = vec!["NAMESPACE", "NAME"];
     if by_service {
@@ -77,9 +70,31 @@ pub async fn stat(
             row
         })
         .collect();
-    let headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
     print!("{}", align(&headers, &table));
     Ok(())
+}
+
+/// The rows `path` answers, or `None` when they were printed as JSON or there were
+/// none (`empty` then says so on stderr).
+async fn fetch_rows(
+    target: &Target,
+    path: &str,
+    output: Output,
+    empty: &str,
+) -> anyhow::Result<Option<Vec<Value>>> {
+    let answer = Client::new(target)?
+        .call(Method::GET, path, String::new())
+        .await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(None);
+    }
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("{empty}");
+        return Ok(None);
+    }
+    Ok(Some(rows))
 }
 
 /// `skein edges [SERVICE] [--window 1m]`.
@@ -89,21 +104,14 @@ pub async fn edges(
     window: &str,
     output: Output,
 ) -> anyhow::Result<()> {
-    let client = Client::new(target)?;
-    let mut path = format!("/api/v1/edges?window={window}");
-    if let Some(service) = service {
-        path.push_str(&format!("&service={service}"));
-    }
-    let answer = client.call(Method::GET, &path, String::new()).await?;
-    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+    let path = with_query(
+        "/api/v1/edges",
+        &[("window", Some(window)), ("service", service)],
+    );
+    let empty = format!("No edges in the last {window}.");
+    let Some(rows) = fetch_rows(target, &path, output, &empty).await? else {
         return Ok(());
-    }
-    if rows.is_empty() {
-        eprintln!("No edges in the last {window}.");
-        return Ok(());
-    }
+    };
     let mut headers = vec![
         "SRC",
         "DST",
@@ -141,7 +149,6 @@ pub async fn edges(
             row
         })
         .collect();
-    let headers: Vec<String> = headers.into_iter().map(str::to_string).collect();
     print!("{}", align(&headers, &table));
     Ok(())
 }
@@ -162,12 +169,13 @@ pub async fn suggest(
     window: &str,
     output: SuggestOutput,
 ) -> anyhow::Result<()> {
-    let client = Client::new(target)?;
-    let mut path = format!("/api/v1/policy/suggest?window={window}");
-    if let Some(ns) = namespace {
-        path.push_str(&format!("&namespace={ns}"));
-    }
-    let answer = client.call(Method::GET, &path, String::new()).await?;
+    let path = with_query(
+        "/api/v1/policy/suggest",
+        &[("window", Some(window)), ("namespace", namespace)],
+    );
+    let answer = Client::new(target)?
+        .call(Method::GET, &path, String::new())
+        .await?;
     match output {
         SuggestOutput::Json => println!("{}", serde_json::to_string_pretty(&answer["policies"])?),
         SuggestOutput::Yaml => print!("{}", answer["yaml"].as_str().unwrap_or_default()),
@@ -203,20 +211,28 @@ pub struct TapFilter {
 
 impl TapFilter {
     fn path(&self) -> String {
-        let mut q = vec![format!("max_rps={}", self.max_rps)];
-        for (k, v) in [
-            ("to", &self.to),
-            ("from", &self.from),
-            ("path", &self.path),
-            ("method", &self.method),
-            ("status", &self.status),
-        ] {
-            if let Some(v) = v {
-                q.push(format!("{k}={}", encode(v)));
-            }
-        }
-        format!("/api/v1/tap?{}", q.join("&"))
+        let max = self.max_rps.to_string();
+        with_query(
+            "/api/v1/tap",
+            &[
+                ("max_rps", Some(&max)),
+                ("to", self.to.as_deref()),
+                ("from", self.from.as_deref()),
+                ("path", self.path.as_deref()),
+                ("method", self.method.as_deref()),
+                ("status", self.status.as_deref()),
+            ],
+        )
     }
+}
+
+/// `path?k=v&…` with each given value percent-encoded; absent ones left out.
+fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    format!("{path}?{}", query.join("&"))
 }
 
 /// Percent-encodes a query value.
@@ -353,7 +369,7 @@ pub async fn top(target: &Target, filter: &TapFilter) -> anyhow::Result<()> {
 fn top_table(rows: &std::collections::HashMap<(String, String, String, String), TopRow>) -> String {
     let mut sorted: Vec<_> = rows.iter().collect();
     sorted.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
-    let headers: Vec<String> = [
+    let headers = [
         "SOURCE",
         "DESTINATION",
         "METHOD",
@@ -363,10 +379,7 @@ fn top_table(rows: &std::collections::HashMap<(String, String, String, String), 
         "WORST",
         "LAST",
         "SUCCESS",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
+    ];
     let table: Vec<Vec<String>> = sorted
         .into_iter()
         .take(40)
@@ -466,7 +479,7 @@ fn node_label(n: &Value) -> String {
 }
 
 fn map_table(answer: &Value) -> String {
-    let headers: Vec<String> = [
+    let headers = [
         "SRC",
         "DST",
         "PROTOCOL",
@@ -475,10 +488,7 @@ fn map_table(answer: &Value) -> String {
         "RPS",
         "LATENCY_P99",
         "MTLS",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
+    ];
     let rows: Vec<Vec<String>> = answer["edges"]
         .as_array()
         .into_iter()

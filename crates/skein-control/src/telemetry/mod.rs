@@ -255,14 +255,6 @@ pub struct ProxyRecord {
     /// Since when its summaries cover its traffic: its first summary's arrival less
     /// one summary interval (unix seconds).
     pub covered_since: i64,
-    /// Its last summary's sequence number.
-    pub last_sequence: u64,
-    /// Summaries it reports having dropped unsent.
-    pub dropped: u64,
-    /// Summaries missing between sequence numbers (lost in transit or dropped).
-    pub gaps: u64,
-    /// Requests it recorded under folded labels.
-    pub folded: u64,
 }
 
 impl ProxyRecord {
@@ -284,6 +276,8 @@ pub enum IngestError {
 pub struct Central {
     proxies: RwLock<HashMap<(String, String), ProxyRecord>>,
     values: Mutex<HashSet<Label>>,
+    /// When silent proxies were last forgotten (once per slot, not per summary).
+    last_sweep: std::sync::atomic::AtomicI64,
 }
 
 impl Central {
@@ -319,7 +313,11 @@ impl Central {
         }
         let start = now - now.rem_euclid(SLOT_SECS);
         let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
-        proxies.retain(|_, p| p.last_seen >= now - WINDOW_SLOTS * SLOT_SECS);
+        let swept = &self.last_sweep;
+        if now - swept.load(std::sync::atomic::Ordering::Relaxed) >= SLOT_SECS {
+            swept.store(now, std::sync::atomic::Ordering::Relaxed);
+            proxies.retain(|_, p| p.last_seen >= now - WINDOW_SLOTS * SLOT_SECS);
+        }
         let key = (from.namespace.clone(), from.workload.clone());
         let record = proxies.entry(key).or_insert_with(|| ProxyRecord {
             workload: Who {
@@ -330,18 +328,8 @@ impl Central {
             slots: VecDeque::new(),
             last_seen: now,
             covered_since: now - i64::from(s.interval_ms.div_ceil(1000)),
-            last_sequence: 0,
-            dropped: 0,
-            gaps: 0,
-            folded: 0,
         });
-        if record.last_sequence > 0 && s.sequence > record.last_sequence + 1 {
-            record.gaps += s.sequence - record.last_sequence - 1;
-        }
-        record.last_sequence = s.sequence;
         record.last_seen = now;
-        record.dropped = s.dropped_summaries;
-        record.folded += s.folded_requests;
         if record.slots.back().is_none_or(|last| last.start != start) {
             record.slots.push_back(Slot {
                 start,

@@ -256,14 +256,16 @@ async fn route(
                     src: peer.account.clone(),
                     port: port.port,
                     method: "",
-                    prefix: "".into(),
+                    prefix: crate::telemetry::empty(),
                 });
             }
         }
         return tunnel::open(ctx, state, req, port, peer).await;
     }
     authorize::http(ctx, config, caller, &mut req, port.port)?;
-    rec.pathway = Some(authorize::pathway(&req, port.port));
+    if rec.recorded {
+        rec.pathway = Some(authorize::pathway(&req, port.port));
+    }
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
     app::forward(ctx, config, req, port.port, to_h2, caller, rec).await
 }

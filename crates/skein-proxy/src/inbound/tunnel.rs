@@ -108,7 +108,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             rec.for_taps(&ctx, &req);
             rec.dst = Some(state.service.clone());
             let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
-            if authorized.is_ok() {
+            if authorized.is_ok() && rec.recorded {
                 rec.pathway = Some(super::authorize::pathway(&req, port.port));
             }
             let result = match authorized {

@@ -29,6 +29,13 @@ use std::time::Duration;
 /// A label value, shared rather than copied per request.
 pub type Label = Arc<str>;
 
+/// The empty label value (no route, no prefix), shared so that recording a request
+/// without one allocates nothing.
+pub fn empty() -> Label {
+    static EMPTY: std::sync::LazyLock<Label> = std::sync::LazyLock::new(|| "".into());
+    EMPTY.clone()
+}
+
 /// Distinct values admitted per kind of label (accounts, services, routes).
 pub const MAX_VALUES: usize = 256;
 
