@@ -50,8 +50,6 @@ pub struct Record {
     pub endpoint: Option<SocketAddr>,
     /// Tries made.
     pub attempts: u32,
-    /// The authorization policy that decided (inbound).
-    pub policy: Option<Label>,
     /// What authorization let through (inbound), for `skein policy suggest`.
     pub pathway: Option<(u16, &'static str, Label)>,
     /// Method and path, kept only while a tap is in force.
@@ -103,7 +101,6 @@ impl Record {
             backend: None,
             endpoint: None,
             attempts: 0,
-            policy: None,
             pathway: None,
             tap: None,
             request_bytes: None,
@@ -169,18 +166,25 @@ pub fn finish(
     let status = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the headers.
     let grpc_status = rec.grpc.then(|| grpc_status(resp.headers())).flatten();
+    let end = End {
+        telemetry: ctx.metrics.telemetry.clone(),
+        rec,
+        latency,
+        status,
+        grpc_status,
+        error,
+        response_bytes: 0,
+    };
+    // A response without a body ends with its headers: recorded now, before the client
+    // can see it, and nothing to wrap.
+    if http_body::Body::is_end_stream(resp.body()) {
+        end.record();
+        return resp;
+    }
     let (parts, body) = resp.into_parts();
     let body = Ending {
         inner: body,
-        end: Some(End {
-            telemetry: ctx.metrics.telemetry.clone(),
-            rec,
-            latency,
-            status,
-            grpc_status,
-            error,
-            response_bytes: 0,
-        }),
+        end: Some(end),
     };
     Response::from_parts(parts, crate::http::boxed(body))
 }
@@ -243,7 +247,7 @@ impl End {
                 .route
                 .as_ref()
                 .map(|r| r.0.clone())
-                .unwrap_or_else(|| "".into()),
+                .unwrap_or_else(crate::telemetry::empty),
             rule: rec.route.as_ref().map(|r| r.1),
             status: Status::Code(self.status),
             grpc_status: self.grpc_status,
@@ -291,25 +295,30 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Some(end) = this.end.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        end.response_bytes += data.len() as u64;
-                    } else if let Some(trailers) = frame.trailers_ref() {
-                        if end.rec.grpc {
-                            end.grpc_status = grpc_status(trailers).or(end.grpc_status);
-                        }
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let Some(end) = this.end.as_mut() else {
+            return polled;
+        };
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    end.response_bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if end.rec.grpc {
+                        end.grpc_status = grpc_status(trailers).or(end.grpc_status);
                     }
                 }
-                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                    if let Some(end) = this.end.take() {
-                        end.record();
-                    }
-                }
-                Poll::Pending => {}
+                // The last frame: recorded before it is handed on, so that a client
+                // that has the whole response finds the request counted.
+                this.inner.is_end_stream()
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(end) = this.end.take() {
+                end.record();
             }
         }
         polled
