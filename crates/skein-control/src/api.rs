@@ -88,6 +88,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             RegistryError::Store(StoreError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
             RegistryError::Encode(..) => StatusCode::INTERNAL_SERVER_ERROR,
+            RegistryError::Contradicts(_) => StatusCode::CONFLICT,
         };
         ApiError(status, e.to_string())
     }

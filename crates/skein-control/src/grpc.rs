@@ -401,8 +401,7 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
         mesh.encoded_slashes,
         mesh.ambiguous_paths,
     );
-    // Plain data with string keys: serialisation cannot fail.
-    snapshot.authorization_json = serde_json::to_vec(&authorization).unwrap_or_default();
+    snapshot.authorization = Some(skein_api::convert::authorization_to_wire(&authorization));
     snapshot
 }
 

@@ -244,6 +244,7 @@ mod tests {
             ports: vec![(port, p)],
             addresses: vec![],
             routes: vec![],
+            policies: vec![],
         };
         let policy = Policy {
             namespace: "default".into(),

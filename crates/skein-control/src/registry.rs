@@ -38,6 +38,9 @@ pub enum RegistryError {
     /// A resource could not be encoded.
     #[error("cannot encode {0}: {1}")]
     Encode(String, String),
+    /// A resource contradicts one already stored (or another in the same request).
+    #[error("{0}")]
+    Contradicts(String),
 }
 
 /// The in-memory mirror of every resource.
@@ -153,6 +156,7 @@ impl Registry {
                     ports: s.spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
                     addresses: s.spec.addresses.clone(),
                     routes: Vec::new(),
+                    policies: Vec::new(),
                 }),
                 Resource::Workload(w) => state.workloads.push(WorkloadView {
                     name: w.metadata.name.clone(),
@@ -189,6 +193,31 @@ impl Registry {
                         name: format!("{route_ns}/{}", route.metadata.name),
                         port: parent.port,
                         rules: rules.clone(),
+                    });
+                }
+            }
+        }
+        // Attach each BackendPolicy to its target Service (in the policy's namespace).
+        // Applying a second one for the same port is refused (`check_backend_policies`);
+        // should the store hold two anyway, the first by name wins.
+        for resource in resources.values() {
+            let Resource::BackendPolicy(policy) = resource else {
+                continue;
+            };
+            let (ns, target) = (&policy.metadata.namespace, &policy.spec.target_ref);
+            let service = state
+                .services
+                .iter_mut()
+                .find(|s| s.name == target.name && &s.namespace == ns);
+            if let Some(service) = service {
+                let taken = service
+                    .policies
+                    .iter()
+                    .any(|p| p.spec.target_ref.port == target.port);
+                if !taken {
+                    service.policies.push(skein_model::DestinationPolicy {
+                        name: format!("{ns}/{}", policy.metadata.name),
+                        spec: policy.spec.clone(),
                     });
                 }
             }
@@ -236,6 +265,7 @@ impl Registry {
         docs: Vec<Resource>,
         force: bool,
     ) -> Result<Vec<Applied>, RegistryError> {
+        self.check_backend_policies(&docs)?;
         let mut ops = Vec::new();
         let mut results = Vec::new();
         for mut doc in docs {
@@ -289,6 +319,43 @@ impl Registry {
             self.wait_for(revision).await;
         }
         Ok(results)
+    }
+
+    /// Refuses a BackendPolicy whose target (Service and port) another BackendPolicy, stored
+    /// or in the same request, already governs: callers could follow only one.
+    fn check_backend_policies(&self, docs: &[Resource]) -> Result<(), RegistryError> {
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        let stored = resources.values().filter(|r| {
+            // A stored policy this request replaces is not a rival.
+            !docs.iter().any(|d| d.key() == r.key())
+        });
+        let mut seen: Vec<(ResourceKey, &Resource)> = Vec::new();
+        for r in stored.chain(docs.iter()) {
+            let Resource::BackendPolicy(p) = r else {
+                continue;
+            };
+            let target = &p.spec.target_ref;
+            let rival = seen.iter().find(|(_, other)| match other {
+                Resource::BackendPolicy(o) => {
+                    o.metadata.namespace == p.metadata.namespace
+                        && o.spec.target_ref.name == target.name
+                        && o.spec.target_ref.port == target.port
+                }
+                _ => false,
+            });
+            if let Some((key, _)) = rival {
+                let port = target
+                    .port
+                    .map_or("every port".to_string(), |p| format!("port {p}"));
+                return Err(RegistryError::Contradicts(format!(
+                    "{}: {key} already governs Service {} ({port}); a Service has one BackendPolicy per port (and one for every other port): edit {key}, delete it first, or set targetRef.port",
+                    r.key(),
+                    target.name,
+                )));
+            }
+            seen.push((r.key(), r));
+        }
+        Ok(())
     }
 
     /// Deletes one resource; `Ok(false)` when there was none.

@@ -32,6 +32,8 @@ pub struct ServiceView {
     pub addresses: Vec<IpAddr>,
     /// HTTPRoutes whose parent is this service, sorted by name.
     pub routes: Vec<skein_model::DestinationRoute>,
+    /// BackendPolicies targeting this service, sorted by name (one per port at most).
+    pub policies: Vec<skein_model::DestinationPolicy>,
 }
 
 /// What the snapshot needs to know of a Workload.
@@ -172,12 +174,8 @@ pub fn snapshot_for(
                     .collect(),
                 addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
                 endpoints,
-                routes_json: if s.routes.is_empty() {
-                    Vec::new()
-                } else {
-                    // Plain data with string keys: serialisation cannot fail.
-                    serde_json::to_vec(&s.routes).unwrap_or_default()
-                },
+                routes: skein_api::convert::routes_to_wire(&s.routes),
+                policies: skein_api::convert::policies_to_wire(&s.policies),
                 identities: s.identities(trust_domain),
             }
         })
@@ -244,6 +242,7 @@ mod tests {
             ports: vec![(port, p)],
             addresses: vec![],
             routes: vec![],
+            policies: vec![],
         }
     }
 

@@ -88,6 +88,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
                 ports: vec![(port, Protocol::Http)],
                 addresses: vec![],
                 routes: vec![],
+                policies: vec![],
             }]
         } else {
             vec![]

@@ -13,8 +13,8 @@ pub mod resource;
 pub mod time;
 
 pub use proxy::{
-    AdminConfig, Destination, DestinationRoute, Endpoint, InboundConfig, Limits, OutboundConfig,
-    PortSpec, Protocol, ProxyConfig, TelemetryConfig, Upstream, WorkloadInfo,
+    AdminConfig, Destination, DestinationPolicy, DestinationRoute, Endpoint, InboundConfig, Limits,
+    OutboundConfig, PortSpec, Protocol, ProxyConfig, TelemetryConfig, Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
 

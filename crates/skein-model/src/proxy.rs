@@ -212,6 +212,36 @@ pub struct Destination {
     /// plane; optional in a static file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<String>,
+    /// BackendPolicies for calls to this service: load balancing, limits, outlier
+    /// detection and the retry budget. One naming a port (`targetRef.port`) governs that
+    /// port; one without, every other port. None: every default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<DestinationPolicy>,
+}
+
+/// A `BackendPolicy` attached to a destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationPolicy {
+    /// The BackendPolicy's `namespace/name`, named in every refusal it decides.
+    pub name: String,
+    /// Its spec.
+    pub spec: crate::resource::BackendPolicySpec,
+}
+
+impl Destination {
+    /// The policy governing calls to `port`, if any.
+    pub fn policy(&self, port: u16) -> Option<&DestinationPolicy> {
+        let scoped = self
+            .policies
+            .iter()
+            .find(|p| p.spec.target_ref.port == Some(port));
+        scoped.or_else(|| {
+            self.policies
+                .iter()
+                .find(|p| p.spec.target_ref.port.is_none())
+        })
+    }
 }
 
 /// The rules of one HTTPRoute attached to a destination.
@@ -403,6 +433,22 @@ impl ProxyConfig {
                 bad(format!("{at}.ports"), "[]".into(), "at least one port");
             }
             check_ports(&format!("{at}.ports"), &d.ports, &mut bad);
+            let mut p = crate::resource::validate::Problems::new();
+            for (j, route) in d.routes.iter().enumerate() {
+                for (k, rule) in route.rules.iter().enumerate() {
+                    rule.validate(&mut p, &format!("routes[{j}].rules[{k}]"));
+                }
+            }
+            for (j, policy) in d.policies.iter().enumerate() {
+                let mut q = crate::resource::validate::Problems::new();
+                policy.spec.validate(&mut q);
+                for e in q.into_vec() {
+                    p.add(format!("policies[{j}].{}", e.path), e.value, &e.expected);
+                }
+            }
+            for e in p.into_vec() {
+                bad(format!("{at}.{}", e.path), e.value, &e.expected);
+            }
             if !d.identities.is_empty() {
                 for (j, e) in d.endpoints.iter().enumerate() {
                     let id = e.identity.as_deref().unwrap_or_default();

@@ -6,12 +6,14 @@
 //! one [`crate::state::State`]; requests in flight keep the snapshot they resolved
 //! against.
 
+use crate::balance::{Balancer, NoPick, Picked};
 use crate::connect::Upstream;
 use crate::error::ProxyError;
+use crate::limit::Limiter;
+use skein_model::resource::{BackendPolicySpec, TargetRef};
 use skein_model::{Destination, PortSpec, Protocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A resolved service port: where a request or connection is going.
@@ -24,17 +26,53 @@ pub struct Target {
 }
 
 impl Target {
-    /// Picks the peer proxy to send to (round robin), with the identity it must prove.
-    pub fn endpoint(&self) -> Result<Upstream, ProxyError> {
-        self.service.pick()
+    /// The BackendPolicy governing calls to this port (or the defaults).
+    pub fn policy(&self) -> &Governed {
+        self.service.governed(self.port.port)
     }
 
-    /// The endpoint for a retry after `tried` failed: the one after it, without moving
-    /// the round robin, so that a retry does not push the next request onto the endpoint
-    /// that just failed.
-    pub fn endpoint_after(&self, tried: &Upstream) -> Result<Upstream, ProxyError> {
-        self.service.pick_after(tried)
+    /// Picks the peer proxy for a try, avoiding `avoid` (the endpoint a retry follows)
+    /// when another will do; the pick counts as in flight until dropped.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Result<Picked, ProxyError> {
+        let policy = self.policy();
+        let now = std::time::Instant::now();
+        policy
+            .balancer
+            .pick(now, avoid, crate::route::random())
+            .map_err(|no| match no {
+                NoPick::NoEndpoints => ProxyError::NoEndpoints(self.service.spec.service.clone()),
+                NoPick::AtLimit(value) => {
+                    self.overloaded("connectionPool.maxRequestsPerEndpoint", value)
+                }
+            })
     }
+
+    /// The refusal for `limit` (at `value`) of this port's policy.
+    pub fn overloaded(&self, limit: &'static str, value: u32) -> ProxyError {
+        ProxyError::Overloaded {
+            service: self.service.spec.service.clone(),
+            policy: self.policy().name.to_string(),
+            limit,
+            value,
+        }
+    }
+}
+
+/// What a BackendPolicy (or its defaults) sets for calls to some ports of a service.
+#[derive(Debug)]
+pub struct Governed {
+    /// The port it governs; `None`: every port without its own.
+    port: Option<u16>,
+    /// `namespace/name` of the BackendPolicy, or `the default BackendPolicy`.
+    pub name: Arc<str>,
+    /// The policy.
+    pub spec: BackendPolicySpec,
+    /// Picks endpoints.
+    pub balancer: Balancer,
+    /// Requests in flight and waiting.
+    pub requests: Arc<Limiter>,
+    /// Opaque connections open.
+    pub connections: Arc<Limiter>,
 }
 
 /// One destination service with its endpoints.
@@ -42,18 +80,22 @@ impl Target {
 pub struct Service {
     /// The configuration it was built from.
     pub spec: Destination,
-    /// Its namespace and name, as telemetry labels them.
+    /// Its namespace and name, as telemetry labels it.
     pub label: crate::telemetry::Named,
     /// Its HTTPRoutes' names, as telemetry labels them (same order as `spec.routes`).
     pub route_labels: Vec<crate::telemetry::Label>,
-    /// The endpoints, with identities parsed once.
-    endpoints: Vec<Upstream>,
-    next: AtomicUsize,
+    /// Its HTTPRoutes, compiled for matching.
+    pub routes: crate::route::Table,
+    /// One per BackendPolicy (those naming a port first), or one with the defaults.
+    policies: Vec<Governed>,
 }
 
 impl Service {
-    fn new(spec: &Destination) -> Service {
-        let endpoints = spec
+    /// Builds a service, keeping from `previous` (the same service in the table this
+    /// one replaces) what was learnt about its endpoints and the limiters of unchanged
+    /// policies.
+    fn new(spec: &Destination, previous: Option<&Service>) -> Service {
+        let upstreams: Vec<Upstream> = spec
             .endpoints
             .iter()
             .map(|e| Upstream {
@@ -66,30 +108,86 @@ impl Service {
                     .map(Arc::new),
             })
             .collect();
+        let mut named: Vec<(Option<u16>, Arc<str>, BackendPolicySpec)> = spec
+            .policies
+            .iter()
+            .map(|p| {
+                (
+                    p.spec.target_ref.port,
+                    p.name.as_str().into(),
+                    p.spec.clone(),
+                )
+            })
+            .collect();
+        named.sort_by_key(|(port, _, _)| port.is_none());
+        if !named.iter().any(|(port, _, _)| port.is_none()) {
+            let defaults = BackendPolicySpec {
+                target_ref: TargetRef {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    name: spec.service.clone(),
+                    port: None,
+                },
+                load_balancer: Default::default(),
+                connection_pool: Default::default(),
+                outlier_detection: Default::default(),
+                retry_budget: Default::default(),
+            };
+            named.push((None, "the default BackendPolicy".into(), defaults));
+        }
+        let now = std::time::Instant::now();
+        let mut policies: Vec<Governed> = Vec::with_capacity(named.len());
+        for (port, name, spec) in named {
+            let before = previous.and_then(|p| p.policies.iter().find(|g| g.port == port));
+            // Endpoint state is per endpoint: every policy of the service shares it.
+            let learnt = policies
+                .first()
+                .map(|g| &g.balancer)
+                .or(before.map(|g| &g.balancer));
+            let pool = spec.connection_pool;
+            let keep = |old: Option<&Arc<Limiter>>, max: u32, waiting: u32| match old {
+                Some(l) if l.is(max, waiting) => l.clone(),
+                _ => Arc::new(Limiter::new(max, waiting)),
+            };
+            let requests = keep(
+                before.map(|g| &g.requests),
+                pool.max_concurrent_requests,
+                pool.max_pending_requests,
+            );
+            let connections = keep(before.map(|g| &g.connections), pool.max_connections, 0);
+            policies.push(Governed {
+                port,
+                name,
+                balancer: Balancer::new(
+                    upstreams.clone(),
+                    learnt,
+                    spec.load_balancer,
+                    spec.outlier_detection,
+                    pool.max_requests_per_endpoint,
+                    now,
+                ),
+                spec,
+                requests,
+                connections,
+            });
+        }
         Service {
             spec: spec.clone(),
             label: crate::telemetry::Named::new(&spec.namespace, &spec.service),
             route_labels: spec.routes.iter().map(|r| r.name.as_str().into()).collect(),
-            endpoints,
-            next: AtomicUsize::new(0),
+            routes: crate::route::Table::new(&spec.routes),
+            policies,
         }
     }
 
-    fn pick(&self) -> Result<Upstream, ProxyError> {
-        if self.endpoints.is_empty() {
-            return Err(ProxyError::NoEndpoints(self.spec.service.clone()));
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Ok(self.endpoints[i].clone())
-    }
-
-    fn pick_after(&self, tried: &Upstream) -> Result<Upstream, ProxyError> {
-        let n = self.endpoints.len();
-        match self.endpoints.iter().position(|e| e.addr == tried.addr) {
-            Some(i) => Ok(self.endpoints[(i + 1) % n].clone()),
-            // Gone from the table since (or no endpoints at all): a fresh pick.
-            None => self.pick(),
-        }
+    /// The policy governing calls to `port`.
+    pub fn governed(&self, port: u16) -> &Governed {
+        let found = self
+            .policies
+            .iter()
+            .find(|g| g.port.is_none_or(|p| p == port));
+        // The list always ends with one for every port.
+        found.unwrap_or(&self.policies[self.policies.len() - 1])
     }
 }
 
@@ -105,14 +203,20 @@ pub struct Destinations {
 
 impl Destinations {
     /// Builds the lookup tables from configuration; `local_namespace` is the namespace
-    /// of the workload beside this proxy.
-    pub fn new(specs: &[Destination], local_namespace: &str) -> Self {
+    /// of the workload beside this proxy. What `previous` (the table this one replaces)
+    /// learnt about endpoints and holds in its limiters carries over.
+    pub fn new(
+        specs: &[Destination],
+        local_namespace: &str,
+        previous: Option<&Destinations>,
+    ) -> Self {
         let mut table = Destinations {
             local_namespace: local_namespace.to_string(),
             ..Destinations::default()
         };
         for spec in specs {
-            let service = Arc::new(Service::new(spec));
+            let before = previous.and_then(|p| p.exact(&spec.service, &spec.namespace));
+            let service = Arc::new(Service::new(spec, before.as_deref()));
             for ip in &spec.addresses {
                 table.by_ip.insert(*ip, service.clone());
             }
@@ -165,6 +269,12 @@ impl Destinations {
                 _ => None,
             }),
         }
+    }
+
+    /// The service `name` in `namespace`.
+    fn exact(&self, name: &str, namespace: &str) -> Option<Arc<Service>> {
+        let same = self.by_name.get(name)?;
+        same.iter().find(|s| s.spec.namespace == namespace).cloned()
     }
 
     /// Resolves the original destination of an intercepted connection. `None` means no
@@ -250,25 +360,69 @@ mod tests {
                 .collect(),
             routes: Vec::new(),
             identities: Vec::new(),
+            policies: Vec::new(),
         }
     }
 
     #[test]
-    fn a_retry_takes_the_next_endpoint_without_moving_the_round_robin() {
-        let d = Destinations::new(&[dest("api", &[8080], 3)], "default");
+    fn a_retry_avoids_the_endpoint_it_follows() {
+        let d = Destinations::new(&[dest("api", &[8080], 3)], "default", None);
         let t = d.resolve_authority("api").unwrap();
-        let first = t.endpoint().unwrap();
-        let retry = t.endpoint_after(&first).unwrap();
-        assert_ne!(retry.addr, first.addr);
+        for _ in 0..20 {
+            let first = t.pick(None).unwrap();
+            let retry = t.pick(Some(first.upstream.addr)).unwrap();
+            assert_ne!(retry.upstream.addr, first.upstream.addr);
+        }
+        let only = Destinations::new(&[dest("one", &[80], 1)], "default", None);
+        let t = only.resolve_authority("one").unwrap();
+        let first = t.pick(None).unwrap();
         assert_eq!(
-            t.endpoint().unwrap().addr,
-            retry.addr,
-            "the round robin moved one step for the request, none for its retry"
+            t.pick(Some(first.upstream.addr)).unwrap().upstream,
+            first.upstream,
+            "the only endpoint, again"
         );
-        let gone = Upstream::from(SocketAddr::from(([127, 0, 0, 99], 4143)));
+    }
+
+    #[test]
+    fn endpoint_state_and_limits_survive_a_new_table() {
+        let mut spec = dest("api", &[8080], 2);
+        spec.policies = vec![skein_model::DestinationPolicy {
+            name: "default/api".into(),
+            spec: serde_yaml_ng::from_str(
+                "{targetRef: {name: api}, connectionPool: {maxConcurrentRequests: 1, maxPendingRequests: 0}}",
+            )
+            .unwrap(),
+        }];
+        let d = Destinations::new(std::slice::from_ref(&spec), "default", None);
+        let t = d.resolve("api", 8080).unwrap();
+        let held = t.policy().requests.try_admit().unwrap();
+        let picked = t.pick(None).unwrap();
+        // A push that changes something else (an address) keeps both.
+        spec.addresses.push("198.18.0.11".parse().unwrap());
+        let d2 = Destinations::new(std::slice::from_ref(&spec), "default", Some(&d));
+        let t2 = d2.resolve("api", 8080).unwrap();
         assert!(
-            t.endpoint_after(&gone).is_ok(),
-            "an endpoint gone since: a fresh pick"
+            t2.policy().requests.try_admit().is_err(),
+            "the held request still counts"
+        );
+        let pending: u32 = t2
+            .policy()
+            .balancer
+            .endpoints()
+            .map(|(_, s)| s.pending())
+            .sum();
+        assert_eq!(pending, 1, "the request in flight still counts");
+        assert_eq!(&*t2.policy().name, "default/api");
+        drop((held, picked));
+        assert!(t2.policy().requests.try_admit().is_ok());
+        // Without a policy: the defaults, named as such.
+        let plain = Destinations::new(&[dest("web", &[80], 1)], "default", None);
+        let web = plain.resolve("web", 80).unwrap();
+        assert_eq!(&*web.policy().name, "the default BackendPolicy");
+        assert_eq!(
+            web.overloaded("connectionPool.maxConcurrentRequests", 10000)
+                .status(),
+            503
         );
     }
 
@@ -277,6 +431,7 @@ mod tests {
         let d = Destinations::new(
             &[dest("api", &[8080], 1), dest("web", &[80, 443], 1)],
             "default",
+            None,
         );
         assert_eq!(d.resolve_authority("api:8080").unwrap().port.port, 8080);
         assert_eq!(d.resolve_authority("api").unwrap().port.port, 8080);
@@ -324,10 +479,10 @@ mod tests {
     fn short_names_prefer_the_local_namespace() {
         let mut other = dest("api", &[81], 1);
         other.namespace = "shop".into();
-        let d = Destinations::new(&[dest("api", &[80], 1), other.clone()], "shop");
+        let d = Destinations::new(&[dest("api", &[80], 1), other.clone()], "shop", None);
         assert_eq!(d.resolve_authority("api").unwrap().port.port, 81);
         assert_eq!(d.resolve_authority("api.default").unwrap().port.port, 80);
-        let d = Destinations::new(&[dest("api", &[80], 1), other], "billing");
+        let d = Destinations::new(&[dest("api", &[80], 1), other], "billing", None);
         assert!(
             d.resolve_authority("api").is_err(),
             "ambiguous without a namespace"
@@ -336,7 +491,7 @@ mod tests {
 
     #[test]
     fn resolves_intercepted_addresses() {
-        let d = Destinations::new(&[dest("api", &[8080], 1)], "default");
+        let d = Destinations::new(&[dest("api", &[8080], 1)], "default", None);
         assert!(d
             .resolve_addr("198.18.0.10:8080".parse().unwrap())
             .is_some());
@@ -349,20 +504,21 @@ mod tests {
     }
 
     #[test]
-    fn round_robins_endpoints_and_reports_none() {
-        let d = Destinations::new(&[dest("api", &[80], 2), dest("empty", &[80], 0)], "default");
-        let t = d.resolve_authority("api").unwrap();
-        let (a, b, c) = (
-            t.endpoint().unwrap(),
-            t.endpoint().unwrap(),
-            t.endpoint().unwrap(),
+    fn picks_endpoints_and_reports_none() {
+        let d = Destinations::new(
+            &[dest("api", &[80], 2), dest("empty", &[80], 0)],
+            "default",
+            None,
         );
-        assert_ne!(a, b);
-        assert_eq!(a, c);
+        let t = d.resolve_authority("api").unwrap();
+        let seen: std::collections::HashSet<_> = (0..50)
+            .map(|_| t.pick(None).unwrap().upstream.addr)
+            .collect();
+        assert_eq!(seen.len(), 2, "both endpoints are used");
         let e = d
             .resolve_authority("empty")
             .unwrap()
-            .endpoint()
+            .pick(None)
             .unwrap_err();
         assert!(matches!(e, ProxyError::NoEndpoints(_)));
     }

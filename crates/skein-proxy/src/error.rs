@@ -116,6 +116,22 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("proxy is shutting down; retry on another endpoint")]
     ShuttingDown,
+    /// A limit of the destination's BackendPolicy refused the request at once, rather
+    /// than let it queue.
+    #[error(
+        "skein: {service} is at its limit: {limit} {value} ({policy}) reached; \
+         retry after a second, or raise the limit"
+    )]
+    Overloaded {
+        /// The destination service.
+        service: String,
+        /// The BackendPolicy's `namespace/name`, or `the default BackendPolicy`.
+        policy: String,
+        /// The limit, as its field is written (`connectionPool.maxConcurrentRequests`).
+        limit: &'static str,
+        /// Its value.
+        value: u32,
+    },
 }
 
 impl ProxyError {
@@ -150,7 +166,9 @@ impl ProxyError {
         use http::StatusCode as S;
         match self {
             ProxyError::UnknownService(_) | ProxyError::UnknownPort { .. } => S::BAD_GATEWAY,
-            ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown => S::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::ShuttingDown
+            | ProxyError::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
             ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
             ProxyError::PortNotServed(..)
@@ -183,12 +201,13 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::Overloaded { .. } => "overloaded",
         }
     }
 
     /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
     /// without trusting its text as a label.
-    pub const REASONS: [&'static str; 16] = [
+    pub const REASONS: [&'static str; 17] = [
         "unknown_service",
         "unknown_port",
         "no_endpoints",
@@ -205,6 +224,7 @@ impl ProxyError {
         "bad_request",
         "timeout",
         "shutting_down",
+        "overloaded",
     ];
 
     /// The reason a `skein-error` header names, or `other` for one this proxy does not
@@ -274,12 +294,47 @@ impl ProxyError {
                 headers.insert(crate::http::headers::DENIED_BY, v);
             }
         }
+        if let ProxyError::Overloaded { policy, limit, .. } = self {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&format!("{policy} {limit}")) {
+                headers.insert(crate::http::headers::LIMITED_BY, v);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overload_refusal_names_its_policy_and_limit_and_asks_to_come_back() {
+        let e = ProxyError::Overloaded {
+            service: "api".into(),
+            policy: "default/api".into(),
+            limit: "connectionPool.maxConcurrentRequests",
+            value: 10,
+        };
+        let resp = e.to_response();
+        assert_eq!(resp.status(), 503);
+        let h = resp.headers();
+        assert_eq!(h["retry-after"], "1");
+        assert_eq!(h["skein-error"], "overloaded");
+        assert_eq!(
+            h["skein-limited-by"],
+            "default/api connectionPool.maxConcurrentRequests"
+        );
+        assert!(e.to_string().contains(
+            "api is at its limit: connectionPool.maxConcurrentRequests 10 (default/api) reached"
+        ));
+        let grpc = e.to_grpc_response();
+        assert_eq!(grpc.headers()["grpc-status"], "14", "UNAVAILABLE");
+        assert_eq!(grpc.headers()["retry-after"], "1");
+        assert!(ProxyError::REASONS.contains(&"overloaded"));
+    }
 
     #[test]
     fn errors_say_what_to_do_and_map_to_statuses() {

@@ -12,6 +12,7 @@
 //! connect.
 
 pub mod admin;
+pub mod balance;
 pub mod connect;
 pub mod control;
 pub mod destinations;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod io;
+pub mod limit;
 pub mod metrics;
 pub mod outbound;
 pub mod request;
@@ -129,7 +131,8 @@ impl Ctx {
         if fixed(&current) != fixed(&next) {
             return Err(ApplyError::Restart);
         }
-        self.state.store(State::new(next));
+        let current = self.state();
+        self.state.store(State::new(next, Some(&current)));
         Ok(())
     }
 }
@@ -210,7 +213,7 @@ impl RunningProxy {
             Arc::new(identity::PeerConnector::new(identity.clone()));
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
         let ctx = Arc::new(Ctx {
-            state: StateCell::new(State::new(config)),
+            state: StateCell::new(State::new(config, None)),
             metrics: Arc::new(Metrics::new()),
             peers: H2Pool::new(peer_connector),
             app_h1: H1Pool::new(app_connector.clone()),

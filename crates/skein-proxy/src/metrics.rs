@@ -84,6 +84,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels for outlier ejections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    /// The destination service.
+    pub service: String,
+    /// The endpoint's address.
+    pub endpoint: String,
+}
+
 /// Labels for per-direction counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabels {
@@ -104,6 +113,8 @@ pub struct Metrics {
     pub errors: Family<ReasonLabels, Counter>,
     /// Route retries, by result (`sent`, `budget_exhausted`).
     pub retries: Family<ResultLabels, Counter>,
+    /// Endpoints ejected by outlier detection, by destination service and endpoint.
+    pub ejections: Family<EjectionLabels, Counter>,
     /// Connections whose protocol was decided by the detection timeout.
     pub detect_timeouts: Family<DirLabels, Counter>,
     /// 1 while a control-plane stream is open.
@@ -174,6 +185,7 @@ impl Metrics {
             telemetry: Default::default(),
             errors: Family::default(),
             retries: Family::default(),
+            ejections: Family::default(),
             detect_timeouts: Family::default(),
             control_connected: Gauge::default(),
             summaries_dropped: Counter::default(),
@@ -242,6 +254,11 @@ impl Metrics {
             "identity_cert_requests",
             "Workload certificate requests to the control plane, by result",
             m.cert_renewals.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection (BackendPolicy outlierDetection), by destination service and endpoint",
+            m.ejections.clone(),
         );
         registry.register(
             "authz_decisions",
@@ -361,6 +378,16 @@ impl Metrics {
         self.retries
             .get_or_create(&ResultLabels {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one ejection of `endpoint` of `service`.
+    pub fn ejection(&self, service: &str, endpoint: std::net::SocketAddr) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                service: service.to_string(),
+                endpoint: endpoint.to_string(),
             })
             .inc();
     }

@@ -6,16 +6,15 @@
 //! at most [`MAX_REPLAY_BYTES`] (or absent), so it is held in memory for the tries. Any
 //! other request is sent once, as if the rule had no `retry`.
 //!
-//! The budget (per destination service, per proxy) follows the shape of `BackendPolicy`'s
-//! `retryBudget` with its defaults: every original request earns `ratio` of a retry, and
-//! `minPerSecond` retries per second are always allowed, so a failing backend sees at
-//! most about `1 + ratio` times the load instead of `1 + attempts` times. `BackendPolicy`
-//! does not reach proxies yet, so every destination has the defaults (20 %, 10/s).
+//! The budget (per destination service, per proxy) is the destination's `BackendPolicy`
+//! `retryBudget`: over the last `ttl`, retries may number `ratio` × the original requests
+//! plus `minPerSecond` × `ttl`, so a failing backend sees at most about `1 + ratio` times
+//! the load instead of `1 + attempts` times. The window is kept in ten slots of `ttl`/10.
 
-use skein_model::resource::RouteRetry;
+use skein_model::resource::{RetryBudget, RouteRetry};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest request body held for retries; larger or unknown-length bodies are
 /// streamed and not retried.
@@ -53,82 +52,89 @@ pub fn replayable(end_of_stream: bool, exact_len: Option<u64>) -> bool {
     end_of_stream || exact_len.is_some_and(|n| n <= MAX_REPLAY_BYTES)
 }
 
-/// Retries allowed per destination service: `ratio` per original request plus
-/// `min_per_second`, saved up to ten seconds of the minimum plus a hundred earned. Kept
-/// in thousandths of a retry, so that sums are exact.
+/// Retries allowed per destination service, by its `retryBudget`: in the last `ttl`,
+/// `ratio` × original requests + `minPerSecond` × `ttl` − retries already made.
+#[derive(Default)]
 pub struct Budget {
-    /// Thousandths earned per original request.
-    per_request: u64,
-    /// Thousandths earned per millisecond (= retries per second).
-    per_ms: u64,
-    cap: u64,
-    services: Mutex<HashMap<String, Bucket>>,
+    services: Mutex<HashMap<String, Window>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    milli: u64,
-    last: Instant,
+/// Slots a window is cut into.
+const SLOTS: usize = 10;
+
+/// Requests and retries in the last `ttl`, in [`SLOTS`] slots.
+#[derive(Debug, Clone)]
+struct Window {
+    requests: [u64; SLOTS],
+    retries: [u64; SLOTS],
+    /// The slot `now` falls in, and when it began.
+    current: usize,
+    began: Instant,
 }
 
-impl Default for Budget {
-    /// `BackendPolicy`'s defaults: 20 % plus 10 per second.
-    fn default() -> Self {
-        Budget::new(0.2, 10)
+impl Window {
+    fn new(now: Instant) -> Self {
+        Window {
+            requests: [0; SLOTS],
+            retries: [0; SLOTS],
+            current: 0,
+            began: now,
+        }
+    }
+
+    /// Moves the window to `now`, clearing the slots that fell out of it.
+    fn advance(&mut self, now: Instant, ttl: Duration) {
+        let slot = (ttl / SLOTS as u32).max(Duration::from_millis(1));
+        let mut steps = 0;
+        while now.saturating_duration_since(self.began) >= slot && steps <= SLOTS {
+            self.current = (self.current + 1) % SLOTS;
+            self.requests[self.current] = 0;
+            self.retries[self.current] = 0;
+            self.began += slot;
+            steps += 1;
+        }
+        if steps > SLOTS {
+            // Idle for longer than the window: start afresh.
+            *self = Window::new(now);
+        }
     }
 }
 
 impl Budget {
-    /// A budget of `ratio` retries per request plus `min_per_second`.
-    pub fn new(ratio: f64, min_per_second: u32) -> Self {
-        let per_request = (ratio.clamp(0.0, 1.0) * 1000.0).round() as u64;
-        let per_ms = u64::from(min_per_second);
-        Budget {
-            per_request,
-            per_ms,
-            cap: per_ms * 10_000 + per_request * 100,
-            services: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn with<T>(&self, service: &str, now: Instant, f: impl FnOnce(&mut u64) -> T) -> T {
+    fn with<T>(
+        &self,
+        service: &str,
+        ttl: Duration,
+        now: Instant,
+        f: impl FnOnce(&mut Window) -> T,
+    ) -> T {
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
         // Look up before inserting, so that the name is copied once per service, not
         // once per request.
         if !services.contains_key(service) {
-            services.insert(
-                service.to_string(),
-                Bucket {
-                    // A new service starts with one second of the minimum.
-                    milli: (self.per_ms * 1000).min(self.cap),
-                    last: now,
-                },
-            );
+            services.insert(service.to_string(), Window::new(now));
         }
-        let Some(bucket) = services.get_mut(service) else {
+        let Some(window) = services.get_mut(service) else {
             unreachable!("inserted above")
         };
-        let elapsed_ms = now.saturating_duration_since(bucket.last).as_millis() as u64;
-        if elapsed_ms > 0 {
-            bucket.milli = (bucket.milli + elapsed_ms * self.per_ms).min(self.cap);
-            bucket.last = now;
-        }
-        let out = f(&mut bucket.milli);
-        bucket.milli = bucket.milli.min(self.cap);
-        out
+        window.advance(now, ttl);
+        f(window)
     }
 
     /// An original request to `service` (one that may be retried) earns its share.
-    pub fn deposit(&self, service: &str, now: Instant) {
-        let earned = self.per_request;
-        self.with(service, now, |m| *m += earned);
+    pub fn deposit(&self, service: &str, budget: &RetryBudget, now: Instant) {
+        self.with(service, budget.ttl, now, |w| w.requests[w.current] += 1);
     }
 
-    /// Takes one retry for `service`, if the budget has one.
-    pub fn withdraw(&self, service: &str, now: Instant) -> bool {
-        self.with(service, now, |m| {
-            if *m >= 1000 {
-                *m -= 1000;
+    /// Takes one retry for `service`, if its budget has one.
+    pub fn withdraw(&self, service: &str, budget: &RetryBudget, now: Instant) -> bool {
+        self.with(service, budget.ttl, now, |w| {
+            let requests: u64 = w.requests.iter().sum();
+            let retries: u64 = w.retries.iter().sum();
+            let allowed = budget.ratio.clamp(0.0, 1.0) * requests as f64
+                + f64::from(budget.min_per_second) * budget.ttl.as_secs_f64();
+            if (retries as f64) + 1.0 <= allowed {
+                w.retries[w.current] += 1;
                 true
             } else {
                 false
@@ -140,7 +146,6 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn retry(attempts: u32, codes: &[u16]) -> RouteRetry {
         RouteRetry {
@@ -182,35 +187,50 @@ mod tests {
         assert!(!replayable(false, None), "unknown length (chunked)");
     }
 
-    #[test]
-    fn the_budget_allows_the_minimum_plus_the_ratio() {
-        let b = Budget::new(0.2, 10);
-        let t0 = Instant::now();
-        // Ten retries a second are always allowed...
-        let mut granted = (0..50).filter(|_| b.withdraw("web", t0)).count();
-        assert_eq!(granted, 10);
-        // ...and 100 requests earn 20 more.
-        for _ in 0..100 {
-            b.deposit("web", t0);
+    fn budget(ratio: f64, min_per_second: u32, ttl_secs: u64) -> RetryBudget {
+        RetryBudget {
+            ratio,
+            min_per_second,
+            ttl: Duration::from_secs(ttl_secs),
         }
-        granted = (0..50).filter(|_| b.withdraw("web", t0)).count();
-        assert_eq!(granted, 20);
-        // Time refills the minimum; other services have their own.
-        let later = t0 + Duration::from_millis(500);
-        granted = (0..50).filter(|_| b.withdraw("web", later)).count();
-        assert_eq!(granted, 5);
-        assert!(b.withdraw("api", t0));
     }
 
     #[test]
-    fn savings_are_capped() {
-        let b = Budget::new(0.2, 10);
+    fn the_budget_allows_the_minimum_plus_the_ratio_over_the_ttl() {
+        let b = Budget::default();
+        let p = budget(0.2, 1, 10);
         let t0 = Instant::now();
-        let much_later = t0 + Duration::from_secs(3600);
-        for _ in 0..10_000 {
-            b.deposit("web", t0);
+        // One retry a second, over ten seconds, is always allowed...
+        let mut granted = (0..50).filter(|_| b.withdraw("web", &p, t0)).count();
+        assert_eq!(granted, 10);
+        // ...and 100 requests earn 20 more.
+        for _ in 0..100 {
+            b.deposit("web", &p, t0);
         }
-        let granted = (0..1000).filter(|_| b.withdraw("web", much_later)).count();
-        assert_eq!(granted, 120, "10 s of the minimum plus 100 × 0.2");
+        granted = (0..50).filter(|_| b.withdraw("web", &p, t0)).count();
+        assert_eq!(granted, 20);
+        // Other services have their own.
+        assert!(b.withdraw("api", &p, t0));
+        // Past the ttl, what was earned and spent has left the window.
+        let later = t0 + Duration::from_secs(11);
+        granted = (0..50).filter(|_| b.withdraw("web", &p, later)).count();
+        assert_eq!(granted, 10, "only the minimum again");
+    }
+
+    #[test]
+    fn a_zero_budget_allows_nothing_and_the_defaults_allow_a_fifth() {
+        let b = Budget::default();
+        let t0 = Instant::now();
+        let none = budget(0.0, 0, 10);
+        for _ in 0..100 {
+            b.deposit("x", &none, t0);
+        }
+        assert!(!b.withdraw("x", &none, t0));
+        let defaults = RetryBudget::default();
+        for _ in 0..1000 {
+            b.deposit("y", &defaults, t0);
+        }
+        let granted = (0..1000).filter(|_| b.withdraw("y", &defaults, t0)).count();
+        assert_eq!(granted, 200 + 100, "20 % of 1000, plus 10/s over 10 s");
     }
 }

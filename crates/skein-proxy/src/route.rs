@@ -1,77 +1,181 @@
 //! HTTP route selection (Gateway API HTTPRoute semantics, pure): the first rule with a
 //! match that fits the request wins, then a backend is chosen by weight.
 //!
-//! Matching: path `Exact` or `PathPrefix` (on `/` boundaries: `/menu` matches `/menu`,
-//! `/menu/` and `/menu/1`, not `/menus`), headers (exact; names case-insensitive), query
-//! parameters (exact), method. All conditions of one match must hold; any match of a rule
-//! selects it. Regular-expression matches never match here (no regex engine yet), although
-//! the control plane accepts them; docs/resources.md says so.
+//! Matching: path `Exact`, `PathPrefix` (on `/` boundaries: `/menu` matches `/menu`,
+//! `/menu/` and `/menu/1`, not `/menus`) or `RegularExpression`; headers (names
+//! case-insensitive), query parameters and cookies (by name, whatever other cookies the
+//! request carries), each `Exact` or `RegularExpression`; method. Regular expressions
+//! use RE2 syntax (linear-time, no back-references), match the whole path or value, and
+//! are compiled once per configuration with a size limit
+//! ([`skein_model::resource::compile_regex`]). All conditions of one match must hold;
+//! any match of a rule selects it; a rule with no match it can read never applies.
 
-use skein_model::resource::{BackendRef, PathMatchType, RouteMatch, RouteRule, ValueMatchType};
+use http::HeaderName;
+use regex::Regex;
+use skein_model::resource::{
+    compile_regex, BackendRef, HeaderMatch, PathMatchType, RouteMatch, RouteRule, ValueMatchType,
+};
 use skein_model::DestinationRoute;
 
-/// The rule that handles a request, and where it is written (for diagnostics).
-#[derive(Debug, Clone, Copy)]
-pub struct Selected<'a> {
-    /// The HTTPRoute.
-    pub route: &'a DestinationRoute,
-    /// The HTTPRoute's index among the destination's routes.
-    pub route_index: usize,
-    /// The rule's index in it.
-    pub index: usize,
-    /// The rule.
-    pub rule: &'a RouteRule,
+/// A destination's HTTPRoutes compiled for matching (same order as the routes).
+#[derive(Debug, Default)]
+pub struct Table {
+    routes: Vec<CompiledRoute>,
 }
 
-/// The rule of `routes` that handles a request to `port`, if any.
-pub fn select<'a, B>(
-    routes: &'a [DestinationRoute],
-    port: u16,
-    req: &http::Request<B>,
-) -> Option<Selected<'a>> {
-    routes
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.port.is_none_or(|p| p == port))
-        .flat_map(|(route_index, route)| {
-            route
-                .rules
+#[derive(Debug)]
+struct CompiledRoute {
+    port: Option<u16>,
+    /// Per rule, its matches.
+    rules: Vec<Vec<Matcher>>,
+}
+
+#[derive(Debug)]
+struct Matcher {
+    path: Cond,
+    prefix: bool,
+    method: Option<http::Method>,
+    headers: Vec<(HeaderName, Cond)>,
+    query: Vec<(String, Cond)>,
+    cookies: Vec<(String, Cond)>,
+}
+
+/// One compiled condition on a value.
+#[derive(Debug)]
+enum Cond {
+    Exact(String),
+    Regex(Regex),
+    /// A condition that could not be compiled (never the case for a validated
+    /// configuration): it never holds.
+    Never,
+}
+
+impl Cond {
+    fn new(kind: ValueMatchType, value: &str) -> Cond {
+        match kind {
+            ValueMatchType::Exact => Cond::Exact(value.to_string()),
+            ValueMatchType::RegularExpression => regex_cond(value),
+        }
+    }
+
+    fn holds(&self, value: &[u8]) -> bool {
+        match self {
+            Cond::Exact(want) => want.as_bytes() == value,
+            Cond::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+            Cond::Never => false,
+        }
+    }
+}
+
+fn regex_cond(pattern: &str) -> Cond {
+    match compile_regex(pattern) {
+        Ok(re) => Cond::Regex(re),
+        Err(e) => {
+            tracing::warn!(pattern, error = %e, "route regular expression not compiled; its match never fits");
+            Cond::Never
+        }
+    }
+}
+
+impl Matcher {
+    fn new(m: &RouteMatch) -> Matcher {
+        let path = match m.path.kind {
+            PathMatchType::Exact => Cond::Exact(m.path.value.clone()),
+            PathMatchType::PathPrefix => {
+                Cond::Exact(m.path.value.trim_end_matches('/').to_string())
+            }
+            PathMatchType::RegularExpression => regex_cond(&m.path.value),
+        };
+        let values = |list: &[HeaderMatch]| -> Vec<(String, Cond)> {
+            list.iter()
+                .map(|h| (h.name.clone(), Cond::new(h.kind, &h.value)))
+                .collect()
+        };
+        Matcher {
+            path,
+            prefix: m.path.kind == PathMatchType::PathPrefix,
+            method: m.method.as_deref().and_then(|x| x.parse().ok()),
+            headers: m
+                .headers
                 .iter()
-                .enumerate()
-                .map(move |(index, rule)| Selected {
-                    route,
-                    route_index,
-                    index,
-                    rule,
+                .map(|h| match HeaderName::try_from(h.name.as_str()) {
+                    Ok(name) => (name, Cond::new(h.kind, &h.value)),
+                    Err(_) => (HeaderName::from_static("x-invalid"), Cond::Never),
                 })
-        })
-        .find(|s| s.rule.matches.iter().any(|m| matches(m, req)))
+                .collect(),
+            query: values(&m.query_params),
+            cookies: values(&m.cookies),
+        }
+    }
+
+    fn fits<B>(&self, req: &http::Request<B>) -> bool {
+        let path = req.uri().path();
+        let path_ok = match (&self.path, self.prefix) {
+            (Cond::Exact(prefix), true) => prefix_matches(prefix, path),
+            (cond, _) => cond.holds(path.as_bytes()),
+        };
+        path_ok
+            && self.method.as_ref().is_none_or(|m| req.method() == m)
+            && self.headers.iter().all(|(name, cond)| {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .any(|v| cond.holds(v.as_bytes()))
+            })
+            && self.query.iter().all(|(name, cond)| {
+                query_pairs(req.uri().query().unwrap_or(""))
+                    .any(|(k, v)| k == name && cond.holds(v.as_bytes()))
+            })
+            && self.cookies.iter().all(|(name, cond)| {
+                cookies(req.headers()).any(|(k, v)| k == name && cond.holds(v.as_bytes()))
+            })
+    }
 }
 
-/// Whether one match's conditions all hold.
-pub fn matches<B>(m: &RouteMatch, req: &http::Request<B>) -> bool {
-    let path = req.uri().path();
-    let path_ok = match m.path.kind {
-        PathMatchType::Exact => path == m.path.value,
-        PathMatchType::PathPrefix => prefix_matches(&m.path.value, path),
-        PathMatchType::RegularExpression => false,
-    };
-    path_ok
-        && m.method
-            .as_deref()
-            .is_none_or(|want| req.method().as_str() == want)
-        && m.headers.iter().all(|h| {
-            h.kind == ValueMatchType::Exact
-                && req
-                    .headers()
-                    .get_all(h.name.as_str())
+impl Table {
+    /// Compiles `routes`.
+    pub fn new(routes: &[DestinationRoute]) -> Table {
+        Table {
+            routes: routes
+                .iter()
+                .map(|r| CompiledRoute {
+                    port: r.port,
+                    rules: r
+                        .rules
+                        .iter()
+                        .map(|rule| rule.matches.iter().map(Matcher::new).collect())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The first rule (its route's index and its own) that handles a request to `port`.
+    pub fn select<B>(&self, port: u16, req: &http::Request<B>) -> Option<(usize, usize)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.port.is_none_or(|p| p == port))
+            .find_map(|(route, r)| {
+                let rule = r
+                    .rules
                     .iter()
-                    .any(|v| v.as_bytes() == h.value.as_bytes())
-        })
-        && m.query_params.iter().all(|q| {
-            q.kind == ValueMatchType::Exact
-                && query_pairs(req.uri().query().unwrap_or(""))
-                    .any(|(k, v)| k == q.name && v == q.value)
+                    .position(|matches| matches.iter().any(|m| m.fits(req)))?;
+                Some((route, rule))
+            })
+    }
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers.
+fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            Some((k.trim(), v.trim()))
         })
 }
 
@@ -150,7 +254,8 @@ mod tests {
 ";
 
     fn backend_of(routes: &[DestinationRoute], port: u16, r: &http::Request<()>) -> Option<String> {
-        select(routes, port, r).map(|s| s.rule.backend_refs[0].name.clone())
+        let (route, rule) = Table::new(routes).select(port, r)?;
+        Some(routes[route].rules[rule].backend_refs[0].name.clone())
     }
 
     #[test]
@@ -163,10 +268,9 @@ mod tests {
         );
         let admin = req("POST", "/admin", &[]);
         assert_eq!(backend_of(&routes, 8080, &admin).as_deref(), Some("admin"));
-        let selected = select(&routes, 8080, &admin).unwrap();
         assert_eq!(
-            (selected.route.name.as_str(), selected.index),
-            ("default/restaurant", 1),
+            Table::new(&routes).select(8080, &admin),
+            Some((0, 1)),
             "where the rule is written, for timeout errors"
         );
         assert_eq!(
@@ -214,8 +318,60 @@ mod tests {
     }
 
     #[test]
-    fn regex_matches_never_match_without_an_engine() {
-        let routes = rules("- rules: [{matches: [{path: {type: RegularExpression, value: '/.*'}}], backendRefs: [{name: x}]}]");
-        assert!(select(&routes, 80, &req("GET", "/a", &[])).is_none());
+    fn regular_expressions_match_whole_paths_and_values() {
+        let routes = rules(
+            "- rules:
+  - matches: [{path: {type: RegularExpression, value: '/menu/[0-9]+'}}]
+    backendRefs: [{name: by-path}]
+  - matches: [{headers: [{type: RegularExpression, name: user-agent, value: '.*Firefox.*'}]}]
+    backendRefs: [{name: by-header}]
+  - matches: [{queryParams: [{type: RegularExpression, name: v, value: '2|3'}]}]
+    backendRefs: [{name: by-query}]
+",
+        );
+        let of = |uri: &str, headers: &[(&str, &str)]| {
+            backend_of(&routes, 80, &req("GET", uri, headers))
+        };
+        assert_eq!(of("/menu/42", &[]).as_deref(), Some("by-path"));
+        assert_eq!(of("/menu/42/x", &[]), None, "anchored: the whole path");
+        assert_eq!(of("/x/menu/42", &[]), None, "anchored at the start too");
+        let ff = [("user-agent", "Mozilla/5.0 Firefox/120")];
+        assert_eq!(of("/", &ff).as_deref(), Some("by-header"));
+        assert_eq!(of("/?v=3", &[]).as_deref(), Some("by-query"));
+        assert_eq!(of("/?v=23", &[]), None);
+    }
+
+    #[test]
+    fn cookies_match_by_name_whatever_else_the_request_carries() {
+        let routes = rules(
+            "- rules:
+  - matches: [{cookies: [{name: beta, value: '1'}]}]
+    backendRefs: [{name: beta}]
+  - matches: [{cookies: [{type: RegularExpression, name: group, value: 'a|b'}]}]
+    backendRefs: [{name: ab}]
+",
+        );
+        let of = |cookie: &str| backend_of(&routes, 80, &req("GET", "/", &[("cookie", cookie)]));
+        assert_eq!(of("beta=1").as_deref(), Some("beta"));
+        assert_eq!(
+            of("session=xyz; beta=1; theme=dark").as_deref(),
+            Some("beta")
+        );
+        assert_eq!(of("session=xyz;beta=10"), None);
+        assert_eq!(of("notbeta=1"), None);
+        assert_eq!(of("x=1; group=b").as_deref(), Some("ab"));
+        let two_headers = req("GET", "/", &[("cookie", "a=1"), ("cookie", "beta=1")]);
+        assert_eq!(
+            backend_of(&routes, 80, &two_headers).as_deref(),
+            Some("beta"),
+            "HTTP/2 sends cookies apart"
+        );
+    }
+
+    #[test]
+    fn a_rule_without_a_readable_match_never_applies() {
+        let mut routes = rules("- rules: [{backendRefs: [{name: x}]}]");
+        routes[0].rules[0].matches.clear();
+        assert_eq!(backend_of(&routes, 80, &req("GET", "/", &[])), None);
     }
 }

@@ -25,9 +25,14 @@ pub struct State {
 }
 
 impl State {
-    /// Builds the destination table for `config`.
-    pub fn new(config: ProxyConfig) -> Self {
-        let destinations = Destinations::new(&config.destinations, &config.workload.namespace);
+    /// Builds the destination table for `config`, keeping what `previous` (the state it
+    /// replaces) learnt about endpoints and holds in its limiters.
+    pub fn new(config: ProxyConfig, previous: Option<&State>) -> Self {
+        let destinations = Destinations::new(
+            &config.destinations,
+            &config.workload.namespace,
+            previous.map(|p| &p.destinations),
+        );
         let service =
             crate::telemetry::Named::new(&config.workload.namespace, &config.workload.service);
         State {
@@ -85,9 +90,9 @@ mod tests {
 
     #[test]
     fn config_and_destinations_swap_together() {
-        let cell = StateCell::new(State::new(config("a")));
+        let cell = StateCell::new(State::new(config("a"), None));
         let before = cell.load();
-        cell.store(State::new(config("b")));
+        cell.store(State::new(config("b"), Some(&before)));
         assert!(before.destinations.resolve("a", 80).is_ok());
         assert!(cell.load().destinations.resolve("a", 80).is_err());
         assert!(cell.load().destinations.resolve("b", 80).is_ok());

@@ -64,6 +64,11 @@ struct State {
     hits: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
     token: CancellationToken,
+    /// Added before every response, in milliseconds (see [`HttpBackend::set_delay`]).
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Requests being handled now, and the most ever at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl State {
@@ -133,6 +138,9 @@ impl HttpBackend {
             hits: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             token: token.clone(),
+            delay_ms: Default::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let handler_state = state.clone();
         let handler: Handler = Arc::new(move |req| Box::pin(handle(handler_state.clone(), req)));
@@ -143,6 +151,18 @@ impl HttpBackend {
             state,
             _stop: token.drop_guard(),
         })
+    }
+
+    /// Delays every response by `delay` from now on (a slow endpoint; zero: none).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most requests the backend has handled at once (from arrival until its handler
+    /// returned the response head).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// The address the backend listens on (with the real port when started on port 0).
@@ -177,6 +197,24 @@ fn pattern_range(start: usize, end: usize) -> Vec<u8> {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    // Counted out however the handler ends (a cancelled request drops it).
+    struct Out<'a>(&'a AtomicUsize);
+    impl Drop for Out<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _out = Out(&state.in_flight);
+    respond(&state, req).await
+}
+
+async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let index = state.record(&req);
     let get = req.method() == Method::GET;
     let path = req.uri().path().to_owned();
@@ -198,9 +236,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
             }
             None => bad_request("expected /slow?ms=<millis>"),
         },
-        "/ws" if get && is_websocket_upgrade(&req) => websocket_response(&state, req),
+        "/ws" if get && is_websocket_upgrade(&req) => websocket_response(state, req),
         p if get && p.starts_with("/status/") => status_response(&p["/status/".len()..]),
-        _ => echo_response(state, index, req),
+        _ => echo_response(state.clone(), index, req),
     }
 }
 

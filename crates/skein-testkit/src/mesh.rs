@@ -128,6 +128,7 @@ impl MeshSpec {
                 }],
                 routes: Vec::new(),
                 identities: Vec::new(),
+                policies: Vec::new(),
             })
             .collect();
         let upstreams = self

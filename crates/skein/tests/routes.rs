@@ -360,11 +360,18 @@ spec:
 async fn route_retries_carry_requests_past_a_dead_endpoint() {
     skein_testkit::init_tracing();
     let (control, dir) = control_at(177).await;
+    // Round robin without ejection, so that the dead endpoint keeps taking its share and
+    // only retries carry requests past it (resilience.rs tests ejection and peak-EWMA).
     let resources = format!(
         "apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {{name: menu}}
 spec: {{selector: {{app: menu}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: menu}}
+spec: {{targetRef: {{name: menu}}, loadBalancer: round-robin, outlierDetection: {{maxEjectionPercent: 0}}}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -415,8 +422,8 @@ spec:
     );
 
     // With `retry`, each is sent again to the other endpoint, body and all: none fails.
-    // A retry does not move the round robin, so only the requests that meet the dead
-    // endpoint are retried, well within the budget (`retry.rs` tests the budget itself).
+    // Only the requests that meet the dead endpoint are retried, well within the budget
+    // (`retry.rs` tests the budget itself).
     let served_before = alive.hits();
     for i in 0..20 {
         let (status, body) = send(&[], "two soups").await;
@@ -706,7 +713,14 @@ async fn a_weight_shift_under_load_leaves_the_old_backend_within_a_second() {
 async fn a_withdrawn_endpoint_gets_no_request_from_an_open_connection() {
     skein_testkit::init_tracing();
     let (control, dir) = control_at(30).await;
-    apply(&control, &service_doc("menu", PORT, "http")).await;
+    let round_robin =
+        "apiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: menu}\n\
+                       spec: {targetRef: {name: menu}, loadBalancer: round-robin}\n";
+    apply(
+        &control,
+        &format!("{}{round_robin}", service_doc("menu", PORT, "http")),
+    )
+    .await;
     let main = HttpBackend::start(SocketAddr::new(loopback(31), PORT))
         .await
         .unwrap();

@@ -41,24 +41,42 @@ pub enum LoadBalancer {
     LeastRequest,
 }
 
-/// Connection and queue limits towards the service, per caller proxy.
+/// Connection and request limits towards the service, per caller proxy. Requests beyond
+/// them are refused at once by the caller's proxy (503 with `skein-error: overloaded` and
+/// `Retry-After`; gRPC `UNAVAILABLE`), never queued without bound.
+///
+/// Between proxies, HTTP requests share one multiplexed HTTP/2 connection per endpoint,
+/// so `maxConcurrentRequests` bounds requests and `maxConnections` bounds the opaque
+/// TCP (and upgraded WebSocket) connections the application holds to the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPool {
-    /// Most connections open to the service's endpoints; 1 to 1000000. Default 1024.
+    /// Most opaque TCP and upgraded connections open to the service; 1 to 1000000.
+    /// Default 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Most requests waiting for a connection or stream; beyond it requests fail fast
-    /// with 503. 0 to 1000000. Default 256.
+    /// Most HTTP requests (and gRPC calls) in flight to the service; 1 to 1000000.
+    /// Default 10000.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: u32,
+    /// Most requests waiting for one of `maxConcurrentRequests` to finish; beyond it
+    /// requests fail at once with 503. 0 to 1000000 (0: none wait). Default 256.
     #[serde(default = "default_max_pending")]
     pub max_pending_requests: u32,
+    /// Most requests in flight to any one endpoint; an endpoint at its limit is not
+    /// picked, and when every endpoint is, the request is refused. 1 to 1000000.
+    /// Default: no per-endpoint limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_endpoint: Option<u32>,
 }
 
 impl Default for ConnectionPool {
     fn default() -> Self {
         ConnectionPool {
             max_connections: default_max_connections(),
+            max_concurrent_requests: default_max_concurrent(),
             max_pending_requests: default_max_pending(),
+            max_requests_per_endpoint: None,
         }
     }
 }
@@ -67,15 +85,18 @@ impl Default for ConnectionPool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
-    /// Consecutive 5xx responses (or connection failures) that eject an endpoint; 1 to
-    /// 1000. Default 5.
+    /// Consecutive failures that eject an endpoint: 5xx responses from it, and requests
+    /// the mesh could not deliver to it (connection refused or reset, TLS failure, try
+    /// timeout); 1 to 1000. Default 5.
     #[serde(default = "default_consecutive_5xx", rename = "consecutive5xx")]
     pub consecutive_5xx: u32,
-    /// How often ejections are reviewed; 100ms to 1h. Default `5s`.
+    /// How long an endpoint must stay healthy after an ejection for its next ejection to
+    /// be one step shorter again; 100ms to 1h. Default `5s`.
     #[serde(default = "default_interval", with = "crate::duration")]
     pub interval: Duration,
-    /// First ejection's length, multiplied by the number of ejections; 1s to 1h.
-    /// Default `30s`.
+    /// First ejection's length, multiplied by the number of ejections in a row; 1s to 1h
+    /// (an ejection never lasts longer than 10 × this or 1h). Default `30s`. After an
+    /// ejection the endpoint is on probation: one failure ejects it again.
     #[serde(default = "default_base_ejection", with = "crate::duration")]
     pub base_ejection_time: Duration,
     /// Most endpoints ejected at once, in percent; 0 to 100 (0 turns ejection off).
@@ -105,6 +126,10 @@ pub struct RetryBudget {
     /// Retries always allowed per second, whatever the ratio; 0 to 100000. Default 10.
     #[serde(default = "default_min_per_second")]
     pub min_per_second: u32,
+    /// How long a request counts towards the ratio (and unspent minimum is saved); 1s to
+    /// 60s. Default `10s`.
+    #[serde(default = "default_ttl", with = "crate::duration")]
+    pub ttl: Duration,
 }
 
 impl Default for RetryBudget {
@@ -112,6 +137,7 @@ impl Default for RetryBudget {
         RetryBudget {
             ratio: default_ratio(),
             min_per_second: default_min_per_second(),
+            ttl: default_ttl(),
         }
     }
 }
@@ -127,6 +153,20 @@ impl BackendPolicySpec {
             pool.max_connections,
             "1 to 1000000",
         );
+        p.check(
+            (1..=1_000_000).contains(&pool.max_concurrent_requests),
+            "spec.connectionPool.maxConcurrentRequests",
+            pool.max_concurrent_requests,
+            "1 to 1000000",
+        );
+        if let Some(n) = pool.max_requests_per_endpoint {
+            p.check(
+                (1..=1_000_000).contains(&n),
+                "spec.connectionPool.maxRequestsPerEndpoint",
+                n,
+                "1 to 1000000",
+            );
+        }
         p.check(
             pool.max_pending_requests <= 1_000_000,
             "spec.connectionPool.maxPendingRequests",
@@ -177,6 +217,13 @@ impl BackendPolicySpec {
             budget.min_per_second,
             "0 to 100000",
         );
+        p.duration(
+            "spec.retryBudget.ttl",
+            budget.ttl,
+            second,
+            Duration::from_secs(60),
+            "a duration from 1s to 60s",
+        );
     }
 }
 
@@ -185,6 +232,12 @@ fn default_max_connections() -> u32 {
 }
 fn default_max_pending() -> u32 {
     256
+}
+fn default_max_concurrent() -> u32 {
+    10_000
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_consecutive_5xx() -> u32 {
     5
@@ -225,7 +278,7 @@ mod tests {
         assert_eq!(spec.retry_budget, RetryBudget::default());
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
-            r#"{"targetRef":{"group":"","kind":"Service","name":"web"},"loadBalancer":"ewma","connectionPool":{"maxConnections":1024,"maxPendingRequests":256},"outlierDetection":{"consecutive5xx":5,"interval":"5s","baseEjectionTime":"30s","maxEjectionPercent":50},"retryBudget":{"ratio":0.2,"minPerSecond":10}}"#
+            r#"{"targetRef":{"group":"","kind":"Service","name":"web"},"loadBalancer":"ewma","connectionPool":{"maxConnections":1024,"maxConcurrentRequests":10000,"maxPendingRequests":256},"outlierDetection":{"consecutive5xx":5,"interval":"5s","baseEjectionTime":"30s","maxEjectionPercent":50},"retryBudget":{"ratio":0.2,"minPerSecond":10,"ttl":"10s"}}"#
         );
         // A part given in part keeps the defaults of the rest.
         let spec: BackendPolicySpec = serde_yaml_ng::from_str(
@@ -242,12 +295,14 @@ mod tests {
     fn every_bound() {
         assert_eq!(
             problems(
-                "{targetRef: {name: web}, connectionPool: {maxConnections: 0, maxPendingRequests: 1000001}, \
+                "{targetRef: {name: web}, connectionPool: {maxConnections: 0, maxConcurrentRequests: 0, maxPendingRequests: 1000001, maxRequestsPerEndpoint: 0}, \
                  outlierDetection: {consecutive5xx: 0, interval: 50ms, baseEjectionTime: 2h, maxEjectionPercent: 101}, \
-                 retryBudget: {ratio: 1.5, minPerSecond: 100001}}"
+                 retryBudget: {ratio: 1.5, minPerSecond: 100001, ttl: 61s}}"
             ),
             [
                 "spec.connectionPool.maxConnections: \"0\" is not accepted; expected 1 to 1000000",
+                "spec.connectionPool.maxConcurrentRequests: \"0\" is not accepted; expected 1 to 1000000",
+                "spec.connectionPool.maxRequestsPerEndpoint: \"0\" is not accepted; expected 1 to 1000000",
                 "spec.connectionPool.maxPendingRequests: \"1000001\" is not accepted; expected 0 to 1000000",
                 "spec.outlierDetection.consecutive5xx: \"0\" is not accepted; expected 1 to 1000",
                 "spec.outlierDetection.interval: \"50ms\" is not accepted; expected a duration from 100ms to 1h",
@@ -255,6 +310,7 @@ mod tests {
                 "spec.outlierDetection.maxEjectionPercent: \"101\" is not accepted; expected 0 to 100 (percent)",
                 "spec.retryBudget.ratio: \"1.5\" is not accepted; expected a fraction from 0 to 1, e.g. 0.2",
                 "spec.retryBudget.minPerSecond: \"100001\" is not accepted; expected 0 to 100000",
+                "spec.retryBudget.ttl: \"61s\" is not accepted; expected a duration from 1s to 60s",
             ]
         );
     }

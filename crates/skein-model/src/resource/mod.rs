@@ -35,8 +35,9 @@ pub use parse::parse_documents;
 pub use policy::{AuthorizationPolicySpec, AuthorizationRule, Operation, Source, TargetRef};
 pub use problem::{Cause, ResourceProblem};
 pub use route::{
-    BackendRef, HeaderMatch, HttpRouteSpec, ParentRef, PathMatch, PathMatchType, QueryParamMatch,
-    RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
+    compile_regex, BackendRef, HeaderMatch, HttpRouteSpec, ParentRef, PathMatch, PathMatchType,
+    QueryParamMatch, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
+    REGEX_SIZE_LIMIT,
 };
 pub use service::{ServicePort, ServiceSpec};
 pub use unenforced::unenforced;

@@ -98,6 +98,10 @@ pub struct RouteMatch {
     /// The HTTP method (`GET`, `POST`, …). Default: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Cookie conditions, by cookie name, whatever other cookies the request carries (a
+    /// Skein extension: Gateway API can only match the whole `Cookie` header); at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<HeaderMatch>,
 }
 
 impl Default for RouteMatch {
@@ -108,8 +112,27 @@ impl Default for RouteMatch {
             headers: Vec::new(),
             query_params: Vec::new(),
             method: None,
+            cookies: Vec::new(),
         }
     }
+}
+
+/// The largest compiled program of one route regular expression, in bytes.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Compiles a route regular expression as proxies match it: RE2 syntax (no look-around
+/// or back-references, so matching is linear in the input), anchored to the whole path
+/// or value, at most [`REGEX_SIZE_LIMIT`] compiled. The error is one line.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(2 * REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            let words: Vec<&str> = text.split_whitespace().collect();
+            words.join(" ")
+        })
 }
 
 /// A condition on the request path.
@@ -345,7 +368,8 @@ impl HttpRouteSpec {
 }
 
 impl RouteRule {
-    fn validate(&self, p: &mut Problems, at: &str) {
+    /// Checks the rule; `at` is its path (`spec.rules[0]`).
+    pub(crate) fn validate(&self, p: &mut Problems, at: &str) {
         if let Some(name) = &self.name {
             p.dns_label(format!("{at}.name"), name);
         }
@@ -404,12 +428,13 @@ impl RouteMatch {
             PathMatchType::Exact | PathMatchType::PathPrefix => {
                 p.check(is_clean_path(path), path_at, path, CLEAN_PATH);
             }
-            PathMatchType::RegularExpression => p.check(
-                !path.is_empty() && path.len() <= 1024,
-                path_at,
-                path,
-                "a regular expression of 1-1024 characters",
-            ),
+            PathMatchType::RegularExpression => {
+                if path.is_empty() || path.len() > 1024 {
+                    p.add(path_at, path, "a regular expression of 1-1024 characters");
+                } else if let Err(why) = compile_regex(path) {
+                    p.add(path_at, path, &regex_expected(&why));
+                }
+            }
         }
         p.max_items(&format!("{at}.headers"), self.headers.len(), MAX_CONDITIONS);
         for (i, h) in self.headers.iter().enumerate() {
@@ -448,7 +473,27 @@ impl RouteMatch {
         if let Some(method) = &self.method {
             p.method(format!("{at}.method"), method);
         }
+        p.max_items(&format!("{at}.cookies"), self.cookies.len(), MAX_CONDITIONS);
+        for (i, c) in self.cookies.iter().enumerate() {
+            let c_at = format!("{at}.cookies[{i}]");
+            p.check(
+                is_http_token(&c.name),
+                format!("{c_at}.name"),
+                &c.name,
+                "a cookie name (an HTTP token)",
+            );
+            let repeated = self.cookies[..i].iter().any(|e| e.name == c.name);
+            let expected = "each cookie name once per match";
+            p.check(!repeated, format!("{c_at}.name"), &c.name, expected);
+            check_match_value(p, &c_at, c);
+        }
     }
+}
+
+fn regex_expected(why: &str) -> String {
+    format!(
+        "a regular expression in RE2 syntax (matched against the whole value; no look-around or back-references; compiled size at most 256 KiB); this one fails: {why}"
+    )
 }
 
 impl RouteRetry {
@@ -517,6 +562,11 @@ fn check_match_value(p: &mut Problems, at: &str, m: &HeaderMatch) {
     };
     let ok = !m.value.is_empty() && m.value.len() <= 4096;
     p.check(ok, format!("{at}.value"), &m.value, expected);
+    if ok && m.kind == ValueMatchType::RegularExpression {
+        if let Err(why) = compile_regex(&m.value) {
+            p.add(format!("{at}.value"), &m.value, &regex_expected(&why));
+        }
+    }
 }
 
 /// Group, kind and name of a parentRef or backendRef (only core Services).

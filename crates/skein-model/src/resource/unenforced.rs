@@ -3,7 +3,6 @@
 //! instead, so nothing is silently ignored. Each entry leaves this list in the change that
 //! makes proxies enforce it.
 
-use super::route::{PathMatchType, ValueMatchType};
 use super::Resource;
 
 /// Warnings for the settings of `r` that nothing enforces yet (empty: everything in it
@@ -12,30 +11,16 @@ pub fn unenforced(r: &Resource) -> Vec<String> {
     let key = r.key();
     let mut out = Vec::new();
     match r {
-        Resource::BackendPolicy(_) => out.push(format!(
-            "{key}: BackendPolicy is stored but not enforced yet: proxies balance round robin, with no connection limits, circuit breaking or outlier detection, and retries use the default budget (20 % + 10/s)"
+        Resource::HttpRoute(route) if !route.spec.hostnames.is_empty() => out.push(format!(
+            "{key}: spec.hostnames is not used yet: the route applies to every request to its parent Services"
         )),
-        Resource::HttpRoute(route) => {
-            if !route.spec.hostnames.is_empty() {
-                out.push(format!(
-                    "{key}: spec.hostnames is not used yet: the route applies to every request to its parent Services"
-                ));
-            }
-            let regex = route.spec.rules.iter().flat_map(|rule| &rule.matches).any(|m| {
-                m.path.kind == PathMatchType::RegularExpression
-                    || m.headers
-                        .iter()
-                        .chain(&m.query_params)
-                        .any(|h| h.kind == ValueMatchType::RegularExpression)
-            });
-            if regex {
-                out.push(format!(
-                    "{key}: RegularExpression matches never match yet (proxies have no regular-expression engine); use Exact or PathPrefix"
-                ));
-            }
-        }
         Resource::Service(service) => {
-            for p in service.spec.ports.iter().filter(|p| p.target_port != p.port) {
+            for p in service
+                .spec
+                .ports
+                .iter()
+                .filter(|p| p.target_port != p.port)
+            {
                 out.push(format!(
                     "{key}: ports[port {}].targetPort {} is not used yet: traffic reaches the workloads on port {}",
                     p.port, p.target_port, p.port
@@ -72,18 +57,9 @@ mod tests {
              ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\n\
              spec: {parentRefs: [{name: web}], hostnames: [web.example], rules: [{matches: [{headers: [{type: RegularExpression, name: cookie, value: 'v=2'}]}], backendRefs: [{name: web}]}]}\n",
         );
-        assert_eq!(w.len(), 4, "{w:#?}");
+        // BackendPolicy and regular expressions are enforced: no word about them.
+        assert_eq!(w.len(), 2, "{w:#?}");
         assert!(w[0].contains("targetPort 8080 is not used yet"), "{}", w[0]);
-        assert!(
-            w[1].contains("BackendPolicy is stored but not enforced yet"),
-            "{}",
-            w[1]
-        );
-        assert!(w[2].contains("spec.hostnames is not used yet"), "{}", w[2]);
-        assert!(
-            w[3].contains("RegularExpression matches never match yet"),
-            "{}",
-            w[3]
-        );
+        assert!(w[1].contains("spec.hostnames is not used yet"), "{}", w[1]);
     }
 }

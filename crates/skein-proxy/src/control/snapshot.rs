@@ -1,6 +1,7 @@
 //! Turning a snapshot into the configuration the proxy applies: pure, so every rule is
 //! unit-tested here; validation happens when the result is applied.
 
+use skein_api::convert;
 use skein_api::v1 as pb;
 use skein_api::v1::Snapshot;
 use skein_identity::SpiffeId;
@@ -11,6 +12,16 @@ use std::net::{IpAddr, SocketAddr};
 /// stay, destinations and application ports come from the snapshot. Pure, so it is
 /// unit-tested; validation happens when the result is applied.
 pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
+    if let Some(missing) = snapshot
+        .requires
+        .iter()
+        .find(|r| !CAPABILITIES.contains(&r.as_str()))
+    {
+        return Err(format!(
+            "the snapshot requires {missing:?}, which this proxy does not implement (it implements: {}); upgrade the proxy",
+            if CAPABILITIES.is_empty() { "nothing beyond the base protocol".to_string() } else { CAPABILITIES.join(", ") }
+        ));
+    }
     let mut next = base.clone();
     if !snapshot.inbound_ports.is_empty() {
         next.inbound.ports = snapshot
@@ -61,24 +72,23 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
                         })
                     })
                     .collect::<Result<_, String>>()?,
-                routes: if d.routes_json.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::from_slice(&d.routes_json).map_err(|e| {
-                        format!("destination {}: routes are not readable: {e}", d.service)
-                    })?
-                },
+                routes: convert::routes_from_wire(&d.routes),
+                policies: convert::policies_from_wire(&d.service, &d.policies),
                 identities: admitted(d)?,
             })
         })
         .collect::<Result<_, String>>()?;
-    // Empty from a control plane that predates authorization: the file's (default allow).
-    if !snapshot.authorization_json.is_empty() {
-        next.authorization = serde_json::from_slice(&snapshot.authorization_json)
-            .map_err(|e| format!("the authorization policies are not readable: {e}"))?;
+    // Absent only from a control plane that sends none: the file's.
+    if let Some(a) = &snapshot.authorization {
+        next.authorization = convert::authorization_from_wire(a)?;
     }
     Ok(next)
 }
+
+/// The capabilities this proxy implements beyond the base protocol, as a snapshot's
+/// `requires` names them. None yet: the list grows with the first feature that must not
+/// be ignored by older proxies.
+const CAPABILITIES: &[&str] = &[];
 
 /// The identities destination `d` admits, each parsed; every endpoint's identity must be
 /// one of them, so a registrant cannot make this proxy accept another account as the
@@ -152,7 +162,8 @@ mod tests {
                     workload: "api-1".into(),
                     identity: "spiffe://skein.local/ns/default/sa/api".into(),
                 }],
-                routes_json: Vec::new(),
+                routes: Vec::new(),
+                policies: Vec::new(),
                 identities: vec!["spiffe://skein.local/ns/default/sa/api".into()],
             }],
             inbound_ports: vec![pb::Port {
@@ -193,5 +204,203 @@ mod tests {
         assert!(to_config(&base(), &s)
             .unwrap_err()
             .contains("not 1 to 65535"));
+    }
+
+    /// Messages as a newer control plane might send them: today's fields and one more
+    /// (tag 99) at every level this proxy reads.
+    mod future {
+        use skein_api::v1 as pb;
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Snapshot {
+            #[prost(uint64, tag = "1")]
+            pub version: u64,
+            #[prost(message, repeated, tag = "2")]
+            pub destinations: Vec<Destination>,
+            #[prost(message, repeated, tag = "3")]
+            pub inbound_ports: Vec<pb::Port>,
+            #[prost(string, tag = "4")]
+            pub trust_domain: String,
+            #[prost(message, optional, tag = "10")]
+            pub authorization: Option<Authorization>,
+            #[prost(string, tag = "99")]
+            pub novelty: String,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Destination {
+            #[prost(string, tag = "1")]
+            pub service: String,
+            #[prost(string, tag = "2")]
+            pub namespace: String,
+            #[prost(message, repeated, tag = "3")]
+            pub ports: Vec<pb::Port>,
+            #[prost(message, repeated, tag = "5")]
+            pub endpoints: Vec<pb::Endpoint>,
+            #[prost(string, repeated, tag = "7")]
+            pub identities: Vec<String>,
+            #[prost(message, repeated, tag = "8")]
+            pub routes: Vec<Route>,
+            #[prost(message, repeated, tag = "9")]
+            pub policies: Vec<BackendPolicy>,
+            #[prost(uint32, tag = "99")]
+            pub novelty: u32,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Route {
+            #[prost(string, tag = "1")]
+            pub name: String,
+            #[prost(message, repeated, tag = "3")]
+            pub rules: Vec<RouteRule>,
+            #[prost(string, repeated, tag = "99")]
+            pub novelty: Vec<String>,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct RouteRule {
+            #[prost(message, repeated, tag = "2")]
+            pub matches: Vec<pb::RouteMatch>,
+            #[prost(message, repeated, tag = "3")]
+            pub backends: Vec<pb::BackendRef>,
+            #[prost(message, optional, tag = "99")]
+            pub mirror: Option<pb::BackendRef>,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct BackendPolicy {
+            #[prost(string, tag = "1")]
+            pub name: String,
+            #[prost(message, optional, tag = "4")]
+            pub connection_pool: Option<ConnectionPool>,
+            #[prost(bool, tag = "99")]
+            pub novelty: bool,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct ConnectionPool {
+            #[prost(uint32, tag = "1")]
+            pub max_connections: u32,
+            #[prost(uint32, tag = "2")]
+            pub max_concurrent_requests: u32,
+            #[prost(uint32, tag = "3")]
+            pub max_pending_requests: u32,
+            #[prost(uint32, tag = "99")]
+            pub max_requests_per_second: u32,
+        }
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Authorization {
+            #[prost(int32, tag = "1")]
+            pub default_action: i32,
+            #[prost(message, repeated, tag = "2")]
+            pub policies: Vec<pb::AuthorizationPolicy>,
+            #[prost(string, tag = "99")]
+            pub novelty: String,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_fields_from_the_future_applies() {
+        use prost::Message;
+        let id = "spiffe://skein.local/ns/default/sa/api";
+        let route_match = pb::RouteMatch {
+            path: Some(pb::PathMatch {
+                kind: pb::MatchKind::MatchPathPrefix as i32,
+                value: "/v2".into(),
+            }),
+            ..Default::default()
+        };
+        let newer = future::Snapshot {
+            version: 9,
+            trust_domain: "skein.local".into(),
+            destinations: ["api", "api-v2"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| future::Destination {
+                    service: name.to_string(),
+                    namespace: "default".into(),
+                    ports: vec![pb::Port {
+                        port: 80,
+                        protocol: pb::Protocol::Http as i32,
+                    }],
+                    endpoints: vec![pb::Endpoint {
+                        address: format!("127.0.0.{}:4143", 5 + i),
+                        workload: format!("{name}-1"),
+                        identity: id.into(),
+                    }],
+                    identities: vec![id.into()],
+                    routes: (i == 0)
+                        .then(|| future::Route {
+                            name: "default/api".into(),
+                            rules: vec![future::RouteRule {
+                                matches: vec![route_match.clone()],
+                                backends: vec![pb::BackendRef {
+                                    name: "api-v2".into(),
+                                    namespace: "default".into(),
+                                    port: None,
+                                    weight: 1,
+                                }],
+                                mirror: Some(pb::BackendRef::default()),
+                            }],
+                            novelty: vec!["x".into()],
+                        })
+                        .into_iter()
+                        .collect(),
+                    policies: vec![future::BackendPolicy {
+                        name: format!("default/{name}"),
+                        connection_pool: Some(future::ConnectionPool {
+                            max_connections: 100,
+                            max_concurrent_requests: 7,
+                            max_pending_requests: 0,
+                            max_requests_per_second: 50,
+                        }),
+                        novelty: true,
+                    }],
+                    novelty: 3,
+                })
+                .collect(),
+            authorization: Some(future::Authorization {
+                default_action: pb::PolicyAction::Deny as i32,
+                policies: vec![],
+                novelty: "later".into(),
+            }),
+            novelty: "from a newer control plane".into(),
+            ..Default::default()
+        };
+        let bytes = newer.encode_to_vec();
+        let snapshot = Snapshot::decode(bytes.as_slice()).expect("unknown fields are skipped");
+        let config = to_config(&base(), &snapshot).expect("applies");
+        config.validate("snapshot").expect("valid");
+        let api = &config.destinations[0];
+        assert_eq!(
+            api.policies[0].spec.connection_pool.max_concurrent_requests,
+            7
+        );
+        assert_eq!(
+            config.authorization.default,
+            skein_model::resource::PolicyAction::Deny
+        );
+        // In force: the route sends /v2 to api-v2, under the policy's limit.
+        let state = crate::state::State::new(config, None);
+        let req = http::Request::get("http://api/v2/menu").body(()).unwrap();
+        let plan = crate::outbound::plan::plan(
+            &state.destinations,
+            &crate::outbound::Addressed::Authority,
+            &req,
+            0,
+        )
+        .unwrap();
+        assert_eq!(plan.backend.service.spec.service, "api-v2");
+        assert_eq!(&*plan.target.policy().name, "default/api");
+
+        // What must not be ignored is refused, naming it.
+        let mut strict = snapshot.clone();
+        strict.requires.push("authorization.headers".into());
+        let err = to_config(&base(), &strict).unwrap_err();
+        assert!(
+            err.contains("requires \"authorization.headers\", which this proxy does not implement"),
+            "{err}"
+        );
     }
 }

@@ -16,6 +16,9 @@ pub const TUNNEL: HeaderName = HeaderName::from_static("skein-tunnel");
 pub const ERROR: HeaderName = HeaderName::from_static("skein-error");
 /// On a denial: the policy that decided (`namespace/name`, `default` or `not-allowed`).
 pub const DENIED_BY: HeaderName = HeaderName::from_static("skein-denied-by");
+/// On an `overloaded` refusal: the BackendPolicy and the limit that decided
+/// (`default/api connectionPool.maxConcurrentRequests`).
+pub const LIMITED_BY: HeaderName = HeaderName::from_static("skein-limited-by");
 /// To the application: the caller's verified SPIFFE ID (absent for plaintext callers).
 /// Set only by the inbound proxy, after every `skein-*` header the request carried is
 /// removed, so an application can trust it.

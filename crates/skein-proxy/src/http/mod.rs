@@ -166,6 +166,56 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A response body that holds something (a limit's permit, a picked endpoint) until
+    /// the body ends, fails, or is dropped: a request counts as in flight until then.
+    pub struct Holding<B, T> {
+        #[pin]
+        inner: B,
+        held: Option<T>,
+    }
+}
+
+impl<B, T> Holding<B, T> {
+    /// Wraps `inner`, holding `held`.
+    pub fn new(inner: B, held: T) -> Self {
+        Holding {
+            inner,
+            held: Some(held),
+        }
+    }
+}
+
+impl<B: http_body::Body, T> http_body::Body for Holding<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            this.held.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +245,27 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("timeouts.request 50ms"), "{err}");
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn holds_until_the_body_ends() {
+        let held = std::sync::Arc::new(());
+        let body = Holding::new(full("x"), held.clone());
+        assert_eq!(std::sync::Arc::strong_count(&held), 2);
+        let mut body = std::pin::pin!(body);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "released with the last frame"
+        );
+        let dropped = Holding::new(full("y"), held.clone());
+        drop(dropped);
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "released when dropped unread"
+        );
     }
 
     /// A `Stream` over an mpsc receiver, without pulling in tokio-stream.

@@ -14,12 +14,14 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
 /// Sends an upgrade request on `sender` and, on 101, splices the client's connection with
-/// the upstream's until both close. `addr` names the upstream in errors.
-pub async fn forward(
+/// the upstream's until both close. `addr` names the upstream in errors; `held` (e.g. a
+/// connection-limit permit) is kept as long as the upgraded connection lives.
+pub async fn forward<H: Send + 'static>(
     mut sender: http1::SendRequest<Body>,
     addr: SocketAddr,
     mut req: Request<Incoming>,
     drain: &Drain,
+    held: H,
 ) -> Result<Response<Body>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let req = req.map(boxed);
@@ -30,6 +32,7 @@ pub async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_side = hyper::upgrade::on(&mut resp);
         drain.spawn(async move {
+            let _held = held;
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((client, upstream)) => {
                     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));

@@ -141,5 +141,5 @@ async fn upgrade(
     let addr = SocketAddr::new(config.inbound.app_host, port);
     super::app::identify(req.headers_mut(), caller);
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
-    crate::http::upgrade::forward(sender, addr, req, &ctx.drain).await
+    crate::http::upgrade::forward(sender, addr, req, &ctx.drain, ()).await
 }

@@ -8,9 +8,11 @@
 
 use super::plan::{self, authority_of, Addressed, Plan, RuleRef};
 use super::tcp;
+use crate::balance::{self, Picked};
 use crate::destinations::Target;
 use crate::error::ProxyError;
-use crate::http::{boxed, empty, full, headers, Body, Deadline, Watched};
+use crate::http::{boxed, empty, full, headers, Body, Deadline, Holding, Watched};
+use crate::limit::{Admitted, Full};
 use crate::metrics::{Direction, Proto};
 use crate::request::{self, Record};
 use crate::retry::{self, Outcome};
@@ -89,10 +91,29 @@ async fn forward(
     }
     let Plan { backend, rule, .. } = plan;
     let rule = rule.as_ref();
+    let policy = backend.policy();
     if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
-        // An upgraded connection lives as long as its parties want: no route timeout.
-        return upgrade(ctx, req, &backend, rec).await;
+        // An upgraded connection lives as long as its parties want: no route timeout,
+        // and it counts against the connection limit, not the request limit.
+        let held = policy.connections.try_admit().map_err(|_| {
+            let max = policy.spec.connection_pool.max_connections;
+            backend.overloaded("connectionPool.maxConnections", max)
+        })?;
+        return upgrade(ctx, req, &backend, rec, held).await;
     }
+    // Admitted before anything is held for the request; waits only as long as the
+    // policy lets requests wait, and never past the route's timeout.
+    let admit = policy.requests.admit();
+    let admitted = match try_deadline(rule, started, started) {
+        None => admit.await,
+        Some((at, rule, d)) => tokio::time::timeout_at(at, admit)
+            .await
+            .map_err(|_| rule.timeout(&d))?,
+    }
+    .map_err(|full| match full {
+        Full::Max(max) => backend.overloaded("connectionPool.maxConcurrentRequests", max),
+        Full::Waiting(max) => backend.overloaded("connectionPool.maxPendingRequests", max),
+    })?;
     let (req, body_failure) = to_peer_request(req, &backend, proto, rec)?;
     // Retried only if the request can be sent again: a small body of known length.
     let retry = rule.and_then(RuleRef::retry).filter(|r| {
@@ -103,6 +124,7 @@ async fn forward(
             )
     });
     let service = backend.service.spec.service.as_str();
+    let budget = &policy.spec.retry_budget;
     let mut requests = match retry {
         None => Requests::Once(Some(req)),
         Some(_) => {
@@ -116,21 +138,19 @@ async fn forward(
             let bytes = held
                 .map_err(|e| ProxyError::RequestBody(e.to_string()))?
                 .to_bytes();
-            ctx.retry_budget.deposit(service, std::time::Instant::now());
+            ctx.retry_budget
+                .deposit(service, budget, std::time::Instant::now());
             Requests::Replay(parts, bytes)
         }
     };
-    let mut tried: Option<crate::connect::Upstream> = None;
+    let mut tried: Option<std::net::SocketAddr> = None;
     loop {
         rec.attempts += 1;
         let deadline = try_deadline(rule, started, tokio::time::Instant::now());
-        let endpoint = match &tried {
-            None => backend.endpoint()?,
-            Some(failed) => backend.endpoint_after(failed)?,
-        };
-        rec.endpoint = Some(endpoint.addr);
+        let picked = backend.pick(tried)?;
+        rec.endpoint = Some(picked.upstream.addr);
         let req = requests.next();
-        let send = ctx.peers.send(&endpoint, req);
+        let send = ctx.peers.send(&picked.upstream, req);
         // Dropping the send on expiry resets the stream to the peer, which drops the
         // application request.
         let sent = match deadline {
@@ -139,6 +159,7 @@ async fn forward(
                 .await
                 .map_err(|_| rule.timeout(&d)),
         };
+        learn(ctx, &backend, &picked, &sent);
         if let Some(retry) = retry {
             let outcome = match &sent {
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
@@ -151,12 +172,13 @@ async fn forward(
             if retry::should_retry(retry, rec.attempts, outcome) && in_time {
                 if ctx
                     .retry_budget
-                    .withdraw(service, std::time::Instant::now())
+                    .withdraw(service, budget, std::time::Instant::now())
                 {
                     ctx.metrics.retry("sent");
                     tracing::debug!(service, tries = rec.attempts, ?outcome, "retrying");
                     drop(sent);
-                    tried = Some(endpoint);
+                    tried = Some(picked.upstream.addr);
+                    drop(picked);
                     tokio::time::sleep_until(resume).await;
                     continue;
                 }
@@ -165,13 +187,18 @@ async fn forward(
         }
         return match sent {
             Err(timed_out) => Err(timed_out),
-            Ok(Ok(resp)) => Ok(match deadline {
-                None => resp.map(boxed),
-                Some((at, _, d)) => {
-                    let what: Arc<str> = format!("{} {:?}", d.field, d.after).into();
-                    resp.map(|b| boxed(Deadline::new(b, at, what)))
-                }
-            }),
+            Ok(Ok(resp)) => {
+                // The request counts as in flight (to the limit and to its endpoint's
+                // load) until its response ends.
+                let held = (admitted, picked);
+                Ok(match deadline {
+                    None => resp.map(|b| boxed(Holding::new(b, held))),
+                    Some((at, _, d)) => {
+                        let what: Arc<str> = format!("{} {:?}", d.field, d.after).into();
+                        resp.map(|b| boxed(Holding::new(Deadline::new(b, at, what), held)))
+                    }
+                })
+            }
             // The stream failed because the client's own body did (e.g. a bad chunk size).
             Ok(Err(_)) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
                 body_failure.get().cloned().unwrap_or_default(),
@@ -179,6 +206,22 @@ async fn forward(
             Ok(Err(e)) => Err(e),
         };
     }
+}
+
+/// Tells the balancer how a try to `picked` went: a 5xx, a failure to deliver or the
+/// try's timeout is a failure; the client's own fault says nothing about the endpoint.
+fn learn(
+    ctx: &Ctx,
+    backend: &Target,
+    picked: &Picked,
+    sent: &Result<Result<Response<Incoming>, ProxyError>, ProxyError>,
+) {
+    let outcome = match sent {
+        Ok(Ok(resp)) if !resp.status().is_server_error() => balance::Outcome::Success,
+        Ok(Err(e)) if e.source_kind() == crate::error::Source::Downstream => return,
+        _ => balance::Outcome::Failure,
+    };
+    super::learn(ctx, backend, picked, outcome);
 }
 
 /// The request to send on each try: the client's, streamed once, or a held copy.
@@ -254,17 +297,23 @@ fn to_peer_request(
     Ok((Request::from_parts(parts, boxed(body)), failure))
 }
 
-/// Sends an HTTP/1 upgrade request through an HTTP/1 tunnel to the peer, then splices.
+/// Sends an HTTP/1 upgrade request through an HTTP/1 tunnel to the peer, then splices;
+/// `held` (the connection-limit permit) lives as long as the upgraded connection.
 async fn upgrade(
     ctx: &Ctx,
     mut req: Request<Incoming>,
     target: &Target,
     rec: &mut Record,
+    held: Admitted,
 ) -> Result<Response<Body>, ProxyError> {
-    let endpoint = target.endpoint()?;
+    let picked = target.pick(None)?;
     rec.attempts = 1;
-    rec.endpoint = Some(endpoint.addr);
-    let tunnel = tcp::open_tunnel(ctx, &endpoint, target, "http1").await?;
+    rec.endpoint = Some(picked.upstream.addr);
+    let tunnel = tcp::open_tunnel(ctx, &picked.upstream, target, "http1").await;
+    let sent = tunnel.as_ref().map(|_| ()).map_err(|e| e.reason());
+    tcp::learn_connect(ctx, target, &picked, sent);
+    let tunnel = tunnel?;
+    let endpoint = picked.upstream.clone();
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Body>(tunnel)
         .await
@@ -289,5 +338,5 @@ async fn upgrade(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(origin_form);
-    crate::http::upgrade::forward(sender, endpoint.addr, req, &ctx.drain).await
+    crate::http::upgrade::forward(sender, endpoint.addr, req, &ctx.drain, (held, picked)).await
 }

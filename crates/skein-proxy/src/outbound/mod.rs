@@ -9,6 +9,8 @@
 //!
 //! HTTP is routed per request, with the state in force when the request arrives
 //! ([`plan`]); an opaque TCP connection is routed once and keeps its backend for life.
+//! Either is admitted under the destination's BackendPolicy limits and sent to the
+//! endpoint its balancer picks ([`crate::balance`]), which learns from every try.
 
 mod http;
 pub mod plan;
@@ -28,6 +30,33 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use self::plan::Addressed;
+
+/// Tells the balancer of `target`'s policy how a try to `picked` went; an ejection it
+/// causes is logged (with the policy that decided it) and counted.
+fn learn(
+    ctx: &Ctx,
+    target: &Target,
+    picked: &crate::balance::Picked,
+    outcome: crate::balance::Outcome,
+) {
+    let policy = target.policy();
+    let Some(ejection) = policy
+        .balancer
+        .record(picked, std::time::Instant::now(), outcome)
+    else {
+        return;
+    };
+    let service = &target.service.spec.service;
+    tracing::warn!(
+        service = %service,
+        endpoint = %ejection.endpoint,
+        seconds = ejection.duration.as_secs(),
+        ejections_in_a_row = ejection.steps,
+        policy = %policy.name,
+        "endpoint ejected after consecutive failures (outlierDetection)"
+    );
+    ctx.metrics.ejection(service, ejection.endpoint);
+}
 
 /// How long a port declared `http` waits for the first bytes of a request.
 const HTTP_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);

@@ -114,23 +114,24 @@ pub fn plan<B>(
         });
     }
     let spec = &target.service.spec;
-    let Some(selected) = crate::route::select(&spec.routes, target.port.port, req) else {
+    let Some((route, index)) = target.service.routes.select(target.port.port, req) else {
         return Ok(Plan {
             backend: target.clone(),
             target,
             rule: None,
         });
     };
-    let backend = crate::route::pick(selected.rule, random).ok_or_else(|| {
-        ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
-    })?;
+    let backend =
+        crate::route::pick(&spec.routes[route].rules[index], random).ok_or_else(|| {
+            ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
+        })?;
     let namespace = backend.namespace.as_deref().unwrap_or(&spec.namespace);
     let port = backend.port.unwrap_or(target.port.port);
     let backend = destinations.resolve(&format!("{}.{namespace}", backend.name), port)?;
     let rule = RuleRef {
         parent: target.service.clone(),
-        route: selected.route_index,
-        index: selected.index,
+        route,
+        index,
     };
     Ok(Plan {
         target,
@@ -182,7 +183,7 @@ mod tests {
 
     fn table(yaml: &str) -> Destinations {
         let specs: Vec<Destination> = serde_yaml_ng::from_str(yaml).unwrap();
-        Destinations::new(&specs, "default")
+        Destinations::new(&specs, "default", None)
     }
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -2,11 +2,13 @@
 //! HTTP/2 CONNECT stream; connections to addresses no destination knows pass through to
 //! their original destination unchanged.
 
+use crate::balance::{Outcome, Picked};
 use crate::connect::Upstream;
 use crate::destinations::Target;
 use crate::error::ProxyError;
 use crate::http::{self, headers, Body};
 use crate::io::Io;
+use crate::limit::Admitted;
 use crate::metrics::{Direction, Proto};
 use crate::telemetry::TcpKey;
 use crate::Ctx;
@@ -66,17 +68,46 @@ fn edge(ctx: &Ctx, target: &Target) -> Option<TcpKey> {
     })
 }
 
+/// Tells the balancer how opening a tunnel through `picked` went (a denial says nothing
+/// about the endpoint's health).
+pub fn learn_connect(ctx: &Ctx, target: &Target, picked: &Picked, opened: Result<(), &str>) {
+    match opened {
+        Ok(()) => super::learn(ctx, target, picked, Outcome::Success),
+        Err("denied") => {}
+        Err(_) => super::learn(ctx, target, picked, Outcome::Failure),
+    }
+}
+
+/// Admits a connection under the destination's `maxConnections`, picks its endpoint and
+/// opens the tunnel; what is returned is held for the connection's life.
+async fn open(ctx: &Ctx, target: &Target) -> Result<(Upgraded, (Admitted, Picked)), ProxyError> {
+    let policy = target.policy();
+    let admitted = policy.connections.try_admit().map_err(|_| {
+        let max = policy.spec.connection_pool.max_connections;
+        target.overloaded("connectionPool.maxConnections", max)
+    })?;
+    let picked = target.pick(None)?;
+    let tunnel = open_tunnel(ctx, &picked.upstream, target, "tcp").await;
+    let reason = |e: &ProxyError| match e {
+        ProxyError::TunnelRefused { reason, .. } if reason == "denied" => "denied",
+        _ => e.reason(),
+    };
+    learn_connect(
+        ctx,
+        target,
+        &picked,
+        tunnel.as_ref().map(|_| ()).map_err(reason),
+    );
+    Ok((tunnel?, (admitted, picked)))
+}
+
 /// Carries an opaque connection to `target` through a peer proxy. It keeps this backend
 /// for its life: bytes of one stream cannot be re-routed.
 pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
     let _open = ctx.metrics.open(Direction::Outbound, Proto::Tcp);
     let mut edge = edge(ctx, target).map(|key| ctx.metrics.telemetry.tcp_open(key));
-    let tunnel = match target.endpoint() {
-        Ok(endpoint) => open_tunnel(ctx, &endpoint, target, "tcp").await,
-        Err(e) => Err(e),
-    };
-    let tunnel = match tunnel {
-        Ok(t) => t,
+    let tunnel = match open(ctx, target).await {
+        Ok((t, held)) => (t, held),
         Err(e) => {
             tracing::info!(error = %e, service = %target.service.spec.service, "TCP connection refused");
             let reason = match &e {
@@ -87,6 +118,7 @@ pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
             return;
         }
     };
+    let (tunnel, _held) = tunnel;
     let mut tunnel = TokioIo::new(tunnel);
     match crate::io::splice(&mut io, &mut tunnel).await {
         Ok((sent, received)) => {
@@ -105,12 +137,12 @@ pub async fn connect_method(
     req: Request<Incoming>,
     target: &Target,
 ) -> Result<Response<Body>, ProxyError> {
-    let endpoint = target.endpoint()?;
-    let tunnel = open_tunnel(ctx, &endpoint, target, "tcp").await?;
+    let (tunnel, held) = open(ctx, target).await?;
     let client = hyper::upgrade::on(req);
     let metrics = ctx.metrics.clone();
     let edge = edge(ctx, target);
     ctx.drain.spawn(async move {
+        let _held = held;
         let _open = metrics.open(Direction::Outbound, Proto::Tcp);
         let mut edge = edge.map(|key| metrics.telemetry.tcp_open(key));
         let Ok(client) = client.await else { return };

@@ -1,0 +1,374 @@
+//! BackendPolicy in force, end to end through the control plane with mutual TLS between
+//! proxies: a dead endpoint is ejected after `consecutive5xx` failures and used again once
+//! it recovers; peak-EWMA keeps a slow endpoint's share and the service's p99 low where
+//! round robin does not; `maxConcurrentRequests` holds the backend to its limit and
+//! refuses the excess at once with `Retry-After`; cookie and regular-expression routes
+//! pick their backends, and a pattern the engine refuses is refused at apply.
+
+mod meshed;
+
+use meshed::*;
+use skein_proxy::metrics::sum_samples;
+use skein_proxy::RunningProxy;
+use skein_testkit::control::{eventually, self_rss_kib, TempDir};
+use std::time::{Duration, Instant};
+
+fn backend_policy(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: {name}}}\n\
+         spec: {{targetRef: {{name: api}}, {spec}}}\n"
+    )
+}
+
+/// Waits until `proxy` knows `n` endpoints of `api` and the BackendPolicy `policy`
+/// (`None`: none) governs it.
+async fn knows(proxy: &RunningProxy, n: usize, policy: Option<&str>) {
+    eventually(
+        "the caller learns the endpoints and policy",
+        SOON,
+        async || {
+            let config = proxy.ctx.config();
+            config.destinations.iter().any(|d| {
+                d.service == "api"
+                    && d.endpoints.len() == n
+                    && d.policies.first().map(|p| p.name.as_str()) == policy
+            })
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_ejected_after_consecutive_failures_and_used_again_once_it_recovers() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-dead").unwrap();
+    let cp = control(144, data.path()).await;
+    // Round robin, so that the dead endpoint keeps being picked until outlier detection
+    // ejects it (peak-EWMA alone would mostly avoid it).
+    let policy = backend_policy(
+        "api",
+        "loadBalancer: round-robin, outlierDetection: {consecutive5xx: 3, baseEjectionTime: 5s}",
+    );
+    apply(&cp, &(service_yaml("api") + "---\n" + &policy)).await;
+    let (_alive, _p1) = workload_as(&cp, 145, "api-1", "api", &[], None).await;
+    let (dead, _p2) = workload_as(&cp, 146, "api-2", "api", &[], None).await;
+    let dead_addr = dead.addr();
+    drop(dead); // its proxy stays up; its application is gone (connection refused)
+    let caller = client(&cp, 147).await;
+    knows(&caller, 2, Some("default/api")).await;
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    let mut failed = Vec::new();
+    for i in 0..60 {
+        let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
+        if status != 200 {
+            failed.push((i, status));
+        }
+    }
+    assert!(
+        failed.len() == 3 && failed.iter().all(|(_, s)| *s == 502),
+        "consecutive5xx (3) requests fail, with 502, then none: {failed:?}"
+    );
+    assert!(
+        failed.iter().all(|(i, _)| *i < 10),
+        "the failures come first, then none: {failed:?}"
+    );
+    let text = caller.ctx.metrics.encode();
+    assert_eq!(
+        sum_samples(
+            &text,
+            "skein_outlier_ejections_total",
+            &["endpoint=\"127.0.0.146:4143\""]
+        ),
+        1,
+        "the ejection is counted per endpoint"
+    );
+
+    // The application comes back: once the ejection ends, it gets traffic again.
+    let revived = skein_testkit::HttpBackend::start(dead_addr).await.unwrap();
+    eventually("the recovered endpoint gets requests", SOON, async || {
+        for _ in 0..10 {
+            let _ = get(proxy, &url("api", "x")).await;
+        }
+        revived.hits() > 0
+    })
+    .await
+    .unwrap();
+    for _ in 0..40 {
+        let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
+        assert_eq!(status, 200, "nothing fails once both are up");
+    }
+}
+
+/// Sends `n` requests from each of `callers` concurrent callers; returns each one's
+/// latency, sorted.
+async fn load(proxy: std::net::SocketAddr, callers: usize, n: usize) -> Vec<Duration> {
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut took = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let start = Instant::now();
+                    let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
+                    assert_eq!(status, 200);
+                    took.push(start.elapsed());
+                }
+                took
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all
+}
+
+/// One GET through the HTTP proxy listener on its own connection: status, headers,
+/// body, and the time from sending the request (connected) to the end of the response.
+async fn timed_get(
+    proxy: std::net::SocketAddr,
+    url: String,
+) -> (u16, http::HeaderMap, String, Duration) {
+    use http_body_util::BodyExt;
+    let mut sender = skein_testkit::client::h1(proxy).await.unwrap();
+    let req = http::Request::get(url)
+        .body(skein_proxy::http::empty())
+        .unwrap();
+    let start = Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    (parts.status.as_u16(), parts.headers, body, took)
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test]
+async fn peak_ewma_keeps_a_slow_endpoints_share_and_the_p99_low_where_round_robin_does_not() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-slow").unwrap();
+    let cp = control(148, data.path()).await;
+    apply(&cp, &service_yaml("api")).await;
+    let (fast, _p1) = workload_as(&cp, 149, "api-1", "api", &[], None).await;
+    let (slow, _p2) = workload_as(&cp, 150, "api-2", "api", &[], None).await;
+    slow.set_delay(Duration::from_millis(50));
+    let caller = client(&cp, 151).await;
+    knows(&caller, 2, None).await;
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    // The default policy (peak-EWMA), after a moment to learn both endpoints.
+    load(proxy, 2, 10).await;
+    let before = slow.hits();
+    let ewma = load(proxy, 2, 200).await;
+    let share = (slow.hits() - before) as f64 / 400.0;
+    assert!(
+        share < 0.10,
+        "the 10x slower endpoint got {:.1} % of requests",
+        share * 100.0
+    );
+
+    // Round robin, in the same run: half of the requests wait for the slow endpoint.
+    apply(&cp, &backend_policy("api", "loadBalancer: round-robin")).await;
+    knows(&caller, 2, Some("default/api")).await;
+    let before = slow.hits();
+    let rr = load(proxy, 2, 200).await;
+    let rr_share = (slow.hits() - before) as f64 / 400.0;
+    let p50 = |d: &[Duration]| d[d.len() / 2];
+    println!(
+        "slow endpoint: ewma share {:.1} %, p50 {:?}, p99 {:?}; round robin share {:.1} %, p50 {:?}, p99 {:?}; fast endpoint {} hits",
+        share * 100.0,
+        p50(&ewma),
+        p99(&ewma),
+        rr_share * 100.0,
+        p50(&rr),
+        p99(&rr),
+        fast.hits()
+    );
+    assert!(
+        p99(&rr) >= p99(&ewma) * 3,
+        "p99 with round robin {:?} should be at least 3x that with peak-EWMA {:?}",
+        p99(&rr),
+        p99(&ewma)
+    );
+
+    // Recovered and back on peak-EWMA: once its old latency has decayed, it is used again.
+    slow.set_delay(Duration::ZERO);
+    apply(&cp, &backend_policy("api", "loadBalancer: ewma")).await;
+    eventually(
+        "the recovered endpoint takes a share again",
+        Duration::from_secs(40),
+        async || {
+            let before = slow.hits();
+            load(proxy, 2, 25).await;
+            slow.hits() - before >= 10
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn max_concurrent_requests_holds_the_backend_to_its_limit_and_refuses_the_rest_at_once() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-limits").unwrap();
+    let cp = control(152, data.path()).await;
+    let policy = backend_policy(
+        "api",
+        "connectionPool: {maxConcurrentRequests: 10, maxPendingRequests: 0}",
+    );
+    apply(&cp, &(service_yaml("api") + "---\n" + &policy)).await;
+    let (backend, _p) = workload_as(&cp, 153, "api-1", "api", &[], None).await;
+    backend.set_delay(Duration::from_millis(300));
+    let caller = client(&cp, 154).await;
+    knows(&caller, 1, Some("default/api")).await;
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    let mut rss = Vec::new();
+    for round in 0..4 {
+        let callers: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(timed_get(proxy, url("api", "x"))))
+            .collect();
+        let mut ok = Vec::new();
+        let mut refused = Vec::new();
+        for c in callers {
+            let (status, headers, body, took) = c.await.unwrap();
+            match status {
+                200 => ok.push(took),
+                503 => {
+                    let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                    assert_eq!(header("retry-after").as_deref(), Some("1"));
+                    assert_eq!(header("skein-error").as_deref(), Some("overloaded"));
+                    assert_eq!(
+                        header("skein-limited-by").as_deref(),
+                        Some("default/api connectionPool.maxConcurrentRequests")
+                    );
+                    assert!(
+                        body.contains("connectionPool.maxConcurrentRequests 10 (default/api)"),
+                        "{body}"
+                    );
+                    refused.push(took);
+                }
+                other => panic!("unexpected status {other}: {body}"),
+            }
+        }
+        assert!(ok.len() >= 10, "round {round}: {} admitted", ok.len());
+        assert!(
+            backend.max_in_flight() <= 10,
+            "the backend saw {} at once",
+            backend.max_in_flight()
+        );
+        refused.sort();
+        let slowest = *refused.last().unwrap();
+        println!(
+            "round {round}: {} admitted, {} refused; refusal latency median {:?}, p99 {:?}, max {:?} (admitted: {:?} and more)",
+            ok.len(),
+            refused.len(),
+            refused[refused.len() / 2],
+            p99(&refused),
+            slowest,
+            ok.iter().min().unwrap()
+        );
+        assert!(
+            slowest < Duration::from_millis(300),
+            "a refusal never waits for a slot (the backend takes 300 ms): {slowest:?}"
+        );
+        rss.push(self_rss_kib().unwrap());
+    }
+    // Memory stays flat: the last round costs no more than the first (with slack for the
+    // allocator), as nothing queues.
+    assert!(
+        rss[3] <= rss[0] + rss[0] / 4,
+        "resident memory grew from {} KiB to {} KiB",
+        rss[0],
+        rss[3]
+    );
+    let text = caller.ctx.metrics.encode();
+    assert!(
+        sum_samples(
+            &text,
+            "skein_proxy_errors_total",
+            &["reason=\"overloaded\""]
+        ) > 0,
+        "refusals are counted by reason"
+    );
+}
+
+#[tokio::test]
+async fn cookie_and_regular_expression_routes_pick_their_backends_and_bad_patterns_are_refused() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-routes").unwrap();
+    let cp = control(155, data.path()).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+         spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  rules:\n\
+         \x20 - matches: [{{cookies: [{{name: beta, value: '1'}}]}}]\n\
+         \x20   backendRefs: [{{name: api-beta, port: {PORT}}}]\n\
+         \x20 - matches: [{{path: {{type: RegularExpression, value: '/v[0-9]+/.*'}}}}]\n\
+         \x20   backendRefs: [{{name: api-beta, port: {PORT}}}]\n\
+         \x20 - backendRefs: [{{name: api, port: {PORT}}}]\n"
+    );
+    apply(
+        &cp,
+        &(service_yaml("api") + "---\n" + &service_yaml("api-beta") + "---\n" + &route),
+    )
+    .await;
+    let (stable, _p1) = workload_as(&cp, 156, "api-1", "api", &[], None).await;
+    let (beta, _p2) = workload_as(&cp, 157, "api-beta-1", "api-beta", &[], None).await;
+    let caller = client(&cp, 158).await;
+    eventually("the caller learns the route", SOON, async || {
+        let c = caller.ctx.config();
+        c.destinations
+            .iter()
+            .any(|d| d.service == "api" && !d.routes.is_empty())
+            && c.destinations.iter().all(|d| !d.endpoints.is_empty())
+    })
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+    let hits = || (stable.hits(), beta.hits());
+    let to = async |path: &str, cookie: Option<&str>| {
+        let before = hits();
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+        let (status, _, _) = send(proxy, "GET", &url("api", path), &headers)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let after = hits();
+        if after.1 > before.1 {
+            "beta"
+        } else {
+            "stable"
+        }
+    };
+    assert_eq!(
+        to("menu", Some("session=abc; beta=1; theme=dark")).await,
+        "beta"
+    );
+    assert_eq!(to("menu", Some("session=abc; beta=0")).await, "stable");
+    assert_eq!(to("menu", None).await, "stable");
+    assert_eq!(to("v2/menu", None).await, "beta");
+    assert_eq!(
+        to("v2", None).await,
+        "stable",
+        "the regex must match the whole path"
+    );
+
+    // A pattern the engine refuses is refused at apply, saying why; the route in force stays.
+    let bad = route.replace("/v[0-9]+/.*", "/v(?=1)");
+    let file = data.path().join("bad-route.yaml");
+    std::fs::write(&file, &bad).unwrap();
+    let out = cli(&cp, data.path(), &["apply", "-f", file.to_str().unwrap()]).await;
+    let err = out.failed();
+    assert!(
+        err.contains("spec.rules[1].matches[0].path.value") && err.contains("look-around"),
+        "{err}"
+    );
+    assert_eq!(to("v2/menu", None).await, "beta");
+}
