@@ -13,8 +13,8 @@ use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
 use skein_model::resource::{
     AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef, ConnectionPool,
-    HeaderMatch, LoadBalancer, Operation, OutlierDetection, PathMatch, PathMatchType, PolicyAction,
-    RetryBudget, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source, TargetRef,
+    HeaderMatch, InboundLimit, LoadBalancer, Operation, OutlierDetection, PathMatch, PathMatchType,
+    PolicyAction, RetryBudget, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source, TargetRef,
     ValueMatchType,
 };
 use skein_model::{DestinationPolicy, DestinationRoute};
@@ -208,6 +208,10 @@ pub fn policies_to_wire(policies: &[DestinationPolicy]) -> Vec<pb::BackendPolicy
                     min_per_second: budget.min_per_second,
                     ttl_ms: ms(budget.ttl),
                 }),
+                inbound: s.inbound.map(|l| pb::InboundLimit {
+                    max_concurrent_requests: l.max_concurrent_requests,
+                    max_pending_requests: l.max_pending_requests,
+                }),
             }
         })
         .collect()
@@ -255,6 +259,10 @@ pub fn policies_from_wire(service: &str, policies: &[pb::BackendPolicy]) -> Vec<
                     connection_pool: pool,
                     outlier_detection: od,
                     retry_budget: budget,
+                    inbound: p.inbound.map(|l| InboundLimit {
+                        max_concurrent_requests: l.max_concurrent_requests,
+                        max_pending_requests: l.max_pending_requests,
+                    }),
                 },
             }
         })
@@ -460,7 +468,8 @@ mod tests {
         let spec: BackendPolicySpec = serde_yaml_ng::from_str(
             "{targetRef: {name: api, port: 80}, loadBalancer: least-request, \
              connectionPool: {maxConcurrentRequests: 10, maxPendingRequests: 0, maxRequestsPerEndpoint: 3}, \
-             outlierDetection: {consecutive5xx: 2, baseEjectionTime: 5s}, retryBudget: {ratio: 0.5, ttl: 20s}}",
+             outlierDetection: {consecutive5xx: 2, baseEjectionTime: 5s}, retryBudget: {ratio: 0.5, ttl: 20s}, \
+             inbound: {maxConcurrentRequests: 20, maxPendingRequests: 5}}",
         )
         .unwrap();
         let policies = vec![DestinationPolicy {

@@ -513,6 +513,7 @@ fn server_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
                 port(APP_PORT, Protocol::Http),
                 port(SINK_PORT, Protocol::Tcp),
             ],
+            limit: None,
         },
         outbound: OutboundConfig::default(),
         admin: AdminConfig {
@@ -550,6 +551,7 @@ fn client_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
             listen: SocketAddr::new(host, INBOUND_PORT),
             app_host: host,
             ports: vec![port(APP_PORT, Protocol::Http)],
+            limit: None,
         },
         outbound: OutboundConfig {
             listen: None,

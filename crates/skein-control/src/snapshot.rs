@@ -193,6 +193,19 @@ pub fn snapshot_for(
     for port in &me.app_ports {
         own.entry(*port).or_insert(Protocol::Detect);
     }
+    // What the application accepts at once: the strictest `inbound` limit of the
+    // BackendPolicies of the services selecting it.
+    let app_limit = services
+        .iter()
+        .filter(|s| s.selects(me))
+        .flat_map(|s| &s.policies)
+        .filter_map(|p| Some((p.name.as_str(), p.spec.inbound?)))
+        .min_by_key(|(name, l)| (l.max_concurrent_requests, *name))
+        .map(|(name, l)| pb::AppLimit {
+            policy: name.to_string(),
+            max_concurrent_requests: l.max_concurrent_requests,
+            max_pending_requests: l.max_pending_requests,
+        });
     pb::Snapshot {
         version: 0,
         destinations,
@@ -204,6 +217,7 @@ pub fn snapshot_for(
             })
             .collect(),
         trust_domain: trust_domain.to_string(),
+        app_limit,
         // The caller adds what comes from the CA and the Mesh resource.
         ..pb::Snapshot::default()
     }
@@ -325,6 +339,58 @@ mod tests {
         // The frontend is selected by no service: its declared port, sniffed.
         assert_eq!(snap.inbound_ports[0].port, 8080);
         assert_eq!(snap.inbound_ports[0].protocol, pb::Protocol::Detect as i32);
+    }
+
+    #[test]
+    fn backend_policies_travel_with_their_service_and_the_strictest_inbound_limit_wins() {
+        let policy = |name: &str, inbound: Option<u32>| skein_model::DestinationPolicy {
+            name: format!("default/{name}"),
+            spec: serde_json::from_value(serde_json::json!({
+                "targetRef": {"name": name},
+                "loadBalancer": "round-robin",
+            }))
+            .map(|mut s: skein_model::resource::BackendPolicySpec| {
+                s.inbound = inbound.map(|n| skein_model::resource::InboundLimit {
+                    max_concurrent_requests: n,
+                    max_pending_requests: 0,
+                });
+                s
+            })
+            .unwrap(),
+        };
+        let mut restaurant = service("restaurant", "restaurant", 8080, Protocol::Http);
+        restaurant.policies = vec![policy("restaurant", Some(50))];
+        let mut menu = service("menu", "restaurant", 8080, Protocol::Http);
+        menu.policies = vec![policy("menu", Some(20))];
+        let mut other = service("frontend", "frontend", 8080, Protocol::Http);
+        other.policies = vec![policy("frontend", Some(1))];
+        let services = [restaurant, menu, other];
+        let me = workload("restaurant-1", "restaurant", 11);
+        let snap = snapshot_for(
+            &me,
+            &services,
+            std::slice::from_ref(&me),
+            "td",
+            &DenyList::default(),
+        );
+        let limit = snap.app_limit.expect("a limit");
+        assert_eq!(
+            (limit.policy.as_str(), limit.max_concurrent_requests),
+            ("default/menu", 20)
+        );
+        let d = snap
+            .destinations
+            .iter()
+            .find(|d| d.service == "restaurant")
+            .unwrap();
+        assert_eq!(d.policies[0].name, "default/restaurant");
+        assert_eq!(
+            d.policies[0].load_balancer,
+            pb::LoadBalancer::RoundRobin as i32
+        );
+        let lone = workload("frontend-1", "nobody", 12);
+        let snap = snapshot_for(&lone, &services, &[], "td", &DenyList::default());
+        assert!(snap.app_limit.is_none(), "no service selects it: no limit");
     }
 
     #[test]

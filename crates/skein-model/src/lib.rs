@@ -13,8 +13,9 @@ pub mod resource;
 pub mod time;
 
 pub use proxy::{
-    AdminConfig, Destination, DestinationPolicy, DestinationRoute, Endpoint, InboundConfig, Limits,
-    OutboundConfig, PortSpec, Protocol, ProxyConfig, TelemetryConfig, Upstream, WorkloadInfo,
+    AdminConfig, AppLimit, Destination, DestinationPolicy, DestinationRoute, Endpoint,
+    InboundConfig, Limits, OutboundConfig, PortSpec, Protocol, ProxyConfig, TelemetryConfig,
+    Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
 

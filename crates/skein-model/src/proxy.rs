@@ -108,6 +108,31 @@ pub struct InboundConfig {
     pub app_host: IpAddr,
     /// The application's ports. Only these are reachable through the inbound side.
     pub ports: Vec<PortSpec>,
+    /// Requests sent to the application at once, from all callers together; beyond it
+    /// the proxy refuses at once (503). Under a control plane it comes from the
+    /// BackendPolicies (`spec.inbound`) of the Services selecting the workload. Default:
+    /// no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<AppLimit>,
+}
+
+/// A limit on the requests the application is sent at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppLimit {
+    /// Who set it, named in every refusal: the BackendPolicy's `namespace/name`. Default
+    /// `inbound.limit` (this file).
+    #[serde(default = "default_limit_source")]
+    pub policy: String,
+    /// Most requests the application is sent at once; 1 to 1000000.
+    pub max_concurrent_requests: u32,
+    /// Most requests waiting for one of those to finish; 0 to 1000000. Default 0.
+    #[serde(default)]
+    pub max_pending_requests: u32,
+}
+
+fn default_limit_source() -> String {
+    "inbound.limit".into()
 }
 
 /// One application port and the protocol spoken on it.
@@ -370,6 +395,20 @@ impl ProxyConfig {
             );
         }
         check_ports("inbound.ports", &self.inbound.ports, &mut bad);
+        if let Some(l) = &self.inbound.limit {
+            if !(1..=1_000_000).contains(&l.max_concurrent_requests) {
+                let v = l.max_concurrent_requests.to_string();
+                bad(
+                    "inbound.limit.maxConcurrentRequests".into(),
+                    v,
+                    "1 to 1000000",
+                );
+            }
+            if l.max_pending_requests > 1_000_000 {
+                let v = l.max_pending_requests.to_string();
+                bad("inbound.limit.maxPendingRequests".into(), v, "0 to 1000000");
+            }
+        }
         let (limits, l) = ("limits", &self.limits);
         if !(1024..=1 << 20).contains(&l.max_header_bytes) {
             let v = l.max_header_bytes.to_string();

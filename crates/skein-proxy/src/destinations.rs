@@ -132,6 +132,7 @@ impl Service {
                 connection_pool: Default::default(),
                 outlier_detection: Default::default(),
                 retry_budget: Default::default(),
+                inbound: None,
             };
             named.push((None, "the default BackendPolicy".into(), defaults));
         }

@@ -22,6 +22,9 @@ pub struct State {
     /// This workload's service, as telemetry labels it (also its account until its
     /// certificate says otherwise: see `Ctx::own_account`).
     pub service: crate::telemetry::Named,
+    /// The limit on requests sent to the application at once (`inbound.limit`), kept
+    /// from the previous state while unchanged so that requests in flight still count.
+    pub app_limit: Option<Arc<crate::limit::Limiter>>,
 }
 
 impl State {
@@ -35,10 +38,18 @@ impl State {
         );
         let service =
             crate::telemetry::Named::new(&config.workload.namespace, &config.workload.service);
+        let app_limit = config.inbound.limit.as_ref().map(|l| {
+            let (max, waiting) = (l.max_concurrent_requests, l.max_pending_requests);
+            match previous.and_then(|p| p.app_limit.as_ref()) {
+                Some(kept) if kept.is(max, waiting) => kept.clone(),
+                _ => Arc::new(crate::limit::Limiter::new(max, waiting)),
+            }
+        });
         State {
             config: Arc::new(config),
             destinations,
             service,
+            app_limit,
         }
     }
 }

@@ -66,6 +66,8 @@ struct State {
     token: CancellationToken,
     /// Added before every response, in milliseconds (see [`HttpBackend::set_delay`]).
     delay_ms: std::sync::atomic::AtomicU64,
+    /// How many requests at once it can handle; beyond, it answers 500 (0: no limit).
+    capacity: AtomicUsize,
     /// Requests being handled now, and the most ever at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -139,6 +141,7 @@ impl HttpBackend {
             seen: Mutex::new(Vec::new()),
             token: token.clone(),
             delay_ms: Default::default(),
+            capacity: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         });
@@ -159,10 +162,22 @@ impl HttpBackend {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Makes the backend fall over beyond `n` requests at once: each request beyond
+    /// them is answered `500 overwhelmed` (an application that cannot take more).
+    pub fn set_capacity(&self, n: usize) {
+        self.state.capacity.store(n, Ordering::SeqCst);
+    }
+
     /// The most requests the backend has handled at once (from arrival until its handler
-    /// returned the response head).
+    /// returned the response head), since it started or since [`Self::reset_max_in_flight`].
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts measuring [`Self::max_in_flight`] afresh.
+    pub fn reset_max_in_flight(&self) {
+        let now = self.state.in_flight.load(Ordering::SeqCst);
+        self.state.max_in_flight.store(now, Ordering::SeqCst);
     }
 
     /// The address the backend listens on (with the real port when started on port 0).
@@ -207,6 +222,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
         }
     }
     let _out = Out(&state.in_flight);
+    let capacity = state.capacity.load(Ordering::SeqCst);
+    if capacity > 0 && now > capacity {
+        return full(StatusCode::INTERNAL_SERVER_ERROR, "overwhelmed");
+    }
     respond(&state, req).await
 }
 

@@ -88,6 +88,7 @@ impl MeshSpec {
                 listen: SocketAddr::new(self.server_ip, 0),
                 app_host: self.server_ip,
                 ports,
+                limit: None,
             },
             outbound: OutboundConfig::default(),
             admin: AdminConfig {
@@ -154,6 +155,7 @@ impl MeshSpec {
                     port: 1,
                     protocol: Protocol::Detect,
                 }],
+                limit: None,
             },
             outbound: OutboundConfig {
                 listen: None,

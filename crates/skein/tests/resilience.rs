@@ -99,6 +99,17 @@ async fn a_dead_endpoint_is_ejected_after_consecutive_failures_and_used_again_on
         let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
         assert_eq!(status, 200, "nothing fails once both are up");
     }
+
+    // A second BackendPolicy for the same Service and port is refused, naming the first.
+    let rival = data.path().join("rival.yaml");
+    std::fs::write(&rival, backend_policy("api-strict", "loadBalancer: ewma")).unwrap();
+    let out = cli(&cp, data.path(), &["apply", "-f", rival.to_str().unwrap()]).await;
+    let err = out.failed();
+    assert!(
+        err.contains("BackendPolicy/default/api already governs Service api (every port)"),
+        "{err}"
+    );
+    knows(&caller, 2, Some("default/api")).await;
 }
 
 /// Sends `n` requests from each of `callers` concurrent callers; returns each one's
@@ -371,4 +382,79 @@ async fn cookie_and_regular_expression_routes_pick_their_backends_and_bad_patter
         "{err}"
     );
     assert_eq!(to("v2/menu", None).await, "beta");
+}
+
+#[tokio::test]
+async fn an_inbound_limit_sheds_a_burst_at_the_applications_edge_and_the_application_stays_up() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-inbound").unwrap();
+    let cp = control(94, data.path()).await;
+    apply(&cp, &service_yaml("api")).await;
+    let (app, api) = workload_as(&cp, 95, "api-1", "api", &[], None).await;
+    // An application that can handle 20 requests at once and falls over beyond.
+    app.set_capacity(20);
+    app.set_delay(Duration::from_millis(200));
+    let caller = client(&cp, 96).await;
+    knows(&caller, 1, None).await;
+    let proxy = caller.addrs.http_proxy.unwrap();
+    let burst = || {
+        (0..500)
+            .map(|_| tokio::spawn(timed_get(proxy, url("api", "x"))))
+            .collect::<Vec<_>>()
+    };
+
+    // Unprotected, the burst overwhelms it.
+    let mut overwhelmed = 0;
+    for b in burst() {
+        let (status, _, body, _) = b.await.unwrap();
+        overwhelmed += usize::from(status == 500 && body == "overwhelmed");
+    }
+    assert!(
+        overwhelmed > 0,
+        "without a limit the application falls over"
+    );
+
+    let policy = backend_policy("api", "inbound: {maxConcurrentRequests: 20}");
+    apply(&cp, &policy).await;
+    eventually("the workload's proxy learns its limit", SOON, async || {
+        api.ctx.config().inbound.limit.is_some()
+    })
+    .await
+    .unwrap();
+    app.reset_max_in_flight();
+    let burst = burst();
+    let (mut ok, mut shed, mut other) = (0, 0, Vec::new());
+    for b in burst {
+        let (status, headers, body, _) = b.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 if headers.get("skein-limited-by").is_some() => {
+                assert_eq!(
+                    headers["skein-limited-by"],
+                    "default/api inbound.maxConcurrentRequests"
+                );
+                assert_eq!(headers["retry-after"], "1");
+                assert!(body.contains("api is at its limit"), "{body}");
+                shed += 1;
+            }
+            s => other.push((s, body)),
+        }
+    }
+    println!(
+        "500 at once: unprotected {overwhelmed} overwhelmed; with the limit {ok} answered, {shed} shed at the edge, {} other",
+        other.len()
+    );
+    assert!(
+        other.is_empty(),
+        "the application never fell over: {other:?}"
+    );
+    assert!(ok >= 20, "it answered its share: {ok}");
+    assert!(
+        app.max_in_flight() <= 20,
+        "it saw {} at once",
+        app.max_in_flight()
+    );
+    assert_eq!(ok + shed, 500);
+    let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
+    assert_eq!(status, 200, "and it is still up");
 }

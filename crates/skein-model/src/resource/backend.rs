@@ -26,6 +26,23 @@ pub struct BackendPolicySpec {
     /// How many retries may be added on top of requests. Defaults: 20 % plus 10 per second.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// What each workload of the Service accepts at once from all its callers together,
+    /// enforced by its own (inbound) proxy. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundLimit>,
+}
+
+/// Load shedding at the edge of an application: requests beyond the limit are refused
+/// by the workload's own proxy at once (503, `Retry-After`), instead of piling up in the
+/// application's accept queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundLimit {
+    /// Most requests the application is sent at once; 1 to 1000000.
+    pub max_concurrent_requests: u32,
+    /// Most requests waiting for one of those to finish; 0 to 1000000. Default 0.
+    #[serde(default)]
+    pub max_pending_requests: u32,
 }
 
 /// Load-balancing algorithms.
@@ -217,6 +234,20 @@ impl BackendPolicySpec {
             budget.min_per_second,
             "0 to 100000",
         );
+        if let Some(inbound) = &self.inbound {
+            p.check(
+                (1..=1_000_000).contains(&inbound.max_concurrent_requests),
+                "spec.inbound.maxConcurrentRequests",
+                inbound.max_concurrent_requests,
+                "1 to 1000000",
+            );
+            p.check(
+                inbound.max_pending_requests <= 1_000_000,
+                "spec.inbound.maxPendingRequests",
+                inbound.max_pending_requests,
+                "0 to 1000000",
+            );
+        }
         p.duration(
             "spec.retryBudget.ttl",
             budget.ttl,

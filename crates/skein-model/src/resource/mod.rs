@@ -27,7 +27,9 @@ mod unenforced;
 pub mod validate;
 mod workload;
 
-pub use backend::{BackendPolicySpec, ConnectionPool, LoadBalancer, OutlierDetection, RetryBudget};
+pub use backend::{
+    BackendPolicySpec, ConnectionPool, InboundLimit, LoadBalancer, OutlierDetection, RetryBudget,
+};
 pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};
 pub use mesh::{MeshSpec, MtlsMode, PolicyAction, MAX_CERT_TTL, MIN_CERT_TTL};
 pub use meta::{Object, ObjectMeta};

@@ -78,6 +78,11 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
             })
         })
         .collect::<Result<_, String>>()?;
+    next.inbound.limit = snapshot.app_limit.as_ref().map(|l| skein_model::AppLimit {
+        policy: l.policy.clone(),
+        max_concurrent_requests: l.max_concurrent_requests,
+        max_pending_requests: l.max_pending_requests,
+    });
     // Absent only from a control plane that sends none: the file's.
     if let Some(a) = &snapshot.authorization {
         next.authorization = convert::authorization_from_wire(a)?;

@@ -15,6 +15,7 @@ mod tunnel;
 
 use crate::error::ProxyError;
 use crate::http::{headers, Body};
+use crate::limit::Full;
 use crate::metrics::{Direction, Proto};
 use crate::request::{self, Record};
 use crate::state::State;
@@ -266,8 +267,34 @@ async fn route(
     if rec.recorded {
         rec.pathway = Some(authorize::pathway(&req, port.port));
     }
+    // Shed load at the application's edge: past its limit, refuse now rather than let
+    // requests pile up in its accept queue.
+    let admitted = match &state.app_limit {
+        None => None,
+        Some(limit) => Some(limit.admit().await.map_err(|full| {
+            let (field, value) = match full {
+                Full::Max(v) => ("inbound.maxConcurrentRequests", v),
+                Full::Waiting(v) => ("inbound.maxPendingRequests", v),
+            };
+            ProxyError::Overloaded {
+                service: config.workload.service.clone(),
+                policy: config
+                    .inbound
+                    .limit
+                    .as_ref()
+                    .map_or_else(String::new, |l| l.policy.clone()),
+                limit: field,
+                value,
+            }
+        })?),
+    };
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    app::forward(ctx, config, req, port.port, to_h2, caller, rec).await
+    let resp = app::forward(ctx, config, req, port.port, to_h2, caller, rec).await?;
+    Ok(match admitted {
+        None => resp,
+        // Counted until the response ends.
+        Some(held) => resp.map(|b| crate::http::boxed(crate::http::Holding::new(b, held))),
+    })
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.
