@@ -11,6 +11,10 @@
 use crate::v1 as pb;
 use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
+use skein_model::resource::filter::{
+    FilterType, HeaderModifier, HttpHeader, PathModifier, PathModifierType, RequestRedirect,
+    RouteFilter, UrlRewrite,
+};
 use skein_model::resource::{
     AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef, ConnectionPool,
     HeaderMatch, InboundLimit, LoadBalancer, Operation, OutlierDetection, PathMatch, PathMatchType,
@@ -44,6 +48,7 @@ fn rule_to_wire(rule: &RouteRule) -> pb::RouteRule {
                 namespace: b.namespace.clone().unwrap_or_default(),
                 port: b.port.map(u32::from),
                 weight: b.weight,
+                filters: filters_to_wire(&b.filters),
             })
             .collect(),
         timeouts: rule.timeouts.as_ref().map(|t| pb::RouteTimeouts {
@@ -55,7 +60,145 @@ fn rule_to_wire(rule: &RouteRule) -> pb::RouteRule {
             codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
             backoff_ms: ms(r.backoff),
         }),
+        filters: filters_to_wire(&rule.filters),
     }
+}
+
+fn filters_to_wire(filters: &[RouteFilter]) -> Vec<pb::RouteFilter> {
+    use pb::route_filter::Filter;
+    let headers = |m: &HeaderModifier| pb::HeaderModifier {
+        set: m.set.iter().map(header_to_wire).collect(),
+        add: m.add.iter().map(header_to_wire).collect(),
+        remove: m.remove.clone(),
+    };
+    filters
+        .iter()
+        .filter_map(|f| {
+            let filter = match f.kind {
+                FilterType::RequestHeaderModifier => {
+                    Filter::RequestHeaderModifier(headers(f.request_header_modifier.as_ref()?))
+                }
+                FilterType::ResponseHeaderModifier => {
+                    Filter::ResponseHeaderModifier(headers(f.response_header_modifier.as_ref()?))
+                }
+                FilterType::UrlRewrite => {
+                    let r = f.url_rewrite.as_ref()?;
+                    Filter::UrlRewrite(pb::UrlRewrite {
+                        hostname: r.hostname.clone(),
+                        path: r.path.as_ref().map(path_to_wire),
+                    })
+                }
+                FilterType::RequestRedirect => {
+                    let r = f.request_redirect.as_ref()?;
+                    Filter::RequestRedirect(pb::RequestRedirect {
+                        scheme: r.scheme.clone(),
+                        hostname: r.hostname.clone(),
+                        path: r.path.as_ref().map(path_to_wire),
+                        port: r.port.map(u32::from),
+                        status_code: u32::from(r.status_code),
+                    })
+                }
+                // Refused at apply: never stored, never sent.
+                FilterType::RequestMirror | FilterType::ExtensionRef => return None,
+            };
+            Some(pb::RouteFilter {
+                filter: Some(filter),
+            })
+        })
+        .collect()
+}
+
+fn header_to_wire(h: &HttpHeader) -> pb::Header {
+    pb::Header {
+        name: h.name.clone(),
+        value: h.value.clone(),
+    }
+}
+
+fn path_to_wire(p: &PathModifier) -> pb::PathModifier {
+    use pb::path_modifier::Replace;
+    let replace = match p.kind {
+        PathModifierType::ReplaceFullPath => p.replace_full_path.clone().map(Replace::FullPath),
+        PathModifierType::ReplacePrefixMatch => {
+            p.replace_prefix_match.clone().map(Replace::PrefixMatch)
+        }
+    };
+    pb::PathModifier { replace }
+}
+
+/// Filters from the wire; a filter of a kind this proxy does not know is skipped (a
+/// control plane that adds one lists it in `Snapshot.requires`).
+fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
+    use pb::route_filter::Filter;
+    let headers = |m: &pb::HeaderModifier| HeaderModifier {
+        set: m.set.iter().map(header_from_wire).collect(),
+        add: m.add.iter().map(header_from_wire).collect(),
+        remove: m.remove.clone(),
+    };
+    filters
+        .iter()
+        .filter_map(|f| {
+            let mut out = RouteFilter {
+                kind: FilterType::RequestHeaderModifier,
+                request_header_modifier: None,
+                response_header_modifier: None,
+                url_rewrite: None,
+                request_redirect: None,
+                request_mirror: None,
+                extension_ref: None,
+            };
+            match f.filter.as_ref()? {
+                Filter::RequestHeaderModifier(m) => {
+                    out.request_header_modifier = Some(headers(m));
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    out.kind = FilterType::ResponseHeaderModifier;
+                    out.response_header_modifier = Some(headers(m));
+                }
+                Filter::UrlRewrite(r) => {
+                    out.kind = FilterType::UrlRewrite;
+                    out.url_rewrite = Some(UrlRewrite {
+                        hostname: r.hostname.clone(),
+                        path: r.path.as_ref().and_then(path_from_wire),
+                    });
+                }
+                Filter::RequestRedirect(r) => {
+                    out.kind = FilterType::RequestRedirect;
+                    out.request_redirect = Some(RequestRedirect {
+                        scheme: r.scheme.clone(),
+                        hostname: r.hostname.clone(),
+                        path: r.path.as_ref().and_then(path_from_wire),
+                        port: r.port.and_then(|p| u16::try_from(p).ok()),
+                        status_code: u16::try_from(r.status_code).unwrap_or(302),
+                    });
+                }
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+fn header_from_wire(h: &pb::Header) -> HttpHeader {
+    HttpHeader {
+        name: h.name.clone(),
+        value: h.value.clone(),
+    }
+}
+
+fn path_from_wire(p: &pb::PathModifier) -> Option<PathModifier> {
+    use pb::path_modifier::Replace;
+    Some(match p.replace.as_ref()? {
+        Replace::FullPath(v) => PathModifier {
+            kind: PathModifierType::ReplaceFullPath,
+            replace_full_path: Some(v.clone()),
+            replace_prefix_match: None,
+        },
+        Replace::PrefixMatch(v) => PathModifier {
+            kind: PathModifierType::ReplacePrefixMatch,
+            replace_full_path: None,
+            replace_prefix_match: Some(v.clone()),
+        },
+    })
 }
 
 fn match_to_wire(m: &RouteMatch) -> pb::RouteMatch {
@@ -121,6 +264,7 @@ fn rule_from_wire(rule: &pb::RouteRule) -> RouteRule {
                 namespace: (!b.namespace.is_empty()).then(|| b.namespace.clone()),
                 port: b.port.and_then(|p| u16::try_from(p).ok()),
                 weight: b.weight,
+                filters: filters_from_wire(&b.filters),
             })
             .collect(),
         timeouts: rule.timeouts.as_ref().map(|t| RouteTimeouts {
@@ -136,6 +280,7 @@ fn rule_from_wire(rule: &pb::RouteRule) -> RouteRule {
                 .collect(),
             backoff: Duration::from_millis(r.backoff_ms),
         }),
+        filters: filters_from_wire(&rule.filters),
     }
 }
 
@@ -447,7 +592,13 @@ mod tests {
     backendRefs: [{name: restaurant-v2, namespace: default, port: 8080, weight: 5}, {name: restaurant, namespace: default}]
     timeouts: {request: 2s, backendRequest: 500ms}
     retry: {attempts: 2, codes: [503], backoff: 10ms}
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}
+    - {type: URLRewrite, urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
+  - backendRefs: [{name: restaurant, namespace: default, filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /x}}}]}]
   - backendRefs: [{name: restaurant, namespace: default}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, hostname: example.com, port: 8443, statusCode: 301}}]
 ";
 
     #[test]

@@ -19,6 +19,7 @@ pub mod destinations;
 pub mod detect;
 pub mod drain;
 pub mod error;
+pub mod filter;
 pub mod http;
 pub mod identity;
 pub mod inbound;

@@ -13,7 +13,7 @@
 use http::HeaderName;
 use regex::Regex;
 use skein_model::resource::{
-    compile_regex, BackendRef, HeaderMatch, PathMatchType, RouteMatch, RouteRule, ValueMatchType,
+    compile_regex, HeaderMatch, PathMatchType, RouteMatch, RouteRule, ValueMatchType,
 };
 use skein_model::DestinationRoute;
 
@@ -152,16 +152,25 @@ impl Table {
 
     /// The first rule (its route's index and its own) that handles a request to `port`.
     pub fn select<B>(&self, port: u16, req: &http::Request<B>) -> Option<(usize, usize)> {
+        self.select_match(port, req)
+            .map(|(route, rule, _)| (route, rule))
+    }
+
+    /// Like [`Table::select`], with the index of the rule's match that fitted.
+    pub fn select_match<B>(
+        &self,
+        port: u16,
+        req: &http::Request<B>,
+    ) -> Option<(usize, usize, usize)> {
         self.routes
             .iter()
             .enumerate()
             .filter(|(_, r)| r.port.is_none_or(|p| p == port))
             .find_map(|(route, r)| {
-                let rule = r
-                    .rules
-                    .iter()
-                    .position(|matches| matches.iter().any(|m| m.fits(req)))?;
-                Some((route, rule))
+                r.rules.iter().enumerate().find_map(|(rule, matches)| {
+                    let m = matches.iter().position(|m| m.fits(req))?;
+                    Some((route, rule, m))
+                })
             })
     }
 }
@@ -207,18 +216,18 @@ pub fn random() -> u64 {
     z ^ (z >> 31)
 }
 
-/// Picks a backend of `rule` by weight; `random` is any uniformly random number. Backends
-/// of weight 0 are never picked; `None` when every weight is 0.
-pub fn pick(rule: &RouteRule, random: u64) -> Option<&BackendRef> {
+/// Picks a backend of `rule` by weight (its index); `random` is any uniformly random
+/// number. Backends of weight 0 are never picked; `None` when every weight is 0.
+pub fn pick(rule: &RouteRule, random: u64) -> Option<usize> {
     let total: u64 = rule.backend_refs.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
         return None;
     }
     let mut point = random % total;
-    for b in &rule.backend_refs {
+    for (i, b) in rule.backend_refs.iter().enumerate() {
         let w = u64::from(b.weight);
         if point < w {
-            return Some(b);
+            return Some(i);
         }
         point -= w;
     }
@@ -309,7 +318,7 @@ mod tests {
         let routes = rules(ROUTES);
         let rule = &routes[0].rules[2];
         let v2 = (0..10_000u64)
-            .filter(|i| pick(rule, *i).unwrap().name == "restaurant-v2")
+            .filter(|i| rule.backend_refs[pick(rule, *i).unwrap()].name == "restaurant-v2")
             .count();
         assert_eq!(v2, 100, "1 in 100 over a full cycle of the random space");
         let mut zero = rule.clone();

@@ -458,3 +458,76 @@ async fn an_inbound_limit_sheds_a_burst_at_the_applications_edge_and_the_applica
     let (status, _) = get(proxy, &url("api", "x")).await.unwrap();
     assert_eq!(status, 200, "and it is still up");
 }
+
+#[tokio::test]
+async fn route_filters_redirect_rewrite_and_change_headers_both_ways() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-filters").unwrap();
+    let cp = control(97, data.path()).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+         spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  rules:\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /old}}}}]\n\
+         \x20   filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}}}]\n\
+         \x20   backendRefs: [{{name: api, port: {PORT}}}]\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]\n\
+         \x20   filters:\n\
+         \x20   - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-test-added, value: 'yes'}}], add: [{{name: x-test-list, value: b}}], remove: [x-test-drop]}}}}\n\
+         \x20   - {{type: URLRewrite, urlRewrite: {{hostname: rewritten.example, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}}}\n\
+         \x20   - {{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-served-by, value: skein}}], remove: [x-echo-version]}}}}\n\
+         \x20   backendRefs: [{{name: api, port: {PORT}, filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-test-backend, value: api}}]}}}}]}}]\n"
+    );
+    apply(&cp, &(service_yaml("api") + "---\n" + &route)).await;
+    let (app, _p) = workload_as(&cp, 98, "api-1", "api", &[], None).await;
+    let caller = client(&cp, 99).await;
+    eventually("the caller learns the route", SOON, async || {
+        let c = caller.ctx.config();
+        c.destinations
+            .iter()
+            .any(|d| d.service == "api" && !d.routes.is_empty() && !d.endpoints.is_empty())
+    })
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    // A redirect is answered by the caller's proxy; the application never sees it.
+    let (status, headers, _) = send(proxy, "GET", &url("api", "old/page?q=1"), &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 301);
+    assert_eq!(
+        headers["location"],
+        format!("http://api:{PORT}/new/page?q=1")
+    );
+    assert_eq!(app.hits(), 0);
+
+    let (status, headers, _) = send(
+        proxy,
+        "GET",
+        &url("api", "v1/menu?x=1"),
+        &[("x-test-drop", "secret"), ("x-test-list", "a")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.path, "/v2/menu?x=1", "prefix rewritten, query kept");
+    assert_eq!(seen.header("host"), Some("rewritten.example"));
+    assert_eq!(seen.header("x-test-added"), Some("yes"));
+    assert_eq!(seen.header("x-test-list"), Some("a,b"));
+    assert_eq!(
+        seen.header("x-test-backend"),
+        Some("api"),
+        "the backendRef's own filter"
+    );
+    assert_eq!(seen.header("x-test-drop"), None);
+    assert_eq!(headers["x-served-by"], "skein");
+    assert!(
+        headers.get("x-echo-version").is_none(),
+        "removed from the response"
+    );
+    assert!(
+        headers.get("x-echo-method").is_some(),
+        "other headers untouched"
+    );
+}

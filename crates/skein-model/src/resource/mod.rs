@@ -14,6 +14,7 @@
 //! | `HTTPRoute` | `gateway.networking.k8s.io/v1` | namespace |
 
 mod backend;
+pub mod filter;
 mod kind;
 mod mesh;
 mod meta;

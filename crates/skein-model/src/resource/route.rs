@@ -80,6 +80,9 @@ pub struct RouteRule {
     /// Retries of failed requests. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+    /// Filters applied to every request of the rule, in order; at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<super::filter::RouteFilter>,
 }
 
 /// Conditions a request must all meet.
@@ -217,6 +220,10 @@ pub struct BackendRef {
     /// Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Filters for the requests sent to this backend, after the rule's; header modifiers
+    /// and `URLRewrite`; at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<super::filter::RouteFilter>,
 }
 
 /// Timeouts of one rule. `0s` disables a timeout (as in Gateway API).
@@ -416,6 +423,23 @@ impl RouteRule {
         }
         if let Some(retry) = &self.retry {
             retry.validate(p, &format!("{at}.retry"));
+        }
+        let prefix_only = self
+            .matches
+            .iter()
+            .all(|m| m.path.kind == PathMatchType::PathPrefix);
+        super::filter::validate_filters(p, &format!("{at}.filters"), &self.filters, prefix_only);
+        for (i, backend) in self.backend_refs.iter().enumerate() {
+            let b_at = format!("{at}.backendRefs[{i}].filters");
+            super::filter::validate_filters(p, &b_at, &backend.filters, prefix_only);
+            for (j, f) in backend.filters.iter().enumerate() {
+                p.check(
+                    f.kind != super::filter::FilterType::RequestRedirect,
+                    format!("{b_at}[{j}].type"),
+                    "RequestRedirect",
+                    "RequestHeaderModifier, ResponseHeaderModifier or URLRewrite (a redirect belongs to the rule's filters)",
+                );
+            }
         }
     }
 }

@@ -298,3 +298,52 @@ fn a_try_ends_at_the_sooner_budget_and_zero_disables() {
     let d = t(Some(400), Some(200)).try_deadline(ms(250)).unwrap();
     assert_eq!(d.after, ms(400));
 }
+
+#[test]
+fn filters_are_checked_against_gateway_api_rules() {
+    assert!(problems(
+        "[{backendRefs: [{name: web, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-b, value: '1'}]}}]}], \
+          filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-c, value: '2'}], remove: [x-d]}}, \
+                    {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}, \
+                    {type: URLRewrite, urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]}]"
+    )
+    .is_empty());
+    let all = problems(
+        "[{matches: [{path: {type: Exact, value: /a}}], backendRefs: [{name: web, filters: [{type: RequestRedirect, requestRedirect: {statusCode: 302}}]}], \
+          filters: [{type: RequestHeaderModifier, responseHeaderModifier: {}}, \
+                    {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}, \
+                    {type: RequestRedirect, requestRedirect: {scheme: ftp, statusCode: 307}}, \
+                    {type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}, \
+                    {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: skein-error, value: x}], remove: [Set-Cookie, set-cookie]}}]}]",
+    );
+    let want = [
+        "spec.rules[0].filters[0].requestHeaderModifier: \"missing\"",
+        "spec.rules[0].filters[0].responseHeaderModifier: \"set\"",
+        "spec.rules[0].filters[1].urlRewrite.path.type: \"ReplacePrefixMatch\" is not accepted; expected ReplacePrefixMatch only in a rule whose matches are all PathPrefix",
+        "spec.rules[0].filters[2].requestRedirect.scheme: \"ftp\" is not accepted; expected http or https",
+        "spec.rules[0].filters[2].requestRedirect.statusCode: \"307\" is not accepted; expected 301 or 302",
+        "spec.rules[0].filters[3].type: \"RequestMirror\" is not accepted; expected RequestHeaderModifier, ResponseHeaderModifier, URLRewrite or RequestRedirect (RequestMirror and ExtensionRef are not supported yet)",
+        "spec.rules[0].filters[4].responseHeaderModifier.set[0].name: \"skein-error\" is not accepted",
+        "each header name once across set, add and remove",
+        "spec.rules[0].filters: \"RequestRedirect with URLRewrite\" is not accepted; expected RequestRedirect or URLRewrite, not both",
+        "spec.rules[0].backendRefs[0].filters[0].type: \"RequestRedirect\" is not accepted",
+    ];
+    for w in want {
+        assert!(all.iter().any(|p| p.contains(w)), "{w} in {all:#?}");
+    }
+}
+
+#[test]
+fn regular_expressions_that_do_not_compile_are_refused_with_the_reason() {
+    let p = one("[{matches: [{headers: [{type: RegularExpression, name: x, value: '(a'}]}], backendRefs: [{name: web}]}]");
+    assert!(
+        p.starts_with("spec.rules[0].matches[0].headers[0].value: \"(a\" is not accepted; expected a regular expression in RE2 syntax"),
+        "{p}"
+    );
+    assert!(p.contains("unclosed group"), "{p}");
+    let p = one("[{matches: [{path: {type: RegularExpression, value: '/(?=x)'}}], backendRefs: [{name: web}]}]");
+    assert!(p.contains("look-around"), "{p}");
+    let p =
+        one("[{matches: [{cookies: [{name: 'be ta', value: '1'}]}], backendRefs: [{name: web}]}]");
+    assert!(p.contains("cookies[0].name"), "{p}");
+}

@@ -253,7 +253,7 @@ fn unknown_field_is_reported_with_its_path() {
         problems(text),
         [
             "HTTPRoute default/restaurant: spec.rules[0].backendRefs[0].wieght: unknown field; \
-          expected one of group, kind, name, namespace, port, weight"
+          expected one of group, kind, name, namespace, port, weight, filters"
         ]
     );
 }

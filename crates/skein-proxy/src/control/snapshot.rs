@@ -345,6 +345,7 @@ mod tests {
                                     namespace: "default".into(),
                                     port: None,
                                     weight: 1,
+                                    filters: vec![],
                                 }],
                                 mirror: Some(pb::BackendRef::default()),
                             }],

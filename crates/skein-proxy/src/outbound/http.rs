@@ -91,6 +91,15 @@ async fn forward(
     }
     let Plan { backend, rule, .. } = plan;
     let rule = rule.as_ref();
+    let mut req = req;
+    if let Some(rule) = rule {
+        // The rule's (and backend's) filters: a redirect is answered here; the others
+        // change the request now and the response when it comes.
+        if let Some(r) = rule.filters().find_map(|f| f.request_redirect.as_ref()) {
+            return Ok(redirect(&req, r, rule.matched_prefix(), backend.port.port));
+        }
+        apply_request_filters(&mut req, rule)?;
+    }
     let policy = backend.policy();
     if proto == Proto::Http1 && headers::wants_upgrade(req.headers()) {
         // An upgraded connection lives as long as its parties want: no route timeout,
@@ -187,7 +196,15 @@ async fn forward(
         }
         return match sent {
             Err(timed_out) => Err(timed_out),
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                if let Some(rule) = rule {
+                    for m in rule
+                        .filters()
+                        .filter_map(|f| f.response_header_modifier.as_ref())
+                    {
+                        crate::filter::modify_headers(resp.headers_mut(), m);
+                    }
+                }
                 // The request counts as in flight (to the limit and to its endpoint's
                 // load) until its response ends.
                 let held = (admitted, picked);
@@ -206,6 +223,74 @@ async fn forward(
             Ok(Err(e)) => Err(e),
         };
     }
+}
+
+/// The redirect a rule's `RequestRedirect` answers `req` with; `port` is the service port
+/// the request was sent to (when its authority names none).
+fn redirect(
+    req: &Request<Incoming>,
+    r: &skein_model::resource::filter::RequestRedirect,
+    matched: Option<&str>,
+    port: u16,
+) -> Response<Body> {
+    let authority = authority_of(req).unwrap_or_default();
+    let (host, named_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !authority.ends_with(']') => (h.to_string(), p.parse().ok()),
+        _ => (authority.clone(), None),
+    };
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    crate::filter::redirect(
+        r,
+        scheme,
+        &host,
+        named_port.or(Some(port)),
+        req.uri().path(),
+        req.uri().query(),
+        matched,
+    )
+}
+
+/// Applies the request filters of `rule` (and its picked backend): header modifiers, then
+/// a `URLRewrite` of the path (query kept) and of the host the backend sees.
+fn apply_request_filters(req: &mut Request<Incoming>, rule: &RuleRef) -> Result<(), ProxyError> {
+    for f in rule.filters() {
+        if let Some(m) = &f.request_header_modifier {
+            crate::filter::modify_headers(req.headers_mut(), m);
+        }
+        let Some(rewrite) = &f.url_rewrite else {
+            continue;
+        };
+        if let Some(path) = &rewrite.path {
+            let new = crate::filter::rewrite_path(req.uri().path(), path, rule.matched_prefix());
+            let with_query = match req.uri().query() {
+                Some(q) => format!("{new}?{q}"),
+                None => new,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query =
+                Some(with_query.parse().map_err(|_| {
+                    ProxyError::BadRequest("a rewritten path is not a valid URI path")
+                })?);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::NoAuthority)?;
+        }
+        if let Some(host) = &rewrite.hostname {
+            // The backend sees the new host: as the Host header, and in the authority of
+            // an absolute-form URI.
+            let value = HeaderValue::from_str(host)
+                .map_err(|_| ProxyError::BadRequest("a rewritten hostname is not a valid Host"))?;
+            req.headers_mut().insert(HOST, value);
+            if req.uri().authority().is_some() {
+                let path = req.uri().path_and_query().cloned();
+                let mut parts = req.uri().clone().into_parts();
+                parts.authority = host.parse().ok();
+                parts.path_and_query = path;
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tells the balancer how a try to `picked` went: a 5xx, a failure to deliver or the

@@ -9,7 +9,8 @@ use crate::destinations::{Destinations, Service, Target};
 use crate::error::ProxyError;
 use http::header::HOST;
 use http::{Method, Request};
-use skein_model::resource::{RouteRetry, RouteRule, TryDeadline};
+use skein_model::resource::filter::RouteFilter;
+use skein_model::resource::{PathMatchType, RouteRetry, RouteRule, TryDeadline};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -50,12 +51,32 @@ pub struct RuleRef {
     pub route: usize,
     /// Index of the rule in it.
     pub index: usize,
+    /// Index of the rule's match that fitted.
+    pub matched: usize,
+    /// Index of the backendRef picked.
+    pub backend: usize,
 }
 
 impl RuleRef {
     /// The rule.
     pub fn rule(&self) -> &RouteRule {
         &self.parent.spec.routes[self.route].rules[self.index]
+    }
+
+    /// The filters for this request: the rule's, then the picked backendRef's.
+    pub fn filters(&self) -> impl Iterator<Item = &RouteFilter> {
+        let rule = self.rule();
+        let backend = rule.backend_refs.get(self.backend);
+        rule.filters
+            .iter()
+            .chain(backend.into_iter().flat_map(|b| &b.filters))
+    }
+
+    /// The prefix the fitted match matched, when it is a `PathPrefix` match (what
+    /// `ReplacePrefixMatch` replaces).
+    pub fn matched_prefix(&self) -> Option<&str> {
+        let m = self.rule().matches.get(self.matched)?;
+        (m.path.kind == PathMatchType::PathPrefix).then_some(m.path.value.as_str())
     }
 
     /// The HTTPRoute's name, as telemetry labels it.
@@ -114,24 +135,28 @@ pub fn plan<B>(
         });
     }
     let spec = &target.service.spec;
-    let Some((route, index)) = target.service.routes.select(target.port.port, req) else {
+    let Some((route, index, matched)) = target.service.routes.select_match(target.port.port, req)
+    else {
         return Ok(Plan {
             backend: target.clone(),
             target,
             rule: None,
         });
     };
-    let backend =
-        crate::route::pick(&spec.routes[route].rules[index], random).ok_or_else(|| {
-            ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
-        })?;
-    let namespace = backend.namespace.as_deref().unwrap_or(&spec.namespace);
-    let port = backend.port.unwrap_or(target.port.port);
-    let backend = destinations.resolve(&format!("{}.{namespace}", backend.name), port)?;
+    let rule_spec = &spec.routes[route].rules[index];
+    let picked = crate::route::pick(rule_spec, random).ok_or_else(|| {
+        ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
+    })?;
+    let backend_ref = &rule_spec.backend_refs[picked];
+    let namespace = backend_ref.namespace.as_deref().unwrap_or(&spec.namespace);
+    let port = backend_ref.port.unwrap_or(target.port.port);
+    let backend = destinations.resolve(&format!("{}.{namespace}", backend_ref.name), port)?;
     let rule = RuleRef {
         parent: target.service.clone(),
         route,
         index,
+        matched,
+        backend: picked,
     };
     Ok(Plan {
         target,
