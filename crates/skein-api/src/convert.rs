@@ -12,8 +12,8 @@ use crate::v1 as pb;
 use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
 use skein_model::resource::filter::{
-    FilterType, HeaderModifier, HttpHeader, PathModifier, PathModifierType, RequestRedirect,
-    RouteFilter, UrlRewrite,
+    FilterType, HeaderModifier, HttpHeader, MirrorRef, PathModifier, PathModifierType,
+    RequestMirror, RequestRedirect, RouteFilter, UrlRewrite,
 };
 use skein_model::resource::{
     AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef, ConnectionPool,
@@ -98,8 +98,22 @@ fn filters_to_wire(filters: &[RouteFilter]) -> Vec<pb::RouteFilter> {
                         status_code: u32::from(r.status_code),
                     })
                 }
+                FilterType::RequestMirror => {
+                    let m = f.request_mirror.as_ref()?;
+                    let r = &m.backend_ref;
+                    Filter::RequestMirror(pb::RequestMirror {
+                        backend: Some(pb::BackendRef {
+                            name: r.name.clone(),
+                            namespace: r.namespace.clone().unwrap_or_default(),
+                            port: r.port.map(u32::from),
+                            weight: 1,
+                            filters: Vec::new(),
+                        }),
+                        percent: m.percent,
+                    })
+                }
                 // Refused at apply: never stored, never sent.
-                FilterType::RequestMirror | FilterType::ExtensionRef => return None,
+                FilterType::ExtensionRef => return None,
             };
             Some(pb::RouteFilter {
                 filter: Some(filter),
@@ -160,6 +174,20 @@ fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
                     out.url_rewrite = Some(UrlRewrite {
                         hostname: r.hostname.clone(),
                         path: r.path.as_ref().and_then(path_from_wire),
+                    });
+                }
+                Filter::RequestMirror(m) => {
+                    let b = m.backend.as_ref()?;
+                    out.kind = FilterType::RequestMirror;
+                    out.request_mirror = Some(RequestMirror {
+                        backend_ref: MirrorRef {
+                            group: String::new(),
+                            kind: "Service".into(),
+                            name: b.name.clone(),
+                            namespace: (!b.namespace.is_empty()).then(|| b.namespace.clone()),
+                            port: b.port.and_then(|p| u16::try_from(p).ok()),
+                        },
+                        percent: m.percent,
                     });
                 }
                 Filter::RequestRedirect(r) => {
@@ -595,6 +623,7 @@ mod tests {
     filters:
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, namespace: default, port: 81}, percent: 10}}
     - {type: URLRewrite, urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
   - backendRefs: [{name: restaurant, namespace: default, filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /x}}}]}]
   - backendRefs: [{name: restaurant, namespace: default}]

@@ -182,6 +182,16 @@ impl Registry {
             for backend in rules.iter_mut().flat_map(|r| r.backend_refs.iter_mut()) {
                 backend.namespace.get_or_insert_with(|| route_ns.clone());
             }
+            let mirrors = rules.iter_mut().flat_map(|r| {
+                let backends = r.backend_refs.iter_mut().flat_map(|b| b.filters.iter_mut());
+                r.filters.iter_mut().chain(backends)
+            });
+            for mirror in mirrors.filter_map(|f| f.request_mirror.as_mut()) {
+                mirror
+                    .backend_ref
+                    .namespace
+                    .get_or_insert_with(|| route_ns.clone());
+            }
             for parent in &route.spec.parent_refs {
                 let ns = parent.namespace.as_ref().unwrap_or(route_ns);
                 let service = state

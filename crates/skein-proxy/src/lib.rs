@@ -53,7 +53,9 @@ pub struct Ctx {
     /// Metric families.
     pub metrics: Arc<Metrics>,
     /// HTTP/2 connections to peer proxies.
-    pub peers: H2Pool,
+    pub peers: Arc<H2Pool>,
+    /// Mirrored requests in flight (`RequestMirror`), bounded.
+    pub mirrors: limit::Limiter,
     /// HTTP/1 connections to the local application.
     pub app_h1: H1Pool,
     /// HTTP/2 connections to the local application.
@@ -216,7 +218,8 @@ impl RunningProxy {
         let ctx = Arc::new(Ctx {
             state: StateCell::new(State::new(config, None)),
             metrics: Arc::new(Metrics::new()),
-            peers: H2Pool::new(peer_connector),
+            peers: Arc::new(H2Pool::new(peer_connector)),
+            mirrors: limit::Limiter::new(outbound::MIRRORS_IN_FLIGHT, 0),
             app_h1: H1Pool::new(app_connector.clone()),
             app_h2: H2Pool::new(app_connector.clone()),
             app_connector,

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub errors: Family<ReasonLabels, Counter>,
     /// Route retries, by result (`sent`, `budget_exhausted`).
     pub retries: Family<ResultLabels, Counter>,
+    /// Mirrored requests (`RequestMirror`), by result.
+    pub mirrors: Family<ResultLabels, Counter>,
     /// Endpoints ejected by outlier detection, by destination service and endpoint.
     pub ejections: Family<EjectionLabels, Counter>,
     /// Connections whose protocol was decided by the detection timeout.
@@ -186,6 +188,7 @@ impl Metrics {
             errors: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
+            mirrors: Family::default(),
             detect_timeouts: Family::default(),
             control_connected: Gauge::default(),
             summaries_dropped: Counter::default(),
@@ -254,6 +257,11 @@ impl Metrics {
             "identity_cert_requests",
             "Workload certificate requests to the control plane, by result",
             m.cert_renewals.clone(),
+        );
+        registry.register(
+            "route_mirrors",
+            "Copies of requests sent by RequestMirror filters, by result (sent, failed, dropped, skipped_streamed_body)",
+            m.mirrors.clone(),
         );
         registry.register(
             "outlier_ejections",
@@ -376,6 +384,15 @@ impl Metrics {
     /// Counts one route retry sent, or refused by the budget.
     pub fn retry(&self, result: &'static str) {
         self.retries
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one mirrored request by `result`.
+    pub fn mirror(&self, result: &'static str) {
+        self.mirrors
             .get_or_create(&ResultLabels {
                 result: result.to_string(),
             })

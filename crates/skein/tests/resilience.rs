@@ -531,3 +531,75 @@ async fn route_filters_redirect_rewrite_and_change_headers_both_ways() {
         "other headers untouched"
     );
 }
+
+#[tokio::test]
+async fn a_mirror_gets_a_copy_of_each_request_and_a_slow_mirror_never_slows_the_original() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-mirror").unwrap();
+    let cp = control(102, data.path()).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+         spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  rules:\n\
+         \x20 - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: {PORT}}}}}}}]\n\
+         \x20   backendRefs: [{{name: api, port: {PORT}}}]\n"
+    );
+    apply(
+        &cp,
+        &(service_yaml("api") + "---\n" + &service_yaml("shadow") + "---\n" + &route),
+    )
+    .await;
+    let (app, _p1) = workload_as(&cp, 103, "api-1", "api", &[], None).await;
+    let (shadow, _p2) = workload_as(&cp, 104, "shadow-1", "shadow", &[], None).await;
+    // The mirror takes a second per request; the original must not wait for it.
+    shadow.set_delay(Duration::from_secs(1));
+    let caller = client(&cp, 105).await;
+    eventually(
+        "the caller learns the route and both services",
+        SOON,
+        async || {
+            let c = caller.ctx.config();
+            c.destinations.len() >= 2
+                && c.destinations.iter().all(|d| !d.endpoints.is_empty())
+                && c.destinations.iter().any(|d| !d.routes.is_empty())
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    let start = Instant::now();
+    for i in 0..20 {
+        let mut sender = skein_testkit::client::h1(proxy).await.unwrap();
+        let req = http::Request::post(url("api", "order"))
+            .body(skein_proxy::http::full(format!("order-{i}")))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "20 originals took {took:?}: they waited for the 1 s mirror"
+    );
+    assert_eq!(app.hits(), 20);
+    let sent: usize = (0..20).map(|i| format!("order-{i}").len()).sum();
+    eventually(
+        "the mirror gets every copy, body and all",
+        SOON,
+        async || {
+            let seen = shadow.seen();
+            seen.len() == 20 && seen.iter().map(|s| s.body_len).sum::<usize>() == sent
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the copies are counted", SOON, async || {
+        sum_samples(
+            &caller.ctx.metrics.encode(),
+            "skein_route_mirrors_total",
+            &["result=\"sent\""],
+        ) == 20
+    })
+    .await
+    .unwrap();
+}

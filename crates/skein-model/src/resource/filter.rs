@@ -1,6 +1,6 @@
 //! HTTPRoute filters (Gateway API v1), per rule and per backendRef: request and response
-//! header modifiers, URL rewrites and redirects, enforced by the caller's proxy.
-//! `RequestMirror` and `ExtensionRef` are refused at apply until proxies carry them out.
+//! header modifiers, URL rewrites, redirects and request mirroring, enforced by the
+//! caller's proxy. `ExtensionRef` is refused at apply until proxies carry one out.
 
 use super::validate::{is_hostname, is_http_token, Problems, HTTP_TOKEN};
 use serde::{Deserialize, Serialize};
@@ -33,9 +33,9 @@ pub struct RouteFilter {
     /// For `RequestRedirect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_redirect: Option<RequestRedirect>,
-    /// For `RequestMirror` (not supported yet; refused).
+    /// For `RequestMirror`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_mirror: Option<serde_json::Value>,
+    pub request_mirror: Option<RequestMirror>,
     /// For `ExtensionRef` (not supported yet; refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_ref: Option<serde_json::Value>,
@@ -121,6 +121,46 @@ pub enum PathModifierType {
     ReplacePrefixMatch,
 }
 
+/// A copy of each request (or of `percent` of them) sent to another Service, whose
+/// answer is thrown away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    /// Where copies go.
+    pub backend_ref: MirrorRef,
+    /// Share of requests copied, 0 to 100. Default 100.
+    #[serde(default = "default_percent")]
+    pub percent: u32,
+}
+
+fn default_percent() -> u32 {
+    100
+}
+
+/// The Service a mirror sends copies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorRef {
+    /// API group; only `""` (core). Default `""`.
+    #[serde(default)]
+    pub group: String,
+    /// Only `Service`. Default `Service`.
+    #[serde(default = "default_service")]
+    pub kind: String,
+    /// The Service's name.
+    pub name: String,
+    /// Its namespace. Default: the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its port. Default: the port the request was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+fn default_service() -> String {
+    "Service".into()
+}
+
 /// A redirect answered by the caller's proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -191,13 +231,41 @@ impl RouteFilter {
                 p.add(format!("{at}.{field}"), shown, &expected);
             }
         }
-        match self.kind {
-            FilterType::RequestMirror | FilterType::ExtensionRef => p.add(
+        if self.kind == FilterType::ExtensionRef {
+            p.add(
                 format!("{at}.type"),
-                format!("{:?}", self.kind),
-                "RequestHeaderModifier, ResponseHeaderModifier, URLRewrite or RequestRedirect (RequestMirror and ExtensionRef are not supported yet)",
-            ),
-            _ => {}
+                "ExtensionRef",
+                "RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect or RequestMirror (ExtensionRef is not supported yet)",
+            );
+        }
+        if let Some(m) = &self.request_mirror {
+            let r = &m.backend_ref;
+            let at = format!("{at}.requestMirror");
+            p.check(
+                r.group.is_empty(),
+                format!("{at}.backendRef.group"),
+                &r.group,
+                "\"\" (the core API group)",
+            );
+            p.check(
+                r.kind == "Service",
+                format!("{at}.backendRef.kind"),
+                &r.kind,
+                "Service",
+            );
+            p.dns_label(format!("{at}.backendRef.name"), &r.name);
+            if let Some(ns) = &r.namespace {
+                p.dns_label(format!("{at}.backendRef.namespace"), ns);
+            }
+            if let Some(port) = r.port {
+                p.port(format!("{at}.backendRef.port"), port);
+            }
+            p.check(
+                m.percent <= 100,
+                format!("{at}.percent"),
+                m.percent,
+                "0 to 100",
+            );
         }
         for (field, m) in [
             ("requestHeaderModifier", &self.request_header_modifier),
@@ -367,6 +435,7 @@ pub(crate) fn validate_filters(
         FilterType::ResponseHeaderModifier,
         FilterType::UrlRewrite,
         FilterType::RequestRedirect,
+        FilterType::RequestMirror,
     ] {
         p.check(
             count(t) <= 1,

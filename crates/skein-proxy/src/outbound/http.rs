@@ -124,34 +124,50 @@ async fn forward(
         Full::Waiting(max) => backend.overloaded("connectionPool.maxPendingRequests", max),
     })?;
     let (req, body_failure) = to_peer_request(req, &backend, proto, rec)?;
-    // Retried only if the request can be sent again: a small body of known length.
-    let retry = rule.and_then(RuleRef::retry).filter(|r| {
-        r.attempts > 0
-            && retry::replayable(
-                http_body::Body::is_end_stream(req.body()),
-                http_body::Body::size_hint(req.body()).exact(),
-            )
+    // Retried, or mirrored, only if the request can be sent again: a small body of
+    // known length, held in memory.
+    let replayable = retry::replayable(
+        http_body::Body::is_end_stream(req.body()),
+        http_body::Body::size_hint(req.body()).exact(),
+    );
+    let retry = rule
+        .and_then(RuleRef::retry)
+        .filter(|r| r.attempts > 0 && replayable);
+    let mirror = rule.and_then(|r| {
+        let m = r.filters().find_map(|f| f.request_mirror.as_ref())?;
+        if crate::route::random() % 100 >= u64::from(m.percent) {
+            return None;
+        }
+        if !replayable {
+            ctx.metrics.mirror("skipped_streamed_body");
+            return None;
+        }
+        Some(m)
     });
     let service = backend.service.spec.service.as_str();
     let budget = &policy.spec.retry_budget;
-    let mut requests = match retry {
-        None => Requests::Once(Some(req)),
-        Some(_) => {
-            let (parts, body) = req.into_parts();
-            let held = match try_deadline(rule, started, started) {
-                None => body.collect().await,
-                Some((at, rule, d)) => tokio::time::timeout_at(at, body.collect())
-                    .await
-                    .map_err(|_| rule.timeout(&d))?,
-            };
-            let bytes = held
-                .map_err(|e| ProxyError::RequestBody(e.to_string()))?
-                .to_bytes();
+    let mut requests = if retry.is_none() && mirror.is_none() {
+        Requests::Once(Some(req))
+    } else {
+        let (parts, body) = req.into_parts();
+        let held = match try_deadline(rule, started, started) {
+            None => body.collect().await,
+            Some((at, rule, d)) => tokio::time::timeout_at(at, body.collect())
+                .await
+                .map_err(|_| rule.timeout(&d))?,
+        };
+        let bytes = held
+            .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+            .to_bytes();
+        if retry.is_some() {
             ctx.retry_budget
                 .deposit(service, budget, std::time::Instant::now());
-            Requests::Replay(parts, bytes)
         }
+        Requests::Replay(parts, bytes)
     };
+    if let Some(m) = mirror {
+        super::mirror::send(ctx, state, &backend, m, requests.next(), rule);
+    }
     let mut tried: Option<std::net::SocketAddr> = None;
     loop {
         rec.attempts += 1;

@@ -13,6 +13,7 @@
 //! endpoint its balancer picks ([`crate::balance`]), which learns from every try.
 
 mod http;
+mod mirror;
 pub mod plan;
 mod tcp;
 
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+pub use self::mirror::MAX_IN_FLIGHT as MIRRORS_IN_FLIGHT;
 pub use self::plan::Addressed;
 
 /// Tells the balancer of `target`'s policy how a try to `picked` went; an ejection it
