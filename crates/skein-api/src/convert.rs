@@ -12,14 +12,14 @@ use crate::v1 as pb;
 use skein_model::authz::path::{AmbiguousPaths, EncodedSlashes};
 use skein_model::authz::{Policy, PolicySet};
 use skein_model::resource::filter::{
-    FilterType, HeaderModifier, HttpHeader, MirrorRef, PathModifier, PathModifierType,
-    RequestMirror, RequestRedirect, RouteFilter, UrlRewrite,
+    ExtensionRef, FilterType, HeaderModifier, HttpHeader, MirrorRef, PathModifier,
+    PathModifierType, RequestMirror, RequestRedirect, RouteFilter, UrlRewrite,
 };
 use skein_model::resource::{
     AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef, ConnectionPool,
-    HeaderMatch, InboundLimit, LoadBalancer, Operation, OutlierDetection, PathMatch, PathMatchType,
-    PolicyAction, RetryBudget, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source, TargetRef,
-    ValueMatchType,
+    FaultAbort, FaultDelay, FaultInjectionSpec, HeaderMatch, InboundLimit, LoadBalancer, Operation,
+    OutlierDetection, PathMatch, PathMatchType, PolicyAction, ResolvedFault, RetryBudget,
+    RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source, TargetRef, ValueMatchType,
 };
 use skein_model::{DestinationPolicy, DestinationRoute};
 use std::time::Duration;
@@ -112,8 +112,20 @@ fn filters_to_wire(filters: &[RouteFilter]) -> Vec<pb::RouteFilter> {
                         percent: m.percent,
                     })
                 }
-                // Refused at apply: never stored, never sent.
-                FilterType::ExtensionRef => return None,
+                FilterType::ExtensionRef => {
+                    let ref_name = f.extension_ref.as_ref().map(|r| r.name.clone());
+                    let f = f.fault.as_ref()?;
+                    let per_million =
+                        |percent: f64| (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+                    Filter::Fault(pb::Fault {
+                        name: f.name.clone(),
+                        delay_per_million: f.spec.delay.map_or(0, |d| per_million(d.percent)),
+                        delay_ms: f.spec.delay.map_or(0, |d| ms(d.fixed_delay)),
+                        abort_per_million: f.spec.abort.map_or(0, |a| per_million(a.percent)),
+                        abort_status: f.spec.abort.map_or(0, |a| u32::from(a.http_status)),
+                        ref_name: ref_name.unwrap_or_default(),
+                    })
+                }
             };
             Some(pb::RouteFilter {
                 filter: Some(filter),
@@ -160,6 +172,7 @@ fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
                 request_redirect: None,
                 request_mirror: None,
                 extension_ref: None,
+                fault: None,
             };
             match f.filter.as_ref()? {
                 Filter::RequestHeaderModifier(m) => {
@@ -188,6 +201,28 @@ fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
                             port: b.port.and_then(|p| u16::try_from(p).ok()),
                         },
                         percent: m.percent,
+                    });
+                }
+                Filter::Fault(f) => {
+                    let percent = |per_million: u32| f64::from(per_million) / 10_000.0;
+                    out.kind = FilterType::ExtensionRef;
+                    out.extension_ref = Some(ExtensionRef {
+                        group: "skein.dev".into(),
+                        kind: "FaultInjection".into(),
+                        name: f.ref_name.clone(),
+                    });
+                    out.fault = Some(ResolvedFault {
+                        name: f.name.clone(),
+                        spec: FaultInjectionSpec {
+                            delay: (f.delay_per_million > 0).then(|| FaultDelay {
+                                percent: percent(f.delay_per_million),
+                                fixed_delay: Duration::from_millis(f.delay_ms),
+                            }),
+                            abort: (f.abort_per_million > 0).then(|| FaultAbort {
+                                percent: percent(f.abort_per_million),
+                                http_status: u16::try_from(f.abort_status).unwrap_or(500),
+                            }),
+                        },
                     });
                 }
                 Filter::RequestRedirect(r) => {
@@ -624,6 +659,9 @@ mod tests {
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}
     - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, namespace: default, port: 81}, percent: 10}}
+    - type: ExtensionRef
+      extensionRef: {group: skein.dev, kind: FaultInjection, name: chaos}
+      fault: {name: default/chaos, spec: {delay: {percent: 12.5, fixedDelay: 50ms}, abort: {percent: 0.25, httpStatus: 503}}}
     - {type: URLRewrite, urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
   - backendRefs: [{name: restaurant, namespace: default, filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /x}}}]}]
   - backendRefs: [{name: restaurant, namespace: default}]

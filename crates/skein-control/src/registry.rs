@@ -186,11 +186,25 @@ impl Registry {
                 let backends = r.backend_refs.iter_mut().flat_map(|b| b.filters.iter_mut());
                 r.filters.iter_mut().chain(backends)
             });
-            for mirror in mirrors.filter_map(|f| f.request_mirror.as_mut()) {
-                mirror
-                    .backend_ref
-                    .namespace
-                    .get_or_insert_with(|| route_ns.clone());
+            for filter in mirrors {
+                if let Some(mirror) = filter.request_mirror.as_mut() {
+                    mirror
+                        .backend_ref
+                        .namespace
+                        .get_or_insert_with(|| route_ns.clone());
+                }
+                // An ExtensionRef reaches proxies resolved: the FaultInjection it names,
+                // or (named but missing) a 500 for every request, as Gateway API asks.
+                if let Some(ext) = &filter.extension_ref {
+                    let key = ResourceKey::new(Kind::FaultInjection, route_ns, &ext.name);
+                    filter.fault = Some(match resources.get(&key) {
+                        Some(Resource::FaultInjection(f)) => skein_model::resource::ResolvedFault {
+                            name: format!("{route_ns}/{}", ext.name),
+                            spec: f.spec.clone(),
+                        },
+                        _ => skein_model::resource::ResolvedFault::unresolved(route_ns, &ext.name),
+                    });
+                }
             }
             for parent in &route.spec.parent_refs {
                 let ns = parent.namespace.as_ref().unwrap_or(route_ns);

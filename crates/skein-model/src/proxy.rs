@@ -270,7 +270,7 @@ impl Destination {
 }
 
 /// The rules of one HTTPRoute attached to a destination.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRoute {
     /// The HTTPRoute's `namespace/name`, for diagnostics.

@@ -116,6 +116,14 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("proxy is shutting down; retry on another endpoint")]
     ShuttingDown,
+    /// A FaultInjection answered instead of the backend (resilience testing).
+    #[error("skein: fault injected by FaultInjection {fault}: this request was answered {status} on purpose")]
+    Injected {
+        /// The status answered.
+        status: u16,
+        /// The FaultInjection's `namespace/name`.
+        fault: String,
+    },
     /// A limit of the destination's BackendPolicy refused the request at once, rather
     /// than let it queue.
     #[error(
@@ -179,6 +187,9 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
             ProxyError::Timeout { .. } => S::GATEWAY_TIMEOUT,
+            ProxyError::Injected { status, .. } => {
+                S::from_u16(*status).unwrap_or(S::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -202,12 +213,13 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Injected { .. } => "fault_injected",
         }
     }
 
     /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
     /// without trusting its text as a label.
-    pub const REASONS: [&'static str; 17] = [
+    pub const REASONS: [&'static str; 18] = [
         "unknown_service",
         "unknown_port",
         "no_endpoints",
@@ -225,6 +237,7 @@ impl ProxyError {
         "timeout",
         "shutting_down",
         "overloaded",
+        "fault_injected",
     ];
 
     /// The reason a `skein-error` header names, or `other` for one this proxy does not

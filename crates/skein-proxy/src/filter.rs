@@ -1,12 +1,15 @@
 //! HTTPRoute filters as the caller's proxy applies them (Gateway API semantics, pure):
-//! header modifiers on the request and the response, URL rewrites, redirects. The rule's
-//! filters apply first, then the chosen backendRef's.
+//! header modifiers on the request and the response, URL rewrites, redirects, and the
+//! faults of a `FaultInjection` an `ExtensionRef` names. The rule's filters apply first,
+//! then the chosen backendRef's.
 
+use crate::ProxyError;
 use http::header::{HeaderName, HeaderValue, LOCATION};
 use http::{HeaderMap, StatusCode};
 use skein_model::resource::filter::{
     HeaderModifier, PathModifier, PathModifierType, RequestRedirect,
 };
+use skein_model::resource::ResolvedFault;
 
 /// Applies `m` to `headers`: `set` replaces, `add` appends to an existing value after a
 /// comma, `remove` deletes. Names or values a header cannot carry (refused at apply
@@ -62,6 +65,34 @@ pub fn rewrite_path(path: &str, m: &PathModifier, matched: Option<&str>) -> Stri
                 format!("/{joined}")
             }
         }
+    }
+}
+
+/// Whether a roll (any uniformly random number) falls within `percent`.
+pub fn hits(percent: f64, roll: u64) -> bool {
+    let per_million = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u64;
+    roll % 1_000_000 < per_million
+}
+
+/// Carries out `fault` for one request: first the delay (if `delay_roll` falls within
+/// its share), then the abort (if `abort_roll` does), as an error answered in place of
+/// the backend.
+pub async fn inject(
+    fault: &ResolvedFault,
+    delay_roll: u64,
+    abort_roll: u64,
+) -> Result<(), ProxyError> {
+    if let Some(d) = &fault.spec.delay {
+        if hits(d.percent, delay_roll) {
+            tokio::time::sleep(d.fixed_delay).await;
+        }
+    }
+    match &fault.spec.abort {
+        Some(a) if hits(a.percent, abort_roll) => Err(ProxyError::Injected {
+            status: a.http_status,
+            fault: fault.name.clone(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -172,6 +203,39 @@ mod tests {
             replace_prefix_match: None,
         };
         assert_eq!(rewrite_path("/any/thing", &full, None), "/elsewhere");
+    }
+
+    #[test]
+    fn shares_are_rolled_in_millionths() {
+        let hit = |percent: f64| (0..1_000_000u64).filter(|r| hits(percent, *r)).count();
+        assert_eq!(hit(12.5), 125_000);
+        assert_eq!(hit(0.0), 0);
+        assert_eq!(hit(100.0), 1_000_000);
+        assert_eq!(hit(0.0001), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fault_delays_then_aborts_by_its_shares() {
+        let fault: ResolvedFault = serde_yaml_ng::from_str(
+            "{name: default/chaos, spec: {delay: {percent: 50, fixedDelay: 20ms}, abort: {percent: 50, httpStatus: 503}}}",
+        )
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(
+            inject(&fault, 999_999, 999_999).await.is_ok(),
+            "neither roll hits"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_millis(20));
+        let err = inject(&fault, 0, 0).await.unwrap_err();
+        assert!(
+            start.elapsed() >= std::time::Duration::from_millis(20),
+            "delayed first"
+        );
+        assert_eq!(err.status(), 503);
+        assert!(
+            err.to_string().contains("FaultInjection default/chaos"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ enum Command {
     /// List resources of a kind, or show one (`skein get services`, `skein get workloads`).
     Get {
         /// Kind: mesh, service(s)/svc, workload(s)/wl, httproute(s)/route(s),
-        /// authorizationpolicies/authz, backendpolicies.
+        /// authorizationpolicies/authz, backendpolicies, faultinjections/faults.
         kind: String,
         /// A resource name (omit to list).
         name: Option<String>,

@@ -603,3 +603,86 @@ async fn a_mirror_gets_a_copy_of_each_request_and_a_slow_mirror_never_slows_the_
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn fault_injection_delays_and_aborts_its_shares_of_2000_requests() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-faults").unwrap();
+    let cp = control(106, data.path()).await;
+    let route = |fault: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+             spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  rules:\n\
+             \x20 - filters: [{{type: ExtensionRef, extensionRef: {{group: skein.dev, kind: FaultInjection, name: {fault}}}}}]\n\
+             \x20   backendRefs: [{{name: api, port: {PORT}}}]\n"
+        )
+    };
+    let faults = "apiVersion: skein.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: chaos}\n\
+                  spec: {delay: {percent: 10, fixedDelay: 200ms}, abort: {percent: 20, httpStatus: 503}}\n";
+    apply(
+        &cp,
+        &(service_yaml("api") + "---\n" + faults + "---\n" + &route("chaos")),
+    )
+    .await;
+    let (app, _p) = workload_as(&cp, 107, "api-1", "api", &[], None).await;
+    let caller = client(&cp, 108).await;
+    eventually("the caller learns the route", SOON, async || {
+        let c = caller.ctx.config();
+        c.destinations
+            .iter()
+            .any(|d| d.service == "api" && !d.routes.is_empty() && !d.endpoints.is_empty())
+    })
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    // 2,000 requests from 16 callers at once.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..125 {
+                    let (status, headers, body, took) = timed_get(proxy, url("api", "x")).await;
+                    out.push((status, headers, body, took));
+                }
+                out
+            })
+        })
+        .collect();
+    let (mut aborted, mut delayed, mut total) = (0usize, 0usize, 0usize);
+    for t in tasks {
+        for (status, headers, body, took) in t.await.unwrap() {
+            total += 1;
+            if took >= Duration::from_millis(190) {
+                delayed += 1;
+            }
+            match status {
+                200 => {}
+                503 => {
+                    assert_eq!(headers["skein-error"], "fault_injected");
+                    assert!(body.contains("FaultInjection default/chaos"), "{body}");
+                    aborted += 1;
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+    }
+    println!("2000 requests: {aborted} aborted (20 % asked), {delayed} delayed (10 % asked)");
+    assert_eq!(total, 2000);
+    // Binomial spreads: 400 ± 18 and 200 ± 13.4 (one standard deviation); ±4.5 of them.
+    assert!((320..=480).contains(&aborted), "{aborted} aborted of 2000");
+    assert!((140..=260).contains(&delayed), "{delayed} delayed of 2000");
+    assert_eq!(
+        app.hits(),
+        2000 - aborted,
+        "aborted requests never reach the application"
+    );
+
+    // A rule naming a FaultInjection that does not exist answers 500, as Gateway API asks.
+    apply(&cp, &route("missing")).await;
+    eventually("an unresolved ExtensionRef answers 500", SOON, async || {
+        matches!(get(proxy, &url("api", "x")).await, Ok((500, body)) if body.contains("default/missing (no such FaultInjection)"))
+    })
+    .await
+    .unwrap();
+}

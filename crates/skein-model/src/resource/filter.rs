@@ -1,6 +1,6 @@
 //! HTTPRoute filters (Gateway API v1), per rule and per backendRef: request and response
-//! header modifiers, URL rewrites, redirects and request mirroring, enforced by the
-//! caller's proxy. `ExtensionRef` is refused at apply until proxies carry one out.
+//! header modifiers, URL rewrites, redirects, request mirroring, and `ExtensionRef` to a
+//! Skein `FaultInjection`, enforced by the caller's proxy.
 
 use super::validate::{is_hostname, is_http_token, Problems, HTTP_TOKEN};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ pub const MAX_FILTERS: usize = 16;
 pub const MAX_HEADER_CHANGES: usize = 16;
 
 /// One filter: `type` says which of the other fields is set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteFilter {
     /// Which filter.
@@ -36,9 +36,25 @@ pub struct RouteFilter {
     /// For `RequestMirror`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<RequestMirror>,
-    /// For `ExtensionRef` (not supported yet; refused).
+    /// For `ExtensionRef`: a `FaultInjection` (group `skein.dev`) in the route's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<ExtensionRef>,
+    /// The FaultInjection an `ExtensionRef` names, filled in by the control plane for
+    /// proxies (or written in a standalone proxy's file). Not a field of HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::fault::ResolvedFault>,
+}
+
+/// Gateway API's `LocalObjectReference` of an `ExtensionRef` filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionRef {
+    /// Only `skein.dev`.
+    pub group: String,
+    /// Only `FaultInjection`.
+    pub kind: String,
+    /// The FaultInjection's name, in the route's namespace.
+    pub name: String,
 }
 
 /// The filter types of Gateway API.
@@ -231,12 +247,21 @@ impl RouteFilter {
                 p.add(format!("{at}.{field}"), shown, &expected);
             }
         }
-        if self.kind == FilterType::ExtensionRef {
-            p.add(
-                format!("{at}.type"),
-                "ExtensionRef",
-                "RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect or RequestMirror (ExtensionRef is not supported yet)",
+        if let Some(r) = &self.extension_ref {
+            let at = format!("{at}.extensionRef");
+            p.check(
+                r.group == "skein.dev",
+                format!("{at}.group"),
+                &r.group,
+                "skein.dev",
             );
+            p.check(
+                r.kind == "FaultInjection",
+                format!("{at}.kind"),
+                &r.kind,
+                "FaultInjection (the one extension Skein's proxies carry out)",
+            );
+            p.dns_subdomain(format!("{at}.name"), &r.name);
         }
         if let Some(m) = &self.request_mirror {
             let r = &m.backend_ref;

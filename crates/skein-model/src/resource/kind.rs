@@ -27,17 +27,20 @@ pub enum Kind {
     AuthorizationPolicy,
     /// How callers reach a service's endpoints: balancing, limits, ejection, retry budget.
     BackendPolicy,
+    /// Delays and errors injected into route rules that name it (resilience testing).
+    FaultInjection,
 }
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Mesh,
         Kind::Service,
         Kind::Workload,
         Kind::HttpRoute,
         Kind::AuthorizationPolicy,
         Kind::BackendPolicy,
+        Kind::FaultInjection,
     ];
 
     /// The canonical name as written in `kind:` (`HTTPRoute`).
@@ -49,6 +52,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::BackendPolicy => "BackendPolicy",
+            Kind::FaultInjection => "FaultInjection",
         }
     }
 
@@ -69,6 +73,7 @@ impl Kind {
             Kind::HttpRoute => "httproutes",
             Kind::AuthorizationPolicy => "authorizationpolicies",
             Kind::BackendPolicy => "backendpolicies",
+            Kind::FaultInjection => "faultinjections",
         }
     }
 
@@ -82,6 +87,7 @@ impl Kind {
             Kind::HttpRoute => &["httproute", "httproutes", "route", "routes"],
             Kind::AuthorizationPolicy => &["authorizationpolicy", "authorizationpolicies", "authz"],
             Kind::BackendPolicy => &["backendpolicy", "backendpolicies"],
+            Kind::FaultInjection => &["faultinjection", "faultinjections", "fault", "faults"],
         }
     }
 
@@ -251,7 +257,8 @@ mod tests {
             err,
             "unknown resource kind \"canary\"; accepted: mesh|meshes, service|services|svc, \
              workload|workloads|wl, httproute|httproutes|route|routes, \
-             authorizationpolicy|authorizationpolicies|authz, backendpolicy|backendpolicies"
+             authorizationpolicy|authorizationpolicies|authz, backendpolicy|backendpolicies, \
+             faultinjection|faultinjections|fault|faults"
         );
     }
 

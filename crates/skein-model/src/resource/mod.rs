@@ -14,6 +14,7 @@
 //! | `HTTPRoute` | `gateway.networking.k8s.io/v1` | namespace |
 
 mod backend;
+mod fault;
 pub mod filter;
 mod kind;
 mod mesh;
@@ -31,6 +32,7 @@ mod workload;
 pub use backend::{
     BackendPolicySpec, ConnectionPool, InboundLimit, LoadBalancer, OutlierDetection, RetryBudget,
 };
+pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec, ResolvedFault};
 pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};
 pub use mesh::{MeshSpec, MtlsMode, PolicyAction, MAX_CERT_TTL, MIN_CERT_TTL};
 pub use meta::{Object, ObjectMeta};
@@ -62,6 +64,8 @@ pub type HttpRoute = Object<HttpRouteSpec>;
 pub type AuthorizationPolicy = Object<AuthorizationPolicySpec>;
 /// A `BackendPolicy` resource.
 pub type BackendPolicy = Object<BackendPolicySpec>;
+/// A `FaultInjection` resource.
+pub type FaultInjection = Object<FaultInjectionSpec>;
 
 /// Any resource, one variant per [`Kind`].
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +82,8 @@ pub enum Resource {
     AuthorizationPolicy(AuthorizationPolicy),
     /// A backend policy.
     BackendPolicy(BackendPolicy),
+    /// Injected faults.
+    FaultInjection(FaultInjection),
 }
 
 /// Runs `$body` with `$r` bound to the object inside any variant.
@@ -90,6 +96,7 @@ macro_rules! each {
             Resource::HttpRoute($r) => $body,
             Resource::AuthorizationPolicy($r) => $body,
             Resource::BackendPolicy($r) => $body,
+            Resource::FaultInjection($r) => $body,
         }
     };
 }
@@ -104,6 +111,7 @@ impl Resource {
             Resource::HttpRoute(_) => Kind::HttpRoute,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::BackendPolicy(_) => Kind::BackendPolicy,
+            Resource::FaultInjection(_) => Kind::FaultInjection,
         }
     }
 
@@ -188,6 +196,7 @@ impl Resource {
             Resource::HttpRoute(r) => r.spec.validate(&mut p),
             Resource::AuthorizationPolicy(r) => r.spec.validate(&mut p),
             Resource::BackendPolicy(r) => r.spec.validate(&mut p),
+            Resource::FaultInjection(r) => r.spec.validate(&mut p),
         }
         p.into_vec()
     }

@@ -113,6 +113,7 @@ pub(crate) fn from_value(mut value: Value) -> Result<Resource, (Cause, FieldErro
         Kind::HttpRoute => Resource::HttpRoute(typed(value)?),
         Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
         Kind::BackendPolicy => Resource::BackendPolicy(typed(value)?),
+        Kind::FaultInjection => Resource::FaultInjection(typed(value)?),
     };
     resource.apply_defaults();
     Ok(resource)

@@ -29,7 +29,7 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 
 /// `spec` of an `HTTPRoute`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
     /// The Services this route applies to; 1 to 32.
@@ -62,7 +62,7 @@ pub struct ParentRef {
 }
 
 /// One routing rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteRule {
     /// Optional name (a DNS-1123 label, unique in the route), shown in metrics.
@@ -199,7 +199,7 @@ pub enum ValueMatchType {
 }
 
 /// One destination of a rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     /// API group; only `""` (core) is accepted. Default `""`.
@@ -359,6 +359,23 @@ impl HttpRouteSpec {
         );
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate(p, &format!("spec.rules[{i}]"));
+            let backends = rule.backend_refs.iter().enumerate().flat_map(|(j, b)| {
+                b.filters.iter().enumerate().map(move |(k, f)| {
+                    (format!("spec.rules[{i}].backendRefs[{j}].filters[{k}]"), f)
+                })
+            });
+            let own = rule
+                .filters
+                .iter()
+                .enumerate()
+                .map(|(k, f)| (format!("spec.rules[{i}].filters[{k}]"), f));
+            for (at, _) in own.chain(backends).filter(|(_, f)| f.fault.is_some()) {
+                p.add(
+                    format!("{at}.fault"),
+                    "set",
+                    "no such field in an HTTPRoute: name a FaultInjection with {type: ExtensionRef, extensionRef: {group: skein.dev, kind: FaultInjection, name: NAME}}",
+                );
+            }
             if let Some(name) = &rule.name {
                 let repeated = self.rules[..i]
                     .iter()

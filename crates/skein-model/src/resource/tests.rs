@@ -228,7 +228,7 @@ fn canary_is_refused_naming_the_supported_kinds() {
     assert_eq!(
         problems(&format!("{SAMPLE}{CANARY}")),
         ["Canary default/restaurant: kind: \"Canary\" is not accepted; expected one of Mesh, Service, \
-          Workload, AuthorizationPolicy, BackendPolicy (apiVersion skein.dev/v1alpha1) or HTTPRoute \
+          Workload, AuthorizationPolicy, BackendPolicy, FaultInjection (apiVersion skein.dev/v1alpha1) or HTTPRoute \
           (apiVersion gateway.networking.k8s.io/v1)"]
     );
 }

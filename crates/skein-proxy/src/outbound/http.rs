@@ -98,6 +98,9 @@ async fn forward(
         if let Some(r) = rule.filters().find_map(|f| f.request_redirect.as_ref()) {
             return Ok(redirect(&req, r, rule.matched_prefix(), backend.port.port));
         }
+        if let Some(fault) = rule.filters().find_map(|f| f.fault.as_ref()) {
+            crate::filter::inject(fault, crate::route::random(), crate::route::random()).await?;
+        }
         apply_request_filters(&mut req, rule)?;
     }
     let policy = backend.policy();
