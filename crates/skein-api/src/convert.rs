@@ -32,6 +32,7 @@ pub fn routes_to_wire(routes: &[DestinationRoute]) -> Vec<pb::Route> {
             name: r.name.clone(),
             port: r.port.map(u32::from),
             rules: r.rules.iter().map(rule_to_wire).collect(),
+            hostnames: r.hostnames.clone(),
         })
         .collect()
 }
@@ -302,6 +303,7 @@ pub fn routes_from_wire(routes: &[pb::Route]) -> Vec<DestinationRoute> {
             name: r.name.clone(),
             port: r.port.and_then(|p| u16::try_from(p).ok()),
             rules: r.rules.iter().map(rule_from_wire).collect(),
+            hostnames: r.hostnames.clone(),
         })
         .collect()
 }
@@ -647,6 +649,7 @@ mod tests {
     const ROUTES: &str = "
 - name: default/restaurant
   port: 8080
+  hostnames: [restaurant.example, '*.shop.example']
   rules:
   - name: canary
     matches:

@@ -499,7 +499,7 @@ fn workload(name: &str, service: &str) -> WorkloadInfo {
 }
 
 fn port(port: u16, protocol: Protocol) -> PortSpec {
-    PortSpec { port, protocol }
+    PortSpec::new(port, protocol)
 }
 
 /// The inbound proxy: serves the backend (HTTP) and the sink (TCP) on its own address.

@@ -5,8 +5,8 @@
 //! ```text
 //! GET    /healthz
 //! POST   /api/v1/apply                      body: YAML or JSON, one or more documents;
-//!                                           answers results and warnings (settings stored
-//!                                           but not enforced yet)
+//!                                           answers results and warnings (references to
+//!                                           resources that do not exist yet)
 //! GET    /api/v1/resources/{kind}[?namespace=NS]
 //! GET    /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
@@ -180,10 +180,10 @@ async fn apply(State(api): State<Arc<Api>>, body: String) -> Result<Response, Ap
             "no resources in the request; send one or more YAML documents".into(),
         ));
     }
-    let warnings: Vec<String> = docs
-        .iter()
-        .flat_map(skein_model::resource::unenforced)
-        .collect();
+    let applying: Vec<ResourceKey> = docs.iter().map(|d| d.key()).collect();
+    let warnings = skein_model::resource::dangling(&docs, |k| {
+        applying.contains(k) || api.registry.get(k).is_some()
+    });
     let results = api.registry.apply(docs).await?;
     Ok(Json(json!({
         "results": results,

@@ -154,6 +154,13 @@ impl Registry {
                     selector: s.spec.selector.clone(),
                     accounts: s.spec.accounts(&s.metadata.name),
                     ports: s.spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
+                    target_ports: s
+                        .spec
+                        .ports
+                        .iter()
+                        .filter(|p| p.target_port != p.port)
+                        .map(|p| (p.port, p.target_port))
+                        .collect(),
                     addresses: s.spec.addresses.clone(),
                     routes: Vec::new(),
                     policies: Vec::new(),
@@ -216,6 +223,7 @@ impl Registry {
                     service.routes.push(skein_model::DestinationRoute {
                         name: format!("{route_ns}/{}", route.metadata.name),
                         port: parent.port,
+                        hostnames: route.spec.hostnames.clone(),
                         rules: rules.clone(),
                     });
                 }

@@ -28,6 +28,8 @@ pub struct ServiceView {
     pub accounts: Vec<String>,
     /// Ports and their protocols.
     pub ports: Vec<(u16, Protocol)>,
+    /// The ports whose `targetPort` differs from the port: port → targetPort.
+    pub target_ports: BTreeMap<u16, u16>,
     /// Virtual IPs for transparent interception.
     pub addresses: Vec<IpAddr>,
     /// HTTPRoutes whose parent is this service, sorted by name.
@@ -170,6 +172,7 @@ pub fn snapshot_for(
                     .map(|(port, p)| pb::Port {
                         port: u32::from(*port),
                         protocol: protocol(*p),
+                        target_port: None,
                     })
                     .collect(),
                 addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
@@ -214,6 +217,12 @@ pub fn snapshot_for(
             .map(|(port, p)| pb::Port {
                 port: u32::from(port),
                 protocol: protocol(p),
+                // Where the application listens for it: the selecting Service's targetPort.
+                target_port: services
+                    .iter()
+                    .filter(|s| s.selects(me))
+                    .find_map(|s| s.target_ports.get(&port))
+                    .map(|t| u32::from(*t)),
             })
             .collect(),
         trust_domain: trust_domain.to_string(),
@@ -257,6 +266,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             policies: vec![],
+            target_ports: BTreeMap::new(),
         }
     }
 

@@ -144,6 +144,26 @@ pub struct PortSpec {
     /// What is spoken on it; `detect` (the default) sniffs each connection.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Inbound only: the port the application listens on for requests to `port` (a
+    /// Service's `targetPort`). Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+impl PortSpec {
+    /// The port with its protocol and no `targetPort`.
+    pub fn new(port: u16, protocol: Protocol) -> Self {
+        PortSpec {
+            port,
+            protocol,
+            target_port: None,
+        }
+    }
+
+    /// Where the application listens for this port.
+    pub fn app_port(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
 }
 
 /// The protocol declared for a port.
@@ -279,6 +299,10 @@ pub struct DestinationRoute {
     /// Only requests to this service port; default every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Only requests whose host (`Host` or `:authority`, port ignored) is one of these
+    /// (`*.` wildcard: any subdomain); default any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
     /// Gateway API rules, in order; the first whose match fits the request wins.
     pub rules: Vec<crate::resource::RouteRule>,
 }

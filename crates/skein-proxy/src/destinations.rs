@@ -350,6 +350,7 @@ mod tests {
                 .map(|&port| PortSpec {
                     port,
                     protocol: Protocol::Detect,
+                    target_port: None,
                 })
                 .collect(),
             addresses: vec!["198.18.0.10".parse().unwrap()],

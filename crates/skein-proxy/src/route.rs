@@ -26,6 +26,8 @@ pub struct Table {
 #[derive(Debug)]
 struct CompiledRoute {
     port: Option<u16>,
+    /// Lower-cased; empty: any host.
+    hostnames: Vec<String>,
     /// Per rule, its matches.
     rules: Vec<Vec<Matcher>>,
 }
@@ -140,6 +142,7 @@ impl Table {
                 .iter()
                 .map(|r| CompiledRoute {
                     port: r.port,
+                    hostnames: r.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
                     rules: r
                         .rules
                         .iter()
@@ -162,10 +165,15 @@ impl Table {
         port: u16,
         req: &http::Request<B>,
     ) -> Option<(usize, usize, usize)> {
+        let host = request_host(req);
         self.routes
             .iter()
             .enumerate()
             .filter(|(_, r)| r.port.is_none_or(|p| p == port))
+            .filter(|(_, r)| {
+                r.hostnames.is_empty()
+                    || host.as_deref().is_some_and(|h| host_fits(&r.hostnames, h))
+            })
             .find_map(|(route, r)| {
                 r.rules.iter().enumerate().find_map(|(rule, matches)| {
                     let m = matches.iter().position(|m| m.fits(req))?;
@@ -173,6 +181,39 @@ impl Table {
                 })
             })
     }
+}
+
+/// The host a request names (its URI's authority, else its `Host` header), without
+/// the port, lower-cased only when it has to be.
+fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, str>> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((h, port))
+            if !authority.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        _ => authority,
+    };
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
+}
+
+/// Whether `host` is one of `hostnames`: equal, or under a `*.` wildcard (any number of
+/// labels in its place, at least one).
+fn host_fits(hostnames: &[String], host: &str) -> bool {
+    hostnames.iter().any(|h| match h.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+        None => h == host,
+    })
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers.
@@ -374,6 +415,37 @@ mod tests {
             backend_of(&routes, 80, &two_headers).as_deref(),
             Some("beta"),
             "HTTP/2 sends cookies apart"
+        );
+    }
+
+    #[test]
+    fn hostnames_narrow_a_route_to_its_hosts() {
+        let routes = rules(
+            "- hostnames: [api.example, '*.shop.example']
+  rules: [{backendRefs: [{name: by-host}]}]
+- rules: [{backendRefs: [{name: any}]}]
+",
+        );
+        let of = |host: &str| backend_of(&routes, 80, &req("GET", "/", &[("host", host)]));
+        assert_eq!(of("api.example").as_deref(), Some("by-host"));
+        assert_eq!(
+            of("API.Example:8080").as_deref(),
+            Some("by-host"),
+            "port ignored, any case"
+        );
+        assert_eq!(of("a.shop.example").as_deref(), Some("by-host"));
+        assert_eq!(of("a.b.shop.example").as_deref(), Some("by-host"));
+        assert_eq!(
+            of("shop.example").as_deref(),
+            Some("any"),
+            "a wildcard needs a label"
+        );
+        assert_eq!(of("other.example").as_deref(), Some("any"));
+        let h2 = req("GET", "http://a.shop.example:80/", &[]);
+        assert_eq!(
+            backend_of(&routes, 80, &h2).as_deref(),
+            Some("by-host"),
+            "HTTP/2 :authority"
         );
     }
 

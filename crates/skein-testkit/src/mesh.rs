@@ -75,6 +75,7 @@ impl MeshSpec {
             .map(|s| PortSpec {
                 port: s.backend.port(),
                 protocol: s.protocol,
+                target_port: None,
             })
             .collect();
         ProxyConfig {
@@ -121,6 +122,7 @@ impl MeshSpec {
                 ports: vec![PortSpec {
                     port: s.backend.port(),
                     protocol: s.protocol,
+                    target_port: None,
                 }],
                 addresses: vec![Self::virtual_ip(i)],
                 endpoints: vec![Endpoint {
@@ -154,6 +156,7 @@ impl MeshSpec {
                 ports: vec![PortSpec {
                     port: 1,
                     protocol: Protocol::Detect,
+                    target_port: None,
                 }],
                 limit: None,
             },

@@ -686,3 +686,63 @@ async fn fault_injection_delays_and_aborts_its_shares_of_2000_requests() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_service_target_port_and_route_hostnames_take_effect() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-ports").unwrap();
+    let cp = control(109, data.path()).await;
+    // The Service is reached on PORT; its application listens on another port.
+    let app_port = PORT + 5;
+    let service = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: api}}\n\
+         spec: {{selector: {{app: api}}, ports: [{{port: {PORT}, targetPort: {app_port}, protocol: http}}]}}\n"
+    );
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+         spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  hostnames: ['*.example.test']\n  rules:\n\
+         \x20 - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-test-route, value: by-host}}]}}}}]\n\
+         \x20   backendRefs: [{{name: api, port: {PORT}}}]\n"
+    );
+    apply(&cp, &(service + "---\n" + &route)).await;
+    let app = skein_testkit::HttpBackend::start(std::net::SocketAddr::new(
+        skein_testkit::loopback(113),
+        app_port,
+    ))
+    .await
+    .unwrap();
+    let _proxy = app_workload(&cp, 113, "api", app.addr(), skein_model::Protocol::Http).await;
+    // An upstream listener leads to api:PORT whatever host the request names.
+    let caller = client_of(&cp, 114, "client", &[(15001, "api", PORT)]).await;
+    knows(&caller, 1, None).await;
+    eventually("the caller learns the route", SOON, async || {
+        caller
+            .ctx
+            .config()
+            .destinations
+            .iter()
+            .any(|d| !d.routes.is_empty())
+    })
+    .await
+    .unwrap();
+    let upstream = caller.addrs.upstreams[0];
+    let (status, body) = get(upstream, "http://api/x").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        app.hits(),
+        1,
+        "the request reached the application on its targetPort"
+    );
+    assert_eq!(
+        app.seen()[0].header("x-test-route"),
+        None,
+        "host api: the route does not apply"
+    );
+    let (status, _) = get(upstream, "http://a.example.test/y").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.seen()[1].header("x-test-route"),
+        Some("by-host"),
+        "a host the route names"
+    );
+}

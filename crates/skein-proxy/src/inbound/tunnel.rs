@@ -28,7 +28,7 @@ pub async fn open(
     port: PortSpec,
     peer: &Peer,
 ) -> Result<Response<Body>, ProxyError> {
-    let addr = SocketAddr::new(state.config.inbound.app_host, port.port);
+    let addr = SocketAddr::new(state.config.inbound.app_host, port.app_port());
     let kind = req
         .headers()
         .get(headers::TUNNEL)
@@ -115,10 +115,11 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                 Err(e) => Err(e),
                 Ok(()) if headers::wants_upgrade(req.headers()) => {
                     rec.attempts = 1;
-                    upgrade(&ctx, config, req, port.port, caller).await
+                    upgrade(&ctx, config, req, port.app_port(), caller).await
                 }
                 Ok(()) => {
-                    super::app::forward(&ctx, config, req, port.port, false, caller, &mut rec).await
+                    super::app::forward(&ctx, config, req, port.app_port(), false, caller, &mut rec)
+                        .await
                 }
             };
             Ok::<_, Infallible>(request::finish(&ctx, rec, result))

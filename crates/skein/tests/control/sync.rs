@@ -418,6 +418,7 @@ async fn proxy_of(
     config.inbound.ports = vec![skein_model::PortSpec {
         port: 18090,
         protocol: Protocol::Http,
+        target_port: None,
     }];
     config.workload.name = format!("{service}-1");
     config.workload.service = service.into();

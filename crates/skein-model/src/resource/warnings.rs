@@ -1,0 +1,87 @@
+//! Warnings `apply` answers alongside its results: references to resources that do not
+//! exist (yet). Such references are stored, not refused, since the resource they name may
+//! be applied next; the warning says what happens meanwhile.
+
+use super::{Kind, Resource, ResourceKey};
+
+/// Warnings for `docs` (being applied); `exists` says whether a resource is stored or
+/// among `docs`.
+pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in docs {
+        let Resource::HttpRoute(route) = r else {
+            continue;
+        };
+        let (key, ns) = (r.key(), route.metadata.namespace.as_str());
+        let service = |name: &str, namespace: Option<&String>| {
+            ResourceKey::new(Kind::Service, namespace.map_or(ns, |n| n.as_str()), name)
+        };
+        for parent in &route.spec.parent_refs {
+            let k = service(&parent.name, parent.namespace.as_ref());
+            if !exists(&k) {
+                out.push(format!("{key}: parentRefs names {k}, which does not exist: the route applies once it does"));
+            }
+        }
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            for b in &rule.backend_refs {
+                let k = service(&b.name, b.namespace.as_ref());
+                if !exists(&k) {
+                    out.push(format!("{key}: rules[{i}] sends to {k}, which does not exist: those requests are answered 502 unknown_service until it does"));
+                }
+            }
+            let filters = rule
+                .filters
+                .iter()
+                .chain(rule.backend_refs.iter().flat_map(|b| &b.filters));
+            for f in filters {
+                if let Some(m) = &f.request_mirror {
+                    let k = service(&m.backend_ref.name, m.backend_ref.namespace.as_ref());
+                    if !exists(&k) {
+                        out.push(format!("{key}: rules[{i}] mirrors to {k}, which does not exist: copies are dropped until it does"));
+                    }
+                }
+                if let Some(e) = &f.extension_ref {
+                    let k = ResourceKey::new(Kind::FaultInjection, ns, &e.name);
+                    if !exists(&k) {
+                        out.push(format!("{key}: rules[{i}] names {k}, which does not exist: every request of the rule is answered 500 until it does"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_documents;
+
+    #[test]
+    fn references_to_missing_resources_are_named() {
+        let docs = parse_documents(
+            "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\n\
+             spec: {parentRefs: [{name: web}], rules: [{backendRefs: [{name: web-v2}], filters: [\
+             {type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}, \
+             {type: ExtensionRef, extensionRef: {group: skein.dev, kind: FaultInjection, name: chaos}}]}]}\n",
+            "test",
+        )
+        .unwrap();
+        let keys: Vec<ResourceKey> = docs.iter().map(Resource::key).collect();
+        let w = dangling(&docs, |k| keys.contains(k));
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w[0].contains("sends to Service/default/web-v2, which does not exist"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].contains("mirrors to Service/default/shadow"),
+            "{}",
+            w[1]
+        );
+        assert!(w[2].contains("names FaultInjection/default/chaos, which does not exist: every request of the rule is answered 500"), "{}", w[2]);
+        assert!(dangling(&docs, |_| true).is_empty());
+    }
+}
