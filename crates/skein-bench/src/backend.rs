@@ -4,6 +4,8 @@
 //! preface); every request, whatever its method or path, is answered `200` with the same
 //! 1024-byte body and a `content-length`. Request bodies are discarded unread, so the
 //! backend does as little work per request as hyper allows and is never the bottleneck.
+//! With `--delay` it waits that long before answering each request (the slow-endpoint
+//! scenario's backends); without it, the path is the same as before the option existed.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Size of every response body, in bytes.
@@ -22,8 +25,8 @@ pub const BODY_LEN: usize = 1024;
 
 static BODY: [u8; BODY_LEN] = [b'x'; BODY_LEN];
 
-/// Serves forever on `listen`.
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+/// Serves forever on `listen`, answering each request after `delay` (zero: at once).
+pub async fn serve(listen: SocketAddr, delay: Duration) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("backend cannot bind {listen}"))?;
@@ -43,10 +46,16 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(respond);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let io = TokioIo::new(stream);
+            let _ = if delay.is_zero() {
+                builder.serve_connection(io, service_fn(respond)).await
+            } else {
+                let slow = service_fn(move |req| async move {
+                    tokio::time::sleep(delay).await;
+                    respond(req).await
+                });
+                builder.serve_connection(io, slow).await
+            };
         });
     }
 }

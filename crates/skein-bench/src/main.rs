@@ -12,6 +12,7 @@ mod report;
 mod run;
 mod scenarios;
 mod setups;
+mod slow;
 mod tcp;
 mod tools;
 
@@ -35,6 +36,9 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
+        /// Wait this long before answering each request, e.g. 20ms (default: answer at once).
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        delay: Duration,
     },
     /// Open-model load generator; prints JSON {sent, ok, errors, p50_us, …, achieved_rps}.
     ///
@@ -94,6 +98,9 @@ enum Cmd {
         /// Do not append the report to docs/BENCHMARKS.md.
         #[arg(long)]
         no_append: bool,
+        /// Run only this scenario (its own processes; no other setup starts).
+        #[arg(long, value_enum)]
+        only: Option<run::Only>,
     },
 }
 
@@ -105,7 +112,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Backend { listen } => multi_thread()?.block_on(backend::serve(listen)),
+        Cmd::Backend { listen, delay } => multi_thread()?.block_on(backend::serve(listen, delay)),
         Cmd::Load {
             addr,
             host,
@@ -143,11 +150,13 @@ fn main() -> anyhow::Result<()> {
             quick,
             out,
             no_append,
+            only,
         } => {
             let args = run::RunArgs {
                 quick,
                 out,
                 no_append,
+                only,
             };
             // One thread: children are spawned from it, which PR_SET_PDEATHSIG relies on.
             current_thread()?.block_on(run_until_signal(args))

@@ -4,6 +4,7 @@
 
 use crate::scenarios::{Plan, ProxyUsage, SetupResults};
 use crate::setups::Kind;
+use crate::slow::SlowEndpoint;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -276,7 +277,7 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
 }
 
 /// Groups digits in threes: 51703.6 → `51,704`.
-fn thousands(v: f64) -> String {
+pub(crate) fn thousands(v: f64) -> String {
     let s = format!("{:.0}", v.abs());
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -314,16 +315,19 @@ fn signed(v: f64) -> String {
     }
 }
 
-fn header_row(out: &mut String, first: &str, cols: &[String]) {
+/// A table's header and alignment rows.
+pub(crate) fn header_row(out: &mut String, first: &str, cols: &[String]) {
     let _ = writeln!(out, "| {first} | {} |", cols.join(" | "));
     let _ = writeln!(out, "|---|{}", "---:|".repeat(cols.len()));
 }
 
-/// The Markdown section for one run.
+/// The Markdown section for one run; `results` is empty when only the slow-endpoint
+/// scenario ran.
 pub fn markdown(
     meta: &Meta,
     summary: &Summary,
     results: &[SetupResults],
+    slow: Option<&SlowEndpoint>,
     json_path: &str,
 ) -> String {
     let mut o = String::new();
@@ -333,31 +337,45 @@ pub fn markdown(
         "## {} — {} — {} × {}\n",
         meta.date, meta.commit, meta.cpu_model, meta.cores
     );
-    let _ = writeln!(
-        o,
-        "Command: `{}` · {} s per measurement, {} repetition{} (median), setups interleaved · \
-         skein mTLS: **{}** · run took {:.0} s.\n",
-        meta.command,
-        p.secs,
-        p.repetitions,
-        if p.repetitions == 1 { "" } else { "s" },
-        if meta.skein_mtls {
-            "on"
-        } else {
-            "off (plaintext between proxies)"
-        },
-        meta.run_secs
-    );
-    for r in results {
-        let _ = writeln!(o, "- **{}**: {}", r.setup, r.description);
+    if results.is_empty() {
+        // Only the slow-endpoint scenario ran: the plan and mTLS describe setups it has not.
+        let _ = writeln!(
+            o,
+            "Command: `{}` · run took {:.0} s.\n",
+            meta.command, meta.run_secs
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "Command: `{}` · {} s per measurement, {} repetition{} (median), setups interleaved · \
+             skein mTLS: **{}** · run took {:.0} s.\n",
+            meta.command,
+            p.secs,
+            p.repetitions,
+            if p.repetitions == 1 { "" } else { "s" },
+            if meta.skein_mtls {
+                "on"
+            } else {
+                "off (plaintext between proxies)"
+            },
+            meta.run_secs
+        );
     }
-    o.push('\n');
-    headline(&mut o, summary);
-    latency_table(&mut o, summary);
-    throughput_tables(&mut o, summary, p);
-    resources_table(&mut o, results);
-    telemetry_section(&mut o, summary);
-    notes(&mut o, summary);
+    if !results.is_empty() {
+        for r in results {
+            let _ = writeln!(o, "- **{}**: {}", r.setup, r.description);
+        }
+        o.push('\n');
+        headline(&mut o, summary);
+        latency_table(&mut o, summary);
+        throughput_tables(&mut o, summary, p);
+        resources_table(&mut o, results);
+        telemetry_section(&mut o, summary);
+        notes(&mut o, summary);
+    }
+    if let Some(slow) = slow {
+        crate::slow::markdown(&mut o, slow);
+    }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o
 }

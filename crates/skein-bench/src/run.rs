@@ -2,7 +2,8 @@
 //!
 //! Finds the binaries and tools, starts every setup (direct, skein, nginx pair, skein with
 //! telemetry off) on its own loopback addresses, probes each end to end, runs the
-//! interleaved scenarios, then reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
+//! interleaved scenarios, stops them, runs the slow-endpoint scenario ([`crate::slow`],
+//! its own processes), then reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
 //! every figure as JSON. Whatever happens — success, a failed setup, Ctrl-C — every process
 //! started is stopped and the scratch directory removed, because they are all owned by
 //! values dropped on the way out.
@@ -12,6 +13,7 @@ use crate::procs::TempDir;
 use crate::report::{self, Meta};
 use crate::scenarios::{self, Plan, SetupResults, Tools};
 use crate::setups::{self, find_tool, Env, Setup};
+use crate::slow::{self, SlowEndpoint};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::io::Write as _;
@@ -28,6 +30,16 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
     /// Do not append to `docs/BENCHMARKS.md`.
     pub no_append: bool,
+    /// Run only this scenario.
+    pub only: Option<Only>,
+}
+
+/// A scenario that can run alone (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Peak-EWMA against round robin with one endpoint 10× slower ([`crate::slow`]); no
+    /// other setup starts.
+    SlowEndpoint,
 }
 
 #[derive(Serialize)]
@@ -35,6 +47,8 @@ struct Document<'a> {
     meta: &'a Meta,
     summary: &'a report::Summary,
     setups: &'a [SetupResults],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_endpoint: Option<&'a SlowEndpoint>,
 }
 
 /// Runs the whole benchmark.
@@ -58,6 +72,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             skein.display()
         );
     }
+    let plan = Plan::new(args.quick);
+    let results = match args.only {
+        Some(Only::SlowEndpoint) => Vec::new(),
+        None => interleaved(&plan, me.clone(), skein.clone(), tool).await?,
+    };
+    let slow = if slow::skipped() && args.only.is_none() {
+        eprintln!(
+            "skein-bench: {} is set: skipping the slow-endpoint scenario",
+            slow::SKIP_ENV
+        );
+        None
+    } else {
+        eprintln!(
+            "skein-bench: slow-endpoint scenario ({:?} RPS, {} s per measurement, {} repetition(s))",
+            slow::RATES,
+            slow::secs(args.quick),
+            plan.repetitions
+        );
+        let dir = TempDir::new()?;
+        Some(slow::run(&dir, &me, &skein, args.quick, plan.repetitions).await?)
+    };
+    write_report(&root, &args, plan, &results, slow.as_ref(), started)
+}
+
+/// Starts every setup, runs the interleaved scenarios on them and stops them; returns
+/// what each setup measured.
+async fn interleaved(
+    plan: &Plan,
+    me: PathBuf,
+    skein: PathBuf,
+    tool: impl Fn(&str, &str) -> anyhow::Result<PathBuf>,
+) -> anyhow::Result<Vec<SetupResults>> {
     let tools = Tools {
         me: me.clone(),
         wrk: tool("wrk", "wrk")?,
@@ -70,7 +116,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         skein,
         nginx: tool("nginx", "nginx-light")?,
     };
-    let plan = Plan::new(args.quick);
     eprintln!(
         "skein-bench: starting setups with skein binary {} (scratch dir {})",
         env.skein.display(),
@@ -84,13 +129,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let measured = async {
         for s in &mut setups {
             s.probe().await?;
-            scenarios::warm_up(&tools, &plan, s).await?;
+            scenarios::warm_up(&tools, plan, s).await?;
         }
         eprintln!(
             "skein-bench: measuring ({} s each, {} repetition(s), setups interleaved)",
             plan.secs, plan.repetitions
         );
-        scenarios::run_all(&tools, &plan, &mut setups, &mut results).await
+        scenarios::run_all(&tools, plan, &mut setups, &mut results).await
     };
     if let Err(e) = measured.await {
         if let Some(tails) = log_tails(&setups) {
@@ -101,8 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (s, r) in setups.iter().zip(results.iter_mut()) {
         r.finish(s)?;
     }
-    drop(setups);
-    write_report(&root, &args, plan, &results, started)
+    Ok(results)
 }
 
 /// Set to `1` to leave out the "skein, telemetry off" setup, e.g. to measure a `skein`
@@ -166,6 +210,7 @@ fn write_report(
     args: &RunArgs,
     plan: Plan,
     results: &[SetupResults],
+    slow: Option<&SlowEndpoint>,
     started: Instant,
 ) -> anyhow::Result<()> {
     let (date, stamp) = report::utc_now();
@@ -174,12 +219,7 @@ fn write_report(
         commit: git_commit(root),
         cpu_model: cpu_model(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        command: if args.quick {
-            "bench/run --quick"
-        } else {
-            "bench/run"
-        }
-        .into(),
+        command: command(args),
         skein_mtls: setups::SKEIN_MTLS,
         plan,
         run_secs: started.elapsed().as_secs_f64(),
@@ -196,11 +236,12 @@ fn write_report(
         meta: &meta,
         summary: &summary,
         setups: results,
+        slow_endpoint: slow,
     };
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let shown = json_path.strip_prefix(root).unwrap_or(&json_path);
-    let md = report::markdown(&meta, &summary, results, &shown.display().to_string());
+    let md = report::markdown(&meta, &summary, results, slow, &shown.display().to_string());
     println!("{md}");
     if !args.no_append {
         let path = root.join("docs/BENCHMARKS.md");
@@ -209,6 +250,18 @@ fn write_report(
     }
     eprintln!("skein-bench: JSON in {}", json_path.display());
     Ok(())
+}
+
+/// The command as a user would type it (what changes the figures, not where they go).
+fn command(args: &RunArgs) -> String {
+    let mut c = String::from("bench/run");
+    if args.quick {
+        c.push_str(" --quick");
+    }
+    if let Some(Only::SlowEndpoint) = args.only {
+        c.push_str(" --only slow-endpoint");
+    }
+    c
 }
 
 const HEADER: &str = "# Benchmarks

@@ -257,7 +257,8 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
         ..TelemetryConfig::default()
     };
     let inbound = start_proxy(
-        env,
+        env.dir.path(),
+        &env.skein,
         &format!("{label} inbound proxy"),
         &format!("{tag}-inbound-proxy"),
         &server_config(server, telemetry),
@@ -265,7 +266,8 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
     )
     .await?;
     let outbound = start_proxy(
-        env,
+        env.dir.path(),
+        &env.skein,
         &format!("{label} outbound proxy"),
         &format!("{tag}-outbound-proxy"),
         &client_config(client, telemetry),
@@ -570,10 +572,12 @@ fn client_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
     }
 }
 
-/// Writes `config` to `<tag>.yaml`, starts `skein proxy` on it (joining the control plane
-/// at `control` with the token, if given; log in `<tag>.log`) and waits for `/ready`.
-async fn start_proxy(
-    env: &Env,
+/// Writes `config` to `<tag>.yaml` in `dir`, starts `skein` `proxy` on it (joining the
+/// control plane at `control` with the token, if given; log in `<tag>.log`) and waits for
+/// `/ready`.
+pub async fn start_proxy(
+    dir: &Path,
+    skein: &Path,
     name: &str,
     tag: &str,
     config: &ProxyConfig,
@@ -582,10 +586,10 @@ async fn start_proxy(
     config
         .validate(name)
         .with_context(|| format!("{name}: the generated config is invalid"))?;
-    let path = env.dir.path().join(format!("{tag}.yaml"));
+    let path = dir.join(format!("{tag}.yaml"));
     std::fs::write(&path, proxy_yaml(config))
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let mut cmd = Command::new(&env.skein);
+    let mut cmd = Command::new(skein);
     cmd.arg("proxy").arg("--config").arg(&path);
     if let Some((grpc, token)) = control {
         // The token goes through the environment, never argv (visible in ps).
@@ -594,7 +598,7 @@ async fn start_proxy(
             .env("SKEIN_JOIN_TOKEN", token);
     }
     cmd.env("SKEIN_LOG", "warn");
-    let log = env.dir.path().join(format!("{tag}.log"));
+    let log = dir.join(format!("{tag}.log"));
     let mut p = Proc::spawn(name, cmd, &log)?;
     let admin = config.admin.listen;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -658,7 +662,7 @@ fn proxy_yaml(config: &ProxyConfig) -> String {
 }
 
 /// A bare `GET` with HTTP/1.0; returns the whole response.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
@@ -718,8 +722,9 @@ mod tests {
 
     #[test]
     fn setups_use_distinct_addresses() {
-        // direct, the nginx pair (A, B) and both skein pairs.
+        // direct, the nginx pair (A, B), the slow-endpoint scenario and both skein pairs.
         let mut hosts = vec![ip(150), ip(153), ip(154)];
+        hosts.extend(crate::slow::HOSTS);
         for pair in [SKEIN, SKEIN_TELEMETRY_OFF] {
             hosts.extend([pair.outbound, pair.inbound, pair.control]);
         }
