@@ -467,10 +467,8 @@ fn base_config(host: IpAddr, workload: WorkloadInfo) -> ProxyConfig {
         inbound: InboundConfig {
             listen: SocketAddr::new(host, INBOUND_PORT),
             app_host: host,
-            ports: vec![PortSpec {
-                port: APP_PORT,
-                protocol: Protocol::Http,
-            }],
+            ports: vec![PortSpec::new(APP_PORT, Protocol::Http)],
+            limit: None,
         },
         outbound: OutboundConfig::default(),
         admin: AdminConfig {
@@ -515,6 +513,7 @@ fn caller_config(mode: Mode) -> ProxyConfig {
                 connection_pool: Default::default(),
                 outlier_detection: Default::default(),
                 retry_budget: Default::default(),
+                inbound: None,
             },
         }],
     };
