@@ -4,7 +4,7 @@
 //!
 //! - **Peak-EWMA with power of two choices** (the default, `ewma`): of two endpoints
 //!   drawn at random, the one with the lower cost, where cost is the endpoint's latency
-//!   estimate × (requests in flight + 1). The estimate jumps up to any slower response at
+//!   estimate × (1 + requests in flight × [`IN_FLIGHT_WEIGHT`]). The estimate jumps up to any slower response at
 //!   once (the peak) and otherwise moves towards observed latencies, and decays towards
 //!   zero while the endpoint is idle ([`DECAY`]), so an endpoint that was slow is tried
 //!   again after a while and used again once it answers fast. `round-robin` takes each
@@ -35,6 +35,14 @@ use std::time::{Duration, Instant};
 /// (sooner when its peers are busy), so it costs little while slow and is back soon
 /// after it recovers.
 pub const DECAY: Duration = Duration::from_secs(10);
+/// How much each request in flight adds to an endpoint's cost, as a share of its latency
+/// estimate. Linkerd weighs each one fully (cost = estimate × (in flight + 1)), which
+/// models a server that handles one request at a time; applications serve concurrently,
+/// and queueing shows in their latency anyway. Measured with `bench/run --only
+/// slow-endpoint` (2 ms and 20 ms endpoints at 400 RPS): with full weight the slow one got
+/// 1–10 % of requests, because a few requests in flight made the fast one look as costly
+/// as the slow one's decayed estimate; see docs/BENCHMARKS.md for the figures with 1/4.
+pub const IN_FLIGHT_WEIGHT: f64 = 0.25;
 /// The latency assumed for an endpoint of a destination with no estimate yet.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// The longest ejection, in multiples of `baseEjectionTime`.
@@ -111,7 +119,7 @@ impl EndpointStats {
         if !h.observed && pending == 0 {
             return 0.0;
         }
-        decayed(h.rtt_ns, h.updated, now) * f64::from(pending + 1)
+        decayed(h.rtt_ns, h.updated, now) * (1.0 + f64::from(pending) * IN_FLIGHT_WEIGHT)
     }
 }
 

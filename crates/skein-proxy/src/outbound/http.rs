@@ -87,7 +87,9 @@ async fn forward(
         rec.route = Some((rule.route_label(), rule.index as u16));
     }
     if req.method() == Method::CONNECT {
-        return tcp::connect_method(ctx, req, &plan.target).await;
+        // Boxed, as is `upgrade` below: rare paths with large futures would otherwise make
+        // every request's future (which hyper moves per request) twice the size.
+        return Box::pin(tcp::connect_method(ctx, req, &plan.target)).await;
     }
     let Plan { backend, rule, .. } = plan;
     let rule = rule.as_ref();
@@ -111,7 +113,7 @@ async fn forward(
             let max = policy.spec.connection_pool.max_connections;
             backend.overloaded("connectionPool.maxConnections", max)
         })?;
-        return upgrade(ctx, req, &backend, rec, held).await;
+        return Box::pin(upgrade(ctx, req, &backend, rec, held)).await;
     }
     // Admitted before anything is held for the request; waits only as long as the
     // policy lets requests wait, and never past the route's timeout.
