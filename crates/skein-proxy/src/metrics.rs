@@ -84,6 +84,19 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels for limit refusals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// inbound (load shedding) or outbound (a caller's limits).
+    pub direction: Direction,
+    /// The service whose limit it is.
+    pub service: String,
+    /// The BackendPolicy's `namespace/name` (or `the default BackendPolicy`).
+    pub policy: String,
+    /// The limit, as its field is written (`connectionPool.maxConcurrentRequests`).
+    pub limit: &'static str,
+}
+
 /// Labels for outlier ejections.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EjectionLabels {
@@ -113,6 +126,10 @@ pub struct Metrics {
     pub errors: Family<ReasonLabels, Counter>,
     /// Route retries, by result (`sent`, `budget_exhausted`).
     pub retries: Family<ResultLabels, Counter>,
+    /// Requests and connections refused by a BackendPolicy limit, by what decided.
+    pub limit_refusals: Family<LimitLabels, Counter>,
+    /// When each (service, limit) refusal was last logged.
+    limit_log: std::sync::Mutex<HashMap<(String, &'static str), std::time::Instant>>,
     /// Mirrored requests (`RequestMirror`), by result.
     pub mirrors: Family<ResultLabels, Counter>,
     /// Endpoints ejected by outlier detection, by destination service and endpoint.
@@ -189,6 +206,8 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             mirrors: Family::default(),
+            limit_refusals: Family::default(),
+            limit_log: Default::default(),
             detect_timeouts: Family::default(),
             control_connected: Gauge::default(),
             summaries_dropped: Counter::default(),
@@ -257,6 +276,11 @@ impl Metrics {
             "identity_cert_requests",
             "Workload certificate requests to the control plane, by result",
             m.cert_renewals.clone(),
+        );
+        registry.register(
+            "limit_refusals",
+            "Requests and connections refused at once by a BackendPolicy limit, by direction, service, policy and limit",
+            m.limit_refusals.clone(),
         );
         registry.register(
             "route_mirrors",
@@ -388,6 +412,39 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a refusal by a limit (`err` must be `ProxyError::Overloaded`; anything else
+    /// is ignored) and logs it, once per service and limit every 10 s.
+    pub fn limit_refusal(&self, direction: Direction, err: &crate::ProxyError) {
+        let crate::ProxyError::Overloaded {
+            service,
+            policy,
+            limit,
+            ..
+        } = err
+        else {
+            return;
+        };
+        self.limit_refusals
+            .get_or_create(&LimitLabels {
+                direction,
+                service: service.clone(),
+                policy: policy.clone(),
+                limit,
+            })
+            .inc();
+        let now = std::time::Instant::now();
+        let mut log = self.limit_log.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (service.clone(), *limit);
+        let due = log
+            .get(&key)
+            .is_none_or(|last| now.duration_since(*last) >= std::time::Duration::from_secs(10));
+        if due {
+            // Bounded: one entry per service and limit that ever refused.
+            log.insert(key, now);
+            tracing::warn!(direction = direction.as_str(), %err, "refusing at once (logged once per 10 s per service and limit; skein_limit_refusals_total counts every one)");
+        }
     }
 
     /// Counts one mirrored request by `result`.

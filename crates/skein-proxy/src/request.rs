@@ -132,6 +132,7 @@ pub fn finish(
         }
         Err(e) => {
             ctx.metrics.error(rec.direction, e.reason());
+            ctx.metrics.limit_refusal(rec.direction, &e);
             let resp = if rec.grpc {
                 e.to_grpc_response()
             } else {

@@ -242,6 +242,7 @@ async fn max_concurrent_requests_holds_the_backend_to_its_limit_and_refuses_the_
     let proxy = caller.addrs.http_proxy.unwrap();
 
     let mut rss = Vec::new();
+    let mut refused_total = 0;
     for round in 0..4 {
         let callers: Vec<_> = (0..200)
             .map(|_| tokio::spawn(timed_get(proxy, url("api", "x"))))
@@ -275,6 +276,7 @@ async fn max_concurrent_requests_holds_the_backend_to_its_limit_and_refuses_the_
             "the backend saw {} at once",
             backend.max_in_flight()
         );
+        refused_total += refused.len() as u64;
         refused.sort();
         let slowest = *refused.last().unwrap();
         println!(
@@ -301,13 +303,25 @@ async fn max_concurrent_requests_holds_the_backend_to_its_limit_and_refuses_the_
         rss[3]
     );
     let text = caller.ctx.metrics.encode();
-    assert!(
-        sum_samples(
-            &text,
-            "skein_proxy_errors_total",
-            &["reason=\"overloaded\""]
-        ) > 0,
-        "refusals are counted by reason"
+    let overloaded = sum_samples(
+        &text,
+        "skein_proxy_errors_total",
+        &["reason=\"overloaded\""],
+    );
+    assert_eq!(overloaded, refused_total, "refusals are counted by reason");
+    let by_limit = sum_samples(
+        &text,
+        "skein_limit_refusals_total",
+        &[
+            "direction=\"outbound\"",
+            "service=\"api\"",
+            "policy=\"default/api\"",
+            "limit=\"connectionPool.maxConcurrentRequests\"",
+        ],
+    );
+    assert_eq!(
+        by_limit, refused_total,
+        "and by the policy and limit that decided"
     );
 }
 

@@ -110,6 +110,7 @@ pub async fn forward<I: Io>(ctx: &Ctx, mut io: I, target: &Target) {
         Ok((t, held)) => (t, held),
         Err(e) => {
             tracing::info!(error = %e, service = %target.service.spec.service, "TCP connection refused");
+            ctx.metrics.limit_refusal(Direction::Outbound, &e);
             let reason = match &e {
                 ProxyError::TunnelRefused { reason, .. } if reason == "denied" => "denied",
                 _ => e.reason(),
