@@ -576,32 +576,32 @@ pub fn authorization_from_wire(a: &pb::Authorization) -> Result<PolicySet, Strin
                 .collect::<Result<_, _>>()?;
             let to =
                 r.to.iter()
-                    .map(|o| Operation {
-                        ports: o
-                            .ports
-                            .iter()
-                            .filter_map(|p| u16::try_from(*p).ok())
-                            .collect(),
-                        methods: o.methods.clone(),
-                        paths: o.paths.clone(),
-                        hosts: o.hosts.clone(),
+                    .map(|o| {
+                        Ok(Operation {
+                            ports: ports(&o.ports, &at)?,
+                            methods: o.methods.clone(),
+                            paths: o.paths.clone(),
+                            hosts: o.hosts.clone(),
+                        })
                     })
-                    .collect();
+                    .collect::<Result<_, String>>()?;
             rules.push(AuthorizationRule { from, to });
         }
         policies.push(Policy {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
             spec: AuthorizationPolicySpec {
-                target_ref: target(&p.target, p.target_port),
+                target_ref: TargetRef {
+                    port: match p.target_port {
+                        Some(port) => Some(ports(&[port], &at)?[0]),
+                        None => None,
+                    },
+                    ..target(&p.target, None)
+                },
                 action: action_from_wire(p.action, &at)?,
                 rules,
             },
-            ports: p
-                .ports
-                .iter()
-                .filter_map(|p| u16::try_from(*p).ok())
-                .collect(),
+            ports: ports(&p.ports, &at)?,
         });
     }
     Ok(PolicySet {
@@ -618,6 +618,19 @@ pub fn authorization_from_wire(a: &pb::Authorization) -> Result<PolicySet, Strin
             AmbiguousPaths::Reject
         },
     })
+}
+
+/// Ports of a policy, each 1 to 65535: one out of range is refused, not dropped (an
+/// allow rule whose only port was dropped would govern every port).
+fn ports(list: &[u32], at: &str) -> Result<Vec<u16>, String> {
+    list.iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{at}: port {p} is not 1 to 65535; refusing the snapshot"))
+        })
+        .collect()
 }
 
 fn caller_from_wire(c: &pb::Caller, at: &str) -> Result<Source, String> {
@@ -772,6 +785,15 @@ mod tests {
             ),
             "{err}"
         );
+        a.policies[0].rules = vec![pb::AuthorizationRule {
+            from: vec![],
+            to: vec![pb::RequestMatch {
+                ports: vec![70000],
+                ..Default::default()
+            }],
+        }];
+        let err = authorization_from_wire(&a).unwrap_err();
+        assert!(err.contains("port 70000 is not 1 to 65535"), "{err}");
         a.policies[0].rules.clear();
         a.policies[0].action = 5;
         let err = authorization_from_wire(&a).unwrap_err();

@@ -193,7 +193,15 @@ pub fn snapshot_for(
             own.entry(*port).or_insert(*p);
         }
     }
-    for port in &me.app_ports {
+    // A port the application listens on for a selecting Service's port (its targetPort)
+    // is reached through that port only: as a port of its own it would be governed by no
+    // AuthorizationPolicy of that Service.
+    let targets: Vec<u16> = services
+        .iter()
+        .filter(|s| s.selects(me))
+        .flat_map(|s| s.target_ports.values().copied())
+        .collect();
+    for port in me.app_ports.iter().filter(|p| !targets.contains(p)) {
         own.entry(*port).or_insert(Protocol::Detect);
     }
     // What the application accepts at once: the strictest `inbound` limit of the
@@ -401,6 +409,27 @@ mod tests {
         let lone = workload("frontend-1", "nobody", 12);
         let snap = snapshot_for(&lone, &services, &[], "td", &DenyList::default());
         assert!(snap.app_limit.is_none(), "no service selects it: no limit");
+    }
+
+    #[test]
+    fn a_target_port_is_reached_only_through_its_service_port() {
+        let mut api = service("api", "restaurant", 80, Protocol::Http);
+        api.target_ports.insert(80, 8080);
+        // The workload announces its application's own port, 8080.
+        let me = workload("restaurant-1", "restaurant", 11);
+        let snap = snapshot_for(
+            &me,
+            &[api],
+            std::slice::from_ref(&me),
+            "td",
+            &DenyList::default(),
+        );
+        let ports: Vec<(u32, Option<u32>)> = snap
+            .inbound_ports
+            .iter()
+            .map(|p| (p.port, p.target_port))
+            .collect();
+        assert_eq!(ports, [(80, Some(8080))], "8080 is not a port of its own");
     }
 
     #[test]

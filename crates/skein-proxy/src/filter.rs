@@ -55,7 +55,11 @@ pub fn rewrite_path(path: &str, m: &PathModifier, matched: Option<&str>) -> Stri
                 return path.to_string();
             };
             let prefix = prefix.trim_end_matches('/');
-            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            // A path that no longer starts with the prefix (an earlier rewrite changed
+            // it) is left as it is.
+            let Some(rest) = path.strip_prefix(prefix) else {
+                return path.to_string();
+            };
             let joined = format!("{}{rest}", with.trim_end_matches('/'));
             if joined.is_empty() {
                 "/".into()
@@ -197,6 +201,11 @@ mod tests {
         );
         assert_eq!(rewrite_path("/prefix", &prefix("/"), Some("/prefix")), "/");
         assert_eq!(rewrite_path("/a/b", &prefix("/c/"), Some("/a/")), "/c/b");
+        assert_eq!(
+            rewrite_path("/x/b", &m, Some("/prefix")),
+            "/x/b",
+            "prefix gone: unchanged"
+        );
         let full = PathModifier {
             kind: PathModifierType::ReplaceFullPath,
             replace_full_path: Some("/elsewhere".into()),

@@ -202,11 +202,27 @@ fn default_redirect_code() -> u16 {
     302
 }
 
-const MESH_HEADER: &str =
-    "a header name not starting with skein- (the mesh's own headers, which proxies set and strip)";
+const MESH_HEADER: &str = "a header name other than skein-*, x-forwarded-client-cert (the mesh's own), host (use URLRewrite), and those that frame a message or belong to a connection (content-length, transfer-encoding, connection, keep-alive, te, trailer, upgrade, proxy-*)";
 
+/// Names a route may not set or remove: the mesh's own headers, the client certificate
+/// header the inbound proxy strips, and those that frame the message or belong to one
+/// connection (setting them could desynchronise a connection).
 fn is_mesh_header(name: &str) -> bool {
-    name.to_ascii_lowercase().starts_with("skein-")
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("skein-")
+        || lower.starts_with("proxy-")
+        || [
+            "x-forwarded-client-cert",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+        ]
+        .contains(&lower.as_str())
 }
 
 const HEADER_VALUE: &str = "a header value of at most 4096 visible characters, spaces or tabs";

@@ -220,8 +220,8 @@ pub struct BackendRef {
     /// Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Filters for the requests sent to this backend, after the rule's; header modifiers
-    /// and `URLRewrite`; at most 16.
+    /// Filters for the requests sent to this backend, after the rule's; any but
+    /// `RequestRedirect`; at most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<super::filter::RouteFilter>,
 }
@@ -454,7 +454,7 @@ impl RouteRule {
                     f.kind != super::filter::FilterType::RequestRedirect,
                     format!("{b_at}[{j}].type"),
                     "RequestRedirect",
-                    "RequestHeaderModifier, ResponseHeaderModifier or URLRewrite (a redirect belongs to the rule's filters)",
+                    "any filter but RequestRedirect here (a redirect belongs to the rule's filters)",
                 );
             }
         }

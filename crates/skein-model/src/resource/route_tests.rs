@@ -347,3 +347,24 @@ fn regular_expressions_that_do_not_compile_are_refused_with_the_reason() {
         one("[{matches: [{cookies: [{name: 'be ta', value: '1'}]}], backendRefs: [{name: web}]}]");
     assert!(p.contains("cookies[0].name"), "{p}");
 }
+
+#[test]
+fn filters_may_not_touch_framing_connection_or_mesh_headers() {
+    for name in [
+        "content-length",
+        "Transfer-Encoding",
+        "host",
+        "connection",
+        "x-forwarded-client-cert",
+        "proxy-authorization",
+        "skein-client-id",
+    ] {
+        let p = one(&format!(
+            "[{{backendRefs: [{{name: web}}], filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: {name}, value: '1'}}]}}}}]}}]"
+        ));
+        assert!(
+            p.contains(".set[0].name") && p.contains("frame a message"),
+            "{name}: {p}"
+        );
+    }
+}

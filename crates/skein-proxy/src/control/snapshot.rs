@@ -83,10 +83,13 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
         max_concurrent_requests: l.max_concurrent_requests,
         max_pending_requests: l.max_pending_requests,
     });
-    // Absent only from a control plane that sends none: the file's.
-    if let Some(a) = &snapshot.authorization {
-        next.authorization = convert::authorization_from_wire(a)?;
-    }
+    // A control plane always sends who may call this workload. Without it (a control
+    // plane from before typed authorization), keeping the file's policy could allow
+    // what the mesh denies: refuse instead.
+    let Some(a) = &snapshot.authorization else {
+        return Err("the snapshot carries no authorization (a control plane older than this proxy?); refusing it rather than falling back to this proxy's own policy; upgrade the control plane".into());
+    };
+    next.authorization = convert::authorization_from_wire(a)?;
     Ok(next)
 }
 
@@ -188,6 +191,7 @@ mod tests {
                 target_port: None,
             }],
             trust_domain: "skein.local".into(),
+            authorization: Some(pb::Authorization::default()),
             ..Snapshot::default()
         }
     }
@@ -216,6 +220,10 @@ mod tests {
             err.contains("endpoint 127.0.0.5:4143 announces identity spiffe://skein.local/ns/default/sa/evil, which the service does not admit (spiffe://skein.local/ns/default/sa/api)"),
             "{err}"
         );
+        let mut s = snapshot();
+        s.authorization = None;
+        let err = to_config(&base(), &s).unwrap_err();
+        assert!(err.contains("carries no authorization"), "{err}");
         let mut s = snapshot();
         s.inbound_ports[0].port = 70000;
         assert!(to_config(&base(), &s)

@@ -117,10 +117,16 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                     rec.attempts = 1;
                     upgrade(&ctx, config, req, port.app_port(), caller).await
                 }
-                Ok(()) => {
-                    super::app::forward(&ctx, config, req, port.app_port(), false, caller, &mut rec)
-                        .await
-                }
+                // Each request inside the tunnel is shed like any other.
+                Ok(()) => match super::shed(&state).await {
+                    Err(e) => Err(e),
+                    Ok(admitted) => {
+                        let port = port.app_port();
+                        super::app::forward(&ctx, config, req, port, false, caller, &mut rec)
+                            .await
+                            .map(|resp| super::hold(resp, admitted))
+                    }
+                },
             };
             Ok::<_, Infallible>(request::finish(&ctx, rec, result))
         }

@@ -91,14 +91,18 @@ async fn forward(
         // every request's future (which hyper moves per request) twice the size.
         return Box::pin(tcp::connect_method(ctx, req, &plan.target)).await;
     }
-    let Plan { backend, rule, .. } = plan;
+    let Plan {
+        backend,
+        rule,
+        target,
+    } = plan;
     let rule = rule.as_ref();
     let mut req = req;
     if let Some(rule) = rule {
         // The rule's (and backend's) filters: a redirect is answered here; the others
         // change the request now and the response when it comes.
         if let Some(r) = rule.filters().find_map(|f| f.request_redirect.as_ref()) {
-            return Ok(redirect(&req, r, rule.matched_prefix(), backend.port.port));
+            return Ok(redirect(&req, r, rule.matched_prefix(), target.port.port));
         }
         if let Some(fault) = rule.filters().find_map(|f| f.fault.as_ref()) {
             crate::filter::inject(fault, crate::route::random(), crate::route::random()).await?;
@@ -323,6 +327,13 @@ fn learn(
     sent: &Result<Result<Response<Incoming>, ProxyError>, ProxyError>,
 ) {
     let outcome = match sent {
+        // The peer proxy's own refusal (a denial, its load shedding) says nothing about
+        // how fast the application answers: it must not make the endpoint look fast.
+        Ok(Ok(resp))
+            if !resp.status().is_server_error() && resp.headers().contains_key(headers::ERROR) =>
+        {
+            return
+        }
         Ok(Ok(resp)) if !resp.status().is_server_error() => balance::Outcome::Success,
         Ok(Err(e)) if e.source_kind() == crate::error::Source::Downstream => return,
         _ => balance::Outcome::Failure,

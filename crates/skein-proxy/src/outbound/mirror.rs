@@ -67,10 +67,12 @@ pub fn send(
         let _admitted = admitted;
         let sent = tokio::time::timeout(timeout, async {
             let resp = peers.send(&picked.upstream, req).await?;
-            // Read to the end, so the stream closes cleanly; the bytes are not kept.
-            http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map_err(|e| crate::ProxyError::RequestBody(e.to_string()))?;
+            // Read to the end, so the stream closes cleanly, keeping nothing: a mirror
+            // that streams without end costs time (cut at the timeout), not memory.
+            let mut body = std::pin::pin!(resp.into_body());
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                frame.map_err(|e| crate::ProxyError::RequestBody(e.to_string()))?;
+            }
             Ok::<_, crate::ProxyError>(())
         })
         .await;
