@@ -74,6 +74,8 @@ struct Health {
     /// Whether any try to it has ended yet: one never tried costs nothing while idle, so
     /// a new endpoint gets its first request at once (but not a burst).
     observed: bool,
+    /// When it was last ejected: tries sent before say nothing about it since.
+    last_ejection: Option<Instant>,
 }
 
 impl EndpointStats {
@@ -89,6 +91,7 @@ impl EndpointStats {
                 probation: false,
                 healthy_since: now,
                 observed: false,
+                last_ejection: None,
             }),
         }
     }
@@ -190,6 +193,8 @@ pub struct Balancer {
     outlier: OutlierDetection,
     per_endpoint: Option<u32>,
     next: AtomicUsize,
+    /// Held while deciding an ejection.
+    ejecting: Mutex<()>,
 }
 
 impl Balancer {
@@ -237,6 +242,7 @@ impl Balancer {
             outlier,
             per_endpoint,
             next: AtomicUsize::new(0),
+            ejecting: Mutex::new(()),
         }
     }
 
@@ -337,6 +343,11 @@ impl Balancer {
         };
         h.updated = now;
         h.observed = true;
+        if h.last_ejection.is_some_and(|t| picked.sent < t) {
+            // Sent before the endpoint's last ejection: it neither ends its probation nor
+            // counts towards the next one.
+            return None;
+        }
         if outcome == Outcome::Success {
             h.failures = 0;
             if h.probation {
@@ -354,11 +365,18 @@ impl Balancer {
             return None;
         }
         drop(h);
+        // Counting the ejected and ejecting one more happen under one lock, so that
+        // concurrent failures cannot eject past `maxEjectionPercent`.
+        let _deciding = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
         if !self.may_eject(now) {
             return None;
         }
         let mut h = picked.stats.health();
+        if h.ejected_until.is_some_and(|t| t > now) {
+            return None; // another failure ejected it meanwhile
+        }
         h.steps = (h.steps + 1).min(MAX_STEPS);
+        h.last_ejection = Some(now);
         let duration = od
             .base_ejection_time
             .saturating_mul(h.steps)
@@ -499,6 +517,18 @@ mod tests {
         for i in 0..10 {
             assert_ne!(b.pick(t0, None, i).unwrap().upstream.addr, bad, "ejected");
         }
+        // A request sent before the ejection that ends after it changes nothing.
+        let late = Picked {
+            upstream: b.endpoints[0].upstream.clone(),
+            stats: b.endpoints[0].stats.clone(),
+            sent: t0 - Duration::from_millis(1),
+        };
+        b.endpoints[0].stats.pending.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            b.record(&late, t0 + Duration::from_secs(1), Outcome::Success),
+            None
+        );
+        drop(late);
         // Back on probation: one failure ejects it again, for twice as long.
         let back = t0 + Duration::from_secs(11);
         let second = fail(back).expect("a failure on probation ejects at once");

@@ -82,6 +82,9 @@ pub struct Service {
     pub spec: Destination,
     /// Its namespace and name, as telemetry labels it.
     pub label: crate::telemetry::Named,
+    /// `namespace/name`: what per-service state outside the table (the retry budget) is
+    /// keyed by.
+    pub key: String,
     /// Its HTTPRoutes' names, as telemetry labels them (same order as `spec.routes`).
     pub route_labels: Vec<crate::telemetry::Label>,
     /// Its HTTPRoutes, compiled for matching.
@@ -92,8 +95,8 @@ pub struct Service {
 
 impl Service {
     /// Builds a service, keeping from `previous` (the same service in the table this
-    /// one replaces) what was learnt about its endpoints and the limiters of unchanged
-    /// policies.
+    /// one replaces) what was learnt about its endpoints and its policies' limiters
+    /// (resized when a limit changed, so that requests already admitted still count).
     fn new(spec: &Destination, previous: Option<&Service>) -> Service {
         let upstreams: Vec<Upstream> = spec
             .endpoints
@@ -147,8 +150,11 @@ impl Service {
                 .or(before.map(|g| &g.balancer));
             let pool = spec.connection_pool;
             let keep = |old: Option<&Arc<Limiter>>, max: u32, waiting: u32| match old {
-                Some(l) if l.is(max, waiting) => l.clone(),
-                _ => Arc::new(Limiter::new(max, waiting)),
+                Some(l) => {
+                    l.resize(max, waiting);
+                    l.clone()
+                }
+                None => Arc::new(Limiter::new(max, waiting)),
             };
             let requests = keep(
                 before.map(|g| &g.requests),
@@ -175,6 +181,7 @@ impl Service {
         Service {
             spec: spec.clone(),
             label: crate::telemetry::Named::new(&spec.namespace, &spec.service),
+            key: format!("{}/{}", spec.namespace, spec.service),
             route_labels: spec.routes.iter().map(|r| r.name.as_str().into()).collect(),
             routes: crate::route::Table::new(&spec.routes),
             policies,
@@ -270,6 +277,12 @@ impl Destinations {
                 _ => None,
             }),
         }
+    }
+
+    /// Whether a service has this [`Service::key`] (`namespace/name`).
+    pub fn has_key(&self, key: &str) -> bool {
+        key.split_once('/')
+            .is_some_and(|(ns, name)| self.exact(name, ns).is_some())
     }
 
     /// The service `name` in `namespace`.

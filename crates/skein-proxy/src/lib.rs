@@ -135,7 +135,11 @@ impl Ctx {
             return Err(ApplyError::Restart);
         }
         let current = self.state();
-        self.state.store(State::new(next, Some(&current)));
+        let state = State::new(next, Some(&current));
+        // Per-service state outside the table goes with the services that went.
+        self.retry_budget
+            .retain(|key| state.destinations.has_key(key));
+        self.state.store(state);
         Ok(())
     }
 }

@@ -6,7 +6,8 @@
 //! first served) for one to finish; anyone beyond is refused on the spot, so a caller
 //! learns in microseconds that the service is saturated, and the proxy's memory stays
 //! flat however many callers pile on. Limits belong to the policy, not to one
-//! configuration: an unchanged policy keeps its limiter (and its holders) across pushes.
+//! configuration: a policy keeps its limiter (and its holders) across pushes, and a
+//! changed limit resizes it, so requests admitted under the old limit still count.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,14 +17,35 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub struct Limiter {
     permits: Arc<Semaphore>,
-    max: u32,
-    max_waiting: u32,
+    max: AtomicU32,
+    max_waiting: AtomicU32,
     waiting: AtomicU32,
+    /// Permits to retire as holders leave, after the limit was lowered below what was
+    /// in use.
+    debt: Arc<AtomicU32>,
 }
 
-/// Held while admitted; dropping it admits the next.
+/// Held while admitted; dropping it admits the next (or retires the permit, if the
+/// limit was lowered meanwhile).
 #[derive(Debug)]
-pub struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Admitted {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicU32>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let owed = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
+        }
+    }
+}
 
 /// Why a [`Limiter`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +61,47 @@ impl Limiter {
     pub fn new(max: u32, max_waiting: u32) -> Self {
         Limiter {
             permits: Arc::new(Semaphore::new(max as usize)),
-            max,
-            max_waiting,
+            max: AtomicU32::new(max),
+            max_waiting: AtomicU32::new(max_waiting),
             waiting: AtomicU32::new(0),
+            debt: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    fn admitted(&self, permit: OwnedSemaphorePermit) -> Admitted {
+        Admitted {
+            permit: Some(permit),
+            debt: self.debt.clone(),
+        }
+    }
+
+    /// Changes the limits in place: a higher `max` admits more at once; a lower one
+    /// retires free permits now and the rest as holders leave.
+    pub fn resize(&self, max: u32, max_waiting: u32) {
+        self.max_waiting.store(max_waiting, Ordering::Release);
+        let old = self.max.swap(max, Ordering::AcqRel);
+        if max > old {
+            // Repay what is still owed first.
+            let mut more = max - old;
+            while more > 0 {
+                let owed = self.debt.load(Ordering::Acquire);
+                if owed == 0 {
+                    break;
+                }
+                let paid = owed.min(more);
+                if self
+                    .debt
+                    .compare_exchange(owed, owed - paid, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    more -= paid;
+                }
+            }
+            self.permits.add_permits(more as usize);
+        } else if max < old {
+            let shrink = old - max;
+            let retired = self.permits.forget_permits(shrink as usize) as u32;
+            self.debt.fetch_add(shrink - retired, Ordering::AcqRel);
         }
     }
 
@@ -49,14 +109,18 @@ impl Limiter {
     /// refuses at once.
     pub async fn admit(&self) -> Result<Admitted, Full> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(Admitted(permit));
+            return Ok(self.admitted(permit));
         }
-        if self.max_waiting == 0 {
-            return Err(Full::Max(self.max));
+        let (max, max_waiting) = (
+            self.max.load(Ordering::Acquire),
+            self.max_waiting.load(Ordering::Acquire),
+        );
+        if max_waiting == 0 {
+            return Err(Full::Max(max));
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(Full::Waiting(self.max_waiting));
+            return Err(Full::Waiting(max_waiting));
         }
         // Counted as waiting until admitted or abandoned (the request cancelled).
         struct Waiting<'a>(&'a AtomicU32);
@@ -67,29 +131,24 @@ impl Limiter {
         }
         let _waiting = Waiting(&self.waiting);
         match self.permits.clone().acquire_owned().await {
-            Ok(permit) => Ok(Admitted(permit)),
+            Ok(permit) => Ok(self.admitted(permit)),
             // The semaphore is never closed.
-            Err(_) => Err(Full::Max(self.max)),
+            Err(_) => Err(Full::Max(max)),
         }
     }
 
     /// Admits now or refuses: for connections, which never wait.
     pub fn try_admit(&self) -> Result<Admitted, Full> {
-        self.permits
-            .clone()
-            .try_acquire_owned()
-            .map(Admitted)
-            .map_err(|_| Full::Max(self.max))
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(self.admitted(permit)),
+            Err(_) => Err(Full::Max(self.max.load(Ordering::Acquire))),
+        }
     }
 
     /// Holders now.
     pub fn in_use(&self) -> u32 {
-        self.max - self.permits.available_permits() as u32
-    }
-
-    /// Whether this limiter enforces exactly these limits.
-    pub fn is(&self, max: u32, max_waiting: u32) -> bool {
-        self.max == max && self.max_waiting == max_waiting
+        let max = self.max.load(Ordering::Acquire) + self.debt.load(Ordering::Acquire);
+        max.saturating_sub(self.permits.available_permits() as u32)
     }
 }
 
@@ -123,6 +182,33 @@ mod tests {
         let _held = none_wait.admit().await.unwrap();
         assert_eq!(none_wait.admit().await.unwrap_err(), Full::Max(1));
         assert_eq!(none_wait.try_admit().unwrap_err(), Full::Max(1));
+    }
+
+    #[tokio::test]
+    async fn a_lower_limit_counts_those_already_in_and_a_higher_one_admits_more() {
+        let l = Limiter::new(3, 0);
+        let held: Vec<_> = (0..3).map(|_| l.try_admit().unwrap()).collect();
+        l.resize(1, 0);
+        let mut held = held.into_iter();
+        drop(held.next());
+        assert!(l.try_admit().is_err(), "two still in, limit one");
+        drop(held.next());
+        assert!(l.try_admit().is_err(), "one still in, limit one");
+        drop(held.next());
+        let one = l.try_admit().expect("none in: one may enter");
+        assert!(l.try_admit().is_err());
+        l.resize(3, 0);
+        let _two = l.try_admit().unwrap();
+        let _three = l.try_admit().unwrap();
+        assert!(l.try_admit().is_err(), "three at most");
+        drop(one);
+        assert_eq!(l.in_use(), 2);
+        // Lowered while in use, then raised before they left: nothing is lost.
+        l.resize(1, 0);
+        l.resize(4, 0);
+        let _four = l.try_admit().unwrap();
+        let _five = l.try_admit().unwrap();
+        assert!(l.try_admit().is_err(), "four at most");
     }
 
     #[tokio::test]

@@ -121,6 +121,12 @@ impl Budget {
         f(window)
     }
 
+    /// Forgets the services `keep` says no longer exist.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services.retain(|k, _| keep(k));
+    }
+
     /// An original request to `service` (one that may be retried) earns its share.
     pub fn deposit(&self, service: &str, budget: &RetryBudget, now: Instant) {
         self.with(service, budget.ttl, now, |w| w.requests[w.current] += 1);
@@ -209,8 +215,10 @@ mod tests {
         }
         granted = (0..50).filter(|_| b.withdraw("web", &p, t0)).count();
         assert_eq!(granted, 20);
-        // Other services have their own.
+        // Other services have their own, until forgotten.
         assert!(b.withdraw("api", &p, t0));
+        b.retain(|k| k == "web");
+        assert_eq!(b.services.lock().unwrap().len(), 1);
         // Past the ttl, what was earned and spent has left the window.
         let later = t0 + Duration::from_secs(11);
         granted = (0..50).filter(|_| b.withdraw("web", &p, later)).count();

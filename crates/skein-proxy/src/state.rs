@@ -23,7 +23,8 @@ pub struct State {
     /// certificate says otherwise: see `Ctx::own_account`).
     pub service: crate::telemetry::Named,
     /// The limit on requests sent to the application at once (`inbound.limit`), kept
-    /// from the previous state while unchanged so that requests in flight still count.
+    /// from the previous state (resized when changed) so that requests in flight still
+    /// count.
     pub app_limit: Option<Arc<crate::limit::Limiter>>,
 }
 
@@ -41,8 +42,11 @@ impl State {
         let app_limit = config.inbound.limit.as_ref().map(|l| {
             let (max, waiting) = (l.max_concurrent_requests, l.max_pending_requests);
             match previous.and_then(|p| p.app_limit.as_ref()) {
-                Some(kept) if kept.is(max, waiting) => kept.clone(),
-                _ => Arc::new(crate::limit::Limiter::new(max, waiting)),
+                Some(kept) => {
+                    kept.resize(max, waiting);
+                    kept.clone()
+                }
+                None => Arc::new(crate::limit::Limiter::new(max, waiting)),
             }
         });
         State {

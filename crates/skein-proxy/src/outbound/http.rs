@@ -169,8 +169,9 @@ async fn forward(
             .map_err(|e| ProxyError::RequestBody(e.to_string()))?
             .to_bytes();
         if retry.is_some() {
+            let key = &backend.service.key;
             ctx.retry_budget
-                .deposit(service, budget, std::time::Instant::now());
+                .deposit(key, budget, std::time::Instant::now());
         }
         Requests::Replay(parts, bytes)
     };
@@ -204,10 +205,11 @@ async fn forward(
             let resume = tokio::time::Instant::now() + retry.backoff;
             let in_time = try_deadline(rule, started, resume).is_none_or(|(at, _, _)| at > resume);
             if retry::should_retry(retry, rec.attempts, outcome) && in_time {
-                if ctx
-                    .retry_budget
-                    .withdraw(service, budget, std::time::Instant::now())
-                {
+                if ctx.retry_budget.withdraw(
+                    &backend.service.key,
+                    budget,
+                    std::time::Instant::now(),
+                ) {
                     ctx.metrics.retry("sent");
                     tracing::debug!(service, tries = rec.attempts, ?outcome, "retrying");
                     drop(sent);
