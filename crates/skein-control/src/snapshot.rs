@@ -206,16 +206,25 @@ pub fn snapshot_for(
     }
     // What the application accepts at once: the strictest `inbound` limit of the
     // BackendPolicies of the services selecting it.
-    let app_limit = services
+    // Each field the smallest of any; the policy named is the one with the smallest
+    // maxConcurrentRequests.
+    let limits: Vec<(&str, skein_model::resource::InboundLimit)> = services
         .iter()
         .filter(|s| s.selects(me))
         .flat_map(|s| &s.policies)
         .filter_map(|p| Some((p.name.as_str(), p.spec.inbound?)))
+        .collect();
+    let app_limit = limits
+        .iter()
         .min_by_key(|(name, l)| (l.max_concurrent_requests, *name))
         .map(|(name, l)| pb::AppLimit {
             policy: name.to_string(),
             max_concurrent_requests: l.max_concurrent_requests,
-            max_pending_requests: l.max_pending_requests,
+            max_pending_requests: limits
+                .iter()
+                .map(|(_, l)| l.max_pending_requests)
+                .min()
+                .unwrap_or(0),
         });
     pb::Snapshot {
         version: 0,

@@ -235,6 +235,13 @@ impl BackendPolicySpec {
             "0 to 100000",
         );
         if let Some(inbound) = &self.inbound {
+            // The application's limit covers all its ports: it cannot be one port's.
+            p.check(
+                self.target_ref.port.is_none(),
+                "spec.inbound",
+                "set with targetRef.port",
+                "inbound only in a BackendPolicy for every port (no targetRef.port): it limits the application as a whole",
+            );
             p.check(
                 (1..=1_000_000).contains(&inbound.max_concurrent_requests),
                 "spec.inbound.maxConcurrentRequests",
@@ -342,6 +349,20 @@ mod tests {
                 "spec.retryBudget.ratio: \"1.5\" is not accepted; expected a fraction from 0 to 1, e.g. 0.2",
                 "spec.retryBudget.minPerSecond: \"100001\" is not accepted; expected 0 to 100000",
                 "spec.retryBudget.ttl: \"61s\" is not accepted; expected a duration from 1s to 60s",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_inbound_limit_is_for_the_whole_application() {
+        assert!(
+            problems("{targetRef: {name: web}, inbound: {maxConcurrentRequests: 20}}").is_empty()
+        );
+        assert_eq!(
+            problems("{targetRef: {name: web, port: 80}, inbound: {maxConcurrentRequests: 0}}"),
+            [
+                "spec.inbound: \"set with targetRef.port\" is not accepted; expected inbound only in a BackendPolicy for every port (no targetRef.port): it limits the application as a whole",
+                "spec.inbound.maxConcurrentRequests: \"0\" is not accepted; expected 1 to 1000000",
             ]
         );
     }
