@@ -491,7 +491,8 @@ fn peer_client(ca: &CertificateAuthority, inbound: SocketAddr) -> anyhow::Result
     })
 }
 
-fn workload(name: &str, service: &str) -> WorkloadInfo {
+/// A workload in `default` without labels.
+pub(crate) fn workload(name: &str, service: &str) -> WorkloadInfo {
     WorkloadInfo {
         name: name.into(),
         service: service.into(),
@@ -506,15 +507,26 @@ fn port(port: u16, protocol: Protocol) -> PortSpec {
 
 /// The inbound proxy: serves the backend (HTTP) and the sink (TCP) on its own address.
 fn server_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
+    let ports = vec![
+        port(APP_PORT, Protocol::Http),
+        port(SINK_PORT, Protocol::Tcp),
+    ];
+    proxy_config(host, workload("bench-1", "bench"), ports, telemetry)
+}
+
+/// A standalone proxy on `host` (inbound, admin) serving `ports`, with no way out yet.
+pub(crate) fn proxy_config(
+    host: IpAddr,
+    workload: WorkloadInfo,
+    ports: Vec<PortSpec>,
+    telemetry: TelemetryConfig,
+) -> ProxyConfig {
     ProxyConfig {
-        workload: workload("bench-1", "bench"),
+        workload,
         inbound: InboundConfig {
             listen: SocketAddr::new(host, INBOUND_PORT),
             app_host: host,
-            ports: vec![
-                port(APP_PORT, Protocol::Http),
-                port(SINK_PORT, Protocol::Tcp),
-            ],
+            ports,
             limit: None,
         },
         outbound: OutboundConfig::default(),
@@ -547,29 +559,10 @@ fn client_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
             port: *p,
         })
         .collect();
-    ProxyConfig {
-        workload: workload("loadgen-1", "loadgen"),
-        inbound: InboundConfig {
-            listen: SocketAddr::new(host, INBOUND_PORT),
-            app_host: host,
-            ports: vec![port(APP_PORT, Protocol::Http)],
-            limit: None,
-        },
-        outbound: OutboundConfig {
-            listen: None,
-            http_proxy: None,
-            upstreams,
-        },
-        admin: AdminConfig {
-            listen: SocketAddr::new(host, ADMIN_PORT),
-        },
-        destinations: Vec::new(),
-        authorization: Default::default(),
-        limits: Limits::default(),
-        detect_timeout: Duration::from_millis(300),
-        drain_timeout: Duration::from_secs(1),
-        telemetry,
-    }
+    let ports = vec![port(APP_PORT, Protocol::Http)];
+    let mut config = proxy_config(host, workload("loadgen-1", "loadgen"), ports, telemetry);
+    config.outbound.upstreams = upstreams;
+    config
 }
 
 /// Writes `config` to `<tag>.yaml` in `dir`, starts `skein` `proxy` on it (joining the

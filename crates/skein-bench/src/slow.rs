@@ -18,13 +18,15 @@
 use crate::load::LoadReport;
 use crate::procs::{Proc, TempDir};
 use crate::report::{header_row, median, thousands};
-use crate::setups::{http_get, ip, start_proxy, wait_listening, APP_PORT, HOST};
+use crate::setups::{
+    http_get, ip, proxy_config, start_proxy, wait_listening, workload, APP_PORT, HOST,
+};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use skein_model::resource::{BackendPolicySpec, LoadBalancer, TargetRef};
 use skein_model::{
-    AdminConfig, Destination, DestinationPolicy, Endpoint, InboundConfig, Limits, OutboundConfig,
-    PortSpec, Protocol, ProxyConfig, TelemetryConfig, Upstream, WorkloadInfo,
+    Destination, DestinationPolicy, Endpoint, PortSpec, Protocol, ProxyConfig, TelemetryConfig,
+    Upstream, WorkloadInfo,
 };
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -452,35 +454,10 @@ fn mode_tag(mode: Mode) -> &'static str {
     }
 }
 
-fn workload(name: &str, service: &str) -> WorkloadInfo {
-    WorkloadInfo {
-        name: name.into(),
-        service: service.into(),
-        namespace: "default".into(),
-        labels: Default::default(),
-    }
-}
-
+/// A standalone proxy on `host` serving the backend's port.
 fn base_config(host: IpAddr, workload: WorkloadInfo) -> ProxyConfig {
-    ProxyConfig {
-        workload,
-        inbound: InboundConfig {
-            listen: SocketAddr::new(host, INBOUND_PORT),
-            app_host: host,
-            ports: vec![PortSpec::new(APP_PORT, Protocol::Http)],
-            limit: None,
-        },
-        outbound: OutboundConfig::default(),
-        admin: AdminConfig {
-            listen: SocketAddr::new(host, ADMIN_PORT),
-        },
-        destinations: Vec::new(),
-        authorization: Default::default(),
-        limits: Limits::default(),
-        detect_timeout: Duration::from_millis(300),
-        drain_timeout: Duration::from_secs(1),
-        telemetry: TelemetryConfig::default(),
-    }
+    let ports = vec![PortSpec::new(APP_PORT, Protocol::Http)];
+    proxy_config(host, workload, ports, TelemetryConfig::default())
 }
 
 /// An endpoint's inbound proxy, in front of the backend on its own address.

@@ -128,8 +128,14 @@ impl EndpointStats {
 
 /// `rtt_ns` as of `then`, decayed towards zero until `now`.
 fn decayed(rtt_ns: f64, then: Instant, now: Instant) -> f64 {
+    rtt_ns * decay(then, now)
+}
+
+/// The share of an estimate made at `then` still standing at `now` (time constant
+/// [`DECAY`]).
+fn decay(then: Instant, now: Instant) -> f64 {
     let idle = now.saturating_duration_since(then).as_secs_f64();
-    rtt_ns * (-idle / DECAY.as_secs_f64()).exp()
+    (-idle / DECAY.as_secs_f64()).exp()
 }
 
 /// One endpoint of a destination.
@@ -326,18 +332,17 @@ impl Balancer {
         let rtt = now.saturating_duration_since(picked.sent).as_nanos() as f64;
         let od = &self.outlier;
         let mut h = picked.stats.health();
-        let estimate = decayed(h.rtt_ns, h.updated, now);
+        // How much of the old estimate is left after the time since it was updated: the
+        // older, the more the new latency counts.
+        let kept = decay(h.updated, now);
+        let estimate = h.rtt_ns * kept;
         // The first observation replaces the starting guess; after that a fast failure
         // must not make an endpoint look good: failures only raise the estimate.
         let first = !h.observed && outcome == Outcome::Success;
         h.rtt_ns = if first || rtt > estimate {
             rtt
         } else if outcome == Outcome::Success {
-            let kept = (-(now.saturating_duration_since(h.updated).as_secs_f64())
-                / DECAY.as_secs_f64())
-            .exp();
-            // Weighted by how recent the estimate is: the older, the more the new latency counts.
-            h.rtt_ns * kept + rtt * (1.0 - kept)
+            estimate + rtt * (1.0 - kept)
         } else {
             estimate
         };
