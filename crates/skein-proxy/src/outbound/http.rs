@@ -24,7 +24,7 @@ use ::http::uri::{PathAndQuery, Uri};
 use ::http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use skein_model::resource::TryDeadline;
+use skein_model::resource::{RouteRetry, TryDeadline};
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
@@ -133,8 +133,48 @@ async fn forward(
         Full::Waiting(max) => backend.overloaded("connectionPool.maxPendingRequests", max),
     })?;
     let (req, body_failure) = to_peer_request(req, &backend, proto, rec)?;
-    // Retried, or mirrored, only if the request can be sent again: a small body of
-    // known length, held in memory.
+    let (mut requests, retry) = prepare(ctx, state, &backend, rule, req, started).await?;
+    let (resp, picked, deadline) = tries(ctx, &backend, rule, retry, &mut requests, started, rec)
+        .await
+        .map_err(|e| match body_failure.get() {
+            // The stream failed because the client's own body did (e.g. a bad chunk size).
+            Some(why) if !matches!(e, ProxyError::Timeout { .. }) => {
+                ProxyError::RequestBody(why.clone())
+            }
+            _ => e,
+        })?;
+    let mut resp = resp;
+    if let Some(rule) = rule {
+        for m in rule
+            .filters()
+            .filter_map(|f| f.response_header_modifier.as_ref())
+        {
+            crate::filter::modify_headers(resp.headers_mut(), m);
+        }
+    }
+    // The request counts as in flight (to the limit and to its endpoint's load) until its
+    // response ends.
+    let held = (admitted, picked);
+    Ok(match deadline {
+        None => resp.map(|b| boxed(Holding::new(b, held))),
+        Some((at, _, d)) => {
+            let what: Arc<str> = format!("{} {:?}", d.field, d.after).into();
+            resp.map(|b| boxed(Holding::new(Deadline::new(b, at, what), held)))
+        }
+    })
+}
+
+/// How each try gets the request: held in memory when it may be retried or mirrored (a
+/// small body of known length), otherwise streamed once; the mirror's copy is sent here.
+/// Returns the rule's retry when the request can be retried.
+async fn prepare<'r>(
+    ctx: &Ctx,
+    state: &State,
+    backend: &Target,
+    rule: Option<&'r RuleRef>,
+    req: Request<Body>,
+    started: tokio::time::Instant,
+) -> Result<(Requests, Option<&'r RouteRetry>), ProxyError> {
     let replayable = retry::replayable(
         http_body::Body::is_end_stream(req.body()),
         http_body::Body::size_hint(req.body()).exact(),
@@ -153,8 +193,6 @@ async fn forward(
         }
         Some(m)
     });
-    let service = backend.service.spec.service.as_str();
-    let budget = &policy.spec.retry_budget;
     let mut requests = if retry.is_none() && mirror.is_none() {
         Requests::Once(Some(req))
     } else {
@@ -168,16 +206,39 @@ async fn forward(
         let bytes = held
             .map_err(|e| ProxyError::RequestBody(e.to_string()))?
             .to_bytes();
-        if retry.is_some() {
-            let key = &backend.service.key;
-            ctx.retry_budget
-                .deposit(key, budget, std::time::Instant::now());
-        }
         Requests::Replay(parts, bytes)
     };
-    if let Some(m) = mirror {
-        super::mirror::send(ctx, state, &backend, m, requests.next(), rule);
+    if retry.is_some() {
+        let policy = backend.policy();
+        let budget = &policy.spec.retry_budget;
+        ctx.retry_budget
+            .deposit(&backend.service.key, budget, std::time::Instant::now());
     }
+    if let Some(m) = mirror {
+        super::mirror::send(ctx, state, backend, m, requests.next(), rule);
+    }
+    Ok((requests, retry))
+}
+
+/// The deadline a try runs under: when, the rule that set it, and which timeout it is.
+type TryDeadlineAt<'r> = Option<(tokio::time::Instant, &'r RuleRef, TryDeadline)>;
+
+/// The tries of one request: pick an endpoint (another than the last try's, if any),
+/// send under the try's deadline, tell the balancer how it went, and again while the
+/// rule's `retry` and the service's budget allow. Returns the answer, the endpoint that
+/// gave it, and the deadline its body must end by.
+async fn tries<'r>(
+    ctx: &Ctx,
+    backend: &Target,
+    rule: Option<&'r RuleRef>,
+    retry: Option<&RouteRetry>,
+    requests: &mut Requests,
+    started: tokio::time::Instant,
+    rec: &mut Record,
+) -> Result<(Response<Incoming>, Picked, TryDeadlineAt<'r>), ProxyError> {
+    let policy = backend.policy();
+    let service = backend.service.spec.service.as_str();
+    let budget = &policy.spec.retry_budget;
     let mut tried: Option<std::net::SocketAddr> = None;
     loop {
         rec.attempts += 1;
@@ -194,7 +255,7 @@ async fn forward(
                 .await
                 .map_err(|_| rule.timeout(&d)),
         };
-        learn(ctx, &backend, &picked, &sent);
+        learn(ctx, backend, &picked, &sent);
         if let Some(retry) = retry {
             let outcome = match &sent {
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
@@ -223,30 +284,7 @@ async fn forward(
         }
         return match sent {
             Err(timed_out) => Err(timed_out),
-            Ok(Ok(mut resp)) => {
-                if let Some(rule) = rule {
-                    for m in rule
-                        .filters()
-                        .filter_map(|f| f.response_header_modifier.as_ref())
-                    {
-                        crate::filter::modify_headers(resp.headers_mut(), m);
-                    }
-                }
-                // The request counts as in flight (to the limit and to its endpoint's
-                // load) until its response ends.
-                let held = (admitted, picked);
-                Ok(match deadline {
-                    None => resp.map(|b| boxed(Holding::new(b, held))),
-                    Some((at, _, d)) => {
-                        let what: Arc<str> = format!("{} {:?}", d.field, d.after).into();
-                        resp.map(|b| boxed(Holding::new(Deadline::new(b, at, what), held)))
-                    }
-                })
-            }
-            // The stream failed because the client's own body did (e.g. a bad chunk size).
-            Ok(Err(_)) if body_failure.get().is_some() => Err(ProxyError::RequestBody(
-                body_failure.get().cloned().unwrap_or_default(),
-            )),
+            Ok(Ok(resp)) => Ok((resp, picked, deadline)),
             Ok(Err(e)) => Err(e),
         };
     }
