@@ -124,7 +124,7 @@ pub struct Metrics {
     pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
     /// Requests or connections the proxy itself refused or failed, by reason.
     pub errors: Family<ReasonLabels, Counter>,
-    /// Route retries, by result (`sent`, `budget_exhausted`).
+    /// Route retries, by result (`sent`, `budget_exhausted`, `body_too_large`).
     pub retries: Family<ResultLabels, Counter>,
     /// Requests and connections refused by a BackendPolicy limit, by what decided.
     pub limit_refusals: Family<LimitLabels, Counter>,
@@ -238,7 +238,7 @@ impl Metrics {
         );
         registry.register(
             "route_retries",
-            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted)",
+            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted, body_too_large)",
             m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());

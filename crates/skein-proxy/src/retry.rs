@@ -2,9 +2,10 @@
 //! can be, and the retry budget that keeps retries from multiplying an overload. Pure;
 //! `outbound/http.rs` drives the tries.
 //!
-//! A request can be retried only if the proxy can send it again: its body is known to be
-//! at most [`MAX_REPLAY_BYTES`] (or absent), so it is held in memory for the tries. Any
-//! other request is sent once, as if the rule had no `retry`.
+//! A request is sent again by replaying its body through a bounded tee
+//! ([`crate::http::replay`]): the first try streams it, keeping a copy of up to
+//! [`MAX_REPLAY_BYTES`]; a try whose body went beyond that before its answer came is not
+//! retried (`skein_route_retries_total{result="body_too_large"}`).
 //!
 //! The budget (per destination service, per proxy) is the destination's `BackendPolicy`
 //! `retryBudget`: over the last `ttl`, retries may number `ratio` × the original requests
@@ -16,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The largest request body held for retries; larger or unknown-length bodies are
-/// streamed and not retried.
+/// The most of a request body kept for a retry (and the largest body held for a
+/// mirror).
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
 /// What one try came to.
@@ -47,7 +48,7 @@ pub fn should_retry(retry: &RouteRetry, tries: u32, outcome: Outcome) -> bool {
 }
 
 /// Whether a request whose body has this size hint (and end-of-stream flag) can be held
-/// for retries.
+/// whole before it is sent (for a mirror).
 pub fn replayable(end_of_stream: bool, exact_len: Option<u64>) -> bool {
     end_of_stream || exact_len.is_some_and(|n| n <= MAX_REPLAY_BYTES)
 }

@@ -71,6 +71,8 @@ struct State {
     /// Requests being handled now, and the most ever at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// The status every request is answered with once its body was read (0: none).
+    fail_after_body: std::sync::atomic::AtomicU16,
 }
 
 impl State {
@@ -144,6 +146,7 @@ impl HttpBackend {
             capacity: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            fail_after_body: Default::default(),
         });
         let handler_state = state.clone();
         let handler: Handler = Arc::new(move |req| Box::pin(handle(handler_state.clone(), req)));
@@ -166,6 +169,12 @@ impl HttpBackend {
     /// them is answered `500 overwhelmed` (an application that cannot take more).
     pub fn set_capacity(&self, n: usize) {
         self.state.capacity.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the backend answer every request from now on with `status` (and the body
+    /// `read N bytes`) after reading its whole body: an application that fails late.
+    pub fn fail_after_body(&self, status: u16) {
+        self.state.fail_after_body.store(status, Ordering::SeqCst);
     }
 
     /// The most requests the backend has handled at once (from arrival until its handler
@@ -235,6 +244,14 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBod
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let index = state.record(&req);
+    let fail = state.fail_after_body.load(Ordering::SeqCst);
+    if let Ok(status) = StatusCode::from_u16(fail) {
+        let read = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        if let Ok(n) = read {
+            state.update_body(index, n, true);
+        }
+        return full(status, format!("read {} bytes", read.unwrap_or(0)));
+    }
     let get = req.method() == Method::GET;
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri());
@@ -447,9 +464,9 @@ where
     }
 }
 
-fn full(status: StatusCode, body: &'static str) -> Response<RespBody> {
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
     let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(body.into())
             .map_err(BoxError::from)
             .boxed_unsync(),
     );

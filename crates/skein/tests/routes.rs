@@ -791,3 +791,154 @@ spec: {selector: {app: menu, tier: main}, ports: [{port: 18080, protocol: http}]
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request body streamed in `chunks`, each after a pause of `gap`, with no length.
+fn streamed_body(chunks: Vec<Vec<u8>>, gap: Duration) -> skein_proxy::http::Body {
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::iter(chunks).then(move |c| async move {
+        tokio::time::sleep(gap).await;
+        Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(c)))
+    });
+    skein_proxy::http::boxed(http_body_util::StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn streamed_request_bodies_are_retried_by_replaying_a_bounded_copy() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(115).await;
+    // Two services of two endpoints each, round robin without ejection, so that each
+    // failing endpoint keeps taking every other request: on `menu` one endpoint is gone
+    // (its proxy answers 502 before reading the body), on `bulk` one reads each body
+    // whole and then answers 503.
+    let mut resources = String::new();
+    for name in ["menu", "bulk"] {
+        resources.push_str(&format!(
+            "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: {name}}}
+spec: {{targetRef: {{name: {name}}}, loadBalancer: round-robin, outlierDetection: {{maxEjectionPercent: 0}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {name}, port: {PORT}}}]
+  rules:
+  - backendRefs: [{{name: {name}, port: {PORT}}}]
+    retry: {{attempts: 1, backoff: 1ms}}
+---
+"
+        ));
+    }
+    apply(&control, &resources).await;
+    let (menu, _menu_proxy) = workload(&control, 116, "menu").await;
+    let (gone, _gone_proxy) = workload(&control, 118, "menu").await;
+    drop(gone);
+    let (bulk, _bulk_proxy) = workload(&control, 119, "bulk").await;
+    let (late, _late_proxy) = workload(&control, 58, "bulk").await;
+    late.fail_after_body(503);
+    let client = caller_with(&control, 59, &[("menu", 2), ("bulk", 2)], &[("bulk", PORT)]).await;
+    let retries = |result: &str| {
+        skein_proxy::metrics::sum_samples(
+            &client.ctx.metrics.encode(),
+            "skein_route_retries_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    let chunks = |n: usize, size: usize| -> Vec<Vec<u8>> {
+        let all = skein_testkit::pattern_bytes(n * size);
+        all.chunks(size).map(<[u8]>::to_vec).collect()
+    };
+
+    // HTTP/1.1 chunked bodies, still arriving when the gone endpoint's proxy answers
+    // 502: the retry sends what was read so far, then reads on from the client.
+    let mut h1c = h1(client.addrs.http_proxy.unwrap()).await.unwrap();
+    for i in 0..10 {
+        let body = chunks(5, 10);
+        let req = Request::post(format!("http://menu:{PORT}/order"))
+            .body(streamed_body(body.clone(), Duration::from_millis(20)))
+            .unwrap();
+        let resp = h1c.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let got = skein_testkit::client::body_bytes(resp).await.unwrap();
+        assert_eq!(got, body.concat(), "request {i}: the body arrived whole");
+    }
+    assert_eq!(
+        menu.hits(),
+        10,
+        "every request was served by the live endpoint"
+    );
+    let sent = retries("sent");
+    assert!(
+        (4..=6).contains(&sent),
+        "the half that met the gone endpoint were retried: {sent}"
+    );
+
+    // HTTP/2 streams whose body the late endpoint read whole before failing: the retry
+    // replays the copy.
+    let mut h2c = skein_testkit::client::h2(SocketAddr::new(loopback(59), PORT))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let body = chunks(4, 1000);
+        let req = Request::post(format!("http://bulk:{PORT}/upload"))
+            .body(streamed_body(body.clone(), Duration::from_millis(5)))
+            .unwrap();
+        let resp = h2c.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let got = skein_testkit::client::body_bytes(resp).await.unwrap();
+        assert_eq!(got, body.concat(), "request {i}: the body arrived whole");
+    }
+    let late_seen = late.seen();
+    assert!(
+        (4..=6).contains(&late_seen.len()),
+        "the late endpoint took its turns: {}",
+        late_seen.len()
+    );
+    assert!(
+        late_seen.iter().all(|s| s.body_len == 4000),
+        "and read each body whole before failing"
+    );
+    assert_eq!(retries("sent"), sent + late_seen.len() as u64);
+
+    // Past the 64 KiB kept for a replay, a request is not retried: the caller gets the
+    // late endpoint's answer, and the refusal is counted.
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..4 {
+        let body = chunks(10, 10 * 1024);
+        let req = Request::post(format!("http://bulk:{PORT}/upload"))
+            .body(streamed_body(body.clone(), Duration::from_millis(1)))
+            .unwrap();
+        let resp = h2c.send_request(req).await.unwrap();
+        let status = resp.status();
+        let got = skein_testkit::client::body_bytes(resp).await.unwrap();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(got.len(), 100 * 1024, "request {i}");
+                assert_eq!(got, body.concat(), "request {i}");
+                ok += 1;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(&got[..], b"read 102400 bytes", "request {i}");
+                failed += 1;
+            }
+            s => panic!("request {i}: {s}"),
+        }
+    }
+    assert_eq!((ok, failed), (2, 2), "round robin: two of each");
+    assert_eq!(retries("body_too_large"), 2);
+    assert_eq!(
+        bulk.seen()
+            .iter()
+            .filter(|s| s.body_len == 100 * 1024)
+            .count(),
+        2
+    );
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod headers;
+pub mod replay;
 pub mod upgrade;
 
 use bytes::Bytes;

@@ -11,6 +11,7 @@ use super::tcp;
 use crate::balance::{self, Picked};
 use crate::destinations::Target;
 use crate::error::ProxyError;
+use crate::http::replay::Tee;
 use crate::http::{boxed, empty, full, headers, Body, Deadline, Holding, Watched};
 use crate::limit::{Admitted, Full};
 use crate::metrics::{Direction, Proto};
@@ -164,9 +165,10 @@ async fn forward(
     })
 }
 
-/// How each try gets the request: held in memory when it may be retried or mirrored (a
-/// small body of known length), otherwise streamed once; the mirror's copy is sent here.
-/// Returns the rule's retry when the request can be retried.
+/// How each try gets the request: a copy held in memory when it is mirrored (a small
+/// body of known length), a bounded tee when it may be retried ([`Tee`]: the first try
+/// streams), otherwise streamed once; the mirror's copy is sent here. Returns the rule's
+/// retry, if any.
 async fn prepare<'r>(
     ctx: &Ctx,
     state: &State,
@@ -175,28 +177,24 @@ async fn prepare<'r>(
     req: Request<Body>,
     started: tokio::time::Instant,
 ) -> Result<(Requests, Option<&'r RouteRetry>), ProxyError> {
-    let replayable = retry::replayable(
-        http_body::Body::is_end_stream(req.body()),
-        http_body::Body::size_hint(req.body()).exact(),
-    );
-    let retry = rule
-        .and_then(RuleRef::retry)
-        .filter(|r| r.attempts > 0 && replayable);
+    let retry = rule.and_then(RuleRef::retry).filter(|r| r.attempts > 0);
     let mirror = rule.and_then(|r| {
         let m = r.filters().find_map(|f| f.request_mirror.as_ref())?;
         if crate::route::random() % 100 >= u64::from(m.percent) {
             return None;
         }
-        if !replayable {
+        let held = retry::replayable(
+            http_body::Body::is_end_stream(req.body()),
+            http_body::Body::size_hint(req.body()).exact(),
+        );
+        if !held {
             ctx.metrics.mirror("skipped_streamed_body");
             return None;
         }
         Some(m)
     });
-    let mut requests = if retry.is_none() && mirror.is_none() {
-        Requests::Once(Some(req))
-    } else {
-        let (parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let mut requests = if mirror.is_some() {
         let held = match try_deadline(rule, started, started) {
             None => body.collect().await,
             Some((at, rule, d)) => tokio::time::timeout_at(at, body.collect())
@@ -206,7 +204,11 @@ async fn prepare<'r>(
         let bytes = held
             .map_err(|e| ProxyError::RequestBody(e.to_string()))?
             .to_bytes();
-        Requests::Replay(parts, bytes)
+        Requests::Held(parts, bytes)
+    } else if retry.is_some() {
+        Requests::Tee(parts, Tee::new(body, retry::MAX_REPLAY_BYTES as usize))
+    } else {
+        Requests::Once(Some(Request::from_parts(parts, body)))
     };
     if retry.is_some() {
         let policy = backend.policy();
@@ -266,7 +268,10 @@ async fn tries<'r>(
             let resume = tokio::time::Instant::now() + retry.backoff;
             let in_time = try_deadline(rule, started, resume).is_none_or(|(at, _, _)| at > resume);
             if retry::should_retry(retry, rec.attempts, outcome) && in_time {
-                if ctx.retry_budget.withdraw(
+                if !requests.replayable() {
+                    // More of the body was sent than is kept for a replay.
+                    ctx.metrics.retry("body_too_large");
+                } else if ctx.retry_budget.withdraw(
                     &backend.service.key,
                     budget,
                     std::time::Instant::now(),
@@ -278,8 +283,9 @@ async fn tries<'r>(
                     drop(picked);
                     tokio::time::sleep_until(resume).await;
                     continue;
+                } else {
+                    ctx.metrics.retry("budget_exhausted");
                 }
-                ctx.metrics.retry("budget_exhausted");
             }
         }
         return match sent {
@@ -381,25 +387,36 @@ fn learn(
     super::learn(ctx, backend, picked, outcome);
 }
 
-/// The request to send on each try: the client's, streamed once, or a held copy.
+/// The request to send on each try: the client's, streamed once; a held copy; or a
+/// replay of the client's body through a bounded tee.
 enum Requests {
     Once(Option<Request<Body>>),
-    Replay(::http::request::Parts, bytes::Bytes),
+    Held(::http::request::Parts, bytes::Bytes),
+    Tee(::http::request::Parts, Tee<Body>),
 }
 
 impl Requests {
     fn next(&mut self) -> Request<Body> {
+        let (parts, body) = match self {
+            // Only one try is made without a held copy or a tee.
+            Requests::Once(req) => return req.take().unwrap_or_else(|| Request::new(empty())),
+            Requests::Held(parts, body) => (parts, full(body.clone())),
+            Requests::Tee(parts, tee) => (parts, boxed(tee.next_try())),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        req
+    }
+
+    /// Whether another try can send the whole request.
+    fn replayable(&self) -> bool {
         match self {
-            // Only one try is made without a held copy.
-            Requests::Once(req) => req.take().unwrap_or_else(|| Request::new(empty())),
-            Requests::Replay(parts, body) => {
-                let mut req = Request::new(full(body.clone()));
-                *req.method_mut() = parts.method.clone();
-                *req.uri_mut() = parts.uri.clone();
-                *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
-                req
-            }
+            Requests::Once(_) => false,
+            Requests::Held(..) => true,
+            Requests::Tee(_, tee) => tee.replayable(),
         }
     }
 }
