@@ -16,10 +16,11 @@ use skein_model::resource::filter::{
     PathModifierType, RequestMirror, RequestRedirect, RouteFilter, UrlRewrite,
 };
 use skein_model::resource::{
-    AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef, ConnectionPool,
-    FaultAbort, FaultDelay, FaultInjectionSpec, HeaderMatch, InboundLimit, LoadBalancer, Operation,
-    OutlierDetection, PathMatch, PathMatchType, PolicyAction, ResolvedFault, RetryBudget,
-    RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source, TargetRef, ValueMatchType,
+    AdaptiveLimit, AuthorizationPolicySpec, AuthorizationRule, BackendPolicySpec, BackendRef,
+    ConnectionPool, FaultAbort, FaultDelay, FaultInjectionSpec, HeaderMatch, InboundLimit,
+    LoadBalancer, Operation, OutlierDetection, PathMatch, PathMatchType, PolicyAction,
+    ResolvedFault, RetryBudget, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, Source,
+    TargetRef, ValueMatchType,
 };
 use skein_model::{DestinationPolicy, DestinationRoute};
 use std::time::Duration;
@@ -421,10 +422,27 @@ pub fn policies_to_wire(policies: &[DestinationPolicy]) -> Vec<pb::BackendPolicy
                 inbound: s.inbound.map(|l| pb::InboundLimit {
                     max_concurrent_requests: l.max_concurrent_requests,
                     max_pending_requests: l.max_pending_requests,
+                    adaptive: l.adaptive.as_ref().map(adaptive_to_wire),
                 }),
             }
         })
         .collect()
+}
+
+/// An adaptive inbound limit, for the wire.
+pub fn adaptive_to_wire(a: &AdaptiveLimit) -> pb::AdaptiveLimit {
+    pb::AdaptiveLimit {
+        min_concurrent_requests: a.min_concurrent_requests,
+        latency_tolerance: a.latency_tolerance,
+    }
+}
+
+/// An adaptive inbound limit from the wire (the proxy clamps what is out of range).
+pub fn adaptive_from_wire(a: &pb::AdaptiveLimit) -> AdaptiveLimit {
+    AdaptiveLimit {
+        min_concurrent_requests: a.min_concurrent_requests,
+        latency_tolerance: a.latency_tolerance,
+    }
 }
 
 /// A destination's BackendPolicies from the wire; `service` is the destination's name.
@@ -472,6 +490,7 @@ pub fn policies_from_wire(service: &str, policies: &[pb::BackendPolicy]) -> Vec<
                     inbound: p.inbound.map(|l| InboundLimit {
                         max_concurrent_requests: l.max_concurrent_requests,
                         max_pending_requests: l.max_pending_requests,
+                        adaptive: l.adaptive.as_ref().map(adaptive_from_wire),
                     }),
                 },
             }
@@ -703,7 +722,7 @@ mod tests {
             "{targetRef: {name: api, port: 80}, loadBalancer: least-request, \
              connectionPool: {maxConcurrentRequests: 10, maxPendingRequests: 0, maxRequestsPerEndpoint: 3}, \
              outlierDetection: {consecutive5xx: 2, baseEjectionTime: 5s}, retryBudget: {ratio: 0.5, ttl: 20s}, \
-             inbound: {maxConcurrentRequests: 20, maxPendingRequests: 5}}",
+             inbound: {maxConcurrentRequests: 20, maxPendingRequests: 5, adaptive: {minConcurrentRequests: 4, latencyTolerance: 2.5}}}",
         )
         .unwrap();
         let policies = vec![DestinationPolicy {

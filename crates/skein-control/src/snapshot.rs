@@ -214,6 +214,9 @@ pub fn snapshot_for(
         .flat_map(|s| &s.policies)
         .filter_map(|p| Some((p.name.as_str(), p.spec.inbound?)))
         .collect();
+    // An adaptive limit is stricter than a fixed one with the same ceiling, so any policy
+    // asking for one makes the limit adaptive, each bound again the smallest.
+    let adaptive: Vec<_> = limits.iter().filter_map(|(_, l)| l.adaptive).collect();
     let app_limit = limits
         .iter()
         .min_by_key(|(name, l)| (l.max_concurrent_requests, *name))
@@ -225,6 +228,18 @@ pub fn snapshot_for(
                 .map(|(_, l)| l.max_pending_requests)
                 .min()
                 .unwrap_or(0),
+            adaptive: (!adaptive.is_empty()).then(|| pb::AdaptiveLimit {
+                min_concurrent_requests: adaptive
+                    .iter()
+                    .map(|a| a.min_concurrent_requests)
+                    .min()
+                    .unwrap_or(1)
+                    .min(l.max_concurrent_requests),
+                latency_tolerance: adaptive
+                    .iter()
+                    .map(|a| a.latency_tolerance)
+                    .fold(f64::INFINITY, f64::min),
+            }),
         });
     pb::Snapshot {
         version: 0,
@@ -370,27 +385,35 @@ mod tests {
 
     #[test]
     fn backend_policies_travel_with_their_service_and_the_strictest_inbound_limit_wins() {
-        let policy = |name: &str, inbound: Option<u32>| skein_model::DestinationPolicy {
-            name: format!("default/{name}"),
-            spec: serde_json::from_value(serde_json::json!({
-                "targetRef": {"name": name},
-                "loadBalancer": "round-robin",
-            }))
-            .map(|mut s: skein_model::resource::BackendPolicySpec| {
-                s.inbound = inbound.map(|n| skein_model::resource::InboundLimit {
-                    max_concurrent_requests: n,
-                    max_pending_requests: 0,
-                });
-                s
-            })
-            .unwrap(),
+        let policy = |name: &str, inbound: Option<u32>, adaptive: Option<(u32, f64)>| {
+            skein_model::DestinationPolicy {
+                name: format!("default/{name}"),
+                spec: serde_json::from_value(serde_json::json!({
+                    "targetRef": {"name": name},
+                    "loadBalancer": "round-robin",
+                }))
+                .map(|mut s: skein_model::resource::BackendPolicySpec| {
+                    s.inbound = inbound.map(|n| skein_model::resource::InboundLimit {
+                        max_concurrent_requests: n,
+                        max_pending_requests: 0,
+                        adaptive: adaptive.map(|(min, tolerance)| {
+                            skein_model::resource::AdaptiveLimit {
+                                min_concurrent_requests: min,
+                                latency_tolerance: tolerance,
+                            }
+                        }),
+                    });
+                    s
+                })
+                .unwrap(),
+            }
         };
         let mut restaurant = service("restaurant", "restaurant", 8080, Protocol::Http);
-        restaurant.policies = vec![policy("restaurant", Some(50))];
+        restaurant.policies = vec![policy("restaurant", Some(50), Some((30, 2.0)))];
         let mut menu = service("menu", "restaurant", 8080, Protocol::Http);
-        menu.policies = vec![policy("menu", Some(20))];
+        menu.policies = vec![policy("menu", Some(20), None)];
         let mut other = service("frontend", "frontend", 8080, Protocol::Http);
-        other.policies = vec![policy("frontend", Some(1))];
+        other.policies = vec![policy("frontend", Some(1), None)];
         let services = [restaurant, menu, other];
         let me = workload("restaurant-1", "restaurant", 11);
         let snap = snapshot_for(
@@ -404,6 +427,12 @@ mod tests {
         assert_eq!(
             (limit.policy.as_str(), limit.max_concurrent_requests),
             ("default/menu", 20)
+        );
+        // One of them asks for an adaptive limit: it is, within the strictest bounds.
+        let adaptive = limit.adaptive.expect("adaptive");
+        assert_eq!(
+            (adaptive.min_concurrent_requests, adaptive.latency_tolerance),
+            (20, 2.0)
         );
         let d = snap
             .destinations

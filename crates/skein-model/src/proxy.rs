@@ -117,7 +117,7 @@ pub struct InboundConfig {
 }
 
 /// A limit on the requests the application is sent at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppLimit {
     /// Who set it, named in every refusal: the BackendPolicy's `namespace/name`. Default
@@ -129,6 +129,10 @@ pub struct AppLimit {
     /// Most requests waiting for one of those to finish; 0 to 1000000. Default 0.
     #[serde(default)]
     pub max_pending_requests: u32,
+    /// Finds the limit from the application's latency, up to `maxConcurrentRequests`
+    /// (as a BackendPolicy's `spec.inbound.adaptive`). Default: fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::resource::AdaptiveLimit>,
 }
 
 fn default_limit_source() -> String {
@@ -431,6 +435,13 @@ impl ProxyConfig {
             if l.max_pending_requests > 1_000_000 {
                 let v = l.max_pending_requests.to_string();
                 bad("inbound.limit.maxPendingRequests".into(), v, "0 to 1000000");
+            }
+            let adaptive = l.adaptive.as_ref();
+            for (field, value, expected) in adaptive
+                .map(|a| a.problems(l.max_concurrent_requests))
+                .unwrap_or_default()
+            {
+                bad(format!("inbound.limit.adaptive.{field}"), value, expected);
             }
         }
         let (limits, l) = ("limits", &self.limits);

@@ -11,6 +11,7 @@
 //! Read [`outbound`] and [`inbound`] top to bottom: accept → detect → authorize → route →
 //! connect.
 
+pub mod adaptive;
 pub mod admin;
 pub mod balance;
 pub mod connect;

@@ -145,6 +145,16 @@ impl Limiter {
         }
     }
 
+    /// The most admitted at once now.
+    pub fn max(&self) -> u32 {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// The most that may wait now.
+    pub fn max_waiting(&self) -> u32 {
+        self.max_waiting.load(Ordering::Acquire)
+    }
+
     /// Holders now.
     pub fn in_use(&self) -> u32 {
         let max = self.max.load(Ordering::Acquire) + self.debt.load(Ordering::Acquire);

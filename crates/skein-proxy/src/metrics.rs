@@ -138,6 +138,9 @@ pub struct Metrics {
     pub detect_timeouts: Family<DirLabels, Counter>,
     /// 1 while a control-plane stream is open.
     pub control_connected: Gauge,
+    /// Requests the application is sent at once now (its inbound limit, fixed or as the
+    /// adaptive limit last moved it); 0 until a limit has admitted a request.
+    pub inbound_limit: Gauge,
     /// Telemetry summaries dropped unsent because the control plane was unreachable.
     pub summaries_dropped: Counter,
     /// Version of the configuration snapshot in force (0: static config only).
@@ -210,6 +213,7 @@ impl Metrics {
             limit_log: Default::default(),
             detect_timeouts: Family::default(),
             control_connected: Gauge::default(),
+            inbound_limit: Gauge::default(),
             summaries_dropped: Counter::default(),
             config_version: Gauge::default(),
             config_updates: Family::default(),
@@ -246,6 +250,11 @@ impl Metrics {
             "telemetry_summaries_dropped",
             "Telemetry summaries dropped unsent while the control plane was unreachable (the oldest go first)",
             m.summaries_dropped.clone(),
+        );
+        registry.register(
+            "inbound_concurrency_limit",
+            "Requests the application is sent at once under its inbound limit (fixed, or as the adaptive limit last set it); 0 until a limit admitted a request",
+            m.inbound_limit.clone(),
         );
         registry.register(
             "control_connected",

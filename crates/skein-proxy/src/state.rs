@@ -25,7 +25,7 @@ pub struct State {
     /// The limit on requests sent to the application at once (`inbound.limit`), kept
     /// from the previous state (resized when changed) so that requests in flight still
     /// count.
-    pub app_limit: Option<Arc<crate::limit::Limiter>>,
+    pub app_limit: Option<Arc<crate::inbound::AppLimit>>,
 }
 
 impl State {
@@ -39,16 +39,10 @@ impl State {
         );
         let service =
             crate::telemetry::Named::new(&config.workload.namespace, &config.workload.service);
-        let app_limit = config.inbound.limit.as_ref().map(|l| {
-            let (max, waiting) = (l.max_concurrent_requests, l.max_pending_requests);
-            match previous.and_then(|p| p.app_limit.as_ref()) {
-                Some(kept) => {
-                    kept.resize(max, waiting);
-                    kept.clone()
-                }
-                None => Arc::new(crate::limit::Limiter::new(max, waiting)),
-            }
-        });
+        let app_limit =
+            config.inbound.limit.as_ref().map(|l| {
+                crate::inbound::AppLimit::new(l, previous.and_then(|p| p.app_limit.as_ref()))
+            });
         State {
             config: Arc::new(config),
             destinations,

@@ -73,6 +73,8 @@ struct State {
     max_in_flight: AtomicUsize,
     /// The status every request is answered with once its body was read (0: none).
     fail_after_body: std::sync::atomic::AtomicU16,
+    /// Workers: requests beyond them wait inside the application (None: no such limit).
+    workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl State {
@@ -147,6 +149,7 @@ impl HttpBackend {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             fail_after_body: Default::default(),
+            workers: Mutex::new(None),
         });
         let handler_state = state.clone();
         let handler: Handler = Arc::new(move |req| Box::pin(handle(handler_state.clone(), req)));
@@ -169,6 +172,18 @@ impl HttpBackend {
     /// them is answered `500 overwhelmed` (an application that cannot take more).
     pub fn set_capacity(&self, n: usize) {
         self.state.capacity.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the backend work on at most `n` requests at once from now on; the others
+    /// wait inside it, first come first served (an application with a pool of `n`
+    /// workers, whose latency grows with its queue). Counted in flight while they wait.
+    pub fn set_workers(&self, n: usize) {
+        let pool = Arc::new(tokio::sync::Semaphore::new(n));
+        *self
+            .state
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pool);
     }
 
     /// Makes the backend answer every request from now on with `status` (and the body
@@ -235,6 +250,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
     if capacity > 0 && now > capacity {
         return full(StatusCode::INTERNAL_SERVER_ERROR, "overwhelmed");
     }
+    let pool = state
+        .workers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let _worker = match pool {
+        Some(pool) => pool.acquire_owned().await.ok(),
+        None => None,
+    };
     respond(&state, req).await
 }
 

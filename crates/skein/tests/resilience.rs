@@ -474,6 +474,105 @@ async fn an_inbound_limit_sheds_a_burst_at_the_applications_edge_and_the_applica
 }
 
 #[tokio::test]
+async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_latency() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-adaptive").unwrap();
+    let cp = control(65, data.path()).await;
+    apply(&cp, &service_yaml("api")).await;
+    let (app, api) = workload_as(&cp, 66, "api-1", "api", &[], None).await;
+    // An application with 20 workers taking 50 ms each: beyond 20 at once, requests
+    // queue inside it and everyone waits longer.
+    app.set_workers(20);
+    app.set_delay(Duration::from_millis(50));
+    let caller = client(&cp, 67).await;
+    // Nobody wrote 20 down: the ceiling is far above it.
+    let policy = backend_policy(
+        "api",
+        "inbound: {maxConcurrentRequests: 1000, adaptive: {latencyTolerance: 1.5}}",
+    );
+    apply(&cp, &policy).await;
+    knows(&caller, 1, Some("default/api")).await;
+    eventually("the workload's proxy learns its limit", SOON, async || {
+        api.ctx.config().inbound.limit.is_some()
+    })
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    // Light load: the application's own pace.
+    let light = load(proxy, 5, 10).await;
+    let unloaded = light[light.len() / 2];
+
+    // 300 callers, each sending one request after another for 4 s (at most 400 each).
+    app.reset_max_in_flight();
+    let until = Instant::now() + Duration::from_secs(4);
+    let callers: Vec<_> = (0..300)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (mut served, mut shed) = (Vec::new(), 0usize);
+                for _ in 0..400 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let (status, headers, body, took) = timed_get(proxy, url("api", "x")).await;
+                    match status {
+                        200 => served.push(took),
+                        503 => {
+                            assert_eq!(
+                                headers["skein-limited-by"], "default/api inbound.adaptive",
+                                "{body}"
+                            );
+                            assert_eq!(headers["retry-after"], "1");
+                            shed += 1;
+                            // A client backing off a little (bounds the load the
+                            // test makes; 300 callers still press far beyond 20).
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        s => panic!("{s}: {body}"),
+                    }
+                }
+                (served, shed)
+            })
+        })
+        .collect();
+    let (mut served, mut shed) = (Vec::new(), 0);
+    for c in callers {
+        let (s, n) = c.await.unwrap();
+        served.extend(s);
+        shed += n;
+    }
+    served.sort();
+    let text = api.ctx.metrics.encode();
+    let limit = sum_samples(&text, "skein_inbound_concurrency_limit", &[]);
+    let median = served[served.len() / 2];
+    println!(
+        "adaptive: unloaded median {unloaded:?}; under 300 callers {} served (median {median:?}, p99 {:?}), {shed} shed; limit {limit}; the application saw at most {} at once",
+        served.len(),
+        p99(&served),
+        app.max_in_flight()
+    );
+    // It found roughly what the application takes: 20 workers, and a queue within the
+    // tolerance. Unprotected, 300 at once would queue 280 (15 times its pace).
+    assert!((15..=60).contains(&limit), "limit {limit}");
+    assert!(
+        app.max_in_flight() <= 80,
+        "the application saw {} at once",
+        app.max_in_flight()
+    );
+    assert!(
+        served.len() >= 100,
+        "it answered its share: {}",
+        served.len()
+    );
+    assert!(shed > 0, "and the excess was shed at its edge");
+    // Ratios measured in this one run: the served requests kept close to the pace.
+    assert!(
+        median < unloaded * 4,
+        "served median {median:?} against {unloaded:?} unloaded"
+    );
+}
+
+#[tokio::test]
 async fn route_filters_redirect_rewrite_and_change_headers_both_ways() {
     skein_testkit::init_tracing();
     let data = TempDir::new("resilience-filters").unwrap();

@@ -35,14 +35,74 @@ pub struct BackendPolicySpec {
 /// Load shedding at the edge of an application: requests beyond the limit are refused
 /// by the workload's own proxy at once (503, `Retry-After`), instead of piling up in the
 /// application's accept queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundLimit {
-    /// Most requests the application is sent at once; 1 to 1000000.
+    /// Most requests the application is sent at once; 1 to 1000000. With `adaptive`,
+    /// the most the limit grows to.
     pub max_concurrent_requests: u32,
     /// Most requests waiting for one of those to finish; 0 to 1000000. Default 0.
     #[serde(default)]
     pub max_pending_requests: u32,
+    /// Finds the limit from the application's latency instead (within
+    /// `adaptive.minConcurrentRequests` and `maxConcurrentRequests`). Default: fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveLimit>,
+}
+
+/// An inbound limit found from latency: the proxy lowers it while the application
+/// answers more than `latencyTolerance` times slower than when it is not queueing (or
+/// says it is overloaded), and raises it while it keeps its pace and the limit is used.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdaptiveLimit {
+    /// The least the limit falls to; 1 to `maxConcurrentRequests`. Default 1.
+    #[serde(default = "one")]
+    pub min_concurrent_requests: u32,
+    /// How many times its unqueued latency the application may take before the limit
+    /// falls; 1 to 10. Default 1.5.
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: f64,
+}
+
+impl AdaptiveLimit {
+    /// What is out of range with a ceiling of `max`: (field under `adaptive.`, value,
+    /// what is accepted).
+    pub fn problems(&self, max: u32) -> Vec<(&'static str, String, &'static str)> {
+        let mut out = Vec::new();
+        if !(1..=max.max(1)).contains(&self.min_concurrent_requests) {
+            out.push((
+                "minConcurrentRequests",
+                self.min_concurrent_requests.to_string(),
+                "1 to maxConcurrentRequests (the limit moves between them)",
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.latency_tolerance) {
+            out.push((
+                "latencyTolerance",
+                self.latency_tolerance.to_string(),
+                "1 to 10: how many times its unqueued latency the application may take, e.g. 1.5",
+            ));
+        }
+        out
+    }
+}
+
+impl Default for AdaptiveLimit {
+    fn default() -> Self {
+        AdaptiveLimit {
+            min_concurrent_requests: 1,
+            latency_tolerance: default_latency_tolerance(),
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_latency_tolerance() -> f64 {
+    1.5
 }
 
 /// Load-balancing algorithms.
@@ -254,6 +314,13 @@ impl BackendPolicySpec {
                 inbound.max_pending_requests,
                 "0 to 1000000",
             );
+            let adaptive = inbound.adaptive.as_ref();
+            for (field, value, expected) in adaptive
+                .map(|a| a.problems(inbound.max_concurrent_requests))
+                .unwrap_or_default()
+            {
+                p.add(format!("spec.inbound.adaptive.{field}"), &value, expected);
+            }
         }
         p.duration(
             "spec.retryBudget.ttl",
@@ -363,6 +430,32 @@ mod tests {
             [
                 "spec.inbound: \"set with targetRef.port\" is not accepted; expected inbound only in a BackendPolicy for every port (no targetRef.port): it limits the application as a whole",
                 "spec.inbound.maxConcurrentRequests: \"0\" is not accepted; expected 1 to 1000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_adaptive_inbound_limit_moves_within_its_bounds() {
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(
+            "{targetRef: {name: web}, inbound: {maxConcurrentRequests: 200, adaptive: {}}}",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.inbound.and_then(|i| i.adaptive),
+            Some(AdaptiveLimit::default()),
+            "every field has a default"
+        );
+        assert!(problems(
+            "{targetRef: {name: web}, inbound: {maxConcurrentRequests: 200, adaptive: {minConcurrentRequests: 200, latencyTolerance: 10}}}"
+        )
+        .is_empty());
+        assert_eq!(
+            problems(
+                "{targetRef: {name: web}, inbound: {maxConcurrentRequests: 20, adaptive: {minConcurrentRequests: 21, latencyTolerance: 0.5}}}"
+            ),
+            [
+                "spec.inbound.adaptive.minConcurrentRequests: \"21\" is not accepted; expected 1 to maxConcurrentRequests (the limit moves between them)",
+                "spec.inbound.adaptive.latencyTolerance: \"0.5\" is not accepted; expected 1 to 10: how many times its unqueued latency the application may take, e.g. 1.5",
             ]
         );
     }

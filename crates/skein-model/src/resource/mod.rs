@@ -30,7 +30,8 @@ mod warnings;
 mod workload;
 
 pub use backend::{
-    BackendPolicySpec, ConnectionPool, InboundLimit, LoadBalancer, OutlierDetection, RetryBudget,
+    AdaptiveLimit, BackendPolicySpec, ConnectionPool, InboundLimit, LoadBalancer, OutlierDetection,
+    RetryBudget,
 };
 pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec, ResolvedFault};
 pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};

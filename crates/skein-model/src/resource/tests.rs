@@ -464,3 +464,17 @@ spec:
     assert_eq!(svc.spec.ports[1].protocol, Protocol::Http);
     assert_eq!(svc.spec.ports[1].port, 81);
 }
+
+#[test]
+fn the_examples_parse_and_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mesh = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    let resources = parse_documents(&mesh, "examples/mesh.yaml").unwrap();
+    assert!(resources.len() >= 5, "{}", resources.len());
+    for r in &resources {
+        r.validate().unwrap();
+    }
+    let proxy = std::fs::read_to_string(dir.join("proxy.yaml")).unwrap();
+    let config: crate::ProxyConfig = serde_yaml_ng::from_str(&proxy).unwrap();
+    config.validate("examples/proxy.yaml").unwrap();
+}

@@ -82,6 +82,7 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
         policy: l.policy.clone(),
         max_concurrent_requests: l.max_concurrent_requests,
         max_pending_requests: l.max_pending_requests,
+        adaptive: l.adaptive.as_ref().map(convert::adaptive_from_wire),
     });
     // A control plane always sends who may call this workload. Without it (a control
     // plane from before typed authorization), keeping the file's policy could allow

@@ -11,11 +11,13 @@
 
 mod app;
 pub mod authorize;
+mod shed;
 mod tunnel;
+
+pub use shed::AppLimit;
 
 use crate::error::ProxyError;
 use crate::http::{headers, Body};
-use crate::limit::Full;
 use crate::metrics::{Direction, Proto};
 use crate::request::{self, Record};
 use crate::state::State;
@@ -267,47 +269,10 @@ async fn route(
     if rec.recorded {
         rec.pathway = Some(authorize::pathway(&req, port.port));
     }
-    let admitted = shed(state).await?;
+    let admitted = shed::admit(ctx, state).await?;
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    let resp = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await?;
-    Ok(hold(resp, admitted))
-}
-
-/// Sheds load at the application's edge: past its limit (`State.app_limit`), refuses
-/// now rather than let requests pile up in its accept queue. What it returns is held
-/// until the response ends ([`hold`]).
-pub(crate) async fn shed(state: &State) -> Result<Option<crate::limit::Admitted>, ProxyError> {
-    let Some(limit) = &state.app_limit else {
-        return Ok(None);
-    };
-    let config = &state.config;
-    limit.admit().await.map(Some).map_err(|full| {
-        let (field, value) = match full {
-            Full::Max(v) => ("inbound.maxConcurrentRequests", v),
-            Full::Waiting(v) => ("inbound.maxPendingRequests", v),
-        };
-        ProxyError::Overloaded {
-            service: config.workload.service.clone(),
-            policy: config
-                .inbound
-                .limit
-                .as_ref()
-                .map_or_else(String::new, |l| l.policy.clone()),
-            limit: field,
-            value,
-        }
-    })
-}
-
-/// `resp` holding `admitted` until its body ends.
-pub(crate) fn hold(
-    resp: Response<Body>,
-    admitted: Option<crate::limit::Admitted>,
-) -> Response<Body> {
-    match admitted {
-        None => resp,
-        Some(held) => resp.map(|b| crate::http::boxed(crate::http::Holding::new(b, held))),
-    }
+    let answered = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await;
+    shed::hold(ctx, answered, admitted)
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.

@@ -118,13 +118,14 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                     upgrade(&ctx, config, req, port.app_port(), caller).await
                 }
                 // Each request inside the tunnel is shed like any other.
-                Ok(()) => match super::shed(&state).await {
+                Ok(()) => match super::shed::admit(&ctx, &state).await {
                     Err(e) => Err(e),
                     Ok(admitted) => {
                         let port = port.app_port();
-                        super::app::forward(&ctx, config, req, port, false, caller, &mut rec)
-                            .await
-                            .map(|resp| super::hold(resp, admitted))
+                        let answered =
+                            super::app::forward(&ctx, config, req, port, false, caller, &mut rec)
+                                .await;
+                        super::shed::hold(&ctx, answered, admitted)
                     }
                 },
             };
