@@ -7,6 +7,7 @@ mod backend;
 mod handshake;
 mod load;
 mod nginx;
+mod overload;
 mod procs;
 mod report;
 mod run;
@@ -67,6 +68,25 @@ enum Cmd {
         /// A request unanswered this long after its intended send time is an error.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
+    },
+    /// Closed-loop callers, each on its own keep-alive HTTP/1.1 connection, counting
+    /// answers (200) and refusals (503) apart; prints JSON.
+    Callers {
+        /// Where to send requests.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header.
+        #[arg(long, default_value = "bench")]
+        host: String,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 200)]
+        callers: u32,
+        /// How long they call, e.g. 10s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+        /// How long a refused caller waits before its next request.
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        pause: Duration,
     },
     /// Accepts TCP connections and discards what they send; closes each at end of stream.
     TcpSink {
@@ -133,6 +153,24 @@ fn main() -> anyhow::Result<()> {
                 timeout,
             };
             let report = current_thread()?.block_on(load::run(spec))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Callers {
+            addr,
+            host,
+            callers,
+            duration,
+            pause,
+        } => {
+            let spec = overload::CallersSpec {
+                addr,
+                host,
+                callers,
+                duration,
+                pause,
+            };
+            let report = multi_thread()?.block_on(overload::callers(spec))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -322,12 +322,13 @@ pub(crate) fn header_row(out: &mut String, first: &str, cols: &[String]) {
 }
 
 /// The Markdown section for one run; `results` is empty when only the slow-endpoint
-/// scenario ran.
+/// or the overload scenario ran.
 pub fn markdown(
     meta: &Meta,
     summary: &Summary,
     results: &[SetupResults],
     slow: Option<&SlowEndpoint>,
+    overload: Option<&crate::overload::Overload>,
     json_path: &str,
 ) -> String {
     let mut o = String::new();
@@ -338,7 +339,8 @@ pub fn markdown(
         meta.date, meta.commit, meta.cpu_model, meta.cores
     );
     if results.is_empty() {
-        // Only the slow-endpoint scenario ran: the plan and mTLS describe setups it has not.
+        // Only a scenario with its own processes ran: the plan and mTLS describe setups it
+        // has not.
         let _ = writeln!(
             o,
             "Command: `{}` · run took {:.0} s.\n",
@@ -375,6 +377,9 @@ pub fn markdown(
     }
     if let Some(slow) = slow {
         crate::slow::markdown(&mut o, slow);
+    }
+    if let Some(overload) = overload {
+        crate::overload::markdown(&mut o, overload);
     }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o

@@ -2,13 +2,14 @@
 //!
 //! Finds the binaries and tools, starts every setup (direct, skein, nginx pair, skein with
 //! telemetry off) on its own loopback addresses, probes each end to end, runs the
-//! interleaved scenarios, stops them, runs the slow-endpoint scenario ([`crate::slow`],
-//! its own processes), then reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
+//! interleaved scenarios, stops them, runs the slow-endpoint and overload scenarios
+//! ([`crate::slow`], [`crate::overload`], each with its own processes), then reports: Markdown on stdout (appended to `docs/BENCHMARKS.md` unless `--no-append`) and
 //! every figure as JSON. Whatever happens — success, a failed setup, Ctrl-C — every process
 //! started is stopped and the scratch directory removed, because they are all owned by
 //! values dropped on the way out.
 
 use crate::nginx;
+use crate::overload::{self, Overload};
 use crate::procs::TempDir;
 use crate::report::{self, Meta};
 use crate::scenarios::{self, Plan, SetupResults, Tools};
@@ -40,6 +41,9 @@ pub enum Only {
     /// Peak-EWMA against round robin with one endpoint 10× slower ([`crate::slow`]); no
     /// other setup starts.
     SlowEndpoint,
+    /// 200 callers against `maxConcurrentRequests: 10` ([`crate::overload`]); no other
+    /// setup starts.
+    Overload,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,8 @@ struct Document<'a> {
     setups: &'a [SetupResults],
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_endpoint: Option<&'a SlowEndpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overload: Option<&'a Overload>,
 }
 
 /// Runs the whole benchmark.
@@ -74,10 +80,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let plan = Plan::new(args.quick);
     let results = match args.only {
-        Some(Only::SlowEndpoint) => Vec::new(),
+        Some(_) => Vec::new(),
         None => interleaved(&plan, me.clone(), skein.clone(), tool).await?,
     };
-    let slow = if slow::skipped() && args.only.is_none() {
+    let slow = if args.only == Some(Only::Overload) {
+        None
+    } else if slow::skipped() && args.only.is_none() {
         eprintln!(
             "skein-bench: {} is set: skipping the slow-endpoint scenario",
             slow::SKIP_ENV
@@ -93,7 +101,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let dir = TempDir::new()?;
         Some(slow::run(&dir, &me, &skein, args.quick, plan.repetitions).await?)
     };
-    write_report(&root, &args, plan, &results, slow.as_ref(), started)
+    let overload = if args.only == Some(Only::SlowEndpoint) {
+        None
+    } else if overload::skipped() && args.only.is_none() {
+        eprintln!(
+            "skein-bench: {} is set: skipping the overload scenario",
+            overload::SKIP_ENV
+        );
+        None
+    } else {
+        eprintln!(
+            "skein-bench: overload scenario ({} callers, maxConcurrentRequests {}, {} s)",
+            overload::CALLERS,
+            overload::LIMIT,
+            overload::secs(args.quick)
+        );
+        let dir = TempDir::new()?;
+        Some(overload::run(&dir, &me, &skein, args.quick).await?)
+    };
+    let scenarios = (slow.as_ref(), overload.as_ref());
+    write_report(&root, &args, plan, &results, scenarios, started)
 }
 
 /// Starts every setup, runs the interleaved scenarios on them and stops them; returns
@@ -210,7 +237,7 @@ fn write_report(
     args: &RunArgs,
     plan: Plan,
     results: &[SetupResults],
-    slow: Option<&SlowEndpoint>,
+    (slow, overload): (Option<&SlowEndpoint>, Option<&Overload>),
     started: Instant,
 ) -> anyhow::Result<()> {
     let (date, stamp) = report::utc_now();
@@ -237,11 +264,13 @@ fn write_report(
         summary: &summary,
         setups: results,
         slow_endpoint: slow,
+        overload,
     };
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let shown = json_path.strip_prefix(root).unwrap_or(&json_path);
-    let md = report::markdown(&meta, &summary, results, slow, &shown.display().to_string());
+    let shown = shown.display().to_string();
+    let md = report::markdown(&meta, &summary, results, slow, overload, &shown);
     println!("{md}");
     if !args.no_append {
         let path = root.join("docs/BENCHMARKS.md");
@@ -258,8 +287,10 @@ fn command(args: &RunArgs) -> String {
     if args.quick {
         c.push_str(" --quick");
     }
-    if let Some(Only::SlowEndpoint) = args.only {
-        c.push_str(" --only slow-endpoint");
+    match args.only {
+        Some(Only::SlowEndpoint) => c.push_str(" --only slow-endpoint"),
+        Some(Only::Overload) => c.push_str(" --only overload"),
+        None => {}
     }
     c
 }

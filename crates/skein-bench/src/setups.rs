@@ -715,9 +715,11 @@ mod tests {
 
     #[test]
     fn setups_use_distinct_addresses() {
-        // direct, the nginx pair (A, B), the slow-endpoint scenario and both skein pairs.
+        // direct, the nginx pair (A, B), the slow-endpoint and overload scenarios and both
+        // skein pairs.
         let mut hosts = vec![ip(150), ip(153), ip(154)];
         hosts.extend(crate::slow::HOSTS);
+        hosts.extend(crate::overload::HOSTS);
         for pair in [SKEIN, SKEIN_TELEMETRY_OFF] {
             hosts.extend([pair.outbound, pair.inbound, pair.control]);
         }

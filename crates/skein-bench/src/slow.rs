@@ -604,7 +604,7 @@ mod tests {
             plan: Plan::new(true),
             run_secs: 10.0,
         };
-        let md = markdown(&meta, &summarize(&[]), &[], Some(&slow), "x.json");
+        let md = markdown(&meta, &summarize(&[]), &[], Some(&slow), None, "x.json");
         assert!(!md.contains("### Headline"), "{md}");
         assert!(!md.contains("mTLS"), "{md}");
         assert!(md.contains("one endpoint 10× slower"), "{md}");

@@ -44,7 +44,11 @@ pub struct H2Report {
 }
 
 /// Runs `cmd`, killing it if it runs past `limit`; returns stdout, or fails with stderr.
-async fn output(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Result<String> {
+pub(crate) async fn output(
+    mut cmd: Command,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<String> {
     cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
     let out = tokio::time::timeout(limit, cmd.output())
         .await
@@ -62,7 +66,7 @@ async fn output(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Result
     Ok(stdout)
 }
 
-fn limit(secs: u64) -> Duration {
+pub(crate) fn limit(secs: u64) -> Duration {
     Duration::from_secs(secs + 30)
 }
 
