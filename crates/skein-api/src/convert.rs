@@ -429,19 +429,28 @@ pub fn policies_to_wire(policies: &[DestinationPolicy]) -> Vec<pb::BackendPolicy
         .collect()
 }
 
-/// An adaptive inbound limit, for the wire.
+/// An adaptive inbound limit, for the wire (0: the default floor).
 pub fn adaptive_to_wire(a: &AdaptiveLimit) -> pb::AdaptiveLimit {
     pb::AdaptiveLimit {
-        min_concurrent_requests: a.min_concurrent_requests,
+        min_concurrent_requests: a.min_concurrent_requests.unwrap_or(0),
         latency_tolerance: a.latency_tolerance,
     }
 }
 
-/// An adaptive inbound limit from the wire (the proxy clamps what is out of range).
+/// An adaptive inbound limit from the wire. The control plane validated it at apply;
+/// what is out of range anyway (a bug, or a newer control plane's wider range) is
+/// brought within range rather than refusing the whole snapshot: a tolerance that is not
+/// a number takes the default, others are clamped to 1–10.
 pub fn adaptive_from_wire(a: &pb::AdaptiveLimit) -> AdaptiveLimit {
+    let tolerance = if a.latency_tolerance.is_nan() {
+        AdaptiveLimit::default().latency_tolerance
+    } else {
+        a.latency_tolerance.clamp(1.0, 10.0)
+    };
     AdaptiveLimit {
-        min_concurrent_requests: a.min_concurrent_requests,
-        latency_tolerance: a.latency_tolerance,
+        min_concurrent_requests: (a.min_concurrent_requests > 0)
+            .then_some(a.min_concurrent_requests),
+        latency_tolerance: tolerance,
     }
 }
 

@@ -231,10 +231,9 @@ pub fn snapshot_for(
             adaptive: (!adaptive.is_empty()).then(|| pb::AdaptiveLimit {
                 min_concurrent_requests: adaptive
                     .iter()
-                    .map(|a| a.min_concurrent_requests)
+                    .map(|a| a.min(l.max_concurrent_requests))
                     .min()
-                    .unwrap_or(1)
-                    .min(l.max_concurrent_requests),
+                    .unwrap_or(1),
                 latency_tolerance: adaptive
                     .iter()
                     .map(|a| a.latency_tolerance)
@@ -398,7 +397,7 @@ mod tests {
                         max_pending_requests: 0,
                         adaptive: adaptive.map(|(min, tolerance)| {
                             skein_model::resource::AdaptiveLimit {
-                                min_concurrent_requests: min,
+                                min_concurrent_requests: Some(min),
                                 latency_tolerance: tolerance,
                             }
                         }),

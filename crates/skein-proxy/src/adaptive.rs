@@ -7,36 +7,37 @@
 //! queue. The limit is moved, once per window of samples, so that the application's
 //! latency stays within `tolerance` × its base latency:
 //!
-//! - the window's mean latency (`short`) against the base (`base`, the latency of the
-//!   application when it is not queueing) gives the gradient
-//!   `clamp(tolerance × base / short, 0.5, 1)`;
+//! - the window's median latency (`short`: a few slow requests, a long poll, a slow
+//!   upload, do not move it) against the base (`base`, the latency of the application
+//!   when it is not queueing) gives the gradient `clamp(tolerance × base / short, 0.5, 1)`;
 //! - below 1 (queueing beyond the tolerance) the limit is multiplied by it; a window in
-//!   which the application said it was overloaded (503, 429, refused connections, time
-//!   outs: more than 1 in 20 samples) takes at most 0.8;
+//!   which the application said it was overloaded (more than 1 in 20 samples: see
+//!   [`Signal::Overloaded`]) takes at most 0.8;
 //! - at 1 the limit grows by √limit, but only if the window used at least half of it (an
 //!   idle application does not earn a higher limit);
 //! - the limit stays between `min` and `max`.
 //!
-//! The base is the latency the application shows when it is not saturated: it follows a
-//! faster window at once, and a slower one only slowly and only when the window used
-//! under half the limit (so that a queue does not pass for the new normal). At the
-//! `min` limit the application is as unloaded as the mesh will make it, so a window
-//! there sets the base outright: an application that became slower for good (a slow
-//! database) gets a limit that fits it again instead of staying at `min`.
+//! The base is the latency the application shows when it is not saturated. It moves a
+//! quarter of the way to each window's median when the window used under half the limit
+//! (so that a queue does not pass for the new normal), and to a faster window's whatever
+//! the load; a short burst of unusually fast answers (404s) therefore moves it only a
+//! little. At the `min` limit the application is as unloaded as the mesh will make it, so
+//! a window there sets the base outright: an application that became slower for good (a
+//! slow database) gets a limit that fits it again instead of staying at `min`.
 //!
 //! The same family as Netflix's gradient limiter and Envoy's adaptive concurrency filter;
 //! what differs is written above (no periodic pinning to the minimum to measure the base).
 
 use std::time::Duration;
 
-/// Where the limit starts, within `[min, max]`.
+/// Where the limit starts, within `[min, max]`, when nothing was in force before.
 pub const INITIAL: u32 = 20;
 /// Fewest samples in a window (more when the limit is higher: one per request admitted).
 const MIN_WINDOW: u32 = 10;
 /// Most samples in a window.
 const MAX_WINDOW: u32 = 250;
-/// The share of the way a slower unsaturated window moves the base.
-const BASE_RISE: f64 = 0.1;
+/// The share of the way a window moves the base.
+const BASE_STEP: f64 = 0.25;
 /// The gradient's floor: the limit at most halves per window.
 const MIN_GRADIENT: f64 = 0.5;
 /// The gradient a window with overload signals takes at most.
@@ -45,10 +46,12 @@ const OVERLOADED_GRADIENT: f64 = 0.8;
 /// How one request went, for the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Answered (whatever the status, other than those below).
+    /// Answered (whatever the status, other than below), or given up on by the caller
+    /// after this long (a lower bound of the time it would have taken).
     Answered,
-    /// The application said it is overloaded (503, 429) or could not be reached in
-    /// time (refused connection, timeout).
+    /// The application said it is overloaded (`503` with `Retry-After`: a plain `503`
+    /// may be a dependency's failure passed on, a `429` one client's rate limit) or
+    /// refused the connection.
     Overloaded,
 }
 
@@ -67,28 +70,39 @@ pub struct Gradient {
 #[derive(Debug, Clone, Default)]
 struct Window {
     samples: u32,
-    /// Latencies of the answered samples (an overload answer is no measure of how long
-    /// the application takes to work on a request).
-    answered: u32,
-    latency_sum: f64,
+    /// Latencies of the answered samples, in seconds (an overload answer is no measure of
+    /// how long the application takes to work on a request).
+    latencies: Vec<f64>,
     most_in_flight: u32,
     overloaded: u32,
 }
 
 impl Gradient {
     /// A controller keeping the limit within `[min, max]` and the latency within
-    /// `tolerance` × the base; `min` is at least 1, `tolerance` at least 1.
+    /// `tolerance` × the base, starting at [`INITIAL`]; `min` is at least 1 and at most
+    /// `max`, `tolerance` at least 1.
     pub fn new(min: u32, max: u32, tolerance: f64) -> Self {
-        let min = min.max(1);
-        let max = max.max(min);
+        let max = max.max(1);
+        let min = min.clamp(1, max);
+        let tolerance = if tolerance.is_nan() {
+            1.5
+        } else {
+            tolerance.max(1.0)
+        };
         Gradient {
             limit: f64::from(INITIAL.clamp(min, max)),
             min,
             max,
-            tolerance: tolerance.max(1.0),
+            tolerance,
             base: None,
             window: Window::default(),
         }
+    }
+
+    /// The same, starting at `limit` (the limit in force before it became adaptive).
+    pub fn starting_at(mut self, limit: u32) -> Self {
+        self.limit = f64::from(limit.clamp(self.min, self.max));
+        self
     }
 
     /// Changes the bounds and tolerance in place (a changed policy), keeping what was
@@ -118,30 +132,34 @@ impl Gradient {
         let w = &mut self.window;
         w.samples += 1;
         if signal == Signal::Answered {
-            w.answered += 1;
-            w.latency_sum += latency.as_secs_f64();
+            w.latencies.push(latency.as_secs_f64());
         }
         w.most_in_flight = w.most_in_flight.max(in_flight);
         w.overloaded += u32::from(signal == Signal::Overloaded);
         if w.samples < self.limit().clamp(MIN_WINDOW, MAX_WINDOW) {
             return None;
         }
-        let w = std::mem::take(&mut self.window);
+        let mut w = std::mem::take(&mut self.window);
         let before = self.limit();
-        self.close(&w);
+        self.close(&mut w);
+        // The next window reuses the allocation.
+        w.latencies.clear();
+        self.window.latencies = w.latencies;
         (self.limit() != before).then(|| self.limit())
     }
 
-    fn close(&mut self, w: &Window) {
+    fn close(&mut self, w: &mut Window) {
         let saturated = f64::from(w.most_in_flight) >= self.limit / 2.0;
         let at_floor = self.limit() <= self.min;
         let mut gradient = 1.0;
-        if w.answered > 0 {
-            let short = w.latency_sum / f64::from(w.answered);
+        if !w.latencies.is_empty() {
+            let mid = w.latencies.len() / 2;
+            let (_, median, _) = w.latencies.select_nth_unstable_by(mid, f64::total_cmp);
+            let short = *median;
             let base = match self.base {
                 None => short,
-                Some(b) if short <= b || at_floor => short,
-                Some(b) if !saturated => b + (short - b) * BASE_RISE,
+                Some(_) if at_floor => short,
+                Some(b) if short < b || !saturated => b + (short - b) * BASE_STEP,
                 Some(b) => b,
             };
             self.base = Some(base);
@@ -290,6 +308,42 @@ mod tests {
     }
 
     #[test]
+    fn a_few_slow_requests_and_a_burst_of_fast_ones_do_not_knock_the_limit_down() {
+        let mut g = Gradient::new(5, 1000, 1.5);
+        // 40 at once, each 50 ms but one in ten a long poll of 2 s; at 40 in flight the
+        // application does not queue.
+        // Feeds `n` requests; returns the lowest limit seen meanwhile.
+        let feed = |g: &mut Gradient, n: usize, fast: bool| {
+            let mut lowest = g.limit();
+            for i in 0..n {
+                let latency = match (fast, i % 10) {
+                    (true, _) => Duration::from_millis(2),
+                    (false, 0) => Duration::from_secs(2),
+                    (false, _) => Duration::from_millis(50),
+                };
+                g.observe(latency, g.limit().min(40), Signal::Answered);
+                lowest = lowest.min(g.limit());
+            }
+            lowest
+        };
+        feed(&mut g, 2000, false);
+        let settled = g.limit();
+        assert!(
+            settled >= 40,
+            "the long polls did not hold it down: {settled}"
+        );
+        // A burst of 404s answered in 2 ms, one window's worth, then the usual again.
+        feed(&mut g, settled as usize, true);
+        let lowest = feed(&mut g, 2000, false);
+        assert!(lowest >= 40, "it fell to {lowest} after the burst");
+        assert!(
+            g.base().unwrap() > Duration::from_millis(30),
+            "{:?}",
+            g.base()
+        );
+    }
+
+    #[test]
     fn bounds_hold_and_a_changed_policy_keeps_what_was_learnt() {
         let app = App {
             workers: 100,
@@ -305,5 +359,7 @@ mod tests {
         let mut g = Gradient::new(0, 0, 0.0);
         assert_eq!((g.limit(), g.min, g.max, g.tolerance), (1, 1, 1, 1.0));
         g.observe(Duration::ZERO, 1, Signal::Answered);
+        let g = Gradient::new(10, 5, f64::NAN).starting_at(500);
+        assert_eq!((g.limit(), g.min, g.max, g.tolerance), (5, 5, 5, 1.5));
     }
 }

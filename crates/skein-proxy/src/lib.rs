@@ -118,6 +118,12 @@ impl Ctx {
         self.state.load().config.clone()
     }
 
+    /// `skein_inbound_concurrency_limit` for `state` (0: no limit).
+    fn show_app_limit(&self, state: &State) {
+        let limit = state.app_limit.as_ref().map_or(0, |l| l.current());
+        self.metrics.inbound_limit.set(i64::from(limit));
+    }
+
     /// Replaces the configuration (and the destination table built from it) atomically.
     /// Refuses, keeping the current configuration, a config that fails validation or that
     /// changes what cannot change while running (the workload and listener addresses).
@@ -140,6 +146,7 @@ impl Ctx {
         // Per-service state outside the table goes with the services that went.
         self.retry_budget
             .retain(|key| state.destinations.has_key(key));
+        self.show_app_limit(&state);
         self.state.store(state);
         Ok(())
     }
@@ -239,6 +246,7 @@ impl RunningProxy {
             admin_addr: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
         });
+        ctx.show_app_limit(&ctx.state());
         let c = ctx.config();
         let inbound = transport::bind(c.inbound.listen, "the inbound listener").await?;
         let admin = transport::bind(c.admin.listen, "the admin listener").await?;

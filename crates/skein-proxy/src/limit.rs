@@ -79,6 +79,11 @@ impl Limiter {
     /// retires free permits now and the rest as holders leave.
     pub fn resize(&self, max: u32, max_waiting: u32) {
         self.max_waiting.store(max_waiting, Ordering::Release);
+        self.set_max(max);
+    }
+
+    /// Changes `max` alone, as [`Limiter::resize`] does.
+    pub fn set_max(&self, max: u32) {
         let old = self.max.swap(max, Ordering::AcqRel);
         if max > old {
             // Repay what is still owed first.
@@ -148,11 +153,6 @@ impl Limiter {
     /// The most admitted at once now.
     pub fn max(&self) -> u32 {
         self.max.load(Ordering::Acquire)
-    }
-
-    /// The most that may wait now.
-    pub fn max_waiting(&self) -> u32 {
-        self.max_waiting.load(Ordering::Acquire)
     }
 
     /// Holders now.

@@ -124,7 +124,8 @@ pub struct Metrics {
     pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
     /// Requests or connections the proxy itself refused or failed, by reason.
     pub errors: Family<ReasonLabels, Counter>,
-    /// Route retries, by result (`sent`, `budget_exhausted`, `body_too_large`).
+    /// Route retries, by result (`sent`, `budget_exhausted`, `body_too_large`,
+    /// `body_failed`).
     pub retries: Family<ResultLabels, Counter>,
     /// Requests and connections refused by a BackendPolicy limit, by what decided.
     pub limit_refusals: Family<LimitLabels, Counter>,
@@ -139,7 +140,7 @@ pub struct Metrics {
     /// 1 while a control-plane stream is open.
     pub control_connected: Gauge,
     /// Requests the application is sent at once now (its inbound limit, fixed or as the
-    /// adaptive limit last moved it); 0 until a limit has admitted a request.
+    /// adaptive limit last moved it); 0: no limit.
     pub inbound_limit: Gauge,
     /// Telemetry summaries dropped unsent because the control plane was unreachable.
     pub summaries_dropped: Counter,
@@ -242,7 +243,7 @@ impl Metrics {
         );
         registry.register(
             "route_retries",
-            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted, body_too_large)",
+            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted, body_too_large, body_failed)",
             m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());
@@ -253,7 +254,7 @@ impl Metrics {
         );
         registry.register(
             "inbound_concurrency_limit",
-            "Requests the application is sent at once under its inbound limit (fixed, or as the adaptive limit last set it); 0 until a limit admitted a request",
+            "Requests the application is sent at once under its inbound limit (fixed, or as the adaptive limit last set it); 0 when it has none",
             m.inbound_limit.clone(),
         );
         registry.register(

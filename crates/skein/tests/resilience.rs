@@ -473,44 +473,22 @@ async fn an_inbound_limit_sheds_a_burst_at_the_applications_edge_and_the_applica
     assert_eq!(status, 200, "and it is still up");
 }
 
-#[tokio::test]
-async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_latency() {
-    skein_testkit::init_tracing();
-    let data = TempDir::new("resilience-adaptive").unwrap();
-    let cp = control(65, data.path()).await;
-    apply(&cp, &service_yaml("api")).await;
-    let (app, api) = workload_as(&cp, 66, "api-1", "api", &[], None).await;
-    // An application with 20 workers taking 50 ms each: beyond 20 at once, requests
-    // queue inside it and everyone waits longer.
-    app.set_workers(20);
-    app.set_delay(Duration::from_millis(50));
-    let caller = client(&cp, 67).await;
-    // Nobody wrote 20 down: the ceiling is far above it.
-    let policy = backend_policy(
-        "api",
-        "inbound: {maxConcurrentRequests: 1000, adaptive: {latencyTolerance: 1.5}}",
-    );
-    apply(&cp, &policy).await;
-    knows(&caller, 1, Some("default/api")).await;
-    eventually("the workload's proxy learns its limit", SOON, async || {
-        api.ctx.config().inbound.limit.is_some()
-    })
-    .await
-    .unwrap();
-    let proxy = caller.addrs.http_proxy.unwrap();
+/// What 200 callers saw in `secs` of one request after another to `api` (a refused
+/// caller waiting 100 ms, as a client backing off a little would), and the workload's
+/// inbound limit sampled over the last second.
+struct Flood {
+    served: Vec<Duration>,
+    shed: usize,
+    limits: Vec<u64>,
+}
 
-    // Light load: the application's own pace.
-    let light = load(proxy, 5, 10).await;
-    let unloaded = light[light.len() / 2];
-
-    // 300 callers, each sending one request after another for 4 s (at most 400 each).
-    app.reset_max_in_flight();
-    let until = Instant::now() + Duration::from_secs(4);
-    let callers: Vec<_> = (0..300)
+async fn flood(proxy: std::net::SocketAddr, api: &RunningProxy, secs: u64) -> Flood {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let callers: Vec<_> = (0..200)
         .map(|_| {
             tokio::spawn(async move {
                 let (mut served, mut shed) = (Vec::new(), 0usize);
-                for _ in 0..400 {
+                for _ in 0..1000 {
                     if Instant::now() >= until {
                         break;
                     }
@@ -524,8 +502,6 @@ async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_
                             );
                             assert_eq!(headers["retry-after"], "1");
                             shed += 1;
-                            // A client backing off a little (bounds the load the
-                            // test makes; 300 callers still press far beyond 20).
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         s => panic!("{s}: {body}"),
@@ -535,6 +511,13 @@ async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_
             })
         })
         .collect();
+    let mut limits = Vec::new();
+    tokio::time::sleep_until((until - Duration::from_secs(1)).into()).await;
+    while Instant::now() < until {
+        let text = api.ctx.metrics.encode();
+        limits.push(sum_samples(&text, "skein_inbound_concurrency_limit", &[]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (mut served, mut shed) = (Vec::new(), 0);
     for c in callers {
         let (s, n) = c.await.unwrap();
@@ -542,33 +525,102 @@ async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_
         shed += n;
     }
     served.sort();
-    let text = api.ctx.metrics.encode();
-    let limit = sum_samples(&text, "skein_inbound_concurrency_limit", &[]);
-    let median = served[served.len() / 2];
+    limits.sort();
+    Flood {
+        served,
+        shed,
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_latency() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-adaptive").unwrap();
+    let cp = control(65, data.path()).await;
+    apply(&cp, &service_yaml("api")).await;
+    let (app, api) = workload_as(&cp, 66, "api-1", "api", &[], None).await;
+    // An application with a pool of workers taking 200 ms each: beyond them, requests
+    // queue inside it and everyone waits longer. It starts with 8.
+    app.set_workers(8);
+    app.set_delay(Duration::from_millis(200));
+    let caller = client(&cp, 67).await;
+    // Nobody wrote the number down: the ceiling is far above it, and the limit starts
+    // at 20.
+    let policy = backend_policy(
+        "api",
+        "inbound: {maxConcurrentRequests: 1000, adaptive: {minConcurrentRequests: 2, latencyTolerance: 1.5}}",
+    );
+    apply(&cp, &policy).await;
+    knows(&caller, 1, Some("default/api")).await;
+    eventually("the workload's proxy learns its limit", SOON, async || {
+        api.ctx.config().inbound.limit.is_some()
+    })
+    .await
+    .unwrap();
+    let proxy = caller.addrs.http_proxy.unwrap();
+
+    // Light load: the application's own pace.
+    let light = load(proxy, 4, 5).await;
+    let unloaded = light[light.len() / 2];
+
+    // 8 workers: the limit falls from 20 towards what they take within the tolerance.
+    app.reset_max_in_flight();
+    let few = flood(proxy, &api, 5).await;
+    let limit_few = few.limits[few.limits.len() / 2];
+    let median_few = few.served[few.served.len() / 2];
     println!(
-        "adaptive: unloaded median {unloaded:?}; under 300 callers {} served (median {median:?}, p99 {:?}), {shed} shed; limit {limit}; the application saw at most {} at once",
-        served.len(),
-        p99(&served),
-        app.max_in_flight()
-    );
-    // It found roughly what the application takes: 20 workers, and a queue within the
-    // tolerance. Unprotected, 300 at once would queue 280 (15 times its pace).
-    assert!((15..=60).contains(&limit), "limit {limit}");
-    assert!(
-        app.max_in_flight() <= 80,
-        "the application saw {} at once",
+        "8 workers: unloaded median {unloaded:?}; {} served (median {median_few:?}), {} shed; limit over the last second {:?}; the application held at most {} at once",
+        few.served.len(),
+        few.shed,
+        few.limits,
         app.max_in_flight()
     );
     assert!(
-        served.len() >= 100,
-        "it answered its share: {}",
-        served.len()
+        (4..=18).contains(&limit_few),
+        "the limit fell below its start of 20, to about 8 × 1.5: {:?}",
+        few.limits
     );
-    assert!(shed > 0, "and the excess was shed at its edge");
-    // Ratios measured in this one run: the served requests kept close to the pace.
     assert!(
-        median < unloaded * 4,
-        "served median {median:?} against {unloaded:?} unloaded"
+        few.shed > 0 && few.served.len() >= 20,
+        "served {}",
+        few.served.len()
+    );
+    // The ratio in this one run: answers kept close to the application's pace, where
+    // 200 callers unprotected would queue 25 deep (25 times it).
+    assert!(
+        median_few < unloaded * 4,
+        "served median {median_few:?} against {unloaded:?} unloaded"
+    );
+
+    // 50 workers: the limit rises past its start to use them.
+    app.set_workers(50);
+    app.reset_max_in_flight();
+    let many = flood(proxy, &api, 6).await;
+    let limit_many = many.limits[many.limits.len() / 2];
+    println!(
+        "50 workers: {} served (median {:?}), {} shed; limit over the last second {:?}; the application held at most {} at once",
+        many.served.len(),
+        many.served[many.served.len() / 2],
+        many.shed,
+        many.limits,
+        app.max_in_flight()
+    );
+    assert!(
+        limit_many >= 30,
+        "the limit rose well past 20 towards about 50 × 1.5: {:?}",
+        many.limits
+    );
+    assert!(
+        many.served.len() > few.served.len() * 2,
+        "and the application answered more: {} against {}",
+        many.served.len(),
+        few.served.len()
+    );
+    assert!(
+        app.max_in_flight() <= 200,
+        "never all 200 callers at once: {}",
+        app.max_in_flight()
     );
 }
 

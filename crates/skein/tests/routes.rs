@@ -811,7 +811,9 @@ async fn streamed_request_bodies_are_retried_by_replaying_a_bounded_copy() {
     // (its proxy answers 502 before reading the body), on `bulk` one reads each body
     // whole and then answers 503.
     let mut resources = String::new();
-    for name in ["menu", "bulk"] {
+    // On `menu`, a long backoff: the failed try must not read on from the client
+    // meanwhile (or the retry would miss what it read).
+    for (name, backoff) in [("menu", "200ms"), ("bulk", "1ms")] {
         resources.push_str(&format!(
             "apiVersion: skein.dev/v1alpha1
 kind: Service
@@ -830,7 +832,7 @@ spec:
   parentRefs: [{{name: {name}, port: {PORT}}}]
   rules:
   - backendRefs: [{{name: {name}, port: {PORT}}}]
-    retry: {{attempts: 1, backoff: 1ms}}
+    retry: {{attempts: 1, backoff: {backoff}}}
 ---
 "
         ));
@@ -878,6 +880,39 @@ spec:
         (4..=6).contains(&sent),
         "the half that met the gone endpoint were retried: {sent}"
     );
+
+    // Bodies far past the 64 KiB kept, sent as fast as the client can: the gone
+    // endpoint's answer comes early, and its try stops there, so the retry still has the
+    // beginning and sends the body whole.
+    for i in 0..4 {
+        let body = chunks(10, 10 * 1024);
+        let req = Request::post(format!("http://menu:{PORT}/order"))
+            .body(streamed_body(body.clone(), Duration::ZERO))
+            .unwrap();
+        let resp = h1c.send_request(req).await.unwrap();
+        let status = resp.status();
+        let got = skein_testkit::client::body_bytes(resp).await.unwrap();
+        // A try that sent more than the 64 KiB kept before its answer came is not retried
+        // (502), but a body is never cut short.
+        match status {
+            StatusCode::OK => assert_eq!(got, body.concat(), "request {i}: whole"),
+            StatusCode::BAD_GATEWAY => {}
+            s => panic!("request {i}: {s}"),
+        }
+    }
+    let large = &menu.seen()[10..];
+    assert!(
+        large.iter().all(|s| s.body_len == 100 * 1024),
+        "the live endpoint got every body whole: {:?}",
+        large.iter().map(|s| s.body_len).collect::<Vec<_>>()
+    );
+    let not_retried = retries("body_too_large");
+    println!(
+        "100 KiB bodies: {} served whole, {not_retried} not retried",
+        large.len()
+    );
+    assert_eq!(large.len() as u64 + not_retried, 4);
+    let sent = retries("sent");
 
     // HTTP/2 streams whose body the late endpoint read whole before failing: the retry
     // replays the copy.
@@ -931,7 +966,7 @@ spec:
         }
     }
     assert_eq!((ok, failed), (2, 2), "round robin: two of each");
-    assert_eq!(retries("body_too_large"), 2);
+    assert_eq!(retries("body_too_large") - not_retried, 2);
     assert_eq!(
         bulk.seen()
             .iter()

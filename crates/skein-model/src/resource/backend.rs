@@ -56,26 +56,39 @@ pub struct InboundLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdaptiveLimit {
-    /// The least the limit falls to; 1 to `maxConcurrentRequests`. Default 1.
-    #[serde(default = "one")]
-    pub min_concurrent_requests: u32,
+    /// The least the limit falls to; 1 to `maxConcurrentRequests`. Default 5 (or
+    /// `maxConcurrentRequests` if lower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_concurrent_requests: Option<u32>,
     /// How many times its unqueued latency the application may take before the limit
     /// falls; 1 to 10. Default 1.5.
     #[serde(default = "default_latency_tolerance")]
     pub latency_tolerance: f64,
 }
 
+/// The floor of an adaptive limit when none is written.
+pub const DEFAULT_MIN_CONCURRENT_REQUESTS: u32 = 5;
+
 impl AdaptiveLimit {
+    /// The floor in force under a ceiling of `max`.
+    pub fn min(&self, max: u32) -> u32 {
+        self.min_concurrent_requests
+            .unwrap_or(DEFAULT_MIN_CONCURRENT_REQUESTS)
+            .clamp(1, max.max(1))
+    }
+
     /// What is out of range with a ceiling of `max`: (field under `adaptive.`, value,
     /// what is accepted).
     pub fn problems(&self, max: u32) -> Vec<(&'static str, String, &'static str)> {
         let mut out = Vec::new();
-        if !(1..=max.max(1)).contains(&self.min_concurrent_requests) {
-            out.push((
-                "minConcurrentRequests",
-                self.min_concurrent_requests.to_string(),
-                "1 to maxConcurrentRequests (the limit moves between them)",
-            ));
+        if let Some(min) = self.min_concurrent_requests {
+            if !(1..=max.max(1)).contains(&min) {
+                out.push((
+                    "minConcurrentRequests",
+                    min.to_string(),
+                    "1 to maxConcurrentRequests (the limit moves between them)",
+                ));
+            }
         }
         if !(1.0..=10.0).contains(&self.latency_tolerance) {
             out.push((
@@ -91,14 +104,10 @@ impl AdaptiveLimit {
 impl Default for AdaptiveLimit {
     fn default() -> Self {
         AdaptiveLimit {
-            min_concurrent_requests: 1,
+            min_concurrent_requests: None,
             latency_tolerance: default_latency_tolerance(),
         }
     }
-}
-
-fn one() -> u32 {
-    1
 }
 
 fn default_latency_tolerance() -> f64 {
@@ -447,6 +456,16 @@ mod tests {
         );
         assert!(problems(
             "{targetRef: {name: web}, inbound: {maxConcurrentRequests: 200, adaptive: {minConcurrentRequests: 200, latencyTolerance: 10}}}"
+        )
+        .is_empty());
+        let default = AdaptiveLimit::default();
+        assert_eq!(
+            (default.min(200), default.min(3)),
+            (5, 3),
+            "5, or the ceiling if lower"
+        );
+        assert!(problems(
+            "{targetRef: {name: web}, inbound: {maxConcurrentRequests: 3, adaptive: {}}}"
         )
         .is_empty());
         assert_eq!(

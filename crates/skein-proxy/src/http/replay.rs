@@ -8,29 +8,39 @@
 //! the whole body.
 //!
 //! The copy is bounded by the tee's cap: once more than that has been read, the copy is
-//! dropped and the body can no longer be replayed ([`Tee::replayable`] turns false);
-//! the try reading it carries on streaming. A failed client body cannot be replayed
-//! either. Only the newest try reads: starting one retires the bodies of the earlier
-//! ones, which fail with [`Superseded`] if polled again (their streams are reset, so no
-//! peer ever takes a cut-short body for a whole one).
+//! dropped and the body can no longer be replayed; the try reading it carries on
+//! streaming. A failed client body cannot be replayed either. Only the newest try reads:
+//! [`Tee::retire`] stops the current one where it is (before the retry's backoff, so that
+//! it reads no further meanwhile), and its body fails with [`Superseded`] if polled again
+//! (its stream is reset, so no peer takes a cut-short body for a whole one). A try that
+//! would have to start past what is held fails rather than send a body missing its
+//! beginning. [`Tee::seal`] drops the copy once no other try can follow.
+//!
+//! Small chunks (1-byte HTTP/2 DATA frames, tiny chunked-encoding chunks) are copied
+//! into one buffer rather than each kept as its own handle, so the copy costs about its
+//! cap in memory however the client slices its body.
 
 use super::BoxError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+/// Chunks smaller than this are copied into a shared buffer instead of kept by handle.
+const SMALL_CHUNK: usize = 4096;
+
 /// The body of a try that a later try replaced.
 #[derive(Debug, thiserror::Error)]
 #[error("request body superseded by a retry of the request")]
 pub struct Superseded;
 
-/// The client's body could not be read for a replay (it failed in an earlier try).
+/// A try could not be given the whole body (it failed in an earlier try, or more of it
+/// was read than is held).
 #[derive(Debug, thiserror::Error)]
-#[error("request body failed in an earlier try: {0}")]
-pub struct FailedEarlier(String);
+#[error("request body cannot be sent again: {0}")]
+pub struct NotHeld(String);
 
 /// Owns a request body and hands each try a [`Replay`] of it.
 pub struct Tee<B> {
@@ -43,21 +53,68 @@ pub struct Tee<B> {
 struct Shared<B> {
     /// The client's body, until it ends or fails.
     source: Option<B>,
-    /// What was read so far, while within the cap.
+    /// What was read so far, while within the cap, oldest first; then `small`.
     chunks: Vec<Bytes>,
-    /// Bytes in `chunks`.
+    /// Small chunks read since the last entry of `chunks`, copied together.
+    small: BytesMut,
+    /// Bytes in `chunks` and `small`.
     held: usize,
     /// Bytes more than which are not kept.
     cap: usize,
     /// The body ended (after `trailers`, if any).
     ended: bool,
     trailers: Option<HeaderMap>,
-    /// More than `cap` was read: the copy is gone.
-    overflowed: bool,
+    /// More than `cap` was read, or no try can follow: the copy is gone.
+    dropped: bool,
     /// The client's body failed, with this message.
     failed: Option<String>,
-    /// The try allowed to read; bodies of earlier ones are retired.
+    /// The try allowed to read (0: none yet); bodies of other tries are retired.
     current: u64,
+    /// The chunks of `chunks` the current try has yielded.
+    cursor: usize,
+}
+
+impl<B> Shared<B> {
+    /// `small` becomes the last of `chunks`, for a try that starts now.
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            let small = self.small.split().freeze();
+            self.chunks.push(small);
+        }
+    }
+
+    /// Keeps a copy of `data`, just read by the current try, if within the cap.
+    fn keep(&mut self, data: &Bytes) {
+        if self.dropped {
+            return;
+        }
+        if self.held + data.len() > self.cap {
+            // Beyond the cap: this try streams on; no other can.
+            self.drop_copy();
+            return;
+        }
+        self.held += data.len();
+        if data.len() < SMALL_CHUNK {
+            self.small.extend_from_slice(data);
+        } else {
+            self.flush_small();
+            self.chunks.push(data.clone());
+        }
+        // The current try has seen all of it.
+        self.cursor = self.chunks.len();
+    }
+
+    fn drop_copy(&mut self) {
+        self.dropped = true;
+        self.chunks = Vec::new();
+        self.small = BytesMut::new();
+        self.held = 0;
+        self.cursor = 0;
+    }
+
+    fn replayable(&self) -> bool {
+        !self.dropped && self.failed.is_none()
+    }
 }
 
 /// One try's view of a [`Tee`]'s body.
@@ -65,8 +122,6 @@ pub struct Replay<B> {
     shared: Arc<Mutex<Shared<B>>>,
     /// Which try this is (see `Shared::current`).
     generation: u64,
-    /// Chunks of the copy already yielded.
-    next: usize,
     /// Bytes yielded.
     sent: u64,
     /// Trailers yielded (or the body ended).
@@ -86,40 +141,87 @@ impl<B> Tee<B> {
             shared: Arc::new(Mutex::new(Shared {
                 source: (!ended).then_some(body),
                 chunks: Vec::new(),
+                small: BytesMut::new(),
                 held: 0,
                 cap,
                 ended,
                 trailers: None,
-                overflowed: false,
+                dropped: false,
                 failed: None,
                 current: 0,
+                cursor: 0,
             })),
             length,
         }
     }
 
-    /// Whether another try can send the whole body: nothing beyond the cap was read and
-    /// the client's body did not fail.
-    pub fn replayable(&self) -> bool {
-        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        !shared.overflowed && shared.failed.is_none()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The body for the next try; the bodies of earlier tries are retired.
+    /// Whether another try could send the whole body now: nothing beyond the cap was
+    /// read and the client's body did not fail.
+    pub fn replayable(&self) -> bool {
+        self.lock().replayable()
+    }
+
+    /// Why another try could not send the whole body: `body_too_large` (more than the
+    /// cap was read, or the copy was sealed), `body_failed`; `None` if it could.
+    pub fn why_not(&self) -> Option<&'static str> {
+        let shared = self.lock();
+        if shared.failed.is_some() {
+            Some("body_failed")
+        } else if shared.dropped {
+            Some("body_too_large")
+        } else {
+            None
+        }
+    }
+
+    /// Stops the current try's body where it is, if the whole body can still be sent
+    /// again; returns whether it could. Called when a retry is decided, so that the try
+    /// does not read on during the backoff.
+    pub fn retire(&self) -> bool {
+        let mut shared = self.lock();
+        if !shared.replayable() {
+            return false;
+        }
+        shared.current += 1;
+        shared.cursor = 0;
+        shared.flush_small();
+        true
+    }
+
+    /// The body for the next try (after [`Tee::retire`], or the first); the bodies of
+    /// earlier tries are retired.
     pub fn next_try(&self) -> Replay<B> {
         let generation = {
-            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shared = self.lock();
             shared.current += 1;
+            shared.cursor = 0;
+            shared.flush_small();
             shared.current
         };
         Replay {
             shared: self.shared.clone(),
             generation,
-            next: 0,
             sent: 0,
             done: false,
             length: self.length,
         }
+    }
+
+    /// No try follows the current one: the copy is dropped (past what the current try
+    /// has yet to send), and nothing more is copied.
+    pub fn seal(&self) {
+        let mut shared = self.lock();
+        shared.dropped = true;
+        let yielded = shared.cursor;
+        shared.chunks.drain(..yielded);
+        shared.cursor = 0;
+        // The current try has read what is there.
+        shared.small = BytesMut::new();
+        shared.held = shared.chunks.iter().map(Bytes::len).sum();
     }
 }
 
@@ -136,25 +238,45 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut shared = this.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = this.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = &mut *guard;
         if shared.current != this.generation {
             return Poll::Ready(Some(Err(Superseded.into())));
         }
         // What earlier tries read, first.
-        if let Some(chunk) = shared.chunks.get(this.next).cloned() {
-            this.next += 1;
+        if shared.cursor < shared.chunks.len() {
+            let chunk = if shared.dropped {
+                // Sealed: what this last try has sent is let go at once.
+                let at = shared.cursor;
+                let chunk = shared.chunks.remove(at);
+                shared.held -= chunk.len();
+                chunk
+            } else {
+                shared.cursor += 1;
+                shared.chunks[shared.cursor - 1].clone()
+            };
             this.sent += chunk.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if this.done {
             return Poll::Ready(None);
         }
+        if this.sent == 0 && this.generation > 1 && shared.dropped && shared.held == 0 {
+            // A later try that would start past what is held: never a body without its
+            // beginning.
+            let bytes_read = !shared.ended || shared.trailers.is_some();
+            if bytes_read {
+                return Poll::Ready(Some(Err(
+                    NotHeld("more was read than is kept".into()).into()
+                )));
+            }
+        }
         if shared.ended {
             this.done = true;
             return Poll::Ready(shared.trailers.clone().map(|t| Ok(Frame::trailers(t))));
         }
         if let Some(why) = &shared.failed {
-            return Poll::Ready(Some(Err(FailedEarlier(why.clone()).into())));
+            return Poll::Ready(Some(Err(NotHeld(why.clone()).into())));
         }
         let Some(source) = shared.source.as_mut() else {
             // Not ended, not failed: the source is always there.
@@ -178,18 +300,7 @@ where
                 let frame = match frame.into_data() {
                     Ok(data) => {
                         this.sent += data.len() as u64;
-                        if !shared.overflowed {
-                            if shared.held + data.len() > shared.cap {
-                                // Beyond the cap: this try streams on; no other can.
-                                shared.overflowed = true;
-                                shared.chunks = Vec::new();
-                                shared.held = 0;
-                            } else {
-                                shared.held += data.len();
-                                shared.chunks.push(data.clone());
-                                this.next += 1;
-                            }
-                        }
+                        shared.keep(&data);
                         Frame::data(data)
                     }
                     Err(frame) => {
@@ -215,8 +326,8 @@ where
         shared.current == self.generation
             && shared.ended
             && shared.trailers.is_none()
-            && self.next >= shared.chunks.len()
-            && !shared.overflowed
+            && shared.cursor >= shared.chunks.len()
+            && !shared.dropped
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -291,8 +402,8 @@ mod tests {
         // The first try's peer answered before the rest came: the second try starts.
         assert!(tee.replayable());
         let mut second = tee.next_try();
-        assert_eq!(next(&mut second).await, "a");
-        assert_eq!(next(&mut second).await, "b");
+        // Small chunks come back together.
+        assert_eq!(next(&mut second).await, "ab");
         tx.send(data("c")).unwrap();
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", "abc".parse().unwrap());
@@ -316,7 +427,7 @@ mod tests {
             }
             got.push(f);
         }
-        assert_eq!(got, ["a", "b", "c", "trailers:x-sum"]);
+        assert_eq!(got, ["ab", "c", "trailers:x-sum"]);
     }
 
     #[tokio::test]
@@ -353,7 +464,86 @@ mod tests {
         assert_eq!(next(&mut second).await, "a");
         assert_eq!(
             next(&mut second).await,
-            "error:request body failed in an earlier try: bad chunk size"
+            "error:request body cannot be sent again: bad chunk size"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retired_try_reads_no_further_during_the_backoff() {
+        let (tx, body) = streamed();
+        let tee = Tee::new(body, 8);
+        let mut first = tee.next_try();
+        tx.send(data("abc")).unwrap();
+        assert_eq!(next(&mut first).await, "abc");
+        // A retry is decided: the first try stops here, whatever arrives meanwhile.
+        assert!(tee.retire());
+        tx.send(data("defghijk")).unwrap();
+        assert!(next(&mut first)
+            .await
+            .starts_with("error:request body superseded"));
+        assert!(tee.replayable(), "nothing was read past the cap");
+        let mut second = tee.next_try();
+        assert_eq!(next(&mut second).await, "abc");
+        assert_eq!(next(&mut second).await, "defghijk");
+        // Past the cap now: no third try.
+        assert!(!tee.retire());
+    }
+
+    #[tokio::test]
+    async fn a_try_that_would_start_past_what_is_held_fails() {
+        let (tx, body) = streamed();
+        let tee = Tee::new(body, 2);
+        let mut first = tee.next_try();
+        tx.send(data("abc")).unwrap();
+        assert_eq!(next(&mut first).await, "abc");
+        let mut second = tee.next_try();
+        tx.send(data("d")).unwrap();
+        assert_eq!(
+            next(&mut second).await,
+            "error:request body cannot be sent again: more was read than is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_chunks_are_held_together_and_a_seal_drops_the_copy() {
+        let (tx, body) = streamed();
+        let tee = Tee::new(body, 64 * 1024);
+        let mut first = tee.next_try();
+        for _ in 0..1000 {
+            tx.send(data("x")).unwrap();
+            assert_eq!(next(&mut first).await, "x");
+        }
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; SMALL_CHUNK]))))
+            .unwrap();
+        next(&mut first).await;
+        {
+            let shared = tee.shared.lock().unwrap();
+            assert_eq!(
+                shared.chunks.len(),
+                2,
+                "1000 bytes in one buffer, then the big one"
+            );
+            assert_eq!(shared.held, 1000 + SMALL_CHUNK);
+        }
+        assert!(tee.retire());
+        let mut second = tee.next_try();
+        assert_eq!(next(&mut second).await, "x".repeat(1000));
+        // The answer to this try is final: what it has sent is let go, the rest it still
+        // sends, and nothing more is copied.
+        tee.seal();
+        {
+            let shared = tee.shared.lock().unwrap();
+            assert_eq!((shared.chunks.len(), shared.held), (1, SMALL_CHUNK));
+        }
+        assert_eq!(next(&mut second).await, "y".repeat(SMALL_CHUNK));
+        tx.send(data("z")).unwrap();
+        drop(tx);
+        assert_eq!(next(&mut second).await, "z");
+        assert_eq!(next(&mut second).await, "end");
+        let shared = tee.shared.lock().unwrap();
+        assert_eq!(
+            (shared.chunks.len(), shared.held, shared.small.len()),
+            (0, 0, 0)
         );
     }
 

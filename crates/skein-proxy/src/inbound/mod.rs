@@ -272,7 +272,7 @@ async fn route(
     let admitted = shed::admit(ctx, state).await?;
     let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
     let answered = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await;
-    shed::hold(ctx, answered, admitted)
+    shed::hold(answered, admitted)
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.

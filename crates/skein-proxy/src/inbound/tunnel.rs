@@ -125,7 +125,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                         let answered =
                             super::app::forward(&ctx, config, req, port, false, caller, &mut rec)
                                 .await;
-                        super::shed::hold(&ctx, answered, admitted)
+                        super::shed::hold(answered, admitted)
                     }
                 },
             };

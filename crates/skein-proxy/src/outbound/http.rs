@@ -139,7 +139,7 @@ async fn forward(
         .await
         .map_err(|e| match body_failure.get() {
             // The stream failed because the client's own body did (e.g. a bad chunk size).
-            Some(why) if !matches!(e, ProxyError::Timeout { .. }) => {
+            Some(why) if matches!(e, ProxyError::Upstream { .. }) => {
                 ProxyError::RequestBody(why.clone())
             }
             _ => e,
@@ -268,14 +268,20 @@ async fn tries<'r>(
             let resume = tokio::time::Instant::now() + retry.backoff;
             let in_time = try_deadline(rule, started, resume).is_none_or(|(at, _, _)| at > resume);
             if retry::should_retry(retry, rec.attempts, outcome) && in_time {
-                if !requests.replayable() {
-                    // More of the body was sent than is kept for a replay.
-                    ctx.metrics.retry("body_too_large");
-                } else if ctx.retry_budget.withdraw(
+                if let Some(why) = requests.why_not_again() {
+                    ctx.metrics.retry(why);
+                } else if !ctx.retry_budget.withdraw(
                     &backend.service.key,
                     budget,
                     std::time::Instant::now(),
                 ) {
+                    ctx.metrics.retry("budget_exhausted");
+                } else if !requests.retire() {
+                    // Read past the cap since the check above.
+                    ctx.metrics.retry("body_too_large");
+                } else {
+                    // The try's body is stopped now, so that it reads no further during
+                    // the backoff (see `http::replay`).
                     ctx.metrics.retry("sent");
                     tracing::debug!(service, tries = rec.attempts, ?outcome, "retrying");
                     drop(sent);
@@ -283,11 +289,11 @@ async fn tries<'r>(
                     drop(picked);
                     tokio::time::sleep_until(resume).await;
                     continue;
-                } else {
-                    ctx.metrics.retry("budget_exhausted");
                 }
             }
         }
+        // No try follows this one.
+        requests.seal();
         return match sent {
             Err(timed_out) => Err(timed_out),
             Ok(Ok(resp)) => Ok((resp, picked, deadline)),
@@ -411,12 +417,30 @@ impl Requests {
         req
     }
 
-    /// Whether another try can send the whole request.
-    fn replayable(&self) -> bool {
+    /// Why another try could not send the whole request, as the retry metric counts it
+    /// (a request streamed once is never retried: that is not asked).
+    fn why_not_again(&self) -> Option<&'static str> {
+        match self {
+            Requests::Once(_) => Some("body_too_large"),
+            Requests::Held(..) => None,
+            Requests::Tee(_, tee) => tee.why_not(),
+        }
+    }
+
+    /// Stops the current try's body where it is, before the next try; whether the next
+    /// can still send the whole body.
+    fn retire(&self) -> bool {
         match self {
             Requests::Once(_) => false,
             Requests::Held(..) => true,
-            Requests::Tee(_, tee) => tee.replayable(),
+            Requests::Tee(_, tee) => tee.retire(),
+        }
+    }
+
+    /// No try follows: let go of the copy.
+    fn seal(&self) {
+        if let Requests::Tee(_, tee) = self {
+            tee.seal();
         }
     }
 }
