@@ -193,6 +193,10 @@ async fn prepare<'r>(
         }
         Some(m)
     });
+    if retry.is_none() && mirror.is_none() {
+        // The common case, kept whole.
+        return Ok((Requests::Once(Some(req)), None));
+    }
     let (parts, body) = req.into_parts();
     let mut requests = if mirror.is_some() {
         let held = match try_deadline(rule, started, started) {
@@ -205,10 +209,8 @@ async fn prepare<'r>(
             .map_err(|e| ProxyError::RequestBody(e.to_string()))?
             .to_bytes();
         Requests::Held(parts, bytes)
-    } else if retry.is_some() {
-        Requests::Tee(parts, Tee::new(body, retry::MAX_REPLAY_BYTES as usize))
     } else {
-        Requests::Once(Some(Request::from_parts(parts, body)))
+        Requests::Tee(parts, Tee::new(body, retry::MAX_REPLAY_BYTES as usize))
     };
     if retry.is_some() {
         let policy = backend.policy();
