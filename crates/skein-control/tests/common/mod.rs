@@ -17,6 +17,9 @@ pub async fn pki(tag: &str) -> Arc<Pki> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+    // The store keeps its file open; the directory goes now, so that nothing is left
+    // behind however the test ends.
+    let _ = std::fs::remove_dir_all(&dir);
     Pki::open(store, "skein.local", None, Default::default())
         .await
         .unwrap()
