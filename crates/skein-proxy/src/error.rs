@@ -251,8 +251,15 @@ impl ProxyError {
     }
 
     /// The response the proxy sends in place of the upstream's.
-    pub fn to_response(&self) -> http::Response<crate::http::Body> {
-        let mut resp = http::Response::new(crate::http::full(format!("{self}\n")));
+    pub fn to_response(
+        &self,
+        request_id: Option<&http::HeaderValue>,
+    ) -> http::Response<crate::http::Body> {
+        let text = match request_id.and_then(|v| v.to_str().ok()) {
+            Some(id) => format!("{self}\nrequest id: {id}\n"),
+            None => format!("{self}\n"),
+        };
+        let mut resp = http::Response::new(crate::http::full(text));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(
@@ -265,7 +272,10 @@ impl ProxyError {
 
     /// The response for a gRPC caller: HTTP 200 with the status in `grpc-status`
     /// (trailers-only), so gRPC clients see `PERMISSION_DENIED`, `INVALID_ARGUMENT`, ….
-    pub fn to_grpc_response(&self) -> http::Response<crate::http::Body> {
+    pub fn to_grpc_response(
+        &self,
+        request_id: Option<&http::HeaderValue>,
+    ) -> http::Response<crate::http::Body> {
         let code = match self.status().as_u16() {
             400 => 3,        // INVALID_ARGUMENT
             403 => 7,        // PERMISSION_DENIED
@@ -281,8 +291,11 @@ impl ProxyError {
         );
         headers.insert("grpc-status", http::HeaderValue::from(code));
         // grpc-message is percent-encoded (gRPC over HTTP/2 spec); keep it printable ASCII.
-        let message: String = self
-            .to_string()
+        let text = match request_id.and_then(|v| v.to_str().ok()) {
+            Some(id) => format!("{self} (request id {id})"),
+            None => self.to_string(),
+        };
+        let message: String = text
             .bytes()
             .flat_map(|b| match b {
                 b' '..=b'~' if b != b'%' => vec![b as char],
@@ -331,7 +344,7 @@ mod tests {
             limit: "connectionPool.maxConcurrentRequests",
             value: 10,
         };
-        let resp = e.to_response();
+        let resp = e.to_response(None);
         assert_eq!(resp.status(), 503);
         let h = resp.headers();
         assert_eq!(h["retry-after"], "1");
@@ -343,9 +356,16 @@ mod tests {
         assert!(e.to_string().contains(
             "api is at its limit: connectionPool.maxConcurrentRequests 10 (default/api) reached"
         ));
-        let grpc = e.to_grpc_response();
+        let grpc = e.to_grpc_response(None);
         assert_eq!(grpc.headers()["grpc-status"], "14", "UNAVAILABLE");
         assert_eq!(grpc.headers()["retry-after"], "1");
+        // Both forms name the request.
+        let id = http::HeaderValue::from_static("order-7");
+        let message = e.to_grpc_response(Some(&id)).headers()["grpc-message"].clone();
+        assert!(
+            message.to_str().unwrap().ends_with("(request id order-7)"),
+            "{message:?}"
+        );
         assert!(ProxyError::REASONS.contains(&"overloaded"));
     }
 
@@ -354,7 +374,7 @@ mod tests {
         let e = ProxyError::UnknownService("payments".into());
         assert_eq!(e.status(), 502);
         assert!(e.to_string().contains("add it to `destinations`"));
-        let resp = e.to_response();
+        let resp = e.to_response(None);
         assert_eq!(resp.headers()["skein-error"], "unknown_service");
         assert!(ProxyError::NoEndpoints("x".into()).retryable());
         assert!(!ProxyError::NoAuthority.retryable());

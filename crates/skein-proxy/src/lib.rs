@@ -23,6 +23,7 @@ pub mod error;
 pub mod filter;
 pub mod http;
 pub mod identity;
+pub mod ids;
 pub mod inbound;
 pub mod io;
 pub mod limit;

@@ -58,6 +58,9 @@ pub struct Record {
     request_bytes: Option<Arc<AtomicU64>>,
     /// Whether to record it in telemetry (the `telemetry.requests` setting).
     pub recorded: bool,
+    /// Its `skein-request-id` ([`crate::ids`]), returned on the response and named in
+    /// every error the mesh answers with.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 impl Record {
@@ -105,6 +108,7 @@ impl Record {
             tap: None,
             request_bytes: None,
             recorded: true,
+            request_id: None,
         }
     }
 }
@@ -133,13 +137,15 @@ pub fn finish(
         Err(e) => {
             ctx.metrics.error(rec.direction, e.reason());
             ctx.metrics.limit_refusal(rec.direction, &e);
+            let id = rec.request_id.as_ref();
             let resp = if rec.grpc {
-                e.to_grpc_response()
+                e.to_grpc_response(id)
             } else {
-                e.to_response()
+                e.to_response(id)
             };
             tracing::debug!(
                 direction = rec.direction.as_str(),
+                request_id = id.and_then(|v| v.to_str().ok()),
                 dst = rec.dst.as_ref().map(|d| &*d.name),
                 route = rec.route.as_ref().map(|r| &*r.0),
                 endpoint = ?rec.endpoint,
@@ -150,6 +156,10 @@ pub fn finish(
             (resp, e.reason())
         }
     };
+    let mut resp = resp;
+    if let Some(id) = &rec.request_id {
+        resp.headers_mut().insert(headers::REQUEST_ID, id.clone());
+    }
     let latency = rec.started.elapsed();
     tracing::trace!(
         direction = rec.direction.as_str(),

@@ -12,6 +12,9 @@ pub const DST_PORT: HeaderName = HeaderName::from_static("skein-dst-port");
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("skein-orig-proto");
 /// On a CONNECT stream between proxies: what the tunnel carries, `tcp` or `http1`.
 pub const TUNNEL: HeaderName = HeaderName::from_static("skein-tunnel");
+/// The request's ID ([`crate::ids`]): kept from the caller if usable, made by the first
+/// proxy otherwise; sent to the application and returned on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("skein-request-id");
 /// Set on responses the proxy produced itself, naming the reason.
 pub const ERROR: HeaderName = HeaderName::from_static("skein-error");
 /// On a denial: the policy that decided (`namespace/name`, `default` or `not-allowed`).

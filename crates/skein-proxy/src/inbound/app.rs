@@ -32,6 +32,9 @@ pub async fn forward(
     // Hop-by-hop first: a `Connection: skein-client-id` must not remove the header we add.
     headers::strip_hop_by_hop(&mut parts.headers);
     identify(&mut parts.headers, caller);
+    if let Some(id) = &rec.request_id {
+        parts.headers.insert(headers::REQUEST_ID, id.clone());
+    }
     let authority = parts.uri.authority().cloned();
     let path = parts
         .uri

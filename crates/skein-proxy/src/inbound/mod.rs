@@ -226,6 +226,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // A tunnel is an edge, not a request: telemetry records it as a TCP connection.
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(&ctx, &req);
+    rec.request_id = Some(crate::ids::request_id(req.headers()));
     rec.dst = Some(state.service.clone());
     let result = route(&ctx, &state, req, peer, &mut rec).await;
     request::finish(&ctx, rec, result)

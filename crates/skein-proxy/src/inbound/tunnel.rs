@@ -106,6 +106,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             );
             rec.recorded = config.telemetry.requests;
             rec.for_taps(&ctx, &req);
+            rec.request_id = Some(crate::ids::request_id(req.headers()));
             rec.dst = Some(state.service.clone());
             let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
             if authorized.is_ok() && rec.recorded {
@@ -115,7 +116,8 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
                 Err(e) => Err(e),
                 Ok(()) if headers::wants_upgrade(req.headers()) => {
                     rec.attempts = 1;
-                    upgrade(&ctx, config, req, port.app_port(), caller).await
+                    let id = rec.request_id.clone();
+                    upgrade(&ctx, config, req, port.app_port(), caller, id).await
                 }
                 // Each request inside the tunnel is shed like any other.
                 Ok(()) => match super::shed::admit(&ctx, &state).await {
@@ -145,9 +147,13 @@ async fn upgrade(
     mut req: Request<Incoming>,
     port: u16,
     caller: &Caller,
+    request_id: Option<::http::HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
     let addr = SocketAddr::new(config.inbound.app_host, port);
     super::app::identify(req.headers_mut(), caller);
+    if let Some(id) = request_id {
+        req.headers_mut().insert(headers::REQUEST_ID, id);
+    }
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
     crate::http::upgrade::forward(sender, addr, req, &ctx.drain, ()).await
 }

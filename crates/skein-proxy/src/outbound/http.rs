@@ -58,6 +58,7 @@ async fn handle(
     // A CONNECT tunnel is an edge, not a request: telemetry records it as a TCP connection.
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(ctx, &req);
+    rec.request_id = Some(crate::ids::request_id(req.headers()));
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {
@@ -471,6 +472,9 @@ fn to_peer_request(
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_internal(&mut parts.headers);
+    if let Some(id) = &rec.request_id {
+        parts.headers.insert(headers::REQUEST_ID, id.clone());
+    }
     parts.headers.remove(HOST);
     // This proxy already answered `100 Continue` (hyper does when the body is first read).
     parts.headers.remove(EXPECT);
@@ -532,6 +536,9 @@ async fn upgrade(
         }
     }
     headers::strip_internal(req.headers_mut());
+    if let Some(id) = &rec.request_id {
+        req.headers_mut().insert(headers::REQUEST_ID, id.clone());
+    }
     let origin_form = req
         .uri()
         .path_and_query()

@@ -262,3 +262,59 @@ async fn http_proxy_connect_opens_a_tunnel_to_the_service() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("502"), "{text}");
 }
+
+#[tokio::test]
+async fn every_request_carries_a_request_id_to_the_app_and_back_and_mesh_errors_name_it() {
+    let (mesh, backend) = mesh(68, 69, Protocol::Http).await;
+    let mut sender = h1(mesh.upstream("web")).await.unwrap();
+    let mut get = async |path: &str, id: Option<&str>| {
+        let mut req = Request::get(path).header("host", "web");
+        if let Some(id) = id {
+            req = req.header("skein-request-id", id);
+        }
+        let resp = sender
+            .send_request(req.body(empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let id = resp.headers()["skein-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = String::from_utf8(body_bytes(resp).await.unwrap().to_vec()).unwrap();
+        (status, id, body)
+    };
+
+    // None sent: the first proxy makes one; the application and the caller see the same.
+    let (status, id, _) = get("/a", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        backend.seen()[0].header("skein-request-id"),
+        Some(id.as_str())
+    );
+    let (_, again, _) = get("/a", None).await;
+    assert_ne!(again, id, "each request its own");
+
+    // The caller's own ID is kept end to end; one the mesh cannot log safely is replaced.
+    let (_, kept, _) = get("/b", Some("checkout-7f3a:2")).await;
+    assert_eq!(kept, "checkout-7f3a:2");
+    assert_eq!(
+        backend.seen()[2].header("skein-request-id"),
+        Some("checkout-7f3a:2")
+    );
+    let (_, replaced, _) = get("/c", Some("two words")).await;
+    assert_ne!(replaced, "two words");
+    assert_eq!(
+        backend.seen()[3].header("skein-request-id"),
+        Some(replaced.as_str())
+    );
+
+    // An answer the mesh gives itself (here: no application on that port) names it.
+    drop(backend);
+    let (status, id, body) = get("/d", Some("order-99")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(id, "order-99");
+    assert!(body.contains("request id: order-99"), "{body}");
+}
