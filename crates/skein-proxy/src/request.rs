@@ -61,6 +61,9 @@ pub struct Record {
     /// Its `skein-request-id` ([`crate::ids`]), returned on the response and named in
     /// every error the mesh answers with.
     pub request_id: Option<http::HeaderValue>,
+    /// Whether the response carries it back (not to a peer proxy that sent it: that
+    /// proxy sets it on the response itself, so the ID crosses the hop once).
+    pub id_on_response: bool,
 }
 
 impl Record {
@@ -109,6 +112,7 @@ impl Record {
             request_bytes: None,
             recorded: true,
             request_id: None,
+            id_on_response: true,
         }
     }
 }
@@ -157,7 +161,7 @@ pub fn finish(
         }
     };
     let mut resp = resp;
-    if let Some(id) = &rec.request_id {
+    if let Some(id) = rec.request_id.as_ref().filter(|_| rec.id_on_response) {
         resp.headers_mut().insert(headers::REQUEST_ID, id.clone());
     }
     let latency = rec.started.elapsed();

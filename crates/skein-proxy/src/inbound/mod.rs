@@ -227,6 +227,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(&ctx, &req);
     rec.request_id = Some(crate::ids::request_id(req.headers()));
+    // Callers here are proxies: one that sent an ID puts it on the response itself.
+    rec.id_on_response = crate::ids::request_id_of(req.headers()).is_none();
     rec.dst = Some(state.service.clone());
     let result = route(&ctx, &state, req, peer, &mut rec).await;
     request::finish(&ctx, rec, result)

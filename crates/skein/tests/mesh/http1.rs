@@ -288,7 +288,7 @@ async fn every_request_carries_a_request_id_to_the_app_and_back_and_mesh_errors_
     // None sent: the first proxy makes one; the application and the caller see the same.
     let (status, id, _) = get("/a", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(id.len(), 16, "{id}");
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     assert_eq!(
         backend.seen()[0].header("skein-request-id"),
