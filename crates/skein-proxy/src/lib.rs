@@ -35,6 +35,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod trace;
 pub mod transport;
 
 use connect::{Connect, H1Pool, H2Pool, TcpConnector};
