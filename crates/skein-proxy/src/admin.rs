@@ -90,9 +90,23 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
             }
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
+        "/decisions" => {
+            let id = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("request_id=")));
+            let found = ctx.decisions.find(id, 100);
+            let body = serde_json::json!({ "items": found });
+            let mut resp = text(StatusCode::OK, format!("{body:#}\n"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics or /config\n".into(),
+            "not found; try /live, /ready, /metrics, /config or /decisions\n".into(),
         ),
     }
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod balance;
 pub mod connect;
 pub mod control;
+pub mod decisions;
 pub mod destinations;
 pub mod detect;
 pub mod drain;
@@ -75,6 +76,8 @@ pub struct Ctx {
     /// The workload identity (mutual TLS), once the control plane issued it.
     pub identity: Arc<identity::IdentitySlot>,
     /// When each caller → target pair's denials were last logged.
+    /// Requests the mesh failed or retried, for `/decisions` (and `skein why`).
+    pub decisions: decisions::DecisionLog,
     pub authz_log: inbound::authorize::DecisionLog,
     /// Retries allowed per destination service (route `retry`).
     pub retry_budget: retry::Budget,
@@ -242,6 +245,7 @@ impl RunningProxy {
             config_version: AtomicU64::new(0),
             identity,
             authz_log: Default::default(),
+            decisions: Default::default(),
             retry_budget: Default::default(),
             own_account: Default::default(),
             summaries: Default::default(),

@@ -117,6 +117,34 @@ impl Record {
     }
 }
 
+/// Keeps what happened to a request the mesh failed or retried ([`crate::decisions`]).
+fn decide(ctx: &Ctx, rec: &Record, status: u16, reason: &'static str, why: String) {
+    let at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ctx.decisions.record(crate::decisions::Decision {
+        request_id: rec
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        at_unix_ms,
+        direction: rec.direction.as_str(),
+        service: rec
+            .dst
+            .as_ref()
+            .map(|d| format!("{}/{}", d.namespace, d.name)),
+        route: rec.route.as_ref().map(|r| r.0.to_string()),
+        rule: rec.route.as_ref().map(|r| r.1),
+        endpoint: rec.endpoint.map(|e| e.to_string()),
+        tries: rec.attempts,
+        status,
+        reason,
+        why,
+    });
+}
+
 /// Ends a request: turns an error into its response, logs it, and returns the response
 /// with a body that records the request in telemetry when it ends.
 pub fn finish(
@@ -135,6 +163,18 @@ pub fn finish(
                 .unwrap_or("");
             if !error.is_empty() {
                 ctx.metrics.error(rec.direction, error);
+            }
+            if !error.is_empty() || rec.attempts > 1 {
+                // A peer proxy answered for the mesh, or the answer came after retries.
+                let status = resp.status().as_u16();
+                let why = match (error, rec.attempts) {
+                    ("", n) => format!("{status} from the application after {n} tries"),
+                    (reason, 1) => format!("{status} from the peer proxy: {reason}"),
+                    (reason, n) => {
+                        format!("{status} from the peer proxy: {reason}, after {n} tries")
+                    }
+                };
+                decide(ctx, &rec, status, error, why);
             }
             (resp, error)
         }
@@ -157,6 +197,7 @@ pub fn finish(
                 error = %e,
                 "the mesh answered the request itself"
             );
+            decide(ctx, &rec, resp.status().as_u16(), e.reason(), e.to_string());
             (resp, e.reason())
         }
     };

@@ -312,9 +312,49 @@ async fn every_request_carries_a_request_id_to_the_app_and_back_and_mesh_errors_
     );
 
     // An answer the mesh gives itself (here: no application on that port) names it.
+    let backend_addr = backend.addr();
     drop(backend);
     let (status, id, body) = get("/d", Some("order-99")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(id, "order-99");
     assert!(body.contains("request id: order-99"), "{body}");
+
+    // Each proxy remembers what it decided, under the request's ID: the callee's proxy
+    // could not reach its application; the caller's saw its peer answer for the mesh.
+    let decisions = async |admin: SocketAddr| {
+        let mut s = h1(admin).await.unwrap();
+        let req = Request::get("/decisions?request_id=order-99")
+            .header("host", "admin")
+            .body(empty())
+            .unwrap();
+        let body = body_bytes(s.send_request(req).await.unwrap())
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["items"].as_array().unwrap().clone()
+    };
+    let server = decisions(mesh.server.addrs.admin).await;
+    assert_eq!(server.len(), 1, "{server:?}");
+    assert_eq!(server[0]["direction"], "inbound");
+    assert_eq!(server[0]["reason"], "connect");
+    assert_eq!(server[0]["status"], 502);
+    let why = server[0]["why"].as_str().unwrap();
+    assert!(why.contains(&backend_addr.to_string()), "{why}");
+    let client = decisions(mesh.client.addrs.admin).await;
+    assert_eq!(client.len(), 1, "{client:?}");
+    assert_eq!(client[0]["direction"], "outbound");
+    assert_eq!(client[0]["why"], "502 from the peer proxy: connect");
+    // Requests the application answered on the first try leave nothing behind.
+    let all = {
+        let mut s = h1(mesh.server.addrs.admin).await.unwrap();
+        let req = Request::get("/decisions")
+            .header("host", "admin")
+            .body(empty())
+            .unwrap();
+        let body = body_bytes(s.send_request(req).await.unwrap())
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(all["items"].as_array().unwrap().len(), 1, "{all}");
 }

@@ -1,0 +1,116 @@
+//! The proxy's memory of requests the mesh failed or slowed: one record per request it
+//! answered itself (a denial, a timeout, an overloaded or unreachable endpoint, no route,
+//! bad input) or retried, with the request ID and, in plain words, what decided (the
+//! resource and field, as the error the caller got says). Bounded: the newest
+//! [`CAPACITY`] records; older ones go first. Served on the admin listener
+//! (`/decisions`, `?request_id=ID`); the seam `skein why` and the spans it will be sent
+//! with build on. Nothing is recorded for a request the application answered on its
+//! first try.
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+
+/// Records kept.
+pub const CAPACITY: usize = 1024;
+
+/// What happened to one request at this proxy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// Its `skein-request-id`.
+    pub request_id: String,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// `outbound` (the caller's proxy) or `inbound` (the callee's).
+    pub direction: &'static str,
+    /// The service called, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The HTTPRoute (`namespace/name`) and rule index that handled it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The rule index in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u16>,
+    /// The last try's peer proxy (outbound) or application (inbound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Tries made.
+    pub tries: u32,
+    /// The status the caller got.
+    pub status: u16,
+    /// `skein-error`'s reason when the mesh answered (`denied`, `timeout`, …); empty
+    /// when the application did (after retries).
+    pub reason: &'static str,
+    /// What decided, in words.
+    pub why: String,
+}
+
+/// The bounded record.
+#[derive(Debug, Default)]
+pub struct DecisionLog {
+    ring: Mutex<VecDeque<Decision>>,
+}
+
+impl DecisionLog {
+    /// Keeps `d`, dropping the oldest record when full.
+    pub fn record(&self, d: Decision) {
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.len() >= CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(d);
+    }
+
+    /// The records of `request_id` (oldest first), or the newest `limit` of all (newest
+    /// first) without one.
+    pub fn find(&self, request_id: Option<&str>, limit: usize) -> Vec<Decision> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        match request_id {
+            Some(id) => ring
+                .iter()
+                .filter(|d| d.request_id == id)
+                .cloned()
+                .collect(),
+            None => ring.iter().rev().take(limit).cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str) -> Decision {
+        Decision {
+            request_id: id.into(),
+            at_unix_ms: 1,
+            direction: "inbound",
+            service: None,
+            route: None,
+            rule: None,
+            endpoint: None,
+            tries: 1,
+            status: 403,
+            reason: "denied",
+            why: "denied by default/web".into(),
+        }
+    }
+
+    #[test]
+    fn the_newest_are_kept_and_found_by_request_id() {
+        let log = DecisionLog::default();
+        for i in 0..CAPACITY + 10 {
+            log.record(decision(&format!("r{i}")));
+        }
+        assert!(log.find(Some("r9"), 10).is_empty(), "the oldest went first");
+        assert_eq!(log.find(Some("r10"), 10).len(), 1);
+        let newest = log.find(None, 3);
+        let ids: Vec<_> = newest.iter().map(|d| d.request_id.as_str()).collect();
+        assert_eq!(ids, ["r1033", "r1032", "r1031"]);
+        let json = serde_json::to_value(&newest[0]).unwrap();
+        assert_eq!(json["requestId"], "r1033");
+        assert!(json.get("route").is_none(), "unknown parts are left out");
+    }
+}
