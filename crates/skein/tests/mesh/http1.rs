@@ -321,9 +321,9 @@ async fn every_request_carries_a_request_id_to_the_app_and_back_and_mesh_errors_
 
     // Each proxy remembers what it decided, under the request's ID: the callee's proxy
     // could not reach its application; the caller's saw its peer answer for the mesh.
-    let decisions = async |admin: SocketAddr| {
+    let decisions = async |admin: SocketAddr, path: &str| {
         let mut s = h1(admin).await.unwrap();
-        let req = Request::get("/decisions?request_id=order-99")
+        let req = Request::get(path)
             .header("host", "admin")
             .body(empty())
             .unwrap();
@@ -333,28 +333,19 @@ async fn every_request_carries_a_request_id_to_the_app_and_back_and_mesh_errors_
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         json["items"].as_array().unwrap().clone()
     };
-    let server = decisions(mesh.server.addrs.admin).await;
+    let one = "/decisions?request_id=order-99";
+    let server = decisions(mesh.server.addrs.admin, one).await;
     assert_eq!(server.len(), 1, "{server:?}");
     assert_eq!(server[0]["direction"], "inbound");
     assert_eq!(server[0]["reason"], "connect");
     assert_eq!(server[0]["status"], 502);
     let why = server[0]["why"].as_str().unwrap();
     assert!(why.contains(&backend_addr.to_string()), "{why}");
-    let client = decisions(mesh.client.addrs.admin).await;
+    let client = decisions(mesh.client.addrs.admin, one).await;
     assert_eq!(client.len(), 1, "{client:?}");
     assert_eq!(client[0]["direction"], "outbound");
     assert_eq!(client[0]["why"], "502 from the peer proxy: connect");
     // Requests the application answered on the first try leave nothing behind.
-    let all = {
-        let mut s = h1(mesh.server.addrs.admin).await.unwrap();
-        let req = Request::get("/decisions")
-            .header("host", "admin")
-            .body(empty())
-            .unwrap();
-        let body = body_bytes(s.send_request(req).await.unwrap())
-            .await
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
-    };
-    assert_eq!(all["items"].as_array().unwrap().len(), 1, "{all}");
+    let all = decisions(mesh.server.addrs.admin, "/decisions").await;
+    assert_eq!(all.len(), 1, "{all:?}");
 }
