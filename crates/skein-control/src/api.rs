@@ -34,6 +34,9 @@
 //!                                           line, until the client disconnects
 //! GET    /api/v1/prometheus/targets         every connected proxy's admin address, in
 //!                                           Prometheus HTTP service-discovery form
+//! GET    /api/v1/why?request_id=ID | ?to=SVC what each proxy decided about that request
+//!                                           (or the latest one to SVC the mesh failed or
+//!                                           retried): {"requestId", "hops"}
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -121,6 +124,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/tap", get(tap))
         .route("/api/v1/policy/suggest", get(policy_suggest))
         .route("/api/v1/prometheus/targets", get(prometheus_targets))
+        .route("/api/v1/why", get(why))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -484,6 +488,38 @@ async fn edges(
         "replica": api.replica,
         "rows": rows,
     })))
+}
+
+#[derive(serde::Deserialize)]
+struct WhyQuery {
+    request_id: Option<String>,
+    to: Option<String>,
+}
+
+/// What the proxies decided about one request: by ID, or the latest to a service.
+async fn why(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<WhyQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = match (q.request_id, q.to) {
+        (Some(id), _) => id,
+        (None, Some(to)) => api.central.why.last_to(&to).ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no failed or retried request to {to} is recorded (the mesh keeps the latest 10,000)"),
+            )
+        })?,
+        (None, None) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give request_id=ID (a skein-request-id) or to=SERVICE".into(),
+            ))
+        }
+    };
+    let hops = api.central.why.of(&id);
+    Ok(Json(
+        json!({ "requestId": id, "hops": hops, "replica": api.replica }),
+    ))
 }
 
 /// Prometheus `http_sd_configs` (and, saved to a file, `file_sd_configs`): one target

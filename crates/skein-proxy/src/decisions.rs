@@ -13,6 +13,8 @@ use std::sync::{Mutex, PoisonError};
 
 /// Records kept.
 pub const CAPACITY: usize = 1024;
+/// Records waiting for the next telemetry summary (the oldest go first beyond it).
+pub const PENDING: usize = 256;
 
 /// What happened to one request at this proxy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,16 +53,31 @@ pub struct Decision {
 #[derive(Debug, Default)]
 pub struct DecisionLog {
     ring: Mutex<VecDeque<Decision>>,
+    /// Not yet sent to the control plane.
+    pending: Mutex<VecDeque<Decision>>,
 }
 
 impl DecisionLog {
     /// Keeps `d`, dropping the oldest record when full.
     pub fn record(&self, d: Decision) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() >= PENDING {
+                pending.pop_front();
+            }
+            pending.push_back(d.clone());
+        }
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         if ring.len() >= CAPACITY {
             ring.pop_front();
         }
         ring.push_back(d);
+    }
+
+    /// The records made since the last call, for the control plane.
+    pub fn take_pending(&self) -> Vec<Decision> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.drain(..).collect()
     }
 
     /// The records of `request_id` (oldest first), or the newest `limit` of all (newest

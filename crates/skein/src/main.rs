@@ -130,6 +130,29 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// What the mesh decided about a request it failed or retried, hop by hop, in words:
+    /// which proxy, which resource and field (a denial's policy, a timeout's route and
+    /// rule, an overloaded or unreachable endpoint).
+    ///
+    /// REQUEST_ID is the request's `skein-request-id` (every response carries it, and
+    /// every error the mesh answers with names it); `--to SVC` explains the latest such
+    /// request to a service instead.
+    Why {
+        /// The request's `skein-request-id`.
+        #[arg(required_unless_present = "to")]
+        request_id: Option<String>,
+        /// The latest request to this service the mesh failed or retried.
+        #[arg(long, conflicts_with = "request_id")]
+        to: Option<String>,
+        /// Accepted for readability: `skein why --last --to SVC`.
+        #[arg(long, requires = "to")]
+        last: bool,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
     /// Caller → service pairs with their signals, and whether each is mutual TLS.
     ///
     /// Callers are the accounts their certificates prove, as the callee's proxy saw them;
@@ -327,6 +350,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Policy(_)
             | Command::Stat { .. }
             | Command::Edges { .. }
+            | Command::Why { .. }
             | Command::Map { .. }
             | Command::Tap { .. }
             | Command::Top { .. }
@@ -422,6 +446,13 @@ fn run() -> anyhow::Result<()> {
                 output,
                 target,
             } => signals::edges(&target, service.as_deref(), &window, output).await,
+            Command::Why {
+                request_id,
+                to,
+                last: _,
+                json,
+                target,
+            } => signals::why(&target, request_id.as_deref(), to.as_deref(), json).await,
             Command::Tap {
                 filter,
                 json,

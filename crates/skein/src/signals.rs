@@ -741,3 +741,94 @@ mod tests {
         );
     }
 }
+
+/// `skein why`: what each proxy decided about a request the mesh failed or retried, in
+/// words, caller's proxy first.
+pub async fn why(
+    target: &Target,
+    request_id: Option<&str>,
+    to: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = with_query("/api/v1/why", &[("request_id", request_id), ("to", to)]);
+    let answer = Client::new(target)?
+        .call(Method::GET, &path, String::new())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print!("{}", why_text(&answer));
+    Ok(())
+}
+
+/// The API's answer in words.
+fn why_text(answer: &Value) -> String {
+    let id = answer["requestId"].as_str().unwrap_or_default();
+    let hops = answer["hops"].as_array().cloned().unwrap_or_default();
+    if hops.is_empty() {
+        return format!(
+            "Nothing recorded for request {id}: the mesh records requests it failed or retried \
+             (the latest 10,000), and a proxy reports them within a summary interval. A request \
+             the application answered on its first try has no record.\n"
+        );
+    }
+    let mut out = format!("Request {id}:\n");
+    for h in &hops {
+        let s = |k: &str| h[k].as_str().unwrap_or_default();
+        let n = |k: &str| h[k].as_u64().unwrap_or_default();
+        let side = if s("direction") == "outbound" {
+            "caller's proxy"
+        } else {
+            "callee's proxy"
+        };
+        let mut line = format!("- {side} {} (to {}", s("workload"), s("service"));
+        if !s("route").is_empty() {
+            line.push_str(&format!(", HTTPRoute {} rule {}", s("route"), n("rule")));
+        }
+        line.push_str(&format!(
+            "): {} after {} {}",
+            n("status"),
+            n("tries"),
+            if n("tries") == 1 { "try" } else { "tries" }
+        ));
+        if !s("endpoint").is_empty() {
+            line.push_str(&format!(", last to {}", s("endpoint")));
+        }
+        out.push_str(&line);
+        out.push('\n');
+        out.push_str(&format!("  {}\n", s("why")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod why_tests {
+    use super::*;
+
+    #[test]
+    fn each_hop_is_said_in_words_caller_first() {
+        let answer = serde_json::json!({
+            "requestId": "order-9",
+            "hops": [
+                {"workload": "default/frontend-1", "direction": "outbound", "service": "default/restaurant",
+                 "route": "default/restaurant", "rule": 1, "endpoint": "10.0.0.2:4143", "tries": 2,
+                 "status": 504, "reason": "timeout",
+                 "why": "no response from restaurant within 500ms (timeouts.request of HTTPRoute default/restaurant, rule 1)"},
+                {"workload": "default/restaurant-2", "direction": "inbound", "service": "default/restaurant",
+                 "endpoint": "127.0.0.1:8080", "tries": 1, "status": 502, "reason": "connect", "why": "cannot connect"}
+            ]
+        });
+        let text = why_text(&answer);
+        assert_eq!(
+            text,
+            "Request order-9:\n\
+             - caller's proxy default/frontend-1 (to default/restaurant, HTTPRoute default/restaurant rule 1): 504 after 2 tries, last to 10.0.0.2:4143\n  \
+             no response from restaurant within 500ms (timeouts.request of HTTPRoute default/restaurant, rule 1)\n\
+             - callee's proxy default/restaurant-2 (to default/restaurant): 502 after 1 try, last to 127.0.0.1:8080\n  \
+             cannot connect\n"
+        );
+        let none = why_text(&serde_json::json!({"requestId": "x", "hops": []}));
+        assert!(none.starts_with("Nothing recorded for request x"), "{none}");
+    }
+}

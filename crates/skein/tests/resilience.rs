@@ -911,3 +911,90 @@ async fn a_service_target_port_and_route_hostnames_take_effect() {
         "a host the route names"
     );
 }
+
+#[tokio::test]
+async fn skein_why_explains_a_failed_request_hop_by_hop_naming_the_route_rule_and_field() {
+    skein_testkit::init_tracing();
+    let data = TempDir::new("resilience-why").unwrap();
+    let cp = control(117, data.path()).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api}}\n\
+         spec:\n  parentRefs: [{{name: api, port: {PORT}}}]\n  rules:\n\
+         \x20 - backendRefs: [{{name: api, port: {PORT}}}]\n\
+         \x20   timeouts: {{request: 300ms}}\n"
+    );
+    apply(&cp, &(service_yaml("api") + "---\n" + &route)).await;
+    let (app, _api) = workload_as(&cp, 213, "api-1", "api", &[], None).await;
+    app.set_delay(Duration::from_secs(2));
+    let caller = client(&cp, 214).await;
+    knows(&caller, 1, None).await;
+    eventually("the caller learns the route", SOON, async || {
+        caller
+            .ctx
+            .config()
+            .destinations
+            .iter()
+            .any(|d| d.service == "api" && !d.routes.is_empty())
+    })
+    .await
+    .unwrap();
+
+    // The caller's proxy gives up after 300 ms and says so, naming the request.
+    let mut sender = skein_testkit::client::h1(caller.addrs.http_proxy.unwrap())
+        .await
+        .unwrap();
+    let req = http::Request::get(url("api", "slow"))
+        .header("skein-request-id", "why-1")
+        .body(skein_proxy::http::empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["skein-request-id"], "why-1");
+    let body = skein_testkit::client::body_bytes(resp).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("request id: why-1"));
+
+    // `skein why` finds it in the control plane once the proxy's summary is in.
+    let mut said = String::new();
+    eventually(
+        "the caller's proxy reports its decision",
+        SOON,
+        async || {
+            let out = cli(&cp, data.path(), &["why", "why-1"]).await;
+            said = out.ok().to_string();
+            said.contains("caller's proxy")
+        },
+    )
+    .await
+    .unwrap();
+    println!("{said}");
+    assert!(said.starts_with("Request why-1:"), "{said}");
+    assert!(
+        said.contains("(to default/api, HTTPRoute default/api rule 0): 504 after 1 try"),
+        "{said}"
+    );
+    assert!(said.contains("timeouts.request"), "names the field: {said}");
+    assert!(said.contains("300ms"), "and its value: {said}");
+    // The latest failure to a service, without its ID.
+    let last = cli(&cp, data.path(), &["why", "--last", "--to", "api"]).await;
+    assert_eq!(last.ok(), said);
+    // JSON for scripts.
+    let json = cli(&cp, data.path(), &["why", "why-1", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
+    assert_eq!(v["hops"][0]["reason"], "timeout");
+    assert_eq!(v["hops"][0]["workload"], "default/client-1");
+    // Unknown: said plainly.
+    let none = cli(&cp, data.path(), &["why", "nope"]).await;
+    assert!(
+        none.ok().starts_with("Nothing recorded for request nope"),
+        "{}",
+        none.ok()
+    );
+    let nobody = cli(&cp, data.path(), &["why", "--to", "payments"]).await;
+    assert!(
+        nobody
+            .failed()
+            .contains("no failed or retried request to payments"),
+        "{}",
+        nobody.failed()
+    );
+}

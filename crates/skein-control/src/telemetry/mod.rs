@@ -16,6 +16,7 @@
 
 pub mod query;
 pub mod suggest;
+pub mod why;
 
 use skein_api::v1 as pb;
 use skein_model::latency::{Snapshot, BUCKETS};
@@ -278,6 +279,8 @@ pub struct Central {
     values: Mutex<HashSet<Label>>,
     /// When silent proxies were last forgotten (once per slot, not per summary).
     last_sweep: std::sync::atomic::AtomicI64,
+    /// What proxies decided about requests the mesh failed or retried (`skein why`).
+    pub why: why::Why,
 }
 
 impl Central {
@@ -318,6 +321,10 @@ impl Central {
             swept.store(now, std::sync::atomic::Ordering::Relaxed);
             proxies.retain(|_, p| p.last_seen >= now - WINDOW_SLOTS * SLOT_SECS);
         }
+        self.why.add(
+            &format!("{}/{}", from.namespace, from.workload),
+            &s.decisions,
+        );
         let key = (from.namespace.clone(), from.workload.clone());
         let record = proxies.entry(key).or_insert_with(|| ProxyRecord {
             workload: Who {

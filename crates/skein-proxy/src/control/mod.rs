@@ -417,7 +417,9 @@ pub async fn report(ctx: Arc<Ctx>) {
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
         let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
-        if let Some(summary) = summarizer.take(&ctx.metrics.telemetry, now_ms, interval_ms) {
+        if let Some(summary) =
+            summarizer.take(&ctx.metrics.telemetry, &ctx.decisions, now_ms, interval_ms)
+        {
             ctx.summaries.push(summary);
         }
         let now_dropped = ctx.summaries.dropped();

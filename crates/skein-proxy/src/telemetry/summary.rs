@@ -56,6 +56,7 @@ impl Summarizer {
     pub fn take(
         &mut self,
         t: &Telemetry,
+        decisions: &crate::decisions::DecisionLog,
         taken_unix_ms: i64,
         interval_ms: u32,
     ) -> Option<pb::Summary> {
@@ -120,7 +121,14 @@ impl Summarizer {
         let folded = t.folded();
         let folded_delta = folded - self.folded.min(folded);
         self.folded = folded;
-        if requests.is_empty() && tcp.is_empty() && pathways.is_empty() && folded_delta == 0 {
+        let decisions: Vec<pb::Decision> =
+            decisions.take_pending().into_iter().map(decision).collect();
+        if requests.is_empty()
+            && tcp.is_empty()
+            && pathways.is_empty()
+            && folded_delta == 0
+            && decisions.is_empty()
+        {
             return None;
         }
         self.sequence += 1;
@@ -134,7 +142,24 @@ impl Summarizer {
             folded_requests: folded_delta,
             dropped_summaries: 0,
             pathways,
+            decisions,
         })
+    }
+}
+
+fn decision(d: crate::decisions::Decision) -> pb::Decision {
+    pb::Decision {
+        request_id: d.request_id,
+        at_unix_ms: i64::try_from(d.at_unix_ms).unwrap_or(i64::MAX),
+        inbound: d.direction == "inbound",
+        service: d.service.unwrap_or_default(),
+        route: d.route.unwrap_or_default(),
+        rule: d.rule.map(u32::from),
+        endpoint: d.endpoint.unwrap_or_default(),
+        tries: d.tries,
+        status: u32::from(d.status),
+        reason: d.reason.to_string(),
+        why: d.why,
     }
 }
 
@@ -266,12 +291,15 @@ mod tests {
     fn summaries_carry_what_moved_since_the_last_one() {
         let t = Telemetry::default();
         let mut s = Summarizer::default();
-        assert!(s.take(&t, 0, 1000).is_none(), "nothing recorded");
+        assert!(
+            s.take(&t, &Default::default(), 0, 1000).is_none(),
+            "nothing recorded"
+        );
         for _ in 0..3 {
             t.request(key(200), ended(5, 0));
         }
         t.request(key(503), ended(50, 2));
-        let first = s.take(&t, 1, 1000).unwrap();
+        let first = s.take(&t, &Default::default(), 1, 1000).unwrap();
         assert_eq!(first.sequence, 1);
         assert_eq!(first.requests.len(), 2);
         let ok = first
@@ -305,7 +333,7 @@ mod tests {
         t.pathway(menu);
 
         t.request(key(200), ended(5, 0));
-        let second = s.take(&t, 2, 1000).unwrap();
+        let second = s.take(&t, &Default::default(), 2, 1000).unwrap();
         assert_eq!(second.sequence, 2);
         assert_eq!(second.requests.len(), 1, "only the series that moved");
         assert_eq!(second.requests[0].count, 1, "a delta, not a total");
@@ -314,7 +342,7 @@ mod tests {
             (second.pathways[0].prefix.as_str(), second.pathways[0].count),
             ("/menu/*", 2)
         );
-        assert!(s.take(&t, 3, 1000).is_none());
+        assert!(s.take(&t, &Default::default(), 3, 1000).is_none());
     }
 
     #[test]
