@@ -145,6 +145,58 @@ fn decide(ctx: &Ctx, rec: &Record, status: u16, reason: &'static str, why: Strin
     });
 }
 
+/// Held while an inbound request waits for the application: dropped before
+/// [`Unfinished::finished`] (the caller's proxy reset the stream: its timeout, or its
+/// client went away), it records that in [`crate::decisions`], so that `skein why` shows
+/// the callee's side too.
+pub(crate) struct Unfinished<'a> {
+    ctx: &'a Ctx,
+    request_id: Option<http::HeaderValue>,
+    service: Option<Named>,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    /// Watches `rec`'s request.
+    pub(crate) fn new(ctx: &'a Ctx, rec: &Record) -> Self {
+        Unfinished {
+            ctx,
+            request_id: rec.request_id.clone(),
+            service: rec.dst.clone(),
+            started: rec.started,
+            finished: false,
+        }
+    }
+
+    /// The request reached [`finish`].
+    pub(crate) fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let waited = self.started.elapsed();
+        let src = Named {
+            namespace: crate::telemetry::empty(),
+            name: crate::telemetry::empty(),
+        };
+        let mut rec = Record::new(Direction::Inbound, Proto::Http2, false, src, false);
+        rec.request_id = self.request_id.take();
+        rec.dst = self.service.take();
+        rec.attempts = 1;
+        let why = format!(
+            "the caller's proxy cancelled the request after {} ms, before the application answered (the caller's timeout, or its client went away)",
+            waited.as_millis()
+        );
+        decide(self.ctx, &rec, 0, "cancelled", why);
+    }
+}
+
 /// Ends a request: turns an error into its response, logs it, and returns the response
 /// with a body that records the request in telemetry when it ends.
 pub fn finish(

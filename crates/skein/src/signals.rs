@@ -786,12 +786,16 @@ fn why_text(answer: &Value) -> String {
         if !s("route").is_empty() {
             line.push_str(&format!(", HTTPRoute {} rule {}", s("route"), n("rule")));
         }
-        line.push_str(&format!(
-            "): {} after {} {}",
-            n("status"),
-            n("tries"),
-            if n("tries") == 1 { "try" } else { "tries" }
-        ));
+        if n("status") == 0 {
+            line.push_str("): cancelled by the caller");
+        } else {
+            line.push_str(&format!(
+                "): {} after {} {}",
+                n("status"),
+                n("tries"),
+                if n("tries") == 1 { "try" } else { "tries" }
+            ));
+        }
         if !s("endpoint").is_empty() {
             line.push_str(&format!(", last to {}", s("endpoint")));
         }

@@ -953,17 +953,13 @@ async fn skein_why_explains_a_failed_request_hop_by_hop_naming_the_route_rule_an
     let body = skein_testkit::client::body_bytes(resp).await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("request id: why-1"));
 
-    // `skein why` finds it in the control plane once the proxy's summary is in.
+    // `skein why` finds it in the control plane once both proxies' summaries are in.
     let mut said = String::new();
-    eventually(
-        "the caller's proxy reports its decision",
-        SOON,
-        async || {
-            let out = cli(&cp, data.path(), &["why", "why-1"]).await;
-            said = out.ok().to_string();
-            said.contains("caller's proxy")
-        },
-    )
+    eventually("both proxies report their decisions", SOON, async || {
+        let out = cli(&cp, data.path(), &["why", "why-1"]).await;
+        said = out.ok().to_string();
+        said.contains("caller's proxy") && said.contains("callee's proxy")
+    })
     .await
     .unwrap();
     println!("{said}");
@@ -974,6 +970,14 @@ async fn skein_why_explains_a_failed_request_hop_by_hop_naming_the_route_rule_an
     );
     assert!(said.contains("timeouts.request"), "names the field: {said}");
     assert!(said.contains("300ms"), "and its value: {said}");
+    // The callee's proxy saw the caller's proxy give up while the application worked.
+    assert!(
+        said.contains("- callee's proxy default/api-1 (to default/api): cancelled by the caller"),
+        "{said}"
+    );
+    assert!(said.contains("cancelled the request after"), "{said}");
+    let caller_first = said.find("caller's proxy") < said.find("callee's proxy");
+    assert!(caller_first, "{said}");
     // The latest failure to a service, without its ID.
     let last = cli(&cp, data.path(), &["why", "--last", "--to", "api"]).await;
     assert_eq!(last.ok(), said);

@@ -78,7 +78,8 @@ impl Why {
         }
     }
 
-    /// Every record of `request_id`, in time order (the caller's proxy first on a tie).
+    /// Every record of `request_id`: the callers' proxies first, then the callees', each
+    /// in time order (until spans link hops, direction is the order that holds).
     pub fn of(&self, request_id: &str) -> Vec<Hop> {
         let hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
         let mut found: Vec<Hop> = hops
@@ -86,9 +87,7 @@ impl Why {
             .filter(|h| h.request_id == request_id)
             .cloned()
             .collect();
-        found.sort_by_key(|h| (h.at_unix_ms, h.direction == "outbound"));
-        // A callee's proxy ends a request before its caller's: the caller first.
-        found.reverse();
+        found.sort_by_key(|h| (h.direction != "outbound", h.at_unix_ms));
         found
     }
 

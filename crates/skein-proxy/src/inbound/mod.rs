@@ -230,7 +230,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // Callers here are proxies: one that sent an ID puts it on the response itself.
     rec.id_on_response = crate::ids::request_id_of(req.headers()).is_none();
     rec.dst = Some(state.service.clone());
+    // A tunnel's stream lives as long as its connection: its end is no cancellation.
+    let unfinished =
+        (req.method() != Method::CONNECT).then(|| request::Unfinished::new(&ctx, &rec));
     let result = route(&ctx, &state, req, peer, &mut rec).await;
+    if let Some(u) = unfinished {
+        u.finished();
+    }
     request::finish(&ctx, rec, result)
 }
 
