@@ -15,6 +15,17 @@ use std::sync::{Mutex, PoisonError};
 pub const CAPACITY: usize = 1024;
 /// Records waiting for the next telemetry summary (the oldest go first beyond it).
 pub const PENDING: usize = 256;
+/// The most characters of a record's `why` kept (an error may quote a caller's path):
+/// with [`PENDING`], a summary's decisions stay far below gRPC's 4 MiB message limit.
+pub const MAX_WHY: usize = 512;
+
+/// `s` cut to at most `max` characters, marked with `…` when cut.
+pub fn bounded(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s,
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
 
 /// What happened to one request at this proxy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,6 +124,16 @@ mod tests {
             reason: "denied",
             why: "denied by default/web".into(),
         }
+    }
+
+    #[test]
+    fn long_words_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("abc".into(), 3), "abc");
+        assert_eq!(bounded("äbcd".into(), 2), "äb…");
+        assert_eq!(
+            bounded("x".repeat(5000), MAX_WHY).chars().count(),
+            MAX_WHY + 1
+        );
     }
 
     #[test]

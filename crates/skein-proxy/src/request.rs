@@ -141,7 +141,7 @@ fn decide(ctx: &Ctx, rec: &Record, status: u16, reason: &'static str, why: Strin
         tries: rec.attempts,
         status,
         reason,
-        why,
+        why: crate::decisions::bounded(why, crate::decisions::MAX_WHY),
     });
 }
 
@@ -190,7 +190,7 @@ impl Drop for Unfinished<'_> {
         rec.dst = self.service.take();
         rec.attempts = 1;
         let why = format!(
-            "the caller's proxy cancelled the request after {} ms, before the application answered (the caller's timeout, or its client went away)",
+            "the request ended after {} ms, before the application answered: the caller's proxy cancelled it (its timeout, or its client went away), or this proxy closed the connection (draining, a revoked caller)",
             waited.as_millis()
         );
         decide(self.ctx, &rec, 0, "cancelled", why);

@@ -15,7 +15,8 @@
 //!   lone decision (`b3: 0`, `X-B3-Sampled: 1` without IDs) starts a new trace with that
 //!   decision. Uppercase hex is accepted, as Zipkin's own parsers do.
 //! - W3C wins when a request carries both; the context is passed on in the format it came
-//!   in (a new trace in W3C's).
+//!   in (a new trace in W3C's), and the other format's headers pass on as they came. Two
+//!   `traceparent` headers are no context (the W3C test suite's rule).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -103,7 +104,12 @@ pub struct Context {
 
 /// Reads the caller's trace context.
 pub fn extract(headers: &HeaderMap) -> Incoming {
-    if let Some(v) = headers.get(&TRACEPARENT) {
+    let mut parents = headers.get_all(&TRACEPARENT).iter();
+    if let Some(v) = parents.next() {
+        if parents.next().is_some() {
+            // Two traceparent headers: which is meant cannot be known.
+            return Incoming::None;
+        }
         return match w3c(v.as_bytes()) {
             Some((trace_id, span_id, sampled)) => Incoming::Parent(Parent {
                 trace_id,
@@ -166,18 +172,22 @@ pub fn child(incoming: &Incoming, ratio: f64, random: u128) -> Context {
 }
 
 /// Writes `ctx` into `headers` for the next hop (its span as the parent), in its format,
-/// removing any other trace headers so that the next hop reads one context.
+/// replacing that format's headers. Another format's headers pass on as they came (an
+/// application that reads only B3 behind a W3C caller keeps its trace, under the
+/// caller's span).
 pub fn inject(headers: &mut HeaderMap, ctx: &Context) {
-    for name in [
-        TRACEPARENT,
-        TRACESTATE,
-        B3,
-        B3_TRACE_ID,
-        B3_SPAN_ID,
-        B3_PARENT_SPAN_ID,
-        B3_SAMPLED,
-        B3_FLAGS,
-    ] {
+    let own: &[HeaderName] = match ctx.format {
+        Format::W3c => &[TRACEPARENT, TRACESTATE],
+        Format::B3Single => &[B3],
+        Format::B3Multi => &[
+            B3_TRACE_ID,
+            B3_SPAN_ID,
+            B3_PARENT_SPAN_ID,
+            B3_SAMPLED,
+            B3_FLAGS,
+        ],
+    };
+    for name in own {
         headers.remove(name);
     }
     let trace = if ctx.short_trace_id {
@@ -403,6 +413,8 @@ mod tests {
             panic!("a later version");
         };
         assert_eq!(p.sampled, Some(false));
+        let twice = headers(&[("traceparent", ok), ("traceparent", ok)]);
+        assert_eq!(extract(&twice), Incoming::None, "two are none");
         for bad in [
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -510,7 +522,7 @@ mod tests {
             format!("00-{TRACE:032x}-{:016x}-01", ctx.span_id)
         );
         assert_eq!(h["tracestate"], "a=1");
-        assert!(h.get("b3").is_none(), "one context goes on");
+        assert_eq!(h["b3"], "0", "another format passes on as it came");
 
         let mut h = headers(&[("b3", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-d")]);
         let ctx = child(&extract(&h), 0.0, 0x99);

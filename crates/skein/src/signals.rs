@@ -775,7 +775,14 @@ fn why_text(answer: &Value) -> String {
     }
     let mut out = format!("Request {id}:\n");
     for h in &hops {
-        let s = |k: &str| h[k].as_str().unwrap_or_default();
+        // What proxies sent, printed: no control characters reach the terminal.
+        let s = |k: &str| -> String {
+            h[k].as_str()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        };
         let n = |k: &str| h[k].as_u64().unwrap_or_default();
         let side = if s("direction") == "outbound" {
             "caller's proxy"
@@ -832,6 +839,10 @@ mod why_tests {
              - callee's proxy default/restaurant-2 (to default/restaurant): 502 after 1 try, last to 127.0.0.1:8080\n  \
              cannot connect\n"
         );
+        let escape = serde_json::json!({"requestId": "x", "hops": [
+            {"workload": "w", "direction": "inbound", "service": "s", "tries": 1, "status": 403,
+             "why": "denied\u{1b}[2J by p"}]});
+        assert!(why_text(&escape).contains("denied?[2J by p"));
         let none = why_text(&serde_json::json!({"requestId": "x", "hops": []}));
         assert!(none.starts_with("Nothing recorded for request x"), "{none}");
     }

@@ -314,6 +314,11 @@ impl Central {
         if s.bucket_layout != BUCKET_LAYOUT {
             return Err(IngestError::Layout(s.bucket_layout));
         }
+        // Before the lock on every proxy's record: its own lock only.
+        self.why.add(
+            &format!("{}/{}", from.namespace, from.workload),
+            &s.decisions,
+        );
         let start = now - now.rem_euclid(SLOT_SECS);
         let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
         let swept = &self.last_sweep;
@@ -321,10 +326,7 @@ impl Central {
             swept.store(now, std::sync::atomic::Ordering::Relaxed);
             proxies.retain(|_, p| p.last_seen >= now - WINDOW_SLOTS * SLOT_SECS);
         }
-        self.why.add(
-            &format!("{}/{}", from.namespace, from.workload),
-            &s.decisions,
-        );
+
         let key = (from.namespace.clone(), from.workload.clone());
         let record = proxies.entry(key).or_insert_with(|| ProxyRecord {
             workload: Who {

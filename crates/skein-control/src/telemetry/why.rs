@@ -9,6 +9,8 @@ use std::sync::{Mutex, PoisonError};
 
 /// Records kept for the whole mesh.
 pub const CAPACITY: usize = 10_000;
+/// Records taken from one summary (a proxy sends at most this many; more is ignored).
+pub const PER_SUMMARY: usize = 256;
 /// The longest text kept of a record's `why` (a proxy's words, bounded before storing).
 const MAX_WHY: usize = 1024;
 
@@ -56,7 +58,16 @@ impl Why {
             return;
         }
         let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
-        for d in decisions {
+        let usable = |id: &str| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        };
+        for d in decisions.iter().take(PER_SUMMARY) {
+            if !usable(&d.request_id) {
+                continue;
+            }
             if hops.len() >= CAPACITY {
                 hops.pop_front();
             }
@@ -152,6 +163,14 @@ mod tests {
         assert_eq!(why.last_to("restaurant").as_deref(), Some("r1"));
         assert_eq!(why.last_to("default/menu").as_deref(), Some("r2"));
         assert_eq!(why.last_to("payments"), None);
+        // A proxy sending more than its share, or IDs no proxy makes, is cut short.
+        let flood: Vec<_> = (0..1000)
+            .map(|i| d(&format!("f{i}"), 0, false, "s"))
+            .collect();
+        why.add("w", &flood);
+        assert!(why.of("f255").len() == 1 && why.of("f256").is_empty());
+        why.add("w", &[d("bad id\u{1b}[2J", 0, false, "s")]);
+        assert!(why.of("bad id\u{1b}[2J").is_empty());
         for i in 0..CAPACITY {
             why.add("w", &[d(&format!("n{i}"), 0, false, "s")]);
         }
