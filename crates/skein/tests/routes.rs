@@ -89,12 +89,12 @@ spec:
     )
 }
 
-/// A control plane with an embedded store on 127.0.0.`host`, in a fresh data dir.
-async fn control_at(host: u8) -> (RunningControl, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("skein-routes-{}-{host}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A control plane with an embedded store on 127.0.0.`host`, in a fresh data dir that
+/// goes when the returned guard drops, however the test ends.
+async fn control_at(host: u8) -> (RunningControl, skein_testkit::control::TempDir) {
+    let dir = skein_testkit::control::TempDir::new(&format!("routes-{host}")).unwrap();
     let control = RunningControl::start(ControlOptions {
-        data_dir: dir.clone(),
+        data_dir: dir.path().to_path_buf(),
         store: StoreChoice::Embedded,
         http: SocketAddr::new(loopback(host), 0),
         grpc: SocketAddr::new(loopback(host), 0),
@@ -255,7 +255,7 @@ spec: {{selector: {{app: restaurant-v2}}, ports: [{{port: {PORT}, protocol: http
     assert_eq!(v1.hits(), v1_now, "no more traffic to v1");
     assert!(client.ctx.config_version.load(Ordering::SeqCst) > 0);
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[tokio::test]
@@ -353,7 +353,7 @@ spec:
     assert_eq!(&body[..], b"chunk-0\nchunk-1\nchunk-2\n");
     assert!(backend.hits() >= 4);
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[tokio::test]
@@ -478,7 +478,7 @@ spec:
         "((route requests, retries), tries the endpoints served)"
     );
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 const GRPC_PORT: u16 = 18090;
@@ -626,7 +626,7 @@ async fn a_route_flip_reaches_open_http1_h2_and_grpc_connections() {
         "the HTTP/1.1 connection stayed open"
     );
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[tokio::test]
@@ -706,7 +706,7 @@ async fn a_weight_shift_under_load_leaves_the_old_backend_within_a_second() {
     );
     assert!(b.hits() > 0, "the new backend took the load");
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[tokio::test]
@@ -789,7 +789,7 @@ spec: {selector: {app: menu, tier: main}, ports: [{port: 18080, protocol: http}]
         "every request on the open connection went to the endpoint still selected"
     );
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 /// A request body streamed in `chunks`, each after a pause of `gap`, with no length.
@@ -975,5 +975,5 @@ spec:
         2
     );
     control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
