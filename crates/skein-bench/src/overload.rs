@@ -18,9 +18,9 @@
 //! Addresses, used by nothing else in the harness nor the tests: 127.0.0.168 and
 //! 127.0.0.169.
 
-use crate::procs::{usage, Proc, TempDir, Usage};
+use crate::procs::{usage, TempDir, Usage};
 use crate::report::{header_row, thousands};
-use crate::setups::{ip, proxy_config, start_proxy, wait_listening, workload, APP_PORT, HOST};
+use crate::setups::{delayed_backend, ip, proxy_config, start_proxy, workload, APP_PORT, HOST};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -37,7 +37,6 @@ use skein_model::{
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -356,15 +355,7 @@ pub fn markdown(o: &mut String, s: &Overload) {
 /// Starts the scenario's processes, measures once and stops them.
 pub async fn run(dir: &TempDir, me: &Path, skein: &Path, quick: bool) -> anyhow::Result<Overload> {
     let backend_addr = SocketAddr::new(BACKEND_HOST, APP_PORT);
-    let mut cmd = Command::new(me);
-    cmd.arg("backend")
-        .arg("--listen")
-        .arg(backend_addr.to_string())
-        .arg("--delay")
-        .arg(format!("{}ms", DELAY.as_millis()));
-    let log = dir.path().join("overload-backend.log");
-    let mut backend = Proc::spawn("overload backend", cmd, &log)?;
-    wait_listening(&mut backend, backend_addr).await?;
+    let mut backend = delayed_backend(me, dir.path(), backend_addr, DELAY, "overload").await?;
     let mut endpoint = start_proxy(
         dir.path(),
         skein,

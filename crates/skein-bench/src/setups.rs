@@ -156,6 +156,27 @@ pub async fn start_apps(env: &Env, host: IpAddr, tag: &str) -> anyhow::Result<Ve
     Ok(apps)
 }
 
+/// `skein-bench backend` on `addr` answering after `delay`, logging to `<tag>-backend.log`
+/// in `dir`; returned once it listens.
+pub async fn delayed_backend(
+    me: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    delay: Duration,
+    tag: &str,
+) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(me);
+    cmd.arg("backend")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--delay")
+        .arg(format!("{}ms", delay.as_millis()));
+    let log = dir.join(format!("{tag}-backend.log"));
+    let mut p = Proc::spawn(&format!("{tag} backend"), cmd, &log)?;
+    wait_listening(&mut p, addr).await?;
+    Ok(p)
+}
+
 /// Waits until `addr` accepts connections, failing early if `proc` exits.
 pub async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);

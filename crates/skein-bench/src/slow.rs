@@ -19,7 +19,7 @@ use crate::load::LoadReport;
 use crate::procs::{Proc, TempDir};
 use crate::report::{header_row, median, thousands};
 use crate::setups::{
-    http_get, ip, proxy_config, start_proxy, wait_listening, workload, APP_PORT, HOST,
+    delayed_backend, http_get, ip, proxy_config, start_proxy, workload, APP_PORT, HOST,
 };
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -31,7 +31,6 @@ use skein_model::{
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// How long the fast backend takes to answer.
@@ -398,16 +397,8 @@ async fn start(dir: &TempDir, me: &Path, skein: &Path) -> anyhow::Result<Running
     let mut endpoints = Vec::new();
     for (host, delay, tag) in [(FAST_HOST, FAST, "fast"), (SLOW_HOST, SLOW, "slow")] {
         let addr = SocketAddr::new(host, APP_PORT);
-        let mut cmd = Command::new(me);
-        cmd.arg("backend")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--delay")
-            .arg(format!("{}ms", delay.as_millis()));
-        let log = dir.path().join(format!("slow-endpoint-{tag}-backend.log"));
-        let mut p = Proc::spawn(&format!("slow-endpoint {tag} backend"), cmd, &log)?;
-        wait_listening(&mut p, addr).await?;
-        backends.push(p);
+        let name = format!("slow-endpoint-{tag}");
+        backends.push(delayed_backend(me, dir.path(), addr, delay, &name).await?);
         let name = format!("slow-endpoint {tag} inbound proxy");
         let file = format!("slow-endpoint-{tag}-inbound-proxy");
         endpoints.push(

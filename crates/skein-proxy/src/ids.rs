@@ -27,17 +27,21 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<HeaderValue> {
     ok.then(|| v.clone())
 }
 
-/// The request's ID: the caller's if usable, a new one otherwise. Marked sensitive, so
-/// that HPACK never enters it in the connection's dynamic table: every value is new, and
-/// indexing them would only evict useful entries (and cost a search of the table per
-/// request).
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut id = request_id_of(headers).unwrap_or_else(new_request_id);
-    id.set_sensitive(true);
-    id
+/// The request's ID: the caller's if usable (then `true`), a new one otherwise. Marked
+/// sensitive, so that HPACK never enters it in the connection's dynamic table: every
+/// value is new, and indexing them would only evict useful entries (and cost a search of
+/// the table per request).
+pub fn request_id(headers: &HeaderMap) -> (HeaderValue, bool) {
+    match request_id_of(headers) {
+        Some(mut id) => {
+            id.set_sensitive(true);
+            (id, true)
+        }
+        None => (new_request_id(), false),
+    }
 }
 
-/// A new ID: 16 lowercase hex digits.
+/// A new ID: 16 lowercase hex digits, marked sensitive (see [`request_id`]).
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = random_u128() as u64;
@@ -45,7 +49,9 @@ pub fn new_request_id() -> HeaderValue {
     for (i, b) in out.iter_mut().enumerate() {
         *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    id.set_sensitive(true);
+    id
 }
 
 /// 128 random bits, different in every process and every call.
@@ -82,21 +88,26 @@ mod tests {
 
     #[test]
     fn a_usable_caller_id_is_kept_and_anything_else_replaced() {
-        let kept = request_id(&with(b"order-42:retry.1_a"));
+        let kept = request_id(&with(b"order-42:retry.1_a")).0;
         assert_eq!(kept, "order-42:retry.1_a");
         for bad in [&b"has space"[..], b"semi;colon", b"quote\"", &[b'a'; 65]] {
-            let id = request_id(&with(bad));
+            let (id, sent) = request_id(&with(bad));
+            assert!(!sent);
             assert_ne!(id.as_bytes(), bad, "{:?}", String::from_utf8_lossy(bad));
             assert_eq!(id.len(), 16);
         }
-        assert_eq!(request_id(&with(&[b'a'; 64])).len(), 64);
-        assert_eq!(request_id(&HeaderMap::new()).len(), 16);
+        assert_eq!(
+            request_id(&with(&[b'a'; 64])),
+            (HeaderValue::from_bytes(&[b'a'; 64]).unwrap(), true)
+        );
+        assert_eq!(request_id(&HeaderMap::new()).0.len(), 16);
     }
 
     #[test]
     fn ids_are_never_indexed_by_hpack() {
-        assert!(request_id(&HeaderMap::new()).is_sensitive());
-        assert!(request_id(&with(b"order-1")).is_sensitive());
+        assert!(request_id(&HeaderMap::new()).0.is_sensitive());
+        assert!(request_id(&with(b"order-1")).0.is_sensitive());
+        assert!(new_request_id().is_sensitive());
     }
 
     #[test]

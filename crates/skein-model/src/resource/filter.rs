@@ -161,7 +161,7 @@ pub struct MirrorRef {
     #[serde(default)]
     pub group: String,
     /// Only `Service`. Default `Service`.
-    #[serde(default = "default_service")]
+    #[serde(default = "super::route::default_service_kind")]
     pub kind: String,
     /// The Service's name.
     pub name: String,
@@ -171,10 +171,6 @@ pub struct MirrorRef {
     /// Its port. Default: the port the request was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-}
-
-fn default_service() -> String {
-    "Service".into()
 }
 
 /// A redirect answered by the caller's proxy.

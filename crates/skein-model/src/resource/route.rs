@@ -622,7 +622,7 @@ fn check_ref(p: &mut Problems, at: &str, group: &str, kind: &str, name: &str) {
     p.dns_label(format!("{at}.name"), name);
 }
 
-fn default_service_kind() -> String {
+pub(crate) fn default_service_kind() -> String {
     "Service".into()
 }
 fn default_path() -> String {

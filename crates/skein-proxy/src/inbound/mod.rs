@@ -226,9 +226,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // A tunnel is an edge, not a request: telemetry records it as a TCP connection.
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(&ctx, &req);
-    rec.request_id = Some(crate::ids::request_id(req.headers()));
+    let (id, sent) = crate::ids::request_id(req.headers());
+    rec.request_id = Some(id);
     // Callers here are proxies: one that sent an ID puts it on the response itself.
-    rec.id_on_response = crate::ids::request_id_of(req.headers()).is_none();
+    rec.id_on_response = !sent;
     rec.dst = Some(state.service.clone());
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =

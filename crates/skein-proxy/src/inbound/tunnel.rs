@@ -106,7 +106,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             );
             rec.recorded = config.telemetry.requests;
             rec.for_taps(&ctx, &req);
-            rec.request_id = Some(crate::ids::request_id(req.headers()));
+            rec.request_id = Some(crate::ids::request_id(req.headers()).0);
             rec.dst = Some(state.service.clone());
             let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
             if authorized.is_ok() && rec.recorded {

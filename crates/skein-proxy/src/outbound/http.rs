@@ -58,7 +58,7 @@ async fn handle(
     // A CONNECT tunnel is an edge, not a request: telemetry records it as a TCP connection.
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(ctx, &req);
-    rec.request_id = Some(crate::ids::request_id(req.headers()));
+    rec.request_id = Some(crate::ids::request_id(req.headers()).0);
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {
