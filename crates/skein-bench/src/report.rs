@@ -96,6 +96,10 @@ pub struct Summary {
     /// What per-request telemetry costs in CPU; absent when the run had no skein setup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry_cost: Option<TelemetryCost>,
+    /// What tracing at the default ratio costs in CPU (the skein pair against the same
+    /// pair with tracing off); absent when the run had no skein setup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing_cost: Option<TelemetryCost>,
 }
 
 /// The CPU cost of the proxies' per-request telemetry, from one run: CPU s per 1,000
@@ -158,13 +162,23 @@ pub fn cpu_per_1k_requests(r: &SetupResults) -> Option<f64> {
 /// Telemetry on against off, from the two skein setups; `None` when the run had no skein
 /// setup at all.
 fn telemetry_cost(results: &[SetupResults]) -> Option<TelemetryCost> {
+    cost_against(results, Kind::SkeinTelemetryOff)
+}
+
+/// Tracing on (at the default ratio) against off.
+fn tracing_cost(results: &[SetupResults]) -> Option<TelemetryCost> {
+    cost_against(results, Kind::SkeinTracingOff)
+}
+
+/// The skein pair's CPU per request against the pair `off`, from one run.
+fn cost_against(results: &[SetupResults], off: Kind) -> Option<TelemetryCost> {
     let find = |k: Kind| results.iter().find(|r| r.setup == k.name());
     let on = find(Kind::Skein)?;
-    let Some(off) = find(Kind::SkeinTelemetryOff) else {
+    let Some(off) = find(off) else {
         return Some(TelemetryCost {
             na: Some(format!(
                 "setup \"{}\" did not run (skipped with {})",
-                Kind::SkeinTelemetryOff.name(),
+                off.name(),
                 crate::run::NO_TELEMETRY_SETUP_ENV
             )),
             ..TelemetryCost::default()
@@ -273,6 +287,7 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
             )
         }),
         telemetry_cost: telemetry_cost(results),
+        tracing_cost: tracing_cost(results),
     }
 }
 
@@ -373,6 +388,7 @@ pub fn markdown(
         throughput_tables(&mut o, summary, p);
         resources_table(&mut o, results);
         telemetry_section(&mut o, summary);
+        tracing_section(&mut o, summary);
         notes(&mut o, summary);
     }
     if let Some(slow) = slow {
@@ -578,26 +594,43 @@ fn resources_table(o: &mut String, results: &[SetupResults]) {
 /// The CPU cost of per-request telemetry: the skein pair against the identical pair with
 /// `telemetry.requests: false`, from this run.
 fn telemetry_section(o: &mut String, s: &Summary) {
-    let Some(t) = &s.telemetry_cost else {
-        return;
-    };
     let (on, off) = (Kind::Skein.name(), Kind::SkeinTelemetryOff.name());
-    let _ = writeln!(o, "### Telemetry cost\n");
-    let _ = writeln!(
-        o,
+    let about = format!(
         "CPU per request of the {on} pair against an identical pair in the same run whose \
          proxies record no per-request golden signals (`telemetry.requests: false`): \
          {on} ÷ {off} − 1, CPU s per 1,000 requests in the HTTP scenarios, both proxies \
-         summed.\n"
+         summed."
     );
+    cost_section(o, s.telemetry_cost.as_ref(), "Telemetry cost", off, &about);
+}
+
+/// The CPU cost of tracing at the default ratio: the skein pair against the identical
+/// pair whose Mesh turns tracing off, from this run.
+fn tracing_section(o: &mut String, s: &Summary) {
+    let (on, off) = (Kind::Skein.name(), Kind::SkeinTracingOff.name());
+    let about = format!(
+        "CPU per request of the {on} pair (tracing on, new traces sampled at the default \
+         1 %) against an identical pair in the same run whose Mesh turns tracing off \
+         (`spec.tracing.enabled: false`): {on} ÷ {off} − 1, CPU s per 1,000 requests in the \
+         HTTP scenarios, both proxies summed. The target is at most +10 %."
+    );
+    cost_section(o, s.tracing_cost.as_ref(), "Tracing cost", off, &about);
+}
+
+/// One cost section: `title`, what it compares, and the skein pair against `off`.
+fn cost_section(o: &mut String, cost: Option<&TelemetryCost>, title: &str, off: &str, about: &str) {
+    let Some(t) = cost else {
+        return;
+    };
+    let _ = writeln!(o, "### {title}\n\n{about}\n");
     if let Some(na) = &t.na {
-        let _ = writeln!(o, "Telemetry cost: n/a — {na}.\n");
+        let _ = writeln!(o, "{title}: n/a — {na}.\n");
         return;
     }
     let cols = [
-        on.to_string(),
+        Kind::Skein.name().to_string(),
         off.to_string(),
-        "telemetry cost".to_string(),
+        title.to_lowercase(),
     ];
     header_row(o, "", &cols);
     let cpu = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.4}"));
@@ -713,8 +746,22 @@ mod tests {
         assert_eq!(cpu_per_1k_requests(&direct), None);
         assert_eq!(cpu_per_1k_requests(&nginx), Some(2.0));
 
-        let results = [direct.clone(), on.clone(), nginx.clone(), off];
+        // Tracing off: 1.2 + 1.1 = 2.3 CPU s per 1,000 requests; tracing on costs +8.7 %.
+        let tracing_off = setup(
+            Kind::SkeinTracingOff,
+            vec![proxy(2.4, 2000), proxy(2.2, 2000)],
+        );
+        let results = [direct.clone(), on.clone(), nginx.clone(), off, tracing_off];
         let s = summarize(&results);
+        let tr = s.tracing_cost.clone().unwrap();
+        assert!((tr.off.unwrap() - 2.3).abs() < 1e-9);
+        assert!((tr.increase_pct.unwrap() - (2.5 / 2.3 - 1.0) * 100.0).abs() < 1e-9);
+        let mut o = String::new();
+        tracing_section(&mut o, &s);
+        assert!(
+            o.contains("| CPU s per 1,000 requests (both proxies) | 2.5000 | 2.3000 | +8.7% |"),
+            "{o}"
+        );
         let t = s.telemetry_cost.clone().unwrap();
         assert!((t.on.unwrap() - 2.5).abs() < 1e-9);
         assert!((t.off.unwrap() - 2.0).abs() < 1e-9);

@@ -214,6 +214,11 @@ async fn start_setups(env: &Env) -> anyhow::Result<Vec<Setup>> {
                 )
             })?;
         all.push(skein_off);
+        let tracing_off = setups::SKEIN_TRACING_OFF.kind.name();
+        let skein_tracing_off = setups::skein(env, setups::SKEIN_TRACING_OFF)
+            .await
+            .with_context(|| format!("setup {tracing_off} could not start"))?;
+        all.push(skein_tracing_off);
     }
     Ok(all)
 }

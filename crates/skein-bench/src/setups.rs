@@ -67,6 +67,8 @@ pub enum Kind {
     Skein,
     /// Through two skein proxies that record no per-request telemetry.
     SkeinTelemetryOff,
+    /// Through two skein proxies with tracing off (`Mesh spec.tracing.enabled: false`).
+    SkeinTracingOff,
     /// Through two nginx instances talking mutual TLS.
     Nginx,
 }
@@ -78,6 +80,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Skein => "skein",
             Kind::SkeinTelemetryOff => "skein, telemetry off",
+            Kind::SkeinTracingOff => "skein, tracing off",
             Kind::Nginx => "nginx pair",
         }
     }
@@ -231,6 +234,8 @@ pub struct SkeinPair {
     pub control: IpAddr,
     /// `telemetry.requests` of both proxies.
     pub telemetry_requests: bool,
+    /// Whether the mesh traces (`Mesh spec.tracing.enabled`; sampling at the default 1 %).
+    pub tracing: bool,
 }
 
 /// The skein setup: outbound proxy on 127.0.0.151, inbound proxy, backend and sink on
@@ -243,6 +248,7 @@ pub const SKEIN: SkeinPair = SkeinPair {
     inbound: ip(152),
     control: ip(155),
     telemetry_requests: true,
+    tracing: true,
 };
 
 /// The same pair with `telemetry.requests: false` on both proxies: outbound proxy on
@@ -256,6 +262,21 @@ pub const SKEIN_TELEMETRY_OFF: SkeinPair = SkeinPair {
     inbound: ip(157),
     control: ip(158),
     telemetry_requests: false,
+    tracing: true,
+};
+
+/// The skein pair with tracing off (`Mesh spec.tracing.enabled: false`), golden signals
+/// on: outbound proxy on 127.0.0.160, inbound proxy, backend and sink on 127.0.0.161,
+/// control plane on 127.0.0.162.
+pub const SKEIN_TRACING_OFF: SkeinPair = SkeinPair {
+    kind: Kind::SkeinTracingOff,
+    label: "skein (tracing off)",
+    tag: "skein-tracing-off",
+    outbound: ip(160),
+    inbound: ip(161),
+    control: ip(162),
+    telemetry_requests: true,
+    tracing: false,
 };
 
 /// Starts a skein pair: its backend and sink, its control plane, then the inbound and the
@@ -264,7 +285,15 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
     let (client, server) = (pair.outbound, pair.inbound);
     let (label, tag) = (pair.label, pair.tag);
     let mut apps = start_apps(env, server, tag).await?;
-    let control = start_control(env, pair.control, label, tag).await?;
+    let resources = if pair.tracing {
+        RESOURCES.to_string()
+    } else {
+        RESOURCES.replace(
+            "spec: {defaultPolicy: deny}",
+            "spec: {defaultPolicy: deny, tracing: {enabled: false}}",
+        )
+    };
+    let control = start_control(env, pair.control, label, tag, &resources).await?;
     let bench_token = control.token(env, "bench")?;
     let loadgen_token = control.token(env, "loadgen")?;
     let grpc = control.grpc;
@@ -282,7 +311,7 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
         &env.skein,
         &format!("{label} inbound proxy"),
         &format!("{tag}-inbound-proxy"),
-        &server_config(server, telemetry),
+        &server_config(server, telemetry.clone()),
         Some((grpc, &bench_token)),
     )
     .await?;
@@ -331,11 +360,14 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
             } else {
                 "in plaintext"
             },
-            if pair.telemetry_requests {
-                ""
-            } else {
-                "; both proxies run with `telemetry.requests: false` (no per-request golden \
-                 signals), otherwise identical to the skein pair"
+            match (pair.telemetry_requests, pair.tracing) {
+                (true, true) => "",
+                (false, _) =>
+                    "; both proxies run with `telemetry.requests: false` (no per-request golden \
+                 signals), otherwise identical to the skein pair",
+                (true, false) =>
+                    "; the Mesh turns tracing off (`spec.tracing.enabled: false`: \
+                 no trace headers read or written, no spans), otherwise identical to the skein pair",
             }
         ),
         http: SocketAddr::new(client, UP_HTTP),
@@ -440,7 +472,13 @@ impl Control {
 
 /// Starts `skein control` on `host` with an embedded store in the scratch directory and
 /// applies [`RESOURCES`]; `label` names the process, `tag` prefixes its scratch files.
-async fn start_control(env: &Env, host: IpAddr, label: &str, tag: &str) -> anyhow::Result<Control> {
+async fn start_control(
+    env: &Env,
+    host: IpAddr,
+    label: &str,
+    tag: &str,
+    resources: &str,
+) -> anyhow::Result<Control> {
     let (http, grpc) = (
         SocketAddr::new(host, CONTROL_HTTP),
         SocketAddr::new(host, CONTROL_GRPC),
@@ -468,6 +506,8 @@ async fn start_control(env: &Env, host: IpAddr, label: &str, tag: &str) -> anyho
         .arg(http.to_string())
         .arg("--grpc")
         .arg(grpc.to_string())
+        .arg("--otlp")
+        .arg(std::net::SocketAddr::new(http.ip(), 0).to_string())
         .env("SKEIN_LOG", "warn");
     let log = env.dir.path().join(format!("{tag}-control.log"));
     let mut proc = Proc::spawn(&format!("{label} control"), cmd, &log)?;
@@ -481,7 +521,7 @@ async fn start_control(env: &Env, host: IpAddr, label: &str, tag: &str) -> anyho
         ca,
     };
     let file = env.dir.path().join(format!("{tag}-resources.yaml"));
-    std::fs::write(&file, RESOURCES).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&file, resources).with_context(|| format!("cannot write {}", file.display()))?;
     control.cli(env, &["apply", "-f", &file.display().to_string()])?;
     Ok(control)
 }
@@ -655,7 +695,7 @@ fn proxy_yaml(config: &ProxyConfig) -> String {
         out.push('\n');
     }
     let (Ok(serde_json::Value::Object(set)), Ok(serde_json::Value::Object(default))) = (
-        serde_json::to_value(config.telemetry),
+        serde_json::to_value(&config.telemetry),
         serde_json::to_value(TelemetryConfig::default()),
     ) else {
         // Not a map: keep the block as written.
@@ -712,7 +752,7 @@ mod tests {
                 requests: pair.telemetry_requests,
                 ..TelemetryConfig::default()
             };
-            let server = server_config(pair.inbound, telemetry);
+            let server = server_config(pair.inbound, telemetry.clone());
             server.validate("server").unwrap();
             let client = client_config(pair.outbound, telemetry);
             client.validate("client").unwrap();
@@ -741,7 +781,7 @@ mod tests {
         let mut hosts = vec![ip(150), ip(153), ip(154)];
         hosts.extend(crate::slow::HOSTS);
         hosts.extend(crate::overload::HOSTS);
-        for pair in [SKEIN, SKEIN_TELEMETRY_OFF] {
+        for pair in [SKEIN, SKEIN_TELEMETRY_OFF, SKEIN_TRACING_OFF] {
             hosts.extend([pair.outbound, pair.inbound, pair.control]);
         }
         let n = hosts.len();
@@ -750,5 +790,6 @@ mod tests {
         assert_eq!(hosts.len(), n, "two setups share an address");
         assert_ne!(SKEIN.label, SKEIN_TELEMETRY_OFF.label);
         assert_ne!(SKEIN.tag, SKEIN_TELEMETRY_OFF.tag);
+        assert_ne!(SKEIN_TRACING_OFF.tag, SKEIN_TELEMETRY_OFF.tag);
     }
 }

@@ -37,6 +37,9 @@
 //! GET    /api/v1/why?request_id=ID | ?to=SVC what each proxy decided about that request
 //!                                           (or the latest one to SVC the mesh failed or
 //!                                           retried): {"requestId", "hops"}
+//! GET    /api/v1/traces[?service=S&errors=true&min_duration=100ms&limit=20]
+//!                                           recent traces, newest first: {"traces": […]}
+//! GET    /api/v1/traces/{trace_id}          one trace's spans, earliest first
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -125,6 +128,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/policy/suggest", get(policy_suggest))
         .route("/api/v1/prometheus/targets", get(prometheus_targets))
         .route("/api/v1/why", get(why))
+        .route("/api/v1/traces", get(traces))
+        .route("/api/v1/traces/{id}", get(trace))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -519,6 +524,66 @@ async fn why(
     let hops = api.central.why.of(&id);
     Ok(Json(
         json!({ "requestId": id, "hops": hops, "replica": api.replica }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TracesQuery {
+    service: Option<String>,
+    errors: Option<bool>,
+    min_duration: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Recent traces matching the query, newest first.
+async fn traces(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<TracesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let min = match q.min_duration.as_deref() {
+        None | Some("") => std::time::Duration::ZERO,
+        Some(text) => skein_model::duration::parse(text).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("min_duration {text:?} is not a duration; use e.g. 100ms or 2s"),
+            )
+        })?,
+    };
+    let filter = crate::telemetry::traces::Filter {
+        service: q.service.filter(|s| !s.is_empty()),
+        errors: q.errors.unwrap_or(false),
+        min_duration_us: min.as_micros() as u64,
+        limit: q.limit.unwrap_or(20),
+    };
+    let (kept, bytes) = api.central.traces.size();
+    Ok(Json(json!({
+        "traces": api.central.traces.list(&filter),
+        "kept": kept,
+        "bytes": bytes,
+        "replica": api.replica,
+    })))
+}
+
+/// One trace's spans, earliest first.
+async fn trace(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a trace ID; give its 32 hex digits (from `skein trace list` or a traceparent header)"),
+        ));
+    }
+    let id = id.to_ascii_lowercase();
+    let spans = api.central.traces.show(&id).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("trace {id} is not kept here: not sampled, not yet reported (proxies report every few seconds), or older than the newest 10,000 traces"),
+        )
+    })?;
+    Ok(Json(
+        json!({ "traceId": id, "spans": spans, "replica": api.replica }),
     ))
 }
 

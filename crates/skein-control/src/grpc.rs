@@ -402,6 +402,11 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
         mesh.ambiguous_paths,
     );
     snapshot.authorization = Some(skein_api::convert::authorization_to_wire(&authorization));
+    snapshot.tracing = Some(skein_api::v1::Tracing {
+        sampling_percent: mesh.tracing.sampling_percent,
+        collector: mesh.tracing.collector.clone().unwrap_or_default(),
+        disabled: !mesh.tracing.enabled,
+    });
     snapshot
 }
 

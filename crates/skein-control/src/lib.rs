@@ -6,6 +6,7 @@
 pub mod api;
 pub mod grpc;
 pub mod limits;
+pub mod otlp;
 pub mod pki;
 pub mod policy_check;
 pub mod registrar;

@@ -139,6 +139,7 @@ impl Registry {
                     state.default_policy = m.spec.default_policy;
                     state.encoded_slashes = m.spec.encoded_slashes;
                     state.ambiguous_paths = m.spec.ambiguous_paths;
+                    state.tracing = m.spec.tracing.clone();
                 }
                 Resource::AuthorizationPolicy(p) => {
                     state.policies.push(skein_model::authz::Policy {

@@ -56,6 +56,8 @@ pub struct ControlOptions {
     /// etcd (whoever reads etcd must not read the CA's keys); optional with the embedded
     /// store, whose file is the control plane's own (0600 in a 0700 directory).
     pub secrets_key: Option<crate::secrets::SecretsKey>,
+    /// The OTLP/gRPC receiver's listener (applications' spans); `None`: no receiver.
+    pub otlp: Option<SocketAddr>,
 }
 
 /// Why the control plane could not start.
@@ -76,6 +78,8 @@ pub enum ControlError {
 pub struct RunningControl {
     /// Where the HTTP API listens.
     pub http: SocketAddr,
+    /// Where the OTLP receiver listens, if it does.
+    pub otlp: Option<SocketAddr>,
     /// Where proxies connect.
     pub grpc: SocketAddr,
     /// The admin token.
@@ -248,9 +252,28 @@ impl RunningControl {
                 tracing::error!(error = %e, "proxy gRPC API stopped");
             }
         });
-        tracing::info!(http = %http_addr, grpc = %grpc_addr, "control plane ready");
+        let otlp = match opts.otlp {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    io(
+                        &format!("cannot listen on {addr} for OTLP spans (--otlp; `--otlp off` runs without the receiver)"),
+                        e,
+                    )
+                })?;
+                let bound = listener.local_addr().map_err(|e| io("local address", e))?;
+                tasks.spawn(crate::otlp::serve(
+                    listener,
+                    central.clone(),
+                    shutdown.clone(),
+                ));
+                Some(bound)
+            }
+        };
+        tracing::info!(http = %http_addr, grpc = %grpc_addr, otlp = ?otlp, "control plane ready");
         Ok(RunningControl {
             http: http_addr,
+            otlp,
             grpc: grpc_addr,
             token,
             registry,

@@ -34,6 +34,8 @@ pub struct MeshState {
     pub ambiguous_paths: skein_model::authz::path::AmbiguousPaths,
     /// Every AuthorizationPolicy, sorted by namespace and name.
     pub policies: Vec<skein_model::authz::Policy>,
+    /// How proxies sample and export spans.
+    pub tracing: skein_model::TracingSpec,
 }
 
 impl Default for MeshState {
@@ -50,6 +52,7 @@ impl Default for MeshState {
             encoded_slashes: Default::default(),
             ambiguous_paths: Default::default(),
             policies: Vec::new(),
+            tracing: Default::default(),
         }
     }
 }

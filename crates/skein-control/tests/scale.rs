@@ -96,6 +96,7 @@ async fn five_hundred_watch_streams_all_get_one_change() {
         workload_cidrs: Vec::new(),
         limits: Default::default(),
         secrets_key: None,
+        otlp: None,
     })
     .await
     .expect("start the control plane");

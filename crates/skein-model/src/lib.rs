@@ -11,6 +11,7 @@ pub mod latency;
 pub mod proxy;
 pub mod resource;
 pub mod time;
+pub mod trace_settings;
 
 pub use proxy::{
     AdminConfig, AppLimit, Destination, DestinationPolicy, DestinationRoute, Endpoint,
@@ -18,6 +19,7 @@ pub use proxy::{
     Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
+pub use trace_settings::TracingSpec;
 
 /// A problem found while reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -49,7 +49,7 @@ pub struct ProxyConfig {
 }
 
 /// What the proxy records about traffic (see `docs/telemetry.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Per-request and per-TCP-edge golden signals (counts, latency histograms, bytes by
@@ -60,6 +60,10 @@ pub struct TelemetryConfig {
     /// (100ms to 60s). Default `5s`.
     #[serde(default = "default_summary_interval", with = "crate::duration")]
     pub summary_interval: Duration,
+    /// Tracing: the sampling percentage of new traces and an OTLP collector. Under a
+    /// control plane, the Mesh's `spec.tracing` replaces it.
+    #[serde(default)]
+    pub tracing: crate::TracingSpec,
 }
 
 impl Default for TelemetryConfig {
@@ -67,6 +71,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             requests: true,
             summary_interval: default_summary_interval(),
+            tracing: Default::default(),
         }
     }
 }
@@ -472,6 +477,11 @@ impl ProxyConfig {
         if interval < Duration::from_millis(100) || interval > Duration::from_secs(60) {
             let v = crate::duration::format(interval);
             bad("telemetry.summaryInterval".into(), v, "100ms to 60s");
+        }
+        let mut p = crate::resource::validate::Problems::new();
+        self.telemetry.tracing.validate("telemetry.tracing", &mut p);
+        for e in p.into_vec() {
+            bad(e.path, e.value, &e.expected);
         }
         for (i, policy) in self.authorization.policies.iter().enumerate() {
             let at = format!("authorization.policies[{i}]");

@@ -34,6 +34,7 @@ pub mod request;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod spans;
 pub mod state;
 pub mod telemetry;
 pub mod trace;
@@ -84,6 +85,8 @@ pub struct Ctx {
     /// Where the admin listener was bound (announced to the control plane for
     /// Prometheus service discovery).
     pub admin_addr: std::sync::OnceLock<SocketAddr>,
+    /// Where spans go (the control plane, a collector).
+    pub spans: Arc<spans::Spans>,
     /// Telemetry summaries waiting for the control-plane stream.
     pub summaries: telemetry::summary::Outbox,
     /// This workload's account, once its certificate says (see [`Ctx::own_account`]).
@@ -152,6 +155,7 @@ impl Ctx {
         self.retry_budget
             .retain(|key| state.destinations.has_key(key));
         self.show_app_limit(&state);
+        self.spans.configure(&state.config.telemetry.tracing);
         self.state.store(state);
         Ok(())
     }
@@ -232,9 +236,13 @@ impl RunningProxy {
         let peer_connector: Arc<dyn Connect> =
             Arc::new(identity::PeerConnector::new(identity.clone()));
         let app_connector: Arc<dyn Connect> = Arc::new(TcpConnector::default());
+        let metrics = Arc::new(Metrics::new());
+        let spans = Arc::new(spans::Spans::new(&config.workload, metrics.clone()));
+        spans.configure(&config.telemetry.tracing);
         let ctx = Arc::new(Ctx {
             state: StateCell::new(State::new(config, None)),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            spans,
             peers: Arc::new(H2Pool::new(peer_connector)),
             mirrors: limit::Limiter::new(outbound::MIRRORS_IN_FLIGHT, 0),
             app_h1: H1Pool::new(app_connector.clone()),

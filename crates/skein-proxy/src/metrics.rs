@@ -106,6 +106,16 @@ pub struct EjectionLabels {
     pub endpoint: String,
 }
 
+/// Labels for spans.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `control_plane` or `collector`.
+    pub destination: &'static str,
+    /// `sent` or `dropped_full` (the bounded buffer was full), `dropped_failed` (the
+    /// collector refused or did not answer in time), `dropped_unsent` (never sent).
+    pub result: &'static str,
+}
+
 /// Labels for per-direction counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabels {
@@ -133,6 +143,8 @@ pub struct Metrics {
     limit_log: std::sync::Mutex<HashMap<(String, &'static str), std::time::Instant>>,
     /// Mirrored requests (`RequestMirror`), by result.
     pub mirrors: Family<ResultLabels, Counter>,
+    /// Spans recorded, by where they go and what became of them.
+    pub spans: Family<SpanLabels, Counter>,
     /// Endpoints ejected by outlier detection, by destination service and endpoint.
     pub ejections: Family<EjectionLabels, Counter>,
     /// Connections whose protocol was decided by the detection timeout.
@@ -210,6 +222,7 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             mirrors: Family::default(),
+            spans: Family::default(),
             limit_refusals: Family::default(),
             limit_log: Default::default(),
             detect_timeouts: Family::default(),
@@ -291,6 +304,11 @@ impl Metrics {
             "limit_refusals",
             "Requests and connections refused at once by a BackendPolicy limit, by direction, service, policy and limit",
             m.limit_refusals.clone(),
+        );
+        registry.register(
+            "trace_spans",
+            "Spans this proxy recorded, by destination (control_plane, collector) and result (sent, dropped_full, dropped_failed)",
+            m.spans.clone(),
         );
         registry.register(
             "route_mirrors",
@@ -455,6 +473,16 @@ impl Metrics {
             log.insert(key, now);
             tracing::warn!(direction = direction.as_str(), %err, "refusing at once (logged once per 10 s per service and limit; skein_limit_refusals_total counts every one)");
         }
+    }
+
+    /// Counts `n` spans bound for `destination` by `result`.
+    pub fn spans(&self, destination: &'static str, result: &'static str, n: u64) {
+        self.spans
+            .get_or_create(&SpanLabels {
+                destination,
+                result,
+            })
+            .inc_by(n);
     }
 
     /// Counts one mirrored request by `result`.

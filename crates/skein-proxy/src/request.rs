@@ -64,6 +64,8 @@ pub struct Record {
     /// Whether the response carries it back (not to a peer proxy that sent it: that
     /// proxy sets it on the response itself, so the ID crosses the hop once).
     pub id_on_response: bool,
+    /// Its trace context and what its span needs ([`crate::spans`]); none for tunnels.
+    pub trace: Option<crate::spans::Traced>,
 }
 
 impl Record {
@@ -113,6 +115,7 @@ impl Record {
             recorded: true,
             request_id: None,
             id_on_response: true,
+            trace: None,
         }
     }
 }
@@ -204,7 +207,7 @@ pub fn finish(
     rec: Record,
     result: Result<Response<Body>, ProxyError>,
 ) -> Response<Body> {
-    let (resp, error) = match result {
+    let (resp, error, why) = match result {
         Ok(resp) => {
             // A peer proxy's own error (e.g. its authorization denied the request): the
             // caller's side counts it too, without reading the server's metrics.
@@ -226,9 +229,11 @@ pub fn finish(
                         format!("{status} from the peer proxy: {reason}, after {n} tries")
                     }
                 };
-                decide(ctx, &rec, status, error, why);
+                decide(ctx, &rec, status, error, why.clone());
+                (resp, error, Some(why))
+            } else {
+                (resp, error, None)
             }
-            (resp, error)
         }
         Err(e) => {
             ctx.metrics.error(rec.direction, e.reason());
@@ -249,8 +254,9 @@ pub fn finish(
                 error = %e,
                 "the mesh answered the request itself"
             );
-            decide(ctx, &rec, resp.status().as_u16(), e.reason(), e.to_string());
-            (resp, e.reason())
+            let why = e.to_string();
+            decide(ctx, &rec, resp.status().as_u16(), e.reason(), why.clone());
+            (resp, e.reason(), Some(why))
         }
     };
     let mut resp = resp;
@@ -268,7 +274,12 @@ pub fn finish(
         latency_us = latency.as_micros() as u64,
         "response headers"
     );
-    if !rec.recorded {
+    // Sampled, or failed by the mesh: recorded whatever the sampling ratio.
+    let traced = rec
+        .trace
+        .as_ref()
+        .is_some_and(|t| t.ctx.sampled || !error.is_empty());
+    if !rec.recorded && !traced {
         return resp;
     }
     let status = resp.status().as_u16();
@@ -282,6 +293,7 @@ pub fn finish(
         grpc_status,
         error,
         response_bytes: 0,
+        spans: traced.then(|| (ctx.spans.clone(), why)),
     };
     // A response without a body ends with its headers: recorded now, before the client
     // can see it, and nothing to wrap.
@@ -313,11 +325,34 @@ struct End {
     grpc_status: Option<u8>,
     error: &'static str,
     response_bytes: u64,
+    /// Where its spans go, and the mesh's words when it failed it (traced requests).
+    spans: Option<(Arc<crate::spans::Spans>, Option<String>)>,
 }
 
 impl End {
     fn record(self) {
         let rec = self.rec;
+        if let (Some((spans, why)), Some(t)) = (self.spans, &rec.trace) {
+            let outcome = crate::spans::Outcome {
+                status: self.status,
+                grpc_status: self.grpc_status,
+                error: self.error,
+                why,
+                request_bytes: rec.body_bytes(),
+                response_bytes: self.response_bytes,
+            };
+            let now = Instant::now();
+            spans.record(crate::spans::build(
+                &rec,
+                t,
+                &outcome,
+                now,
+                std::time::SystemTime::now(),
+            ));
+        }
+        if !rec.recorded {
+            return;
+        }
         if let Some((port, method, prefix)) = &rec.pathway {
             self.telemetry.pathway(crate::telemetry::PathwayKey {
                 src: rec.src.clone(),

@@ -166,6 +166,8 @@ impl ControlProcess {
             .arg(http.to_string())
             .arg("--grpc")
             .arg(grpc.to_string())
+            .arg("--otlp")
+            .arg(SocketAddr::new(http.ip(), 0).to_string())
             .args(extra)
             .env(
                 "SKEIN_LOG",

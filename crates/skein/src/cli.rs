@@ -423,8 +423,8 @@ pub(crate) fn align<H: AsRef<str>>(headers: &[H], rows: &[Vec<String>]) -> Strin
     let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
-                .map(|r| r[c].len())
-                .chain([headers[c].as_ref().len()])
+                .map(|r| r[c].chars().count())
+                .chain([headers[c].as_ref().chars().count()])
                 .max()
                 .unwrap_or(0)
         })

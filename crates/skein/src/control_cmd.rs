@@ -25,6 +25,10 @@ pub struct ControlArgs {
     /// Proxy gRPC API listen address.
     #[arg(long, default_value = "0.0.0.0:9991")]
     grpc: SocketAddr,
+    /// OTLP/gRPC receiver for applications' spans (`skein trace` shows them with the
+    /// proxies'), or `off`.
+    #[arg(long, default_value = "127.0.0.1:4317", value_parser = parse_otlp)]
+    otlp: OtlpAddr,
     /// How long a workload whose proxy disconnected stays an endpoint.
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     workload_grace: Duration,
@@ -56,6 +60,19 @@ pub struct ControlArgs {
     /// Or set SKEIN_SECRETS_KEY (never on the command line, where `ps` shows it).
     #[arg(long, value_name = "FILE")]
     secrets_key_file: Option<PathBuf>,
+}
+
+/// `--otlp`: an address, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct OtlpAddr(Option<SocketAddr>);
+
+fn parse_otlp(text: &str) -> Result<OtlpAddr, String> {
+    if text == "off" {
+        return Ok(OtlpAddr(None));
+    }
+    text.parse().map(|a| OtlpAddr(Some(a))).map_err(|_| {
+        format!("{text:?} is not an address; use IP:PORT (e.g. 127.0.0.1:4317) or off")
+    })
 }
 
 /// The secrets key from `--secrets-key-file` or `SKEIN_SECRETS_KEY`, if given.
@@ -141,6 +158,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         workload_cidrs: args.workload_cidrs.clone(),
         limits: Default::default(),
         secrets_key: secrets_key(&args)?,
+        otlp: args.otlp.0,
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

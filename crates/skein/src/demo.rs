@@ -113,6 +113,7 @@ async fn run_in(
         workload_cidrs: Vec::new(),
         limits: Default::default(),
         secrets_key: None,
+        otlp: None,
     })
     .await
     .context("cannot start the demo's control plane")?;

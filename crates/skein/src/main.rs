@@ -6,6 +6,7 @@ mod control_cmd;
 mod demo;
 mod proxy_cmd;
 mod signals;
+mod trace_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -153,6 +154,10 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// Recent traces from the control plane's store (proxies' spans and applications'
+    /// own, received over OTLP), and one trace as a waterfall.
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// Caller → service pairs with their signals, and whether each is mutual TLS.
     ///
     /// Callers are the accounts their certificates prove, as the callee's proxy saw them;
@@ -217,6 +222,42 @@ enum Command {
         /// Loopback network 127.0.N.0/24 the demo's workloads use.
         #[arg(long, default_value_t = 77)]
         net: u8,
+    },
+}
+
+#[derive(Subcommand)]
+enum TraceCommand {
+    /// Recent traces, newest first: trace ID, start, duration, spans, errors, root span.
+    List {
+        /// Only traces with a span of this service (NAME or NAMESPACE/NAME).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only traces with a failed span.
+        #[arg(long)]
+        errors: bool,
+        /// Only traces at least this long (e.g. 100ms, 2s).
+        #[arg(long)]
+        min_duration: Option<String>,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// One trace as a waterfall: each span under its parent, with its duration and a bar
+    /// where it ran, and what went wrong.
+    Show {
+        /// The trace ID: 32 hex digits (`skein trace list`, or a `traceparent` header's
+        /// second field).
+        trace_id: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::Target,
     },
 }
 
@@ -351,6 +392,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Stat { .. }
             | Command::Edges { .. }
             | Command::Why { .. }
+            | Command::Trace(_)
             | Command::Map { .. }
             | Command::Tap { .. }
             | Command::Top { .. }
@@ -453,6 +495,22 @@ fn run() -> anyhow::Result<()> {
                 json,
                 target,
             } => signals::why(&target, request_id.as_deref(), to.as_deref(), json).await,
+            Command::Trace(TraceCommand::List {
+                service,
+                errors,
+                min_duration,
+                limit,
+                json,
+                target,
+            }) => {
+                let min = min_duration.as_deref();
+                trace_cmd::list(&target, service.as_deref(), errors, min, limit, json).await
+            }
+            Command::Trace(TraceCommand::Show {
+                trace_id,
+                json,
+                target,
+            }) => trace_cmd::show(&target, &trace_id, json).await,
             Command::Tap {
                 filter,
                 json,

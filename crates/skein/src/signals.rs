@@ -227,7 +227,7 @@ impl TapFilter {
 }
 
 /// `path?k=v&…` with each given value percent-encoded; absent ones left out.
-fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+pub(crate) fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
     let query: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
@@ -236,7 +236,7 @@ fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
 }
 
 /// Percent-encodes a query value.
-fn encode(v: &str) -> String {
+pub(crate) fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {

@@ -33,6 +33,8 @@ impl Control {
                 &format!("{ip}:9990"),
                 "--grpc",
                 &format!("{ip}:9991"),
+                "--otlp",
+                &format!("{ip}:0"),
             ])
             .env("SKEIN_LOG", "warn")
             .stdin(Stdio::null())

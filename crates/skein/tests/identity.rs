@@ -328,6 +328,7 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
         workload_cidrs: Vec::new(),
         limits: Default::default(),
         secrets_key: None,
+        otlp: None,
     })
     .await
     .unwrap();

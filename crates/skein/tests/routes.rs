@@ -104,6 +104,7 @@ async fn control_at(host: u8) -> (RunningControl, skein_testkit::control::TempDi
         workload_cidrs: Vec::new(),
         limits: Default::default(),
         secrets_key: None,
+        otlp: None,
     })
     .await
     .unwrap();

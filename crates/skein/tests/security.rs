@@ -433,6 +433,7 @@ async fn etcd_replicas_seal_the_ca_and_admin_token_and_race_a_single_use_token_o
             workload_cidrs: Vec::new(),
             limits: Default::default(),
             secrets_key: Some(key.clone()),
+            otlp: None,
         };
     let r1 = RunningControl::start(replica(191, d1.path(), "r1"))
         .await

@@ -16,6 +16,7 @@
 
 pub mod query;
 pub mod suggest;
+pub mod traces;
 pub mod why;
 
 use skein_api::v1 as pb;
@@ -281,6 +282,8 @@ pub struct Central {
     last_sweep: std::sync::atomic::AtomicI64,
     /// What proxies decided about requests the mesh failed or retried (`skein why`).
     pub why: why::Why,
+    /// Recent traces (`skein trace`).
+    pub traces: traces::Traces,
 }
 
 impl Central {
@@ -319,6 +322,17 @@ impl Central {
             &format!("{}/{}", from.namespace, from.workload),
             &s.decisions,
         );
+        if !s.spans.is_empty() {
+            let origin = traces::Origin::Proxy {
+                namespace: &from.namespace,
+                service: &from.account,
+                workload: &from.workload,
+            };
+            let n = s.spans.len().min(traces::PER_SUMMARY);
+            if let Some(r) = self.traces.add_proxy(origin, &s.spans[..n]) {
+                tracing::debug!(workload = %from.workload, spans = r.spans, why = %r.why, "refused spans from a proxy");
+            }
+        }
         let start = now - now.rem_euclid(SLOT_SECS);
         let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
         let swept = &self.last_sweep;

@@ -49,6 +49,10 @@ pub struct MeshSpec {
     /// for a Mesh stored before this field existed.
     #[serde(default)]
     pub ambiguous_paths: AmbiguousPaths,
+    /// How proxies trace requests: the sampling percentage of new traces (default 1) and
+    /// an OTLP collector to export to (default none: the control plane keeps them).
+    #[serde(default)]
+    pub tracing: crate::TracingSpec,
 }
 
 impl Default for MeshSpec {
@@ -60,6 +64,7 @@ impl Default for MeshSpec {
             workload_cert_ttl: default_cert_ttl(),
             encoded_slashes: EncodedSlashes::default(),
             ambiguous_paths: AmbiguousPaths::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -99,6 +104,7 @@ impl MeshSpec {
             MAX_CERT_TTL,
             "a duration from 5s to 2160h (90 days)",
         );
+        self.tracing.validate("spec.tracing", p);
     }
 }
 
@@ -132,7 +138,7 @@ mod tests {
         assert_eq!(spec.ambiguous_paths, AmbiguousPaths::Reject);
         assert_eq!(
             serde_json::to_string(&spec).unwrap(),
-            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject","ambiguousPaths":"reject"}"#
+            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject","ambiguousPaths":"reject","tracing":{"enabled":true,"samplingPercent":1.0}}"#
         );
     }
 

@@ -179,7 +179,11 @@ spec:
     "defaultPolicy": "allow",
     "workloadCertTTL": "1h",
     "encodedSlashes": "reject",
-    "ambiguousPaths": "reject"
+    "ambiguousPaths": "reject",
+    "tracing": {
+      "enabled": true,
+      "samplingPercent": 1.0
+    }
   }
 }"#
     );

@@ -406,6 +406,7 @@ fn apply_denied(ctx: &Ctx, identity: &Identity, denied: DenyList) {
 pub async fn report(ctx: Arc<Ctx>) {
     let mut summarizer = crate::telemetry::summary::Summarizer::default();
     let mut dropped = 0;
+    ctx.spans.send_to_control_plane();
     loop {
         let interval = ctx.config().telemetry.summary_interval;
         tokio::select! {
@@ -417,9 +418,13 @@ pub async fn report(ctx: Arc<Ctx>) {
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
         let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
-        if let Some(summary) =
-            summarizer.take(&ctx.metrics.telemetry, &ctx.decisions, now_ms, interval_ms)
-        {
+        if let Some(summary) = summarizer.take(
+            &ctx.metrics.telemetry,
+            &ctx.decisions,
+            &ctx.spans,
+            now_ms,
+            interval_ms,
+        ) {
             ctx.summaries.push(summary);
         }
         let now_dropped = ctx.summaries.dropped();

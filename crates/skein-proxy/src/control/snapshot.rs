@@ -84,6 +84,13 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
         max_pending_requests: l.max_pending_requests,
         adaptive: l.adaptive.as_ref().map(convert::adaptive_from_wire),
     });
+    if let Some(t) = &snapshot.tracing {
+        next.telemetry.tracing = skein_model::TracingSpec {
+            enabled: !t.disabled,
+            sampling_percent: t.sampling_percent,
+            collector: (!t.collector.is_empty()).then(|| t.collector.clone()),
+        };
+    }
     // A control plane always sends who may call this workload. Without it (a control
     // plane from before typed authorization), keeping the file's policy could allow
     // what the mesh denies: refuse instead.

@@ -35,6 +35,10 @@ pub async fn forward(
     if let Some(id) = &rec.request_id {
         parts.headers.insert(headers::REQUEST_ID, id.clone());
     }
+    // The application's own spans are children of this proxy's.
+    if let Some(t) = &rec.trace {
+        crate::trace::inject(&mut parts.headers, &t.ctx);
+    }
     let authority = parts.uri.authority().cloned();
     let path = parts
         .uri

@@ -26,14 +26,15 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// many distinct callers).
 const MAX_PAIRS: usize = 4096;
 
-/// Decides an HTTP request on `port`; on success `req` carries the normalised path.
+/// Decides an HTTP request on `port`; on success `req` carries the normalised path, and
+/// the decision (allowed or audited) is returned.
 pub fn http<B>(
     ctx: &Ctx,
     config: &ProxyConfig,
     caller: &Caller,
     req: &mut Request<B>,
     port: u16,
-) -> Result<(), ProxyError> {
+) -> Result<Decision, ProxyError> {
     let policy = &config.authorization;
     let normal = policy
         .normalize_path(req.uri().path())
@@ -51,7 +52,7 @@ pub fn http<B>(
         }),
     };
     let decision = policy.decide(&caller.as_authz(), &request);
-    record(ctx, caller, &config.workload.service, port, &decision)
+    record(ctx, caller, &config.workload.service, port, decision)
 }
 
 /// The pathway an authorized request took (its port, method and normalised path prefix).
@@ -65,7 +66,7 @@ pub fn pathway<B>(req: &Request<B>, port: u16) -> (u16, &'static str, crate::tel
 pub fn tcp(ctx: &Ctx, config: &ProxyConfig, caller: &Caller, port: u16) -> Result<(), ProxyError> {
     let request = authz::Request { port, http: None };
     let decision = config.authorization.decide(&caller.as_authz(), &request);
-    record(ctx, caller, &config.workload.service, port, &decision)
+    record(ctx, caller, &config.workload.service, port, decision).map(|_| ())
 }
 
 /// Counts and (rate-limited) logs the decision; a denial becomes the error returned.
@@ -74,8 +75,8 @@ fn record(
     caller: &Caller,
     target: &str,
     port: u16,
-    decision: &Decision,
-) -> Result<(), ProxyError> {
+    decision: Decision,
+) -> Result<Decision, ProxyError> {
     let source = caller.as_authz();
     ctx.metrics.authz(
         decision.verdict.as_str(),
@@ -107,7 +108,7 @@ fn record(
         }
     }
     if decision.verdict.admits() {
-        Ok(())
+        Ok(decision)
     } else {
         Err(ProxyError::Denied {
             caller: source.label().to_string(),

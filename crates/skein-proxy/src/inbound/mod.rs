@@ -231,6 +231,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // Callers here are proxies: one that sent an ID puts it on the response itself.
     rec.id_on_response = !sent;
     rec.dst = Some(state.service.clone());
+    let tracing = &state.config.telemetry.tracing;
+    if tracing.enabled && req.method() != Method::CONNECT {
+        let ratio = tracing.ratio();
+        rec.trace = Some(crate::spans::Traced::new(&req, ratio));
+    }
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =
         (req.method() != Method::CONNECT).then(|| request::Unfinished::new(&ctx, &rec));
@@ -275,7 +280,13 @@ async fn route(
         }
         return tunnel::open(ctx, state, req, port, peer).await;
     }
-    authorize::http(ctx, config, caller, &mut req, port.port)?;
+    let decision = authorize::http(ctx, config, caller, &mut req, port.port)?;
+    if let Some(t) = rec.trace.as_mut().filter(|t| t.ctx.sampled) {
+        t.authz = Some((
+            decision.verdict.as_str(),
+            decision.policy_label().to_string(),
+        ));
+    }
     if rec.recorded {
         rec.pathway = Some(authorize::pathway(&req, port.port));
     }

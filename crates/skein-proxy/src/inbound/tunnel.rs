@@ -108,7 +108,8 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             rec.for_taps(&ctx, &req);
             rec.request_id = Some(crate::ids::request_id(req.headers()).0);
             rec.dst = Some(state.service.clone());
-            let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
+            let authorized =
+                super::authorize::http(&ctx, config, caller, &mut req, port.port).map(|_| ());
             if authorized.is_ok() && rec.recorded {
                 rec.pathway = Some(super::authorize::pathway(&req, port.port));
             }

@@ -59,6 +59,11 @@ async fn handle(
     rec.recorded = state.config.telemetry.requests && req.method() != Method::CONNECT;
     rec.for_taps(ctx, &req);
     rec.request_id = Some(crate::ids::request_id(req.headers()).0);
+    let tracing = &state.config.telemetry.tracing;
+    if tracing.enabled && req.method() != Method::CONNECT {
+        let ratio = tracing.ratio();
+        rec.trace = Some(crate::spans::Traced::new(&req, ratio));
+    }
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {
@@ -250,7 +255,14 @@ async fn tries<'r>(
         let deadline = try_deadline(rule, started, tokio::time::Instant::now());
         let picked = backend.pick(tried)?;
         rec.endpoint = Some(picked.upstream.addr);
-        let req = requests.next();
+        let mut req = requests.next();
+        // Each try is a span of its own, the parent of the callee's.
+        let try_span = rec.trace.as_ref().map(|t| {
+            let id = crate::ids::random_u128() as u64 | 1;
+            crate::trace::inject(req.headers_mut(), &t.for_try(id));
+            id
+        });
+        let try_started = std::time::Instant::now();
         let send = ctx.peers.send(&picked.upstream, req);
         // Dropping the send on expiry resets the stream to the peer, which drops the
         // application request.
@@ -261,6 +273,32 @@ async fn tries<'r>(
                 .map_err(|_| rule.timeout(&d)),
         };
         learn(ctx, backend, &picked, &sent);
+        if let (Some(t), Some(span_id)) = (rec.trace.as_mut(), try_span) {
+            let (status, error) = match &sent {
+                Ok(Ok(resp)) => (
+                    resp.status().as_u16(),
+                    resp.headers()
+                        .get(headers::ERROR)
+                        .map_or("", |v| ProxyError::reason_of(v.as_bytes())),
+                ),
+                Ok(Err(e)) | Err(e) => (0, e.reason()),
+            };
+            t.tries.push(crate::spans::Try {
+                span_id,
+                started: try_started,
+                ended: std::time::Instant::now(),
+                endpoint: picked.upstream.addr,
+                status,
+                error,
+            });
+            if let (true, None, Some((_, _, d))) = (t.ctx.sampled, &t.timeout, &deadline) {
+                t.timeout = Some(format!(
+                    "{} {}",
+                    d.field,
+                    skein_model::duration::format(d.after)
+                ));
+            }
+        }
         if let Some(retry) = retry {
             let outcome = match &sent {
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
@@ -538,6 +576,9 @@ async fn upgrade(
     headers::strip_internal(req.headers_mut());
     if let Some(id) = &rec.request_id {
         req.headers_mut().insert(headers::REQUEST_ID, id.clone());
+    }
+    if let Some(t) = &rec.trace {
+        crate::trace::inject(req.headers_mut(), &t.ctx);
     }
     let origin_form = req
         .uri()

@@ -57,6 +57,7 @@ impl Summarizer {
         &mut self,
         t: &Telemetry,
         decisions: &crate::decisions::DecisionLog,
+        spans: &crate::spans::Spans,
         taken_unix_ms: i64,
         interval_ms: u32,
     ) -> Option<pb::Summary> {
@@ -123,7 +124,9 @@ impl Summarizer {
         self.folded = folded;
         let decisions: Vec<pb::Decision> =
             decisions.take_pending().into_iter().map(decision).collect();
+        let (spans, dropped_spans) = spans.take_for_summary();
         if requests.is_empty()
+            && spans.is_empty()
             && tcp.is_empty()
             && pathways.is_empty()
             && folded_delta == 0
@@ -143,6 +146,8 @@ impl Summarizer {
             dropped_summaries: 0,
             pathways,
             decisions,
+            spans,
+            dropped_spans,
         })
     }
 }
@@ -291,15 +296,22 @@ mod tests {
     fn summaries_carry_what_moved_since_the_last_one() {
         let t = Telemetry::default();
         let mut s = Summarizer::default();
+        let workload = skein_model::WorkloadInfo {
+            name: "web-1".into(),
+            service: "web".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+        };
+        let spans = crate::spans::Spans::new(&workload, Default::default());
         assert!(
-            s.take(&t, &Default::default(), 0, 1000).is_none(),
+            s.take(&t, &Default::default(), &spans, 0, 1000).is_none(),
             "nothing recorded"
         );
         for _ in 0..3 {
             t.request(key(200), ended(5, 0));
         }
         t.request(key(503), ended(50, 2));
-        let first = s.take(&t, &Default::default(), 1, 1000).unwrap();
+        let first = s.take(&t, &Default::default(), &spans, 1, 1000).unwrap();
         assert_eq!(first.sequence, 1);
         assert_eq!(first.requests.len(), 2);
         let ok = first
@@ -333,7 +345,7 @@ mod tests {
         t.pathway(menu);
 
         t.request(key(200), ended(5, 0));
-        let second = s.take(&t, &Default::default(), 2, 1000).unwrap();
+        let second = s.take(&t, &Default::default(), &spans, 2, 1000).unwrap();
         assert_eq!(second.sequence, 2);
         assert_eq!(second.requests.len(), 1, "only the series that moved");
         assert_eq!(second.requests[0].count, 1, "a delta, not a total");
@@ -342,7 +354,7 @@ mod tests {
             (second.pathways[0].prefix.as_str(), second.pathways[0].count),
             ("/menu/*", 2)
         );
-        assert!(s.take(&t, &Default::default(), 3, 1000).is_none());
+        assert!(s.take(&t, &Default::default(), &spans, 3, 1000).is_none());
     }
 
     #[test]

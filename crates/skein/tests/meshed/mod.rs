@@ -39,6 +39,7 @@ pub async fn control_with(
         workload_cidrs: Vec::new(),
         limits,
         secrets_key: None,
+        otlp: Some(SocketAddr::new(loopback(octet), 0)),
     })
     .await
     .expect("start the control plane")
