@@ -103,6 +103,9 @@ pub struct RunningControl {
     tasks: tokio::task::JoinSet<()>,
 }
 
+/// The largest message a proxy may send on its stream (a telemetry summary with spans).
+pub const MAX_PROXY_MESSAGE: usize = 8 << 20;
+
 /// Lease of the leader election: a dead leader is replaced within about this long.
 const LEADER_TTL: Duration = Duration::from_secs(5);
 
@@ -246,7 +249,12 @@ impl RunningControl {
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 // A proxy needs one Sync stream and now and then a Certify.
                 .max_concurrent_streams(Some(16))
-                .add_service(skein_api::v1::proxy_control_server::ProxyControlServer::new(svc))
+                // A summary is bounded by the proxy (spans at most 1 MiB, decisions 256,
+                // series by its telemetry ceiling); this is the limit, said outright.
+                .add_service(
+                    skein_api::v1::proxy_control_server::ProxyControlServer::new(svc)
+                        .max_decoding_message_size(MAX_PROXY_MESSAGE),
+                )
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "proxy gRPC API stopped");

@@ -84,6 +84,9 @@ pub enum ProxyError {
         reason: String,
         /// `namespace/name`, `default` or `not-allowed` (the `skein-denied-by` header).
         policy: String,
+        /// The whole decision, with the rule that decided or the callers allowed: for the
+        /// proxy's decision log (`skein why`), never for the caller.
+        detail: String,
     },
     /// The request is ambiguous about what it asks for (e.g. which host), so it cannot be
     /// authorized.
@@ -190,6 +193,21 @@ impl ProxyError {
             ProxyError::Injected { status, .. } => {
                 S::from_u16(*status).unwrap_or(S::INTERNAL_SERVER_ERROR)
             }
+        }
+    }
+
+    /// What the mesh's decision log (`skein why`, an operator's view) says about this
+    /// error: its message, and for a denial the whole decision (the rule that decided,
+    /// or the callers the policies allow), which the caller is not told.
+    pub fn explain(&self) -> String {
+        match self {
+            ProxyError::Denied {
+                caller,
+                target,
+                detail,
+                ..
+            } => format!("skein: {caller} may not call {target}: {detail}"),
+            e => e.to_string(),
         }
     }
 

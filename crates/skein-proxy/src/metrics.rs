@@ -109,10 +109,11 @@ pub struct EjectionLabels {
 /// Labels for spans.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SpanLabels {
-    /// `control_plane` or `collector`.
+    /// `control_plane`, `collector`, or `any` (not recorded at all).
     pub destination: &'static str,
     /// `sent` or `dropped_full` (the bounded buffer was full), `dropped_failed` (the
-    /// collector refused or did not answer in time), `dropped_unsent` (never sent).
+    /// collector refused or did not answer in time), `dropped_unsent` (never sent),
+    /// `dropped_rate_limited` (an unsampled failure over the rate).
     pub result: &'static str,
 }
 
@@ -307,7 +308,7 @@ impl Metrics {
         );
         registry.register(
             "trace_spans",
-            "Spans this proxy recorded, by destination (control_plane, collector) and result (sent, dropped_full, dropped_failed)",
+            "Spans this proxy recorded, by destination (control_plane, collector, any) and result (sent, dropped_full, dropped_failed, dropped_unsent, dropped_rate_limited)",
             m.spans.clone(),
         );
         registry.register(

@@ -66,6 +66,10 @@ pub struct Record {
     pub id_on_response: bool,
     /// Its trace context and what its span needs ([`crate::spans`]); none for tunnels.
     pub trace: Option<crate::spans::Traced>,
+    /// Outbound: each try, for its span and the decision log.
+    pub tries: Vec<crate::spans::Try>,
+    /// The rule's `retry.attempts`, when it retries.
+    pub retry_attempts: Option<u32>,
 }
 
 impl Record {
@@ -116,8 +120,30 @@ impl Record {
             request_id: None,
             id_on_response: true,
             trace: None,
+            tries: Vec::new(),
+            retry_attempts: None,
         }
     }
+}
+
+/// What the tries of a retried request (or one whose try ejected its endpoint) were, and
+/// the rule's retry setting, in words; empty for one plain try.
+fn tries_said(rec: &Record) -> String {
+    let ejected = rec.tries.iter().any(|t| t.ejected.is_some());
+    if rec.tries.len() < 2 && !ejected {
+        return String::new();
+    }
+    let mut out = String::new();
+    if let (Some(attempts), Some((route, rule))) = (rec.retry_attempts, &rec.route) {
+        out.push_str(&format!(
+            " (HTTPRoute {route} rule {rule} retry.attempts {attempts})"
+        ));
+    }
+    for (n, t) in rec.tries.iter().enumerate() {
+        out.push_str(if n == 0 { ": " } else { "; " });
+        out.push_str(&t.said(n + 1));
+    }
+    out
 }
 
 /// Keeps what happened to a request the mesh failed or retried ([`crate::decisions`]).
@@ -219,14 +245,25 @@ pub fn finish(
             if !error.is_empty() {
                 ctx.metrics.error(rec.direction, error);
             }
-            if !error.is_empty() || rec.attempts > 1 {
+            let ejected = rec.tries.iter().any(|t| t.ejected.is_some());
+            if !error.is_empty() || rec.attempts > 1 || ejected {
                 // A peer proxy answered for the mesh, or the answer came after retries.
                 let status = resp.status().as_u16();
+                let tries = tries_said(&rec);
                 let why = match (error, rec.attempts) {
-                    ("", n) => format!("{status} from the application after {n} tries"),
-                    (reason, 1) => format!("{status} from the peer proxy: {reason}"),
+                    ("", 1) => format!("{status} from the application{tries}"),
+                    ("", n) => format!("{status} from the application after {n} tries{tries}"),
+                    (reason, 1) => {
+                        // A denial names its policy (`skein-denied-by`), a limit its field.
+                        let by = resp
+                            .headers()
+                            .get(headers::DENIED_BY)
+                            .and_then(|v| v.to_str().ok())
+                            .map_or(String::new(), |p| format!(" (skein-denied-by: {p})"));
+                        format!("{status} from the peer proxy: {reason}{by}{tries}")
+                    }
                     (reason, n) => {
-                        format!("{status} from the peer proxy: {reason}, after {n} tries")
+                        format!("{status} from the peer proxy: {reason}, after {n} tries{tries}")
                     }
                 };
                 decide(ctx, &rec, status, error, why.clone());
@@ -254,7 +291,10 @@ pub fn finish(
                 error = %e,
                 "the mesh answered the request itself"
             );
-            let why = e.to_string();
+            let why = match tries_said(&rec) {
+                tries if tries.is_empty() => e.explain(),
+                tries => format!("{}; after {} tries{tries}", e.explain(), rec.tries.len()),
+            };
             decide(ctx, &rec, resp.status().as_u16(), e.reason(), why.clone());
             (resp, e.reason(), Some(why))
         }
@@ -274,11 +314,9 @@ pub fn finish(
         latency_us = latency.as_micros() as u64,
         "response headers"
     );
-    // Sampled, or failed by the mesh: recorded whatever the sampling ratio.
-    let traced = rec
-        .trace
-        .as_ref()
-        .is_some_and(|t| t.ctx.sampled || !error.is_empty());
+    // Whether its spans are recorded is known when the response ends (sampled, or failed
+    // by the mesh: its answer, or a body cut short).
+    let traced = rec.trace.is_some() && ctx.spans.active();
     if !rec.recorded && !traced {
         return resp;
     }
@@ -293,6 +331,7 @@ pub fn finish(
         grpc_status,
         error,
         response_bytes: 0,
+        body_failed: false,
         spans: traced.then(|| (ctx.spans.clone(), why)),
     };
     // A response without a body ends with its headers: recorded now, before the client
@@ -325,36 +364,56 @@ struct End {
     grpc_status: Option<u8>,
     error: &'static str,
     response_bytes: u64,
+    /// The response body ended with an error (cut by a route timeout, the peer reset it).
+    body_failed: bool,
     /// Where its spans go, and the mesh's words when it failed it (traced requests).
     spans: Option<(Arc<crate::spans::Spans>, Option<String>)>,
 }
 
 impl End {
     fn record(self) {
-        let rec = self.rec;
-        if let (Some((spans, why)), Some(t)) = (self.spans, &rec.trace) {
-            let outcome = crate::spans::Outcome {
-                status: self.status,
-                grpc_status: self.grpc_status,
-                error: self.error,
-                why,
-                request_bytes: rec.body_bytes(),
-                response_bytes: self.response_bytes,
-            };
-            let now = Instant::now();
-            spans.record(crate::spans::build(
-                &rec,
-                t,
-                &outcome,
-                now,
-                std::time::SystemTime::now(),
-            ));
+        let End {
+            telemetry,
+            rec,
+            latency,
+            status,
+            grpc_status,
+            error,
+            response_bytes,
+            body_failed,
+            spans,
+        } = self;
+        if let (Some((spans, why)), Some(t)) = (spans, &rec.trace) {
+            // Sampled, or failed by the mesh (its answer, or a body cut short): recorded
+            // whatever the ratio, within the rate for unsampled failures.
+            let failed = !error.is_empty() || body_failed;
+            if t.ctx.sampled || (failed && spans.allow_forced()) {
+                let (error, why) = match (error, body_failed) {
+                    ("", true) => (
+                        "response_body_failed",
+                        Some(format!(
+                            "the response body ended with an error after {response_bytes} bytes (a route timeout during the body, or the peer reset the stream)"
+                        )),
+                    ),
+                    _ => (error, why),
+                };
+                let outcome = crate::spans::Outcome {
+                    status,
+                    grpc_status,
+                    error,
+                    why,
+                    request_bytes: rec.body_bytes(),
+                    response_bytes,
+                };
+                let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+                spans.record(crate::spans::build(&rec, t, &outcome, now, wall));
+            }
         }
         if !rec.recorded {
             return;
         }
         if let Some((port, method, prefix)) = &rec.pathway {
-            self.telemetry.pathway(crate::telemetry::PathwayKey {
+            telemetry.pathway(crate::telemetry::PathwayKey {
                 src: rec.src.clone(),
                 port: *port,
                 method,
@@ -365,19 +424,19 @@ impl End {
         let request_bytes = rec.body_bytes();
         if let Some(seen) = &rec.tap {
             let dst = rec.dst.clone().unwrap_or_else(|| Named::new("", "unknown"));
-            self.telemetry.taps.observe(&crate::telemetry::tap::Ended {
+            telemetry.taps.observe(&crate::telemetry::tap::Ended {
                 inbound: rec.direction == Direction::Inbound,
                 tls: rec.tls,
                 src: &rec.src,
                 dst: &dst,
                 seen,
-                status: self.status,
-                grpc_status: self.grpc_status,
-                latency: self.latency,
+                status,
+                grpc_status,
+                latency,
                 duration,
-                bytes: (rec.body_bytes(), self.response_bytes),
+                bytes: (rec.body_bytes(), response_bytes),
                 route: rec.route.as_ref().map_or("", |r| &r.0),
-                error: self.error,
+                error,
             });
         }
         let key = RequestKey {
@@ -392,17 +451,17 @@ impl End {
                 .map(|r| r.0.clone())
                 .unwrap_or_else(crate::telemetry::empty),
             rule: rec.route.as_ref().map(|r| r.1),
-            status: Status::Code(self.status),
-            grpc_status: self.grpc_status,
-            error: self.error,
+            status: Status::Code(status),
+            grpc_status,
+            error,
         };
-        self.telemetry.request(
+        telemetry.request(
             key,
             Ended {
-                latency: self.latency,
+                latency,
                 duration,
                 request_bytes,
-                response_bytes: self.response_bytes,
+                response_bytes,
                 retries: u64::from(rec.attempts.saturating_sub(1)),
             },
         );
@@ -456,7 +515,11 @@ where
                 // that has the whole response finds the request counted.
                 this.inner.is_end_stream()
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Err(_))) => {
+                end.body_failed = true;
+                true
+            }
+            Poll::Ready(None) => true,
             Poll::Pending => false,
         };
         if ended {

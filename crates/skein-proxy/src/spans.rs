@@ -6,8 +6,10 @@
 //! the record into OTLP spans: one per hop and direction (inbound: kind `SERVER`;
 //! outbound: kind `INTERNAL`, the logical request) and, outbound, one `CLIENT` span per
 //! try, the parent of the callee's inbound span. A span is recorded when its trace is
-//! sampled, and always when the mesh failed the request (an error it answered, or a
-//! peer proxy's), whatever the sampling ratio.
+//! sampled, and when the mesh failed the request (an error it answered, a peer proxy's,
+//! a response body cut short) whatever the sampling ratio, up to [`FORCED_PER_SEC`] such
+//! requests a second. A request that came without context and was not sampled passes on
+//! with its headers untouched ([`Traced::pass_on`]).
 //!
 //! [`Spans`] hands them on without ever waiting: to the control plane with the next
 //! telemetry summary (a buffer of [`MAX_PENDING`]), and, when a collector is set, to a
@@ -51,12 +53,14 @@ pub struct Traced {
     pub method: http::Method,
     /// Its path (the query is never recorded: it may carry secrets).
     pub path: Option<http::uri::PathAndQuery>,
-    /// Outbound: each try.
-    pub tries: Vec<Try>,
     /// Inbound: what authorization decided and which policy (sampled requests).
     pub authz: Option<(&'static str, String)>,
     /// The route's timeout in force, as its field is written (sampled requests).
     pub timeout: Option<String>,
+    /// Whether its context is passed on: it came with one, or this proxy started a
+    /// sampled trace. A request that came without context and was not sampled keeps
+    /// its headers as they are, so that an application's own tracing decides for it.
+    pub pass_on: bool,
 }
 
 impl Traced {
@@ -64,11 +68,12 @@ impl Traced {
     /// `ratio`.
     pub fn new<B>(req: &http::Request<B>, ratio: f64) -> Self {
         let incoming = trace::extract(req.headers());
+        let ctx = trace::child(&incoming, ratio, crate::ids::random_u128());
         Traced {
-            ctx: trace::child(&incoming, ratio, crate::ids::random_u128()),
+            pass_on: ctx.sampled || matches!(incoming, trace::Incoming::Parent(_)),
+            ctx,
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
-            tries: Vec::new(),
             authz: None,
             timeout: None,
         }
@@ -82,12 +87,52 @@ impl Traced {
             ..self.ctx.clone()
         }
     }
+
+    /// A request from a peer proxy: as [`Traced::new`], except that a trace the caller's
+    /// proxy started and did not sample (`skein-trace: unsampled`, no trace headers)
+    /// stays unsampled here, and the application is told nothing.
+    pub fn from_peer<B>(req: &http::Request<B>, ratio: f64) -> Self {
+        let mut t = Traced::new(req, ratio);
+        let unsampled = req
+            .headers()
+            .get(crate::http::headers::TRACE)
+            .is_some_and(|v| v.as_bytes() == b"unsampled");
+        if unsampled && !t.pass_on_caller_context() {
+            t.ctx.sampled = false;
+            t.pass_on = false;
+        }
+        t
+    }
+
+    /// Whether the request came with a context of its caller's (not one started here).
+    fn pass_on_caller_context(&self) -> bool {
+        self.ctx.parent_span_id.is_some()
+    }
+
+    /// Writes this hop's context (`span_id`: a try's span instead) into `headers` for
+    /// the next hop, when it is passed on. To a peer proxy (`span_id` given) a trace
+    /// started here and not sampled goes as `skein-trace: unsampled` alone.
+    pub fn inject(&self, headers: &mut http::HeaderMap, span_id: Option<u64>) {
+        if !self.pass_on {
+            if span_id.is_some() {
+                headers.insert(
+                    crate::http::headers::TRACE,
+                    http::HeaderValue::from_static("unsampled"),
+                );
+            }
+            return;
+        }
+        match span_id {
+            Some(id) => trace::inject(headers, &self.for_try(id)),
+            None => trace::inject(headers, &self.ctx),
+        }
+    }
 }
 
-/// One try of an outbound request.
+/// One try of an outbound request (kept in its [`Record`], traced or not).
 #[derive(Debug, Clone)]
 pub struct Try {
-    /// Its span.
+    /// Its span (0: the request is not traced).
     pub span_id: u64,
     /// When it was sent.
     pub started: Instant,
@@ -99,6 +144,24 @@ pub struct Try {
     pub status: u16,
     /// Why it failed, when it did (a `skein-error` reason).
     pub error: &'static str,
+    /// When its failure ejected the endpoint: for how long and by which policy.
+    pub ejected: Option<String>,
+}
+
+impl Try {
+    /// The try in words, for the decision log: `try 2 to 127.0.0.3:4143: 503`.
+    pub fn said(&self, n: usize) -> String {
+        let what = match (self.status, self.error) {
+            (0, "") => "no answer".to_string(),
+            (0, e) => e.to_string(),
+            (s, "") => s.to_string(),
+            (s, e) => format!("{s} {e}"),
+        };
+        match &self.ejected {
+            None => format!("try {n} to {}: {what}", self.endpoint),
+            Some(ej) => format!("try {n} to {}: {what}; {ej}", self.endpoint),
+        }
+    }
 }
 
 /// How a request ended, for its span.
@@ -145,7 +208,7 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
         boolean("skein.mtls", rec.tls),
     ];
     if let Some(p) = &t.path {
-        attrs.push(text("url.path", p.path()));
+        attrs.push(text("url.path", cut(p.path(), MAX_TEXT)));
     }
     if let Some(id) = rec.request_id.as_ref().and_then(|v| v.to_str().ok()) {
         attrs.push(text("skein.request_id", id));
@@ -186,17 +249,17 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
     let failed = !out.error.is_empty() || out.status >= 500 || out.status == 0;
     let status = failed.then(|| Status {
         code: status::StatusCode::Error as i32,
-        message: out
-            .why
-            .clone()
-            .unwrap_or_else(|| format!("{} from the application", out.status)),
+        message: match &out.why {
+            Some(why) => cut(why, MAX_TEXT).to_string(),
+            None => format!("{} from the application", out.status),
+        },
     });
     let kind = if inbound {
         span::SpanKind::Server
     } else {
         span::SpanKind::Internal
     };
-    let mut spans = Vec::with_capacity(1 + t.tries.len());
+    let mut spans = Vec::with_capacity(1 + rec.tries.len());
     spans.push(Span {
         trace_id: trace_id.clone(),
         span_id: t.ctx.span_id.to_be_bytes().to_vec(),
@@ -226,7 +289,12 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
         status,
         ..Default::default()
     });
-    for (n, tr) in t.tries.iter().enumerate() {
+    for (n, tr) in rec
+        .tries
+        .iter()
+        .enumerate()
+        .filter(|(_, tr)| tr.span_id != 0)
+    {
         let mut attrs = vec![
             int("skein.try", n as i64 + 1),
             text("network.peer.address", &tr.endpoint.ip().to_string()),
@@ -237,6 +305,9 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
         }
         if !tr.error.is_empty() {
             attrs.push(text("skein.error", tr.error));
+        }
+        if let Some(ej) = &tr.ejected {
+            attrs.push(text("skein.ejected", ej));
         }
         let failed = !tr.error.is_empty() || tr.status >= 500 || tr.status == 0;
         spans.push(Span {
@@ -261,6 +332,21 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
         });
     }
     spans
+}
+
+/// The longest path or status message a span carries, in bytes.
+pub const MAX_TEXT: usize = 512;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A string attribute.
@@ -314,24 +400,46 @@ pub fn resource(workload: &skein_model::WorkloadInfo) -> Resource {
 pub struct Spans {
     /// Set while a control plane takes summaries (a standalone proxy keeps none).
     to_control: AtomicBool,
-    pending: Mutex<Vec<Span>>,
+    pending: Mutex<Pending>,
     dropped: AtomicU64,
     /// The collector in force (`None`: no exporter sends).
     collector: tokio::sync::watch::Sender<Option<String>>,
+    /// Whether a collector is set (read on the request path without the watch's lock).
+    exporting: AtomicBool,
     exporter: OnceLock<tokio::sync::mpsc::Sender<Span>>,
+    /// Spans of unsampled requests the mesh failed, recorded at most [`FORCED_PER_SEC`]
+    /// a second (a burst of twice that): a failure storm must not cost the proxy more.
+    forced: Mutex<(f64, Instant)>,
     resource: Resource,
     metrics: Arc<Metrics>,
 }
+
+/// Spans waiting for the next summary, and their encoded size.
+#[derive(Default)]
+struct Pending {
+    spans: Vec<Span>,
+    bytes: usize,
+}
+
+/// Encoded bytes of spans kept for the control plane at most.
+pub const MAX_PENDING_BYTES: usize = 4 << 20;
+/// Encoded bytes of spans in one summary, or one export to a collector, at most (well
+/// under gRPC's usual 4 MiB message limit).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Unsampled failed requests whose spans are recorded per second, at most.
+pub const FORCED_PER_SEC: f64 = 50.0;
 
 impl Spans {
     /// Spans of `workload`'s proxy, counted in `metrics`.
     pub fn new(workload: &skein_model::WorkloadInfo, metrics: Arc<Metrics>) -> Self {
         Spans {
             to_control: AtomicBool::new(false),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             dropped: AtomicU64::new(0),
             collector: tokio::sync::watch::Sender::new(None),
+            exporting: AtomicBool::new(false),
             exporter: OnceLock::new(),
+            forced: Mutex::new((2.0 * FORCED_PER_SEC, Instant::now())),
             resource: resource(workload),
             metrics,
         }
@@ -339,6 +447,8 @@ impl Spans {
 
     /// Applies the tracing settings in force (the collector to export to).
     pub fn configure(&self, spec: &skein_model::TracingSpec) {
+        self.exporting
+            .store(spec.collector.is_some(), Ordering::Relaxed);
         self.collector.send_if_modified(|c| {
             if *c == spec.collector {
                 return false;
@@ -353,43 +463,82 @@ impl Spans {
         self.to_control.store(true, Ordering::Relaxed);
     }
 
+    /// Whether spans go anywhere (a control plane or a collector): if not, none is built.
+    pub fn active(&self) -> bool {
+        self.to_control.load(Ordering::Relaxed) || self.exporting.load(Ordering::Relaxed)
+    }
+
+    /// Whether the spans of one more unsampled failed request may be recorded now; a
+    /// refusal is counted.
+    pub fn allow_forced(&self) -> bool {
+        let mut f = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(f.1).as_secs_f64() * FORCED_PER_SEC;
+        f.0 = (f.0 + refill).min(2.0 * FORCED_PER_SEC);
+        f.1 = now;
+        if f.0 >= 1.0 {
+            f.0 -= 1.0;
+            return true;
+        }
+        drop(f);
+        self.metrics.spans("any", "dropped_rate_limited", 1);
+        false
+    }
+
     /// Hands `spans` on; never waits.
     pub fn record(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
-        if self.collector.borrow().is_some() {
-            if let Some(tx) = self.exporter() {
-                let mut full = 0;
-                for s in &spans {
-                    if tx.try_send(s.clone()).is_err() {
-                        full += 1;
+        if self.exporting.load(Ordering::Relaxed) {
+            match self.exporter() {
+                Some(tx) => {
+                    let full = spans
+                        .iter()
+                        .filter(|s| tx.try_send((*s).clone()).is_err())
+                        .count() as u64;
+                    if full > 0 {
+                        self.metrics.spans("collector", "dropped_full", full);
                     }
                 }
-                if full > 0 {
-                    self.metrics.spans("collector", "dropped_full", full);
-                }
+                None => self.metrics.spans("collector", "dropped_unsent", n),
             }
         }
         if !self.to_control.load(Ordering::Relaxed) {
             return;
         }
+        let mut kept = 0u64;
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_PENDING.saturating_sub(pending.len());
-        let kept = spans.len().min(room);
-        pending.extend(spans.into_iter().take(kept));
+        for span in spans {
+            let size = prost::Message::encoded_len(&span);
+            if pending.spans.len() >= MAX_PENDING || pending.bytes + size > MAX_PENDING_BYTES {
+                break;
+            }
+            pending.bytes += size;
+            pending.spans.push(span);
+            kept += 1;
+        }
         drop(pending);
-        if (kept as u64) < n {
-            self.dropped.fetch_add(n - kept as u64, Ordering::Relaxed);
+        if kept < n {
+            self.dropped.fetch_add(n - kept, Ordering::Relaxed);
             self.metrics
-                .spans("control_plane", "dropped_full", n - kept as u64);
+                .spans("control_plane", "dropped_full", n - kept);
         }
     }
 
-    /// Up to [`MAX_PER_SUMMARY`] spans for the next summary, and how many were dropped
-    /// so far.
+    /// Up to [`MAX_PER_SUMMARY`] spans of at most [`MAX_BATCH_BYTES`] for the next
+    /// summary, and how many were dropped so far.
     pub fn take_for_summary(&self) -> (Vec<Span>, u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let n = pending.len().min(MAX_PER_SUMMARY);
-        let taken: Vec<Span> = pending.drain(..n).collect();
+        let (mut n, mut bytes) = (0, 0);
+        for s in pending.spans.iter().take(MAX_PER_SUMMARY) {
+            let size = prost::Message::encoded_len(s);
+            if n > 0 && bytes + size > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        let taken: Vec<Span> = pending.spans.drain(..n).collect();
+        pending.bytes = pending.bytes.saturating_sub(bytes);
         drop(pending);
         if !taken.is_empty() {
             self.metrics
@@ -432,11 +581,15 @@ async fn export(
         let Some(first) = rx.recv().await else {
             return;
         };
+        let mut bytes = prost::Message::encoded_len(&first);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + FLUSH_AFTER;
-        while batch.len() < EXPORT_BATCH {
+        while batch.len() < EXPORT_BATCH && bytes < MAX_BATCH_BYTES {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
+                Ok(Some(s)) => {
+                    bytes += prost::Message::encoded_len(&s);
+                    batch.push(s);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
@@ -531,13 +684,14 @@ mod tests {
         let start = rec.started;
         let addr: SocketAddr = "127.0.0.2:4143".parse().unwrap();
         for (n, status) in [(1u64, 503u16), (2, 200)] {
-            t.tries.push(Try {
+            rec.tries.push(Try {
                 span_id: 100 + n,
                 started: start + Duration::from_millis(n),
                 ended: start + Duration::from_millis(n + 1),
                 endpoint: addr,
                 status,
                 error: "",
+                ejected: None,
             });
         }
         t.timeout = Some("timeouts.request 500ms".into());
@@ -667,5 +821,104 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_new_unsampled_trace_leaves_the_headers_as_they_came() {
+        let mut h = http::HeaderMap::new();
+        let unsampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 0.0);
+        unsampled.inject(&mut h, None);
+        assert!(h.is_empty(), "the application's own tracing decides: {h:?}");
+        // To the peer proxy, only the decision, so that it does not draw its own.
+        unsampled.inject(&mut h, Some(7));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["skein-trace"], "unsampled");
+        let peer_req = http::Request::get("/")
+            .header("skein-trace", "unsampled")
+            .body(())
+            .unwrap();
+        let callee = Traced::from_peer(&peer_req, 1.0);
+        assert!(
+            !callee.ctx.sampled && !callee.pass_on,
+            "the caller's proxy decided"
+        );
+        let mut h = http::HeaderMap::new();
+        let sampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 1.0);
+        sampled.inject(&mut h, Some(7));
+        let tp = h["traceparent"].to_str().unwrap().to_string();
+        assert!(tp.ends_with("-0000000000000007-01"), "{tp}");
+        assert!(h["traceparent"].is_sensitive(), "never indexed by HPACK");
+        // A caller's context goes on even when it says "not sampled".
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let theirs = traced(&[("traceparent", tp)]);
+        let mut h = http::HeaderMap::new();
+        theirs.inject(&mut h, None);
+        let sent = h["traceparent"].to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-00"));
+        assert_ne!(sent, tp, "under this proxy's span");
+    }
+
+    #[test]
+    fn spans_are_bounded_by_bytes_and_unsampled_failures_by_rate() {
+        let workload = skein_model::WorkloadInfo {
+            name: "web-1".into(),
+            service: "web".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let spans = Spans::new(&workload, metrics.clone());
+        assert!(
+            !spans.active(),
+            "no control plane, no collector: nothing is built"
+        );
+        spans.send_to_control_plane();
+        assert!(spans.active());
+        let big = Span {
+            name: "x".repeat(64 << 10),
+            ..Default::default()
+        };
+        spans.record(vec![big; 100]);
+        let (taken, dropped) = spans.take_for_summary();
+        // 4 MiB kept of 6.4; a summary takes at most 1 MiB.
+        assert_eq!(
+            dropped,
+            100 - (MAX_PENDING_BYTES / (64 << 10) - 1) as u64,
+            "{dropped}"
+        );
+        let bytes: usize = taken.iter().map(prost::Message::encoded_len).sum();
+        assert!(bytes <= MAX_BATCH_BYTES && !taken.is_empty(), "{bytes}");
+        let allowed = (0..1000).filter(|_| spans.allow_forced()).count();
+        assert!(
+            (2 * FORCED_PER_SEC as usize..2 * FORCED_PER_SEC as usize + 10).contains(&allowed),
+            "a burst, then the rate: {allowed}"
+        );
+        assert!(metrics.encode().contains("result=\"dropped_rate_limited\""));
+    }
+
+    #[test]
+    fn long_paths_and_messages_are_cut() {
+        let path = format!("/{}", "a".repeat(4000));
+        let req = http::Request::get(&*path).body(()).unwrap();
+        let t = Traced::new(&req, 1.0);
+        let rec = Record::new(
+            Direction::Inbound,
+            Proto::Http1,
+            false,
+            Named::new("default", "web"),
+            true,
+        );
+        let out = Outcome {
+            status: 502,
+            error: "connect",
+            why: Some("é".repeat(2000)),
+            ..Default::default()
+        };
+        let s = &build(&rec, &t, &out, Instant::now(), SystemTime::now())[0];
+        let Some(any_value::Value::StringValue(p)) = attr(s, "url.path") else {
+            panic!()
+        };
+        assert_eq!(p.len(), MAX_TEXT);
+        assert!(s.status.as_ref().unwrap().message.len() <= MAX_TEXT);
     }
 }

@@ -102,8 +102,20 @@ pub struct Context {
     pub tracestate: Option<HeaderValue>,
 }
 
+/// Whether any header is a trace header (one pass over the names: most requests have
+/// none, and this is cheaper than looking each one up).
+fn any_trace_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| {
+        let k = k.as_str();
+        k == "traceparent" || k == "b3" || k.starts_with("x-b3-")
+    })
+}
+
 /// Reads the caller's trace context.
 pub fn extract(headers: &HeaderMap) -> Incoming {
+    if !any_trace_header(headers) {
+        return Incoming::None;
+    }
     let mut parents = headers.get_all(&TRACEPARENT).iter();
     if let Some(v) = parents.next() {
         if parents.next().is_some() {
@@ -171,6 +183,25 @@ pub fn child(incoming: &Incoming, ratio: f64, random: u128) -> Context {
     }
 }
 
+/// Removes every trace header (W3C and B3).
+pub fn strip(headers: &mut HeaderMap) {
+    if !any_trace_header(headers) {
+        return;
+    }
+    for name in [
+        TRACEPARENT,
+        TRACESTATE,
+        B3,
+        B3_TRACE_ID,
+        B3_SPAN_ID,
+        B3_PARENT_SPAN_ID,
+        B3_SAMPLED,
+        B3_FLAGS,
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Writes `ctx` into `headers` for the next hop (its span as the parent), in its format,
 /// replacing that format's headers. Another format's headers pass on as they came (an
 /// application that reads only B3 behind a W3C caller keeps its trace, under the
@@ -190,17 +221,36 @@ pub fn inject(headers: &mut HeaderMap, ctx: &Context) {
     for name in own {
         headers.remove(name);
     }
-    let trace = if ctx.short_trace_id {
-        format!("{:016x}", ctx.trace_id as u64)
+    let mut trace_buf = [0u8; 32];
+    let trace: &[u8] = if ctx.short_trace_id {
+        hex_into(&mut trace_buf[..16], ctx.trace_id as u64 as u128)
     } else {
-        format!("{:032x}", ctx.trace_id)
+        hex_into(&mut trace_buf, ctx.trace_id)
     };
-    let span = format!("{:016x}", ctx.span_id);
-    let value = |s: String| HeaderValue::from_str(&s).ok();
+    let mut span_buf = [0u8; 16];
+    let span = hex_into(&mut span_buf, u128::from(ctx.span_id));
+    let mut parent_buf = [0u8; 16];
+    let parent = ctx
+        .parent_span_id
+        .map(|p| hex_into(&mut parent_buf, u128::from(p)));
+    // Every value is new per request: marked sensitive, HPACK never enters it in the
+    // connection's table (indexing would only evict useful entries).
+    let value = |parts: &[&[u8]]| {
+        let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            v.extend_from_slice(p);
+        }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+    };
     match ctx.format {
         Format::W3c => {
-            let flags = u8::from(ctx.sampled);
-            if let Some(v) = value(format!("00-{trace}-{span}-{flags:02x}")) {
+            let flags: &[u8] = if ctx.sampled { b"01" } else { b"00" };
+            if let Some(v) = value(&[b"00-", trace, b"-", span, b"-", flags]) {
                 headers.insert(TRACEPARENT, v);
             }
             if let Some(state) = &ctx.tracestate {
@@ -208,26 +258,27 @@ pub fn inject(headers: &mut HeaderMap, ctx: &Context) {
             }
         }
         Format::B3Single => {
-            let decision = match (ctx.debug, ctx.sampled) {
-                (true, _) => "d",
-                (false, true) => "1",
-                (false, false) => "0",
+            let decision: &[u8] = match (ctx.debug, ctx.sampled) {
+                (true, _) => b"d",
+                (false, true) => b"1",
+                (false, false) => b"0",
             };
-            let parent = ctx
-                .parent_span_id
-                .map_or(String::new(), |p| format!("-{p:016x}"));
-            if let Some(v) = value(format!("{trace}-{span}-{decision}{parent}")) {
+            let v = match parent {
+                Some(p) => value(&[trace, b"-", span, b"-", decision, b"-", p]),
+                None => value(&[trace, b"-", span, b"-", decision]),
+            };
+            if let Some(v) = v {
                 headers.insert(B3, v);
             }
         }
         Format::B3Multi => {
-            if let Some(v) = value(trace) {
+            if let Some(v) = value(&[trace]) {
                 headers.insert(B3_TRACE_ID, v);
             }
-            if let Some(v) = value(span) {
+            if let Some(v) = value(&[span]) {
                 headers.insert(B3_SPAN_ID, v);
             }
-            if let Some(v) = ctx.parent_span_id.and_then(|p| value(format!("{p:016x}"))) {
+            if let Some(v) = parent.and_then(|p| value(&[p])) {
                 headers.insert(B3_PARENT_SPAN_ID, v);
             }
             if ctx.debug {
@@ -238,6 +289,17 @@ pub fn inject(headers: &mut HeaderMap, ctx: &Context) {
             }
         }
     }
+}
+
+/// `n`'s lowest `buf.len()` hex digits, lowercase, into `buf`.
+fn hex_into(buf: &mut [u8], n: u128) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let len = buf.len();
+    for (i, b) in buf.iter_mut().enumerate() {
+        let shift = 4 * (len - 1 - i);
+        *b = DIGITS[((n >> shift) & 0xf) as usize];
+    }
+    buf
 }
 
 /// A W3C `traceparent`: trace ID, parent span ID, sampled.
@@ -578,5 +640,24 @@ mod tests {
         let deferred = extract(&headers(&[("b3", "64fe8b2a57d3eff7-e457b5a2e4d86bd1")]));
         assert!(child(&deferred, 1.0, 0).sampled);
         assert!(!child(&deferred, 0.0, 0).sampled);
+    }
+
+    #[test]
+    fn strip_removes_every_trace_header_and_nothing_else() {
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "a=1"),
+            ("b3", "0"),
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-sampled", "1"),
+            ("x-request-id", "keep"),
+        ]);
+        strip(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-request-id"], "keep");
+        assert_eq!(extract(&h), Incoming::None);
     }
 }

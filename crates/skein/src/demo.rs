@@ -94,7 +94,9 @@ async fn run_in(
     let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
     apps.spawn(serve_http(
         frontend,
-        Arc::new(move |_req| frontend_handler(pool.clone(), upstreams)),
+        Arc::new(move |req: Request<Incoming>| {
+            frontend_handler(pool.clone(), upstreams, req.headers().clone())
+        }),
     ));
     println!("  apps      restaurant (HTTP), ledger (TCP), frontend (HTTP; calls both)");
 
@@ -113,7 +115,7 @@ async fn run_in(
         workload_cidrs: Vec::new(),
         limits: Default::default(),
         secrets_key: None,
-        otlp: None,
+        otlp: Some(SocketAddr::new(control_ip, 4317)),
     })
     .await
     .context("cannot start the demo's control plane")?;
@@ -172,6 +174,12 @@ async fn run_in(
         println!("            try: skein stat services {target}");
         println!("                 skein stat workloads {target}");
         println!("                 skein edges {target}");
+        println!(
+            "  traces    10 % of requests traced end to end (the frontend passes traceparent on), every failure recorded; OTLP receiver on {}",
+            control.otlp.map_or("none".to_string(), |a| a.to_string())
+        );
+        println!("            try: skein trace list {target}");
+        println!("                 skein trace show TRACE_ID {target}");
         println!(
             "  traffic   {rps} req/s to frontend for {}; press Ctrl-C to stop\n",
             skein_model::duration::format(duration)
@@ -236,7 +244,7 @@ const RESOURCES: &str = "
 apiVersion: skein.dev/v1alpha1
 kind: Mesh
 metadata: {name: default}
-spec: {defaultPolicy: deny}
+spec: {defaultPolicy: deny, tracing: {samplingPercent: 10}}
 ---
 apiVersion: skein.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -369,7 +377,7 @@ async fn generate(
                 if inflight.len() < (rps as usize * 4).max(8) {
                     let (pool, ok, failed) = (pool.clone(), ok.clone(), failed.clone());
                     inflight.spawn(async move {
-                        let counter = match get(&pool, target, "frontend:8080", "/").await {
+                        let counter = match get(&pool, target, "frontend:8080", "/", &[]).await {
                             Ok(resp) if resp.status() == StatusCode::OK => ok,
                             _ => failed,
                         };
@@ -411,10 +419,14 @@ async fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
+    copied: &[(http::HeaderName, http::HeaderValue)],
 ) -> anyhow::Result<Response<Bytes>> {
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header(http::header::HOST, host)
         .body(boxed(http_body_util::Empty::<Bytes>::new()))?;
+    for (name, value) in copied {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
     let resp = tokio::time::timeout(Duration::from_secs(5), pool.send(addr, req)).await??;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
@@ -453,12 +465,35 @@ fn menu() -> Response<Body> {
     ))))
 }
 
-/// The frontend calls the restaurant over HTTP and the ledger over TCP for every request.
+/// Headers an application copies from its request to the calls it makes for it, so that
+/// its trace (and `skein why`) follows the request (see docs/telemetry.md).
+const PASSED_ON: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "skein-request-id",
+];
+
+/// The frontend calls the restaurant over HTTP and the ledger over TCP for every request,
+/// passing its request's trace headers on.
 async fn frontend_handler(
     pool: Arc<H1Pool>,
     (restaurant, ledger): (SocketAddr, SocketAddr),
+    headers: http::HeaderMap,
 ) -> anyhow::Result<Response<Body>> {
-    let menu = get(&pool, restaurant, "restaurant:8080", "/menu").await?;
+    let copied: Vec<_> = PASSED_ON
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?;
+            Some((http::HeaderName::from_static(name), value.clone()))
+        })
+        .collect();
+    let menu = get(&pool, restaurant, "restaurant:8080", "/menu", &copied).await?;
     if menu.status() != StatusCode::OK {
         bail!("restaurant answered {}", menu.status());
     }

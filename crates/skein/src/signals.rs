@@ -789,15 +789,24 @@ fn why_text(answer: &Value) -> String {
         } else {
             "callee's proxy"
         };
-        let mut line = format!("- {side} {} (to {}", s("workload"), s("service"));
+        let mut line = format!("- {side} {}", s("workload"));
+        let mut about = Vec::new();
+        if !s("service").is_empty() {
+            about.push(format!("to {}", s("service")));
+        }
         if !s("route").is_empty() {
-            line.push_str(&format!(", HTTPRoute {} rule {}", s("route"), n("rule")));
+            about.push(format!("HTTPRoute {} rule {}", s("route"), n("rule")));
+        }
+        if !about.is_empty() {
+            line.push_str(&format!(" ({})", about.join(", ")));
         }
         if n("status") == 0 {
-            line.push_str("): cancelled by the caller");
+            line.push_str(": cancelled by the caller");
+        } else if n("tries") == 0 {
+            line.push_str(&format!(": {}, answered by this proxy", n("status")));
         } else {
             line.push_str(&format!(
-                "): {} after {} {}",
+                ": {} after {} {}",
                 n("status"),
                 n("tries"),
                 if n("tries") == 1 { "try" } else { "tries" }

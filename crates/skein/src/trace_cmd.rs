@@ -61,9 +61,21 @@ fn s(v: &Value, k: &str) -> String {
     printable(v[k].as_str().unwrap_or_default())
 }
 
+/// `text` with control characters and the invisible ones that reorder or hide text
+/// (bidirectional overrides and isolates, zero-width marks) shown as `?`.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            let hidden = matches!(
+                c,
+                '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+            );
+            if c.is_control() || hidden {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -190,10 +202,11 @@ fn waterfall(answer: &Value) -> String {
         .map(|&(i, depth)| {
             let sp = &spans[i];
             let (a, b) = (n(sp, "startUnixNano"), n(sp, "endUnixNano"));
-            let from = ((a.saturating_sub(start)) as u128 * BAR as u128 / total as u128) as usize;
-            let to = ((b.saturating_sub(start)) as u128 * BAR as u128 / total as u128) as usize;
-            let to = to.clamp(from + 1, BAR).max(from.min(BAR - 1) + 1);
-            let from = from.min(BAR - 1);
+            let at =
+                |t: u64| (t.saturating_sub(start) as u128 * BAR as u128 / total as u128) as usize;
+            // At least one block, inside the bar, whatever the span's times say.
+            let from = at(a).min(BAR - 1);
+            let to = at(b).clamp(from + 1, BAR);
             let bar = format!(
                 "{}{}{}",
                 " ".repeat(from),
@@ -202,7 +215,7 @@ fn waterfall(answer: &Value) -> String {
             );
             let mut what = Vec::new();
             if let Some(code) = sp["attributes"]["http.response.status_code"].as_str() {
-                what.push(code.to_string());
+                what.push(printable(code));
             }
             if sp["error"].as_bool() == Some(true) {
                 let msg = s(sp, "statusMessage");
@@ -270,6 +283,30 @@ mod tests {
         assert!(lines[5].contains(&bar), "{text}");
         assert!(
             lines[5].contains("503 error: 503: no endpoint?[2J"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn malformed_spans_draw_without_panicking_or_hidden_characters() {
+        // A zero-length span at the very end, one ending before it starts, a parent cycle,
+        // and names that reverse or hide the terminal's text.
+        let answer = json!({"traceId": "t", "spans": [
+            span("a", "", "svc", "root", 0, 10),
+            span("b", "a", "svc", "at the end", 10, 10),
+            span("c", "a", "svc", "backwards", 8, 2),
+            span("x", "y", "svc", "cycle x", 3, 4),
+            span("y", "x", "svc", "cycle y", 3, 4),
+            span("d", "a", "svc\u{202e}txt", "evil\u{2066}name", 1, 2),
+        ]});
+        let text = waterfall(&answer);
+        assert_eq!(text.lines().count(), 2 + 6, "{text}");
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\u{2066}'),
+            "{text}"
+        );
+        assert!(
+            text.contains("svc?txt") && text.contains("evil?name"),
             "{text}"
         );
     }

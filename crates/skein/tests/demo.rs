@@ -1,6 +1,7 @@
 //! `skein demo` end to end: it starts, traffic flows through every proxy, the `skein
-//! stat` and `skein edges` commands it prints work while it runs, and it leaves no
-//! process behind when `--duration` ends.
+//! stat`, `skein edges` and `skein trace` commands it prints work while it runs (a
+//! sampled request is one trace across traffic → frontend → restaurant), and it leaves
+//! no process behind when `--duration` ends.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -72,6 +73,37 @@ fn demo_runs_with_traffic_and_cleans_up() {
     assert!(
         pathways.contains("default/frontend") && pathways.contains("default/restaurant"),
         "{edges}:\n{pathways}"
+    );
+    // Traces: the frontend passes traceparent on, so a sampled request is one trace with
+    // every hop's spans, traffic's proxy first.
+    let list = printed
+        .iter()
+        .find(|c| c.starts_with("skein trace list"))
+        .unwrap_or_else(|| panic!("no skein trace list command in:\n{stdout}"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&run_printed(&format!("{list} --json"))).unwrap();
+    let whole = listed["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["services"].as_array().is_some_and(|s| s.len() == 3))
+        .unwrap_or_else(|| panic!("{list}: no trace across three services:\n{listed:#}"));
+    assert!(
+        whole["root"]
+            .as_str()
+            .unwrap()
+            .starts_with("default/traffic outbound GET frontend"),
+        "{whole:#}"
+    );
+    let show = printed
+        .iter()
+        .find(|c| c.starts_with("skein trace show"))
+        .unwrap()
+        .replace("TRACE_ID", whole["traceId"].as_str().unwrap());
+    let waterfall = run_printed(&show);
+    assert!(
+        waterfall.contains("default/restaurant") && waterfall.contains("inbound GET restaurant"),
+        "{waterfall}"
     );
     for line in lines {
         stdout.push_str(&line.unwrap());

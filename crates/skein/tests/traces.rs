@@ -818,8 +818,8 @@ async fn an_applications_sdk_spans_join_the_proxies_spans_in_skein_trace_show() 
     // The application's server span is the frontend proxy's inbound span's child, and
     // its client span the parent of the frontend proxy's outbound span.
     let frontend_in = find(&spans, "default/frontend", "inbound GET frontend");
-    let handle = find(&spans, "frontend", "handle /menu");
-    let call = find(&spans, "frontend", "call restaurant");
+    let handle = find(&spans, "app:frontend", "handle /menu");
+    let call = find(&spans, "app:frontend", "call restaurant");
     let frontend_out = find(&spans, "default/frontend", "outbound GET restaurant");
     assert_eq!(s(handle, "source"), "application");
     nests(handle, frontend_in);

@@ -200,9 +200,11 @@ impl Traces {
                     .map(text_of)
             };
             let name = find("service.name").unwrap_or_else(|| "unknown_service".into());
+            // Marked as an application's own word, so that it never reads as a mesh
+            // service (`namespace/name`, attributed by a verified stream).
             let service = match find("service.namespace") {
-                Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
-                _ => name,
+                Some(ns) if !ns.is_empty() => format!("app:{ns}/{name}"),
+                _ => format!("app:{name}"),
             };
             let workload = find("service.instance.id").unwrap_or_default();
             for ss in &rs.scope_spans {
@@ -221,18 +223,20 @@ impl Traces {
         &self,
         spans: impl Iterator<Item = (&'a Span, &'a str, &'a str, &'static str)>,
     ) -> Option<Rejected> {
+        // Converted before the lock: only the insertion holds it.
         let mut rejected: Option<Rejected> = None;
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ready = Vec::new();
         for (span, service, workload, source) in spans {
-            let stored = match stored(span, service, workload, source) {
-                Ok(s) => s,
-                Err(why) => {
-                    let r = rejected.get_or_insert(Rejected { spans: 0, why });
-                    r.spans += 1;
-                    continue;
+            match stored(span, service, workload, source) {
+                Ok(s) => {
+                    let id = u128::from_be_bytes(span.trace_id[..].try_into().unwrap_or([0; 16]));
+                    ready.push((id, s));
                 }
-            };
-            let id = u128::from_be_bytes(span.trace_id[..].try_into().unwrap_or([0; 16]));
+                Err(why) => rejected.get_or_insert(Rejected { spans: 0, why }).spans += 1,
+            }
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, stored) in ready {
             let size = stored.size();
             let Inner {
                 traces,
@@ -615,7 +619,7 @@ mod tests {
         let spans = store.show(&format!("{:032x}", 7)).unwrap();
         assert_eq!(
             (spans[0].service.as_str(), spans[0].source),
-            ("frontend", "application")
+            ("app:frontend", "application")
         );
         assert_eq!(
             (spans[1].service.as_str(), spans[1].source),

@@ -37,7 +37,7 @@ pub async fn forward(
     }
     // The application's own spans are children of this proxy's.
     if let Some(t) = &rec.trace {
-        crate::trace::inject(&mut parts.headers, &t.ctx);
+        t.inject(&mut parts.headers, None);
     }
     let authority = parts.uri.authority().cloned();
     let path = parts

@@ -115,6 +115,7 @@ fn record(
             target: format!("{target}:{port}"),
             reason: decision.summary(),
             policy: decision.policy_label().to_string(),
+            detail: decision.to_string(),
         })
     }
 }

@@ -250,6 +250,7 @@ async fn tries<'r>(
     let service = backend.service.spec.service.as_str();
     let budget = &policy.spec.retry_budget;
     let mut tried: Option<std::net::SocketAddr> = None;
+    rec.retry_attempts = retry.map(|r| r.attempts);
     loop {
         rec.attempts += 1;
         let deadline = try_deadline(rule, started, tokio::time::Instant::now());
@@ -259,7 +260,7 @@ async fn tries<'r>(
         // Each try is a span of its own, the parent of the callee's.
         let try_span = rec.trace.as_ref().map(|t| {
             let id = crate::ids::random_u128() as u64 | 1;
-            crate::trace::inject(req.headers_mut(), &t.for_try(id));
+            t.inject(req.headers_mut(), Some(id));
             id
         });
         let try_started = std::time::Instant::now();
@@ -272,25 +273,26 @@ async fn tries<'r>(
                 .await
                 .map_err(|_| rule.timeout(&d)),
         };
-        learn(ctx, backend, &picked, &sent);
-        if let (Some(t), Some(span_id)) = (rec.trace.as_mut(), try_span) {
-            let (status, error) = match &sent {
-                Ok(Ok(resp)) => (
-                    resp.status().as_u16(),
-                    resp.headers()
-                        .get(headers::ERROR)
-                        .map_or("", |v| ProxyError::reason_of(v.as_bytes())),
-                ),
-                Ok(Err(e)) | Err(e) => (0, e.reason()),
-            };
-            t.tries.push(crate::spans::Try {
-                span_id,
-                started: try_started,
-                ended: std::time::Instant::now(),
-                endpoint: picked.upstream.addr,
-                status,
-                error,
-            });
+        let ejected = learn(ctx, backend, &picked, &sent);
+        let (status, error) = match &sent {
+            Ok(Ok(resp)) => (
+                resp.status().as_u16(),
+                resp.headers()
+                    .get(headers::ERROR)
+                    .map_or("", |v| ProxyError::reason_of(v.as_bytes())),
+            ),
+            Ok(Err(e)) | Err(e) => (0, e.reason()),
+        };
+        rec.tries.push(crate::spans::Try {
+            span_id: try_span.unwrap_or(0),
+            started: try_started,
+            ended: std::time::Instant::now(),
+            endpoint: picked.upstream.addr,
+            status,
+            error,
+            ejected,
+        });
+        if let Some(t) = rec.trace.as_mut() {
             if let (true, None, Some((_, _, d))) = (t.ctx.sampled, &t.timeout, &deadline) {
                 t.timeout = Some(format!(
                     "{} {}",
@@ -418,20 +420,20 @@ fn learn(
     backend: &Target,
     picked: &Picked,
     sent: &Result<Result<Response<Incoming>, ProxyError>, ProxyError>,
-) {
+) -> Option<String> {
     let outcome = match sent {
         // The peer proxy's own refusal (a denial, its load shedding) says nothing about
         // how fast the application answers: it must not make the endpoint look fast.
         Ok(Ok(resp))
             if !resp.status().is_server_error() && resp.headers().contains_key(headers::ERROR) =>
         {
-            return
+            return None
         }
         Ok(Ok(resp)) if !resp.status().is_server_error() => balance::Outcome::Success,
-        Ok(Err(e)) if e.source_kind() == crate::error::Source::Downstream => return,
+        Ok(Err(e)) if e.source_kind() == crate::error::Source::Downstream => return None,
         _ => balance::Outcome::Failure,
     };
-    super::learn(ctx, backend, picked, outcome);
+    super::learn(ctx, backend, picked, outcome)
 }
 
 /// The request to send on each try: the client's, streamed once; a held copy; or a
@@ -578,7 +580,7 @@ async fn upgrade(
         req.headers_mut().insert(headers::REQUEST_ID, id.clone());
     }
     if let Some(t) = &rec.trace {
-        crate::trace::inject(req.headers_mut(), &t.ctx);
+        t.inject(req.headers_mut(), None);
     }
     let origin_form = req
         .uri()

@@ -40,14 +40,11 @@ fn learn(
     target: &Target,
     picked: &crate::balance::Picked,
     outcome: crate::balance::Outcome,
-) {
+) -> Option<String> {
     let policy = target.policy();
-    let Some(ejection) = policy
+    let ejection = policy
         .balancer
-        .record(picked, std::time::Instant::now(), outcome)
-    else {
-        return;
-    };
+        .record(picked, std::time::Instant::now(), outcome)?;
     let service = &target.service.spec.service;
     tracing::warn!(
         service = %service,
@@ -58,6 +55,15 @@ fn learn(
         "endpoint ejected after consecutive failures (outlierDetection)"
     );
     ctx.metrics.ejection(service, ejection.endpoint);
+    let od = &policy.spec.outlier_detection;
+    Some(format!(
+        "this failure ejected it for {} (BackendPolicy {} outlierDetection: consecutive5xx {}, baseEjectionTime {}; ejection {} in a row)",
+        skein_model::duration::format(ejection.duration),
+        policy.name,
+        od.consecutive_5xx,
+        skein_model::duration::format(od.base_ejection_time),
+        ejection.steps
+    ))
 }
 
 /// How long a port declared `http` waits for the first bytes of a request.

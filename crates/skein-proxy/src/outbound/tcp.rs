@@ -72,9 +72,13 @@ fn edge(ctx: &Ctx, target: &Target) -> Option<TcpKey> {
 /// about the endpoint's health).
 pub fn learn_connect(ctx: &Ctx, target: &Target, picked: &Picked, opened: Result<(), &str>) {
     match opened {
-        Ok(()) => super::learn(ctx, target, picked, Outcome::Success),
+        Ok(()) => {
+            super::learn(ctx, target, picked, Outcome::Success);
+        }
         Err("denied") => {}
-        Err(_) => super::learn(ctx, target, picked, Outcome::Failure),
+        Err(_) => {
+            super::learn(ctx, target, picked, Outcome::Failure);
+        }
     }
 }
 
