@@ -174,6 +174,29 @@ fn decide(ctx: &Ctx, rec: &Record, status: u16, reason: &'static str, why: Strin
     });
 }
 
+/// A request the framing guard refused before it was parsed (its head too large, its
+/// framing ambiguous): counted, logged and kept in the decision log under a request ID
+/// made for it, which is returned for its answer to name.
+pub(crate) fn refused(ctx: &Ctx, direction: Direction, r: &crate::http::guard::Refusal) -> String {
+    ctx.metrics.error(direction, r.reason());
+    let id = crate::ids::new_request_id();
+    let id = id.to_str().unwrap_or_default().to_string();
+    tracing::info!(
+        reason = r.reason(),
+        direction = direction.as_str(),
+        request_id = %id,
+        "refused HTTP/1 request: {r}"
+    );
+    let src = Named {
+        namespace: crate::telemetry::empty(),
+        name: crate::telemetry::empty(),
+    };
+    let mut rec = Record::new(direction, Proto::Http1, false, src, false);
+    rec.request_id = http::HeaderValue::from_str(&id).ok();
+    decide(ctx, &rec, r.status(), r.reason(), r.to_string());
+    id
+}
+
 /// Held while an inbound request waits for the application: dropped before
 /// [`Unfinished::finished`] (the caller's proxy reset the stream: its timeout, or its
 /// client went away), it records that in [`crate::decisions`], so that `skein why` shows

@@ -10,7 +10,7 @@ use crate::http::guard::{
 };
 use crate::http::Body;
 use crate::io::Io;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Direction;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -42,17 +42,11 @@ impl<S> Handler for S where
 {
 }
 
-/// Counts and logs a request the framing guard refuses on a `direction` connection.
-pub fn count_refusal(metrics: &Arc<Metrics>, direction: Direction) -> OnRefuse {
-    let metrics = metrics.clone();
-    Box::new(move |r: Refusal| {
-        tracing::info!(
-            reason = r.reason(),
-            ?direction,
-            "refused HTTP/1 request: {r}"
-        );
-        metrics.error(direction, r.reason());
-    })
+/// Counts, logs and keeps (for `skein why`) a request the framing guard refuses on a
+/// `direction` connection; its answer names the request ID made for it.
+pub fn count_refusal(ctx: &Arc<crate::Ctx>, direction: Direction) -> OnRefuse {
+    let ctx = ctx.clone();
+    Box::new(move |r: Refusal| Some(crate::request::refused(&ctx, direction, &r)))
 }
 
 /// How long a client may take to send a request head before the connection is closed.

@@ -9,7 +9,8 @@
 //! sampled, and when the mesh failed the request (an error it answered, a peer proxy's,
 //! a response body cut short) whatever the sampling ratio, up to [`FORCED_PER_SEC`] such
 //! requests a second. A request that came without context and was not sampled passes on
-//! with its headers untouched ([`Traced::pass_on`]).
+//! with its headers untouched ([`Traced::pass_on`]); traces start at the caller's proxy,
+//! where requests enter the mesh, never at the callee's ([`Traced::from_peer`]).
 //!
 //! [`Spans`] hands them on without ever waiting: to the control plane with the next
 //! telemetry summary (a buffer of [`MAX_PENDING`]), and, when a collector is set, to a
@@ -88,38 +89,19 @@ impl Traced {
         }
     }
 
-    /// A request from a peer proxy: as [`Traced::new`], except that a trace the caller's
-    /// proxy started and did not sample (`skein-trace: unsampled`, no trace headers)
-    /// stays unsampled here, and the application is told nothing.
-    pub fn from_peer<B>(req: &http::Request<B>, ratio: f64) -> Self {
-        let mut t = Traced::new(req, ratio);
-        let unsampled = req
-            .headers()
-            .get(crate::http::headers::TRACE)
-            .is_some_and(|v| v.as_bytes() == b"unsampled");
-        if unsampled && !t.pass_on_caller_context() {
-            t.ctx.sampled = false;
-            t.pass_on = false;
-        }
-        t
-    }
-
-    /// Whether the request came with a context of its caller's (not one started here).
-    fn pass_on_caller_context(&self) -> bool {
-        self.ctx.parent_span_id.is_some()
+    /// A request from a peer proxy. Traces start where requests enter the mesh, at the
+    /// caller's proxy: that proxy passed the context on, or decided not to sample a
+    /// trace it started and sent none. So a request without context is not sampled here
+    /// (its spans are recorded only if the mesh fails it), and the application is told
+    /// nothing.
+    pub fn from_peer<B>(req: &http::Request<B>) -> Self {
+        Traced::new(req, 0.0)
     }
 
     /// Writes this hop's context (`span_id`: a try's span instead) into `headers` for
-    /// the next hop, when it is passed on. To a peer proxy (`span_id` given) a trace
-    /// started here and not sampled goes as `skein-trace: unsampled` alone.
+    /// the next hop, when it is passed on.
     pub fn inject(&self, headers: &mut http::HeaderMap, span_id: Option<u64>) {
         if !self.pass_on {
-            if span_id.is_some() {
-                headers.insert(
-                    crate::http::headers::TRACE,
-                    http::HeaderValue::from_static("unsampled"),
-                );
-            }
             return;
         }
         match span_id {
@@ -140,6 +122,8 @@ pub struct Try {
     pub ended: Instant,
     /// The peer proxy it went to.
     pub endpoint: SocketAddr,
+    /// That proxy's identity, which its certificate proved at the handshake.
+    pub peer: Option<Arc<skein_identity::SpiffeId>>,
     /// The response status (0: none came).
     pub status: u16,
     /// Why it failed, when it did (a `skein-error` reason).
@@ -308,6 +292,9 @@ pub fn build(rec: &Record, t: &Traced, out: &Outcome, now: Instant, wall: System
         }
         if let Some(ej) = &tr.ejected {
             attrs.push(text("skein.ejected", ej));
+        }
+        if let Some(peer) = &tr.peer {
+            attrs.push(text("skein.peer", &peer.to_string()));
         }
         let failed = !tr.error.is_empty() || tr.status >= 500 || tr.status == 0;
         spans.push(Span {
@@ -659,6 +646,15 @@ mod tests {
         Traced::new(&req.body(()).unwrap(), 0.0)
     }
 
+    fn workload() -> skein_model::WorkloadInfo {
+        skein_model::WorkloadInfo {
+            name: "web-1".into(),
+            service: "web".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+        }
+    }
+
     fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a any_value::Value> {
         s.attributes
             .iter()
@@ -689,6 +685,7 @@ mod tests {
                 started: start + Duration::from_millis(n),
                 ended: start + Duration::from_millis(n + 1),
                 endpoint: addr,
+                peer: None,
                 status,
                 error: "",
                 ejected: None,
@@ -796,12 +793,7 @@ mod tests {
 
     #[test]
     fn spans_wait_in_a_bounded_buffer_and_overflow_is_counted() {
-        let workload = skein_model::WorkloadInfo {
-            name: "web-1".into(),
-            service: "web".into(),
-            namespace: "default".into(),
-            labels: Default::default(),
-        };
+        let workload = workload();
         let metrics = Arc::new(Metrics::new());
         let spans = Spans::new(&workload, metrics.clone());
         spans.record(vec![Span::default()]);
@@ -829,19 +821,11 @@ mod tests {
         let unsampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 0.0);
         unsampled.inject(&mut h, None);
         assert!(h.is_empty(), "the application's own tracing decides: {h:?}");
-        // To the peer proxy, only the decision, so that it does not draw its own.
         unsampled.inject(&mut h, Some(7));
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["skein-trace"], "unsampled");
-        let peer_req = http::Request::get("/")
-            .header("skein-trace", "unsampled")
-            .body(())
-            .unwrap();
-        let callee = Traced::from_peer(&peer_req, 1.0);
-        assert!(
-            !callee.ctx.sampled && !callee.pass_on,
-            "the caller's proxy decided"
-        );
+        assert!(h.is_empty(), "nor the peer proxy's: {h:?}");
+        // The callee's proxy starts no trace: the caller's proxy decided.
+        let callee = Traced::from_peer(&http::Request::get("/").body(()).unwrap());
+        assert!(!callee.ctx.sampled && !callee.pass_on);
         let mut h = http::HeaderMap::new();
         let sampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 1.0);
         sampled.inject(&mut h, Some(7));
@@ -860,12 +844,7 @@ mod tests {
 
     #[test]
     fn spans_are_bounded_by_bytes_and_unsampled_failures_by_rate() {
-        let workload = skein_model::WorkloadInfo {
-            name: "web-1".into(),
-            service: "web".into(),
-            namespace: "default".into(),
-            labels: Default::default(),
-        };
+        let workload = workload();
         let metrics = Arc::new(Metrics::new());
         let spans = Spans::new(&workload, metrics.clone());
         assert!(

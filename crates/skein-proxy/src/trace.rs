@@ -37,6 +37,19 @@ pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 /// B3 multi: `1` for debug.
 pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
+/// Every trace header, W3C and B3: what an application copies from its request to the
+/// calls it makes for it, for its trace to join up.
+pub const HEADERS: [HeaderName; 8] = [
+    TRACEPARENT,
+    TRACESTATE,
+    B3,
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    B3_PARENT_SPAN_ID,
+    B3_SAMPLED,
+    B3_FLAGS,
+];
+
 /// The longest `tracestate` passed on.
 pub const MAX_TRACESTATE: usize = 512;
 
@@ -188,16 +201,7 @@ pub fn strip(headers: &mut HeaderMap) {
     if !any_trace_header(headers) {
         return;
     }
-    for name in [
-        TRACEPARENT,
-        TRACESTATE,
-        B3,
-        B3_TRACE_ID,
-        B3_SPAN_ID,
-        B3_PARENT_SPAN_ID,
-        B3_SAMPLED,
-        B3_FLAGS,
-    ] {
+    for name in HEADERS {
         headers.remove(name);
     }
 }

@@ -465,20 +465,6 @@ fn menu() -> Response<Body> {
     ))))
 }
 
-/// Headers an application copies from its request to the calls it makes for it, so that
-/// its trace (and `skein why`) follows the request (see docs/telemetry.md).
-const PASSED_ON: [&str; 9] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "skein-request-id",
-];
-
 /// The frontend calls the restaurant over HTTP and the ledger over TCP for every request,
 /// passing its request's trace headers on.
 async fn frontend_handler(
@@ -486,11 +472,15 @@ async fn frontend_handler(
     (restaurant, ledger): (SocketAddr, SocketAddr),
     headers: http::HeaderMap,
 ) -> anyhow::Result<Response<Body>> {
-    let copied: Vec<_> = PASSED_ON
-        .iter()
+    // What an application copies so that its trace and `skein why` follow the request
+    // (docs/telemetry.md).
+    let passed_on = skein_proxy::trace::HEADERS
+        .into_iter()
+        .chain([skein_proxy::http::headers::REQUEST_ID]);
+    let copied: Vec<_> = passed_on
         .filter_map(|name| {
-            let value = headers.get(*name)?;
-            Some((http::HeaderName::from_static(name), value.clone()))
+            let value = headers.get(&name)?.clone();
+            Some((name, value))
         })
         .collect();
     let menu = get(&pool, restaurant, "restaurant:8080", "/menu", &copied).await?;

@@ -24,18 +24,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Trace headers an application copies from its request to the calls it makes.
-const TRACE_HEADERS: &[&str] = &[
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-];
-
 fn mesh_tracing(percent: f64) -> String {
     format!(
         "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
@@ -65,10 +53,11 @@ fn relay(addr: SocketAddr, via: SocketAddr, service: &'static str) -> tokio::tas
             };
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
-                    let copied: Vec<(String, String)> = TRACE_HEADERS
+                    // What an application must copy (docs/telemetry.md).
+                    let copied: Vec<(String, String)> = skein_proxy::trace::HEADERS
                         .iter()
                         .filter_map(|h| {
-                            let v = req.headers().get(*h)?.to_str().ok()?;
+                            let v = req.headers().get(h)?.to_str().ok()?;
                             Some((h.to_string(), v.to_string()))
                         })
                         .collect();
@@ -218,6 +207,11 @@ fn assert_three_hops(spans: &[serde_json::Value], caller_span: Option<&str>) {
     assert_eq!(attr(restaurant_in, "skein.caller"), "default/frontend");
     assert_eq!(attr(restaurant_in, "skein.authz.decision"), "allowed");
     assert_eq!(attr(frontend_in, "skein.caller"), "default/traffic");
+    assert_eq!(
+        attr(traffic_try, "skein.peer"),
+        "spiffe://skein.local/ns/default/sa/frontend",
+        "the callee's proxy as its certificate proved it"
+    );
     assert_eq!(attr(traffic_out, "skein.service"), "default/frontend");
     assert_eq!(attr(traffic_out, "http.response.status_code"), "200");
     assert_eq!(attr(traffic_out, "skein.tries"), "1");

@@ -3,8 +3,9 @@
 //! allows), retries exhausted (the HTTPRoute rule's `retry.attempts`, each try, and the
 //! ejection a failure caused with the BackendPolicy's `outlierDetection`), an overloaded
 //! service (the BackendPolicy's `connectionPool` limit and its value), no route (the
-//! missing Service) and bad input (the Mesh's `ambiguousPaths`). Timeouts are in
-//! `resilience.rs`.
+//! missing Service) and bad input (the Mesh's `ambiguousPaths`; a head over the proxy's
+//! `limits.maxHeaderBytes`, refused before it is parsed, under an ID the proxy makes).
+//! Timeouts are in `resilience.rs`.
 
 mod meshed;
 
@@ -130,6 +131,18 @@ async fn skein_why_names_the_resource_and_field_for_each_kind_of_decision() {
     })
     .await;
     assert!(said.contains("Mesh spec.ambiguousPaths"), "{said}");
+
+    // A head over the proxy's limit, refused before it is parsed: the answer names the
+    // request ID the proxy made for it, and the record names the setting.
+    let huge = "h".repeat(100 << 10);
+    let (status, head, body) = send(via, "GET", &url("guarded", "x"), &[("x-huge", &huge)])
+        .await
+        .unwrap();
+    assert_eq!(status, 431, "{body}");
+    let id = head["skein-request-id"].to_str().unwrap().to_string();
+    assert!(body.ends_with(&format!("request id: {id}\n")), "{body}");
+    let said = why_when(&cp, data.path(), &id, |s| s.contains("- caller's proxy")).await;
+    assert!(said.contains("limits.maxHeaderBytes"), "{said}");
 
     // No route: there is no such Service.
     let (status, _, _) = send(

@@ -15,10 +15,6 @@ pub const TUNNEL: HeaderName = HeaderName::from_static("skein-tunnel");
 /// The request's ID ([`crate::ids`]): kept from the caller if usable, made by the first
 /// proxy otherwise; sent to the application and returned on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("skein-request-id");
-/// Between proxies: `unsampled` when the caller's proxy started a trace it did not
-/// sample (and so sent no trace headers), so that the callee's proxy follows that
-/// decision instead of drawing its own.
-pub const TRACE: HeaderName = HeaderName::from_static("skein-trace");
 /// Set on responses the proxy produced itself, naming the reason.
 pub const ERROR: HeaderName = HeaderName::from_static("skein-error");
 /// On a denial: the policy that decided (`namespace/name`, `default` or `not-allowed`).

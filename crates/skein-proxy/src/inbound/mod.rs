@@ -233,8 +233,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     rec.dst = Some(state.service.clone());
     let tracing = &state.config.telemetry.tracing;
     if tracing.enabled && req.method() != Method::CONNECT {
-        let ratio = tracing.ratio();
-        rec.trace = Some(crate::spans::Traced::from_peer(&req, ratio));
+        rec.trace = Some(crate::spans::Traced::from_peer(&req));
     }
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =

@@ -137,7 +137,7 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
     });
     // A peer writes these bytes itself: the framing guard inspects them as it does an
     // application's, so no smuggled request reaches the application's pooled connections.
-    let on_refuse = crate::server::count_refusal(&ctx.metrics, Direction::Inbound);
+    let on_refuse = crate::server::count_refusal(&ctx, Direction::Inbound);
     let limits = ctx.config().limits;
     crate::server::serve_http1(io, handler, &limits, &ctx.drain, on_refuse).await;
 }

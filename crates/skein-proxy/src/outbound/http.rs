@@ -288,6 +288,7 @@ async fn tries<'r>(
             started: try_started,
             ended: std::time::Instant::now(),
             endpoint: picked.upstream.addr,
+            peer: picked.upstream.identity.clone(),
             status,
             error,
             ejected,

@@ -193,9 +193,9 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addresse
         Detected::Opaque => tcp::forward(&ctx, io, &target).await,
         Detected::RequestLineTooLong => {
             let refusal = Refusal::RequestLineTooLong(ctx.config().limits.max_request_line);
-            ctx.metrics.error(Direction::Outbound, refusal.reason());
+            let id = crate::request::refused(&ctx, Direction::Outbound, &refusal);
             let mut io = io;
-            let _ = io.write_all(&refusal.response()).await;
+            let _ = io.write_all(&refusal.response(Some(&id))).await;
             let _ = io.shutdown().await;
         }
     }
@@ -211,6 +211,6 @@ async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, addressed: Addressed, proto: Pr
         crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;
         return;
     }
-    let on_refuse = crate::server::count_refusal(&ctx.metrics, Direction::Outbound);
+    let on_refuse = crate::server::count_refusal(&ctx, Direction::Outbound);
     crate::server::serve_http1(io, handler, &limits, &ctx.drain, on_refuse).await;
 }

@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Called once if the guard refuses a request (for metrics and the log).
-pub type OnRefuse = Box<dyn FnOnce(Refusal) + Send>;
+pub type OnRefuse = Box<dyn FnOnce(Refusal) -> Option<String> + Send>;
 
 /// Shared by a connection's [`GuardedIo`] and its [`ReportSwitches`] handler: requests
 /// are numbered in the order hyper dispatches them, which is the order the guard saw
@@ -93,10 +93,8 @@ impl<T> GuardedIo<T> {
     }
 
     fn refuse(&mut self, refusal: Refusal) {
-        if let Some(f) = self.on_refuse.take() {
-            f(refusal);
-        }
-        self.refusal = Some((refusal, refusal.response(), 0));
+        let id = self.on_refuse.take().and_then(|f| f(refusal));
+        self.refusal = Some((refusal, refusal.response(id.as_deref()), 0));
     }
 }
 
@@ -348,7 +346,10 @@ mod tests {
             io,
             FramingGuard::new(limits),
             signal.clone(),
-            Box::new(move |r| seen.lock().unwrap().push(r)),
+            Box::new(move |r| {
+                seen.lock().unwrap().push(r);
+                None
+            }),
         );
         (io, signal, refused)
     }

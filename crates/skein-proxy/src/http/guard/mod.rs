@@ -39,13 +39,13 @@ pub enum Refusal {
     #[error("request has a Transfer-Encoding that does not end in chunked, or one on HTTP/1.0; send Transfer-Encoding: chunked with HTTP/1.1, or a Content-Length")]
     BadTransferEncoding,
     /// A request line longer than the configured limit.
-    #[error("request line is longer than {0} bytes; shorten the URL")]
+    #[error("request line is longer than {0} bytes (limits.maxRequestLine of the proxy's configuration); shorten the URL")]
     RequestLineTooLong(usize),
     /// A request head longer than the configured limit.
-    #[error("request head is longer than {0} bytes; send fewer or shorter headers")]
+    #[error("request head is longer than {0} bytes (limits.maxHeaderBytes of the proxy's configuration); send fewer or shorter headers")]
     HeadTooLarge(usize),
     /// More header fields than the configured limit.
-    #[error("request has more than {0} header fields; send fewer")]
+    #[error("request has more than {0} header fields (limits.maxHeaders of the proxy's configuration); send fewer")]
     TooManyHeaders(usize),
     /// A head the HTTP/1 parser rejects.
     #[error("request head is malformed ({0}); send a request line such as `GET /path HTTP/1.1`, then `Name: value` lines, then an empty line")]
@@ -75,17 +75,25 @@ impl Refusal {
         }
     }
 
-    /// The complete HTTP/1.1 response written before the connection is closed.
-    pub fn response(&self) -> Vec<u8> {
+    /// The complete HTTP/1.1 response written before the connection is closed, naming
+    /// the request's ID when it has one (one the proxy made: a refused head is not read
+    /// for the caller's).
+    pub fn response(&self, request_id: Option<&str>) -> Vec<u8> {
         let status = self.status();
         let text = match status {
             414 => "URI Too Long",
             431 => "Request Header Fields Too Large",
             _ => "Bad Request",
         };
-        let body = format!("{self}\n");
+        let (header, body) = match request_id {
+            Some(id) => (
+                format!("skein-request-id: {id}\r\n"),
+                format!("{self}\nrequest id: {id}\n"),
+            ),
+            None => (String::new(), format!("{self}\n")),
+        };
         format!(
-            "HTTP/1.1 {status} {text}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nskein-error: {}\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status} {text}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nskein-error: {}\r\n{header}connection: close\r\n\r\n{body}",
             body.len(),
             self.reason()
         )

@@ -190,7 +190,7 @@ fn the_header_limit_is_the_configured_one() {
         Err(Refusal::TooManyHeaders(100))
     );
     let r = Refusal::TooManyHeaders(100);
-    assert!(String::from_utf8(r.response())
+    assert!(String::from_utf8(r.response(None))
         .unwrap()
         .starts_with("HTTP/1.1 431 "));
 }
@@ -286,13 +286,18 @@ fn requests_are_numbered_in_order() {
 
 #[test]
 fn refusal_response_is_complete_http() {
-    let resp = Refusal::ContentLengthAndTransferEncoding.response();
+    let resp = Refusal::ContentLengthAndTransferEncoding.response(Some("r-1"));
     let text = String::from_utf8(resp).unwrap();
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
     assert!(text.contains("connection: close"));
-    assert!(text.ends_with("send exactly one of them\n"));
+    assert!(text.contains("skein-request-id: r-1\r\n"), "{text}");
+    assert!(
+        text.ends_with("send exactly one of them\nrequest id: r-1\n"),
+        "{text}"
+    );
     let text =
-        String::from_utf8(Refusal::MalformedHead(httparse::Error::HeaderName).response()).unwrap();
+        String::from_utf8(Refusal::MalformedHead(httparse::Error::HeaderName).response(None))
+            .unwrap();
     assert!(text.contains("malformed (invalid header name)"), "{text}");
 }
 
