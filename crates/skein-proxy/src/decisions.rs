@@ -66,9 +66,30 @@ pub struct DecisionLog {
     ring: Mutex<VecDeque<Decision>>,
     /// Not yet sent to the control plane.
     pending: Mutex<VecDeque<Decision>>,
+    /// Tokens for records of requests refused before they were parsed.
+    refusals: Mutex<Option<(f64, std::time::Instant)>>,
 }
 
+/// Records a second of requests refused before they were parsed, at most (a burst of
+/// twice that): a client sending bad heads as fast as it can must not wash the log out.
+pub const REFUSALS_PER_SEC: f64 = 20.0;
+
 impl DecisionLog {
+    /// Whether one more refusal may be recorded now.
+    pub fn allow_refusal(&self) -> bool {
+        let mut b = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let (tokens, at) = b.get_or_insert((2.0 * REFUSALS_PER_SEC, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * REFUSALS_PER_SEC;
+        *tokens = (*tokens + refill).min(2.0 * REFUSALS_PER_SEC);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return true;
+        }
+        false
+    }
+
     /// Keeps `d`, dropping the oldest record when full.
     pub fn record(&self, d: Decision) {
         {
@@ -150,5 +171,13 @@ mod tests {
         let json = serde_json::to_value(&newest[0]).unwrap();
         assert_eq!(json["requestId"], "r1033");
         assert!(json.get("route").is_none(), "unknown parts are left out");
+    }
+
+    #[test]
+    fn refusals_are_recorded_at_a_bounded_rate() {
+        let log = DecisionLog::default();
+        let allowed = (0..500).filter(|_| log.allow_refusal()).count();
+        let burst = 2 * REFUSALS_PER_SEC as usize;
+        assert!((burst..burst + 5).contains(&allowed), "{allowed}");
     }
 }

@@ -68,6 +68,22 @@ pub fn random_u128() -> u128 {
     (u128::from(hi) << 64) | u128::from(lo)
 }
 
+/// A 128-bit value both proxies of a hop derive from the same inputs (FNV-1a over the
+/// parts, each ended by a 0xff byte, then splitmix's finalizer): how an untraced request's
+/// spans, should the mesh fail it, find each other without a header on the wire.
+pub fn derive(parts: &[&[u8]]) -> u128 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let hi = mix(h);
+    let lo = mix(hi ^ 0x9e37_79b9_7f4a_7c15);
+    ((u128::from(hi) << 64) | u128::from(lo)).max(1)
+}
+
 /// splitmix64's finalizer.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -193,7 +193,10 @@ pub(crate) fn refused(ctx: &Ctx, direction: Direction, r: &crate::http::guard::R
     };
     let mut rec = Record::new(direction, Proto::Http1, false, src, false);
     rec.request_id = http::HeaderValue::from_str(&id).ok();
-    decide(ctx, &rec, r.status(), r.reason(), r.to_string());
+    // A client sending bad heads as fast as it can must not wash the log out.
+    if ctx.decisions.allow_refusal() {
+        decide(ctx, &rec, r.status(), r.reason(), r.to_string());
+    }
     id
 }
 
@@ -410,7 +413,8 @@ impl End {
             // Sampled, or failed by the mesh (its answer, or a body cut short): recorded
             // whatever the ratio, within the rate for unsampled failures.
             let failed = !error.is_empty() || body_failed;
-            if t.ctx.sampled || (failed && spans.allow_forced()) {
+            let built = 1 + rec.tries.iter().filter(|t| t.span_id != 0).count() as u64;
+            if t.ctx.sampled || (failed && spans.allow_forced(built)) {
                 let (error, why) = match (error, body_failed) {
                     ("", true) => (
                         "response_body_failed",

@@ -21,6 +21,7 @@
 
 use crate::metrics::{Direction, Metrics};
 use crate::request::Record;
+use crate::telemetry::Named;
 use crate::trace;
 use skein_api::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use skein_api::otlp::collector::trace::v1::ExportTraceServiceRequest;
@@ -92,10 +93,41 @@ impl Traced {
     /// A request from a peer proxy. Traces start where requests enter the mesh, at the
     /// caller's proxy: that proxy passed the context on, or decided not to sample a
     /// trace it started and sent none. So a request without context is not sampled here
-    /// (its spans are recorded only if the mesh fails it), and the application is told
-    /// nothing.
-    pub fn from_peer<B>(req: &http::Request<B>) -> Self {
-        Traced::new(req, 0.0)
+    /// and the application is told nothing; should the mesh fail it, its span joins the
+    /// caller's proxy's in the trace both derive from the request ID ([`Traced::untraced`]).
+    /// A caller's B3 context without a decision is left for the application to decide.
+    pub fn from_peer<B>(req: &http::Request<B>, request_id: &[u8], caller: &Named) -> Self {
+        let incoming = trace::extract(req.headers());
+        let mut ctx = trace::child(&incoming, 0.0, crate::ids::random_u128());
+        let pass_on = match &incoming {
+            trace::Incoming::Parent(p) => p.sampled.is_some() || p.debug,
+            trace::Incoming::Decision(_) => ctx.sampled,
+            trace::Incoming::None => {
+                let (trace_id, parent) = untraced(request_id, caller);
+                ctx.trace_id = trace_id;
+                ctx.parent_span_id = Some(parent);
+                false
+            }
+        };
+        Traced {
+            pass_on,
+            ctx,
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
+            authz: None,
+            timeout: None,
+        }
+    }
+
+    /// At the caller's proxy: a trace started here and not sampled takes the IDs the
+    /// callee's proxy derives from the request ID and this workload's account, so that
+    /// if either proxy records a span (the mesh failed the request) they share a trace.
+    pub fn untraced_ids(&mut self, request_id: &[u8], own: &Named) {
+        if !self.pass_on {
+            let (trace_id, span_id) = untraced(request_id, own);
+            self.ctx.trace_id = trace_id;
+            self.ctx.span_id = span_id;
+        }
     }
 
     /// Writes this hop's context (`span_id`: a try's span instead) into `headers` for
@@ -109,6 +141,19 @@ impl Traced {
             None => trace::inject(headers, &self.ctx),
         }
     }
+}
+
+/// The trace and caller-side span IDs of an untraced request, from its request ID and
+/// the calling workload's account (which the callee's proxy reads from its certificate).
+fn untraced(request_id: &[u8], caller: &Named) -> (u128, u64) {
+    let trace_id = crate::ids::derive(&[b"trace", request_id]);
+    let span = crate::ids::derive(&[
+        b"span",
+        request_id,
+        caller.namespace.as_bytes(),
+        caller.name.as_bytes(),
+    ]);
+    (trace_id, (span as u64).max(1))
 }
 
 /// One try of an outbound request (kept in its [`Record`], traced or not).
@@ -455,9 +500,9 @@ impl Spans {
         self.to_control.load(Ordering::Relaxed) || self.exporting.load(Ordering::Relaxed)
     }
 
-    /// Whether the spans of one more unsampled failed request may be recorded now; a
-    /// refusal is counted.
-    pub fn allow_forced(&self) -> bool {
+    /// Whether the `spans` spans of one more unsampled failed request may be recorded
+    /// now; a refusal is counted (as spans).
+    pub fn allow_forced(&self, spans: u64) -> bool {
         let mut f = self.forced.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let refill = now.saturating_duration_since(f.1).as_secs_f64() * FORCED_PER_SEC;
@@ -468,7 +513,7 @@ impl Spans {
             return true;
         }
         drop(f);
-        self.metrics.spans("any", "dropped_rate_limited", 1);
+        self.metrics.spans("any", "dropped_rate_limited", spans);
         false
     }
 
@@ -824,7 +869,8 @@ mod tests {
         unsampled.inject(&mut h, Some(7));
         assert!(h.is_empty(), "nor the peer proxy's: {h:?}");
         // The callee's proxy starts no trace: the caller's proxy decided.
-        let callee = Traced::from_peer(&http::Request::get("/").body(()).unwrap());
+        let web = Named::new("default", "web");
+        let callee = Traced::from_peer(&http::Request::get("/").body(()).unwrap(), b"r", &web);
         assert!(!callee.ctx.sampled && !callee.pass_on);
         let mut h = http::HeaderMap::new();
         let sampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 1.0);
@@ -867,7 +913,7 @@ mod tests {
         );
         let bytes: usize = taken.iter().map(prost::Message::encoded_len).sum();
         assert!(bytes <= MAX_BATCH_BYTES && !taken.is_empty(), "{bytes}");
-        let allowed = (0..1000).filter(|_| spans.allow_forced()).count();
+        let allowed = (0..1000).filter(|_| spans.allow_forced(1)).count();
         assert!(
             (2 * FORCED_PER_SEC as usize..2 * FORCED_PER_SEC as usize + 10).contains(&allowed),
             "a burst, then the rate: {allowed}"
@@ -899,5 +945,47 @@ mod tests {
         };
         assert_eq!(p.len(), MAX_TEXT);
         assert!(s.status.as_ref().unwrap().message.len() <= MAX_TEXT);
+    }
+
+    #[test]
+    fn an_untraced_requests_two_proxies_derive_one_trace_from_its_request_id() {
+        let client = Named::new("default", "web");
+        let mut caller = Traced::new(&http::Request::get("/").body(()).unwrap(), 0.0);
+        caller.untraced_ids(b"r-42", &client);
+        let callee =
+            Traced::from_peer(&http::Request::get("/").body(()).unwrap(), b"r-42", &client);
+        assert_eq!(callee.ctx.trace_id, caller.ctx.trace_id);
+        assert_eq!(callee.ctx.parent_span_id, Some(caller.ctx.span_id));
+        assert!(!callee.pass_on && !callee.ctx.sampled);
+        // Another request, or another caller: another trace or another parent.
+        let other = Traced::from_peer(&http::Request::get("/").body(()).unwrap(), b"r-43", &client);
+        assert_ne!(other.ctx.trace_id, caller.ctx.trace_id);
+        let someone = Named::new("default", "admin");
+        let other = Traced::from_peer(
+            &http::Request::get("/").body(()).unwrap(),
+            b"r-42",
+            &someone,
+        );
+        assert_ne!(other.ctx.parent_span_id, Some(caller.ctx.span_id));
+        // A sampled trace keeps its random IDs.
+        let mut sampled = Traced::new(&http::Request::get("/").body(()).unwrap(), 1.0);
+        let before = (sampled.ctx.trace_id, sampled.ctx.span_id);
+        sampled.untraced_ids(b"r-42", &client);
+        assert_eq!((sampled.ctx.trace_id, sampled.ctx.span_id), before);
+    }
+
+    #[test]
+    fn a_b3_context_without_a_decision_is_left_to_the_application() {
+        let req = http::Request::get("/")
+            .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1")
+            .body(())
+            .unwrap();
+        let callee = Traced::from_peer(&req, b"r", &Named::new("default", "web"));
+        assert!(!callee.pass_on);
+        let req = http::Request::get("/")
+            .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")
+            .body(())
+            .unwrap();
+        assert!(Traced::from_peer(&req, b"r", &Named::new("default", "web")).pass_on);
     }
 }

@@ -120,7 +120,7 @@ pub struct Context {
 fn any_trace_header(headers: &HeaderMap) -> bool {
     headers.keys().any(|k| {
         let k = k.as_str();
-        k == "traceparent" || k == "b3" || k.starts_with("x-b3-")
+        k == "traceparent" || k == "tracestate" || k == "b3" || k.starts_with("x-b3-")
     })
 }
 

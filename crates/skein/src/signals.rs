@@ -770,7 +770,8 @@ fn why_text(answer: &Value) -> String {
         return format!(
             "Nothing recorded for request {id}: the mesh records requests it failed or retried \
              (the latest 10,000), and a proxy reports them within a summary interval. A request \
-             the application answered on its first try has no record.\n"
+             the application answered on its first try has no record (unless the try ejected \
+             its endpoint).\n"
         );
     }
     let mut out = format!("Request {id}:\n");

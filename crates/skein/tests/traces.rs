@@ -488,6 +488,26 @@ async fn new_traces_are_sampled_at_the_mesh_ratio_and_failed_requests_always_rec
         assert_eq!(attr(out, "http.response.status_code"), "403");
         assert_eq!(out["error"], true);
     }
+    // No context at all: the two proxies' spans of a request the mesh failed share the
+    // trace both derive from its request ID, the callee's under the caller's.
+    let (status, _, _) = send(
+        via,
+        "GET",
+        &url("api", "x"),
+        &[("skein-request-id", "untraced-1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+    let trace = format!(
+        "{:032x}",
+        skein_proxy::ids::derive(&[b"trace", b"untraced-1"])
+    );
+    let spans = trace_when(&cp, data.path(), &trace, |spans| spans.len() >= 3).await;
+    let denied = find(&spans, "default/api", "inbound");
+    let out = find(&spans, "default/client", "outbound");
+    nests(denied, out);
+    assert_eq!(attr(denied, "skein.request_id"), "untraced-1");
     let errors = cli(
         &cp,
         data.path(),

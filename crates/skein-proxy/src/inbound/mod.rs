@@ -233,7 +233,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     rec.dst = Some(state.service.clone());
     let tracing = &state.config.telemetry.tracing;
     if tracing.enabled && req.method() != Method::CONNECT {
-        rec.trace = Some(crate::spans::Traced::from_peer(&req));
+        let id = rec.request_id.as_ref().map_or(&b""[..], |v| v.as_bytes());
+        rec.trace = Some(crate::spans::Traced::from_peer(&req, id, &peer.account));
     }
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =

@@ -61,8 +61,11 @@ async fn handle(
     rec.request_id = Some(crate::ids::request_id(req.headers()).0);
     let tracing = &state.config.telemetry.tracing;
     if tracing.enabled && req.method() != Method::CONNECT {
-        let ratio = tracing.ratio();
-        rec.trace = Some(crate::spans::Traced::new(&req, ratio));
+        let mut t = crate::spans::Traced::new(&req, tracing.ratio());
+        if let Some(id) = &rec.request_id {
+            t.untraced_ids(id.as_bytes(), &rec.src);
+        }
+        rec.trace = Some(t);
     }
     let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
     let mut resp = request::finish(ctx, rec, result);
@@ -288,7 +291,10 @@ async fn tries<'r>(
             started: try_started,
             ended: std::time::Instant::now(),
             endpoint: picked.upstream.addr,
-            peer: picked.upstream.identity.clone(),
+            // Proved by its certificate only if the try reached it.
+            peer: (status != 0)
+                .then(|| picked.upstream.identity.clone())
+                .flatten(),
             status,
             error,
             ejected,

@@ -60,7 +60,7 @@ pub fn send(
     // A copy is its own request: what befalls it must not show as the original's.
     req.headers_mut()
         .insert(headers::REQUEST_ID, crate::ids::new_request_id());
-    // Nor in the original's trace: the mirror's side starts its own, if it samples one.
+    // Nor in the original's trace.
     crate::trace::strip(req.headers_mut());
     let timeout = rule
         .and_then(|r| r.rule().timeouts.as_ref()?.request)
