@@ -71,8 +71,14 @@ impl Traced {
     pub fn new<B>(req: &http::Request<B>, ratio: f64) -> Self {
         let incoming = trace::extract(req.headers());
         let ctx = trace::child(&incoming, ratio, crate::ids::random_u128());
+        let pass_on = ctx.sampled || matches!(incoming, trace::Incoming::Parent(_));
+        Traced::of(req, ctx, pass_on)
+    }
+
+    /// `req`'s record with this hop's context `ctx`.
+    fn of<B>(req: &http::Request<B>, ctx: trace::Context, pass_on: bool) -> Self {
         Traced {
-            pass_on: ctx.sampled || matches!(incoming, trace::Incoming::Parent(_)),
+            pass_on,
             ctx,
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
@@ -109,14 +115,7 @@ impl Traced {
                 false
             }
         };
-        Traced {
-            pass_on,
-            ctx,
-            method: req.method().clone(),
-            path: req.uri().path_and_query().cloned(),
-            authz: None,
-            timeout: None,
-        }
+        Traced::of(req, ctx, pass_on)
     }
 
     /// At the caller's proxy: a trace started here and not sampled takes the IDs the
