@@ -40,6 +40,9 @@
 //! GET    /api/v1/traces[?service=S&errors=true&min_duration=100ms&limit=20]
 //!                                           recent traces, newest first: {"traces": […]}
 //! GET    /api/v1/traces/{trace_id}          one trace's spans, earliest first
+//! POST   /api/v1/canaries/{namespace}/{name}/{promote|abort|pause|resume}
+//!                                           an operator's request to a rollout, recorded
+//!                                           in its status for the controller: the Canary
 //! ```
 
 use crate::registry::{Registry, RegistryError};
@@ -130,6 +133,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/why", get(why))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{id}", get(trace))
+        .route(
+            "/api/v1/canaries/{namespace}/{name}/{action}",
+            post(canary_action),
+        )
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -241,6 +248,72 @@ async fn delete(
             format!("{key} not found; `skein get {word}` lists what exists"),
         ))
     }
+}
+
+/// `skein canary promote|abort|pause|resume`: writes the request into the Canary's status
+/// (compare-and-set on its version, tried again if the controller wrote meanwhile).
+async fn canary_action(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name, action)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    use skein_model::resource::{CanaryAction, CanaryPhase};
+    let key = ResourceKey::new(Kind::Canary, &namespace, &name);
+    for _ in 0..5 {
+        let Some(Resource::Canary(mut canary)) = api.registry.get(&key) else {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("{key} not found; `skein get canaries` lists what exists"),
+            ));
+        };
+        let mut status = canary.status.clone().unwrap_or_default();
+        if status.phase.is_final() {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "{key} is {:?}: the rollout is over, there is nothing to {action}; a change of the Canary's spec starts the next one (after a rollback, a change of its canary Service too)",
+                    status.phase
+                ),
+            ));
+        }
+        match action.as_str() {
+            "promote" => status.requested = Some(CanaryAction::Promote),
+            "abort" => status.requested = Some(CanaryAction::Abort),
+            "pause" => status.paused = true,
+            "resume" => status.paused = false,
+            other => {
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "{other:?} is not a canary action; use promote, abort, pause or resume"
+                    ),
+                ))
+            }
+        }
+        if status.phase == CanaryPhase::Promoting && action == "promote" {
+            status.requested = None;
+        }
+        canary.status = Some(status);
+        match api
+            .registry
+            .apply_with(vec![Resource::Canary(canary)], true)
+            .await
+        {
+            Ok(_) => {
+                return Ok(Json(json!({
+                    "canary": key.to_string(),
+                    "action": action,
+                    "leader": *api.leader.borrow(),
+                }))
+                .into_response())
+            }
+            Err(RegistryError::Store(StoreError::Conflict { .. })) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError(
+        StatusCode::CONFLICT,
+        format!("{key} kept changing while the request was recorded; try again"),
+    ))
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Response {

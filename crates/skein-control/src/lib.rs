@@ -1,9 +1,11 @@
 //! Skein's control plane: it holds the desired state of the mesh (resources), keeps it in
 //! a persistent store (embedded by default, etcd for several replicas), serves it to the
 //! CLI over an HTTP API, runs the mesh CA (join tokens, workload certificates, root
-//! rotation), and pushes to each proxy, over mutual TLS, the configuration it needs.
+//! rotation), pushes to each proxy, over mutual TLS, the configuration it needs, and
+//! drives canary rollouts from the telemetry proxies report.
 
 pub mod api;
+pub mod canary;
 pub mod grpc;
 pub mod limits;
 pub mod otlp;

@@ -287,8 +287,104 @@ impl Registry {
     /// Applies every resource or none. A resource carrying `metadata.resourceVersion`
     /// must still be at that version (optimistic concurrency); others replace whatever is
     /// there. Returns what happened to each, once the registry reflects the commit.
+    ///
+    /// This is what users' applies go through: a Canary's status is the controller's and
+    /// stays as stored, and routes a Canary drives are refused ([`Registry::check_canaries`]).
     pub async fn apply(&self, docs: Vec<Resource>) -> Result<Vec<Applied>, RegistryError> {
-        self.apply_with(docs, false).await
+        let versioned = docs.iter().any(|d| d.meta().resource_version != 0);
+        let mut attempt = 0;
+        loop {
+            self.check_canaries(&docs)?;
+            let mut docs = docs.clone();
+            for doc in &mut docs {
+                if let Resource::Canary(c) = doc {
+                    c.status = match self.get(&doc_key(c)) {
+                        Some(Resource::Canary(stored)) => stored.status,
+                        _ => None,
+                    };
+                }
+            }
+            match self.apply_with(docs, false).await {
+                // The controller wrote a status in between: read it again.
+                Err(RegistryError::Store(StoreError::Conflict { .. }))
+                    if !versioned && attempt < 3 =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Refuses what would contradict a Canary, stored or in the same request: a second
+    /// Canary for the same Service, a user route for a Service a Canary drives, and a write
+    /// of the route a Canary owns (the one named after it).
+    fn check_canaries(&self, docs: &[Resource]) -> Result<(), RegistryError> {
+        use skein_model::resource::{CANARY_ANNOTATION, CANARY_RELEASED_ANNOTATION};
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: BTreeMap<ResourceKey, &Resource> =
+            resources.iter().map(|(k, r)| (k.clone(), r)).collect();
+        for d in docs {
+            all.insert(d.key(), d);
+        }
+        let sent = |k: &ResourceKey| docs.iter().any(|d| &d.key() == k);
+        let canaries: Vec<_> = all
+            .values()
+            .filter_map(|r| match r {
+                Resource::Canary(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for c in &canaries {
+            let (ns, name) = (&c.metadata.namespace, &c.metadata.name);
+            let target = &c.spec.target_ref.name;
+            let key = doc_key(c);
+            let owned = ResourceKey::new(Kind::HttpRoute, ns, name);
+            for other in &canaries {
+                let other_key = doc_key(other);
+                if other_key != key
+                    && other.metadata.namespace == *ns
+                    && other.spec.target_ref.name == *target
+                    && sent(&key)
+                {
+                    return Err(RegistryError::Contradicts(format!(
+                        "{key}: {other_key} already drives Service {target}; one Canary per Service: edit {other_key}, or delete it first"
+                    )));
+                }
+            }
+            for (k, r) in &all {
+                let Resource::HttpRoute(route) = r else {
+                    continue;
+                };
+                let ann = &route.metadata.annotations;
+                if *k == owned {
+                    if sent(k) {
+                        return Err(RegistryError::Contradicts(format!(
+                            "{k} is written by {key}'s controller, which moves its weights; change the Canary instead (deleting the Canary leaves the route as it is, yours to edit)"
+                        )));
+                    }
+                    let ours = ann.get(CANARY_ANNOTATION) == Some(name)
+                        || ann.get(CANARY_RELEASED_ANNOTATION) == Some(name);
+                    if !ours && sent(&key) {
+                        return Err(RegistryError::Contradicts(format!(
+                            "{key}: {k} exists and was not written by this Canary, which writes the route named after it; delete {k} or give the Canary another name"
+                        )));
+                    }
+                    continue;
+                }
+                let route_ns = &route.metadata.namespace;
+                let names_target =
+                    route.spec.parent_refs.iter().any(|p| {
+                        p.name == *target && p.namespace.as_ref().unwrap_or(route_ns) == ns
+                    });
+                if names_target && (sent(k) || sent(&key)) {
+                    return Err(RegistryError::Contradicts(format!(
+                        "{k} routes Service {ns}/{target}, which {key} drives through its own route {owned}: a Service's traffic follows one of them only; delete {k} (or the Canary), or target another Service"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`Registry::apply`]; with `force`, resources are written even when their desired
@@ -466,6 +562,10 @@ fn same_desired_state(a: &Resource, b: &Resource) -> bool {
         r
     };
     strip(a) == strip(b)
+}
+
+fn doc_key(c: &skein_model::resource::Canary) -> ResourceKey {
+    ResourceKey::new(Kind::Canary, &c.metadata.namespace, &c.metadata.name)
 }
 
 fn decode(entry: &Entry) -> Option<(ResourceKey, Resource)> {

@@ -118,8 +118,8 @@ impl RunningControl {
         // The data directory holds the admin token (and later the CA's keys): owner only.
         std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io(&format!("cannot restrict {}", opts.data_dir.display()), e))?;
-        // Work that must run once in the mesh (the canary controller, later) runs on the
-        // leader: with etcd, the replica holding the election's lease; embedded, always us.
+        // Work that must run once in the mesh (the canary controller, the sweep of dead
+        // replicas' workloads) runs on the leader: with etcd, the replica holding the election's lease; embedded, always us.
         if matches!(opts.store, StoreChoice::Etcd { .. }) && opts.secrets_key.is_none() {
             return Err(ControlError::Io(
                 "--store etcd needs a secrets key, which encrypts the mesh CA's keys and the admin token in etcd: give every replica the same 64 hex characters with --secrets-key-file FILE or SKEIN_SECRETS_KEY (make one with `od -An -vtx1 -N32 /dev/urandom | tr -d ' \\n'`)".into(),
@@ -189,6 +189,12 @@ impl RunningControl {
                 }
             }
         });
+        tasks.spawn(crate::canary::run(
+            registry.clone(),
+            central.clone(),
+            leader.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::limits::serve_api(
             http,
             router,

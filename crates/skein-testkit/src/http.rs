@@ -73,6 +73,8 @@ struct State {
     max_in_flight: AtomicUsize,
     /// The status every request is answered with once its body was read (0: none).
     fail_after_body: std::sync::atomic::AtomicU16,
+    /// Every n-th request is answered 500 (0: none).
+    fail_every: AtomicUsize,
     /// Workers: requests beyond them wait inside the application (None: no such limit).
     workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
@@ -149,6 +151,7 @@ impl HttpBackend {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             fail_after_body: Default::default(),
+            fail_every: AtomicUsize::new(0),
             workers: Mutex::new(None),
         });
         let handler_state = state.clone();
@@ -190,6 +193,12 @@ impl HttpBackend {
     /// `read N bytes`) after reading its whole body: an application that fails late.
     pub fn fail_after_body(&self, status: u16) {
         self.state.fail_after_body.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes every `n`-th request from now on (counting every request received) answer
+    /// `500 injected failure` (`n` = 5: 20 % of requests fail); 0: none.
+    pub fn fail_every(&self, n: usize) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// The most requests the backend has handled at once (from arrival until its handler
@@ -268,6 +277,10 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBod
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let index = state.record(&req);
+    let every = state.fail_every.load(Ordering::SeqCst);
+    if every > 0 && (index + 1).is_multiple_of(every) {
+        return full(StatusCode::INTERNAL_SERVER_ERROR, "injected failure");
+    }
     let fail = state.fail_after_body.load(Ordering::SeqCst);
     if let Ok(status) = StatusCode::from_u16(fail) {
         let read = req.into_body().collect().await.map(|b| b.to_bytes().len());

@@ -394,6 +394,30 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                 })
                 .collect(),
         ),
+        "Canary" => (
+            vec![
+                "NAME",
+                "TARGET",
+                "PHASE",
+                "WEIGHT",
+                "FAILED",
+                "LAST TRANSITION",
+            ],
+            items
+                .iter()
+                .map(|i| {
+                    let st = &i["status"];
+                    vec![
+                        s(&i["metadata"]["name"]),
+                        s(&i["spec"]["targetRef"]["name"]),
+                        st["phase"].as_str().unwrap_or("Initializing").to_string(),
+                        format!("{}%", st["canaryWeight"].as_u64().unwrap_or(0)),
+                        st["failedChecks"].as_u64().unwrap_or(0).to_string(),
+                        s(&st["lastTransitionTime"]),
+                    ]
+                })
+                .collect(),
+        ),
         _ => (
             vec!["NAME", "CREATED"],
             items

@@ -7,6 +7,11 @@
 //!                  └─────TCP───► ledger
 //! ```
 //!
+//! With `--canary`, two more versions of the restaurant run beside it (v2 healthy, v3
+//! answering one request in ten with 500), and once traffic flows the demo releases each
+//! as a `Canary`: v2 is promoted step by step, v3 is rolled back by its failed checks. The
+//! terminal shows each step with the metric values that decided it.
+//!
 //! A control plane (in this process, embedded store in a temporary directory) holds the
 //! mesh's Services; every proxy gets its destinations from it. The traffic generator and
 //! the frontend reach their destinations through their proxy's
@@ -42,34 +47,54 @@ const UPSTREAM_A: u16 = 15001;
 const UPSTREAM_B: u16 = 15002;
 
 struct Workload {
+    /// Its name (the workload is `NAME-1`).
     name: &'static str,
+    /// Its service account, which is the service it joins.
+    service: &'static str,
+    /// Its `version` label, if any.
+    version: Option<&'static str>,
     host: u8,
 }
 
-const TRAFFIC: Workload = Workload {
-    name: "traffic",
-    host: 10,
-};
-const FRONTEND: Workload = Workload {
-    name: "frontend",
-    host: 11,
-};
+const fn workload(name: &'static str, host: u8) -> Workload {
+    Workload {
+        name,
+        service: name,
+        version: None,
+        host,
+    }
+}
+
+const TRAFFIC: Workload = workload("traffic", 10);
+const FRONTEND: Workload = workload("frontend", 11);
 const RESTAURANT: Workload = Workload {
-    name: "restaurant",
-    host: 12,
+    version: Some("v1"),
+    ..workload("restaurant", 12)
 };
-const LEDGER: Workload = Workload {
-    name: "ledger",
-    host: 13,
+const LEDGER: Workload = workload("ledger", 13);
+/// The restaurant's next version (healthy) and the one after (one answer in ten a 500),
+/// run with `--canary`.
+const RESTAURANT_V2: Workload = Workload {
+    name: "restaurant-v2",
+    service: "restaurant",
+    version: Some("v2"),
+    host: 14,
+};
+const RESTAURANT_V3: Workload = Workload {
+    name: "restaurant-v3",
+    service: "restaurant",
+    version: Some("v3"),
+    host: 15,
 };
 
-/// Runs the demo for `duration` (or until Ctrl-C) at `rps` requests per second.
-pub async fn run(duration: Duration, rps: u32, net: u8) -> anyhow::Result<()> {
+/// Runs the demo for `duration` (or until Ctrl-C) at `rps` requests per second; with
+/// `canary`, two releases of the restaurant as Canaries.
+pub async fn run(duration: Duration, rps: u32, net: u8, canary: bool) -> anyhow::Result<()> {
     let ip = move |w: &Workload| IpAddr::from([127, 0, net, w.host]);
     let dir = std::env::temp_dir().join(format!("skein-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!("skein demo: starting a meshed sample application on 127.0.{net}.0/24");
-    let result = run_in(&dir, duration, rps, &ip).await;
+    let result = run_in(&dir, duration, rps, canary, &ip).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -78,6 +103,7 @@ async fn run_in(
     dir: &Path,
     duration: Duration,
     rps: u32,
+    canary: bool,
     ip: &dyn Fn(&Workload) -> IpAddr,
 ) -> anyhow::Result<()> {
     let mut apps = tokio::task::JoinSet::new();
@@ -87,6 +113,40 @@ async fn run_in(
         restaurant,
         Arc::new(|_req| async { Ok(menu()) }),
     ));
+    let workloads: &[&Workload] = if canary {
+        &[
+            &TRAFFIC,
+            &FRONTEND,
+            &RESTAURANT,
+            &LEDGER,
+            &RESTAURANT_V2,
+            &RESTAURANT_V3,
+        ]
+    } else {
+        &[&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER]
+    };
+    if canary {
+        let v2 = TcpListener::bind(listen(&RESTAURANT_V2, APP_PORT)).await?;
+        apps.spawn(serve_http(v2, Arc::new(|_req| async { Ok(menu()) })));
+        let v3 = TcpListener::bind(listen(&RESTAURANT_V3, APP_PORT)).await?;
+        let served = Arc::new(AtomicU64::new(0));
+        apps.spawn(serve_http(
+            v3,
+            Arc::new(move |_req| {
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                async move {
+                    if n.is_multiple_of(10) {
+                        let mut r =
+                            Response::new(boxed(Full::new(Bytes::from_static(b"v3 broke\n"))));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        Ok(r)
+                    } else {
+                        Ok(menu())
+                    }
+                }
+            }),
+        ));
+    }
     let ledger = TcpListener::bind(listen(&LEDGER, LEDGER_PORT)).await?;
     apps.spawn(serve_ledger(ledger));
     let frontend = TcpListener::bind(listen(&FRONTEND, APP_PORT)).await?;
@@ -99,11 +159,11 @@ async fn run_in(
         }),
     ));
     println!("  apps      restaurant (HTTP), ledger (TCP), frontend (HTTP; calls both)");
+    if canary {
+        println!("            restaurant v2 (healthy) and v3 (one answer in ten a 500), released as canaries below");
+    }
 
-    let control_ip = ip(&Workload {
-        name: "control",
-        host: 1,
-    });
+    let control_ip = ip(&workload("control", 1));
     let control = RunningControl::start(ControlOptions {
         data_dir: dir.join("control"),
         store: StoreChoice::Embedded,
@@ -119,7 +179,11 @@ async fn run_in(
     })
     .await
     .context("cannot start the demo's control plane")?;
-    let resources = skein_model::parse_documents(RESOURCES, "demo resources")?;
+    let mut text = RESOURCES.to_string();
+    if canary {
+        text += CANARY_SERVICES;
+    }
+    let resources = skein_model::parse_documents(&text, "demo resources")?;
     control.registry.apply(resources).await?;
     println!(
         "  control   HTTP API http://{}  proxies connect to {}",
@@ -134,12 +198,12 @@ async fn run_in(
     let mut proxies = Vec::new();
     let grpc = control.grpc;
     let result = async {
-        for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
-            let config = proxy_config(w, ip);
+        for w in workloads {
+            let config = proxy_config(w, ip, canary);
             // One join token per workload, short-lived: it is used once, at start.
             let (token, _) = control
                 .pki
-                .create_token("default", w.name, Duration::from_secs(600), 1)
+                .create_token("default", w.service, Duration::from_secs(600), 1)
                 .await?;
             proxies.push(spawn_proxy(dir, w, &config, grpc, &token.reveal()).await?);
         }
@@ -155,7 +219,7 @@ async fn run_in(
             control.http,
             dir.join("control").display()
         );
-        for w in [&TRAFFIC, &FRONTEND, &RESTAURANT, &LEDGER] {
+        for w in workloads {
             wait_ready(listen(w, ADMIN_PORT)).await?;
             println!(
                 "  proxy     {:<10} inbound {}  admin http://{}/metrics",
@@ -170,7 +234,10 @@ async fn run_in(
             control.http,
             dir.join("control").display()
         );
-        println!("  signals   every proxy reports its golden signals to the control plane every 2 s");
+        println!(
+            "  signals   every proxy reports its golden signals to the control plane every {}",
+            if canary { "1 s" } else { "2 s" }
+        );
         println!("            try: skein stat services {target}");
         println!("                 skein stat workloads {target}");
         println!("                 skein edges {target}");
@@ -180,14 +247,36 @@ async fn run_in(
         );
         println!("            try: skein trace list {target}");
         println!("                 skein trace show TRACE_ID {target}");
+        if canary {
+            println!("  canary    restaurant v2 then v3 released as Canaries: steps 20% → 50% → promote, a check every 3 s");
+            println!("            try: skein canary status restaurant --watch {target}");
+        }
         println!(
             "  traffic   {rps} req/s to frontend for {}; press Ctrl-C to stop\n",
             skein_model::duration::format(duration)
         );
-        generate(listen(&TRAFFIC, UPSTREAM_A), duration, rps, |w| {
-            listen(w, ADMIN_PORT)
-        })
-        .await
+        let traffic = generate(
+            listen(&TRAFFIC, UPSTREAM_A),
+            duration,
+            rps,
+            !canary,
+            |w| listen(w, ADMIN_PORT),
+        );
+        if canary {
+            let releases = releases(&control);
+            tokio::pin!(releases);
+            tokio::pin!(traffic);
+            tokio::select! {
+                r = &mut traffic => r,
+                r = &mut releases => {
+                    r?;
+                    println!("\n  both releases done; traffic goes on until --duration or Ctrl-C");
+                    traffic.await
+                }
+            }
+        } else {
+            traffic.await
+        }
     }
     .await;
     println!("\nskein demo: stopping proxies (SIGTERM, drain) and apps");
@@ -201,20 +290,26 @@ async fn run_in(
 
 /// The YAML config for `w`'s proxy: its workload, listeners and upstream listeners.
 /// Destinations come from the control plane.
-fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr) -> String {
+fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr, canary: bool) -> String {
     let at = |w: &Workload, port: u16| format!("'{}:{port}'", ip(w));
     let (app_port, app_proto) = if w.name == "ledger" {
         (LEDGER_PORT, "tcp")
     } else {
         (APP_PORT, "detect")
     };
+    let labels = w
+        .version
+        .map_or(String::new(), |v| format!(", labels: {{version: {v}}}"));
+    // A canary's checks want its traffic counted soon: summaries every second.
+    let summary = if canary { "1s" } else { "2s" };
     let mut yaml = format!(
-        "workload: {{name: {name}-1, service: {name}}}\n\
+        "workload: {{name: {name}-1, service: {service}{labels}}}\n\
          inbound: {{listen: {inbound}, appHost: '{host}', ports: [{{port: {app_port}, protocol: {app_proto}}}]}}\n\
          admin: {{listen: {admin}}}\n\
          drainTimeout: 5s\n\
-         telemetry: {{summaryInterval: 2s}}\n",
+         telemetry: {{summaryInterval: {summary}}}\n",
         name = w.name,
+        service = w.service,
         inbound = at(w, INBOUND_PORT),
         host = ip(w),
         admin = at(w, ADMIN_PORT),
@@ -276,6 +371,118 @@ kind: Service
 metadata: {name: ledger}
 spec: {selector: {app: ledger}, ports: [{name: ledger, port: 9000, protocol: tcp}]}
 ";
+
+/// With `--canary`: one Service per version of the restaurant (the workloads all run under
+/// the `restaurant` account, told apart by their `version` label).
+const CANARY_SERVICES: &str = "
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: restaurant-v1}
+spec: {selector: {app: restaurant, version: v1}, serviceAccounts: [restaurant], ports: [{name: http, port: 8080, protocol: http}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: restaurant-v2}
+spec: {selector: {app: restaurant, version: v2}, serviceAccounts: [restaurant], ports: [{name: http, port: 8080, protocol: http}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: restaurant-v3}
+spec: {selector: {app: restaurant, version: v3}, serviceAccounts: [restaurant], ports: [{name: http, port: 8080, protocol: http}]}
+";
+
+/// The Canary releasing `canary` over `stable`.
+fn canary_release(stable: &str, canary: &str) -> String {
+    format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Canary
+metadata: {{name: restaurant}}
+spec:
+  targetRef: {{name: restaurant, port: {APP_PORT}}}
+  stable: {stable}
+  canary: {canary}
+  analysis: {{interval: 3s, threshold: 2, stepWeights: [20, 50], minRequests: 5,
+             metrics: [{{name: request-success-rate, thresholdRange: {{min: 99}}}}, {{name: request-duration, thresholdRange: {{max: 500}}}}]}}
+"
+    )
+}
+
+/// Releases v2 (promoted step by step), then v3 (rolled back), printing every step.
+async fn releases(control: &RunningControl) -> anyhow::Result<()> {
+    use skein_model::resource::CanaryPhase;
+    // Let the stable version's traffic settle first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (stable, canary, expect) in [
+        ("restaurant-v1", "restaurant-v2", "promoted"),
+        ("restaurant-v2", "restaurant-v3", "rolled back"),
+    ] {
+        println!("\n  canary    releasing {canary} over {stable} (expect: {expect})");
+        let docs = skein_model::parse_documents(&canary_release(stable, canary), "demo canary")?;
+        control.registry.apply(docs).await?;
+        let phase = follow_canary(control).await?;
+        let outcome = match phase {
+            CanaryPhase::Succeeded => {
+                format!("{canary} promoted: it serves all of restaurant's traffic")
+            }
+            _ => format!("{canary} rolled back: {stable} serves all of restaurant's traffic"),
+        };
+        println!("  canary    {outcome}");
+    }
+    Ok(())
+}
+
+/// Prints each new event of the restaurant's Canary until its rollout ends (at most 2
+/// minutes); returns the phase it ended in.
+async fn follow_canary(
+    control: &RunningControl,
+) -> anyhow::Result<skein_model::resource::CanaryPhase> {
+    use skein_model::resource::{Kind, Resource, ResourceKey};
+    let key = ResourceKey::new(Kind::Canary, "default", "restaurant");
+    let generation = match control.registry.get(&key) {
+        Some(r) => r.meta().generation,
+        None => bail!("the demo's Canary is gone"),
+    };
+    let mut shown = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let Some(Resource::Canary(c)) = control.registry.get(&key) else {
+            bail!("the demo's Canary is gone");
+        };
+        let status = c.status.unwrap_or_default();
+        if status.observed_generation == generation {
+            let start = status
+                .events
+                .iter()
+                .rposition(|e| {
+                    e.message == "rollout started" || e.message.contains("analysis restarts")
+                })
+                .unwrap_or(0);
+            let new = &status.events[start.max(shown)..];
+            for e in new {
+                let filled = (e.weight.min(100) as usize * 20).div_ceil(100);
+                println!(
+                    "  canary    [{}{}] {:>3}%  {}",
+                    "#".repeat(filled),
+                    "-".repeat(20 - filled),
+                    e.weight,
+                    e.message
+                );
+            }
+            shown = start.max(shown) + new.len();
+            if status.phase.is_final() && shown > start {
+                return Ok(status.phase);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the rollout did not finish within 2 minutes: {}",
+                status.message
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 /// Starts `skein proxy` for `w` as a child process that dies with the demo.
 async fn spawn_proxy(
@@ -358,6 +565,7 @@ async fn generate(
     target: SocketAddr,
     duration: Duration,
     rps: u32,
+    report_counts: bool,
     admin: impl Fn(&Workload) -> SocketAddr,
 ) -> anyhow::Result<()> {
     let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
@@ -373,6 +581,7 @@ async fn generate(
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep_until((started + duration).into()) => break,
             _ = tick.tick() => {
+                while inflight.try_join_next().is_some() {}
                 // Bounded: at most 4 seconds' worth of requests outstanding.
                 if inflight.len() < (rps as usize * 4).max(8) {
                     let (pool, ok, failed) = (pool.clone(), ok.clone(), failed.clone());
@@ -385,8 +594,7 @@ async fn generate(
                     });
                 }
             }
-            _ = report.tick() => {
-                while inflight.try_join_next().is_some() {}
+            _ = report.tick(), if report_counts => {
                 let mut line = format!(
                     "  [{:>4}s] traffic sent ok={} failed={}  | inbound requests seen by proxies:",
                     started.elapsed().as_secs(),

@@ -1,6 +1,7 @@
 //! `skein`: one binary for the whole mesh. Today it runs the sidecar proxy and the demo;
 //! the control plane and the kubectl-like CLI join it as they land.
 
+mod canary_cmd;
 mod cli;
 mod control_cmd;
 mod demo;
@@ -75,7 +76,7 @@ enum Command {
     /// List resources of a kind, or show one (`skein get services`, `skein get workloads`).
     Get {
         /// Kind: mesh, service(s)/svc, workload(s)/wl, httproute(s)/route(s),
-        /// authorizationpolicies/authz, backendpolicies, faultinjections/faults.
+        /// authorizationpolicies/authz, backendpolicies, faultinjections/faults, canaries.
         kind: String,
         /// A resource name (omit to list).
         name: Option<String>,
@@ -158,6 +159,10 @@ enum Command {
     /// own, received over OTLP), and one trace as a waterfall.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Progressive delivery: a Canary's rollout (phase, weight, checks with their metric
+    /// values, events, next check) and an operator's requests to it.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// Caller → service pairs with their signals, and whether each is mutual TLS.
     ///
     /// Callers are the accounts their certificates prove, as the callee's proxy saw them;
@@ -222,7 +227,44 @@ enum Command {
         /// Loopback network 127.0.N.0/24 the demo's workloads use.
         #[arg(long, default_value_t = 77)]
         net: u8,
+        /// Also run restaurant v2 and v3 and release each as a Canary: v2 is promoted
+        /// step by step, v3 (one answer in ten a 500) is rolled back.
+        #[arg(long)]
+        canary: bool,
     },
+}
+
+/// A Canary named on the command line.
+#[derive(clap::Args)]
+struct CanaryName {
+    /// The Canary's name.
+    name: String,
+    /// Its namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    target: cli::Target,
+}
+
+#[derive(Subcommand)]
+enum CanaryCommand {
+    /// The rollout: phase, a bar of the canary's weight with the steps, failed checks,
+    /// the next check, the last checks with their metric values, and the events.
+    Status {
+        #[command(flatten)]
+        canary: CanaryName,
+        /// Then print each new event until the rollout ends.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+    /// Promote now: skip the remaining steps (and confirm-promotion webhooks).
+    Promote(CanaryName),
+    /// Roll back now: the stable gets all traffic, the rollout is Failed.
+    Abort(CanaryName),
+    /// Hold: no checks and no weight changes until resumed.
+    Pause(CanaryName),
+    /// Go on after a pause; the next check comes after a full interval.
+    Resume(CanaryName),
 }
 
 #[derive(Subcommand)]
@@ -393,6 +435,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Edges { .. }
             | Command::Why { .. }
             | Command::Trace(_)
+            | Command::Canary(_)
             | Command::Map { .. }
             | Command::Tap { .. }
             | Command::Top { .. }
@@ -511,6 +554,19 @@ fn run() -> anyhow::Result<()> {
                 json,
                 target,
             }) => trace_cmd::show(&target, &trace_id, json).await,
+            Command::Canary(CanaryCommand::Status { canary: c, watch }) => {
+                canary_cmd::status(&c.target, &c.namespace, &c.name, watch).await
+            }
+            Command::Canary(command) => {
+                let (c, action) = match command {
+                    CanaryCommand::Promote(c) => (c, "promote"),
+                    CanaryCommand::Abort(c) => (c, "abort"),
+                    CanaryCommand::Pause(c) => (c, "pause"),
+                    CanaryCommand::Resume(c) => (c, "resume"),
+                    CanaryCommand::Status { .. } => unreachable!("matched above"),
+                };
+                canary_cmd::act(&c.target, &c.namespace, &c.name, action).await
+            }
             Command::Tap {
                 filter,
                 json,
@@ -522,7 +578,12 @@ fn run() -> anyhow::Result<()> {
                 window,
                 target,
             } => signals::map(&target, &window, format).await,
-            Command::Demo { duration, rps, net } => demo::run(duration, rps, net).await,
+            Command::Demo {
+                duration,
+                rps,
+                net,
+                canary,
+            } => demo::run(duration, rps, net, canary).await,
         }
     })
 }

@@ -159,3 +159,80 @@ fn demo_runs_with_traffic_and_cleans_up() {
         );
     }
 }
+
+/// `skein demo --canary`: v2 is promoted through every step and v3, answering one request in
+/// ten with 500, is rolled back by its failed checks, each step printed with the values that
+/// decided it; Ctrl-C then stops everything.
+#[test]
+fn demo_canary_promotes_one_release_and_rolls_back_the_other() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["demo", "--canary", "--duration", "90s", "--net", "78"])
+        .env("SKEIN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run skein demo --canary");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(80);
+    while !text.contains("both releases done") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the releases did not finish within 80 s:\n{text}");
+            }
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert!(status.success(), "{text}");
+    for expected in [
+        "releasing restaurant-v2 over restaurant-v1 (expect: promoted)",
+        "20%  analysis begins: canary receives 20%",
+        "canary 20% → 50%",
+        "100%  promoted: the canary serves all the target's traffic",
+        "restaurant-v2 promoted: it serves all of restaurant's traffic",
+        "releasing restaurant-v3 over restaurant-v2 (expect: rolled back)",
+        "0%  rolled back to 0% after 2 failed checks (threshold 2): request-success-rate",
+        "restaurant-v3 rolled back: restaurant-v2 serves all of restaurant's traffic",
+        "skein canary status restaurant --watch",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // The decisions carry their metric values.
+    let passed = text
+        .lines()
+        .find(|l| l.contains("check passed ("))
+        .expect("a passed check");
+    assert!(passed.contains("success 100.00%"), "{passed}");
+    let failed = text
+        .lines()
+        .find(|l| l.contains("check failed (1 of 2"))
+        .expect("a failed check");
+    assert!(failed.contains("< min 99%"), "{failed}");
+    for host in 10..=15 {
+        let addr = format!("127.0.78.{host}:4191");
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "{addr} still listening"
+        );
+    }
+}

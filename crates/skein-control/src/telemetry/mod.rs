@@ -257,6 +257,41 @@ pub struct ProxyRecord {
     /// Since when its summaries cover its traffic: its first summary's arrival less
     /// one summary interval (unix seconds).
     pub covered_since: i64,
+    /// Every request its proxy received (inbound) since the record began, authorization
+    /// denials aside: what canary analysis takes differences of.
+    pub served: Served,
+}
+
+/// Requests a workload served, summed since its record began (monotonic).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Served {
+    /// Requests.
+    pub requests: u64,
+    /// Requests answered 5xx or with a failed gRPC status.
+    pub failures: u64,
+    /// Their latency to response headers.
+    pub latency: Snapshot,
+}
+
+impl Served {
+    /// What was served between `earlier` and `self` (a reset counts from zero).
+    pub fn since(&self, earlier: &Served) -> Served {
+        if self.requests < earlier.requests || self.failures < earlier.failures {
+            return self.clone();
+        }
+        Served {
+            requests: self.requests - earlier.requests,
+            failures: self.failures - earlier.failures,
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+
+    /// Adds `other`'s requests.
+    pub fn add(&mut self, other: &Served) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.latency.add(&other.latency);
+    }
 }
 
 impl ProxyRecord {
@@ -351,6 +386,7 @@ impl Central {
             slots: VecDeque::new(),
             last_seen: now,
             covered_since: now - i64::from(s.interval_ms.div_ceil(1000)),
+            served: Served::default(),
         });
         record.last_seen = now;
         if record.slots.back().is_none_or(|last| last.start != start) {
@@ -358,6 +394,21 @@ impl Central {
                 start,
                 ..Slot::default()
             });
+        }
+        for r in s
+            .requests
+            .iter()
+            .filter(|r| r.inbound && r.error != "denied")
+        {
+            let served = &mut record.served;
+            served.requests += r.count;
+            let failed = r.status_code >= 500
+                || (r.status_code == 0 && r.status_class >= 5)
+                || r.grpc_status.is_some_and(|g| g != 0);
+            if failed {
+                served.failures += r.count;
+            }
+            Sparse::from_pb(r.latency.as_ref()).add_to(&mut served.latency);
         }
         let Some(slot) = record.slots.back_mut() else {
             unreachable!("pushed above")
@@ -489,6 +540,19 @@ impl Central {
                 f(p, s);
             }
         }
+    }
+
+    /// What each of `workloads` (names in `namespace`) served since its record began;
+    /// workloads without a record are absent.
+    pub fn served(&self, namespace: &str, workloads: &[String]) -> Vec<(String, Served)> {
+        let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
+        workloads
+            .iter()
+            .filter_map(|w| {
+                let p = proxies.get(&(namespace.to_string(), w.clone()))?;
+                Some((w.clone(), p.served.clone()))
+            })
+            .collect()
     }
 
     /// How much is held: (proxies, series-slots, interned values).

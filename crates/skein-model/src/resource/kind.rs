@@ -29,11 +29,13 @@ pub enum Kind {
     BackendPolicy,
     /// Delays and errors injected into route rules that name it (resilience testing).
     FaultInjection,
+    /// Progressive delivery of a new version of a Service.
+    Canary,
 }
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Mesh,
         Kind::Service,
         Kind::Workload,
@@ -41,6 +43,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::BackendPolicy,
         Kind::FaultInjection,
+        Kind::Canary,
     ];
 
     /// The canonical name as written in `kind:` (`HTTPRoute`).
@@ -53,6 +56,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::BackendPolicy => "BackendPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::Canary => "Canary",
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "authorizationpolicies",
             Kind::BackendPolicy => "backendpolicies",
             Kind::FaultInjection => "faultinjections",
+            Kind::Canary => "canaries",
         }
     }
 
@@ -88,6 +93,7 @@ impl Kind {
             Kind::AuthorizationPolicy => &["authorizationpolicy", "authorizationpolicies", "authz"],
             Kind::BackendPolicy => &["backendpolicy", "backendpolicies"],
             Kind::FaultInjection => &["faultinjection", "faultinjections", "fault", "faults"],
+            Kind::Canary => &["canary", "canaries"],
         }
     }
 
@@ -252,13 +258,13 @@ mod tests {
 
     #[test]
     fn unknown_cli_word_lists_accepted_words() {
-        let err = Kind::from_cli("canary").unwrap_err().to_string();
+        let err = Kind::from_cli("gateway").unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown resource kind \"canary\"; accepted: mesh|meshes, service|services|svc, \
+            "unknown resource kind \"gateway\"; accepted: mesh|meshes, service|services|svc, \
              workload|workloads|wl, httproute|httproutes|route|routes, \
              authorizationpolicy|authorizationpolicies|authz, backendpolicy|backendpolicies, \
-             faultinjection|faultinjections|fault|faults"
+             faultinjection|faultinjections|fault|faults, canary|canaries"
         );
     }
 

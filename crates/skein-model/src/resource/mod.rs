@@ -10,10 +10,11 @@
 //! | kind | apiVersion | scope |
 //! |---|---|---|
 //! | `Mesh` | `skein.dev/v1alpha1` | cluster |
-//! | `Service`, `Workload`, `AuthorizationPolicy`, `BackendPolicy` | `skein.dev/v1alpha1` | namespace |
+//! | `Service`, `Workload`, `AuthorizationPolicy`, `BackendPolicy`, `FaultInjection`, `Canary` | `skein.dev/v1alpha1` | namespace |
 //! | `HTTPRoute` | `gateway.networking.k8s.io/v1` | namespace |
 
 mod backend;
+mod canary;
 mod fault;
 pub mod filter;
 mod kind;
@@ -32,6 +33,11 @@ mod workload;
 pub use backend::{
     AdaptiveLimit, BackendPolicySpec, ConnectionPool, InboundLimit, LoadBalancer, OutlierDetection,
     RetryBudget,
+};
+pub use canary::{
+    webhook_addr, Analysis, CanaryAction, CanaryEvent, CanaryMetric, CanaryPhase, CanarySpec,
+    CanaryStatus, CanaryTarget, CheckRecord, CheckResult, MetricName, ThresholdRange, Webhook,
+    WebhookType, CANARY_ANNOTATION, CANARY_RELEASED_ANNOTATION, DEFAULT_MAX_WEIGHT, MAX_HISTORY,
 };
 pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec, ResolvedFault};
 pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};
@@ -67,6 +73,8 @@ pub type AuthorizationPolicy = Object<AuthorizationPolicySpec>;
 pub type BackendPolicy = Object<BackendPolicySpec>;
 /// A `FaultInjection` resource.
 pub type FaultInjection = Object<FaultInjectionSpec>;
+/// A `Canary` resource, with the controller's status.
+pub type Canary = Object<CanarySpec, CanaryStatus>;
 
 /// Any resource, one variant per [`Kind`].
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +93,8 @@ pub enum Resource {
     BackendPolicy(BackendPolicy),
     /// Injected faults.
     FaultInjection(FaultInjection),
+    /// A progressive rollout.
+    Canary(Canary),
 }
 
 /// Runs `$body` with `$r` bound to the object inside any variant.
@@ -98,6 +108,7 @@ macro_rules! each {
             Resource::AuthorizationPolicy($r) => $body,
             Resource::BackendPolicy($r) => $body,
             Resource::FaultInjection($r) => $body,
+            Resource::Canary($r) => $body,
         }
     };
 }
@@ -113,6 +124,7 @@ impl Resource {
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::BackendPolicy(_) => Kind::BackendPolicy,
             Resource::FaultInjection(_) => Kind::FaultInjection,
+            Resource::Canary(_) => Kind::Canary,
         }
     }
 
@@ -198,6 +210,7 @@ impl Resource {
             Resource::AuthorizationPolicy(r) => r.spec.validate(&mut p),
             Resource::BackendPolicy(r) => r.spec.validate(&mut p),
             Resource::FaultInjection(r) => r.spec.validate(&mut p),
+            Resource::Canary(r) => r.spec.validate(&mut p),
         }
         p.into_vec()
     }

@@ -462,7 +462,7 @@ impl RouteRule {
 }
 
 impl RouteMatch {
-    fn validate(&self, p: &mut Problems, at: &str) {
+    pub(crate) fn validate(&self, p: &mut Problems, at: &str) {
         let path = &self.path.value;
         let path_at = format!("{at}.path.value");
         match self.path.kind {

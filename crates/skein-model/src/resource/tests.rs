@@ -228,12 +228,20 @@ fn empty_documents_are_skipped() {
 }
 
 #[test]
-fn canary_is_refused_naming_the_supported_kinds() {
+fn an_unknown_kind_is_refused_naming_the_supported_kinds() {
+    assert_eq!(
+        problems("apiVersion: skein.dev/v1alpha1\nkind: Gateway\nmetadata: {name: web}\nspec: {}"),
+        ["Gateway web: kind: \"Gateway\" is not accepted; expected one of Mesh, Service, \
+          Workload, AuthorizationPolicy, BackendPolicy, FaultInjection, Canary (apiVersion skein.dev/v1alpha1) or HTTPRoute \
+          (apiVersion gateway.networking.k8s.io/v1)"]
+    );
+}
+
+#[test]
+fn a_canary_needs_its_two_versions() {
     assert_eq!(
         problems(&format!("{SAMPLE}{CANARY}")),
-        ["Canary default/restaurant: kind: \"Canary\" is not accepted; expected one of Mesh, Service, \
-          Workload, AuthorizationPolicy, BackendPolicy, FaultInjection (apiVersion skein.dev/v1alpha1) or HTTPRoute \
-          (apiVersion gateway.networking.k8s.io/v1)"]
+        ["Canary default/restaurant: spec.stable: required field is missing; expected a value"]
     );
 }
 
