@@ -258,6 +258,12 @@ async fn canary_action(
 ) -> Result<Response, ApiError> {
     use skein_model::resource::{CanaryAction, CanaryPhase};
     let key = ResourceKey::new(Kind::Canary, &namespace, &name);
+    if !["promote", "abort", "pause", "resume"].contains(&action.as_str()) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{action:?} is not a canary action; use promote, abort, pause or resume"),
+        ));
+    }
     for _ in 0..5 {
         let Some(Resource::Canary(mut canary)) = api.registry.get(&key) else {
             return Err(ApiError(
@@ -270,7 +276,7 @@ async fn canary_action(
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 format!(
-                    "{key} is {:?}: the rollout is over, there is nothing to {action}; a change of the Canary's spec starts the next one (after a rollback, a change of its canary Service too)",
+                    "{key} is {:?}: the rollout is over, there is nothing to {action}; a change of the Canary's spec starts the next one (after a rollback, a new version in its canary Service too)",
                     status.phase
                 ),
             ));
@@ -279,15 +285,7 @@ async fn canary_action(
             "promote" => status.requested = Some(CanaryAction::Promote),
             "abort" => status.requested = Some(CanaryAction::Abort),
             "pause" => status.paused = true,
-            "resume" => status.paused = false,
-            other => {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "{other:?} is not a canary action; use promote, abort, pause or resume"
-                    ),
-                ))
-            }
+            _ => status.paused = false,
         }
         if status.phase == CanaryPhase::Promoting && action == "promote" {
             status.requested = None;

@@ -297,11 +297,21 @@ impl Registry {
             self.check_canaries(&docs)?;
             let mut docs = docs.clone();
             for doc in &mut docs {
-                if let Resource::Canary(c) = doc {
-                    c.status = match self.get(&doc_key(c)) {
-                        Some(Resource::Canary(stored)) => stored.status,
-                        _ => None,
-                    };
+                let Resource::Canary(c) = doc else {
+                    continue;
+                };
+                let stored = self.get(&doc_key(c));
+                c.status = match &stored {
+                    Some(Resource::Canary(stored)) => stored.status.clone(),
+                    _ => None,
+                };
+                // A change is written only if still at the version whose status it keeps:
+                // a status written meanwhile is read again, never overwritten.
+                if let Some(stored) = stored {
+                    let probe = Resource::Canary(c.clone());
+                    if !versioned && !same_desired_state(&stored, &probe) {
+                        c.metadata.resource_version = stored.meta().resource_version;
+                    }
                 }
             }
             match self.apply_with(docs, false).await {
@@ -339,6 +349,21 @@ impl Registry {
             let (ns, name) = (&c.metadata.namespace, &c.metadata.name);
             let target = &c.spec.target_ref.name;
             let key = doc_key(c);
+            // A promoted canary serves all the target's traffic: the next rollout starts
+            // from it, or a new spec would send everything back to the old stable.
+            if let (true, Some(Resource::Canary(stored))) = (sent(&key), resources.get(&key)) {
+                let promoted = stored
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == skein_model::resource::CanaryPhase::Succeeded);
+                if promoted && stored.spec != c.spec && c.spec.stable != stored.spec.canary {
+                    return Err(RegistryError::Contradicts(format!(
+                        "{key} promoted Service {promoted_svc}, which serves all of Service {target}'s traffic now; a new rollout starts from it: set stable: {promoted_svc} and canary: the new version's Service (this spec would send everything back to stable: {stable} first)",
+                        promoted_svc = stored.spec.canary,
+                        stable = c.spec.stable,
+                    )));
+                }
+            }
             let owned = ResourceKey::new(Kind::HttpRoute, ns, name);
             for other in &canaries {
                 let other_key = doc_key(other);

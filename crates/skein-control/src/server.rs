@@ -189,9 +189,29 @@ impl RunningControl {
                 }
             }
         });
+        // Canary analysis reads this replica's proxies' reports; with replicas, every one
+        // publishes its share and the leader adds them up (`canary::shared`).
+        let canary_source: Arc<dyn crate::canary::metrics::MetricsSource> = if presence.is_some() {
+            let shared = crate::canary::shared::Shared::new(central.clone(), &opts.replica);
+            tasks.spawn(
+                shared
+                    .clone()
+                    .follow(store.clone(), leader.clone(), shutdown.clone()),
+            );
+            tasks.spawn(crate::canary::shared::publish(
+                store.clone(),
+                registry.clone(),
+                central.clone(),
+                opts.replica.clone(),
+                shutdown.clone(),
+            ));
+            shared
+        } else {
+            central.clone()
+        };
         tasks.spawn(crate::canary::run(
             registry.clone(),
-            central.clone(),
+            canary_source,
             leader.clone(),
             shutdown.clone(),
         ));

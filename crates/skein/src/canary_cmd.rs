@@ -4,6 +4,8 @@
 //! records in the Canary's status for the controller.
 
 use crate::cli::{align, Client, Target};
+use crate::signals::encode;
+use crate::trace_cmd::printable;
 use http::Method;
 use skein_model::resource::{Canary, CanaryPhase, CanaryStatus, CheckResult, Resource};
 use std::time::Duration;
@@ -15,10 +17,11 @@ const BAR: usize = 40;
 const SHOWN: usize = 8;
 
 async fn fetch(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Canary> {
+    let (name, namespace) = (encode(name), encode(namespace));
     let path = format!("/api/v1/resources/canaries/{name}?namespace={namespace}");
     let value = client.call(Method::GET, &path, String::new()).await?;
     match serde_json::from_value::<Resource>(value)? {
-        Resource::Canary(c) => Ok(c),
+        Resource::Canary(c) => Ok(*c),
         other => anyhow::bail!("expected a Canary, got {}", other.describe()),
     }
 }
@@ -37,33 +40,67 @@ pub async fn status(
     if !watch {
         return Ok(());
     }
-    let mut shown = canary.status.clone().unwrap_or_default().events;
+    let mut last = canary.status.clone().unwrap_or_default();
     loop {
         let status = fetch(&client, namespace, name)
             .await?
             .status
             .unwrap_or_default();
-        for e in status.events.iter().filter(|e| !shown.contains(e)) {
-            println!(
-                "{}  {:<12} {:>3}%  {}",
-                e.time,
-                format!("{:?}", e.phase),
-                e.weight,
-                e.message
-            );
+        // New events, new checks that are not events (inconclusive ones, checks while
+        // waiting for approval), and what the controller now says it is doing.
+        for e in status.events.iter().filter(|e| !last.events.contains(e)) {
+            let phase = format!("{:?}", e.phase);
+            let message = printable(&e.message);
+            println!("{}  {phase:<12} {:>3}%  {message}", e.time, e.weight);
+        }
+        for k in status.checks.iter().filter(|k| !last.checks.contains(k)) {
+            if !status.events.iter().any(|e| e.time == k.time) {
+                let words = printable(&check_words(k));
+                println!("{}  check        {:>3}%  {words}", k.time, k.weight);
+            }
+        }
+        let told = status.events.iter().any(|e| e.message == status.message);
+        if status.message != last.message && !told {
+            let w = status.canary_weight;
+            let message = printable(&status.message);
+            println!("{:<20}  now          {w:>3}%  {message}", "");
         }
         if status.phase.is_final() {
             return Ok(());
         }
-        shown = status.events;
+        last = status;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A check in words: its result, requests and values.
+fn check_words(k: &skein_model::resource::CheckRecord) -> String {
+    let result = match k.result {
+        CheckResult::Passed => "passed",
+        CheckResult::Failed => "FAILED",
+        CheckResult::Inconclusive => "inconclusive",
+    };
+    let rate = k.success_rate.map_or("-".into(), |r| format!("{r:.2}%"));
+    let p99 = k.p99_ms.map_or("-".into(), |p| format!("{p:.1}ms"));
+    let why = if k.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", k.message)
+    };
+    format!(
+        "{result} ({} requests, success {rate}, p99 {p99}){why}",
+        k.requests
+    )
 }
 
 /// `skein canary promote|abort|pause|resume NAME`.
 pub async fn act(target: &Target, namespace: &str, name: &str, action: &str) -> anyhow::Result<()> {
     let client = Client::new(target)?;
-    let path = format!("/api/v1/canaries/{namespace}/{name}/{action}");
+    let path = format!(
+        "/api/v1/canaries/{}/{}/{action}",
+        encode(namespace),
+        encode(name)
+    );
     client.call(Method::POST, &path, String::new()).await?;
     let what = match action {
         "promote" => "promotion requested: the canary receives 100% at the controller's next pass",
@@ -149,7 +186,7 @@ fn render(c: &Canary, now: i64) -> String {
         s.canary_weight
     );
     out += &format!(
-        "Checks:   every {}, {} failed of {} allowed, at least {} requests each\n",
+        "Checks:   every {}, {} failed (rolled back at {}), at least {} requests each\n",
         skein_model::duration::format(a.interval),
         s.failed_checks,
         a.threshold,
@@ -157,11 +194,19 @@ fn render(c: &Canary, now: i64) -> String {
     );
     if let Some(next) = s.next_check_time.as_deref().and_then(parse_time) {
         if !s.phase.is_final() && !s.paused {
-            out += &format!("Next:     in {}s\n", (next - now).max(0));
+            let next = if next >= now {
+                format!("in {}s", next - now)
+            } else {
+                format!(
+                    "overdue by {}s: is a control-plane replica leading? (its log, or /api/v1/status)",
+                    now - next
+                )
+            };
+            out += &format!("Next:     {next}\n");
         }
     }
     if !s.message.is_empty() {
-        out += &format!("Now:      {}\n", s.message);
+        out += &format!("Now:      {}\n", printable(&s.message));
     }
     if !s.checks.is_empty() {
         out += "\nLast checks:\n";
@@ -180,7 +225,7 @@ fn render(c: &Canary, now: i64) -> String {
                     k.requests.to_string(),
                     k.success_rate.map_or("-".into(), |r| format!("{r:.2}%")),
                     k.p99_ms.map_or("-".into(), |p| format!("{p:.1}ms")),
-                    k.message.clone(),
+                    printable(&k.message),
                 ]
             })
             .collect();
@@ -200,7 +245,7 @@ fn render(c: &Canary, now: i64) -> String {
                     e.time.clone(),
                     format!("{:?}", e.phase),
                     format!("{}%", e.weight),
-                    e.message.clone(),
+                    printable(&e.message),
                 ]
             })
             .collect();
@@ -243,7 +288,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Checks:   every 10s, 1 failed of 5 allowed, at least 20 requests each"),
+            text.contains(
+                "Checks:   every 10s, 1 failed (rolled back at 5), at least 20 requests each"
+            ),
             "{text}"
         );
         assert!(text.contains("Next:     in 18s"), "{text}");

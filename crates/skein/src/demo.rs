@@ -90,6 +90,9 @@ const RESTAURANT_V3: Workload = Workload {
 /// Runs the demo for `duration` (or until Ctrl-C) at `rps` requests per second; with
 /// `canary`, two releases of the restaurant as Canaries.
 pub async fn run(duration: Duration, rps: u32, net: u8, canary: bool) -> anyhow::Result<()> {
+    if canary && rps < 10 {
+        bail!("skein demo --canary needs --rps 10 or more: each check wants at least 5 requests to the canary at 20 % in 3 s");
+    }
     let ip = move |w: &Workload| IpAddr::from([127, 0, net, w.host]);
     let dir = std::env::temp_dir().join(format!("skein-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -181,6 +184,11 @@ async fn run_in(
     .context("cannot start the demo's control plane")?;
     let mut text = RESOURCES.to_string();
     if canary {
+        // Until a release routes it, the restaurant's traffic goes to v1 only.
+        text = text.replace(
+            "metadata: {name: restaurant}\nspec: {selector: {app: restaurant}",
+            "metadata: {name: restaurant}\nspec: {selector: {app: restaurant, version: v1}",
+        );
         text += CANARY_SERVICES;
     }
     let resources = skein_model::parse_documents(&text, "demo resources")?;
@@ -373,7 +381,8 @@ spec: {selector: {app: ledger}, ports: [{name: ledger, port: 9000, protocol: tcp
 ";
 
 /// With `--canary`: one Service per version of the restaurant (the workloads all run under
-/// the `restaurant` account, told apart by their `version` label).
+/// the `restaurant` account, told apart by their `version` label), each open to the
+/// frontend as the restaurant is.
 const CANARY_SERVICES: &str = "
 ---
 apiVersion: skein.dev/v1alpha1
@@ -390,6 +399,16 @@ apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: restaurant-v3}
 spec: {selector: {app: restaurant, version: v3}, serviceAccounts: [restaurant], ports: [{name: http, port: 8080, protocol: http}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: restaurant-v2}
+spec: {targetRef: {name: restaurant-v2}, rules: [{from: [{service: frontend}], to: [{methods: [GET], paths: ['/menu/*']}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: restaurant-v3}
+spec: {targetRef: {name: restaurant-v3}, rules: [{from: [{service: frontend}], to: [{methods: [GET], paths: ['/menu/*']}]}]}
 ";
 
 /// The Canary releasing `canary` over `stable`.
@@ -411,7 +430,7 @@ spec:
 /// Releases v2 (promoted step by step), then v3 (rolled back), printing every step.
 async fn releases(control: &RunningControl) -> anyhow::Result<()> {
     use skein_model::resource::CanaryPhase;
-    // Let the stable version's traffic settle first.
+    // Let v1's traffic flow first.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (stable, canary, expect) in [
         ("restaurant-v1", "restaurant-v2", "promoted"),

@@ -63,7 +63,7 @@ fn s(v: &Value, k: &str) -> String {
 
 /// `text` with control characters and the invisible ones that reorder or hide text
 /// (bidirectional overrides and isolates, zero-width marks) shown as `?`.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             let hidden = matches!(

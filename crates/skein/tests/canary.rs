@@ -391,7 +391,21 @@ async fn wait_for(
     }
 }
 
-/// The owned route's (stable, canary) weights of its last rule.
+/// Waits (5 s at most) until the owned route's weights are `want`: the controller records
+/// a decision in the status first, then writes the route.
+async fn route_becomes(control: &RunningControl, want: (u32, u32)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while route_weights(control) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the route's weights stayed {:?}, not {want:?}",
+            route_weights(control)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The owned route's (restaurant-v1, restaurant-v2) weights of its last rule.
 fn route_weights(control: &RunningControl) -> (u32, u32) {
     let key = ResourceKey::new(Kind::HttpRoute, "default", "restaurant");
     let Some(Resource::HttpRoute(r)) = control.registry.get(&key) else {
@@ -628,7 +642,7 @@ async fn a_healthy_canary_is_promoted_step_by_step_and_callers_see_no_failures()
         *messages.last().unwrap(),
         "promoted: the canary serves all the target's traffic"
     );
-    assert_eq!(route_weights(control), (0, 100));
+    route_becomes(control, (0, 100)).await;
     // Every caller now reaches the canary only.
     let (a, b) = (v1.hits(), v2.hits());
     let load = Load::plain(proxy);
@@ -674,6 +688,51 @@ async fn a_healthy_canary_is_promoted_step_by_step_and_callers_see_no_failures()
         "{}",
         out.failed()
     );
+    // A new spec that would send everything back to the old stable is refused; the next
+    // release starts from the promoted Service, and labels alone restart nothing.
+    let back = canary(
+        "{interval: 2s, threshold: 2, stepWeights: [10, 30, 50], minRequests: 10}",
+        "",
+    );
+    let err = control
+        .registry
+        .apply(parse_documents(&back, "test").unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Canary/default/restaurant promoted Service restaurant-v2, which serves all of Service restaurant's traffic now; a new rollout starts from it: set stable: restaurant-v2"),
+        "{err}"
+    );
+    assert_eq!(status_of(control).phase, CanaryPhase::Succeeded);
+    let labelled = canary(
+        "{interval: 1s, threshold: 2, stepWeights: [10, 30, 50], minRequests: 10}",
+        "",
+    )
+    .replace(
+        "metadata: {name: restaurant}",
+        "metadata: {name: restaurant, labels: {team: food}}",
+    );
+    apply(control, &labelled).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let s = status_of(control);
+    assert_eq!(
+        (s.phase, s.canary_weight),
+        (CanaryPhase::Succeeded, 100),
+        "{s:?}"
+    );
+    assert_eq!(s.observed_generation, 2);
+    let next = canary("{interval: 1s, stepWeights: [10]}", "").replace(
+        "stable: restaurant-v1\n  canary: restaurant-v2",
+        "stable: restaurant-v2\n  canary: restaurant-v1",
+    );
+    apply(control, &next).await;
+    let s = wait_for(control, Duration::from_secs(5), "the next release", |s| {
+        s.phase == CanaryPhase::Progressing
+    })
+    .await;
+    assert_eq!(s.canary_weight, 10, "{s:?}");
+    route_becomes(control, (10, 90)).await;
     bed.finish().await;
 }
 
@@ -724,7 +783,7 @@ async fn a_canary_answering_errors_is_rolled_back_within_threshold_checks() {
         ),
         "{last}"
     );
-    assert_eq!(route_weights(control), (100, 0));
+    route_becomes(control, (100, 0)).await;
     // What callers saw stayed within the canary's weight: 20 % of 20 %.
     let total = ok + failed.len();
     assert!(failed.iter().all(|s| *s == 500), "{failed:?}");
@@ -770,7 +829,7 @@ async fn a_slow_canary_is_rolled_back() {
             && check.message.ends_with("ms > max 50ms"),
         "{check:?}"
     );
-    assert_eq!(route_weights(control), (100, 0));
+    route_becomes(control, (100, 0)).await;
     bed.finish().await;
 }
 
@@ -820,7 +879,7 @@ async fn a_canary_with_too_little_traffic_holds_and_is_never_promoted() {
         "{}",
         held.message
     );
-    assert_eq!(route_weights(control), (50, 50));
+    route_becomes(control, (50, 50)).await;
     bed.finish().await;
 }
 
@@ -1018,7 +1077,7 @@ async fn webhooks_gate_the_start_the_checks_and_the_promotion() {
         "{:?}",
         s.checks
     );
-    assert_eq!(route_weights(control), (100, 0));
+    route_becomes(control, (100, 0)).await;
     hooks.fail_after_body(0);
     let s = wait_for(control, Duration::from_secs(15), "progressing", |s| {
         s.phase == CanaryPhase::Progressing
@@ -1173,6 +1232,70 @@ async fn a_killed_control_plane_resumes_the_rollout_at_the_recorded_step() {
     client.shutdown().await;
 }
 
+/// A control-plane replica on 127.0.2.`host` sharing `etcd`.
+async fn replica(etcd: &skein_testkit::etcd::Etcd, dir: &Path, host: u8) -> RunningControl {
+    let store = StoreChoice::Etcd {
+        endpoints: vec![etcd.endpoint()],
+        prefix: "/skein/".into(),
+    };
+    let mut o = options(dir, host, store, SocketAddr::new(ip(host), 0));
+    o.secrets_key = Some("7d".repeat(32).parse().unwrap());
+    RunningControl::start(o).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_leader_counts_canary_traffic_reported_to_other_replicas() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return;
+    }
+    let etcd = skein_testkit::etcd::Etcd::start().unwrap();
+    let (d1, d2) = (
+        TempDir::new("canary-s1").unwrap(),
+        TempDir::new("canary-s2").unwrap(),
+    );
+    let r1 = replica(&etcd, d1.path(), 84).await;
+    assert!(*r1.leader.borrow(), "the first replica leads");
+    let r2 = replica(&etcd, d2.path(), 85).await;
+    apply(&r1, SERVICES).await;
+    // The canary's proxy reports to r2 only; the leader, r1, never hears from it directly.
+    let (on_r1, on_r2) = (r1.grpc.to_string(), r2.grpc.to_string());
+    let (_v1, _p1) = version(&api(&r1), &on_r1, 86, "restaurant-v1").await;
+    let (_v2, _p2) = version(&api(&r1), &on_r2, 87, "restaurant-v2").await;
+    let client = caller(&api(&r1), &on_r1, 84).await;
+    start(
+        &r1,
+        &client,
+        &canary("{interval: 2s, stepWeights: [20, 50], minRequests: 10}", ""),
+    )
+    .await;
+    let load = Load::plain(client.addrs.http_proxy.unwrap());
+    let done = wait_for(&r1, Duration::from_secs(40), "promoted", |s| {
+        s.phase == CanaryPhase::Succeeded
+    })
+    .await;
+    let (_, failed) = load.finish().await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let passed: Vec<_> = done
+        .checks
+        .iter()
+        .filter(|c| c.result == CheckResult::Passed)
+        .collect();
+    assert_eq!(passed.len(), 2, "{:#?}", done.checks);
+    assert!(passed.iter().all(|c| c.requests >= 10), "{passed:#?}");
+    assert!(
+        r1.central
+            .served("default", &["restaurant-v2-1".to_string()])
+            .is_empty(),
+        "the leader's own view never had the canary"
+    );
+    client.shutdown().await;
+    r2.shutdown().await;
+    r1.shutdown().await;
+    drop(etcd);
+}
+
 #[tokio::test]
 async fn a_new_leader_resumes_the_rollout_at_the_recorded_step() {
     skein_testkit::init_tracing();
@@ -1185,18 +1308,9 @@ async fn a_new_leader_resumes_the_rollout_at_the_recorded_step() {
         TempDir::new("canary-r1").unwrap(),
         TempDir::new("canary-r2").unwrap(),
     );
-    let replica = async |dir: &Path, host: u8| {
-        let store = StoreChoice::Etcd {
-            endpoints: vec![etcd.endpoint()],
-            prefix: "/skein/".into(),
-        };
-        let mut o = options(dir, host, store, SocketAddr::new(ip(host), 0));
-        o.secrets_key = Some("7d".repeat(32).parse().unwrap());
-        RunningControl::start(o).await.unwrap()
-    };
-    let r1 = replica(d1.path(), 80).await;
+    let r1 = replica(&etcd, d1.path(), 80).await;
     assert!(*r1.leader.borrow(), "the first replica leads");
-    let r2 = replica(d2.path(), 81).await;
+    let r2 = replica(&etcd, d2.path(), 81).await;
     assert!(!*r2.leader.borrow());
     // Proxies know both replicas and start on r1.
     let endpoint = format!("{},{}", r1.grpc, r2.grpc);

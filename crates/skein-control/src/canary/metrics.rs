@@ -11,6 +11,12 @@ use std::collections::BTreeMap;
 pub trait MetricsSource: Send + Sync {
     /// What each of `workloads` (in `namespace`) served so far; absent: nothing known.
     fn served(&self, namespace: &str, workloads: &[String]) -> BTreeMap<String, Served>;
+
+    /// Whether the source can answer now (a new leader's view of the other replicas is
+    /// read first: an interval measured before would count their whole history).
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 impl MetricsSource for Central {
@@ -21,14 +27,23 @@ impl MetricsSource for Central {
     }
 }
 
-/// What `now` adds to `base`, over the workloads in `now` (a workload new since `base`
-/// counts from zero), as an observation.
-pub fn observe(base: &BTreeMap<String, Served>, now: &BTreeMap<String, Served>) -> Observation {
+/// What `now` adds to `base` for the workloads that were the canary's when `base` was
+/// taken (`then`, by name; keys are a workload's name, or `replica/name`). A workload of
+/// `then` without totals in `base` had served nothing yet and counts whole; one that joined
+/// the canary during the interval counts from the next (its totals may span hours before
+/// it was the canary's); one that went away counts nothing more.
+pub fn observe(
+    base: &BTreeMap<String, Served>,
+    then: &[String],
+    now: &BTreeMap<String, Served>,
+) -> Observation {
     let mut sum = Served::default();
-    for (w, totals) in now {
-        match base.get(w) {
+    for (key, totals) in now {
+        let workload = key.rsplit('/').next().unwrap_or(key);
+        match base.get(key) {
             Some(before) => sum.add(&totals.since(before)),
-            None => sum.add(totals),
+            None if then.iter().any(|w| w == workload) => sum.add(totals),
+            None => {}
         }
     }
     Observation {
@@ -55,17 +70,24 @@ mod tests {
 
     #[test]
     fn differences_over_the_interval() {
+        let then = ["a".to_string(), "c".to_string()];
         let base = BTreeMap::from([("a".to_string(), served(100, 1, 5))]);
         let mut now = BTreeMap::from([("a".to_string(), served(150, 11, 5))]);
-        let o = observe(&base, &now);
+        let o = observe(&base, &then, &now);
         assert_eq!((o.requests, o.failures), (50, 10));
         assert_eq!(o.success_rate(), Some(80.0));
         assert!(o.p99_ms.unwrap() >= 5.0 && o.p99_ms.unwrap() < 7.0, "{o:?}");
-        // A workload that appeared during the interval counts whole.
+        // A workload that joined the canary during the interval counts from the next one.
         now.insert("b".into(), served(10, 0, 5));
-        assert_eq!(observe(&base, &now).requests, 60);
-        // A workload that went away contributes nothing.
-        assert_eq!(observe(&base, &BTreeMap::new()).requests, 0);
-        assert_eq!(observe(&base, &BTreeMap::new()).success_rate(), None);
+        assert_eq!(observe(&base, &then, &now).requests, 50);
+        // One that was the canary's but had served nothing yet counts whole.
+        now.insert("c".into(), served(7, 0, 5));
+        assert_eq!(observe(&base, &then, &now).requests, 57);
+        // Keys of another replica's share: by the workload's name.
+        now.insert("r2/c".into(), served(3, 0, 5));
+        assert_eq!(observe(&base, &then, &now).requests, 60);
+        // One that went away contributes nothing.
+        assert_eq!(observe(&base, &then, &BTreeMap::new()).requests, 0);
+        assert_eq!(observe(&base, &then, &BTreeMap::new()).success_rate(), None);
     }
 }

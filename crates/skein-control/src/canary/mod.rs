@@ -12,10 +12,14 @@
 //!
 //! Operators' requests (`skein canary promote|abort|pause|resume`) are written into the
 //! status by the API and carried out at the next pass (within [`TICK`]).
+//!
+//! With several replicas (etcd) each proxy reports to the replica it is connected to;
+//! [`shared`] brings every replica's share of the canary's traffic to the leader.
 
 pub mod metrics;
 pub mod plan;
 pub mod route;
+pub mod shared;
 pub mod webhook;
 
 use crate::registry::Registry;
@@ -42,6 +46,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 struct Track {
     /// Totals at the start of the interval being measured.
     baseline: BTreeMap<String, Served>,
+    /// The canary's workloads then: measured at the end too, even if gone from the
+    /// Service meanwhile (their failures count).
+    workloads: Vec<String>,
     /// When that interval started.
     since: Instant,
     /// When the next pass is due.
@@ -61,9 +68,10 @@ pub async fn run(
     let mut tracks: HashMap<ResourceKey, Track> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut passes: tokio::task::JoinSet<(ResourceKey, Option<Track>)> =
-        tokio::task::JoinSet::new();
-    let mut busy: std::collections::HashSet<ResourceKey> = Default::default();
+    let mut passes: tokio::task::JoinSet<Option<Track>> = tokio::task::JoinSet::new();
+    // The Canary each running pass is for (a pass that panics still frees its Canary).
+    let mut busy: HashMap<tokio::task::Id, ResourceKey> = HashMap::new();
+    let mut ticks: u64 = 0;
     // With the embedded store leadership never changes (its sender is gone at once).
     let mut follow_leader = true;
     loop {
@@ -73,38 +81,50 @@ pub async fn run(
                 follow_leader = changed.is_ok();
             }
             _ = tick.tick() => {}
-            Some(done) = passes.join_next() => {
-                if let Ok((key, track)) = done {
-                    busy.remove(&key);
-                    if let Some(track) = track {
-                        tracks.insert(key, track);
+            Some(done) = passes.join_next_with_id() => {
+                let (id, track) = match done {
+                    Ok((id, track)) => (id, track),
+                    Err(e) => {
+                        if !e.is_cancelled() {
+                            tracing::error!(error = %e, "a canary pass failed; the next one starts afresh");
+                        }
+                        (e.id(), None)
                     }
+                };
+                if let (Some(key), Some(track)) = (busy.remove(&id), track) {
+                    tracks.insert(key, track);
                 }
                 continue;
             }
         }
         if !*leader.borrow() {
+            // No longer leading: passes in flight stop (no more webhooks or writes).
+            passes.abort_all();
+            busy.clear();
             tracks.clear();
             continue;
         }
         let canaries = registry.list(Kind::Canary, None);
-        route::release_orphans(&registry, &canaries).await;
-        tracks.retain(|k, _| canaries.iter().any(|c| &c.key() == k));
+        ticks += 1;
+        if ticks.is_multiple_of(8) {
+            route::release_orphans(&registry, &canaries).await;
+        }
+        let keys: std::collections::HashSet<ResourceKey> =
+            canaries.iter().map(Resource::key).collect();
+        tracks.retain(|k, _| keys.contains(k));
         for resource in canaries {
             let Resource::Canary(canary) = resource else {
                 continue;
             };
             let key = resource_key(&canary);
-            if busy.contains(&key) {
+            if busy.values().any(|k| *k == key) {
                 continue;
             }
             let track = tracks.remove(&key);
             let (registry, source) = (registry.clone(), source.clone());
-            busy.insert(key.clone());
-            passes.spawn(async move {
-                let track = reconcile(&registry, &*source, canary, track).await;
-                (key, track)
-            });
+            let handle =
+                passes.spawn(async move { reconcile(&registry, &*source, *canary, track).await });
+            busy.insert(handle.id(), key);
         }
     }
 }
@@ -113,10 +133,10 @@ fn resource_key(c: &Canary) -> ResourceKey {
     ResourceKey::new(Kind::Canary, &c.metadata.namespace, &c.metadata.name)
 }
 
-/// The canary Service's digest: its selector, accounts and ports (FNV-1a over their JSON,
-/// stable across restarts).
-pub fn revision(service: &skein_model::resource::Service) -> String {
-    let text = serde_json::to_string(&service.spec).unwrap_or_default();
+/// A digest of `value`'s JSON (FNV-1a), stable across restarts and replicas: of the
+/// canary Service's spec (a new version) and of the Canary's spec (a new rollout).
+pub fn digest<T: serde::Serialize>(value: &T) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
@@ -126,7 +146,7 @@ pub fn revision(service: &skein_model::resource::Service) -> String {
 }
 
 /// The workloads `service` (in `namespace`) selects now.
-fn workloads_of(state: &MeshState, namespace: &str, service: &str) -> Vec<String> {
+pub(crate) fn workloads_of(state: &MeshState, namespace: &str, service: &str) -> Vec<String> {
     let Some(view) = state
         .services
         .iter()
@@ -157,19 +177,33 @@ async fn reconcile(
     let interval = spec.analysis.interval;
     let state = registry.subscribe().borrow().clone();
     let workloads = workloads_of(&state, &ns, &spec.canary);
-    let totals = || source.served(&ns, &workloads);
+    let totals = |also: &[String]| {
+        let mut all = workloads.clone();
+        all.extend(also.iter().filter(|w| !workloads.contains(w)).cloned());
+        source.served(&ns, &all)
+    };
     let service = |name: &str| registry.get(&ResourceKey::new(Kind::Service, &ns, name));
     let canary_revision = match service(&spec.canary) {
-        Some(Resource::Service(s)) => Some(revision(&s)),
+        Some(Resource::Service(s)) => Some(digest(&s.spec)),
         _ => None,
     };
-    let missing: Vec<String> = [&spec.target_ref.name, &spec.stable, &spec.canary]
+    let mut missing: Vec<String> = [&spec.target_ref.name, &spec.stable, &spec.canary]
         .into_iter()
         .filter(|name| service(name).is_none())
         .map(|name| format!("Service {ns}/{name} does not exist"))
         .collect();
+    if missing.is_empty() && workloads.is_empty() {
+        // Its share of the traffic would fail: not a start, and a failed check later.
+        missing.push(format!(
+            "Service {ns}/{} selects no workloads (none registered with its labels and an account it admits)",
+            spec.canary
+        ));
+    }
+    // With no stable Service the owned route would send the target's traffic nowhere.
+    let routable = service(&spec.stable).is_some();
     let mut pass = Pass {
         generation: canary.metadata.generation,
+        spec_revision: digest(&canary.spec),
         canary_revision,
         missing: (!missing.is_empty()).then(|| missing.join("; ")),
         now: crate::registry::now_rfc3339(),
@@ -185,17 +219,24 @@ async fn reconcile(
     // carried out at once.
     let toggled = track.as_ref().is_some_and(|t| t.seen.2 != status.paused);
     let restart = plan::restarts(&status, &pass).is_some();
-    let urgent = restart || status.requested.is_some() || toggled;
-    let fresh = track.as_ref().is_none_or(|t| t.seen != seen);
-    if fresh {
-        // Whatever the last leader managed to write, the route follows the recorded status.
+    // A new generation with the same spec (labels, annotations) is only recorded.
+    let relabelled = status.observed_generation != pass.generation;
+    let urgent = restart || status.requested.is_some() || toggled || relabelled;
+    if routable {
+        // Every tick (a comparison unless something changed it): whatever the last leader
+        // managed to write, or someone deleted, the route follows the recorded status.
         route::ensure(registry, &canary, &status).await;
+    }
+    if track.is_none() && !source.ready() {
+        // Not yet able to take a baseline that covers every replica: next tick.
+        return None;
     }
     let mut track = match track {
         Some(t) if t.seen == seen => t,
         // New to this leader, or its status changed under us: a fresh interval from now.
         _ => Track {
-            baseline: totals(),
+            baseline: totals(&[]),
+            workloads: workloads.clone(),
             since: now,
             due: if status.phase == CanaryPhase::Initializing {
                 now
@@ -209,16 +250,18 @@ async fn reconcile(
         return Some(track);
     }
     if status.phase.is_final() && !urgent {
-        // Nothing moves; keep the route as recorded.
-        route::ensure(registry, &canary, &status).await;
         track.due = now + interval;
         return Some(track);
     }
-    let measured = totals();
+    let measured = totals(&track.workloads);
     if status.phase == CanaryPhase::Progressing
         && now.duration_since(track.since) + TICK >= interval
     {
-        pass.observation = Some(metrics::observe(&track.baseline, &measured));
+        pass.observation = Some(metrics::observe(
+            &track.baseline,
+            &track.workloads,
+            &measured,
+        ));
     }
     // Webhooks are called at passes that decide something: not at a restart, not while a
     // Service is missing, not before a full interval was measured.
@@ -234,9 +277,7 @@ async fn reconcile(
     }
     pass.hooks = futures_util::future::join_all(answers).await;
     let mut next = plan::step(spec, &status, &pass);
-    if next.phase.is_final() && !status.phase.is_final() {
-        post_rollout(&canary, &mut next).await;
-    }
+    let ended = next.phase.is_final() && !status.phase.is_final();
     for e in next
         .events
         .iter()
@@ -247,15 +288,25 @@ async fn reconcile(
         }
     }
     next.next_check_time = (!next.phase.is_final()).then(|| rfc3339_in(interval));
-    if next != status {
-        write_status(registry, &canary, next.clone()).await;
+    if next != status && write_status(registry, &canary, next.clone()).await && ended {
+        // Once the end is recorded (never twice: a lost compare-and-set calls nothing).
+        if let Some(Resource::Canary(written)) = registry.get(&key) {
+            let mut last = next.clone();
+            post_rollout(&written, &mut last).await;
+            if last != next {
+                write_status(registry, &written, last).await;
+            }
+        }
     }
     let recorded = registry_status(registry, &key).unwrap_or(status);
-    route::ensure(registry, &canary, &recorded).await;
+    if routable {
+        route::ensure(registry, &canary, &recorded).await;
+    }
     Some(Track {
         // The next interval starts where this one was measured: traffic summarised while
         // webhooks answered counts in it.
         baseline: measured,
+        workloads,
         since: now,
         // After a restart, the rollout begins at the next tick, not an interval later.
         due: if restart { now } else { now + interval },
@@ -319,18 +370,23 @@ async fn post_rollout(canary: &Canary, next: &mut CanaryStatus) {
 
 /// Writes `status` if the Canary is still at the version read (a newer one, written by an
 /// operator or another replica, wins: the next pass reads it).
-async fn write_status(registry: &Registry, canary: &Canary, status: CanaryStatus) {
+async fn write_status(registry: &Registry, canary: &Canary, status: CanaryStatus) -> bool {
     let mut c = canary.clone();
     c.status = Some(status);
-    match registry.apply_with(vec![Resource::Canary(c)], true).await {
-        Ok(_) => {}
+    match registry
+        .apply_with(vec![Resource::Canary(Box::new(c))], true)
+        .await
+    {
+        Ok(_) => true,
         Err(crate::registry::RegistryError::Store(crate::store::StoreError::Conflict {
             ..
         })) => {
             tracing::debug!(canary = %resource_key(canary), "status changed meanwhile; reading it again");
+            false
         }
         Err(e) => {
-            tracing::warn!(canary = %resource_key(canary), error = %e, "cannot record the canary's status; retrying at the next pass")
+            tracing::warn!(canary = %resource_key(canary), error = %e, "cannot record the canary's status; retrying at the next pass");
+            false
         }
     }
 }

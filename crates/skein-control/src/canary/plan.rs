@@ -60,6 +60,8 @@ pub struct HookAnswer {
 pub struct Pass {
     /// The Canary's `metadata.generation`.
     pub generation: u64,
+    /// The digest of the Canary's spec ([`super::digest`]).
+    pub spec_revision: String,
     /// The canary Service's digest ([`super::revision`]); `None`: it does not exist.
     pub canary_revision: Option<String>,
     /// Why the rollout cannot start, if something it needs is missing (a Service).
@@ -84,18 +86,14 @@ pub enum Shape {
     Mirror,
 }
 
-/// Whether the status wants the analysis restarted: a new generation of the Canary, or a
-/// changed canary Service while the rollout is not promoted.
+/// Whether the status wants the analysis restarted: a rollout never started, a changed
+/// spec, or a changed canary Service while the rollout is not promoted.
 pub fn restarts(status: &CanaryStatus, pass: &Pass) -> Option<String> {
-    if status.observed_generation != pass.generation {
-        return Some(if status.observed_generation == 0 {
-            "rollout started".to_string()
-        } else {
-            format!(
-                "the Canary changed (generation {} → {}): analysis restarts",
-                status.observed_generation, pass.generation
-            )
-        });
+    if status.observed_generation == 0 && status.spec_revision.is_empty() {
+        return Some("rollout started".to_string());
+    }
+    if !status.spec_revision.is_empty() && status.spec_revision != pass.spec_revision {
+        return Some("the Canary's spec changed: analysis restarts".to_string());
     }
     let changed = pass
         .canary_revision
@@ -175,6 +173,7 @@ pub fn step(spec: &CanarySpec, old: &CanaryStatus, pass: &Pass) -> CanaryStatus 
         let history = (old.checks.clone(), old.events.clone());
         *next.s = CanaryStatus {
             observed_generation: pass.generation,
+            spec_revision: pass.spec_revision.clone(),
             canary_revision: pass.canary_revision.clone().unwrap_or_default(),
             checks: history.0,
             events: history.1,
@@ -187,6 +186,11 @@ pub fn step(spec: &CanarySpec, old: &CanaryStatus, pass: &Pass) -> CanaryStatus 
     if pass.canary_revision.is_some() && old.canary_revision.is_empty() {
         next.s.canary_revision = pass.canary_revision.clone().unwrap_or_default();
     }
+    // Labels and annotations change the generation, not the rollout.
+    next.s.observed_generation = pass.generation;
+    if old.spec_revision.is_empty() {
+        next.s.spec_revision = pass.spec_revision.clone();
+    }
     match old.requested {
         Some(CanaryAction::Abort) if !old.phase.is_final() => {
             next.s.requested = None;
@@ -196,6 +200,12 @@ pub fn step(spec: &CanarySpec, old: &CanaryStatus, pass: &Pass) -> CanaryStatus 
                 0,
                 "rolled back: aborted by an operator",
             );
+            return s;
+        }
+        Some(CanaryAction::Promote) if pass.missing.is_some() => {
+            next.s.requested = None;
+            let missing = pass.missing.as_deref().unwrap_or_default();
+            next.event(&format!("cannot promote: {missing}"));
             return s;
         }
         Some(CanaryAction::Promote)
@@ -459,6 +469,7 @@ mod tests {
     fn pass(o: Option<Observation>) -> Pass {
         Pass {
             generation: 1,
+            spec_revision: "s1".into(),
             canary_revision: Some("r1".into()),
             observation: o,
             now: "2026-12-03T00:00:00Z".into(),
@@ -723,6 +734,19 @@ mod tests {
             (p.phase, p.canary_weight, p.requested),
             (CanaryPhase::Promoting, 100, None)
         );
+        let gone = Pass {
+            missing: Some("Service default/web-v2 does not exist".into()),
+            ..pass(good(5))
+        };
+        let refused = step(&spec, &s, &gone);
+        assert_eq!(
+            (refused.phase, refused.requested),
+            (CanaryPhase::Progressing, None)
+        );
+        assert_eq!(
+            refused.message,
+            "cannot promote: Service default/web-v2 does not exist"
+        );
         s.requested = Some(CanaryAction::Abort);
         let a = step(&spec, &s, &pass(good(5)));
         assert_eq!((a.phase, a.canary_weight), (CanaryPhase::Failed, 0));
@@ -754,15 +778,27 @@ mod tests {
         let done = step(&spec, &s, &pass(good(5)));
         assert_eq!(done.phase, CanaryPhase::Succeeded);
         assert_eq!(step(&spec, &done, &changed).phase, CanaryPhase::Succeeded);
-        let next_gen = Pass {
+        // New labels or annotations: a new generation, the same rollout.
+        let relabelled = Pass {
             generation: 2,
             ..pass(None)
         };
-        let r = step(&spec, &done, &next_gen);
+        let same = step(&spec, &done, &relabelled);
         assert_eq!(
-            (r.phase, r.observed_generation),
-            (CanaryPhase::Initializing, 2)
+            (same.phase, same.observed_generation),
+            (CanaryPhase::Succeeded, 2)
         );
+        let next_spec = Pass {
+            generation: 3,
+            spec_revision: "s2".into(),
+            ..pass(None)
+        };
+        let r = step(&spec, &done, &next_spec);
+        assert_eq!(
+            (r.phase, r.observed_generation, r.spec_revision.as_str()),
+            (CanaryPhase::Initializing, 3, "s2")
+        );
+        assert_eq!(r.message, "the Canary's spec changed: analysis restarts");
         assert!(r.events.len() > done.events.len(), "history is kept");
     }
 

@@ -149,7 +149,7 @@ mod tests {
              spec: {{targetRef: {{name: web{port}}}, stable: web-v1, canary: web-v2, analysis: {analysis}}}\n"
         );
         match parse_documents(&yaml, "t").unwrap().remove(0) {
-            Resource::Canary(c) => c,
+            Resource::Canary(c) => *c,
             _ => unreachable!(),
         }
     }

@@ -168,9 +168,10 @@ impl Sparse {
     /// Adds these observations to a full histogram.
     pub fn add_to(&self, into: &mut Snapshot) {
         for &(b, n) in &self.buckets {
-            into.counts[b as usize] += n;
+            let c = &mut into.counts[b as usize];
+            *c = c.saturating_add(n);
         }
-        into.sum_us += self.sum_us;
+        into.sum_us = into.sum_us.saturating_add(self.sum_us);
     }
 }
 
@@ -288,9 +289,17 @@ impl Served {
 
     /// Adds `other`'s requests.
     pub fn add(&mut self, other: &Served) {
-        self.requests += other.requests;
-        self.failures += other.failures;
-        self.latency.add(&other.latency);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failures = self.failures.saturating_add(other.failures);
+        for (a, b) in self
+            .latency
+            .counts
+            .iter_mut()
+            .zip(other.latency.counts.iter())
+        {
+            *a = a.saturating_add(*b);
+        }
+        self.latency.sum_us = self.latency.sum_us.saturating_add(other.latency.sum_us);
     }
 }
 
@@ -400,13 +409,14 @@ impl Central {
             .iter()
             .filter(|r| r.inbound && r.error != "denied")
         {
+            // Saturating: a proxy's counts are its own word, never a reason to panic.
             let served = &mut record.served;
-            served.requests += r.count;
+            served.requests = served.requests.saturating_add(r.count);
             let failed = r.status_code >= 500
                 || (r.status_code == 0 && r.status_class >= 5)
                 || r.grpc_status.is_some_and(|g| g != 0);
             if failed {
-                served.failures += r.count;
+                served.failures = served.failures.saturating_add(r.count);
             }
             Sparse::from_pb(r.latency.as_ref()).add_to(&mut served.latency);
         }

@@ -213,9 +213,13 @@ pub struct CanaryStatus {
     /// An operator's request the controller carries out at its next pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<CanaryAction>,
-    /// The Canary generation this status is for; a new one restarts the analysis.
+    /// The Canary generation the controller last saw.
     #[serde(default)]
     pub observed_generation: u64,
+    /// A digest of the spec the rollout is for; a change of the spec (not of labels or
+    /// annotations) restarts the analysis.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spec_revision: String,
     /// A digest of the canary Service's selector and ports when the rollout began; a
     /// change (a new version) restarts the analysis.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -604,6 +608,10 @@ impl Webhook {
 
 /// The `host:port` and path of an `http://` webhook URL (port default 80), if it is one.
 pub fn webhook_addr(url: &str) -> Option<(String, String)> {
+    // Printed in checks and logs, and sent as a request line: no controls, no spaces.
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -750,6 +758,8 @@ mod tests {
             "http://h:0/",
             "http://h:x/",
             "ftp://h/",
+            "http://h\u{1b}[2J:80/",
+            "http://h/a b",
         ] {
             assert_eq!(webhook_addr(bad), None, "{bad}");
         }

@@ -93,8 +93,8 @@ pub enum Resource {
     BackendPolicy(BackendPolicy),
     /// Injected faults.
     FaultInjection(FaultInjection),
-    /// A progressive rollout.
-    Canary(Canary),
+    /// A progressive rollout (boxed: its status makes it the largest kind by far).
+    Canary(Box<Canary>),
 }
 
 /// Runs `$body` with `$r` bound to the object inside any variant.

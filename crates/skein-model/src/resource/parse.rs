@@ -114,7 +114,7 @@ pub(crate) fn from_value(mut value: Value) -> Result<Resource, (Cause, FieldErro
         Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
         Kind::BackendPolicy => Resource::BackendPolicy(typed(value)?),
         Kind::FaultInjection => Resource::FaultInjection(typed(value)?),
-        Kind::Canary => Resource::Canary(typed(value)?),
+        Kind::Canary => Resource::Canary(Box::new(typed(value)?)),
     };
     resource.apply_defaults();
     Ok(resource)

@@ -9,6 +9,29 @@ use super::{Kind, Resource, ResourceKey};
 pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     for r in docs {
+        if let Resource::Canary(c) = r {
+            let ns = c.metadata.namespace.as_str();
+            let spec = &c.spec;
+            let roles = [
+                (
+                    "targetRef",
+                    &spec.target_ref.name,
+                    "the rollout waits until it does",
+                ),
+                ("stable", &spec.stable, "the rollout waits until it does"),
+                ("canary", &spec.canary, "the rollout waits until it does"),
+            ];
+            for (field, name, meanwhile) in roles {
+                let k = ResourceKey::new(Kind::Service, ns, name);
+                if !exists(&k) {
+                    out.push(format!(
+                        "{}: {field} names {k}, which does not exist: {meanwhile}",
+                        r.key()
+                    ));
+                }
+            }
+            continue;
+        }
         let Resource::HttpRoute(route) = r else {
             continue;
         };
@@ -56,6 +79,26 @@ pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec
 mod tests {
     use super::*;
     use crate::resource::parse_documents;
+
+    #[test]
+    fn a_canary_names_its_missing_services() {
+        let docs = parse_documents(
+            "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n\
+             ---\napiVersion: skein.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\n\
+             spec: {targetRef: {name: web}, stable: web-v1, canary: web-v2, analysis: {stepWeight: 10}}\n",
+            "test",
+        )
+        .unwrap();
+        let keys: Vec<ResourceKey> = docs.iter().map(Resource::key).collect();
+        let w = dangling(&docs, |k| keys.contains(k));
+        assert_eq!(
+            w,
+            [
+                "Canary/default/web: stable names Service/default/web-v1, which does not exist: the rollout waits until it does",
+                "Canary/default/web: canary names Service/default/web-v2, which does not exist: the rollout waits until it does",
+            ]
+        );
+    }
 
     #[test]
     fn references_to_missing_resources_are_named() {

@@ -272,9 +272,9 @@ async fn apply_get_delete_round_trip_for_every_kind() {
     assert_eq!(out.stdout.lines().count(), CASES.len());
 
     // An unknown kind word is refused with the accepted words.
-    let err = cp.cli(&["get", "canaries"]).await.failed().to_string();
+    let err = cp.cli(&["get", "gateways"]).await.failed().to_string();
     assert!(
-        err.contains("unknown resource kind \"canaries\"") && err.contains("service|services|svc"),
+        err.contains("unknown resource kind \"gateways\"") && err.contains("service|services|svc"),
         "{err}"
     );
 }
@@ -383,12 +383,21 @@ async fn invalid_resources_are_refused_precisely_and_the_state_stays() {
         ),
         (
             "unknown kind",
-            "apiVersion: skein.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec: {steps: [10, 50]}\n".into(),
+            "apiVersion: skein.dev/v1alpha1\nkind: Gateway\nmetadata: {name: web}\nspec: {steps: [10, 50]}\n".into(),
             vec![
-                "Canary web",
-                "kind: \"Canary\" is not accepted",
-                "expected one of Mesh, Service, Workload, AuthorizationPolicy, BackendPolicy",
+                "Gateway web",
+                "kind: \"Gateway\" is not accepted",
+                "expected one of Mesh, Service, Workload, AuthorizationPolicy, BackendPolicy, FaultInjection, Canary",
                 "HTTPRoute (apiVersion gateway.networking.k8s.io/v1)",
+            ],
+        ),
+        (
+            "a Canary with steps out of order and a metric without its bound",
+            "apiVersion: skein.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec: {targetRef: {name: web}, stable: web-v1, canary: web-v2, analysis: {stepWeights: [50, 10], metrics: [{name: request-duration, thresholdRange: {min: 1}}]}}\n".into(),
+            vec![
+                "Canary default/web",
+                "spec.analysis.stepWeights[1]: \"10\" is not accepted; expected weights in increasing order",
+                "spec.analysis.metrics[0].thresholdRange.max: \"none\" is not accepted; expected a p99 in milliseconds",
             ],
         ),
         (
