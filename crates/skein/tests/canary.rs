@@ -1243,21 +1243,49 @@ async fn replica(etcd: &skein_testkit::etcd::Etcd, dir: &Path, host: u8) -> Runn
     RunningControl::start(o).await.unwrap()
 }
 
+/// Two replicas sharing a fresh etcd, on 127.0.2.`h1` (the leader) and `h2`; `None`
+/// (the test skipped) without etcd.
+struct Replicas {
+    etcd: skein_testkit::etcd::Etcd,
+    _dirs: (TempDir, TempDir),
+    r1: RunningControl,
+    r2: RunningControl,
+}
+
+async fn two_replicas(tag: &str, h1: u8, h2: u8) -> Option<Replicas> {
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+        return None;
+    }
+    let etcd = skein_testkit::etcd::Etcd::start().unwrap();
+    let dirs = (
+        TempDir::new(&format!("{tag}1")).unwrap(),
+        TempDir::new(&format!("{tag}2")).unwrap(),
+    );
+    let r1 = replica(&etcd, dirs.0.path(), h1).await;
+    assert!(*r1.leader.borrow(), "the first replica leads");
+    let r2 = replica(&etcd, dirs.1.path(), h2).await;
+    assert!(!*r2.leader.borrow());
+    Some(Replicas {
+        etcd,
+        _dirs: dirs,
+        r1,
+        r2,
+    })
+}
+
 #[tokio::test]
 async fn the_leader_counts_canary_traffic_reported_to_other_replicas() {
     skein_testkit::init_tracing();
-    if !skein_testkit::etcd::Etcd::available() {
-        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+    let Some(Replicas {
+        etcd,
+        _dirs,
+        r1,
+        r2,
+    }) = two_replicas("canary-s", 84, 85).await
+    else {
         return;
-    }
-    let etcd = skein_testkit::etcd::Etcd::start().unwrap();
-    let (d1, d2) = (
-        TempDir::new("canary-s1").unwrap(),
-        TempDir::new("canary-s2").unwrap(),
-    );
-    let r1 = replica(&etcd, d1.path(), 84).await;
-    assert!(*r1.leader.borrow(), "the first replica leads");
-    let r2 = replica(&etcd, d2.path(), 85).await;
+    };
     apply(&r1, SERVICES).await;
     // The canary's proxy reports to r2 only; the leader, r1, never hears from it directly.
     let (on_r1, on_r2) = (r1.grpc.to_string(), r2.grpc.to_string());
@@ -1299,19 +1327,15 @@ async fn the_leader_counts_canary_traffic_reported_to_other_replicas() {
 #[tokio::test]
 async fn a_new_leader_resumes_the_rollout_at_the_recorded_step() {
     skein_testkit::init_tracing();
-    if !skein_testkit::etcd::Etcd::available() {
-        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server); CI installs it");
+    let Some(Replicas {
+        etcd,
+        _dirs,
+        r1,
+        r2,
+    }) = two_replicas("canary-r", 80, 81).await
+    else {
         return;
-    }
-    let etcd = skein_testkit::etcd::Etcd::start().unwrap();
-    let (d1, d2) = (
-        TempDir::new("canary-r1").unwrap(),
-        TempDir::new("canary-r2").unwrap(),
-    );
-    let r1 = replica(&etcd, d1.path(), 80).await;
-    assert!(*r1.leader.borrow(), "the first replica leads");
-    let r2 = replica(&etcd, d2.path(), 81).await;
-    assert!(!*r2.leader.borrow());
+    };
     // Proxies know both replicas and start on r1.
     let endpoint = format!("{},{}", r1.grpc, r2.grpc);
     apply(&r1, SERVICES).await;
