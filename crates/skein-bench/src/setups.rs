@@ -600,6 +600,7 @@ pub(crate) fn proxy_config(
         detect_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(1),
         telemetry,
+        dns: None,
     }
 }
 

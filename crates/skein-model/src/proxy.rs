@@ -46,6 +46,95 @@ pub struct ProxyConfig {
     /// What the proxy records about the traffic it carries.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The DNS server for the workload (its queries redirected here): the proxy answers A
+    /// and AAAA for mesh service names and forwards every other query to upstream
+    /// resolvers. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
+}
+
+/// The proxy's DNS server (see `docs/proxy-config.md`, section `dns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Where it listens, UDP and TCP on the same address. Default `127.0.0.1:15053`.
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// Resolvers that every query it does not answer itself is forwarded to, tried in
+    /// order. Default (empty): the `nameserver` lines of `/etc/resolv.conf` (port 53), read
+    /// when the proxy starts.
+    #[serde(default)]
+    pub upstreams: Vec<SocketAddr>,
+    /// The mesh DNS domain: services are answered as `NAME.NAMESPACE.svc.<domain>`. A
+    /// DNS-1123 subdomain. Default `cluster.local`.
+    #[serde(default = "default_dns_domain")]
+    pub domain: String,
+    /// The TTL of its own answers, in whole seconds from `0s` to `1h`. Default `5s`.
+    #[serde(default = "default_dns_ttl", with = "crate::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: default_dns_listen(),
+            upstreams: Vec::new(),
+            domain: default_dns_domain(),
+            ttl: default_dns_ttl(),
+        }
+    }
+}
+
+fn default_dns_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15053))
+}
+
+fn default_dns_domain() -> String {
+    "cluster.local".into()
+}
+
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl DnsConfig {
+    /// Every broken rule as `(field, value, what is accepted)`, fields relative to `dns`.
+    pub fn problems(&self) -> Vec<(String, String, &'static str)> {
+        let mut problems = Vec::new();
+        if !crate::resource::validate::is_dns_subdomain(&self.domain) {
+            let expected = crate::resource::validate::DNS_SUBDOMAIN;
+            problems.push(("domain".into(), self.domain.clone(), expected));
+        }
+        if self.ttl > Duration::from_secs(3600) || self.ttl.subsec_nanos() != 0 {
+            let v = crate::duration::format(self.ttl);
+            problems.push(("ttl".into(), v, "0s to 1h, in whole seconds"));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if u.port() == 0 {
+                problems.push((
+                    format!("upstreams[{i}]"),
+                    u.to_string(),
+                    "a port 1 to 65535",
+                ));
+            } else if self.loops_back(*u) {
+                problems.push((
+                    format!("upstreams[{i}]"),
+                    u.to_string(),
+                    "a resolver other than the proxy itself (dns.listen)",
+                ));
+            }
+        }
+        problems
+    }
+
+    /// True when forwarding to `upstream` would reach this server again.
+    pub fn loops_back(&self, upstream: SocketAddr) -> bool {
+        let listen = self.listen;
+        upstream == listen
+            || (upstream.port() == listen.port()
+                && listen.ip().is_unspecified()
+                && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
+    }
 }
 
 /// What the proxy records about traffic (see `docs/telemetry.md`).
@@ -478,6 +567,11 @@ impl ProxyConfig {
             let v = crate::duration::format(interval);
             bad("telemetry.summaryInterval".into(), v, "100ms to 60s");
         }
+        if let Some(dns) = &self.dns {
+            for (field, value, expected) in dns.problems() {
+                bad(format!("dns.{field}"), value, expected);
+            }
+        }
         let mut p = crate::resource::validate::Problems::new();
         self.telemetry.tracing.validate("telemetry.tracing", &mut p);
         for e in p.into_vec() {
@@ -766,6 +860,67 @@ telemetry: {summaryInterval: 0ms}
         assert!(c.destination("api.shop.svc.cluster.local").is_some());
         assert!(c.destination("api.other").is_none());
         assert!(c.destination("web").is_none());
+    }
+
+    #[test]
+    fn dns_is_off_unless_set_and_gets_defaults() {
+        let c = ProxyConfig::from_yaml(MINIMAL, "test").unwrap();
+        assert_eq!(c.dns, None);
+        assert!(!c.to_yaml().contains("dns"), "{}", c.to_yaml());
+        let c = ProxyConfig::from_yaml(&format!("{MINIMAL}dns: {{}}\n"), "test").unwrap();
+        let dns = c.dns.clone().unwrap();
+        assert_eq!(dns, DnsConfig::default());
+        assert_eq!(dns.listen, "127.0.0.1:15053".parse().unwrap());
+        assert_eq!(
+            (dns.domain.as_str(), dns.ttl),
+            ("cluster.local", Duration::from_secs(5))
+        );
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"dns\":{\"listen\":\"127.0.0.1:15053\",\"upstreams\":[],\"domain\":\"cluster.local\",\"ttl\":\"5s\"}"), "{json}");
+        assert_eq!(ProxyConfig::from_yaml(&c.to_yaml(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_dns_settings_say_what_is_accepted() {
+        let text = format!(
+            "{MINIMAL}dns: {{listen: '0.0.0.0:53', upstreams: ['10.0.0.1:53', '127.0.0.1:53', '10.0.0.2:0'], domain: Cluster_Local, ttl: 2h}}\n"
+        );
+        let err = ProxyConfig::from_yaml(&text, "test").unwrap_err();
+        let ModelError::Invalid { problems, .. } = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "dns.domain",
+                "dns.ttl",
+                "dns.upstreams[1]",
+                "dns.upstreams[2]"
+            ]
+        );
+        let text = err.to_string();
+        for want in [
+            "dns.domain: \"Cluster_Local\" is not accepted; expected a DNS-1123 subdomain",
+            "dns.ttl: \"2h\" is not accepted; expected 0s to 1h, in whole seconds",
+            "dns.upstreams[1]: \"127.0.0.1:53\" is not accepted; expected a resolver other than the proxy itself",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        for ok in ["ttl: 0s", "ttl: 1h", "domain: mesh.example.org"] {
+            let text = format!("{MINIMAL}dns: {{{ok}}}\n");
+            ProxyConfig::from_yaml(&text, "test").unwrap();
+        }
+        let text = format!("{MINIMAL}dns: {{ttl: 1500ms}}\n");
+        let err = ProxyConfig::from_yaml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dns.ttl: \"1500ms\""), "{err}");
+        let text = format!("{MINIMAL}dns: {{domains: x}}\n");
+        let err = ProxyConfig::from_yaml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `domains`"), "{err}");
     }
 
     #[test]

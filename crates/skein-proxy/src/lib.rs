@@ -6,7 +6,8 @@
 //! proxy and sends the traffic there over one shared HTTP/2 connection. The **inbound**
 //! side accepts those HTTP/2 connections from peers, authorizes each stream, and forwards
 //! it to the local application in the protocol the original client spoke. The **admin**
-//! listener serves health, metrics and the configuration in force.
+//! listener serves health, metrics and the configuration in force, and the optional
+//! [`dns`] server answers the workload's DNS queries for mesh names.
 //!
 //! Read [`outbound`] and [`inbound`] top to bottom: accept → detect → authorize → route →
 //! connect.
@@ -19,6 +20,7 @@ pub mod control;
 pub mod decisions;
 pub mod destinations;
 pub mod detect;
+pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod filter;
@@ -144,6 +146,7 @@ impl Ctx {
                 c.inbound.listen,
                 c.outbound.clone(),
                 c.admin.clone(),
+                c.dns.as_ref().map(|d| (d.listen, d.upstreams.clone())),
             )
         };
         if fixed(&current) != fixed(&next) {
@@ -167,8 +170,10 @@ pub enum ApplyError {
     /// It breaks a validation rule.
     #[error(transparent)]
     Invalid(#[from] skein_model::ModelError),
-    /// It changes listeners or the workload, which needs a restart.
-    #[error("the workload or a listener address changed; restart the proxy to apply it")]
+    /// It changes listeners, DNS upstreams or the workload, which needs a restart.
+    #[error(
+        "the workload, a listener address or dns.upstreams changed; restart the proxy to apply it"
+    )]
     Restart,
 }
 
@@ -185,6 +190,8 @@ pub struct BoundAddrs {
     pub upstreams: Vec<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// DNS server (UDP and TCP), if configured.
+    pub dns: Option<SocketAddr>,
 }
 
 /// A running proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
@@ -277,6 +284,10 @@ impl RunningProxy {
             let what = format!("the upstream listener for {}:{}", u.service, u.port);
             upstreams.push((transport::bind(u.listen, &what).await?, u.clone()));
         }
+        let dns = match &c.dns {
+            Some(d) => Some(dns::Dns::bind(d).await?),
+            None => None,
+        };
         let addrs = BoundAddrs {
             inbound: inbound.local_addr()?,
             outbound: outbound.as_ref().map(|l| l.local_addr()).transpose()?,
@@ -286,6 +297,7 @@ impl RunningProxy {
                 .map(|(l, _)| l.local_addr())
                 .collect::<Result<_, _>>()?,
             admin: admin.local_addr()?,
+            dns: dns.as_ref().map(|d| d.local_addr()).transpose()?,
         };
         let _ = ctx.admin_addr.set(addrs.admin);
         // Accept loops are not drained tasks: they end as soon as the signal fires.
@@ -299,6 +311,10 @@ impl RunningProxy {
         }
         for (l, u) in upstreams {
             tokio::spawn(outbound::accept_upstream(ctx.clone(), l, u));
+        }
+        // Unlike them, the DNS server answers until the drain ends (see `dns`).
+        if let Some(d) = dns {
+            d.spawn(ctx.clone());
         }
         match control {
             Some(control) => {
@@ -317,6 +333,7 @@ impl RunningProxy {
             service = %c.workload.service,
             inbound = %addrs.inbound,
             admin = %addrs.admin,
+            dns = addrs.dns.map(|a| a.to_string()).as_deref().unwrap_or("off"),
             "proxy listening"
         );
         Ok(RunningProxy { addrs, ctx })

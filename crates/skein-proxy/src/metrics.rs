@@ -1,7 +1,7 @@
 //! The proxy's Prometheus metrics: connections by direction and protocol, refusals and
 //! errors, detection timeouts, the control-plane session and the workload certificate,
-//! authorization decisions, and (through [`crate::telemetry`]) the golden signals of
-//! every request and TCP edge. Served on `/metrics`.
+//! authorization decisions, DNS answers, and (through [`crate::telemetry`]) the golden
+//! signals of every request and TCP edge. Served on `/metrics`.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -117,6 +117,50 @@ pub struct SpanLabels {
     pub result: &'static str,
 }
 
+/// How the DNS server answered a query.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum DnsAnswer {
+    /// A mesh service's addresses.
+    Mesh,
+    /// NXDOMAIN: a name in the mesh's zone that no service has.
+    NxDomain,
+    /// NOERROR without records: a mesh name with no record of the type asked.
+    NoData,
+    /// An upstream resolver's reply, relayed.
+    Forwarded,
+    /// SERVFAIL: no upstream answered, or too many forwards were in flight.
+    ServFail,
+    /// FORMERR: the query could not be read.
+    FormErr,
+}
+
+impl DnsAnswer {
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DnsAnswer::Mesh => "mesh",
+            DnsAnswer::NxDomain => "nxdomain",
+            DnsAnswer::NoData => "nodata",
+            DnsAnswer::Forwarded => "forwarded",
+            DnsAnswer::ServFail => "servfail",
+            DnsAnswer::FormErr => "formerr",
+        }
+    }
+}
+
+impl EncodeLabelValue for DnsAnswer {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels for DNS queries.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// How it was answered.
+    pub answer: DnsAnswer,
+}
+
 /// Labels for per-direction counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabels {
@@ -170,6 +214,8 @@ pub struct Metrics {
     pub cert_renewals: Family<ResultLabels, Counter>,
     /// Authorization decisions on inbound requests and tunnels.
     pub authz: Family<AuthzLabels, Counter>,
+    /// DNS queries, by how they were answered.
+    pub dns_queries: Family<DnsLabels, Counter>,
     /// The `authz` counters by a hash of their labels, so that counting a decision looks
     /// up borrowed strings instead of building four owned labels per request.
     authz_counters: std::sync::RwLock<HashMap<u64, Vec<(AuthzLabels, Counter)>>>,
@@ -237,6 +283,7 @@ impl Metrics {
             cert_renewals: Family::default(),
             authz: Family::default(),
             authz_counters: Default::default(),
+            dns_queries: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -326,6 +373,11 @@ impl Metrics {
             "Inbound authorization decisions, by decision, source identity, target service and deciding policy",
             m.authz.clone(),
         );
+        registry.register(
+            "dns_queries",
+            "DNS queries the proxy's DNS server handled, by answer (mesh, nxdomain, nodata, forwarded, servfail, formerr)",
+            m.dns_queries.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -386,6 +438,11 @@ impl Metrics {
             slot.push((labels, counter));
         }
         true
+    }
+
+    /// Counts one DNS query by how it was answered.
+    pub fn dns_query(&self, answer: DnsAnswer) {
+        self.dns_queries.get_or_create(&DnsLabels { answer }).inc();
     }
 
     /// Counts one inbound connection by security outcome.

@@ -105,6 +105,7 @@ impl MeshSpec {
                 summary_interval: Duration::from_millis(200),
                 ..Default::default()
             },
+            dns: None,
         }
     }
 
@@ -178,6 +179,7 @@ impl MeshSpec {
                 summary_interval: Duration::from_millis(200),
                 ..Default::default()
             },
+            dns: None,
         }
     }
 
