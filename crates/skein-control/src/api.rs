@@ -8,6 +8,9 @@
 //!                                           answers results and warnings (references to
 //!                                           resources that do not exist yet)
 //! GET    /api/v1/resources/{kind}[?namespace=NS]
+//!                                           {"items", "revision"}; for services also
+//!                                           "addresses": {"NS/NAME": [virtual IPs]}, as
+//!                                           proxies get them (allocated ones included)
 //! GET    /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! GET    /api/v1/connections
@@ -216,7 +219,13 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let kind = kind(&word)?;
     let items = api.registry.list(kind, q.namespace.as_deref());
-    Ok(Json(json!({ "items": items, "revision": api.registry.revision() })).into_response())
+    let mut answer = json!({ "items": items, "revision": api.registry.revision() });
+    // Allocated virtual IPs are computed, never stored: they travel beside the items, so
+    // that what `get -o yaml` prints can be applied back unchanged.
+    if kind == Kind::Service {
+        answer["addresses"] = json!(api.registry.service_addresses(q.namespace.as_deref()));
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn get_one(

@@ -1,15 +1,19 @@
 //! The registry: every resource of the mesh, mirrored in memory from the store and kept
 //! current by the store's watch, so that every replica sees every change (its own and
 //! other replicas'). It turns resources into the [`MeshState`] proxies are configured
-//! from, and it is where applies and deletes become atomic store commits.
+//! from (giving Services that name no `spec.addresses` their virtual IPs, see
+//! [`crate::vip`]), and it is where applies and deletes become atomic store commits.
 
 use crate::snapshot::{ServiceView, WorkloadView};
 use crate::state::MeshState;
 use crate::store::{Entry, Event, Op, Store, StoreError};
-use skein_model::resource::{Kind, Resource, ResourceKey};
+use crate::vip;
+use ipnet::IpNet;
+use skein_model::resource::{Kind, MeshSpec, Resource, ResourceKey};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -49,6 +53,9 @@ pub struct Registry {
     resources: RwLock<BTreeMap<ResourceKey, Resource>>,
     revision: AtomicU64,
     state: watch::Sender<Arc<MeshState>>,
+    /// The Services last reported as left without a virtual IP: the state is recomputed on
+    /// every store change (workloads connecting included), so each is warned about once.
+    unallocated: Mutex<Vec<vip::Unallocated>>,
 }
 
 impl Registry {
@@ -60,6 +67,7 @@ impl Registry {
             resources: RwLock::new(BTreeMap::new()),
             revision: AtomicU64::new(0),
             state,
+            unallocated: Mutex::new(Vec::new()),
         });
         let events = registry.resync().await?;
         let weak = Arc::downgrade(&registry);
@@ -130,9 +138,11 @@ impl Registry {
             cert_ttl: skein_identity::DEFAULT_WORKLOAD_TTL,
             ..MeshState::default()
         };
+        let mut service_cidrs = MeshSpec::default().service_cidrs;
         for resource in resources.values() {
             match resource {
                 Resource::Mesh(m) => {
+                    service_cidrs = m.spec.service_cidrs.clone();
                     state.trust_domain = m.spec.trust_domain.clone();
                     state.mtls = m.spec.mtls;
                     state.cert_ttl = m.spec.workload_cert_ttl;
@@ -179,6 +189,7 @@ impl Registry {
                 _ => {}
             }
         }
+        self.allocate_addresses(&resources, &service_cidrs, &mut state.services);
         // Attach each HTTPRoute to the services it names as parents (resources are
         // iterated in key order, so routes come sorted by namespace and name).
         for resource in resources.values() {
@@ -256,6 +267,89 @@ impl Registry {
             }
         }
         state
+    }
+
+    /// Gives the Services that name no `spec.addresses` their virtual IPs from `ranges`
+    /// (the same on every replica: a function of the stored Services alone), and warns
+    /// about Services a full range leaves without one.
+    fn allocate_addresses(
+        &self,
+        resources: &BTreeMap<ResourceKey, Resource>,
+        ranges: &[IpNet],
+        services: &mut [ServiceView],
+    ) {
+        let claims: Vec<vip::Claim> = resources
+            .values()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some(vip::Claim {
+                    namespace: &s.metadata.namespace,
+                    name: &s.metadata.name,
+                    created: s.metadata.creation_timestamp.as_deref(),
+                    addresses: &s.spec.addresses,
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut allocation = vip::allocate(ranges, &claims);
+        for service in services.iter_mut() {
+            let key = (service.namespace.clone(), service.name.clone());
+            if let Some(addresses) = allocation.addresses.remove(&key) {
+                service.addresses = addresses;
+            }
+        }
+        self.report_unallocated(allocation.unallocated);
+    }
+
+    /// Warns about the Services newly left without a virtual IP (one line per range), and
+    /// says when none is left any more; returns those it warned about.
+    fn report_unallocated(&self, now: Vec<vip::Unallocated>) -> Vec<vip::Unallocated> {
+        let mut reported = self.unallocated.lock().unwrap_or_else(|p| p.into_inner());
+        if *reported == now {
+            return Vec::new();
+        }
+        let new: Vec<vip::Unallocated> = now
+            .iter()
+            .filter(|u| !reported.contains(u))
+            .cloned()
+            .collect();
+        let mut ranges: Vec<IpNet> = new.iter().map(|u| u.range).collect();
+        ranges.sort();
+        ranges.dedup();
+        for range in ranges {
+            let names: Vec<String> = new
+                .iter()
+                .filter(|u| u.range == range)
+                .map(|u| format!("{}/{}", u.namespace, u.name))
+                .collect();
+            let shown = match names.len() {
+                0..=10 => names.join(", "),
+                n => format!("{}, and {} more", names[..10].join(", "), n - 10),
+            };
+            tracing::warn!(
+                %range,
+                count = names.len(),
+                services = %shown,
+                "serviceCIDRs range is full: these Services get no virtual IP from it; widen the Mesh's serviceCIDRs, delete unused Services, or set spec.addresses"
+            );
+        }
+        if now.is_empty() {
+            tracing::info!("every Service has its virtual IPs again");
+        }
+        *reported = now;
+        new
+    }
+
+    /// Every Service's virtual IPs as proxies receive them (its `spec.addresses`, or those
+    /// allocated from the Mesh's `serviceCIDRs`), by `namespace/name`, optionally in one
+    /// namespace. Computed, never stored.
+    pub fn service_addresses(&self, namespace: Option<&str>) -> BTreeMap<String, Vec<IpAddr>> {
+        let state = self.state.borrow();
+        state
+            .services
+            .iter()
+            .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
+            .map(|s| (format!("{}/{}", s.namespace, s.name), s.addresses.clone()))
+            .collect()
     }
 
     /// Follows the mesh state proxies are configured from.
@@ -618,3 +712,7 @@ pub fn now_rfc3339() -> String {
         .unwrap_or(0);
     skein_model::time::UtcTime::from_unix(secs).rfc3339()
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

@@ -240,15 +240,25 @@ pub async fn get(
 ) -> anyhow::Result<()> {
     let client = Client::new(target)?;
     let word = kind.to_lowercase();
+    // Services' virtual IPs (allocated ones are computed, not stored) come beside the
+    // list's items.
+    let mut addresses = Value::Null;
     let mut items = match name {
         Some(name) => {
             let ns = Some(namespace.unwrap_or("default"));
             let path = format!("/api/v1/resources/{word}/{name}{}", query(ns));
-            vec![client.call(Method::GET, &path, String::new()).await?]
+            let one = client.call(Method::GET, &path, String::new()).await?;
+            if one["kind"] == "Service" && output == Output::Table {
+                let path = format!("/api/v1/resources/{word}{}", query(ns));
+                let list = client.call(Method::GET, &path, String::new()).await?;
+                addresses = list["addresses"].clone();
+            }
+            vec![one]
         }
         None => {
             let path = format!("/api/v1/resources/{word}{}", query(namespace));
-            let list = client.call(Method::GET, &path, String::new()).await?;
+            let mut list = client.call(Method::GET, &path, String::new()).await?;
+            addresses = list["addresses"].take();
             list["items"].as_array().cloned().unwrap_or_default()
         }
     };
@@ -281,7 +291,7 @@ pub async fn get(
                 eprintln!("No resources found{ns}.");
                 return Ok(());
             }
-            print!("{}", table(&items, namespace.is_none()));
+            print!("{}", table(&items, namespace.is_none(), &addresses));
         }
     }
     Ok(())
@@ -313,7 +323,8 @@ fn merge_connections(items: &mut [Value], live: &Value) {
 }
 
 /// kubectl-style columns per kind.
-fn table(items: &[Value], show_namespace: bool) -> String {
+/// Items as aligned columns; `addresses` maps `NS/NAME` to a Service's virtual IPs.
+fn table(items: &[Value], show_namespace: bool, addresses: &Value) -> String {
     let kind = items[0]["kind"].as_str().unwrap_or_default();
     let s = |v: &Value| match v {
         Value::Null => "<none>".to_string(),
@@ -322,7 +333,7 @@ fn table(items: &[Value], show_namespace: bool) -> String {
     };
     let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
         "Service" => (
-            vec!["NAME", "PORTS", "SELECTOR", "ACCOUNTS"],
+            vec!["NAME", "ADDRESSES", "PORTS", "SELECTOR", "ACCOUNTS"],
             items
                 .iter()
                 .map(|i| {
@@ -337,8 +348,19 @@ fn table(items: &[Value], show_namespace: bool) -> String {
                         Some(list) => list.iter().map(s).collect::<Vec<_>>().join(","),
                         None => s(&i["metadata"]["name"]),
                     };
+                    let key = format!(
+                        "{}/{}",
+                        s(&i["metadata"]["namespace"]),
+                        s(&i["metadata"]["name"])
+                    );
+                    let ips = addresses[&key].as_array().into_iter().flatten();
+                    let ips: Vec<String> = ips.map(s).collect();
                     vec![
                         s(&i["metadata"]["name"]),
+                        match ips.is_empty() {
+                            true => "<none>".into(),
+                            false => ips.join(","),
+                        },
                         ports.join(","),
                         sel.join(","),
                         accounts,
@@ -502,6 +524,28 @@ pub async fn token_create(
     );
     println!("{}", result["token"].as_str().unwrap_or_default());
     Ok(())
+}
+
+/// A single-use join token for `namespace/service`, valid for ten minutes (what
+/// `skein run` asks for when it is given none).
+pub async fn create_join_token(
+    target: &Target,
+    service: &str,
+    namespace: &str,
+) -> anyhow::Result<String> {
+    let client = Client::new(target)?;
+    let body =
+        serde_json::json!({ "service": service, "namespace": namespace, "ttl": "10m", "uses": 1 });
+    let result = client
+        .call(Method::POST, "/api/v1/tokens", body.to_string())
+        .await?;
+    if let Some(warning) = result["warning"].as_str() {
+        eprintln!("warning: {warning}");
+    }
+    result["token"]
+        .as_str()
+        .map(String::from)
+        .context("the control plane answered without a token")
 }
 
 /// `skein token list`.
@@ -737,19 +781,20 @@ mod tests {
                    "spec": {"ports": [{"port": 5432, "protocol": "tcp"}], "selector": {"app": "db"},
                             "serviceAccounts": ["db", "db-admin"]}}),
         ];
-        let out = table(&items, true);
+        let addresses = json!({"default/restaurant": ["10.240.3.7"]});
+        let out = table(&items, true, &addresses);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "NAMESPACE   NAME         PORTS       SELECTOR         ACCOUNTS"
+            "NAMESPACE   NAME         ADDRESSES    PORTS       SELECTOR         ACCOUNTS"
         );
         assert_eq!(
             lines[1],
-            "default     restaurant   8080/http   app=restaurant   restaurant"
+            "default     restaurant   10.240.3.7   8080/http   app=restaurant   restaurant"
         );
         assert_eq!(
             lines[2],
-            "shop        db           5432/tcp    app=db           db,db-admin"
+            "shop        db           <none>       5432/tcp    app=db           db,db-admin"
         );
     }
 }

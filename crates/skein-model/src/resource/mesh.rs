@@ -1,9 +1,11 @@
 //! `Mesh`: the mesh-wide settings (trust domain, mTLS mode, the policy for traffic no
 //! `AuthorizationPolicy` covers, certificate lifetime, how proxies treat request paths
-//! before authorizing them). Cluster-scoped; one per mesh.
+//! before authorizing them, the networks Services' virtual IPs come from). Cluster-scoped;
+//! one per mesh.
 
 use super::validate::Problems;
 pub use crate::authz::path::{AmbiguousPaths, EncodedSlashes};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -13,6 +15,27 @@ use std::time::Duration;
 pub const MIN_CERT_TTL: Duration = Duration::from_secs(5);
 /// Longest workload certificate lifetime accepted: 90 days (2160h).
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The network Services' virtual IPs come from when the Mesh names none.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.240.0.0/16";
+
+/// What a `serviceCIDRs` entry may be.
+pub const SERVICE_CIDR: &str =
+    "a network such as 10.240.0.0/16: IPv4 /8 to /30 or IPv6 /64 to /126, \
+     outside the loopback, link-local, unspecified, multicast and reserved ranges \
+     (0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, ::/8, fe80::/10, ff00::/8)";
+
+/// Ranges no virtual IP may come from: connections to them are never intercepted as a
+/// Service's, or mean something else to every host.
+const REFUSED_RANGES: [&str; 7] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/3",
+    "::/8",
+    "fe80::/10",
+    "ff00::/8",
+];
 
 /// `spec` of a `Mesh`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +76,16 @@ pub struct MeshSpec {
     /// an OTLP collector to export to (default none: the control plane keeps them).
     #[serde(default)]
     pub tracing: crate::TracingSpec,
+    /// The networks the control plane allocates a virtual IP from to every Service that
+    /// sets no `addresses`: at most one IPv4 and one IPv6 network (a Service gets one
+    /// address of each). Default `[10.240.0.0/16]`, also for a Mesh stored before this
+    /// field existed.
+    #[serde(
+        default = "default_service_cidrs",
+        rename = "serviceCIDRs",
+        with = "cidrs"
+    )]
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl Default for MeshSpec {
@@ -65,6 +98,7 @@ impl Default for MeshSpec {
             encoded_slashes: EncodedSlashes::default(),
             ambiguous_paths: AmbiguousPaths::default(),
             tracing: Default::default(),
+            service_cidrs: default_service_cidrs(),
         }
     }
 }
@@ -105,6 +139,104 @@ impl MeshSpec {
             "a duration from 5s to 2160h (90 days)",
         );
         self.tracing.validate("spec.tracing", p);
+        self.validate_service_cidrs(p);
+    }
+
+    /// At least one network, at most one per family, each a usable range given by its
+    /// network address.
+    fn validate_service_cidrs(&self, p: &mut Problems) {
+        if self.service_cidrs.is_empty() {
+            p.add(
+                "spec.serviceCIDRs",
+                "[]",
+                &format!("at least one network, e.g. [{DEFAULT_SERVICE_CIDR}]"),
+            );
+        }
+        for (i, net) in self.service_cidrs.iter().enumerate() {
+            let path = format!("spec.serviceCIDRs[{i}]");
+            if !is_service_cidr(net) {
+                p.add(path, net.to_string(), SERVICE_CIDR);
+            } else if net.trunc() != *net {
+                let expected = format!(
+                    "the network's own address: {} (host bits zero)",
+                    net.trunc()
+                );
+                p.add(path, net.to_string(), &expected);
+            } else {
+                let same_family = self.service_cidrs[..i]
+                    .iter()
+                    .any(|earlier| earlier.addr().is_ipv4() == net.addr().is_ipv4());
+                p.check(
+                    !same_family,
+                    path,
+                    net,
+                    "at most one IPv4 and one IPv6 network (each Service gets one address of each)",
+                );
+            }
+        }
+    }
+}
+
+/// Whether `net` has a prefix length virtual IPs can be allocated in and lies outside every
+/// refused range.
+fn is_service_cidr(net: &IpNet) -> bool {
+    let prefixes = match net {
+        IpNet::V4(_) => 8..=30,
+        IpNet::V6(_) => 64..=126,
+    };
+    let overlaps = |refused: &IpNet| refused.contains(&net.trunc()) || net.contains(refused);
+    prefixes.contains(&net.prefix_len())
+        && !REFUSED_RANGES
+            .iter()
+            .filter_map(|r| r.parse::<IpNet>().ok())
+            .any(|r| overlaps(&r))
+}
+
+fn default_service_cidrs() -> Vec<IpNet> {
+    DEFAULT_SERVICE_CIDR.parse().into_iter().collect()
+}
+
+/// `serviceCIDRs` as strings (`10.240.0.0/16`), each read with a message that shows the
+/// form expected.
+mod cidrs {
+    use ipnet::IpNet;
+    use serde::de::{Error, Unexpected, Visitor};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(nets.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        let nets = Vec::<Cidr>::deserialize(d)?;
+        Ok(nets.into_iter().map(|c| c.0).collect())
+    }
+
+    /// One entry; a newtype so that errors carry the entry's index in their path.
+    struct Cidr(IpNet);
+
+    impl<'de> Deserialize<'de> for Cidr {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(CidrVisitor)
+        }
+    }
+
+    struct CidrVisitor;
+
+    impl Visitor<'_> for CidrVisitor {
+        type Value = Cidr;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a network such as 10.240.0.0/16 or fd00:10:240::/112 (an address, '/' and a prefix length)")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Cidr, E> {
+            text.trim()
+                .parse()
+                .map(Cidr)
+                .map_err(|_| E::invalid_value(Unexpected::Str(text), &self))
+        }
     }
 }
 
@@ -137,9 +269,112 @@ mod tests {
         assert_eq!(spec.workload_cert_ttl, Duration::from_secs(3600));
         assert_eq!(spec.ambiguous_paths, AmbiguousPaths::Reject);
         assert_eq!(
-            serde_json::to_string(&spec).unwrap(),
-            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject","ambiguousPaths":"reject","tracing":{"enabled":true,"samplingPercent":1.0}}"#
+            spec.service_cidrs,
+            ["10.240.0.0/16".parse::<IpNet>().unwrap()]
         );
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            r#"{"trustDomain":"skein.local","mtls":"strict","defaultPolicy":"allow","workloadCertTTL":"1h","encodedSlashes":"reject","ambiguousPaths":"reject","tracing":{"enabled":true,"samplingPercent":1.0},"serviceCIDRs":["10.240.0.0/16"]}"#
+        );
+        assert!(problems("{}").is_empty(), "the defaults are valid");
+    }
+
+    #[test]
+    fn service_cidrs_round_trip_and_default_for_an_older_mesh() {
+        let spec: MeshSpec =
+            serde_yaml_ng::from_str("{serviceCIDRs: [198.18.128.0/20, 'fd00:10:240::/112']}")
+                .unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap()["serviceCIDRs"],
+            serde_json::json!(["198.18.128.0/20", "fd00:10:240::/112"])
+        );
+        assert!(problems("{serviceCIDRs: [198.18.128.0/20, 'fd00:10:240::/112']}").is_empty());
+        // A Mesh stored before the field existed gets the default range.
+        let spec: MeshSpec = serde_json::from_str(r#"{"trustDomain":"skein.local"}"#).unwrap();
+        assert_eq!(spec.service_cidrs, MeshSpec::default().service_cidrs);
+    }
+
+    #[test]
+    fn a_service_cidr_that_is_no_network_is_refused_when_read() {
+        for bad in ["10.240.0.0", "10.240.0.0/33", "ten/8"] {
+            let err = serde_yaml_ng::from_str::<MeshSpec>(&format!("{{serviceCIDRs: ['{bad}']}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("expected a network such as 10.240.0.0/16"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_cidrs_need_one_network() {
+        assert_eq!(
+            problems("{serviceCIDRs: []}"),
+            ["spec.serviceCIDRs: \"[]\" is not accepted; expected at least one network, e.g. [10.240.0.0/16]"]
+        );
+    }
+
+    #[test]
+    fn service_cidrs_hold_one_network_per_family() {
+        assert_eq!(
+            problems("{serviceCIDRs: [10.240.0.0/16, 'fd00::/64', 10.241.0.0/16, 'fd01::/64']}"),
+            [
+                "spec.serviceCIDRs[2]: \"10.241.0.0/16\" is not accepted; expected at most one IPv4 and one IPv6 network (each Service gets one address of each)",
+                "spec.serviceCIDRs[3]: \"fd01::/64\" is not accepted; expected at most one IPv4 and one IPv6 network (each Service gets one address of each)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_service_cidr_is_given_by_its_network_address() {
+        assert_eq!(
+            problems("{serviceCIDRs: [10.240.3.7/16, 'fd00::1/64']}"),
+            [
+                "spec.serviceCIDRs[0]: \"10.240.3.7/16\" is not accepted; expected the network's own address: 10.240.0.0/16 (host bits zero)",
+                "spec.serviceCIDRs[1]: \"fd00::1/64\" is not accepted; expected the network's own address: fd00::/64 (host bits zero)",
+            ]
+        );
+    }
+
+    #[test]
+    fn service_cidr_sizes_and_special_ranges_are_refused() {
+        assert!(
+            problems("{serviceCIDRs: [10.0.0.0/8]}").is_empty(),
+            "/8 is the widest"
+        );
+        assert!(
+            problems("{serviceCIDRs: [10.0.0.0/30]}").is_empty(),
+            "/30 the narrowest"
+        );
+        assert!(problems("{serviceCIDRs: ['fd00::/126']}").is_empty());
+        for bad in [
+            "10.0.0.0/7",
+            "10.0.0.0/31",
+            "10.0.0.1/32",
+            "fd00::/63",
+            "fd00::/127",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "0.0.0.0/8",
+            "169.254.0.0/16",
+            "169.0.0.0/8",
+            "224.0.0.0/8",
+            "239.1.0.0/16",
+            "240.0.0.0/8",
+            "::/64",
+            "::/120",
+            "fe80::/64",
+            "ff02::/64",
+        ] {
+            assert_eq!(
+                problems(&format!("{{serviceCIDRs: ['{bad}']}}")),
+                [format!(
+                    "spec.serviceCIDRs[0]: \"{bad}\" is not accepted; expected {SERVICE_CIDR}"
+                )],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

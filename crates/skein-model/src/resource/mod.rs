@@ -41,7 +41,10 @@ pub use canary::{
 };
 pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec, ResolvedFault};
 pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};
-pub use mesh::{MeshSpec, MtlsMode, PolicyAction, MAX_CERT_TTL, MIN_CERT_TTL};
+pub use mesh::{
+    MeshSpec, MtlsMode, PolicyAction, DEFAULT_SERVICE_CIDR, MAX_CERT_TTL, MIN_CERT_TTL,
+    SERVICE_CIDR,
+};
 pub use meta::{Object, ObjectMeta};
 pub use parse::parse_documents;
 pub use policy::{AuthorizationPolicySpec, AuthorizationRule, Operation, Source, TargetRef};

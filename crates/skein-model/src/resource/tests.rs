@@ -183,7 +183,10 @@ spec:
     "tracing": {
       "enabled": true,
       "samplingPercent": 1.0
-    }
+    },
+    "serviceCIDRs": [
+      "10.240.0.0/16"
+    ]
   }
 }"#
     );
@@ -311,6 +314,12 @@ fn wrong_types_and_missing_fields_name_path_value_and_expectation() {
     for (spec, message) in cases {
         assert_eq!(problems(&svc(spec)), [message], "{spec}");
     }
+    let mesh = "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                spec: {serviceCIDRs: [10.240.0.0/16, 10.250.0.0]}";
+    assert_eq!(
+        problems(mesh),
+        ["Mesh default: spec.serviceCIDRs[1]: \"10.250.0.0\" is not accepted; expected a network such as 10.240.0.0/16 or fd00:10:240::/112 (an address, '/' and a prefix length)"]
+    );
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\n\
                  spec: {parentRefs: [{name: web}], rules: [{backendRefs: [{name: web}], timeouts: {request: soon}}]}";
     assert_eq!(
