@@ -14,14 +14,16 @@
 //! GET    /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! DELETE /api/v1/resources/{kind}/{name}[?namespace=NS]
 //! GET    /api/v1/connections
-//! GET    /api/v1/status                     replica, leadership, store revision
+//! GET    /api/v1/status                     replica, version, leadership, store revision
+//!                                           and health, workload certificate lifetime
 //! POST   /api/v1/tokens                     body: {"service", "namespace"?, "ttl"?, "uses"?}
 //!                                           → join token (and a warning if no such Service)
 //! GET    /api/v1/tokens
 //! DELETE /api/v1/tokens/{id}                revoke (and every workload that joined with it)
 //! POST   /api/v1/workloads/{namespace}/{name}/revoke   revoke one workload's join lineage
 //! GET    /api/v1/revocations                the deny list proxies enforce
-//! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins
+//! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins,
+//!                                           validity of the root and the intermediate
 //! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
 //! POST   /api/v1/policy/check               body: {"from", "to", "port"?, "method"?, "path"?, …}
 //!                                           → the decision a proxy would make
@@ -83,7 +85,14 @@ pub struct Api {
     pub replica: String,
     /// Whether this replica leads.
     pub leader: tokio::sync::watch::Receiver<bool>,
+    /// The store, probed by `/api/v1/status`.
+    pub store: Arc<dyn crate::store::Store>,
+    /// What the store is: `embedded`, or `etcd://HOST:PORT,…`.
+    pub store_name: String,
 }
+
+/// How long `/api/v1/status` waits for the store to answer its probe.
+const STORE_PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// An error response: status plus a message that says what to do.
 pub struct ApiError(StatusCode, String);
@@ -324,11 +333,29 @@ async fn canary_action(
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Response {
+    // One read of an empty prefix: the store answers, or says why not.
+    let probe = tokio::time::timeout(STORE_PROBE_WITHIN, api.store.list("health-probe/")).await;
+    let store_error = match probe {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {}s",
+            STORE_PROBE_WITHIN.as_secs()
+        )),
+    };
+    let cert_ttl = api.registry.subscribe().borrow().cert_ttl;
     Json(json!({
         "replica": api.replica,
+        "version": env!("CARGO_PKG_VERSION"),
         "leader": *api.leader.borrow(),
         "revision": api.registry.revision(),
         "connectedProxies": api.connections.list().len(),
+        "store": {
+            "kind": api.store_name,
+            "healthy": store_error.is_none(),
+            "error": store_error,
+        },
+        "workloadCertTtlSeconds": cert_ttl.as_secs(),
     }))
     .into_response()
 }
@@ -453,16 +480,19 @@ async fn policy_check(State(api): State<Arc<Api>>, body: String) -> Result<Respo
     Ok(Json(answer).into_response())
 }
 
-async fn ca(State(api): State<Arc<Api>>) -> Response {
+async fn ca(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     let view = api.pki.view();
-    Json(json!({
+    let validity = api.pki.validity()?;
+    Ok(Json(json!({
         "trustDomain": view.trust_domain,
         "generation": view.generation,
         "phase": view.phase,
         "rootPins": view.bundle.iter().map(|r| skein_identity::ca_pin(r)).collect::<Vec<_>>(),
         "rootCertificate": api.pki.root_pem(),
+        "root": validity.root,
+        "intermediate": validity.intermediate,
     }))
-    .into_response()
+    .into_response())
 }
 
 #[derive(Deserialize)]

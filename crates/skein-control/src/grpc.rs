@@ -325,6 +325,9 @@ impl ProxyControl for ProxyControlService {
                     r = pki.changed() => if r.is_err() { break },
                     msg = inbound.message() => match msg {
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
+                            if ack.sent_unix_ms > 0 {
+                                connections.clock(session, ack.sent_unix_ms, unix_ms_now());
+                            }
                             if ack.error.is_empty() {
                                 connections.acked(session, ack.version);
                             } else {
@@ -335,6 +338,9 @@ impl ProxyControl for ProxyControlService {
                             // (`last_sent` is unchanged, so the loop head sends nothing.)
                         }
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Cert(cert)) })) => {
+                            if cert.sent_unix_ms > 0 {
+                                connections.clock(session, cert.sent_unix_ms, unix_ms_now());
+                            }
                             connections.certificate(session, CertReport {
                                 expires: skein_model::time::UtcTime::from_unix(cert.not_after_unix.max(0) as u64).rfc3339(),
                                 serial: cert.serial,
@@ -343,6 +349,7 @@ impl ProxyControl for ProxyControlService {
                             });
                         }
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Summary(summary)) })) => {
+                            connections.clock(session, summary.taken_unix_ms, unix_ms_now());
                             let now = crate::telemetry::unix_now();
                             if let Err(e) = central.ingest(&reporter, &summary, now) {
                                 if !std::mem::replace(&mut summary_refused, true) {
@@ -366,6 +373,14 @@ impl ProxyControl for ProxyControlService {
             );
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// This host's wall clock, Unix milliseconds.
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// The deny-list entry of `ca` that revokes `lineage`, if any.

@@ -266,6 +266,53 @@ impl DenyRecord {
     }
 }
 
+/// When the active CA's certificates are valid.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaValidity {
+    /// The root (the trust anchor proxies pin).
+    pub root: Validity,
+    /// The intermediate that signs workload certificates.
+    pub intermediate: Validity,
+}
+
+/// One certificate's validity window, in Unix seconds and RFC 3339.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Validity {
+    /// Start, Unix seconds.
+    pub not_before_unix: i64,
+    /// End, Unix seconds.
+    pub not_after_unix: i64,
+    /// Start, RFC 3339.
+    pub not_before: String,
+    /// End, RFC 3339.
+    pub not_after: String,
+}
+
+impl Validity {
+    fn of_pem(pem: &str, what: &str) -> Result<Validity, PkiError> {
+        let corrupt = |reason: String| PkiError::Corrupt {
+            what: format!("CA {what}"),
+            reason,
+        };
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| corrupt(e.to_string()))?;
+        let cert = pem.parse_x509().map_err(|e| corrupt(e.to_string()))?;
+        let (start, end) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        let text = |t: i64| skein_model::time::UtcTime::from_unix(t.max(0) as u64).rfc3339();
+        Ok(Validity {
+            not_before_unix: start,
+            not_after_unix: end,
+            not_before: text(start),
+            not_after: text(end),
+        })
+    }
+}
+
 /// What the TLS layer proved about a certificate a caller presented.
 #[derive(Debug, Clone)]
 pub struct Presented {
@@ -746,6 +793,18 @@ impl Pki {
     /// The active root's PEM.
     pub fn root_pem(&self) -> String {
         self.authority().ca.root_cert_pem()
+    }
+
+    /// When the active root and intermediate are valid (what `skein check` shows): a
+    /// workload certificate never outlives the intermediate, and nothing verifies once the
+    /// root has expired.
+    pub fn validity(&self) -> Result<CaValidity, PkiError> {
+        let authority = self.authority();
+        let pems = authority.ca.to_pem_set();
+        Ok(CaValidity {
+            root: Validity::of_pem(&pems.root_cert, "root certificate")?,
+            intermediate: Validity::of_pem(&pems.intermediate_cert, "intermediate certificate")?,
+        })
     }
 
     /// Makes a join token for `service` in `namespace`, valid for `ttl`, with which `uses`

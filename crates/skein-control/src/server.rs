@@ -177,6 +177,11 @@ impl RunningControl {
             token: token.clone(),
             replica: opts.replica.clone(),
             leader: leader.clone(),
+            store: store.clone(),
+            store_name: match &opts.store {
+                StoreChoice::Embedded => "embedded".into(),
+                StoreChoice::Etcd { endpoints, .. } => format!("etcd://{}", endpoints.join(",")),
+            },
         }));
         let mut follow = leader.clone();
         let replica = opts.replica.clone();

@@ -83,9 +83,38 @@ pub struct Connection {
     /// Where its admin listener (`/metrics`) is, as it announced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<std::net::SocketAddr>,
+    /// How far the proxy's wall clock is ahead of this replica's (negative: behind), in
+    /// milliseconds, from its telemetry summaries; `None` until the first one arrives.
+    pub clock_skew_ms: Option<i64>,
+    /// The latest few clock samples (the proxy's time minus ours at arrival).
+    #[serde(skip)]
+    pub clock_samples: ClockSamples,
     /// Its service account (which is its service).
     #[serde(skip)]
     pub account: String,
+}
+
+/// The clock offsets of a proxy's latest summaries: each is the proxy's timestamp minus
+/// the arrival time here, so transit and queueing only ever make a sample smaller than
+/// the true offset. The largest recent one is the best estimate; several are kept because
+/// summaries queued while the stream was down arrive late (and together, the freshest
+/// last).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClockSamples(std::collections::VecDeque<i64>);
+
+impl ClockSamples {
+    /// How many samples the estimate looks at.
+    const KEPT: usize = 4;
+
+    /// Adds the sample of a summary taken at `taken_ms` (the proxy's clock) that arrived
+    /// at `arrived_ms` (ours); returns the estimate.
+    pub fn add(&mut self, taken_ms: i64, arrived_ms: i64) -> i64 {
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(taken_ms.saturating_sub(arrived_ms));
+        self.0.iter().copied().max().unwrap_or_default()
+    }
 }
 
 /// A proxy's current certificate (never its key).
@@ -164,6 +193,8 @@ impl Connections {
             certificate: None,
             lineage: w.lineage.clone(),
             admin: None,
+            clock_skew_ms: None,
+            clock_samples: ClockSamples::default(),
             account: w.account.clone(),
         };
         let token = CancellationToken::new();
@@ -199,6 +230,14 @@ impl Connections {
     /// The proxy reported the certificate it now presents.
     pub fn certificate(&self, id: u64, cert: CertReport) {
         self.with(id, |c| c.certificate = Some(cert));
+    }
+
+    /// The proxy sent a telemetry summary taken at `taken_ms` on its clock, which arrived
+    /// at `arrived_ms` on ours (both Unix milliseconds).
+    pub fn clock(&self, id: u64, taken_ms: i64, arrived_ms: i64) {
+        self.with(id, |c| {
+            c.clock_skew_ms = Some(c.clock_samples.add(taken_ms, arrived_ms));
+        });
     }
 
     /// Connected proxies that have not applied a snapshot of at least `version`.
@@ -272,6 +311,22 @@ mod tests {
         c.close(first);
         assert!(c.claim(&web("web-1"), "other").is_ok(), "free once closed");
         assert!(c.is_connected("default", "web-1"));
+    }
+
+    #[test]
+    fn clock_skew_is_the_least_delayed_of_the_latest_samples() {
+        let mut s = ClockSamples::default();
+        assert_eq!(s.add(10_000, 10_040), -40, "40 ms in transit");
+        // Summaries queued while the stream was down arrive late, the freshest last.
+        assert_eq!(s.add(2_000, 12_000), -40);
+        assert_eq!(s.add(7_000, 12_000), -40);
+        assert_eq!(s.add(11_990, 12_001), -11);
+        assert_eq!(s.add(13_000, 13_002), -2);
+        // A proxy 31 s ahead shows so once its old samples are gone.
+        for t in 0..4 {
+            s.add(50_000 + t, 19_000 + t);
+        }
+        assert_eq!(s.add(50_100, 19_100), 31_000);
     }
 
     #[test]

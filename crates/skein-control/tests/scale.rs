@@ -66,7 +66,7 @@ async fn simulate(i: usize, channel: Channel, seen: Arc<Seen>) -> Result<(), ton
         let ack = ProxyMessage {
             message: Some(proxy_message::Message::Ack(Ack {
                 version: snapshot.version,
-                error: String::new(),
+                ..Ack::default()
             })),
         };
         if tx.send(ack).await.is_err() {

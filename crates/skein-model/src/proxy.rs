@@ -200,7 +200,8 @@ pub struct InboundConfig {
     /// Host the application listens on; requests go to `appHost:PORT`. Default `127.0.0.1`.
     #[serde(default = "default_app_host")]
     pub app_host: IpAddr,
-    /// The application's ports. Only these are reachable through the inbound side.
+    /// The application's ports. Only these are reachable through the inbound side; none
+    /// (`[]`) for a workload that only calls others.
     pub ports: Vec<PortSpec>,
     /// Requests sent to the application at once, from all callers together; beyond it
     /// the proxy refuses at once (503). Under a control plane it comes from the
@@ -290,7 +291,7 @@ pub struct OutboundConfig {
     /// destination is read with `SO_ORIGINAL_DST`. Unset: no transparent listener.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-    /// Explicit HTTP proxy listener (`HTTP_PROXY=http://ADDR`): absolute-form requests and
+    /// Explicit HTTP proxy listener (`http_proxy=http://ADDR`): absolute-form requests and
     /// `CONNECT`, routed by the authority `service[:port]`. Unset: disabled.
     #[serde(default)]
     pub http_proxy: Option<SocketAddr>,
@@ -508,13 +509,6 @@ impl ProxyConfig {
             if !is_dns_label(name) {
                 bad(path.into(), name.clone(), DNS_LABEL);
             }
-        }
-        if self.inbound.ports.is_empty() {
-            bad(
-                "inbound.ports".into(),
-                "[]".into(),
-                "at least one application port",
-            );
         }
         check_ports("inbound.ports", &self.inbound.ports, &mut bad);
         if let Some(l) = &self.inbound.limit {

@@ -54,6 +54,16 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The application on a `detect` port failed the HTTP/2 exchange an HTTP/2 caller's
+    /// request was sent in: most likely it speaks only HTTP/1.1.
+    #[error("the application on port {port} failed an HTTP/2 exchange ({source}); the caller spoke HTTP/2 and the port's protocol is detect, so the request went to the application as HTTP/2: if it speaks only HTTP/1.1, declare the port `protocol: http` (the Service's spec.ports, or --port {port}/http) and the proxy will speak HTTP/1.1 to it")]
+    AppNotH2 {
+        /// The application port.
+        port: u16,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
     /// The inbound side was asked for a port the application does not serve.
     #[error("port {0} is not an application port of this workload; allowed: {1:?}")]
     PortNotServed(u16, Vec<u16>),
@@ -152,6 +162,7 @@ impl ProxyError {
             ProxyError::NoAuthority | ProxyError::RequestBody(_) => Source::Downstream,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::AppNotH2 { .. }
             | ProxyError::TunnelRefused { .. }
             | ProxyError::Timeout { .. } => Source::Upstream,
             ProxyError::BadPeerRequest(_)
@@ -188,6 +199,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::BadRequest(_) => S::BAD_REQUEST,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::AppNotH2 { .. }
             | ProxyError::TunnelRefused { .. } => S::BAD_GATEWAY,
             ProxyError::Timeout { .. } => S::GATEWAY_TIMEOUT,
             ProxyError::Injected { status, .. } => {
@@ -220,6 +232,7 @@ impl ProxyError {
             ProxyError::NoAuthority => "no_authority",
             ProxyError::Connect { .. } => "connect",
             ProxyError::Upstream { .. } => "upstream",
+            ProxyError::AppNotH2 { .. } => "app_not_h2",
             ProxyError::PortNotServed(..) => "port_not_served",
             ProxyError::BadPeerRequest(_) => "bad_peer_request",
             ProxyError::RequestBody(_) => "request_body",
@@ -237,13 +250,14 @@ impl ProxyError {
 
     /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
     /// without trusting its text as a label.
-    pub const REASONS: [&'static str; 18] = [
+    pub const REASONS: [&'static str; 19] = [
         "unknown_service",
         "unknown_port",
         "no_endpoints",
         "no_authority",
         "connect",
         "upstream",
+        "app_not_h2",
         "port_not_served",
         "bad_peer_request",
         "request_body",

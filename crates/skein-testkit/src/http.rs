@@ -139,6 +139,16 @@ impl HttpBackend {
     /// - `GET /ws` with `Upgrade: websocket` (HTTP/1): WebSocket that echoes text and binary
     ///   messages until close.
     pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(addr, Protocols::Auto).await
+    }
+
+    /// As [`HttpBackend::start`], serving HTTP/1.x only (an HTTP/2 preface gets an
+    /// HTTP/1 error), as many applications do.
+    pub async fn start_http1_only(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(addr, Protocols::Http1Only).await
+    }
+
+    async fn start_with(addr: SocketAddr, protocols: Protocols) -> anyhow::Result<Self> {
         let listener = server::bind(addr).await?;
         let addr = listener.local_addr()?;
         let token = CancellationToken::new();
@@ -156,7 +166,7 @@ impl HttpBackend {
         });
         let handler_state = state.clone();
         let handler: Handler = Arc::new(move |req| Box::pin(handle(handler_state.clone(), req)));
-        server::spawn_http_server(listener, token.clone(), Protocols::Auto, handler);
+        server::spawn_http_server(listener, token.clone(), protocols, handler);
         tracing::debug!(%addr, "HTTP test backend listening");
         Ok(Self {
             addr,

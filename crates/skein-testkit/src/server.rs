@@ -36,6 +36,8 @@ pub(crate) enum Protocols {
     Auto,
     /// HTTP/2 prior knowledge only (gRPC).
     Http2Only,
+    /// HTTP/1.x only, as many applications are: an HTTP/2 preface is refused.
+    Http1Only,
 }
 
 /// Binds `addr`, naming the address in the error so a clash between tests is obvious.
@@ -137,6 +139,10 @@ async fn serve_http_conn(
         Protocols::Http2Only => {
             builder = builder.http2_only();
             builder.serve_connection(io, service).await
+        }
+        Protocols::Http1Only => {
+            builder = builder.http1_only();
+            builder.serve_connection_with_upgrades(io, service).await
         }
     };
     if let Err(error) = result {

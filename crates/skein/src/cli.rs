@@ -696,7 +696,9 @@ pub struct PolicyCheck {
 }
 
 /// `skein policy check`: the decision, the request as checked, and what decided.
-pub async fn policy_check(q: &PolicyCheck) -> anyhow::Result<()> {
+/// Returns whether the request would reach the application (allowed or audited), so that
+/// the command can exit as `kubectl auth can-i` does.
+pub async fn policy_check(q: &PolicyCheck) -> anyhow::Result<bool> {
     let client = Client::new(&q.target)?;
     let body = serde_json::json!({
         "from": q.from,
@@ -724,7 +726,7 @@ pub async fn policy_check(q: &PolicyCheck) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("-o {other:?} is not accepted; use text or json"),
     }
-    Ok(())
+    Ok(answer["verdict"] != "denied")
 }
 
 /// `skein ca rotate`: streams the control plane's progress lines.

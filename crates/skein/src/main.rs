@@ -2,10 +2,14 @@
 //! the control plane and the kubectl-like CLI join it as they land.
 
 mod canary_cmd;
+mod capture;
+mod check_cmd;
 mod cli;
 mod control_cmd;
 mod demo;
+mod netns;
 mod proxy_cmd;
+mod run_cmd;
 mod signals;
 mod trace_cmd;
 
@@ -33,9 +37,9 @@ enum Command {
     /// peers to the local application. SIGTERM or SIGINT drains in-flight requests, then
     /// exits 0. See docs/proxy-config.md for the configuration file.
     Proxy {
-        /// The proxy's YAML configuration file.
-        #[arg(long, short = 'c')]
-        config: PathBuf,
+        /// The proxy's YAML configuration file (`-`: stdin).
+        #[arg(long, short = 'c', required_unless_present = "uninstall")]
+        config: Option<PathBuf>,
         /// Validate the configuration, print it with defaults applied, and exit.
         #[arg(long)]
         check: bool,
@@ -55,6 +59,28 @@ enum Command {
         /// listen address; required when that is 0.0.0.0).
         #[arg(long)]
         advertise: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        intercept: proxy_cmd::InterceptArgs,
+    },
+    /// Run an application meshed, in a network namespace of its own (needs root).
+    ///
+    /// `skein run --service NAME [--port 8080/http] -- COMMAND ARGS…` wires a namespace to
+    /// the host bridge (--bridge, --network), captures its traffic in and out, starts its
+    /// proxy joined to the control plane, and runs COMMAND inside as you: it calls other
+    /// services by name (`http://menu:8080`), and no TCP connection reaches it but through
+    /// its proxy (UDP other than DNS is not captured).
+    /// Signals are forwarded; when COMMAND exits, everything is removed and its exit status
+    /// is returned. See docs/getting-started.md.
+    Run(run_cmd::RunArgs),
+    /// Internal: removes what a `skein run` left when it exits (started by `skein run`).
+    #[command(hide = true)]
+    RunReaper {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        bridge: String,
+        #[arg(long)]
+        id: u32,
     },
     /// Run the control plane: resource store, HTTP API (9990) and proxy API (9991).
     ///
@@ -211,6 +237,14 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
     },
+    /// Pre-flight and health in one command: each check a line with ✔ (passed), ‼ (near a
+    /// limit), ✘ (failed, with what to do) or ○ (skipped, with why).
+    ///
+    /// Kernel features for transparent capture (as root), the control plane (reachable,
+    /// admin token, version, store), its data directory's permissions, the mesh CA, every
+    /// proxy (connected, configuration acknowledged, certificate, clock skew) and, with
+    /// --proxy, one `skein run` workload's capture rules. Exits 1 when a check failed.
+    Check(check_cmd::CheckArgs),
     /// Run a meshed sample application on loopback with traffic flowing through proxies.
     ///
     /// Starts four proxies (one per workload, each a real `skein proxy` process), three
@@ -382,7 +416,9 @@ enum PolicyCommand {
     /// policy or default that decided, from the same evaluation the proxies run.
     ///
     /// Without --method/--path an HTTP port is checked with GET /; paths are normalised
-    /// as the proxy does (`/menu/../admin` is judged as `/admin`).
+    /// as the proxy does (`/menu/../admin` is judged as `/admin`). Exits as
+    /// `kubectl auth can-i` does: 0 when the request would reach the application
+    /// (allowed or audited), 1 when denied, 2 when the question cannot be answered.
     Check(cli::PolicyCheck),
     /// Write the least-privilege AuthorizationPolicies that allow exactly the traffic the
     /// proxies observed: callers per service, with their ports, methods and path prefixes.
@@ -439,6 +475,7 @@ fn run() -> anyhow::Result<()> {
             | Command::Map { .. }
             | Command::Tap { .. }
             | Command::Top { .. }
+            | Command::Check(_)
     ) {
         // Client commands end quietly when their output pipe closes (`skein get … | head`),
         // like other command-line tools. Servers keep Rust's default of ignoring SIGPIPE.
@@ -454,6 +491,8 @@ fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -466,7 +505,24 @@ fn run() -> anyhow::Result<()> {
                 control,
                 join_token,
                 advertise,
-            } => proxy_cmd::run(&config, check, control, join_token, advertise).await,
+                intercept,
+            } => {
+                let config = config.unwrap_or_default();
+                if intercept.intercept {
+                    proxy_cmd::intercept(&config, &intercept)
+                } else {
+                    proxy_cmd::run(&config, check, control, join_token, advertise).await
+                }
+            }
+            Command::Run(args) => {
+                let code = run_cmd::run(args).await?;
+                std::process::exit(code)
+            }
+            Command::RunReaper {
+                state_dir,
+                bridge,
+                id,
+            } => run_cmd::reap(&state_dir, &bridge, id),
             Command::Token(TokenCommand::Create {
                 service,
                 namespace,
@@ -484,7 +540,15 @@ fn run() -> anyhow::Result<()> {
                 target,
             }) => cli::workload_revoke(&target, &namespace, &name).await,
             Command::Ca(CaCommand::Show { target }) => cli::ca_show(&target).await,
-            Command::Policy(PolicyCommand::Check(q)) => cli::policy_check(&q).await,
+            // Exit 0 allowed (or audited), 1 denied, 2 when it could not be answered.
+            Command::Policy(PolicyCommand::Check(q)) => match cli::policy_check(&q).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2)
+                }
+            },
             Command::Policy(PolicyCommand::Suggest {
                 namespace,
                 window,
@@ -578,6 +642,10 @@ fn run() -> anyhow::Result<()> {
                 window,
                 target,
             } => signals::map(&target, &window, format).await,
+            Command::Check(args) => match check_cmd::run(args).await? {
+                true => Ok(()),
+                false => std::process::exit(1),
+            },
             Command::Demo {
                 duration,
                 rps,

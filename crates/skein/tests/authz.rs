@@ -220,7 +220,15 @@ async fn deny_by_default_lets_through_only_the_named_pathway() {
         let (control, data) = (&control, data.path());
         async move {
             let args = [&["policy", "check", "--from", from, "--to", to][..], extra].concat();
-            cli(control, data, &args).await.ok().to_string()
+            let out = cli(control, data, &args).await;
+            // Exit codes as `kubectl auth can-i`: 0 allowed, 1 denied, 2 no answer.
+            let want = if out.stdout.starts_with("denied") {
+                1
+            } else {
+                0
+            };
+            assert_eq!(out.code, Some(want), "{out:?}");
+            out.stdout
         }
     };
     let out = check("reservation", "restaurant", &[]).await;
@@ -254,6 +262,7 @@ async fn deny_by_default_lets_through_only_the_named_pathway() {
         refused.failed().contains("no Service \"nope\""),
         "{refused:?}"
     );
+    assert_eq!(refused.code, Some(2), "an unanswerable question exits 2");
     control.shutdown().await;
 }
 
@@ -704,6 +713,7 @@ async fn ambiguous_paths_and_hosts_are_refused_before_they_reach_the_app() {
     )
     .await;
     let why = refused.failed();
+    assert_eq!(refused.code, Some(2), "{refused:?}");
     assert!(
         why.contains("would refuse this request with 400") && why.contains("ambiguousPaths"),
         "{why}"

@@ -156,6 +156,28 @@ async fn the_wire_is_tls_and_strict_mode_refuses_everything_else() {
     plain.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("accepts only mutual TLS"), "{answer}");
+    // 1b. Plaintext HTTP/2 (prior knowledge): the same refusal as an HTTP/2 response, and
+    // to a gRPC call as UNAUTHENTICATED, which gRPC clients can show.
+    {
+        use http_body_util::BodyExt;
+        let mut h2 = skein_testkit::client::h2(inbound).await.unwrap();
+        let req = http::Request::get("http://web/").body(skein_proxy::http::empty());
+        let resp = h2.send_request(req.unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["skein-error"], "mtls_required");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("accepts only mutual TLS"), "{body}");
+        let mut h2 = skein_testkit::client::h2(inbound).await.unwrap();
+        let req = http::Request::post("http://web/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(skein_proxy::http::empty());
+        let resp = h2.send_request(req.unwrap()).await.unwrap();
+        assert_eq!(resp.headers()["grpc-status"], "16", "{:?}", resp.headers());
+        let message = resp.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.contains("accepts only mutual TLS"), "{message}");
+    }
 
     let roots: Vec<_> = CertificateDer::pem_slice_iter(control.pki.root_pem().as_bytes())
         .map(|c| c.unwrap())

@@ -1,6 +1,7 @@
 //! Warnings `apply` answers alongside its results: references to resources that do not
-//! exist (yet). Such references are stored, not refused, since the resource they name may
-//! be applied next; the warning says what happens meanwhile.
+//! exist (yet), stored, not refused, since the resource they name may be applied next (the
+//! warning says what happens meanwhile); and settings whose effect reaches further than
+//! the line that sets them (a Mesh's `defaultPolicy: deny`).
 
 use super::{Kind, Resource, ResourceKey};
 
@@ -9,6 +10,15 @@ use super::{Kind, Resource, ResourceKey};
 pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     for r in docs {
+        if let Resource::Mesh(m) = r {
+            if m.spec.default_policy == super::PolicyAction::Deny {
+                out.push(format!(
+                    "{}: defaultPolicy is deny: every request and connection that no AuthorizationPolicy allows is refused (403, PERMISSION_DENIED, or the TCP connection closed), between services that talked freely until now too; `defaultPolicy: audit` first shows what deny would refuse, and `skein policy suggest` writes policies for the traffic observed",
+                    r.key()
+                ));
+            }
+            continue;
+        }
         if let Resource::Canary(c) = r {
             let ns = c.metadata.namespace.as_str();
             let spec = &c.spec;
@@ -79,6 +89,23 @@ pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec
 mod tests {
     use super::*;
     use crate::resource::parse_documents;
+
+    #[test]
+    fn a_deny_by_default_mesh_says_what_it_does() {
+        let mesh = |policy: &str| {
+            let text = format!("apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{defaultPolicy: {policy}}}\n");
+            parse_documents(&text, "test").unwrap()
+        };
+        let w = dangling(&mesh("deny"), |_| true);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("Mesh/default: defaultPolicy is deny: every request and connection that no AuthorizationPolicy allows is refused"),
+            "{}",
+            w[0]
+        );
+        assert!(dangling(&mesh("allow"), |_| true).is_empty());
+        assert!(dangling(&mesh("audit"), |_| true).is_empty());
+    }
 
     #[test]
     fn a_canary_names_its_missing_services() {

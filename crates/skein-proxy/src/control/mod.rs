@@ -353,8 +353,18 @@ fn cert_message(identity: &Identity) -> ProxyMessage {
             serial: s.serial,
             not_after_unix: s.not_after_unix,
             ca_generation: s.ca_generation,
+            sent_unix_ms: unix_ms_now(),
         })),
     }
+}
+
+/// This host's wall clock, Unix milliseconds: sent with certificate reports and acks so
+/// that the control plane can tell how far apart the clocks are (`skein check`).
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// Applies what a snapshot says about identity: trusted roots, mTLS mode, and whether the
@@ -573,7 +583,11 @@ async fn serve_session(
             tracing::error!(version, %error, "refused configuration snapshot; keeping the previous one");
         }
         let ack = ProxyMessage {
-            message: Some(proxy_message::Message::Ack(Ack { version, error })),
+            message: Some(proxy_message::Message::Ack(Ack {
+                version,
+                error,
+                sent_unix_ms: unix_ms_now(),
+            })),
         };
         if tx.send(ack).await.is_err() {
             break;

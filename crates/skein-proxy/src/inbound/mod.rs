@@ -25,7 +25,7 @@ use crate::telemetry::Named;
 use crate::Ctx;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use skein_model::{PortSpec, ProxyConfig};
+use skein_model::{PortSpec, Protocol, ProxyConfig};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,8 +93,16 @@ impl Peer {
 /// Longest a peer may take to start and finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What a plaintext client of a strict proxy reads before the connection closes.
-const STRICT_REFUSAL: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nskein-error: mtls_required\r\nconnection: close\r\ncontent-length: 130\r\n\r\nskein: this port accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call the service through your own skein proxy\n";
+/// What a plaintext client of a strict proxy is told before the connection closes.
+const STRICT_REFUSAL: &str = "skein: this port accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call the service through your own skein proxy\n";
+
+/// [`STRICT_REFUSAL`] as an HTTP/1.1 response.
+fn strict_refusal_h1() -> String {
+    format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nskein-error: mtls_required\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{STRICT_REFUSAL}",
+        STRICT_REFUSAL.len()
+    )
+}
 
 /// Accepts peer connections until shutdown is signalled.
 pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
@@ -169,14 +177,74 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
         (false, _) => {
             ctx.metrics.inbound_security("refused_plaintext");
             tracing::info!(%peer, "refused a plaintext inbound connection (mtls: strict)");
-            use tokio::io::AsyncWriteExt;
+            // An HTTP/2 client (prior knowledge) cannot read an HTTP/1 answer: it gets its
+            // refusal as HTTP/2 responses, one per stream.
+            let mut preface = [0u8; 3];
+            let h2 = matches!(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut preface)).await,
+                Ok(Ok(3))
+            ) && &preface == b"PRI";
             let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                let _ = stream.write_all(STRICT_REFUSAL).await;
-                let _ = stream.shutdown().await;
+                if h2 {
+                    refuse_h2(stream).await;
+                } else {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(strict_refusal_h1().as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
             })
             .await;
         }
     }
+}
+
+/// Answers every stream of a plaintext HTTP/2 connection to a strict proxy with the
+/// refusal (gRPC calls with `UNAUTHENTICATED`, as gRPC clients read it), and closes it
+/// with GOAWAY after the first. The caller bounds the whole exchange with a deadline.
+async fn refuse_h2(stream: TcpStream) {
+    let body: Arc<str> = STRICT_REFUSAL.into();
+    let served = Arc::new(tokio::sync::Notify::new());
+    let told = served.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let body = body.clone();
+        told.notify_one();
+        async move {
+            let grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            let mut resp = http::Response::builder().header("skein-error", "mtls_required");
+            resp = if grpc {
+                // Trailers-only: the status rides in the head.
+                let message = body.trim_end().replace('\n', " ");
+                resp.status(200)
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .header("grpc-status", "16")
+                    .header("grpc-message", message)
+            } else {
+                resp.status(403)
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+            };
+            let bytes = if grpc {
+                bytes::Bytes::new()
+            } else {
+                bytes::Bytes::copy_from_slice(body.as_bytes())
+            };
+            resp.body(http_body_util::Full::new(bytes))
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut conn = std::pin::pin!(builder
+        .max_concurrent_streams(4)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = served.notified() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Serves one peer proxy's HTTP/2 connection. `lineage` is the join lineage of the
@@ -291,9 +359,34 @@ async fn route(
         rec.pathway = Some(authorize::pathway(&req, port.port));
     }
     let admitted = shed::admit(ctx, state).await?;
-    let to_h2 = orig_proto(&req) == Proto::Http2 || crate::destinations::speaks_h2(port.protocol);
-    let answered = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await;
+    let to_h2 = app_speaks_h2(port.protocol, &req);
+    let mut answered = app::forward(ctx, config, req, port.app_port(), to_h2, caller, rec).await;
+    if to_h2 && port.protocol == Protocol::Detect {
+        // Only the caller's choice made it HTTP/2: say what to declare if the app cannot.
+        if let Err(ProxyError::Upstream { source, .. }) = answered {
+            answered = Err(ProxyError::AppNotH2 {
+                port: port.app_port(),
+                source,
+            });
+        }
+    }
     shed::hold(answered, admitted)
+}
+
+/// Whether a request goes to the application as HTTP/2: always on `http2` and `grpc`
+/// ports; on `http` ports only gRPC (which needs HTTP/2's trailers), everything else as
+/// HTTP/1.1 whatever the caller spoke, so an HTTP/1-only application serves HTTP/2
+/// callers; on `detect` ports as the caller spoke.
+fn app_speaks_h2(protocol: Protocol, req: &Request<Incoming>) -> bool {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Http => req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc")),
+        Protocol::Detect | Protocol::Tcp => orig_proto(req) == Proto::Http2,
+    }
 }
 
 /// The application port named by the caller's proxy; only declared ports are reachable.

@@ -177,3 +177,50 @@ async fn port_declared_http_accepts_both_http_versions() {
     assert!(String::from_utf8_lossy(&h1.stdout).starts_with("HTTP/1.1 200"));
     assert_eq!(backend.hits(), 2);
 }
+
+/// An HTTP/2 client of an HTTP/1-only application: on an `http` port the proxy speaks
+/// HTTP/1.1 to the application and it works; on a `detect` port (the request goes as the
+/// client spoke) the failure says to declare the port `http`.
+#[tokio::test]
+async fn an_http2_client_reaches_an_http1_only_app_on_an_http_port() {
+    skein_testkit::init_tracing();
+    let old = HttpBackend::start_http1_only(SocketAddr::new(loopback(65), 0))
+        .await
+        .unwrap();
+    let mesh = MeshSpec::new(64, 65)
+        .service("legacy", old.addr(), Protocol::Http)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("http://{}/menu", mesh.upstream("legacy"));
+    let out = curl(&["-i", "--http2-prior-knowledge", &url])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(
+        text.contains("x-echo-version: HTTP/1.1"),
+        "the app got HTTP/1.1: {text}"
+    );
+
+    let old = HttpBackend::start_http1_only(SocketAddr::new(loopback(67), 0))
+        .await
+        .unwrap();
+    let mesh = MeshSpec::new(66, 67)
+        .service("legacy", old.addr(), Protocol::Detect)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("http://{}/menu", mesh.upstream("legacy"));
+    let out = curl(&["-i", "--http2-prior-knowledge", &url])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 502"), "{text}");
+    assert!(text.contains("skein-error: app_not_h2"), "{text}");
+    assert!(text.contains("declare the port `protocol: http`"), "{text}");
+    // HTTP/1.1 callers of the same port still get through.
+    let out = curl(&["-i", &url]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
