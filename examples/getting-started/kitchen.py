@@ -8,6 +8,9 @@ DISHES = ["tomato soup", "mushroom risotto", "lemon tart"]
 
 
 class Kitchen(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass  # quiet: it shares the terminal with the other commands
+
     def do_GET(self):
         if self.path != "/dishes":
             self.send_error(404, "try /dishes")

@@ -8,6 +8,9 @@ from urllib.request import urlopen
 
 
 class Menu(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass  # quiet: it shares the terminal with the other commands
+
     def do_GET(self):
         if self.path != "/menu":
             self.send_error(404, "try /menu")

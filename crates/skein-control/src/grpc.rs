@@ -217,7 +217,7 @@ impl ProxyControl for ProxyControlService {
     ) -> Result<Response<SnapshotStream>, Status> {
         let cert = presented(&request).ok_or_else(|| {
             Status::unauthenticated(
-                "Sync needs the workload certificate from Certify as the TLS client certificate; start the proxy with --token",
+                "Sync needs the workload certificate from Certify as the TLS client certificate; start the proxy with --join-token (or SKEIN_JOIN_TOKEN)",
             )
         })?;
         let identity = cert.id.clone();

@@ -141,8 +141,9 @@ async fn serve_http_conn(
             builder.serve_connection(io, service).await
         }
         Protocols::Http1Only => {
+            // `serve_connection_with_upgrades` would still read an HTTP/2 preface.
             builder = builder.http1_only();
-            builder.serve_connection_with_upgrades(io, service).await
+            builder.serve_connection(io, service).await
         }
     };
     if let Err(error) = result {

@@ -245,6 +245,62 @@ impl Iptables<'_> {
     }
 }
 
+/// What differs between the plan and the rules in force, beyond rules missing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Planned rules not in force, as `iptables -S` would print them.
+    pub missing: Vec<String>,
+    /// Rules in force in an order that lets traffic past the capture: a rule ahead of the
+    /// jump into Skein's chain in `OUTPUT` or `PREROUTING`, or Skein's own rules out of the
+    /// planned order (a `REDIRECT` before the proxy's exemption, say).
+    pub misordered: Vec<String>,
+    /// Rules in Skein's chains that the plan does not have (exclusions given to
+    /// `skein run` or `--intercept`, or someone's addition).
+    pub unplanned: Vec<String>,
+}
+
+impl Iptables<'_> {
+    /// Compares the rules in force with `capture`'s plan, order included. Fails when
+    /// iptables cannot list them.
+    pub fn audit(&self, capture: &Capture) -> anyhow::Result<Audit> {
+        let plan = capture.plan();
+        let mut audit = Audit {
+            missing: self.missing(capture)?,
+            ..Audit::default()
+        };
+        for (parent, chain) in [("OUTPUT", OUTPUT_CHAIN), ("PREROUTING", INBOUND_CHAIN)] {
+            let listed = self.run(&["-S".into(), parent.into()])?;
+            let rules: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A ")).collect();
+            let jump = format!("-A {parent} -j {chain}");
+            if let Some(at) = rules.iter().position(|r| *r == jump) {
+                for r in &rules[..at] {
+                    audit
+                        .misordered
+                        .push(format!("{r} (ahead of the jump into {chain})"));
+                }
+            }
+        }
+        for chain in [OUTPUT_CHAIN, INBOUND_CHAIN] {
+            let Ok(listed) = self.run(&["-S".into(), chain.into()]) else {
+                continue; // the chain is missing: its rules are in `missing`
+            };
+            let planned: Vec<&Vec<String>> = plan.iter().filter(|r| r[1] == chain).collect();
+            let mut next = 0; // the planned rule expected next
+            for line in listed.lines().filter(|l| l.starts_with("-A ")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match planned.iter().position(|p| same_rule(p, &words)) {
+                    Some(i) if i >= next => next = i + 1,
+                    Some(_) => audit
+                        .misordered
+                        .push(format!("{line} (out of the planned order)")),
+                    None => audit.unplanned.push(line.to_string()),
+                }
+            }
+        }
+        Ok(audit)
+    }
+}
+
 /// Whether a planned rule matches a line of `iptables -S`, which spells some parts its own
 /// way (`-d 127.0.0.0/8` stays, `-p udp` gains `-m udp`, `/32` appears on hosts).
 fn same_rule(planned: &[String], listed: &[&str]) -> bool {

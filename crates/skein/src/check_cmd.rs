@@ -207,6 +207,18 @@ fn skipped<'a>(
 /// Runs the checks and prints them; returns whether none failed.
 pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let mut checks = kernel::checks(args.pre);
+    if !args.pre && args.proxy.is_none() {
+        // A host that only runs the control plane or the CLI needs no capture: a kernel
+        // that cannot do it is told, not failed, unless the question was asked (`--pre`,
+        // or `--proxy` on a host that runs workloads).
+        for c in checks.iter_mut().filter(|c| c.status == Status::Fail) {
+            c.status = Status::Skip;
+            c.message = format!(
+                "{} (only hosts that run workloads need this; `skein check --pre` fails on it)",
+                c.message
+            );
+        }
+    }
     if !args.pre {
         checks.extend(control_plane(&args.target).await);
     }
@@ -330,13 +342,21 @@ async fn control_plane(target: &Target) -> Vec<Check> {
         .to_string();
     let mut checks = Vec::new();
     let api = Api::new(server.clone(), target);
-    let status = match get(&server, "/healthz", None).await {
+    // Something else listening there answers, but not `ok` from /healthz.
+    let health = match get(&server, "/healthz", None).await {
+        Ok((code, body)) if code != StatusCode::OK || body.trim_ascii() != b"ok" => Err(format!(
+            "something answers on {server}, but not as a Skein control plane (/healthz: {code})"
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot connect to {server} ({e})")),
+    };
+    let status = match health {
         Err(e) => {
             let why = "the control plane is not reachable";
             checks.push(Check::fail(
                 CONTROL,
                 mesh::REACHABLE,
-                format!("cannot connect to {server} ({e})"),
+                e,
                 "start it with `skein control --data-dir DIR`, or point --server (SKEIN_SERVER) at it",
             ));
             checks.push(Check::skip(CONTROL, mesh::TOKEN, why));

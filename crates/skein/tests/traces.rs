@@ -476,7 +476,13 @@ async fn new_traces_are_sampled_at_the_mesh_ratio_and_failed_requests_always_rec
         assert_eq!(status, 403);
     }
     for id in &ids {
-        let spans = trace_when(&cp, data.path(), id, |spans| spans.len() >= 2).await;
+        // Both proxies' spans: each proxy reports on its own schedule.
+        let both = |spans: &[serde_json::Value]| {
+            ["default/api", "default/client"]
+                .iter()
+                .all(|svc| spans.iter().any(|sp| s(sp, "service") == *svc))
+        };
+        let spans = trace_when(&cp, data.path(), id, both).await;
         let denied = find(&spans, "default/api", "inbound");
         assert_eq!(denied["error"], true);
         assert_eq!(attr(denied, "skein.error"), "denied");

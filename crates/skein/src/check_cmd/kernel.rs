@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 /// A network namespace can be made.
@@ -31,14 +31,18 @@ pub fn checks(pre: bool) -> Vec<Check> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         let why = "needs root (a network namespace and iptables)";
+        // The binary's own path: sudo's PATH does not have ~/.cargo/bin.
+        let me = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "skein".into());
         return [NAMESPACES, IPTABLES, ORIGINAL_DST]
             .into_iter()
             .map(|name| match pre {
-                true => Check::fail(KERNEL, name, why, "run `sudo skein check --pre`"),
+                true => Check::fail(KERNEL, name, why, format!("run `sudo {me} check --pre`")),
                 false => Check::skip(
                     KERNEL,
                     name,
-                    format!("{why}; `sudo skein check --pre` runs it"),
+                    format!("{why}; `sudo {me} check --pre` runs it"),
                 ),
             })
             .collect();
@@ -120,7 +124,7 @@ fn nat_table(ns: &File) -> anyhow::Result<String> {
         "iptables accepted the capture rules but does not list {}",
         missing.join("; ")
     );
-    let out = Command::new("iptables").arg("--version").output()?;
+    let out = crate::netns::system("iptables").arg("--version").output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -135,7 +139,7 @@ fn original_dst(ns: &File) -> anyhow::Result<SocketAddr> {
             "-w 5 -t nat -I OUTPUT 1 -p tcp -d 127.0.0.1 --dport {DIALLED_PORT} -j REDIRECT --to-ports {port}"
         );
         // This thread is in the namespace, and a child starts in its parent thread's.
-        let out = Command::new("iptables")
+        let out = crate::netns::system("iptables")
             .args(rule.split(' '))
             .output()
             .context("cannot run iptables")?;

@@ -156,33 +156,95 @@ pub fn capture(target: &CaptureTarget) -> Check {
             )
         }
     };
-    let missing = match (Iptables { netns: Some(&ns) }).missing(&plan) {
-        Ok(missing) => missing,
-        Err(e) => return Check::fail(CAPTURE, RULES, format!("{e:#}"), "install iptables"),
+    let audit = match (Iptables { netns: Some(&ns) }).audit(&plan) {
+        Ok(audit) => audit,
+        Err(e) => {
+            return Check::fail(
+                CAPTURE,
+                RULES,
+                format!("{address}: cannot list the rules in force: {e:#}"),
+                "is iptables installed and usable here? `skein check --pre` tries it",
+            )
+        }
     };
     let total = plan.plan().len();
-    if missing.is_empty() {
-        return Check::ok(
+    let restart = "restart the workload (`skein run` installs the rules afresh); for a namespace someone else made, `skein proxy --intercept -c FILE` inside it (with its --proxy-gid and exclusions)";
+    if !audit.missing.is_empty() || !audit.misordered.is_empty() {
+        let mut problems = Vec::new();
+        if !audit.missing.is_empty() {
+            problems.push(format!(
+                "{} of {total} rules missing: iptables -t nat {}",
+                audit.missing.len(),
+                audit.missing.join("; iptables -t nat ")
+            ));
+        }
+        if !audit.misordered.is_empty() {
+            problems.push(format!(
+                "rules that let traffic past the capture: {}",
+                audit.misordered.join("; ")
+            ));
+        }
+        return Check::fail(
             CAPTURE,
             RULES,
-            format!("{address}: all {total} rules in force"),
+            format!("{address}: {}", problems.join("; ")),
+            restart,
         );
     }
-    Check::fail(
+    // The exemption must name the ids the proxy really runs with.
+    if let Some(problem) = proxy_ids_differ(&ns, &plan) {
+        return Check::fail(CAPTURE, RULES, format!("{address}: {problem}"), restart);
+    }
+    if !audit.unplanned.is_empty() {
+        return Check::warn(
+            CAPTURE,
+            RULES,
+            format!(
+                "{address}: all {total} rules in force, and {} more in Skein's chains: {}",
+                audit.unplanned.len(),
+                audit.unplanned.join("; ")
+            ),
+            "exclusions given to `skein run` (--exclude-*) look like this; anything else was added by hand and lets that traffic past the proxy",
+        );
+    }
+    Check::ok(
         CAPTURE,
         RULES,
-        format!(
-            "{address}: {} of {total} rules missing: iptables -t nat {}",
-            missing.len(),
-            missing.join("; iptables -t nat ")
-        ),
-        "restart the workload, or run `skein proxy --intercept -c FILE` in its namespace (with its --proxy-gid and exclusions)",
+        format!("{address}: all {total} rules in force, in order"),
     )
+}
+
+/// Whether the proxy in `ns` runs with other ids than the exemption in `plan` names: its
+/// own connections would then be captured (a loop), and anyone with those ids not.
+fn proxy_ids_differ(ns: &File, plan: &Capture) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = ns.metadata().ok()?.ino();
+    let proxy = crate::netns::processes_in(inode).into_iter().find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        words.len() > 1 && words[1] == b"proxy"
+    })?;
+    let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).ok()?;
+    let id = |key: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(2)?.parse().ok() // effective id
+    };
+    let (uid, gid) = (id("Uid:")?, id("Gid:")?);
+    let uid_ok = plan.proxy_uid.is_none_or(|u| u == uid);
+    (!uid_ok || gid != plan.proxy_gid).then(|| {
+        format!(
+            "the proxy (pid {proxy}) runs as uid {uid} gid {gid}, but the exemption names {}gid {}",
+            plan.proxy_uid
+                .map(|u| format!("uid {u} "))
+                .unwrap_or_default(),
+            plan.proxy_gid
+        )
+    })
 }
 
 /// `iptables -t nat -S SKEIN_OUTPUT` in `ns`; empty if it cannot be listed.
 fn list_output_chain(ns: &File) -> String {
-    let mut cmd = std::process::Command::new("iptables");
+    let mut cmd = crate::netns::system("iptables");
     cmd.args(["-w", "5", "-t", "nat", "-S", crate::capture::OUTPUT_CHAIN]);
     crate::netns::enter_before_exec(&mut cmd, ns);
     cmd.output()
@@ -230,7 +292,7 @@ fn open_namespace(target: &CaptureTarget) -> anyhow::Result<File> {
             continue;
         };
         let lock = dir
-            .lock()
+            .lock_within(Some(std::time::Duration::from_secs(5)))
             .with_context(|| format!("cannot read {} (needs root)", dir.path().display()))?;
         let Some(entry) = dir
             .entries(&lock)

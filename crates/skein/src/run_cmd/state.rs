@@ -118,6 +118,12 @@ impl Dir {
     /// removed, so that every run locks the same file even while another removes the
     /// directory.
     pub fn lock(&self) -> anyhow::Result<Locked> {
+        self.lock_within(None)
+    }
+
+    /// As [`Dir::lock`], giving up after `limit` (a reader that must not hang behind a
+    /// wedged `skein run`).
+    pub fn lock_within(&self, limit: Option<Duration>) -> anyhow::Result<Locked> {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(".lock");
         let file = File::options()
@@ -125,11 +131,31 @@ impl Dir {
             .truncate(false)
             .write(true)
             .open(self.path.with_file_name(name))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot lock the state directory");
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let mode = match deadline {
+                Some(_) => libc::LOCK_EX | libc::LOCK_NB,
+                None => libc::LOCK_EX,
+            };
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
+                return Ok(Locked { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            match deadline {
+                Some(d) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < d => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(_) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    bail!(
+                        "{} stayed locked by a `skein run` for {:?}",
+                        self.path.display(),
+                        limit.unwrap_or_default()
+                    )
+                }
+                _ => return Err(e).context("cannot lock the state directory"),
+            }
         }
-        Ok(Locked { _file: file })
     }
 
     /// Every entry (unreadable ones are skipped).
