@@ -70,7 +70,7 @@ enum Command {
     /// services by name (`http://menu:8080`), and no TCP connection reaches it but through
     /// its proxy (UDP other than DNS is not captured).
     /// Signals are forwarded; when COMMAND exits, everything is removed and its exit status
-    /// is returned. See docs/getting-started.md.
+    /// is returned (125 when skein run itself failed). See docs/getting-started.md.
     Run(run_cmd::RunArgs),
     /// Internal: removes what a `skein run` left when it exits (started by `skein run`).
     #[command(hide = true)]
@@ -514,10 +514,15 @@ fn run() -> anyhow::Result<()> {
                     proxy_cmd::run(&config, check, control, join_token, advertise).await
                 }
             }
-            Command::Run(args) => {
-                let code = run_cmd::run(args).await?;
-                std::process::exit(code)
-            }
+            // The application's exit status, or 125 when skein run itself failed (as
+            // `docker run` does), so that the two cannot be confused.
+            Command::Run(args) => match run_cmd::run(args).await {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(125)
+                }
+            },
             Command::RunReaper {
                 state_dir,
                 bridge,

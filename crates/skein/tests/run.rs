@@ -531,7 +531,11 @@ spec:
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
+    assert_eq!(
+        refused.status.code(),
+        Some(125),
+        "skein run's own failures exit 125"
+    );
     assert!(
         stderr.contains("pass --user NAME (or --user root"),
         "{stderr}"

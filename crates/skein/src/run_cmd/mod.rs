@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// DATA_DIR/admin.token).
     #[arg(long, env = "SKEIN_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// Read the join token from this file (`ps` shows arguments and `sudo VAR=…`; a file
+    /// readable by root only shows nothing).
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// A port the application serves, with its protocol: `8080`, `8080/http`; one of
     /// detect (default), http, http2, grpc, tcp. Repeatable.
     #[arg(long = "port", value_name = "PORT[/PROTOCOL]")]
@@ -175,7 +179,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     let control = control_from_namespace(&args.control, gateway).await?;
-    let join_token = match args.join_token.clone() {
+    let from_file = match &args.join_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --join-token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let join_token = match args.join_token.clone().or(from_file) {
         Some(t) => t,
         None => crate::cli::create_join_token(&args.target, &args.service, &args.namespace)
             .await
