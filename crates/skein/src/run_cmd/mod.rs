@@ -52,7 +52,7 @@ pub struct RunArgs {
     /// The control plane's proxy API (gRPC). A loopback address means the control plane on
     /// this host, which the workload reaches on the bridge's gateway address: so it must
     /// listen on every address (`skein control`'s default, 0.0.0.0:9991).
-    #[arg(long, default_value = "127.0.0.1:9991")]
+    #[arg(long, env = "SKEIN_CONTROL", default_value = "127.0.0.1:9991")]
     pub control: String,
     /// A join token for the service (`skein token create --service NAME`). Without one,
     /// `skein run` creates a single-use token with the admin token (--token, SKEIN_TOKEN or
