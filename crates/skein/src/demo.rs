@@ -1,4 +1,5 @@
-//! `skein demo`: a meshed sample application on loopback.
+//! `skein demo`: a meshed sample application on loopback (as root, [`crate::demo_ns`]
+//! runs the same applications in network namespaces with `skein run` instead).
 //!
 //! Workloads (each on its own 127.0.N.x address, each with its own `skein proxy` process):
 //!
@@ -39,8 +40,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-const APP_PORT: u16 = 8080;
-const LEDGER_PORT: u16 = 9000;
+pub(crate) const APP_PORT: u16 = 8080;
+pub(crate) const LEDGER_PORT: u16 = 9000;
 const INBOUND_PORT: u16 = 4143;
 const ADMIN_PORT: u16 = 4191;
 const UPSTREAM_A: u16 = 15001;
@@ -89,9 +90,28 @@ const RESTAURANT_V3: Workload = Workload {
 
 /// Runs the demo for `duration` (or until Ctrl-C) at `rps` requests per second; with
 /// `canary`, two releases of the restaurant as Canaries.
-pub async fn run(duration: Duration, rps: u32, net: u8, canary: bool) -> anyhow::Result<()> {
+pub async fn run(
+    duration: Duration,
+    rps: u32,
+    net: u8,
+    canary: bool,
+    loopback: bool,
+) -> anyhow::Result<()> {
     if canary && rps < 10 {
         bail!("skein demo --canary needs --rps 10 or more: each check wants at least 5 requests to the canary at 20 % in 3 s");
+    }
+    // As root, each application runs in a network namespace of its own with `skein run`
+    // (docs/getting-started.md); otherwise, and with --canary or --loopback, on loopback.
+    let why_loopback = match (loopback, canary) {
+        (true, _) => None,
+        (_, true) => Some("--canary runs on loopback".to_string()),
+        _ => match crate::demo_ns::supported() {
+            Ok(()) => return crate::demo_ns::run(duration, rps, net).await,
+            Err(why) => Some(why),
+        },
+    };
+    if let Some(why) = why_loopback {
+        println!("skein demo: on loopback ({why}); as root it runs each application in a network namespace of its own with `skein run`");
     }
     let ip = move |w: &Workload| IpAddr::from([127, 0, net, w.host]);
     let dir = std::env::temp_dir().join(format!("skein-demo-{}", std::process::id()));
@@ -343,7 +363,7 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr, canary: bool) ->
 
 /// The mesh's resources, applied to the demo's control plane: deny by default, and one
 /// AuthorizationPolicy per pathway the sample application uses.
-const RESOURCES: &str = "
+pub(crate) const RESOURCES: &str = "
 apiVersion: skein.dev/v1alpha1
 kind: Mesh
 metadata: {name: default}
@@ -542,7 +562,7 @@ async fn spawn_proxy(
 }
 
 /// SIGTERM, then wait for the drain; SIGKILL if it takes too long.
-async fn stop(child: &mut Child) {
+pub(crate) async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -569,7 +589,7 @@ async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// A plain GET on an admin listener (HTTP/1.0, so the server closes after the response).
-async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(admin).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .await?;
@@ -641,7 +661,7 @@ async fn generate(
     Ok(())
 }
 
-async fn get(
+pub(crate) async fn get(
     pool: &H1Pool,
     addr: SocketAddr,
     host: &str,
@@ -661,7 +681,7 @@ async fn get(
 }
 
 /// Serves HTTP/1.1 with `handler` on every connection.
-async fn serve_http<F, Fut>(listener: TcpListener, handler: Arc<F>)
+pub(crate) async fn serve_http<F, Fut>(listener: TcpListener, handler: Arc<F>)
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<Response<Body>>> + Send + 'static,
@@ -686,7 +706,7 @@ where
     }
 }
 
-fn menu() -> Response<Body> {
+pub(crate) fn menu() -> Response<Body> {
     Response::new(boxed(Full::new(Bytes::from_static(
         b"{\"menu\": [\"soup\", \"bread\", \"pie\"]}",
     ))))
@@ -694,7 +714,7 @@ fn menu() -> Response<Body> {
 
 /// The frontend calls the restaurant over HTTP and the ledger over TCP for every request,
 /// passing its request's trace headers on.
-async fn frontend_handler(
+pub(crate) async fn frontend_handler(
     pool: Arc<H1Pool>,
     (restaurant, ledger): (SocketAddr, SocketAddr),
     headers: http::HeaderMap,
@@ -727,7 +747,7 @@ async fn frontend_handler(
 }
 
 /// The ledger: a line-oriented TCP service that acknowledges each line.
-async fn serve_ledger(listener: TcpListener) {
+pub(crate) async fn serve_ledger(listener: TcpListener) {
     let entries = Arc::new(AtomicU64::new(0));
     while let Ok((stream, _)) = listener.accept().await {
         let entries = entries.clone();

@@ -7,6 +7,7 @@ mod check_cmd;
 mod cli;
 mod control_cmd;
 mod demo;
+mod demo_ns;
 mod netns;
 mod proxy_cmd;
 mod run_cmd;
@@ -262,9 +263,25 @@ enum Command {
         #[arg(long, default_value_t = 77)]
         net: u8,
         /// Also run restaurant v2 and v3 and release each as a Canary: v2 is promoted
-        /// step by step, v3 (one answer in ten a 500) is rolled back.
+        /// step by step, v3 (one answer in ten a 500) is rolled back. Runs on loopback.
         #[arg(long)]
         canary: bool,
+        /// Run on loopback even as root (by default root runs each application in a
+        /// network namespace of its own with `skein run`, on 198.18.N.0/24).
+        #[arg(long)]
+        loopback: bool,
+    },
+    /// Internal: one of the demo's applications, as `skein demo` starts it under `skein run`.
+    #[command(hide = true)]
+    DemoApp {
+        /// frontend, restaurant, ledger or traffic.
+        name: String,
+        /// traffic: requests per second.
+        #[arg(long, default_value_t = 20)]
+        rps: u32,
+        /// traffic: how long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        duration: std::time::Duration,
     },
 }
 
@@ -656,7 +673,13 @@ fn run() -> anyhow::Result<()> {
                 rps,
                 net,
                 canary,
-            } => demo::run(duration, rps, net, canary).await,
+                loopback,
+            } => demo::run(duration, rps, net, canary, loopback).await,
+            Command::DemoApp {
+                name,
+                rps,
+                duration,
+            } => demo_ns::app(&name, rps, duration).await,
         }
     })
 }

@@ -1,7 +1,8 @@
 //! `skein demo` end to end: it starts, traffic flows through every proxy, the `skein
 //! stat`, `skein edges` and `skein trace` commands it prints work while it runs (a
 //! sampled request is one trace across traffic → frontend → restaurant), and it leaves
-//! no process behind when `--duration` ends.
+//! no process behind when `--duration` ends. As root, the demo runs each application under
+//! `skein run` instead: tested in namespaces of the test's own.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -25,7 +26,17 @@ fn run_printed(line: &str) -> String {
 #[test]
 fn demo_runs_with_traffic_and_cleans_up() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
-        .args(["demo", "--duration", "12s", "--rps", "25", "--net", "79"])
+        // On loopback whoever runs it; `skein run` mode is the test below.
+        .args([
+            "demo",
+            "--loopback",
+            "--duration",
+            "12s",
+            "--rps",
+            "25",
+            "--net",
+            "79",
+        ])
         .env("SKEIN_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -235,4 +246,111 @@ fn demo_canary_promotes_one_release_and_rolls_back_the_other() {
             "{addr} still listening"
         );
     }
+}
+
+/// As root, `skein demo` runs each application in a network namespace of its own with
+/// `skein run`: the frontend calls its services by name, every request is answered, the
+/// proxies count them, and when it ends no namespace, veth, bridge or process is left. Run
+/// inside new network, PID and mount namespaces (`unshare --kill-child`, a tmpfs over
+/// `/run`), so that nothing reaches the host's network and everything dies with the test.
+#[test]
+fn as_root_the_demo_runs_each_application_under_skein_run() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the namespaced demo, because it is not running as root");
+        return;
+    }
+    for (tool, flag) in [
+        ("unshare", "--version"),
+        ("ip", "-V"),
+        ("iptables", "--version"),
+    ] {
+        if Command::new(tool).arg(flag).output().is_err() {
+            eprintln!("skipped: the namespaced demo, because `{tool}` cannot be run");
+            return;
+        }
+    }
+    let script = format!(
+        "ip link set lo up && mount -t tmpfs tmpfs /run && '{}' demo --duration 8s --rps 10 --net 81; \
+         echo \"exit $?\"; echo links: $(ip -o link show | cut -d' ' -f2); echo state: $(ls -A /run/skein)",
+        env!("CARGO_BIN_EXE_skein")
+    );
+    let mut child = Command::new("timeout")
+        .args([
+            "--kill-after=5",
+            "120",
+            "unshare",
+            "--net",
+            "--pid",
+            "--mount-proc",
+        ])
+        .args([
+            "--kill-child",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("SKEIN_LOG", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run skein demo in namespaces");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let all = format!("{stdout}\n--- stderr ---\n{stderr}");
+    assert!(status.success(), "{all}");
+    assert!(stdout.contains("exit 0"), "{all}");
+    assert!(
+        stdout.contains(
+            "each application in a network namespace of its own (skein run) on 198.18.81.0/24"
+        ),
+        "{all}"
+    );
+    for app in ["ledger", "restaurant", "frontend", "traffic"] {
+        assert!(
+            stdout.contains(&format!("{app:<10} at 198.18.81.")),
+            "{app} under skein run: {all}"
+        );
+    }
+    // Every request answered, and each proxy on the way counted them.
+    let total = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total: ok="))
+        .unwrap_or_else(|| panic!("no total: {all}"));
+    let (ok, failed) = total.split_once(" failed=").expect("ok=N failed=M");
+    let ok: u64 = ok.parse().unwrap();
+    assert!(ok >= 20, "{all}");
+    assert_eq!(failed.trim(), "0", "{all}");
+    let last = stdout
+        .lines()
+        .rfind(|l| l.contains("inbound requests seen by proxies"))
+        .unwrap_or_else(|| panic!("no counts: {all}"));
+    for counted in ["frontend=", "restaurant=", "ledger(tcp conns)="] {
+        let n: u64 = last
+            .split(counted)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "{counted} {last}");
+    }
+    // Nothing left: only loopback, and no bridge's state (its lock file stays in /run).
+    assert!(stdout.contains("links: lo:\n"), "{all}");
+    assert!(stdout.contains("state: skein-demo81.lock\n"), "{all}");
 }
