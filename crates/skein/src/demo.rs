@@ -598,6 +598,87 @@ pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<S
     Ok(text)
 }
 
+/// Requests to the frontend at a fixed rate, at most four seconds' worth outstanding,
+/// counted as answered (`200`) or failed.
+pub(crate) struct Load {
+    pool: Arc<H1Pool>,
+    target: SocketAddr,
+    rps: u32,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    inflight: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    /// Load on the frontend at `target`.
+    pub(crate) fn new(target: SocketAddr, rps: u32) -> Load {
+        Load {
+            pool: Arc::new(H1Pool::new(Arc::new(TcpConnector::default()))),
+            target,
+            rps: rps.max(1),
+            ok: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            inflight: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// How often [`Load::fire`] is to be called.
+    pub(crate) fn every(&self) -> Duration {
+        Duration::from_secs(1) / self.rps
+    }
+
+    /// Sends one request, unless too many are outstanding.
+    pub(crate) fn fire(&mut self) {
+        while self.inflight.try_join_next().is_some() {}
+        if self.inflight.len() >= (self.rps as usize * 4).max(8) {
+            return;
+        }
+        let (pool, target) = (self.pool.clone(), self.target);
+        let (ok, failed) = (self.ok.clone(), self.failed.clone());
+        self.inflight.spawn(async move {
+            let counter = match get(&pool, target, "frontend:8080", "/", &[]).await {
+                Ok(resp) if resp.status() == StatusCode::OK => ok,
+                _ => failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// `ok=N failed=M` so far.
+    pub(crate) fn counts(&self) -> String {
+        format!(
+            "ok={} failed={}",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.inflight.abort_all();
+    }
+}
+
+/// What the proxies themselves counted, from their `/metrics`: ` frontend=N restaurant=N
+/// ledger(tcp conns)=N` (0 for a proxy that does not answer).
+pub(crate) async fn proxy_counts(admin: impl Fn(&str) -> Option<SocketAddr>) -> String {
+    let metrics = async |name: &str| match admin(name) {
+        Some(a) => admin_get(a, "/metrics").await.unwrap_or_default(),
+        None => String::new(),
+    };
+    let mut line = String::new();
+    for name in ["frontend", "restaurant"] {
+        let text = metrics(name).await;
+        let n = sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]);
+        line += &format!(" {name}={n}");
+    }
+    let text = metrics("ledger").await;
+    let inbound_tcp = ["direction=\"inbound\"", "protocol=\"tcp\""];
+    let n = sum_samples(&text, "skein_tcp_connections_total", &inbound_tcp);
+    line + &format!(" ledger(tcp conns)={n}")
+}
+
 /// Sends `rps` requests per second to `target` until `duration` passes or Ctrl-C, printing
 /// counts every two seconds.
 async fn generate(
@@ -607,57 +688,34 @@ async fn generate(
     report_counts: bool,
     admin: impl Fn(&Workload) -> SocketAddr,
 ) -> anyhow::Result<()> {
-    let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Load::new(target, rps);
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rps);
+    let mut tick = tokio::time::interval(load.every());
     let mut report = tokio::time::interval(Duration::from_secs(2));
-    let mut inflight = tokio::task::JoinSet::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let by_name = |name: &str| {
+        [&FRONTEND, &RESTAURANT, &LEDGER]
+            .into_iter()
+            .find(|w| w.name == name)
+            .map(&admin)
+    };
     loop {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep_until((started + duration).into()) => break,
-            _ = tick.tick() => {
-                while inflight.try_join_next().is_some() {}
-                // Bounded: at most 4 seconds' worth of requests outstanding.
-                if inflight.len() < (rps as usize * 4).max(8) {
-                    let (pool, ok, failed) = (pool.clone(), ok.clone(), failed.clone());
-                    inflight.spawn(async move {
-                        let counter = match get(&pool, target, "frontend:8080", "/", &[]).await {
-                            Ok(resp) if resp.status() == StatusCode::OK => ok,
-                            _ => failed,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    });
-                }
-            }
+            _ = tick.tick() => load.fire(),
             _ = report.tick(), if report_counts => {
-                let mut line = format!(
-                    "  [{:>4}s] traffic sent ok={} failed={}  | inbound requests seen by proxies:",
+                println!(
+                    "  [{:>4}s] traffic sent {}  | inbound requests seen by proxies:{}",
                     started.elapsed().as_secs(),
-                    ok.load(Ordering::Relaxed),
-                    failed.load(Ordering::Relaxed)
+                    load.counts(),
+                    proxy_counts(by_name).await
                 );
-                for w in [&FRONTEND, &RESTAURANT] {
-                    let text = admin_get(admin(w), "/metrics").await.unwrap_or_default();
-                    let n = sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]);
-                    line += &format!(" {}={n}", w.name);
-                }
-                let text = admin_get(admin(&LEDGER), "/metrics").await.unwrap_or_default();
-                let n = sum_samples(&text, "skein_tcp_connections_total", &["direction=\"inbound\"", "protocol=\"tcp\""]);
-                line += &format!(" ledger(tcp conns)={n}");
-                println!("{line}");
             }
         }
     }
-    inflight.abort_all();
-    println!(
-        "  total: ok={} failed={}",
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
-    );
+    println!("  total: {}", load.counts());
     Ok(())
 }
 

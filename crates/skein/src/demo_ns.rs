@@ -12,19 +12,16 @@
 //! stopped (it removes its namespace, rules and proxy, and the last one the bridge).
 
 use crate::demo::{
-    admin_get, frontend_handler, get, menu, serve_http, serve_ledger, stop, APP_PORT, LEDGER_PORT,
-    RESOURCES,
+    frontend_handler, menu, serve_http, serve_ledger, stop, Load, APP_PORT, LEDGER_PORT, RESOURCES,
 };
 use anyhow::{bail, Context};
-use http::{Request, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
 use skein_proxy::connect::{H1Pool, TcpConnector};
-use skein_proxy::metrics::sum_samples;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -290,29 +287,11 @@ async fn report(
             .find(|l| l.starts_with("traffic "))
             .unwrap_or("traffic (no requests yet)")
             .to_string();
-        let mut line = format!(
-            "  [{:>4}s] {counted}  | inbound requests seen by proxies:",
-            started.elapsed().as_secs()
+        println!(
+            "  [{:>4}s] {counted}  | inbound requests seen by proxies:{}",
+            started.elapsed().as_secs(),
+            crate::demo::proxy_counts(&admin).await
         );
-        for name in ["frontend", "restaurant"] {
-            let text = match admin(name) {
-                Some(a) => admin_get(a, "/metrics").await.unwrap_or_default(),
-                None => String::new(),
-            };
-            let n = sum_samples(&text, "skein_requests_total", &["direction=\"inbound\""]);
-            line += &format!(" {name}={n}");
-        }
-        let text = match admin("ledger") {
-            Some(a) => admin_get(a, "/metrics").await.unwrap_or_default(),
-            None => String::new(),
-        };
-        let n = sum_samples(
-            &text,
-            "skein_tcp_connections_total",
-            &["direction=\"inbound\"", "protocol=\"tcp\""],
-        );
-        line += &format!(" ledger(tcp conns)={n}");
-        println!("{line}");
     }
     let traffic = std::fs::read_to_string(dir.join("traffic.log")).unwrap_or_default();
     if let Some(last) = traffic.lines().rev().find(|l| l.starts_with("traffic ")) {
@@ -364,42 +343,18 @@ async fn resolve(name: &str, port: u16) -> anyhow::Result<SocketAddr> {
 /// Sends `rps` requests a second to `http://frontend:8080/` for `duration`, printing what
 /// it counted every two seconds.
 async fn traffic(rps: u32, duration: Duration) -> anyhow::Result<()> {
-    let frontend = resolve("frontend", APP_PORT).await?;
-    let pool = Arc::new(H1Pool::new(Arc::new(TcpConnector::default())));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Load::new(resolve("frontend", APP_PORT).await?, rps);
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
+    let mut tick = tokio::time::interval(load.every());
     let mut report = tokio::time::interval(Duration::from_secs(2));
-    let mut inflight = tokio::task::JoinSet::new();
-    let print = |ok: &AtomicU64, failed: &AtomicU64| {
-        println!(
-            "traffic ok={} failed={}",
-            ok.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed)
-        );
-    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until((started + duration).into()) => break,
-            _ = tick.tick() => {
-                while inflight.try_join_next().is_some() {}
-                // Bounded: at most 4 seconds' worth of requests outstanding.
-                if inflight.len() < (rps as usize * 4).max(8) {
-                    let (pool, ok, failed) = (pool.clone(), ok.clone(), failed.clone());
-                    inflight.spawn(async move {
-                        let counter = match get(&pool, frontend, "frontend:8080", "/", &[]).await {
-                            Ok(resp) if resp.status() == StatusCode::OK => ok,
-                            _ => failed,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    });
-                }
-            }
-            _ = report.tick() => print(&ok, &failed),
+            _ = tick.tick() => load.fire(),
+            _ = report.tick() => println!("traffic {}", load.counts()),
         }
     }
-    inflight.abort_all();
-    print(&ok, &failed);
+    println!("traffic {}", load.counts());
     Ok(())
 }
 

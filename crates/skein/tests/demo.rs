@@ -275,7 +275,7 @@ fn as_root_the_demo_runs_each_application_under_skein_run() {
          echo \"exit $?\"; echo links: $(ip -o link show | cut -d' ' -f2); echo state: $(ls -A /run/skein)",
         env!("CARGO_BIN_EXE_skein")
     );
-    let mut child = Command::new("timeout")
+    let child = Command::new("timeout")
         .args([
             "--kill-after=5",
             "120",
@@ -298,21 +298,9 @@ fn as_root_the_demo_runs_each_application_under_skein_run() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run skein demo in namespaces");
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (status, stdout) = (out.status, String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     let all = format!("{stdout}\n--- stderr ---\n{stderr}");
     assert!(status.success(), "{all}");
     assert!(stdout.contains("exit 0"), "{all}");
