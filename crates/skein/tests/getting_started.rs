@@ -12,8 +12,8 @@
 //! not a change to any command), and the Services' virtual IPs are never on a wire (each
 //! workload's capture redirects them to its proxy).
 //!
-//! How the page is compared: lines are normalised (digit runs become `N`, 16-hex-digit
-//! request IDs `<id>`, spaces collapse), since addresses, PIDs, uids and figures differ
+//! How the page is compared: lines are normalised (numbers, decimals and dotted addresses
+//! included, become `N`, 16-hex-digit request IDs `<id>`, spaces collapse), since addresses, PIDs, uids and figures differ
 //! from run to run. The install step (`cargo build … && sudo install …`) is not run: the
 //! `skein` this test was built with is first on `PATH`. Commands ending in `&` run in the background until the sandbox ends;
 //! the test waits for their documented lines. `skein get` and `skein stat` are repeated for
@@ -74,17 +74,24 @@ fn normal(line: &str) -> String {
             if w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()) {
                 return "<id>".to_string();
             }
+            // A number, dots between digits included (`8.00`, `15`, `10.213.0.2`), is
+            // one `N`: figures are printed with as many decimals as their size wants.
+            let chars: Vec<char> = w.chars().collect();
             let mut out = String::new();
-            let mut in_digits = false;
-            for c in w.chars() {
-                if c.is_ascii_digit() {
-                    if !in_digits {
-                        out.push('N');
+            let mut i = 0;
+            while i < chars.len() {
+                if chars[i].is_ascii_digit() {
+                    while i < chars.len()
+                        && (chars[i].is_ascii_digit()
+                            || (chars[i] == '.'
+                                && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+                    {
+                        i += 1;
                     }
-                    in_digits = true;
+                    out.push('N');
                 } else {
-                    out.push(c);
-                    in_digits = false;
+                    out.push(chars[i]);
+                    i += 1;
                 }
             }
             out
@@ -123,8 +130,9 @@ fn the_page_parses_into_nine_commands_with_their_output() {
     );
     assert_eq!(
         normal("default     kitchen   10.240.235.234   9000/http"),
-        "default kitchen N.N.N.N N/http"
+        "default kitchen N N/http"
     );
+    assert_eq!(normal("0.1 8.00ms 15ms 100.00%"), "N Nms Nms N%");
     assert_eq!(normal("request id: 23649850bcc53a80"), "request id: <id>");
     assert_eq!(
         missing(&["a  1".into(), "b 2".into()], "x\na 7\n"),
