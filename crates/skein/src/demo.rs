@@ -187,21 +187,8 @@ async fn run_in(
     }
 
     let control_ip = ip(&workload("control", 1));
-    let control = RunningControl::start(ControlOptions {
-        data_dir: dir.join("control"),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(control_ip, 9990),
-        grpc: SocketAddr::new(control_ip, 9991),
-        workload_grace: Duration::from_secs(10),
-        replica: "demo".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: Some(SocketAddr::new(control_ip, 4317)),
-    })
-    .await
-    .context("cannot start the demo's control plane")?;
+    let grpc = SocketAddr::new(control_ip, 9991);
+    let control = start_control(dir, control_ip, grpc).await?;
     let mut text = RESOURCES.to_string();
     if canary {
         // Until a release routes it, the restaurant's traffic goes to v1 only.
@@ -314,6 +301,30 @@ async fn run_in(
     apps.abort_all();
     control.shutdown().await;
     result
+}
+
+/// The demo's control plane, in this process: embedded store in `dir/control`, HTTP API
+/// on `ip:9990`, OTLP on `ip:4317`, the proxy API on `grpc`.
+pub(crate) async fn start_control(
+    dir: &Path,
+    ip: IpAddr,
+    grpc: SocketAddr,
+) -> anyhow::Result<RunningControl> {
+    RunningControl::start(ControlOptions {
+        data_dir: dir.join("control"),
+        store: StoreChoice::Embedded,
+        http: SocketAddr::new(ip, 9990),
+        grpc,
+        workload_grace: Duration::from_secs(10),
+        replica: "demo".into(),
+        ca_import: None,
+        workload_cidrs: Vec::new(),
+        limits: Default::default(),
+        secrets_key: None,
+        otlp: Some(SocketAddr::new(ip, 4317)),
+    })
+    .await
+    .context("cannot start the demo's control plane")
 }
 
 /// The YAML config for `w`'s proxy: its workload, listeners and upstream listeners.

@@ -12,12 +12,13 @@
 //! stopped (it removes its namespace, rules and proxy, and the last one the bridge).
 
 use crate::demo::{
-    frontend_handler, menu, serve_http, serve_ledger, stop, Load, APP_PORT, LEDGER_PORT, RESOURCES,
+    frontend_handler, menu, serve_http, serve_ledger, start_control, stop, Load, APP_PORT,
+    LEDGER_PORT, RESOURCES,
 };
 use anyhow::{bail, Context};
 use http::Request;
 use hyper::body::Incoming;
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::RunningControl;
 use skein_proxy::connect::{H1Pool, TcpConnector};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -99,22 +100,9 @@ async fn run_in(
     network: &str,
 ) -> anyhow::Result<()> {
     let control_ip = IpAddr::from([127, 0, net, 1]);
-    let control = RunningControl::start(ControlOptions {
-        data_dir: dir.join("control"),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(control_ip, 9990),
-        // Every address: the namespaces reach it on the bridge's.
-        grpc: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-        workload_grace: Duration::from_secs(10),
-        replica: "demo".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: Some(SocketAddr::new(control_ip, 4317)),
-    })
-    .await
-    .context("cannot start the demo's control plane")?;
+    // The proxy API on every address: the namespaces reach it on the bridge's.
+    let grpc = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+    let control = start_control(dir, control_ip, grpc).await?;
     let mesh = RESOURCES.replace(
         "spec: {defaultPolicy: deny, tracing: {samplingPercent: 10}}",
         &format!("spec: {{defaultPolicy: deny, tracing: {{samplingPercent: 10}}, serviceCIDRs: [198.19.{net}.0/24]}}"),

@@ -423,19 +423,7 @@ async fn a_missing_capture_rule_fails_the_capture_line() {
         );
     }
 
-    ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-D",
-        "SKEIN_OUTPUT",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "4140",
-    ]);
+    ns.run(&[&["iptables", "-t", "nat", "-D"][..], &REDIRECT_RULE].concat());
     for args in [&by_entry[..], &by_netns[..]] {
         let mut all = vec!["check"];
         all.extend(args);
@@ -450,19 +438,7 @@ async fn a_missing_capture_rule_fails_the_capture_line() {
     }
 
     // A rule ahead of the jump into Skein's chain lets its traffic past the capture.
-    ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "SKEIN_OUTPUT",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "4140",
-    ]);
+    ns.run(&[&["iptables", "-t", "nat", "-A"][..], &REDIRECT_RULE].concat());
     ns.run(&[
         "iptables", "-t", "nat", "-I", "OUTPUT", "1", "-p", "tcp", "--dport", "5432", "-j",
         "RETURN",
@@ -478,6 +454,17 @@ async fn a_missing_capture_rule_fails_the_capture_line() {
         MESH_LINES,
     );
 }
+
+/// The capture's last outbound rule, as `iptables` takes it after `-A` or `-D`.
+const REDIRECT_RULE: [&str; 7] = [
+    "SKEIN_OUTPUT",
+    "-p",
+    "tcp",
+    "-j",
+    "REDIRECT",
+    "--to-ports",
+    "4140",
+];
 
 #[tokio::test]
 async fn etcd_down_fails_the_store_line() {

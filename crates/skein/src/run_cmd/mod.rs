@@ -113,13 +113,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-impl RunArgs {
-    /// The prefix length of `--network` (checked when the run started).
-    fn prefix(&self) -> u8 {
-        parse_network(&self.network).map(|(_, p)| p).unwrap_or(24)
-    }
-}
-
 /// A network given as `A.B.C.D/LEN`.
 fn parse_network(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     let (net, len) = capture::parse_cidr(text).map_err(|e| anyhow::anyhow!("--network: {e}"))?;
@@ -265,7 +258,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         &args,
         &workload,
         address,
-        gateway,
+        (network, prefix),
         &control,
         &join_token,
         excluded,
@@ -310,7 +303,7 @@ async fn serve(
     args: &RunArgs,
     w: &Workload,
     address: Ipv4Addr,
-    gateway: Ipv4Addr,
+    network: (Ipv4Addr, u8),
     control: &str,
     join_token: &str,
     excluded: Vec<(Ipv4Addr, u8)>,
@@ -323,7 +316,7 @@ async fn serve(
     } else {
         args.dns_upstream.clone()
     };
-    let network = (Ipv4Addr::from(u32::from(gateway) - 1), args.prefix());
+    let gateway = Ipv4Addr::from(u32::from(network.0) + 1);
     let relay = relay::start(IpAddr::V4(gateway), network, upstreams).await?;
     let config = proxy_config(args, address, relay)?;
     let mut capture = Capture::for_config(&config, args.proxy_gid)?;
