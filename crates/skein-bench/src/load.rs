@@ -59,6 +59,9 @@ pub struct LoadReport {
     pub p90_us: u64,
     /// 99th percentile.
     pub p99_us: u64,
+    /// 99.9th percentile.
+    #[serde(default)]
+    pub p999_us: u64,
     /// Largest latency seen.
     pub max_us: u64,
     /// Successful requests per second over the run.
@@ -176,6 +179,7 @@ impl Stats {
             p50_us: self.hist.value_at_quantile(0.50),
             p90_us: self.hist.value_at_quantile(0.90),
             p99_us: self.hist.value_at_quantile(0.99),
+            p999_us: self.hist.value_at_quantile(0.999),
             max_us: self.hist.max(),
             achieved_rps: if elapsed_secs > 0.0 {
                 self.ok as f64 / elapsed_secs

@@ -4,6 +4,8 @@
 //! hand to look at one thing. See bench/README.md.
 
 mod backend;
+mod callgrind;
+mod deployed;
 mod handshake;
 mod load;
 mod nginx;

@@ -85,6 +85,8 @@ pub async fn start(env: &Env) -> anyhow::Result<Setup> {
         tcp,
         proxies: vec![na, nb],
         apps,
+        netns: None,
+        holds: None,
     })
 }
 
@@ -371,6 +373,26 @@ fn config_b(dir: &Path, pki: &Pki, stream: bool) -> String {
         );
     }
     c
+}
+
+/// nginx as the application of [`crate::deployed`]: on every address, HTTP/1.1 on
+/// `http` and HTTP/2 with prior knowledge on `h2`, answering every request `200` with the
+/// backend's 1024-byte body; one worker, everything in the scratch directory.
+pub(crate) fn app_config(dir: &Path, tag: &str, http: u16, h2: u16) -> String {
+    let body = "x".repeat(crate::backend::BODY_LEN);
+    format!(
+        "{}http {{
+{}    server {{
+        listen 0.0.0.0:{http} backlog=4096;
+        listen 0.0.0.0:{h2} http2 backlog=4096;
+        http2_max_concurrent_streams 1024;
+        location / {{ return 200 \"{body}\"; }}
+    }}
+}}
+",
+        preamble(dir, tag, false),
+        http_common(dir, tag)
+    )
 }
 
 #[cfg(test)]

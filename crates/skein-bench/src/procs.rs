@@ -16,12 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process stopped (with its process group) when dropped.
+/// A child process stopped (with its process group) when dropped, or a process another
+/// one owns, watched but left alone ([`Proc::adopt`]).
 pub struct Proc {
     /// What it is, for messages (e.g. `skein outbound proxy`).
     pub name: String,
-    child: Child,
+    child: Option<Child>,
+    pid: u32,
     log: PathBuf,
+    /// How long the group may take to exit after SIGTERM before it is killed.
+    grace: Duration,
 }
 
 impl Proc {
@@ -44,19 +48,51 @@ impl Proc {
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         Ok(Proc {
             name: name.to_string(),
-            child,
+            pid: child.id(),
+            child: Some(child),
             log: log.to_path_buf(),
+            grace: Duration::from_millis(1500),
         })
+    }
+
+    /// A process some other child started and stops (a proxy under `skein run`): measured
+    /// and checked like the others, its output in `log`, never signalled from here.
+    pub fn adopt(name: &str, pid: u32, log: &Path) -> Proc {
+        Proc {
+            name: name.to_string(),
+            child: None,
+            pid,
+            log: log.to_path_buf(),
+            grace: Duration::ZERO,
+        }
+    }
+
+    /// Gives the process group `grace` to exit after SIGTERM (default 1.5 s), for a child
+    /// that cleans up after itself, such as `skein run`.
+    pub fn with_grace(mut self, grace: Duration) -> Proc {
+        self.grace = grace;
+        self
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Fails, quoting the end of its log, if the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        let exited = match &mut self.child {
+            Some(child) => child.try_wait()?.map(|s| s.to_string()),
+            // Not a child: gone once /proc no longer has it, or it is a zombie.
+            None => match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+                Err(_) => Some("gone".into()),
+                Ok(stat) => stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                    .then(|| "exited".into()),
+            },
+        };
+        if let Some(status) = exited {
             bail!(
                 "{} exited ({status}); its output ends with:\n{}",
                 self.name,
@@ -76,19 +112,22 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let pgid = self.child.id() as libc::pid_t;
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        let pgid = child.id() as libc::pid_t;
         // SAFETY: plain syscalls on a process group this handle created.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_millis(1500);
+        let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         // Whatever is left of the group (a stuck worker, or a leader ignoring SIGTERM).
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
+        let _ = child.wait();
     }
 }
 

@@ -27,34 +27,46 @@ pub struct Meta {
     pub plan: Plan,
     /// Seconds the whole run took (setups, probes and measurements).
     pub run_secs: f64,
+    /// Why the deployed shape (the namespaced setups) did not run, when it was meant to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_na: Option<String>,
 }
 
-/// One figure of one setup, with its ratio to direct, or why there is none.
+/// One figure of one setup, with its ratio to its direct baseline, or why there is none.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figure {
     /// Which setup.
     pub setup: String,
     /// Median over repetitions.
     pub value: Option<f64>,
-    /// `value / direct value`.
+    /// `value / direct value`, direct being the setup's baseline (`direct` for the
+    /// loopback setups, `direct (namespaces)` for the namespaced pair).
     pub ratio_to_direct: Option<f64>,
     /// Why the figure is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub na: Option<String>,
 }
 
+/// The percentiles the latency tables show, in the order of [`Latency::us`].
+pub const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
+/// Index of p99 in [`PERCENTILES`].
+const P99: usize = 2;
+
 /// Latency figures of one setup at one rate (medians over repetitions; `max` is the
-/// largest seen), µs, and the same minus direct's.
+/// largest seen), µs, and the same minus its direct baseline's.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     /// Which setup.
     pub setup: String,
-    /// p50, p90, p99, max.
+    /// p50, p90, p99, p99.9, max.
     #[serde(serialize_with = "percentiles")]
-    pub us: [f64; 4],
-    /// Setup minus direct, same order; zero for direct itself.
+    pub us: [f64; 5],
+    /// Setup minus its direct baseline, same order; zero for a baseline itself.
     #[serde(serialize_with = "percentiles")]
-    pub added_us: [f64; 4],
+    pub added_us: [f64; 5],
+    /// Largest p99 over smallest p99 across the repetitions (1.0 = identical); `None`
+    /// with one repetition.
+    pub p99_spread: Option<f64>,
 }
 
 /// Latency of every setup at one rate.
@@ -66,10 +78,10 @@ pub struct LatencyRow {
     pub setups: Vec<Option<Latency>>,
 }
 
-fn percentiles<S: serde::Serializer>(v: &[f64; 4], s: S) -> Result<S::Ok, S::Error> {
+fn percentiles<S: serde::Serializer>(v: &[f64; 5], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(4))?;
-    for (k, x) in ["p50", "p90", "p99", "max"].iter().zip(v) {
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (k, x) in PERCENTILES.iter().zip(v) {
         m.serialize_entry(k, x)?;
     }
     m.end()
@@ -80,6 +92,8 @@ fn percentiles<S: serde::Serializer>(v: &[f64; 4], s: S) -> Result<S::Ok, S::Err
 pub struct Summary {
     /// Setup names.
     pub setups: Vec<String>,
+    /// Per setup, the index of its baseline in `setups` (its own for a baseline).
+    pub baselines: Vec<usize>,
     /// Per rate, per setup.
     pub latency: Vec<LatencyRow>,
     /// HTTP/1.1 requests/s at fixed concurrency.
@@ -207,11 +221,14 @@ fn figures(
             (median(&v), na)
         })
         .collect();
-    let direct = values.first().and_then(|(v, _)| *v);
+    let direct: Vec<Option<f64>> = (0..results.len())
+        .map(|i| values[baseline(results, i)].0)
+        .collect();
     values
         .into_iter()
         .zip(results)
-        .map(|((value, na), r)| Figure {
+        .zip(direct)
+        .map(|(((value, na), r), direct)| Figure {
             setup: r.setup.clone(),
             value,
             ratio_to_direct: ratio(value, direct),
@@ -220,7 +237,16 @@ fn figures(
         .collect()
 }
 
-/// Medians and ratios; `results[0]` must be direct.
+/// Index of the setup `results[i]` is compared against: the one its `baseline` names
+/// (itself, for a baseline other than the first), else the first (direct).
+pub fn baseline(results: &[SetupResults], i: usize) -> usize {
+    match &results[i].baseline {
+        None => 0,
+        Some(name) => results.iter().position(|r| &r.setup == name).unwrap_or(0),
+    }
+}
+
+/// Medians and ratios, each setup against its baseline (see [`baseline`]).
 pub fn summarize(results: &[SetupResults]) -> Summary {
     let rates: Vec<u32> = results
         .first()
@@ -229,32 +255,39 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
     let latency = rates
         .iter()
         .map(|rate| {
-            let per: Vec<Option<[f64; 4]>> = results
+            let per: Vec<Option<([f64; 5], Option<f64>)>> = results
                 .iter()
                 .map(|r| {
                     let runs = r.latency.get(rate)?;
                     let pick = |f: fn(&crate::load::LoadReport) -> u64| {
                         runs.iter().map(|x| f(x) as f64).collect::<Vec<_>>()
                     };
-                    Some([
-                        median(&pick(|x| x.p50_us))?,
-                        median(&pick(|x| x.p90_us))?,
-                        median(&pick(|x| x.p99_us))?,
-                        pick(|x| x.max_us).into_iter().fold(0.0, f64::max),
-                    ])
+                    let p99s = pick(|x| x.p99_us);
+                    let (lo, hi) = p99s
+                        .iter()
+                        .fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                    let spread = (p99s.len() > 1 && lo > 0.0).then(|| hi / lo);
+                    Some((
+                        [
+                            median(&pick(|x| x.p50_us))?,
+                            median(&pick(|x| x.p90_us))?,
+                            median(&p99s)?,
+                            median(&pick(|x| x.p999_us))?,
+                            pick(|x| x.max_us).into_iter().fold(0.0, f64::max),
+                        ],
+                        spread,
+                    ))
                 })
                 .collect();
-            let direct = per.first().copied().flatten();
-            let setups = per
-                .into_iter()
-                .zip(results)
-                .map(|(us, r)| {
-                    let us = us?;
-                    let d = direct?;
+            let setups = (0..results.len())
+                .map(|i| {
+                    let (us, p99_spread) = per[i]?;
+                    let (d, _) = per[baseline(results, i)]?;
                     Some(Latency {
-                        setup: r.setup.clone(),
+                        setup: results[i].setup.clone(),
                         us,
-                        added_us: std::array::from_fn(|i| us[i] - d[i]),
+                        added_us: std::array::from_fn(|k| us[k] - d[k]),
+                        p99_spread,
                     })
                 })
                 .collect();
@@ -267,6 +300,7 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
     let na = |n: &Option<String>| n.clone().or(Some("not measured".into()));
     Summary {
         setups: results.iter().map(|r| r.setup.clone()).collect(),
+        baselines: (0..results.len()).map(|i| baseline(results, i)).collect(),
         latency,
         throughput_rps: figures(results, |r| {
             (r.throughput.iter().map(|x| x.rps).collect(), None)
@@ -344,6 +378,7 @@ pub fn markdown(
     results: &[SetupResults],
     slow: Option<&SlowEndpoint>,
     overload: Option<&crate::overload::Overload>,
+    callgrind: Option<&crate::callgrind::Callgrind>,
     json_path: &str,
 ) -> String {
     let mut o = String::new();
@@ -391,11 +426,22 @@ pub fn markdown(
         tracing_section(&mut o, summary);
         notes(&mut o, summary);
     }
+    if let Some(why) = &meta.deployed_na {
+        let _ = writeln!(
+            o,
+            "- n/a — {} and {} (the deployed shape): {why}.\n",
+            Kind::DirectNs.name(),
+            Kind::SkeinNs.name()
+        );
+    }
     if let Some(slow) = slow {
         crate::slow::markdown(&mut o, slow);
     }
     if let Some(overload) = overload {
         crate::overload::markdown(&mut o, overload);
+    }
+    if let Some(callgrind) = callgrind {
+        crate::callgrind::markdown(&mut o, callgrind);
     }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o
@@ -457,9 +503,16 @@ fn handshake_table(o: &mut String, summary: &Summary, p: &Plan) {
          handshake with a client certificate, one request, close)\n",
         p.handshake_workers
     );
-    let cols: Vec<String> = figs.iter().skip(1).map(|f| f.setup.clone()).collect();
+    // Baselines have no hop between proxies.
+    let figs: Vec<&Figure> = figs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| summary.baselines.get(*i).is_some_and(|b| b != i))
+        .map(|(_, f)| f)
+        .collect();
+    let cols: Vec<String> = figs.iter().map(|f| f.setup.clone()).collect();
     header_row(o, "", &cols);
-    let cells: Vec<String> = figs.iter().skip(1).map(|f| cell(f, thousands)).collect();
+    let cells: Vec<String> = figs.iter().map(|f| cell(f, thousands)).collect();
     let _ = writeln!(o, "| connections/s | {} |", cells.join(" | "));
     let nginx = figs
         .iter()
@@ -467,7 +520,6 @@ fn handshake_table(o: &mut String, summary: &Summary, p: &Plan) {
         .and_then(|f| f.value);
     let cells: Vec<String> = figs
         .iter()
-        .skip(1)
         .map(|f| ratio(f.value, nginx).map_or("n/a".into(), |r| format!("{r:.2}×")))
         .collect();
     let _ = writeln!(o, "| ratio to nginx pair | {} |\n", cells.join(" | "));
@@ -475,7 +527,21 @@ fn handshake_table(o: &mut String, summary: &Summary, p: &Plan) {
 
 fn headline(o: &mut String, s: &Summary) {
     let _ = writeln!(o, "### Headline: throughput as a ratio to direct (1.00× = no cost), latency added to direct\n");
-    let cols: Vec<String> = s.setups.iter().skip(1).cloned().collect();
+    // Baselines compare with themselves: only the setups with a baseline get a column.
+    let measured: Vec<usize> = (0..s.setups.len())
+        .filter(|i| s.baselines.get(*i).is_some_and(|b| *b != *i))
+        .collect();
+    let cols: Vec<String> = measured
+        .iter()
+        .map(|i| {
+            let against = &s.setups[s.baselines[*i]];
+            if *against == s.setups[0] {
+                s.setups[*i].clone()
+            } else {
+                format!("{}, against {against}", s.setups[*i])
+            }
+        })
+        .collect();
     header_row(o, "", &cols);
     for (what, figs) in [
         ("HTTP/1.1 max throughput", &s.throughput_rps),
@@ -483,24 +549,28 @@ fn headline(o: &mut String, s: &Summary) {
         ("TCP bulk throughput", &s.tcp_mb_per_s),
         ("new connections/s", &s.conn_per_s),
     ] {
-        let cells: Vec<String> = figs.iter().skip(1).map(ratio_cell).collect();
+        let cells: Vec<String> = measured.iter().map(|i| ratio_cell(&figs[*i])).collect();
         let _ = writeln!(o, "| {what} | {} |", cells.join(" | "));
     }
-    if let Some(LatencyRow { rate, setups: row }) =
-        s.latency.get(s.latency.len().saturating_sub(1).min(1))
-    {
-        for (i, pct) in [(0, "p50"), (2, "p99")] {
-            let cells: Vec<String> = row
+    // The rates from 1,000 RPS up (the lowest one alone when all are below).
+    let shown = s
+        .latency
+        .iter()
+        .filter(|r| r.rate >= 1000 || s.latency.len() == 1);
+    for LatencyRow { rate, setups: row } in shown {
+        for (i, pct) in [(0, "p50"), (P99, "p99"), (3, "p99.9")] {
+            let cells: Vec<String> = measured
                 .iter()
-                .skip(1)
-                .map(|l| {
-                    l.as_ref()
+                .map(|k| {
+                    row[*k]
+                        .as_ref()
                         .map_or("n/a".into(), |l| format!("{} µs", signed(l.added_us[i])))
                 })
                 .collect();
             let _ = writeln!(
                 o,
-                "| added {pct} latency at {rate} RPS | {} |",
+                "| added {pct} latency at {} RPS | {} |",
+                thousands(*rate as f64),
                 cells.join(" | ")
             );
         }
@@ -513,20 +583,25 @@ fn latency_table(o: &mut String, s: &Summary) {
         o,
         "### Latency at fixed request rates (open model, µs from each request's intended send time)\n"
     );
+    let compared = |j: usize| s.baselines.get(j).is_some_and(|b| *b != j);
     let mut cols = vec![String::from("pct")];
-    for (i, name) in s.setups.iter().enumerate() {
+    for (j, name) in s.setups.iter().enumerate() {
         cols.push(name.clone());
-        if i > 0 {
+        if compared(j) {
             cols.push(format!("{name} added"));
         }
     }
     header_row(o, "RPS", &cols);
+    let spread = s
+        .latency
+        .iter()
+        .any(|r| r.setups.iter().flatten().any(|l| l.p99_spread.is_some()));
     for LatencyRow { rate, setups: row } in &s.latency {
-        for (i, pct) in ["p50", "p90", "p99", "max"].iter().enumerate() {
+        for (i, pct) in PERCENTILES.iter().enumerate() {
             let mut cells = vec![pct.to_string()];
             for (j, l) in row.iter().enumerate() {
                 cells.push(l.as_ref().map_or("n/a".into(), |l| thousands(l.us[i])));
-                if j > 0 {
+                if compared(j) {
                     cells.push(l.as_ref().map_or("n/a".into(), |l| signed(l.added_us[i])));
                 }
             }
@@ -536,6 +611,18 @@ fn latency_table(o: &mut String, s: &Summary) {
                 String::new()
             };
             let _ = writeln!(o, "| {first} | {} |", cells.join(" | "));
+        }
+        if spread {
+            // How repeatable the tail is: largest p99 ÷ smallest over the repetitions.
+            let mut cells = vec!["p99 max÷min".to_string()];
+            for (j, l) in row.iter().enumerate() {
+                let v = l.as_ref().and_then(|l| l.p99_spread);
+                cells.push(v.map_or("n/a".into(), |v| format!("{v:.2}×")));
+                if compared(j) {
+                    cells.push(String::new());
+                }
+            }
+            let _ = writeln!(o, "| | {} |", cells.join(" | "));
         }
     }
     o.push('\n');
@@ -720,6 +807,65 @@ mod tests {
         assert!(t.na.unwrap().contains("did not run"));
         // No skein setup at all: no telemetry section.
         assert!(summarize(&results[..1]).telemetry_cost.is_none());
+    }
+
+    #[test]
+    fn the_namespaced_pair_is_compared_with_its_own_direct() {
+        let setup = |kind: Kind, rps: f64, p99: u64| {
+            let mut r = SetupResults {
+                setup: kind.name().into(),
+                baseline: kind.baseline().map(|k| k.name().to_string()),
+                throughput: vec![WrkReport {
+                    rps,
+                    ..WrkReport::default()
+                }],
+                ..SetupResults::default()
+            };
+            let runs = [p99, p99 * 2].map(|p99_us| crate::load::LoadReport {
+                p50_us: 100,
+                p99_us,
+                p999_us: p99_us * 3,
+                ..Default::default()
+            });
+            r.latency.insert(1000, runs.to_vec());
+            r
+        };
+        let results = [
+            setup(Kind::Direct, 100.0, 200),
+            setup(Kind::Skein, 25.0, 500),
+            setup(Kind::DirectNs, 80.0, 300),
+            setup(Kind::SkeinNs, 40.0, 900),
+        ];
+        let s = summarize(&results);
+        assert_eq!(s.baselines, [0, 0, 2, 2]);
+        let r: Vec<_> = s.throughput_rps.iter().map(|f| f.ratio_to_direct).collect();
+        assert_eq!(r, [Some(1.0), Some(0.25), Some(1.0), Some(0.5)]);
+        let ns = s.latency[0].setups[3].as_ref().unwrap();
+        // p99: the median of 900 and 1,800 against the median of 300 and 600.
+        assert_eq!(ns.us[P99], 1350.0);
+        assert_eq!(ns.added_us[P99], 1350.0 - 450.0);
+        assert_eq!(ns.added_us[3], 4050.0 - 1350.0, "p99.9");
+        assert_eq!(ns.p99_spread, Some(2.0));
+        let mut o = String::new();
+        headline(&mut o, &s);
+        assert!(
+            o.contains("| skein | skein (namespaces), against direct (namespaces) |"),
+            "{o}"
+        );
+        assert!(
+            o.contains("| HTTP/1.1 max throughput | 0.25× | 0.50× |"),
+            "{o}"
+        );
+        assert!(
+            o.contains("| added p99 latency at 1,000 RPS | +450 µs | +900 µs |"),
+            "{o}"
+        );
+        let mut o = String::new();
+        latency_table(&mut o, &s);
+        assert!(
+            o.contains("| | p99 max÷min | 2.00× | 2.00× |  | 2.00× | 2.00× |  |"),
+            "{o}"
+        );
     }
 
     #[test]

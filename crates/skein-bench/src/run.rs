@@ -8,12 +8,13 @@
 //! started is stopped and the scratch directory removed, because they are all owned by
 //! values dropped on the way out.
 
+use crate::callgrind::Callgrind;
 use crate::nginx;
 use crate::overload::{self, Overload};
 use crate::procs::TempDir;
 use crate::report::{self, Meta};
 use crate::scenarios::{self, Plan, SetupResults, Tools};
-use crate::setups::{self, find_tool, Env, Setup};
+use crate::setups::{self, find_tool, Env, Kind, Setup};
 use crate::slow::{self, SlowEndpoint};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -44,6 +45,12 @@ pub enum Only {
     /// 200 callers against `maxConcurrentRequests: 10` ([`crate::overload`]); no other
     /// setup starts.
     Overload,
+    /// The deployed shape alone ([`crate::deployed`]: direct and skein, each side in a
+    /// network namespace), three repetitions in a full run; root only.
+    Deployed,
+    /// Instructions per request through each proxy under callgrind
+    /// ([`crate::callgrind`]); no other setup starts.
+    Callgrind,
 }
 
 #[derive(Serialize)]
@@ -55,6 +62,8 @@ struct Document<'a> {
     slow_endpoint: Option<&'a SlowEndpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     overload: Option<&'a Overload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callgrind: Option<&'a Callgrind>,
 }
 
 /// Runs the whole benchmark.
@@ -78,12 +87,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             skein.display()
         );
     }
-    let plan = Plan::new(args.quick);
+    let mut plan = Plan::new(args.quick);
+    let only_deployed = args.only == Some(Only::Deployed);
+    if only_deployed && !args.quick {
+        // Two setups instead of seven: room for the third run the tail's spread needs.
+        plan.repetitions = 3;
+    }
+    if args.only == Some(Only::Callgrind) {
+        if let Err(why) = crate::callgrind::supported() {
+            bail!("callgrind cannot run here: {why}");
+        }
+        let counted = count_instructions(&me, &skein, args.quick).await?;
+        let report = Report {
+            plan,
+            results: &[],
+            scenarios: (None, None),
+            callgrind: Some(&counted),
+            deployed_na: None,
+        };
+        return write_report(&root, &args, report, started);
+    }
+    let deployed = deployed_shape(only_deployed)?;
     let results = match args.only {
+        Some(Only::Deployed) | None => {
+            let which = Which {
+                loopback: !only_deployed,
+                deployed: deployed.is_ok(),
+            };
+            interleaved(&plan, which, me.clone(), skein.clone(), tool).await?
+        }
         Some(_) => Vec::new(),
-        None => interleaved(&plan, me.clone(), skein.clone(), tool).await?,
     };
-    let slow = if args.only == Some(Only::Overload) {
+    let slow = if matches!(args.only, Some(Only::Overload | Only::Deployed)) {
         None
     } else if slow::skipped() && args.only.is_none() {
         eprintln!(
@@ -101,7 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let dir = TempDir::new()?;
         Some(slow::run(&dir, &me, &skein, args.quick, plan.repetitions).await?)
     };
-    let overload = if args.only == Some(Only::SlowEndpoint) {
+    let overload = if matches!(args.only, Some(Only::SlowEndpoint | Only::Deployed)) {
         None
     } else if overload::skipped() && args.only.is_none() {
         eprintln!(
@@ -119,14 +154,75 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let dir = TempDir::new()?;
         Some(overload::run(&dir, &me, &skein, args.quick).await?)
     };
+    // A full run ends with the instruction counts, when valgrind is here.
+    let callgrind = if args.only.is_some() || args.quick {
+        None
+    } else if let Err(why) = crate::callgrind::supported() {
+        eprintln!("skein-bench: leaving out the instruction counts: {why}");
+        None
+    } else {
+        Some(count_instructions(&me, &skein, false).await?)
+    };
     let scenarios = (slow.as_ref(), overload.as_ref());
-    write_report(&root, &args, plan, &results, scenarios, started)
+    let deployed_na = match (args.only, deployed) {
+        (None, Err(why)) => Some(why),
+        _ => None,
+    };
+    let report = Report {
+        plan,
+        results: &results,
+        scenarios,
+        callgrind: callgrind.as_ref(),
+        deployed_na,
+    };
+    write_report(&root, &args, report, started)
+}
+
+/// Instructions per request through each proxy, in a scratch directory of its own.
+async fn count_instructions(me: &Path, skein: &Path, quick: bool) -> anyhow::Result<Callgrind> {
+    let env = Env {
+        dir: TempDir::new()?,
+        me: me.to_path_buf(),
+        skein: skein.to_path_buf(),
+        nginx: find_tool("nginx").unwrap_or_default(),
+    };
+    crate::callgrind::run(&env, quick).await
+}
+
+/// Whether the deployed shape runs: `Err` with the reason it does not (an error when it
+/// is all that was asked for).
+fn deployed_shape(only: bool) -> anyhow::Result<Result<(), String>> {
+    let why = if crate::deployed::skipped() {
+        Err(format!("{} is set", crate::deployed::SKIP_ENV))
+    } else {
+        crate::deployed::supported()
+    };
+    match &why {
+        Err(why) if only => bail!("the deployed shape cannot run here: {why}"),
+        Err(why) => eprintln!(
+            "skein-bench: leaving out the deployed shape (setups \"{}\" and \"{}\"): {why}",
+            Kind::DirectNs.name(),
+            Kind::SkeinNs.name()
+        ),
+        Ok(()) => {}
+    }
+    Ok(why)
+}
+
+/// Which setups run.
+#[derive(Debug, Clone, Copy)]
+struct Which {
+    /// direct, skein, nginx pair, and the telemetry-off and tracing-off pairs.
+    loopback: bool,
+    /// direct (namespaces) and skein (namespaces).
+    deployed: bool,
 }
 
 /// Starts every setup, runs the interleaved scenarios on them and stops them; returns
 /// what each setup measured.
 async fn interleaved(
     plan: &Plan,
+    which: Which,
     me: PathBuf,
     skein: PathBuf,
     tool: impl Fn(&str, &str) -> anyhow::Result<PathBuf>,
@@ -148,14 +244,14 @@ async fn interleaved(
         env.skein.display(),
         env.dir.path().display()
     );
-    let mut setups = start_setups(&env).await?;
+    let mut setups = start_setups(&env, which).await?;
     let mut results = Vec::new();
     for s in &setups {
         results.push(SetupResults::start(s)?);
     }
     let measured = async {
         for s in &mut setups {
-            s.probe().await?;
+            s.probe(&tools.me).await?;
             scenarios::warm_up(&tools, plan, s).await?;
         }
         eprintln!(
@@ -185,8 +281,31 @@ fn skip_telemetry_setup() -> bool {
     std::env::var(NO_TELEMETRY_SETUP_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "0"))
 }
 
-/// Starts every setup; a failure names the setup.
-async fn start_setups(env: &Env) -> anyhow::Result<Vec<Setup>> {
+/// Starts every setup asked for; a failure names the setup.
+async fn start_setups(env: &Env, which: Which) -> anyhow::Result<Vec<Setup>> {
+    let mut all = Vec::new();
+    if which.loopback {
+        all = loopback_setups(env).await?;
+    }
+    if which.deployed {
+        eprintln!(
+            "skein-bench: starting the deployed shape (network namespaces, skein run; see \
+             bench/README.md)"
+        );
+        let direct = crate::deployed::direct(env)
+            .await
+            .with_context(|| format!("setup {} could not start", Kind::DirectNs.name()))?;
+        all.push(direct);
+        let skein = crate::deployed::skein(env)
+            .await
+            .with_context(|| format!("setup {} could not start", Kind::SkeinNs.name()))?;
+        all.push(skein);
+    }
+    Ok(all)
+}
+
+/// The setups on loopback addresses.
+async fn loopback_setups(env: &Env) -> anyhow::Result<Vec<Setup>> {
     let direct = setups::direct(env)
         .await
         .context("setup direct could not start")?;
@@ -237,14 +356,29 @@ fn log_tails(setups: &[Setup]) -> Option<String> {
     any.then_some(out)
 }
 
+/// What a run measured, for the report.
+struct Report<'a> {
+    plan: Plan,
+    results: &'a [SetupResults],
+    scenarios: (Option<&'a SlowEndpoint>, Option<&'a Overload>),
+    callgrind: Option<&'a Callgrind>,
+    /// Why the deployed shape did not run, when it was meant to.
+    deployed_na: Option<String>,
+}
+
 fn write_report(
     root: &Path,
     args: &RunArgs,
-    plan: Plan,
-    results: &[SetupResults],
-    (slow, overload): (Option<&SlowEndpoint>, Option<&Overload>),
+    report: Report<'_>,
     started: Instant,
 ) -> anyhow::Result<()> {
+    let Report {
+        plan,
+        results,
+        scenarios: (slow, overload),
+        callgrind,
+        deployed_na,
+    } = report;
     let (date, stamp) = report::utc_now();
     let meta = Meta {
         date,
@@ -255,6 +389,7 @@ fn write_report(
         skein_mtls: setups::SKEIN_MTLS,
         plan,
         run_secs: started.elapsed().as_secs_f64(),
+        deployed_na,
     };
     let summary = report::summarize(results);
     let json_path = args
@@ -270,12 +405,13 @@ fn write_report(
         setups: results,
         slow_endpoint: slow,
         overload,
+        callgrind,
     };
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let shown = json_path.strip_prefix(root).unwrap_or(&json_path);
     let shown = shown.display().to_string();
-    let md = report::markdown(&meta, &summary, results, slow, overload, &shown);
+    let md = report::markdown(&meta, &summary, results, slow, overload, callgrind, &shown);
     println!("{md}");
     if !args.no_append {
         let path = root.join("docs/BENCHMARKS.md");
@@ -295,6 +431,8 @@ fn command(args: &RunArgs) -> String {
     match args.only {
         Some(Only::SlowEndpoint) => c.push_str(" --only slow-endpoint"),
         Some(Only::Overload) => c.push_str(" --only overload"),
+        Some(Only::Deployed) => c.push_str(" --only deployed"),
+        Some(Only::Callgrind) => c.push_str(" --only callgrind"),
         None => {}
     }
     c

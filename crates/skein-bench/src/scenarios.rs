@@ -115,6 +115,10 @@ pub struct SetupResults {
     pub setup: String,
     /// How its hops talk.
     pub description: String,
+    /// The setup its ratios and added latency are taken against (`None`: the first,
+    /// direct); a baseline names itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// Open-model runs per rate.
     pub latency: BTreeMap<u32, Vec<LoadReport>>,
     /// wrk keep-alive runs.
@@ -191,6 +195,7 @@ impl SetupResults {
         Ok(SetupResults {
             setup: setup.kind.name().into(),
             description: setup.description.clone(),
+            baseline: setup.kind.baseline().map(|k| k.name().to_string()),
             h2_na: setup.h2.clone().err(),
             tcp_na: setup.tcp.clone().err(),
             handshake_na: setup.handshake.as_ref().err().cloned(),
@@ -254,7 +259,8 @@ pub async fn run_all(
 /// the first measurement does not pay for handshakes the others do not. Not measured.
 pub async fn warm_up(tools: &Tools, plan: &Plan, setup: &mut Setup) -> anyhow::Result<()> {
     let name = setup.kind.name();
-    let r = tools::wrk(&tools.wrk, setup.http, plan.wrk_connections, 1, false)
+    let ns = setup.netns.as_deref();
+    let r = tools::wrk(&tools.wrk, ns, setup.http, plan.wrk_connections, 1, false)
         .await
         .with_context(|| format!("{name}: warm-up failed"))?;
     if r.errors > 0 || r.requests == 0 {
@@ -296,12 +302,12 @@ async fn measure(
         },
         Scenario::H2 => match target(&setup.h2) {
             None => (Work::None, "n/a".to_string()),
-            Some(addr) => h2(tools, plan, addr, result).await?,
+            Some(addr) => h2(tools, plan, setup.netns.as_deref(), addr, result).await?,
         },
         Scenario::Tcp => match target(&setup.tcp) {
             None => (Work::None, "n/a".to_string()),
             Some(addr) => {
-                let r = tools::tcp_bulk(&tools.me, addr, plan.secs).await?;
+                let r = tools::tcp_bulk(&tools.me, setup.netns.as_deref(), addr, plan.secs).await?;
                 let line = format!("{:.0} MB/s", r.mb_per_s);
                 let n = r.bytes;
                 result.tcp.push(r);
@@ -339,8 +345,13 @@ async fn latency(
     result: &mut SetupResults,
     rate: u32,
 ) -> anyhow::Result<(Work, String)> {
+    let from = tools::From {
+        netns: setup.netns.as_deref(),
+        h2: false,
+    };
     let r = tools::load(
         &tools.me,
+        from,
         setup.http,
         rate,
         plan.secs,
@@ -373,6 +384,7 @@ async fn wrk(
 ) -> anyhow::Result<(Work, String)> {
     let r = tools::wrk(
         &tools.wrk,
+        setup.netns.as_deref(),
         setup.http,
         plan.wrk_connections,
         plan.secs,
@@ -395,11 +407,13 @@ async fn wrk(
 async fn h2(
     tools: &Tools,
     plan: &Plan,
+    netns: Option<&std::path::Path>,
     addr: std::net::SocketAddr,
     result: &mut SetupResults,
 ) -> anyhow::Result<(Work, String)> {
     let r = tools::h2load(
         &tools.h2load,
+        netns,
         addr,
         plan.h2_clients,
         plan.h2_streams,

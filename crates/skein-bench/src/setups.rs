@@ -71,6 +71,12 @@ pub enum Kind {
     SkeinTracingOff,
     /// Through two nginx instances talking mutual TLS.
     Nginx,
+    /// Load generator and application each in a network namespace of their own, on a
+    /// bridge, no proxies ([`crate::deployed`]).
+    DirectNs,
+    /// The same shape with each side under `skein run`: transparent capture, two proxies,
+    /// mutual TLS, authorization ([`crate::deployed`]).
+    SkeinNs,
 }
 
 impl Kind {
@@ -82,6 +88,17 @@ impl Kind {
             Kind::SkeinTelemetryOff => "skein, telemetry off",
             Kind::SkeinTracingOff => "skein, tracing off",
             Kind::Nginx => "nginx pair",
+            Kind::DirectNs => "direct (namespaces)",
+            Kind::SkeinNs => "skein (namespaces)",
+        }
+    }
+
+    /// The setup this one's ratios and added latency are taken against, when it is not
+    /// the first (direct): the namespaced pair against direct over the same network.
+    pub fn baseline(self) -> Option<Kind> {
+        match self {
+            Kind::DirectNs | Kind::SkeinNs => Some(Kind::DirectNs),
+            _ => None,
         }
     }
 }
@@ -108,6 +125,12 @@ pub struct Setup {
     pub proxies: Vec<Proc>,
     /// Backend and sink.
     pub apps: Vec<Proc>,
+    /// The network namespace the load tools run in (`None`: this one).
+    pub netns: Option<PathBuf>,
+    /// What else the setup holds until it is dropped, after its processes (the
+    /// namespaces and bridge of [`crate::deployed`]).
+    #[allow(dead_code, reason = "held for its Drop, never read")]
+    pub holds: Option<Box<dyn Send>>,
 }
 
 impl Setup {
@@ -120,7 +143,10 @@ impl Setup {
     }
 
     /// One request per protocol and a small TCP transfer, each checked.
-    pub async fn probe(&mut self) -> anyhow::Result<()> {
+    pub async fn probe(&mut self, me: &Path) -> anyhow::Result<()> {
+        if let Some(ns) = self.netns.clone() {
+            return self.probe_from(me, &ns).await;
+        }
         let name = self.kind.name();
         crate::load::probe(self.http, HOST, false)
             .await
@@ -132,6 +158,38 @@ impl Setup {
         }
         if let Ok(addr) = self.tcp {
             crate::tcp::bulk(addr, 1 << 20, Duration::from_secs(5))
+                .await
+                .with_context(|| format!("{name}: TCP probe to {addr} failed"))?;
+        }
+        self.check_alive()
+    }
+
+    /// The same probe from inside the namespace `ns`, with the tools that measure there:
+    /// a second of requests at a low rate per protocol, and a second of TCP.
+    async fn probe_from(&mut self, me: &Path, ns: &Path) -> anyhow::Result<()> {
+        let name = self.kind.name();
+        let targets = [(Ok(self.http), false), (self.h2.clone(), true)];
+        for (addr, h2) in targets {
+            let Ok(addr) = addr else { continue };
+            let from = crate::tools::From {
+                netns: Some(ns),
+                h2,
+            };
+            let version = if h2 { "HTTP/2" } else { "HTTP/1.1" };
+            let r = crate::tools::load(me, from, addr, 20, 1, 1)
+                .await
+                .with_context(|| format!("{name}: {version} probe to {addr} failed"))?;
+            if r.errors > 0 || r.ok == 0 {
+                bail!(
+                    "{name}: {version} probe to {addr}: {} of {} requests failed; first error: {}",
+                    r.errors,
+                    r.sent,
+                    r.first_error.as_deref().unwrap_or("none")
+                );
+            }
+        }
+        if let Ok(addr) = self.tcp {
+            crate::tools::tcp_bulk(me, Some(ns), addr, 1)
                 .await
                 .with_context(|| format!("{name}: TCP probe to {addr} failed"))?;
         }
@@ -207,6 +265,8 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         handshake: Err("no hop between proxies".into()),
         proxies: Vec::new(),
         apps: start_apps(env, host, "direct").await?,
+        netns: None,
+        holds: None,
     })
 }
 
@@ -236,6 +296,9 @@ pub struct SkeinPair {
     pub telemetry_requests: bool,
     /// Whether the mesh traces (`Mesh spec.tracing.enabled`; sampling at the default 1 %).
     pub tracing: bool,
+    /// Run both proxies under `valgrind --tool=callgrind` (profiles `cg.<tag>-*.PID.N` in
+    /// the scratch directory), with the waits stretched to match ([`crate::callgrind`]).
+    pub under_callgrind: bool,
 }
 
 /// The skein setup: outbound proxy on 127.0.0.151, inbound proxy, backend and sink on
@@ -249,6 +312,7 @@ pub const SKEIN: SkeinPair = SkeinPair {
     control: ip(155),
     telemetry_requests: true,
     tracing: true,
+    under_callgrind: false,
 };
 
 /// The same pair with `telemetry.requests: false` on both proxies: outbound proxy on
@@ -263,6 +327,7 @@ pub const SKEIN_TELEMETRY_OFF: SkeinPair = SkeinPair {
     control: ip(158),
     telemetry_requests: false,
     tracing: true,
+    under_callgrind: false,
 };
 
 /// The skein pair with tracing off (`Mesh spec.tracing.enabled: false`), golden signals
@@ -277,6 +342,7 @@ pub const SKEIN_TRACING_OFF: SkeinPair = SkeinPair {
     control: ip(162),
     telemetry_requests: true,
     tracing: false,
+    under_callgrind: false,
 };
 
 /// Starts a skein pair: its backend and sink, its control plane, then the inbound and the
@@ -293,7 +359,8 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
             "spec: {defaultPolicy: deny, tracing: {enabled: false}}",
         )
     };
-    let control = start_control(env, pair.control, label, tag, &resources).await?;
+    let grpc = SocketAddr::new(pair.control, CONTROL_GRPC);
+    let control = start_control(env, pair.control, grpc, label, tag, &resources).await?;
     let bench_token = control.token(env, "bench")?;
     let loadgen_token = control.token(env, "loadgen")?;
     let grpc = control.grpc;
@@ -306,18 +373,22 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
         requests: pair.telemetry_requests,
         ..TelemetryConfig::default()
     };
-    let inbound = start_proxy(
+    let wrap = |side: &str| {
+        pair.under_callgrind
+            .then(|| crate::callgrind::valgrind(env.dir.path(), &format!("{tag}-{side}")))
+    };
+    let inbound = start_proxy_wrapped(
         env.dir.path(),
-        &env.skein,
+        (wrap("inbound"), &env.skein),
         &format!("{label} inbound proxy"),
         &format!("{tag}-inbound-proxy"),
         &server_config(server, telemetry.clone()),
         Some((grpc, &bench_token)),
     )
     .await?;
-    let outbound = start_proxy(
+    let outbound = start_proxy_wrapped(
         env.dir.path(),
-        &env.skein,
+        (wrap("outbound"), &env.skein),
         &format!("{label} outbound proxy"),
         &format!("{tag}-outbound-proxy"),
         &client_config(client, telemetry),
@@ -327,7 +398,7 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
     // The outbound proxy is ready once its first snapshot applied; the inbound proxy
     // registered before it started, so its endpoint is in that snapshot. Wait for the
     // first request to pass anyway, so that a slow start is not reported as a failure.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + ready_within(pair.under_callgrind);
     while crate::load::probe(SocketAddr::new(client, UP_HTTP), HOST, false)
         .await
         .is_err()
@@ -335,20 +406,10 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The figures are meant to include authorization: make sure it decided.
-    let metrics = http_get(SocketAddr::new(server, ADMIN_PORT), "/metrics").await?;
-    let authorized = metrics.lines().any(|l| {
-        l.starts_with("skein_authz_decisions_total{")
-            && l.contains("decision=\"allowed\"")
-            && l.contains("policy=\"default/bench\"")
-    });
-    if !authorized {
-        bail!(
-            "the {label} pair's first request was not allowed by AuthorizationPolicy \
-             default/bench; the inbound proxy's log ends:\n{}",
-            inbound.log_tail()
-        );
-    }
+    let admin = SocketAddr::new(server, ADMIN_PORT);
+    authorized(admin, "default/bench", &inbound)
+        .await
+        .with_context(|| format!("the {label} pair"))?;
     let setup = Setup {
         kind: pair.kind,
         description: format!(
@@ -376,12 +437,39 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
         handshake: Ok(handshake),
         proxies: vec![outbound, inbound],
         apps,
+        netns: None,
+        holds: None,
     };
     Ok(setup)
 }
 
-const CONTROL_HTTP: u16 = 9990;
+/// Port of every control plane's HTTP API.
+pub(crate) const CONTROL_HTTP: u16 = 9990;
 const CONTROL_GRPC: u16 = 9991;
+
+/// The figures are meant to include authorization: fails unless the receiving proxy
+/// (admin API at `admin`) allowed a request by `policy`.
+pub(crate) async fn authorized(
+    admin: SocketAddr,
+    policy: &str,
+    proxy: &Proc,
+) -> anyhow::Result<()> {
+    let metrics = http_get(admin, "/metrics").await?;
+    let allowed = metrics.lines().any(|l| {
+        l.starts_with("skein_authz_decisions_total{")
+            && l.contains("decision=\"allowed\"")
+            && l.contains(&format!("policy=\"{policy}\""))
+    });
+    if !allowed {
+        bail!(
+            "the first request was not allowed by AuthorizationPolicy {policy}; {}'s log \
+             ends:\n{}",
+            proxy.name,
+            proxy.log_tail()
+        );
+    }
+    Ok(())
+}
 
 /// The Services the outbound proxy's upstream listeners name, all selecting the inbound
 /// proxy's workload (`app: bench`), one per protocol so that no detection runs. The mesh
@@ -426,10 +514,10 @@ spec: {selector: {app: bench}, ports: [{name: sink, port: 9000, protocol: tcp}],
 ";
 
 /// A running `skein control` with the bench's Services applied.
-struct Control {
-    proc: Proc,
+pub(crate) struct Control {
+    pub(crate) proc: Proc,
     http: SocketAddr,
-    grpc: SocketAddr,
+    pub(crate) grpc: SocketAddr,
     data_dir: PathBuf,
     /// The mesh CA, made here and imported by the control plane (bring-your-own-CA), so
     /// that the handshake scenario's client can hold a mesh certificate.
@@ -438,7 +526,7 @@ struct Control {
 
 impl Control {
     /// Runs the `skein` CLI against this control plane and returns its stdout.
-    fn cli(&self, env: &Env, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn cli(&self, env: &Env, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&env.skein)
             .args(args)
             .arg("--server")
@@ -461,7 +549,7 @@ impl Control {
     }
 
     /// A join token for `service` (namespace `default`).
-    fn token(&self, env: &Env, service: &str) -> anyhow::Result<String> {
+    pub(crate) fn token(&self, env: &Env, service: &str) -> anyhow::Result<String> {
         let out = self.cli(
             env,
             &["token", "create", "--service", service, "--ttl", "10m"],
@@ -470,19 +558,18 @@ impl Control {
     }
 }
 
-/// Starts `skein control` on `host` with an embedded store in the scratch directory and
-/// applies [`RESOURCES`]; `label` names the process, `tag` prefixes its scratch files.
-async fn start_control(
+/// Starts `skein control` (HTTP API on `host`, proxy API on `grpc`) with an embedded
+/// store in the scratch directory and applies `resources`; `label` names the process,
+/// `tag` prefixes its scratch files.
+pub(crate) async fn start_control(
     env: &Env,
     host: IpAddr,
+    grpc: SocketAddr,
     label: &str,
     tag: &str,
     resources: &str,
 ) -> anyhow::Result<Control> {
-    let (http, grpc) = (
-        SocketAddr::new(host, CONTROL_HTTP),
-        SocketAddr::new(host, CONTROL_GRPC),
-    );
+    let http = SocketAddr::new(host, CONTROL_HTTP);
     let data_dir = env.dir.path().join(format!("{tag}-control"));
     let ca = CertificateAuthority::generate(TRUST_DOMAIN).context("cannot make the mesh CA")?;
     let ca_dir = env.dir.path().join(format!("{tag}-mesh-ca"));
@@ -638,13 +725,36 @@ pub async fn start_proxy(
     config: &ProxyConfig,
     control: Option<(SocketAddr, &str)>,
 ) -> anyhow::Result<Proc> {
+    start_proxy_wrapped(dir, (None, skein), name, tag, config, control).await
+}
+
+/// How long a proxy may take to be ready and pass its first request: valgrind slows
+/// start-up (and everything else) some fifty times.
+fn ready_within(under_valgrind: bool) -> Duration {
+    Duration::from_secs(if under_valgrind { 180 } else { 15 })
+}
+
+/// [`start_proxy`], the `skein` binary run by the `wrapper` command when given (e.g.
+/// valgrind).
+pub async fn start_proxy_wrapped(
+    dir: &Path,
+    (wrapper, skein): (Option<Command>, &Path),
+    name: &str,
+    tag: &str,
+    config: &ProxyConfig,
+    control: Option<(SocketAddr, &str)>,
+) -> anyhow::Result<Proc> {
     config
         .validate(name)
         .with_context(|| format!("{name}: the generated config is invalid"))?;
     let path = dir.join(format!("{tag}.yaml"));
     std::fs::write(&path, proxy_yaml(config))
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let mut cmd = Command::new(skein);
+    let wrapped = wrapper.is_some();
+    let mut cmd = wrapper.unwrap_or_else(|| Command::new(skein));
+    if wrapped {
+        cmd.arg(skein);
+    }
     cmd.arg("proxy").arg("--config").arg(&path);
     if let Some((grpc, token)) = control {
         // The token goes through the environment, never argv (visible in ps).
@@ -656,7 +766,8 @@ pub async fn start_proxy(
     let log = dir.join(format!("{tag}.log"));
     let mut p = Proc::spawn(name, cmd, &log)?;
     let admin = config.admin.listen;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let within = ready_within(wrapped);
+    let deadline = Instant::now() + within;
     loop {
         p.check_alive()?;
         if let Ok(text) = http_get(admin, "/ready").await {
@@ -665,7 +776,7 @@ pub async fn start_proxy(
             }
         }
         if Instant::now() > deadline {
-            bail!("{name} not ready (admin {admin}/ready) within 15s");
+            bail!("{name} not ready (admin {admin}/ready) within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }

@@ -341,10 +341,18 @@ async fn measure(
     secs: u64,
 ) -> anyhow::Result<Run> {
     let addr = SocketAddr::new(Mode::ALL[i].caller(), UP_HTTP);
-    let warm = crate::tools::load(me, addr, rate, WARM_UP_SECS, CONNECTIONS).await?;
+    let warm = crate::tools::load(
+        me,
+        Default::default(),
+        addr,
+        rate,
+        WARM_UP_SECS,
+        CONNECTIONS,
+    )
+    .await?;
     check(&warm, "warm-up")?;
     let before = served().await?;
-    let load = crate::tools::load(me, addr, rate, secs, CONNECTIONS).await?;
+    let load = crate::tools::load(me, Default::default(), addr, rate, secs, CONNECTIONS).await?;
     check(&load, "measurement")?;
     let after = served().await?;
     for p in running.endpoints.iter_mut().chain(&mut running.callers) {
@@ -594,8 +602,17 @@ mod tests {
             skein_mtls: true,
             plan: Plan::new(true),
             run_secs: 10.0,
+            deployed_na: None,
         };
-        let md = markdown(&meta, &summarize(&[]), &[], Some(&slow), None, "x.json");
+        let md = markdown(
+            &meta,
+            &summarize(&[]),
+            &[],
+            Some(&slow),
+            None,
+            None,
+            "x.json",
+        );
         assert!(!md.contains("### Headline"), "{md}");
         assert!(!md.contains("mTLS"), "{md}");
         assert!(md.contains("one endpoint 10× slower"), "{md}");

@@ -70,16 +70,31 @@ pub(crate) fn limit(secs: u64) -> Duration {
     Duration::from_secs(secs + 30)
 }
 
+/// `program`, run inside the network namespace at `netns` (`nsenter --net=…`) when given.
+pub fn command(program: &Path, netns: Option<&Path>) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(program);
+            cmd
+        }
+    }
+}
+
 /// `wrk -t2 -cC -dDs`: maximum throughput on keep-alive connections, or, with `close`,
 /// the new-connection rate (`Connection: close` on every request).
 pub async fn wrk(
     wrk: &Path,
+    netns: Option<&Path>,
     addr: SocketAddr,
     conns: u32,
     secs: u64,
     close: bool,
 ) -> anyhow::Result<WrkReport> {
-    let mut cmd = Command::new(wrk);
+    let mut cmd = command(wrk, netns);
     cmd.arg("-t2")
         .arg(format!("-c{conns}"))
         .arg(format!("-d{secs}s"))
@@ -98,12 +113,13 @@ pub async fn wrk(
 /// `h2load -cC -mM -D S`: HTTP/2 with prior knowledge, many streams per connection.
 pub async fn h2load(
     h2load: &Path,
+    netns: Option<&Path>,
     addr: SocketAddr,
     clients: u32,
     streams: u32,
     secs: u64,
 ) -> anyhow::Result<H2Report> {
-    let mut cmd = Command::new(h2load);
+    let mut cmd = command(h2load, netns);
     cmd.arg(format!("-c{clients}"))
         .arg(format!("-m{streams}"))
         .arg("-t1")
@@ -114,15 +130,25 @@ pub async fn h2load(
     parse_h2load(&text).with_context(|| format!("cannot read h2load's output:\n{text}"))
 }
 
+/// How [`load`] sends: where from, and which HTTP version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct From<'a> {
+    /// The network namespace it runs in (`None`: this one).
+    pub netns: Option<&'a Path>,
+    /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+    pub h2: bool,
+}
+
 /// This binary's open-model `load` subcommand.
 pub async fn load(
     me: &Path,
+    from: From<'_>,
     addr: SocketAddr,
     rate: u32,
     secs: u64,
     connections: u32,
 ) -> anyhow::Result<LoadReport> {
-    let mut cmd = Command::new(me);
+    let mut cmd = command(me, from.netns);
     cmd.arg("load")
         .arg("--addr")
         .arg(addr.to_string())
@@ -134,13 +160,21 @@ pub async fn load(
         .arg(format!("{secs}s"))
         .arg("--connections")
         .arg(connections.to_string());
+    if from.h2 {
+        cmd.arg("--h2");
+    }
     let text = output(cmd, "skein-bench load", limit(secs)).await?;
     serde_json::from_str(text.trim()).with_context(|| format!("cannot read load's output: {text}"))
 }
 
 /// This binary's `tcp-bulk` subcommand: send for `secs` seconds at most.
-pub async fn tcp_bulk(me: &Path, addr: SocketAddr, secs: u64) -> anyhow::Result<BulkReport> {
-    let mut cmd = Command::new(me);
+pub async fn tcp_bulk(
+    me: &Path,
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    secs: u64,
+) -> anyhow::Result<BulkReport> {
+    let mut cmd = command(me, netns);
     cmd.arg("tcp-bulk")
         .arg("--addr")
         .arg(addr.to_string())
