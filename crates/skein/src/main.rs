@@ -60,6 +60,13 @@ enum Command {
         /// listen address; required when that is 0.0.0.0).
         #[arg(long)]
         advertise: Option<std::net::SocketAddr>,
+        /// Threads that serve connections. 1 (the default) runs the whole proxy on one
+        /// thread: no work stealing, no wake-ups across threads, and memory that does not
+        /// grow with the host's cores (measured against 2 in docs/ARCHITECTURE.md, Threads).
+        /// N > 1: a work-stealing pool of N, for a proxy that needs more than one core;
+        /// 0: one per core.
+        #[arg(long, env = "SKEIN_PROXY_WORKERS", default_value_t = 1)]
+        workers: usize,
         #[command(flatten)]
         intercept: proxy_cmd::InterceptArgs,
     },
@@ -511,9 +518,20 @@ fn run() -> anyhow::Result<()> {
         // Colour codes only for a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match &cli.command {
+        Command::Proxy { workers: 1, .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Command::Proxy { workers, .. } if *workers > 1 => {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(*workers)
+                .enable_all()
+                .build()?
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::Proxy {
@@ -523,6 +541,7 @@ fn run() -> anyhow::Result<()> {
                 join_token,
                 advertise,
                 intercept,
+                workers: _,
             } => {
                 let config = config.unwrap_or_default();
                 if intercept.intercept {
