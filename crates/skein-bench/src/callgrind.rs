@@ -104,9 +104,9 @@ pub async fn run(env: &Env, quick: bool) -> anyhow::Result<Callgrind> {
         "skein-bench: starting the skein pair under callgrind (slow: valgrind runs the proxies \
          some fifty times slower)"
     );
+    let h2load = setups::find_tool("h2load").context("h2load not found (nghttp2-client)")?;
     let setup = setups::skein(env, PAIR).await?;
     let [outbound, inbound] = [&setup.proxies[0], &setup.proxies[1]];
-    let h2load = setups::find_tool("h2load").context("h2load not found (nghttp2-client)")?;
     let mut rows = Vec::new();
     for (what, addr, h2) in [
         ("HTTP/1.1", setup.http, false),
@@ -198,21 +198,21 @@ where
     for (p, count) in procs.iter().zip(counts.iter_mut()) {
         let before = dumps(dir, p.pid()).len();
         control(p, &["-d"])?;
+        // The dump is complete once its totals (written last) are in it.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let file = loop {
+        *count = loop {
             let files = dumps(dir, p.pid());
-            if files.len() > before {
-                break files.last().cloned().context("no dump")?;
+            let done = files[before.min(files.len())..]
+                .last()
+                .and_then(|f| total(&std::fs::read_to_string(f).ok()?));
+            if let Some(n) = done {
+                break n;
             }
             if Instant::now() > deadline {
-                bail!("{}: callgrind wrote no dump within 60 s", p.name);
+                bail!("{}: callgrind wrote no complete dump within 60 s", p.name);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        *count =
-            total(&text).with_context(|| format!("{}: no totals in {}", p.name, file.display()))?;
     }
     Ok(counts)
 }

@@ -116,20 +116,14 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The direct shape's namespaces, veths, bridge and forwarding rule, removed on drop.
-struct DirectNet {
-    /// The FORWARD rule added so that a host dropping forwarded traffic passes the
-    /// bridge's (only when the bridge's frames go through iptables).
-    forward_rule: bool,
-}
+struct DirectNet;
 
 impl DirectNet {
     /// Makes the bridge, both namespaces and their veths, after removing what a killed
     /// run left.
     fn create() -> anyhow::Result<DirectNet> {
         Self::remove_all(true);
-        let mut net = DirectNet {
-            forward_rule: false,
-        };
+        let net = DirectNet;
         let gateway = format!("{}/24", direct_addr(1));
         ip(&["link", "add", DIRECT_BRIDGE, "type", "bridge"])?;
         ip(&["addr", "add", &gateway, "dev", DIRECT_BRIDGE])?;
@@ -145,36 +139,43 @@ impl DirectNet {
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // A host that drops forwarded traffic would drop the bridge's too when its frames
+        // go through iptables: let them through (removed with the rest).
         let bridged = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
             .is_ok_and(|v| v.trim() == "1");
-        if bridged {
-            let ok = Command::new("iptables")
-                .args(forward_rule("-I"))
-                .status()
-                .is_ok_and(|s| s.success());
-            net.forward_rule = ok;
+        if bridged && !iptables(&forward_rule("-C")) {
+            iptables(&forward_rule("-I"));
         }
         Ok(net)
     }
 
-    /// Stops whatever runs in the namespaces, then removes them, the veths (with them)
-    /// and the bridge; `quiet` for the sweep of a killed run's leftovers.
+    /// Stops whatever runs in the namespaces (waiting until it is gone), then removes the
+    /// veths, the namespaces, the bridge and every copy of the forwarding rule; `quiet`
+    /// for the sweep of a killed run's leftovers.
     fn remove_all(quiet: bool) {
-        for (ns, _, _) in DIRECT_SIDES {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
+        for (ns, veth, _) in DIRECT_SIDES {
+            let pids = || {
+                Command::new("ip")
+                    .args(["netns", "pids", ns])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            };
+            for pid in pids() {
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !pids().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = ip(&["link", "del", veth]);
             let _ = ip(&["netns", "del", ns]);
         }
+        while iptables(&forward_rule("-D")) {}
         let removed = ip(&["link", "del", DIRECT_BRIDGE]);
         if !quiet {
             if let Err(e) = removed {
@@ -182,6 +183,14 @@ impl DirectNet {
             }
         }
     }
+}
+
+/// Runs `iptables ARGS`; whether it succeeded.
+fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn forward_rule(op: &str) -> Vec<&str> {
@@ -200,9 +209,6 @@ fn forward_rule(op: &str) -> Vec<&str> {
 
 impl Drop for DirectNet {
     fn drop(&mut self) {
-        if self.forward_rule {
-            let _ = Command::new("iptables").args(forward_rule("-D")).status();
-        }
         Self::remove_all(false);
     }
 }

@@ -27,6 +27,10 @@ pub struct Meta {
     pub plan: Plan,
     /// Seconds the whole run took (setups, probes and measurements).
     pub run_secs: f64,
+    /// `SKEIN_PROXY_WORKERS` as the proxies inherited it, when set (unset: each proxy's
+    /// default, one thread since commit c1a47dc).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_workers: Option<String>,
     /// Why the deployed shape (the namespaced setups) did not run, when it was meant to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployed_na: Option<String>,
@@ -238,11 +242,12 @@ fn figures(
 }
 
 /// Index of the setup `results[i]` is compared against: the one its `baseline` names
-/// (itself, for a baseline other than the first), else the first (direct).
+/// (itself, for a baseline other than the first, or when the one it names did not run:
+/// no ratio is better than one against the wrong direct), else the first (direct).
 pub fn baseline(results: &[SetupResults], i: usize) -> usize {
     match &results[i].baseline {
         None => 0,
-        Some(name) => results.iter().position(|r| &r.setup == name).unwrap_or(0),
+        Some(name) => results.iter().position(|r| &r.setup == name).unwrap_or(i),
     }
 }
 
@@ -399,8 +404,11 @@ pub fn markdown(
     } else {
         let _ = writeln!(
             o,
-            "Command: `{}` · {} s per measurement, {} repetition{} (median), setups interleaved · \
+            "Command: `{}{}` · {} s per measurement, {} repetition{} (median), setups interleaved · \
              skein mTLS: **{}** · run took {:.0} s.\n",
+            meta.proxy_workers
+                .as_ref()
+                .map_or(String::new(), |w| format!("SKEIN_PROXY_WORKERS={w} ")),
             meta.command,
             p.secs,
             p.repetitions,
@@ -485,7 +493,7 @@ fn throughput_tables(o: &mut String, summary: &Summary, p: &Plan) {
         let row =
             |f: &dyn Fn(&Figure) -> String| figs.iter().map(f).collect::<Vec<_>>().join(" | ");
         let _ = writeln!(o, "| {unit} | {} |", row(&|f| cell(f, thousands)));
-        let _ = writeln!(o, "| ratio to direct | {} |\n", row(&ratio_cell));
+        let _ = writeln!(o, "| ratio to its direct | {} |\n", row(&ratio_cell));
     }
     handshake_table(o, summary, p);
 }

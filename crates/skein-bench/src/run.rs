@@ -107,7 +107,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         return write_report(&root, &args, report, started);
     }
-    let deployed = deployed_shape(only_deployed)?;
+    let deployed = match args.only {
+        None | Some(Only::Deployed) => deployed_shape(only_deployed)?,
+        Some(_) => Err("not asked for".to_string()),
+    };
     let results = match args.only {
         Some(Only::Deployed) | None => {
             let which = Which {
@@ -390,6 +393,7 @@ fn write_report(
         plan,
         run_secs: started.elapsed().as_secs_f64(),
         deployed_na,
+        proxy_workers: std::env::var("SKEIN_PROXY_WORKERS").ok(),
     };
     let summary = report::summarize(results);
     let json_path = args

@@ -603,6 +603,7 @@ mod tests {
             plan: Plan::new(true),
             run_secs: 10.0,
             deployed_na: None,
+            proxy_workers: None,
         };
         let md = markdown(
             &meta,
