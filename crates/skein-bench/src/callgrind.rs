@@ -219,21 +219,18 @@ where
 
 /// `callgrind_control ARGS PID`.
 fn control(p: &Proc, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("callgrind_control")
-        .args(args)
-        .arg(p.pid().to_string())
-        .output()
-        .context("cannot run callgrind_control")?;
-    if !out.status.success() {
-        bail!(
-            "callgrind_control {} {} ({}) failed: {}",
-            args.join(" "),
-            p.pid(),
-            p.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let what = format!(
+        "callgrind_control {} {} ({})",
+        args.join(" "),
+        p.pid(),
+        p.name
+    );
+    crate::procs::run_checked(
+        Command::new("callgrind_control")
+            .args(args)
+            .arg(p.pid().to_string()),
+        &what,
+    )
 }
 
 /// The numbered dumps of process `pid` in `dir` (`cg.TAG.PID.N`), oldest first.

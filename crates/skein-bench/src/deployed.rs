@@ -101,18 +101,8 @@ fn direct_addr(last: u8) -> Ipv4Addr {
 
 /// Runs `ip ARGS`, failing with its stderr.
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run ip {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let what = format!("ip {}", args.join(" "));
+    crate::procs::run_checked(Command::new("ip").args(args), &what)
 }
 
 /// The direct shape's namespaces, veths, bridge and forwarding rule, removed on drop.

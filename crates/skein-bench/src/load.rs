@@ -71,6 +71,21 @@ pub struct LoadReport {
     pub first_error: Option<String>,
 }
 
+impl LoadReport {
+    /// Fails, naming the first error, unless every request was answered (and some were).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.errors > 0 || self.ok == 0 {
+            bail!(
+                "{} of {} requests failed; first error: {}",
+                self.errors,
+                self.sent,
+                self.first_error.as_deref().unwrap_or("none")
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs the load described by `spec` and returns its figures.
 pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadReport> {
     if !spec.rate.is_finite() || spec.rate <= 0.0 || spec.connections == 0 {
@@ -326,6 +341,18 @@ mod tests {
         let r = s.report(105, 2.0);
         assert_eq!((r.sent, r.ok, r.errors), (105, 100, 5));
         assert_eq!(r.first_error.as_deref(), Some("boom"));
+        let e = r.check().unwrap_err().to_string();
+        assert_eq!(e, "5 of 105 requests failed; first error: boom");
+        let clean = LoadReport {
+            ok: 3,
+            sent: 3,
+            ..LoadReport::default()
+        };
+        assert!(clean.check().is_ok());
+        assert!(
+            LoadReport::default().check().is_err(),
+            "nothing answered is a failure"
+        );
         assert!((500..=520).contains(&r.p50_us), "{}", r.p50_us);
         assert!((995..=1005).contains(&r.p99_us), "{}", r.p99_us);
         assert!((49_900..=50_100).contains(&r.max_us), "{}", r.max_us);

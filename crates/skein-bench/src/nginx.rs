@@ -15,7 +15,7 @@
 use crate::handshake::{HandshakeTarget, PeerRequest};
 use crate::procs::Proc;
 use crate::setups::{ip, start_apps, wait_listening, Env, Kind, Setup, APP_PORT, SINK_PORT};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -219,19 +219,8 @@ fn make_certs(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("cannot run openssl (Debian package openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let what = format!("openssl {} (Debian package openssl)", args.join(" "));
+    crate::procs::run_checked(Command::new("openssl").args(args).current_dir(dir), &what)
 }
 
 /// What both configs share: foreground, one worker, everything in the scratch directory.

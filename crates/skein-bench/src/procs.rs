@@ -131,6 +131,19 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `cmd` to completion; fails, quoting its stderr, unless it succeeded. `what` names
+/// it in messages (`ip link add …`).
+pub fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A private directory removed, with everything in it, on drop.
 pub struct TempDir {
     path: PathBuf,

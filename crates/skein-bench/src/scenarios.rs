@@ -358,14 +358,7 @@ async fn latency(
         plan.load_connections,
     )
     .await?;
-    if r.errors > 0 {
-        bail!(
-            "{} of {} requests failed; first error: {}",
-            r.errors,
-            r.sent,
-            r.first_error.as_deref().unwrap_or("unknown")
-        );
-    }
+    r.check()?;
     let line = format!(
         "p50 {} µs, p99 {} µs, max {} µs ({:.0} RPS)",
         r.p50_us, r.p99_us, r.max_us, r.achieved_rps

@@ -176,17 +176,10 @@ impl Setup {
                 h2,
             };
             let version = if h2 { "HTTP/2" } else { "HTTP/1.1" };
-            let r = crate::tools::load(me, from, addr, 20, 1, 1)
+            crate::tools::load(me, from, addr, 20, 1, 1)
                 .await
+                .and_then(|r| r.check())
                 .with_context(|| format!("{name}: {version} probe to {addr} failed"))?;
-            if r.errors > 0 || r.ok == 0 {
-                bail!(
-                    "{name}: {version} probe to {addr}: {} of {} requests failed; first error: {}",
-                    r.errors,
-                    r.sent,
-                    r.first_error.as_deref().unwrap_or("none")
-                );
-            }
         }
         if let Ok(addr) = self.tcp {
             crate::tools::tcp_bulk(me, Some(ns), addr, 1)

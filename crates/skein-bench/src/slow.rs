@@ -21,7 +21,7 @@ use crate::report::{header_row, median, thousands};
 use crate::setups::{
     delayed_backend, http_get, ip, proxy_config, start_proxy, workload, APP_PORT, HOST,
 };
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 use skein_model::resource::{BackendPolicySpec, LoadBalancer, TargetRef};
 use skein_model::{
@@ -350,10 +350,10 @@ async fn measure(
         CONNECTIONS,
     )
     .await?;
-    check(&warm, "warm-up")?;
+    warm.check().context("warm-up")?;
     let before = served().await?;
     let load = crate::tools::load(me, Default::default(), addr, rate, secs, CONNECTIONS).await?;
-    check(&load, "measurement")?;
+    load.check().context("measurement")?;
     let after = served().await?;
     for p in running.endpoints.iter_mut().chain(&mut running.callers) {
         p.check_alive()?;
@@ -363,18 +363,6 @@ async fn measure(
         fast_requests: after[0].saturating_sub(before[0]),
         slow_requests: after[1].saturating_sub(before[1]),
     })
-}
-
-fn check(r: &LoadReport, what: &str) -> anyhow::Result<()> {
-    if r.errors > 0 {
-        bail!(
-            "{what}: {} of {} requests failed; first error: {}",
-            r.errors,
-            r.sent,
-            r.first_error.as_deref().unwrap_or("unknown")
-        );
-    }
-    Ok(())
 }
 
 /// Requests each endpoint's inbound proxy has counted so far (fast, slow).
