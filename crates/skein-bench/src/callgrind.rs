@@ -117,7 +117,7 @@ pub async fn run(env: &Env, quick: bool) -> anyhow::Result<Callgrind> {
         ),
     ] {
         h2load_n(&h2load, addr, WARM_UP, h2).await?;
-        let counts = measure(env.dir.path(), [outbound, inbound], || {
+        let counts = measure(env.dir.path(), what, [outbound, inbound], || {
             h2load_n(&h2load, addr, requests, h2)
         })
         .await
@@ -136,7 +136,7 @@ pub async fn run(env: &Env, quick: bool) -> anyhow::Result<Callgrind> {
         });
     }
     let tcp = setup.tcp.clone().map_err(anyhow::Error::msg)?;
-    let counts = measure(env.dir.path(), [outbound, inbound], || async {
+    let counts = measure(env.dir.path(), "TCP", [outbound, inbound], || async {
         crate::tcp::bulk(tcp, megabytes * 1_000_000, Duration::from_secs(600))
             .await
             .map(|_| ())
@@ -183,9 +183,18 @@ async fn h2load_n(h2load: &Path, addr: SocketAddr, n: u64, h2: bool) -> anyhow::
     Ok(())
 }
 
+/// With this set to a directory, each measurement's profiles are copied there
+/// (`<what>.<proxy>.callgrind`) for `callgrind_annotate`: where the instructions went.
+pub const KEEP_ENV: &str = "SKEIN_BENCH_CALLGRIND_KEEP";
+
 /// Zeroes both proxies' counters, runs `work`, dumps them: the instructions each
-/// executed meanwhile.
-async fn measure<F, Fut>(dir: &Path, procs: [&Proc; 2], work: F) -> anyhow::Result<[u64; 2]>
+/// executed meanwhile. The profiles are kept when [`KEEP_ENV`] names a directory.
+async fn measure<F, Fut>(
+    dir: &Path,
+    what: &str,
+    procs: [&Proc; 2],
+    work: F,
+) -> anyhow::Result<[u64; 2]>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -202,10 +211,11 @@ where
         let deadline = Instant::now() + Duration::from_secs(60);
         *count = loop {
             let files = dumps(dir, p.pid());
-            let done = files[before.min(files.len())..]
-                .last()
-                .and_then(|f| total(&std::fs::read_to_string(f).ok()?));
-            if let Some(n) = done {
+            let last = files[before.min(files.len())..].last();
+            if let Some((f, n)) =
+                last.and_then(|f| Some((f, total(&std::fs::read_to_string(f).ok()?)?)))
+            {
+                keep(f, what, &p.name)?;
                 break n;
             }
             if Instant::now() > deadline {
@@ -215,6 +225,34 @@ where
         };
     }
     Ok(counts)
+}
+
+/// Copies a complete profile to [`KEEP_ENV`]'s directory, when it is set.
+fn keep(profile: &Path, what: &str, proxy: &str) -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os(KEEP_ENV).filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("{KEEP_ENV}: {}", dir.display()))?;
+    let name: String = format!("{what}.{proxy}.callgrind")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    std::fs::copy(profile, dir.join(&name)).with_context(|| {
+        format!(
+            "{KEEP_ENV}: copying {} to {}",
+            profile.display(),
+            dir.display()
+        )
+    })?;
+    eprintln!("[callgrind] kept {}", dir.join(name).display());
+    Ok(())
 }
 
 /// `callgrind_control ARGS PID`.

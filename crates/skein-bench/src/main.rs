@@ -10,6 +10,7 @@ mod handshake;
 mod load;
 mod nginx;
 mod overload;
+mod pair;
 mod procs;
 mod report;
 mod run;
@@ -108,6 +109,10 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
+    /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
+    /// and the proxies' process ids: for profiling by hand (perf, strace).
+    Pair,
     /// Run every setup and scenario, print a Markdown report, append it to
     /// docs/BENCHMARKS.md and write every figure as JSON.
     Run {
@@ -186,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Cmd::Pair => multi_thread()?.block_on(pair::hold()),
         Cmd::Run {
             quick,
             out,

@@ -76,17 +76,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     };
     let me = std::env::current_exe().context("cannot find this binary's path")?;
-    let skein = match std::env::var_os("SKEIN_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => root.join("target/release/skein"),
-    };
-    if !skein.is_file() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release -p skein` (bench/run does), \
-             or point SKEIN_BIN at a skein binary",
-            skein.display()
-        );
-    }
+    let skein = skein_binary(&root)?;
     let mut plan = Plan::new(args.quick);
     let only_deployed = args.only == Some(Only::Deployed);
     if only_deployed && !args.quick {
@@ -179,6 +169,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         deployed_na,
     };
     write_report(&root, &args, report, started)
+}
+
+/// The `skein` binary measured: `SKEIN_BIN`, or the workspace's release build.
+pub fn skein_binary(root: &Path) -> anyhow::Result<PathBuf> {
+    let skein = match std::env::var_os("SKEIN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => root.join("target/release/skein"),
+    };
+    if !skein.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p skein` (bench/run does), \
+             or point SKEIN_BIN at a skein binary",
+            skein.display()
+        );
+    }
+    Ok(skein)
 }
 
 /// Instructions per request through each proxy, in a scratch directory of its own.
@@ -472,7 +478,7 @@ fn append(path: &Path, section: &str) -> anyhow::Result<()> {
 
 /// The workspace root: three levels above `target/release/skein-bench`, else the current
 /// directory, whichever holds the workspace's `Cargo.toml` and `crates/`.
-fn workspace_root() -> anyhow::Result<PathBuf> {
+pub fn workspace_root() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let candidates = [
         exe.ancestors().nth(3).map(Path::to_path_buf),
