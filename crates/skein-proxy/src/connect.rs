@@ -7,13 +7,13 @@
 use crate::error::ProxyError;
 use crate::http::Body;
 use crate::io::BoxedIo;
+use foldhash::HashMap;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use skein_identity::SpiffeId;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -82,7 +82,7 @@ impl H2Pool {
     pub fn new(connector: Arc<dyn Connect>) -> Self {
         H2Pool {
             connector,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
         }
     }
 
@@ -108,7 +108,7 @@ impl H2Pool {
             .connect(to)
             .await
             .map_err(|source| ProxyError::Connect { addr, source })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(crate::server::Spawn)
             .timer(TokioTimer::new())
             .adaptive_window(true)
             // Large frames: bulk TCP through CONNECT streams moves in few writes (measured
@@ -174,7 +174,7 @@ impl H1Pool {
     pub fn new(connector: Arc<dyn Connect>) -> Self {
         H1Pool {
             connector,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::default()),
         }
     }
 

@@ -10,9 +10,9 @@ use crate::balance::{Balancer, NoPick, Picked};
 use crate::connect::Upstream;
 use crate::error::ProxyError;
 use crate::limit::Limiter;
+use foldhash::HashMap;
 use skein_model::resource::{BackendPolicySpec, TargetRef};
 use skein_model::{Destination, PortSpec, Protocol};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 

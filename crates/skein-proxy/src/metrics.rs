@@ -3,12 +3,12 @@
 //! authorization decisions, DNS answers, and (through [`crate::telemetry`]) the golden
 //! signals of every request and TCP edge. Served on `/metrics`.
 
+use foldhash::HashMap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 
 /// Which side of the proxy traffic passed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -219,6 +219,8 @@ pub struct Metrics {
     /// The `authz` counters by a hash of their labels, so that counting a decision looks
     /// up borrowed strings instead of building four owned labels per request.
     authz_counters: std::sync::RwLock<HashMap<u64, Vec<(AuthzLabels, Counter)>>>,
+    /// Hashes the labels into `authz_counters`' keys (seeded per process).
+    authz_hasher: foldhash::fast::RandomState,
 }
 
 /// Authorization label sets kept at most; later callers are counted as `other`.
@@ -283,6 +285,7 @@ impl Metrics {
             cert_renewals: Family::default(),
             authz: Family::default(),
             authz_counters: Default::default(),
+            authz_hasher: Default::default(),
             dns_queries: Family::default(),
             registry: Registry::default(),
         };
@@ -397,10 +400,10 @@ impl Metrics {
         target: &str,
         policy: &str,
     ) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (decision, source, target, policy).hash(&mut h);
-        let key = h.finish();
+        use std::hash::BuildHasher;
+        let key = self
+            .authz_hasher
+            .hash_one((decision, source, target, policy));
         let same = |l: &AuthzLabels| {
             l.decision == decision && l.source == source && l.target == target && l.policy == policy
         };

@@ -12,8 +12,8 @@
 //! plus `minPerSecond` × `ttl`, so a failing backend sees at most about `1 + ratio` times
 //! the load instead of `1 + attempts` times. The window is kept in ten slots of `ttl`/10.
 
+use foldhash::HashMap;
 use skein_model::resource::{RetryBudget, RouteRetry};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

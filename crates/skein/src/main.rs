@@ -1,5 +1,5 @@
-//! `skein`: one binary for the whole mesh. Today it runs the sidecar proxy and the demo;
-//! the control plane and the kubectl-like CLI join it as they land.
+//! `skein`: one binary for the whole mesh: the sidecar proxy, the control plane, the
+//! kubectl-like CLI, `skein run` and the demo.
 
 mod canary_cmd;
 mod capture;

@@ -45,6 +45,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including any named in `Connection`, and `TE` other than
 /// `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: one pass over the names (comparisons of
+    // standard names are of an enum), and no lookup at all.
+    let any = headers
+        .keys()
+        .any(|n| n == header::TE || HOP_BY_HOP.contains(n));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -177,6 +185,31 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_others_left_untouched() {
+        let names = [
+            "connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+        ];
+        assert!(HOP_BY_HOP.iter().all(|n| names.contains(&n.as_str())));
+        for name in names {
+            let mut h = map(&[("x-kept", "1"), (name, "x"), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h);
+            let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-kept", "accept"], "{name}");
+        }
+        let mut h = map(&[("x-kept", "1"), ("accept", "*/*"), ("host", "a")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

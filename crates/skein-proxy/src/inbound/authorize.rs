@@ -11,11 +11,11 @@
 use super::Caller;
 use crate::error::ProxyError;
 use crate::Ctx;
+use foldhash::HashMap;
 use http::uri::{PathAndQuery, Uri};
 use http::Request;
 use skein_model::authz::{self, Decision, HttpRequest, Verdict};
 use skein_model::ProxyConfig;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -17,11 +17,11 @@ pub mod summary;
 pub mod tap;
 
 use crate::metrics::{Direction, Proto};
+use foldhash::{HashMap, HashSet};
 use histogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
