@@ -6,11 +6,14 @@
 //! backend does as little work per request as hyper allows and is never the bottleneck.
 //! With `--delay` it waits that long before answering each request (the slow-endpoint
 //! scenario's backends); without it, the path is the same as before the option existed.
+//! A gRPC request (by its `content-type`) is read whole and answered as a unary call:
+//! one message of the same 1024 bytes behind gRPC's prefix, then `grpc-status: 0`
+//! ([`crate::grpc`]).
 
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Request, Response};
-use http_body_util::Full;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -60,8 +63,28 @@ pub async fn serve(listen: SocketAddr, delay: Duration) -> anyhow::Result<()> {
     }
 }
 
-async fn respond(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(&BODY)));
+async fn respond(req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
+    if crate::grpc::is_grpc(&req) {
+        // A unary call: the request message first, as a gRPC server reads it.
+        if req.into_body().collect().await.is_err() {
+            let mut resp = Response::new(Reply::default());
+            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+            return Ok(resp);
+        }
+        let mut resp = Response::new(Reply {
+            data: Some(grpc_reply()),
+            trailers: Some(crate::grpc::ok_trailers()),
+        });
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/grpc"),
+        );
+        return Ok(resp);
+    }
+    let mut resp = Response::new(Reply {
+        data: Some(Bytes::from_static(&BODY)),
+        trailers: None,
+    });
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, header::HeaderValue::from(BODY_LEN));
     resp.headers_mut().insert(
@@ -69,4 +92,45 @@ async fn respond(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         header::HeaderValue::from_static("application/octet-stream"),
     );
     Ok(resp)
+}
+
+/// The gRPC reply message, made once.
+fn grpc_reply() -> Bytes {
+    static REPLY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    REPLY.get_or_init(|| crate::grpc::message(BODY_LEN)).clone()
+}
+
+/// A response body: one chunk of data, then trailers if any.
+#[derive(Default)]
+struct Reply {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(hyper::body::Frame::data(d)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, &self.trailers) {
+            (Some(d), None) => hyper::body::SizeHint::with_exact(d.len() as u64),
+            (None, None) => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
 }

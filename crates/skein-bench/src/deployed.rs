@@ -16,8 +16,8 @@
 //!   address, port 9981, which the namespaces reach on the bridge's address).
 //!
 //! The application is nginx on both (one worker; HTTP/1.1 on 8080 and HTTP/2 with prior
-//! knowledge on 8081, both answering `200` with the backend's 1024-byte body) and the
-//! TCP sink on 9000. The load tools run inside the client namespace (`nsenter --net`).
+//! knowledge on 8081, both answering `200` with the backend's 1024-byte body), the bench
+//! backend on 8082 for unary gRPC calls (nginx serves none), and the TCP sink on 9000. The load tools run inside the client namespace (`nsenter --net`).
 //! Both shapes need root; [`supported`] says why not otherwise, and the run goes on
 //! without them. The namespaces, veths, bridges and rules made here are removed when the
 //! setup drops, and a run killed before that leaves nothing the next one does not remove
@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 const HTTP_PORT: u16 = 8080;
 /// nginx's HTTP/2 (prior knowledge) port.
 const H2_PORT: u16 = 8081;
+/// The bench backend's port, for gRPC.
+const GRPC_PORT: u16 = 8082;
 
 /// The direct shape's bridge and network (198.18.120.0/24).
 const DIRECT_BRIDGE: &str = "skbench-d";
@@ -204,7 +206,8 @@ impl Drop for DirectNet {
 }
 
 /// Writes the application's nginx config and start script; returns the script's
-/// arguments after `sh`: nginx in the foreground, the TCP sink beside it.
+/// arguments after `sh`: nginx in the foreground, the TCP sink and the gRPC backend
+/// beside it.
 fn app_command(env: &Env, tag: &str) -> anyhow::Result<Vec<String>> {
     let dir = env.dir.path();
     let conf = dir.join(format!("{tag}-nginx.conf"));
@@ -218,8 +221,11 @@ fn app_command(env: &Env, tag: &str) -> anyhow::Result<Vec<String>> {
     let script = dir.join("app.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\n# The application: the TCP sink beside nginx in the foreground.\n\
-         \"$1\" tcp-sink --listen \"0.0.0.0:$2\" &\nexec \"$3\" -p \"$4\" -c \"$5\" -e \"$6\"\n",
+        "#!/bin/sh\n# The application: the TCP sink and the gRPC backend beside nginx in the \
+         foreground.\n\
+         \"$1\" tcp-sink --listen \"0.0.0.0:$2\" &\n\
+         \"$1\" backend --listen \"0.0.0.0:$7\" &\n\
+         exec \"$3\" -p \"$4\" -c \"$5\" -e \"$6\"\n",
     )
     .with_context(|| format!("cannot write {}", script.display()))?;
     let s = |p: &Path| p.display().to_string();
@@ -231,6 +237,7 @@ fn app_command(env: &Env, tag: &str) -> anyhow::Result<Vec<String>> {
         s(dir),
         s(&conf),
         s(&dir.join(format!("{tag}-nginx-error.log"))),
+        GRPC_PORT.to_string(),
     ])
 }
 
@@ -245,7 +252,7 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         .args(app_command(env, "direct-ns")?);
     let log = env.dir.path().join("direct-ns-app.log");
     let mut app = Proc::spawn("direct (namespaces) nginx and sink", cmd, &log)?;
-    for port in [HTTP_PORT, H2_PORT, SINK_PORT] {
+    for port in [HTTP_PORT, H2_PORT, GRPC_PORT, SINK_PORT] {
         setups::wait_listening(&mut app, SocketAddr::new(server, port)).await?;
     }
     Ok(Setup {
@@ -258,6 +265,7 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         ),
         http: SocketAddr::new(server, HTTP_PORT),
         h2: Ok(SocketAddr::new(server, H2_PORT)),
+        grpc: Ok(SocketAddr::new(server, GRPC_PORT)),
         tcp: Ok(SocketAddr::new(server, SINK_PORT)),
         handshake: Err("no hop between proxies".into()),
         proxies: Vec::new(),
@@ -291,6 +299,7 @@ spec:
   ports:
   - {{name: http, port: {HTTP_PORT}, protocol: http}}
   - {{name: h2, port: {H2_PORT}, protocol: http2}}
+  - {{name: grpc, port: {GRPC_PORT}, protocol: grpc}}
   - {{name: sink, port: {SINK_PORT}, protocol: tcp}}
 ---
 apiVersion: skein.dev/v1alpha1
@@ -302,6 +311,11 @@ apiVersion: skein.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {{name: bench-h2}}
 spec: {{targetRef: {{name: bench, port: {H2_PORT}}}, {allow_http}}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: bench-grpc}}
+spec: {{targetRef: {{name: bench, port: {GRPC_PORT}}}, rules: [{{from: [{{service: loadgen}}], to: [{{methods: [POST], paths: ['/bench.Bench/*']}}]}}]}}
 ---
 apiVersion: skein.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -427,6 +441,7 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
     let ports = [
         format!("{HTTP_PORT}/http"),
         format!("{H2_PORT}/http2"),
+        format!("{GRPC_PORT}/grpc"),
         format!("{SINK_PORT}/tcp"),
     ];
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
@@ -447,6 +462,7 @@ pub async fn skein(env: &Env) -> anyhow::Result<Setup> {
         ),
         http: SocketAddr::new(vip, HTTP_PORT),
         h2: Ok(SocketAddr::new(vip, H2_PORT)),
+        grpc: Ok(SocketAddr::new(vip, GRPC_PORT)),
         tcp: Ok(SocketAddr::new(vip, SINK_PORT)),
         handshake: Err("measured on the loopback pairs".into()),
         proxies: vec![client.proxy, server.proxy],
@@ -488,9 +504,9 @@ mod tests {
     fn resources_pin_the_vip_and_allow_each_port() {
         let r = resources();
         let docs = skein_model::parse_documents(&r, "bench").expect("the bench mesh parses");
-        assert_eq!(docs.len(), 5);
+        assert_eq!(docs.len(), 6);
         assert!(r.contains("addresses: [198.19.121.10]"), "{r}");
-        for port in [HTTP_PORT, H2_PORT, SINK_PORT] {
+        for port in [HTTP_PORT, H2_PORT, GRPC_PORT, SINK_PORT] {
             assert!(
                 r.contains(&format!("targetRef: {{name: bench, port: {port}}}")),
                 "{r}"

@@ -6,6 +6,7 @@
 mod backend;
 mod callgrind;
 mod deployed;
+mod grpc;
 mod handshake;
 mod load;
 mod nginx;
@@ -90,6 +91,16 @@ enum Cmd {
         /// How long a refused caller waits before its next request.
         #[arg(long, default_value = "20ms", value_parser = parse_duration)]
         pause: Duration,
+    },
+    /// Makes unary gRPC calls one after another on one HTTP/2 connection, failing unless
+    /// each ends with `grpc-status: 0` and the whole reply; prints JSON {calls}.
+    GrpcCalls {
+        /// Where to call.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// How many calls.
+        #[arg(long, default_value_t = 20)]
+        count: u64,
     },
     /// Accepts TCP connections and discards what they send; closes each at end of stream.
     TcpSink {
@@ -178,6 +189,11 @@ fn main() -> anyhow::Result<()> {
                 pause,
             };
             let report = multi_thread()?.block_on(overload::callers(spec))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::GrpcCalls { addr, count } => {
+            let report = current_thread()?.block_on(grpc::calls(addr, count))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

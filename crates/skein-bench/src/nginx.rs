@@ -81,6 +81,11 @@ pub async fn start(env: &Env) -> anyhow::Result<Setup> {
         ),
         http: SocketAddr::new(a, A_HTTP),
         h2: Ok(SocketAddr::new(a, A_H2)),
+        grpc: Err(
+            "the nginx pair proxies HTTP/1.1 between its instances, and gRPC needs HTTP/2 \
+             end to end (nginx's grpc_pass), which the pair is not set up for"
+                .into(),
+        ),
         handshake: Ok(handshake),
         tcp,
         proxies: vec![na, nb],

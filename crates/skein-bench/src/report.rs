@@ -104,6 +104,8 @@ pub struct Summary {
     pub throughput_rps: Vec<Figure>,
     /// HTTP/2 requests/s.
     pub h2_rps: Vec<Figure>,
+    /// Unary gRPC calls/s.
+    pub grpc_rps: Vec<Figure>,
     /// TCP bulk MB/s.
     pub tcp_mb_per_s: Vec<Figure>,
     /// New connections/s.
@@ -313,6 +315,9 @@ pub fn summarize(results: &[SetupResults]) -> Summary {
         h2_rps: figures(results, |r| {
             (r.h2.iter().map(|x| x.rps).collect(), na(&r.h2_na))
         }),
+        grpc_rps: figures(results, |r| {
+            (r.grpc.iter().map(|x| x.rps).collect(), na(&r.grpc_na))
+        }),
         tcp_mb_per_s: figures(results, |r| {
             (r.tcp.iter().map(|x| x.mb_per_s).collect(), na(&r.tcp_na))
         }),
@@ -474,6 +479,19 @@ fn throughput_tables(o: &mut String, summary: &Summary, p: &Plan) {
             &summary.h2_rps,
         ),
         (
+            format!(
+                "gRPC (unary calls, h2load, {} connections × {} concurrent streams; \
+                 {}-byte request and {}-byte reply messages, each call checked for \
+                 `grpc-status: 0` in the probe)",
+                p.h2_clients,
+                p.h2_streams,
+                crate::grpc::REQUEST_LEN,
+                crate::backend::BODY_LEN
+            ),
+            "calls/s",
+            &summary.grpc_rps,
+        ),
+        (
             "Opaque TCP bulk (one connection)".to_string(),
             "MB/s",
             &summary.tcp_mb_per_s,
@@ -554,6 +572,7 @@ fn headline(o: &mut String, s: &Summary) {
     for (what, figs) in [
         ("HTTP/1.1 max throughput", &s.throughput_rps),
         ("HTTP/2 throughput", &s.h2_rps),
+        ("gRPC throughput", &s.grpc_rps),
         ("TCP bulk throughput", &s.tcp_mb_per_s),
         ("new connections/s", &s.conn_per_s),
     ] {
@@ -740,7 +759,11 @@ fn cost_section(o: &mut String, cost: Option<&TelemetryCost>, title: &str, off: 
 
 fn notes(o: &mut String, s: &Summary) {
     let mut seen = Vec::new();
-    for (what, figs) in [("HTTP/2", &s.h2_rps), ("TCP bulk", &s.tcp_mb_per_s)] {
+    for (what, figs) in [
+        ("HTTP/2", &s.h2_rps),
+        ("gRPC", &s.grpc_rps),
+        ("TCP bulk", &s.tcp_mb_per_s),
+    ] {
         for (name, f) in s.setups.iter().zip(figs.iter()) {
             if let Some(na) = &f.na {
                 seen.push(format!("- n/a — {name}, {what}: {na}"));

@@ -236,17 +236,25 @@ async fn interleaved(
     skein: PathBuf,
     tool: impl Fn(&str, &str) -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<Vec<SetupResults>> {
-    let tools = Tools {
-        me: me.clone(),
-        wrk: tool("wrk", "wrk")?,
-        h2load: tool("h2load", "nghttp2-client")?,
-    };
+    let (wrk, h2load) = (tool("wrk", "wrk")?, tool("h2load", "nghttp2-client")?);
     tool("openssl", "openssl")?;
     let env = Env {
         dir: TempDir::new()?,
-        me,
+        me: me.clone(),
         skein,
         nginx: tool("nginx", "nginx-light")?,
+    };
+    let grpc_message = env.dir.path().join("grpc-request.bin");
+    std::fs::write(
+        &grpc_message,
+        crate::grpc::message(crate::grpc::REQUEST_LEN),
+    )
+    .with_context(|| format!("cannot write {}", grpc_message.display()))?;
+    let tools = Tools {
+        me,
+        wrk,
+        h2load,
+        grpc_message,
     };
     eprintln!(
         "skein-bench: starting setups with skein binary {} (scratch dir {})",

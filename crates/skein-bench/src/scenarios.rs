@@ -68,6 +68,7 @@ impl Plan {
         s.extend([
             Scenario::Throughput,
             Scenario::H2,
+            Scenario::Grpc,
             Scenario::Tcp,
             Scenario::ConnRate,
             Scenario::Handshakes,
@@ -85,6 +86,8 @@ pub enum Scenario {
     Throughput,
     /// HTTP/2: many streams over few connections.
     H2,
+    /// Unary gRPC calls, as many at once as in [`Scenario::H2`].
+    Grpc,
     /// Opaque TCP bulk transfer.
     Tcp,
     /// New connections per second (no keep-alive).
@@ -101,6 +104,7 @@ impl Scenario {
             Scenario::Latency(r) => format!("latency at {r} RPS"),
             Scenario::Throughput => "maximum throughput".into(),
             Scenario::H2 => "HTTP/2 streams".into(),
+            Scenario::Grpc => "gRPC unary calls".into(),
             Scenario::Tcp => "TCP bulk".into(),
             Scenario::ConnRate => "new-connection rate".into(),
             Scenario::Handshakes => "mTLS handshakes".into(),
@@ -127,6 +131,10 @@ pub struct SetupResults {
     pub h2: Vec<H2Report>,
     /// Why there are no HTTP/2 figures, if so.
     pub h2_na: Option<String>,
+    /// h2load runs of unary gRPC calls.
+    pub grpc: Vec<H2Report>,
+    /// Why there are no gRPC figures, if so.
+    pub grpc_na: Option<String>,
     /// tcp-bulk runs.
     pub tcp: Vec<BulkReport>,
     /// Why there are no TCP figures, if so.
@@ -177,6 +185,8 @@ pub struct Tools {
     pub wrk: PathBuf,
     /// `h2load`.
     pub h2load: PathBuf,
+    /// The request message h2load sends in gRPC calls (see [`crate::grpc`]).
+    pub grpc_message: PathBuf,
 }
 
 impl SetupResults {
@@ -197,6 +207,7 @@ impl SetupResults {
             description: setup.description.clone(),
             baseline: setup.kind.baseline().map(|k| k.name().to_string()),
             h2_na: setup.h2.clone().err(),
+            grpc_na: setup.grpc.clone().err(),
             tcp_na: setup.tcp.clone().err(),
             handshake_na: setup.handshake.as_ref().err().cloned(),
             proxies,
@@ -302,7 +313,11 @@ async fn measure(
         },
         Scenario::H2 => match target(&setup.h2) {
             None => (Work::None, "n/a".to_string()),
-            Some(addr) => h2(tools, plan, setup.netns.as_deref(), addr, result).await?,
+            Some(addr) => h2(tools, plan, setup.netns.as_deref(), addr, result, false).await?,
+        },
+        Scenario::Grpc => match target(&setup.grpc) {
+            None => (Work::None, "n/a".to_string()),
+            Some(addr) => h2(tools, plan, setup.netns.as_deref(), addr, result, true).await?,
         },
         Scenario::Tcp => match target(&setup.tcp) {
             None => (Work::None, "n/a".to_string()),
@@ -403,14 +418,15 @@ async fn h2(
     netns: Option<&std::path::Path>,
     addr: std::net::SocketAddr,
     result: &mut SetupResults,
+    grpc: bool,
 ) -> anyhow::Result<(Work, String)> {
     let r = tools::h2load(
         &tools.h2load,
         netns,
         addr,
-        plan.h2_clients,
-        plan.h2_streams,
+        (plan.h2_clients, plan.h2_streams),
         plan.secs,
+        grpc.then_some(tools.grpc_message.as_path()),
     )
     .await?;
     if r.errors > 0 || r.non_2xx > 0 || r.succeeded == 0 {
@@ -423,7 +439,11 @@ async fn h2(
     }
     let line = format!("{:.0} req/s", r.rps);
     let n = r.succeeded;
-    result.h2.push(r);
+    if grpc {
+        result.grpc.push(r);
+    } else {
+        result.h2.push(r);
+    }
     Ok((Work::Requests(n), line))
 }
 

@@ -103,6 +103,10 @@ impl Kind {
     }
 }
 
+/// gRPC calls in a setup's probe, each checked for `grpc-status: 0` (h2load, which
+/// measures, counts HTTP statuses only).
+const GRPC_PROBE_CALLS: u64 = 20;
+
 /// An endpoint a scenario sends to, or why the setup has none for it.
 pub type Target = Result<SocketAddr, String>;
 
@@ -116,6 +120,8 @@ pub struct Setup {
     pub http: SocketAddr,
     /// HTTP/2 (prior knowledge) entry point.
     pub h2: Target,
+    /// Unary gRPC entry point (HTTP/2 with prior knowledge; [`crate::grpc`]).
+    pub grpc: Target,
     /// Opaque TCP entry point.
     pub tcp: Target,
     /// The receiving proxy, for new mutual-TLS connections as its peer would open them
@@ -156,6 +162,11 @@ impl Setup {
                 .await
                 .with_context(|| format!("{name}: HTTP/2 probe to {addr} failed"))?;
         }
+        if let Ok(addr) = self.grpc {
+            crate::grpc::calls(addr, GRPC_PROBE_CALLS)
+                .await
+                .with_context(|| format!("{name}: gRPC probe to {addr} failed"))?;
+        }
         if let Ok(addr) = self.tcp {
             crate::tcp::bulk(addr, 1 << 20, Duration::from_secs(5))
                 .await
@@ -180,6 +191,11 @@ impl Setup {
                 .await
                 .and_then(|r| r.check())
                 .with_context(|| format!("{name}: {version} probe to {addr} failed"))?;
+        }
+        if let Ok(addr) = self.grpc {
+            crate::tools::grpc_calls(me, Some(ns), addr, GRPC_PROBE_CALLS)
+                .await
+                .with_context(|| format!("{name}: gRPC probe to {addr} failed"))?;
         }
         if let Ok(addr) = self.tcp {
             crate::tools::tcp_bulk(me, Some(ns), addr, 1)
@@ -254,6 +270,7 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         description: "load generator → backend".into(),
         http: SocketAddr::new(host, APP_PORT),
         h2: Ok(SocketAddr::new(host, APP_PORT)),
+        grpc: Ok(SocketAddr::new(host, APP_PORT)),
         tcp: Ok(SocketAddr::new(host, SINK_PORT)),
         handshake: Err("no hop between proxies".into()),
         proxies: Vec::new(),
@@ -268,6 +285,7 @@ const ADMIN_PORT: u16 = 4191;
 const UP_HTTP: u16 = 15001;
 const UP_H2: u16 = 15002;
 const UP_TCP: u16 = 15003;
+const UP_GRPC: u16 = 15004;
 
 /// One skein pair: where its parts listen and how its proxies are configured.
 #[derive(Debug, Clone, Copy)]
@@ -426,6 +444,7 @@ pub async fn skein(env: &Env, pair: SkeinPair) -> anyhow::Result<Setup> {
         ),
         http: SocketAddr::new(client, UP_HTTP),
         h2: Ok(SocketAddr::new(client, UP_H2)),
+        grpc: Ok(SocketAddr::new(client, UP_GRPC)),
         tcp: Ok(SocketAddr::new(client, UP_TCP)),
         handshake: Ok(handshake),
         proxies: vec![outbound, inbound],
@@ -491,6 +510,11 @@ metadata: {name: bench-tcp}
 spec: {targetRef: {name: bench-tcp}, rules: [{from: [{service: loadgen}]}]}
 ---
 apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: bench-grpc}
+spec: {targetRef: {name: bench-grpc}, rules: [{from: [{service: loadgen}], to: [{methods: [POST], paths: ['/bench.Bench/*']}]}]}
+---
+apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: bench}
 spec: {selector: {app: bench}, ports: [{name: http, port: 8080, protocol: http}]}
@@ -504,6 +528,11 @@ apiVersion: skein.dev/v1alpha1
 kind: Service
 metadata: {name: bench-tcp}
 spec: {selector: {app: bench}, ports: [{name: sink, port: 9000, protocol: tcp}], serviceAccounts: [bench]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {name: bench-grpc}
+spec: {selector: {app: bench}, ports: [{name: grpc, port: 8080, protocol: grpc}], serviceAccounts: [bench]}
 ";
 
 /// A running `skein control` with the bench's Services applied.
@@ -686,12 +715,13 @@ pub(crate) fn proxy_config(
 
 /// The outbound proxy: one upstream listener per protocol, each naming a service with one
 /// port declared so no detection runs (`bench` HTTP/1.1, `bench-h2` HTTP/2, `bench-tcp`
-/// TCP). The services, their endpoints and identities come from the control plane.
+/// TCP, `bench-grpc` gRPC). The services, their endpoints and identities come from the control plane.
 fn client_config(host: IpAddr, telemetry: TelemetryConfig) -> ProxyConfig {
     let services = [
         ("bench", APP_PORT, UP_HTTP),
         ("bench-h2", APP_PORT, UP_H2),
         ("bench-tcp", SINK_PORT, UP_TCP),
+        ("bench-grpc", APP_PORT, UP_GRPC),
     ];
     let upstreams = services
         .iter()

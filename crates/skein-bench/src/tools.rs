@@ -111,21 +111,33 @@ pub async fn wrk(
 }
 
 /// `h2load -cC -mM -D S`: HTTP/2 with prior knowledge, many streams per connection.
+/// With `grpc` (a file holding one request message), unary gRPC calls instead: each a
+/// POST of that file to [`crate::grpc::PATH`] with gRPC's headers.
 pub async fn h2load(
     h2load: &Path,
     netns: Option<&Path>,
     addr: SocketAddr,
-    clients: u32,
-    streams: u32,
+    (clients, streams): (u32, u32),
     secs: u64,
+    grpc: Option<&Path>,
 ) -> anyhow::Result<H2Report> {
     let mut cmd = command(h2load, netns);
     cmd.arg(format!("-c{clients}"))
         .arg(format!("-m{streams}"))
         .arg("-t1")
         .arg("-D")
-        .arg(secs.to_string())
-        .arg(format!("http://{addr}/"));
+        .arg(secs.to_string());
+    match grpc {
+        Some(message) => {
+            cmd.arg("-d")
+                .arg(message)
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg(format!("http://{addr}{}", crate::grpc::PATH));
+        }
+        None => {
+            cmd.arg(format!("http://{addr}/"));
+        }
+    }
     let text = output(cmd, "h2load", limit(secs)).await?;
     parse_h2load(&text).with_context(|| format!("cannot read h2load's output:\n{text}"))
 }
@@ -165,6 +177,25 @@ pub async fn load(
     }
     let text = output(cmd, "skein-bench load", limit(secs)).await?;
     serde_json::from_str(text.trim()).with_context(|| format!("cannot read load's output: {text}"))
+}
+
+/// This binary's `grpc-calls` subcommand: `count` unary calls to `addr`, each checked
+/// for `grpc-status: 0`.
+pub async fn grpc_calls(
+    me: &Path,
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    count: u64,
+) -> anyhow::Result<()> {
+    let mut cmd = command(me, netns);
+    cmd.arg("grpc-calls")
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--count")
+        .arg(count.to_string());
+    output(cmd, "skein-bench grpc-calls", limit(10))
+        .await
+        .map(|_| ())
 }
 
 /// This binary's `tcp-bulk` subcommand: send for `secs` seconds at most.
