@@ -12,13 +12,16 @@
 
 use anyhow::Context;
 use bytes::Bytes;
+use http::HeaderMap;
 use http::{header, Request, Response};
-use http_body_util::BodyExt;
+use http_body_util::combinators::WithTrailers;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Ready;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -63,28 +66,29 @@ pub async fn serve(listen: SocketAddr, delay: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// A reply: the plain 1024 bytes, or a gRPC message followed by its trailers.
+type Reply =
+    Either<Full<Bytes>, WithTrailers<Full<Bytes>, Ready<Option<Result<HeaderMap, Infallible>>>>>;
+
 async fn respond(req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
     if crate::grpc::is_grpc(&req) {
         // A unary call: the request message first, as a gRPC server reads it.
         if req.into_body().collect().await.is_err() {
-            let mut resp = Response::new(Reply::default());
+            let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
             *resp.status_mut() = http::StatusCode::BAD_REQUEST;
             return Ok(resp);
         }
-        let mut resp = Response::new(Reply {
-            data: Some(grpc_reply()),
-            trailers: Some(crate::grpc::ok_trailers()),
-        });
+        let trailers = std::future::ready(Some(Ok(crate::grpc::ok_trailers())));
+        let mut resp = Response::new(Either::Right(
+            Full::new(grpc_reply()).with_trailers(trailers),
+        ));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/grpc"),
+            header::HeaderValue::from_static(crate::grpc::CONTENT_TYPE),
         );
         return Ok(resp);
     }
-    let mut resp = Response::new(Reply {
-        data: Some(Bytes::from_static(&BODY)),
-        trailers: None,
-    });
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(&BODY))));
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, header::HeaderValue::from(BODY_LEN));
     resp.headers_mut().insert(
@@ -98,39 +102,4 @@ async fn respond(req: Request<Incoming>) -> Result<Response<Reply>, Infallible> 
 fn grpc_reply() -> Bytes {
     static REPLY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     REPLY.get_or_init(|| crate::grpc::message(BODY_LEN)).clone()
-}
-
-/// A response body: one chunk of data, then trailers if any.
-#[derive(Default)]
-struct Reply {
-    data: Option<Bytes>,
-    trailers: Option<http::HeaderMap>,
-}
-
-impl hyper::body::Body for Reply {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        let frame = match self.data.take() {
-            Some(d) => Some(hyper::body::Frame::data(d)),
-            None => self.trailers.take().map(hyper::body::Frame::trailers),
-        };
-        std::task::Poll::Ready(frame.map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match (&self.data, &self.trailers) {
-            (Some(d), None) => hyper::body::SizeHint::with_exact(d.len() as u64),
-            (None, None) => hyper::body::SizeHint::with_exact(0),
-            _ => hyper::body::SizeHint::default(),
-        }
-    }
 }

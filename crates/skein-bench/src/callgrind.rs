@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The pair measured: the skein setup's, under callgrind, on its own addresses.
-const PAIR: SkeinPair = SkeinPair {
+pub(crate) const PAIR: SkeinPair = SkeinPair {
     kind: Kind::Skein,
     label: "skein (callgrind)",
     tag: "cg",

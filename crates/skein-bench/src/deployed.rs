@@ -54,7 +54,7 @@ const SKEIN_NETWORK: &str = "198.18.121.0/24";
 const SKEIN_VIPS: &str = "198.19.121.0/24";
 const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 121, 10);
 /// The control plane's HTTP API address, and its proxy API port on every address.
-const CONTROL_HOST: IpAddr = setups::ip(170);
+pub(crate) const CONTROL_HOST: IpAddr = setups::ip(170);
 const CONTROL_GRPC: u16 = 9981;
 /// How long `skein run` may take until its proxy is ready.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -251,7 +251,11 @@ pub async fn direct(env: &Env) -> anyhow::Result<Setup> {
         .args(["--", "sh"])
         .args(app_command(env, "direct-ns")?);
     let log = env.dir.path().join("direct-ns-app.log");
-    let mut app = Proc::spawn("direct (namespaces) nginx and sink", cmd, &log)?;
+    let mut app = Proc::spawn(
+        "direct (namespaces) nginx, gRPC backend and sink",
+        cmd,
+        &log,
+    )?;
     for port in [HTTP_PORT, H2_PORT, GRPC_PORT, SINK_PORT] {
         setups::wait_listening(&mut app, SocketAddr::new(server, port)).await?;
     }

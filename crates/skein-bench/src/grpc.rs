@@ -13,8 +13,6 @@ use anyhow::{bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,11 +23,16 @@ pub const PATH: &str = "/bench.Bench/Call";
 /// Bytes of the request message (after the prefix).
 pub const REQUEST_LEN: usize = 128;
 
-/// Whether a request is gRPC (its `content-type` says so).
+/// gRPC's content type.
+pub const CONTENT_TYPE: &str = "application/grpc";
+
+/// Whether a request is gRPC: its `content-type` is [`CONTENT_TYPE`], alone or with a
+/// `+format` or parameters (not `application/grpc-web`, which is another protocol).
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .and_then(|v| v.as_bytes().strip_prefix(CONTENT_TYPE.as_bytes()))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 /// One message of `len` bytes behind gRPC's length prefix.
@@ -58,19 +61,16 @@ pub struct CallsReport {
 /// Makes `count` unary calls, one after another on one HTTP/2 connection to `addr`;
 /// fails at the first that does not end with `grpc-status: 0` and the reply message.
 pub async fn calls(addr: SocketAddr, count: u64) -> anyhow::Result<CallsReport> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .with_context(|| format!("connecting to {addr} timed out"))?
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .context("HTTP/2 handshake")?;
-    tokio::spawn(conn);
+    let mut send = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::load::connect_h2::<Full<Bytes>>(addr),
+    )
+    .await
+    .with_context(|| format!("connecting to {addr} timed out"))??;
     let want = 5 + crate::backend::BODY_LEN;
     for n in 1..=count {
         let req = Request::post(format!("http://{addr}{PATH}"))
-            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .header(header::TE, "trailers")
             .body(Full::new(message(REQUEST_LEN)))?;
         let call = async {
@@ -132,6 +132,26 @@ mod tests {
         assert_eq!(made, Some(3));
     }
 
+    #[test]
+    fn grpc_is_told_by_its_content_type_and_grpc_web_is_not_grpc() {
+        let req = |ct: &str| {
+            Request::post("/")
+                .header(header::CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc; charset=utf-8",
+        ] {
+            assert!(is_grpc(&req(yes)), "{yes}");
+        }
+        for no in ["application/grpc-web", "application/json", "text/plain"] {
+            assert!(!is_grpc(&req(no)), "{no}");
+        }
+    }
+
     #[tokio::test]
     async fn a_reply_without_grpc_status_fails_the_call_and_says_why() {
         let listener = tokio::net::TcpListener::bind("127.0.0.198:0")
@@ -145,8 +165,8 @@ mod tests {
                     "not grpc",
                 ))))
             });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), plain)
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), plain)
                 .await;
         });
         let err = calls(addr, 1).await.unwrap_err().to_string();

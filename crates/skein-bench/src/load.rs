@@ -319,7 +319,13 @@ async fn connect_h1(addr: SocketAddr) -> anyhow::Result<Sender1> {
     Ok(send)
 }
 
-async fn connect_h2(addr: SocketAddr) -> anyhow::Result<Sender2> {
+/// An HTTP/2 connection (prior knowledge) to `addr`, its driver spawned.
+pub(crate) async fn connect_h2<B>(addr: SocketAddr) -> anyhow::Result<http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (send, conn) = http2::handshake(TokioExecutor::new(), tcp(addr).await?)
         .await
         .context("HTTP/2 handshake")?;

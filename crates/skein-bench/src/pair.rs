@@ -9,12 +9,11 @@
 //! `perf record -p` or `strace -c -p` while a load generator runs; Ctrl-C (or SIGTERM)
 //! stops every process it started and removes its scratch directory.
 
-use crate::procs::TempDir;
 use crate::setups::{self, ip, Env, Kind, SkeinPair};
 use anyhow::Context;
 
 /// The pair held up: the skein setup's, on its own addresses.
-const PAIR: SkeinPair = SkeinPair {
+pub(crate) const PAIR: SkeinPair = SkeinPair {
     kind: Kind::Skein,
     label: "skein (pair)",
     tag: "pair",
@@ -29,12 +28,8 @@ const PAIR: SkeinPair = SkeinPair {
 /// Starts the pair, prints its addresses and process ids, and waits for Ctrl-C.
 pub async fn hold() -> anyhow::Result<()> {
     let root = crate::run::workspace_root()?;
-    let env = Env {
-        dir: TempDir::new()?,
-        me: std::env::current_exe().context("cannot find this binary's path")?,
-        skein: crate::run::skein_binary(&root)?,
-        nginx: setups::find_tool("nginx").unwrap_or_default(),
-    };
+    let me = std::env::current_exe().context("cannot find this binary's path")?;
+    let env = Env::scratch(&me, &crate::run::skein_binary(&root)?)?;
     eprintln!(
         "skein-bench: starting the skein pair with {} (scratch dir {})",
         env.skein.display(),
@@ -45,6 +40,9 @@ pub async fn hold() -> anyhow::Result<()> {
     println!("HTTP/1.1   http://{}/  (Host: bench)", setup.http);
     if let Ok(h2) = &setup.h2 {
         println!("HTTP/2     http://{h2}/  (prior knowledge)");
+    }
+    if let Ok(grpc) = &setup.grpc {
+        println!("gRPC       http://{grpc}/bench.Bench/Call  (unary, prior knowledge)");
     }
     if let Ok(tcp) = &setup.tcp {
         println!("opaque TCP {tcp}  (a sink that discards)");

@@ -189,13 +189,7 @@ pub fn skein_binary(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Instructions per request through each proxy, in a scratch directory of its own.
 async fn count_instructions(me: &Path, skein: &Path, quick: bool) -> anyhow::Result<Callgrind> {
-    let env = Env {
-        dir: TempDir::new()?,
-        me: me.to_path_buf(),
-        skein: skein.to_path_buf(),
-        nginx: find_tool("nginx").unwrap_or_default(),
-    };
-    crate::callgrind::run(&env, quick).await
+    crate::callgrind::run(&Env::scratch(me, skein)?, quick).await
 }
 
 /// Whether the deployed shape runs: `Err` with the reason it does not (an error when it

@@ -58,6 +58,19 @@ pub struct Env {
     pub nginx: PathBuf,
 }
 
+impl Env {
+    /// A scratch directory of its own, for a run that starts one skein pair (nginx only
+    /// if installed).
+    pub fn scratch(me: &Path, skein: &Path) -> anyhow::Result<Env> {
+        Ok(Env {
+            dir: TempDir::new()?,
+            me: me.to_path_buf(),
+            skein: skein.to_path_buf(),
+            nginx: find_tool("nginx").unwrap_or_default(),
+        })
+    }
+}
+
 /// Which setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -911,12 +924,19 @@ mod tests {
 
     #[test]
     fn setups_use_distinct_addresses() {
-        // direct, the nginx pair (A, B), the slow-endpoint and overload scenarios and both
-        // skein pairs.
-        let mut hosts = vec![ip(150), ip(153), ip(154)];
+        // direct, the nginx pair (A, B), the slow-endpoint and overload scenarios, the
+        // skein pairs, the callgrind pair, `skein-bench pair`'s and the deployed shape's
+        // control plane.
+        let mut hosts = vec![ip(150), ip(153), ip(154), crate::deployed::CONTROL_HOST];
         hosts.extend(crate::slow::HOSTS);
         hosts.extend(crate::overload::HOSTS);
-        for pair in [SKEIN, SKEIN_TELEMETRY_OFF, SKEIN_TRACING_OFF] {
+        for pair in [
+            SKEIN,
+            SKEIN_TELEMETRY_OFF,
+            SKEIN_TRACING_OFF,
+            crate::callgrind::PAIR,
+            crate::pair::PAIR,
+        ] {
             hosts.extend([pair.outbound, pair.inbound, pair.control]);
         }
         let n = hosts.len();

@@ -131,7 +131,9 @@ pub async fn h2load(
         Some(message) => {
             cmd.arg("-d")
                 .arg(message)
-                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg("-H")
+                .arg(format!("content-type: {}", crate::grpc::CONTENT_TYPE))
+                .args(["-H", "te: trailers"])
                 .arg(format!("http://{addr}{}", crate::grpc::PATH));
         }
         None => {

@@ -206,6 +206,15 @@ mod tests {
             let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
             assert_eq!(names, ["x-kept", "accept"], "{name}");
         }
+        // A header named in `Connection`, with no other hop-by-hop header present.
+        let mut h = map(&[
+            ("connection", "x-private"),
+            ("x-private", "1"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
         let mut h = map(&[("x-kept", "1"), ("accept", "*/*"), ("host", "a")]);
         let before = h.clone();
         strip_hop_by_hop(&mut h);
