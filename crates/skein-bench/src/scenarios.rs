@@ -437,7 +437,7 @@ async fn h2(
             r.non_2xx
         );
     }
-    let line = format!("{:.0} req/s", r.rps);
+    let line = format!("{:.0} {}/s", r.rps, if grpc { "calls" } else { "req" });
     let n = r.succeeded;
     if grpc {
         result.grpc.push(r);
