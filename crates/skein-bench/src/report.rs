@@ -8,6 +8,21 @@ use crate::slow::SlowEndpoint;
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// The scenarios with processes of their own, run beside the setups or alone (`--only`);
+/// `None` for each that did not run. In the JSON, each is a top-level key.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Extras<'a> {
+    /// Peak-EWMA against round robin ([`crate::slow`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_endpoint: Option<&'a SlowEndpoint>,
+    /// Callers against a concurrency limit ([`crate::overload`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overload: Option<&'a crate::overload::Overload>,
+    /// Instructions per request ([`crate::callgrind`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callgrind: Option<&'a crate::callgrind::Callgrind>,
+}
+
 /// Where and how the run happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta {
@@ -386,9 +401,7 @@ pub fn markdown(
     meta: &Meta,
     summary: &Summary,
     results: &[SetupResults],
-    slow: Option<&SlowEndpoint>,
-    overload: Option<&crate::overload::Overload>,
-    callgrind: Option<&crate::callgrind::Callgrind>,
+    extras: Extras<'_>,
     json_path: &str,
 ) -> String {
     let mut o = String::new();
@@ -447,13 +460,13 @@ pub fn markdown(
             Kind::SkeinNs.name()
         );
     }
-    if let Some(slow) = slow {
+    if let Some(slow) = extras.slow_endpoint {
         crate::slow::markdown(&mut o, slow);
     }
-    if let Some(overload) = overload {
+    if let Some(overload) = extras.overload {
         crate::overload::markdown(&mut o, overload);
     }
-    if let Some(callgrind) = callgrind {
+    if let Some(callgrind) = extras.callgrind {
         crate::callgrind::markdown(&mut o, callgrind);
     }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");

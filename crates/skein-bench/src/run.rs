@@ -10,12 +10,12 @@
 
 use crate::callgrind::Callgrind;
 use crate::nginx;
-use crate::overload::{self, Overload};
+use crate::overload;
 use crate::procs::TempDir;
-use crate::report::{self, Meta};
+use crate::report::{self, Extras, Meta};
 use crate::scenarios::{self, Plan, SetupResults, Tools};
 use crate::setups::{self, find_tool, Env, Kind, Setup};
-use crate::slow::{self, SlowEndpoint};
+use crate::slow;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::io::Write as _;
@@ -58,12 +58,8 @@ struct Document<'a> {
     meta: &'a Meta,
     summary: &'a report::Summary,
     setups: &'a [SetupResults],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slow_endpoint: Option<&'a SlowEndpoint>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    overload: Option<&'a Overload>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    callgrind: Option<&'a Callgrind>,
+    #[serde(flatten)]
+    extras: Extras<'a>,
 }
 
 /// Runs the whole benchmark.
@@ -91,8 +87,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let report = Report {
             plan,
             results: &[],
-            scenarios: (None, None),
-            callgrind: Some(&counted),
+            extras: Extras {
+                callgrind: Some(&counted),
+                ..Extras::default()
+            },
             deployed_na: None,
         };
         return write_report(&root, &args, report, started);
@@ -156,7 +154,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Some(count_instructions(&me, &skein, false).await?)
     };
-    let scenarios = (slow.as_ref(), overload.as_ref());
     let deployed_na = match (args.only, deployed) {
         (None, Err(why)) => Some(why),
         _ => None,
@@ -164,8 +161,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let report = Report {
         plan,
         results: &results,
-        scenarios,
-        callgrind: callgrind.as_ref(),
+        extras: Extras {
+            slow_endpoint: slow.as_ref(),
+            overload: overload.as_ref(),
+            callgrind: callgrind.as_ref(),
+        },
         deployed_na,
     };
     write_report(&root, &args, report, started)
@@ -371,8 +371,7 @@ fn log_tails(setups: &[Setup]) -> Option<String> {
 struct Report<'a> {
     plan: Plan,
     results: &'a [SetupResults],
-    scenarios: (Option<&'a SlowEndpoint>, Option<&'a Overload>),
-    callgrind: Option<&'a Callgrind>,
+    extras: Extras<'a>,
     /// Why the deployed shape did not run, when it was meant to.
     deployed_na: Option<String>,
 }
@@ -386,8 +385,7 @@ fn write_report(
     let Report {
         plan,
         results,
-        scenarios: (slow, overload),
-        callgrind,
+        extras,
         deployed_na,
     } = report;
     let (date, stamp) = report::utc_now();
@@ -415,15 +413,13 @@ fn write_report(
         meta: &meta,
         summary: &summary,
         setups: results,
-        slow_endpoint: slow,
-        overload,
-        callgrind,
+        extras,
     };
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let shown = json_path.strip_prefix(root).unwrap_or(&json_path);
     let shown = shown.display().to_string();
-    let md = report::markdown(&meta, &summary, results, slow, overload, callgrind, &shown);
+    let md = report::markdown(&meta, &summary, results, extras, &shown);
     println!("{md}");
     if !args.no_append {
         let path = root.join("docs/BENCHMARKS.md");

@@ -593,15 +593,11 @@ mod tests {
             deployed_na: None,
             proxy_workers: None,
         };
-        let md = markdown(
-            &meta,
-            &summarize(&[]),
-            &[],
-            Some(&slow),
-            None,
-            None,
-            "x.json",
-        );
+        let extras = crate::report::Extras {
+            slow_endpoint: Some(&slow),
+            ..Default::default()
+        };
+        let md = markdown(&meta, &summarize(&[]), &[], extras, "x.json");
         assert!(!md.contains("### Headline"), "{md}");
         assert!(!md.contains("mTLS"), "{md}");
         assert!(md.contains("one endpoint 10× slower"), "{md}");
