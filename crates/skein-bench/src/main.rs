@@ -14,6 +14,7 @@ mod overload;
 mod pair;
 mod procs;
 mod report;
+mod resumption;
 mod run;
 mod scenarios;
 mod setups;
@@ -120,6 +121,13 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Measures, in this process, full against resumed mutual-TLS handshakes with the
+    /// mesh's own configurations; prints JSON (CPU µs and bytes per handshake).
+    Resumption {
+        /// Handshakes of each kind (rounded up to a whole block of 50).
+        #[arg(long, default_value_t = 1000)]
+        handshakes: u64,
+    },
     /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
     /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
     /// and the proxies' process ids: for profiling by hand (perf, strace).
@@ -204,6 +212,11 @@ fn main() -> anyhow::Result<()> {
             duration,
         } => {
             let report = current_thread()?.block_on(tcp::bulk(addr, bytes, duration))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Resumption { handshakes } => {
+            let report = resumption::run(handshakes)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -21,6 +21,9 @@ pub struct Extras<'a> {
     /// Instructions per request ([`crate::callgrind`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callgrind: Option<&'a crate::callgrind::Callgrind>,
+    /// Full against resumed TLS handshakes ([`crate::resumption`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumption: Option<&'a crate::resumption::Resumption>,
 }
 
 /// Where and how the run happened.
@@ -468,6 +471,9 @@ pub fn markdown(
     }
     if let Some(callgrind) = extras.callgrind {
         crate::callgrind::markdown(&mut o, callgrind);
+    }
+    if let Some(resumption) = extras.resumption {
+        crate::resumption::markdown(&mut o, resumption);
     }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o

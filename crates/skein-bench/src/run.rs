@@ -51,6 +51,9 @@ pub enum Only {
     /// Instructions per request through each proxy under callgrind
     /// ([`crate::callgrind`]); no other setup starts.
     Callgrind,
+    /// Full against resumed mutual-TLS handshakes, in this process
+    /// ([`crate::resumption`]); nothing starts.
+    Resumption,
 }
 
 #[derive(Serialize)]
@@ -71,6 +74,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             format!("{name} not found: install Debian's {package} (bench/run does when root)")
         })
     };
+    if args.only == Some(Only::Resumption) {
+        let measured = resumption(args.quick)?;
+        let report = Report {
+            plan: Plan::new(args.quick),
+            results: &[],
+            extras: Extras {
+                resumption: Some(&measured),
+                ..Extras::default()
+            },
+            deployed_na: None,
+        };
+        return write_report(&root, &args, report, started);
+    }
     let me = std::env::current_exe().context("cannot find this binary's path")?;
     let skein = skein_binary(&root)?;
     let mut plan = Plan::new(args.quick);
@@ -154,6 +170,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Some(count_instructions(&me, &skein, false).await?)
     };
+    let resumption = match args.only {
+        None => Some(resumption(args.quick)?),
+        Some(_) => None,
+    };
     let deployed_na = match (args.only, deployed) {
         (None, Err(why)) => Some(why),
         _ => None,
@@ -165,6 +185,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             slow_endpoint: slow.as_ref(),
             overload: overload.as_ref(),
             callgrind: callgrind.as_ref(),
+            resumption: resumption.as_ref(),
         },
         deployed_na,
     };
@@ -185,6 +206,13 @@ pub fn skein_binary(root: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(skein)
+}
+
+/// Full against resumed handshakes: 200 of each kind in a quick run, 3,000 otherwise.
+fn resumption(quick: bool) -> anyhow::Result<crate::resumption::Resumption> {
+    let n = if quick { 200 } else { 3_000 };
+    eprintln!("skein-bench: session resumption ({n} handshakes of each kind, in process)");
+    crate::resumption::run(n)
 }
 
 /// Instructions per request through each proxy, in a scratch directory of its own.
@@ -441,6 +469,7 @@ fn command(args: &RunArgs) -> String {
         Some(Only::Overload) => c.push_str(" --only overload"),
         Some(Only::Deployed) => c.push_str(" --only deployed"),
         Some(Only::Callgrind) => c.push_str(" --only callgrind"),
+        Some(Only::Resumption) => c.push_str(" --only resumption"),
         None => {}
     }
     c
