@@ -14,6 +14,7 @@ pub mod policy_check;
 pub mod registrar;
 pub mod registry;
 pub mod replicas;
+pub mod routes;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

@@ -190,8 +190,9 @@ impl Registry {
             }
         }
         self.allocate_addresses(&resources, &service_cidrs, &mut state.services);
-        // Attach each HTTPRoute to the services it names as parents (resources are
-        // iterated in key order, so routes come sorted by namespace and name).
+        // Attach each HTTPRoute to the services it names as parents, producer and consumer
+        // routes alike: each caller's snapshot takes those that apply to it, in order
+        // (`crate::routes`).
         for resource in resources.values() {
             let Resource::HttpRoute(route) = resource else {
                 continue;
@@ -232,11 +233,15 @@ impl Registry {
                     .iter_mut()
                     .find(|s| s.name == parent.name && &s.namespace == ns);
                 if let Some(service) = service {
-                    service.routes.push(skein_model::DestinationRoute {
-                        name: format!("{route_ns}/{}", route.metadata.name),
-                        port: parent.port,
-                        hostnames: route.spec.hostnames.clone(),
-                        rules: rules.clone(),
+                    service.routes.push(crate::routes::AttachedRoute {
+                        namespace: route_ns.clone(),
+                        created: route.metadata.creation_timestamp.clone(),
+                        route: skein_model::DestinationRoute {
+                            name: format!("{route_ns}/{}", route.metadata.name),
+                            port: parent.port,
+                            hostnames: route.spec.hostnames.clone(),
+                            rules: rules.clone(),
+                        },
                     });
                 }
             }

@@ -32,8 +32,9 @@ pub struct ServiceView {
     pub target_ports: BTreeMap<u16, u16>,
     /// Virtual IPs for transparent interception.
     pub addresses: Vec<IpAddr>,
-    /// HTTPRoutes whose parent is this service, sorted by name.
-    pub routes: Vec<skein_model::DestinationRoute>,
+    /// HTTPRoutes whose parent is this service, producer and consumer routes alike
+    /// ([`crate::routes`] picks those that apply to each caller).
+    pub routes: Vec<crate::routes::AttachedRoute>,
     /// BackendPolicies targeting this service, sorted by name (one per port at most).
     pub policies: Vec<skein_model::DestinationPolicy>,
 }
@@ -177,7 +178,11 @@ pub fn snapshot_for(
                     .collect(),
                 addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
                 endpoints,
-                routes: skein_api::convert::routes_to_wire(&s.routes),
+                routes: skein_api::convert::routes_to_wire(&crate::routes::for_caller(
+                    &s.namespace,
+                    &s.routes,
+                    &me.namespace,
+                )),
                 policies: skein_api::convert::policies_to_wire(&s.policies),
                 identities: s.identities(trust_domain),
             }
@@ -575,5 +580,39 @@ mod tests {
         );
         assert_eq!(one, two);
         assert_eq!(one.destinations[0].service, "a");
+    }
+
+    #[test]
+    fn each_caller_gets_the_routes_that_apply_to_its_namespace() {
+        let attached = |ns: &str, name: &str| crate::routes::AttachedRoute {
+            namespace: ns.into(),
+            created: None,
+            route: skein_model::DestinationRoute {
+                name: format!("{ns}/{name}"),
+                port: None,
+                hostnames: Vec::new(),
+                rules: serde_yaml_ng::from_str("[{backendRefs: [{name: web}]}]").unwrap(),
+            },
+        };
+        let mut web = service("web", "web", 8080, Protocol::Http);
+        web.routes = vec![
+            attached("default", "producer"),
+            attached("fast", "consumer"),
+        ];
+        let services = [web];
+        let route_names = |me: &WorkloadView| -> Vec<String> {
+            let snap = snapshot_for(me, &services, &[], "skein.local", &DenyList::default());
+            snap.destinations[0]
+                .routes
+                .iter()
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        let mut caller = workload("caller-1", "caller", 20);
+        assert_eq!(route_names(&caller), ["default/producer"]);
+        caller.namespace = "fast".into();
+        assert_eq!(route_names(&caller), ["fast/consumer"]);
+        caller.namespace = "slow".into();
+        assert_eq!(route_names(&caller), ["default/producer"]);
     }
 }

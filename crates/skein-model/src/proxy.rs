@@ -402,7 +402,8 @@ pub struct DestinationRoute {
     /// (`*.` wildcard: any subdomain); default any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    /// Gateway API rules, in order; the first whose match fits the request wins.
+    /// Gateway API rules: the most specific fitting match wins, the order written breaks
+    /// ties (as the order of `routes` does between routes).
     pub rules: Vec<crate::resource::RouteRule>,
 }
 
@@ -640,8 +641,16 @@ impl ProxyConfig {
         }
         for (i, u) in self.outbound.upstreams.iter().enumerate() {
             let at = format!("outbound.upstreams[{i}]");
-            if !is_dns_label(&u.service) {
-                bad(format!("{at}.service"), u.service.clone(), DNS_LABEL);
+            let named = match u.service.split_once('.') {
+                Some((name, namespace)) => is_dns_label(name) && is_dns_label(namespace),
+                None => is_dns_label(&u.service),
+            };
+            if !named {
+                bad(
+                    format!("{at}.service"),
+                    u.service.clone(),
+                    "a service name, or name.namespace, each a DNS label (lowercase letters, digits and '-', at most 63)",
+                );
             }
             if u.port == 0 {
                 bad(format!("{at}.port"), "0".into(), "1 to 65535");
@@ -829,6 +838,25 @@ telemetry: {summaryInterval: 0ms}
             ]
         );
         assert!(err.to_string().contains("\"Web_1\" is not accepted"));
+    }
+
+    #[test]
+    fn an_upstream_names_its_service_with_or_without_a_namespace() {
+        let with = |service: &str| {
+            format!("{MINIMAL}outbound: {{upstreams: [{{listen: '127.0.0.1:15001', service: '{service}', port: 80}}]}}\n")
+        };
+        for ok in ["api", "api.shop"] {
+            assert!(ProxyConfig::from_yaml(&with(ok), "test").is_ok(), "{ok}");
+        }
+        for bad in ["api.shop.svc", "api.", ".shop", "Api.shop"] {
+            let err = ProxyConfig::from_yaml(&with(bad), "test")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("expected a service name, or name.namespace"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

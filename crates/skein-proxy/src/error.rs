@@ -33,6 +33,34 @@ pub enum ProxyError {
     /// The destination has no endpoints to send to.
     #[error("service {0:?} has no endpoints: start a workload for it or check its selector")]
     NoEndpoints(String),
+    /// HTTPRoutes are attached to the service port, and no rule of theirs matches the
+    /// request.
+    #[error(
+        "no rule of the HTTPRoutes attached to {service} port {port} ({routes}) matches this request: \
+         a Service with routes answers only what they match (Gateway API); add a rule for it, \
+         e.g. one with a PathPrefix / match"
+    )]
+    NoRouteMatched {
+        /// The addressed service.
+        service: String,
+        /// Its port.
+        port: u16,
+        /// The attached routes' `namespace/name`, comma-separated.
+        routes: String,
+    },
+    /// The rule that matched sends the request to a backendRef that cannot be resolved.
+    #[error(
+        "HTTPRoute {route} rule {rule} matched, but {why}: the request was not sent \
+         (Gateway API answers 500 for a backendRef that cannot be resolved); fix the rule's backendRefs"
+    )]
+    BackendUnresolved {
+        /// The HTTPRoute's `namespace/name`.
+        route: String,
+        /// The rule's index.
+        rule: usize,
+        /// What cannot be resolved.
+        why: String,
+    },
     /// The request has no authority to route by.
     #[error("request has no Host header or authority to route by; send `Host: service[:port]`")]
     NoAuthority,
@@ -188,6 +216,8 @@ impl ProxyError {
         use http::StatusCode as S;
         match self {
             ProxyError::UnknownService(_) | ProxyError::UnknownPort { .. } => S::BAD_GATEWAY,
+            ProxyError::NoRouteMatched { .. } => S::NOT_FOUND,
+            ProxyError::BackendUnresolved { .. } => S::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints(_)
             | ProxyError::ShuttingDown
             | ProxyError::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
@@ -229,6 +259,8 @@ impl ProxyError {
             ProxyError::UnknownService(_) => "unknown_service",
             ProxyError::UnknownPort { .. } => "unknown_port",
             ProxyError::NoEndpoints(_) => "no_endpoints",
+            ProxyError::NoRouteMatched { .. } => "no_route",
+            ProxyError::BackendUnresolved { .. } => "backend_unresolved",
             ProxyError::NoAuthority => "no_authority",
             ProxyError::Connect { .. } => "connect",
             ProxyError::Upstream { .. } => "upstream",
@@ -250,10 +282,12 @@ impl ProxyError {
 
     /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
     /// without trusting its text as a label.
-    pub const REASONS: [&'static str; 19] = [
+    pub const REASONS: [&'static str; 21] = [
         "unknown_service",
         "unknown_port",
         "no_endpoints",
+        "no_route",
+        "backend_unresolved",
         "no_authority",
         "connect",
         "upstream",

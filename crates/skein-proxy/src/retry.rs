@@ -47,6 +47,15 @@ pub fn should_retry(retry: &RouteRetry, tries: u32, outcome: Outcome) -> bool {
     }
 }
 
+/// Whether the peer proxy answered for itself that the request reached no application:
+/// `502` because it could not connect to its application, or `503` because it is
+/// shutting down (the `skein-error` reason `reason`). Only proxies set `skein-error`:
+/// the peer's inbound side strips it from what its application answers, so an
+/// application cannot make a request it handled look unsent.
+pub fn unsent_by_peer(status: u16, reason: &str) -> bool {
+    matches!((status, reason), (502, "connect") | (503, "shutting_down"))
+}
+
 /// Whether a request whose body has this size hint (and end-of-stream flag) can be held
 /// whole before it is sent (for a mirror).
 pub fn replayable(end_of_stream: bool, exact_len: Option<u64>) -> bool {
@@ -183,6 +192,22 @@ mod tests {
         assert!(
             !should_retry(&retry(0, &[503]), 1, Outcome::Status(503)),
             "0 disables"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_reached_no_application_says_so_in_its_reason() {
+        assert!(unsent_by_peer(502, "connect"));
+        assert!(unsent_by_peer(503, "shutting_down"));
+        assert!(
+            !unsent_by_peer(502, "upstream"),
+            "the application may have seen it"
+        );
+        assert!(!unsent_by_peer(502, ""), "an application's own 502");
+        assert!(!unsent_by_peer(504, "timeout"));
+        assert!(
+            !unsent_by_peer(503, "connect"),
+            "not what a peer answers for connect"
         );
     }
 

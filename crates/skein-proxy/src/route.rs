@@ -1,5 +1,5 @@
-//! HTTP route selection (Gateway API HTTPRoute semantics, pure): the first rule with a
-//! match that fits the request wins, then a backend is chosen by weight.
+//! HTTP route selection (Gateway API HTTPRoute semantics, pure): of every rule's matches
+//! that fit a request, the most specific wins, then a backend is chosen by weight.
 //!
 //! Matching: path `Exact`, `PathPrefix` (on `/` boundaries: `/menu` matches `/menu`,
 //! `/menu/` and `/menu/1`, not `/menus`) or `RegularExpression`; headers (names
@@ -8,7 +8,20 @@
 //! use RE2 syntax (linear-time, no back-references), match the whole path or value, and
 //! are compiled once per configuration with a size limit
 //! ([`skein_model::resource::compile_regex`]). All conditions of one match must hold;
-//! any match of a rule selects it; a rule with no match it can read never applies.
+//! a rule with no match it can read never applies.
+//!
+//! Precedence, as the Gateway API orders it across every rule of every route that
+//! applies: a route whose matching hostname is longer (an exact name before a
+//! wildcard); then an `Exact` path, then a `RegularExpression` path (longer pattern
+//! first; the spec leaves regular expressions to the implementation, and this is
+//! linkerd's and Envoy Gateway's order), then a `PathPrefix` (longer first); then a
+//! method match; then more header matches; then more query-parameter matches; then more
+//! cookie matches (a Skein extension). Ties go to the route listed first (the control
+//! plane lists the oldest first, then by `namespace/name`), then to the rule listed first
+//! in it. [`Specificity`] is that order; the table sorts every match by it once, so a
+//! request is checked against the most specific match first and stops at the first that
+//! fits (unless some route names hostnames, when a later fit with a longer hostname can
+//! still win).
 
 use http::HeaderName;
 use regex::Regex;
@@ -17,10 +30,15 @@ use skein_model::resource::{
 };
 use skein_model::DestinationRoute;
 
-/// A destination's HTTPRoutes compiled for matching (same order as the routes).
+/// A destination's HTTPRoutes compiled for matching.
 #[derive(Debug, Default)]
 pub struct Table {
+    /// In the order given: the order that breaks ties.
     routes: Vec<CompiledRoute>,
+    /// Every match of every rule, most specific first; ties in route, rule and match order.
+    order: Vec<Candidate>,
+    /// Whether any route names hostnames (then a fit's hostname can outrank its path).
+    hostnames: bool,
 }
 
 #[derive(Debug)]
@@ -28,8 +46,60 @@ struct CompiledRoute {
     port: Option<u16>,
     /// Lower-cased; empty: any host.
     hostnames: Vec<String>,
-    /// Per rule, its matches.
-    rules: Vec<Vec<Matcher>>,
+}
+
+/// One match of one rule, where it is written.
+#[derive(Debug)]
+struct Candidate {
+    route: usize,
+    rule: usize,
+    matched: usize,
+    matcher: Matcher,
+}
+
+/// How specific a match is; the greater wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    /// The path condition.
+    pub path: PathRank,
+    /// Whether it names a method.
+    pub method: bool,
+    /// How many header conditions.
+    pub headers: usize,
+    /// How many query-parameter conditions.
+    pub query: usize,
+    /// How many cookie conditions.
+    pub cookies: usize,
+}
+
+/// A path condition's rank: a prefix below any regular expression, below any exact path;
+/// among prefixes and among regular expressions, the longer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathRank {
+    /// `PathPrefix`, by its length without a trailing `/`.
+    Prefix(usize),
+    /// `RegularExpression`, by the pattern's length.
+    Regex(usize),
+    /// `Exact`.
+    Exact,
+}
+
+impl Specificity {
+    /// The rank of `m`.
+    pub fn of(m: &RouteMatch) -> Specificity {
+        let value = &m.path.value;
+        Specificity {
+            path: match m.path.kind {
+                PathMatchType::Exact => PathRank::Exact,
+                PathMatchType::RegularExpression => PathRank::Regex(value.len()),
+                PathMatchType::PathPrefix => PathRank::Prefix(value.trim_end_matches('/').len()),
+            },
+            method: m.method.is_some(),
+            headers: m.headers.len(),
+            query: m.query_params.len(),
+            cookies: m.cookies.len(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -135,25 +205,56 @@ impl Matcher {
 }
 
 impl Table {
-    /// Compiles `routes`.
+    /// Compiles `routes`, whose order breaks ties between equally specific matches.
     pub fn new(routes: &[DestinationRoute]) -> Table {
+        let mut order: Vec<(Specificity, Candidate)> = routes
+            .iter()
+            .enumerate()
+            .flat_map(|(route, r)| {
+                r.rules.iter().enumerate().flat_map(move |(rule, spec)| {
+                    spec.matches.iter().enumerate().map(move |(matched, m)| {
+                        let candidate = Candidate {
+                            route,
+                            rule,
+                            matched,
+                            matcher: Matcher::new(m),
+                        };
+                        (Specificity::of(m), candidate)
+                    })
+                })
+            })
+            .collect();
+        // Stable: equal specificity keeps route, rule and match order.
+        order.sort_by_key(|c| std::cmp::Reverse(c.0));
         Table {
             routes: routes
                 .iter()
                 .map(|r| CompiledRoute {
                     port: r.port,
                     hostnames: r.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                    rules: r
-                        .rules
-                        .iter()
-                        .map(|rule| rule.matches.iter().map(Matcher::new).collect())
-                        .collect(),
                 })
                 .collect(),
+            order: order.into_iter().map(|(_, c)| c).collect(),
+            hostnames: routes.iter().any(|r| !r.hostnames.is_empty()),
         }
     }
 
-    /// The first rule (its route's index and its own) that handles a request to `port`.
+    /// Whether any route applies to `req` on `port` (its port, and its hostnames if it
+    /// names any): then a request none of their rules matches is refused (404), as the
+    /// Gateway API asks of a mesh, rather than passed to the service.
+    pub fn attached<B>(&self, port: u16, req: &http::Request<B>) -> bool {
+        let host = if self.hostnames {
+            request_host(req)
+        } else {
+            None
+        };
+        self.routes.iter().any(|r| {
+            r.port.is_none_or(|p| p == port) && host_rank(&r.hostnames, host.as_deref()).is_some()
+        })
+    }
+
+    /// The rule (its route's index and its own) that handles a request to `port`: the
+    /// most specific fitting match's.
     pub fn select<B>(&self, port: u16, req: &http::Request<B>) -> Option<(usize, usize)> {
         self.select_match(port, req)
             .map(|(route, rule, _)| (route, rule))
@@ -165,22 +266,52 @@ impl Table {
         port: u16,
         req: &http::Request<B>,
     ) -> Option<(usize, usize, usize)> {
-        let host = request_host(req);
-        self.routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.port.is_none_or(|p| p == port))
-            .filter(|(_, r)| {
-                r.hostnames.is_empty()
-                    || host.as_deref().is_some_and(|h| host_fits(&r.hostnames, h))
-            })
-            .find_map(|(route, r)| {
-                r.rules.iter().enumerate().find_map(|(rule, matches)| {
-                    let m = matches.iter().position(|m| m.fits(req))?;
-                    Some((route, rule, m))
-                })
-            })
+        let host = if self.hostnames {
+            request_host(req)
+        } else {
+            None
+        };
+        let mut best: Option<(HostRank, &Candidate)> = None;
+        for c in &self.order {
+            let route = &self.routes[c.route];
+            if route.port.is_some_and(|p| p != port) {
+                continue;
+            }
+            let Some(rank) = host_rank(&route.hostnames, host.as_deref()) else {
+                continue;
+            };
+            // Everything after the best so far is no more specific in its path and
+            // conditions: only a longer hostname can still win.
+            if best.is_some_and(|(b, _)| rank <= b) || !c.matcher.fits(req) {
+                continue;
+            }
+            best = Some((rank, c));
+            if !self.hostnames {
+                break;
+            }
+        }
+        best.map(|(_, c)| (c.route, c.rule, c.matched))
     }
+}
+
+/// How well a route's hostnames name a request's host: characters of a matching exact
+/// name, then of any matching name; `(0, 0)` for a route with no hostnames.
+type HostRank = (usize, usize);
+
+/// The route's [`HostRank`] for `host`, or `None` when it names hostnames and none fits.
+fn host_rank(hostnames: &[String], host: Option<&str>) -> Option<HostRank> {
+    if hostnames.is_empty() {
+        return Some((0, 0));
+    }
+    let host = host?;
+    hostnames
+        .iter()
+        .filter(|h| host_fits(h, host))
+        .map(|h| {
+            let exact = if h.starts_with("*.") { 0 } else { h.len() };
+            (exact, h.len())
+        })
+        .max()
 }
 
 /// The host a request names (its URI's authority, else its `Host` header), without
@@ -205,15 +336,15 @@ fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, str>> 
     })
 }
 
-/// Whether `host` is one of `hostnames`: equal, or under a `*.` wildcard (any number of
+/// Whether `host` is named by `hostname`: equal, or under a `*.` wildcard (any number of
 /// labels in its place, at least one).
-fn host_fits(hostnames: &[String], host: &str) -> bool {
-    hostnames.iter().any(|h| match h.strip_prefix("*.") {
+fn host_fits(hostname: &str, host: &str) -> bool {
+    match hostname.strip_prefix("*.") {
         Some(suffix) => host
             .strip_suffix(suffix)
             .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-        None => h == host,
-    })
+        None => hostname == host,
+    }
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers.
@@ -309,12 +440,18 @@ mod tests {
     }
 
     #[test]
-    fn first_matching_rule_wins() {
+    fn a_rule_applies_when_one_of_its_matches_fits() {
         let routes = rules(ROUTES);
-        let canary = req("GET", "/menu", &[("x-canary", "true")]);
+        let canary = req("GET", "/", &[("x-canary", "true")]);
         assert_eq!(
             backend_of(&routes, 8080, &canary).as_deref(),
             Some("restaurant-v2")
+        );
+        let canary_menu = req("GET", "/menu", &[("x-canary", "true")]);
+        assert_eq!(
+            backend_of(&routes, 8080, &canary_menu).as_deref(),
+            Some("restaurant-v1"),
+            "a longer path prefix outranks a header match"
         );
         let admin = req("POST", "/admin", &[]);
         assert_eq!(backend_of(&routes, 8080, &admin).as_deref(), Some("admin"));
@@ -342,6 +479,174 @@ mod tests {
             backend_of(&routes, 9090, &menu),
             None,
             "route bound to port 8080"
+        );
+    }
+
+    /// The backend of the rule chosen for `GET uri` with `headers`, on port 80.
+    fn chosen(routes: &str, method: &str, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        backend_of(&rules(routes), 80, &req(method, uri, headers))
+    }
+
+    #[test]
+    fn an_exact_path_outranks_any_prefix_and_a_longer_prefix_a_shorter() {
+        // The issue's case: listed first, the catch-all still loses to /v2.
+        let routes = "- rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: root}]
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: v2}]
+  - matches: [{path: {type: PathPrefix, value: /v2/api/}}]
+    backendRefs: [{name: v2-api}]
+  - matches: [{path: {type: Exact, value: /v2}}]
+    backendRefs: [{name: exact}]
+";
+        assert_eq!(chosen(routes, "GET", "/v2", &[]).as_deref(), Some("exact"));
+        assert_eq!(chosen(routes, "GET", "/v2/x", &[]).as_deref(), Some("v2"));
+        assert_eq!(
+            chosen(routes, "GET", "/v2/api/x", &[]).as_deref(),
+            Some("v2-api"),
+            "a trailing slash does not lengthen a prefix, but the longer one wins"
+        );
+        assert_eq!(chosen(routes, "GET", "/v3", &[]).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn a_regular_expression_ranks_between_exact_paths_and_prefixes() {
+        let routes = "- rules:
+  - matches: [{path: {type: PathPrefix, value: /items}}]
+    backendRefs: [{name: prefix}]
+  - matches: [{path: {type: RegularExpression, value: '/items/[0-9]+'}}]
+    backendRefs: [{name: regex}]
+  - matches: [{path: {type: RegularExpression, value: '/items/[0-9]+/?'}}]
+    backendRefs: [{name: longer-regex}]
+  - matches: [{path: {type: Exact, value: /items/42}}]
+    backendRefs: [{name: exact}]
+";
+        assert_eq!(
+            chosen(routes, "GET", "/items/42", &[]).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            chosen(routes, "GET", "/items/7", &[]).as_deref(),
+            Some("longer-regex"),
+            "the longer pattern first"
+        );
+        assert_eq!(
+            chosen(routes, "GET", "/items/x", &[]).as_deref(),
+            Some("prefix")
+        );
+    }
+
+    #[test]
+    fn past_the_path_a_method_then_more_headers_then_more_query_params_win() {
+        let routes = "- rules:
+  - matches: [{path: {type: PathPrefix, value: /a}, queryParams: [{name: q, value: '1'}, {name: r, value: '1'}]}]
+    backendRefs: [{name: two-query}]
+  - matches: [{path: {type: PathPrefix, value: /a}, headers: [{name: h, value: '1'}], queryParams: [{name: q, value: '1'}]}]
+    backendRefs: [{name: header-and-query}]
+  - matches: [{path: {type: PathPrefix, value: /a}, headers: [{name: h, value: '1'}, {name: i, value: '1'}]}]
+    backendRefs: [{name: two-headers}]
+  - matches: [{path: {type: PathPrefix, value: /a}, method: GET}]
+    backendRefs: [{name: method}]
+  - matches: [{path: {type: PathPrefix, value: /a}, cookies: [{name: c, value: '1'}]}]
+    backendRefs: [{name: cookie}]
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: path-only}]
+  - matches: [{path: {type: PathPrefix, value: /}, method: GET, headers: [{name: h, value: '1'}]}]
+    backendRefs: [{name: shorter-path}]
+";
+        let all = [("h", "1"), ("i", "1"), ("cookie", "c=1")];
+        let of = |method, uri, headers| chosen(routes, method, uri, headers);
+        assert_eq!(of("GET", "/a?q=1&r=1", &all).as_deref(), Some("method"));
+        assert_eq!(
+            of("POST", "/a?q=1&r=1", &all).as_deref(),
+            Some("two-headers")
+        );
+        assert_eq!(
+            of("POST", "/a?q=1&r=1", &all[..1]).as_deref(),
+            Some("header-and-query"),
+            "one header each: the one with a query match too"
+        );
+        assert_eq!(
+            of("POST", "/a?q=1&r=1", &all[2..]).as_deref(),
+            Some("two-query"),
+            "query params outrank a cookie"
+        );
+        assert_eq!(of("POST", "/a", &all[2..]).as_deref(), Some("cookie"));
+        assert_eq!(of("POST", "/a", &[]).as_deref(), Some("path-only"));
+        assert_eq!(
+            of("GET", "/b", &all).as_deref(),
+            Some("shorter-path"),
+            "method and headers count only past an equal path"
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_route_listed_first_then_the_rule_listed_first() {
+        let routes = "- name: default/older
+  rules:
+  - matches: [{headers: [{name: h, value: '1'}]}]
+    backendRefs: [{name: older-first}]
+  - matches: [{headers: [{name: h, value: '1'}]}]
+    backendRefs: [{name: older-second}]
+- name: default/newer
+  rules:
+  - matches: [{headers: [{name: h, value: '1'}]}, {headers: [{name: i, value: '1'}]}]
+    backendRefs: [{name: newer}]
+";
+        assert_eq!(
+            chosen(routes, "GET", "/", &[("h", "1")]).as_deref(),
+            Some("older-first")
+        );
+        assert_eq!(
+            chosen(routes, "GET", "/", &[("i", "1")]).as_deref(),
+            Some("newer"),
+            "the match that fits, whichever route"
+        );
+        let t = Table::new(&rules(routes));
+        let r = req("GET", "/", &[("i", "1")]);
+        assert_eq!(
+            t.select_match(80, &r),
+            Some((1, 0, 1)),
+            "where it is written"
+        );
+    }
+
+    #[test]
+    fn a_longer_matching_hostname_outranks_the_path() {
+        let routes = "- name: default/any-host
+  rules:
+  - matches: [{path: {type: Exact, value: /x}}]
+    backendRefs: [{name: any-host}]
+- name: default/wildcard
+  hostnames: ['*.example']
+  rules: [{backendRefs: [{name: wildcard}]}]
+- name: default/exact
+  hostnames: [api.example]
+  rules: [{backendRefs: [{name: exact-host}]}]
+";
+        let of = |host| chosen(routes, "GET", "/x", &[("host", host)]);
+        assert_eq!(of("api.example").as_deref(), Some("exact-host"));
+        assert_eq!(of("web.example").as_deref(), Some("wildcard"));
+        assert_eq!(of("other.test").as_deref(), Some("any-host"));
+    }
+
+    #[test]
+    fn a_table_is_attached_to_the_ports_and_hosts_its_routes_name() {
+        let any = req("GET", "/", &[]);
+        let t = Table::new(&rules(ROUTES));
+        assert!(t.attached(8080, &any));
+        assert!(!t.attached(9090, &any), "its only route names port 8080");
+        let every_port = Table::new(&rules("- rules: [{backendRefs: [{name: x}]}]"));
+        assert!(every_port.attached(9090, &any));
+        assert!(!Table::new(&[]).attached(80, &any));
+        let by_host = Table::new(&rules(
+            "- hostnames: [api.example]\n  rules: [{backendRefs: [{name: x}]}]",
+        ));
+        assert!(by_host.attached(80, &req("GET", "/", &[("host", "api.example")])));
+        assert!(
+            !by_host.attached(80, &req("GET", "/", &[("host", "web.example")])),
+            "a route for other hosts does not apply"
         );
     }
 

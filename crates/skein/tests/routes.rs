@@ -275,7 +275,7 @@ metadata: {{name: restaurant}}
 spec:
   parentRefs: [{{name: restaurant, port: {PORT}}}]
   rules:
-  - matches: [{{headers: [{{name: x-patient, value: 'yes'}}]}}]
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}, headers: [{{name: x-patient, value: 'yes'}}]}}]
     backendRefs: [{{name: restaurant, port: {PORT}}}]
     timeouts: {{request: 0s}}
   - matches: [{{path: {{type: PathPrefix, value: /slow}}}}, {{path: {{type: PathPrefix, value: /chunked}}}}]

@@ -37,7 +37,8 @@ pub struct HttpRouteSpec {
     /// Host names the route applies to (`*.` wildcard allowed); at most 16. Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    /// The rules, tried in the order listed (the first whose match fits wins); 1 to 16.
+    /// The rules; 1 to 16. Of every match that fits a request, the most specific wins
+    /// (Gateway API precedence; the order written breaks ties).
     pub rules: Vec<RouteRule>,
 }
 
@@ -72,7 +73,9 @@ pub struct RouteRule {
     /// when empty): one match on path prefix `/`, i.e. every request.
     #[serde(default = "default_matches", deserialize_with = "matches_or_default")]
     pub matches: Vec<RouteMatch>,
-    /// Where matching requests go, split by weight; 1 to 16.
+    /// Where matching requests go, split by weight; at most 16. Empty only in a rule a
+    /// `RequestRedirect` filter answers.
+    #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
     /// Request timeouts. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,8 +404,16 @@ impl RouteRule {
         for (i, m) in self.matches.iter().enumerate() {
             m.validate(p, &format!("{at}.matches[{i}]"));
         }
-        if self.backend_refs.is_empty() {
-            p.add(format!("{at}.backendRefs"), "[]", "at least one backendRef");
+        let redirects = self
+            .filters
+            .iter()
+            .any(|f| f.kind == super::filter::FilterType::RequestRedirect);
+        if self.backend_refs.is_empty() && !redirects {
+            p.add(
+                format!("{at}.backendRefs"),
+                "[]",
+                "at least one backendRef (a rule may have none only when a RequestRedirect filter answers it)",
+            );
         }
         p.max_items(
             &format!("{at}.backendRefs"),

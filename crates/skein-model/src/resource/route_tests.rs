@@ -206,9 +206,24 @@ fn backend_refs_are_core_services_with_bounded_weights() {
             "spec.rules[0].backendRefs[0].weight: \"1000001\" is not accepted; expected 0 to 1000000".into(),
         ]
     );
+    let none = "spec.rules[0].backendRefs: \"[]\" is not accepted; expected at least one backendRef (a rule may have none only when a RequestRedirect filter answers it)";
+    assert_eq!(one("[{backendRefs: []}]"), none);
     assert_eq!(
-        one("[{backendRefs: []}]"),
-        "spec.rules[0].backendRefs: \"[]\" is not accepted; expected at least one backendRef"
+        one("[{matches: [{path: {value: /x}}]}]"),
+        none,
+        "omitted alike"
+    );
+    assert!(
+        problems(
+            "[{filters: [{type: RequestRedirect, requestRedirect: {hostname: new.example}}]}]"
+        )
+        .is_empty(),
+        "a redirect answers without backends"
+    );
+    assert_eq!(
+        one("[{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]}]"),
+        none,
+        "a header modifier answers nothing"
     );
 }
 

@@ -59,7 +59,7 @@ pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec
             for b in &rule.backend_refs {
                 let k = service(&b.name, b.namespace.as_ref());
                 if !exists(&k) {
-                    out.push(format!("{key}: rules[{i}] sends to {k}, which does not exist: those requests are answered 502 unknown_service until it does"));
+                    out.push(format!("{key}: rules[{i}] sends to {k}, which does not exist: those requests are answered 500 backend_unresolved until it does"));
                 }
             }
             let filters = rule

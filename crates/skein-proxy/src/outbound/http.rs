@@ -310,6 +310,8 @@ async fn tries<'r>(
         }
         if let Some(retry) = retry {
             let outcome = match &sent {
+                // Reached no application, whatever `codes` say: safe on another endpoint.
+                Ok(Ok(_)) if retry::unsent_by_peer(status, error) => Outcome::NotSent,
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
                 Err(_) => Outcome::TryTimedOut,
                 Ok(Err(e)) if e.retryable() => Outcome::NotSent,

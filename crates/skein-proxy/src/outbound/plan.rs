@@ -107,8 +107,10 @@ impl RuleRef {
 }
 
 /// Plans a request: resolves what it addressed, then, unless it is a CONNECT, applies the
-/// addressed service's HTTPRoutes (the first matching rule, a backend picked by weight
-/// with `random`). Without a matching rule the request goes to the addressed service.
+/// addressed service's HTTPRoutes (the most specific matching rule, a backend picked by
+/// weight with `random`). A service port without routes sends the request to the service
+/// itself; one with routes refuses what none of them matches (404), and a rule whose
+/// picked backendRef cannot be resolved answers 500, as the Gateway API asks.
 pub fn plan<B>(
     destinations: &Destinations,
     addressed: &Addressed,
@@ -135,22 +137,70 @@ pub fn plan<B>(
         });
     }
     let spec = &target.service.spec;
-    let Some((route, index, matched)) = target.service.routes.select_match(target.port.port, req)
-    else {
+    let table = &target.service.routes;
+    let port = target.port.port;
+    let Some((route, index, matched)) = table.select_match(port, req) else {
+        if table.attached(port, req) {
+            return Err(ProxyError::NoRouteMatched {
+                service: spec.service.clone(),
+                port,
+                routes: attached_names(&spec.routes, port),
+            });
+        }
         return Ok(Plan {
             backend: target.clone(),
             target,
             rule: None,
         });
     };
-    let rule_spec = &spec.routes[route].rules[index];
+    let route_spec = &spec.routes[route];
+    let rule_spec = &route_spec.rules[index];
+    let unresolved = |why: String| ProxyError::BackendUnresolved {
+        route: route_spec.name.clone(),
+        rule: index,
+        why,
+    };
+    let redirects = rule_spec
+        .filters
+        .iter()
+        .any(|f| f.request_redirect.is_some());
+    if rule_spec.backend_refs.is_empty() && redirects {
+        // Answered by the redirect: nothing is sent anywhere.
+        let rule = RuleRef {
+            parent: target.service.clone(),
+            route,
+            index,
+            matched,
+            backend: 0,
+        };
+        return Ok(Plan {
+            backend: target.clone(),
+            target,
+            rule: Some(rule),
+        });
+    }
     let picked = crate::route::pick(rule_spec, random).ok_or_else(|| {
-        ProxyError::NoEndpoints(format!("{} (every backend has weight 0)", spec.service))
+        unresolved(if rule_spec.backend_refs.is_empty() {
+            "it has no backendRefs and no RequestRedirect to answer instead".into()
+        } else {
+            "every backendRef has weight 0".into()
+        })
     })?;
     let backend_ref = &rule_spec.backend_refs[picked];
     let namespace = backend_ref.namespace.as_deref().unwrap_or(&spec.namespace);
-    let port = backend_ref.port.unwrap_or(target.port.port);
-    let backend = destinations.resolve(&format!("{}.{namespace}", backend_ref.name), port)?;
+    let backend_port = backend_ref.port.unwrap_or(port);
+    let name = format!("{}.{namespace}", backend_ref.name);
+    let backend = destinations
+        .resolve(&name, backend_port)
+        .map_err(|e| match e {
+            ProxyError::UnknownService(_) => {
+                unresolved(format!("its backendRef {name} names no Service this proxy knows"))
+            }
+            ProxyError::UnknownPort { ports, .. } => unresolved(format!(
+                "its backendRef {name} names port {backend_port}, which that Service does not have (its ports: {ports:?})"
+            )),
+            other => other,
+        })?;
     let rule = RuleRef {
         parent: target.service.clone(),
         route,
@@ -163,6 +213,17 @@ pub fn plan<B>(
         backend,
         rule: Some(rule),
     })
+}
+
+/// The `namespace/name` of the routes attached to `port` (hostnames aside), for a 404's
+/// message.
+fn attached_names(routes: &[skein_model::DestinationRoute], port: u16) -> String {
+    let names: Vec<&str> = routes
+        .iter()
+        .filter(|r| r.port.is_none_or(|p| p == port))
+        .map(|r| r.name.as_str())
+        .collect();
+    names.join(", ")
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2) or its Host header.
@@ -265,6 +326,29 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_listener_may_name_its_service_with_its_namespace() {
+        let d = table(TABLE);
+        for service in ["web-b", "web-b.default"] {
+            let to = Addressed::Name {
+                service: service.into(),
+                port: 8080,
+            };
+            let p = plan(&d, &to, &req("GET", "/", &[]), 0).unwrap();
+            assert_eq!(
+                (backend(&p), p.target.port.port),
+                ("web-b", 8080),
+                "{service}"
+            );
+        }
+        let elsewhere = Addressed::Name {
+            service: "web-b.shop".into(),
+            port: 8080,
+        };
+        let e = plan(&d, &elsewhere, &req("GET", "/", &[]), 0).unwrap_err();
+        assert!(matches!(e, ProxyError::UnknownService(_)), "{e}");
+    }
+
+    #[test]
     fn the_authority_names_the_target_per_request() {
         let d = table(TABLE);
         let by_host = req("GET", "/", &[("host", "web-b:8080")]);
@@ -288,8 +372,15 @@ mod tests {
         let to = Addressed::Addr("198.18.0.10:80".parse().unwrap());
         let off = plan(&d, &to, &req("GET", "/off", &[]), 0).unwrap_err();
         assert!(
-            off.to_string().contains("every backend has weight 0"),
+            off.to_string().contains(
+                "HTTPRoute default/web-off rule 0 matched, but every backendRef has weight 0"
+            ),
             "{off}"
+        );
+        assert_eq!(
+            off.status(),
+            500,
+            "Gateway API: an unresolvable backendRef is a 500"
         );
         let gone = Addressed::Addr("198.18.0.99:80".parse().unwrap());
         let e = plan(&d, &gone, &req("GET", "/", &[]), 0).unwrap_err();
@@ -298,9 +389,85 @@ mod tests {
         let d = table(&missing_backend);
         let e = plan(&d, &to, &req("GET", "/x", &[]), 0).unwrap_err();
         assert!(
-            matches!(e, ProxyError::UnknownService(ref s) if s.contains("nowhere")),
+            e.to_string().contains(
+                "HTTPRoute default/web-split rule 1 matched, but its backendRef nowhere.default names no Service"
+            ),
             "{e}"
         );
+        assert_eq!(
+            (e.status().as_u16(), e.reason()),
+            (500, "backend_unresolved")
+        );
+        let bad_port = TABLE.replace("name: web-a, weight: 3", "name: web-a, port: 81, weight: 3");
+        let e = plan(&table(&bad_port), &to, &req("GET", "/x", &[]), 0).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("names port 81, which that Service does not have (its ports: [80])"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_rule_without_backends_is_answered_by_its_redirect() {
+        let routes = "
+- service: web
+  addresses: [198.18.0.10]
+  ports: [{port: 80}]
+  endpoints: [{address: '127.0.0.10:4143'}]
+  routes:
+  - name: default/moved
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters: [{type: RequestRedirect, requestRedirect: {hostname: new.example}}]
+    - matches: [{path: {type: PathPrefix, value: /none}}]
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]
+";
+        let d = table(routes);
+        let to = Addressed::Addr("198.18.0.10:80".parse().unwrap());
+        let p = plan(&d, &to, &req("GET", "/old/1", &[]), 0).unwrap();
+        let rule = p.rule.as_ref().unwrap();
+        assert!(rule.filters().any(|f| f.request_redirect.is_some()));
+        // Validation refuses the second rule; a proxy given it anyway answers 500.
+        let e = plan(&d, &to, &req("GET", "/none", &[]), 0).unwrap_err();
+        assert_eq!(e.status().as_u16(), 500);
+        assert!(
+            e.to_string()
+                .contains("no backendRefs and no RequestRedirect"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_service_port_with_routes_answers_404_to_what_none_matches() {
+        let narrow = "
+- service: web
+  addresses: [198.18.0.10]
+  ports: [{port: 80}, {port: 81}]
+  endpoints: [{address: '127.0.0.10:4143'}]
+  routes:
+  - name: default/only-api
+    port: 80
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      backendRefs: [{name: web}]
+";
+        let d = table(narrow);
+        let to = Addressed::Addr("198.18.0.10:80".parse().unwrap());
+        let e = plan(&d, &to, &req("GET", "/other", &[]), 0).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.reason()), (404, "no_route"));
+        assert!(
+            e.to_string().contains(
+                "no rule of the HTTPRoutes attached to web port 80 (default/only-api) matches"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            backend(&plan(&d, &to, &req("GET", "/api/1", &[]), 0).unwrap()),
+            "web"
+        );
+        let other_port = Addressed::Addr("198.18.0.10:81".parse().unwrap());
+        let p = plan(&d, &other_port, &req("GET", "/other", &[]), 0).unwrap();
+        assert!(p.rule.is_none(), "no route on port 81: the service itself");
     }
 
     #[test]

@@ -1,0 +1,421 @@
+//! HTTPRoutes mean what the Gateway API says, through a live mesh (a control plane, real
+//! proxies with mutual TLS, real HTTP backends): the most specific match wins whatever
+//! order rules are written in, a Service with routes answers 404 to what none matches, a
+//! backendRef that cannot be resolved answers 500, a rule a redirect answers needs no
+//! backend, and a consumer route changes only its own namespace's calls.
+//!
+//! Every address is in 127.0.5.0/24.
+
+use http::{Request, StatusCode};
+use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_model::resource::parse_documents;
+use skein_model::{Protocol, ProxyConfig};
+use skein_proxy::control::ControlConfig;
+use skein_proxy::http::empty;
+use skein_proxy::RunningProxy;
+use skein_testkit::client::h1;
+use skein_testkit::{HttpBackend, MeshSpec};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 18080;
+
+fn ip(host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 5, host))
+}
+
+/// A control plane with an embedded store on 127.0.5.`host`; its data dir goes with the
+/// guard, however the test ends.
+async fn control_at(host: u8) -> (RunningControl, skein_testkit::control::TempDir) {
+    let dir = skein_testkit::control::TempDir::new(&format!("gateway-api-{host}")).unwrap();
+    let control = RunningControl::start(ControlOptions {
+        data_dir: dir.path().to_path_buf(),
+        store: StoreChoice::Embedded,
+        http: SocketAddr::new(ip(host), 0),
+        grpc: SocketAddr::new(ip(host), 0),
+        workload_grace: Duration::from_secs(30),
+        replica: "test".into(),
+        ca_import: None,
+        workload_cidrs: Vec::new(),
+        limits: Default::default(),
+        secrets_key: None,
+        otlp: None,
+    })
+    .await
+    .unwrap();
+    (control, dir)
+}
+
+async fn apply(control: &RunningControl, yaml: &str) {
+    control
+        .registry
+        .apply(parse_documents(yaml, "test").unwrap())
+        .await
+        .unwrap();
+}
+
+/// How a proxy of `namespace/service` reaches `control`, with a fresh join token.
+async fn control_for(
+    control: &RunningControl,
+    advertise: SocketAddr,
+    namespace: &str,
+    service: &str,
+) -> Option<ControlConfig> {
+    let (token, _) = control
+        .pki
+        .create_token(namespace, service, Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    Some(ControlConfig {
+        endpoint: control.grpc.to_string(),
+        advertise,
+        token,
+    })
+}
+
+/// A backend on 127.0.5.`host`:PORT behind its own proxy, a workload of `service` in
+/// `default`.
+async fn workload(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+) -> (HttpBackend, RunningProxy) {
+    let backend = HttpBackend::start(SocketAddr::new(ip(host), PORT))
+        .await
+        .unwrap();
+    let proxy = workload_proxy(control, host, service).await;
+    (backend, proxy)
+}
+
+/// The proxy of a workload of `service` on 127.0.5.`host`, its application expected on
+/// port PORT of the same address.
+async fn workload_proxy(control: &RunningControl, host: u8, service: &str) -> RunningProxy {
+    let mut spec = MeshSpec::new(1, 1);
+    (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
+    let mut config = spec
+        .service(service, SocketAddr::new(ip(host), PORT), Protocol::Http)
+        .server_config();
+    config.workload.labels.insert("app".into(), service.into());
+    config.workload.name = format!("{service}-{host}");
+    config.workload.service = service.into();
+    config.inbound.listen = SocketAddr::new(ip(host), 4143);
+    let advertise = config.inbound.listen;
+    RunningProxy::start_with_control(
+        config,
+        control_for(control, advertise, "default", service).await,
+    )
+    .await
+    .unwrap()
+}
+
+/// A caller's proxy on 127.0.5.`host` in `namespace`, reached as an HTTP proxy; returned
+/// once it holds `routes` routes for the first of `services` (all in `default`; the
+/// routed Service, which has no workload of its own) and knows an endpoint of each other.
+async fn caller(
+    control: &RunningControl,
+    host: u8,
+    namespace: &str,
+    services: &[&str],
+    routes: usize,
+) -> RunningProxy {
+    let mut spec = MeshSpec::new(1, 1);
+    (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
+    let advertise = SocketAddr::new(ip(host), 4143);
+    let mut config: ProxyConfig = spec.client_config(advertise);
+    config.destinations.clear();
+    config.inbound.listen = advertise;
+    config.workload.namespace = namespace.into();
+    config.workload.name = format!("caller-{host}");
+    let service = config.workload.service.clone();
+    let proxy = RunningProxy::start_with_control(
+        config,
+        control_for(control, advertise, namespace, &service).await,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cfg = proxy.ctx.config();
+        let known = |s: &&str| {
+            cfg.destinations
+                .iter()
+                .any(|d| d.service == *s && !d.endpoints.is_empty())
+        };
+        let routed = cfg
+            .destinations
+            .iter()
+            .any(|d| d.service == services[0] && d.routes.len() == routes);
+        if services[1..].iter().all(known) && routed {
+            return proxy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller in {namespace} never learned the services and routes: it knows {:?}",
+            cfg.destinations
+                .iter()
+                .map(|d| (&d.service, d.endpoints.len(), d.routes.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET http://service:PORT{path}` through the caller's proxy: status and `skein-error`.
+async fn get(caller: &RunningProxy, service: &str, path: &str) -> (StatusCode, String) {
+    let mut sender = h1(caller.addrs.http_proxy.unwrap()).await.unwrap();
+    let req = Request::get(format!("http://{service}:{PORT}{path}"))
+        .body(empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let error = resp
+        .headers()
+        .get("skein-error")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    skein_testkit::client::body_bytes(resp).await.unwrap();
+    (status, error)
+}
+
+fn services(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {n}}}
+spec: {{selector: {{app: {n}}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn precedence_404_and_500_hold_through_a_live_mesh() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(1).await;
+    // Rules written least specific first: on a first-match proxy everything would go to
+    // `root`.
+    let yaml = format!(
+        "{}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: restaurant}}
+spec:
+  parentRefs: [{{name: restaurant, port: {PORT}}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs: [{{name: root, port: {PORT}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]
+    backendRefs: [{{name: v2, port: {PORT}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /v2}}, headers: [{{name: x-exact, value: '1'}}]}}]
+    backendRefs: [{{name: root, port: {PORT}}}]
+  - matches: [{{path: {{type: Exact, value: /v2/exact}}}}]
+    backendRefs: [{{name: exact, port: {PORT}}}]
+  - matches: [{{path: {{type: Exact, value: /gone}}}}]
+    backendRefs: [{{name: nowhere, port: {PORT}}}]
+  - matches: [{{path: {{type: Exact, value: /off}}}}]
+    backendRefs: [{{name: v2, port: {PORT}, weight: 0}}]
+  - matches: [{{path: {{type: PathPrefix, value: /moved}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{hostname: new.example, statusCode: 301}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: menu}}
+spec:
+  parentRefs: [{{name: menu, port: {PORT}}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    backendRefs: [{{name: menu, port: {PORT}}}]
+",
+        services(&["restaurant", "root", "v2", "exact", "menu"])
+    );
+    apply(&control, &yaml).await;
+    let (root, _p1) = workload(&control, 11, "root").await;
+    let (v2, _p2) = workload(&control, 12, "v2").await;
+    let (exact, _p3) = workload(&control, 13, "exact").await;
+    let (menu, _p4) = workload(&control, 14, "menu").await;
+    let me = caller(
+        &control,
+        20,
+        "default",
+        &["restaurant", "root", "v2", "exact", "menu"],
+        1,
+    )
+    .await;
+
+    assert_eq!(get(&me, "restaurant", "/v2/x").await.0, StatusCode::OK);
+    assert_eq!(
+        (root.hits(), v2.hits()),
+        (0, 1),
+        "the longer prefix wins though the catch-all is written first"
+    );
+    assert_eq!(get(&me, "restaurant", "/v2/exact").await.0, StatusCode::OK);
+    assert_eq!(exact.hits(), 1, "an exact path outranks every prefix");
+    assert_eq!(get(&me, "restaurant", "/elsewhere").await.0, StatusCode::OK);
+    assert_eq!(root.hits(), 1);
+
+    let gone = get(&me, "restaurant", "/gone").await;
+    assert_eq!(
+        gone,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend_unresolved".into()
+        )
+    );
+    let off = get(&me, "restaurant", "/off").await;
+    assert_eq!(
+        off,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend_unresolved".into()
+        )
+    );
+
+    let moved = get(&me, "restaurant", "/moved/1").await;
+    assert_eq!(
+        moved.0,
+        StatusCode::MOVED_PERMANENTLY,
+        "a redirect needs no backend"
+    );
+
+    assert_eq!(get(&me, "menu", "/api/items").await.0, StatusCode::OK);
+    let unmatched = get(&me, "menu", "/other").await;
+    assert_eq!(unmatched, (StatusCode::NOT_FOUND, "no_route".into()));
+    assert_eq!(
+        menu.hits(),
+        1,
+        "the unmatched request reached no application"
+    );
+    assert_eq!((root.hits(), v2.hits(), exact.hits()), (1, 1, 1));
+    control.shutdown().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_consumer_route_changes_only_its_own_namespaces_calls() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(30).await;
+    let route = |namespace: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: restaurant-{backend}, namespace: {namespace}}}
+spec:
+  parentRefs: [{{name: restaurant, namespace: default, port: {PORT}}}]
+  rules:
+  - backendRefs: [{{name: {backend}, namespace: default, port: {PORT}}}]
+---
+"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}",
+        services(&["restaurant", "v1", "v2"]),
+        route("default", "v1"),
+        route("fast", "v2")
+    );
+    apply(&control, &yaml).await;
+    let (v1, _p1) = workload(&control, 31, "v1").await;
+    let (v2, _p2) = workload(&control, 32, "v2").await;
+    let producer_side = caller(&control, 40, "default", &["restaurant", "v1", "v2"], 1).await;
+    let consumer_side = caller(&control, 41, "fast", &["restaurant", "v1", "v2"], 1).await;
+    let other = caller(&control, 42, "slow", &["restaurant", "v1", "v2"], 1).await;
+
+    for _ in 0..5 {
+        assert_eq!(
+            get(&consumer_side, "restaurant.default", "/").await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        (v1.hits(), v2.hits()),
+        (0, 5),
+        "`fast` follows its own route"
+    );
+    for caller in [&producer_side, &other] {
+        for _ in 0..5 {
+            assert_eq!(
+                get(caller, "restaurant.default", "/").await.0,
+                StatusCode::OK
+            );
+        }
+    }
+    assert_eq!(
+        (v1.hits(), v2.hits()),
+        (10, 5),
+        "every other namespace follows the producer route"
+    );
+    control.shutdown().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_request_that_reached_no_application_is_retried_whatever_the_codes() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(50).await;
+    let yaml = format!(
+        "{}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api}}
+spec:
+  parentRefs: [{{name: api, port: {PORT}}}]
+  rules:
+  - backendRefs: [{{name: api, port: {PORT}}}]
+    retry: {{attempts: 2, codes: [503], backoff: 1ms}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: api}}
+spec:
+  targetRef: {{name: api}}
+  loadBalancer: round-robin
+  outlierDetection: {{consecutive5xx: 1000}}
+",
+        services(&["api"])
+    );
+    apply(&control, &yaml).await;
+    let (alive, _p1) = workload(&control, 51, "api").await;
+    // The second endpoint's proxy is up, its application is not: it answers 502 with
+    // `skein-error: connect`, and 502 is not among the route's codes.
+    let _dead = workload_proxy(&control, 52, "api").await;
+    let me = caller(&control, 60, "default", &["api", "api"], 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while me
+        .ctx
+        .config()
+        .destinations
+        .iter()
+        .all(|d| d.endpoints.len() < 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the caller never learned both endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        let (status, error) = get(&me, "api", "/").await;
+        assert_eq!(
+            (status, error.as_str()),
+            (StatusCode::OK, ""),
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        alive.hits(),
+        20,
+        "every request answered by the live endpoint"
+    );
+    let text = me.ctx.metrics.encode();
+    let sent = text
+        .lines()
+        .find(|l| l.starts_with("skein_route_retries_total{") && l.contains("result=\"sent\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(sent >= 5, "about half the requests were retried: {sent}");
+    control.shutdown().await;
+    drop(dir);
+}
