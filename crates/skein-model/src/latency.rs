@@ -70,19 +70,23 @@ impl Snapshot {
         self.counts.iter().sum()
     }
 
-    /// The cumulative counts at each of [`EXPOSED`]'s bounds, for Prometheus.
+    /// The observations between each of [`EXPOSED`]'s bounds and the one before it (not
+    /// cumulative: the exposition encoder adds them up into the `le` buckets), ending
+    /// with `+Inf` for those above the last.
     pub fn exposed(&self) -> Vec<(f64, u64)> {
         let mut out = Vec::with_capacity(EXPOSED.len() + 1);
-        let mut cumulative = 0;
+        let mut since_last = 0;
         let mut next = 0;
         for (i, bound) in BOUNDS_US.iter().enumerate() {
-            cumulative += self.counts[i];
+            since_last += self.counts[i];
             if next < EXPOSED.len() && (EXPOSED[next] * 1e6).round() as u32 == *bound {
-                out.push((EXPOSED[next], cumulative));
+                out.push((EXPOSED[next], since_last));
+                since_last = 0;
                 next += 1;
             }
         }
-        out.push((f64::INFINITY, self.count()));
+        let shown: u64 = out.iter().map(|(_, n)| n).sum();
+        out.push((f64::INFINITY, self.count() - shown));
         out
     }
 }

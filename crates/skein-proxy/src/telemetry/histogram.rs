@@ -55,6 +55,16 @@ mod tests {
         assert_eq!(exposed.len(), EXPOSED.len() + 1);
         assert_eq!(exposed.iter().find(|(b, _)| *b == 0.05).unwrap().1, 0);
         assert_eq!(exposed.iter().find(|(b, _)| *b == 0.1).unwrap().1, 1);
-        assert_eq!(exposed.last().unwrap(), &(f64::INFINITY, 2));
+        assert_eq!(
+            exposed.iter().find(|(b, _)| *b == 0.25).unwrap().1,
+            0,
+            "per bucket, not cumulative: the encoder adds them up"
+        );
+        assert_eq!(
+            exposed.last().unwrap(),
+            &(f64::INFINITY, 1),
+            "60 s is above 30 s"
+        );
+        assert_eq!(exposed.iter().map(|(_, n)| n).sum::<u64>(), s.count());
     }
 }

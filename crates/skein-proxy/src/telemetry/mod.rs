@@ -710,6 +710,41 @@ mod tests {
     }
 
     #[test]
+    fn exposed_histogram_buckets_are_cumulative_and_end_at_the_count() {
+        let t = Telemetry::default();
+        for ms in [0, 3, 3, 40, 900, 60_000] {
+            t.request(key("web", "api", 200), ended(ms));
+        }
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(t));
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let value = |line: &str| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+        let bucket = |le: &str| {
+            // Unprefixed: the proxy's registry adds `skein_`.
+            let wanted = format!("response_latency_seconds_bucket{{le=\"{le}\",");
+            value(text.lines().find(|l| l.starts_with(&wanted)).unwrap())
+        };
+        assert_eq!(bucket("0.0001"), 1, "the 0 ms request");
+        assert_eq!(bucket("0.005"), 3, "and the two 3 ms ones");
+        assert_eq!(bucket("0.05"), 4);
+        assert_eq!(bucket("1.0"), 5);
+        assert_eq!(bucket("30.0"), 5, "60 s is above the last bound");
+        assert_eq!(bucket("+Inf"), 6);
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("response_latency_seconds_count{"))
+            .map(value);
+        assert_eq!(count, Some(6));
+        let buckets: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("response_latency_seconds_bucket{"))
+            .map(value)
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    }
+
+    #[test]
     fn pathways_keep_the_first_segment_and_stay_bounded() {
         assert_eq!(path_prefix("/"), "/");
         assert_eq!(path_prefix("/healthz"), "/healthz");
