@@ -70,13 +70,16 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
         "/ready" if ready => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, ctx.metrics.encode());
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+            let format = crate::exposition::negotiate(req.headers().get(header::ACCEPT));
+            let body = match format {
+                crate::exposition::Format::OpenMetrics => ctx.metrics.encode(),
+                crate::exposition::Format::Text => {
+                    crate::exposition::to_text(&ctx.metrics.encode())
+                }
+            };
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, format.content_type());
             resp
         }
         "/config" => match config_json(ctx) {

@@ -23,6 +23,7 @@ pub mod detect;
 pub mod dns;
 pub mod drain;
 pub mod error;
+pub mod exposition;
 pub mod filter;
 pub mod http;
 pub mod identity;

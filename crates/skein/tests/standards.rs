@@ -1,8 +1,13 @@
-//! HTTPRoutes mean what the Gateway API says, through a live mesh (a control plane, real
-//! proxies with mutual TLS, real HTTP backends): the most specific match wins whatever
-//! order rules are written in, a Service with routes answers 404 to what none matches, a
+//! Standards, through a live mesh (a control plane, real proxies with mutual TLS, real
+//! HTTP backends), checked with the standards' own tools where they have them.
+//!
+//! HTTPRoutes mean what the Gateway API says: the most specific match wins whatever order
+//! rules are written in, a Service with routes answers 404 to what none matches, a
 //! backendRef that cannot be resolved answers 500, a rule a redirect answers needs no
-//! backend, and a consumer route changes only its own namespace's calls.
+//! backend, a consumer route changes only its own namespace's calls, and a request that
+//! reached no application is retried whatever the rule's codes. Metrics are what
+//! Prometheus reads: a real Prometheus server scraping two proxies counts exactly the
+//! requests sent.
 //!
 //! Every address is in 127.0.5.0/24.
 
@@ -416,6 +421,124 @@ spec:
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(sent >= 5, "about half the requests were retried: {sent}");
+    control.shutdown().await;
+    drop(dir);
+}
+
+/// A Prometheus server run for a test, stopped (SIGKILL) when dropped, however the test
+/// ends.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    /// Starts `prometheus` on `addr`, scraping `targets` every second, its data in `dir`.
+    fn start(addr: SocketAddr, targets: &[SocketAddr], dir: &std::path::Path) -> Prometheus {
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n\
+                 - job_name: skein\n  static_configs: [{{targets: [{}]}}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (apt-get install prometheus; .ci/run does)");
+        Prometheus { child, addr }
+    }
+
+    /// The value of the instant query `query`, if it has exactly one.
+    async fn query(&self, query: &str) -> Option<f64> {
+        let mut sender = h1(self.addr).await.ok()?;
+        let mut encoded = String::new();
+        for b in query.bytes() {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let req = Request::get(format!("/api/v1/query?query={encoded}"))
+            .header("host", "prometheus")
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.ok()?;
+        let body = skein_testkit::client::body_bytes(resp).await.ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let result = json["data"]["result"].as_array()?;
+        match result.as_slice() {
+            [one] => one["value"][1].as_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_counts_exactly_the_requests_sent() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(70).await;
+    apply(&control, &services(&["api"])).await;
+    let (api, server) = workload(&control, 71, "api").await;
+    let me = caller(&control, 72, "default", &["api", "api"], 0).await;
+    const SENT: usize = 37;
+    for _ in 0..SENT {
+        assert_eq!(get(&me, "api", "/").await.0, StatusCode::OK);
+    }
+    assert_eq!(api.hits(), SENT);
+    let prometheus = Prometheus::start(
+        SocketAddr::new(ip(73), 9090),
+        &[me.addrs.admin, server.addrs.admin],
+        dir.path(),
+    );
+    let outbound =
+        "sum(skein_requests_total{job=\"skein\",direction=\"outbound\",dst_service=\"api\"})";
+    let inbound =
+        "sum(skein_requests_total{job=\"skein\",direction=\"inbound\",dst_service=\"api\"})";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut seen_out, mut seen_in, mut up) = (None, None, None);
+    while Instant::now() < deadline {
+        up = prometheus.query("sum(up{job=\"skein\"})").await;
+        seen_out = prometheus.query(outbound).await;
+        seen_in = prometheus.query(inbound).await;
+        if up == Some(2.0) && seen_out.is_some() && seen_in.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(up, Some(2.0), "both proxies scraped");
+    assert_eq!(
+        seen_out,
+        Some(SENT as f64),
+        "the caller's proxy, as Prometheus read it"
+    );
+    assert_eq!(
+        seen_in,
+        Some(SENT as f64),
+        "the callee's proxy, as Prometheus read it"
+    );
+    drop(prometheus);
     control.shutdown().await;
     drop(dir);
 }
