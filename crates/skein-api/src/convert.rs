@@ -51,6 +51,7 @@ fn rule_to_wire(rule: &RouteRule) -> pb::RouteRule {
                 port: b.port.map(u32::from),
                 weight: b.weight,
                 filters: filters_to_wire(&b.filters),
+                refused: b.refused.clone().unwrap_or_default(),
             })
             .collect(),
         timeouts: rule.timeouts.as_ref().map(|t| pb::RouteTimeouts {
@@ -110,6 +111,7 @@ fn filters_to_wire(filters: &[RouteFilter]) -> Vec<pb::RouteFilter> {
                             port: r.port.map(u32::from),
                             weight: 1,
                             filters: Vec::new(),
+                            refused: r.refused.clone().unwrap_or_default(),
                         }),
                         percent: m.percent,
                     })
@@ -201,6 +203,7 @@ fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
                             name: b.name.clone(),
                             namespace: (!b.namespace.is_empty()).then(|| b.namespace.clone()),
                             port: b.port.and_then(|p| u16::try_from(p).ok()),
+                            refused: (!b.refused.is_empty()).then(|| b.refused.clone()),
                         },
                         percent: m.percent,
                     });
@@ -331,6 +334,7 @@ fn rule_from_wire(rule: &pb::RouteRule) -> RouteRule {
                 port: b.port.and_then(|p| u16::try_from(p).ok()),
                 weight: b.weight,
                 filters: filters_from_wire(&b.filters),
+                refused: (!b.refused.is_empty()).then(|| b.refused.clone()),
             })
             .collect(),
         timeouts: rule.timeouts.as_ref().map(|t| RouteTimeouts {

@@ -193,6 +193,13 @@ impl Registry {
         // Attach each HTTPRoute to the services it names as parents, producer and consumer
         // routes alike: each caller's snapshot takes those that apply to it, in order
         // (`crate::routes`).
+        let grants: Vec<crate::routes::Grant> = resources
+            .values()
+            .filter_map(|r| match r {
+                Resource::ReferenceGrant(g) => Some((g.metadata.namespace.clone(), g.spec.clone())),
+                _ => None,
+            })
+            .collect();
         for resource in resources.values() {
             let Resource::HttpRoute(route) = resource else {
                 continue;
@@ -200,7 +207,8 @@ impl Registry {
             let route_ns = &route.metadata.namespace;
             let mut rules = route.spec.rules.clone();
             for backend in rules.iter_mut().flat_map(|r| r.backend_refs.iter_mut()) {
-                backend.namespace.get_or_insert_with(|| route_ns.clone());
+                let ns = backend.namespace.get_or_insert_with(|| route_ns.clone());
+                backend.refused = crate::routes::refusal(&grants, route_ns, ns, &backend.name);
             }
             let mirrors = rules.iter_mut().flat_map(|r| {
                 let backends = r.backend_refs.iter_mut().flat_map(|b| b.filters.iter_mut());
@@ -208,10 +216,9 @@ impl Registry {
             });
             for filter in mirrors {
                 if let Some(mirror) = filter.request_mirror.as_mut() {
-                    mirror
-                        .backend_ref
-                        .namespace
-                        .get_or_insert_with(|| route_ns.clone());
+                    let to = &mut mirror.backend_ref;
+                    let ns = to.namespace.get_or_insert_with(|| route_ns.clone());
+                    to.refused = crate::routes::refusal(&grants, route_ns, ns, &to.name);
                 }
                 // An ExtensionRef reaches proxies resolved: the FaultInjection it names,
                 // or (named but missing) a 500 for every request, as Gateway API asks.

@@ -10,11 +10,17 @@
 //! (`skein_proxy::route`) and breaks ties by route order, oldest route first, then by
 //! `namespace/name`.
 //!
+//! A reference from a route to a Service in another namespace (a `backendRef`, a mirror)
+//! is followed only when a `ReferenceGrant` in the Service's namespace permits routes of
+//! the route's namespace ([`refusal`]); otherwise proxies receive it marked refused and
+//! answer `500` for the requests it would carry.
+//!
 //! Where the spec leaves a choice: consumer routes replace the producer's for the whole
 //! Service, not port by port (a consumer route for port 80 leaves the caller with no
 //! producer route on port 81 either), since the spec describes the sets per Service; and
 //! a route without a creation time (a static file's) counts as the newest.
 
+use skein_model::resource::ReferenceGrantSpec;
 use skein_model::DestinationRoute;
 
 /// An HTTPRoute attached to a Service, with what decides whom it applies to and its rank
@@ -49,9 +55,61 @@ pub fn for_caller(
     applying.into_iter().map(|r| r.route.clone()).collect()
 }
 
+/// A `ReferenceGrant` with its namespace (the namespace whose Services it opens).
+pub type Grant = (String, ReferenceGrantSpec);
+
+/// Why a route in `route_ns` may not refer to Service `service` in `target_ns`, or `None`
+/// when it may: same namespace, or a grant in `target_ns` permits it.
+pub fn refusal(grants: &[Grant], route_ns: &str, target_ns: &str, service: &str) -> Option<String> {
+    let permitted = route_ns == target_ns
+        || grants
+            .iter()
+            .any(|(ns, g)| ns == target_ns && g.permits(route_ns, service));
+    (!permitted).then(|| {
+        format!(
+            "no ReferenceGrant in namespace {target_ns} lets HTTPRoutes of namespace {route_ns} \
+             refer to Service {target_ns}/{service}"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_into_another_namespace_needs_a_grant_there() {
+        let grant =
+            |ns: &str, yaml: &str| -> Grant { (ns.into(), serde_yaml_ng::from_str(yaml).unwrap()) };
+        let open = grant(
+            "payments",
+            "{from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}], to: [{kind: Service, name: ledger}]}",
+        );
+        assert_eq!(refusal(&[], "shop", "shop", "web"), None, "same namespace");
+        let why = refusal(&[], "shop", "payments", "ledger").unwrap();
+        assert_eq!(
+            why,
+            "no ReferenceGrant in namespace payments lets HTTPRoutes of namespace shop refer to Service payments/ledger"
+        );
+        let grants = [open];
+        assert_eq!(refusal(&grants, "shop", "payments", "ledger"), None);
+        assert!(
+            refusal(&grants, "shop", "payments", "cards").is_some(),
+            "another Service"
+        );
+        assert!(
+            refusal(&grants, "blog", "payments", "ledger").is_some(),
+            "another namespace"
+        );
+        let elsewhere = [grant(
+            "shop",
+            "{from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}], to: [{kind: Service}]}",
+        )];
+        assert!(
+            refusal(&elsewhere, "shop", "payments", "ledger").is_some(),
+            "a grant opens only its own namespace"
+        );
+    }
 
     fn route(namespace: &str, name: &str, created: Option<&str>) -> AttachedRoute {
         AttachedRoute {

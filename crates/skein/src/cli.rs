@@ -416,6 +416,26 @@ fn table(items: &[Value], show_namespace: bool, addresses: &Value) -> String {
                 })
                 .collect(),
         ),
+        "ReferenceGrant" => (
+            vec!["NAME", "FROM", "TO"],
+            items
+                .iter()
+                .map(|i| {
+                    let from = i["spec"]["from"].as_array().into_iter().flatten();
+                    let from: Vec<String> = from
+                        .map(|f| format!("{}/{}", s(&f["kind"]), s(&f["namespace"])))
+                        .collect();
+                    let to = i["spec"]["to"].as_array().into_iter().flatten();
+                    let to: Vec<String> = to
+                        .map(|t| match t["name"].as_str() {
+                            Some(name) => format!("{}/{name}", s(&t["kind"])),
+                            None => format!("{}/*", s(&t["kind"])),
+                        })
+                        .collect();
+                    vec![s(&i["metadata"]["name"]), from.join(","), to.join(",")]
+                })
+                .collect(),
+        ),
         "Canary" => (
             vec![
                 "NAME",

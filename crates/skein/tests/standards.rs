@@ -4,7 +4,8 @@
 //! HTTPRoutes mean what the Gateway API says: the most specific match wins whatever order
 //! rules are written in, a Service with routes answers 404 to what none matches, a
 //! backendRef that cannot be resolved answers 500, a rule a redirect answers needs no
-//! backend, a consumer route changes only its own namespace's calls, and a request that
+//! backend, a consumer route changes only its own namespace's calls (and sends into
+//! another namespace only where a ReferenceGrant there permits it), and a request that
 //! reached no application is retried whatever the rule's codes. Metrics are what
 //! Prometheus reads: a real Prometheus server scraping two proxies counts exactly the
 //! requests sent.
@@ -329,7 +330,42 @@ spec:
     let consumer_side = caller(&control, 41, "fast", &["restaurant", "v1", "v2"], 1).await;
     let other = caller(&control, 42, "slow", &["restaurant", "v1", "v2"], 1).await;
 
-    for _ in 0..5 {
+    // `fast`'s route sends into `default`, which has granted nothing: 500, naming why.
+    let refused = get(&consumer_side, "restaurant.default", "/").await;
+    assert_eq!(
+        refused,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend_unresolved".into()
+        )
+    );
+    let grant = |to: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: from-fast, namespace: default}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: fast}}]
+  to: [{{group: '', kind: Service, name: {to}}}]
+"
+        )
+    };
+    apply(&control, &grant("v1")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&consumer_side, "restaurant.default", "/").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a grant for another Service opens nothing"
+    );
+    apply(&control, &grant("v2")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&consumer_side, "restaurant.default", "/").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the grant never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(v2.hits(), 1);
+
+    for _ in 0..4 {
         assert_eq!(
             get(&consumer_side, "restaurant.default", "/").await.0,
             StatusCode::OK
@@ -352,6 +388,26 @@ spec:
         (v1.hits(), v2.hits()),
         (10, 5),
         "every other namespace follows the producer route"
+    );
+
+    // The grant withdrawn, `fast`'s route is refused again.
+    let key = skein_model::resource::ResourceKey::new(
+        skein_model::resource::Kind::ReferenceGrant,
+        "default",
+        "from-fast",
+    );
+    assert!(control.registry.delete(&key).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&consumer_side, "restaurant.default", "/").await.0 == StatusCode::OK {
+        assert!(Instant::now() < deadline, "the withdrawn grant still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&consumer_side, "restaurant.default", "/").await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend_unresolved".into()
+        )
     );
     control.shutdown().await;
     drop(dir);

@@ -171,6 +171,10 @@ pub struct MirrorRef {
     /// Its port. Default: the port the request was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Set by the control plane, never written in a route: why this mirror may not be
+    /// followed (no ReferenceGrant permits it). A proxy sends no copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A redirect answered by the caller's proxy.

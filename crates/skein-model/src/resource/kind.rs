@@ -10,6 +10,8 @@ use std::str::FromStr;
 pub const SKEIN_API_VERSION: &str = "skein.dev/v1alpha1";
 /// API version of the Gateway API kinds (`HTTPRoute`).
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// API version of `ReferenceGrant`, which the Gateway API still serves as beta.
+pub const GATEWAY_API_BETA_VERSION: &str = "gateway.networking.k8s.io/v1beta1";
 
 /// One kind of resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,11 +33,14 @@ pub enum Kind {
     FaultInjection,
     /// Progressive delivery of a new version of a Service.
     Canary,
+    /// Gateway API permission for routes in other namespaces to use this namespace's
+    /// Services as backends.
+    ReferenceGrant,
 }
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Mesh,
         Kind::Service,
         Kind::Workload,
@@ -44,6 +49,7 @@ impl Kind {
         Kind::BackendPolicy,
         Kind::FaultInjection,
         Kind::Canary,
+        Kind::ReferenceGrant,
     ];
 
     /// The canonical name as written in `kind:` (`HTTPRoute`).
@@ -57,6 +63,7 @@ impl Kind {
             Kind::BackendPolicy => "BackendPolicy",
             Kind::FaultInjection => "FaultInjection",
             Kind::Canary => "Canary",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
@@ -64,6 +71,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::HttpRoute => GATEWAY_API_VERSION,
+            Kind::ReferenceGrant => GATEWAY_API_BETA_VERSION,
             _ => SKEIN_API_VERSION,
         }
     }
@@ -79,6 +87,7 @@ impl Kind {
             Kind::BackendPolicy => "backendpolicies",
             Kind::FaultInjection => "faultinjections",
             Kind::Canary => "canaries",
+            Kind::ReferenceGrant => "referencegrants",
         }
     }
 
@@ -94,6 +103,7 @@ impl Kind {
             Kind::BackendPolicy => &["backendpolicy", "backendpolicies"],
             Kind::FaultInjection => &["faultinjection", "faultinjections", "fault", "faults"],
             Kind::Canary => &["canary", "canaries"],
+            Kind::ReferenceGrant => &["referencegrant", "referencegrants", "refgrant"],
         }
     }
 
@@ -136,7 +146,7 @@ impl Kind {
             .map(|k| k.name())
             .collect();
         format!(
-            "one of {} (apiVersion {SKEIN_API_VERSION}) or HTTPRoute (apiVersion {GATEWAY_API_VERSION})",
+            "one of {} (apiVersion {SKEIN_API_VERSION}), HTTPRoute (apiVersion {GATEWAY_API_VERSION}) or ReferenceGrant (apiVersion {GATEWAY_API_BETA_VERSION})",
             skein.join(", ")
         )
     }
@@ -264,7 +274,8 @@ mod tests {
             "unknown resource kind \"gateway\"; accepted: mesh|meshes, service|services|svc, \
              workload|workloads|wl, httproute|httproutes|route|routes, \
              authorizationpolicy|authorizationpolicies|authz, backendpolicy|backendpolicies, \
-             faultinjection|faultinjections|fault|faults, canary|canaries"
+             faultinjection|faultinjections|fault|faults, canary|canaries, \
+             referencegrant|referencegrants|refgrant"
         );
     }
 

@@ -12,11 +12,13 @@
 //! | `Mesh` | `skein.dev/v1alpha1` | cluster |
 //! | `Service`, `Workload`, `AuthorizationPolicy`, `BackendPolicy`, `FaultInjection`, `Canary` | `skein.dev/v1alpha1` | namespace |
 //! | `HTTPRoute` | `gateway.networking.k8s.io/v1` | namespace |
+//! | `ReferenceGrant` | `gateway.networking.k8s.io/v1beta1` | namespace |
 
 mod backend;
 mod canary;
 mod fault;
 pub mod filter;
+mod grant;
 mod kind;
 mod mesh;
 mod meta;
@@ -40,7 +42,10 @@ pub use canary::{
     WebhookType, CANARY_ANNOTATION, CANARY_RELEASED_ANNOTATION, DEFAULT_MAX_WEIGHT, MAX_HISTORY,
 };
 pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec, ResolvedFault};
-pub use kind::{Kind, ResourceKey, GATEWAY_API_VERSION, SKEIN_API_VERSION};
+pub use grant::{GrantFrom, GrantTo, ReferenceGrantSpec, GATEWAY_GROUP};
+pub use kind::{
+    Kind, ResourceKey, GATEWAY_API_BETA_VERSION, GATEWAY_API_VERSION, SKEIN_API_VERSION,
+};
 pub use mesh::{
     MeshSpec, MtlsMode, PolicyAction, DEFAULT_SERVICE_CIDR, MAX_CERT_TTL, MIN_CERT_TTL,
     SERVICE_CIDR,
@@ -78,6 +83,8 @@ pub type BackendPolicy = Object<BackendPolicySpec>;
 pub type FaultInjection = Object<FaultInjectionSpec>;
 /// A `Canary` resource, with the controller's status.
 pub type Canary = Object<CanarySpec, CanaryStatus>;
+/// A `ReferenceGrant` resource.
+pub type ReferenceGrant = Object<ReferenceGrantSpec>;
 
 /// Any resource, one variant per [`Kind`].
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +105,8 @@ pub enum Resource {
     FaultInjection(FaultInjection),
     /// A progressive rollout (boxed: its status makes it the largest kind by far).
     Canary(Box<Canary>),
+    /// Permission to refer to Services across namespaces.
+    ReferenceGrant(ReferenceGrant),
 }
 
 /// Runs `$body` with `$r` bound to the object inside any variant.
@@ -112,6 +121,7 @@ macro_rules! each {
             Resource::BackendPolicy($r) => $body,
             Resource::FaultInjection($r) => $body,
             Resource::Canary($r) => $body,
+            Resource::ReferenceGrant($r) => $body,
         }
     };
 }
@@ -128,6 +138,7 @@ impl Resource {
             Resource::BackendPolicy(_) => Kind::BackendPolicy,
             Resource::FaultInjection(_) => Kind::FaultInjection,
             Resource::Canary(_) => Kind::Canary,
+            Resource::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -214,6 +225,7 @@ impl Resource {
             Resource::BackendPolicy(r) => r.spec.validate(&mut p),
             Resource::FaultInjection(r) => r.spec.validate(&mut p),
             Resource::Canary(r) => r.spec.validate(&mut p),
+            Resource::ReferenceGrant(r) => r.spec.validate(&mut p),
         }
         p.into_vec()
     }

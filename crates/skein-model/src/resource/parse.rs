@@ -115,6 +115,7 @@ pub(crate) fn from_value(mut value: Value) -> Result<Resource, (Cause, FieldErro
         Kind::BackendPolicy => Resource::BackendPolicy(typed(value)?),
         Kind::FaultInjection => Resource::FaultInjection(typed(value)?),
         Kind::Canary => Resource::Canary(Box::new(typed(value)?)),
+        Kind::ReferenceGrant => Resource::ReferenceGrant(typed(value)?),
     };
     resource.apply_defaults();
     Ok(resource)

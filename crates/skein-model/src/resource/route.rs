@@ -227,6 +227,10 @@ pub struct BackendRef {
     /// `RequestRedirect`; at most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<super::filter::RouteFilter>,
+    /// Set by the control plane, never written in a route: why this reference may not be
+    /// followed (no ReferenceGrant permits it). A proxy answers `500` instead of sending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Timeouts of one rule. `0s` disables a timeout (as in Gateway API).
@@ -309,6 +313,9 @@ impl Default for RouteRetry {
     }
 }
 
+/// What a refusal marker written into a route is told.
+const SET_BY_CONTROL: &str = "no such field in an HTTPRoute (the control plane sets it when no ReferenceGrant permits the reference)";
+
 impl HttpRouteSpec {
     /// Checks every rule of the spec; paths start with `spec`.
     pub(crate) fn validate(&self, p: &mut Problems) {
@@ -372,12 +379,33 @@ impl HttpRouteSpec {
                 .iter()
                 .enumerate()
                 .map(|(k, f)| (format!("spec.rules[{i}].filters[{k}]"), f));
-            for (at, _) in own.chain(backends).filter(|(_, f)| f.fault.is_some()) {
-                p.add(
-                    format!("{at}.fault"),
-                    "set",
-                    "no such field in an HTTPRoute: name a FaultInjection with {type: ExtensionRef, extensionRef: {group: skein.dev, kind: FaultInjection, name: NAME}}",
-                );
+            for (at, f) in own.chain(backends) {
+                if f.fault.is_some() {
+                    p.add(
+                        format!("{at}.fault"),
+                        "set",
+                        "no such field in an HTTPRoute: name a FaultInjection with {type: ExtensionRef, extensionRef: {group: skein.dev, kind: FaultInjection, name: NAME}}",
+                    );
+                }
+                if f.request_mirror
+                    .as_ref()
+                    .is_some_and(|m| m.backend_ref.refused.is_some())
+                {
+                    p.add(
+                        format!("{at}.requestMirror.backendRef.refused"),
+                        "set",
+                        SET_BY_CONTROL,
+                    );
+                }
+            }
+            for (j, b) in rule.backend_refs.iter().enumerate() {
+                if b.refused.is_some() {
+                    p.add(
+                        format!("spec.rules[{i}].backendRefs[{j}].refused"),
+                        "set",
+                        SET_BY_CONTROL,
+                    );
+                }
             }
             if let Some(name) = &rule.name {
                 let repeated = self.rules[..i]

@@ -383,3 +383,15 @@ fn filters_may_not_touch_framing_connection_or_mesh_headers() {
         );
     }
 }
+
+#[test]
+fn what_only_the_control_plane_marks_is_refused_in_a_route() {
+    assert_eq!(
+        one("[{backendRefs: [{name: web, refused: by me}]}]"),
+        "spec.rules[0].backendRefs[0].refused: \"set\" is not accepted; expected no such field in an HTTPRoute (the control plane sets it when no ReferenceGrant permits the reference)"
+    );
+    assert_eq!(
+        one("[{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: copy, refused: x}}}]}]"),
+        "spec.rules[0].filters[0].requestMirror.backendRef.refused: \"set\" is not accepted; expected no such field in an HTTPRoute (the control plane sets it when no ReferenceGrant permits the reference)"
+    );
+}

@@ -235,8 +235,8 @@ fn an_unknown_kind_is_refused_naming_the_supported_kinds() {
     assert_eq!(
         problems("apiVersion: skein.dev/v1alpha1\nkind: Gateway\nmetadata: {name: web}\nspec: {}"),
         ["Gateway web: kind: \"Gateway\" is not accepted; expected one of Mesh, Service, \
-          Workload, AuthorizationPolicy, BackendPolicy, FaultInjection, Canary (apiVersion skein.dev/v1alpha1) or HTTPRoute \
-          (apiVersion gateway.networking.k8s.io/v1)"]
+          Workload, AuthorizationPolicy, BackendPolicy, FaultInjection, Canary (apiVersion skein.dev/v1alpha1), HTTPRoute \
+          (apiVersion gateway.networking.k8s.io/v1) or ReferenceGrant (apiVersion gateway.networking.k8s.io/v1beta1)"]
     );
 }
 
@@ -268,7 +268,7 @@ fn unknown_field_is_reported_with_its_path() {
         problems(text),
         [
             "HTTPRoute default/restaurant: spec.rules[0].backendRefs[0].wieght: unknown field; \
-          expected one of group, kind, name, namespace, port, weight, filters"
+          expected one of group, kind, name, namespace, port, weight, filters, refused"
         ]
     );
 }

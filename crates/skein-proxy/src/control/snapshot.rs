@@ -375,6 +375,7 @@ mod tests {
                                     port: None,
                                     weight: 1,
                                     filters: vec![],
+                                    refused: String::new(),
                                 }],
                                 mirror: Some(pb::BackendRef::default()),
                             }],

@@ -31,6 +31,11 @@ pub fn send(
     rule: Option<&RuleRef>,
 ) {
     let r = &mirror.backend_ref;
+    if let Some(why) = &r.refused {
+        tracing::debug!(why, "mirror not permitted; copy not sent");
+        ctx.metrics.mirror("not_permitted");
+        return;
+    }
     let namespace = r
         .namespace
         .as_deref()

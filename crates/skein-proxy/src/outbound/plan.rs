@@ -187,6 +187,11 @@ pub fn plan<B>(
         })
     })?;
     let backend_ref = &rule_spec.backend_refs[picked];
+    if let Some(why) = &backend_ref.refused {
+        return Err(unresolved(format!(
+            "its backendRef is not permitted: {why}"
+        )));
+    }
     let namespace = backend_ref.namespace.as_deref().unwrap_or(&spec.namespace);
     let backend_port = backend_ref.port.unwrap_or(port);
     let name = format!("{}.{namespace}", backend_ref.name);
@@ -403,6 +408,26 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("names port 81, which that Service does not have (its ports: [80])"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_backend_the_control_plane_refused_answers_500_saying_why() {
+        let d = table(&TABLE.replace(
+            "backendRefs: [{name: web-b}]",
+            "backendRefs: [{name: web-b, refused: 'no ReferenceGrant in namespace default lets HTTPRoutes of namespace shop refer to Service default/web-b'}]",
+        ));
+        let to = Addressed::Addr("198.18.0.10:80".parse().unwrap());
+        let e = plan(&d, &to, &req("GET", "/", &[("x-canary", "true")]), 0).unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.reason()),
+            (500, "backend_unresolved")
+        );
+        assert!(
+            e.to_string().contains(
+                "its backendRef is not permitted: no ReferenceGrant in namespace default"
+            ),
             "{e}"
         );
     }
