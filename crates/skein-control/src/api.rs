@@ -200,8 +200,15 @@ fn key(kind: Kind, name: &str, q: &NamespaceQuery) -> ResourceKey {
 }
 
 async fn apply(State(api): State<Arc<Api>>, body: String) -> Result<Response, ApiError> {
-    let docs = parse_documents(&body, "request body")
+    let mut docs = parse_documents(&body, "request body")
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    // An HTTPRoute's status is computed, never stored: what `get -o yaml` printed applies
+    // back as it was.
+    for doc in &mut docs {
+        if let Resource::HttpRoute(r) = doc {
+            r.status = None;
+        }
+    }
     if docs.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -209,10 +216,20 @@ async fn apply(State(api): State<Arc<Api>>, body: String) -> Result<Response, Ap
         ));
     }
     let applying: Vec<ResourceKey> = docs.iter().map(|d| d.key()).collect();
-    let warnings = skein_model::resource::dangling(&docs, |k| {
+    let mut warnings = skein_model::resource::dangling(&docs, |k| {
         applying.contains(k) || api.registry.get(k).is_some()
     });
     let results = api.registry.apply(docs).await?;
+    // What the routes just stored mean now: every condition that is not True.
+    for key in applying.iter().filter(|k| k.kind == Kind::HttpRoute) {
+        let problems = api.registry.route_status(key).map(|s| s.problems());
+        for problem in problems.into_iter().flatten() {
+            let line = format!("{key}: {problem}");
+            if !warnings.contains(&line) {
+                warnings.push(line);
+            }
+        }
+    }
     Ok(Json(json!({
         "results": results,
         "revision": api.registry.revision(),
@@ -227,7 +244,10 @@ async fn list(
     Query(q): Query<NamespaceQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind(&word)?;
-    let items = api.registry.list(kind, q.namespace.as_deref());
+    let mut items = api.registry.list(kind, q.namespace.as_deref());
+    for item in &mut items {
+        with_status(&api, item);
+    }
     let mut answer = json!({ "items": items, "revision": api.registry.revision() });
     // Allocated virtual IPs are computed, never stored: they travel beside the items, so
     // that what `get -o yaml` prints can be applied back unchanged.
@@ -244,11 +264,25 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let key = key(kind(&word)?, &name, &q);
     match api.registry.get(&key) {
-        Some(resource) => Ok(Json(resource).into_response()),
+        Some(mut resource) => {
+            with_status(&api, &mut resource);
+            Ok(Json(resource).into_response())
+        }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("{key} not found; `skein get {word}` lists what exists"),
         )),
+    }
+}
+
+/// Fills in an HTTPRoute's computed status.
+fn with_status(api: &Api, resource: &mut Resource) {
+    let key = resource.key();
+    if let Resource::HttpRoute(r) = resource {
+        r.status = api
+            .registry
+            .route_status(&key)
+            .and_then(|s| serde_json::to_value(s).ok());
     }
 }
 

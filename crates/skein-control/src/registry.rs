@@ -56,6 +56,9 @@ pub struct Registry {
     /// The Services last reported as left without a virtual IP: the state is recomputed on
     /// every store change (workloads connecting included), so each is warned about once.
     unallocated: Mutex<Vec<vip::Unallocated>>,
+    /// Every HTTPRoute's status, recomputed with the state on every change (never stored:
+    /// a condition's `lastTransitionTime` is when this replica saw it change).
+    route_status: Mutex<BTreeMap<ResourceKey, skein_model::resource::RouteStatus>>,
 }
 
 impl Registry {
@@ -68,6 +71,7 @@ impl Registry {
             revision: AtomicU64::new(0),
             state,
             unallocated: Mutex::new(Vec::new()),
+            route_status: Mutex::new(BTreeMap::new()),
         });
         let events = registry.resync().await?;
         let weak = Arc::downgrade(&registry);
@@ -120,6 +124,7 @@ impl Registry {
     /// Recomputes the mesh state; proxies' sessions are woken only if it changed.
     fn publish(&self) {
         let next = self.mesh_state();
+        self.refresh_route_status(&next.services);
         self.state.send_if_modified(|current| {
             if **current == next {
                 false
@@ -128,6 +133,67 @@ impl Registry {
                 true
             }
         });
+    }
+
+    /// Recomputes every HTTPRoute's conditions against `services` and the stored grants;
+    /// a condition keeps its `lastTransitionTime` while its status and reason stay.
+    fn refresh_route_status(&self, services: &[crate::snapshot::ServiceView]) {
+        use skein_model::resource::{Condition, RouteParentStatus, RouteStatus, CONTROLLER_NAME};
+        let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
+        let grants = grants_of(&resources);
+        let now = now_rfc3339();
+        let mut statuses = self.route_status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::new();
+        for resource in resources.values() {
+            let Resource::HttpRoute(route) = resource else {
+                continue;
+            };
+            let key = resource.key();
+            let before = statuses.get(&key);
+            let parents = crate::routes::verdicts(route, services, &grants)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (parent_ref, verdicts))| {
+                    let conditions = verdicts
+                        .into_iter()
+                        .map(|v| {
+                            let status = if v.ok { "True" } else { "False" };
+                            let since = before
+                                .and_then(|b| b.parents.get(i))
+                                .and_then(|p| {
+                                    p.conditions.iter().find(|c| {
+                                        c.kind == v.kind
+                                            && c.status == status
+                                            && c.reason == v.reason
+                                    })
+                                })
+                                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+                            Condition {
+                                kind: v.kind.into(),
+                                status: status.into(),
+                                reason: v.reason.into(),
+                                message: v.message,
+                                observed_generation: route.metadata.generation,
+                                last_transition_time: since,
+                            }
+                        })
+                        .collect();
+                    RouteParentStatus {
+                        parent_ref,
+                        controller_name: CONTROLLER_NAME.into(),
+                        conditions,
+                    }
+                })
+                .collect();
+            next.insert(key, RouteStatus { parents });
+        }
+        *statuses = next;
+    }
+
+    /// The status of the HTTPRoute `key`, as of the last change to the mesh.
+    pub fn route_status(&self, key: &ResourceKey) -> Option<skein_model::resource::RouteStatus> {
+        let statuses = self.route_status.lock().unwrap_or_else(|p| p.into_inner());
+        statuses.get(key).cloned()
     }
 
     fn mesh_state(&self) -> MeshState {
@@ -193,13 +259,7 @@ impl Registry {
         // Attach each HTTPRoute to the services it names as parents, producer and consumer
         // routes alike: each caller's snapshot takes those that apply to it, in order
         // (`crate::routes`).
-        let grants: Vec<crate::routes::Grant> = resources
-            .values()
-            .filter_map(|r| match r {
-                Resource::ReferenceGrant(g) => Some((g.metadata.namespace.clone(), g.spec.clone())),
-                _ => None,
-            })
-            .collect();
+        let grants = grants_of(&resources);
         for resource in resources.values() {
             let Resource::HttpRoute(route) = resource else {
                 continue;
@@ -678,6 +738,17 @@ async fn follow(
             }
         }
     }
+}
+
+/// Every ReferenceGrant, with its namespace.
+fn grants_of(resources: &BTreeMap<ResourceKey, Resource>) -> Vec<crate::routes::Grant> {
+    resources
+        .values()
+        .filter_map(|r| match r {
+            Resource::ReferenceGrant(g) => Some((g.metadata.namespace.clone(), g.spec.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether two versions of a resource want the same thing (labels, annotations, spec);

@@ -20,7 +20,8 @@
 //! producer route on port 81 either), since the spec describes the sets per Service; and
 //! a route without a creation time (a static file's) counts as the newest.
 
-use skein_model::resource::ReferenceGrantSpec;
+use crate::snapshot::ServiceView;
+use skein_model::resource::{HttpRoute, ParentRef, ReferenceGrantSpec};
 use skein_model::DestinationRoute;
 
 /// An HTTPRoute attached to a Service, with what decides whom it applies to and its rank
@@ -73,9 +74,309 @@ pub fn refusal(grants: &[Grant], route_ns: &str, target_ns: &str, service: &str)
     })
 }
 
+/// One condition as computed, before the registry adds the generation and the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `Accepted` or `ResolvedRefs`.
+    pub kind: &'static str,
+    /// Whether it holds.
+    pub ok: bool,
+    /// The Gateway API's reason.
+    pub reason: &'static str,
+    /// What holds, or what is wrong and what to do.
+    pub message: String,
+}
+
+/// A route's `Accepted` and `ResolvedRefs` conditions at each of its parents, in
+/// `parentRefs` order (each parent's namespace filled in), against the mesh's `services`
+/// and `grants`.
+pub fn verdicts(
+    route: &HttpRoute,
+    services: &[ServiceView],
+    grants: &[Grant],
+) -> Vec<(ParentRef, [Verdict; 2])> {
+    let route_ns = route.metadata.namespace.as_str();
+    let find = |ns: &str, name: &str| {
+        services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == name)
+    };
+    let resolved = resolved_refs(route, &find, grants);
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .enumerate()
+        .map(|(i, parent)| {
+            let ns = parent.namespace.as_deref().unwrap_or(route_ns);
+            let mut filled = parent.clone();
+            filled.namespace = Some(ns.to_string());
+            let accepted = match (find(ns, &parent.name), parent.port) {
+                (None, _) => Verdict {
+                    kind: "Accepted",
+                    ok: false,
+                    reason: "NoMatchingParent",
+                    message: format!(
+                        "parentRefs[{i}]: Service {ns}/{} does not exist; the route applies once it does",
+                        parent.name
+                    ),
+                },
+                (Some(s), Some(port)) if !s.ports.iter().any(|(p, _)| *p == port) => Verdict {
+                    kind: "Accepted",
+                    ok: false,
+                    reason: "NoMatchingParent",
+                    message: format!(
+                        "parentRefs[{i}]: Service {ns}/{} has no port {port} (its ports: {:?}); name one of them, or leave port out for every port",
+                        parent.name,
+                        s.ports.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+                    ),
+                },
+                (Some(_), port) => {
+                    let on = port.map_or("every port".to_string(), |p| format!("port {p}"));
+                    let whom = if ns == route_ns {
+                        "callers in every namespace (a producer route)".to_string()
+                    } else {
+                        format!(
+                            "callers in namespace {route_ns} only (a consumer route: for them it replaces the Service's own routes)"
+                        )
+                    };
+                    Verdict {
+                        kind: "Accepted",
+                        ok: true,
+                        reason: "Accepted",
+                        message: format!("applies to requests to Service {ns}/{} on {on} from {whom}", parent.name),
+                    }
+                }
+            };
+            (filled, [accepted, resolved.clone()])
+        })
+        .collect()
+}
+
+/// The route's `ResolvedRefs`: every backendRef and mirror names a Service that exists,
+/// on a port it has, that the route may refer to.
+fn resolved_refs<'a>(
+    route: &HttpRoute,
+    find: &impl Fn(&str, &str) -> Option<&'a ServiceView>,
+    grants: &[Grant],
+) -> Verdict {
+    let route_ns = route.metadata.namespace.as_str();
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let mut check = |at: String, name: &str, ns: Option<&String>, port: Option<u16>| {
+        let ns = ns.map_or(route_ns, String::as_str);
+        match find(ns, name) {
+            None => problems.push((
+                "BackendNotFound",
+                format!("{at}: Service {ns}/{name} does not exist"),
+            )),
+            Some(s) if port.is_some_and(|p| !s.ports.iter().any(|(sp, _)| *sp == p)) => problems
+                .push((
+                    "BackendNotFound",
+                    format!(
+                        "{at}: Service {ns}/{name} has no port {} (its ports: {:?})",
+                        port.unwrap_or_default(),
+                        s.ports.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+                    ),
+                )),
+            Some(_) => {
+                if let Some(why) = refusal(grants, route_ns, ns, name) {
+                    problems.push(("RefNotPermitted", format!("{at}: {why}")));
+                }
+            }
+        }
+    };
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            check(
+                format!("rules[{i}].backendRefs[{j}]"),
+                &b.name,
+                b.namespace.as_ref(),
+                b.port,
+            );
+        }
+        let filters = rule
+            .filters
+            .iter()
+            .chain(rule.backend_refs.iter().flat_map(|b| &b.filters));
+        for m in filters.filter_map(|f| f.request_mirror.as_ref()) {
+            let r = &m.backend_ref;
+            check(
+                format!("rules[{i}] mirror"),
+                &r.name,
+                r.namespace.as_ref(),
+                r.port,
+            );
+        }
+    }
+    match problems.first() {
+        None => Verdict {
+            kind: "ResolvedRefs",
+            ok: true,
+            reason: "ResolvedRefs",
+            message: "every backendRef and mirror resolves".into(),
+        },
+        Some((reason, _)) => Verdict {
+            kind: "ResolvedRefs",
+            ok: false,
+            reason,
+            message: format!(
+                "{}; requests to such a backend are answered 500, copies to such a mirror are not sent",
+                problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service_view(ns: &str, name: &str, ports: &[u16]) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            namespace: ns.into(),
+            selector: Default::default(),
+            accounts: vec![name.into()],
+            ports: ports
+                .iter()
+                .map(|p| (*p, skein_model::Protocol::Http))
+                .collect(),
+            target_ports: Default::default(),
+            addresses: vec![],
+            routes: vec![],
+            policies: vec![],
+        }
+    }
+
+    fn http_route(ns: &str, spec: &str) -> HttpRoute {
+        let yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: {ns}}}\nspec: {spec}\n"
+        );
+        match skein_model::resource::parse_documents(&yaml, "test")
+            .unwrap()
+            .remove(0)
+        {
+            skein_model::resource::Resource::HttpRoute(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn conditions(v: &[(ParentRef, [Verdict; 2])]) -> Vec<(bool, &str, bool, &str)> {
+        v.iter()
+            .map(|(_, [a, r])| (a.ok, a.reason, r.ok, r.reason))
+            .collect()
+    }
+
+    #[test]
+    fn a_route_is_accepted_where_its_parent_exists_with_that_port() {
+        let services = [
+            service_view("shop", "web", &[80]),
+            service_view("shop", "api", &[80]),
+        ];
+        let route = http_route(
+            "shop",
+            "{parentRefs: [{name: web, port: 80}, {name: gone}, {name: api, port: 81}, {name: web, namespace: other}], rules: [{backendRefs: [{name: api}]}]}",
+        );
+        let v = verdicts(&route, &services, &[]);
+        assert_eq!(
+            conditions(&v),
+            [
+                (true, "Accepted", true, "ResolvedRefs"),
+                (false, "NoMatchingParent", true, "ResolvedRefs"),
+                (false, "NoMatchingParent", true, "ResolvedRefs"),
+                (false, "NoMatchingParent", true, "ResolvedRefs"),
+            ]
+        );
+        assert_eq!(v[0].0.namespace.as_deref(), Some("shop"), "filled in");
+        assert!(
+            v[0].1[0]
+                .message
+                .contains("from callers in every namespace (a producer route)"),
+            "{:?}",
+            v[0].1[0]
+        );
+        assert!(
+            v[1].1[0]
+                .message
+                .contains("Service shop/gone does not exist"),
+            "{:?}",
+            v[1].1[0]
+        );
+        assert!(
+            v[2].1[0]
+                .message
+                .contains("has no port 81 (its ports: [80])"),
+            "{:?}",
+            v[2].1[0]
+        );
+        let consumer = http_route(
+            "fast",
+            "{parentRefs: [{name: web, namespace: shop}], rules: [{backendRefs: [{name: web, namespace: shop}]}]}",
+        );
+        let v = verdicts(&consumer, &services, &[]);
+        assert!(v[0].1[0].ok);
+        assert!(
+            v[0].1[0]
+                .message
+                .contains("callers in namespace fast only (a consumer route"),
+            "{:?}",
+            v[0].1[0]
+        );
+    }
+
+    #[test]
+    fn references_resolve_when_the_service_and_port_exist_and_a_grant_permits() {
+        let services = [
+            service_view("shop", "web", &[80]),
+            service_view("payments", "ledger", &[8080]),
+        ];
+        let route = |backend: &str| {
+            http_route(
+                "shop",
+                &format!("{{parentRefs: [{{name: web}}], rules: [{{backendRefs: [{backend}]}}]}}"),
+            )
+        };
+        let resolved = |backend: &str, grants: &[Grant]| {
+            let v = verdicts(&route(backend), &services, grants);
+            v[0].1[1].clone()
+        };
+        let missing = resolved("{name: nowhere}", &[]);
+        assert_eq!((missing.ok, missing.reason), (false, "BackendNotFound"));
+        assert!(
+            missing
+                .message
+                .starts_with("rules[0].backendRefs[0]: Service shop/nowhere does not exist;"),
+            "{missing:?}"
+        );
+        let port = resolved("{name: web, port: 81}", &[]);
+        assert_eq!((port.ok, port.reason), (false, "BackendNotFound"));
+        let across = resolved("{name: ledger, namespace: payments, port: 8080}", &[]);
+        assert_eq!((across.ok, across.reason), (false, "RefNotPermitted"));
+        assert!(
+            across
+                .message
+                .contains("no ReferenceGrant in namespace payments"),
+            "{across:?}"
+        );
+        let grant: Grant = (
+            "payments".into(),
+            serde_yaml_ng::from_str("{from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}], to: [{kind: Service}]}").unwrap(),
+        );
+        let granted = resolved("{name: ledger, namespace: payments, port: 8080}", &[grant]);
+        assert_eq!((granted.ok, granted.reason), (true, "ResolvedRefs"));
+        let mirror = verdicts(
+            &http_route(
+                "shop",
+                "{parentRefs: [{name: web}], rules: [{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]}]}",
+            ),
+            &services,
+            &[],
+        );
+        assert_eq!(mirror[0].1[1].reason, "BackendNotFound");
+        assert!(mirror[0].1[1]
+            .message
+            .starts_with("rules[0] mirror: Service shop/shadow does not exist"));
+    }
 
     #[test]
     fn a_reference_into_another_namespace_needs_a_grant_there() {

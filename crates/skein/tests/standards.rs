@@ -598,3 +598,81 @@ async fn a_real_prometheus_counts_exactly_the_requests_sent() {
     control.shutdown().await;
     drop(dir);
 }
+
+/// `skein ARGS` against `control` (its address and admin token given explicitly), with
+/// `stdin`.
+async fn skein(
+    control: &RunningControl,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> skein_testkit::control::CliOutput {
+    let server = control.http.to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--server",
+        &server,
+        "--token",
+        &control.token,
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_skein"));
+    skein_testkit::control::skein_cli(bin, &all, stdin).await
+}
+
+#[tokio::test]
+async fn route_status_conditions_appear_and_clear_as_the_mesh_changes() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(80).await;
+    apply(&control, &services(&["web"])).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: web, port: {PORT}}}, {{name: gone}}]
+  rules:
+  - backendRefs: [{{name: api, port: {PORT}}}]
+"
+    );
+    let applied = skein(&control, &["apply", "-f", "-"], Some(&route)).await;
+    assert!(applied.success(), "{applied:?}");
+    for said in [
+        "warning: HTTPRoute/default/web: parent Service/default/gone: Accepted is False (NoMatchingParent): parentRefs[1]: Service default/gone does not exist",
+        "warning: HTTPRoute/default/web: parent Service/default/web: ResolvedRefs is False (BackendNotFound): rules[0].backendRefs[0]: Service default/api does not exist",
+    ] {
+        assert!(applied.stderr.contains(said), "{}", applied.stderr);
+    }
+    let shown = skein(&control, &["get", "httproute", "web", "-o", "yaml"], None).await;
+    assert!(shown.success(), "{shown:?}");
+    for part in [
+        "controllerName: skein.dev/mesh",
+        "type: Accepted",
+        "reason: NoMatchingParent",
+        "type: ResolvedRefs",
+        "reason: BackendNotFound",
+        "lastTransitionTime:",
+    ] {
+        assert!(shown.stdout.contains(part), "{part}:\n{}", shown.stdout);
+    }
+
+    // The Service appears: the condition clears, and the route's own output, status and
+    // all, applies back unchanged.
+    apply(&control, &services(&["api"])).await;
+    let shown = skein(&control, &["get", "httproute", "web", "-o", "yaml"], None).await;
+    assert!(
+        !shown.stdout.contains("BackendNotFound"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        shown.stdout.contains("reason: ResolvedRefs"),
+        "{}",
+        shown.stdout
+    );
+    let again = skein(&control, &["apply", "-f", "-"], Some(&shown.stdout)).await;
+    assert!(again.success(), "{again:?}");
+    assert!(again.stdout.contains("unchanged"), "{}", again.stdout);
+    control.shutdown().await;
+    drop(dir);
+}

@@ -27,6 +27,7 @@ mod parse;
 mod policy;
 mod problem;
 mod route;
+mod route_status;
 mod service;
 pub mod validate;
 mod warnings;
@@ -59,6 +60,7 @@ pub use route::{
     QueryParamMatch, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
     REGEX_SIZE_LIMIT,
 };
+pub use route_status::{Condition, RouteParentStatus, RouteStatus, CONTROLLER_NAME};
 pub use service::{ServicePort, ServiceSpec};
 pub use warnings::dangling;
 pub use workload::{WorkloadSpec, WorkloadStatus};
