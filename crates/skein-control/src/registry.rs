@@ -267,8 +267,15 @@ impl Registry {
             let route_ns = &route.metadata.namespace;
             let mut rules = route.spec.rules.clone();
             for backend in rules.iter_mut().flat_map(|r| r.backend_refs.iter_mut()) {
-                let ns = backend.namespace.get_or_insert_with(|| route_ns.clone());
-                backend.refused = crate::routes::refusal(&grants, route_ns, ns, &backend.name);
+                let ns = backend
+                    .namespace
+                    .get_or_insert_with(|| route_ns.clone())
+                    .clone();
+                backend.refused = if backend.is_service() {
+                    crate::routes::refusal(&grants, route_ns, &ns, &backend.name)
+                } else {
+                    Some(crate::routes::invalid_kind(&backend.group, &backend.kind))
+                };
             }
             let mirrors = rules.iter_mut().flat_map(|r| {
                 let backends = r.backend_refs.iter_mut().flat_map(|b| b.filters.iter_mut());

@@ -162,6 +162,7 @@ fn resolved_refs<'a>(
 ) -> Verdict {
     let route_ns = route.metadata.namespace.as_str();
     let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let mut invalid: Vec<(&'static str, String)> = Vec::new();
     let mut check = |at: String, name: &str, ns: Option<&String>, port: Option<u16>| {
         let ns = ns.map_or(route_ns, String::as_str);
         match find(ns, name) {
@@ -187,6 +188,16 @@ fn resolved_refs<'a>(
     };
     for (i, rule) in route.spec.rules.iter().enumerate() {
         for (j, b) in rule.backend_refs.iter().enumerate() {
+            if !b.is_service() {
+                invalid.push((
+                    "InvalidKind",
+                    format!(
+                        "rules[{i}].backendRefs[{j}]: {}",
+                        invalid_kind(&b.group, &b.kind)
+                    ),
+                ));
+                continue;
+            }
             check(
                 format!("rules[{i}].backendRefs[{j}]"),
                 &b.name,
@@ -208,6 +219,9 @@ fn resolved_refs<'a>(
             );
         }
     }
+    // Kinds first: InvalidKind is the reason when there is one.
+    invalid.extend(problems);
+    let problems = invalid;
     match problems.first() {
         None => Verdict {
             kind: "ResolvedRefs",
@@ -225,6 +239,12 @@ fn resolved_refs<'a>(
             ),
         },
     }
+}
+
+/// Why a backendRef of another kind than Service is not followed.
+pub fn invalid_kind(group: &str, kind: &str) -> String {
+    let group = if group.is_empty() { "core" } else { group };
+    format!("its kind {kind} (group {group}) is not one Skein resolves; only Services (group \"\", kind Service) are")
 }
 
 #[cfg(test)]
@@ -347,6 +367,13 @@ mod tests {
                 .message
                 .starts_with("rules[0].backendRefs[0]: Service shop/nowhere does not exist;"),
             "{missing:?}"
+        );
+        let kind = resolved("{group: apps, kind: Deployment, name: web}", &[]);
+        assert_eq!((kind.ok, kind.reason), (false, "InvalidKind"));
+        assert!(
+            kind.message
+                .contains("its kind Deployment (group apps) is not one Skein resolves"),
+            "{kind:?}"
         );
         let port = resolved("{name: web, port: 81}", &[]);
         assert_eq!((port.ok, port.reason), (false, "BackendNotFound"));

@@ -224,6 +224,8 @@ spec:
     backendRefs: [{{name: nowhere, port: {PORT}}}]
   - matches: [{{path: {{type: Exact, value: /off}}}}]
     backendRefs: [{{name: v2, port: {PORT}, weight: 0}}]
+  - matches: [{{path: {{type: Exact, value: /kind}}}}]
+    backendRefs: [{{group: apps, kind: Deployment, name: v2}}]
   - matches: [{{path: {{type: PathPrefix, value: /moved}}}}]
     filters: [{{type: RequestRedirect, requestRedirect: {{hostname: new.example, statusCode: 301}}}}]
 ---
@@ -278,6 +280,15 @@ spec:
             StatusCode::INTERNAL_SERVER_ERROR,
             "backend_unresolved".into()
         )
+    );
+    let kind = get(&me, "restaurant", "/kind").await;
+    assert_eq!(
+        kind,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend_unresolved".into()
+        ),
+        "a backendRef of a kind Skein does not resolve"
     );
 
     let moved = get(&me, "restaurant", "/moved/1").await;

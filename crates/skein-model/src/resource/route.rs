@@ -233,6 +233,13 @@ pub struct BackendRef {
     pub refused: Option<String>,
 }
 
+impl BackendRef {
+    /// Whether it names a core Service, the one kind of backend Skein resolves.
+    pub fn is_service(&self) -> bool {
+        self.group.is_empty() && self.kind == "Service"
+    }
+}
+
 /// Timeouts of one rule. `0s` disables a timeout (as in Gateway API).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -450,7 +457,22 @@ impl RouteRule {
         );
         for (i, backend) in self.backend_refs.iter().enumerate() {
             let at = format!("{at}.backendRefs[{i}]");
-            check_ref(p, &at, &backend.group, &backend.kind, &backend.name);
+            if backend.is_service() {
+                p.dns_label(format!("{at}.name"), &backend.name);
+            } else {
+                // Accepted and stored, as the Gateway API asks: the route's status says
+                // InvalidKind and its requests are answered 500.
+                if !backend.group.is_empty() {
+                    p.dns_subdomain(format!("{at}.group"), &backend.group);
+                }
+                p.check(
+                    is_kind_name(&backend.kind),
+                    format!("{at}.kind"),
+                    &backend.kind,
+                    "a kind name: a letter, then letters, digits and '-', at most 63",
+                );
+                p.dns_subdomain(format!("{at}.name"), &backend.name);
+            }
             if let Some(ns) = &backend.namespace {
                 p.dns_label(format!("{at}.namespace"), ns);
             }
@@ -659,6 +681,16 @@ fn check_ref(p: &mut Problems, at: &str, group: &str, kind: &str, name: &str) {
     );
     p.check(kind == "Service", format!("{at}.kind"), kind, "Service");
     p.dns_label(format!("{at}.name"), name);
+}
+
+/// A Kubernetes kind name, as the Gateway API's `Kind` type allows.
+fn is_kind_name(kind: &str) -> bool {
+    let b = kind.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && !kind.ends_with('-')
 }
 
 pub(crate) fn default_service_kind() -> String {

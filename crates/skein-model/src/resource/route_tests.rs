@@ -195,12 +195,14 @@ fn methods_are_http_methods() {
 }
 
 #[test]
-fn backend_refs_are_core_services_with_bounded_weights() {
+fn backend_refs_have_bounded_weights_and_other_kinds_are_stored_not_refused() {
+    assert_eq!(
+        one("[{backendRefs: [{group: apps, kind: 9x, name: web}]}]"),
+        "spec.rules[0].backendRefs[0].kind: \"9x\" is not accepted; expected a kind name: a letter, then letters, digits and '-', at most 63"
+    );
     assert_eq!(
         problems("[{backendRefs: [{group: apps, kind: Deployment, name: web, namespace: a_b, port: 0, weight: 1000001}]}]"),
         [
-            "spec.rules[0].backendRefs[0].group: \"apps\" is not accepted; expected \"\" (the core API group)".to_string(),
-            "spec.rules[0].backendRefs[0].kind: \"Deployment\" is not accepted; expected Service".into(),
             format!("spec.rules[0].backendRefs[0].namespace: \"a_b\" is not accepted; expected {}", super::super::validate::DNS_LABEL),
             "spec.rules[0].backendRefs[0].port: \"0\" is not accepted; expected a port from 1 to 65535".into(),
             "spec.rules[0].backendRefs[0].weight: \"1000001\" is not accepted; expected 0 to 1000000".into(),

@@ -57,6 +57,11 @@ pub fn dangling(docs: &[Resource], exists: impl Fn(&ResourceKey) -> bool) -> Vec
         }
         for (i, rule) in route.spec.rules.iter().enumerate() {
             for b in &rule.backend_refs {
+                if !b.is_service() {
+                    let group = if b.group.is_empty() { "core" } else { &b.group };
+                    out.push(format!("{key}: rules[{i}] sends to a {} of group {group} named {}, which Skein does not resolve (only Services): those requests are answered 500 backend_unresolved", b.kind, b.name));
+                    continue;
+                }
                 let k = service(&b.name, b.namespace.as_ref());
                 if !exists(&k) {
                     out.push(format!("{key}: rules[{i}] sends to {k}, which does not exist: those requests are answered 500 backend_unresolved until it does"));
