@@ -267,15 +267,7 @@ impl Registry {
             let route_ns = &route.metadata.namespace;
             let mut rules = route.spec.rules.clone();
             for backend in rules.iter_mut().flat_map(|r| r.backend_refs.iter_mut()) {
-                let ns = backend
-                    .namespace
-                    .get_or_insert_with(|| route_ns.clone())
-                    .clone();
-                backend.refused = if backend.is_service() {
-                    crate::routes::refusal(&grants, route_ns, &ns, &backend.name)
-                } else {
-                    Some(crate::routes::invalid_kind(&backend.group, &backend.kind))
-                };
+                backend.namespace.get_or_insert_with(|| route_ns.clone());
             }
             let mirrors = rules.iter_mut().flat_map(|r| {
                 let backends = r.backend_refs.iter_mut().flat_map(|b| b.filters.iter_mut());
@@ -284,8 +276,7 @@ impl Registry {
             for filter in mirrors {
                 if let Some(mirror) = filter.request_mirror.as_mut() {
                     let to = &mut mirror.backend_ref;
-                    let ns = to.namespace.get_or_insert_with(|| route_ns.clone());
-                    to.refused = crate::routes::refusal(&grants, route_ns, ns, &to.name);
+                    to.namespace.get_or_insert_with(|| route_ns.clone());
                 }
                 // An ExtensionRef reaches proxies resolved: the FaultInjection it names,
                 // or (named but missing) a 500 for every request, as Gateway API asks.
@@ -307,6 +298,10 @@ impl Registry {
                     .iter_mut()
                     .find(|s| s.name == parent.name && &s.namespace == ns);
                 if let Some(service) = service {
+                    // What may be followed depends on whose traffic the route moves.
+                    let mut rules = rules.clone();
+                    let consumer = ns != route_ns;
+                    crate::routes::mark_refusals(&mut rules, &grants, route_ns, consumer);
                     service.routes.push(crate::routes::AttachedRoute {
                         namespace: route_ns.clone(),
                         created: route.metadata.creation_timestamp.clone(),

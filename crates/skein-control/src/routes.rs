@@ -10,10 +10,14 @@
 //! (`skein_proxy::route`) and breaks ties by route order, oldest route first, then by
 //! `namespace/name`.
 //!
-//! A reference from a route to a Service in another namespace (a `backendRef`, a mirror)
-//! is followed only when a `ReferenceGrant` in the Service's namespace permits routes of
-//! the route's namespace ([`refusal`]); otherwise proxies receive it marked refused and
-//! answer `500` for the requests it would carry.
+//! A producer route's reference to a Service in another namespace (a `backendRef`, a
+//! mirror) is followed only when a `ReferenceGrant` in the Service's namespace permits
+//! routes of the route's namespace ([`refusal`]); otherwise proxies receive it marked
+//! refused and answer `500` for the requests it would carry. A producer route moves every
+//! caller's traffic, so the namespace receiving it must opt in. A consumer route needs no
+//! grant: it moves only its own namespace's callers, who may call that Service directly
+//! anyway (GEP-1294 lets meshes follow every such reference; the mesh conformance case
+//! `MeshConsumerRoute` sends into the parent's namespace without a grant).
 //!
 //! Where the spec leaves a choice: consumer routes replace the producer's for the whole
 //! Service, not port by port (a consumer route for port 80 leaves the caller with no
@@ -21,7 +25,7 @@
 //! a route without a creation time (a static file's) counts as the newest.
 
 use crate::snapshot::ServiceView;
-use skein_model::resource::{HttpRoute, ParentRef, ReferenceGrantSpec};
+use skein_model::resource::{HttpRoute, ParentRef, ReferenceGrantSpec, RouteRule};
 use skein_model::DestinationRoute;
 
 /// An HTTPRoute attached to a Service, with what decides whom it applies to and its rank
@@ -60,9 +64,17 @@ pub fn for_caller(
 pub type Grant = (String, ReferenceGrantSpec);
 
 /// Why a route in `route_ns` may not refer to Service `service` in `target_ns`, or `None`
-/// when it may: same namespace, or a grant in `target_ns` permits it.
-pub fn refusal(grants: &[Grant], route_ns: &str, target_ns: &str, service: &str) -> Option<String> {
-    let permitted = route_ns == target_ns
+/// when it may: same namespace, a consumer route (`consumer`: it applies only to callers
+/// of its own namespace), or a grant in `target_ns` permits it.
+pub fn refusal(
+    grants: &[Grant],
+    route_ns: &str,
+    target_ns: &str,
+    service: &str,
+    consumer: bool,
+) -> Option<String> {
+    let permitted = consumer
+        || route_ns == target_ns
         || grants
             .iter()
             .any(|(ns, g)| ns == target_ns && g.permits(route_ns, service));
@@ -101,7 +113,6 @@ pub fn verdicts(
             .iter()
             .find(|s| s.namespace == ns && s.name == name)
     };
-    let resolved = resolved_refs(route, &find, grants);
     route
         .spec
         .parent_refs
@@ -148,7 +159,8 @@ pub fn verdicts(
                     }
                 }
             };
-            (filled, [accepted, resolved.clone()])
+            let resolved = resolved_refs(route, &find, grants, ns != route_ns);
+            (filled, [accepted, resolved])
         })
         .collect()
 }
@@ -159,6 +171,7 @@ fn resolved_refs<'a>(
     route: &HttpRoute,
     find: &impl Fn(&str, &str) -> Option<&'a ServiceView>,
     grants: &[Grant],
+    consumer: bool,
 ) -> Verdict {
     let route_ns = route.metadata.namespace.as_str();
     let mut problems: Vec<(&'static str, String)> = Vec::new();
@@ -180,7 +193,7 @@ fn resolved_refs<'a>(
                     ),
                 )),
             Some(_) => {
-                if let Some(why) = refusal(grants, route_ns, ns, name) {
+                if let Some(why) = refusal(grants, route_ns, ns, name, consumer) {
                     problems.push(("RefNotPermitted", format!("{at}: {why}")));
                 }
             }
@@ -238,6 +251,32 @@ fn resolved_refs<'a>(
                 problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ")
             ),
         },
+    }
+}
+
+/// Marks every backendRef and mirror of `rules` (namespaces filled in) that proxies must
+/// not follow: another kind than Service, or a Service [`refusal`] refuses.
+pub fn mark_refusals(rules: &mut [RouteRule], grants: &[Grant], route_ns: &str, consumer: bool) {
+    for rule in rules {
+        for b in &mut rule.backend_refs {
+            let ns = b.namespace.clone().unwrap_or_else(|| route_ns.to_string());
+            b.refused = if b.is_service() {
+                refusal(grants, route_ns, &ns, &b.name, consumer)
+            } else {
+                Some(invalid_kind(&b.group, &b.kind))
+            };
+        }
+        let backends = rule
+            .backend_refs
+            .iter_mut()
+            .flat_map(|b| b.filters.iter_mut());
+        for filter in rule.filters.iter_mut().chain(backends) {
+            if let Some(m) = filter.request_mirror.as_mut() {
+                let to = &mut m.backend_ref;
+                let ns = to.namespace.clone().unwrap_or_else(|| route_ns.to_string());
+                to.refused = refusal(grants, route_ns, &ns, &to.name, consumer);
+            }
+        }
     }
 }
 
@@ -413,20 +452,24 @@ mod tests {
             "payments",
             "{from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}], to: [{kind: Service, name: ledger}]}",
         );
-        assert_eq!(refusal(&[], "shop", "shop", "web"), None, "same namespace");
-        let why = refusal(&[], "shop", "payments", "ledger").unwrap();
+        assert_eq!(
+            refusal(&[], "shop", "shop", "web", false),
+            None,
+            "same namespace"
+        );
+        let why = refusal(&[], "shop", "payments", "ledger", false).unwrap();
         assert_eq!(
             why,
             "no ReferenceGrant in namespace payments lets HTTPRoutes of namespace shop refer to Service payments/ledger"
         );
         let grants = [open];
-        assert_eq!(refusal(&grants, "shop", "payments", "ledger"), None);
+        assert_eq!(refusal(&grants, "shop", "payments", "ledger", false), None);
         assert!(
-            refusal(&grants, "shop", "payments", "cards").is_some(),
+            refusal(&grants, "shop", "payments", "cards", false).is_some(),
             "another Service"
         );
         assert!(
-            refusal(&grants, "blog", "payments", "ledger").is_some(),
+            refusal(&grants, "blog", "payments", "ledger", false).is_some(),
             "another namespace"
         );
         let elsewhere = [grant(
@@ -434,8 +477,13 @@ mod tests {
             "{from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}], to: [{kind: Service}]}",
         )];
         assert!(
-            refusal(&elsewhere, "shop", "payments", "ledger").is_some(),
+            refusal(&elsewhere, "shop", "payments", "ledger", false).is_some(),
             "a grant opens only its own namespace"
+        );
+        assert_eq!(
+            refusal(&[], "shop", "payments", "ledger", true),
+            None,
+            "a consumer route moves only its own namespace's callers"
         );
     }
 

@@ -4,8 +4,9 @@
 //! HTTPRoutes mean what the Gateway API says: the most specific match wins whatever order
 //! rules are written in, a Service with routes answers 404 to what none matches, a
 //! backendRef that cannot be resolved answers 500, a rule a redirect answers needs no
-//! backend, a consumer route changes only its own namespace's calls (and sends into
-//! another namespace only where a ReferenceGrant there permits it), and a request that
+//! backend, a consumer route changes only its own namespace's calls, a producer route
+//! sends into another namespace only where a ReferenceGrant there permits it, and a
+//! request that
 //! reached no application is retried whatever the rule's codes. Metrics are what
 //! Prometheus reads: a real Prometheus server scraping two proxies counts exactly the
 //! requests sent.
@@ -93,9 +94,19 @@ async fn workload(
     (backend, proxy)
 }
 
-/// The proxy of a workload of `service` on 127.0.5.`host`, its application expected on
-/// port PORT of the same address.
+/// The proxy of a workload of `service` in `default` on 127.0.5.`host`, its application
+/// expected on port PORT of the same address.
 async fn workload_proxy(control: &RunningControl, host: u8, service: &str) -> RunningProxy {
+    workload_proxy_in(control, host, "default", service).await
+}
+
+/// Like [`workload_proxy`], in `namespace`.
+async fn workload_proxy_in(
+    control: &RunningControl,
+    host: u8,
+    namespace: &str,
+    service: &str,
+) -> RunningProxy {
     let mut spec = MeshSpec::new(1, 1);
     (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
     let mut config = spec
@@ -104,11 +115,12 @@ async fn workload_proxy(control: &RunningControl, host: u8, service: &str) -> Ru
     config.workload.labels.insert("app".into(), service.into());
     config.workload.name = format!("{service}-{host}");
     config.workload.service = service.into();
+    config.workload.namespace = namespace.into();
     config.inbound.listen = SocketAddr::new(ip(host), 4143);
     let advertise = config.inbound.listen;
     RunningProxy::start_with_control(
         config,
-        control_for(control, advertise, "default", service).await,
+        control_for(control, advertise, namespace, service).await,
     )
     .await
     .unwrap()
@@ -341,42 +353,7 @@ spec:
     let consumer_side = caller(&control, 41, "fast", &["restaurant", "v1", "v2"], 1).await;
     let other = caller(&control, 42, "slow", &["restaurant", "v1", "v2"], 1).await;
 
-    // `fast`'s route sends into `default`, which has granted nothing: 500, naming why.
-    let refused = get(&consumer_side, "restaurant.default", "/").await;
-    assert_eq!(
-        refused,
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "backend_unresolved".into()
-        )
-    );
-    let grant = |to: &str| {
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {{name: from-fast, namespace: default}}
-spec:
-  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: fast}}]
-  to: [{{group: '', kind: Service, name: {to}}}]
-"
-        )
-    };
-    apply(&control, &grant("v1")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        get(&consumer_side, "restaurant.default", "/").await.0,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "a grant for another Service opens nothing"
-    );
-    apply(&control, &grant("v2")).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&consumer_side, "restaurant.default", "/").await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the grant never took effect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(v2.hits(), 1);
-
-    for _ in 0..4 {
+    for _ in 0..5 {
         assert_eq!(
             get(&consumer_side, "restaurant.default", "/").await.0,
             StatusCode::OK
@@ -401,25 +378,6 @@ spec:
         "every other namespace follows the producer route"
     );
 
-    // The grant withdrawn, `fast`'s route is refused again.
-    let key = skein_model::resource::ResourceKey::new(
-        skein_model::resource::Kind::ReferenceGrant,
-        "default",
-        "from-fast",
-    );
-    assert!(control.registry.delete(&key).await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&consumer_side, "restaurant.default", "/").await.0 == StatusCode::OK {
-        assert!(Instant::now() < deadline, "the withdrawn grant still held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        get(&consumer_side, "restaurant.default", "/").await,
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "backend_unresolved".into()
-        )
-    );
     control.shutdown().await;
     drop(dir);
 }
@@ -684,6 +642,106 @@ spec:
     let again = skein(&control, &["apply", "-f", "-"], Some(&shown.stdout)).await;
     assert!(again.success(), "{again:?}");
     assert!(again.stdout.contains("unchanged"), "{}", again.stdout);
+    control.shutdown().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_producer_route_sends_into_another_namespace_only_with_a_grant_there() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(90).await;
+    let yaml = format!(
+        "{}apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: ledger, namespace: payments}}
+spec: {{selector: {{app: ledger}}, ports: [{{port: {PORT}, protocol: http}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: restaurant}}
+spec:
+  parentRefs: [{{name: restaurant, port: {PORT}}}]
+  rules:
+  - backendRefs: [{{name: ledger, namespace: payments, port: {PORT}}}]
+",
+        services(&["restaurant"])
+    );
+    apply(&control, &yaml).await;
+    let ledger = HttpBackend::start(SocketAddr::new(ip(91), PORT))
+        .await
+        .unwrap();
+    let _ledger_proxy = workload_proxy_in(&control, 91, "payments", "ledger").await;
+    let me = caller(&control, 92, "default", &["restaurant", "ledger"], 1).await;
+    let key = skein_model::resource::ResourceKey::new(
+        skein_model::resource::Kind::HttpRoute,
+        "default",
+        "restaurant",
+    );
+    let resolved = || {
+        let status = control.registry.route_status(&key).unwrap();
+        let c = &status.parents[0].conditions[1];
+        (c.kind.clone(), c.status.clone(), c.reason.clone())
+    };
+
+    // `payments` has granted nothing: every caller's traffic for restaurant would land on
+    // its Service, so the reference is refused.
+    let refused = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "backend_unresolved".to_string(),
+    );
+    assert_eq!(get(&me, "restaurant", "/").await, refused);
+    assert_eq!(
+        resolved(),
+        (
+            "ResolvedRefs".into(),
+            "False".into(),
+            "RefNotPermitted".into()
+        )
+    );
+    let grant = |to: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: from-default, namespace: payments}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}}]
+  to: [{{group: '', kind: Service, name: {to}}}]
+"
+        )
+    };
+    apply(&control, &grant("cards")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&me, "restaurant", "/").await,
+        refused,
+        "a grant for another Service opens nothing"
+    );
+    apply(&control, &grant("ledger")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&me, "restaurant", "/").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the grant never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger.hits(), 1);
+    assert_eq!(
+        resolved(),
+        ("ResolvedRefs".into(), "True".into(), "ResolvedRefs".into())
+    );
+
+    // The grant withdrawn, the reference is refused again.
+    let grant_key = skein_model::resource::ResourceKey::new(
+        skein_model::resource::Kind::ReferenceGrant,
+        "payments",
+        "from-default",
+    );
+    assert!(control.registry.delete(&grant_key).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&me, "restaurant", "/").await.0 == StatusCode::OK {
+        assert!(Instant::now() < deadline, "the withdrawn grant still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&me, "restaurant", "/").await, refused);
+    assert_eq!(ledger.hits(), 1, "nothing reached it once refused");
     control.shutdown().await;
     drop(dir);
 }

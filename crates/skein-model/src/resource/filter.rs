@@ -193,7 +193,7 @@ pub struct RequestRedirect {
     /// Default: the scheme's well-known port when the scheme changes, else the request's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// `301` or `302`. Default `302`.
+    /// `301`, `302`, `303`, `307` or `308`. Default `302`.
     #[serde(default = "default_redirect_code")]
     pub status_code: u16,
 }
@@ -345,10 +345,10 @@ impl RouteFilter {
                 p.port(format!("{at}.port"), port);
             }
             p.check(
-                r.status_code == 301 || r.status_code == 302,
+                [301, 302, 303, 307, 308].contains(&r.status_code),
                 format!("{at}.statusCode"),
                 r.status_code,
-                "301 or 302",
+                "301, 302, 303, 307 or 308",
             );
         }
     }

@@ -329,7 +329,7 @@ fn filters_are_checked_against_gateway_api_rules() {
         "[{matches: [{path: {type: Exact, value: /a}}], backendRefs: [{name: web, filters: [{type: RequestRedirect, requestRedirect: {statusCode: 302}}]}], \
           filters: [{type: RequestHeaderModifier, responseHeaderModifier: {}}, \
                     {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}, \
-                    {type: RequestRedirect, requestRedirect: {scheme: ftp, statusCode: 307}}, \
+                    {type: RequestRedirect, requestRedirect: {scheme: ftp, statusCode: 304}}, \
                     {type: RequestMirror, requestMirror: {backendRef: {name: shadow}, percent: 101}}, \
                     {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: skein-error, value: x}], remove: [Set-Cookie, set-cookie]}}]}]",
     );
@@ -338,7 +338,7 @@ fn filters_are_checked_against_gateway_api_rules() {
         "spec.rules[0].filters[0].responseHeaderModifier: \"set\"",
         "spec.rules[0].filters[1].urlRewrite.path.type: \"ReplacePrefixMatch\" is not accepted; expected ReplacePrefixMatch only in a rule whose matches are all PathPrefix",
         "spec.rules[0].filters[2].requestRedirect.scheme: \"ftp\" is not accepted; expected http or https",
-        "spec.rules[0].filters[2].requestRedirect.statusCode: \"307\" is not accepted; expected 301 or 302",
+        "spec.rules[0].filters[2].requestRedirect.statusCode: \"304\" is not accepted; expected 301, 302, 303, 307 or 308",
         "spec.rules[0].filters[3].requestMirror.percent: \"101\" is not accepted; expected 0 to 100",
         "spec.rules[0].filters[4].responseHeaderModifier.set[0].name: \"skein-error\" is not accepted",
         "each header name once across set, add and remove",
