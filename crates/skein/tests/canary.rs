@@ -1120,9 +1120,19 @@ async fn webhooks_gate_the_start_the_checks_and_the_promotion() {
         "held at the last step"
     );
     gate.fail_after_body(0);
-    let s = wait_for(control, Duration::from_secs(15), "promoted", |s| {
-        s.phase == CanaryPhase::Succeeded
-    })
+    // Post-rollout webhooks are called once the end is recorded, so their event comes a
+    // pass after `Succeeded`.
+    let s = wait_for(
+        control,
+        Duration::from_secs(15),
+        "promoted and notified",
+        |s| {
+            s.phase == CanaryPhase::Succeeded
+                && s.events
+                    .iter()
+                    .any(|e| e.message.starts_with("post-rollout webhook notify"))
+        },
+    )
     .await;
     let (_, failed) = load.finish().await;
     assert!(failed.is_empty(), "{failed:?}");

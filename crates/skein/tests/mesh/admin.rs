@@ -44,9 +44,28 @@ async fn admin_serves_live_ready_metrics_and_config() {
          src_namespace=\"default\",src_account=\"client\",dst_namespace=\"default\",\
          dst_service=\"web\",route=\"\",rule=\"\",status_code=\"200\",grpc_status=\"\",error=\"\"} 1",
         "skein_response_latency_seconds_bucket{le=\"0.05\",direction=\"outbound\"",
-        "# EOF",
+        // curl asks for nothing in particular: the Prometheus text format.
+        "content-type: text/plain; version=0.0.4; charset=utf-8",
+        "# TYPE skein_requests_total counter",
     ] {
         assert!(metrics.contains(family), "missing {family} in:\n{metrics}");
+    }
+    assert!(!metrics.contains("# EOF"), "{metrics}");
+    let asked = curl(&[
+        "-i",
+        "-H",
+        "Accept: application/openmetrics-text; version=1.0.0",
+        &format!("http://{admin}/metrics"),
+    ])
+    .await
+    .unwrap();
+    let open = String::from_utf8_lossy(&asked.stdout).into_owned();
+    for part in [
+        "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8",
+        "# TYPE skein_requests counter",
+        "# EOF",
+    ] {
+        assert!(open.contains(part), "missing {part} in:\n{open}");
     }
 
     let (status, config) = get(admin, "/config").await;
