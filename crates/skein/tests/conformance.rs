@@ -154,7 +154,7 @@ impl Case {
         self.host = Some(host);
         self
     }
-    fn from_consumer(mut self) -> Case {
+    fn sent_by_consumer(mut self) -> Case {
         self.from = Side::Consumer;
         self
     }
@@ -375,7 +375,7 @@ fn tests() -> Vec<Conformance> {
             ),
             cases: vec![
                 Case::get("echo-v1", 80, "/")
-                    .from_consumer()
+                    .sent_by_consumer()
                     .host("echo-v1.gateway-conformance-mesh")
                     .to(V1)
                     .answers("X-Header-Set", "set"),
