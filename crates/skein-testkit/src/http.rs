@@ -77,6 +77,8 @@ struct State {
     fail_every: AtomicUsize,
     /// Workers: requests beyond them wait inside the application (None: no such limit).
     workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Requests seen per `uuid` query parameter (the retry simulation).
+    attempts: Mutex<HashMap<String, usize>>,
 }
 
 impl State {
@@ -138,6 +140,12 @@ impl HttpBackend {
     /// - `GET /status/CODE`: that status, empty body.
     /// - `GET /ws` with `Upgrade: websocket` (HTTP/1): WebSocket that echoes text and binary
     ///   messages until close.
+    ///
+    /// On any path, as the Gateway API conformance suite's echo backend does: `delay=D`
+    /// (`500ms`, `1s`) waits D before answering; `responseCode=C&succeedAfter=N&uuid=U`
+    /// answers C to the first N requests carrying that `uuid` (each after `delayRetry=D` if
+    /// given), then as usual; and the echo route sets the response headers a request names
+    /// in `X-Echo-Set-Header: Name:value,Name:value`.
     pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
         Self::start_with(addr, Protocols::Auto).await
     }
@@ -163,6 +171,7 @@ impl HttpBackend {
             fail_after_body: Default::default(),
             fail_every: AtomicUsize::new(0),
             workers: Mutex::new(None),
+            attempts: Mutex::new(HashMap::new()),
         });
         let handler_state = state.clone();
         let handler: Handler = Arc::new(move |req| Box::pin(handle(handler_state.clone(), req)));
@@ -302,6 +311,36 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBod
     let get = req.method() == Method::GET;
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri());
+    if let Some(d) = query
+        .get("delay")
+        .and_then(|v| skein_model::duration::parse(v))
+    {
+        tokio::time::sleep(d).await;
+    }
+    if let (Some(code), Some(n), Some(id)) = (
+        number(&query, "responseCode").and_then(|c| StatusCode::from_u16(c as u16).ok()),
+        number(&query, "succeedAfter"),
+        query.get("uuid"),
+    ) {
+        let attempt = {
+            let mut seen = state
+                .attempts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = seen.entry(id.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if attempt <= n {
+            if let Some(d) = query
+                .get("delayRetry")
+                .and_then(|v| skein_model::duration::parse(v))
+            {
+                tokio::time::sleep(d).await;
+            }
+            return full(code, format!("simulated failure {attempt} of {n}"));
+        }
+    }
     match path.as_str() {
         "/bytes" if get => match number(&query, "n") {
             Some(n) => bytes_response(n),
@@ -351,6 +390,18 @@ fn echo_response(state: Arc<State>, index: usize, req: Request<Incoming>) -> Res
     for (name, v) in &parts.headers {
         if name.as_str().starts_with("x-test-") {
             headers.append(name.clone(), v.clone());
+        }
+    }
+    let set = parts
+        .headers
+        .get("x-echo-set-header")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    for pair in set.split(',').filter(|p| !p.is_empty()) {
+        if let Some((name, v)) = pair.split_once(':') {
+            if let Ok(name) = header::HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.append(name, value(v.trim()));
+            }
         }
     }
     resp

@@ -988,9 +988,13 @@ impl Infra {
         });
         let before: Vec<usize> = self.backends.iter().map(|(_, b)| b.hits()).collect();
         let mut sender = h1(to).await.map_err(|e| format!("connect: {e}"))?;
+        // A fresh request id for each probe (the retry simulation counts per id).
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = case.path.replace("{uuid}", &format!("probe-{probe}"));
         let mut req = Request::builder()
             .method(case.method)
-            .uri(case.path)
+            .uri(path)
             .header("host", host);
         for (k, v) in &case.headers {
             req = req.header(*k, *v);
@@ -1078,8 +1082,12 @@ impl Infra {
 /// The response headers and `Location` a case expects.
 fn response_headers(case: &Case, headers: &HeaderMap) -> Result<(), String> {
     for (name, want) in &case.answered {
-        let got = headers.get(*name).and_then(|v| v.to_str().ok());
-        if got != Some(*want) {
+        let got: Vec<&str> = headers
+            .get_all(*name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if got.join(",") != *want {
             return Err(format!("response {name}: {got:?}, expected {want:?}"));
         }
     }
@@ -1627,6 +1635,156 @@ fn gateway_tests() -> Vec<Conformance> {
                 &format!("  - backendRefs: [{{name: web-backend, namespace: {WEB_NS}, port: 8080}}]\n"),
             ),
             cases: vec![Case::gw("/").to(Backend::Named("web-backend"))],
+        },
+        Conformance {
+            name: "HTTPRouteResponseHeaderModifier",
+            routes: groute(
+                "response-header-modifier",
+                "",
+                &[
+                    ("/set", "{set: [{name: X-Header-Set, value: set-overwrites-values}]}"),
+                    ("/add", "{add: [{name: X-Header-Add, value: add-appends-values}]}"),
+                    ("/remove", "{remove: [X-Header-Remove]}"),
+                    (
+                        "/multiple",
+                        "{set: [{name: X-Header-Set-1, value: header-set-1}, {name: X-Header-Set-2, value: header-set-2}], \
+                         add: [{name: X-Header-Add-1, value: header-add-1}, {name: X-Header-Add-2, value: header-add-2}, {name: X-Header-Add-3, value: header-add-3}], \
+                         remove: [X-Header-Remove-1, X-Header-Remove-2]}",
+                    ),
+                    (
+                        "/case-insensitivity",
+                        "{set: [{name: X-Header-Set, value: header-set}], \
+                         add: [{name: X-Header-Add, value: header-add}, {name: x-lowercase-add, value: lowercase-add}, {name: x-Mixedcase-ADD-1, value: mixedcase-add-1}, {name: X-mixeDcase-add-2, value: mixedcase-add-2}, {name: X-UPPERCASE-ADD, value: uppercase-add}], \
+                         remove: [X-Header-Remove]}",
+                    ),
+                ]
+                .iter()
+                .map(|(prefix, m)| {
+                    format!(
+                        "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {m}}}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n"
+                    )
+                })
+                .collect::<String>(),
+            ),
+            cases: vec![
+                Case::gw("/set")
+                    .header("X-Echo-Set-Header", "Some-Other-Header:val")
+                    .to(I1)
+                    .answers("Some-Other-Header", "val")
+                    .answers("X-Header-Set", "set-overwrites-values"),
+                Case::gw("/set")
+                    .header("X-Echo-Set-Header", "Some-Other-Header:val,X-Header-Set:some-other-value")
+                    .to(I1)
+                    .answers("Some-Other-Header", "val")
+                    .answers("X-Header-Set", "set-overwrites-values"),
+                Case::gw("/add")
+                    .header("X-Echo-Set-Header", "Some-Other-Header:val")
+                    .to(I1)
+                    .answers("Some-Other-Header", "val")
+                    .answers("X-Header-Add", "add-appends-values"),
+                Case::gw("/add")
+                    .header("X-Echo-Set-Header", "Some-Other-Header:val,X-Header-Add:some-other-value")
+                    .to(I1)
+                    .answers("Some-Other-Header", "val")
+                    .answers("X-Header-Add", "some-other-value,add-appends-values"),
+                Case::gw("/remove")
+                    .header("X-Echo-Set-Header", "X-Header-Remove:val")
+                    .to(I1)
+                    .not_answers("X-Header-Remove"),
+                Case::gw("/multiple")
+                    .header(
+                        "X-Echo-Set-Header",
+                        "X-Header-Set-2:set-val-2,X-Header-Add-2:add-val-2,X-Header-Remove-2:remove-val-2,Another-Header:another-header-val,X-Header-Remove-1:val",
+                    )
+                    .to(I1)
+                    .answers("X-Header-Set-1", "header-set-1")
+                    .answers("X-Header-Set-2", "header-set-2")
+                    .answers("X-Header-Add-1", "header-add-1")
+                    .answers("X-Header-Add-2", "add-val-2,header-add-2")
+                    .answers("X-Header-Add-3", "header-add-3")
+                    .answers("Another-Header", "another-header-val")
+                    .not_answers("X-Header-Remove-1")
+                    .not_answers("X-Header-Remove-2"),
+                Case::gw("/case-insensitivity")
+                    .header(
+                        "X-Echo-Set-Header",
+                        "x-header-set:original-val-set,x-header-add:original-val-add,x-header-remove:original-val-remove,Another-Header:another-header-val",
+                    )
+                    .to(I1)
+                    .answers("X-Header-Set", "header-set")
+                    .answers("X-Header-Add", "original-val-add,header-add")
+                    .answers("X-Lowercase-Add", "lowercase-add")
+                    .answers("X-Mixedcase-Add-1", "mixedcase-add-1")
+                    .answers("X-Mixedcase-Add-2", "mixedcase-add-2")
+                    .answers("X-Uppercase-Add", "uppercase-add")
+                    .answers("Another-Header", "another-header-val")
+                    .not_answers("X-Header-Remove"),
+            ],
+        },
+        Conformance {
+            name: "HTTPRouteTimeoutRequest",
+            routes: groute(
+                "request-timeout",
+                "",
+                "  - matches: [{path: {type: PathPrefix, value: /request-timeout}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n    timeouts: {request: 500ms}\n\
+                 \x20 - matches: [{path: {type: PathPrefix, value: /disable-request-timeout}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n    timeouts: {request: 0s}\n",
+            ),
+            cases: vec![
+                Case::gw("/request-timeout").to(I1),
+                Case::gw("/request-timeout?delay=1s").status(504).to(I1),
+                Case::gw("/disable-request-timeout?delay=1s").to(I1),
+            ],
+        },
+        Conformance {
+            name: "HTTPRouteTimeoutBackendRequest",
+            routes: groute(
+                "backend-request-timeout",
+                "",
+                "  - matches: [{path: {type: PathPrefix, value: /backend-timeout}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n    timeouts: {backendRequest: 500ms}\n\
+                 \x20 - matches: [{path: {type: PathPrefix, value: /disable-backend-timeout}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n    timeouts: {backendRequest: 0s}\n",
+            ),
+            cases: vec![
+                Case::gw("/backend-timeout").to(I1),
+                Case::gw("/backend-timeout?delay=1s").status(504).to(I1),
+                Case::gw("/disable-backend-timeout?delay=1s").to(I1),
+            ],
+        },
+        Conformance {
+            name: "HTTPRouteRetry",
+            routes: groute(
+                "retries",
+                "",
+                "  - matches: [{path: {type: PathPrefix, value: /retry/code-500-attempts-3}}]\n    retry: {codes: [500], attempts: 3}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n\
+                 \x20 - matches: [{path: {type: PathPrefix, value: /retry/code-all-attempts-2}}]\n    retry: {codes: [500, 502, 503, 504], attempts: 2}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n",
+            ),
+            cases: vec![
+                Case::gw("/retry/code-500-attempts-3?responseCode=500&succeedAfter=2&uuid={uuid}").to(I3),
+                Case::gw("/retry/code-500-attempts-3?responseCode=500&succeedAfter=4&uuid={uuid}").status(500).to(I3),
+                Case::gw("/retry/code-500-attempts-3?responseCode=503&succeedAfter=2&uuid={uuid}").status(503).to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=500&succeedAfter=1&uuid={uuid}").to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=500&succeedAfter=3&uuid={uuid}").status(500).to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=502&succeedAfter=1&uuid={uuid}").to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=502&succeedAfter=3&uuid={uuid}").status(502).to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=503&succeedAfter=1&uuid={uuid}").to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=503&succeedAfter=3&uuid={uuid}").status(503).to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=504&succeedAfter=1&uuid={uuid}").to(I3),
+                Case::gw("/retry/code-all-attempts-2?responseCode=504&succeedAfter=3&uuid={uuid}").status(504).to(I3),
+            ],
+        },
+        Conformance {
+            name: "HTTPRouteRetryWithTimeouts",
+            routes: groute(
+                "retries-with-timeouts",
+                "",
+                "  - matches: [{path: {type: PathPrefix, value: /retry/backend-request-timeout-200ms}}]\n    retry: {attempts: 2}\n    timeouts: {backendRequest: 200ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n\
+                 \x20 - matches: [{path: {type: PathPrefix, value: /retry/request-timeout-200ms}}]\n    retry: {codes: [500], attempts: 5}\n    timeouts: {backendRequest: 200ms, request: 400ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n",
+            ),
+            cases: vec![
+                Case::gw("/retry/backend-request-timeout-200ms?responseCode=500&succeedAfter=2&delayRetry=300ms&uuid={uuid}").to(I3),
+                Case::gw("/retry/backend-request-timeout-200ms?responseCode=500&succeedAfter=3&delayRetry=300ms&uuid={uuid}").status(504).to(I3),
+                Case::gw("/retry/request-timeout-200ms?responseCode=500&succeedAfter=1&uuid={uuid}").to(I3),
+                Case::gw("/retry/request-timeout-200ms?responseCode=500&succeedAfter=4&delayRetry=100ms&uuid={uuid}").status(504).to(I3),
+            ],
         },
     ]
 }
