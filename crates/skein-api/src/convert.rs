@@ -114,6 +114,8 @@ fn filters_to_wire(filters: &[RouteFilter]) -> Vec<pb::RouteFilter> {
                             refused: r.refused.clone().unwrap_or_default(),
                         }),
                         percent: m.percent,
+                        fraction_numerator: m.fraction.map_or(0, |f| f.numerator),
+                        fraction_denominator: m.fraction.map_or(0, |f| f.denominator),
                     })
                 }
                 FilterType::ExtensionRef => {
@@ -206,6 +208,12 @@ fn filters_from_wire(filters: &[pb::RouteFilter]) -> Vec<RouteFilter> {
                             refused: (!b.refused.is_empty()).then(|| b.refused.clone()),
                         },
                         percent: m.percent,
+                        fraction: (m.fraction_denominator > 0).then_some(
+                            skein_model::resource::filter::MirrorFraction {
+                                numerator: m.fraction_numerator,
+                                denominator: m.fraction_denominator,
+                            },
+                        ),
                     });
                 }
                 Filter::Fault(f) => {

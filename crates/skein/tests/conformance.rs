@@ -22,7 +22,7 @@
 //! request to the echo-v2 pod's own address (Skein workloads are reached through their
 //! proxies; there is no pod address to send to).
 //!
-//! Every address is in 127.0.5.100–104, 127.0.5.110–114 and 127.0.5.120–127.
+//! Every address is in 127.0.5.100–104, 110–114, 120–127 and 130–137.
 
 mod live;
 
@@ -121,8 +121,8 @@ struct Case {
     backend_path: Option<&'static str>,
     /// The redirect's `Location`.
     location: Option<&'static str>,
-    /// The backend that must receive a copy (a mirror).
-    mirror: Option<&'static str>,
+    /// The backends that must each receive a copy (mirrors).
+    mirrors: Vec<&'static str>,
     /// The `Host` the backend must see.
     backend_host: Option<&'static str>,
 }
@@ -146,7 +146,7 @@ impl Case {
             unanswered: Vec::new(),
             backend_path: None,
             location: None,
-            mirror: None,
+            mirrors: Vec::new(),
             backend_host: None,
         }
     }
@@ -159,7 +159,7 @@ impl Case {
         self
     }
     fn mirrored_to(mut self, backend: &'static str) -> Case {
-        self.mirror = Some(backend);
+        self.mirrors.push(backend);
         self
     }
     fn host_seen(mut self, host: &'static str) -> Case {
@@ -1010,13 +1010,9 @@ impl Infra {
         if status != StatusCode::from_u16(case.status).unwrap() {
             return Err(format!("status {status}, expected {}", case.status));
         }
-        if let Some(mirror) = case.mirror {
+        for mirror in &case.mirrors {
             // The copy travels on its own task: give it a moment.
-            let i = self
-                .backends
-                .iter()
-                .position(|(n, _)| *n == mirror)
-                .unwrap();
+            let i = self.backends.iter().position(|(n, _)| n == mirror).unwrap();
             let deadline = Instant::now() + Duration::from_secs(2);
             while self.backends[i].1.hits() == before[i] {
                 if Instant::now() > deadline {
@@ -1029,7 +1025,7 @@ impl Infra {
             .backends
             .iter()
             .zip(&before)
-            .filter(|((name, b), n)| b.hits() > **n && Some(*name) != case.mirror)
+            .filter(|((name, b), n)| b.hits() > **n && !case.mirrors.contains(name))
             .map(|((name, _), _)| *name)
             .collect();
         let answered = match grew.as_slice() {
@@ -1599,6 +1595,27 @@ fn gateway_tests() -> Vec<Conformance> {
             ],
         },
         Conformance {
+            name: "HTTPRouteRequestMultipleMirrors",
+            routes: groute(
+                "request-multiple-mirrors",
+                "",
+                &format!(
+                    "  - matches: [{{path: {{type: PathPrefix, value: /multi-mirror}}}}]\n    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v2, port: 8080}}}}}}, {{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v3, port: 8080}}}}}}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n\
+                     \x20 - matches: [{{path: {{type: PathPrefix, value: /multi-mirror-and-modify-request-headers}}}}]\n    filters: [{modify}, {{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v2, port: 8080}}}}}}, {{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v3, port: 8080}}}}}}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n"
+                ),
+            ),
+            cases: vec![
+                Case::gw("/multi-mirror")
+                    .to(I1)
+                    .mirrored_to("infra-backend-v2")
+                    .mirrored_to("infra-backend-v3"),
+                modified(Case::gw("/multi-mirror-and-modify-request-headers"))
+                    .to(I1)
+                    .mirrored_to("infra-backend-v2")
+                    .mirrored_to("infra-backend-v3"),
+            ],
+        },
+        Conformance {
             name: "HTTPRouteNamedRule",
             routes: groute(
                 "http-named-rules",
@@ -1799,5 +1816,73 @@ async fn the_gateway_api_httproute_conformance_cases_pass() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    infra.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_gateway_api_percentage_mirror_case_copies_its_share() {
+    // HTTPRouteRequestPercentageMirror: 500 requests per path; the copies reaching the
+    // mirror within 15 % (relative) of 500 × its share.
+    skein_testkit::init_tracing();
+    let infra = Infra::start_at(130, gateway_layout()).await;
+    let modify = "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Header-Set, value: set-overwrites-values}], add: [{name: X-Header-Add, value: header-val-1}, {name: X-Header-Add-Append, value: header-val-2}], remove: [X-Header-Remove]}}";
+    let mirror = |share: &str| {
+        format!("{{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v2, port: 8080}}, {share}}}}}")
+    };
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /percent-mirror}}}}]\n    filters: [{}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /percent-mirror-fraction}}}}]\n    filters: [{}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /percent-mirror-and-modify-headers}}}}]\n    filters: [{modify}, {}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n",
+        mirror("percent: 20"),
+        mirror("fraction: {numerator: 25, denominator: 50}"),
+        mirror("percent: 35"),
+    );
+    let keys = infra
+        .apply_routes(&groute("request-percentage-mirror", "", &rules))
+        .await;
+    let (v1, v2) = (
+        infra.backend("infra-backend-v1"),
+        infra.backend("infra-backend-v2"),
+    );
+    let to = SocketAddr::new(infra.caller(Side::Mesh).1, 15080);
+    for (path, share) in [
+        ("/percent-mirror", 0.20),
+        ("/percent-mirror-fraction", 0.50),
+        ("/percent-mirror-and-modify-headers", 0.35),
+    ] {
+        eventually(&infra, &Case::gw(path).to(I1)).await.unwrap();
+        // Copies of the probes may still be arriving.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (sent_before, copies_before) = (v1.hits(), v2.hits());
+        let mut sender = h1(to).await.unwrap();
+        for _ in 0..500 {
+            let req = Request::get(path)
+                .header("host", "gateway")
+                .header("X-Header-Remove", "remove-val")
+                .body(empty())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            skein_testkit::client::body_bytes(resp).await.unwrap();
+        }
+        assert_eq!(v1.hits() - sent_before, 500);
+        // Let the last copies land.
+        let mut copies = v2.hits() - copies_before;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = v2.hits() - copies_before;
+            if now == copies {
+                break;
+            }
+            copies = now;
+        }
+        let expected = 500.0 * share;
+        let off = (copies as f64 - expected).abs() / expected;
+        assert!(
+            off <= 0.15,
+            "{path}: {copies} copies of 500, expected {expected} ± 15 %"
+        );
+    }
+    infra.delete_routes(&keys).await;
     infra.control.shutdown().await;
 }

@@ -137,8 +137,8 @@ pub enum PathModifierType {
     ReplacePrefixMatch,
 }
 
-/// A copy of each request (or of `percent` of them) sent to another Service, whose
-/// answer is thrown away.
+/// A copy of each request (or of `percent` of them, or `fraction`) sent to another
+/// Service, whose answer is thrown away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMirror {
@@ -147,6 +147,38 @@ pub struct RequestMirror {
     /// Share of requests copied, 0 to 100. Default 100.
     #[serde(default = "default_percent")]
     pub percent: u32,
+    /// Share of requests copied as `numerator / denominator`; instead of `percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<MirrorFraction>,
+}
+
+/// A share as a fraction (Gateway API `Fraction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorFraction {
+    /// At most `denominator`.
+    pub numerator: u32,
+    /// More than 0. Default 100.
+    #[serde(default = "default_denominator")]
+    pub denominator: u32,
+}
+
+fn default_denominator() -> u32 {
+    100
+}
+
+impl RequestMirror {
+    /// The share of requests copied, in millionths.
+    pub fn per_million(&self) -> u32 {
+        match self.fraction {
+            Some(f) if f.denominator > 0 => {
+                (u64::from(f.numerator.min(f.denominator)) * 1_000_000 / u64::from(f.denominator))
+                    as u32
+            }
+            Some(_) => 0,
+            None => self.percent.min(100) * 10_000,
+        }
+    }
 }
 
 fn default_percent() -> u32 {
@@ -307,6 +339,20 @@ impl RouteFilter {
                 m.percent,
                 "0 to 100",
             );
+            if let Some(f) = m.fraction {
+                p.check(
+                    m.percent == 100,
+                    format!("{at}.fraction"),
+                    "set with percent",
+                    "percent or fraction, not both",
+                );
+                p.check(
+                    f.denominator > 0 && f.numerator <= f.denominator,
+                    format!("{at}.fraction"),
+                    format!("{}/{}", f.numerator, f.denominator),
+                    "a numerator of at most the denominator, which is more than 0",
+                );
+            }
         }
         for (field, m) in [
             ("requestHeaderModifier", &self.request_header_modifier),
@@ -471,12 +517,12 @@ pub(crate) fn validate_filters(
         f.validate(p, &format!("{at}[{i}]"), prefix_matches);
     }
     let count = |t: FilterType| filters.iter().filter(|f| f.kind == t).count();
+    // RequestMirror may repeat: each copy goes to its own backend.
     for t in [
         FilterType::RequestHeaderModifier,
         FilterType::ResponseHeaderModifier,
         FilterType::UrlRewrite,
         FilterType::RequestRedirect,
-        FilterType::RequestMirror,
     ] {
         p.check(
             count(t) <= 1,

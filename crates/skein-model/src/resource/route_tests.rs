@@ -397,3 +397,35 @@ fn what_only_the_control_plane_marks_is_refused_in_a_route() {
         "spec.rules[0].filters[0].requestMirror.backendRef.refused: \"set\" is not accepted; expected no such field in an HTTPRoute (the control plane sets it when no ReferenceGrant permits the reference)"
     );
 }
+
+#[test]
+fn a_rule_may_mirror_to_several_backends_each_its_own_share() {
+    assert!(problems(
+        "[{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}, {type: RequestMirror, requestMirror: {backendRef: {name: b}, fraction: {numerator: 25, denominator: 50}}}]}]"
+    )
+    .is_empty());
+    assert_eq!(
+        one("[{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, percent: 20, fraction: {numerator: 1}}}]}]"),
+        "spec.rules[0].filters[0].requestMirror.fraction: \"set with percent\" is not accepted; expected percent or fraction, not both"
+    );
+    assert_eq!(
+        one("[{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, fraction: {numerator: 3, denominator: 2}}}]}]"),
+        "spec.rules[0].filters[0].requestMirror.fraction: \"3/2\" is not accepted; expected a numerator of at most the denominator, which is more than 0"
+    );
+    let mirror = |yaml: &str| -> crate::resource::filter::RequestMirror {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    };
+    assert_eq!(mirror("{backendRef: {name: a}}").per_million(), 1_000_000);
+    assert_eq!(
+        mirror("{backendRef: {name: a}, percent: 35}").per_million(),
+        350_000
+    );
+    assert_eq!(
+        mirror("{backendRef: {name: a}, fraction: {numerator: 25, denominator: 50}}").per_million(),
+        500_000
+    );
+    assert_eq!(
+        mirror("{backendRef: {name: a}, fraction: {numerator: 1, denominator: 3}}").per_million(),
+        333_333
+    );
+}

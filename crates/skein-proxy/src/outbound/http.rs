@@ -25,6 +25,7 @@ use ::http::uri::{PathAndQuery, Uri};
 use ::http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use skein_model::resource::filter::RequestMirror;
 use skein_model::resource::{RouteRetry, TryDeadline};
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -187,27 +188,29 @@ async fn prepare<'r>(
     started: tokio::time::Instant,
 ) -> Result<(Requests, Option<&'r RouteRetry>), ProxyError> {
     let retry = rule.and_then(RuleRef::retry).filter(|r| r.attempts > 0);
-    let mirror = rule.and_then(|r| {
-        let m = r.filters().find_map(|f| f.request_mirror.as_ref())?;
-        if crate::route::random() % 100 >= u64::from(m.percent) {
-            return None;
-        }
-        let held = retry::replayable(
+    // Each mirror of the rule (and the picked backendRef) copies its own share.
+    let mut mirrors: Vec<&RequestMirror> = rule
+        .into_iter()
+        .flat_map(|r| r.filters().filter_map(|f| f.request_mirror.as_ref()))
+        .filter(|m| crate::route::random() % 1_000_000 < u64::from(m.per_million()))
+        .collect();
+    if !mirrors.is_empty()
+        && !retry::replayable(
             http_body::Body::is_end_stream(req.body()),
             http_body::Body::size_hint(req.body()).exact(),
-        );
-        if !held {
+        )
+    {
+        for _ in &mirrors {
             ctx.metrics.mirror("skipped_streamed_body");
-            return None;
         }
-        Some(m)
-    });
-    if retry.is_none() && mirror.is_none() {
+        mirrors.clear();
+    }
+    if retry.is_none() && mirrors.is_empty() {
         // The common case, kept whole.
         return Ok((Requests::Once(Some(req)), None));
     }
     let (parts, body) = req.into_parts();
-    let mut requests = if mirror.is_some() {
+    let mut requests = if !mirrors.is_empty() {
         let held = match try_deadline(rule, started, started) {
             None => body.collect().await,
             Some((at, rule, d)) => tokio::time::timeout_at(at, body.collect())
@@ -227,7 +230,7 @@ async fn prepare<'r>(
         ctx.retry_budget
             .deposit(&backend.service.key, budget, std::time::Instant::now());
     }
-    if let Some(m) = mirror {
+    for m in mirrors {
         super::mirror::send(ctx, state, backend, m, requests.next(), rule);
     }
     Ok((requests, retry))
