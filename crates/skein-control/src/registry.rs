@@ -59,6 +59,9 @@ pub struct Registry {
     /// Every HTTPRoute's status, recomputed with the state on every change (never stored:
     /// a condition's `lastTransitionTime` is when this replica saw it change).
     route_status: Mutex<BTreeMap<ResourceKey, skein_model::resource::RouteStatus>>,
+    /// The revision the last publish (state and route status) was computed at: what a
+    /// write waits for, so that what it answers reflects it.
+    published: AtomicU64,
 }
 
 impl Registry {
@@ -72,6 +75,7 @@ impl Registry {
             state,
             unallocated: Mutex::new(Vec::new()),
             route_status: Mutex::new(BTreeMap::new()),
+            published: AtomicU64::new(0),
         });
         let events = registry.resync().await?;
         let weak = Arc::downgrade(&registry);
@@ -125,6 +129,7 @@ impl Registry {
     fn publish(&self) {
         let next = self.mesh_state();
         self.refresh_route_status(&next.services);
+        let revision = next.revision;
         self.state.send_if_modified(|current| {
             if **current == next {
                 false
@@ -133,6 +138,7 @@ impl Registry {
                 true
             }
         });
+        self.published.fetch_max(revision, Ordering::SeqCst);
     }
 
     /// Recomputes every HTTPRoute's conditions against `services` and the stored grants;
@@ -700,7 +706,9 @@ impl Registry {
     /// write sees it.
     async fn wait_for(&self, revision: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.revision() < revision && tokio::time::Instant::now() < deadline {
+        while self.published.load(Ordering::SeqCst) < revision
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

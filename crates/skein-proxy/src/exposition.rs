@@ -42,7 +42,11 @@ pub fn negotiate(accept: Option<&HeaderValue>) -> Format {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim();
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
+            .filter_map(|p| {
+                let p = p.trim();
+                let (name, rest) = (p.get(..2)?, p.get(2..)?);
+                name.eq_ignore_ascii_case("q=").then_some(rest)
+            })
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         if media.eq_ignore_ascii_case("application/openmetrics-text") {
@@ -162,6 +166,11 @@ mod tests {
             accept("application/openmetrics-text;q=0"),
             Format::Text,
             "q=0 refuses it"
+        );
+        assert_eq!(
+            accept("application/openmetrics-text;Q=0"),
+            Format::Text,
+            "parameter names ignore case"
         );
     }
 

@@ -517,7 +517,22 @@ pub(crate) fn validate_filters(
         f.validate(p, &format!("{at}[{i}]"), prefix_matches);
     }
     let count = |t: FilterType| filters.iter().filter(|f| f.kind == t).count();
-    // RequestMirror may repeat: each copy goes to its own backend.
+    // RequestMirror may repeat, each to another backend.
+    let mirrors: Vec<&MirrorRef> = filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref))
+        .collect();
+    for (i, m) in mirrors.iter().enumerate() {
+        let same = mirrors[..i]
+            .iter()
+            .any(|o| o.name == m.name && o.namespace == m.namespace && o.port == m.port);
+        p.check(
+            !same,
+            at.to_string(),
+            format!("two RequestMirrors to {}", m.name),
+            "each RequestMirror to a different backend",
+        );
+    }
     for t in [
         FilterType::RequestHeaderModifier,
         FilterType::ResponseHeaderModifier,

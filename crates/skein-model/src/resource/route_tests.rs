@@ -429,3 +429,11 @@ fn a_rule_may_mirror_to_several_backends_each_its_own_share() {
         333_333
     );
 }
+
+#[test]
+fn two_mirrors_of_one_rule_go_to_different_backends() {
+    assert_eq!(
+        one("[{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}, {type: RequestMirror, requestMirror: {backendRef: {name: a}}}]}]"),
+        "spec.rules[0].filters: \"two RequestMirrors to a\" is not accepted; expected each RequestMirror to a different backend"
+    );
+}

@@ -156,5 +156,8 @@ async fn upgrade(
         req.headers_mut().insert(headers::REQUEST_ID, id);
     }
     let sender = H1Pool::connect(&*ctx.app_connector, addr).await?;
-    crate::http::upgrade::forward(sender, addr, req, &ctx.drain, ()).await
+    let mut resp = crate::http::upgrade::forward(sender, addr, req, &ctx.drain, ()).await?;
+    // Only proxies set skein-* headers; an application's answer to an upgrade cannot.
+    headers::strip_internal(resp.headers_mut());
+    Ok(resp)
 }

@@ -192,7 +192,13 @@ async fn prepare<'r>(
     let mut mirrors: Vec<&RequestMirror> = rule
         .into_iter()
         .flat_map(|r| r.filters().filter_map(|f| f.request_mirror.as_ref()))
-        .filter(|m| crate::route::random() % 1_000_000 < u64::from(m.per_million()))
+        .filter(|m| {
+            if m.backend_ref.refused.is_some() {
+                ctx.metrics.mirror("not_permitted");
+                return false;
+            }
+            crate::route::random() % 1_000_000 < u64::from(m.per_million())
+        })
         .collect();
     if !mirrors.is_empty()
         && !retry::replayable(
@@ -314,7 +320,13 @@ async fn tries<'r>(
         if let Some(retry) = retry {
             let outcome = match &sent {
                 // Reached no application, whatever `codes` say: safe on another endpoint.
-                Ok(Ok(_)) if retry::unsent_by_peer(status, error) => Outcome::NotSent,
+                // Believed only from a peer whose certificate proved it a mesh proxy.
+                Ok(Ok(_))
+                    if picked.upstream.identity.is_some()
+                        && retry::unsent_by_peer(status, error) =>
+                {
+                    Outcome::NotSent
+                }
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
                 Err(_) => Outcome::TryTimedOut,
                 Ok(Err(e)) if e.retryable() => Outcome::NotSent,

@@ -164,8 +164,8 @@ pub fn plan<B>(
         .filters
         .iter()
         .any(|f| f.request_redirect.is_some());
-    if rule_spec.backend_refs.is_empty() && redirects {
-        // Answered by the redirect: nothing is sent anywhere.
+    if redirects {
+        // Answered by the redirect: nothing is sent anywhere, whatever its backendRefs.
         let rule = RuleRef {
             parent: target.service.clone(),
             route,
@@ -449,6 +449,15 @@ mod tests {
 ";
         let d = table(routes);
         let to = Addressed::Addr("198.18.0.10:80".parse().unwrap());
+        let with_backends = table(&routes.replace(
+            "filters: [{type: RequestRedirect, requestRedirect: {hostname: new.example}}]",
+            "filters: [{type: RequestRedirect, requestRedirect: {hostname: new.example}}]\n      backendRefs: [{name: nowhere, weight: 0}]",
+        ));
+        let p = plan(&with_backends, &to, &req("GET", "/old/1", &[]), 0).unwrap();
+        assert!(
+            p.rule.is_some(),
+            "the redirect answers, whatever its backendRefs"
+        );
         let p = plan(&d, &to, &req("GET", "/old/1", &[]), 0).unwrap();
         let rule = p.rule.as_ref().unwrap();
         assert!(rule.filters().any(|f| f.request_redirect.is_some()));
