@@ -147,6 +147,7 @@ impl Registry {
         use skein_model::resource::{Condition, RouteParentStatus, RouteStatus, CONTROLLER_NAME};
         let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
         let grants = grants_of(&resources);
+        let services = crate::routes::index(services);
         let now = now_rfc3339();
         let mut statuses = self.route_status.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
@@ -156,7 +157,7 @@ impl Registry {
             };
             let key = resource.key();
             let before = statuses.get(&key);
-            let parents = crate::routes::verdicts(route, services, &grants)
+            let parents = crate::routes::verdicts(route, &services, &grants)
                 .into_iter()
                 .enumerate()
                 .map(|(i, (parent_ref, verdicts))| {

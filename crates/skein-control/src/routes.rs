@@ -99,20 +99,28 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// The mesh's Services by namespace and name: built once per change, for every route's
+/// references to be looked up in.
+pub type ServiceIndex<'a> = std::collections::HashMap<(&'a str, &'a str), &'a ServiceView>;
+
+/// Indexes `services` by namespace and name.
+pub fn index(services: &[ServiceView]) -> ServiceIndex<'_> {
+    services
+        .iter()
+        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+        .collect()
+}
+
 /// A route's `Accepted` and `ResolvedRefs` conditions at each of its parents, in
 /// `parentRefs` order (each parent's namespace filled in), against the mesh's `services`
 /// and `grants`.
 pub fn verdicts(
     route: &HttpRoute,
-    services: &[ServiceView],
+    services: &ServiceIndex<'_>,
     grants: &[Grant],
 ) -> Vec<(ParentRef, [Verdict; 2])> {
     let route_ns = route.metadata.namespace.as_str();
-    let find = |ns: &str, name: &str| {
-        services
-            .iter()
-            .find(|s| s.namespace == ns && s.name == name)
-    };
+    let find = |ns: &str, name: &str| services.get(&(ns, name)).copied();
     route
         .spec
         .parent_refs
@@ -336,7 +344,7 @@ mod tests {
             "shop",
             "{parentRefs: [{name: web, port: 80}, {name: gone}, {name: api, port: 81}, {name: web, namespace: other}], rules: [{backendRefs: [{name: api}]}]}",
         );
-        let v = verdicts(&route, &services, &[]);
+        let v = verdicts(&route, &index(&services), &[]);
         assert_eq!(
             conditions(&v),
             [
@@ -372,7 +380,7 @@ mod tests {
             "fast",
             "{parentRefs: [{name: web, namespace: shop}], rules: [{backendRefs: [{name: web, namespace: shop}]}]}",
         );
-        let v = verdicts(&consumer, &services, &[]);
+        let v = verdicts(&consumer, &index(&services), &[]);
         assert!(v[0].1[0].ok);
         assert!(
             v[0].1[0]
@@ -396,7 +404,7 @@ mod tests {
             )
         };
         let resolved = |backend: &str, grants: &[Grant]| {
-            let v = verdicts(&route(backend), &services, grants);
+            let v = verdicts(&route(backend), &index(&services), grants);
             v[0].1[1].clone()
         };
         let missing = resolved("{name: nowhere}", &[]);
@@ -435,7 +443,7 @@ mod tests {
                 "shop",
                 "{parentRefs: [{name: web}], rules: [{backendRefs: [{name: web}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]}]}",
             ),
-            &services,
+            &index(&services),
             &[],
         );
         assert_eq!(mirror[0].1[1].reason, "BackendNotFound");

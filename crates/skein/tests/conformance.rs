@@ -29,7 +29,6 @@ mod live;
 use http::{HeaderMap, Request, StatusCode};
 use live::*;
 use skein_control::server::RunningControl;
-use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::http::empty;
 use skein_proxy::RunningProxy;
 use skein_testkit::client::h1;
@@ -791,25 +790,12 @@ async fn backend(
     let backend = HttpBackend::start(SocketAddr::new(ip(host), APP))
         .await
         .unwrap();
-    let mut mesh = skein_testkit::MeshSpec::new(1, 1);
-    (mesh.client_ip, mesh.server_ip) = (ip(host), ip(host));
-    let mut config = mesh
-        .service(spec.account, backend.addr(), Protocol::Http)
-        .server_config();
+    let mut config = workload_config(host, spec.account, backend.addr());
     for (k, v) in spec.labels {
         config.workload.labels.insert(k.to_string(), v.to_string());
     }
     config.workload.name = spec.name.into();
-    config.workload.service = spec.account.into();
-    config.workload.namespace = spec.namespace.into();
-    config.inbound.listen = SocketAddr::new(ip(host), 4143);
-    let advertise = config.inbound.listen;
-    let proxy = RunningProxy::start_with_control(
-        config,
-        control_for(control, advertise, spec.namespace, spec.account).await,
-    )
-    .await
-    .unwrap();
+    let proxy = start_proxy(control, host, spec.namespace, config).await;
     (backend, proxy)
 }
 
@@ -822,14 +808,7 @@ async fn client(
     listeners: &[(&'static str, &'static str, u16, u16)],
     endpoints: &[(&str, usize)],
 ) -> RunningProxy {
-    let mut spec = skein_testkit::MeshSpec::new(1, 1);
-    (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
-    let advertise = SocketAddr::new(ip(host), 4143);
-    let mut config: ProxyConfig = spec.client_config(advertise);
-    config.destinations.clear();
-    config.inbound.listen = advertise;
-    config.workload.namespace = namespace.into();
-    config.workload.name = format!("client-{host}");
+    let mut config = caller_config(host);
     config.outbound.upstreams = listeners
         .iter()
         .map(|(service, ns, port, listen)| skein_model::Upstream {
@@ -838,13 +817,7 @@ async fn client(
             port: *port,
         })
         .collect();
-    let service = config.workload.service.clone();
-    let proxy = RunningProxy::start_with_control(
-        config,
-        control_for(control, advertise, namespace, &service).await,
-    )
-    .await
-    .unwrap();
+    let proxy = start_proxy(control, host, namespace, config).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cfg = proxy.ctx.config();

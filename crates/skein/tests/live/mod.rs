@@ -98,20 +98,48 @@ pub async fn workload_proxy_in(
     namespace: &str,
     service: &str,
 ) -> RunningProxy {
+    let config = workload_config(host, service, SocketAddr::new(ip(host), PORT));
+    start_proxy(control, host, namespace, config).await
+}
+
+/// The configuration of a workload of `service` (labelled `app: SERVICE`) on
+/// 127.0.5.`host`, its application at `app`, on that same address.
+pub fn workload_config(host: u8, service: &str, app: SocketAddr) -> ProxyConfig {
     let mut spec = MeshSpec::new(1, 1);
     (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
-    let mut config = spec
-        .service(service, SocketAddr::new(ip(host), PORT), Protocol::Http)
-        .server_config();
+    let mut config = spec.service(service, app, Protocol::Http).server_config();
     config.workload.labels.insert("app".into(), service.into());
     config.workload.name = format!("{service}-{host}");
     config.workload.service = service.into();
+    config
+}
+
+/// The configuration of a caller on 127.0.5.`host`: no destinations until the control
+/// plane sends them.
+pub fn caller_config(host: u8) -> ProxyConfig {
+    let mut spec = MeshSpec::new(1, 1);
+    (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
+    let mut config = spec.client_config(SocketAddr::new(ip(host), 4143));
+    config.destinations.clear();
+    config.workload.name = format!("caller-{host}");
+    config
+}
+
+/// Starts `config`'s proxy in `namespace`, its inbound listener on 127.0.5.`host`:4143,
+/// joined with a fresh token for its workload's service.
+pub async fn start_proxy(
+    control: &RunningControl,
+    host: u8,
+    namespace: &str,
+    mut config: ProxyConfig,
+) -> RunningProxy {
     config.workload.namespace = namespace.into();
     config.inbound.listen = SocketAddr::new(ip(host), 4143);
     let advertise = config.inbound.listen;
+    let service = config.workload.service.clone();
     RunningProxy::start_with_control(
         config,
-        control_for(control, advertise, namespace, service).await,
+        control_for(control, advertise, namespace, &service).await,
     )
     .await
     .unwrap()
@@ -127,21 +155,7 @@ pub async fn caller(
     services: &[&str],
     routes: usize,
 ) -> RunningProxy {
-    let mut spec = MeshSpec::new(1, 1);
-    (spec.client_ip, spec.server_ip) = (ip(host), ip(host));
-    let advertise = SocketAddr::new(ip(host), 4143);
-    let mut config: ProxyConfig = spec.client_config(advertise);
-    config.destinations.clear();
-    config.inbound.listen = advertise;
-    config.workload.namespace = namespace.into();
-    config.workload.name = format!("caller-{host}");
-    let service = config.workload.service.clone();
-    let proxy = RunningProxy::start_with_control(
-        config,
-        control_for(control, advertise, namespace, &service).await,
-    )
-    .await
-    .unwrap();
+    let proxy = start_proxy(control, host, namespace, caller_config(host)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cfg = proxy.ctx.config();
