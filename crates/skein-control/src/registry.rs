@@ -316,7 +316,7 @@ impl Registry {
                             name: format!("{route_ns}/{}", route.metadata.name),
                             port: parent.port,
                             hostnames: route.spec.hostnames.clone(),
-                            rules: rules.clone(),
+                            rules,
                         },
                     });
                 }
