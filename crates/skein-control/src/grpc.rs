@@ -13,8 +13,10 @@
 //! first snapshot → loop { mesh or CA changed: recompute, send if different | proxy acked
 //! or reported its certificate: record }.
 
+use crate::catalog::{Catalog, CatalogCache};
 use crate::pki::{Pki, PkiView, Presented};
-use crate::snapshot::{snapshot_for, WorkloadView};
+use crate::push::Push;
+use crate::snapshot::WorkloadView;
 use crate::state::{CertReport, Connections, MeshState};
 use futures_util::Stream;
 use ipnet::IpNet;
@@ -75,6 +77,7 @@ pub struct ProxyControlService {
     workload_cidrs: Arc<[IpNet]>,
     central: Arc<crate::telemetry::Central>,
     taps: Arc<crate::tap::TapHub>,
+    catalogs: Arc<CatalogCache>,
 }
 
 impl ProxyControlService {
@@ -96,6 +99,7 @@ impl ProxyControlService {
             workload_cidrs: Arc::from([]),
             central: Default::default(),
             taps: Default::default(),
+            catalogs: Default::default(),
         }
     }
 
@@ -246,13 +250,13 @@ impl ProxyControl for ProxyControlService {
                     "no Register within {REGISTER_WITHIN:?} of opening the Sync stream"
                 ))
             })?;
-        let (me, admin) = match first? {
+        let (me, admin, register) = match first? {
             Some(ProxyMessage {
                 message: Some(proxy_message::Message::Register(r)),
             }) => {
                 let mut me = workload_from(&r, &identity)?;
                 me.lineage = cert.lineage.clone();
-                (me, admin_from(&r)?)
+                (me, admin_from(&r)?, r)
             }
             _ => {
                 return Err(Status::invalid_argument(
@@ -283,36 +287,43 @@ impl ProxyControl for ProxyControlService {
         let (registrar, connections) = (self.registrar.clone(), self.connections.clone());
         let shutdown = self.shutdown.clone();
         let central = self.central.clone();
+        let catalogs = self.catalogs.clone();
         let reporter = crate::telemetry::Reporter {
             namespace: me.namespace.clone(),
             workload: me.name.clone(),
             account: me.account.clone(),
         };
         tokio::spawn(async move {
-            let mut last_sent: Option<Snapshot> = None;
+            let mut push = Push::new(&me.namespace, &register);
+            drop(register);
             let mut summary_refused = false;
+            // Something the proxy may hold changed (or it asked for something): plan.
+            let mut dirty = true;
+            let mut catalog: Option<Arc<Catalog>> = None;
             loop {
-                let current = state.borrow_and_update().clone();
-                let ca = pki.borrow_and_update().clone();
-                if let Some(entry) = denied(&ca, &lineage) {
-                    tracing::warn!(workload = %me.name, namespace = %me.namespace, %lineage, "closing the stream of a revoked workload");
-                    let _ = tx
-                        .send(Err(Status::permission_denied(format!(
-                            "{identity} (join lineage {lineage}) was revoked ({entry}); the workload is out of the mesh until it joins with a new token"
-                        ))))
-                        .await;
-                    break;
-                }
-                let mut next = full_snapshot(&me, &current, &ca);
-                let changed = last_sent.as_ref() != Some(&next);
-                if changed {
-                    last_sent = Some(next.clone());
-                    // The revisions come from one store, so the largest is always newer.
-                    next.version = current.revision.max(ca.revision).max(ca.denied_revision);
-                    connections.sent(session, next.version);
-                    if tx.send(Ok(next)).await.is_err() {
+                if std::mem::take(&mut dirty) {
+                    let current = state.borrow_and_update().clone();
+                    let ca = pki.borrow_and_update().clone();
+                    if let Some(entry) = denied(&ca, &lineage) {
+                        tracing::warn!(workload = %me.name, namespace = %me.namespace, %lineage, "closing the stream of a revoked workload");
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "{identity} (join lineage {lineage}) was revoked ({entry}); the workload is out of the mesh until it joins with a new token"
+                            ))))
+                            .await;
                         break;
                     }
+                    let shared = catalogs.get(&current, &ca);
+                    let local = local_snapshot(&me, &shared, &ca);
+                    // The revisions come from one store, so the largest is always newer.
+                    let floor = current.revision.max(ca.revision).max(ca.denied_revision);
+                    if let Some((next, sent)) = push.next(&shared, local, floor) {
+                        connections.sent(session, next.version, sent);
+                        if tx.send(Ok(next)).await.is_err() {
+                            break;
+                        }
+                    }
+                    catalog = Some(shared);
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -321,8 +332,8 @@ impl ProxyControl for ProxyControlService {
                         tracing::info!(workload = %me.name, namespace = %me.namespace, "a newer stream of this proxy replaced this one");
                         break;
                     }
-                    r = state.changed() => if r.is_err() { break },
-                    r = pki.changed() => if r.is_err() { break },
+                    r = state.changed() => if r.is_err() { break } else { dirty = true },
+                    r = pki.changed() => if r.is_err() { break } else { dirty = true },
                     msg = inbound.message() => match msg {
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
                             if ack.sent_unix_ms > 0 {
@@ -333,9 +344,16 @@ impl ProxyControl for ProxyControlService {
                             } else {
                                 connections.refused(session, ack.version, &ack.error);
                                 tracing::warn!(workload = %me.name, version = ack.version, error = %ack.error, "proxy refused a snapshot");
+                                // What it holds is no longer known here: the next
+                                // message (at the next change) is complete.
+                                push.refused();
                             }
-                            // No new snapshot is due for an ack: wait for the next change.
-                            // (`last_sent` is unchanged, so the loop head sends nothing.)
+                        }
+                        Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Want(want)) })) => {
+                            if let Some(c) = &catalog {
+                                push.want(&want, c);
+                                dirty = true;
+                            }
                         }
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Cert(cert)) })) => {
                             if cert.sent_unix_ms > 0 {
@@ -391,16 +409,17 @@ fn denied(ca: &PkiView, lineage: &str) -> Option<String> {
     ca.denied.denies(lineage).map(str::to_owned)
 }
 
-/// The snapshot for `me`: services and routes from the mesh, the trust bundle, CA
-/// generation and deny list from the CA, the mTLS mode from the Mesh resource.
-fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot {
-    let mut snapshot = snapshot_for(
-        me,
-        &mesh.services,
-        &mesh.workloads,
-        &ca.trust_domain,
-        &ca.denied,
-    );
+/// Everything `me`'s configuration holds but destinations: its own ports and limits
+/// from the Services of its namespace, its authorization, the trust bundle, CA generation
+/// and deny list from the CA, the mTLS mode and tracing from the Mesh resource.
+fn local_snapshot(me: &WorkloadView, catalog: &Catalog, ca: &PkiView) -> Snapshot {
+    let mesh = &catalog.mesh;
+    let own: Vec<&crate::snapshot::ServiceView> = catalog
+        .services_in(&me.namespace)
+        .iter()
+        .map(|i| &mesh.services[*i])
+        .collect();
+    let mut snapshot = crate::snapshot::local_for(me, own.iter().copied(), &ca.trust_domain);
     snapshot.trust_bundle = ca.bundle.clone();
     snapshot.ca_generation = ca.generation;
     snapshot.revoked_lineages = ca.denied.entries().to_vec();
@@ -410,8 +429,8 @@ fn full_snapshot(me: &WorkloadView, mesh: &MeshState, ca: &PkiView) -> Snapshot 
     } as i32;
     let authorization = crate::snapshot::policies_for(
         me,
-        &mesh.services,
-        &mesh.policies,
+        own.iter().copied(),
+        mesh.policies.iter().filter(|p| p.namespace == me.namespace),
         mesh.default_policy,
         mesh.encoded_slashes,
         mesh.ambiguous_paths,
@@ -570,6 +589,7 @@ mod tests {
             app_ports: vec![8080],
             last_version: 0,
             admin_address: String::new(),
+            ..Default::default()
         }
     }
 

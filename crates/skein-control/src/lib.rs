@@ -6,11 +6,13 @@
 
 pub mod api;
 pub mod canary;
+pub mod catalog;
 pub mod grpc;
 pub mod limits;
 pub mod otlp;
 pub mod pki;
 pub mod policy_check;
+pub mod push;
 pub mod registrar;
 pub mod registry;
 pub mod replicas;

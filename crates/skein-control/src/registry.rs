@@ -263,6 +263,7 @@ impl Registry {
             }
         }
         self.allocate_addresses(&resources, &service_cidrs, &mut state.services);
+        state.service_cidrs = service_cidrs;
         // Attach each HTTPRoute to the services it names as parents, producer and consumer
         // routes alike: each caller's snapshot takes those that apply to it, in order
         // (`crate::routes`).

@@ -1,9 +1,10 @@
 //! Computing the configuration one proxy needs, from the mesh's state. Pure: no I/O, so
 //! every rule is unit-tested here.
 //!
-//! A proxy receives every service it may call (today: every service in the mesh; the
-//! authorization work narrows this) with the endpoints of the workloads the service's
-//! selector matches, and its own application ports from the services that select it.
+//! A proxy receives the services it calls ([`crate::catalog`] computes each once for all
+//! proxies; [`crate::push`] picks each proxy's) with the endpoints of the workloads the
+//! service's selector matches, and its own application ports from the services that
+//! select it ([`local_for`]).
 
 use skein_api::v1 as pb;
 use skein_identity::DenyList;
@@ -98,16 +99,16 @@ impl ServiceView {
 /// The authorization `me`'s inbound proxy enforces: the policies whose target Service
 /// (in the policy's namespace) selects `me`, with the mesh's settings. Policies naming a
 /// Service that does not exist, or that does not select `me`, are left out.
-pub fn policies_for(
+pub fn policies_for<'a>(
     me: &WorkloadView,
-    services: &[ServiceView],
-    policies: &[Policy],
+    services: impl IntoIterator<Item = &'a ServiceView> + Clone,
+    policies: impl IntoIterator<Item = &'a Policy>,
     default: PolicyAction,
     encoded_slashes: EncodedSlashes,
     ambiguous_paths: AmbiguousPaths,
 ) -> PolicySet {
-    let governing = policies.iter().filter_map(|p| {
-        let target = services.iter().find(|s| {
+    let governing = policies.into_iter().filter_map(|p| {
+        let target = services.clone().into_iter().find(|s| {
             s.name == p.spec.target_ref.name && s.namespace == p.namespace && s.selects(me)
         })?;
         // Only the target's ports: another Service selecting the same workload keeps
@@ -124,6 +125,37 @@ pub fn policies_for(
     }
 }
 
+/// The snapshot for `me` (version left 0; the caller numbers it) with every service of
+/// the mesh as a destination. Output order is stable (sorted), so equal inputs give equal
+/// snapshots. Workloads of a `denied` lineage are no endpoints: callers stop choosing
+/// them in the same snapshot that tells them to refuse their certificates. Sessions build
+/// the same from a shared [`crate::catalog::Catalog`] instead; this is the whole
+/// computation in one call.
+pub fn snapshot_for(
+    me: &WorkloadView,
+    services: &[ServiceView],
+    workloads: &[WorkloadView],
+    trust_domain: &str,
+    denied: &DenyList,
+) -> pb::Snapshot {
+    let mesh = std::sync::Arc::new(crate::state::MeshState {
+        services: services.to_vec(),
+        workloads: workloads.to_vec(),
+        ..Default::default()
+    });
+    let catalog = crate::catalog::Catalog::build(mesh, trust_domain, denied, 0, None);
+    let mut destinations: Vec<pb::Destination> = catalog
+        .keys()
+        .filter_map(|k| catalog.get(k))
+        .map(|e| (*e.for_caller(&me.namespace).destination).clone())
+        .collect();
+    destinations.sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
+    pb::Snapshot {
+        destinations,
+        ..local_for(me, services.iter(), trust_domain)
+    }
+}
+
 fn protocol(p: Protocol) -> i32 {
     (match p {
         Protocol::Detect => pb::Protocol::Detect,
@@ -134,66 +166,19 @@ fn protocol(p: Protocol) -> i32 {
     }) as i32
 }
 
-/// The snapshot for `me` (version left 0; the caller numbers it). Output order is stable
-/// (sorted), so equal inputs give equal snapshots and unchanged proxies can be skipped.
-/// Workloads of a `denied` lineage are no endpoints: callers stop choosing them in the
-/// same snapshot that tells them to refuse their certificates.
-pub fn snapshot_for(
+/// What `me`'s snapshot says about `me` itself, from `services` (at least those of its
+/// namespace): its application ports, what its application accepts at once, and the
+/// trust domain. No destinations; the caller adds what comes from the CA and the Mesh.
+pub fn local_for<'a>(
     me: &WorkloadView,
-    services: &[ServiceView],
-    workloads: &[WorkloadView],
+    services: impl Iterator<Item = &'a ServiceView> + Clone,
     trust_domain: &str,
-    denied: &DenyList,
 ) -> pb::Snapshot {
-    let revoked = |w: &WorkloadView| {
-        !denied.is_empty()
-            && w.lineage
-                .as_deref()
-                .is_some_and(|l| denied.denies(l).is_some())
-    };
-    let mut destinations: Vec<pb::Destination> = services
-        .iter()
-        .map(|s| {
-            let mut endpoints: Vec<pb::Endpoint> = workloads
-                .iter()
-                .filter(|w| s.selects(w) && !revoked(w))
-                .map(|w| pb::Endpoint {
-                    address: std::net::SocketAddr::new(w.address, w.inbound_port).to_string(),
-                    workload: w.name.clone(),
-                    identity: w.identity(trust_domain),
-                })
-                .collect();
-            endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-            pb::Destination {
-                service: s.name.clone(),
-                namespace: s.namespace.clone(),
-                ports: s
-                    .ports
-                    .iter()
-                    .map(|(port, p)| pb::Port {
-                        port: u32::from(*port),
-                        protocol: protocol(*p),
-                        target_port: None,
-                    })
-                    .collect(),
-                addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
-                endpoints,
-                routes: skein_api::convert::routes_to_wire(&crate::routes::for_caller(
-                    &s.namespace,
-                    &s.routes,
-                    &me.namespace,
-                )),
-                policies: skein_api::convert::policies_to_wire(&s.policies),
-                identities: s.identities(trust_domain),
-            }
-        })
-        .collect();
-    destinations.sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
-
+    let selecting = services.filter(|s| s.selects(me));
     // Own application ports: those of the services that select this workload, else the
     // ports it declared, sniffed.
     let mut own: BTreeMap<u16, Protocol> = BTreeMap::new();
-    for s in services.iter().filter(|s| s.selects(me)) {
+    for s in selecting.clone() {
         for (port, p) in &s.ports {
             own.entry(*port).or_insert(*p);
         }
@@ -201,9 +186,8 @@ pub fn snapshot_for(
     // A port the application listens on for a selecting Service's port (its targetPort)
     // is reached through that port only: as a port of its own it would be governed by no
     // AuthorizationPolicy of that Service.
-    let targets: Vec<u16> = services
-        .iter()
-        .filter(|s| s.selects(me))
+    let targets: Vec<u16> = selecting
+        .clone()
         .flat_map(|s| s.target_ports.values().copied())
         .collect();
     for port in me.app_ports.iter().filter(|p| !targets.contains(p)) {
@@ -213,9 +197,8 @@ pub fn snapshot_for(
     // BackendPolicies of the services selecting it.
     // Each field the smallest of any; the policy named is the one with the smallest
     // maxConcurrentRequests.
-    let limits: Vec<(&str, skein_model::resource::InboundLimit)> = services
-        .iter()
-        .filter(|s| s.selects(me))
+    let limits: Vec<(&str, skein_model::resource::InboundLimit)> = selecting
+        .clone()
         .flat_map(|s| &s.policies)
         .filter_map(|p| Some((p.name.as_str(), p.spec.inbound?)))
         .collect();
@@ -247,16 +230,14 @@ pub fn snapshot_for(
         });
     pb::Snapshot {
         version: 0,
-        destinations,
         inbound_ports: own
             .into_iter()
             .map(|(port, p)| pb::Port {
                 port: u32::from(port),
                 protocol: protocol(p),
                 // Where the application listens for it: the selecting Service's targetPort.
-                target_port: services
-                    .iter()
-                    .filter(|s| s.selects(me))
+                target_port: selecting
+                    .clone()
                     .find_map(|s| s.target_ports.get(&port))
                     .map(|t| u32::from(*t)),
             })

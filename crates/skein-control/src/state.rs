@@ -36,6 +36,8 @@ pub struct MeshState {
     pub policies: Vec<skein_model::authz::Policy>,
     /// How proxies sample and export spans.
     pub tracing: skein_model::TracingSpec,
+    /// Where Services' virtual IPs are allocated (the Mesh's serviceCidrs).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for MeshState {
@@ -53,6 +55,7 @@ impl Default for MeshState {
             ambiguous_paths: Default::default(),
             policies: Vec::new(),
             tracing: Default::default(),
+            service_cidrs: Vec::new(),
         }
     }
 }
@@ -71,6 +74,10 @@ pub struct Connection {
     pub sent_version: u64,
     /// Last snapshot version it applied.
     pub acked_version: u64,
+    /// How many destinations it holds (every Service, unless it discovers on demand).
+    pub destinations: usize,
+    /// What was sent to it on this stream.
+    pub pushes: Pushes,
     /// Why it refused the last snapshot it refused, if any.
     pub last_error: Option<String>,
     /// The SPIFFE ID of the certificate it connected with.
@@ -92,6 +99,33 @@ pub struct Connection {
     /// Its service account (which is its service).
     #[serde(skip)]
     pub account: String,
+}
+
+/// What a stream carried to its proxy: messages of each kind and the destinations in
+/// them (what `skein get workloads -o yaml` shows, and what the scale driver reads).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pushes {
+    /// Complete snapshots.
+    pub complete: u64,
+    /// Deltas.
+    pub deltas: u64,
+    /// Destinations sent (each time one was sent).
+    pub destinations: u64,
+    /// Destinations removed by deltas.
+    pub removed: u64,
+}
+
+impl Pushes {
+    fn count(&mut self, sent: crate::push::Sent) {
+        if sent.delta {
+            self.deltas += 1;
+        } else {
+            self.complete += 1;
+        }
+        self.destinations += sent.destinations as u64;
+        self.removed += sent.removed as u64;
+    }
 }
 
 /// The clock offsets of a proxy's latest summaries: each is the proxy's timestamp minus
@@ -188,6 +222,8 @@ impl Connections {
             since,
             sent_version: 0,
             acked_version: 0,
+            destinations: 0,
+            pushes: Pushes::default(),
             last_error: None,
             identity: identity.to_owned(),
             certificate: None,
@@ -207,9 +243,13 @@ impl Connections {
         self.with(id, |c| c.admin = Some(admin));
     }
 
-    /// A snapshot was sent.
-    pub fn sent(&self, id: u64, version: u64) {
-        self.with(id, |c| c.sent_version = version);
+    /// A snapshot or delta was sent.
+    pub fn sent(&self, id: u64, version: u64, sent: crate::push::Sent) {
+        self.with(id, |c| {
+            c.sent_version = version;
+            c.destinations = sent.held;
+            c.pushes.count(sent);
+        });
     }
 
     /// The proxy applied `version`.

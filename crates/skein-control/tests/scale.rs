@@ -45,6 +45,7 @@ async fn simulate(i: usize, channel: Channel, seen: Arc<Seen>) -> Result<(), ton
         app_ports: vec![8080],
         last_version: 0,
         admin_address: String::new(),
+        ..Default::default()
     };
     let first = ProxyMessage {
         message: Some(proxy_message::Message::Register(register)),

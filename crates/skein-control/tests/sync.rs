@@ -222,8 +222,9 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
     assert_eq!(status_via(proxy, &url).await, "502");
 
     // A snapshot the proxy cannot apply is refused with the reason; the old one stays.
+    // (It holds `web`, which it called: the bad content goes there.)
     let mut bad = mesh_state(31, server.addrs.inbound, port, true);
-    bad.services[0].name = "Not_A_Label".into();
+    bad.services[0].ports = vec![(0, Protocol::Http)];
     state_tx.send(Arc::new(bad)).unwrap();
     eventually("refusal reported", async || {
         connections
@@ -235,7 +236,7 @@ async fn snapshots_are_pushed_applied_acked_and_survive_control_plane_loss() {
     .await;
     let error = connections.list()[0].last_error.clone().unwrap();
     assert!(
-        error.contains("version 31") && error.contains("Not_A_Label"),
+        error.contains("version 31") && error.contains("port 0 is not 1 to 65535"),
         "{error}"
     );
     assert_eq!(

@@ -18,8 +18,17 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The caller addressed a service this proxy has no destination for.
-    #[error("no destination named {0:?}: add it to `destinations` in the proxy config (or apply a Service)")]
+    #[error("no destination named {0:?}: no Service in the mesh answers to that name (apply one), or, for a proxy without a control plane, add it to `destinations` in the proxy config")]
     UnknownService(String),
+    /// The caller addressed a name this proxy does not hold, and the control plane could
+    /// not be asked about it (on-demand discovery).
+    #[error("{name:?} is not among the destinations this proxy holds, and it could not look it up: {why}")]
+    Undiscovered {
+        /// The name asked about.
+        name: String,
+        /// Why there is no answer.
+        why: String,
+    },
     /// The destination exists but not on that port.
     #[error("service {service:?} has no port {port}; its ports are {ports:?}")]
     UnknownPort {
@@ -220,6 +229,7 @@ impl ProxyError {
             ProxyError::BackendUnresolved { .. } => S::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints(_)
             | ProxyError::ShuttingDown
+            | ProxyError::Undiscovered { .. }
             | ProxyError::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
             ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
@@ -257,6 +267,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::UnknownService(_) => "unknown_service",
+            ProxyError::Undiscovered { .. } => "undiscovered",
             ProxyError::UnknownPort { .. } => "unknown_port",
             ProxyError::NoEndpoints(_) => "no_endpoints",
             ProxyError::NoRouteMatched { .. } => "no_route",

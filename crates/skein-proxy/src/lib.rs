@@ -20,6 +20,7 @@ pub mod control;
 pub mod decisions;
 pub mod destinations;
 pub mod detect;
+pub mod discovery;
 pub mod dns;
 pub mod drain;
 pub mod error;
@@ -92,6 +93,8 @@ pub struct Ctx {
     pub spans: Arc<spans::Spans>,
     /// Telemetry summaries waiting for the control-plane stream.
     pub summaries: telemetry::summary::Outbox,
+    /// On-demand discovery of destinations, and what is held (see [`discovery`]).
+    pub discovery: discovery::Discovery,
     /// This workload's account, once its certificate says (see [`Ctx::own_account`]).
     own_account: std::sync::OnceLock<telemetry::Named>,
     /// Set once the control plane refused this proxy for good (revoked, used-up or
@@ -219,6 +222,26 @@ impl RunningProxy {
         Self::start_inner(config, control, None).await
     }
 
+    /// Asks the control plane for `names` (services, as a first request would name them)
+    /// once the first configuration is in force, so that they are held before any
+    /// request: for tools and tests that check what a proxy holds before sending traffic.
+    /// Does nothing without on-demand discovery (such a proxy holds every destination).
+    pub async fn discover(&self, names: &[&str]) -> Result<(), discovery::Unanswered> {
+        let deadline = tokio::time::Instant::now() + discovery::WAIT;
+        while self.ctx.config_version.load(Ordering::SeqCst) == 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for name in names {
+            match self.ctx.discovery.ask(name).await {
+                Ok(_) | Err(discovery::Unanswered::NotOnDemand) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Like [`RunningProxy::start`] with a workload identity issued elsewhere (tests and
     /// benchmarks that drive the CA directly): mutual TLS between proxies, no renewal.
     pub async fn start_with_identity(
@@ -265,6 +288,7 @@ impl RunningProxy {
             retry_budget: Default::default(),
             own_account: Default::default(),
             summaries: Default::default(),
+            discovery: Default::default(),
             admin_addr: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
         });

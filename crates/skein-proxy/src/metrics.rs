@@ -205,6 +205,10 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Configuration snapshots received, by result (`applied` or `refused`).
     pub config_updates: Family<ResultLabels, Counter>,
+    /// Destinations received in applied snapshots and deltas (each time one arrived).
+    pub config_destinations_received: Counter,
+    /// Destinations held now.
+    pub config_destinations: Gauge,
     /// Inbound connections by how the caller was authenticated (`mtls`, `plaintext`) or
     /// why it was refused (`refused_plaintext`, `handshake_failed`, `no_identity`).
     pub inbound_security: Family<SecurityLabels, Counter>,
@@ -280,6 +284,8 @@ impl Metrics {
             summaries_dropped: Counter::default(),
             config_version: Gauge::default(),
             config_updates: Family::default(),
+            config_destinations_received: Counter::default(),
+            config_destinations: Gauge::default(),
             inbound_security: Family::default(),
             cert_expiry_seconds: Gauge::default(),
             cert_renewals: Family::default(),
@@ -335,6 +341,16 @@ impl Metrics {
             "config_updates",
             "Configuration snapshots received, by result",
             m.config_updates.clone(),
+        );
+        registry.register(
+            "config_destinations_received",
+            "Destinations received in applied snapshots and deltas",
+            m.config_destinations_received.clone(),
+        );
+        registry.register(
+            "config_destinations",
+            "Destinations this proxy holds",
+            m.config_destinations.clone(),
         );
         registry.register(
             "inbound_security_connections",
@@ -483,6 +499,12 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts `received` destinations of an applied message; `held` are held now.
+    pub fn config_destinations(&self, received: usize, held: usize) {
+        self.config_destinations_received.inc_by(received as u64);
+        self.config_destinations.set(held as i64);
     }
 
     /// Counts one configuration snapshot by result.

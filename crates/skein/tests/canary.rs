@@ -211,6 +211,11 @@ async fn caller(control: &Api, endpoint: &str, host: u8) -> RunningProxy {
         RunningProxy::start_with_control(config, control.join(endpoint, advertise, "client").await)
             .await
             .unwrap();
+    // It holds what it calls (on-demand discovery), as its first requests would ask.
+    proxy
+        .discover(&["restaurant", "restaurant-v1", "restaurant-v2"])
+        .await
+        .unwrap();
     eventually(
         "the caller knows both versions",
         Duration::from_secs(10),

@@ -264,7 +264,13 @@ async fn a_healthy_mesh_passes_and_each_fault_fails_its_own_line() {
 
     // A proxy that does not acknowledge a change: stopped while it is pushed.
     api.signal("STOP").unwrap();
-    apply(&cp, &files, "more.yaml", &service("extra")).await;
+    // (A change to what it holds: its own Service gains a port. Proxies hold only what
+    // they use, so a change elsewhere would not be sent to it.)
+    let more = service("api").replace(
+        "[{port: 8080, protocol: http}]",
+        "[{port: 8080, protocol: http}, {port: 8081, protocol: http}]",
+    );
+    apply(&cp, &files, "more.yaml", &more).await;
     // (The change reaches the proxies' sessions a moment after the apply answers.)
     let out = check_until(&cp, &[], "the unacknowledged version", |out| {
         report(&out.stdout)

@@ -818,6 +818,9 @@ async fn client(
         })
         .collect();
     let proxy = start_proxy(control, host, namespace, config).await;
+    // It holds what it calls (on-demand discovery), as its first requests would ask.
+    let names: Vec<&str> = endpoints.iter().map(|(name, _)| *name).collect();
+    proxy.discover(&names).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cfg = proxy.ctx.config();

@@ -165,6 +165,7 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     )
     .await
     .unwrap();
+    client.discover(&["web"]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !client
         .ctx

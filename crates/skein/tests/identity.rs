@@ -276,6 +276,7 @@ async fn a_token_for_evil_gets_no_restaurant_certificate_and_no_restaurant_traff
     // Evil runs a real proxy (its own identity) where restaurant is announced.
     let (evil_backend, _evil) = workload(&control, 206, "evil", None).await;
     let caller = client(&control, 207).await;
+    caller.discover(&["restaurant"]).await.unwrap();
     let proxy = caller.addrs.http_proxy.unwrap();
     eventually("caller knows restaurant", SOON, async || {
         caller
@@ -577,6 +578,9 @@ async fn with_the_control_plane_down_traffic_flows_until_expiry_then_fails_close
     let (_c, caller) = start(218, "client", false).await;
     let proxy = caller.addrs.http_proxy.unwrap();
     until_ok(proxy, &url("web", "before")).await;
+    // The caller holds api (it has looked it up) but has never connected to it: its
+    // first call after expiry is a new handshake.
+    caller.discover(&["api"]).await.unwrap();
 
     // Down while certificates are valid: traffic continues.
     cp.signal("KILL").unwrap();

@@ -23,6 +23,7 @@ fn backend_policy(name: &str, spec: &str) -> String {
 /// Waits until `proxy` knows `n` endpoints of `api` and the BackendPolicy `policy`
 /// (`None`: none) governs it.
 async fn knows(proxy: &RunningProxy, n: usize, policy: Option<&str>) {
+    proxy.discover(&["api"]).await.unwrap();
     eventually(
         "the caller learns the endpoints and policy",
         SOON,
@@ -56,6 +57,7 @@ async fn a_dead_endpoint_is_ejected_after_consecutive_failures_and_used_again_on
     let dead_addr = dead.addr();
     drop(dead); // its proxy stays up; its application is gone (connection refused)
     let caller = client(&cp, 147).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 2, Some("default/api")).await;
     let proxy = caller.addrs.http_proxy.unwrap();
 
@@ -171,6 +173,7 @@ async fn peak_ewma_keeps_a_slow_endpoints_share_and_the_p99_low_where_round_robi
     let (slow, _p2) = workload_as(&cp, 150, "api-2", "api", &[], None).await;
     slow.set_delay(Duration::from_millis(50));
     let caller = client(&cp, 151).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 2, None).await;
     let proxy = caller.addrs.http_proxy.unwrap();
 
@@ -240,6 +243,7 @@ async fn max_concurrent_requests_holds_the_backend_to_its_limit_and_refuses_the_
     let (backend, _p) = workload_as(&cp, 153, "api-1", "api", &[], None).await;
     backend.set_delay(Duration::from_millis(300));
     let caller = client(&cp, 154).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 1, Some("default/api")).await;
     let proxy = caller.addrs.http_proxy.unwrap();
 
@@ -349,6 +353,7 @@ async fn cookie_and_regular_expression_routes_pick_their_backends_and_bad_patter
     let (stable, _p1) = workload_as(&cp, 156, "api-1", "api", &[], None).await;
     let (beta, _p2) = workload_as(&cp, 157, "api-beta-1", "api-beta", &[], None).await;
     let caller = client(&cp, 158).await;
+    caller.discover(&["api"]).await.unwrap();
     eventually("the caller learns the route", SOON, async || {
         let c = caller.ctx.config();
         c.destinations
@@ -411,6 +416,7 @@ async fn an_inbound_limit_sheds_a_burst_at_the_applications_edge_and_the_applica
     app.set_capacity(20);
     app.set_delay(Duration::from_millis(200));
     let caller = client(&cp, 96).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 1, None).await;
     let proxy = caller.addrs.http_proxy.unwrap();
     let burst = || {
@@ -547,6 +553,7 @@ async fn an_adaptive_inbound_limit_finds_what_the_application_can_take_from_its_
     app.set_workers(8);
     app.set_delay(Duration::from_millis(200));
     let caller = client(&cp, 67).await;
+    caller.discover(&["api"]).await.unwrap();
     // Nobody wrote the number down: the ceiling is far above it, and the limit starts
     // at 20.
     let policy = backend_policy(
@@ -647,6 +654,7 @@ async fn route_filters_redirect_rewrite_and_change_headers_both_ways() {
     apply(&cp, &(service_yaml("api") + "---\n" + &route)).await;
     let (app, _p) = workload_as(&cp, 98, "api-1", "api", &[], None).await;
     let caller = client(&cp, 99).await;
+    caller.discover(&["api"]).await.unwrap();
     eventually("the caller learns the route", SOON, async || {
         let c = caller.ctx.config();
         c.destinations
@@ -720,6 +728,7 @@ async fn a_mirror_gets_a_copy_of_each_request_and_a_slow_mirror_never_slows_the_
     // The mirror takes a second per request; the original must not wait for it.
     shadow.set_delay(Duration::from_secs(1));
     let caller = client(&cp, 105).await;
+    caller.discover(&["api"]).await.unwrap();
     eventually(
         "the caller learns the route and both services",
         SOON,
@@ -793,6 +802,7 @@ async fn fault_injection_delays_and_aborts_its_shares_of_2000_requests() {
     .await;
     let (app, _p) = workload_as(&cp, 107, "api-1", "api", &[], None).await;
     let caller = client(&cp, 108).await;
+    caller.discover(&["api"]).await.unwrap();
     eventually("the caller learns the route", SOON, async || {
         let c = caller.ctx.config();
         c.destinations
@@ -881,6 +891,7 @@ async fn a_service_target_port_and_route_hostnames_take_effect() {
     let _proxy = app_workload(&cp, 113, "api", app.addr(), skein_model::Protocol::Http).await;
     // An upstream listener leads to api:PORT whatever host the request names.
     let caller = client_of(&cp, 114, "client", &[(15001, "api", PORT)]).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 1, None).await;
     eventually("the caller learns the route", SOON, async || {
         caller
@@ -929,6 +940,7 @@ async fn skein_why_explains_a_failed_request_hop_by_hop_naming_the_route_rule_an
     let (app, _api) = workload_as(&cp, 213, "api-1", "api", &[], None).await;
     app.set_delay(Duration::from_secs(2));
     let caller = client(&cp, 214).await;
+    caller.discover(&["api"]).await.unwrap();
     knows(&caller, 1, None).await;
     eventually("the caller learns the route", SOON, async || {
         caller

@@ -153,6 +153,9 @@ async fn caller_with(
         RunningProxy::start_with_control(config, control_for(control, advertise, &service).await)
             .await
             .unwrap();
+    // It holds what it calls (on-demand discovery), as its first requests would ask.
+    let names: Vec<&str> = services.iter().map(|(s, _)| *s).collect();
+    client.discover(&names).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cfg = client.ctx.config();

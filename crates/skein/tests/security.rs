@@ -162,6 +162,7 @@ fn registration(workload: &str, service: &str, address: IpAddr, app: &str) -> Re
         app_ports: vec![u32::from(PORT)],
         last_version: 0,
         admin_address: String::new(),
+        ..Default::default()
     }
 }
 
@@ -527,6 +528,7 @@ async fn a_revoked_workload_is_out_of_the_mesh_at_once_and_callers_never_notice(
     let (_app1, web1) = workload_with(194, "web-1", "web", join_with(&control, &token, 194)).await;
     let (app2, web2) = workload_with(195, "web-2", "web", join_with(&control, &token, 195)).await;
     let caller = client(&control, 196).await;
+    caller.discover(&["web"]).await.unwrap();
     let proxy = caller.addrs.http_proxy.unwrap();
     let endpoints = || {
         let config = caller.ctx.config();

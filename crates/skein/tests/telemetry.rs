@@ -21,6 +21,7 @@ const TCP_PORT: u16 = 18092;
 
 /// Waits until `proxy` knows an endpoint of each of `services`.
 async fn knows(proxy: &RunningProxy, services: &[&str]) {
+    proxy.discover(services).await.unwrap();
     eventually("the caller learns its destinations", SOON, async || {
         let config = proxy.ctx.config();
         services.iter().all(|s| {
@@ -428,6 +429,9 @@ async fn stat_and_edges_show_exactly_what_the_proxies_saw() {
     let _pdb = app_workload(&control, 47, "db", db.addr(), Protocol::Tcp).await;
     let web = client_of(&control, 48, "web", &[(TCP_PORT, "db", TCP_PORT)]).await;
     let intruder = client_of(&control, 49, "intruder", &[]).await;
+    for p in [&web, &intruder] {
+        p.discover(&["api", "slow", "db"]).await.unwrap();
+    }
     eventually("the callers learn both api endpoints", SOON, async || {
         let ok = |p: &RunningProxy| {
             let c = p.ctx.config();

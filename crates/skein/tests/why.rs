@@ -62,6 +62,10 @@ async fn skein_why_names_the_resource_and_field_for_each_kind_of_decision() {
     let (flaky_app_2, flaky_2) = workload_as(&cp, 13, "flaky-2", "flaky", &[], None).await;
     let (narrow_app, narrow) = workload(&cp, 14, "narrow", None).await;
     let caller = client(&cp, 7).await;
+    caller
+        .discover(&["guarded", "flaky", "narrow"])
+        .await
+        .unwrap();
     let via = caller.addrs.http_proxy.unwrap();
     eventually("the caller knows every service", SOON, async || {
         let config = caller.ctx.config();

@@ -23,7 +23,7 @@ mod channel;
 mod snapshot;
 
 pub use channel::tls_channel;
-pub use snapshot::to_config;
+pub use snapshot::{apply_delta, to_config};
 
 use crate::identity::Identity;
 use crate::metrics::Direction;
@@ -467,6 +467,7 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure>
     let refused =
         |e: tonic::Status| Failure::from_status(&e, "the control plane refused the session");
     let mut snapshots = client.sync(outgoing).await.map_err(refused)?.into_inner();
+    ctx.discovery.connected(tx.clone());
     ctx.metrics.control_connected.set(1);
     tracing::info!(endpoint = %control.endpoint, "connected to the control plane");
     let mut taps = open_taps(ctx, &mut client).await;
@@ -480,6 +481,7 @@ async fn session(ctx: &Arc<Ctx>, control: &ControlConfig) -> Result<(), Failure>
     )
     .await;
     ctx.metrics.telemetry.taps.clear();
+    ctx.discovery.disconnected();
     result
 }
 
@@ -562,11 +564,35 @@ async fn serve_session(
             },
         };
         let version = snapshot.version;
-        let applied = apply_identity(&identity, &snapshot)
-            .and_then(|denied| to_config(&ctx.config(), &snapshot).map(|config| (config, denied)));
+        let held = ctx.config_version.load(Ordering::SeqCst);
+        // What identity, trust and mesh settings say: a complete snapshot's, or what a
+        // delta's `rest` replaces.
+        let local = match &snapshot.delta {
+            None => Some(&snapshot),
+            Some(d) => d.rest.as_deref(),
+        };
+        let applied = local
+            .map(|l| apply_identity(&identity, l))
+            .transpose()
+            .and_then(|denied| {
+                let config = match &snapshot.delta {
+                    None => to_config(&ctx.config(), &snapshot)?,
+                    Some(delta) => apply_delta(&ctx.config(), held, delta)?,
+                };
+                Ok((config, denied))
+            });
         let error = match applied.map(|(config, denied)| (ctx.apply(config), denied)) {
             Ok((Ok(()), denied)) => {
-                apply_denied(ctx, &identity, denied);
+                if let Some(denied) = denied {
+                    apply_denied(ctx, &identity, denied);
+                }
+                ctx.discovery.applied(&snapshot);
+                let received = match &snapshot.delta {
+                    None => snapshot.destinations.len(),
+                    Some(d) => d.destinations.len(),
+                };
+                ctx.metrics
+                    .config_destinations(received, ctx.discovery.held());
                 ctx.config_version.store(version, Ordering::SeqCst);
                 ctx.metrics.config_version.set(version as i64);
                 ctx.metrics.config_updates("applied");
@@ -578,6 +604,7 @@ async fn serve_session(
             Err(e) => e,
         };
         if !error.is_empty() {
+            ctx.discovery.refused(&snapshot);
             ctx.metrics.config_updates("refused");
             ctx.metrics.error(Direction::Inbound, "config_refused");
             tracing::error!(version, %error, "refused configuration snapshot; keeping the previous one");
@@ -613,27 +640,32 @@ fn register_message(config: &ProxyConfig, advertise: SocketAddr, ctx: &Ctx) -> P
     labels
         .entry("app".into())
         .or_insert_with(|| w.service.clone());
+    let mut register = Register {
+        workload: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service: w.service.clone(),
+        labels,
+        address: advertise.ip().to_string(),
+        inbound_port: u32::from(advertise.port()),
+        app_ports: config
+            .inbound
+            .ports
+            .iter()
+            .map(|p| u32::from(p.port))
+            .collect(),
+        last_version: ctx.config_version.load(Ordering::SeqCst),
+        admin_address: admin_address(
+            ctx.admin_addr.get().copied().unwrap_or(config.admin.listen),
+            advertise,
+        )
+        .to_string(),
+        supports: Vec::new(),
+        held: Vec::new(),
+        wanted: None,
+    };
+    ctx.discovery.register(&mut register);
     ProxyMessage {
-        message: Some(proxy_message::Message::Register(Register {
-            workload: w.name.clone(),
-            namespace: w.namespace.clone(),
-            service: w.service.clone(),
-            labels,
-            address: advertise.ip().to_string(),
-            inbound_port: u32::from(advertise.port()),
-            app_ports: config
-                .inbound
-                .ports
-                .iter()
-                .map(|p| u32::from(p.port))
-                .collect(),
-            last_version: ctx.config_version.load(Ordering::SeqCst),
-            admin_address: admin_address(
-                ctx.admin_addr.get().copied().unwrap_or(config.admin.listen),
-                advertise,
-            )
-            .to_string(),
-        })),
+        message: Some(proxy_message::Message::Register(register)),
     }
 }
 

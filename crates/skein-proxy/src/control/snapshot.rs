@@ -12,6 +12,101 @@ use std::net::{IpAddr, SocketAddr};
 /// stay, destinations and application ports come from the snapshot. Pure, so it is
 /// unit-tested; validation happens when the result is applied.
 pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
+    let mut next = local_to_config(base, snapshot)?;
+    next.destinations = snapshot
+        .destinations
+        .iter()
+        .map(destination)
+        .collect::<Result<_, String>>()?;
+    Ok(next)
+}
+
+/// Applies a delta to `base` (the configuration in force, of version `held`): its
+/// `rest` if present, then its destinations added or replaced and those it removes
+/// dropped. Refuses a delta made for another version than the one held.
+pub fn apply_delta(
+    base: &ProxyConfig,
+    held: u64,
+    delta: &pb::Delta,
+) -> Result<ProxyConfig, String> {
+    if delta.base_version != held {
+        return Err(format!(
+            "the delta changes version {}, but this proxy holds version {held}; send the whole configuration",
+            delta.base_version
+        ));
+    }
+    let mut next = match &delta.rest {
+        Some(rest) => local_to_config(base, rest)?,
+        None => base.clone(),
+    };
+    let added: Vec<Destination> = delta
+        .destinations
+        .iter()
+        .map(destination)
+        .collect::<Result<_, String>>()?;
+    let gone = |d: &Destination| {
+        let key = format!("{}/{}", d.namespace, d.service);
+        delta.removed.contains(&key)
+            || added
+                .iter()
+                .any(|a| a.namespace == d.namespace && a.service == d.service)
+    };
+    next.destinations.retain(|d| !gone(d));
+    next.destinations.extend(added);
+    next.destinations
+        .sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
+    Ok(next)
+}
+
+/// One destination as the proxy holds it: addresses and identities parsed, every
+/// endpoint's identity one the service admits.
+fn destination(d: &pb::Destination) -> Result<Destination, String> {
+    Ok(Destination {
+        service: d.service.clone(),
+        namespace: d.namespace.clone(),
+        ports: d.ports.iter().map(port).collect::<Result<_, String>>()?,
+        addresses: d
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| format!("destination {}: address {a:?} is not an IP", d.service))
+            })
+            .collect::<Result<_, _>>()?,
+        endpoints: d
+            .endpoints
+            .iter()
+            .map(|e| {
+                let address = e.address.parse::<SocketAddr>().map_err(|_| {
+                    format!(
+                        "destination {}: endpoint {:?} is not IP:PORT",
+                        d.service, e.address
+                    )
+                })?;
+                if e.identity.is_empty() {
+                    return Err(format!(
+                        "destination {}: endpoint {} has no identity; refusing it rather than sending plaintext",
+                        d.service, e.address
+                    ));
+                }
+                let identity: SpiffeId = e.identity.parse().map_err(|err| {
+                    format!("destination {}: endpoint {}: {err}", d.service, e.address)
+                })?;
+                Ok(Endpoint {
+                    address,
+                    identity: Some(identity.to_string()),
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        routes: convert::routes_from_wire(&d.routes),
+        policies: convert::policies_from_wire(&d.service, &d.policies),
+        identities: admitted(d)?,
+    })
+}
+
+/// Everything a snapshot sets but destinations, applied to `base` (whose destinations
+/// stay).
+fn local_to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
     if let Some(missing) = snapshot
         .requires
         .iter()
@@ -30,54 +125,6 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
             .map(port)
             .collect::<Result<_, _>>()?;
     }
-    next.destinations = snapshot
-        .destinations
-        .iter()
-        .map(|d| {
-            Ok(Destination {
-                service: d.service.clone(),
-                namespace: d.namespace.clone(),
-                ports: d.ports.iter().map(port).collect::<Result<_, String>>()?,
-                addresses: d
-                    .addresses
-                    .iter()
-                    .map(|a| {
-                        a.parse::<IpAddr>().map_err(|_| {
-                            format!("destination {}: address {a:?} is not an IP", d.service)
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-                endpoints: d
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        let address = e.address.parse::<SocketAddr>().map_err(|_| {
-                            format!(
-                                "destination {}: endpoint {:?} is not IP:PORT",
-                                d.service, e.address
-                            )
-                        })?;
-                        if e.identity.is_empty() {
-                            return Err(format!(
-                                "destination {}: endpoint {} has no identity; refusing it rather than sending plaintext",
-                                d.service, e.address
-                            ));
-                        }
-                        let identity: SpiffeId = e.identity.parse().map_err(|err| {
-                            format!("destination {}: endpoint {}: {err}", d.service, e.address)
-                        })?;
-                        Ok(Endpoint {
-                            address,
-                            identity: Some(identity.to_string()),
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
-                routes: convert::routes_from_wire(&d.routes),
-                policies: convert::policies_from_wire(&d.service, &d.policies),
-                identities: admitted(d)?,
-            })
-        })
-        .collect::<Result<_, String>>()?;
     next.inbound.limit = snapshot.app_limit.as_ref().map(|l| skein_model::AppLimit {
         policy: l.policy.clone(),
         max_concurrent_requests: l.max_concurrent_requests,
@@ -192,6 +239,7 @@ mod tests {
                 routes: Vec::new(),
                 policies: Vec::new(),
                 identities: vec!["spiffe://skein.local/ns/default/sa/api".into()],
+                digest: 0,
             }],
             inbound_ports: vec![pb::Port {
                 port: 9090,

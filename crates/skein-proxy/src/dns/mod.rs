@@ -172,6 +172,42 @@ impl Server {
         }
     }
 
+    /// The name `message` asks about, when it is of a mesh form, no destination held
+    /// answers to it, and this proxy discovers destinations on demand: ask first.
+    fn unheld(&self, message: &[u8]) -> Option<String> {
+        if !self.ctx.discovery.on_demand() {
+            return None;
+        }
+        let query = wire::parse_query(message).ok()?;
+        let q = &query.question;
+        if q.qclass != wire::CLASS_IN {
+            return None;
+        }
+        let table = self.table();
+        if matches!(table.lookup(&q.name), Found::Service { .. }) {
+            return None;
+        }
+        let name = q.name.trim_end_matches('.').to_ascii_lowercase();
+        crate::discovery::mesh_form(&name, table.domain()).then_some(name)
+    }
+
+    /// The reply to `query`: the proxy's own, or the upstream's; `None`: none is due.
+    async fn answer(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        match self.step(query) {
+            Step::Reply(reply) => Some(reply),
+            Step::Drop => None,
+            Step::Forward {
+                id,
+                servfail,
+                permit,
+            } => {
+                let reply = self.forward(query, id, servfail, tcp).await;
+                drop(permit);
+                Some(reply)
+            }
+        }
+    }
+
     /// The upstream's reply to `query`, or SERVFAIL; counted.
     async fn forward(&self, query: &[u8], id: u16, servfail: Vec<u8>, tcp: bool) -> Vec<u8> {
         let reply = if tcp {
@@ -205,6 +241,25 @@ async fn serve_udp(server: Arc<Server>, socket: Arc<UdpSocket>) {
                 Err(_) => continue,
             },
         };
+        if let Some(name) = server.unheld(&buf[..n]) {
+            // Asked on a task of its own (counted as a forward), so that other queries
+            // are answered meanwhile.
+            if let Ok(permit) = server.forwards.clone().try_acquire_owned() {
+                let (server, socket, query) = (server.clone(), socket.clone(), buf[..n].to_vec());
+                tokio::spawn(async move {
+                    let asked = server.ctx.discovery.ask(&name).await;
+                    tracing::debug!(%name, ?asked, "asked the control plane about a DNS name");
+                    drop(permit);
+                    tokio::select! {
+                        _ = server.ctx.drain.stopped() => {}
+                        reply = server.answer(&query, false) => if let Some(reply) = reply {
+                            send(&socket, &reply, client).await;
+                        },
+                    }
+                });
+                continue;
+            }
+        }
         match server.step(&buf[..n]) {
             Step::Reply(reply) => send(&socket, &reply, client).await,
             Step::Drop => {}
@@ -271,18 +326,12 @@ async fn serve_tcp(server: &Server, mut stream: TcpStream) {
         let Ok(Ok(Some(query))) = tokio::time::timeout(TCP_IDLE_TIMEOUT, read).await else {
             return;
         };
-        let reply = match server.step(&query) {
-            Step::Reply(reply) => reply,
-            Step::Drop => return,
-            Step::Forward {
-                id,
-                servfail,
-                permit,
-            } => {
-                let reply = server.forward(&query, id, servfail, true).await;
-                drop(permit);
-                reply
-            }
+        if let Some(name) = server.unheld(&query) {
+            let asked = server.ctx.discovery.ask(&name).await;
+            tracing::debug!(%name, ?asked, "asked the control plane about a DNS name");
+        }
+        let Some(reply) = server.answer(&query, true).await else {
+            return;
         };
         if upstream::write_frame(&mut stream, &reply).await.is_err() {
             return;

@@ -129,6 +129,11 @@ impl Table {
         }
     }
 
+    /// The mesh domain, lowercase.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     /// True for names the proxy is the authority for.
     fn is_mesh_zone(&self, name: &str) -> bool {
         name.ends_with(".svc") || name == self.domain || name.ends_with(&self.dot_domain)

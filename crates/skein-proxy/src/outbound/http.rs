@@ -76,6 +76,15 @@ async fn handle(
     resp
 }
 
+/// The host of an authority, lowercase, without port or trailing dot.
+fn host_of(authority: &str) -> String {
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// refuse userinfo → plan → (tunnel | upgrade | streams to the peer, with the rule's
 /// timeouts and retries).
 async fn forward(
@@ -91,7 +100,30 @@ async fn forward(
     if let Some(why) = headers::userinfo(&req) {
         return Err(ProxyError::BadRequest(why));
     }
-    let plan = plan::plan(&state.destinations, addressed, &req, crate::route::random())?;
+    let plan = match plan::plan(&state.destinations, addressed, &req, crate::route::random()) {
+        // A name this proxy does not hold: ask the control plane, then plan again.
+        Err(ProxyError::UnknownService(name)) if ctx.discovery.on_demand() => {
+            let asked = match addressed {
+                Addressed::Name { service, .. } => service.to_string(),
+                _ => plan::authority_of(&req).map_or(name.clone(), |a| host_of(&a)),
+            };
+            match ctx.discovery.ask(&asked).await {
+                Ok(_) => plan::plan(
+                    &ctx.state().destinations,
+                    addressed,
+                    &req,
+                    crate::route::random(),
+                )?,
+                Err(e) => {
+                    return Err(ProxyError::Undiscovered {
+                        name: asked,
+                        why: e.to_string(),
+                    })
+                }
+            }
+        }
+        planned => planned?,
+    };
     rec.dst = Some(plan.target.service.label.clone());
     rec.backend = Some(plan.backend.service.label.name.clone());
     if let Some(rule) = &plan.rule {

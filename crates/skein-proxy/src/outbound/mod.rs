@@ -19,6 +19,7 @@ mod tcp;
 
 use crate::destinations::Target;
 use crate::detect::{self, Detected};
+use crate::error::ProxyError;
 use crate::http::guard::Refusal;
 use crate::io::Io;
 use crate::metrics::{Direction, Proto};
@@ -100,7 +101,14 @@ pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
             ctx.metrics.error(Direction::Outbound, "no_original_dst");
             return;
         };
-        let target = ctx.state().destinations.resolve_addr(dst);
+        let mut target = ctx.state().destinations.resolve_addr(dst);
+        if target.is_none() && ctx.discovery.covers(dst.ip()) {
+            // A virtual IP this proxy does not hold: ask, then route by the answer.
+            match ctx.discovery.ask(&dst.ip().to_string()).await {
+                Ok(_) => target = ctx.state().destinations.resolve_addr(dst),
+                Err(e) => tracing::warn!(%dst, error = %e, "could not look up a virtual IP; passing the connection through"),
+            }
+        }
         match target {
             Some(target) => serve_target(ctx, stream, target, Addressed::Addr(dst)).await,
             None => tcp::passthrough(&ctx, stream, dst).await,
@@ -128,10 +136,19 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
     accept_loop(ctx, listener, "upstream", move |ctx, stream, _peer| {
         let upstream = upstream.clone();
         async move {
-            let resolved = ctx
+            let mut resolved = ctx
                 .state()
                 .destinations
                 .resolve(&upstream.service, upstream.port);
+            if matches!(resolved, Err(ProxyError::UnknownService(_)))
+                && ctx.discovery.on_demand()
+                && ctx.discovery.ask(&upstream.service).await.is_ok()
+            {
+                resolved = ctx
+                    .state()
+                    .destinations
+                    .resolve(&upstream.service, upstream.port);
+            }
             match resolved {
                 Ok(target) => {
                     let addressed = Addressed::Name {

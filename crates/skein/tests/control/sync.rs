@@ -78,6 +78,7 @@ async fn resources_survive_a_restart_and_proxies_resync() {
 
     // A proxy that stays up across the restart.
     let a = client_proxy(125, "client-1", &cp).await;
+    a.discover(&["web"]).await.unwrap();
     let (a_proxy, url) = (a.addrs.http_proxy.unwrap(), web.url("web", "before"));
     eventually("proxy A configured", SOON, async || {
         a.ctx.config_version.load(Ordering::SeqCst) > 0
@@ -117,6 +118,7 @@ async fn resources_survive_a_restart_and_proxies_resync() {
 
     // A proxy that connects now gets the destinations…
     let b = client_proxy(125, "client-2", &cp).await;
+    b.discover(&["web"]).await.unwrap();
     eventually("proxy B configured", SOON, async || {
         b.ctx.config_version.load(Ordering::SeqCst) > 0
     })
@@ -197,6 +199,7 @@ async fn workloads_follow_their_proxies() {
 
     // An in-process proxy calling it.
     let client = client_proxy(128, "client-1", &cp).await;
+    client.discover(&["web"]).await.unwrap();
     let url = format!("http://web:{port}/hello");
     eventually("client sees web-1", SOON, async || {
         endpoints(&client.ctx, "web") == [inbound]
@@ -347,6 +350,7 @@ async fn etcd_replicas_share_the_mesh_and_survive_losing_one() {
     // …reaches a proxy connected to replica 2.
     let started = Instant::now();
     let client = client_proxy(132, "client-1", &r2).await;
+    client.discover(&["web"]).await.unwrap();
     let proxy = client.addrs.http_proxy.unwrap();
     eventually("proxy on replica 2 sees web", SOON, async || {
         endpoints(&client.ctx, "web") == [web.proxy.addrs.inbound]
@@ -459,6 +463,7 @@ async fn proxies_fail_over_when_their_replica_dies_and_its_orphans_are_swept() {
     let both = format!("{},{}", r1.grpc, r2.grpc);
     let (_web_app, web) = proxy_of(137, "web", &both, &r1).await;
     let (caller_app, caller) = proxy_of(136, "client", &both, &r2).await;
+    caller.discover(&["web", "solo"]).await.unwrap();
     let (_solo_app, _solo) = proxy_of(138, "solo", &r1.grpc.to_string(), &r1).await;
     drop(caller_app);
     let proxy = caller.addrs.http_proxy.unwrap();

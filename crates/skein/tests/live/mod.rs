@@ -148,6 +148,7 @@ pub async fn start_proxy(
 /// A caller's proxy on 127.0.5.`host` in `namespace`, reached as an HTTP proxy; returned
 /// once it holds `routes` routes for the first of `services` (all in `default`; the
 /// routed Service, which has no workload of its own) and knows an endpoint of each other.
+/// It asks for each of `services` (on-demand discovery) as its first requests would.
 pub async fn caller(
     control: &RunningControl,
     host: u8,
@@ -157,6 +158,8 @@ pub async fn caller(
 ) -> RunningProxy {
     let proxy = start_proxy(control, host, namespace, caller_config(host)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
+    // It holds what it calls (on-demand discovery), as its first requests would ask.
+    proxy.discover(services).await.unwrap();
     loop {
         let cfg = proxy.ctx.config();
         let known = |s: &&str| {
