@@ -69,6 +69,12 @@ pub struct Catalog {
     pub ranges: Vec<IpNet>,
     /// Indexes into `mesh.services` by namespace.
     services_in: HashMap<String, Vec<usize>>,
+    /// Moves when something every proxy's configuration may depend on changes: the
+    /// Mesh's settings, or which Services (names, addresses) exist.
+    pub mesh_generation: u64,
+    /// Moves, per namespace, when its Services or AuthorizationPolicies change: what a
+    /// proxy's local part (its ports, limits, authorization) is computed from.
+    namespace_generations: HashMap<String, u64>,
 }
 
 /// 64-bit FNV-1a: a digest every replica and version computes alike (unlike the standard
@@ -264,8 +270,12 @@ impl Catalog {
         for namespaces in names.values_mut() {
             namespaces.sort();
         }
+        let (mesh_generation, namespace_generations) =
+            generations(&mesh, &services_in, &addresses, previous);
         Catalog {
             built_with: (denied_revision, trust_domain.to_string()),
+            mesh_generation,
+            namespace_generations,
             mesh,
             entries,
             addresses,
@@ -273,6 +283,14 @@ impl Catalog {
             ranges,
             services_in,
         }
+    }
+
+    /// The generation of `namespace`'s local inputs (see `namespace_generations`).
+    pub fn namespace_generation(&self, namespace: &str) -> u64 {
+        self.namespace_generations
+            .get(namespace)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The Service `key` (`namespace/name`).
@@ -360,6 +378,94 @@ impl Catalog {
         }
         out
     }
+}
+
+/// What of a Service a selected workload's local part is computed from (not its routes
+/// or addresses, which only its callers receive).
+fn local_inputs(s: &ServiceView) -> impl PartialEq + '_ {
+    (
+        &s.name,
+        &s.selector,
+        &s.accounts,
+        &s.ports,
+        &s.target_ports,
+        &s.policies,
+    )
+}
+
+/// The Mesh's settings, as far as proxies' configurations depend on them.
+fn settings(m: &MeshState) -> impl PartialEq + '_ {
+    (
+        &m.trust_domain,
+        m.mtls,
+        m.default_policy,
+        m.encoded_slashes,
+        m.ambiguous_paths,
+        &m.tracing,
+        &m.service_cidrs,
+    )
+}
+
+/// The mesh generation and each namespace's, carried over from `previous` where their
+/// inputs are equal and moved on where they are not (a counter shared by all, so a
+/// generation is never reused).
+fn generations(
+    mesh: &MeshState,
+    services_in: &HashMap<String, Vec<usize>>,
+    addresses: &HashMap<IpAddr, Key>,
+    previous: Option<&Catalog>,
+) -> (u64, HashMap<String, u64>) {
+    let next = previous.map_or(1, |p| {
+        p.namespace_generations
+            .values()
+            .copied()
+            .chain([p.mesh_generation])
+            .max()
+            .unwrap_or(0)
+            + 1
+    });
+    let same_mesh = previous.is_some_and(|p| {
+        settings(&p.mesh) == settings(mesh)
+            && p.entries.len() == services_in.values().map(Vec::len).sum::<usize>()
+            && services_in.iter().all(|(ns, idx)| {
+                idx.iter().all(|i| {
+                    let s = &mesh.services[*i];
+                    p.entries.contains_key(format!("{ns}/{}", s.name).as_str())
+                })
+            })
+            && p.addresses == *addresses
+    });
+    let mesh_generation = match previous {
+        Some(p) if same_mesh => p.mesh_generation,
+        _ => next,
+    };
+    let mut namespaces: std::collections::BTreeSet<&str> =
+        services_in.keys().map(String::as_str).collect();
+    namespaces.extend(mesh.policies.iter().map(|p| p.namespace.as_str()));
+    let generations = namespaces
+        .into_iter()
+        .map(|ns| {
+            let same = previous.is_some_and(|p| {
+                let ours = services_in.get(ns).map_or(&[][..], Vec::as_slice);
+                let theirs = p.services_in(ns);
+                ours.len() == theirs.len()
+                    && ours.iter().zip(theirs).all(|(a, b)| {
+                        local_inputs(&mesh.services[*a]) == local_inputs(&p.mesh.services[*b])
+                    })
+                    && mesh.policies.iter().filter(|x| x.namespace == ns).eq(p
+                        .mesh
+                        .policies
+                        .iter()
+                        .filter(|x| x.namespace == ns))
+            });
+            let g = match previous {
+                Some(p) if same => p.namespace_generation(ns),
+                _ => next,
+            };
+            (ns.to_string(), g)
+        })
+        .collect();
+    (mesh_generation, generations)
 }
 
 /// The catalog sessions share: built by the first session that needs it after a change,
@@ -601,6 +707,46 @@ mod tests {
         rules[0].backend_refs[0].refused = Some("no grant".into());
         let c = build(&mesh(refused, vec![]), None);
         assert_eq!(c.closure([&web], "default").len(), 1);
+    }
+
+    #[test]
+    fn generations_move_only_with_what_they_cover() {
+        let m = mesh(
+            vec![service("default", "web"), service("shop", "cart")],
+            vec![workload("default", "web", 11)],
+        );
+        let one = build(&m, None);
+        // A workload more: neither the mesh's nor any namespace's local inputs moved.
+        let more = mesh(
+            m.services.clone(),
+            vec![
+                workload("default", "web", 11),
+                workload("default", "web", 12),
+            ],
+        );
+        let two = build(&more, Some(&one));
+        assert_eq!(two.mesh_generation, one.mesh_generation);
+        assert_eq!(
+            two.namespace_generation("default"),
+            one.namespace_generation("default")
+        );
+        // shop's Service changes: shop's generation moves, default's does not.
+        let mut services = m.services.clone();
+        services[1].ports = vec![(9090, Protocol::Grpc)];
+        let three = build(&mesh(services.clone(), vec![]), Some(&two));
+        assert_ne!(
+            three.namespace_generation("shop"),
+            two.namespace_generation("shop")
+        );
+        assert_eq!(
+            three.namespace_generation("default"),
+            two.namespace_generation("default")
+        );
+        assert_eq!(three.mesh_generation, two.mesh_generation);
+        // A new Service: wants may resolve differently, so the mesh generation moves.
+        services.push(service("shop", "ledger"));
+        let four = build(&mesh(services, vec![]), Some(&three));
+        assert_ne!(four.mesh_generation, three.mesh_generation);
     }
 
     #[test]

@@ -300,6 +300,9 @@ impl ProxyControl for ProxyControlService {
             // Something the proxy may hold changed (or it asked for something): plan.
             let mut dirty = true;
             let mut catalog: Option<Arc<Catalog>> = None;
+            // What the local part was last computed from, and what it was.
+            let mut local_inputs = None;
+            let mut last_local = Snapshot::default();
             loop {
                 if std::mem::take(&mut dirty) {
                     let current = state.borrow_and_update().clone();
@@ -314,10 +317,26 @@ impl ProxyControl for ProxyControlService {
                         break;
                     }
                     let shared = catalogs.get(&current, &ca);
-                    let local = local_snapshot(&me, &shared, &ca);
+                    let inputs = Some((
+                        shared.mesh_generation,
+                        shared.namespace_generation(&me.namespace),
+                        ca.revision,
+                        ca.denied_revision,
+                    ));
+                    // A change to nothing this proxy holds or computes from costs a few
+                    // lookups: most changes in a large mesh are such.
+                    let same_local = inputs == local_inputs;
+                    if same_local && push.unchanged(&shared) {
+                        catalog = Some(shared);
+                        continue;
+                    }
+                    if !same_local {
+                        last_local = local_snapshot(&me, &shared, &ca);
+                        local_inputs = inputs;
+                    }
                     // The revisions come from one store, so the largest is always newer.
                     let floor = current.revision.max(ca.revision).max(ca.denied_revision);
-                    if let Some((next, sent)) = push.next(&shared, local, floor) {
+                    if let Some((next, sent)) = push.next(&shared, last_local.clone(), floor) {
                         connections.sent(session, next.version, sent);
                         if tx.send(Ok(next)).await.is_err() {
                             break;
@@ -414,10 +433,13 @@ fn denied(ca: &PkiView, lineage: &str) -> Option<String> {
 /// and deny list from the CA, the mTLS mode and tracing from the Mesh resource.
 fn local_snapshot(me: &WorkloadView, catalog: &Catalog, ca: &PkiView) -> Snapshot {
     let mesh = &catalog.mesh;
+    // Only the Services that select it matter (policies_for and local_for look no
+    // further), so that this is linear in the namespace's Services and policies.
     let own: Vec<&crate::snapshot::ServiceView> = catalog
         .services_in(&me.namespace)
         .iter()
         .map(|i| &mesh.services[*i])
+        .filter(|s| s.selects(me))
         .collect();
     let mut snapshot = crate::snapshot::local_for(me, own.iter().copied(), &ca.trust_domain);
     snapshot.trust_bundle = ca.bundle.clone();

@@ -392,6 +392,8 @@ pub struct Pki {
     denied: RwLock<(Arc<DenyRecord>, u64)>,
     /// Encrypts the CA record when the control plane has a secrets key.
     sealer: crate::secrets::Sealer,
+    /// Held while a join token's use is counted (see `take_use`).
+    redeeming: tokio::sync::Mutex<()>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -480,6 +482,7 @@ impl Pki {
             bundle,
             denied: RwLock::new((Arc::new(denied.0), denied.1)),
             sealer,
+            redeeming: Default::default(),
         }))
     }
 
@@ -985,6 +988,10 @@ impl Pki {
     /// use granted twice, whichever replica redeems it) and returns the new lineage,
     /// `<token id>.<n>` for the n-th join.
     async fn take_use(&self, token: &JoinToken) -> Result<String, tonic::Status> {
+        // One redemption at a time on this replica: a fleet starting together would
+        // otherwise make every compare-and-set but one fail, round after round. Other
+        // replicas' redemptions still conflict, and are retried.
+        let _one = self.redeeming.lock().await;
         for _ in 0..CAS_TRIES {
             let (mut record, revision, _) = self.check_token(token).await?;
             record.used += 1;

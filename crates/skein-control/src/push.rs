@@ -39,6 +39,8 @@ pub struct Push {
     names: BTreeSet<String>,
     addresses: BTreeSet<IpAddr>,
     answers: Vec<pb::Answer>,
+    /// The catalog's mesh generation at the last plan.
+    mesh_generation: Option<u64>,
 }
 
 /// What a message carried, for counting.
@@ -78,6 +80,7 @@ impl Push {
             names: BTreeSet::new(),
             addresses: BTreeSet::new(),
             answers: Vec::new(),
+            mesh_generation: None,
         };
         if let (true, Some(w)) = (on_demand, &register.wanted) {
             push.remember(w);
@@ -139,6 +142,23 @@ impl Push {
         }
     }
 
+    /// Whether planning against `catalog` would find nothing new for this proxy, its local
+    /// part aside (the caller knows whether that changed): no answers due, the same
+    /// Services and Mesh settings as at the last plan, and every destination it holds
+    /// unchanged. Cheap (the destinations held, no more), so that a change elsewhere costs
+    /// each session little.
+    pub fn unchanged(&self, catalog: &Catalog) -> bool {
+        self.answers.is_empty()
+            && self.mesh_generation == Some(catalog.mesh_generation)
+            && self.held.as_ref().is_some_and(|held| {
+                held.iter().all(|(k, digest)| {
+                    catalog.get(k).is_some_and(|e| {
+                        e.for_caller(&self.caller_ns).destination.digest == *digest
+                    })
+                })
+            })
+    }
+
     /// The proxy refused the last message: the next one is complete.
     pub fn refused(&mut self) {
         self.held = None;
@@ -172,6 +192,7 @@ impl Push {
         mut local: pb::Snapshot,
         floor: u64,
     ) -> Option<(pb::Snapshot, Sent)> {
+        self.mesh_generation = Some(catalog.mesh_generation);
         if self.on_demand {
             local.discovery = Some(pb::Discovery {
                 on_demand: true,
@@ -463,6 +484,37 @@ mod tests {
         assert_eq!(names(&s), ["b"], "only what changed while it was away");
         assert!(delta.rest.is_some(), "its local part is not known here");
         assert_eq!(sent.held, 2);
+    }
+
+    #[test]
+    fn a_change_elsewhere_leaves_a_proxy_unchanged() {
+        let c = catalog(vec![service("a", 1), service("b", 2)], None);
+        let mut p = Push::new("default", &register(&["deltas", "on-demand"]));
+        assert!(!p.unchanged(&c), "never planned");
+        p.want(
+            &pb::Want {
+                names: vec!["a".into()],
+                addresses: vec![],
+            },
+            &c,
+        );
+        assert!(!p.unchanged(&c), "answers are due");
+        p.next(&c, local(), 1).unwrap();
+        assert!(p.unchanged(&c));
+        // b changes: nothing this proxy holds.
+        let mut changed = service("b", 2);
+        changed.ports = vec![(1, Protocol::Tcp)];
+        let c2 = catalog(vec![service("a", 1), changed.clone()], Some(&c));
+        assert!(p.unchanged(&c2));
+        // a changes: planning is due.
+        let mut a = service("a", 1);
+        a.ports = vec![(2, Protocol::Tcp)];
+        let c3 = catalog(vec![a.clone(), changed.clone()], Some(&c2));
+        assert!(!p.unchanged(&c3));
+        p.next(&c3, local(), 2).unwrap();
+        // A new Service: wants may resolve to it.
+        let c4 = catalog(vec![a, changed, service("c", 3)], Some(&c3));
+        assert!(!p.unchanged(&c4));
     }
 
     #[test]

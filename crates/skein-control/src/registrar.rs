@@ -1,6 +1,11 @@
 //! The registrar: turns connected proxies into Workload resources, refuses a registration
 //! that would take another account's record or a name a live proxy holds, and removes a
 //! workload a grace period after its proxy left.
+//!
+//! Workload writes (registrations, and marking a workload disconnected) go through
+//! [`Writes`]: whatever is queued while one store commit is under way goes into the next,
+//! so a thousand proxies connecting at once cost a few commits, and a few recomputations
+//! of the mesh state, rather than a thousand.
 
 use crate::grpc::Registrar;
 use crate::registry::Registry;
@@ -13,10 +18,83 @@ use skein_model::resource::{
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most workload writes in one store commit.
+const MAX_BATCH: usize = 1024;
+
+/// One queued workload write and who waits for it.
+struct Write {
+    resource: Resource,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Workload writes gathered into store commits (group commit: no waiting for a batch to
+/// fill, only for the commit before it to finish).
+#[derive(Clone)]
+pub(crate) struct Writes {
+    tx: tokio::sync::mpsc::Sender<Write>,
+}
+
+impl Writes {
+    /// Starts the writer for `registry`; it stops when every handle is dropped.
+    pub(crate) fn start(registry: Arc<Registry>) -> Writes {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Write>(MAX_BATCH * 4);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
+                }
+                commit(&registry, batch).await;
+            }
+        });
+        Writes { tx }
+    }
+
+    /// Writes `resource` (forced, as its proxy is the authority on it) with whatever else
+    /// is queued; returns once the commit is published.
+    pub(crate) async fn write(&self, resource: Resource) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Write { resource, done })
+            .await
+            .map_err(|_| "the control plane is shutting down".to_string())?;
+        wait.await
+            .map_err(|_| "the control plane is shutting down".to_string())?
+    }
+}
+
+/// Commits `batch` at once, the latest write of each key winning; should that be refused,
+/// each write alone, so that one bad write fails only its own caller.
+async fn commit(registry: &Registry, batch: Vec<Write>) {
+    let mut latest: std::collections::BTreeMap<ResourceKey, Resource> = Default::default();
+    for w in &batch {
+        latest.insert(w.resource.key(), w.resource.clone());
+    }
+    let all = registry
+        .apply_with(latest.into_values().collect(), true)
+        .await;
+    if all.is_ok() || batch.len() == 1 {
+        let result = all.map(|_| ()).map_err(|e| e.to_string());
+        for w in batch {
+            let _ = w.done.send(result.clone());
+        }
+        return;
+    }
+    for w in batch {
+        let alone = registry.apply_with(vec![w.resource], true).await;
+        let _ = w.done.send(alone.map(|_| ()).map_err(|e| e.to_string()));
+    }
+}
+
 /// Records proxies as Workload resources.
 #[derive(Clone)]
 pub(crate) struct StoreRegistrar {
     pub(crate) registry: Arc<Registry>,
+    /// Where workload writes are queued.
+    pub(crate) writes: Writes,
     pub(crate) connections: Arc<Connections>,
     pub(crate) grace: Duration,
     pub(crate) replica: String,
@@ -66,10 +144,9 @@ impl Registrar for StoreRegistrar {
                 return Err(tonic::Status::invalid_argument(e.to_string()));
             }
             allowed?;
-            self.registry
-                .apply_with(vec![resource], true)
+            self.writes
+                .write(resource)
                 .await
-                .map(|_| ())
                 .map_err(|e| tonic::Status::unavailable(format!("cannot record the workload: {e}")))
         })
     }
@@ -153,11 +230,7 @@ impl StoreRegistrar {
             if status.connected {
                 status.connected = false;
                 status.since = Some(crate::registry::now_rfc3339());
-                if let Err(e) = self
-                    .registry
-                    .apply_with(vec![Resource::Workload(current)], true)
-                    .await
-                {
+                if let Err(e) = self.writes.write(Resource::Workload(current)).await {
                     tracing::warn!(workload = %key, error = %e, "could not mark workload disconnected");
                 }
             }

@@ -268,6 +268,15 @@ impl Registry {
         // routes alike: each caller's snapshot takes those that apply to it, in order
         // (`crate::routes`).
         let grants = grants_of(&resources);
+        // Services by namespace and name, so that attaching is linear in routes and
+        // policies, not their product with Services.
+        let index: std::collections::HashMap<(String, String), usize> = state
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.namespace.clone(), s.name.clone()), i))
+            .collect();
+        let find = |ns: &str, name: &str| index.get(&(ns.to_string(), name.to_string())).copied();
         for resource in resources.values() {
             let Resource::HttpRoute(route) = resource else {
                 continue;
@@ -301,10 +310,7 @@ impl Registry {
             }
             for parent in &route.spec.parent_refs {
                 let ns = parent.namespace.as_ref().unwrap_or(route_ns);
-                let service = state
-                    .services
-                    .iter_mut()
-                    .find(|s| s.name == parent.name && &s.namespace == ns);
+                let service = find(ns, &parent.name).map(|i| &mut state.services[i]);
                 if let Some(service) = service {
                     // What may be followed depends on whose traffic the route moves.
                     let mut rules = rules.clone();
@@ -331,10 +337,7 @@ impl Registry {
                 continue;
             };
             let (ns, target) = (&policy.metadata.namespace, &policy.spec.target_ref);
-            let service = state
-                .services
-                .iter_mut()
-                .find(|s| s.name == target.name && &s.namespace == ns);
+            let service = find(ns, &target.name).map(|i| &mut state.services[i]);
             if let Some(service) = service {
                 let taken = service
                     .policies

@@ -244,6 +244,7 @@ impl RunningControl {
         }
         let registrar = Arc::new(StoreRegistrar {
             registry: registry.clone(),
+            writes: crate::registrar::Writes::start(registry.clone()),
             connections: connections.clone(),
             grace: opts.workload_grace,
             replica: opts.replica.clone(),
