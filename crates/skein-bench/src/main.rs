@@ -16,6 +16,7 @@ mod procs;
 mod report;
 mod resumption;
 mod run;
+mod scale;
 mod scenarios;
 mod setups;
 mod slow;
@@ -128,6 +129,24 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         handshakes: u64,
     },
+    /// One `skein control` against N simulated proxies (real certificates, real
+    /// mutual-TLS gRPC streams): connect time, memory per proxy, a route change reaching
+    /// every proxy (p50/p99/max) and the reconnect storm after a restart; prints JSON.
+    Scale {
+        /// Simulated proxies.
+        #[arg(long, default_value_t = 1000)]
+        proxies: usize,
+        /// Services in the mesh besides the one every proxy calls (each with an HTTPRoute
+        /// and an AuthorizationPolicy).
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        /// The skein binary (default: next to this one).
+        #[arg(long)]
+        skein: Option<PathBuf>,
+        /// Skip the restart and reconnect storm.
+        #[arg(long)]
+        no_restart: bool,
+    },
     /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
     /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
     /// and the proxies' process ids: for profiling by hand (perf, strace).
@@ -218,6 +237,29 @@ fn main() -> anyhow::Result<()> {
         Cmd::Resumption { handshakes } => {
             let report = resumption::run(handshakes)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Scale {
+            proxies,
+            services,
+            skein,
+            no_restart,
+        } => {
+            let skein = match skein {
+                Some(p) => p,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(|d| d.join("skein"))
+                    .ok_or_else(|| anyhow::anyhow!("cannot find the skein binary; pass --skein"))?,
+            };
+            let opts = scale::Options {
+                proxies,
+                services,
+                skein,
+                restart: !no_restart,
+            };
+            let figures = multi_thread()?.block_on(scale::run(opts))?;
+            println!("{figures}");
             Ok(())
         }
         Cmd::Pair => multi_thread()?.block_on(pair::hold()),

@@ -1,0 +1,850 @@
+//! `skein-bench scale`: one `skein control` process against N simulated proxies in this
+//! process. Each simulated proxy is what a real one is to the control plane: its own key
+//! and certificate (obtained with `Certify` and one use of a fleet join token, so each has
+//! its own join lineage), its own mutual-TLS HTTP/2 connection, a `Sync` stream that
+//! registers (announcing deltas and on-demand discovery), asks for the Service it calls,
+//! acknowledges every message and sends a telemetry summary every few seconds.
+//!
+//! Order: start the control plane (embedded store) with `--services` Services, each with an
+//! HTTPRoute and an AuthorizationPolicy → certificates in bulk → every proxy connects and
+//! holds the target → one route change to the target, timed until every proxy applied it
+//! (p50/p99/max), with the control plane's CPU and memory → SIGKILL and restart the control
+//! plane on the same data directory, timed until every proxy is back (the proxies back off
+//! with jitter, as real ones do) → a JSON line of figures on stdout, and a short report.
+//!
+//! The control plane's memory per proxy is its RSS with every proxy connected, less its
+//! RSS before any connected, over N. Load loops are bounded: every wait has a deadline.
+
+use anyhow::{bail, Context};
+use skein_api::v1 as pb;
+use skein_api::v1::proxy_control_client::ProxyControlClient;
+use skein_identity::{JoinToken, SpiffeId};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What `skein-bench scale` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Simulated proxies.
+    pub proxies: usize,
+    /// Services in the mesh besides the target (each with a route and a policy).
+    pub services: usize,
+    /// The `skein` binary.
+    pub skein: PathBuf,
+    /// Also kill and restart the control plane and time the reconnect storm.
+    pub restart: bool,
+}
+
+/// The Service every simulated proxy calls, whose route changes.
+const TARGET: &str = "scale-target";
+/// Where the control plane listens (its own loopback address).
+const CONTROL_IP: [u8; 4] = [127, 0, 0, 180];
+/// Simulated proxies connect from 127.0.6.1–64, round robin (what they announce): the
+/// control plane admits at most 1,024 connections from one address.
+const SOURCES: u8 = 64;
+
+fn source(i: usize) -> IpAddr {
+    IpAddr::from([127, 0, 6, 1 + (i % usize::from(SOURCES)) as u8])
+}
+/// The real proxy whose memory is measured.
+const PROBE_IP: [u8; 4] = [127, 0, 0, 185];
+/// Certificates requested at once.
+const CERTIFY_AT_ONCE: usize = 32;
+/// Streams opened at once while connecting.
+const CONNECT_AT_ONCE: usize = 256;
+
+/// The timeout in the target's route: what each change sets, and how a proxy tells it
+/// applied that change.
+fn route_yaml(timeout_ms: u64) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {TARGET}}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: {TARGET}, port: 8080}}]
+  rules: [{{timeouts: {{request: {timeout_ms}ms}}, backendRefs: [{{name: {TARGET}, port: 8080}}]}}]
+"
+    )
+}
+
+fn resources(services: usize) -> String {
+    let mut yaml = String::new();
+    for i in 0..services {
+        let name = format!("svc-{i}");
+        yaml.push_str(&format!(
+            "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: 8080, protocol: http}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: {name}, port: 8080}}]
+  rules: [{{matches: [{{path: {{type: PathPrefix, value: /v1}}}}], backendRefs: [{{name: {name}, port: 8080}}]}}]
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: {name}}}
+spec: {{targetRef: {{kind: Service, name: {name}}}, action: allow, rules: [{{from: [{{service: sim}}]}}]}}
+---
+"
+        ));
+    }
+    yaml.push_str(&format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {TARGET}}}
+spec: {{selector: {{app: {TARGET}}}, ports: [{{port: 8080, protocol: http}}]}}
+---
+"
+    ));
+    yaml.push_str(&route_yaml(1000));
+    yaml
+}
+
+/// The control plane process.
+struct ControlPlane {
+    child: Child,
+    dir: PathBuf,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    skein: PathBuf,
+}
+
+impl ControlPlane {
+    fn spawn(skein: &Path, dir: &Path, http: SocketAddr, grpc: SocketAddr) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(dir.join("control.log"))?;
+        let child = Command::new(skein)
+            .arg("control")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--grpc")
+            .arg(grpc.to_string())
+            .arg("--otlp")
+            .arg(SocketAddr::new(http.ip(), 0).to_string())
+            .env("SKEIN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {} control", skein.display()))?;
+        Ok(ControlPlane {
+            child,
+            dir: dir.to_path_buf(),
+            http,
+            grpc,
+            skein: skein.to_path_buf(),
+        })
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "skein control exited ({status}); its log is {}",
+                    self.dir.join("control.log").display()
+                );
+            }
+            if tokio::net::TcpStream::connect(self.grpc).await.is_ok()
+                && tokio::net::TcpStream::connect(self.http).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("skein control did not listen within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.skein)
+            .args(args)
+            .arg("--server")
+            .arg(self.http.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .env("SKEIN_LOG", "warn")
+            .env_remove("SKEIN_TOKEN")
+            .env_remove("SKEIN_SERVER")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "skein {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let file = self.dir.join("apply.yaml");
+        std::fs::write(&file, yaml)?;
+        self.cli(&["apply", "-f", &file.display().to_string()])?;
+        Ok(())
+    }
+
+    /// RSS (KiB) and CPU time (user + system, seconds) of the process.
+    fn usage(&self) -> (u64, f64) {
+        let pid = self.child.id();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let ticks: f64 =
+                    f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+                // SAFETY: sysconf has no preconditions.
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+                Some(ticks / hz)
+            })
+            .unwrap_or(0.0);
+        (rss, cpu)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What one simulated proxy has seen, shared with the driver.
+#[derive(Default)]
+struct Seen {
+    /// Messages received on the current stream.
+    messages: AtomicUsize,
+    /// Streams opened (reconnects + 1).
+    streams: AtomicUsize,
+    /// The target's request timeout (ms) in the configuration held; 0: target not held.
+    timeout_ms: AtomicU64,
+    /// When (µs since the driver's epoch) the target's timeout last changed.
+    changed_at_us: AtomicU64,
+    /// Bytes of messages received.
+    bytes: AtomicU64,
+}
+
+/// What the simulated proxies share.
+struct Fleet {
+    epoch: Instant,
+    seen: Vec<Arc<Seen>>,
+    /// Why the last stream that ended ended, for the report.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Fleet {
+    fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.seen.iter().filter(|s| f(s)).count()
+    }
+}
+
+/// One simulated proxy: holds a certificate; keeps a stream open, reconnecting with
+/// backoff and full jitter; applies and acknowledges every message.
+async fn proxy(
+    i: usize,
+    identity: Arc<skein_proxy::identity::Identity>,
+    endpoint: String,
+    expected: SpiffeId,
+    source: IpAddr,
+    fleet: Arc<Fleet>,
+) {
+    let seen = fleet.seen[i].clone();
+    let mut held = Held::default();
+    let mut failures = 0u32;
+    loop {
+        match session(
+            i, &identity, &endpoint, &expected, source, &seen, &mut held, &fleet,
+        )
+        .await
+        {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                *fleet.last_error.lock().unwrap() = Some(e);
+            }
+        }
+        // As real proxies: d = 100 ms × 2ⁿ capped at 10 s, a random delay in [d/2, d].
+        let d = Duration::from_millis(100)
+            .saturating_mul(1 << failures.min(7))
+            .min(Duration::from_secs(10));
+        let jitter = rand_fraction(i as u64 ^ u64::from(failures));
+        tokio::time::sleep(d / 2 + d.mul_f64(jitter / 2.0)).await;
+    }
+}
+
+/// A cheap pseudo-random fraction in [0, 1) from `seed` and the clock.
+fn rand_fraction(seed: u64) -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// What a simulated proxy holds: its version and destinations' digests (for resuming).
+#[derive(Default)]
+struct Held {
+    version: u64,
+    digests: std::collections::BTreeMap<String, u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    i: usize,
+    identity: &skein_proxy::identity::Identity,
+    endpoint: &str,
+    expected: &SpiffeId,
+    source: IpAddr,
+    seen: &Seen,
+    held: &mut Held,
+    fleet: &Fleet,
+) -> Result<(), String> {
+    let tls = identity
+        .client_config(expected)
+        .map_err(|e| e.to_string())?;
+    let channel = skein_proxy::control::tls_channel(endpoint, tls, expected, Some(source))
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let mut client = ProxyControlClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::ProxyMessage>(8);
+    let register = pb::Register {
+        workload: format!("sim-{i}"),
+        namespace: "default".into(),
+        service: "sim".into(),
+        address: source.to_string(),
+        inbound_port: 20_000 + (i % 40_000) as u32,
+        app_ports: vec![8080],
+        last_version: held.version,
+        supports: vec!["deltas".into(), "on-demand".into()],
+        held: held
+            .digests
+            .iter()
+            .map(|(k, d)| pb::Held {
+                destination: k.clone(),
+                digest: *d,
+            })
+            .collect(),
+        wanted: Some(pb::Want {
+            names: vec![TARGET.into()],
+            addresses: vec![],
+        }),
+        ..Default::default()
+    };
+    let first = pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Register(register)),
+    };
+    tx.send(first).await.map_err(|e| e.to_string())?;
+    let outgoing =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut stream = client
+        .sync(outgoing)
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    seen.streams.fetch_add(1, Ordering::SeqCst);
+    seen.messages.store(0, Ordering::SeqCst);
+    // Ask for the target at once (a reconnecting proxy's `wanted` already says it).
+    let want = pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Want(pb::Want {
+            names: vec![TARGET.into()],
+            addresses: vec![],
+        })),
+    };
+    tx.send(want).await.map_err(|e| e.to_string())?;
+    let mut summary_due = Instant::now() + Duration::from_secs(5);
+    let mut sequence = 0u64;
+    loop {
+        let next = tokio::time::timeout_at(summary_due.into(), stream.message()).await;
+        let message = match next {
+            Err(_) => {
+                // A telemetry summary: one series of calls to the target.
+                sequence += 1;
+                summary_due = Instant::now() + Duration::from_secs(5);
+                let summary = summary(sequence);
+                if tx.send(summary).await.is_err() {
+                    return Err("stream closed".into());
+                }
+                continue;
+            }
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.message().to_string()),
+        };
+        seen.bytes.fetch_add(
+            prost::Message::encoded_len(&message) as u64,
+            Ordering::Relaxed,
+        );
+        let error = apply(&message, held);
+        if let Some(ms) = target_timeout(held, &message) {
+            if seen.timeout_ms.swap(ms, Ordering::SeqCst) != ms {
+                let at = fleet.epoch.elapsed().as_micros() as u64;
+                seen.changed_at_us.store(at, Ordering::SeqCst);
+            }
+        }
+        seen.messages.fetch_add(1, Ordering::SeqCst);
+        let ack = pb::ProxyMessage {
+            message: Some(pb::proxy_message::Message::Ack(pb::Ack {
+                version: message.version,
+                error: error.unwrap_or_default(),
+                sent_unix_ms: 0,
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return Err("stream closed".into());
+        }
+    }
+}
+
+/// Applies a message to `held` as a proxy would (digests only); the refusal, if any.
+fn apply(message: &pb::Snapshot, held: &mut Held) -> Option<String> {
+    let key = |d: &pb::Destination| format!("{}/{}", d.namespace, d.service);
+    match &message.delta {
+        None => {
+            held.digests = message
+                .destinations
+                .iter()
+                .map(|d| (key(d), d.digest))
+                .collect();
+        }
+        Some(delta) => {
+            if delta.base_version != held.version {
+                return Some(format!(
+                    "the delta changes version {}, this proxy holds {}",
+                    delta.base_version, held.version
+                ));
+            }
+            for r in &delta.removed {
+                held.digests.remove(r);
+            }
+            for d in &delta.destinations {
+                held.digests.insert(key(d), d.digest);
+            }
+        }
+    }
+    held.version = message.version;
+    None
+}
+
+/// The target's request timeout in `message`, when it carries the target.
+fn target_timeout(_held: &Held, message: &pb::Snapshot) -> Option<u64> {
+    let destinations = match &message.delta {
+        None => &message.destinations,
+        Some(d) => &d.destinations,
+    };
+    let target = destinations.iter().find(|d| d.service == TARGET)?;
+    let rule = target.routes.first()?.rules.first()?;
+    rule.timeouts.as_ref()?.request_ms
+}
+
+fn summary(sequence: u64) -> pb::ProxyMessage {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    pb::ProxyMessage {
+        message: Some(pb::proxy_message::Message::Summary(pb::Summary {
+            sequence,
+            taken_unix_ms: now,
+            interval_ms: 5000,
+            bucket_layout: 1,
+            requests: vec![pb::RequestStats {
+                protocol: "http1".into(),
+                tls: true,
+                dst: Some(pb::Account {
+                    namespace: "default".into(),
+                    name: TARGET.into(),
+                }),
+                status_code: 200,
+                count: 50,
+                latency: Some(pb::Histogram {
+                    buckets: vec![10],
+                    counts: vec![50],
+                    sum_us: 50 * 900,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// A real `skein proxy` process joined to the control plane, which calls the target once
+/// (through its HTTP proxy listener: discovered on demand) and then idles: its RSS and
+/// private memory (KiB) after 3 s, and how many destinations it holds.
+async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
+    let ip = IpAddr::from(PROBE_IP);
+    let (inbound, admin, http_proxy) = (free_port(ip)?, free_port(ip)?, free_port(ip)?);
+    let config = format!(
+        "workload: {{name: probe-1, service: probe}}\n\
+         inbound: {{listen: '{inbound}', appHost: '{ip}', ports: [{{port: 8080, protocol: http}}]}}\n\
+         outbound: {{httpProxy: '{http_proxy}'}}\n\
+         admin: {{listen: '{admin}'}}\n"
+    );
+    let file = cp.dir.join("probe.yaml");
+    std::fs::write(&file, config)?;
+    let token = cp
+        .cli(&["token", "create", "--service", "probe", "--ttl", "10m"])?
+        .trim()
+        .to_string();
+    let log = std::fs::File::create(cp.dir.join("probe.log"))?;
+    let mut child = Command::new(&cp.skein)
+        .arg("proxy")
+        .arg("--config")
+        .arg(&file)
+        .arg("--control")
+        .arg(cp.grpc.to_string())
+        .env("SKEIN_JOIN_TOKEN", token)
+        .env("SKEIN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let result = async {
+        let ready = until(Duration::from_secs(30), || {
+            http_get(admin, "/ready")
+                .is_some_and(|b| b.ends_with("ready\n") && !b.ends_with("not ready\n"))
+        })
+        .await;
+        if ready.is_err() {
+            bail!(
+                "the probe proxy was not ready within 30 s (log: {})",
+                cp.dir.join("probe.log").display()
+            );
+        }
+        // The first request names a Service it never heard of: discovered, answered 503
+        // (the target has no endpoints), and held from then on.
+        let answer = http_proxy_get(http_proxy, TARGET).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let held = http_get(admin, "/metrics")
+            .and_then(|m| {
+                m.lines().find_map(|l| {
+                    l.strip_prefix("skein_config_destinations ")?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+            })
+            .unwrap_or(-1.0);
+        let pid = child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let private = kib("RssAnon:");
+        Ok(serde_json::json!({
+            "rss_mib": kib("VmRSS:") as f64 / 1024.0,
+            "private_mib": private as f64 / 1024.0,
+            "destinations_held": held,
+            "first_request": answer.lines().next().unwrap_or_default(),
+        }))
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// A blocking HTTP/1.0 GET (admin listener); the whole response.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// A GET of `http://SERVICE:8080/` through an HTTP proxy listener; the response.
+fn http_proxy_get(proxy: SocketAddr, service: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(
+        format!("GET http://{service}:8080/ HTTP/1.1\r\nHost: {service}:8080\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Waits until `done`, at most `within`; how long it took, or how far it got.
+async fn until(within: Duration, done: impl Fn() -> bool) -> Result<Duration, Duration> {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > within {
+            return Err(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs the scale measurement; prints the report and returns the figures as JSON.
+pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
+    let n = opts.proxies;
+    let dir = std::env::temp_dir().join(format!("skein-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let control_ip = IpAddr::from(CONTROL_IP);
+    let http = free_port(control_ip)?;
+    let grpc = free_port(control_ip)?;
+    eprintln!(
+        "scale: starting skein control on {grpc} (embedded store, data in {})",
+        dir.display()
+    );
+    let mut cp = ControlPlane::spawn(&opts.skein, &dir, http, grpc)?;
+    cp.wait_ready().await?;
+    cp.apply(&resources(opts.services))?;
+    let token_text = cp
+        .cli(&[
+            "token",
+            "create",
+            "--service",
+            "sim",
+            "--uses",
+            &n.to_string(),
+            "--ttl",
+            "1h",
+        ])?
+        .trim()
+        .to_string();
+    let token: JoinToken = token_text.parse().context("the fleet token")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_idle, _) = cp.usage();
+
+    // Certificates, in bulk: one Certify (one use of the fleet token) each.
+    eprintln!("scale: {n} certificates, {CERTIFY_AT_ONCE} requests at a time");
+    let started = Instant::now();
+    let claimed = SpiffeId::new(token.trust_domain(), "default", "sim")?;
+    let mut identities = Vec::with_capacity(n);
+    let mut pending = futures_util::stream::FuturesOrdered::new();
+    use futures_util::StreamExt;
+    for i in 0..n {
+        let source = source(i);
+        let control = skein_proxy::control::ControlConfig {
+            endpoint: grpc.to_string(),
+            advertise: SocketAddr::new(source, 0),
+            token: token.clone(),
+        };
+        let claimed = claimed.clone();
+        pending.push_back(async move {
+            // Transient refusals are retried, as proxies do.
+            let mut tries = 0;
+            loop {
+                match skein_proxy::control::certify(&control, &claimed).await {
+                    Err(e) if !e.fatal && tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    }
+                    other => break other,
+                }
+            }
+        });
+        if pending.len() >= CERTIFY_AT_ONCE {
+            let issued = pending.next().await.expect("pending");
+            identities.push(issued.map_err(|e| anyhow::anyhow!("Certify: {e}"))?);
+        }
+    }
+    while let Some(issued) = pending.next().await {
+        identities.push(issued.map_err(|e| anyhow::anyhow!("Certify: {e}"))?);
+    }
+    let certified = started.elapsed();
+    eprintln!("scale: certificates in {:.1} s", certified.as_secs_f64());
+
+    // Every proxy connects.
+    let fleet = Arc::new(Fleet {
+        epoch: Instant::now(),
+        seen: (0..n).map(|_| Arc::default()).collect(),
+        last_error: Mutex::new(None),
+    });
+    let expected = skein_proxy::control::control_identity(&token)?;
+    let (_, cpu_before_connect) = cp.usage();
+    let connecting = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, identity) in identities.into_iter().enumerate() {
+        let source = source(i);
+        tasks.spawn(proxy(
+            i,
+            identity,
+            grpc.to_string(),
+            expected.clone(),
+            source,
+            fleet.clone(),
+        ));
+        if i % CONNECT_AT_ONCE == CONNECT_AT_ONCE - 1 {
+            // Let the control plane take a batch before the next (as proxies starting
+            // across a fleet do; not all in the same millisecond).
+            let opened = i + 1;
+            let _ = until(Duration::from_secs(30), || {
+                fleet.count(|s| s.messages.load(Ordering::SeqCst) > 0) + CONNECT_AT_ONCE >= opened
+            })
+            .await;
+        }
+    }
+    let holding = || fleet.count(|s| s.timeout_ms.load(Ordering::SeqCst) == 1000);
+    let connect = until(Duration::from_secs(240), || holding() == n).await;
+    let connected_in = match connect {
+        Ok(_) => connecting.elapsed(),
+        Err(_) => bail!(
+            "only {} of {n} proxies hold the target after 240 s; last stream error: {:?}",
+            holding(),
+            fleet.last_error.lock().unwrap()
+        ),
+    };
+    let (_, cpu_after_connect) = cp.usage();
+    eprintln!(
+        "scale: {n} proxies connected and hold the target in {:.1} s",
+        connected_in.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_connected, cpu_settled) = cp.usage();
+
+    // One route change to the target, applied by every proxy.
+    let (_, cpu_before) = cp.usage();
+    let changed_at = fleet.epoch.elapsed();
+    cp.apply(&route_yaml(2000))?;
+    let applied = || fleet.count(|s| s.timeout_ms.load(Ordering::SeqCst) == 2000);
+    let all = until(Duration::from_secs(60), || applied() == n).await;
+    if all.is_err() {
+        bail!(
+            "only {} of {n} proxies applied the route change within 60 s",
+            applied()
+        );
+    }
+    let mut delays: Vec<f64> = fleet
+        .seen
+        .iter()
+        .map(|s| {
+            let at = Duration::from_micros(s.changed_at_us.load(Ordering::SeqCst));
+            at.saturating_sub(changed_at).as_secs_f64() * 1000.0
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_after_change, cpu_after) = cp.usage();
+    let change = serde_json::json!({
+        "p50_ms": percentile(&delays, 50.0),
+        "p99_ms": percentile(&delays, 99.0),
+        "max_ms": percentile(&delays, 100.0),
+        "control_cpu_s": cpu_after - cpu_before,
+    });
+    eprintln!("scale: the route change reached every proxy: {change}");
+
+    // A real proxy's memory in this mesh: it holds what it called, whatever the mesh's size.
+    let probe = probe_proxy(&cp).await?;
+    eprintln!("scale: a real proxy that called one Service: {probe}");
+
+    // The reconnect storm: SIGKILL, restart on the same data directory.
+    let mut storm = serde_json::Value::Null;
+    if opts.restart {
+        let streams_before: Vec<usize> = fleet
+            .seen
+            .iter()
+            .map(|s| s.streams.load(Ordering::SeqCst))
+            .collect();
+        cp.kill();
+        eprintln!("scale: control plane killed; restarting it on the same data directory");
+        let mut again = ControlPlane::spawn(&opts.skein, &dir, http, grpc)?;
+        again.wait_ready().await?;
+        let restarted = Instant::now();
+        let back = || {
+            fleet
+                .seen
+                .iter()
+                .zip(&streams_before)
+                .filter(|(s, before)| {
+                    s.streams.load(Ordering::SeqCst) > **before
+                        && s.messages.load(Ordering::SeqCst) > 0
+                })
+                .count()
+        };
+        let done = until(Duration::from_secs(120), || back() == n).await;
+        let (rss_back, _) = again.usage();
+        storm = match done {
+            Ok(d) => serde_json::json!({
+                "all_back_s": d.as_secs_f64(),
+                "control_rss_mib": rss_back as f64 / 1024.0,
+            }),
+            Err(d) => bail!(
+                "only {} of {n} proxies were back {:.0} s after the control plane restarted; last stream error: {:?}",
+                back(),
+                d.as_secs_f64(),
+                fleet.last_error.lock().unwrap()
+            ),
+        };
+        eprintln!(
+            "scale: reconnect storm: {storm} ({:.1} s after restart)",
+            restarted.elapsed().as_secs_f64()
+        );
+        cp = again;
+    }
+    let bytes: u64 = fleet
+        .seen
+        .iter()
+        .map(|s| s.bytes.load(Ordering::Relaxed))
+        .sum();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+    let per_proxy_kib = (rss_connected.saturating_sub(rss_idle)) as f64 / n as f64;
+    Ok(serde_json::json!({
+        "proxies": n,
+        "services": opts.services + 1,
+        "certificates_s": certified.as_secs_f64(),
+        "connect_s": connected_in.as_secs_f64(),
+        "connect_control_cpu_s": cpu_after_connect - cpu_before_connect,
+        "settle_control_cpu_s": cpu_settled - cpu_after_connect,
+        "control_rss_idle_mib": rss_idle as f64 / 1024.0,
+        "control_rss_connected_mib": rss_connected as f64 / 1024.0,
+        "control_rss_after_change_mib": rss_after_change as f64 / 1024.0,
+        "control_kib_per_proxy": per_proxy_kib,
+        "route_change": change,
+        "reconnect_storm": storm,
+        "proxy": probe,
+        "bytes_received_per_proxy": bytes / n as u64,
+    }))
+}
+
+fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
+    Ok(l.local_addr()?)
+}
