@@ -146,6 +146,10 @@ enum Cmd {
         /// Skip the restart and reconnect storm.
         #[arg(long)]
         no_restart: bool,
+        /// Two replicas sharing an etcd started for the run (apt-get install etcd-server),
+        /// proxies split between them; the storm kills and restarts the first.
+        #[arg(long)]
+        etcd: bool,
     },
     /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
     /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
@@ -244,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             services,
             skein,
             no_restart,
+            etcd,
         } => {
             let skein = match skein {
                 Some(p) => p,
@@ -257,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                 services,
                 skein,
                 restart: !no_restart,
+                etcd,
             };
             let figures = multi_thread()?.block_on(scale::run(opts))?;
             println!("{figures}");

@@ -38,6 +38,9 @@ pub struct Options {
     pub skein: PathBuf,
     /// Also kill and restart the control plane and time the reconnect storm.
     pub restart: bool,
+    /// Two replicas sharing an etcd (started here) instead of one with the embedded
+    /// store; proxies split between them, each knowing both.
+    pub etcd: bool,
 }
 
 /// The Service every simulated proxy calls, whose route changes.
@@ -119,10 +122,21 @@ struct ControlPlane {
 }
 
 impl ControlPlane {
-    fn spawn(skein: &Path, dir: &Path, http: SocketAddr, grpc: SocketAddr) -> anyhow::Result<Self> {
-        let log = std::fs::File::create(dir.join("control.log"))?;
+    fn spawn(
+        skein: &Path,
+        dir: &Path,
+        http: SocketAddr,
+        grpc: SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("control.log"))?;
         let child = Command::new(skein)
             .arg("control")
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--http")
@@ -229,6 +243,87 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An etcd started for the two-replica run; killed when dropped.
+struct EtcdProc {
+    child: Child,
+    client: SocketAddr,
+}
+
+impl EtcdProc {
+    async fn start(dir: &Path, ip: IpAddr) -> anyhow::Result<EtcdProc> {
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .context("etcd is not installed (apt-get install etcd-server)")?;
+        let (client, peer) = (free_port(ip)?, free_port(ip)?);
+        let (client_url, peer_url) = (format!("http://{client}"), format!("http://{peer}"));
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let child = Command::new(bin)
+            .args(["--name", "scale", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("scale={peer_url}")])
+            .args([
+                "--log-level",
+                "error",
+                "--quota-backend-bytes",
+                "8589934592",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start etcd")?;
+        let etcd = EtcdProc { child, client };
+        let up = until(Duration::from_secs(20), || {
+            http_get(client, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+        })
+        .await;
+        if up.is_err() {
+            bail!(
+                "etcd did not become healthy within 20 s (log: {})",
+                dir.join("etcd.log").display()
+            );
+        }
+        Ok(etcd)
+    }
+}
+
+impl Drop for EtcdProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 32 random bytes, hex: the replicas' shared secrets key (written 0600).
+fn secrets_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("secrets.key");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, hex.as_bytes())?;
+    Ok(path)
 }
 
 /// What one simulated proxy has seen, shared with the driver.
@@ -410,6 +505,7 @@ async fn session(
         let ack = pb::ProxyMessage {
             message: Some(pb::proxy_message::Message::Ack(pb::Ack {
                 version: message.version,
+                stale: error.is_some(),
                 error: error.unwrap_or_default(),
                 sent_unix_ms: 0,
             })),
@@ -624,14 +720,62 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let control_ip = IpAddr::from(CONTROL_IP);
-    let http = free_port(control_ip)?;
-    let grpc = free_port(control_ip)?;
-    eprintln!(
-        "scale: starting skein control on {grpc} (embedded store, data in {})",
-        dir.display()
-    );
-    let mut cp = ControlPlane::spawn(&opts.skein, &dir, http, grpc)?;
-    cp.wait_ready().await?;
+    // One replica with the embedded store, or two sharing an etcd.
+    let mut etcd = None;
+    let mut replicas: Vec<(PathBuf, SocketAddr, SocketAddr, Vec<String>)> = Vec::new();
+    if opts.etcd {
+        let e = EtcdProc::start(&dir, control_ip).await?;
+        let key = secrets_key(&dir)?;
+        for name in ["r1", "r2"] {
+            let extra = vec![
+                "--store".to_string(),
+                format!("etcd://{}", e.client),
+                "--replica".into(),
+                name.into(),
+                "--secrets-key-file".into(),
+                key.display().to_string(),
+            ];
+            replicas.push((
+                dir.join(name),
+                free_port(control_ip)?,
+                free_port(control_ip)?,
+                extra,
+            ));
+        }
+        etcd = Some(e);
+    } else {
+        replicas.push((
+            dir.clone(),
+            free_port(control_ip)?,
+            free_port(control_ip)?,
+            Vec::new(),
+        ));
+    }
+    let mut cps = Vec::new();
+    for (d, http, grpc, extra) in &replicas {
+        eprintln!(
+            "scale: starting skein control on {grpc} ({}, data in {})",
+            if opts.etcd { "etcd" } else { "embedded store" },
+            d.display()
+        );
+        let mut cp = ControlPlane::spawn(&opts.skein, d, *http, *grpc, extra)?;
+        cp.wait_ready().await?;
+        cps.push(cp);
+    }
+    let grpcs: Vec<SocketAddr> = cps.iter().map(|c| c.grpc).collect();
+    // Proxy i's endpoints: its home replica first, then the others.
+    let endpoint = |i: usize| -> String {
+        (0..grpcs.len())
+            .map(|k| grpcs[(i + k) % grpcs.len()].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let usage = |cps: &[ControlPlane]| -> (u64, f64) {
+        cps.iter()
+            .map(ControlPlane::usage)
+            .fold((0, 0.0), |(r, c), (r2, c2)| (r + r2, c + c2))
+    };
+    let cp = &cps[0];
     cp.apply(&resources(opts.services))?;
     let token_text = cp
         .cli(&[
@@ -648,7 +792,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         .to_string();
     let token: JoinToken = token_text.parse().context("the fleet token")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_idle, _) = cp.usage();
+    let (rss_idle, _) = usage(&cps);
 
     // Certificates, in bulk: one Certify (one use of the fleet token) each.
     eprintln!("scale: {n} certificates, {CERTIFY_AT_ONCE} requests at a time");
@@ -660,7 +804,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     for i in 0..n {
         let source = source(i);
         let control = skein_proxy::control::ControlConfig {
-            endpoint: grpc.to_string(),
+            endpoint: endpoint(i),
             advertise: SocketAddr::new(source, 0),
             token: token.clone(),
         };
@@ -696,7 +840,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         last_error: Mutex::new(None),
     });
     let expected = skein_proxy::control::control_identity(&token)?;
-    let (_, cpu_before_connect) = cp.usage();
+    let (_, cpu_before_connect) = usage(&cps);
     let connecting = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, identity) in identities.into_iter().enumerate() {
@@ -704,7 +848,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         tasks.spawn(proxy(
             i,
             identity,
-            grpc.to_string(),
+            endpoint(i),
             expected.clone(),
             source,
             fleet.clone(),
@@ -729,16 +873,16 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             fleet.last_error.lock().unwrap()
         ),
     };
-    let (_, cpu_after_connect) = cp.usage();
+    let (_, cpu_after_connect) = usage(&cps);
     eprintln!(
         "scale: {n} proxies connected and hold the target in {:.1} s",
         connected_in.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_connected, cpu_settled) = cp.usage();
+    let (rss_connected, cpu_settled) = usage(&cps);
 
     // One route change to the target, applied by every proxy.
-    let (_, cpu_before) = cp.usage();
+    let (_, cpu_before) = usage(&cps);
     let changed_at = fleet.epoch.elapsed();
     cp.apply(&route_yaml(2000))?;
     let applied = || fleet.count(|s| s.timeout_ms.load(Ordering::SeqCst) == 2000);
@@ -759,7 +903,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         .collect();
     delays.sort_by(f64::total_cmp);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_after_change, cpu_after) = cp.usage();
+    let (rss_after_change, cpu_after) = usage(&cps);
     let change = serde_json::json!({
         "p50_ms": percentile(&delays, 50.0),
         "p99_ms": percentile(&delays, 99.0),
@@ -769,7 +913,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     eprintln!("scale: the route change reached every proxy: {change}");
 
     // A real proxy's memory in this mesh: it holds what it called, whatever the mesh's size.
-    let probe = probe_proxy(&cp).await?;
+    let probe = probe_proxy(&cps[0]).await?;
     eprintln!("scale: a real proxy that called one Service: {probe}");
 
     // The reconnect storm: SIGKILL, restart on the same data directory.
@@ -780,24 +924,36 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             .iter()
             .map(|s| s.streams.load(Ordering::SeqCst))
             .collect();
-        cp.kill();
-        eprintln!("scale: control plane killed; restarting it on the same data directory");
-        let mut again = ControlPlane::spawn(&opts.skein, &dir, http, grpc)?;
+        // The first replica (the only one with the embedded store): its proxies must
+        // come back, to it once restarted or to the other replica; the other's stay.
+        cps[0].kill();
+        eprintln!(
+            "scale: control plane (replica 1) killed; restarting it on the same data directory"
+        );
+        let (d, http, grpc, extra) = &replicas[0];
+        let mut again = ControlPlane::spawn(&opts.skein, d, *http, *grpc, extra)?;
         again.wait_ready().await?;
         let restarted = Instant::now();
+        let replicas_n = cps.len();
         let back = || {
             fleet
                 .seen
                 .iter()
                 .zip(&streams_before)
-                .filter(|(s, before)| {
-                    s.streams.load(Ordering::SeqCst) > **before
-                        && s.messages.load(Ordering::SeqCst) > 0
+                .enumerate()
+                .filter(|(i, (s, before))| {
+                    let moved = s.streams.load(Ordering::SeqCst) > **before
+                        && s.messages.load(Ordering::SeqCst) > 0;
+                    let elsewhere = i % replicas_n != 0
+                        && s.streams.load(Ordering::SeqCst) == **before
+                        && s.messages.load(Ordering::SeqCst) > 0;
+                    moved || elsewhere
                 })
                 .count()
         };
         let done = until(Duration::from_secs(120), || back() == n).await;
-        let (rss_back, _) = again.usage();
+        cps[0] = again;
+        let (rss_back, _) = usage(&cps);
         storm = match done {
             Ok(d) => serde_json::json!({
                 "all_back_s": d.as_secs_f64(),
@@ -814,7 +970,6 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             "scale: reconnect storm: {storm} ({:.1} s after restart)",
             restarted.elapsed().as_secs_f64()
         );
-        cp = again;
     }
     let bytes: u64 = fleet
         .seen
@@ -823,11 +978,14 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         .sum();
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    drop(cp);
+    drop(cps);
+    drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
     let per_proxy_kib = (rss_connected.saturating_sub(rss_idle)) as f64 / n as f64;
     Ok(serde_json::json!({
         "proxies": n,
+        "replicas": replicas.len(),
+        "store": if opts.etcd { "etcd" } else { "embedded" },
         "services": opts.services + 1,
         "certificates_s": certified.as_secs_f64(),
         "connect_s": connected_in.as_secs_f64(),

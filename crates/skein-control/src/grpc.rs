@@ -364,11 +364,27 @@ impl ProxyControl for ProxyControlService {
                                 connections.refused(session, ack.version, &ack.error);
                                 tracing::warn!(workload = %me.name, version = ack.version, error = %ack.error, "proxy refused a snapshot");
                                 // What it holds is no longer known here: the next
-                                // message (at the next change) is complete.
+                                // message is complete; at once if the refusal was of a
+                                // delta that did not fit what the proxy holds, at the
+                                // next change otherwise (the same content would be
+                                // refused again).
                                 push.refused();
+                                if ack.stale {
+                                    dirty = true;
+                                }
                             }
                         }
                         Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Want(want)) })) => {
+                            if want.names.len() + want.addresses.len() > crate::push::MAX_PER_WANT {
+                                let _ = tx
+                                    .send(Err(Status::invalid_argument(format!(
+                                        "a Want asks about {} names and addresses; at most {} are accepted in one message",
+                                        want.names.len() + want.addresses.len(),
+                                        crate::push::MAX_PER_WANT
+                                    ))))
+                                    .await;
+                                break;
+                            }
                             if let Some(c) = &catalog {
                                 push.want(&want, c);
                                 dirty = true;

@@ -23,6 +23,14 @@ use std::net::IpAddr;
 /// than any workload calls).
 pub const MAX_WANTS: usize = 10_000;
 
+/// Most names and addresses one `Want` may carry (a proxy asks about one at a time, and
+/// re-asks what is pending after a reconnect a few at a time); a larger one ends the
+/// stream with an error. `Register.wanted` is bounded by [`MAX_WANTS`] instead.
+pub const MAX_PER_WANT: usize = 256;
+
+/// Most `Register.held` entries read; a proxy reporting more is sent everything.
+const MAX_HELD: usize = 100_000;
+
 /// What a session has sent, and what it answers next.
 #[derive(Debug)]
 pub struct Push {
@@ -56,6 +64,15 @@ pub struct Sent {
     pub held: usize,
 }
 
+/// Whether `name` can be a host name (what a proxy asks about): 1 to 253 letters,
+/// digits, `-` and `.`. Anything else is answered "nothing" and not kept.
+fn host_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 impl Push {
     /// A session for a proxy in `caller_ns` that announced `supports`, reporting
     /// `register`'s holdings and wants when it reconnects.
@@ -63,13 +80,14 @@ impl Push {
         let supports = |what: &str| register.supports.iter().any(|s| s == what);
         let deltas = supports("deltas");
         let on_demand = deltas && supports("on-demand");
-        let held = (deltas && register.last_version > 0).then(|| {
-            register
-                .held
-                .iter()
-                .map(|h| (Key::from(h.destination.as_str()), h.digest))
-                .collect()
-        });
+        let held =
+            (deltas && register.last_version > 0 && register.held.len() <= MAX_HELD).then(|| {
+                register
+                    .held
+                    .iter()
+                    .map(|h| (Key::from(h.destination.as_str()), h.digest))
+                    .collect()
+            });
         let mut push = Push {
             caller_ns: caller_ns.to_string(),
             deltas,
@@ -94,12 +112,13 @@ impl Push {
     }
 
     /// Remembers `want`'s names and addresses (up to [`MAX_WANTS`]); returns those not
-    /// remembered, and those that are not addresses.
-    fn remember(&mut self, want: &pb::Want) -> Vec<String> {
-        let mut dropped = Vec::new();
+    /// remembered: beyond the bound, names that cannot be a host name, and addresses that
+    /// are not IPs.
+    fn remember(&mut self, want: &pb::Want) -> std::collections::HashSet<String> {
+        let mut dropped = std::collections::HashSet::new();
         for n in &want.names {
-            if self.names.len() + self.addresses.len() >= MAX_WANTS {
-                dropped.push(n.clone());
+            if self.names.len() + self.addresses.len() >= MAX_WANTS || !host_name(n) {
+                dropped.insert(n.clone());
             } else {
                 self.names.insert(n.to_ascii_lowercase());
             }
@@ -109,7 +128,9 @@ impl Push {
                 Ok(ip) if self.names.len() + self.addresses.len() < MAX_WANTS => {
                     self.addresses.insert(ip);
                 }
-                _ => dropped.push(a.clone()),
+                _ => {
+                    dropped.insert(a.clone());
+                }
             }
         }
         dropped
@@ -159,7 +180,7 @@ impl Push {
             })
     }
 
-    /// The proxy refused the last message: the next one is complete.
+    /// The proxy refused a message: the next one is complete.
     pub fn refused(&mut self) {
         self.held = None;
         self.local = None;
@@ -521,14 +542,18 @@ mod tests {
     fn wants_are_bounded() {
         let c = catalog(vec![service("a", 1)], None);
         let mut p = Push::new("default", &register(&["deltas", "on-demand"]));
+        let mut names: Vec<String> = (0..MAX_WANTS + 5).map(|i| format!("n{i}")).collect();
+        names.push("x".repeat(254));
+        names.push("bad name/with spaces".into());
         let many = pb::Want {
-            names: (0..MAX_WANTS + 5).map(|i| format!("n{i}")).collect(),
+            names,
             addresses: vec!["not-an-ip".into()],
         };
         p.want(&many, &c);
         assert_eq!(p.names.len(), MAX_WANTS);
+        assert!(!p.names.iter().any(|n| n.len() > 253 || n.contains(' ')));
         let (s, _) = p.next(&c, local(), 1).unwrap();
-        assert_eq!(s.answers.len(), MAX_WANTS + 6);
+        assert_eq!(s.answers.len(), MAX_WANTS + 8);
         assert!(s.answers.iter().all(|a| a.destination.is_empty()));
     }
 }

@@ -18,8 +18,9 @@ use skein_model::resource::{
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Most workload writes in one store commit.
-const MAX_BATCH: usize = 1024;
+/// Most workload writes in one store commit: each is a compare and a put, and etcd
+/// refuses transactions of more than 128 operations by default.
+const MAX_BATCH: usize = 64;
 
 /// One queued workload write and who waits for it.
 struct Write {
@@ -39,11 +40,27 @@ impl Writes {
     pub(crate) fn start(registry: Arc<Registry>) -> Writes {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Write>(MAX_BATCH * 4);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // A write for a key already in the batch starts the next one, so that writes
+            // to one workload are committed in the order they were made.
+            let mut carried: Option<Write> = None;
+            loop {
+                let first = match carried.take() {
+                    Some(w) => w,
+                    None => match rx.recv().await {
+                        Some(w) => w,
+                        None => return,
+                    },
+                };
+                let mut keys = std::collections::HashSet::new();
+                keys.insert(first.resource.key());
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(w) => batch.push(w),
+                        Ok(w) if keys.insert(w.resource.key()) => batch.push(w),
+                        Ok(w) => {
+                            carried = Some(w);
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
@@ -66,27 +83,25 @@ impl Writes {
     }
 }
 
-/// Commits `batch` at once, the latest write of each key winning; should that be refused,
-/// each write alone, so that one bad write fails only its own caller.
-async fn commit(registry: &Registry, batch: Vec<Write>) {
-    let mut latest: std::collections::BTreeMap<ResourceKey, Resource> = Default::default();
-    for w in &batch {
-        latest.insert(w.resource.key(), w.resource.clone());
-    }
-    let all = registry
-        .apply_with(latest.into_values().collect(), true)
-        .await;
-    if all.is_ok() || batch.len() == 1 {
-        let result = all.map(|_| ()).map_err(|e| e.to_string());
-        for w in batch {
-            let _ = w.done.send(result.clone());
+/// Commits `batch` (one write per key) at once; should that be refused, each half on its
+/// own, and so on down to single writes, so that one bad write (a stale version, say)
+/// fails only its own caller.
+fn commit(registry: &Registry, batch: Vec<Write>) -> futures_util::future::BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let docs: Vec<Resource> = batch.iter().map(|w| w.resource.clone()).collect();
+        let all = registry.apply_with(docs, true).await;
+        if all.is_ok() || batch.len() == 1 {
+            let result = all.map(|_| ()).map_err(|e| e.to_string());
+            for w in batch {
+                let _ = w.done.send(result.clone());
+            }
+            return;
         }
-        return;
-    }
-    for w in batch {
-        let alone = registry.apply_with(vec![w.resource], true).await;
-        let _ = w.done.send(alone.map(|_| ()).map_err(|e| e.to_string()));
-    }
+        let mut first = batch;
+        let second = first.split_off(first.len() / 2);
+        commit(registry, first).await;
+        commit(registry, second).await;
+    })
 }
 
 /// Records proxies as Workload resources.

@@ -28,6 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long "nothing in the mesh answers to it" is believed before asking again (the
 /// control plane sends the destination anyway should one appear).
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// How long an unanswered question waits before it is asked again.
+pub const RESEND: Duration = Duration::from_secs(1);
 /// Most names and addresses remembered (and re-sent on reconnect).
 pub const MAX_ASKED: usize = 10_000;
 
@@ -249,7 +251,11 @@ impl Discovery {
         let mut inner = self.lock();
         let now = Instant::now();
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        latest.clear();
+        // Kept until asked again (an answer is never lost to a waiter that had not run
+        // yet), bounded like everything asked.
+        if latest.len() > MAX_ASKED {
+            latest.clear();
+        }
         for a in answers {
             let asked = a.asked.to_ascii_lowercase();
             inner.in_flight.remove(&asked);
@@ -265,6 +271,14 @@ impl Discovery {
         inner
             .nothing
             .retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
+        // Bounded, however many names an application makes up: beyond the bound the
+        // oldest half goes (those names are asked again, which is all it costs).
+        if inner.nothing.len() > MAX_ASKED {
+            let mut ages: Vec<Instant> = inner.nothing.values().copied().collect();
+            ages.sort();
+            let cut = ages[ages.len() / 2];
+            inner.nothing.retain(|_, at| *at > cut);
+        }
         drop(latest);
         drop(inner);
         self.answered.send_modify(|n| *n += 1);
@@ -280,7 +294,7 @@ impl Discovery {
     pub async fn ask(&self, asked: &str) -> Result<Answer, Unanswered> {
         let asked = asked.to_ascii_lowercase();
         let mut answers = self.answered.subscribe();
-        {
+        let stream = {
             let mut inner = self.lock();
             if !inner.on_demand {
                 return Err(Unanswered::NotOnDemand);
@@ -296,31 +310,49 @@ impl Discovery {
             if inner.asked.len() < MAX_ASKED {
                 inner.asked.insert(asked.clone());
             }
-            if inner.in_flight.insert(asked.clone())
-                && stream.try_send(want(vec![asked.clone()])).is_err()
-            {
-                inner.in_flight.remove(&asked);
+            // A fresh question (none in flight) is sent; an older answer to it must not
+            // satisfy it.
+            let fresh = inner.in_flight.insert(asked.clone());
+            if fresh {
+                self.latest
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&asked);
+            }
+            fresh.then_some(stream)
+        };
+        if let Some(stream) = stream {
+            // Queued behind acks and summaries, never dropped for want of room.
+            let sent = tokio::time::timeout(WAIT, stream.send(want(vec![asked.clone()])));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                self.lock().in_flight.remove(&asked);
                 return Err(Unanswered::Disconnected(asked));
             }
         }
-        let wait = async {
-            loop {
-                if answers.changed().await.is_err() {
-                    return None;
+        // Asked again every second until answered (at most [`WAIT`]): a question lost with
+        // a stream that broke, or on its way, costs a second, not the request.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = (tokio::time::Instant::now() + RESEND).min(deadline);
+            match tokio::time::timeout_at(next, answers.changed()).await {
+                Ok(Ok(())) => {
+                    let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(a) = latest.get(&asked) {
+                        return Ok(a.clone());
+                    }
                 }
-                let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(a) = latest.get(&asked) {
-                    return Some(a.clone());
+                Ok(Err(_)) => break,
+                Err(_) if tokio::time::Instant::now() >= deadline => break,
+                Err(_) => {
+                    let stream = self.lock().stream.clone();
+                    if let Some(stream) = stream {
+                        let _ = stream.try_send(want(vec![asked.clone()]));
+                    }
                 }
-            }
-        };
-        match tokio::time::timeout(WAIT, wait).await {
-            Ok(Some(a)) => Ok(a),
-            _ => {
-                self.lock().in_flight.remove(&asked);
-                Err(Unanswered::TimedOut(asked))
             }
         }
+        self.lock().in_flight.remove(&asked);
+        Err(Unanswered::TimedOut(asked))
     }
 }
 

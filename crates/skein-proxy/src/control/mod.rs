@@ -609,11 +609,17 @@ async fn serve_session(
             ctx.metrics.error(Direction::Inbound, "config_refused");
             tracing::error!(version, %error, "refused configuration snapshot; keeping the previous one");
         }
+        let stale = !error.is_empty()
+            && snapshot
+                .delta
+                .as_ref()
+                .is_some_and(|d| d.base_version != held);
         let ack = ProxyMessage {
             message: Some(proxy_message::Message::Ack(Ack {
                 version,
                 error,
                 sent_unix_ms: unix_ms_now(),
+                stale,
             })),
         };
         if tx.send(ack).await.is_err() {

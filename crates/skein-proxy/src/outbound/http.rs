@@ -76,6 +76,26 @@ async fn handle(
     resp
 }
 
+/// Whether what `req` addresses could be a mesh Service's name (`svc`, `svc.ns`,
+/// `svc.ns.svc[.domain]`): only those are asked about, not every external host.
+fn discoverable<B>(state: &State, addressed: &Addressed, req: &Request<B>) -> bool {
+    let domain = state
+        .config
+        .dns
+        .as_ref()
+        .map_or("cluster.local", |d| d.domain.as_str())
+        .to_ascii_lowercase();
+    let host = match addressed {
+        Addressed::Name { service, .. } => service.to_ascii_lowercase(),
+        Addressed::Addr(_) => return false,
+        Addressed::Authority => match plan::authority_of(req) {
+            Some(a) => host_of(&a),
+            None => return false,
+        },
+    };
+    crate::discovery::mesh_form(&host, &domain)
+}
+
 /// The host of an authority, lowercase, without port or trailing dot.
 fn host_of(authority: &str) -> String {
     let host = match authority.rsplit_once(':') {
@@ -102,22 +122,29 @@ async fn forward(
     }
     let plan = match plan::plan(&state.destinations, addressed, &req, crate::route::random()) {
         // A name this proxy does not hold: ask the control plane, then plan again.
-        Err(ProxyError::UnknownService(name)) if ctx.discovery.on_demand() => {
+        Err(ProxyError::UnknownService(name))
+            if ctx.discovery.on_demand() && discoverable(state, addressed, &req) =>
+        {
             let asked = match addressed {
                 Addressed::Name { service, .. } => service.to_string(),
                 _ => plan::authority_of(&req).map_or(name.clone(), |a| host_of(&a)),
             };
-            match ctx.discovery.ask(&asked).await {
-                Ok(_) => plan::plan(
-                    &ctx.state().destinations,
-                    addressed,
-                    &req,
-                    crate::route::random(),
-                )?,
-                Err(e) => {
+            let asked_result = ctx.discovery.ask(&asked).await;
+            // Planned again whatever the answer: another request's answer may have
+            // brought the destination meanwhile.
+            let again = plan::plan(
+                &ctx.state().destinations,
+                addressed,
+                &req,
+                crate::route::random(),
+            );
+            match (again, asked_result) {
+                (Ok(p), _) => p,
+                (Err(e), Ok(_)) => return Err(e),
+                (Err(_), Err(why)) => {
                     return Err(ProxyError::Undiscovered {
                         name: asked,
-                        why: e.to_string(),
+                        why: why.to_string(),
                     })
                 }
             }

@@ -103,10 +103,19 @@ pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
         };
         let mut target = ctx.state().destinations.resolve_addr(dst);
         if target.is_none() && ctx.discovery.covers(dst.ip()) {
-            // A virtual IP this proxy does not hold: ask, then route by the answer.
+            // A virtual IP this proxy does not hold: ask, then route by the answer. Only
+            // a definite "no Service has it" passes the connection through: without an
+            // answer it could be a mesh Service's, and must not leave in plaintext.
             match ctx.discovery.ask(&dst.ip().to_string()).await {
                 Ok(_) => target = ctx.state().destinations.resolve_addr(dst),
-                Err(e) => tracing::warn!(%dst, error = %e, "could not look up a virtual IP; passing the connection through"),
+                Err(e) => {
+                    target = ctx.state().destinations.resolve_addr(dst);
+                    if target.is_none() {
+                        tracing::warn!(%dst, error = %e, "could not look up a virtual IP of the mesh; closing the connection rather than passing it through unmeshed");
+                        ctx.metrics.error(Direction::Outbound, "undiscovered");
+                        return;
+                    }
+                }
             }
         }
         match target {
