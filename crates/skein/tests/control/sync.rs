@@ -15,9 +15,19 @@ use std::time::{Duration, Instant};
 /// Every declared resource as `get -o json` prints it (the proxy-registered workloads are
 /// left out: they are re-registered, with a new status, when their proxy reconnects).
 async fn declared(cp: &ControlProcess) -> Vec<String> {
+    // A route condition's lastTransitionTime is when this replica saw it change (status
+    // is computed, never stored), so a restarted control plane may say a later second.
+    let computed = |text: String| -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with("\"lastTransitionTime\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let mut all = Vec::new();
     for word in ["meshes", "services", "routes", "authz", "backendpolicies"] {
-        all.push(cp.cli(&["get", word, "-o", "json"]).await.ok().to_string());
+        all.push(computed(
+            cp.cli(&["get", word, "-o", "json"]).await.ok().to_string(),
+        ));
     }
     all.push(
         cp.cli(&["get", "workload", "web-1", "-o", "json"])
