@@ -495,7 +495,7 @@ async fn session(
             Ordering::Relaxed,
         );
         let error = apply(&message, held);
-        if let Some(ms) = target_timeout(held, &message) {
+        if let Some(ms) = target_timeout(&message) {
             if seen.timeout_ms.swap(ms, Ordering::SeqCst) != ms {
                 let at = fleet.epoch.elapsed().as_micros() as u64;
                 seen.changed_at_us.store(at, Ordering::SeqCst);
@@ -547,7 +547,7 @@ fn apply(message: &pb::Snapshot, held: &mut Held) -> Option<String> {
 }
 
 /// The target's request timeout in `message`, when it carries the target.
-fn target_timeout(_held: &Held, message: &pb::Snapshot) -> Option<u64> {
+fn target_timeout(message: &pb::Snapshot) -> Option<u64> {
     let destinations = match &message.delta {
         None => &message.destinations,
         Some(d) => &d.destinations,

@@ -165,17 +165,6 @@ fn endpoints(
     endpoints
 }
 
-fn protocol(p: skein_model::Protocol) -> i32 {
-    use skein_model::Protocol;
-    (match p {
-        Protocol::Detect => pb::Protocol::Detect,
-        Protocol::Http => pb::Protocol::Http,
-        Protocol::Http2 => pb::Protocol::Http2,
-        Protocol::Grpc => pb::Protocol::Grpc,
-        Protocol::Tcp => pb::Protocol::Tcp,
-    }) as i32
-}
-
 /// Reuses `previous` when it has the same content, else seals `next`.
 fn versioned(mut next: pb::Destination, previous: Option<&Versioned>) -> Versioned {
     if let Some(p) = previous {
@@ -234,7 +223,7 @@ impl Catalog {
                     .iter()
                     .map(|(port, p)| pb::Port {
                         port: u32::from(*port),
-                        protocol: protocol(*p),
+                        protocol: crate::snapshot::protocol(*p),
                         target_port: None,
                     })
                     .collect(),
@@ -271,7 +260,7 @@ impl Catalog {
             namespaces.sort();
         }
         let (mesh_generation, namespace_generations) =
-            generations(&mesh, &services_in, &addresses, previous);
+            generations(&mesh, &services_in, &names, &addresses, previous);
         Catalog {
             built_with: (denied_revision, trust_domain.to_string()),
             mesh_generation,
@@ -412,6 +401,7 @@ fn settings(m: &MeshState) -> impl PartialEq + '_ {
 fn generations(
     mesh: &MeshState,
     services_in: &HashMap<String, Vec<usize>>,
+    names: &HashMap<String, Vec<String>>,
     addresses: &HashMap<IpAddr, Key>,
     previous: Option<&Catalog>,
 ) -> (u64, HashMap<String, u64>) {
@@ -425,15 +415,8 @@ fn generations(
             + 1
     });
     let same_mesh = previous.is_some_and(|p| {
-        settings(&p.mesh) == settings(mesh)
-            && p.entries.len() == services_in.values().map(Vec::len).sum::<usize>()
-            && services_in.iter().all(|(ns, idx)| {
-                idx.iter().all(|i| {
-                    let s = &mesh.services[*i];
-                    p.entries.contains_key(format!("{ns}/{}", s.name).as_str())
-                })
-            })
-            && p.addresses == *addresses
+        // The same Services exist (names by namespace) at the same addresses.
+        settings(&p.mesh) == settings(mesh) && p.names == *names && p.addresses == *addresses
     });
     let mesh_generation = match previous {
         Some(p) if same_mesh => p.mesh_generation,

@@ -106,11 +106,6 @@ impl Push {
         push
     }
 
-    /// Whether the proxy holds only what it asks for.
-    pub fn on_demand(&self) -> bool {
-        self.on_demand
-    }
-
     /// Remembers `want`'s names and addresses (up to [`MAX_WANTS`]); returns those not
     /// remembered: beyond the bound, names that cannot be a host name, and addresses that
     /// are not IPs.

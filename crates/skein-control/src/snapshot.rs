@@ -156,7 +156,8 @@ pub fn snapshot_for(
     }
 }
 
-fn protocol(p: Protocol) -> i32 {
+/// A protocol as the wire numbers it.
+pub(crate) fn protocol(p: Protocol) -> i32 {
     (match p {
         Protocol::Detect => pb::Protocol::Detect,
         Protocol::Http => pb::Protocol::Http,
