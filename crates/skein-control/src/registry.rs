@@ -657,10 +657,17 @@ impl Registry {
     /// Refuses a BackendPolicy whose target (Service and port) another BackendPolicy, stored
     /// or in the same request, already governs: callers could follow only one.
     fn check_backend_policies(&self, docs: &[Resource]) -> Result<(), RegistryError> {
+        // Most writes (workload registrations above all) carry no BackendPolicy: nothing
+        // to compare, and no pass over every stored resource.
+        if !docs.iter().any(|d| matches!(d, Resource::BackendPolicy(_))) {
+            return Ok(());
+        }
+        let replaced: std::collections::BTreeSet<ResourceKey> =
+            docs.iter().map(Resource::key).collect();
         let resources = self.resources.read().unwrap_or_else(|p| p.into_inner());
-        let stored = resources.values().filter(|r| {
+        let stored = resources.iter().filter_map(|(key, r)| {
             // A stored policy this request replaces is not a rival.
-            !docs.iter().any(|d| d.key() == r.key())
+            (matches!(r, Resource::BackendPolicy(_)) && !replaced.contains(key)).then_some(r)
         });
         let mut seen: Vec<(ResourceKey, &Resource)> = Vec::new();
         for r in stored.chain(docs.iter()) {
@@ -721,20 +728,42 @@ impl Registry {
 
 /// Follows the store's changes. When the watch ends (the store dropped a watcher that fell
 /// behind, or etcd compacted what it needed), the registry re-lists and watches again.
+/// After a publish of the mesh state that took t, the next waits this many t (see
+/// `follow`).
+pub const PUBLISH_PACE: u32 = 2;
+/// The longest wait between two publishes.
+pub const PUBLISH_PAUSE_MAX: Duration = Duration::from_millis(200);
+
 async fn follow(
     weak: std::sync::Weak<Registry>,
     mut events: tokio::sync::mpsc::Receiver<Vec<Event>>,
 ) {
+    // When the next publish may start.
+    let mut next = tokio::time::Instant::now();
     loop {
         while let Some(mut batch) = events.recv().await {
-            // Take every commit already waiting, and publish once for all of them.
+            // Under a stream of commits (a reconnect storm re-registering thousands of
+            // workloads), each publish is a pass over the whole mesh: publishing per
+            // commit would cost commits × mesh. So when commits queued up during a
+            // publish that took t, the next waits PUBLISH_PACE × t (at most
+            // PUBLISH_PAUSE_MAX), gathering those that arrive meanwhile: publishing then
+            // takes at most a third of a core. A commit that finds no backlog (one
+            // writer waiting for its own change) is published at once.
+            tokio::time::sleep_until(next).await;
+            // Take every commit waiting by then, and publish once for all of them.
             while let Ok(more) = events.try_recv() {
                 batch.extend(more);
             }
             let Some(registry) = weak.upgrade() else {
                 return;
             };
+            let started = tokio::time::Instant::now();
             registry.apply_events(batch);
+            let took = started.elapsed();
+            next = tokio::time::Instant::now();
+            if !events.is_empty() {
+                next += (took * PUBLISH_PACE).min(PUBLISH_PAUSE_MAX);
+            }
         }
         let Some(registry) = weak.upgrade() else {
             return;
