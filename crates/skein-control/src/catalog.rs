@@ -64,13 +64,15 @@ pub struct Catalog {
     addresses: HashMap<IpAddr, Key>,
     /// Service name → the namespaces that have a Service of that name.
     names: HashMap<String, Vec<String>>,
+    /// Namespace (or `"*"`) → the Services exported to its proxies (`exportTo`).
+    exported: HashMap<String, Vec<Key>>,
     /// Where virtual IPs live: the Mesh's serviceCidrs, plus any address a Service names
     /// outside them.
     pub ranges: Vec<IpNet>,
     /// Indexes into `mesh.services` by namespace.
     services_in: HashMap<String, Vec<usize>>,
     /// Moves when something every proxy's configuration may depend on changes: the
-    /// Mesh's settings, or which Services (names, addresses) exist.
+    /// Mesh's settings, or which Services (names, addresses, exports) exist.
     pub mesh_generation: u64,
     /// Moves, per namespace, when its Services or AuthorizationPolicies change: what a
     /// proxy's local part (its ports, limits, authorization) is computed from.
@@ -199,6 +201,7 @@ impl Catalog {
         let mut entries = HashMap::with_capacity(mesh.services.len());
         let mut addresses = HashMap::new();
         let mut names: HashMap<String, Vec<String>> = HashMap::new();
+        let mut exported: HashMap<String, Vec<Key>> = HashMap::new();
         let mut services_in: HashMap<String, Vec<usize>> = HashMap::new();
         let mut ranges = mesh.service_cidrs.clone();
         for (i, s) in mesh.services.iter().enumerate() {
@@ -208,6 +211,9 @@ impl Catalog {
                 .entry(s.name.clone())
                 .or_default()
                 .push(s.namespace.clone());
+            for ns in &s.export_to {
+                exported.entry(ns.clone()).or_default().push(key.clone());
+            }
             for a in &s.addresses {
                 addresses.insert(*a, key.clone());
                 if !ranges.iter().any(|r| r.contains(a)) {
@@ -259,8 +265,16 @@ impl Catalog {
         for namespaces in names.values_mut() {
             namespaces.sort();
         }
+        for keys in exported.values_mut() {
+            keys.sort();
+        }
+        let index = Index {
+            names: &names,
+            addresses: &addresses,
+            exported: &exported,
+        };
         let (mesh_generation, namespace_generations) =
-            generations(&mesh, &services_in, &names, &addresses, previous);
+            generations(&mesh, &services_in, index, previous);
         Catalog {
             built_with: (denied_revision, trust_domain.to_string()),
             mesh_generation,
@@ -269,9 +283,16 @@ impl Catalog {
             entries,
             addresses,
             names,
+            exported,
             ranges,
             services_in,
         }
+    }
+
+    /// The Services exported to proxies in `namespace` (`exportTo` naming it or `"*"`).
+    pub fn exported_to<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Key> + 'a {
+        let listed = self.exported.get(namespace).into_iter().flatten();
+        listed.chain(self.exported.get("*").into_iter().flatten())
     }
 
     /// The generation of `namespace`'s local inputs (see `namespace_generations`).
@@ -395,14 +416,21 @@ fn settings(m: &MeshState) -> impl PartialEq + '_ {
     )
 }
 
+/// The indexes a catalog resolves wants through, which the mesh generation covers.
+#[derive(Clone, Copy)]
+struct Index<'a> {
+    names: &'a HashMap<String, Vec<String>>,
+    addresses: &'a HashMap<IpAddr, Key>,
+    exported: &'a HashMap<String, Vec<Key>>,
+}
+
 /// The mesh generation and each namespace's, carried over from `previous` where their
 /// inputs are equal and moved on where they are not (a counter shared by all, so a
 /// generation is never reused).
 fn generations(
     mesh: &MeshState,
     services_in: &HashMap<String, Vec<usize>>,
-    names: &HashMap<String, Vec<String>>,
-    addresses: &HashMap<IpAddr, Key>,
+    index: Index<'_>,
     previous: Option<&Catalog>,
 ) -> (u64, HashMap<String, u64>) {
     let next = previous.map_or(1, |p| {
@@ -415,8 +443,12 @@ fn generations(
             + 1
     });
     let same_mesh = previous.is_some_and(|p| {
-        // The same Services exist (names by namespace) at the same addresses.
-        settings(&p.mesh) == settings(mesh) && p.names == *names && p.addresses == *addresses
+        // The same Services exist (names by namespace) at the same addresses, exported to
+        // the same namespaces.
+        settings(&p.mesh) == settings(mesh)
+            && p.names == *index.names
+            && p.addresses == *index.addresses
+            && p.exported == *index.exported
     });
     let mesh_generation = match previous {
         Some(p) if same_mesh => p.mesh_generation,
@@ -506,6 +538,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             policies: vec![],
+            export_to: vec![],
         }
     }
 

@@ -245,6 +245,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             policies: vec![],
+            export_to: vec![],
             target_ports: Default::default(),
         };
         let policy = Policy {

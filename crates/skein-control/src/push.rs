@@ -3,8 +3,8 @@
 //! remembers what the proxy holds afterwards. `grpc` runs one per session.
 //!
 //! A proxy's *scope* is what it must hold: every Service, or, for a proxy that announced
-//! `on-demand`, the Services its wants resolve to and every Service their routes send or
-//! mirror to. Wants are kept as asked (names and addresses) and resolved again on every
+//! `on-demand`, the Services its wants resolve to, those exported to its namespace
+//! (`exportTo`), and every Service their routes send or mirror to. Wants are kept as asked (names and addresses) and resolved again on every
 //! change, so a Service that comes to answer to one is sent then.
 //!
 //! To a proxy that announced `deltas`, a change is sent as the destinations whose digest
@@ -195,6 +195,7 @@ impl Push {
                     .iter()
                     .filter_map(|a| catalog.by_address(*a).cloned()),
             )
+            .chain(catalog.exported_to(&self.caller_ns).cloned())
             .collect();
         catalog.closure(&wanted, &self.caller_ns)
     }
@@ -318,6 +319,7 @@ mod tests {
             addresses: vec![IpAddr::from([198, 18, 0, octet])],
             routes: vec![],
             policies: vec![],
+            export_to: vec![],
         }
     }
 
@@ -531,6 +533,33 @@ mod tests {
         // A new Service: wants may resolve to it.
         let c4 = catalog(vec![a, changed, service("c", 3)], Some(&c3));
         assert!(!p.unchanged(&c4));
+    }
+
+    #[test]
+    fn services_exported_to_a_namespace_are_sent_up_front() {
+        let mut a = service("a", 1);
+        a.export_to = vec!["default".into()];
+        let mut b = service("b", 2);
+        b.export_to = vec!["elsewhere".into()];
+        let c = catalog(vec![a.clone(), b.clone(), service("c", 3)], None);
+        let mut p = Push::new("default", &register(&["deltas", "on-demand"]));
+        let (first, _) = p.next(&c, local(), 1).unwrap();
+        assert_eq!(names(&first), ["a"], "exported here, nothing asked for");
+        assert!(p.unchanged(&c));
+        // c is exported everywhere: a change of exports moves the mesh generation.
+        let mut c_all = service("c", 3);
+        c_all.export_to = vec!["*".into()];
+        let c2 = catalog(vec![a.clone(), b.clone(), c_all], Some(&c));
+        assert!(!p.unchanged(&c2));
+        let (s, _) = p.next(&c2, local(), 2).unwrap();
+        assert_eq!(names(&s), ["c"]);
+        // a no longer exported (and never asked for): it leaves.
+        a.export_to.clear();
+        let c3 = catalog(vec![a, b, service("c", 3)], Some(&c2));
+        let (s, sent) = p.next(&c3, local(), 3).unwrap();
+        let delta = s.delta.expect("a delta");
+        assert_eq!(delta.removed, ["default/a", "default/c"]);
+        assert_eq!(sent.held, 0);
     }
 
     #[test]

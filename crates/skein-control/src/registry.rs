@@ -248,6 +248,7 @@ impl Registry {
                     addresses: s.spec.addresses.clone(),
                     routes: Vec::new(),
                     policies: Vec::new(),
+                    export_to: s.spec.export_to.clone(),
                 }),
                 Resource::Workload(w) => state.workloads.push(WorkloadView {
                     name: w.metadata.name.clone(),

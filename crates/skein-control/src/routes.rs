@@ -312,6 +312,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             policies: vec![],
+            export_to: vec![],
         }
     }
 

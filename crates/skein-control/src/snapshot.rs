@@ -38,6 +38,8 @@ pub struct ServiceView {
     pub routes: Vec<crate::routes::AttachedRoute>,
     /// BackendPolicies targeting this service, sorted by name (one per port at most).
     pub policies: Vec<skein_model::DestinationPolicy>,
+    /// Namespaces whose proxies are sent it up front (`exportTo`; `"*"`: all).
+    pub export_to: Vec<String>,
 }
 
 /// What the snapshot needs to know of a Workload.
@@ -284,6 +286,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             policies: vec![],
+            export_to: vec![],
             target_ports: BTreeMap::new(),
         }
     }

@@ -89,6 +89,7 @@ fn mesh_state(revision: u64, backend_proxy: SocketAddr, port: u16, with_web: boo
                 addresses: vec![],
                 routes: vec![],
                 policies: vec![],
+                export_to: vec![],
                 target_ports: Default::default(),
             }]
         } else {

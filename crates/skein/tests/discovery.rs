@@ -9,7 +9,7 @@ mod live;
 
 use http::{Request, StatusCode};
 use live::*;
-use skein_model::resource::{Kind, ResourceKey};
+use skein_model::resource::{parse_documents, Kind, ResourceKey};
 use skein_proxy::http::empty;
 use skein_proxy::RunningProxy;
 use skein_testkit::client::h1;
@@ -211,5 +211,69 @@ spec: {{targetRef: {{kind: Service, name: {service}}}, loadBalancer: round-robin
             c.pushes
         );
     }
+    drop(dir);
+}
+
+/// A Service with `exportTo` naming a namespace, in YAML.
+fn exported(name: &str, to: &str) -> String {
+    format!(
+        "apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: {PORT}, protocol: http}}], exportTo: {to}}}
+---
+"
+    )
+}
+
+#[tokio::test]
+async fn services_exported_to_a_namespace_are_held_before_any_call() {
+    skein_testkit::init_tracing();
+    let (control, dir) = control_at(155).await;
+    let mut yaml = exported("web", "[default]");
+    yaml.push_str(&exported("api", "['*']"));
+    yaml.push_str(&exported("cart", "[shop]"));
+    yaml.push_str(&services(&["ledger"]));
+    apply(&control, &yaml).await;
+    let (web, _p1) = workload(&control, 156, "web").await;
+    let me = fresh_caller(&control, 157).await;
+    assert_eq!(
+        held(&me).await,
+        ["default/api", "default/web"],
+        "its first configuration holds what is exported to its namespace, and only that"
+    );
+    let pushes = || {
+        let conns = control.connections.list();
+        let c = conns.iter().find(|c| c.workload == "caller-157").unwrap();
+        (c.pushes.complete, c.pushes.deltas, c.destinations)
+    };
+    assert_eq!(pushes(), (1, 0, 2), "sent whole in its first configuration");
+    assert_eq!(get(&me, "web", "/").await.0, StatusCode::OK);
+    assert_eq!(web.hits(), 1);
+    // Had it asked, the answer would be a message of its own.
+    assert_eq!(pushes(), (1, 0, 2), "an exported Service is not asked for");
+
+    // Exports withdrawn: both leave (it never asked for either), and its next call to
+    // web asks for it, answered before the request goes on.
+    apply(&control, &services(&["web", "api"])).await;
+    until("exports withdrawn leave the proxy", async || {
+        held(&me).await.is_empty()
+    })
+    .await;
+    assert_eq!(get(&me, "web", "/after").await.0, StatusCode::OK);
+    assert_eq!(web.hits(), 2);
+    assert_eq!(held(&me).await, ["default/web"]);
+
+    // A bad exportTo is refused as `skein apply` would be (the API parses the same way),
+    // saying what is accepted, and what is in force stays.
+    let refused = parse_documents(&exported("api", "['*', shop]"), "test")
+        .expect_err("exportTo mixing '*' and namespaces");
+    assert!(
+        refused.to_string().contains("spec.exportTo")
+            && refused.to_string().contains("either [\"*\"]"),
+        "the message names the field and what is accepted: {refused}"
+    );
+    assert_eq!(get(&me, "web", "/again").await.0, StatusCode::OK);
+    assert_eq!(held(&me).await, ["default/web"]);
     drop(dir);
 }

@@ -35,7 +35,17 @@ pub struct ServiceSpec {
     /// `serviceAccounts: [restaurant]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
+    /// Namespaces whose proxies are sent this Service up front, before their application
+    /// first calls it (`"*"`: every namespace). Default none: a proxy is sent a Service
+    /// the first time its application calls it, and holds only what it calls. Unlike
+    /// Istio's field of this name it never hides a Service from anyone: who may call it
+    /// is what AuthorizationPolicies decide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
+
+/// Most namespaces one Service may list in `exportTo`.
+pub const MAX_EXPORT_TO: usize = 64;
 
 /// One service port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +168,35 @@ impl ServiceSpec {
             String::clone,
             "each account listed once",
         );
+        for (i, ns) in self.export_to.iter().enumerate() {
+            if ns != "*" {
+                p.dns_label(format!("spec.exportTo[{i}]"), ns);
+            }
+        }
+        p.unique(
+            "spec.exportTo",
+            "",
+            &self.export_to,
+            String::clone,
+            "each namespace listed once",
+        );
+        p.check(
+            !(self.export_to.len() > 1 && self.export_to.iter().any(|n| n == "*")),
+            "spec.exportTo",
+            format!("{:?}", self.export_to),
+            "either [\"*\"] (every namespace) or a list of namespaces, not both",
+        );
+        p.check(
+            self.export_to.len() <= MAX_EXPORT_TO,
+            "spec.exportTo",
+            format!("{} namespaces", self.export_to.len()),
+            &format!("at most {MAX_EXPORT_TO} namespaces, or [\"*\"] for every one"),
+        );
+    }
+
+    /// Whether proxies in `namespace` are sent this Service up front.
+    pub fn exported_to(&self, namespace: &str) -> bool {
+        self.export_to.iter().any(|n| n == "*" || n == namespace)
     }
 }
 
@@ -184,6 +223,45 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&spec.ports[0]).unwrap(),
             r#"{"port":80,"targetPort":80,"protocol":"detect"}"#
+        );
+    }
+
+    #[test]
+    fn export_to_lists_namespaces_or_every_one() {
+        let spec: ServiceSpec = serde_yaml_ng::from_str(
+            "{selector: {app: web}, ports: [{port: 80}], exportTo: [shop, web]}",
+        )
+        .unwrap();
+        assert!(spec.exported_to("shop") && spec.exported_to("web"));
+        assert!(!spec.exported_to("other"));
+        let everywhere: ServiceSpec =
+            serde_yaml_ng::from_str("{selector: {app: web}, ports: [{port: 80}], exportTo: ['*']}")
+                .unwrap();
+        assert!(everywhere.exported_to("anything"));
+        assert!(
+            problems("{selector: {app: web}, ports: [{port: 80}], exportTo: ['*']}").is_empty()
+        );
+        let bad = problems("{selector: {app: web}, ports: [{port: 80}], exportTo: [Shop_1]}");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].starts_with("spec.exportTo[0]: \"Shop_1\" is not accepted"),
+            "{bad:?}"
+        );
+        let both = problems("{selector: {app: web}, ports: [{port: 80}], exportTo: ['*', shop]}");
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(both[0].contains("either [\"*\"]"), "{both:?}");
+        let twice = problems("{selector: {app: web}, ports: [{port: 80}], exportTo: [shop, shop]}");
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert!(twice[0].contains("each namespace listed once"), "{twice:?}");
+        let many: Vec<String> = (0..=MAX_EXPORT_TO).map(|i| format!("ns{i}")).collect();
+        let too_many = problems(&format!(
+            "{{selector: {{app: web}}, ports: [{{port: 80}}], exportTo: [{}]}}",
+            many.join(", ")
+        ));
+        assert_eq!(too_many.len(), 1, "{too_many:?}");
+        assert!(
+            too_many[0].contains("at most 64 namespaces"),
+            "{too_many:?}"
         );
     }
 
