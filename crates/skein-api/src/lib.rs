@@ -1,9 +1,11 @@
 //! The gRPC API between `skein control` and `skein proxy`: a proxy registers its workload
 //! on a bidirectional stream, receives versioned configuration snapshots scoped to it, and
 //! acknowledges (or refuses, with the reason) each one. [`convert`] turns resources into
-//! their wire messages and back.
+//! their wire messages and back. [`json_body`] writes the admin endpoints' JSON answers
+//! while they are sent.
 
 pub mod convert;
+pub mod json_body;
 
 /// Generated packages, nested as their protobuf packages are (generated code names
 /// another package by its relative path).

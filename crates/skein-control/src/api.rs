@@ -244,17 +244,45 @@ async fn list(
     Query(q): Query<NamespaceQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind(&word)?;
-    let mut items = api.registry.list(kind, q.namespace.as_deref());
-    for item in &mut items {
-        with_status(&api, item);
-    }
-    let mut answer = json!({ "items": items, "revision": api.registry.revision() });
-    // Allocated virtual IPs are computed, never stored: they travel beside the items, so
-    // that what `get -o yaml` prints can be applied back unchanged.
-    if kind == Kind::Service {
-        answer["addresses"] = json!(api.registry.service_addresses(q.namespace.as_deref()));
-    }
-    Ok(Json(answer).into_response())
+    Ok(streamed(move || {
+        let namespace = q.namespace.as_deref();
+        let mut items = api.registry.list(kind, namespace);
+        for item in &mut items {
+            with_status(&api, item);
+        }
+        Listing {
+            items,
+            revision: api.registry.revision(),
+            // Allocated virtual IPs are computed, never stored: they travel beside the
+            // items, so that what `get -o yaml` prints can be applied back unchanged.
+            addresses: (kind == Kind::Service).then(|| api.registry.service_addresses(namespace)),
+        }
+    }))
+}
+
+/// What `GET /api/v1/resources/{kind}` answers.
+#[derive(serde::Serialize)]
+struct Listing {
+    items: Vec<Resource>,
+    revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addresses: Option<std::collections::BTreeMap<String, Vec<std::net::IpAddr>>>,
+}
+
+/// `make`'s value as a JSON response, written while it is sent (lists of every resource
+/// or connection can be large; see [`skein_api::json_body`]).
+fn streamed<T, F>(make: F) -> Response
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: serde::Serialize,
+{
+    let body = skein_api::json_body::compact(make);
+    let mut resp = Response::new(axum::body::Body::new(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn get_one(
@@ -395,7 +423,13 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn connections(State(api): State<Arc<Api>>) -> Response {
-    Json(json!({ "items": api.connections.list() })).into_response()
+    #[derive(serde::Serialize)]
+    struct Items<T> {
+        items: T,
+    }
+    streamed(move || Items {
+        items: api.connections.list(),
+    })
 }
 
 impl From<crate::pki::PkiError> for ApiError {
@@ -734,25 +768,38 @@ async fn trace(
 /// Prometheus `http_sd_configs` (and, saved to a file, `file_sd_configs`): one target
 /// group per connected proxy that announced its admin address, labelled with its
 /// workload, namespace and service.
-async fn prometheus_targets(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
-    let groups: Vec<serde_json::Value> = api
-        .connections
-        .list()
-        .into_iter()
-        .filter_map(|c| {
-            let admin = c.admin?;
-            Some(json!({
-                "targets": [admin.to_string()],
-                "labels": {
-                    "skein_namespace": c.namespace,
-                    "skein_workload": c.workload,
-                    "skein_service": c.account,
-                    "__metrics_path__": "/metrics",
-                },
-            }))
-        })
-        .collect();
-    Json(serde_json::Value::Array(groups))
+async fn prometheus_targets(State(api): State<Arc<Api>>) -> Response {
+    /// One group of Prometheus's HTTP service discovery format.
+    #[derive(serde::Serialize)]
+    struct Group {
+        targets: [String; 1],
+        labels: Labels,
+    }
+    #[derive(serde::Serialize)]
+    struct Labels {
+        skein_namespace: String,
+        skein_workload: String,
+        skein_service: String,
+        #[serde(rename = "__metrics_path__")]
+        metrics_path: &'static str,
+    }
+    streamed(move || {
+        api.connections
+            .list()
+            .into_iter()
+            .filter_map(|c| {
+                Some(Group {
+                    targets: [c.admin?.to_string()],
+                    labels: Labels {
+                        skein_namespace: c.namespace,
+                        skein_workload: c.workload,
+                        skein_service: c.account,
+                        metrics_path: "/metrics",
+                    },
+                })
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 async fn map(

@@ -1,7 +1,7 @@
 //! The admin listener: `/live` (the process runs), `/ready` (config loaded, listeners
 //! bound and, under a control plane, a valid workload certificate; false while draining),
 //! `/metrics` (Prometheus text) and `/config` (the configuration in force and the
-//! certificate presented, as JSON). Keys never appear here.
+//! certificate presented, as JSON, written while it is sent). Keys never appear here.
 //!
 //! It holds at most [`MAX_CONNECTIONS`] connections (more are closed at once), and closes
 //! one whose request head does not arrive within [`HEADER_TIMEOUT`], idle keep-alive
@@ -82,17 +82,20 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
                 .insert(header::CONTENT_TYPE, format.content_type());
             resp
         }
-        "/config" => match config_json(ctx) {
-            Ok(json) => {
-                let mut resp = text(StatusCode::OK, json);
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp
-            }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        "/config" => {
+            let config = ctx.config();
+            let identity = ctx.identity.get().map(|i| i.status());
+            let body = skein_api::json_body::pretty(move || ConfigView {
+                config: Shared(config),
+                identity,
+            });
+            let mut resp = Response::new(crate::http::boxed(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         "/decisions" => {
             let id = req
                 .uri()
@@ -114,14 +117,22 @@ fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// The configuration in force, plus `identity`: the certificate presented (or null).
-fn config_json(ctx: &Ctx) -> serde_json::Result<String> {
-    let mut value = serde_json::to_value(&*ctx.config())?;
-    if let Some(map) = value.as_object_mut() {
-        let identity = ctx.identity.get().map(|i| i.status());
-        map.insert("identity".into(), serde_json::to_value(identity)?);
+/// What `/config` shows: the configuration in force, plus `identity`, the certificate
+/// presented (or null). Written while it is sent ([`skein_api::json_body`]).
+#[derive(serde::Serialize)]
+struct ConfigView<C, I> {
+    #[serde(flatten)]
+    config: C,
+    identity: Option<I>,
+}
+
+/// The configuration in force, serialised from the shared copy (not cloned).
+struct Shared(Arc<skein_model::ProxyConfig>);
+
+impl serde::Serialize for Shared {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&*self.0, s)
     }
-    serde_json::to_string_pretty(&value)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

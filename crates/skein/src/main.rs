@@ -1,6 +1,7 @@
 //! `skein`: one binary for the whole mesh: the sidecar proxy, the control plane, the
 //! kubectl-like CLI, `skein run` and the demo.
 
+mod allocator;
 mod canary_cmd;
 mod capture;
 mod check_cmd;
