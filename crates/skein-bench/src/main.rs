@@ -9,6 +9,7 @@ mod deployed;
 mod grpc;
 mod handshake;
 mod load;
+mod memory;
 mod nginx;
 mod overload;
 mod pair;
@@ -151,6 +152,20 @@ enum Cmd {
         #[arg(long)]
         etcd: bool,
     },
+    /// A real proxy's memory as the mesh grows to N Services (its application calling
+    /// every one) and shrinks back to 10, against a fresh proxy's; prints JSON.
+    Memory {
+        /// Services the mesh grows to.
+        #[arg(long, default_value_t = 5000)]
+        services: usize,
+        /// The skein binary (default: next to this one).
+        #[arg(long)]
+        skein: Option<PathBuf>,
+        /// KEY=VALUE added to the proxies' environment (repeatable), e.g.
+        /// LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to compare allocators.
+        #[arg(long = "proxy-env")]
+        proxy_env: Vec<String>,
+    },
     /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
     /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
     /// and the proxies' process ids: for profiling by hand (perf, strace).
@@ -250,13 +265,7 @@ fn main() -> anyhow::Result<()> {
             no_restart,
             etcd,
         } => {
-            let skein = match skein {
-                Some(p) => p,
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(|d| d.join("skein"))
-                    .ok_or_else(|| anyhow::anyhow!("cannot find the skein binary; pass --skein"))?,
-            };
+            let skein = skein_binary(skein)?;
             let opts = scale::Options {
                 proxies,
                 services,
@@ -265,6 +274,29 @@ fn main() -> anyhow::Result<()> {
                 etcd,
             };
             let figures = multi_thread()?.block_on(scale::run(opts))?;
+            println!("{figures}");
+            Ok(())
+        }
+        Cmd::Memory {
+            services,
+            skein,
+            proxy_env,
+        } => {
+            let env = proxy_env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(anyhow::anyhow!(
+                        "--proxy-env {kv:?} is not accepted; expected KEY=VALUE"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = memory::Options {
+                services,
+                skein: skein_binary(skein)?,
+                env,
+            };
+            let figures = multi_thread()?.block_on(memory::run(opts))?;
             println!("{figures}");
             Ok(())
         }
@@ -305,6 +337,17 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+/// `skein` as given, else the one next to this binary.
+fn skein_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("skein"))
+            .ok_or_else(|| anyhow::anyhow!("cannot find the skein binary; pass --skein")),
+    }
 }
 
 fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {

@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// The Service every simulated proxy calls, whose route changes.
-const TARGET: &str = "scale-target";
+pub(crate) const TARGET: &str = "scale-target";
 /// Where the control plane listens (its own loopback address).
 const CONTROL_IP: [u8; 4] = [127, 0, 0, 180];
 /// Simulated proxies connect from 127.0.6.1–64, round robin (what they announce): the
@@ -58,6 +58,9 @@ fn source(i: usize) -> IpAddr {
 const PROBE_IP: [u8; 4] = [127, 0, 0, 185];
 /// Certificates requested at once.
 const CERTIFY_AT_ONCE: usize = 32;
+/// Resources per `skein apply`: under etcd's default limit of 128 operations per
+/// transaction.
+const APPLY_AT_ONCE: usize = 120;
 /// Streams opened at once while connecting.
 const CONNECT_AT_ONCE: usize = 256;
 
@@ -75,9 +78,10 @@ spec:
     )
 }
 
-fn resources(services: usize) -> String {
+/// Services `svc-N` for N in `range`, each with an HTTPRoute and an AuthorizationPolicy.
+pub(crate) fn service_docs(range: std::ops::Range<usize>) -> String {
     let mut yaml = String::new();
-    for i in 0..services {
+    for i in range {
         let name = format!("svc-{i}");
         yaml.push_str(&format!(
             "apiVersion: skein.dev/v1alpha1
@@ -100,6 +104,12 @@ spec: {{targetRef: {{kind: Service, name: {name}}}, action: allow, rules: [{{fro
 "
         ));
     }
+    yaml
+}
+
+/// `services` Services (see [`service_docs`]) and the target with its route.
+pub(crate) fn resources(services: usize) -> String {
+    let mut yaml = service_docs(0..services);
     yaml.push_str(&format!(
         "apiVersion: skein.dev/v1alpha1
 kind: Service
@@ -113,16 +123,16 @@ spec: {{selector: {{app: {TARGET}}}, ports: [{{port: 8080, protocol: http}}]}}
 }
 
 /// The control plane process.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     child: Child,
-    dir: PathBuf,
-    http: SocketAddr,
+    pub dir: PathBuf,
+    pub http: SocketAddr,
     grpc: SocketAddr,
     skein: PathBuf,
 }
 
 impl ControlPlane {
-    fn spawn(
+    pub(crate) fn spawn(
         skein: &Path,
         dir: &Path,
         http: SocketAddr,
@@ -159,7 +169,7 @@ impl ControlPlane {
         })
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -180,7 +190,7 @@ impl ControlPlane {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.skein)
             .args(args)
             .arg("--server")
@@ -200,10 +210,18 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+    /// Applies `yaml`'s documents, [`APPLY_AT_ONCE`] per `skein apply` (each apply is one
+    /// store transaction, and etcd takes at most 128 operations in one).
+    pub(crate) fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let docs: Vec<&str> = yaml
+            .split("\n---\n")
+            .filter(|d| !d.trim().is_empty())
+            .collect();
         let file = self.dir.join("apply.yaml");
-        std::fs::write(&file, yaml)?;
-        self.cli(&["apply", "-f", &file.display().to_string()])?;
+        for group in docs.chunks(APPLY_AT_ONCE) {
+            std::fs::write(&file, group.join("\n---\n"))?;
+            self.cli(&["apply", "-f", &file.display().to_string()])?;
+        }
         Ok(())
     }
 
@@ -233,7 +251,7 @@ impl ControlPlane {
         (rss, cpu)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -588,37 +606,56 @@ fn summary(sequence: u64) -> pb::ProxyMessage {
     }
 }
 
-/// A real `skein proxy` process joined to the control plane, which calls the target once
-/// (through its HTTP proxy listener: discovered on demand) and then idles: its RSS and
-/// private memory (KiB) after 3 s, and how many destinations it holds.
-async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
-    let ip = IpAddr::from(PROBE_IP);
-    let (inbound, admin, http_proxy) = (free_port(ip)?, free_port(ip)?, free_port(ip)?);
-    let config = format!(
-        "workload: {{name: probe-1, service: probe}}\n\
-         inbound: {{listen: '{inbound}', appHost: '{ip}', ports: [{{port: 8080, protocol: http}}]}}\n\
-         outbound: {{httpProxy: '{http_proxy}'}}\n\
-         admin: {{listen: '{admin}'}}\n"
-    );
-    let file = cp.dir.join("probe.yaml");
-    std::fs::write(&file, config)?;
-    let token = cp
-        .cli(&["token", "create", "--service", "probe", "--ttl", "10m"])?
-        .trim()
-        .to_string();
-    let log = std::fs::File::create(cp.dir.join("probe.log"))?;
-    let mut child = Command::new(&cp.skein)
-        .arg("proxy")
-        .arg("--config")
-        .arg(&file)
-        .arg("--control")
-        .arg(cp.grpc.to_string())
-        .env("SKEIN_JOIN_TOKEN", token)
-        .env("SKEIN_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let result = async {
+/// A real `skein proxy` process joined to a control plane, with an HTTP proxy listener
+/// its "application" calls Services through; killed when dropped.
+pub(crate) struct Probe {
+    child: Child,
+    /// Its admin listener.
+    pub admin: SocketAddr,
+    http_proxy: SocketAddr,
+}
+
+impl Probe {
+    /// Starts workload `name` of Service `probe` on `ip`, with `env` added to its
+    /// environment, and waits until it is ready (at most 30 s).
+    pub(crate) async fn start(
+        cp: &ControlPlane,
+        name: &str,
+        ip: IpAddr,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Probe> {
+        let (inbound, admin, http_proxy) = (free_port(ip)?, free_port(ip)?, free_port(ip)?);
+        let config = format!(
+            "workload: {{name: {name}, service: probe}}\n\
+             inbound: {{listen: '{inbound}', appHost: '{ip}', ports: [{{port: 8080, protocol: http}}]}}\n\
+             outbound: {{httpProxy: '{http_proxy}'}}\n\
+             admin: {{listen: '{admin}'}}\n"
+        );
+        let file = cp.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, config)?;
+        let token = cp
+            .cli(&["token", "create", "--service", "probe", "--ttl", "10m"])?
+            .trim()
+            .to_string();
+        let log_path = cp.dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&cp.skein)
+            .arg("proxy")
+            .arg("--config")
+            .arg(&file)
+            .arg("--control")
+            .arg(cp.grpc.to_string())
+            .env("SKEIN_JOIN_TOKEN", token)
+            .env("SKEIN_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let probe = Probe {
+            child,
+            admin,
+            http_proxy,
+        };
         let ready = until(Duration::from_secs(30), || {
             http_get(admin, "/ready")
                 .is_some_and(|b| b.ends_with("ready\n") && !b.ends_with("not ready\n"))
@@ -626,15 +663,21 @@ async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
         .await;
         if ready.is_err() {
             bail!(
-                "the probe proxy was not ready within 30 s (log: {})",
-                cp.dir.join("probe.log").display()
+                "the probe proxy {name} was not ready within 30 s (log: {})",
+                log_path.display()
             );
         }
-        // The first request names a Service it never heard of: discovered, answered 503
-        // (the target has no endpoints), and held from then on.
-        let answer = http_proxy_get(http_proxy, TARGET).unwrap_or_default();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let held = http_get(admin, "/metrics")
+        Ok(probe)
+    }
+
+    /// Its application calls `service` once; the response.
+    pub(crate) fn call(&self, service: &str) -> Option<String> {
+        http_proxy_get(self.http_proxy, service)
+    }
+
+    /// How many destinations it holds (`skein_config_destinations`), -1 if unknown.
+    pub(crate) fn held(&self) -> f64 {
+        http_get(self.admin, "/metrics")
             .and_then(|m| {
                 m.lines().find_map(|l| {
                     l.strip_prefix("skein_config_destinations ")?
@@ -643,32 +686,52 @@ async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
                         .ok()
                 })
             })
-            .unwrap_or(-1.0);
-        let pid = child.id();
+            .unwrap_or(-1.0)
+    }
+
+    /// Its RSS and, of it, private (anonymous) memory, in MiB.
+    pub(crate) fn memory(&self) -> anyhow::Result<(f64, f64)> {
+        let pid = self.child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = |field: &str| -> u64 {
+        let kib = |field: &str| -> f64 {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
         };
-        let private = kib("RssAnon:");
-        Ok(serde_json::json!({
-            "rss_mib": kib("VmRSS:") as f64 / 1024.0,
-            "private_mib": private as f64 / 1024.0,
-            "destinations_held": held,
-            "first_request": answer.lines().next().unwrap_or_default(),
-        }))
+        Ok((kib("VmRSS:") / 1024.0, kib("RssAnon:") / 1024.0))
     }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real proxy that called the target once (through its HTTP proxy listener: discovered
+/// on demand) and then idled: its RSS and private memory after 3 s, and how many
+/// destinations it holds.
+async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
+    let probe = Probe::start(cp, "probe-1", IpAddr::from(PROBE_IP), &[]).await?;
+    // The first request names a Service it never heard of: discovered, answered 503
+    // (the target has no endpoints), and held from then on.
+    let answer = probe.call(TARGET).unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = probe.held();
+    let (rss, private) = probe.memory()?;
+    Ok(serde_json::json!({
+        "rss_mib": rss,
+        "private_mib": private,
+        "destinations_held": held,
+        "first_request": answer.lines().next().unwrap_or_default(),
+    }))
 }
 
 /// A blocking HTTP/1.0 GET (admin listener); the whole response.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -694,7 +757,7 @@ fn http_proxy_get(proxy: SocketAddr, service: &str) -> Option<String> {
 }
 
 /// Waits until `done`, at most `within`; how long it took, or how far it got.
-async fn until(within: Duration, done: impl Fn() -> bool) -> Result<Duration, Duration> {
+pub(crate) async fn until(within: Duration, done: impl Fn() -> bool) -> Result<Duration, Duration> {
     let started = Instant::now();
     while !done() {
         if started.elapsed() > within {
@@ -1002,7 +1065,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
     Ok(l.local_addr()?)
 }
