@@ -60,6 +60,28 @@ pub struct ControlOptions {
     pub otlp: Option<SocketAddr>,
 }
 
+impl ControlOptions {
+    /// One replica named `replica` with the embedded store in `data_dir`, its HTTP and
+    /// gRPC listeners on ephemeral ports of `ip`, everything else at its default: a 30 s
+    /// workload grace, a CA of its own, no NAT ranges, default limits, no secrets key,
+    /// no OTLP receiver. Tests and tools override fields from there.
+    pub fn embedded(data_dir: impl Into<PathBuf>, ip: std::net::IpAddr, replica: &str) -> Self {
+        ControlOptions {
+            data_dir: data_dir.into(),
+            store: StoreChoice::Embedded,
+            http: SocketAddr::new(ip, 0),
+            grpc: SocketAddr::new(ip, 0),
+            workload_grace: Duration::from_secs(30),
+            replica: replica.to_string(),
+            ca_import: None,
+            workload_cidrs: Vec::new(),
+            limits: Default::default(),
+            secrets_key: None,
+            otlp: None,
+        }
+    }
+}
+
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

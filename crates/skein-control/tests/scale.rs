@@ -6,11 +6,10 @@
 use futures_util::StreamExt;
 use skein_api::v1::proxy_control_client::ProxyControlClient;
 use skein_api::v1::{proxy_message, Ack, ProxyMessage, Register};
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::resource::parse_documents;
 use skein_testkit::control::{eventually, self_rss_kib, TempDir};
 use skein_testkit::loopback;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,20 +84,11 @@ fn mib(kib: u64) -> f64 {
 async fn five_hundred_watch_streams_all_get_one_change() {
     skein_testkit::init_tracing();
     let data = TempDir::new("scale").unwrap();
-    let any = SocketAddr::new(loopback(133), 0);
-    let control = RunningControl::start(ControlOptions {
-        data_dir: data.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: any,
-        grpc: any,
-        workload_grace: Duration::from_secs(30),
-        replica: "scale".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
-    })
+    let control = RunningControl::start(ControlOptions::embedded(
+        data.path(),
+        loopback(133),
+        "scale",
+    ))
     .await
     .expect("start the control plane");
     let rss_before = self_rss_kib().unwrap();

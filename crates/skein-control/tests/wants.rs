@@ -5,10 +5,9 @@
 use futures_util::StreamExt;
 use skein_api::v1::proxy_control_client::ProxyControlClient;
 use skein_api::v1::{proxy_message, ProxyMessage, Register, Snapshot, Want};
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_testkit::control::TempDir;
 use skein_testkit::loopback;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -69,20 +68,11 @@ async fn next(s: &mut Stream) -> Result<Option<Snapshot>, tonic::Status> {
 #[tokio::test]
 async fn an_oversized_want_ends_only_its_own_stream() {
     let data = TempDir::new("wants").unwrap();
-    let any = SocketAddr::new(loopback(134), 0);
-    let control = RunningControl::start(ControlOptions {
-        data_dir: data.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: any,
-        grpc: any,
-        workload_grace: Duration::from_secs(30),
-        replica: "wants".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
-    })
+    let control = RunningControl::start(ControlOptions::embedded(
+        data.path(),
+        loopback(134),
+        "wants",
+    ))
     .await
     .unwrap();
     let docs = skein_model::resource::parse_documents(

@@ -26,7 +26,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_proxy::connect::{H1Pool, TcpConnector};
 use skein_proxy::http::{boxed, Body};
 use skein_proxy::metrics::sum_samples;
@@ -311,17 +311,11 @@ pub(crate) async fn start_control(
     grpc: SocketAddr,
 ) -> anyhow::Result<RunningControl> {
     RunningControl::start(ControlOptions {
-        data_dir: dir.join("control"),
-        store: StoreChoice::Embedded,
         http: SocketAddr::new(ip, 9990),
         grpc,
         workload_grace: Duration::from_secs(10),
-        replica: "demo".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
         otlp: Some(SocketAddr::new(ip, 4317)),
+        ..ControlOptions::embedded(dir.join("control"), ip, "demo")
     })
     .await
     .context("cannot start the demo's control plane")

@@ -64,17 +64,9 @@ spec:
 
 fn options(dir: &Path, host: u8, store: StoreChoice, grpc: SocketAddr) -> ControlOptions {
     ControlOptions {
-        data_dir: dir.to_path_buf(),
         store,
-        http: SocketAddr::new(ip(host), 0),
         grpc,
-        workload_grace: Duration::from_secs(30),
-        replica: format!("r{host}"),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
+        ..ControlOptions::embedded(dir, ip(host), &format!("r{host}"))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_identity::tls::{bootstrap_client_config, client_config, CertResolver, TrustBundle};
 use skein_identity::{CertificateAuthority, SpiffeId, WorkloadCert, WorkloadKey};
 use skein_model::Protocol;
@@ -337,21 +337,12 @@ async fn expired_foreign_and_revoked_tokens_are_refused_with_reasons() {
     // Another mesh's token: its CA pin does not match this control plane.
     let other_data = TempDir::new("id-tokens-other").unwrap();
     let other = RunningControl::start(ControlOptions {
-        data_dir: other_data.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(209), 0),
-        grpc: SocketAddr::new(loopback(209), 0),
-        workload_grace: Duration::from_secs(30),
-        replica: "other".into(),
         ca_import: Some(
             CertificateAuthority::generate("other.mesh")
                 .unwrap()
                 .to_pem_set(),
         ),
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
+        ..ControlOptions::embedded(other_data.path(), loopback(209), "other")
     })
     .await
     .unwrap();

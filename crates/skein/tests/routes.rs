@@ -4,7 +4,7 @@
 //! (HTTP/1.1 keep-alive, HTTP/2, gRPC).
 
 use http::{Request, StatusCode};
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::resource::parse_documents;
 use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::control::ControlConfig;
@@ -93,21 +93,10 @@ spec:
 /// goes when the returned guard drops, however the test ends.
 async fn control_at(host: u8) -> (RunningControl, skein_testkit::control::TempDir) {
     let dir = skein_testkit::control::TempDir::new(&format!("routes-{host}")).unwrap();
-    let control = RunningControl::start(ControlOptions {
-        data_dir: dir.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(host), 0),
-        grpc: SocketAddr::new(loopback(host), 0),
-        workload_grace: Duration::from_secs(30),
-        replica: "test".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
-    })
-    .await
-    .unwrap();
+    let control =
+        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(host), "test"))
+            .await
+            .unwrap();
     (control, dir)
 }
 

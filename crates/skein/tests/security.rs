@@ -421,20 +421,12 @@ async fn etcd_replicas_seal_the_ca_and_admin_token_and_race_a_single_use_token_o
         skein_testkit::control::TEST_SECRETS_KEY.parse().unwrap();
     let replica =
         |octet: u8, dir: &std::path::Path, name: &str| skein_control::server::ControlOptions {
-            data_dir: dir.to_path_buf(),
             store: skein_control::server::StoreChoice::Etcd {
                 endpoints: vec![etcd.endpoint()],
                 prefix: "/skein/".into(),
             },
-            http: SocketAddr::new(loopback(octet), 0),
-            grpc: SocketAddr::new(loopback(octet), 0),
-            workload_grace: Duration::from_secs(30),
-            replica: name.into(),
-            ca_import: None,
-            workload_cidrs: Vec::new(),
-            limits: Default::default(),
             secrets_key: Some(key.clone()),
-            otlp: None,
+            ..skein_control::server::ControlOptions::embedded(dir, loopback(octet), name)
         };
     let r1 = RunningControl::start(replica(191, d1.path(), "r1"))
         .await

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use http::{Request, StatusCode};
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::resource::parse_documents;
 use skein_model::{Protocol, ProxyConfig};
 use skein_proxy::control::ControlConfig;
@@ -26,21 +26,9 @@ pub fn ip(host: u8) -> IpAddr {
 /// guard, however the test ends.
 pub async fn control_at(host: u8) -> (RunningControl, skein_testkit::control::TempDir) {
     let dir = skein_testkit::control::TempDir::new(&format!("gateway-api-{host}")).unwrap();
-    let control = RunningControl::start(ControlOptions {
-        data_dir: dir.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(ip(host), 0),
-        grpc: SocketAddr::new(ip(host), 0),
-        workload_grace: Duration::from_secs(30),
-        replica: "test".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
-        limits: Default::default(),
-        secrets_key: None,
-        otlp: None,
-    })
-    .await
-    .unwrap();
+    let control = RunningControl::start(ControlOptions::embedded(dir.path(), ip(host), "test"))
+        .await
+        .unwrap();
     (control, dir)
 }
 

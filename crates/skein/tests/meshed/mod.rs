@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use skein_control::server::{ControlOptions, RunningControl, StoreChoice};
+use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::{Protocol, ProxyConfig, Upstream};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::RunningProxy;
@@ -29,17 +29,9 @@ pub async fn control_with(
     limits: skein_control::limits::ListenerLimits,
 ) -> RunningControl {
     RunningControl::start(ControlOptions {
-        data_dir: data.to_path_buf(),
-        store: StoreChoice::Embedded,
-        http: SocketAddr::new(loopback(octet), 0),
-        grpc: SocketAddr::new(loopback(octet), 0),
-        workload_grace: Duration::from_secs(30),
-        replica: "test".into(),
-        ca_import: None,
-        workload_cidrs: Vec::new(),
         limits,
-        secrets_key: None,
         otlp: Some(SocketAddr::new(loopback(octet), 0)),
+        ..ControlOptions::embedded(data, loopback(octet), "test")
     })
     .await
     .expect("start the control plane")
