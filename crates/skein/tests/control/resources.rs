@@ -118,6 +118,18 @@ async fn apply_get_delete_round_trip_for_every_kind() {
         TempDir::new("ctl-files").unwrap(),
     );
     let cp = start_control(120, data.path(), &[]).await;
+    // The process runs on jemalloc as built (crates/skein/src/allocator.rs): its one
+    // background thread, which hands freed memory back, is there.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", cp.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert_eq!(
+        threads.iter().filter(|t| *t == "jemalloc_bg_thd").count(),
+        1,
+        "one jemalloc background thread: {threads:?}"
+    );
 
     for c in CASES {
         let lower = c.kind.to_lowercase();
