@@ -7,7 +7,7 @@
 //! of private memory under glibc's malloc (43.7 MiB with two arenas and fixed trim and mmap
 //! thresholds), against 1.0 MiB for a fresh proxy: freed configuration lies scattered
 //! through heaps that glibc can only trim from the top. mimalloc 2.0 came back to 11.8
-//! MiB; jemalloc to 9.1 with its defaults and to 6.7 with these settings (`dirty_decay_ms`
+//! MiB; jemalloc to 9.1 with its defaults and to 6.7–7.1 with these settings (`dirty_decay_ms`
 //! 5 s; `muzzy_decay_ms` 0, so freed pages are released with `MADV_DONTNEED` and leave the
 //! RSS at once, rather than with `MADV_FREE`, which the kernel takes back only under
 //! pressure). The price: an idle proxy's private memory is 1.4 MiB instead of 1.0-1.2.
