@@ -13,6 +13,9 @@
 //! What was asked is kept (bounded) and sent again when the stream reconnects, and the
 //! control plane keeps the proxy's copy of each destination current from then on; it also
 //! sends a destination later should a Service come to answer to a name that had none.
+//! What was asked is forgotten when the destination it found is removed (its Service
+//! deleted): the next request for it asks again, so a proxy that once called thousands of
+//! Services keeps nothing of them once they are gone.
 //! Also kept here: the digests of the destinations held, which a reconnecting proxy
 //! reports so that it is sent only what changed while it was away.
 
@@ -96,8 +99,9 @@ struct Inner {
     ranges: Ranges,
     /// The current stream's outgoing messages (None: not connected).
     stream: Option<mpsc::Sender<pb::ProxyMessage>>,
-    /// Everything asked, re-sent on reconnect.
-    asked: HashSet<String>,
+    /// Everything asked, re-sent on reconnect, with the destination (`namespace/name`)
+    /// it found, once answered.
+    asked: HashMap<String, Option<String>>,
     /// Asked on this stream, not answered yet.
     in_flight: HashSet<String>,
     /// Recent "nothing answers to it".
@@ -114,8 +118,8 @@ pub struct Discovery {
     on_demand: std::sync::atomic::AtomicBool,
     /// Bumped after each message with answers is applied.
     answered: watch::Sender<u64>,
-    /// The answers of the latest message, by what was asked.
-    latest: Mutex<HashMap<String, Answer>>,
+    /// Recent answers (of the last [`WAIT`], as long as anyone waits), by what was asked.
+    latest: Mutex<HashMap<String, (Answer, Instant)>>,
 }
 
 impl Default for Discovery {
@@ -193,7 +197,7 @@ impl Discovery {
             r.held = held;
         }
         if !inner.asked.is_empty() {
-            let mut all: Vec<String> = inner.asked.iter().cloned().collect();
+            let mut all: Vec<String> = inner.asked.keys().cloned().collect();
             all.sort();
             let (addresses, names): (Vec<String>, Vec<String>) =
                 all.into_iter().partition(|a| a.parse::<IpAddr>().is_ok());
@@ -217,13 +221,17 @@ impl Discovery {
                 .store(inner.on_demand, std::sync::atomic::Ordering::Relaxed);
         }
         let key = |d: &pb::Destination| format!("{}/{}", d.namespace, d.service);
-        match &message.delta {
+        let removed: HashSet<String> = match &message.delta {
             None => {
-                inner.held = message
+                let held: HashMap<String, u64> = message
                     .destinations
                     .iter()
                     .map(|d| (key(d), d.digest))
                     .collect();
+                let old = std::mem::replace(&mut inner.held, held);
+                old.into_keys()
+                    .filter(|k| !inner.held.contains_key(k))
+                    .collect()
             }
             Some(delta) => {
                 for r in &delta.removed {
@@ -232,7 +240,20 @@ impl Discovery {
                 for d in &delta.destinations {
                     inner.held.insert(key(d), d.digest);
                 }
+                delta
+                    .removed
+                    .iter()
+                    .filter(|r| !inner.held.contains_key(*r))
+                    .cloned()
+                    .collect()
             }
+        };
+        if !removed.is_empty() {
+            inner
+                .asked
+                .retain(|_, found| !found.as_ref().is_some_and(|f| removed.contains(f)));
+            fit(&mut inner.asked);
+            fit(&mut inner.held);
         }
         drop(inner);
         self.answer(&message.answers);
@@ -251,11 +272,9 @@ impl Discovery {
         let mut inner = self.lock();
         let now = Instant::now();
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        // Kept until asked again (an answer is never lost to a waiter that had not run
-        // yet), bounded like everything asked.
-        if latest.len() > MAX_ASKED {
-            latest.clear();
-        }
+        // An answer is kept while anyone may wait for it: a waiter gives up [`WAIT`]
+        // after asking, and never takes an answer older than its question.
+        latest.retain(|_, (_, at)| now.duration_since(*at) < WAIT);
         for a in answers {
             let asked = a.asked.to_ascii_lowercase();
             inner.in_flight.remove(&asked);
@@ -266,8 +285,17 @@ impl Discovery {
                 inner.nothing.remove(&asked);
                 Answer::Found(a.destination.clone())
             };
-            latest.insert(asked, answer);
+            if let Some(found) = inner.asked.get_mut(&asked) {
+                *found = match &answer {
+                    Answer::Found(d) => Some(d.clone()),
+                    Answer::Nothing => None,
+                };
+            }
+            if latest.len() < MAX_ASKED {
+                latest.insert(asked, (answer, now));
+            }
         }
+        fit(&mut latest);
         inner
             .nothing
             .retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
@@ -279,6 +307,7 @@ impl Discovery {
             let cut = ages[ages.len() / 2];
             inner.nothing.retain(|_, at| *at > cut);
         }
+        fit(&mut inner.nothing);
         drop(latest);
         drop(inner);
         self.answered.send_modify(|n| *n += 1);
@@ -307,8 +336,8 @@ impl Discovery {
             let Some(stream) = inner.stream.clone() else {
                 return Err(Unanswered::Disconnected(asked));
             };
-            if inner.asked.len() < MAX_ASKED {
-                inner.asked.insert(asked.clone());
+            if inner.asked.len() < MAX_ASKED && !inner.asked.contains_key(&asked) {
+                inner.asked.insert(asked.clone(), None);
             }
             // A fresh question (none in flight) is sent; an older answer to it must not
             // satisfy it.
@@ -337,7 +366,7 @@ impl Discovery {
             match tokio::time::timeout_at(next, answers.changed()).await {
                 Ok(Ok(())) => {
                     let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(a) = latest.get(&asked) {
+                    if let Some((a, _)) = latest.get(&asked) {
                         return Ok(a.clone());
                     }
                 }
@@ -353,6 +382,14 @@ impl Discovery {
         }
         self.lock().in_flight.remove(&asked);
         Err(Unanswered::TimedOut(asked))
+    }
+}
+
+/// Gives back a map's spare room once it holds under a quarter of it: maps that grew
+/// with a large mesh shrink with it.
+fn fit<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 
@@ -467,6 +504,118 @@ mod tests {
         assert_eq!(r.held[0].digest, 7);
         assert_eq!(r.wanted.unwrap().names, ["web"]);
         assert_eq!(r.supports, ["deltas", "on-demand"]);
+    }
+
+    /// Asks for `name` on `d` and answers it with `destination`, held from then on.
+    async fn found(d: &std::sync::Arc<Discovery>, name: &str, destination: &str) {
+        let asking = tokio::spawn({
+            let (d, name) = (d.clone(), name.to_string());
+            async move { d.ask(&name).await }
+        });
+        tokio::task::yield_now().await;
+        let (namespace, service) = destination.split_once('/').unwrap();
+        d.applied(&pb::Snapshot {
+            delta: Some(Box::new(pb::Delta {
+                destinations: vec![pb::Destination {
+                    service: service.into(),
+                    namespace: namespace.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            answers: vec![pb::Answer {
+                asked: name.into(),
+                destination: destination.into(),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(asking.await.unwrap(), Ok(Answer::Found(destination.into())));
+    }
+
+    fn wanted(d: &Discovery) -> Vec<String> {
+        let mut r = pb::Register::default();
+        d.register(&mut r);
+        r.wanted
+            .map(|w| w.names.into_iter().chain(w.addresses).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn what_was_asked_is_forgotten_with_the_destination_it_found() {
+        let d = std::sync::Arc::new(Discovery::default());
+        on_demand(&d);
+        let (tx, _rx) = mpsc::channel(64);
+        d.connected(tx);
+        found(&d, "web", "default/web").await;
+        found(&d, "web.default.svc.cluster.local", "default/web").await;
+        found(&d, "db", "default/db").await;
+        found(&d, "198.18.0.7", "default/db").await;
+        assert_eq!(d.held(), 2);
+        assert_eq!(wanted(&d).len(), 4);
+        // Its Service deleted, `web` goes, with both names that found it.
+        d.applied(&pb::Snapshot {
+            delta: Some(Box::new(pb::Delta {
+                removed: vec!["default/web".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        assert_eq!(d.held(), 1);
+        assert_eq!(wanted(&d), ["db", "198.18.0.7"]);
+        // A whole configuration without `db` lets go of it too.
+        on_demand(&d);
+        assert_eq!(d.held(), 0);
+        assert!(wanted(&d).is_empty());
+        // Asking again works as the first time.
+        found(&d, "web", "default/web").await;
+        assert_eq!(wanted(&d), ["web"]);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_found_nothing_stays_asked() {
+        let d = std::sync::Arc::new(Discovery::default());
+        on_demand(&d);
+        let (tx, _rx) = mpsc::channel(64);
+        d.connected(tx);
+        let asking = tokio::spawn({
+            let d = d.clone();
+            async move { d.ask("later").await }
+        });
+        tokio::task::yield_now().await;
+        d.applied(&pb::Snapshot {
+            delta: Some(Box::default()),
+            answers: vec![pb::Answer {
+                asked: "later".into(),
+                destination: String::new(),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(asking.await.unwrap(), Ok(Answer::Nothing));
+        found(&d, "web", "default/web").await;
+        d.applied(&pb::Snapshot {
+            delta: Some(Box::new(pb::Delta {
+                removed: vec!["default/web".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        // The control plane sends a destination should one come to answer to it.
+        assert_eq!(wanted(&d), ["later"]);
+    }
+
+    #[test]
+    fn maps_give_back_their_room() {
+        let mut m: HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+        let grown = m.capacity();
+        m.retain(|k, _| *k < 10);
+        fit(&mut m);
+        assert!(m.capacity() < grown / 100, "{} of {grown}", m.capacity());
+        assert_eq!(m.len(), 10);
+        let mut small: HashMap<u32, u32> = (0..20).map(|i| (i, i)).collect();
+        let room = small.capacity();
+        small.retain(|k, _| *k < 2);
+        fit(&mut small);
+        assert_eq!(small.capacity(), room, "small maps are left alone");
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ pub mod drain;
 pub mod error;
 pub mod exposition;
 pub mod filter;
+pub mod heap;
 pub mod http;
 pub mod identity;
 pub mod ids;

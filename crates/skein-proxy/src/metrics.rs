@@ -306,6 +306,7 @@ impl Metrics {
             m.open_connections.clone(),
         );
         registry.register_collector(Box::new(m.telemetry.clone()));
+        registry.register_collector(Box::new(crate::heap::HeapCollector));
         registry.register(
             "proxy_errors",
             "Requests or connections the proxy refused or failed",

@@ -35,3 +35,24 @@ struct Conf(*const std::ffi::c_char);
 // SAFETY: it points to a static, immutable, NUL-terminated string.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 unsafe impl Sync for Conf {}
+
+/// Makes jemalloc's counters the source of the proxy's `skein_memory_heap_*` metrics.
+/// jemalloc is built with its statistics on (the `stats` feature): they cost a few
+/// instructions per allocation, measured in docs/BENCHMARKS.md, and are what tells a
+/// proxy's live data from memory its allocator has yet to return.
+pub fn install_heap_stats() {
+    #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+    skein_proxy::heap::install(read);
+}
+
+/// jemalloc's counters now: `epoch` refreshes the cached totals first.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+fn read() -> Option<skein_proxy::heap::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(skein_proxy::heap::HeapStats {
+        allocated: stats::allocated::read().ok()? as u64,
+        active: stats::active::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}

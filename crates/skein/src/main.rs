@@ -482,6 +482,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    allocator::install_heap_stats();
     let cli = Cli::parse();
     if matches!(
         cli.command,

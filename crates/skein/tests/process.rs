@@ -1,5 +1,6 @@
 //! Tests that run `skein proxy` as real processes: graceful shutdown on SIGTERM, and memory
-//! that stays bounded while a large body streams through.
+//! that stays bounded while a large body streams through (and the allocator's own account
+//! of it on `/metrics`).
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -142,5 +143,17 @@ async fn memory_stays_bounded_while_50mb_streams_through() {
             peak < 40 * 1024,
             "{name} proxy peak RSS {peak} KiB: the body was buffered"
         );
+        // Its allocator says what it holds: jemalloc's counters, in order, and nowhere
+        // near the body's size now that the body has gone.
+        let heap = |kind: &str| {
+            let name = format!("skein_memory_heap_{kind}_bytes");
+            async move { proxy.metric(&name, &[]).await.unwrap() }
+        };
+        let (allocated, active, resident) =
+            (heap("allocated").await, heap("active").await, heap("resident").await);
+        eprintln!("{name} proxy heap: {allocated} allocated, {active} active, {resident} resident");
+        assert!(allocated > 0, "{name}: no heap metrics on /metrics");
+        assert!(allocated <= active && active <= resident, "{name}");
+        assert!(allocated < 16 << 20, "{name} still holds {allocated} bytes");
     }
 }
