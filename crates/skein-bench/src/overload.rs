@@ -471,7 +471,7 @@ fn caller_config() -> ProxyConfig {
         service: HOST.into(),
         port: APP_PORT,
     }];
-    config.destinations = vec![Destination {
+    config.destinations = vec![std::sync::Arc::new(Destination {
         service: HOST.into(),
         namespace: "default".into(),
         ports: config.inbound.ports.clone(),
@@ -502,7 +502,7 @@ fn caller_config() -> ProxyConfig {
                 inbound: None,
             },
         }],
-    }];
+    })];
     config
 }
 

@@ -481,7 +481,7 @@ fn caller_config(mode: Mode) -> ProxyConfig {
             },
         }],
     };
-    config.destinations = vec![Destination {
+    config.destinations = vec![std::sync::Arc::new(Destination {
         service: HOST.into(),
         namespace: "default".into(),
         ports: config.inbound.ports.clone(),
@@ -495,7 +495,7 @@ fn caller_config(mode: Mode) -> ProxyConfig {
         routes: Vec::new(),
         identities: Vec::new(),
         policies,
-    }];
+    })];
     config
 }
 

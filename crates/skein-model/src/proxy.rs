@@ -9,7 +9,27 @@ use crate::{FieldError, ModelError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A list of shared values, written and read as a plain list.
+mod shared_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &[Arc<T>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|t| &**t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+}
 
 /// Everything a proxy needs to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,9 +45,11 @@ pub struct ProxyConfig {
     /// The admin listener (`/live`, `/ready`, `/metrics`, `/config`).
     #[serde(default)]
     pub admin: AdminConfig,
-    /// Services this proxy may call and the peer proxies that serve them.
-    #[serde(default)]
-    pub destinations: Vec<Destination>,
+    /// Services this proxy may call and the peer proxies that serve them. Each is shared
+    /// between the configurations that hold it unchanged, so that a change to one of
+    /// thousands copies none of the others.
+    #[serde(default, with = "shared_list")]
+    pub destinations: Vec<Arc<Destination>>,
     /// Who may call this workload: the AuthorizationPolicies governing its inbound
     /// traffic and the mesh's default. Under a control plane it comes from there;
     /// standalone it may be written here. Default: no policies, allow.
@@ -494,6 +516,20 @@ impl ProxyConfig {
 
     /// Checks every rule and reports every problem at once.
     pub fn validate(&self, what: &str) -> Result<(), ModelError> {
+        self.validate_since(what, None)
+    }
+
+    /// [`Self::validate`], taking the destinations `previous` (a configuration that
+    /// passed) holds as they are: those shared with it are checked only for being listed
+    /// once. What a change costs then grows with what changed, not with what is held.
+    pub fn validate_since(
+        &self,
+        what: &str,
+        previous: Option<&ProxyConfig>,
+    ) -> Result<(), ModelError> {
+        let checked: HashSet<*const Destination> = previous
+            .map(|p| p.destinations.iter().map(Arc::as_ptr).collect())
+            .unwrap_or_default();
         let mut problems = Vec::new();
         let mut bad = |path: String, value: String, expected: &str| {
             problems.push(FieldError {
@@ -587,20 +623,24 @@ impl ProxyConfig {
         }
         let mut seen = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
-            let at = format!("destinations[{i}]");
+            let at = || format!("destinations[{i}]");
+            if !seen.insert((d.service.as_str(), d.namespace.as_str())) {
+                let v = d.service.clone();
+                bad(
+                    format!("{}.service", at()),
+                    v,
+                    "a service listed once per namespace",
+                );
+            }
+            if checked.contains(&Arc::as_ptr(d)) {
+                continue;
+            }
+            let at = at();
             if !is_dns_label(&d.service) {
                 bad(format!("{at}.service"), d.service.clone(), DNS_LABEL);
             }
             if !is_dns_label(&d.namespace) {
                 bad(format!("{at}.namespace"), d.namespace.clone(), DNS_LABEL);
-            }
-            if !seen.insert((d.service.clone(), d.namespace.clone())) {
-                let v = d.service.clone();
-                bad(
-                    format!("{at}.service"),
-                    v,
-                    "a service listed once per namespace",
-                );
             }
             if d.ports.is_empty() {
                 bad(format!("{at}.ports"), "[]".into(), "at least one port");
@@ -696,6 +736,7 @@ impl ProxyConfig {
         self.destinations
             .iter()
             .find(|d| d.service == service && (namespace.is_empty() || d.namespace == namespace))
+            .map(|d| &**d)
     }
 
     /// The declared protocol of an application port, if the port is served.
@@ -762,6 +803,45 @@ inbound: {ports: [{port: 8080}]}
         // Defaults are visible when printed back.
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"detectTimeout\":\"300ms\""), "{json}");
+    }
+
+    #[test]
+    fn destinations_shared_with_a_passed_configuration_are_not_checked_again() {
+        let yaml = format!(
+            "{MINIMAL}destinations:\n- {{service: api, ports: [{{port: 80}}], endpoints: []}}\n- {{service: db, ports: [{{port: 5432}}], endpoints: []}}\n"
+        );
+        let held = ProxyConfig::from_yaml(&yaml, "test").unwrap();
+        let mut next = held.clone();
+        // Shared: taken as checked, though a copy of it would not pass now.
+        Arc::make_mut(&mut next.destinations[0]).ports.clear();
+        let broken = next.destinations[0].clone();
+        let mut shared = held.clone();
+        shared.destinations[0] = broken.clone();
+        let passed = ProxyConfig {
+            destinations: vec![broken.clone()],
+            ..held.clone()
+        };
+        shared.validate_since("next", Some(&passed)).unwrap();
+        let err = next.validate("next").unwrap_err().to_string();
+        assert!(err.contains("destinations[0].ports"), "{err}");
+        // New or changed: checked.
+        let err = next
+            .validate_since("next", Some(&held))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("destinations[0].ports"), "{err}");
+        // Listed twice: refused, shared or not.
+        let mut twice = held.clone();
+        twice.destinations.push(held.destinations[1].clone());
+        let err = twice
+            .validate_since("next", Some(&held))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("destinations[2].service: \"db\"")
+                && err.contains("a service listed once per namespace"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -78,8 +78,8 @@ pub struct Governed {
 /// One destination service with its endpoints.
 #[derive(Debug)]
 pub struct Service {
-    /// The configuration it was built from.
-    pub spec: Destination,
+    /// The configuration it was built from (shared with the configuration in force).
+    pub spec: Arc<Destination>,
     /// Its namespace and name, as telemetry labels it.
     pub label: crate::telemetry::Named,
     /// `namespace/name`: what per-service state outside the table (the retry budget) is
@@ -97,7 +97,7 @@ impl Service {
     /// Builds a service, keeping from `previous` (the same service in the table this
     /// one replaces) what was learnt about its endpoints and its policies' limiters
     /// (resized when a limit changed, so that requests already admitted still count).
-    fn new(spec: &Destination, previous: Option<&Service>) -> Service {
+    fn new(spec: &Arc<Destination>, previous: Option<&Service>) -> Service {
         let upstreams: Vec<Upstream> = spec
             .endpoints
             .iter()
@@ -179,7 +179,7 @@ impl Service {
             });
         }
         Service {
-            spec: spec.clone(),
+            spec: Arc::clone(spec),
             label: crate::telemetry::Named::new(&spec.namespace, &spec.service),
             key: format!("{}/{}", spec.namespace, spec.service),
             route_labels: spec.routes.iter().map(|r| r.name.as_str().into()).collect(),
@@ -212,9 +212,10 @@ pub struct Destinations {
 impl Destinations {
     /// Builds the lookup tables from configuration; `local_namespace` is the namespace
     /// of the workload beside this proxy. What `previous` (the table this one replaces)
-    /// learnt about endpoints and holds in its limiters carries over.
+    /// learnt about endpoints and holds in its limiters carries over; a service whose
+    /// configuration did not change is taken over whole.
     pub fn new(
-        specs: &[Destination],
+        specs: &[Arc<Destination>],
         local_namespace: &str,
         previous: Option<&Destinations>,
     ) -> Self {
@@ -224,7 +225,12 @@ impl Destinations {
         };
         for spec in specs {
             let before = previous.and_then(|p| p.exact(&spec.service, &spec.namespace));
-            let service = Arc::new(Service::new(spec, before.as_deref()));
+            // Unchanged, it is the same service: shared with the table it replaces, so
+            // that a change to one destination costs little in a proxy holding thousands.
+            let service = match before {
+                Some(b) if Arc::ptr_eq(&b.spec, spec) || b.spec == *spec => b,
+                b => Arc::new(Service::new(spec, b.as_deref())),
+            };
             for ip in &spec.addresses {
                 table.by_ip.insert(*ip, service.clone());
             }
@@ -354,8 +360,8 @@ mod tests {
     use super::*;
     use skein_model::Endpoint;
 
-    fn dest(name: &str, ports: &[u16], endpoints: usize) -> Destination {
-        Destination {
+    fn dest(name: &str, ports: &[u16], endpoints: usize) -> Arc<Destination> {
+        Arc::new(Destination {
             service: name.into(),
             namespace: "default".into(),
             ports: ports
@@ -376,7 +382,7 @@ mod tests {
             routes: Vec::new(),
             identities: Vec::new(),
             policies: Vec::new(),
-        }
+        })
     }
 
     #[test]
@@ -401,7 +407,7 @@ mod tests {
     #[test]
     fn endpoint_state_and_limits_survive_a_new_table() {
         let mut spec = dest("api", &[8080], 2);
-        spec.policies = vec![skein_model::DestinationPolicy {
+        Arc::make_mut(&mut spec).policies = vec![skein_model::DestinationPolicy {
             name: "default/api".into(),
             spec: serde_yaml_ng::from_str(
                 "{targetRef: {name: api}, connectionPool: {maxConcurrentRequests: 1, maxPendingRequests: 0}}",
@@ -413,7 +419,9 @@ mod tests {
         let held = t.policy().requests.try_admit().unwrap();
         let picked = t.pick(None).unwrap();
         // A push that changes something else (an address) keeps both.
-        spec.addresses.push("198.18.0.11".parse().unwrap());
+        Arc::make_mut(&mut spec)
+            .addresses
+            .push("198.18.0.11".parse().unwrap());
         let d2 = Destinations::new(std::slice::from_ref(&spec), "default", Some(&d));
         let t2 = d2.resolve("api", 8080).unwrap();
         assert!(
@@ -439,6 +447,19 @@ mod tests {
                 .status(),
             503
         );
+    }
+
+    #[test]
+    fn an_unchanged_service_is_taken_over_whole() {
+        let (api, mut web) = (dest("api", &[8080], 2), dest("web", &[80], 1));
+        let d = Destinations::new(&[api.clone(), web.clone()], "default", None);
+        Arc::make_mut(&mut web).endpoints.clear();
+        let d2 = Destinations::new(&[api, web], "default", Some(&d));
+        let same = |t: &Destinations, name: &str| t.exact(name, "default").unwrap();
+        assert!(Arc::ptr_eq(&same(&d, "api"), &same(&d2, "api")));
+        assert!(!Arc::ptr_eq(&same(&d, "web"), &same(&d2, "web")));
+        assert!(d2.resolve("web", 80).unwrap().pick(None).is_err());
+        assert!(d2.resolve("api", 8080).unwrap().pick(None).is_ok());
     }
 
     #[test]
@@ -493,7 +514,7 @@ mod tests {
     #[test]
     fn short_names_prefer_the_local_namespace() {
         let mut other = dest("api", &[81], 1);
-        other.namespace = "shop".into();
+        Arc::make_mut(&mut other).namespace = "shop".into();
         let d = Destinations::new(&[dest("api", &[80], 1), other.clone()], "shop", None);
         assert_eq!(d.resolve_authority("api").unwrap().port.port, 81);
         assert_eq!(d.resolve_authority("api.default").unwrap().port.port, 80);

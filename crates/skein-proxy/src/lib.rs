@@ -143,8 +143,8 @@ impl Ctx {
     /// Refuses, keeping the current configuration, a config that fails validation or that
     /// changes what cannot change while running (the workload and listener addresses).
     pub fn apply(&self, next: ProxyConfig) -> Result<(), ApplyError> {
-        next.validate("new configuration")?;
         let current = self.config();
+        next.validate_since("new configuration", Some(&current))?;
         let fixed = |c: &ProxyConfig| {
             (
                 c.workload.clone(),

@@ -134,6 +134,7 @@ impl MeshSpec {
                 identities: Vec::new(),
                 policies: Vec::new(),
             })
+            .map(std::sync::Arc::new)
             .collect();
         let upstreams = self
             .services

@@ -155,8 +155,8 @@ async fn proxy(proxy_ip: IpAddr, upstream: SocketAddr) -> (RunningProxy, SocketA
     spec.client_ip = proxy_ip;
     let mut config: ProxyConfig = spec.client_config(SocketAddr::new(proxy_ip, 9));
     config.destinations = vec![
-        destination("restaurant", "default", &[RESTAURANT_V4, RESTAURANT_V6]),
-        destination("kitchen", "food", &[KITCHEN_V4]),
+        destination("restaurant", "default", &[RESTAURANT_V4, RESTAURANT_V6]).into(),
+        destination("kitchen", "food", &[KITCHEN_V4]).into(),
     ];
     config.dns = Some(DnsConfig {
         listen: SocketAddr::new(proxy_ip, 0),

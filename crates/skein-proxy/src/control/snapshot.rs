@@ -6,17 +6,33 @@ use skein_api::v1 as pb;
 use skein_api::v1::Snapshot;
 use skein_identity::SpiffeId;
 use skein_model::{Destination, Endpoint, PortSpec, Protocol, ProxyConfig};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Builds the configuration a snapshot describes: the proxy's own listeners and workload
 /// stay, destinations and application ports come from the snapshot. Pure, so it is
 /// unit-tested; validation happens when the result is applied.
 pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
     let mut next = local_to_config(base, snapshot)?;
+    // A destination equal to one held is the one held (shared, not copied).
+    let held: HashMap<(&str, &str), &Arc<Destination>> = base
+        .destinations
+        .iter()
+        .map(|d| ((d.namespace.as_str(), d.service.as_str()), d))
+        .collect();
     next.destinations = snapshot
         .destinations
         .iter()
-        .map(destination)
+        .map(|d| {
+            let d = destination(d)?;
+            Ok(
+                match held.get(&(d.namespace.as_str(), d.service.as_str())) {
+                    Some(same) if ***same == d => Arc::clone(same),
+                    _ => Arc::new(d),
+                },
+            )
+        })
         .collect::<Result<_, String>>()?;
     Ok(next)
 }
@@ -39,19 +55,24 @@ pub fn apply_delta(
         Some(rest) => local_to_config(base, rest)?,
         None => base.clone(),
     };
-    let added: Vec<Destination> = delta
+    let added: Vec<Arc<Destination>> = delta
         .destinations
         .iter()
-        .map(destination)
+        .map(|d| destination(d).map(Arc::new))
         .collect::<Result<_, String>>()?;
-    let gone = |d: &Destination| {
-        let key = format!("{}/{}", d.namespace, d.service);
-        delta.removed.contains(&key)
-            || added
+    // By `(namespace, name)`, compared without building a key per destination held.
+    let gone: HashSet<(&str, &str)> = delta
+        .removed
+        .iter()
+        .filter_map(|r| r.split_once('/'))
+        .chain(
+            added
                 .iter()
-                .any(|a| a.namespace == d.namespace && a.service == d.service)
-    };
-    next.destinations.retain(|d| !gone(d));
+                .map(|a| (a.namespace.as_str(), a.service.as_str())),
+        )
+        .collect();
+    next.destinations
+        .retain(|d| !gone.contains(&(d.namespace.as_str(), d.service.as_str())));
     next.destinations.extend(added);
     next.destinations
         .sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
@@ -379,6 +400,50 @@ mod tests {
             #[prost(string, tag = "99")]
             pub novelty: String,
         }
+    }
+
+    /// `snapshot()`'s destination renamed `name`, on endpoint `127.0.0.<host>`.
+    fn named(name: &str, host: u8) -> pb::Destination {
+        let mut d = snapshot().destinations.remove(0);
+        d.service = name.into();
+        d.addresses.clear();
+        d.endpoints[0].address = format!("127.0.0.{host}:4143");
+        d
+    }
+
+    #[test]
+    fn a_delta_replaces_adds_and_removes_sharing_the_rest() {
+        let mut full = snapshot();
+        full.destinations = vec![named("api", 5), named("db", 6), named("cache", 7)];
+        let held = to_config(&base(), &full).unwrap();
+        let delta = pb::Delta {
+            base_version: 7,
+            destinations: vec![named("api", 9), named("queue", 8)],
+            removed: vec!["default/cache".into()],
+            rest: None,
+        };
+        let next = apply_delta(&held, 7, &delta).unwrap();
+        let names: Vec<&str> = next
+            .destinations
+            .iter()
+            .map(|d| d.service.as_str())
+            .collect();
+        assert_eq!(names, ["api", "db", "queue"]);
+        assert_eq!(next.destinations[0].endpoints[0].address.port(), 4143);
+        assert_eq!(
+            next.destinations[0].endpoints[0].address.ip().to_string(),
+            "127.0.0.9"
+        );
+        // `db` is the one held, not a copy.
+        assert!(Arc::ptr_eq(&held.destinations[1], &next.destinations[1]));
+        next.validate_since("delta", Some(&held)).unwrap();
+        // Made for another version: refused, saying what to do.
+        let err = apply_delta(&held, 6, &delta).unwrap_err();
+        assert!(err.contains("send the whole configuration"), "{err}");
+        // A whole configuration equal in part shares that part too.
+        let again = to_config(&next, &full).unwrap();
+        assert!(Arc::ptr_eq(&again.destinations[1], &next.destinations[1]));
+        assert!(!Arc::ptr_eq(&again.destinations[0], &next.destinations[0]));
     }
 
     #[test]

@@ -274,6 +274,7 @@ mod tests {
 
     fn table(yaml: &str) -> Destinations {
         let specs: Vec<Destination> = serde_yaml_ng::from_str(yaml).unwrap();
+        let specs: Vec<_> = specs.into_iter().map(std::sync::Arc::new).collect();
         Destinations::new(&specs, "default", None)
     }
 
