@@ -4,7 +4,9 @@
 //! `--services`, so that it holds them all; its admin `/config` is read once; then the
 //! mesh shrinks back to 10 Services, and the proxy lets go of the rest. Its RSS and
 //! private memory are read at each stage (after 12 s of quiet) and compared with a fresh
-//! proxy's, started on the shrunk mesh.
+//! proxy's, started on the shrunk mesh; then again after both made the same 1,200
+//! requests, which replace the bounded records of recent requests each keeps. Each
+//! reading includes the allocator's own account (`skein_memory_heap_*_bytes`).
 //!
 //! `--proxy-env KEY=VALUE` sets the proxies' environment, e.g. `LD_PRELOAD` of another
 //! allocator, or glibc's `GLIBC_TUNABLES`: how the allocator choice in
@@ -35,6 +37,10 @@ const SMALL: usize = 10;
 /// How long each stage rests before memory is read: allocators hand freed memory back
 /// over seconds (jemalloc's default decay is 10 s), and what counts is where it settles.
 const QUIET: Duration = Duration::from_secs(12);
+/// Requests both proxies make at the end: more than the 1,024 request records a proxy
+/// keeps (`skein_proxy::decisions::CAPACITY`).
+const ROLL: usize = 1_200;
+const _: () = assert!(ROLL > skein_proxy::decisions::CAPACITY);
 const CONTROL_IP: [u8; 4] = [127, 0, 0, 181];
 const LONG_LIVED_IP: [u8; 4] = [127, 0, 0, 186];
 const FRESH_IP: [u8; 4] = [127, 0, 0, 187];
@@ -42,9 +48,18 @@ const FRESH_IP: [u8; 4] = [127, 0, 0, 187];
 /// A memory reading, as JSON.
 fn reading(probe: &Probe) -> anyhow::Result<serde_json::Value> {
     let (rss, private) = probe.memory()?;
+    let mib = |v: f64| (v * 10.0).round() / 10.0;
+    let heap = |kind: &str| {
+        probe
+            .metric(&format!("skein_memory_heap_{kind}_bytes"))
+            .map(|b| mib(b / (1024.0 * 1024.0)))
+    };
     Ok(serde_json::json!({
-        "rss_mib": (rss * 10.0).round() / 10.0,
-        "private_mib": (private * 10.0).round() / 10.0,
+        "rss_mib": mib(rss),
+        "private_mib": mib(private),
+        "heap_allocated_mib": heap("allocated"),
+        "heap_active_mib": heap("active"),
+        "heap_resident_mib": heap("resident"),
         "destinations_held": probe.held(),
     }))
 }
@@ -173,6 +188,18 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     quiet().await;
     let fresh_again = reading(&other)?;
     eprintln!("memory: a fresh proxy on the shrunk mesh: {fresh_again}");
+    // What a proxy keeps of its recent past (the last 1,024 request records, spans) was
+    // written while it held thousands of destinations, and pins pages among theirs. Both
+    // proxies now serve the same traffic, enough to replace that past.
+    for _ in 0..ROLL {
+        long.call(TARGET);
+        other.call(TARGET);
+    }
+    quiet().await;
+    let (shrunk_rolled, fresh_rolled) = (reading(&long)?, reading(&other)?);
+    eprintln!(
+        "memory: after {ROLL} more requests each: the proxy that grew {shrunk_rolled}, the fresh one {fresh_rolled}"
+    );
     drop(other);
     drop(long);
     cp.kill();
@@ -195,5 +222,10 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         "fresh_on_shrunk_mesh": fresh_again,
         "shrunk_over_fresh_rss": ratio(&shrunk, &fresh_again, "rss_mib"),
         "shrunk_over_fresh_private": ratio(&shrunk, &fresh_again, "private_mib"),
+        "requests_after": ROLL,
+        "shrunk_after_requests": shrunk_rolled,
+        "fresh_after_requests": fresh_rolled,
+        "after_requests_rss": ratio(&shrunk_rolled, &fresh_rolled, "rss_mib"),
+        "after_requests_private": ratio(&shrunk_rolled, &fresh_rolled, "private_mib"),
     }))
 }

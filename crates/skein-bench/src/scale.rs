@@ -677,16 +677,19 @@ impl Probe {
 
     /// How many destinations it holds (`skein_config_destinations`), -1 if unknown.
     pub(crate) fn held(&self) -> f64 {
-        http_get(self.admin, "/metrics")
-            .and_then(|m| {
-                m.lines().find_map(|l| {
-                    l.strip_prefix("skein_config_destinations ")?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-            })
-            .unwrap_or(-1.0)
+        self.metric("skein_config_destinations").unwrap_or(-1.0)
+    }
+
+    /// The value of its unlabelled metric `name`, if it reports one.
+    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
+        let text = http_get(self.admin, "/metrics")?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     }
 
     /// Its RSS and, of it, private (anonymous) memory, in MiB.

@@ -149,8 +149,11 @@ async fn memory_stays_bounded_while_50mb_streams_through() {
             let name = format!("skein_memory_heap_{kind}_bytes");
             async move { proxy.metric(&name, &[]).await.unwrap() }
         };
-        let (allocated, active, resident) =
-            (heap("allocated").await, heap("active").await, heap("resident").await);
+        let (allocated, active, resident) = (
+            heap("allocated").await,
+            heap("active").await,
+            heap("resident").await,
+        );
         eprintln!("{name} proxy heap: {allocated} allocated, {active} active, {resident} resident");
         assert!(allocated > 0, "{name}: no heap metrics on /metrics");
         assert!(allocated <= active && active <= resident, "{name}");
