@@ -14,8 +14,10 @@
 //! control plane keeps the proxy's copy of each destination current from then on; it also
 //! sends a destination later should a Service come to answer to a name that had none.
 //! What was asked is forgotten when the destination it found is removed (its Service
-//! deleted): the next request for it asks again, so a proxy that once called thousands of
-//! Services keeps nothing of them once they are gone.
+//! deleted, or the name now leads elsewhere): the next request for it asks again, so a
+//! proxy that once called thousands of Services keeps nothing of those that are gone but
+//! the names that found nothing (kept, bounded, so that a Service answering to one later
+//! is still sent).
 //! Also kept here: the digests of the destinations held, which a reconnecting proxy
 //! reports so that it is sent only what changed while it was away.
 
@@ -291,9 +293,12 @@ impl Discovery {
                     Answer::Nothing => None,
                 };
             }
-            if latest.len() < MAX_ASKED {
-                latest.insert(asked, (answer, now));
+            // Bounded however fast names come: at the bound the recent answers go (their
+            // waiters ask again in a second) rather than the new one.
+            if latest.len() >= MAX_ASKED && !latest.contains_key(&asked) {
+                latest.clear();
             }
+            latest.insert(asked, (answer, now));
         }
         fit(&mut latest);
         inner

@@ -37,6 +37,17 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
     Ok(next)
 }
 
+/// `d`, or the destination `base` holds if equal to it: a destination received again
+/// unchanged (as the proxy keeps it; the wire may differ in what the proxy drops) is the
+/// one held, shared rather than copied.
+fn shared(base: &ProxyConfig, d: Destination) -> Arc<Destination> {
+    base.destinations
+        .iter()
+        .find(|h| h.namespace == d.namespace && h.service == d.service && ***h == d)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(d))
+}
+
 /// Applies a delta to `base` (the configuration in force, of version `held`): its
 /// `rest` if present, then its destinations added or replaced and those it removes
 /// dropped. Refuses a delta made for another version than the one held.
@@ -58,7 +69,7 @@ pub fn apply_delta(
     let added: Vec<Arc<Destination>> = delta
         .destinations
         .iter()
-        .map(|d| destination(d).map(Arc::new))
+        .map(|d| destination(d).map(|d| shared(base, d)))
         .collect::<Result<_, String>>()?;
     // By `(namespace, name)`, compared without building a key per destination held.
     let gone: HashSet<(&str, &str)> = delta
@@ -440,6 +451,14 @@ mod tests {
         // Made for another version: refused, saying what to do.
         let err = apply_delta(&held, 6, &delta).unwrap_err();
         assert!(err.contains("send the whole configuration"), "{err}");
+        // Sent again unchanged, a destination is the one held.
+        let resent = pb::Delta {
+            base_version: 8,
+            destinations: vec![named("db", 6)],
+            ..Default::default()
+        };
+        let same = apply_delta(&next, 8, &resent).unwrap();
+        assert!(Arc::ptr_eq(&same.destinations[1], &next.destinations[1]));
         // A whole configuration equal in part shares that part too.
         let again = to_config(&next, &full).unwrap();
         assert!(Arc::ptr_eq(&again.destinations[1], &next.destinations[1]));
