@@ -14,7 +14,7 @@
 //! loopback (the control plane on 127.0.0.181, the proxies on 127.0.0.186–187).
 
 use crate::scale::{
-    free_port, http_get, resources, service_docs, until, ControlPlane, Probe, TARGET,
+    free_port, http_get, metric, resources, service_docs, until, ControlPlane, Probe, TARGET,
 };
 use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
@@ -49,9 +49,10 @@ const FRESH_IP: [u8; 4] = [127, 0, 0, 187];
 fn reading(probe: &Probe) -> anyhow::Result<serde_json::Value> {
     let (rss, private) = probe.memory()?;
     let mib = |v: f64| (v * 10.0).round() / 10.0;
+    // One scrape: the gauges are read together.
+    let text = probe.metrics().unwrap_or_default();
     let heap = |kind: &str| {
-        probe
-            .metric(&format!("skein_memory_heap_{kind}_bytes"))
+        metric(&text, &format!("skein_memory_heap_{kind}_bytes"))
             .map(|b| mib(b / (1024.0 * 1024.0)))
     };
     Ok(serde_json::json!({
@@ -60,7 +61,7 @@ fn reading(probe: &Probe) -> anyhow::Result<serde_json::Value> {
         "heap_allocated_mib": heap("allocated"),
         "heap_active_mib": heap("active"),
         "heap_resident_mib": heap("resident"),
-        "destinations_held": probe.held(),
+        "destinations_held": metric(&text, "skein_config_destinations").unwrap_or(-1.0),
     }))
 }
 

@@ -615,6 +615,17 @@ pub(crate) struct Probe {
     http_proxy: SocketAddr,
 }
 
+/// The value of the unlabelled metric `name` in the exposition `text`, if there.
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    })
+}
+
 impl Probe {
     /// Starts workload `name` of Service `probe` on `ip`, with `env` added to its
     /// environment, and waits until it is ready (at most 30 s).
@@ -677,19 +688,14 @@ impl Probe {
 
     /// How many destinations it holds (`skein_config_destinations`), -1 if unknown.
     pub(crate) fn held(&self) -> f64 {
-        self.metric("skein_config_destinations").unwrap_or(-1.0)
+        self.metrics()
+            .and_then(|m| metric(&m, "skein_config_destinations"))
+            .unwrap_or(-1.0)
     }
 
-    /// The value of its unlabelled metric `name`, if it reports one.
-    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
-        let text = http_get(self.admin, "/metrics")?;
-        text.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
+    /// Its `/metrics` text, if it answers.
+    pub(crate) fn metrics(&self) -> Option<String> {
+        http_get(self.admin, "/metrics")
     }
 
     /// Its RSS and, of it, private (anonymous) memory, in MiB.

@@ -512,20 +512,28 @@ mod tests {
     }
 
     /// Asks for `name` on `d` and answers it with `destination`, held from then on.
-    async fn found(d: &std::sync::Arc<Discovery>, name: &str, destination: &str) {
+    /// Asks for `name` on `d` and answers it with `destination` (`namespace/name`, held
+    /// from then on), or with "nothing" when it is empty; what the asker got.
+    async fn answered(
+        d: &std::sync::Arc<Discovery>,
+        name: &str,
+        destination: &str,
+    ) -> Result<Answer, Unanswered> {
         let asking = tokio::spawn({
             let (d, name) = (d.clone(), name.to_string());
             async move { d.ask(&name).await }
         });
         tokio::task::yield_now().await;
-        let (namespace, service) = destination.split_once('/').unwrap();
+        let held = destination
+            .split_once('/')
+            .map(|(namespace, service)| pb::Destination {
+                service: service.into(),
+                namespace: namespace.into(),
+                ..Default::default()
+            });
         d.applied(&pb::Snapshot {
             delta: Some(Box::new(pb::Delta {
-                destinations: vec![pb::Destination {
-                    service: service.into(),
-                    namespace: namespace.into(),
-                    ..Default::default()
-                }],
+                destinations: held.into_iter().collect(),
                 ..Default::default()
             })),
             answers: vec![pb::Answer {
@@ -534,7 +542,32 @@ mod tests {
             }],
             ..Default::default()
         });
-        assert_eq!(asking.await.unwrap(), Ok(Answer::Found(destination.into())));
+        asking.await.unwrap()
+    }
+
+    async fn found(d: &std::sync::Arc<Discovery>, name: &str, destination: &str) {
+        let got = answered(d, name, destination).await;
+        assert_eq!(got, Ok(Answer::Found(destination.into())));
+    }
+
+    /// A Discovery on demand, connected to a stream (kept open by the receiver).
+    fn connected() -> (std::sync::Arc<Discovery>, mpsc::Receiver<pb::ProxyMessage>) {
+        let d = std::sync::Arc::new(Discovery::default());
+        on_demand(&d);
+        let (tx, rx) = mpsc::channel(64);
+        d.connected(tx);
+        (d, rx)
+    }
+
+    /// Applies a delta removing `key` (`namespace/name`).
+    fn remove(d: &Discovery, key: &str) {
+        d.applied(&pb::Snapshot {
+            delta: Some(Box::new(pb::Delta {
+                removed: vec![key.into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
     }
 
     fn wanted(d: &Discovery) -> Vec<String> {
@@ -547,10 +580,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_asked_is_forgotten_with_the_destination_it_found() {
-        let d = std::sync::Arc::new(Discovery::default());
-        on_demand(&d);
-        let (tx, _rx) = mpsc::channel(64);
-        d.connected(tx);
+        let (d, _rx) = connected();
         found(&d, "web", "default/web").await;
         found(&d, "web.default.svc.cluster.local", "default/web").await;
         found(&d, "db", "default/db").await;
@@ -558,13 +588,7 @@ mod tests {
         assert_eq!(d.held(), 2);
         assert_eq!(wanted(&d).len(), 4);
         // Its Service deleted, `web` goes, with both names that found it.
-        d.applied(&pb::Snapshot {
-            delta: Some(Box::new(pb::Delta {
-                removed: vec!["default/web".into()],
-                ..Default::default()
-            })),
-            ..Default::default()
-        });
+        remove(&d, "default/web");
         assert_eq!(d.held(), 1);
         assert_eq!(wanted(&d), ["db", "198.18.0.7"]);
         // A whole configuration without `db` lets go of it too.
@@ -578,32 +602,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_that_found_nothing_stays_asked() {
-        let d = std::sync::Arc::new(Discovery::default());
-        on_demand(&d);
-        let (tx, _rx) = mpsc::channel(64);
-        d.connected(tx);
-        let asking = tokio::spawn({
-            let d = d.clone();
-            async move { d.ask("later").await }
-        });
-        tokio::task::yield_now().await;
-        d.applied(&pb::Snapshot {
-            delta: Some(Box::default()),
-            answers: vec![pb::Answer {
-                asked: "later".into(),
-                destination: String::new(),
-            }],
-            ..Default::default()
-        });
-        assert_eq!(asking.await.unwrap(), Ok(Answer::Nothing));
+        let (d, _rx) = connected();
+        assert_eq!(answered(&d, "later", "").await, Ok(Answer::Nothing));
         found(&d, "web", "default/web").await;
-        d.applied(&pb::Snapshot {
-            delta: Some(Box::new(pb::Delta {
-                removed: vec!["default/web".into()],
-                ..Default::default()
-            })),
-            ..Default::default()
-        });
+        remove(&d, "default/web");
         // The control plane sends a destination should one come to answer to it.
         assert_eq!(wanted(&d), ["later"]);
     }
@@ -625,25 +627,8 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_remembered_for_a_while() {
-        let d = Discovery::default();
-        on_demand(&d);
-        let (tx, _rx) = mpsc::channel(8);
-        d.connected(tx);
-        let d = std::sync::Arc::new(d);
-        let asking = tokio::spawn({
-            let d = d.clone();
-            async move { d.ask("198.18.0.9").await }
-        });
-        tokio::task::yield_now().await;
-        d.applied(&pb::Snapshot {
-            delta: Some(Box::default()),
-            answers: vec![pb::Answer {
-                asked: "198.18.0.9".into(),
-                destination: String::new(),
-            }],
-            ..Default::default()
-        });
-        assert_eq!(asking.await.unwrap(), Ok(Answer::Nothing));
+        let (d, _rx) = connected();
+        assert_eq!(answered(&d, "198.18.0.9", "").await, Ok(Answer::Nothing));
         // Asked again: answered at once, without the stream.
         d.disconnected();
         assert_eq!(d.ask("198.18.0.9").await, Ok(Answer::Nothing));

@@ -15,7 +15,6 @@ use std::sync::Arc;
 /// unit-tested; validation happens when the result is applied.
 pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
     let mut next = local_to_config(base, snapshot)?;
-    // A destination equal to one held is the one held (shared, not copied).
     let held: HashMap<(&str, &str), &Arc<Destination>> = base
         .destinations
         .iter()
@@ -26,26 +25,21 @@ pub fn to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfig,
         .iter()
         .map(|d| {
             let d = destination(d)?;
-            Ok(
-                match held.get(&(d.namespace.as_str(), d.service.as_str())) {
-                    Some(same) if ***same == d => Arc::clone(same),
-                    _ => Arc::new(d),
-                },
-            )
+            let same = held.get(&(d.namespace.as_str(), d.service.as_str()));
+            Ok(shared(same.copied(), d))
         })
         .collect::<Result<_, String>>()?;
     Ok(next)
 }
 
-/// `d`, or the destination `base` holds if equal to it: a destination received again
-/// unchanged (as the proxy keeps it; the wire may differ in what the proxy drops) is the
-/// one held, shared rather than copied.
-fn shared(base: &ProxyConfig, d: Destination) -> Arc<Destination> {
-    base.destinations
-        .iter()
-        .find(|h| h.namespace == d.namespace && h.service == d.service && ***h == d)
-        .cloned()
-        .unwrap_or_else(|| Arc::new(d))
+/// `d`, or `held` (the destination of that name held now) if equal to it: a destination
+/// received again unchanged (as the proxy keeps it; the wire may differ in what the proxy
+/// drops) is the one held, shared rather than copied.
+fn shared(held: Option<&Arc<Destination>>, d: Destination) -> Arc<Destination> {
+    match held {
+        Some(h) if **h == d => Arc::clone(h),
+        _ => Arc::new(d),
+    }
 }
 
 /// Applies a delta to `base` (the configuration in force, of version `held`): its
@@ -69,7 +63,14 @@ pub fn apply_delta(
     let added: Vec<Arc<Destination>> = delta
         .destinations
         .iter()
-        .map(|d| destination(d).map(|d| shared(base, d)))
+        .map(|d| {
+            let d = destination(d)?;
+            let same = base
+                .destinations
+                .iter()
+                .find(|h| h.namespace == d.namespace && h.service == d.service);
+            Ok(shared(same, d))
+        })
         .collect::<Result<_, String>>()?;
     // By `(namespace, name)`, compared without building a key per destination held.
     let gone: HashSet<(&str, &str)> = delta
