@@ -8,6 +8,11 @@
 //! requests, which replace the bounded records of recent requests each keeps. Each
 //! reading includes the allocator's own account (`skein_memory_heap_*_bytes`).
 //!
+//! Both proxies let idle metric series go after [`IDLE_SERIES`] (`telemetry.idleSeries`,
+//! 10 minutes by default), and the reading after the shrink waits until the proxy that
+//! grew has let go of its series for the deleted Services: the bench compresses the
+//! minutes a real proxy would wait.
+//!
 //! `--proxy-env KEY=VALUE` sets the proxies' environment, e.g. `LD_PRELOAD` of another
 //! allocator, or glibc's `GLIBC_TUNABLES`: how the allocator choice in
 //! docs/ARCHITECTURE.md was measured. Every wait has a deadline; every request goes to
@@ -41,6 +46,9 @@ const QUIET: Duration = Duration::from_secs(12);
 /// keeps (`skein_proxy::decisions::CAPACITY`).
 const ROLL: usize = 1_200;
 const _: () = assert!(ROLL > skein_proxy::decisions::CAPACITY);
+/// The proxies' `telemetry.idleSeries`: longer than the growth takes, so the proxy holds
+/// every series while it holds every Service.
+const IDLE_SERIES: Duration = Duration::from_secs(60);
 const CONTROL_IP: [u8; 4] = [127, 0, 0, 181];
 const LONG_LIVED_IP: [u8; 4] = [127, 0, 0, 186];
 const FRESH_IP: [u8; 4] = [127, 0, 0, 187];
@@ -113,7 +121,8 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     cp.apply(&resources(SMALL))?;
     let quiet = || tokio::time::sleep(QUIET);
 
-    let long = Probe::start(&cp, "probe-1", IpAddr::from(LONG_LIVED_IP), &opts.env).await?;
+    let extra = format!("telemetry: {{idleSeries: {}s}}\n", IDLE_SERIES.as_secs());
+    let long = Probe::start(&cp, "probe-1", LONG_LIVED_IP.into(), &opts.env, &extra).await?;
     long.call(TARGET);
     quiet().await;
     let fresh = reading(&long)?;
@@ -174,6 +183,21 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         || long.held() <= small,
     )
     .await?;
+    let deleted_series = || {
+        let text = long.metrics().unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("skein_requests_total{") && l.contains("dst_service=\"svc-"))
+            .count()
+    };
+    // Once a second: scraping more often would be traffic of its own.
+    let within = IDLE_SERIES * 2 + Duration::from_secs(30);
+    let deadline = Instant::now() + within;
+    while deleted_series() > 0 {
+        if Instant::now() > deadline {
+            bail!("the proxy kept the deleted Services' metric series past {within:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     quiet().await;
     let shrunk = reading(&long)?;
     // What it still keeps per Service it once called: its metric series.
@@ -184,7 +208,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         "memory: after the mesh shrank: {shrunk}; /metrics {metrics_bytes} bytes, {metric_series} series"
     );
 
-    let other = Probe::start(&cp, "probe-2", IpAddr::from(FRESH_IP), &opts.env).await?;
+    let other = Probe::start(&cp, "probe-2", FRESH_IP.into(), &opts.env, &extra).await?;
     other.call(TARGET);
     quiet().await;
     let fresh_again = reading(&other)?;

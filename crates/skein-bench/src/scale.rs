@@ -628,19 +628,21 @@ pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
 
 impl Probe {
     /// Starts workload `name` of Service `probe` on `ip`, with `env` added to its
-    /// environment, and waits until it is ready (at most 30 s).
+    /// environment and `extra` (YAML lines) to its configuration, and waits until it is
+    /// ready (at most 30 s).
     pub(crate) async fn start(
         cp: &ControlPlane,
         name: &str,
         ip: IpAddr,
         env: &[(String, String)],
+        extra: &str,
     ) -> anyhow::Result<Probe> {
         let (inbound, admin, http_proxy) = (free_port(ip)?, free_port(ip)?, free_port(ip)?);
         let config = format!(
             "workload: {{name: {name}, service: probe}}\n\
              inbound: {{listen: '{inbound}', appHost: '{ip}', ports: [{{port: 8080, protocol: http}}]}}\n\
              outbound: {{httpProxy: '{http_proxy}'}}\n\
-             admin: {{listen: '{admin}'}}\n"
+             admin: {{listen: '{admin}'}}\n{extra}"
         );
         let file = cp.dir.join(format!("{name}.yaml"));
         std::fs::write(&file, config)?;
@@ -724,7 +726,7 @@ impl Drop for Probe {
 /// on demand) and then idled: its RSS and private memory after 3 s, and how many
 /// destinations it holds.
 async fn probe_proxy(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
-    let probe = Probe::start(cp, "probe-1", IpAddr::from(PROBE_IP), &[]).await?;
+    let probe = Probe::start(cp, "probe-1", IpAddr::from(PROBE_IP), &[], "").await?;
     // The first request names a Service it never heard of: discovered, answered 503
     // (the target has no endpoints), and held from then on.
     let answer = probe.call(TARGET).unwrap_or_default();

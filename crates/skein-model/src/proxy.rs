@@ -171,6 +171,12 @@ pub struct TelemetryConfig {
     /// (100ms to 60s). Default `5s`.
     #[serde(default = "default_summary_interval", with = "crate::duration")]
     pub summary_interval: Duration,
+    /// A series that records nothing for this long, with no connection open on it, is
+    /// let go, and so are the label values no series uses any more (1s to 24h, and at
+    /// least twice `summaryInterval`, so every series is summarised before it goes).
+    /// Default `10m`.
+    #[serde(default = "default_idle_series", with = "crate::duration")]
+    pub idle_series: Duration,
     /// Tracing: the sampling percentage of new traces and an OTLP collector. Under a
     /// control plane, the Mesh's `spec.tracing` replaces it.
     #[serde(default)]
@@ -182,6 +188,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             requests: true,
             summary_interval: default_summary_interval(),
+            idle_series: default_idle_series(),
             tracing: Default::default(),
         }
     }
@@ -189,6 +196,10 @@ impl Default for TelemetryConfig {
 
 fn default_summary_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_idle_series() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn yes() -> bool {
@@ -598,6 +609,18 @@ impl ProxyConfig {
             let v = crate::duration::format(interval);
             bad("telemetry.summaryInterval".into(), v, "100ms to 60s");
         }
+        let idle = self.telemetry.idle_series;
+        if idle < Duration::from_secs(1)
+            || idle > Duration::from_secs(24 * 3600)
+            || idle < interval.saturating_mul(2)
+        {
+            let v = crate::duration::format(idle);
+            bad(
+                "telemetry.idleSeries".into(),
+                v,
+                "1s to 24h, and at least twice telemetry.summaryInterval",
+            );
+        }
         if let Some(dns) = &self.dns {
             for (field, value, expected) in dns.problems() {
                 bad(format!("dns.{field}"), value, expected);
@@ -897,7 +920,7 @@ destinations:
 outbound:
   upstreams: [{listen: '127.0.0.1:15001', service: Nope, port: 80}]
 detectTimeout: 0ms
-telemetry: {summaryInterval: 0ms}
+telemetry: {summaryInterval: 0ms, idleSeries: 500ms}
 ";
         let err = ProxyConfig::from_yaml(text, "test").unwrap_err();
         let ModelError::Invalid { problems, .. } = &err else {
@@ -913,11 +936,36 @@ telemetry: {summaryInterval: 0ms}
                 "inbound.ports[1].port",
                 "detectTimeout",
                 "telemetry.summaryInterval",
+                "telemetry.idleSeries",
                 "destinations[0].ports",
                 "outbound.upstreams[0].service",
             ]
         );
         assert!(err.to_string().contains("\"Web_1\" is not accepted"));
+    }
+
+    #[test]
+    fn idle_series_outlive_two_summaries() {
+        let with = |t: &str| format!("{MINIMAL}telemetry: {{{t}}}\n");
+        let config = ProxyConfig::from_yaml(&with(""), "test").unwrap();
+        assert_eq!(config.telemetry.idle_series, Duration::from_secs(600));
+        let ok = "summaryInterval: 1s, idleSeries: 2s";
+        let config = ProxyConfig::from_yaml(&with(ok), "test").unwrap();
+        assert_eq!(config.telemetry.idle_series, Duration::from_secs(2));
+        for bad in [
+            "idleSeries: 9s",
+            "idleSeries: 25h",
+            "summaryInterval: 1s, idleSeries: 900ms",
+        ] {
+            let err = ProxyConfig::from_yaml(&with(bad), "test")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("telemetry.idleSeries")
+                    && err.contains("at least twice telemetry.summaryInterval"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! Also kept here: the digests of the destinations held, which a reconnecting proxy
 //! reports so that it is sent only what changed while it was away.
 
+use crate::heap::fit;
 use skein_api::v1 as pb;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -387,14 +388,6 @@ impl Discovery {
         }
         self.lock().in_flight.remove(&asked);
         Err(Unanswered::TimedOut(asked))
-    }
-}
-
-/// Gives back a map's spare room once it holds under a quarter of it: maps that grew
-/// with a large mesh shrink with it.
-fn fit<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to_fit();
     }
 }
 

@@ -15,6 +15,16 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use std::sync::OnceLock;
 
+/// Gives back a map's spare room once it holds under a quarter of it: maps that grew
+/// with a large mesh (or a burst of metric series) shrink with it.
+pub fn fit<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
+}
+
 /// One reading of the allocator's counters, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {

@@ -338,6 +338,12 @@ impl RunningProxy {
         for (l, u) in upstreams {
             tokio::spawn(outbound::accept_upstream(ctx.clone(), l, u));
         }
+        let (swept, idle) = (ctx.clone(), ctx.clone());
+        tokio::spawn(metrics::sweep_until(
+            ctx.metrics.clone(),
+            move || idle.config().telemetry.idle_series,
+            async move { swept.drain.signalled().await },
+        ));
         // Unlike them, the DNS server answers until the drain ends (see `dns`).
         if let Some(d) = dns {
             d.spawn(ctx.clone());

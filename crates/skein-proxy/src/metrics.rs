@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::time::Duration;
 
 /// Which side of the proxy traffic passed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -222,10 +223,13 @@ pub struct Metrics {
     pub dns_queries: Family<DnsLabels, Counter>,
     /// The `authz` counters by a hash of their labels, so that counting a decision looks
     /// up borrowed strings instead of building four owned labels per request.
-    authz_counters: std::sync::RwLock<HashMap<u64, Vec<(AuthzLabels, Counter)>>>,
+    authz_counters: std::sync::RwLock<HashMap<u64, Vec<AuthzCounter>>>,
     /// Hashes the labels into `authz_counters`' keys (seeded per process).
     authz_hasher: foldhash::fast::RandomState,
 }
+
+/// One authorization label set, its counter, and whether it moved (for the sweep).
+type AuthzCounter = (AuthzLabels, Counter, crate::telemetry::Quiet);
 
 /// Authorization label sets kept at most; later callers are counted as `other`.
 pub const MAX_AUTHZ_SERIES: usize = 1024;
@@ -429,9 +433,9 @@ impl Metrics {
                 .authz_counters
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            if let Some((_, c)) = counters
+            if let Some((_, c, _)) = counters
                 .get(&key)
-                .and_then(|v| v.iter().find(|(l, _)| same(l)))
+                .and_then(|v| v.iter().find(|(l, ..)| same(l)))
             {
                 c.inc();
                 return true;
@@ -454,10 +458,48 @@ impl Metrics {
         let counter = self.authz.get_or_create(&labels).clone();
         counter.inc();
         let slot = counters.entry(key).or_default();
-        if !slot.iter().any(|(l, _)| same(l)) {
-            slot.push((labels, counter));
+        if !slot.iter().any(|(l, ..)| same(l)) {
+            slot.push((labels, counter, Default::default()));
         }
         true
+    }
+
+    /// Lets go of idle series: the telemetry's ([`crate::telemetry::Telemetry::sweep`]) and
+    /// authorization label sets that counted nothing for `idle`, which frees their room
+    /// under [`MAX_AUTHZ_SERIES`]. Returns how many went.
+    pub fn sweep(&self, now: Duration, idle: Duration) -> usize {
+        let telemetry = self.telemetry.sweep(now, idle);
+        let (now_ms, idle_ms) = (now.as_millis() as u64, idle.as_millis() as u64);
+        let idle_set = |(_, c, quiet): &AuthzCounter| quiet.still_for(c.get(), now_ms) >= idle_ms;
+        let stale = {
+            let counters = self
+                .authz_counters
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            counters.values().flatten().filter(|e| idle_set(e)).count()
+        };
+        let mut authz = 0;
+        if stale > 0 {
+            // Counting happens under the read lock, so none is lost to the removal.
+            let mut counters = self
+                .authz_counters
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            counters.retain(|_, slot| {
+                slot.retain(|e| {
+                    let keep = !idle_set(e);
+                    if !keep {
+                        self.authz.remove(&e.0);
+                        authz += 1;
+                    }
+                    keep
+                });
+                !slot.is_empty()
+            });
+            crate::heap::fit(&mut counters);
+        }
+        self.telemetry.evicted_elsewhere(authz);
+        telemetry + authz
     }
 
     /// Counts one DNS query by how it was answered.
@@ -599,6 +641,30 @@ impl Metrics {
     }
 }
 
+/// Sweeps `m` (see [`Metrics::sweep`]) until `stop` resolves, every quarter of `idle()`
+/// (at most 30 s apart, at least 250 ms), reading `idle()` again each time so a new
+/// configuration takes effect. A series goes between `idle` and 1.5 × `idle` after it
+/// last recorded.
+pub async fn sweep_until(
+    m: std::sync::Arc<Metrics>,
+    idle: impl Fn() -> Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let clock = tokio::time::Instant::now();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let every = (idle() / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let gone = m.sweep(clock.elapsed(), idle());
+        if gone > 0 {
+            tracing::debug!(series = gone, "let go of idle metric series");
+        }
+    }
+}
+
 /// Sums the samples of metric `name` in Prometheus text whose labels contain every
 /// fragment of `want` (e.g. `direction="inbound"`). For tools and tests reading `/metrics`.
 pub fn sum_samples(text: &str, name: &str, want: &[&str]) -> u64 {
@@ -677,5 +743,39 @@ mod tests {
         assert!(m
             .encode()
             .contains("skein_tcp_open_connections{direction=\"inbound\",protocol=\"http2\"} 0"));
+    }
+
+    #[test]
+    fn idle_authorization_label_sets_go_and_free_their_room() {
+        let m = Metrics::new();
+        let caller = |n: usize| format!("spiffe://x/ns/a/sa/{n}");
+        let decisions = |m: &Metrics| {
+            let text = m.encode();
+            let sets = text
+                .lines()
+                .filter(|l| l.starts_with("skein_authz_decisions_total{"))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            sets
+        };
+        for n in 0..MAX_AUTHZ_SERIES + 10 {
+            m.authz("allowed", &caller(n), "api", "default");
+        }
+        assert_eq!(decisions(&m).len(), MAX_AUTHZ_SERIES + 1);
+        let (idle, secs) = (Duration::from_secs(10), Duration::from_secs);
+        assert_eq!(m.sweep(secs(0), idle), 0, "the first look only notes");
+        m.authz("allowed", &caller(7), "api", "default");
+        assert_eq!(
+            m.sweep(secs(11), idle),
+            MAX_AUTHZ_SERIES,
+            "all but caller 7"
+        );
+        let left = decisions(&m);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains("sa/7\""), "{left:?}");
+        // The room is free again: a new caller is counted under its own name.
+        m.authz("denied", &caller(5000), "api", "default");
+        assert!(decisions(&m).iter().any(|l| l.contains("sa/5000\"")));
+        assert_eq!(m.telemetry.evicted(), MAX_AUTHZ_SERIES as u64);
     }
 }

@@ -355,6 +355,65 @@ async fn ten_thousand_paths_add_no_series() {
     control.shutdown().await;
 }
 
+#[tokio::test]
+async fn idle_series_go_and_come_back_from_zero() {
+    skein_testkit::init_tracing();
+    let backend = skein_testkit::HttpBackend::start(SocketAddr::new(loopback(69), 0))
+        .await
+        .unwrap();
+    let spec = skein_testkit::MeshSpec::new(68, 69).service("web", backend.addr(), Protocol::Http);
+    let idle = |mut c: skein_model::ProxyConfig| {
+        c.telemetry.idle_series = Duration::from_secs(1);
+        c.validate("test").unwrap();
+        c
+    };
+    let server = RunningProxy::start(idle(spec.server_config()))
+        .await
+        .unwrap();
+    let client = RunningProxy::start(idle(spec.client_config(server.addrs.inbound)))
+        .await
+        .unwrap();
+    let upstream = client.addrs.upstreams[0];
+    let call = async || {
+        let mut conn = skein_testkit::client::h1(upstream).await.unwrap();
+        let req = http::Request::get("/menu")
+            .header("host", "web")
+            .body(skein_proxy::http::empty())
+            .unwrap();
+        let resp = conn.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        skein_testkit::client::body_bytes(resp).await.unwrap();
+    };
+    // On the server's proxy, calls are to its own workload's service.
+    let web = ["status_code=\"200\""];
+    for _ in 0..3 {
+        call().await;
+    }
+    for p in [&client, &server] {
+        assert_eq!(settled(p, "skein_requests_total", &web, 3).await, 3);
+    }
+    // Idle for a second (telemetry.idleSeries), the series go from /metrics on both sides.
+    for p in [&client, &server] {
+        eventually("the idle series go", Duration::from_secs(10), async || {
+            let (_, text) = scrape(p, None).await;
+            !text.contains("skein_requests_total{")
+                && meshed::metric(&text, "skein_telemetry_evicted_series_total") >= 1.0
+        })
+        .await
+        .unwrap();
+        assert_eq!(p.ctx.metrics.telemetry.series(), (0, 0));
+        let (_, text) = scrape(p, None).await;
+        promtool(&text);
+    }
+    // Traffic again: a new series, counted from zero.
+    call().await;
+    for p in [&client, &server] {
+        assert_eq!(settled(p, "skein_requests_total", &web, 1).await, 1);
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
 /// `skein stat`/`edges` as JSON rows (retried until `done` holds for them, since proxies
 /// report every 200 ms in tests).
 async fn rows(

@@ -11,6 +11,11 @@
 //! Past [`MAX_SERIES`] series, a new label set keeps only its direction, protocol, TLS
 //! and status class and reads `other` everywhere else. Every request recorded under a
 //! folded label set is counted in `skein_telemetry_folded_requests_total`.
+//!
+//! Nothing is kept for the proxy's life: [`Telemetry::sweep`] lets go of series that
+//! recorded nothing for `telemetry.idleSeries`, and of the label values only they used,
+//! so a proxy that called thousands of Services over a week holds series for those it
+//! calls now, and a new Service gets its own label rather than `other`.
 
 pub mod histogram;
 pub mod summary;
@@ -129,6 +134,26 @@ pub struct TcpKey {
     pub dst: Named,
 }
 
+/// Whether a series moved, as [`Telemetry::sweep`] sees it: the activity (a count that
+/// only grows) it read at its previous look, and since when that has not changed, on the
+/// sweeper's clock. Recording never touches it.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    seen: AtomicU64,
+    since_ms: AtomicU64,
+}
+
+impl Quiet {
+    /// How long `activity` has stood still at `now_ms`; 0 when it moved since last look.
+    pub(crate) fn still_for(&self, activity: u64, now_ms: u64) -> u64 {
+        if self.seen.swap(activity, Ordering::Relaxed) != activity {
+            self.since_ms.store(now_ms, Ordering::Relaxed);
+            return 0;
+        }
+        now_ms.saturating_sub(self.since_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The values of one request series.
 #[derive(Debug, Default)]
 pub struct RequestSeries {
@@ -144,6 +169,7 @@ pub struct RequestSeries {
     pub request_bytes: AtomicU64,
     /// Response body bytes.
     pub response_bytes: AtomicU64,
+    quiet: Quiet,
 }
 
 /// What one request came to, recorded into its series.
@@ -223,6 +249,15 @@ pub struct TcpSeries {
     pub received: AtomicU64,
     /// How long connections lasted.
     pub duration: Histogram,
+    quiet: Quiet,
+}
+
+/// The count of one pathway.
+#[derive(Debug, Default)]
+pub struct PathwaySeries {
+    /// Requests and tunnels along it.
+    pub count: AtomicU64,
+    quiet: Quiet,
 }
 
 /// Every series of one proxy.
@@ -230,11 +265,12 @@ pub struct TcpSeries {
 pub struct Telemetry {
     requests: RwLock<HashMap<RequestKey, Arc<RequestSeries>>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
-    pathways: RwLock<HashMap<PathwayKey, Arc<AtomicU64>>>,
+    pathways: RwLock<HashMap<PathwayKey, Arc<PathwaySeries>>>,
     /// Live taps.
     pub taps: tap::Taps,
     admitted: Mutex<Admitted>,
     folded: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// The label values admitted so far, per kind.
@@ -251,6 +287,35 @@ impl Admitted {
             return None;
         }
         Some(Named::other())
+    }
+
+    /// The values the series left after a sweep use (`other` is not a value).
+    fn used_by<'a>(
+        requests: impl Iterator<Item = &'a RequestKey>,
+        tcp: impl Iterator<Item = &'a TcpKey>,
+    ) -> Admitted {
+        let mut used = Admitted::default();
+        let other = Named::other();
+        let mut pair = |src: &Named, dst: &Named| {
+            if *src != other {
+                used.accounts.insert(src.clone());
+            }
+            if *dst != other {
+                used.services.insert(dst.clone());
+            }
+        };
+        let mut routes = HashSet::default();
+        for k in requests {
+            pair(&k.src, &k.dst);
+            if !k.route.is_empty() && &*k.route != OTHER {
+                routes.insert(k.route.clone());
+            }
+        }
+        for k in tcp {
+            pair(&k.src, &k.dst);
+        }
+        used.routes = routes;
+        used
     }
 }
 
@@ -351,8 +416,9 @@ impl Telemetry {
 
     /// Counts one request or tunnel along `key`.
     pub fn pathway(&self, key: PathwayKey) {
+        // Counted under the lock, so a sweep (which takes it to write) never loses one.
         if let Some(c) = read(&self.pathways).get(&key) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.count.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut pathways = self.pathways.write().unwrap_or_else(|p| p.into_inner());
@@ -367,15 +433,87 @@ impl Telemetry {
         pathways
             .entry(key)
             .or_default()
+            .count
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every pathway with its count.
-    pub fn pathways_now(&self) -> Vec<(PathwayKey, u64)> {
+    pub fn pathways_now(&self) -> Vec<(PathwayKey, Arc<PathwaySeries>)> {
         read(&self.pathways)
             .iter()
-            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Lets go of every series that recorded nothing for `idle` and that nothing holds (an
+    /// open TCP connection holds its edge's series; a request being recorded, its own),
+    /// then of the label values no series left uses, so they can be admitted again.
+    /// `now` is the sweeper's clock, which only has to move forward; a series is judged
+    /// idle from the first sweep that saw it unchanged, so call this every fraction of
+    /// `idle`. Returns how many series went.
+    ///
+    /// A series that comes back starts again from zero: Prometheus reads that as a
+    /// counter reset, and summaries for the control plane tell the two apart.
+    pub fn sweep(&self, now: Duration, idle: Duration) -> usize {
+        let (now, idle) = (now.as_millis() as u64, idle.as_millis() as u64);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let idle_request = |s: &Arc<RequestSeries>| {
+            s.quiet.still_for(load(&s.count), now) >= idle && Arc::strong_count(s) == 1
+        };
+        let idle_tcp = |s: &Arc<TcpSeries>| {
+            let activity = load(&s.opened).wrapping_add(load(&s.closed));
+            s.quiet.still_for(activity, now) >= idle && Arc::strong_count(s) == 1
+        };
+        let idle_pathway = |s: &Arc<PathwaySeries>| s.quiet.still_for(load(&s.count), now) >= idle;
+        // Look under the read locks first (every series, to note what moved); write-lock
+        // only when something is to go.
+        let stale = |n: usize| n > 0;
+        let requests_stale = stale(
+            read(&self.requests)
+                .values()
+                .filter(|s| idle_request(s))
+                .count(),
+        );
+        let tcp_stale = stale(read(&self.tcp).values().filter(|s| idle_tcp(s)).count());
+        let pathways_stale = stale(
+            read(&self.pathways)
+                .values()
+                .filter(|s| idle_pathway(s))
+                .count(),
+        );
+        let mut gone = 0;
+        if requests_stale || tcp_stale {
+            // The order `request_series` and `tcp_series` take them in.
+            let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+            let mut requests = self.requests.write().unwrap_or_else(|p| p.into_inner());
+            let mut tcp = self.tcp.write().unwrap_or_else(|p| p.into_inner());
+            let before = requests.len() + tcp.len();
+            requests.retain(|_, s| !idle_request(s));
+            tcp.retain(|_, s| !idle_tcp(s));
+            gone += before - requests.len() - tcp.len();
+            crate::heap::fit(&mut requests);
+            crate::heap::fit(&mut tcp);
+            *admitted = Admitted::used_by(requests.keys(), tcp.keys());
+        }
+        if pathways_stale {
+            let mut pathways = self.pathways.write().unwrap_or_else(|p| p.into_inner());
+            let before = pathways.len();
+            pathways.retain(|_, s| !idle_pathway(s));
+            gone += before - pathways.len();
+            crate::heap::fit(&mut pathways);
+        }
+        self.evicted.fetch_add(gone as u64, Ordering::Relaxed);
+        gone
+    }
+
+    /// Counts `n` series of other families let go by the same sweep.
+    pub(crate) fn evicted_elsewhere(&self, n: usize) {
+        self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Series let go by [`Self::sweep`] so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Requests recorded under folded labels so far.
@@ -617,6 +755,12 @@ impl Collector for Telemetry {
             "Requests recorded with labels folded into `other` because a label had too many distinct values or the series limit was reached",
             std::iter::once(([("", ""); 0], self.folded())),
         )?;
+        counter(
+            &mut encoder,
+            "telemetry_evicted_series",
+            "Series let go after recording nothing for telemetry.idleSeries (requests, TCP edges, authorization decisions, and the pathways policy suggestions read)",
+            std::iter::once(([("", ""); 0], self.evicted())),
+        )?;
         Ok(())
     }
 }
@@ -710,6 +854,83 @@ mod tests {
     }
 
     #[test]
+    fn idle_series_go_and_their_labels_can_be_admitted_again() {
+        let t = Arc::new(Telemetry::default());
+        let secs = Duration::from_secs;
+        let idle = secs(10);
+        for dst in 0..300 {
+            t.request(key("web", &format!("s{dst}"), 200), ended(1));
+        }
+        assert_eq!(t.series().0, MAX_VALUES + 1, "256 services, then `other`");
+        let edge = TcpKey {
+            direction: Direction::Outbound,
+            tls: true,
+            src: Named::new("default", "web"),
+            dst: Named::new("default", "db"),
+        };
+        let open = t.tcp_open(edge.clone());
+        t.pathway(PathwayKey {
+            src: Named::new("default", "web"),
+            port: 80,
+            method: "GET",
+            prefix: "/".into(),
+        });
+        // A request being recorded holds its series.
+        let recording = t.request_series(key("web", "s1", 200));
+        assert_eq!(t.sweep(secs(0), idle), 0, "the first look only notes");
+        t.request(key("web", "s0", 200), ended(1));
+        assert_eq!(t.sweep(secs(5), idle), 0, "nothing idle for 10 s yet");
+        assert_eq!(t.sweep(secs(12), idle), MAX_VALUES - 1 + 1);
+        let left: HashSet<String> = t
+            .request_series_now()
+            .iter()
+            .map(|(k, _)| k.dst.name.to_string())
+            .collect();
+        assert_eq!(
+            left,
+            HashSet::from_iter(["s0".to_string(), "s1".to_string()]),
+            "s0 moved at 5 s; s1 is held; the rest and `other` went"
+        );
+        assert_eq!(
+            t.tcp_series_now().len(),
+            1,
+            "an open connection holds its edge"
+        );
+        assert!(t.pathways_now().is_empty(), "the pathway went");
+        assert_eq!(t.evicted(), MAX_VALUES as u64);
+        drop(recording);
+
+        // Their labels went with them: new services are admitted under their own names.
+        let folded = t.folded();
+        for dst in 300..500 {
+            t.request(key("web", &format!("s{dst}"), 200), ended(1));
+        }
+        assert_eq!(t.folded(), folded, "nothing folded");
+        assert!(t
+            .request_series_now()
+            .iter()
+            .any(|(k, _)| &*k.dst.name == "s499"));
+
+        // Closing the connection is activity; idle after that, the edge goes too.
+        drop(open);
+        assert_eq!(t.sweep(secs(13), idle), 1, "s1, no longer held");
+        assert_eq!(t.tcp_series_now().len(), 1, "the edge closed at 13 s");
+        t.sweep(secs(24), idle);
+        assert!(t.tcp_series_now().is_empty());
+        assert_eq!(t.series().0, 0);
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(t.clone()));
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let exposed = text
+            .lines()
+            .find(|l| l.starts_with("telemetry_evicted_series_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        assert_eq!(exposed, Some(t.evicted()), "{text}");
+        assert_eq!(t.evicted(), 256 + 1 + 1 + 1 + 200);
+    }
+
+    #[test]
     fn exposed_histogram_buckets_are_cumulative_and_end_at_the_count() {
         let t = Telemetry::default();
         for ms in [0, 3, 3, 40, 900, 60_000] {
@@ -770,7 +991,9 @@ mod tests {
         let all = t.pathways_now();
         assert!(all.len() <= MAX_PATHWAYS + 20 + 1, "{}", all.len());
         assert_eq!(
-            all.iter().map(|(_, n)| n).sum::<u64>(),
+            all.iter()
+                .map(|(_, n)| n.count.load(Ordering::Relaxed))
+                .sum::<u64>(),
             2000,
             "every request counted"
         );

@@ -10,8 +10,9 @@ use super::{Named, RequestKey, Status, TcpKey, Telemetry};
 use crate::metrics::Direction;
 use skein_api::v1 as pb;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 /// Summaries kept while the control plane is unreachable (a minute at the default
 /// interval); older ones are dropped.
@@ -40,15 +41,28 @@ struct TcpTotals {
     duration: Snapshot,
 }
 
+/// Each series' totals at the previous summary, tied to the series itself.
+type Last<K, S, T> = HashMap<K, (Weak<S>, T)>;
+
 /// Takes summaries: remembers each series' totals at the previous one. Its memory is
-/// bounded by the telemetry's series limit.
+/// bounded by the telemetry's series limit, and it forgets series the telemetry let go.
 #[derive(Debug, Default)]
 pub struct Summarizer {
-    requests: HashMap<RequestKey, RequestTotals>,
-    tcp: HashMap<TcpKey, TcpTotals>,
-    pathways: HashMap<super::PathwayKey, u64>,
+    requests: Last<RequestKey, super::RequestSeries, RequestTotals>,
+    tcp: Last<TcpKey, super::TcpSeries, TcpTotals>,
+    pathways: Last<super::PathwayKey, super::PathwaySeries, u64>,
     folded: u64,
     sequence: u64,
+}
+
+/// The totals `series` had at the previous summary, taken out of `last`. A series that
+/// was let go and came back under the same labels is another series, and starts from
+/// zero rather than from its predecessor's totals.
+fn previous<K: Hash + Eq, S, T: Default>(last: &mut Last<K, S, T>, key: &K, series: &Arc<S>) -> T {
+    match last.remove(key) {
+        Some((seen, totals)) if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(series)) => totals,
+        _ => T::default(),
+    }
 }
 
 impl Summarizer {
@@ -62,6 +76,8 @@ impl Summarizer {
         interval_ms: u32,
     ) -> Option<pb::Summary> {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Rebuilt from the series there are now: what was let go is forgotten.
+        let mut last = std::mem::take(&mut self.requests);
         let mut requests = Vec::new();
         for (key, series) in t.request_series_now() {
             let now = RequestTotals {
@@ -71,13 +87,13 @@ impl Summarizer {
                 request_bytes: load(&series.request_bytes),
                 response_bytes: load(&series.response_bytes),
             };
-            let before = self.requests.get(&key).cloned().unwrap_or_default();
-            if now.count == before.count && now.response_bytes == before.response_bytes {
-                continue;
+            let before = previous(&mut last, &key, &series);
+            if now.count != before.count || now.response_bytes != before.response_bytes {
+                requests.push(request_stats(&key, &now, &before));
             }
-            requests.push(request_stats(&key, &now, &before));
-            self.requests.insert(key, now);
+            self.requests.insert(key, (Arc::downgrade(&series), now));
         }
+        let mut last = std::mem::take(&mut self.tcp);
         let mut tcp = Vec::new();
         for (key, series) in t.tcp_series_now() {
             let now = TcpTotals {
@@ -87,8 +103,9 @@ impl Summarizer {
                 received: load(&series.received),
                 duration: series.duration.snapshot(),
             };
-            let before = self.tcp.get(&key).cloned().unwrap_or_default();
+            let before = previous(&mut last, &key, &series);
             if now.opened == before.opened && now.closed == before.closed {
+                self.tcp.insert(key, (Arc::downgrade(&series), now));
                 continue;
             }
             tcp.push(pb::TcpStats {
@@ -102,12 +119,15 @@ impl Summarizer {
                 received_bytes: now.received - before.received,
                 duration: Some(histogram(&now.duration.since(&before.duration))),
             });
-            self.tcp.insert(key, now);
+            self.tcp.insert(key, (Arc::downgrade(&series), now));
         }
+        let mut last = std::mem::take(&mut self.pathways);
         let mut pathways = Vec::new();
-        for (key, count) in t.pathways_now() {
-            let before = self.pathways.get(&key).copied().unwrap_or(0);
+        for (key, series) in t.pathways_now() {
+            let count = load(&series.count);
+            let before = previous(&mut last, &key, &series);
             if count == before {
+                self.pathways.insert(key, (Arc::downgrade(&series), count));
                 continue;
             }
             pathways.push(pb::PathwayStats {
@@ -117,7 +137,7 @@ impl Summarizer {
                 prefix: key.prefix.to_string(),
                 count: count - before,
             });
-            self.pathways.insert(key, count);
+            self.pathways.insert(key, (Arc::downgrade(&series), count));
         }
         let folded = t.folded();
         let folded_delta = folded - self.folded.min(folded);
@@ -292,17 +312,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn summaries_carry_what_moved_since_the_last_one() {
-        let t = Telemetry::default();
-        let mut s = Summarizer::default();
+    fn spans() -> crate::spans::Spans {
         let workload = skein_model::WorkloadInfo {
             name: "web-1".into(),
             service: "web".into(),
             namespace: "default".into(),
             labels: Default::default(),
         };
-        let spans = crate::spans::Spans::new(&workload, Default::default());
+        crate::spans::Spans::new(&workload, Default::default())
+    }
+
+    #[test]
+    fn summaries_carry_what_moved_since_the_last_one() {
+        let t = Telemetry::default();
+        let mut s = Summarizer::default();
+        let spans = spans();
         assert!(
             s.take(&t, &Default::default(), &spans, 0, 1000).is_none(),
             "nothing recorded"
@@ -355,6 +379,29 @@ mod tests {
             ("/menu/*", 2)
         );
         assert!(s.take(&t, &Default::default(), &spans, 3, 1000).is_none());
+    }
+
+    #[test]
+    fn a_series_let_go_and_back_again_is_summarised_from_zero() {
+        let t = Telemetry::default();
+        let mut s = Summarizer::default();
+        let spans = spans();
+        for _ in 0..3 {
+            t.request(key(200), ended(5, 0));
+        }
+        t.request(key(404), ended(5, 0));
+        let first = s.take(&t, &Default::default(), &spans, 1, 1000).unwrap();
+        assert_eq!(first.requests.len(), 2);
+        let (idle, secs) = (Duration::from_secs(10), Duration::from_secs);
+        t.sweep(secs(0), idle);
+        assert_eq!(t.sweep(secs(11), idle), 2);
+        assert!(s.take(&t, &Default::default(), &spans, 2, 1000).is_none());
+        assert!(s.requests.is_empty(), "what went is forgotten");
+        t.request(key(200), ended(5, 0));
+        let again = s.take(&t, &Default::default(), &spans, 3, 1000).unwrap();
+        assert_eq!(again.requests.len(), 1);
+        assert_eq!(again.requests[0].count, 1, "counted from zero, not 1 - 3");
+        assert_eq!(again.requests[0].response_bytes, 2);
     }
 
     #[test]
