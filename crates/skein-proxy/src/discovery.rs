@@ -269,11 +269,16 @@ impl Discovery {
     }
 
     fn answer(&self, answers: &[pb::Answer]) {
+        let now = Instant::now();
         if answers.is_empty() {
+            // Every message lets go of old answers, so the last burst of them (and the
+            // room it took) does not stay until the next name is asked.
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            latest.retain(|_, (_, at)| now.duration_since(*at) < WAIT);
+            fit(&mut latest);
             return;
         }
         let mut inner = self.lock();
-        let now = Instant::now();
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         // An answer is kept while anyone may wait for it: a waiter gives up [`WAIT`]
         // after asking, and never takes an answer older than its question.
@@ -601,6 +606,28 @@ mod tests {
         remove(&d, "default/web");
         // The control plane sends a destination should one come to answer to it.
         assert_eq!(wanted(&d), ["later"]);
+    }
+
+    #[tokio::test]
+    async fn old_answers_go_with_the_next_message_whatever_it_carries() {
+        let (d, _rx) = connected();
+        found(&d, "web", "default/web").await;
+        let long_ago = Instant::now() - WAIT - Duration::from_secs(1);
+        {
+            let mut latest = d.latest.lock().unwrap();
+            for i in 0..1000 {
+                latest.insert(format!("old-{i}"), (Answer::Nothing, long_ago));
+            }
+        }
+        // A change with no answers in it, as after the mesh shrank.
+        d.applied(&pb::Snapshot::default());
+        let latest = d.latest.lock().unwrap();
+        assert_eq!(
+            latest.keys().collect::<Vec<_>>(),
+            ["web"],
+            "only the recent one"
+        );
+        assert!(latest.capacity() < 100, "{}", latest.capacity());
     }
 
     #[test]

@@ -570,6 +570,11 @@ impl Spans {
         }
         let taken: Vec<Span> = pending.spans.drain(..n).collect();
         pending.bytes = pending.bytes.saturating_sub(bytes);
+        // The room a burst of spans took goes once they are sent.
+        let (len, room) = (pending.spans.len(), pending.spans.capacity());
+        if room > 64 && len < room / 4 {
+            pending.spans.shrink_to(len * 2);
+        }
         drop(pending);
         if !taken.is_empty() {
             self.metrics
@@ -850,6 +855,9 @@ mod tests {
         spans.record(vec![Span::default(); MAX_PENDING + 10]);
         let (first, dropped) = spans.take_for_summary();
         assert_eq!((first.len(), dropped), (MAX_PER_SUMMARY, 10));
+        while !spans.take_for_summary().0.is_empty() {}
+        let room = spans.pending.lock().unwrap().spans.capacity();
+        assert!(room <= 64, "the burst's room went: {room}");
         let text = metrics.encode();
         assert!(
             text.contains(
