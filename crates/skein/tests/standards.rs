@@ -131,6 +131,34 @@ spec:
         1,
         "the unmatched request reached no application"
     );
+    // Telemetry names the service each refused request addressed, not `unknown` (a
+    // request is recorded as its response ends, a moment after the client has it).
+    let named = ["dst_service=\"menu\"", "error=\"no_route\""];
+    skein_testkit::control::eventually(
+        "the refusals are recorded",
+        Duration::from_secs(5),
+        async || {
+            skein_proxy::metrics::sum_samples(
+                &me.ctx.metrics.encode(),
+                "skein_requests_total",
+                &named,
+            ) >= 1
+        },
+    )
+    .await
+    .unwrap();
+    let text = me.ctx.metrics.encode();
+    let refused = |service: &str, error: &str| {
+        let labels = [
+            format!("dst_service=\"{service}\""),
+            format!("error=\"{error}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        skein_proxy::metrics::sum_samples(&text, "skein_requests_total", &labels)
+    };
+    assert_eq!(refused("menu", "no_route"), 1, "{text}");
+    assert_eq!(refused("restaurant", "backend_unresolved"), 3, "{text}");
+    assert_eq!(refused("unknown", "no_route"), 0, "{text}");
     assert_eq!((root.hits(), v2.hits(), exact.hits()), (1, 1, 1));
     control.shutdown().await;
     drop(dir);

@@ -96,6 +96,19 @@ fn discoverable<B>(state: &State, addressed: &Addressed, req: &Request<B>) -> bo
     crate::discovery::mesh_form(&host, &domain)
 }
 
+/// The service a request that could not be planned addressed, when it is one this proxy
+/// holds (no route matched it, its backend is unresolved): what its telemetry reads
+/// rather than `unknown`.
+fn addressed_service<B>(
+    destinations: &crate::destinations::Destinations,
+    addressed: &Addressed,
+    req: &Request<B>,
+) -> Option<crate::telemetry::Named> {
+    plan::target(destinations, addressed, req)
+        .ok()
+        .map(|t| t.service.label.clone())
+}
+
 /// The host of an authority, lowercase, without port or trailing dot.
 fn host_of(authority: &str) -> String {
     let host = match authority.rsplit_once(':') {
@@ -140,7 +153,10 @@ async fn forward(
             );
             match (again, asked_result) {
                 (Ok(p), _) => p,
-                (Err(e), Ok(_)) => return Err(e),
+                (Err(e), Ok(_)) => {
+                    rec.dst = addressed_service(&ctx.state().destinations, addressed, &req);
+                    return Err(e);
+                }
                 (Err(_), Err(why)) => {
                     return Err(ProxyError::Undiscovered {
                         name: asked,
@@ -149,7 +165,9 @@ async fn forward(
                 }
             }
         }
-        planned => planned?,
+        planned => planned.inspect_err(|_| {
+            rec.dst = addressed_service(&state.destinations, addressed, &req);
+        })?,
     };
     rec.dst = Some(plan.target.service.label.clone());
     rec.backend = Some(plan.backend.service.label.name.clone());

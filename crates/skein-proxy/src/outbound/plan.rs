@@ -106,6 +106,27 @@ impl RuleRef {
     }
 }
 
+/// The service port a request addressed, before any route applies: what its telemetry
+/// is labelled with even when no route takes it.
+pub fn target<B>(
+    destinations: &Destinations,
+    addressed: &Addressed,
+    req: &Request<B>,
+) -> Result<Target, ProxyError> {
+    match addressed {
+        Addressed::Addr(addr) => destinations.resolve_addr(*addr).ok_or_else(|| {
+            ProxyError::UnknownService(format!(
+                "{addr} (the service at this address was removed; new connections to it pass through unmeshed)"
+            ))
+        }),
+        Addressed::Name { service, port } => destinations.resolve(service, *port),
+        Addressed::Authority => {
+            let authority = authority_of(req).ok_or(ProxyError::NoAuthority)?;
+            destinations.resolve_authority(&authority)
+        }
+    }
+}
+
 /// Plans a request: resolves what it addressed, then, unless it is a CONNECT, applies the
 /// addressed service's HTTPRoutes (the most specific matching rule, a backend picked by
 /// weight with `random`). A service port without routes sends the request to the service
@@ -117,18 +138,7 @@ pub fn plan<B>(
     req: &Request<B>,
     random: u64,
 ) -> Result<Plan, ProxyError> {
-    let target = match addressed {
-        Addressed::Addr(addr) => destinations.resolve_addr(*addr).ok_or_else(|| {
-            ProxyError::UnknownService(format!(
-                "{addr} (the service at this address was removed; new connections to it pass through unmeshed)"
-            ))
-        })?,
-        Addressed::Name { service, port } => destinations.resolve(service, *port)?,
-        Addressed::Authority => {
-            let authority = authority_of(req).ok_or(ProxyError::NoAuthority)?;
-            destinations.resolve_authority(&authority)?
-        }
-    };
+    let target = target(destinations, addressed, req)?;
     if req.method() == Method::CONNECT {
         return Ok(Plan {
             backend: target.clone(),
