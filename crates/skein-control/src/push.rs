@@ -5,7 +5,10 @@
 //! A proxy's *scope* is what it must hold: every Service, or, for a proxy that announced
 //! `on-demand`, the Services its wants resolve to, those exported to its namespace
 //! (`exportTo`), and every Service their routes send or mirror to. Wants are kept as asked (names and addresses) and resolved again on every
-//! change, so a Service that comes to answer to one is sent then.
+//! change, so a Service that comes to answer to one is sent then. A want that found a
+//! Service which then left is forgotten, as the proxy forgets it (it asks again if its
+//! application calls that name again), so a session's wants follow what its workload
+//! calls now rather than everything it ever called.
 //!
 //! To a proxy that announced `deltas`, a change is sent as the destinations whose digest
 //! differs from what it holds, the keys it holds that left its scope, and its local part
@@ -15,7 +18,7 @@
 
 use crate::catalog::{Catalog, Key};
 use skein_api::v1 as pb;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// Most wants one proxy may hold; beyond, further ones are answered "nothing" and not
@@ -44,8 +47,10 @@ pub struct Push {
     local: Option<pb::Snapshot>,
     /// Version of the last message sent (or held at reconnect).
     version: u64,
-    names: BTreeSet<String>,
-    addresses: BTreeSet<IpAddr>,
+    /// Names asked, and whether each found a Service at the last plan.
+    names: BTreeMap<String, bool>,
+    /// Addresses asked, likewise.
+    addresses: BTreeMap<IpAddr, bool>,
     answers: Vec<pb::Answer>,
     /// The catalog's mesh generation at the last plan.
     mesh_generation: Option<u64>,
@@ -95,8 +100,8 @@ impl Push {
             held,
             local: None,
             version: register.last_version,
-            names: BTreeSet::new(),
-            addresses: BTreeSet::new(),
+            names: BTreeMap::new(),
+            addresses: BTreeMap::new(),
             answers: Vec::new(),
             mesh_generation: None,
         };
@@ -115,13 +120,13 @@ impl Push {
             if self.names.len() + self.addresses.len() >= MAX_WANTS || !host_name(n) {
                 dropped.insert(n.clone());
             } else {
-                self.names.insert(n.to_ascii_lowercase());
+                self.names.entry(n.to_ascii_lowercase()).or_insert(false);
             }
         }
         for a in &want.addresses {
             match a.parse::<IpAddr>() {
                 Ok(ip) if self.names.len() + self.addresses.len() < MAX_WANTS => {
-                    self.addresses.insert(ip);
+                    self.addresses.entry(ip).or_insert(false);
                 }
                 _ => {
                     dropped.insert(a.clone());
@@ -181,22 +186,27 @@ impl Push {
         self.local = None;
     }
 
-    /// The Services this proxy must hold now.
-    pub fn scope(&self, catalog: &Catalog) -> BTreeSet<Key> {
+    /// The Services this proxy must hold now. Forgets the wants whose Service left; keeps
+    /// those that never found one.
+    fn scope(&mut self, catalog: &Catalog) -> BTreeSet<Key> {
         if !self.on_demand {
             return catalog.keys().cloned().collect();
         }
-        let wanted: Vec<Key> = self
-            .names
-            .iter()
-            .filter_map(|n| catalog.by_name(n, &self.caller_ns))
-            .chain(
-                self.addresses
-                    .iter()
-                    .filter_map(|a| catalog.by_address(*a).cloned()),
-            )
-            .chain(catalog.exported_to(&self.caller_ns).cloned())
-            .collect();
+        let mut wanted: Vec<Key> = Vec::new();
+        let mut keep = |key: Option<Key>, found: &mut bool| match key {
+            Some(k) => {
+                wanted.push(k);
+                *found = true;
+                true
+            }
+            None => !*found,
+        };
+        let ns = &self.caller_ns;
+        self.names
+            .retain(|n, found| keep(catalog.by_name(n, ns), found));
+        self.addresses
+            .retain(|a, found| keep(catalog.by_address(*a).cloned(), found));
+        wanted.extend(catalog.exported_to(&self.caller_ns).cloned());
         catalog.closure(&wanted, &self.caller_ns)
     }
 
@@ -563,6 +573,41 @@ mod tests {
     }
 
     #[test]
+    fn a_want_whose_service_left_is_forgotten_one_that_found_nothing_stays() {
+        let c = catalog(vec![service("a", 1), service("b", 2)], None);
+        let mut p = Push::new("default", &register(&["deltas", "on-demand"]));
+        p.want(
+            &pb::Want {
+                names: vec!["a".into(), "later".into()],
+                addresses: vec!["198.18.0.2".into()],
+            },
+            &c,
+        );
+        let (s, _) = p.next(&c, local(), 1).unwrap();
+        assert_eq!(names(&s), ["a", "b"]);
+        // a and b are deleted: they leave, and so do the wants that found them.
+        let c2 = catalog(vec![], Some(&c));
+        let (s, _) = p.next(&c2, local(), 2).unwrap();
+        assert_eq!(s.delta.unwrap().removed, ["default/a", "default/b"]);
+        assert_eq!(p.names.keys().collect::<Vec<_>>(), ["later"]);
+        assert!(p.addresses.is_empty());
+        // A Service named a again is not sent unasked; one named `later` is.
+        let c3 = catalog(vec![service("a", 1), service("later", 3)], Some(&c2));
+        let (s, _) = p.next(&c3, local(), 3).unwrap();
+        assert_eq!(names(&s), ["later"]);
+        // Asked again, a is sent again.
+        p.want(
+            &pb::Want {
+                names: vec!["a".into()],
+                addresses: vec![],
+            },
+            &c3,
+        );
+        let (s, _) = p.next(&c3, local(), 3).unwrap();
+        assert_eq!(names(&s), ["a"]);
+    }
+
+    #[test]
     fn wants_are_bounded() {
         let c = catalog(vec![service("a", 1)], None);
         let mut p = Push::new("default", &register(&["deltas", "on-demand"]));
@@ -575,7 +620,7 @@ mod tests {
         };
         p.want(&many, &c);
         assert_eq!(p.names.len(), MAX_WANTS);
-        assert!(!p.names.iter().any(|n| n.len() > 253 || n.contains(' ')));
+        assert!(!p.names.keys().any(|n| n.len() > 253 || n.contains(' ')));
         let (s, _) = p.next(&c, local(), 1).unwrap();
         assert_eq!(s.answers.len(), MAX_WANTS + 8);
         assert!(s.answers.iter().all(|a| a.destination.is_empty()));
