@@ -363,7 +363,8 @@ async fn idle_series_go_and_come_back_from_zero() {
         .unwrap();
     let spec = skein_testkit::MeshSpec::new(68, 69).service("web", backend.addr(), Protocol::Http);
     let idle = |mut c: skein_model::ProxyConfig| {
-        c.telemetry.idle_series = Duration::from_secs(1);
+        // Long enough that a slow moment between two checks does not let the series go.
+        c.telemetry.idle_series = Duration::from_secs(3);
         c.validate("test").unwrap();
         c
     };
@@ -392,9 +393,9 @@ async fn idle_series_go_and_come_back_from_zero() {
     for p in [&client, &server] {
         assert_eq!(settled(p, "skein_requests_total", &web, 3).await, 3);
     }
-    // Idle for a second (telemetry.idleSeries), the series go from /metrics on both sides.
+    // Idle for 3 s (telemetry.idleSeries), the series go from /metrics on both sides.
     for p in [&client, &server] {
-        eventually("the idle series go", Duration::from_secs(10), async || {
+        eventually("the idle series go", Duration::from_secs(20), async || {
             let (_, text) = scrape(p, None).await;
             !text.contains("skein_requests_total{")
                 && meshed::metric(&text, "skein_telemetry_evicted_series_total") >= 1.0

@@ -145,16 +145,12 @@ async fn forward(
             let asked_result = ctx.discovery.ask(&asked).await;
             // Planned again whatever the answer: another request's answer may have
             // brought the destination meanwhile.
-            let again = plan::plan(
-                &ctx.state().destinations,
-                addressed,
-                &req,
-                crate::route::random(),
-            );
+            let now = ctx.state();
+            let again = plan::plan(&now.destinations, addressed, &req, crate::route::random());
             match (again, asked_result) {
                 (Ok(p), _) => p,
                 (Err(e), Ok(_)) => {
-                    rec.dst = addressed_service(&ctx.state().destinations, addressed, &req);
+                    rec.dst = addressed_service(&now.destinations, addressed, &req);
                     return Err(e);
                 }
                 (Err(_), Err(why)) => {

@@ -452,17 +452,28 @@ impl Telemetry {
     /// idle from the first sweep that saw it unchanged, so call this every fraction of
     /// `idle`. Returns how many series went.
     ///
-    /// A series that comes back starts again from zero: Prometheus reads that as a
-    /// counter reset, and summaries for the control plane tell the two apart.
+    /// A series that comes back starts again from zero: Prometheus reads that as a new
+    /// series, and summaries for the control plane tell the two apart.
     pub fn sweep(&self, now: Duration, idle: Duration) -> usize {
         let (now, idle) = (now.as_millis() as u64, idle.as_millis() as u64);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Whether nothing but the map holds a series, read before its counts: under the
+        // write lock no one can take it anew, and the fence orders the counts after the
+        // release of the last holder's reference, so whatever it recorded is seen (and
+        // counts as activity) rather than evicted with the series.
+        let free = |n: usize| {
+            let free = n == 1;
+            std::sync::atomic::fence(Ordering::Acquire);
+            free
+        };
         let idle_request = |s: &Arc<RequestSeries>| {
-            s.quiet.still_for(load(&s.count), now) >= idle && Arc::strong_count(s) == 1
+            let free = free(Arc::strong_count(s));
+            s.quiet.still_for(load(&s.count), now) >= idle && free
         };
         let idle_tcp = |s: &Arc<TcpSeries>| {
+            let free = free(Arc::strong_count(s));
             let activity = load(&s.opened).wrapping_add(load(&s.closed));
-            s.quiet.still_for(activity, now) >= idle && Arc::strong_count(s) == 1
+            s.quiet.still_for(activity, now) >= idle && free
         };
         let idle_pathway = |s: &Arc<PathwaySeries>| s.quiet.still_for(load(&s.count), now) >= idle;
         // Look under the read locks first (every series, to note what moved); write-lock

@@ -405,6 +405,33 @@ mod tests {
     }
 
     #[test]
+    fn a_series_let_go_and_back_between_two_summaries_counts_from_zero() {
+        let t = Telemetry::default();
+        let mut s = Summarizer::default();
+        let spans = spans();
+        for _ in 0..3 {
+            t.request(key(200), ended(5, 0));
+        }
+        assert_eq!(
+            s.take(&t, &Default::default(), &spans, 1, 1000)
+                .unwrap()
+                .requests[0]
+                .count,
+            3
+        );
+        let (idle, secs) = (Duration::from_secs(10), Duration::from_secs);
+        t.sweep(secs(0), idle);
+        assert_eq!(t.sweep(secs(11), idle), 1);
+        // Back under the same labels before the next summary: another series, whose
+        // totals are not its predecessor's (1 - 3 would underflow).
+        t.request(key(200), ended(5, 0));
+        let again = s.take(&t, &Default::default(), &spans, 2, 1000).unwrap();
+        assert_eq!(again.requests.len(), 1);
+        assert_eq!(again.requests[0].count, 1);
+        assert_eq!(again.requests[0].request_bytes, 1);
+    }
+
+    #[test]
     fn a_full_outbox_drops_the_oldest_and_counts_it() {
         let outbox = Outbox::default();
         for sequence in 1..=(MAX_QUEUED as u64 + 3) {
