@@ -208,7 +208,8 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// Binds every listener and starts serving. Fails without serving anything if a
+    /// Validates `config`, binds every listener and starts serving. Fails without serving
+    /// anything if the configuration is invalid (`InvalidInput`, naming every problem) or a
     /// listener cannot be bound.
     pub async fn start(config: ProxyConfig) -> std::io::Result<RunningProxy> {
         Self::start_with_control(config, None).await
@@ -257,6 +258,11 @@ impl RunningProxy {
         control: Option<control::ControlConfig>,
         fixed_identity: Option<Arc<identity::Identity>>,
     ) -> std::io::Result<RunningProxy> {
+        // A configuration built in code is held to the rules a file is, so that no setting
+        // is taken that the proxy would refuse in a file or a later change.
+        config
+            .validate("the proxy configuration")
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         // With a control plane (or a given identity), peers are reached only over mTLS.
         let identity = Arc::new(identity::IdentitySlot::new(
             control.is_some() || fixed_identity.is_some(),

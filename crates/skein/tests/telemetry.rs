@@ -415,6 +415,23 @@ async fn idle_series_go_and_come_back_from_zero() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_configuration_built_in_code_is_refused_as_a_file_would_be() {
+    let backend = SocketAddr::new(loopback(69), 18093);
+    let spec = skein_testkit::MeshSpec::new(68, 69).service("web", backend, Protocol::Http);
+    let mut config = spec.server_config();
+    config.telemetry.idle_series = Duration::from_millis(100);
+    let Err(e) = RunningProxy::start(config).await else {
+        panic!("a proxy started with telemetry.idleSeries 100ms");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    let said = e.to_string();
+    assert!(
+        said.contains("telemetry.idleSeries") && said.contains("at least twice"),
+        "{said}"
+    );
+}
+
 /// `skein stat`/`edges` as JSON rows (retried until `done` holds for them, since proxies
 /// report every 200 ms in tests).
 async fn rows(
