@@ -478,20 +478,17 @@ impl Telemetry {
         let idle_pathway = |s: &Arc<PathwaySeries>| s.quiet.still_for(load(&s.count), now) >= idle;
         // Look under the read locks first (every series, to note what moved); write-lock
         // only when something is to go.
-        let stale = |n: usize| n > 0;
-        let requests_stale = stale(
-            read(&self.requests)
-                .values()
-                .filter(|s| idle_request(s))
-                .count(),
-        );
-        let tcp_stale = stale(read(&self.tcp).values().filter(|s| idle_tcp(s)).count());
-        let pathways_stale = stale(
-            read(&self.pathways)
-                .values()
-                .filter(|s| idle_pathway(s))
-                .count(),
-        );
+        let requests_stale = read(&self.requests)
+            .values()
+            .filter(|s| idle_request(s))
+            .count()
+            > 0;
+        let tcp_stale = read(&self.tcp).values().filter(|s| idle_tcp(s)).count() > 0;
+        let pathways_stale = read(&self.pathways)
+            .values()
+            .filter(|s| idle_pathway(s))
+            .count()
+            > 0;
         let mut gone = 0;
         if requests_stale || tcp_stale {
             // The order `request_series` and `tcp_series` take them in.
