@@ -144,6 +144,11 @@ spec:
     );
     let echo_ip = echo.ready().await;
     assert_ne!(menu_ip, echo_ip);
+    // The bridge keeps the address `skein run` gave it as workloads join. Left unset, a
+    // bridge takes the lowest of its ports' addresses, and a workload's cached address
+    // for the gateway goes stale: its control-plane stream and DNS are lost for seconds.
+    let bridge_mac = lab.bridge_mac();
+    assert_eq!(bridge_mac, format!("02:73:6b:12:{:02x}:01", lab.octet));
     // The applications listen before the clients call (a connection before then would be
     // refused by the application, not by the mesh).
     let menu_log = menu.clone_stderr();
@@ -293,6 +298,11 @@ spec:
         echo.stdout().contains("echo got: after-direct")
     })
     .await;
+    assert_eq!(
+        lab.bridge_mac(),
+        bridge_mac,
+        "the bridge's address moved as workloads came and went"
+    );
     assert!(!menu_log().contains("direct-from-host"), "{}", menu_log());
     assert!(
         !echo.stdout().contains("direct-from-host"),
@@ -927,6 +937,17 @@ impl Lab {
 
     fn network(&self) -> String {
         format!("198.18.{}.0/24", self.octet)
+    }
+
+    /// The bridge's MAC address, as the kernel reports it.
+    fn bridge_mac(&self) -> String {
+        let path = Path::new("/sys/class/net")
+            .join(&self.bridge)
+            .join("address");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
     }
 
     fn vip_net(&self) -> String {

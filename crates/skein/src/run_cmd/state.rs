@@ -292,9 +292,14 @@ impl Dir {
             if !text.contains(&format!(" {cidr} ")) {
                 bail!("the bridge {bridge} exists without the address {cidr} (it has: {}); pass --bridge with another name, or --network matching it", text.split_whitespace().filter(|w| w.contains('/')).collect::<Vec<_>>().join(", "));
             }
+            pin_bridge_address(bridge)?;
             return Ok(());
         }
-        netns::ip(&["link", "add", bridge, "type", "bridge"], None)?;
+        let mac = bridge_mac(gateway);
+        netns::ip(
+            &["link", "add", bridge, "address", &mac, "type", "bridge"],
+            None,
+        )?;
         std::fs::write(self.path.join("bridge"), "")?;
         netns::ip(&["addr", "add", &cidr, "dev", bridge], None)?;
         netns::ip(&["link", "set", bridge, "up"], None)?;
@@ -401,6 +406,34 @@ fn link_exists(name: &str) -> bool {
     link(name).is_some()
 }
 
+/// The MAC address `skein run` gives the bridge whose address is `gateway`: locally
+/// administered, unicast, `02:73:6b` ("sk") then the gateway's last three octets.
+///
+/// A Linux bridge whose address nobody set takes the lowest of its ports' addresses, so
+/// it changes whenever a workload's veth joins or leaves. Every workload's neighbour entry
+/// for the gateway then names an address the bridge no longer answers to, and what it
+/// sends to the host (its proxy's control-plane stream, DNS through the relay) is lost,
+/// retransmissions too, until that entry expires many seconds later. A bridge with a set
+/// address keeps it.
+pub fn bridge_mac(gateway: Ipv4Addr) -> String {
+    let [_, b, c, d] = gateway.octets();
+    format!("02:73:6b:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Pins the address a bridge `skein run` made has now (one made by an older `skein run`
+/// follows its ports): setting it to its current value changes nothing for the workloads
+/// on it and keeps it from moving again. Read with `ip`, since `/sys/class/net` shows the
+/// namespace sysfs was mounted in.
+fn pin_bridge_address(bridge: &str) -> anyhow::Result<()> {
+    let text = link(bridge).with_context(|| format!("the bridge {bridge} is gone"))?;
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "link/ether");
+    let Some(current) = words.next() else {
+        bail!("the bridge {bridge} has no Ethernet address (`ip link show` printed: {text})");
+    };
+    netns::ip(&["link", "set", bridge, "address", current], None)
+}
+
 /// The bridge a link is attached to.
 fn master_of(name: &str) -> Option<String> {
     let text = link(name)?;
@@ -460,6 +493,15 @@ mod tests {
         // A /30 has the gateway .1 and one workload .2; .3 is the broadcast address.
         let e = free_address(net, 30, &[Ipv4Addr::new(198, 18, 7, 2)]).unwrap_err();
         assert!(e.to_string().contains("pass a larger --network"), "{e}");
+    }
+
+    #[test]
+    fn the_bridge_address_is_local_unicast_and_follows_the_gateway() {
+        let mac = bridge_mac(Ipv4Addr::new(10, 213, 0, 1));
+        assert_eq!(mac, "02:73:6b:d5:00:01");
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "locally administered, not multicast");
+        assert_ne!(bridge_mac(Ipv4Addr::new(198, 18, 21, 1)), mac);
     }
 
     #[test]
