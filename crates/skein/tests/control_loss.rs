@@ -12,7 +12,8 @@ use skein_testkit::{loopback, HttpBackend, MeshSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_skein");
@@ -245,4 +246,147 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     assert_eq!(client.ctx.metrics.control_connected.get(), 1);
     client.shutdown().await;
     server.shutdown().await;
+}
+
+/// A TCP relay on loopback that can go silent: the connections it carries then stop
+/// moving bytes either way while their sockets stay open, as a partition or a dropped
+/// NAT entry leaves them (no reset, no FIN; the kernel still acknowledges what arrives).
+/// Connections accepted later are carried.
+struct Relay {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Connections numbered below this are silent.
+    silent_below: tokio::sync::watch::Sender<usize>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    /// Carries connections to `listen` on to `to`, from `source` (the proxy's own
+    /// address, which the control plane checks against what it announces).
+    async fn start(listen: SocketAddr, to: SocketAddr, source: std::net::IpAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (silent_below, silence) = tokio::sync::watch::channel(0usize);
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = accepted.clone();
+        tasks.spawn(async move {
+            let mut carried = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let mut silence = silence.clone();
+                carried.spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(source, 0)).unwrap();
+                    let Ok(mut outbound) = socket.connect(to).await else {
+                        return;
+                    };
+                    let silenced = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        r = silence.wait_for(|below| id < *below) => r.is_ok(),
+                    };
+                    if silenced {
+                        // Both sockets stay open, and nothing moves.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            silent_below,
+            tasks,
+        }
+    }
+
+    /// Every connection carried so far goes silent.
+    fn silence_all(&self) -> usize {
+        let n = self.accepted.load(Ordering::SeqCst);
+        self.silent_below.send_replace(n);
+        n
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_whose_control_connection_goes_silent_reconnects() {
+    skein_testkit::init_tracing();
+    let dir = TempDir(std::env::temp_dir().join(format!("skein-silent-{}", std::process::id())));
+    let control_ip = loopback(163);
+    let _control = Control::start(&dir.0, control_ip);
+    let service = "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {name: quiet}\nspec: {selector: {app: quiet}, ports: [{port: 8080, protocol: http}]}\n";
+    assert!(
+        cli(&dir.0, control_ip, &["apply", "-f", "-"], Some(service))
+            .contains("service/quiet created")
+    );
+    // The proxy reaches the control plane only through the relay.
+    let relay = Relay::start(
+        SocketAddr::new(loopback(164), 0),
+        SocketAddr::new(control_ip, 9991),
+        loopback(165),
+    )
+    .await;
+    let spec = MeshSpec::new(165, 166);
+    let mut cfg = spec.server_config();
+    cfg.workload.name = "quiet-1".into();
+    cfg.workload.service = "quiet".into();
+    cfg.inbound.listen = SocketAddr::new(loopback(165), 4143);
+    let mut control = control_config(&dir.0, control_ip, cfg.inbound.listen, "quiet").unwrap();
+    control.endpoint = relay.addr.to_string();
+    let proxy = RunningProxy::start_with_control(cfg, Some(control))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy.ctx.metrics.control_connected.get() != 1 {
+        assert!(Instant::now() < deadline, "the proxy never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Its connection goes silent. The proxy's pings go unanswered, so it gives the
+    // connection up and opens another, which the relay carries; the control plane sees
+    // its workload connected again. (TCP alone would never tell: the relay's kernel
+    // acknowledges every byte.)
+    let silenced = relay.silence_all();
+    let bound = skein_proxy::control::KEEPALIVE_INTERVAL
+        + skein_proxy::control::KEEPALIVE_TIMEOUT
+        + Duration::from_secs(30);
+    let deadline = Instant::now() + bound;
+    loop {
+        if relay.accepted.load(Ordering::SeqCst) > silenced
+            && proxy.ctx.metrics.control_connected.get() == 1
+        {
+            let out = cli(
+                &dir.0,
+                control_ip,
+                &["get", "workloads", "-o", "json"],
+                None,
+            );
+            let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let version = proxy.ctx.config_version.load(Ordering::SeqCst);
+            let acked = json["items"].as_array().is_some_and(|items| {
+                items.iter().any(|w| {
+                    w["metadata"]["name"] == "quiet-1"
+                        && w["status"]["connected"] == true
+                        && w["status"]["acknowledgedVersion"].as_u64() == Some(version)
+                })
+            });
+            if acked {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy kept its silent connection for {bound:?} (connections the relay accepted: {}, silenced: {silenced}, proxy connected: {})",
+            relay.accepted.load(Ordering::SeqCst),
+            proxy.ctx.metrics.control_connected.get()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.shutdown().await;
 }

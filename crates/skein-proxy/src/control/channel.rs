@@ -6,6 +6,13 @@
 //! several addresses. A connection tries them in turn, starting with the replica that
 //! answered last, each for at most [`CONNECT_EACH`]: a dead replica costs one refused or
 //! timed-out connect, then the proxy is on the next one.
+//!
+//! A connection that goes silent (a partition, a NAT or conntrack entry dropped on the
+//! way, a host that vanished without a reset) is noticed by HTTP/2 pings: one every
+//! [`KEEPALIVE_INTERVAL`], unanswered for [`KEEPALIVE_TIMEOUT`], ends the connection, and
+//! the proxy reconnects. Without them the stream would look open until TCP gave up (some
+//! fifteen minutes with data outstanding, never without), while the control plane, whose
+//! own pings also go unanswered, marks the workload disconnected and removes it.
 
 use super::{control_identity, ControlConfig, Failure};
 use skein_identity::SpiffeId;
@@ -17,6 +24,10 @@ use tonic::transport::Channel;
 
 /// Longest wait for one replica's TCP connection before the next one is tried.
 pub const CONNECT_EACH: Duration = Duration::from_secs(2);
+/// How often the proxy pings the control plane over its connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is given up.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control plane replicas' addresses (`host:port`) from the configured endpoint: a
 /// comma-separated list, each with an optional `http://` or `https://` prefix (ignored: the
@@ -126,7 +137,10 @@ pub async fn tls_channel(
                 "control plane address {first:?} is not host:port: {e}"
             ))
         })?
-        .connect_timeout(CONNECT_EACH * (authorities.len().max(1) as u32) + Duration::from_secs(3));
+        .connect_timeout(CONNECT_EACH * (authorities.len().max(1) as u32) + Duration::from_secs(3))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let connector = tower::service_fn(move |_: http::Uri| {
         let (list, authorities, tls, name) =
             (list.clone(), authorities.clone(), tls.clone(), name.clone());

@@ -22,7 +22,7 @@
 mod channel;
 mod snapshot;
 
-pub use channel::tls_channel;
+pub use channel::{tls_channel, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 pub use snapshot::{apply_delta, to_config};
 
 use crate::identity::Identity;
