@@ -140,11 +140,25 @@ impl H2Pool {
         to: &Upstream,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.get(to).await?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|source| upstream_error(to.addr, source))
+        self.try_send(to, req).await.map_err(|(e, _)| e)
+    }
+
+    /// Sends `req` on the connection to `to`. A request that never left this proxy (no
+    /// connection could be made, or the connection was closed before the request was
+    /// written to it) comes back with the error, untouched, so that it can go elsewhere.
+    pub async fn try_send(
+        &self,
+        to: &Upstream,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, (ProxyError, Option<Request<Body>>)> {
+        let mut sender = match self.get(to).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            (upstream_error(to.addr, e.into_error()), unsent)
+        })
     }
 }
 

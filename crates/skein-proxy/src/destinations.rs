@@ -47,6 +47,15 @@ impl Target {
             })
     }
 
+    /// Whether the Service has an endpoint other than `than` (ejected or not): where a
+    /// retry without a rule `retry` could go.
+    pub fn has_other_than(&self, than: SocketAddr) -> bool {
+        self.policy()
+            .balancer
+            .endpoints()
+            .any(|(upstream, _)| upstream.addr != than)
+    }
+
     /// The refusal for `limit` (at `value`) of this port's policy.
     pub fn overloaded(&self, limit: &'static str, value: u32) -> ProxyError {
         ProxyError::Overloaded {

@@ -2,6 +2,12 @@
 //! can be, and the retry budget that keeps retries from multiplying an overload. Pure;
 //! `outbound/http.rs` drives the tries.
 //!
+//! A request whose rule sets no `retry` (or that no rule took) still gets one more try on
+//! another endpoint ([`UNSENT_ONLY`]) when the first provably reached no application, or
+//! broke before any answer and is idempotent: an endpoint that died (its proxy killed, its
+//! host gone) then costs callers latency, not failures. `retry: {attempts: 0}` turns
+//! that off too.
+//!
 //! A request is sent again by replaying its body through a bounded tee
 //! ([`crate::http::replay`]): the first try streams it, keeping a copy of up to
 //! [`MAX_REPLAY_BYTES`]; a try whose body went beyond that before its answer came is not
@@ -30,9 +36,22 @@ pub enum Outcome {
     TryTimedOut,
     /// Nothing reached the application (connect failure, no endpoints): safe to resend.
     NotSent,
+    /// The connection failed before any answer came, for a request that may be sent
+    /// twice ([`idempotent`]) and that the proxy can send again whole.
+    Broken,
     /// Any other failure.
     Failed,
 }
+
+/// What a request gets when its rule sets no `retry`: one more try, only if the first
+/// reached no application or broke before an answer ([`Outcome::NotSent`],
+/// [`Outcome::Broken`]); no status is retried, and there is no pause (the next try goes
+/// to another endpoint).
+pub static UNSENT_ONLY: RouteRetry = RouteRetry {
+    attempts: 1,
+    codes: Vec::new(),
+    backoff: Duration::ZERO,
+};
 
 /// Whether to try again after `tries` tries ended in `outcome`.
 pub fn should_retry(retry: &RouteRetry, tries: u32, outcome: Outcome) -> bool {
@@ -42,9 +61,16 @@ pub fn should_retry(retry: &RouteRetry, tries: u32, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Status(code) => retry.codes.contains(&code),
         Outcome::TryTimedOut => retry.codes.contains(&504),
-        Outcome::NotSent => true,
+        Outcome::NotSent | Outcome::Broken => true,
         Outcome::Failed => false,
     }
+}
+
+/// Whether a request with `method` means the same sent twice as once (RFC 9110 §9.2.2),
+/// so that a try which may have reached the application can be made again.
+pub fn idempotent(method: &http::Method) -> bool {
+    use http::Method as M;
+    [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(method)
 }
 
 /// Whether the peer proxy answered for itself that the request reached no application:
@@ -169,6 +195,30 @@ mod tests {
             attempts,
             codes: codes.to_vec(),
             ..RouteRetry::default()
+        }
+    }
+
+    #[test]
+    fn without_a_retry_setting_only_unsent_and_broken_tries_are_made_again_once() {
+        let r = &UNSENT_ONLY;
+        assert!(should_retry(r, 1, Outcome::NotSent));
+        assert!(should_retry(r, 1, Outcome::Broken));
+        assert!(!should_retry(r, 2, Outcome::NotSent), "one retry at most");
+        for code in [500, 502, 503, 504] {
+            assert!(!should_retry(r, 1, Outcome::Status(code)), "{code}");
+        }
+        assert!(!should_retry(r, 1, Outcome::TryTimedOut));
+        assert!(!should_retry(r, 1, Outcome::Failed));
+        assert_eq!(r.backoff, Duration::ZERO);
+    }
+
+    #[test]
+    fn only_idempotent_methods_may_be_sent_twice() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
+            assert!(!idempotent(&m.parse().unwrap()), "{m}");
         }
     }
 

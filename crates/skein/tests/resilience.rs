@@ -68,15 +68,19 @@ async fn a_dead_endpoint_is_ejected_after_consecutive_failures_and_used_again_on
             failed.push((i, status));
         }
     }
+    // Each try that met the dead endpoint reached no application (its proxy said so: 502
+    // `connect`), so it went again to the live one, with no `retry` on any route; after
+    // consecutive5xx (3) of them the endpoint is ejected.
     assert!(
-        failed.len() == 3 && failed.iter().all(|(_, s)| *s == 502),
-        "consecutive5xx (3) requests fail, with 502, then none: {failed:?}"
-    );
-    assert!(
-        failed.iter().all(|(i, _)| *i < 10),
-        "the failures come first, then none: {failed:?}"
+        failed.is_empty(),
+        "no request fails while another endpoint lives: {failed:?}"
     );
     let text = caller.ctx.metrics.encode();
+    assert_eq!(
+        sum_samples(&text, "skein_route_retries_total", &["result=\"sent\""]),
+        3,
+        "the consecutive5xx (3) tries that met the dead endpoint were sent again"
+    );
     assert_eq!(
         sum_samples(
             &text,

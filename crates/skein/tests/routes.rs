@@ -374,6 +374,7 @@ spec:
   rules:
   - matches: [{{headers: [{{name: x-no-retry, value: 'yes'}}]}}]
     backendRefs: [{{name: menu, port: {PORT}}}]
+    retry: {{attempts: 0}}
   - backendRefs: [{{name: menu, port: {PORT}}}]
     retry: {{attempts: 1, backoff: 1ms}}
     timeouts: {{request: 5s, backendRequest: 2s}}
@@ -401,7 +402,9 @@ spec:
         (status, body)
     };
 
-    // Without a retry, requests that land on the dead endpoint fail (round robin: half).
+    // With retries turned off (`attempts: 0`: not even a request the peer proxy says
+    // reached no application goes again), those that land on the dead endpoint fail
+    // (round robin: half).
     let mut failed = 0;
     for _ in 0..10 {
         let (status, _) = send(&[("x-no-retry", "yes")], "").await;

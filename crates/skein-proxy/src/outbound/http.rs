@@ -249,9 +249,11 @@ async fn forward(
 }
 
 /// How each try gets the request: a copy held in memory when it is mirrored (a small
-/// body of known length), a bounded tee when it may be retried ([`Tee`]: the first try
-/// streams), otherwise streamed once; the mirror's copy is sent here. Returns the rule's
-/// retry, if any.
+/// body of known length), a bounded tee when its rule retries ([`Tee`]: the first try
+/// streams), its head alone when it has no body, otherwise streamed once (and handed back
+/// by a try that never sent it); the mirror's copy is sent here. Returns the retry in
+/// force: the rule's, [`retry::UNSENT_ONLY`] when it sets none, or none when it sets
+/// `attempts: 0`.
 async fn prepare<'r>(
     ctx: &Ctx,
     state: &State,
@@ -260,7 +262,11 @@ async fn prepare<'r>(
     req: Request<Body>,
     started: tokio::time::Instant,
 ) -> Result<(Requests, Option<&'r RouteRetry>), ProxyError> {
-    let retry = rule.and_then(RuleRef::retry).filter(|r| r.attempts > 0);
+    let (retry, configured) = match rule.and_then(RuleRef::retry) {
+        Some(r) if r.attempts == 0 => (None, false),
+        Some(r) => (Some(r), true),
+        None => (Some(&retry::UNSENT_ONLY), false),
+    };
     // Each mirror of the rule (and the picked backendRef) copies its own share.
     let mut mirrors: Vec<&RequestMirror> = rule
         .into_iter()
@@ -284,9 +290,18 @@ async fn prepare<'r>(
         }
         mirrors.clear();
     }
-    if retry.is_none() && mirrors.is_empty() {
-        // The common case, kept whole.
-        return Ok((Requests::Once(Some(req)), None));
+    if !configured && mirrors.is_empty() {
+        // The common case: a request without a body is sent again from its head, one
+        // with a body streamed once (a try that never sent it hands it back).
+        let bodiless = retry.is_some()
+            && req.method() != ::http::Method::CONNECT
+            && http_body::Body::is_end_stream(req.body());
+        let requests = if bodiless {
+            Requests::Held(req.into_parts().0, bytes::Bytes::new())
+        } else {
+            Requests::Once(Some(req))
+        };
+        return Ok((requests, retry));
     }
     let (parts, body) = req.into_parts();
     let mut requests = if !mirrors.is_empty() {
@@ -303,7 +318,7 @@ async fn prepare<'r>(
     } else {
         Requests::Tee(parts, Tee::new(body, retry::MAX_REPLAY_BYTES as usize))
     };
-    if retry.is_some() {
+    if configured {
         let policy = backend.policy();
         let budget = &policy.spec.retry_budget;
         ctx.retry_budget
@@ -335,13 +350,17 @@ async fn tries<'r>(
     let service = backend.service.spec.service.as_str();
     let budget = &policy.spec.retry_budget;
     let mut tried: Option<std::net::SocketAddr> = None;
-    rec.retry_attempts = retry.map(|r| r.attempts);
+    let configured = retry.is_some_and(|r| !std::ptr::eq(r, &retry::UNSENT_ONLY));
+    if configured {
+        rec.retry_attempts = retry.map(|r| r.attempts);
+    }
     loop {
         rec.attempts += 1;
         let deadline = try_deadline(rule, started, tokio::time::Instant::now());
         let picked = backend.pick(tried)?;
         rec.endpoint = Some(picked.upstream.addr);
         let mut req = requests.next();
+        let idempotent = retry::idempotent(req.method());
         // Each try is a span of its own, the parent of the callee's.
         let try_span = rec.trace.as_ref().map(|t| {
             let id = crate::ids::random_u128() as u64 | 1;
@@ -349,7 +368,7 @@ async fn tries<'r>(
             id
         });
         let try_started = std::time::Instant::now();
-        let send = ctx.peers.send(&picked.upstream, req);
+        let send = ctx.peers.try_send(&picked.upstream, req);
         // Dropping the send on expiry resets the stream to the peer, which drops the
         // application request.
         let sent = match deadline {
@@ -357,6 +376,18 @@ async fn tries<'r>(
             Some((at, rule, d)) => tokio::time::timeout_at(at, send)
                 .await
                 .map_err(|_| rule.timeout(&d)),
+        };
+        // A request that never left is handed back, for the next try.
+        let (sent, unsent) = match sent {
+            Ok(Err((e, back))) => {
+                let unsent = back.is_some();
+                if let Some(back) = back {
+                    requests.give_back(back);
+                }
+                (Ok(Err(e)), unsent)
+            }
+            Ok(Ok(resp)) => (Ok(Ok(resp)), false),
+            Err(timed_out) => (Err(timed_out), false),
         };
         let ejected = learn(ctx, backend, &picked, &sent);
         let (status, error) = match &sent {
@@ -402,14 +433,22 @@ async fn tries<'r>(
                 }
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
                 Err(_) => Outcome::TryTimedOut,
-                Ok(Err(e)) if e.retryable() => Outcome::NotSent,
+                Ok(Err(e)) if unsent || e.retryable() => Outcome::NotSent,
+                // The connection to the peer broke before an answer: the application may
+                // have had the request, so only one that means the same twice goes again.
+                Ok(Err(ProxyError::Upstream { .. })) if idempotent => Outcome::Broken,
                 Ok(Err(_)) => Outcome::Failed,
             };
             let resume = tokio::time::Instant::now() + retry.backoff;
             let in_time = try_deadline(rule, started, resume).is_none_or(|(at, _, _)| at > resume);
-            if retry::should_retry(retry, rec.attempts, outcome) && in_time {
+            // Without a rule `retry`, only to another endpoint.
+            let elsewhere = configured || backend.has_other_than(picked.upstream.addr);
+            if elsewhere && retry::should_retry(retry, rec.attempts, outcome) && in_time {
                 if let Some(why) = requests.why_not_again() {
-                    ctx.metrics.retry(why);
+                    // Without a `retry`, a request streamed once is simply not retried.
+                    if configured {
+                        ctx.metrics.retry(why);
+                    }
                 } else if !ctx.retry_budget.withdraw(
                     &backend.service.key,
                     budget,
@@ -557,11 +596,19 @@ impl Requests {
         req
     }
 
+    /// A try handed back the request it never sent: the next try sends it.
+    fn give_back(&mut self, req: Request<Body>) {
+        if let Requests::Once(slot) = self {
+            *slot = Some(req);
+        }
+    }
+
     /// Why another try could not send the whole request, as the retry metric counts it
-    /// (a request streamed once is never retried: that is not asked).
+    /// (a request streamed once is retried only when a try handed it back unsent).
     fn why_not_again(&self) -> Option<&'static str> {
         match self {
-            Requests::Once(_) => Some("body_too_large"),
+            Requests::Once(Some(_)) => None,
+            Requests::Once(None) => Some("body_too_large"),
             Requests::Held(..) => None,
             Requests::Tee(_, tee) => tee.why_not(),
         }
@@ -571,7 +618,7 @@ impl Requests {
     /// can still send the whole body.
     fn retire(&self) -> bool {
         match self {
-            Requests::Once(_) => false,
+            Requests::Once(req) => req.is_some(),
             Requests::Held(..) => true,
             Requests::Tee(_, tee) => tee.retire(),
         }

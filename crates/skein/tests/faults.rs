@@ -1,0 +1,254 @@
+//! Faults the mesh survives, each under steady load with a count of what was lost: real
+//! proxies as real processes, killed the way they die in production.
+//!
+//! - A peer proxy SIGKILLed while another endpoint of its Service is alive: no idempotent
+//!   request fails. Requests on the dead proxy's broken connection, and those sent to it
+//!   before outlier detection ejects it (connections refused), go to the other endpoint.
+//!
+//! Addresses 127.0.0.210–214, ports fixed per test; every process is killed and every
+//! directory removed by drop guards, also when a test fails.
+
+use http::{Request, StatusCode};
+use skein_control::server::{ControlOptions, RunningControl};
+use skein_model::resource::parse_documents;
+use skein_model::{Protocol, ProxyConfig};
+use skein_proxy::control::ControlConfig;
+use skein_proxy::http::empty;
+use skein_proxy::metrics::sum_samples;
+use skein_proxy::RunningProxy;
+use skein_testkit::client::{body_bytes, h1};
+use skein_testkit::control::{free_port, ControlledProxy, TempDir};
+use skein_testkit::{loopback, HttpBackend, MeshSpec};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skein");
+/// The application port of every workload (each on its own address).
+const PORT: u16 = 18090;
+
+/// A join token for `service`, one use.
+async fn token(control: &RunningControl, service: &str) -> skein_identity::JoinToken {
+    control
+        .pki
+        .create_token("default", service, Duration::from_secs(600), 1)
+        .await
+        .unwrap()
+        .0
+}
+
+/// An application on 127.0.0.`host`:PORT and its proxy, a `skein proxy` process joined to
+/// `control` as a workload of `service`.
+async fn workload(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+) -> (HttpBackend, ControlledProxy) {
+    let app = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
+        .await
+        .unwrap();
+    let mut config = MeshSpec::new(host, host)
+        .service(service, app.addr(), Protocol::Http)
+        .server_config();
+    config.workload.labels.insert("app".into(), service.into());
+    config.workload.name = format!("{service}-{host}");
+    config.workload.service = service.into();
+    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
+    config.admin.listen = free_port(loopback(host)).unwrap();
+    let proxy = ControlledProxy::start(
+        Path::new(BIN),
+        &config,
+        control.grpc,
+        &token(control, service).await,
+    )
+    .await
+    .unwrap();
+    (app, proxy)
+}
+
+/// The caller's proxy on 127.0.0.`host` (in this process, reached as an HTTP proxy),
+/// returned once it holds `endpoints` endpoints of `service`.
+async fn caller(
+    control: &RunningControl,
+    host: u8,
+    service: &str,
+    endpoints: usize,
+) -> RunningProxy {
+    let mut config: ProxyConfig =
+        MeshSpec::new(host, host).client_config(SocketAddr::new(loopback(host), 4143));
+    config.destinations.clear();
+    config.outbound.upstreams.clear();
+    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
+    let control_config = ControlConfig {
+        endpoint: control.grpc.to_string(),
+        advertise: config.inbound.listen,
+        token: token(control, &config.workload.service).await,
+    };
+    let proxy = RunningProxy::start_with_control(config, Some(control_config))
+        .await
+        .unwrap();
+    proxy.discover(&[service]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let held = proxy
+            .ctx
+            .config()
+            .destinations
+            .iter()
+            .filter(|d| d.service == service)
+            .map(|d| d.endpoints.len())
+            .sum::<usize>();
+        if held >= endpoints {
+            return proxy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller holds {held} endpoints of {service}, not {endpoints}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a load of GETs came to.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    /// Each failure: when (since the load started), status (0: no answer) and the
+    /// proxy's `skein-error`.
+    failed: Vec<(Duration, u16, String)>,
+}
+
+/// `callers` clients, each on its own keep-alive connection to the proxy at `via`, each
+/// sending a GET to `url` every `every` until `until` (bounded in time, so in count).
+async fn load(
+    via: SocketAddr,
+    url: String,
+    callers: usize,
+    every: Duration,
+    until: Instant,
+) -> Tally {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let url = url.clone();
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut sender = None;
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                if sender.is_none() {
+                    sender = h1(via).await.ok();
+                }
+                let req = Request::get(format!("{url}?caller={c}&n={n}"))
+                    .body(empty())
+                    .unwrap();
+                let answer = match sender.as_mut() {
+                    Some(s) => s.send_request(req).await.ok(),
+                    None => None,
+                };
+                match answer {
+                    Some(resp) if resp.status() == StatusCode::OK => {
+                        body_bytes(resp).await.unwrap();
+                        tally.ok += 1;
+                    }
+                    Some(resp) => {
+                        let status = resp.status().as_u16();
+                        let error = resp
+                            .headers()
+                            .get("skein-error")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let _ = body_bytes(resp).await;
+                        tally.failed.push((started.elapsed(), status, error));
+                    }
+                    None => {
+                        tally
+                            .failed
+                            .push((started.elapsed(), 0, "no answer".into()));
+                        sender = None;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+            tally
+        });
+    }
+    let mut all = Tally::default();
+    while let Some(t) = tasks.join_next().await {
+        let t = t.unwrap();
+        all.ok += t.ok;
+        all.failed.extend(t.failed);
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_peer_proxy_killed_under_load_fails_no_idempotent_request() {
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("faults-kill").unwrap();
+    let control =
+        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(210), "test"))
+            .await
+            .unwrap();
+    // Default balancing and outlier detection, as a user who set nothing has them.
+    let service = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: menu}}\n\
+         spec: {{selector: {{app: menu}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
+    );
+    control
+        .registry
+        .apply(parse_documents(&service, "test").unwrap())
+        .await
+        .unwrap();
+    let (alive, _alive_proxy) = workload(&control, 211, "menu").await;
+    let (doomed, doomed_proxy) = workload(&control, 212, "menu").await;
+    let client = caller(&control, 213, "menu", 2).await;
+    let via = client.addrs.http_proxy.unwrap();
+
+    // 100 GETs a second from 4 callers: 1.5 s with both endpoints, then the doomed
+    // endpoint's proxy is SIGKILLed and the load goes on for 6 s (about 600 requests).
+    let start = Instant::now();
+    let until = start + Duration::from_millis(7_500);
+    let traffic = tokio::spawn(load(
+        via,
+        format!("http://menu:{PORT}/dish"),
+        4,
+        Duration::from_millis(40),
+        until,
+    ));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let doomed_before = doomed.hits();
+    assert!(
+        doomed_before > 0,
+        "both endpoints took traffic before the kill"
+    );
+    doomed_proxy.signal("KILL").unwrap();
+    let killed_at = start.elapsed();
+    let alive_at_kill = alive.hits();
+    let tally = traffic.await.unwrap();
+    let after_kill = alive.hits() - alive_at_kill;
+    eprintln!(
+        "killed at {killed_at:?}; {} ok, {} failed; the live endpoint served {after_kill} after the kill",
+        tally.ok,
+        tally.failed.len()
+    );
+    assert!(
+        tally.failed.is_empty(),
+        "requests failed (time since the load started, status, skein-error): {:#?}",
+        tally.failed
+    );
+    assert!(
+        after_kill >= 400,
+        "the load went on after the kill: {after_kill}"
+    );
+    // The dead endpoint was met: tries to it were sent again to the live one.
+    let metrics = client.ctx.metrics.encode();
+    let retried = sum_samples(&metrics, "skein_route_retries_total", &["result=\"sent\""]);
+    assert!(
+        retried > 0,
+        "no try met the dead endpoint, so the test proved nothing: {metrics}"
+    );
+    client.shutdown().await;
+}
