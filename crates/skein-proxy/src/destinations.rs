@@ -47,13 +47,14 @@ impl Target {
             })
     }
 
-    /// Whether the Service has an endpoint other than `than` (ejected or not): where a
-    /// retry without a rule `retry` could go.
-    pub fn has_other_than(&self, than: SocketAddr) -> bool {
+    /// Whether the Service has an endpoint other than `than` that is not ejected: where a
+    /// retry without a rule `retry` may go (the pick then avoids `than`).
+    pub fn has_healthy_other_than(&self, than: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
         self.policy()
             .balancer
             .endpoints()
-            .any(|(upstream, _)| upstream.addr != than)
+            .any(|(upstream, stats)| upstream.addr != than && !stats.ejected(now))
     }
 
     /// The refusal for `limit` (at `value`) of this port's policy.

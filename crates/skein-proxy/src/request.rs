@@ -138,6 +138,10 @@ fn tries_said(rec: &Record) -> String {
         out.push_str(&format!(
             " (HTTPRoute {route} rule {rule} retry.attempts {attempts})"
         ));
+    } else if rec.retry_attempts.is_none() && rec.tries.len() > 1 {
+        out.push_str(
+            " (no route retry: sent again because a try reached no application, or broke before an answer to a request that only reads)",
+        );
     }
     for (n, t) in rec.tries.iter().enumerate() {
         out.push_str(if n == 0 { ": " } else { "; " });

@@ -4,9 +4,8 @@
 //!
 //! A request whose rule sets no `retry` (or that no rule took) still gets one more try on
 //! another endpoint ([`UNSENT_ONLY`]) when the first provably reached no application, or
-//! broke before any answer and is idempotent: an endpoint that died (its proxy killed, its
-//! host gone) then costs callers latency, not failures. `retry: {attempts: 0}` turns
-//! that off too.
+//! broke before any answer and only reads ([`safe`]): an endpoint whose proxy died then
+//! costs callers latency, not failures. `retry: {attempts: 0}` turns that off too.
 //!
 //! A request is sent again by replaying its body through a bounded tee
 //! ([`crate::http::replay`]): the first try streams it, keeping a copy of up to
@@ -37,7 +36,8 @@ pub enum Outcome {
     /// Nothing reached the application (connect failure, no endpoints): safe to resend.
     NotSent,
     /// The connection failed before any answer came, for a request that may be sent
-    /// twice ([`idempotent`]) and that the proxy can send again whole.
+    /// twice ([`safe`], or [`idempotent`] under a rule's `retry`) and that the proxy can
+    /// send again whole.
     Broken,
     /// Any other failure.
     Failed,
@@ -67,10 +67,20 @@ pub fn should_retry(retry: &RouteRetry, tries: u32, outcome: Outcome) -> bool {
 }
 
 /// Whether a request with `method` means the same sent twice as once (RFC 9110 §9.2.2),
-/// so that a try which may have reached the application can be made again.
+/// so that a try which may have reached the application can be made again when a rule's
+/// `retry` asks for retries.
 pub fn idempotent(method: &http::Method) -> bool {
     use http::Method as M;
-    [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(method)
+    safe(method) || [M::PUT, M::DELETE].contains(method)
+}
+
+/// Whether `method` only reads (RFC 9110 §9.2.1): what a try that may have reached the
+/// application is sent again for without a rule `retry`. Not `PUT` or `DELETE`: sent
+/// twice, a `DELETE` that took effect answers `404` and a conditional `PUT` `412`, so
+/// the caller would see a failure for a request that succeeded.
+pub fn safe(method: &http::Method) -> bool {
+    use http::Method as M;
+    [M::GET, M::HEAD, M::OPTIONS, M::TRACE].contains(method)
 }
 
 /// Whether the peer proxy answered for itself that the request reached no application:
@@ -219,6 +229,12 @@ mod tests {
         }
         for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
             assert!(!idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(safe(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["PUT", "DELETE", "POST"] {
+            assert!(!safe(&m.parse().unwrap()), "{m}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Faults the mesh survives, each under steady load with a count of what was lost: real
 //! proxies as real processes, killed the way they die in production.
 //!
-//! - A peer proxy SIGKILLed while another endpoint of its Service is alive: no idempotent
+//! - A peer proxy SIGKILLed while another endpoint of its Service is alive: no reading
 //!   request fails. Requests on the dead proxy's broken connection, and those sent to it
 //!   before outlier detection ejects it (connections refused), go to the other endpoint.
 //!

@@ -293,9 +293,8 @@ async fn prepare<'r>(
     if !configured && mirrors.is_empty() {
         // The common case: a request without a body is sent again from its head, one
         // with a body streamed once (a try that never sent it hands it back).
-        let bodiless = retry.is_some()
-            && req.method() != ::http::Method::CONNECT
-            && http_body::Body::is_end_stream(req.body());
+        // (CONNECT never comes here: `forward` tunnels it.)
+        let bodiless = retry.is_some() && http_body::Body::is_end_stream(req.body());
         let requests = if bodiless {
             Requests::Held(req.into_parts().0, bytes::Bytes::new())
         } else {
@@ -360,7 +359,12 @@ async fn tries<'r>(
         let picked = backend.pick(tried)?;
         rec.endpoint = Some(picked.upstream.addr);
         let mut req = requests.next();
-        let idempotent = retry::idempotent(req.method());
+        // Whether a try that may have reached the application can go again.
+        let repeatable = if configured {
+            retry::idempotent(req.method())
+        } else {
+            retry::safe(req.method())
+        };
         // Each try is a span of its own, the parent of the callee's.
         let try_span = rec.trace.as_ref().map(|t| {
             let id = crate::ids::random_u128() as u64 | 1;
@@ -436,14 +440,16 @@ async fn tries<'r>(
                 Ok(Err(e)) if unsent || e.retryable() => Outcome::NotSent,
                 // The connection to the peer broke before an answer: the application may
                 // have had the request, so only one that means the same twice goes again.
-                Ok(Err(ProxyError::Upstream { .. })) if idempotent => Outcome::Broken,
+                Ok(Err(ProxyError::Upstream { .. })) if repeatable => Outcome::Broken,
                 Ok(Err(_)) => Outcome::Failed,
             };
             let resume = tokio::time::Instant::now() + retry.backoff;
             let in_time = try_deadline(rule, started, resume).is_none_or(|(at, _, _)| at > resume);
-            // Without a rule `retry`, only to another endpoint.
-            let elsewhere = configured || backend.has_other_than(picked.upstream.addr);
-            if elsewhere && retry::should_retry(retry, rec.attempts, outcome) && in_time {
+            // Without a rule `retry`, only to another endpoint that is not ejected.
+            if retry::should_retry(retry, rec.attempts, outcome)
+                && in_time
+                && (configured || backend.has_healthy_other_than(picked.upstream.addr))
+            {
                 if let Some(why) = requests.why_not_again() {
                     // Without a `retry`, a request streamed once is simply not retried.
                     if configured {
