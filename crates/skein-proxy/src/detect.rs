@@ -59,24 +59,40 @@ pub fn classify(buf: &[u8], max_line: usize) -> Verdict {
     if buf[method_len] != b' ' {
         return Verdict::Done(Detected::Opaque);
     }
-    match buf.iter().position(|b| *b == b'\n') {
+    let control = |bytes: &[u8]| bytes.iter().any(|b| b.is_ascii_control());
+    let newline = buf.iter().position(|b| *b == b'\n');
+    // Past the limit the verdict is final, whatever follows: no request line, if a
+    // control byte came within the limit, else one too long.
+    let line_len = newline.unwrap_or(buf.len());
+    if line_len > max_line {
+        let within = &buf[method_len + 1..max_line.max(method_len + 1)];
+        return Verdict::Done(if control(within) {
+            Detected::Opaque
+        } else {
+            Detected::RequestLineTooLong
+        });
+    }
+    match newline {
         Some(end) => {
             let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
-                if end > max_line {
-                    Verdict::Done(Detected::RequestLineTooLong)
-                } else {
-                    Verdict::Done(Detected::Http1)
-                }
+            // Control bytes in it make it no request line, as they do before it ends.
+            if control(&line[method_len + 1..]) {
+                Verdict::Done(Detected::Opaque)
+            } else if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+                Verdict::Done(Detected::Http1)
             } else {
                 Verdict::Done(Detected::Opaque)
             }
         }
-        None if buf.len() > max_line => Verdict::Done(Detected::RequestLineTooLong),
-        None if buf[method_len + 1..].iter().any(|b| b.is_ascii_control()) => {
-            Verdict::Done(Detected::Opaque)
+        None => {
+            // A last `\r` may be the first half of the line's CRLF, split across reads.
+            let rest = &buf[method_len + 1..];
+            if control(rest.strip_suffix(b"\r").unwrap_or(rest)) {
+                Verdict::Done(Detected::Opaque)
+            } else {
+                Verdict::NeedMore
+            }
         }
-        None => Verdict::NeedMore,
     }
 }
 
@@ -130,6 +146,31 @@ mod tests {
     use super::*;
     use Detected::*;
     use Verdict::*;
+
+    #[test]
+    fn a_request_line_split_between_its_cr_and_lf_waits_for_the_lf() {
+        // Found by the `detect` fuzz target: the CR alone used to decide Opaque.
+        for line in [&b"GET / HTTP/1.1\r"[..], b"PRI * HTTP/1.0\r"] {
+            assert_eq!(classify(line, 8192), NeedMore, "{line:?}");
+        }
+        assert_eq!(classify(b"PRI * HTTP/1.0\r\n", 8192), Done(Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\r", 8192), Done(Opaque));
+        assert_eq!(classify(b"GET /\rx HTTP/1.1", 8192), Done(Opaque));
+        // Nor does a control byte decide differently once the line is whole.
+        assert_eq!(classify(b"PRT \0* HTTP/1.0", 8192), Done(Opaque));
+        assert_eq!(classify(b"PRT \0* HTTP/1.0\r\n", 8192), Done(Opaque));
+        // Nor once it runs past the limit.
+        assert_eq!(classify(b"GET /\0aaaaaaaaaaaaaaaaaaaa", 8), Done(Opaque));
+        // A line too long is too long with or without its end.
+        assert_eq!(
+            classify(b"GET /aaaaaaaaaaaaaaaaaaaa", 8),
+            Done(RequestLineTooLong)
+        );
+        assert_eq!(
+            classify(b"GET /aaaaaaaaaaaaaaaaaaaa\n", 8),
+            Done(RequestLineTooLong)
+        );
+    }
 
     #[test]
     fn recognises_http1_request_lines() {
