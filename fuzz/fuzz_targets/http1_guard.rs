@@ -1,6 +1,7 @@
 //! The HTTP/1 framing guard (`FramingGuard`), fed every byte a client sends before hyper
-//! sees it. Properties: however the bytes are split into reads, the guard releases the
-//! same bytes and refuses the same way; it never releases more than it was given.
+//! sees it. Properties: however the bytes are split into three reads, the guard releases
+//! the same bytes and refuses the same way; it never releases more than it was given; a
+//! head with both `Content-Length` and `Transfer-Encoding` is refused.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,16 +33,26 @@ fn run(reads: &[&[u8]]) -> (usize, Option<(u16, &'static str)>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, bytes)) = data.split_first() else {
+    let [first, second, bytes @ ..] = data else {
         return;
     };
-    let at = usize::from(split) % (bytes.len() + 1);
+    let at = usize::from(*first) % (bytes.len() + 1);
+    let then = at + usize::from(*second) % (bytes.len() - at + 1);
     let whole = run(&[bytes]);
-    let (a, b) = bytes.split_at(at);
-    let split_up = run(&[a, b]);
+    let split_up = run(&[&bytes[..at], &bytes[at..then], &bytes[then..]]);
     // A refusal may come after a first read was released whole; the verdict is the same.
-    assert_eq!(whole.1, split_up.1, "split at {at}");
+    assert_eq!(whole.1, split_up.1, "split at {at} and {then}");
     if whole.1.is_none() {
-        assert_eq!(whole.0, split_up.0, "split at {at}");
+        assert_eq!(whole.0, split_up.0, "split at {at} and {then}");
     }
+    // A head with both framings is refused, whatever follows it.
+    let mut smuggled =
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    smuggled.extend_from_slice(bytes);
+    let (released, refusal) = run(&[&smuggled]);
+    assert!(
+        refusal.is_some(),
+        "released {released} bytes of a smuggling head"
+    );
 });

@@ -1,6 +1,7 @@
 //! Request path normalisation (`skein_model::authz::path::normalize`) under every
 //! combination of the mesh's path rules. Properties: normalising is idempotent; an
-//! accepted path starts with `/` when the input did; rejecting ambiguous paths only ever
+//! accepted path has no `.` or `..` segment, no `//`, no escaped unreserved byte and
+//! upper-case escapes, and starts with `/` when the input did; rejecting ambiguous paths only ever
 //! refuses, never changes an accepted result; keeping encoded slashes only ever accepts
 //! more, and what both accept reads the same.
 #![no_main]
@@ -39,6 +40,20 @@ fuzz_target!(|data: &[u8]| {
             );
             if path.starts_with('/') {
                 assert!(normal.starts_with('/'), "{path:?} → {normal:?}");
+                assert!(!normal.contains("//"), "{path:?} → {normal:?}");
+            }
+            for segment in normal.split('/') {
+                assert!(segment != "." && segment != "..", "{path:?} → {normal:?}");
+            }
+            // Escapes left are of reserved bytes only, in upper case.
+            let bytes = normal.as_bytes();
+            for (i, _) in normal.match_indices('%') {
+                let hex = bytes.get(i + 1..i + 3).expect("a whole escape");
+                let text = std::str::from_utf8(hex).unwrap();
+                assert_eq!(text, text.to_ascii_uppercase(), "{path:?} → {normal:?}");
+                let byte = u8::from_str_radix(text, 16).expect("hex digits");
+                let unreserved = byte.is_ascii_alphanumeric() || b"-._~".contains(&byte);
+                assert!(!unreserved, "{path:?} → {normal:?} keeps %{text}");
             }
         }
     }

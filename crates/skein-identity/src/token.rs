@@ -111,7 +111,11 @@ impl FromStr for JoinToken {
             // Not repeated: a mangled token may have its secret in the first part.
             return Err(bad(&format!("it does not start with \"{PREFIX}:\"")));
         }
-        validate_trust_domain(td)?;
+        // Not repeated either: a token missing its trust domain has its id and secret
+        // in this place.
+        validate_trust_domain(td).map_err(|_| {
+            bad("the trust domain (the second part) is not a lowercase DNS-style name such as skein.local")
+        })?;
         let (id, secret) = id_secret
             .split_once('.')
             .ok_or_else(|| bad("the third part is not <id>.<secret>"))?;
@@ -199,5 +203,10 @@ mod tests {
         let mangled = t.replacen(':', ".", 2);
         let e = format!("{mangled}:x:y:z").parse::<JoinToken>().unwrap_err();
         assert!(!e.to_string().contains(secret), "{e}");
+        // Nor one whose trust domain is missing, so that the id and secret come second.
+        let without_domain = t.replacen(":skein.local", "", 1) + ":x";
+        let e = without_domain.parse::<JoinToken>().unwrap_err();
+        assert!(!e.to_string().contains(secret), "{e}");
+        assert!(e.to_string().contains("trust domain"), "{e}");
     }
 }

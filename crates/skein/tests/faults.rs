@@ -8,8 +8,13 @@
 //! - A peer proxy restarted under load (SIGTERM: it drains and exits; a new one starts on
 //!   the same address): no request fails, and the restarted endpoint takes traffic again.
 //!
-//! Addresses 127.0.0.210–214 and 216–219, ports fixed per test; every process is killed
-//! and every directory removed by drop guards, also when a test fails.
+//! - Requests in flight at an application when its proxy is SIGKILLed: a `GET` goes again
+//!   to the other endpoint and succeeds; a `POST` fails and is not sent again (it reached
+//!   the application, and may have taken effect).
+//!
+//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, ports fixed per test;
+//! every process is killed and every directory removed by drop guards, also when a test
+//! fails.
 
 use http::{Request, StatusCode};
 use skein_control::server::{ControlOptions, RunningControl};
@@ -325,4 +330,113 @@ async fn proxy_for(
     )
     .await
     .unwrap()
+}
+
+#[tokio::test]
+async fn requests_in_flight_when_a_peer_proxy_dies_go_again_only_if_they_only_read() {
+    skein_testkit::init_tracing();
+    let dir = TempDir::new("faults-inflight").unwrap();
+    let control =
+        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(214), "test"))
+            .await
+            .unwrap();
+    // Round robin, so that the order requests start in says where each goes.
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: bread}}\n\
+         spec: {{selector: {{app: bread}}, ports: [{{port: {PORT}, protocol: http}}]}}\n\
+         ---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: bread}}\n\
+         spec: {{targetRef: {{name: bread}}, loadBalancer: round-robin}}\n"
+    );
+    control
+        .registry
+        .apply(parse_documents(&resources, "test").unwrap())
+        .await
+        .unwrap();
+    let mut apps = Vec::new();
+    let mut proxies = Vec::new();
+    for host in [221, 223] {
+        let (app, proxy) = workload(&control, host, "bread").await;
+        apps.push(app);
+        proxies.push(Some(proxy));
+    }
+    let client = caller(&control, 224, "bread", 2).await;
+    let via = client.addrs.http_proxy.unwrap();
+    let seen = |path: &str| -> Vec<usize> {
+        apps.iter()
+            .map(|a| a.seen().iter().filter(|r| r.path.starts_with(path)).count())
+            .collect()
+    };
+    // Each request waits 3 s in the application once it arrived there.
+    let send = |method: &'static str, path: &'static str| {
+        tokio::spawn(async move {
+            let mut sender = h1(via).await.unwrap();
+            let body = if method == "POST" {
+                skein_proxy::http::full("one loaf")
+            } else {
+                empty()
+            };
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://bread:{PORT}{path}?delay=3s"))
+                .body(body)
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            let _ = body_bytes(resp).await;
+            status
+        })
+    };
+    async fn arrived(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never reached an application"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The order: an order (POST) to one endpoint, a GET to the other, a GET to the first.
+    let post = send("POST", "/order");
+    arrived("the POST", || seen("/order").iter().sum::<usize>() == 1).await;
+    let doomed = seen("/order").iter().position(|n| *n == 1).unwrap();
+    let other = 1 - doomed;
+    let get_other = send("GET", "/look");
+    arrived("the first GET", || seen("/look")[other] == 1).await;
+    let get = send("GET", "/again");
+    arrived("the second GET", || seen("/again")[doomed] == 1).await;
+
+    // Both at the doomed endpoint's application, answers pending: its proxy dies.
+    proxies[doomed].take().unwrap().signal("KILL").unwrap();
+    let (post, get, get_other) = (
+        post.await.unwrap(),
+        get.await.unwrap(),
+        get_other.await.unwrap(),
+    );
+    assert_eq!(get_other, StatusCode::OK);
+    assert_eq!(
+        get,
+        StatusCode::OK,
+        "the GET in flight went again to the other endpoint"
+    );
+    assert_eq!(
+        seen("/again")[other],
+        1,
+        "the other application had the GET once"
+    );
+    assert_eq!(
+        post,
+        StatusCode::BAD_GATEWAY,
+        "the POST in flight fails: it reached the application"
+    );
+    assert_eq!(
+        seen("/order"),
+        {
+            let mut once = vec![0, 0];
+            once[doomed] = 1;
+            once
+        },
+        "the POST was not sent again anywhere"
+    );
+    client.shutdown().await;
 }
