@@ -89,6 +89,12 @@ fn cli(dir: &Path, ip: std::net::IpAddr, args: &[&str], stdin: Option<&str>) -> 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `skein get workloads -o json`.
+fn workloads(dir: &Path, ip: std::net::IpAddr) -> serde_json::Value {
+    let out = cli(dir, ip, &["get", "workloads", "-o", "json"], None);
+    serde_json::from_str(&out).unwrap()
+}
+
 /// How a proxy of `service` reaches the control plane: a join token made with the CLI.
 fn control_config(
     dir: &Path,
@@ -219,13 +225,7 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let before = client.ctx.config_version.load(Ordering::SeqCst);
     loop {
-        let out = cli(
-            &dir.0,
-            control_ip,
-            &["get", "workloads", "-o", "json"],
-            None,
-        );
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let json = workloads(&dir.0, control_ip);
         let items = json["items"].as_array().cloned().unwrap_or_default();
         let acked: Vec<u64> = items
             .iter()
@@ -361,13 +361,7 @@ async fn a_proxy_whose_control_connection_goes_silent_reconnects() {
         if relay.accepted.load(Ordering::SeqCst) > silenced
             && proxy.ctx.metrics.control_connected.get() == 1
         {
-            let out = cli(
-                &dir.0,
-                control_ip,
-                &["get", "workloads", "-o", "json"],
-                None,
-            );
-            let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let json = workloads(&dir.0, control_ip);
             let version = proxy.ctx.config_version.load(Ordering::SeqCst);
             let acked = json["items"].as_array().is_some_and(|items| {
                 items.iter().any(|w| {

@@ -35,6 +35,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_skein");
 /// The application port of every workload (each on its own address).
 const PORT: u16 = 18090;
 
+/// A control plane with the embedded store on 127.0.0.`host`, holding `resources`; its
+/// data directory goes with the returned guard.
+async fn control_with(host: u8, resources: &str) -> (RunningControl, TempDir) {
+    let dir = TempDir::new(&format!("faults-{host}")).unwrap();
+    let control =
+        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(host), "test"))
+            .await
+            .unwrap();
+    control
+        .registry
+        .apply(parse_documents(resources, "test").unwrap())
+        .await
+        .unwrap();
+    (control, dir)
+}
+
 /// A join token for `service`, one use.
 async fn token(control: &RunningControl, service: &str) -> skein_identity::JoinToken {
     control
@@ -180,21 +196,12 @@ async fn load(
 #[tokio::test]
 async fn a_peer_proxy_killed_under_load_fails_no_idempotent_request() {
     skein_testkit::init_tracing();
-    let dir = TempDir::new("faults-kill").unwrap();
-    let control =
-        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(210), "test"))
-            .await
-            .unwrap();
     // Default balancing and outlier detection, as a user who set nothing has them.
     let service = format!(
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: menu}}\n\
          spec: {{selector: {{app: menu}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
     );
-    control
-        .registry
-        .apply(parse_documents(&service, "test").unwrap())
-        .await
-        .unwrap();
+    let (control, _dir) = control_with(210, &service).await;
     let (alive, _alive_proxy) = workload(&control, 211, "menu").await;
     let (doomed, doomed_proxy) = workload(&control, 212, "menu").await;
     let client = caller(&control, 213, "menu", 2).await;
@@ -249,20 +256,11 @@ async fn a_peer_proxy_killed_under_load_fails_no_idempotent_request() {
 #[tokio::test]
 async fn a_peer_proxy_restarted_under_load_fails_no_request() {
     skein_testkit::init_tracing();
-    let dir = TempDir::new("faults-restart").unwrap();
-    let control =
-        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(216), "test"))
-            .await
-            .unwrap();
     let service = format!(
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: soup}}\n\
          spec: {{selector: {{app: soup}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
     );
-    control
-        .registry
-        .apply(parse_documents(&service, "test").unwrap())
-        .await
-        .unwrap();
+    let (control, _dir) = control_with(216, &service).await;
     let (_steady, _steady_proxy) = workload(&control, 217, "soup").await;
     let (restarted, mut old_proxy) = workload(&control, 218, "soup").await;
     let client = caller(&control, 219, "soup", 2).await;
@@ -335,11 +333,6 @@ async fn proxy_for(
 #[tokio::test]
 async fn requests_in_flight_when_a_peer_proxy_dies_go_again_only_if_they_only_read() {
     skein_testkit::init_tracing();
-    let dir = TempDir::new("faults-inflight").unwrap();
-    let control =
-        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(214), "test"))
-            .await
-            .unwrap();
     // Round robin, so that the order requests start in says where each goes.
     let resources = format!(
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: bread}}\n\
@@ -347,11 +340,7 @@ async fn requests_in_flight_when_a_peer_proxy_dies_go_again_only_if_they_only_re
          ---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: bread}}\n\
          spec: {{targetRef: {{name: bread}}, loadBalancer: round-robin}}\n"
     );
-    control
-        .registry
-        .apply(parse_documents(&resources, "test").unwrap())
-        .await
-        .unwrap();
+    let (control, _dir) = control_with(214, &resources).await;
     let mut apps = Vec::new();
     let mut proxies = Vec::new();
     for host in [221, 223] {
