@@ -214,6 +214,10 @@ impl Service {
 pub struct Destinations {
     /// The calling workload's namespace: short names resolve here first.
     local_namespace: String,
+    /// The mesh DNS domain (`cluster.local` unless the configuration says otherwise):
+    /// `name.namespace.svc.<domain>` names a service, `name.namespace.<anything else>`
+    /// does not.
+    domain: String,
     /// Services by name, one per namespace that has the name.
     by_name: HashMap<String, Vec<Arc<Service>>>,
     by_ip: HashMap<IpAddr, Arc<Service>>,
@@ -231,6 +235,7 @@ impl Destinations {
     ) -> Self {
         let mut table = Destinations {
             local_namespace: local_namespace.to_string(),
+            domain: DEFAULT_DOMAIN.to_string(),
             ..Destinations::default()
         };
         for spec in specs {
@@ -251,10 +256,17 @@ impl Destinations {
         table
     }
 
-    /// Resolves an authority `service[.namespace[.svc…]][:port]`. A name without a
-    /// namespace means the caller's own namespace, like Kubernetes DNS; failing that, the
-    /// only service of that name. Without a port: port 80 if the service has it,
-    /// otherwise its only port.
+    /// The same table for a mesh whose DNS domain is `domain` (default `cluster.local`).
+    pub fn in_domain(mut self, domain: &str) -> Self {
+        self.domain = domain.to_ascii_lowercase();
+        self
+    }
+
+    /// Resolves an authority `service[.namespace[.svc[.<domain>]]][.][:port]`. A name
+    /// without a namespace means the caller's own namespace, like Kubernetes DNS; failing
+    /// that, the only service of that name. Without a port: port 80 if the service has
+    /// it, otherwise its only port. Any other name (`web.shop.example.com`) is not a
+    /// service, whatever its first two labels.
     pub fn resolve_authority(&self, authority: &str) -> Result<Target, ProxyError> {
         let (host, port) = split_authority(authority)?;
         let service = self
@@ -278,12 +290,12 @@ impl Destinations {
         }
     }
 
-    /// The service a host `name[.namespace[.svc…]]` names, looked up without allocating
-    /// (names are compared without regard to case).
+    /// The service a host in one of the [`mesh_name`] forms names, looked up without
+    /// allocating (names are compared without regard to case).
     fn lookup(&self, host: &str) -> Option<Arc<Service>> {
-        let mut labels = host.split('.');
-        let name = lower(labels.next().unwrap_or_default());
-        let namespace = labels.next().map(lower);
+        let (name, namespace) = mesh_name(host, &self.domain)?;
+        let name = lower(name);
+        let namespace = namespace.map(lower);
         let same = self.by_name.get(name.as_ref())?;
         let in_ns = |ns: &str| same.iter().find(|s| s.spec.namespace == ns).cloned();
         match namespace {
@@ -334,6 +346,35 @@ impl Destinations {
     }
 }
 
+/// The mesh DNS domain when the configuration names none.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+
+/// `(name, namespace)` of a host in a form that can name a mesh service, as Kubernetes
+/// DNS resolves them: `name`, `name.namespace`, `name.namespace.svc` and
+/// `name.namespace.svc.<domain>`, each also with a final `.`; labels compare without
+/// regard to case, and none may be empty. `None` for every other host (an external
+/// name such as `api.github.com` must not reach the mesh Service `api` of a namespace
+/// `github`).
+pub fn mesh_name<'h>(host: &'h str, domain: &str) -> Option<(&'h str, Option<&'h str>)> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let mut labels = host.splitn(4, '.');
+    let name = labels.next().filter(|l| !l.is_empty())?;
+    let Some(namespace) = labels.next() else {
+        return Some((name, None));
+    };
+    if namespace.is_empty() {
+        return None;
+    }
+    match (labels.next(), labels.next()) {
+        (None, _) => {}
+        (Some(svc), None) if svc.eq_ignore_ascii_case("svc") => {}
+        (Some(svc), Some(rest))
+            if svc.eq_ignore_ascii_case("svc") && rest.eq_ignore_ascii_case(domain) => {}
+        _ => return None,
+    }
+    Some((name, Some(namespace)))
+}
+
 /// `s` in lower case, copied only when it has an upper-case letter.
 fn lower(s: &str) -> std::borrow::Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -344,7 +385,7 @@ fn lower(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Splits `host[:port]`; IPv6 literals in brackets are accepted.
-fn split_authority(authority: &str) -> Result<(&str, Option<u16>), ProxyError> {
+pub fn split_authority(authority: &str) -> Result<(&str, Option<u16>), ProxyError> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
         Some((h, p)) => (h, Some(p)),
@@ -519,6 +560,45 @@ mod tests {
             d.resolve("api", 9),
             Err(ProxyError::UnknownPort { port: 9, .. })
         ));
+    }
+
+    #[test]
+    fn only_mesh_forms_of_a_name_resolve() {
+        let d = Destinations::new(&[dest("api", &[80], 1)], "default", None);
+        for yes in [
+            "api",
+            "api.",
+            "api.default",
+            "api.default.svc",
+            "API.Default.SVC.Cluster.Local",
+            "api.default.svc.cluster.local.:80",
+        ] {
+            assert!(d.resolve_authority(yes).is_ok(), "{yes}");
+        }
+        for no in [
+            "api.default.example.com",
+            "api.default.com",
+            "api.default.svc.example.com",
+            "api.default.svc.cluster.local.evil",
+            "api..svc",
+            ".api",
+            "api.default.svc..",
+        ] {
+            assert!(
+                matches!(d.resolve_authority(no), Err(ProxyError::UnknownService(_))),
+                "{no}"
+            );
+        }
+        let other =
+            Destinations::new(&[dest("api", &[80], 1)], "default", None).in_domain("Mesh.Example");
+        assert!(other
+            .resolve_authority("api.default.svc.mesh.example")
+            .is_ok());
+        assert!(other
+            .resolve_authority("api.default.svc.cluster.local")
+            .is_err());
+        assert_eq!(mesh_name("a.b.svc.x.y", "x.y"), Some(("a", Some("b"))));
+        assert_eq!(mesh_name("a..svc", "x"), None);
     }
 
     #[test]

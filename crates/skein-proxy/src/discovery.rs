@@ -139,15 +139,7 @@ impl Default for Discovery {
 /// Whether `name` (lowercase, without port or trailing dot) has a form a mesh Service
 /// answers to under `domain`: `svc`, `svc.ns`, `svc.ns.svc` or `svc.ns.svc.<domain>`.
 pub fn mesh_form(name: &str, domain: &str) -> bool {
-    let labels: Vec<&str> = name.split('.').collect();
-    if labels.iter().any(|l| l.is_empty()) {
-        return false;
-    }
-    match labels.len() {
-        1 | 2 => true,
-        3 => labels[2] == "svc",
-        _ => labels[2] == "svc" && labels[3..].join(".") == domain,
-    }
+    crate::destinations::mesh_name(name, domain).is_some()
 }
 
 impl Discovery {

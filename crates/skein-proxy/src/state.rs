@@ -36,6 +36,12 @@ impl State {
             &config.destinations,
             &config.workload.namespace,
             previous.map(|p| &p.destinations),
+        )
+        .in_domain(
+            config
+                .dns
+                .as_ref()
+                .map_or(crate::destinations::DEFAULT_DOMAIN, |d| d.domain.as_str()),
         );
         let service =
             crate::telemetry::Named::new(&config.workload.namespace, &config.workload.service);

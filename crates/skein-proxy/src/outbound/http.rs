@@ -83,8 +83,7 @@ fn discoverable<B>(state: &State, addressed: &Addressed, req: &Request<B>) -> bo
         .config
         .dns
         .as_ref()
-        .map_or("cluster.local", |d| d.domain.as_str())
-        .to_ascii_lowercase();
+        .map_or(crate::destinations::DEFAULT_DOMAIN, |d| d.domain.as_str());
     let host = match addressed {
         Addressed::Name { service, .. } => service.to_ascii_lowercase(),
         Addressed::Addr(_) => return false,
@@ -93,7 +92,7 @@ fn discoverable<B>(state: &State, addressed: &Addressed, req: &Request<B>) -> bo
             None => return false,
         },
     };
-    crate::discovery::mesh_form(&host, &domain)
+    crate::discovery::mesh_form(&host, domain)
 }
 
 /// The service a request that could not be planned addressed, when it is one this proxy
