@@ -23,7 +23,7 @@ mod channel;
 mod snapshot;
 
 pub use channel::{tls_channel, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
-pub use snapshot::{apply_delta, to_config};
+pub use snapshot::{apply_delta, next_config, to_config};
 
 use crate::identity::Identity;
 use crate::metrics::Direction;
@@ -574,13 +574,7 @@ async fn serve_session(
         let applied = local
             .map(|l| apply_identity(&identity, l))
             .transpose()
-            .and_then(|denied| {
-                let config = match &snapshot.delta {
-                    None => to_config(&ctx.config(), &snapshot)?,
-                    Some(delta) => apply_delta(&ctx.config(), held, delta)?,
-                };
-                Ok((config, denied))
-            });
+            .and_then(|denied| Ok((next_config(&ctx.config(), held, &snapshot)?, denied)));
         let error = match applied.map(|(config, denied)| (ctx.apply(config), denied)) {
             Ok((Ok(()), denied)) => {
                 if let Some(denied) = denied {

@@ -10,6 +10,21 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+/// The configuration a message on the `Sync` stream leaves this proxy with, given the
+/// configuration in force (`base`, of version `held`): a complete snapshot's
+/// ([`to_config`]) or a delta's ([`apply_delta`]). Not yet validated: applying it does
+/// that.
+pub fn next_config(
+    base: &ProxyConfig,
+    held: u64,
+    message: &Snapshot,
+) -> Result<ProxyConfig, String> {
+    match &message.delta {
+        None => to_config(base, message),
+        Some(delta) => apply_delta(base, held, delta),
+    }
+}
+
 /// Builds the configuration a snapshot describes: the proxy's own listeners and workload
 /// stay, destinations and application ports come from the snapshot. Pure, so it is
 /// unit-tested; validation happens when the result is applied.
