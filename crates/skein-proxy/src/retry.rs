@@ -93,6 +93,15 @@ pub fn unsent_by_peer(status: u16, reason: &str) -> bool {
     matches!((status, reason), (502, "connect") | (503, "shutting_down"))
 }
 
+/// Whether the peer proxy answered for itself that its application's connection broke
+/// before any answer (`502`, reason `upstream`: reset, closed, or an answer hyper could
+/// not read): the application may have had the request, so this is
+/// [`Outcome::Broken`], which only a request that may be sent twice goes again after.
+/// Believed on the same terms as [`unsent_by_peer`].
+pub fn broken_at_peer(status: u16, reason: &str) -> bool {
+    (status, reason) == (502, "upstream")
+}
+
 /// Whether a request whose body has this size hint (and end-of-stream flag) can be held
 /// whole before it is sent (for a mirror).
 pub fn replayable(end_of_stream: bool, exact_len: Option<u64>) -> bool {
@@ -213,6 +222,8 @@ mod tests {
         let r = &UNSENT_ONLY;
         assert!(should_retry(r, 1, Outcome::NotSent));
         assert!(should_retry(r, 1, Outcome::Broken));
+        assert!(broken_at_peer(502, "upstream") && !broken_at_peer(502, "connect"));
+        assert!(!broken_at_peer(503, "upstream") && !broken_at_peer(502, ""));
         assert!(!should_retry(r, 2, Outcome::NotSent), "one retry at most");
         for code in [500, 502, 503, 504] {
             assert!(!should_retry(r, 1, Outcome::Status(code)), "{code}");

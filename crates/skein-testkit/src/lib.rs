@@ -1,12 +1,14 @@
 //! Real backends for Skein's end-to-end tests: an HTTP/1.1 + HTTP/2 echo server with
 //! streaming, trailers, slow, status and WebSocket routes ([`HttpBackend`]), a gRPC Echo
 //! service ([`GrpcBackend`]), and raw TCP echo and banner servers ([`TcpEcho`],
-//! [`BannerServer`]). Each binds a real socket on the address a test gives it (tests use
+//! [`BannerServer`]), and applications that reset, hang or crash mid-response
+//! ([`faulty::FaultyApp`]). Each binds a real socket on the address a test gives it (tests use
 //! distinct `127.0.0.x` addresses) and stops everything it runs when its handle is dropped.
 
 pub mod client;
 pub mod control;
 pub mod etcd;
+pub mod faulty;
 pub mod grpc;
 pub mod http;
 pub mod mesh;

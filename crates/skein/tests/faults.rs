@@ -12,22 +12,35 @@
 //!   to the other endpoint and succeeds; a `POST` fails and is not sent again (it reached
 //!   the application, and may have taken effect).
 //!
-//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, ports fixed per test;
+//! - An application that resets every connection before answering: no reading request
+//!   fails (the peer proxy's `502` `upstream` counts as a broken try), and outlier
+//!   detection ejects it.
+//!
+//! - An application that accepts and never answers, under a route with a per-try timeout
+//!   and a retry on `504`: no request fails, and it is ejected.
+//!
+//! - An application that crashes part way through a response (a `Content-Length` or a
+//!   chunked body cut short): the caller, over HTTP/1.1 or HTTP/2, sees the body fail,
+//!   never a short body that reads as whole.
+//!
+//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, and 127.0.22.1–12,
+//! ports fixed per test;
 //! every process is killed and every directory removed by drop guards, also when a test
 //! fails.
 
 use http::{Request, StatusCode};
 use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::resource::parse_documents;
-use skein_model::{Protocol, ProxyConfig};
+use skein_model::{Protocol, ProxyConfig, Upstream};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::http::empty;
 use skein_proxy::metrics::sum_samples;
 use skein_proxy::RunningProxy;
 use skein_testkit::client::{body_bytes, h1};
 use skein_testkit::control::{free_port, ControlledProxy, TempDir};
+use skein_testkit::faulty::{Fault, FaultyApp};
 use skein_testkit::{loopback, HttpBackend, MeshSpec};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,14 +48,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_skein");
 /// The application port of every workload (each on its own address).
 const PORT: u16 = 18090;
 
+/// A mesh of one address: the caller's or a workload's proxy and its application.
+fn at(host: IpAddr) -> MeshSpec {
+    MeshSpec {
+        client_ip: host,
+        server_ip: host,
+        ..MeshSpec::new(1, 1)
+    }
+}
+
 /// A control plane with the embedded store on 127.0.0.`host`, holding `resources`; its
 /// data directory goes with the returned guard.
-async fn control_with(host: u8, resources: &str) -> (RunningControl, TempDir) {
+async fn control_with(host: IpAddr, resources: &str) -> (RunningControl, TempDir) {
     let dir = TempDir::new(&format!("faults-{host}")).unwrap();
-    let control =
-        RunningControl::start(ControlOptions::embedded(dir.path(), loopback(host), "test"))
-            .await
-            .unwrap();
+    let control = RunningControl::start(ControlOptions::embedded(dir.path(), host, "test"))
+        .await
+        .unwrap();
     control
         .registry
         .apply(parse_documents(resources, "test").unwrap())
@@ -65,10 +86,10 @@ async fn token(control: &RunningControl, service: &str) -> skein_identity::JoinT
 /// `control` as a workload of `service`.
 async fn workload(
     control: &RunningControl,
-    host: u8,
+    host: IpAddr,
     service: &str,
 ) -> (HttpBackend, ControlledProxy) {
-    let app = HttpBackend::start(SocketAddr::new(loopback(host), PORT))
+    let app = HttpBackend::start(SocketAddr::new(host, PORT))
         .await
         .unwrap();
     let proxy = proxy_for(control, host, service, app.addr()).await;
@@ -79,15 +100,25 @@ async fn workload(
 /// returned once it holds `endpoints` endpoints of `service`.
 async fn caller(
     control: &RunningControl,
-    host: u8,
+    host: IpAddr,
     service: &str,
     endpoints: usize,
 ) -> RunningProxy {
-    let mut config: ProxyConfig =
-        MeshSpec::new(host, host).client_config(SocketAddr::new(loopback(host), 4143));
+    caller_with(control, host, service, endpoints, Vec::new()).await
+}
+
+/// [`caller`], with local `upstreams` listeners too.
+async fn caller_with(
+    control: &RunningControl,
+    host: IpAddr,
+    service: &str,
+    endpoints: usize,
+    upstreams: Vec<Upstream>,
+) -> RunningProxy {
+    let mut config: ProxyConfig = at(host).client_config(SocketAddr::new(host, 4143));
     config.destinations.clear();
-    config.outbound.upstreams.clear();
-    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
+    config.outbound.upstreams = upstreams;
+    config.inbound.listen = SocketAddr::new(host, 4143);
     let control_config = ControlConfig {
         endpoint: control.grpc.to_string(),
         advertise: config.inbound.listen,
@@ -201,10 +232,10 @@ async fn a_peer_proxy_killed_under_load_fails_no_idempotent_request() {
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: menu}}\n\
          spec: {{selector: {{app: menu}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
     );
-    let (control, _dir) = control_with(210, &service).await;
-    let (alive, _alive_proxy) = workload(&control, 211, "menu").await;
-    let (doomed, doomed_proxy) = workload(&control, 212, "menu").await;
-    let client = caller(&control, 213, "menu", 2).await;
+    let (control, _dir) = control_with(loopback(210), &service).await;
+    let (alive, _alive_proxy) = workload(&control, loopback(211), "menu").await;
+    let (doomed, doomed_proxy) = workload(&control, loopback(212), "menu").await;
+    let client = caller(&control, loopback(213), "menu", 2).await;
     let via = client.addrs.http_proxy.unwrap();
 
     // 100 GETs a second from 4 callers: 1.5 s with both endpoints, then the doomed
@@ -260,10 +291,10 @@ async fn a_peer_proxy_restarted_under_load_fails_no_request() {
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: soup}}\n\
          spec: {{selector: {{app: soup}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
     );
-    let (control, _dir) = control_with(216, &service).await;
-    let (_steady, _steady_proxy) = workload(&control, 217, "soup").await;
-    let (restarted, mut old_proxy) = workload(&control, 218, "soup").await;
-    let client = caller(&control, 219, "soup", 2).await;
+    let (control, _dir) = control_with(loopback(216), &service).await;
+    let (_steady, _steady_proxy) = workload(&control, loopback(217), "soup").await;
+    let (restarted, mut old_proxy) = workload(&control, loopback(218), "soup").await;
+    let client = caller(&control, loopback(219), "soup", 2).await;
     let via = client.addrs.http_proxy.unwrap();
 
     // 100 GETs a second for 9 s; at 1.5 s the second endpoint's proxy is told to stop.
@@ -282,7 +313,7 @@ async fn a_peer_proxy_restarted_under_load_fails_no_request() {
     drop(old_proxy);
     let stopped = restarted.hits();
     // A new proxy on the same address, as a rolling restart brings up.
-    let _new_proxy = proxy_for(&control, 218, "soup", restarted.addr()).await;
+    let _new_proxy = proxy_for(&control, loopback(218), "soup", restarted.addr()).await;
     let tally = traffic.await.unwrap();
     eprintln!(
         "{} ok, {} failed; the restarted endpoint served {} after its new proxy started",
@@ -308,18 +339,18 @@ async fn a_peer_proxy_restarted_under_load_fails_no_request() {
 /// `control` as a workload of `service`.
 async fn proxy_for(
     control: &RunningControl,
-    host: u8,
+    host: IpAddr,
     service: &str,
     app: SocketAddr,
 ) -> ControlledProxy {
-    let mut config = MeshSpec::new(host, host)
+    let mut config = at(host)
         .service(service, app, Protocol::Http)
         .server_config();
     config.workload.labels.insert("app".into(), service.into());
-    config.workload.name = format!("{service}-{host}");
+    config.workload.name = format!("{service}-{}", host.to_string().replace(['.', ':'], "-"));
     config.workload.service = service.into();
-    config.inbound.listen = SocketAddr::new(loopback(host), 4143);
-    config.admin.listen = free_port(loopback(host)).unwrap();
+    config.inbound.listen = SocketAddr::new(host, 4143);
+    config.admin.listen = free_port(host).unwrap();
     ControlledProxy::start(
         Path::new(BIN),
         &config,
@@ -340,15 +371,15 @@ async fn requests_in_flight_when_a_peer_proxy_dies_go_again_only_if_they_only_re
          ---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: bread}}\n\
          spec: {{targetRef: {{name: bread}}, loadBalancer: round-robin}}\n"
     );
-    let (control, _dir) = control_with(214, &resources).await;
+    let (control, _dir) = control_with(loopback(214), &resources).await;
     let mut apps = Vec::new();
     let mut proxies = Vec::new();
     for host in [221, 223] {
-        let (app, proxy) = workload(&control, host, "bread").await;
+        let (app, proxy) = workload(&control, loopback(host), "bread").await;
         apps.push(app);
         proxies.push(Some(proxy));
     }
-    let client = caller(&control, 224, "bread", 2).await;
+    let client = caller(&control, loopback(224), "bread", 2).await;
     let via = client.addrs.http_proxy.unwrap();
     let seen = |path: &str| -> Vec<usize> {
         apps.iter()
@@ -427,5 +458,194 @@ async fn requests_in_flight_when_a_peer_proxy_dies_go_again_only_if_they_only_re
         },
         "the POST was not sent again anywhere"
     );
+    client.shutdown().await;
+}
+
+/// 127.0.22.`n`: the addresses of the application fault tests.
+fn ip22(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 22, n])
+}
+
+/// A control plane holding Service `name` (and `more` resources), one endpoint of it
+/// with a healthy application and one with `fault`'s, and the caller's proxy holding
+/// both; hosts 127.0.22.`first`…`first`+3.
+async fn one_good_one_faulty(
+    first: u8,
+    name: &str,
+    more: &str,
+    fault: Fault,
+) -> (
+    (RunningControl, TempDir),
+    (HttpBackend, ControlledProxy),
+    (FaultyApp, ControlledProxy),
+    RunningProxy,
+) {
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\n\
+         spec: {{selector: {{app: {name}}}, ports: [{{port: {PORT}, protocol: http}}]}}\n{more}"
+    );
+    let control = control_with(ip22(first), &resources).await;
+    let good = workload(&control.0, ip22(first + 1), name).await;
+    let app = FaultyApp::start(SocketAddr::new(ip22(first + 2), PORT), fault)
+        .await
+        .unwrap();
+    let proxy = proxy_for(&control.0, ip22(first + 2), name, app.addr()).await;
+    let client = caller(&control.0, ip22(first + 3), name, 2).await;
+    (control, good, (app, proxy), client)
+}
+
+#[tokio::test]
+async fn an_application_that_resets_connections_fails_no_reading_request() {
+    skein_testkit::init_tracing();
+    // Default balancing and outlier detection.
+    let (_control, (good, _p), (faulty, _fp), client) =
+        one_good_one_faulty(1, "stew", "", Fault::Reset).await;
+    let via = client.addrs.http_proxy.unwrap();
+    // 100 GETs a second for 4 s; every request that reaches the faulty application is
+    // met with a reset before any answer.
+    let tally = load(
+        via,
+        format!("http://stew:{PORT}/ladle"),
+        4,
+        Duration::from_millis(40),
+        Instant::now() + Duration::from_secs(4),
+    )
+    .await;
+    eprintln!(
+        "{} ok, {} failed; the resetting application read {} requests, the good one {}",
+        tally.ok,
+        tally.failed.len(),
+        faulty.requests(),
+        good.hits()
+    );
+    assert!(
+        faulty.requests() > 0,
+        "the faulty application was never met"
+    );
+    assert!(
+        tally.failed.is_empty(),
+        "requests failed (time since the load started, status, skein-error): {:#?}",
+        tally.failed
+    );
+    assert!(tally.ok >= 200, "the load ran: {}", tally.ok);
+    // Outlier detection took it out of rotation: it met a handful, not half the load.
+    assert!(
+        faulty.requests() <= 20,
+        "the resetting endpoint was not ejected: it read {} requests",
+        faulty.requests()
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_application_that_never_answers_is_cut_off_by_timeouts_and_ejected() {
+    skein_testkit::init_tracing();
+    // A route that gives each try 300 ms and tries again on a timeout.
+    let route = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: pie}}\n\
+         spec:\n  parentRefs: [{{name: pie, port: {PORT}}}]\n  rules:\n\
+         \x20 - backendRefs: [{{name: pie, port: {PORT}}}]\n\
+         \x20   timeouts: {{request: 3s, backendRequest: 300ms}}\n\
+         \x20   retry: {{attempts: 1, codes: [504], backoff: 1ms}}\n"
+    );
+    let (_control, (good, _p), (faulty, _fp), client) =
+        one_good_one_faulty(5, "pie", &route, Fault::Hang).await;
+    let via = client.addrs.http_proxy.unwrap();
+    let tally = load(
+        via,
+        format!("http://pie:{PORT}/crust"),
+        4,
+        Duration::from_millis(40),
+        Instant::now() + Duration::from_secs(4),
+    )
+    .await;
+    eprintln!(
+        "{} ok, {} failed; the hung application read {} requests, the good one {}",
+        tally.ok,
+        tally.failed.len(),
+        faulty.requests(),
+        good.hits()
+    );
+    assert!(faulty.requests() > 0, "the hung application was never met");
+    assert!(
+        tally.failed.is_empty(),
+        "requests failed (time since the load started, status, skein-error): {:#?}",
+        tally.failed
+    );
+    assert!(tally.ok >= 200, "the load ran: {}", tally.ok);
+    assert!(
+        faulty.requests() <= 20,
+        "the hung endpoint was not ejected: it read {} requests",
+        faulty.requests()
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_cut_by_an_application_crash_reaches_the_caller_as_a_failure() {
+    skein_testkit::init_tracing();
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: tart}}\n\
+         spec: {{selector: {{app: tart}}, ports: [{{port: {PORT}, protocol: http}}]}}\n---\n\
+         apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: flan}}\n\
+         spec: {{selector: {{app: flan}}, ports: [{{port: {PORT}, protocol: http}}]}}\n"
+    );
+    let (control, _dir) = control_with(ip22(9), &resources).await;
+    let mut held = Vec::new();
+    for (host, name, fault) in [
+        (10, "tart", Fault::CrashMidBody),
+        (11, "flan", Fault::CrashMidChunks),
+    ] {
+        let app = FaultyApp::start(SocketAddr::new(ip22(host), PORT), fault)
+            .await
+            .unwrap();
+        let proxy = proxy_for(&control, ip22(host), name, app.addr()).await;
+        held.push((app, proxy));
+    }
+    // The application's local listeners for each Service (protocol detected, so it may
+    // speak HTTP/1.1 or HTTP/2 to them).
+    let listeners: Vec<(&str, SocketAddr)> = vec![
+        ("tart", SocketAddr::new(ip22(12), 19_001)),
+        ("flan", SocketAddr::new(ip22(12), 19_002)),
+    ];
+    let upstreams = listeners
+        .iter()
+        .map(|(name, listen)| Upstream {
+            listen: *listen,
+            service: name.to_string(),
+            port: PORT,
+        })
+        .collect();
+    let client = caller_with(&control, ip22(12), "tart", 1, upstreams).await;
+    client.discover(&["flan"]).await.unwrap();
+    // A body cut short must never read as a whole one (a clean end of a chunked body,
+    // an END_STREAM), over HTTP/1.1 or HTTP/2.
+    for (name, listen) in listeners {
+        for h2 in [false, true] {
+            let req = || Request::get("/slice").body(empty()).unwrap();
+            let resp = if h2 {
+                let mut s = skein_testkit::client::h2(listen).await.unwrap();
+                s.send_request(req()).await
+            } else {
+                let mut s = h1(listen).await.unwrap();
+                s.send_request(req()).await
+            };
+            let what = format!("{name} over {}", if h2 { "HTTP/2" } else { "HTTP/1.1" });
+            match resp {
+                // The head came through; the body must fail.
+                Ok(resp) => {
+                    assert_eq!(resp.status(), StatusCode::OK, "{what}");
+                    let body = body_bytes(resp).await;
+                    assert!(
+                        body.is_err(),
+                        "{what}: a cut body read as whole: {:?}",
+                        body.map(|b| b.len())
+                    );
+                }
+                Err(e) => panic!("{what}: the head was lost ({e}); the application sent it"),
+            }
+        }
+    }
+    drop(control);
     client.shutdown().await;
 }

@@ -434,6 +434,14 @@ async fn tries<'r>(
                 {
                     Outcome::NotSent
                 }
+                // The peer's application broke the connection before answering.
+                Ok(Ok(_))
+                    if repeatable
+                        && picked.upstream.identity.is_some()
+                        && retry::broken_at_peer(status, error) =>
+                {
+                    Outcome::Broken
+                }
                 Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
                 Err(_) => Outcome::TryTimedOut,
                 Ok(Err(e)) if unsent || e.retryable() => Outcome::NotSent,
