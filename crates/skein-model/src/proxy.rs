@@ -467,6 +467,21 @@ pub struct Limits {
     /// Longest request line in bytes; beyond it: 414. Default 8192.
     #[serde(default = "default_max_request_line")]
     pub max_request_line: usize,
+    /// Most connections the proxy holds open at once from its clients, on every listener
+    /// but the admin one together (the application's outbound connections and peers'
+    /// inbound ones); beyond it a new connection is accepted and closed at once. Default
+    /// 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most requests the proxy handles at once, both directions together, from arrival to
+    /// the response head; beyond it: 503 `overloaded`. Default 10000.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Most bytes of request bodies the proxy holds at once to send again (retries) or to
+    /// copy (mirrors); beyond it a request is sent without a held copy (no retry, no
+    /// mirror). Default 67108864 (64 MiB).
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
@@ -475,6 +490,9 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_request_line: default_max_request_line(),
+            max_connections: default_max_connections(),
+            max_requests: default_max_requests(),
+            max_buffered_bytes: default_max_buffered_bytes(),
         }
     }
 }
@@ -505,6 +523,15 @@ fn default_max_headers() -> usize {
 }
 fn default_max_request_line() -> usize {
     8 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_requests() -> usize {
+    10_000
+}
+fn default_max_buffered_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 impl ProxyConfig {
@@ -599,6 +626,16 @@ impl ProxyConfig {
                 v,
                 "64 up to limits.maxHeaderBytes",
             );
+        }
+        for (field, value, range) in [
+            ("maxConnections", l.max_connections, 16..=1_000_000),
+            ("maxRequests", l.max_requests, 16..=1_000_000),
+            ("maxBufferedBytes", l.max_buffered_bytes, 0..=(64 << 30)),
+        ] {
+            if !range.contains(&value) {
+                let expected = format!("{} to {}", range.start(), range.end());
+                bad(format!("{limits}.{field}"), value.to_string(), &expected);
+            }
         }
         if self.detect_timeout.is_zero() || self.detect_timeout > Duration::from_secs(10) {
             let v = crate::duration::format(self.detect_timeout);

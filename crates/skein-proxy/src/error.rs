@@ -190,6 +190,10 @@ pub enum ProxyError {
         /// Its value.
         value: u32,
     },
+    /// The proxy is at one of its own ceilings (`limits.maxRequests`): shed at once,
+    /// before anything was sent anywhere. The text says which and what to do.
+    #[error("{0}")]
+    ProxyOverloaded(String),
 }
 
 impl ProxyError {
@@ -230,7 +234,8 @@ impl ProxyError {
             ProxyError::NoEndpoints(_)
             | ProxyError::ShuttingDown
             | ProxyError::Undiscovered { .. }
-            | ProxyError::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
+            | ProxyError::Overloaded { .. }
+            | ProxyError::ProxyOverloaded(_) => S::SERVICE_UNAVAILABLE,
             ProxyError::NoAuthority | ProxyError::BadPeerRequest(_) => S::BAD_REQUEST,
             ProxyError::RequestBody(_) => S::BAD_REQUEST,
             ProxyError::PortNotServed(..)
@@ -287,6 +292,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::ProxyOverloaded(_) => "proxy_overloaded",
             ProxyError::Injected { .. } => "fault_injected",
         }
     }

@@ -35,6 +35,7 @@ pub mod io;
 pub mod limit;
 pub mod metrics;
 pub mod outbound;
+pub mod overload;
 pub mod request;
 pub mod retry;
 pub mod route;
@@ -66,6 +67,8 @@ pub struct Ctx {
     pub peers: Arc<H2Pool>,
     /// Mirrored requests in flight (`RequestMirror`), bounded.
     pub mirrors: limit::Limiter,
+    /// The proxy's own ceilings on connections, requests and held bodies (`limits`).
+    pub overload: Arc<overload::Overload>,
     /// HTTP/1 connections to the local application.
     pub app_h1: H1Pool,
     /// HTTP/2 connections to the local application.
@@ -104,6 +107,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Counts and (at most once per 10 s) logs work shed at the `resource` ceiling.
+    pub fn shed(&self, resource: overload::Resource, listener: &str) {
+        self.metrics.overload_shed(resource.label());
+        if self.overload.should_log(resource) {
+            tracing::warn!(listener, "{}", self.overload.why(resource));
+        }
+    }
+
     /// The state in force now. A request reads it once and keeps it to the end.
     pub fn state(&self) -> Arc<State> {
         self.state.load()
@@ -277,7 +288,9 @@ impl RunningProxy {
         let metrics = Arc::new(Metrics::new());
         let spans = Arc::new(spans::Spans::new(&config.workload, metrics.clone()));
         spans.configure(&config.telemetry.tracing);
+        let overload = Arc::new(overload::Overload::new(&config.limits));
         let ctx = Arc::new(Ctx {
+            overload,
             state: StateCell::new(State::new(config, None)),
             metrics,
             spans,

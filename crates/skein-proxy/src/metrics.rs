@@ -189,6 +189,8 @@ pub struct Metrics {
     limit_log: std::sync::Mutex<HashMap<(String, &'static str), std::time::Instant>>,
     /// Mirrored requests (`RequestMirror`), by result.
     pub mirrors: Family<ResultLabels, Counter>,
+    /// Work shed at one of the proxy's own ceilings, by resource.
+    pub overload_shed: Family<ResourceLabels, Counter>,
     /// Spans recorded, by where they go and what became of them.
     pub spans: Family<SpanLabels, Counter>,
     /// Endpoints ejected by outlier detection, by destination service and endpoint.
@@ -254,6 +256,13 @@ pub struct SecurityLabels {
     pub security: &'static str,
 }
 
+/// Labels for the proxy's own ceilings.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `connections`, `requests` or `buffers`.
+    pub resource: &'static str,
+}
+
 /// Labels for outcomes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -279,6 +288,7 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             mirrors: Family::default(),
+            overload_shed: Family::default(),
             spans: Family::default(),
             limit_refusals: Family::default(),
             limit_log: Default::default(),
@@ -386,6 +396,11 @@ impl Metrics {
             "route_mirrors",
             "Copies of requests sent by RequestMirror filters, by result (sent, failed, dropped, skipped_streamed_body)",
             m.mirrors.clone(),
+        );
+        registry.register(
+            "overload_shed",
+            "Work shed at the proxy's own ceilings, by resource: connections closed at limits.maxConnections, requests answered 503 at limits.maxRequests, request bodies not held (no retry, no mirror) at limits.maxBufferedBytes",
+            m.overload_shed.clone(),
         );
         registry.register(
             "outlier_ejections",
@@ -609,6 +624,13 @@ impl Metrics {
                 result,
             })
             .inc_by(n);
+    }
+
+    /// Counts work shed at the ceiling of `resource`.
+    pub fn overload_shed(&self, resource: &'static str) {
+        self.overload_shed
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
     }
 
     /// Counts one mirrored request by `result`.

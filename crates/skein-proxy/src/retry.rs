@@ -85,12 +85,15 @@ pub fn safe(method: &http::Method) -> bool {
 
 /// Whether the peer proxy answered for itself that the request reached no application:
 /// `502` because it could not connect to its application, or `503` because it is
-/// shutting down (the `skein-error` reason `reason`). Only proxies set `skein-error`:
+/// shutting down or at its own ceiling on requests (the `skein-error` reason `reason`). Only proxies set `skein-error`:
 /// the peer's inbound side strips it from what its application answers (upgrades
 /// included), so an application cannot make a request it handled look unsent; and the
 /// caller believes it only from a peer whose certificate proved it a mesh proxy.
 pub fn unsent_by_peer(status: u16, reason: &str) -> bool {
-    matches!((status, reason), (502, "connect") | (503, "shutting_down"))
+    matches!(
+        (status, reason),
+        (502, "connect") | (503, "shutting_down") | (503, "proxy_overloaded")
+    )
 }
 
 /// Whether the peer proxy answered for itself that its application's connection broke

@@ -6,6 +6,7 @@ mod mesh {
     pub mod bad_input;
     pub mod h2;
     pub mod http1;
+    pub mod overload;
     pub mod tcp;
     pub mod websocket;
 }

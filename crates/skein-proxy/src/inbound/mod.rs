@@ -118,8 +118,16 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
                 }
             },
         };
+        let Some(slot) = ctx.overload.connection() else {
+            ctx.shed(crate::overload::Resource::Connections, "inbound");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        ctx.drain.spawn(secure(ctx.clone(), stream, peer));
+        let serving = secure(ctx.clone(), stream, peer);
+        ctx.drain.spawn(async move {
+            serving.await;
+            drop(slot);
+        });
     }
 }
 
@@ -307,7 +315,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =
         (req.method() != Method::CONNECT).then(|| request::Unfinished::new(&ctx, &rec));
-    let result = route(&ctx, &state, req, peer, &mut rec).await;
+    let result = match ctx.overload.request() {
+        Some(_ticket) => route(&ctx, &state, req, peer, &mut rec).await,
+        None => Err(crate::outbound::shed_request(&ctx, "inbound")),
+    };
     if let Some(u) = unfinished {
         u.finished();
     }

@@ -68,7 +68,11 @@ async fn handle(
         }
         rec.trace = Some(t);
     }
-    let result = forward(ctx, &state, addressed, proto, req, &mut rec).await;
+    // At the proxy's ceiling on requests: shed before anything is sent.
+    let result = match ctx.overload.request() {
+        Some(_ticket) => forward(ctx, &state, addressed, proto, req, &mut rec).await,
+        None => Err(shed_request(ctx, "outbound")),
+    };
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {
         *resp.version_mut() = Version::HTTP_11;
@@ -115,6 +119,12 @@ fn host_of(authority: &str) -> String {
         _ => authority,
     };
     host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Counts and logs a request shed at `limits.maxRequests`; the error it is answered with.
+pub(crate) fn shed_request(ctx: &Ctx, listener: &str) -> ProxyError {
+    ctx.shed(crate::overload::Resource::Requests, listener);
+    ProxyError::ProxyOverloaded(ctx.overload.why(crate::overload::Resource::Requests))
 }
 
 /// refuse userinfo → plan → (tunnel | upgrade | streams to the peer, with the rule's
@@ -216,7 +226,8 @@ async fn forward(
         Full::Waiting(max) => backend.overloaded("connectionPool.maxPendingRequests", max),
     })?;
     let (req, body_failure) = to_peer_request(req, &backend, proto, rec)?;
-    let (mut requests, retry) = prepare(ctx, state, &backend, rule, req, started).await?;
+    // `_held`: the share of limits.maxBufferedBytes the held copy takes, until the tries end.
+    let (mut requests, retry, _held) = prepare(ctx, state, &backend, rule, req, started).await?;
     let (resp, picked, deadline) = tries(ctx, &backend, rule, retry, &mut requests, started, rec)
         .await
         .map_err(|e| match body_failure.get() {
@@ -252,7 +263,8 @@ async fn forward(
 /// streams), its head alone when it has no body, otherwise streamed once (and handed back
 /// by a try that never sent it); the mirror's copy is sent here. Returns the retry in
 /// force: the rule's, [`retry::UNSENT_ONLY`] when it sets none, or none when it sets
-/// `attempts: 0`.
+/// `attempts: 0`; and the share of `limits.maxBufferedBytes` a held body takes (at that
+/// ceiling the request is streamed once instead, without retry or mirror).
 async fn prepare<'r>(
     ctx: &Ctx,
     state: &State,
@@ -260,7 +272,14 @@ async fn prepare<'r>(
     rule: Option<&'r RuleRef>,
     req: Request<Body>,
     started: tokio::time::Instant,
-) -> Result<(Requests, Option<&'r RouteRetry>), ProxyError> {
+) -> Result<
+    (
+        Requests,
+        Option<&'r RouteRetry>,
+        Option<crate::overload::Slot>,
+    ),
+    ProxyError,
+> {
     let (retry, configured) = match rule.and_then(RuleRef::retry) {
         Some(r) if r.attempts == 0 => (None, false),
         Some(r) => (Some(r), true),
@@ -299,8 +318,26 @@ async fn prepare<'r>(
         } else {
             Requests::Once(Some(req))
         };
-        return Ok((requests, retry));
+        return Ok((requests, retry, None));
     }
+    // What is held counts against limits.maxBufferedBytes: a mirrored body (of known
+    // length, at most 64 KiB) whole, a tee up to what it may keep.
+    let exact = http_body::Body::size_hint(req.body()).exact();
+    let want = match exact {
+        Some(n) if !mirrors.is_empty() || n < retry::MAX_REPLAY_BYTES => n,
+        _ => retry::MAX_REPLAY_BYTES,
+    };
+    let Some(held) = ctx
+        .overload
+        .buffer(usize::try_from(want).unwrap_or(usize::MAX))
+    else {
+        // At the ceiling: streamed once, so no retry of this body and no mirror.
+        ctx.shed(crate::overload::Resource::Buffers, "outbound");
+        for _ in &mirrors {
+            ctx.metrics.mirror("dropped");
+        }
+        return Ok((Requests::Once(Some(req)), retry, None));
+    };
     let (parts, body) = req.into_parts();
     let mut requests = if !mirrors.is_empty() {
         let held = match try_deadline(rule, started, started) {
@@ -325,7 +362,7 @@ async fn prepare<'r>(
     for m in mirrors {
         super::mirror::send(ctx, state, backend, m, requests.next(), rule);
     }
-    Ok((requests, retry))
+    Ok((requests, retry, Some(held)))
 }
 
 /// The deadline a try runs under: when, the rule that set it, and which timeout it is.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+pub(crate) use self::http::shed_request;
 pub use self::mirror::MAX_IN_FLIGHT as MIRRORS_IN_FLIGHT;
 pub use self::plan::Addressed;
 
@@ -88,8 +89,17 @@ where
                 }
             },
         };
+        // At the proxy's connection ceiling: closed at once (dropped), counted, logged.
+        let Some(slot) = ctx.overload.connection() else {
+            ctx.shed(crate::overload::Resource::Connections, what);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        ctx.drain.spawn(serve(ctx.clone(), stream, peer));
+        let serving = serve(ctx.clone(), stream, peer);
+        ctx.drain.spawn(async move {
+            serving.await;
+            drop(slot);
+        });
     }
 }
 

@@ -1,0 +1,208 @@
+//! The proxy's own ceilings (`limits.maxConnections`, `maxRequests`, `maxBufferedBytes`):
+//! at each, new work is shed at once with a clear error, what the proxy holds is served
+//! on, and once work finishes new work is taken again. Addresses 127.0.22.20–25.
+
+use http::{Request, StatusCode};
+use skein_model::{DestinationRoute, Limits, Protocol};
+use skein_proxy::http::{empty, full};
+use skein_testkit::client::{body_bytes, h1, h2};
+use skein_testkit::mesh::{Mesh, MeshSpec, Side};
+use skein_testkit::HttpBackend;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 22, n])
+}
+
+/// A mesh with proxy A's `limits` and one service `web`, whose backend it returns;
+/// `routes` are attached to `web` in proxy A's configuration.
+async fn start(client: u8, server: u8, limits: Limits, routes: &str) -> (Mesh, HttpBackend) {
+    skein_testkit::init_tracing();
+    let backend = HttpBackend::start(SocketAddr::new(ip(server), 0))
+        .await
+        .unwrap();
+    let spec = MeshSpec {
+        client_ip: ip(client),
+        server_ip: ip(server),
+        ..MeshSpec::new(1, 1)
+    }
+    .service("web", backend.addr(), Protocol::Http);
+    let server_proxy = skein_proxy::RunningProxy::start(spec.server_config())
+        .await
+        .unwrap();
+    let mut config = spec.client_config(server_proxy.addrs.inbound);
+    config.limits = limits;
+    if !routes.is_empty() {
+        let routes: Vec<DestinationRoute> = serde_yaml_ng::from_str(routes).unwrap();
+        Arc::make_mut(&mut config.destinations[0]).routes = routes;
+    }
+    let client_proxy = skein_proxy::RunningProxy::start(config).await.unwrap();
+    let mesh = Mesh {
+        spec,
+        client: client_proxy,
+        server: server_proxy,
+    };
+    (mesh, backend)
+}
+
+/// Whether the proxy closes `conn` within 2 s.
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn at_its_connection_ceiling_the_proxy_closes_new_connections_and_serves_those_it_holds() {
+    let limits = Limits {
+        max_connections: 16,
+        ..Limits::default()
+    };
+    let (mesh, _backend) = start(20, 21, limits, "").await;
+    let web = mesh.upstream("web");
+    // One client in keep-alive use, then 15 idle connections: the ceiling is reached.
+    let mut client = h1(web).await.unwrap();
+    let get = |c: &mut hyper::client::conn::http1::SendRequest<_>| {
+        c.send_request(Request::get("/echo").body(empty()).unwrap())
+    };
+    assert_eq!(get(&mut client).await.unwrap().status(), StatusCode::OK);
+    let mut idle = Vec::new();
+    for _ in 0..15 {
+        idle.push(TcpStream::connect(web).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(web).await.unwrap();
+    assert!(
+        closed(&mut over).await,
+        "the 17th connection is closed at once"
+    );
+    // What it holds is served on.
+    for _ in 0..20 {
+        let resp = get(&mut client).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        body_bytes(resp).await.unwrap();
+    }
+    assert!(
+        mesh.metric(
+            Side::Client,
+            "skein_overload_shed_total",
+            &["resource=\"connections\""]
+        ) >= 1
+    );
+    // Connections that end free their slots: a new one is served.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = h1(web).await.unwrap();
+    assert_eq!(get(&mut again).await.unwrap().status(), StatusCode::OK);
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_its_request_ceiling_the_proxy_answers_503_naming_the_limit_and_finishes_the_rest() {
+    let limits = Limits {
+        max_requests: 16,
+        ..Limits::default()
+    };
+    let (mesh, _backend) = start(22, 23, limits, "").await;
+    let web = mesh.upstream("web");
+    // 16 requests held at the application for 1.5 s, on one HTTP/2 connection.
+    let conn = h2(web).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut c = conn.clone();
+        held.push(tokio::spawn(async move {
+            let resp = c
+                .send_request(Request::get("/echo?delay=1500ms").body(empty()).unwrap())
+                .await
+                .unwrap();
+            resp.status()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = conn.clone();
+    let resp = c
+        .send_request(Request::get("/echo").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["skein-error"], "proxy_overloaded");
+    let text = String::from_utf8(body_bytes(resp).await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("limits.maxRequests 16") && text.contains("16 requests in progress"),
+        "the answer says which ceiling and how full: {text}"
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap(), StatusCode::OK, "held requests finish");
+    }
+    let resp = c
+        .send_request(Request::get("/echo").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "taken again once they finished"
+    );
+    assert_eq!(
+        mesh.metric(
+            Side::Client,
+            "skein_overload_shed_total",
+            &["resource=\"requests\""]
+        ),
+        1
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_its_buffer_ceiling_the_proxy_streams_a_body_once_instead_of_holding_it() {
+    let routes = "
+- name: default/web
+  rules:
+  - backendRefs: [{name: web}]
+    retry: {attempts: 1, codes: [503]}
+";
+    // The first try of each POST is answered 503, the second succeeds.
+    let post = async |web: SocketAddr, id: &str| {
+        let mut c = h1(web).await.unwrap();
+        let req = Request::post(format!("/echo?responseCode=503&succeedAfter=1&uuid={id}"))
+            .body(full("a body to hold"))
+            .unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        let status = resp.status();
+        body_bytes(resp).await.unwrap();
+        status
+    };
+    // Room to hold it: the retry carries the POST to a 200.
+    let (mesh, backend) = start(24, 25, Limits::default(), routes).await;
+    assert_eq!(post(mesh.upstream("web"), "roomy").await, StatusCode::OK);
+    assert_eq!(backend.hits(), 2);
+    mesh.shutdown().await;
+    drop(backend);
+    // No room: sent once, streamed, so its 503 is the answer, and the shed is counted.
+    let none = Limits {
+        max_buffered_bytes: 0,
+        ..Limits::default()
+    };
+    let (mesh, backend) = start(24, 25, none, routes).await;
+    assert_eq!(
+        post(mesh.upstream("web"), "cramped").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(backend.hits(), 1, "not sent again");
+    assert_eq!(
+        mesh.metric(
+            Side::Client,
+            "skein_overload_shed_total",
+            &["resource=\"buffers\""]
+        ),
+        1
+    );
+    mesh.shutdown().await;
+}
