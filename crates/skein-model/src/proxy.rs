@@ -482,6 +482,15 @@ pub struct Limits {
     /// mirror). Default 67108864 (64 MiB).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
+    /// Longest an HTTP/1 client may take to send a request head, counted from when the
+    /// proxy waits for one (so an idle keep-alive connection is closed after it too).
+    /// Default `30s`.
+    #[serde(default = "default_header_timeout", with = "crate::duration")]
+    pub header_timeout: Duration,
+    /// Longest a peer may take to start and finish its TLS handshake on the inbound
+    /// listener. Default `10s`.
+    #[serde(default = "default_handshake_timeout", with = "crate::duration")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -493,6 +502,8 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_requests: default_max_requests(),
             max_buffered_bytes: default_max_buffered_bytes(),
+            header_timeout: default_header_timeout(),
+            handshake_timeout: default_handshake_timeout(),
         }
     }
 }
@@ -532,6 +543,12 @@ fn default_max_requests() -> usize {
 }
 fn default_max_buffered_bytes() -> usize {
     64 * 1024 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl ProxyConfig {
@@ -635,6 +652,15 @@ impl ProxyConfig {
             if !range.contains(&value) {
                 let expected = format!("{} to {}", range.start(), range.end());
                 bad(format!("{limits}.{field}"), value.to_string(), &expected);
+            }
+        }
+        for (field, value) in [
+            ("headerTimeout", l.header_timeout),
+            ("handshakeTimeout", l.handshake_timeout),
+        ] {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(300) {
+                let v = crate::duration::format(value);
+                bad(format!("{limits}.{field}"), v, "100ms to 300s");
             }
         }
         if self.detect_timeout.is_zero() || self.detect_timeout > Duration::from_secs(10) {

@@ -68,9 +68,6 @@ pub fn count_refusal(ctx: &Arc<crate::Ctx>, direction: Direction) -> OnRefuse {
     Box::new(move |r: Refusal| Some(crate::request::refused(&ctx, direction, &r)))
 }
 
-/// How long a client may take to send a request head before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves HTTP/1.1 (with upgrades) on `io` until the client closes or the drain ends it.
 /// Each byte read passes the framing guard first, with `limits`; `on_refuse` hears of a
 /// request it refuses.
@@ -92,7 +89,7 @@ pub async fn serve_http1<I: Io>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     let conn = builder

@@ -517,6 +517,29 @@ impl ControlledProxy {
     pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
         wait_child(&mut self.child, limit).await
     }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`: the peak since start or since
+/// [`reset_peak_rss`]).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets `VmHWM` of process `pid` to its current RSS (`/proc/PID/clear_refs`), so that
+/// the next peak read is the peak from now on.
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    Ok(())
 }
 
 impl Drop for ControlledProxy {

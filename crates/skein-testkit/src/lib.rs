@@ -10,6 +10,7 @@ pub mod control;
 pub mod etcd;
 pub mod faulty;
 pub mod grpc;
+pub mod h2raw;
 pub mod http;
 pub mod mesh;
 pub mod process;

@@ -90,9 +90,6 @@ impl Peer {
     }
 }
 
-/// Longest a peer may take to start and finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What a plaintext client of a strict proxy is told before the connection closes.
 const STRICT_REFUSAL: &str = "skein: this port accepts only mutual TLS from mesh proxies (Mesh spec.mtls is strict); call the service through your own skein proxy\n";
 
@@ -133,12 +130,14 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
 
 /// accept → TLS: decides how the connection proves its caller, then serves it.
 async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
+    // Longest a peer may take to start and finish its TLS handshake.
+    let handshake_timeout = ctx.config().limits.handshake_timeout;
     if !ctx.identity.required {
         return serve_peer(ctx, stream, peer, Caller::Unauthenticated, None).await;
     }
     // A TLS connection starts with a handshake record (content type 22).
     let mut first = [0u8; 1];
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    let tls = match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
         Ok(Ok(1)) => first[0] == 0x16,
         _ => return,
     };
@@ -146,7 +145,7 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     match (tls, identity) {
         (true, Some(identity)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let conn = tls.get_ref().1;
                     let caller = skein_identity::tls::peer_identity(conn);
@@ -189,10 +188,10 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
             // refusal as HTTP/2 responses, one per stream.
             let mut preface = [0u8; 3];
             let h2 = matches!(
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut preface)).await,
+                tokio::time::timeout(handshake_timeout, stream.peek(&mut preface)).await,
                 Ok(Ok(3))
             ) && &preface == b"PRI";
-            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let _ = tokio::time::timeout(handshake_timeout, async {
                 if h2 {
                     refuse_h2(stream).await;
                 } else {

@@ -68,9 +68,6 @@ fn learn(
     ))
 }
 
-/// How long a port declared `http` waits for the first bytes of a request.
-const HTTP_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Accepts until shutdown is signalled, handing each connection to `serve`.
 async fn accept_loop<F, Fut>(ctx: Arc<Ctx>, listener: TcpListener, what: &'static str, serve: F)
 where
@@ -191,10 +188,11 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
 /// `addressed` resolves to when each request arrives.
 async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addressed: Addressed) {
     // A declared protocol skips sniffing between HTTP and opaque TCP. `http` still tells
-    // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take.
+    // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take
+    // (`limits.headerTimeout`); a client silent that long is closed.
     let (timeout, declared) = match target.port.protocol {
         Protocol::Detect => (ctx.config().detect_timeout, None),
-        Protocol::Http => (HTTP_FIRST_BYTES_TIMEOUT, Some(Detected::Http1)),
+        Protocol::Http => (ctx.config().limits.header_timeout, Some(Detected::Http1)),
         Protocol::Http2 | Protocol::Grpc => (Duration::ZERO, Some(Detected::Http2)),
         Protocol::Tcp => (Duration::ZERO, Some(Detected::Opaque)),
     };
@@ -217,6 +215,12 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addresse
             ctx.metrics.detect_timeouts.get_or_create(&labels).inc();
         }
         match (declared, d.protocol) {
+            (Some(Detected::Http1), _) if d.timed_out && d.io.prefix().is_empty() => {
+                tracing::debug!(
+                    "closed a connection that sent nothing within limits.headerTimeout"
+                );
+                return;
+            }
             // On an `http` port, bytes that are not HTTP/2 go to the HTTP/1 parser, which
             // refuses them with 400 rather than forwarding them as opaque TCP.
             (Some(Detected::Http1), Detected::Opaque) => (Detected::Http1, d.io),
