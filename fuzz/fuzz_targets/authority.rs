@@ -30,6 +30,31 @@ fn table() -> &'static Destinations {
     })
 }
 
+/// The forms Kubernetes DNS gives a Service in domain `mesh.example`, written here apart
+/// from the proxy's parser: `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.mesh.example`,
+/// with one optional final dot; name and namespace DNS labels.
+fn kubernetes_form(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels: Vec<&str> = host.split('.').collect();
+    let is_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let rest = labels.get(2..).unwrap_or(&[]);
+    labels.iter().take(2).all(|l| is_label(l))
+        && match rest {
+            [] => true,
+            [svc] => svc.eq_ignore_ascii_case("svc"),
+            [svc, domain @ ..] => {
+                svc.eq_ignore_ascii_case("svc")
+                    && domain.join(".").eq_ignore_ascii_case("mesh.example")
+            }
+        }
+}
+
 fn same(a: &Target, b: &Target) -> bool {
     Arc::ptr_eq(&a.service, &b.service) && a.port.port == b.port.port
 }
@@ -44,8 +69,12 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(target) => {
             let (host, port) = split_authority(authority).expect("resolved, so it splits");
+            assert!(
+                kubernetes_form(host),
+                "{authority:?} resolved but is no mesh form"
+            );
             let (name, namespace) = mesh_name(host, "mesh.example")
-                .unwrap_or_else(|| panic!("{authority:?} resolved but is no mesh form"));
+                .unwrap_or_else(|| panic!("{authority:?} resolved but mesh_name refuses it"));
             let spec = &target.service.spec;
             assert!(spec.service.eq_ignore_ascii_case(name), "{authority:?}");
             if let Some(ns) = namespace {

@@ -351,18 +351,26 @@ pub const DEFAULT_DOMAIN: &str = "cluster.local";
 
 /// `(name, namespace)` of a host in a form that can name a mesh service, as Kubernetes
 /// DNS resolves them: `name`, `name.namespace`, `name.namespace.svc` and
-/// `name.namespace.svc.<domain>`, each also with a final `.`; labels compare without
-/// regard to case, and none may be empty. `None` for every other host (an external
-/// name such as `api.github.com` must not reach the mesh Service `api` of a namespace
-/// `github`).
+/// `name.namespace.svc.<domain>`, each also with one final `.`; labels compare without
+/// regard to case, and the name and namespace must be DNS labels (letters, digits, `-`).
+/// `None` for every other host: an external name such as `api.github.com` must not
+/// reach the mesh Service `api` of a namespace `github`, nor an IP literal be taken for
+/// a name. Like Kubernetes' search path, `name.namespace` does match a Service even
+/// where an external host has that name (`web.dev` with a namespace `dev`).
 pub fn mesh_name<'h>(host: &'h str, domain: &str) -> Option<(&'h str, Option<&'h str>)> {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
     let host = host.strip_suffix('.').unwrap_or(host);
     let mut labels = host.splitn(4, '.');
-    let name = labels.next().filter(|l| !l.is_empty())?;
+    let name = labels.next().filter(|l| label(l))?;
     let Some(namespace) = labels.next() else {
         return Some((name, None));
     };
-    if namespace.is_empty() {
+    if !label(namespace) {
         return None;
     }
     match (labels.next(), labels.next()) {
@@ -599,6 +607,9 @@ mod tests {
             .is_err());
         assert_eq!(mesh_name("a.b.svc.x.y", "x.y"), Some(("a", Some("b"))));
         assert_eq!(mesh_name("a..svc", "x"), None);
+        for not_a_name in ["[::1]", "10.0.0.1", "api..", "a_b", "-a", "a.b-", "web:80"] {
+            assert_eq!(mesh_name(not_a_name, "cluster.local"), None, "{not_a_name}");
+        }
     }
 
     #[test]

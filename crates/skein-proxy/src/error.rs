@@ -299,7 +299,7 @@ impl ProxyError {
 
     /// Every [`ProxyError::reason`], for reading a peer proxy's `skein-error` header
     /// without trusting its text as a label.
-    pub const REASONS: [&'static str; 21] = [
+    pub const REASONS: [&'static str; 23] = [
         "unknown_service",
         "unknown_port",
         "no_endpoints",
@@ -320,6 +320,8 @@ impl ProxyError {
         "timeout",
         "shutting_down",
         "overloaded",
+        "proxy_overloaded",
+        "undiscovered",
         "fault_injected",
     ];
 
@@ -403,6 +405,12 @@ impl ProxyError {
                 headers.insert(crate::http::headers::DENIED_BY, v);
             }
         }
+        if let ProxyError::ProxyOverloaded(_) = self {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
         if let ProxyError::Overloaded { policy, limit, .. } = self {
             headers.insert(
                 http::header::RETRY_AFTER,
@@ -418,6 +426,36 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reason missing from `REASONS` reads as `other` at the caller's proxy, so what
+    /// it means there (a shed request to send elsewhere) is lost. Read from this file's
+    /// own `reason` arms, since not every variant can be built here.
+    #[test]
+    fn every_reason_a_proxy_sends_is_one_a_proxy_reads() {
+        let source = include_str!("error.rs");
+        let start = source.find("pub fn reason(&self)").unwrap();
+        let end = start + source[start..].find("\n    }\n").unwrap();
+        let sent: Vec<&str> = source[start..end]
+            .split("=> \"")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        assert!(sent.len() >= 20, "{sent:?}");
+        for reason in &sent {
+            assert_eq!(ProxyError::reason_of(reason.as_bytes()), *reason);
+        }
+        assert_eq!(sent.len(), ProxyError::REASONS.len(), "{sent:?}");
+    }
+
+    #[test]
+    fn a_shed_request_asks_to_come_back_and_counts_as_unsent_at_the_callers_proxy() {
+        let e = ProxyError::ProxyOverloaded("skein: this proxy holds …".into());
+        let resp = e.to_response(None);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let reason = ProxyError::reason_of(resp.headers()["skein-error"].as_bytes());
+        assert!(crate::retry::unsent_by_peer(503, reason));
+    }
 
     #[test]
     fn an_overload_refusal_names_its_policy_and_limit_and_asks_to_come_back() {

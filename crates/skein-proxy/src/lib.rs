@@ -107,11 +107,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Counts and (at most once per 10 s) logs work shed at the `resource` ceiling.
-    pub fn shed(&self, resource: overload::Resource, listener: &str) {
-        self.metrics.overload_shed(resource.label());
+    /// Counts and (at most once per 10 s) logs work shed at the `resource` ceiling of
+    /// side `direction`.
+    pub fn shed(
+        &self,
+        resource: overload::Resource,
+        direction: metrics::Direction,
+        listener: &str,
+    ) {
+        self.metrics.overload_shed(resource.label(), direction);
         if self.overload.should_log(resource) {
-            tracing::warn!(listener, "{}", self.overload.why(resource));
+            tracing::warn!(listener, "{}", self.overload.why(resource, direction));
         }
     }
 

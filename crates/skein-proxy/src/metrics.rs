@@ -261,6 +261,8 @@ pub struct SecurityLabels {
 pub struct ResourceLabels {
     /// `connections`, `requests` or `buffers`.
     pub resource: &'static str,
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
 }
 
 /// Labels for outcomes.
@@ -627,9 +629,12 @@ impl Metrics {
     }
 
     /// Counts work shed at the ceiling of `resource`.
-    pub fn overload_shed(&self, resource: &'static str) {
+    pub fn overload_shed(&self, resource: &'static str, direction: Direction) {
         self.overload_shed
-            .get_or_create(&ResourceLabels { resource })
+            .get_or_create(&ResourceLabels {
+                resource,
+                direction,
+            })
             .inc();
     }
 

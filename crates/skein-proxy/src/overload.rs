@@ -1,8 +1,12 @@
 //! The proxy's own ceilings, so that no client, however hostile or however many, makes
 //! it hold more than it was told to: connections open from its clients
-//! (`limits.maxConnections`, every listener but the admin one together), requests being
-//! handled (`limits.maxRequests`, from arrival to the response head, both directions),
-//! and bytes of request bodies held to send again or to copy (`limits.maxBufferedBytes`).
+//! (`limits.maxConnections`, for each direction: the inbound listener's, and the outbound
+//! listeners' together), requests being handled (`limits.maxRequests`, from arrival to
+//! the response head, for each direction), and bytes of request bodies held to send
+//! again or to copy (`limits.maxBufferedBytes`). Per direction, so that callers from
+//! elsewhere cannot take what the application's own calls need, nor the reverse. A
+//! connection's slot lives as long as its bytes flow: an HTTP/1 upgrade or a `CONNECT`
+//! tunnel that outlives the connection's task keeps it ([`ConnectionSlot`]).
 //!
 //! At a ceiling the proxy sheds new work at once, and says so: a connection is accepted
 //! and closed (its client sees it close rather than wait in the kernel's backlog), a
@@ -11,9 +15,10 @@
 //! `skein_overload_shed_total{resource}` and logged at most once per 10 s per resource.
 //! What the proxy already holds is served on.
 //!
-//! A slot is taken with one atomic add and given back by dropping it; the counts are
-//! exact, so a ceiling of N admits exactly N.
+//! A slot is taken with one compare-and-swap and given back by dropping it; the counts
+//! are exact, so a ceiling of N admits exactly N.
 
+use crate::metrics::Direction;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,14 +72,14 @@ impl Gauge {
         }
     }
 
-    /// Takes `n` if that stays within the ceiling.
+    /// Takes `n` if that stays within the ceiling. A compare-and-swap, so that a refused
+    /// large share never makes a small one that fits look refused meanwhile.
     fn take(&self, n: usize) -> bool {
-        let before = self.used.fetch_add(n, Ordering::AcqRel);
-        if before.saturating_add(n) <= self.max {
-            return true;
-        }
-        self.used.fetch_sub(n, Ordering::AcqRel);
-        false
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|after| *after <= self.max)
+            })
+            .is_ok()
     }
 
     fn give(&self, n: usize) {
@@ -82,14 +87,29 @@ impl Gauge {
     }
 }
 
-/// The ceilings of one proxy.
+/// The ceilings of one proxy: connections and requests per direction (so that remote
+/// callers cannot take what the local application needs, nor the reverse), and one for
+/// held bodies (the outbound side holds them).
 #[derive(Debug)]
 pub struct Overload {
-    connections: Gauge,
-    requests: Gauge,
+    connections: [Gauge; 2],
+    requests: [Gauge; 2],
     buffers: Gauge,
     born: Instant,
 }
+
+/// The gauges' index of a direction.
+fn side(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+/// A connection's slot, shared with what outlives the connection's own task: an HTTP/1
+/// upgrade or a `CONNECT` tunnel holds it until its bytes stop flowing.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(pub Arc<Slot>);
 
 /// How often a shed resource is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -97,54 +117,59 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 impl Overload {
     /// Ceilings from the proxy's `limits`.
     pub fn new(limits: &skein_model::Limits) -> Self {
+        let both = |max| [Gauge::new(max), Gauge::new(max)];
         Overload {
-            connections: Gauge::new(limits.max_connections),
-            requests: Gauge::new(limits.max_requests),
+            connections: both(limits.max_connections),
+            requests: both(limits.max_requests),
             buffers: Gauge::new(limits.max_buffered_bytes),
             born: Instant::now(),
         }
     }
 
-    fn gauge(&self, r: Resource) -> &Gauge {
+    /// The gauge of `r` on side `d` (held bodies have one for both).
+    fn gauge(&self, r: Resource, d: Direction) -> &Gauge {
         match r {
-            Resource::Connections => &self.connections,
-            Resource::Requests => &self.requests,
+            Resource::Connections => &self.connections[side(d)],
+            Resource::Requests => &self.requests[side(d)],
             Resource::Buffers => &self.buffers,
         }
     }
 
-    /// A client connection's slot, or `None` at the ceiling (close the connection).
-    pub fn connection(self: &Arc<Self>) -> Option<Slot> {
-        self.slot(Resource::Connections, 1)
+    /// A client connection's slot on side `d`, or `None` at the ceiling (close the
+    /// connection).
+    pub fn connection(self: &Arc<Self>, d: Direction) -> Option<Slot> {
+        self.slot(Resource::Connections, d, 1)
     }
 
-    /// A request's ticket, or `None` at the ceiling (answer 503). Borrowed, so the
-    /// request path pays two atomic adds and nothing more.
-    pub fn request(&self) -> Option<Ticket<'_>> {
-        self.requests.take(1).then(|| Ticket(&self.requests))
+    /// A request's ticket on side `d`, or `None` at the ceiling (answer 503). Borrowed,
+    /// so the request path pays two atomic operations and nothing more.
+    pub fn request(&self, d: Direction) -> Option<Ticket<'_>> {
+        let gauge = &self.requests[side(d)];
+        gauge.take(1).then(|| Ticket(gauge))
     }
 
     /// `bytes` of body to hold, or `None` when they would pass the ceiling.
     pub fn buffer(self: &Arc<Self>, bytes: usize) -> Option<Slot> {
-        self.slot(Resource::Buffers, bytes)
+        self.slot(Resource::Buffers, Direction::Outbound, bytes)
     }
 
-    fn slot(self: &Arc<Self>, resource: Resource, n: usize) -> Option<Slot> {
-        self.gauge(resource).take(n).then(|| Slot {
+    fn slot(self: &Arc<Self>, resource: Resource, d: Direction, n: usize) -> Option<Slot> {
+        self.gauge(resource, d).take(n).then(|| Slot {
             overload: self.clone(),
             resource,
+            direction: d,
             n,
         })
     }
 
     /// In use now.
-    pub fn used(&self, r: Resource) -> usize {
-        self.gauge(r).used.load(Ordering::Acquire)
+    pub fn used(&self, r: Resource, d: Direction) -> usize {
+        self.gauge(r, d).used.load(Ordering::Acquire)
     }
 
     /// The ceiling.
     pub fn max(&self, r: Resource) -> usize {
-        self.gauge(r).max
+        self.gauge(r, Direction::Outbound).max
     }
 
     /// Whether a shed of `r` should be logged now (at most once per [`LOG_EVERY`]).
@@ -152,7 +177,7 @@ impl Overload {
         let now = u64::try_from(self.born.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let g = self.gauge(r);
+        let g = self.gauge(r, Direction::Outbound);
         let last = g.logged_ms.load(Ordering::Relaxed);
         let every = LOG_EVERY.as_millis() as u64;
         (last == 0 || now.saturating_sub(last) >= every)
@@ -162,15 +187,19 @@ impl Overload {
     }
 
     /// What a shed client is told, and the log says.
-    pub fn why(&self, r: Resource) -> String {
+    pub fn why(&self, r: Resource, d: Direction) -> String {
+        let side = match d {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        };
         let what = match r {
-            Resource::Connections => "connections open",
-            Resource::Requests => "requests in progress",
-            Resource::Buffers => "bytes of request bodies held for retries and mirrors",
+            Resource::Connections => format!("{side} connections open"),
+            Resource::Requests => format!("{side} requests in progress"),
+            Resource::Buffers => "bytes of request bodies held for retries and mirrors".into(),
         };
         format!(
             "skein: this proxy holds {} {what}, its ceiling ({} {}); it sheds new ones until some finish: retry shortly, or raise {}",
-            self.used(r),
+            self.used(r, d),
             r.setting(),
             self.max(r),
             r.setting()
@@ -193,12 +222,15 @@ impl Drop for Ticket<'_> {
 pub struct Slot {
     overload: Arc<Overload>,
     resource: Resource,
+    direction: Direction,
     n: usize,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.overload.gauge(self.resource).give(self.n);
+        self.overload
+            .gauge(self.resource, self.direction)
+            .give(self.n);
     }
 }
 
@@ -218,22 +250,32 @@ mod tests {
     #[test]
     fn a_ceiling_of_n_admits_exactly_n_and_a_slot_given_back_admits_one_more() {
         let o = overload(3, 2, 100);
-        let held: Vec<Slot> = (0..3).map(|_| o.connection().unwrap()).collect();
-        assert!(o.connection().is_none(), "the fourth is shed");
-        assert_eq!(o.used(Resource::Connections), 3, "a refusal takes nothing");
-        drop(held);
-        assert_eq!(o.used(Resource::Connections), 0);
-        let r1 = o.request().unwrap();
-        let _r2 = o.request().unwrap();
-        assert!(o.request().is_none());
-        assert!(o.request().is_none());
+        let out = Direction::Outbound;
+        let held: Vec<Slot> = (0..3).map(|_| o.connection(out).unwrap()).collect();
+        assert!(o.connection(out).is_none(), "the fourth is shed");
         assert_eq!(
-            o.used(Resource::Requests),
+            o.used(Resource::Connections, out),
+            3,
+            "a refusal takes nothing"
+        );
+        assert!(
+            o.connection(Direction::Inbound).is_some(),
+            "the other side has its own"
+        );
+        drop(held);
+        assert_eq!(o.used(Resource::Connections, out), 0);
+        let r1 = o.request(out).unwrap();
+        let _r2 = o.request(out).unwrap();
+        assert!(o.request(out).is_none());
+        assert!(o.request(out).is_none());
+        assert_eq!(
+            o.used(Resource::Requests, out),
             2,
             "a refusal gives nothing back"
         );
+        assert!(o.request(Direction::Inbound).is_some());
         drop(r1);
-        assert!(o.request().is_some());
+        assert!(o.request(out).is_some());
     }
 
     #[test]
@@ -242,20 +284,29 @@ mod tests {
         let a = o.buffer(60).unwrap();
         assert!(o.buffer(41).is_none(), "60 + 41 passes 100");
         let b = o.buffer(40).unwrap();
-        assert_eq!(o.used(Resource::Buffers), 100);
+        assert_eq!(o.used(Resource::Buffers, Direction::Outbound), 100);
         drop((a, b));
-        assert_eq!(o.used(Resource::Buffers), 0);
+        assert_eq!(o.used(Resource::Buffers, Direction::Inbound), 0);
         assert!(overload(16, 16, 0).buffer(1).is_none(), "0 holds nothing");
     }
 
     #[test]
-    fn the_answer_names_the_limit_and_what_to_do() {
+    fn a_share_too_big_never_blocks_one_that_fits() {
+        let o = overload(16, 16, 100);
+        let _held = o.buffer(90).unwrap();
+        assert!(o.buffer(64).is_none());
+        assert!(o.buffer(10).is_some(), "10 fits beside 90");
+    }
+
+    #[test]
+    fn the_answer_names_the_limit_the_side_and_what_to_do() {
         let o = overload(16, 16, 0);
-        let why = o.why(Resource::Requests);
+        let why = o.why(Resource::Requests, Direction::Inbound);
         assert!(
             why.contains("limits.maxRequests 16") && why.contains("raise"),
             "{why}"
         );
+        assert!(why.contains("0 inbound requests in progress"), "{why}");
     }
 
     #[test]
@@ -274,7 +325,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        if let Some(slot) = o.request() {
+                        if let Some(slot) = o.request(Direction::Outbound) {
                             let now = admitted.fetch_add(1, Ordering::SeqCst) + 1;
                             assert!(now <= 4, "{now} admitted at once");
                             admitted.fetch_sub(1, Ordering::SeqCst);
@@ -284,6 +335,6 @@ mod tests {
                 });
             }
         });
-        assert_eq!(o.used(Resource::Requests), 0);
+        assert_eq!(o.used(Resource::Requests, Direction::Outbound), 0);
     }
 }

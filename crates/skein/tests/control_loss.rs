@@ -1,6 +1,11 @@
 //! Losing the control plane: SIGKILL it under steady traffic; the proxies keep serving on
 //! their last good configuration with zero failed requests, and when it returns they
-//! reconnect and acknowledge the version it serves.
+//! reconnect and acknowledge the version it serves. An outage longer than the
+//! certificates live (8 s here): the connection the proxies hold carries on, a new one
+//! fails closed saying why, and both proxies renew by themselves when the control plane
+//! returns. A control connection gone silent is noticed and replaced.
+//!
+//! Addresses 127.0.0.160–166 and 127.0.22.50–52.
 
 use http::{Request, StatusCode};
 use skein_model::{Protocol, ProxyConfig};
@@ -125,14 +130,17 @@ impl Drop for TempDir {
     }
 }
 
-#[tokio::test]
-async fn proxies_serve_through_a_control_plane_outage_and_resync() {
-    skein_testkit::init_tracing();
-    let dir = TempDir(std::env::temp_dir().join(format!("skein-loss-{}", std::process::id())));
-    let control_ip = loopback(160);
-    let mut control = Control::start(&dir.0, control_ip);
-
-    let backend = HttpBackend::start(SocketAddr::new(loopback(161), 0))
+/// A backend and its proxy, a workload of Service `web` (applied here) on `server_ip`,
+/// and a caller's proxy on `client_ip` holding web's endpoint; both joined to the control
+/// plane at `control_ip` with tokens the CLI made. Returns the backend, the two proxies
+/// and web's port.
+async fn pair(
+    dir: &Path,
+    control_ip: std::net::IpAddr,
+    server_ip: std::net::IpAddr,
+    client_ip: std::net::IpAddr,
+) -> (HttpBackend, RunningProxy, RunningProxy, u16) {
+    let backend = HttpBackend::start(SocketAddr::new(server_ip, 0))
         .await
         .unwrap();
     let port = backend.addr().port();
@@ -140,19 +148,21 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
         "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}, ports: [{{port: {port}, protocol: http}}]}}\n"
     );
     assert!(
-        cli(&dir.0, control_ip, &["apply", "-f", "-"], Some(&service))
-            .contains("service/web created")
+        cli(dir, control_ip, &["apply", "-f", "-"], Some(&service)).contains("service/web created")
     );
-
-    // Server side: the backend's proxy registers as a workload of `web`.
-    let spec = MeshSpec::new(162, 161).service("web", backend.addr(), Protocol::Http);
+    let spec = MeshSpec {
+        client_ip,
+        server_ip,
+        ..MeshSpec::new(1, 1)
+    }
+    .service("web", backend.addr(), Protocol::Http);
     let mut server_cfg = spec.server_config();
     server_cfg.workload.name = "web-1".into();
     server_cfg.workload.service = "web".into();
-    server_cfg.inbound.listen = SocketAddr::new(loopback(161), 4143);
+    server_cfg.inbound.listen = SocketAddr::new(server_ip, 4143);
     let server = RunningProxy::start_with_control(
         server_cfg.clone(),
-        control_config(&dir.0, control_ip, server_cfg.inbound.listen, "web"),
+        control_config(dir, control_ip, server_cfg.inbound.listen, "web"),
     )
     .await
     .unwrap();
@@ -160,11 +170,11 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
     let mut client_cfg: ProxyConfig = spec.client_config(server_cfg.inbound.listen);
     client_cfg.destinations.clear();
     client_cfg.outbound.upstreams.clear();
-    client_cfg.inbound.listen = SocketAddr::new(loopback(162), 4143);
+    client_cfg.inbound.listen = SocketAddr::new(client_ip, 4143);
     let client = RunningProxy::start_with_control(
         client_cfg.clone(),
         control_config(
-            &dir.0,
+            dir,
             control_ip,
             client_cfg.inbound.listen,
             &client_cfg.workload.service,
@@ -187,13 +197,16 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (backend, server, client, port)
+}
 
-    // Steady traffic for the whole outage, counting every failure.
-    let proxy = client.addrs.http_proxy.unwrap();
-    let traffic = tokio::spawn(async move {
+/// GETs to `web` through the caller's HTTP proxy listener at `proxy`, one every 5 ms on
+/// one keep-alive connection until `end` (bounded in time, so in count): how many
+/// succeeded and how many failed.
+fn steady(proxy: SocketAddr, port: u16, end: Instant) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
         let mut sender = h1(proxy).await.unwrap();
         let (mut ok, mut failed) = (0u64, 0u64);
-        let end = Instant::now() + OUTAGE + Duration::from_secs(2);
         while Instant::now() < end {
             let req = Request::get(format!("http://web:{port}/steady"))
                 .body(empty())
@@ -208,7 +221,26 @@ async fn proxies_serve_through_a_control_plane_outage_and_resync() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         (ok, failed)
-    });
+    })
+}
+
+#[tokio::test]
+async fn proxies_serve_through_a_control_plane_outage_and_resync() {
+    skein_testkit::init_tracing();
+    let dir = TempDir(std::env::temp_dir().join(format!("skein-loss-{}", std::process::id())));
+    let control_ip = loopback(160);
+    let mut control = Control::start(&dir.0, control_ip);
+
+    let (_backend, server, client, port) =
+        pair(&dir.0, control_ip, loopback(161), loopback(162)).await;
+
+    // Steady traffic for the whole outage, counting every failure.
+    let proxy = client.addrs.http_proxy.unwrap();
+    let traffic = steady(
+        proxy,
+        port,
+        Instant::now() + OUTAGE + Duration::from_secs(2),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     control.kill();
     let (ok, failed) = traffic.await.unwrap();
@@ -383,4 +415,102 @@ async fn a_proxy_whose_control_connection_goes_silent_reconnects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.shutdown().await;
+}
+
+/// One GET to `web` on a new connection to the caller's proxy: status, `skein-error`
+/// and body.
+async fn get_once(proxy: SocketAddr, port: u16) -> (StatusCode, String, String) {
+    let mut sender = h1(proxy).await.unwrap();
+    let req = Request::get(format!("http://web:{port}/once"))
+        .body(empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let error = resp
+        .headers()
+        .get("skein-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = String::from_utf8_lossy(&body_bytes(resp).await.unwrap()).into_owned();
+    (status, error, body)
+}
+
+#[tokio::test]
+async fn certificates_that_expire_in_an_outage_fail_closed_for_new_connections_and_renew_after() {
+    skein_testkit::init_tracing();
+    let dir = TempDir(std::env::temp_dir().join(format!("skein-expiry-{}", std::process::id())));
+    let control_ip = std::net::IpAddr::from([127, 0, 22, 50]);
+    let mut control = Control::start(&dir.0, control_ip);
+    // Certificates live 8 s (renewed at 70 %); the outage outlasts them.
+    let mesh = "apiVersion: skein.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                spec: {workloadCertTTL: 8s}\n";
+    cli(&dir.0, control_ip, &["apply", "-f", "-"], Some(mesh));
+    let (_backend, server, client, port) = pair(
+        &dir.0,
+        control_ip,
+        std::net::IpAddr::from([127, 0, 22, 51]),
+        std::net::IpAddr::from([127, 0, 22, 52]),
+    )
+    .await;
+    let proxy = client.addrs.http_proxy.unwrap();
+    assert_eq!(get_once(proxy, port).await.0, StatusCode::OK);
+    let expiry = |p: &RunningProxy| p.ctx.metrics.cert_expiry_seconds.get();
+    assert!(
+        expiry(&client) <= 8 && expiry(&server) <= 8,
+        "short-lived certificates"
+    );
+
+    // The control plane goes for longer than the certificates live; traffic goes on over
+    // the connection the proxies hold.
+    let traffic = steady(proxy, port, Instant::now() + Duration::from_secs(12));
+    control.kill();
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("through the outage, on the open connection: {ok} ok, {failed} failed");
+    assert!(
+        expiry(&client) < 0 && expiry(&server) < 0,
+        "both certificates expired during the outage: {} s, {} s",
+        expiry(&client),
+        expiry(&server)
+    );
+    assert_eq!(
+        failed, 0,
+        "a connection verified before the expiry carries on"
+    );
+    assert!(ok > 100, "traffic flowed: {ok}");
+
+    // A new connection with expired certificates fails closed, saying why.
+    client.ctx.peers.clear();
+    let (status, error, body) = get_once(proxy, port).await;
+    eprintln!("a new connection after the expiry: {status} {error}: {body}");
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(error, "connect");
+    assert!(body.to_lowercase().contains("certificate"), "{body}");
+
+    // The control plane returns: both proxies renew with their expired certificates, by
+    // themselves, and new connections work again.
+    let _control = Control::start(&dir.0, control_ip);
+    let returned = Instant::now();
+    let deadline = returned + Duration::from_secs(40);
+    loop {
+        if expiry(&client) > 0 && expiry(&server) > 0 {
+            client.ctx.peers.clear();
+            if get_once(proxy, port).await.0 == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery: certificates expire in {} s and {} s",
+            expiry(&client),
+            expiry(&server)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "renewed and serving new connections {:?} after the control plane returned",
+        returned.elapsed()
+    );
+    client.shutdown().await;
+    server.shutdown().await;
 }

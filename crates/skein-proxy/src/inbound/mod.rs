@@ -115,8 +115,12 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
                 }
             },
         };
-        let Some(slot) = ctx.overload.connection() else {
-            ctx.shed(crate::overload::Resource::Connections, "inbound");
+        let Some(slot) = ctx.overload.connection(Direction::Inbound) else {
+            ctx.shed(
+                crate::overload::Resource::Connections,
+                Direction::Inbound,
+                "inbound",
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -130,14 +134,16 @@ pub async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
 
 /// accept → TLS: decides how the connection proves its caller, then serves it.
 async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
-    // Longest a peer may take to start and finish its TLS handshake.
+    // Longest a peer may take to start and finish its TLS handshake (or, in plaintext, to
+    // send the HTTP/2 preface): one deadline for every step.
     let handshake_timeout = ctx.config().limits.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
     if !ctx.identity.required {
-        return serve_peer(ctx, stream, peer, Caller::Unauthenticated, None).await;
+        return serve_plaintext(ctx, stream, peer, deadline).await;
     }
     // A TLS connection starts with a handshake record (content type 22).
     let mut first = [0u8; 1];
-    let tls = match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+    let tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) => first[0] == 0x16,
         _ => return,
     };
@@ -145,7 +151,7 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     match (tls, identity) {
         (true, Some(identity)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let conn = tls.get_ref().1;
                     let caller = skein_identity::tls::peer_identity(conn);
@@ -179,7 +185,7 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
         }
         (false, identity) if identity.as_ref().is_some_and(|i| i.is_permissive()) => {
             ctx.metrics.inbound_security("plaintext");
-            serve_peer(ctx, stream, peer, Caller::Unauthenticated, None).await
+            serve_plaintext(ctx, stream, peer, deadline).await
         }
         (false, _) => {
             ctx.metrics.inbound_security("refused_plaintext");
@@ -201,6 +207,26 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
                 }
             })
             .await;
+        }
+    }
+}
+
+/// Serves a plaintext peer once its HTTP/2 preface has arrived by `deadline`; closes one
+/// that has not (hyper's HTTP/2 keepalive starts only after the preface, so nothing else
+/// would end a connection that stalls before it).
+async fn serve_plaintext(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let max_line = ctx.config().limits.max_request_line;
+    match crate::detect::detect(stream, wait, max_line).await {
+        // Decided: the preface, or bytes that are not one (which hyper refuses).
+        Ok(d) if !d.timed_out => serve_peer(ctx, d.io, peer, Caller::Unauthenticated, None).await,
+        _ => {
+            tracing::debug!(%peer, "closed a plaintext connection whose HTTP/2 preface did not arrive within limits.handshakeTimeout")
         }
     }
 }
@@ -314,9 +340,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: &Peer) -> Response<
     // A tunnel's stream lives as long as its connection: its end is no cancellation.
     let unfinished =
         (req.method() != Method::CONNECT).then(|| request::Unfinished::new(&ctx, &rec));
-    let result = match ctx.overload.request() {
+    let result = match ctx.overload.request(Direction::Inbound) {
         Some(_ticket) => route(&ctx, &state, req, peer, &mut rec).await,
-        None => Err(crate::outbound::shed_request(&ctx, "inbound")),
+        None => Err(crate::outbound::shed_request(&ctx, Direction::Inbound)),
     };
     if let Some(u) = unfinished {
         u.finished();

@@ -15,6 +15,7 @@ use crate::http::replay::Tee;
 use crate::http::{boxed, empty, full, headers, Body, Deadline, Holding, Watched};
 use crate::limit::{Admitted, Full};
 use crate::metrics::{Direction, Proto};
+use crate::overload::ConnectionSlot;
 use crate::request::{self, Record};
 use crate::retry::{self, Outcome};
 use crate::server::Handler;
@@ -30,12 +31,30 @@ use skein_model::resource::{RouteRetry, TryDeadline};
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
+/// What every request on one application connection shares: what it addresses, and the
+/// connection's slot of `limits.maxConnections` (handed to an upgrade or tunnel, which
+/// can outlive the connection's task).
+struct Conn {
+    addressed: Addressed,
+    slot: ConnectionSlot,
+}
+
 /// The per-request handler for one application connection.
-pub fn handler(ctx: Arc<Ctx>, addressed: Addressed, proto: Proto) -> impl Handler {
-    let addressed = Arc::new(addressed);
-    hyper::service::service_fn(move |req| {
-        let (ctx, addressed) = (ctx.clone(), addressed.clone());
-        async move { Ok::<_, Infallible>(handle(&ctx, &addressed, proto, req).await) }
+pub fn handler(
+    ctx: Arc<Ctx>,
+    addressed: Addressed,
+    proto: Proto,
+    slot: ConnectionSlot,
+) -> impl Handler {
+    let conn = Arc::new(Conn { addressed, slot });
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let (ctx, conn) = (ctx.clone(), conn.clone());
+        if req.method() == Method::CONNECT
+            || (proto == Proto::Http1 && headers::wants_upgrade(req.headers()))
+        {
+            req.extensions_mut().insert(conn.slot.clone());
+        }
+        async move { Ok::<_, Infallible>(handle(&ctx, &conn.addressed, proto, req).await) }
     })
 }
 
@@ -69,9 +88,9 @@ async fn handle(
         rec.trace = Some(t);
     }
     // At the proxy's ceiling on requests: shed before anything is sent.
-    let result = match ctx.overload.request() {
+    let result = match ctx.overload.request(Direction::Outbound) {
         Some(_ticket) => forward(ctx, &state, addressed, proto, req, &mut rec).await,
-        None => Err(shed_request(ctx, "outbound")),
+        None => Err(shed_request(ctx, Direction::Outbound)),
     };
     let mut resp = request::finish(ctx, rec, result);
     if proto == Proto::Http1 {
@@ -112,19 +131,22 @@ fn addressed_service<B>(
         .map(|t| t.service.label.clone())
 }
 
-/// The host of an authority, lowercase, without port or trailing dot.
+/// The host of an authority, lowercase, without port or its one final dot (as
+/// `destinations::mesh_name` reads it).
 fn host_of(authority: &str) -> String {
     let host = match authority.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
-/// Counts and logs a request shed at `limits.maxRequests`; the error it is answered with.
-pub(crate) fn shed_request(ctx: &Ctx, listener: &str) -> ProxyError {
-    ctx.shed(crate::overload::Resource::Requests, listener);
-    ProxyError::ProxyOverloaded(ctx.overload.why(crate::overload::Resource::Requests))
+/// Counts and logs a request shed at `limits.maxRequests` on side `d`; the error it is
+/// answered with.
+pub(crate) fn shed_request(ctx: &Ctx, d: Direction) -> ProxyError {
+    let requests = crate::overload::Resource::Requests;
+    ctx.shed(requests, d, d.as_str());
+    ProxyError::ProxyOverloaded(ctx.overload.why(requests, d))
 }
 
 /// refuse userinfo → plan → (tunnel | upgrade | streams to the peer, with the rule's
@@ -332,7 +354,11 @@ async fn prepare<'r>(
         .buffer(usize::try_from(want).unwrap_or(usize::MAX))
     else {
         // At the ceiling: streamed once, so no retry of this body and no mirror.
-        ctx.shed(crate::overload::Resource::Buffers, "outbound");
+        ctx.shed(
+            crate::overload::Resource::Buffers,
+            Direction::Outbound,
+            "outbound",
+        );
         for _ in &mirrors {
             ctx.metrics.mirror("dropped");
         }
@@ -782,5 +808,8 @@ async fn upgrade(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(origin_form);
-    crate::http::upgrade::forward(sender, endpoint.addr, req, &ctx.drain, (held, picked)).await
+    // The connection's slot too: the upgraded bytes outlive its task.
+    let slot = req.extensions_mut().remove::<ConnectionSlot>();
+    crate::http::upgrade::forward(sender, endpoint.addr, req, &ctx.drain, (held, picked, slot))
+        .await
 }

@@ -23,9 +23,9 @@ use crate::error::ProxyError;
 use crate::http::guard::Refusal;
 use crate::io::Io;
 use crate::metrics::{Direction, Proto};
+use crate::overload::ConnectionSlot;
 use crate::Ctx;
 use skein_model::{Protocol, Upstream};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -71,11 +71,11 @@ fn learn(
 /// Accepts until shutdown is signalled, handing each connection to `serve`.
 async fn accept_loop<F, Fut>(ctx: Arc<Ctx>, listener: TcpListener, what: &'static str, serve: F)
 where
-    F: Fn(Arc<Ctx>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<Ctx>, TcpStream, ConnectionSlot) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _peer) = tokio::select! {
             _ = ctx.drain.signalled() => return,
             r = listener.accept() => match r {
                 Ok(accepted) => accepted,
@@ -87,22 +87,25 @@ where
             },
         };
         // At the proxy's connection ceiling: closed at once (dropped), counted, logged.
-        let Some(slot) = ctx.overload.connection() else {
-            ctx.shed(crate::overload::Resource::Connections, what);
+        // The slot goes with the connection's task, and with an upgrade or tunnel that
+        // outlives it.
+        let Some(slot) = ctx.overload.connection(Direction::Outbound) else {
+            ctx.shed(
+                crate::overload::Resource::Connections,
+                Direction::Outbound,
+                what,
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let serving = serve(ctx.clone(), stream, peer);
-        ctx.drain.spawn(async move {
-            serving.await;
-            drop(slot);
-        });
+        ctx.drain
+            .spawn(serve(ctx.clone(), stream, ConnectionSlot(Arc::new(slot))));
     }
 }
 
 /// Transparent listener: route by the original destination.
 pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
-    accept_loop(ctx, listener, "transparent", |ctx, stream, _peer| async move {
+    accept_loop(ctx, listener, "transparent", |ctx, stream, slot| async move {
         let Some(dst) = crate::transport::original_dst(&stream) else {
             tracing::warn!("connection reached the transparent listener without a redirect; closing (use the HTTP proxy or an upstream listener instead)");
             ctx.metrics.error(Direction::Outbound, "no_original_dst");
@@ -126,7 +129,7 @@ pub async fn accept_transparent(ctx: Arc<Ctx>, listener: TcpListener) {
             }
         }
         match target {
-            Some(target) => serve_target(ctx, stream, target, Addressed::Addr(dst)).await,
+            Some(target) => serve_target(ctx, stream, target, Addressed::Addr(dst), slot).await,
             None => tcp::passthrough(&ctx, stream, dst).await,
         }
     })
@@ -139,8 +142,8 @@ pub async fn accept_http_proxy(ctx: Arc<Ctx>, listener: TcpListener) {
         ctx,
         listener,
         "http-proxy",
-        |ctx, stream, _peer| async move {
-            serve_http(ctx, stream, Addressed::Authority, Proto::Http1).await
+        |ctx, stream, slot| async move {
+            serve_http(ctx, stream, Addressed::Authority, Proto::Http1, slot).await
         },
     )
     .await
@@ -149,7 +152,7 @@ pub async fn accept_http_proxy(ctx: Arc<Ctx>, listener: TcpListener) {
 /// Local upstream listener: everything goes to one service port.
 pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Upstream) {
     let upstream = Arc::new(upstream);
-    accept_loop(ctx, listener, "upstream", move |ctx, stream, _peer| {
+    accept_loop(ctx, listener, "upstream", move |ctx, stream, slot| {
         let upstream = upstream.clone();
         async move {
             let mut resolved = ctx
@@ -171,7 +174,7 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
                         service: upstream.service.as_str().into(),
                         port: upstream.port,
                     };
-                    serve_target(ctx, stream, target, addressed).await
+                    serve_target(ctx, stream, target, addressed, slot).await
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream listener has no destination");
@@ -186,14 +189,23 @@ pub async fn accept_upstream(ctx: Arc<Ctx>, listener: TcpListener, upstream: Ups
 /// Detects the protocol (unless declared) and serves the connection towards `target`:
 /// opaque TCP to it for the connection's life, HTTP request by request to what
 /// `addressed` resolves to when each request arrives.
-async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addressed: Addressed) {
+async fn serve_target(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    target: Target,
+    addressed: Addressed,
+    slot: ConnectionSlot,
+) {
     // A declared protocol skips sniffing between HTTP and opaque TCP. `http` still tells
     // HTTP/1 from HTTP/2 by the first bytes, waiting as long as a request head may take
-    // (`limits.headerTimeout`); a client silent that long is closed.
+    // (`limits.headerTimeout`); `http2` and `grpc` wait as long for the preface's first
+    // bytes. A client silent that long is closed (HTTP/2 keepalive pings begin only after
+    // the preface, so nothing else would end it).
+    let head_timeout = ctx.config().limits.header_timeout;
     let (timeout, declared) = match target.port.protocol {
         Protocol::Detect => (ctx.config().detect_timeout, None),
-        Protocol::Http => (ctx.config().limits.header_timeout, Some(Detected::Http1)),
-        Protocol::Http2 | Protocol::Grpc => (Duration::ZERO, Some(Detected::Http2)),
+        Protocol::Http => (head_timeout, Some(Detected::Http1)),
+        Protocol::Http2 | Protocol::Grpc => (head_timeout, Some(Detected::Http2)),
         Protocol::Tcp => (Duration::ZERO, Some(Detected::Opaque)),
     };
     let (protocol, io) = if timeout.is_zero() {
@@ -215,12 +227,15 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addresse
             ctx.metrics.detect_timeouts.get_or_create(&labels).inc();
         }
         match (declared, d.protocol) {
-            (Some(Detected::Http1), _) if d.timed_out && d.io.prefix().is_empty() => {
+            (Some(_), _) if d.timed_out && d.io.prefix().is_empty() => {
                 tracing::debug!(
                     "closed a connection that sent nothing within limits.headerTimeout"
                 );
                 return;
             }
+            // Declared HTTP/2: whatever the first bytes, hyper's HTTP/2 server reads them
+            // (and refuses what is not a preface).
+            (Some(Detected::Http2), _) => (Detected::Http2, d.io),
             // On an `http` port, bytes that are not HTTP/2 go to the HTTP/1 parser, which
             // refuses them with 400 rather than forwarding them as opaque TCP.
             (Some(Detected::Http1), Detected::Opaque) => (Detected::Http1, d.io),
@@ -228,8 +243,8 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addresse
         }
     };
     match protocol {
-        Detected::Http1 => serve_http(ctx, io, addressed, Proto::Http1).await,
-        Detected::Http2 => serve_http(ctx, io, addressed, Proto::Http2).await,
+        Detected::Http1 => serve_http(ctx, io, addressed, Proto::Http1, slot).await,
+        Detected::Http2 => serve_http(ctx, io, addressed, Proto::Http2, slot).await,
         Detected::Opaque => tcp::forward(&ctx, io, &target).await,
         Detected::RequestLineTooLong => {
             let refusal = Refusal::RequestLineTooLong(ctx.config().limits.max_request_line);
@@ -243,9 +258,15 @@ async fn serve_target(ctx: Arc<Ctx>, stream: TcpStream, target: Target, addresse
 
 /// Serves HTTP/1 (behind the framing guard, see `server::serve_http1`) or HTTP/2 from the
 /// application.
-async fn serve_http<I: Io>(ctx: Arc<Ctx>, io: I, addressed: Addressed, proto: Proto) {
+async fn serve_http<I: Io>(
+    ctx: Arc<Ctx>,
+    io: I,
+    addressed: Addressed,
+    proto: Proto,
+    slot: ConnectionSlot,
+) {
     let _open = ctx.metrics.open(Direction::Outbound, proto);
-    let handler = self::http::handler(ctx.clone(), addressed, proto);
+    let handler = self::http::handler(ctx.clone(), addressed, proto, slot);
     let limits = ctx.config().limits;
     if proto == Proto::Http2 {
         crate::server::serve_http2(io, handler, &limits, &ctx.drain).await;

@@ -143,11 +143,16 @@ pub async fn connect_method(
     target: &Target,
 ) -> Result<Response<Body>, ProxyError> {
     let (tunnel, held) = open(ctx, target).await?;
+    // The connection's slot of `limits.maxConnections` lives as long as the tunnel.
+    let mut req = req;
+    let slot = req
+        .extensions_mut()
+        .remove::<crate::overload::ConnectionSlot>();
     let client = hyper::upgrade::on(req);
     let metrics = ctx.metrics.clone();
     let edge = edge(ctx, target);
     ctx.drain.spawn(async move {
-        let _held = held;
+        let _held = (held, slot);
         let _open = metrics.open(Direction::Outbound, Proto::Tcp);
         let mut edge = edge.map(|key| metrics.telemetry.tcp_open(key));
         let Ok(client) = client.await else { return };

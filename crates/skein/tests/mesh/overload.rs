@@ -134,7 +134,7 @@ async fn at_its_request_ceiling_the_proxy_answers_503_naming_the_limit_and_finis
     assert_eq!(resp.headers()["skein-error"], "proxy_overloaded");
     let text = String::from_utf8(body_bytes(resp).await.unwrap().to_vec()).unwrap();
     assert!(
-        text.contains("limits.maxRequests 16") && text.contains("16 requests in progress"),
+        text.contains("limits.maxRequests 16") && text.contains("16 outbound requests in progress"),
         "the answer says which ceiling and how full: {text}"
     );
     for h in held {
