@@ -1,6 +1,7 @@
 //! The proxy's own ceilings (`limits.maxConnections`, `maxRequests`, `maxBufferedBytes`):
 //! at each, new work is shed at once with a clear error, what the proxy holds is served
-//! on, and once work finishes new work is taken again. Addresses 127.0.22.20–25.
+//! on, and once work finishes new work is taken again; a tunnel keeps its connection's
+//! share until it closes. Addresses 127.0.22.20–29.
 
 use http::{Request, StatusCode};
 use skein_model::{DestinationRoute, Limits, Protocol};
@@ -204,5 +205,59 @@ async fn at_its_buffer_ceiling_the_proxy_streams_a_body_once_instead_of_holding_
         ),
         1
     );
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_connections_share_of_the_ceiling_until_it_closes() {
+    use tokio::io::AsyncWriteExt;
+    let limits = Limits {
+        max_connections: 16,
+        ..Limits::default()
+    };
+    let (mesh, _backend) = start(28, 29, limits, "").await;
+    let (proxy, authority) = (mesh.http_proxy(), mesh.authority("web"));
+    // 16 CONNECT tunnels: once each is established its connection's task has handed the
+    // socket to the tunnel, which must keep the connection's share.
+    let mut tunnels = Vec::new();
+    for _ in 0..16 {
+        let mut conn = TcpStream::connect(proxy).await.unwrap();
+        conn.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        tunnels.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(proxy).await.unwrap();
+    assert!(
+        closed(&mut over).await,
+        "the 17th connection is closed: the tunnels hold 16"
+    );
+    // The tunnels carry bytes meanwhile.
+    let t = &mut tunnels[0];
+    t.write_all(b"GET /echo HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = t.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Closed tunnels give their shares back.
+    drop(tunnels);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = h1(mesh.upstream("web")).await.unwrap();
+    let resp = c
+        .send_request(Request::get("/echo").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     mesh.shutdown().await;
 }
