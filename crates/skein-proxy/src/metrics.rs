@@ -180,7 +180,7 @@ pub struct Metrics {
     pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
     /// Requests or connections the proxy itself refused or failed, by reason.
     pub errors: Family<ReasonLabels, Counter>,
-    /// Route retries, by result (`sent`, `budget_exhausted`, `body_too_large`,
+    /// Route retries, by result (`sent`, `budget_exhausted`, `body_too_large`, `buffers_shed`,
     /// `body_failed`).
     pub retries: Family<ResultLabels, Counter>,
     /// Requests and connections refused by a BackendPolicy limit, by what decided.
@@ -330,7 +330,7 @@ impl Metrics {
         );
         registry.register(
             "route_retries",
-            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted, body_too_large, body_failed)",
+            "Outbound requests tried again under an HTTPRoute retry, by result (sent, budget_exhausted, body_too_large, buffers_shed, body_failed)",
             m.retries.clone(),
         );
         registry.register("detect_timeouts", "Connections treated as opaque TCP because the client sent nothing within the detection timeout", m.detect_timeouts.clone());

@@ -338,7 +338,7 @@ async fn prepare<'r>(
         let requests = if bodiless {
             Requests::Held(req.into_parts().0, bytes::Bytes::new())
         } else {
-            Requests::Once(Some(req))
+            Requests::Once(Some(req), "body_too_large")
         };
         return Ok((requests, retry, None));
     }
@@ -362,7 +362,7 @@ async fn prepare<'r>(
         for _ in &mirrors {
             ctx.metrics.mirror("dropped");
         }
-        return Ok((Requests::Once(Some(req)), retry, None));
+        return Ok((Requests::Once(Some(req), "buffers_shed"), retry, None));
     };
     let (parts, body) = req.into_parts();
     let mut requests = if !mirrors.is_empty() {
@@ -648,10 +648,12 @@ fn learn(
     super::learn(ctx, backend, picked, outcome)
 }
 
-/// The request to send on each try: the client's, streamed once; a held copy; or a
+/// The request to send on each try: the client's, streamed once (with why it is not
+/// held: `body_too_large` for a rule without `retry`, `buffers_shed` at
+/// `limits.maxBufferedBytes`, as `skein_route_retries_total` reads); a held copy; or a
 /// replay of the client's body through a bounded tee.
 enum Requests {
-    Once(Option<Request<Body>>),
+    Once(Option<Request<Body>>, &'static str),
     Held(::http::request::Parts, bytes::Bytes),
     Tee(::http::request::Parts, Tee<Body>),
 }
@@ -660,7 +662,7 @@ impl Requests {
     fn next(&mut self) -> Request<Body> {
         let (parts, body) = match self {
             // Only one try is made without a held copy or a tee.
-            Requests::Once(req) => return req.take().unwrap_or_else(|| Request::new(empty())),
+            Requests::Once(req, _) => return req.take().unwrap_or_else(|| Request::new(empty())),
             Requests::Held(parts, body) => (parts, full(body.clone())),
             Requests::Tee(parts, tee) => (parts, boxed(tee.next_try())),
         };
@@ -674,7 +676,7 @@ impl Requests {
 
     /// A try handed back the request it never sent: the next try sends it.
     fn give_back(&mut self, req: Request<Body>) {
-        if let Requests::Once(slot) = self {
+        if let Requests::Once(slot, _) = self {
             *slot = Some(req);
         }
     }
@@ -683,8 +685,8 @@ impl Requests {
     /// (a request streamed once is retried only when a try handed it back unsent).
     fn why_not_again(&self) -> Option<&'static str> {
         match self {
-            Requests::Once(Some(_)) => None,
-            Requests::Once(None) => Some("body_too_large"),
+            Requests::Once(Some(_), _) => None,
+            Requests::Once(None, why) => Some(why),
             Requests::Held(..) => None,
             Requests::Tee(_, tee) => tee.why_not(),
         }
@@ -694,7 +696,7 @@ impl Requests {
     /// can still send the whole body.
     fn retire(&self) -> bool {
         match self {
-            Requests::Once(req) => req.is_some(),
+            Requests::Once(req, _) => req.is_some(),
             Requests::Held(..) => true,
             Requests::Tee(_, tee) => tee.retire(),
         }

@@ -205,6 +205,15 @@ async fn at_its_buffer_ceiling_the_proxy_streams_a_body_once_instead_of_holding_
         ),
         1
     );
+    assert_eq!(
+        mesh.metric(
+            Side::Client,
+            "skein_route_retries_total",
+            &["result=\"buffers_shed\""]
+        ),
+        1,
+        "the retry it would have had is counted as shed"
+    );
     mesh.shutdown().await;
 }
 
