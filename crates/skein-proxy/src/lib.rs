@@ -116,7 +116,7 @@ impl Ctx {
         listener: &str,
     ) {
         self.metrics.overload_shed(resource.label(), direction);
-        if self.overload.should_log(resource) {
+        if self.overload.should_log(resource, direction) {
             tracing::warn!(listener, "{}", self.overload.why(resource, direction));
         }
     }

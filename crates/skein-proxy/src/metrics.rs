@@ -401,7 +401,7 @@ impl Metrics {
         );
         registry.register(
             "overload_shed",
-            "Work shed at the proxy's own ceilings, by resource: connections closed at limits.maxConnections, requests answered 503 at limits.maxRequests, request bodies not held (no retry, no mirror) at limits.maxBufferedBytes",
+            "Work shed at the proxy's own ceilings, by resource and direction: connections closed at limits.maxConnections, requests answered 503 at limits.maxRequests, request bodies not held (no retry, no mirror) at limits.maxBufferedBytes",
             m.overload_shed.clone(),
         );
         registry.register(

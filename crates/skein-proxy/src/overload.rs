@@ -12,7 +12,7 @@
 //! and closed (its client sees it close rather than wait in the kernel's backlog), a
 //! request is answered `503` with `skein-error: overloaded` and the limit's name, a body
 //! is sent without a held copy (so no retry and no mirror for it). Each is counted in
-//! `skein_overload_shed_total{resource}` and logged at most once per 10 s per resource.
+//! `skein_overload_shed_total{resource, direction}` and logged at most once per 10 s per resource.
 //! What the proxy already holds is served on.
 //!
 //! A slot is taken with one compare-and-swap and given back by dropping it; the counts
@@ -172,12 +172,13 @@ impl Overload {
         self.gauge(r, Direction::Outbound).max
     }
 
-    /// Whether a shed of `r` should be logged now (at most once per [`LOG_EVERY`]).
-    pub fn should_log(&self, r: Resource) -> bool {
+    /// Whether a shed of `r` on side `d` should be logged now (at most once per
+    /// [`LOG_EVERY`] for each).
+    pub fn should_log(&self, r: Resource, d: Direction) -> bool {
         let now = u64::try_from(self.born.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let g = self.gauge(r, Direction::Outbound);
+        let g = self.gauge(r, d);
         let last = g.logged_ms.load(Ordering::Relaxed);
         let every = LOG_EVERY.as_millis() as u64;
         (last == 0 || now.saturating_sub(last) >= every)
@@ -312,9 +313,20 @@ mod tests {
     #[test]
     fn sheds_are_logged_once_per_interval() {
         let o = overload(16, 16, 0);
-        assert!(o.should_log(Resource::Connections));
-        assert!(!o.should_log(Resource::Connections), "not again at once");
-        assert!(o.should_log(Resource::Requests), "each resource on its own");
+        let out = Direction::Outbound;
+        assert!(o.should_log(Resource::Connections, out));
+        assert!(
+            !o.should_log(Resource::Connections, out),
+            "not again at once"
+        );
+        assert!(
+            o.should_log(Resource::Requests, out),
+            "each resource on its own"
+        );
+        assert!(
+            o.should_log(Resource::Connections, Direction::Inbound),
+            "each side on its own"
+        );
     }
 
     #[test]

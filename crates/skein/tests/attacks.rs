@@ -173,7 +173,7 @@ async fn stage(first: u8) -> Stage {
 /// connection, each timed.
 struct Watch {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>)>,
+    task: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>, usize)>,
 }
 
 impl Watch {
@@ -182,6 +182,7 @@ impl Watch {
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let (mut took, mut failed) = (Vec::new(), Vec::new());
+            let mut resent = 0;
             let mut sender = None;
             // Bounded: at most 60 s of requests.
             let until = Instant::now() + Duration::from_secs(60);
@@ -198,10 +199,16 @@ impl Watch {
                         continue;
                     }
                 };
-                // A keep-alive connection the proxy closed as idle just as the request
-                // went out (the client was slow to send it): sent again on a new
-                // connection, as HTTP clients do (hyper's pool, browsers).
-                if answer.as_ref().is_err_and(|e| e.is_canceled()) {
+                // A keep-alive connection the proxy closed as idle (`headerTimeout`) just
+                // as the request went out, the client having been slow to send it: sent
+                // again on a new connection, as HTTP clients do with a request on a
+                // reused connection that closed before any answer (hyper's pool,
+                // browsers).
+                if answer
+                    .as_ref()
+                    .is_err_and(|e| e.is_canceled() || e.is_incomplete_message())
+                {
+                    resent += 1;
                     sender = h1(upstream).await.ok();
                     if let Some(s) = sender.as_mut() {
                         answer = s.send_request(req()).await;
@@ -224,21 +231,22 @@ impl Watch {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (took, failed)
+            (took, failed, resent)
         });
         Watch { stop, task }
     }
 
-    /// Stops it: requests that succeeded, their p99, and the failures.
-    async fn finish(self) -> (usize, Duration, Vec<String>) {
+    /// Stops it: requests that succeeded, their p99, the failures, and how many were sent
+    /// again after the proxy closed their idle keep-alive connection.
+    async fn finish(self) -> (usize, Duration, Vec<String>, usize) {
         self.stop.store(true, Ordering::SeqCst);
-        let (mut took, failed) = self.task.await.unwrap();
+        let (mut took, failed, resent) = self.task.await.unwrap();
         took.sort();
         let p99 = took
             .get((took.len() * 99).div_ceil(100).saturating_sub(1))
             .copied()
             .unwrap_or_default();
-        (took.len(), p99, failed)
+        (took.len(), p99, failed, resent)
     }
 }
 
@@ -256,10 +264,10 @@ where
     let started = Instant::now();
     let cut = attack.await;
     let lasted = started.elapsed();
-    let (ok, p99, failed) = watch.finish().await;
+    let (ok, p99, failed, resent) = watch.finish().await;
     let peak = status_kib(pid, "VmHWM").unwrap();
     eprintln!(
-        "attack {name}: {lasted:.1?}; cut off: {cut}; proxy RSS {} → peak {} MiB (+{} KiB); well-behaved client: {ok} ok, {} failed, p99 {p99:.1?}",
+        "attack {name}: {lasted:.1?}; cut off: {cut}; proxy RSS {} → peak {} MiB (+{} KiB); well-behaved client: {ok} ok, {} failed, {resent} resent after an idle close, p99 {p99:.1?}",
         before / 1024,
         peak / 1024,
         peak.saturating_sub(before),

@@ -194,10 +194,13 @@ async fn secure(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
             // refusal as HTTP/2 responses, one per stream.
             let mut preface = [0u8; 3];
             let h2 = matches!(
-                tokio::time::timeout(handshake_timeout, stream.peek(&mut preface)).await,
+                tokio::time::timeout_at(deadline, stream.peek(&mut preface)).await,
                 Ok(Ok(3))
             ) && &preface == b"PRI";
-            let _ = tokio::time::timeout(handshake_timeout, async {
+            // The refusal has the rest of the handshake's time, and at least a second.
+            let answer_by =
+                deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(answer_by, async {
                 if h2 {
                     refuse_h2(stream).await;
                 } else {

@@ -110,8 +110,9 @@ fn discoverable<B>(state: &State, addressed: &Addressed, req: &Request<B>) -> bo
     let host = match addressed {
         Addressed::Name { service, .. } => service.to_ascii_lowercase(),
         Addressed::Addr(_) => return false,
+        // `mesh_name` takes the one final dot itself: `web..` is no name.
         Addressed::Authority => match plan::authority_of(req) {
-            Some(a) => host_of(&a),
+            Some(a) => host_part(&a).to_string(),
             None => return false,
         },
     };
@@ -131,13 +132,18 @@ fn addressed_service<B>(
         .map(|t| t.service.label.clone())
 }
 
-/// The host of an authority, lowercase, without port or its one final dot (as
-/// `destinations::mesh_name` reads it).
-fn host_of(authority: &str) -> String {
-    let host = match authority.rsplit_once(':') {
+/// The host of an authority, without its port.
+fn host_part(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
-    };
+    }
+}
+
+/// The host of an authority as the control plane is asked about it: lowercase, without
+/// port or its one final dot.
+fn host_of(authority: &str) -> String {
+    let host = host_part(authority);
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 

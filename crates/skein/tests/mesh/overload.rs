@@ -1,7 +1,8 @@
 //! The proxy's own ceilings (`limits.maxConnections`, `maxRequests`, `maxBufferedBytes`):
 //! at each, new work is shed at once with a clear error, what the proxy holds is served
 //! on, and once work finishes new work is taken again; a tunnel keeps its connection's
-//! share until it closes. Addresses 127.0.22.20–29.
+//! share until it closes; a silent client of a declared HTTP/2 port is closed. Addresses
+//! 127.0.22.20–31.
 
 use http::{Request, StatusCode};
 use skein_model::{DestinationRoute, Limits, Protocol};
@@ -251,6 +252,15 @@ async fn a_tunnel_keeps_its_connections_share_of_the_ceiling_until_it_closes() {
         closed(&mut over).await,
         "the 17th connection is closed: the tunnels hold 16"
     );
+    assert_eq!(
+        mesh.metric(
+            Side::Client,
+            "skein_overload_shed_total",
+            &["resource=\"connections\"", "direction=\"outbound\""]
+        ),
+        1,
+        "closed by the ceiling"
+    );
     // The tunnels carry bytes meanwhile.
     let t = &mut tunnels[0];
     t.write_all(b"GET /echo HTTP/1.1\r\nhost: web\r\n\r\n")
@@ -263,6 +273,34 @@ async fn a_tunnel_keeps_its_connections_share_of_the_ceiling_until_it_closes() {
     drop(tunnels);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut c = h1(mesh.upstream("web")).await.unwrap();
+    let resp = c
+        .send_request(Request::get("/echo").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_of_a_declared_http2_port_is_closed_at_the_header_timeout() {
+    skein_testkit::init_tracing();
+    let backend = HttpBackend::start(SocketAddr::new(ip(31), 0))
+        .await
+        .unwrap();
+    let mut spec = MeshSpec {
+        client_ip: ip(30),
+        server_ip: ip(31),
+        ..MeshSpec::new(1, 1)
+    }
+    .service("grpcish", backend.addr(), Protocol::Http2);
+    spec.limits.header_timeout = Duration::from_millis(500);
+    let mesh = spec.start().await.unwrap();
+    let listener = mesh.upstream("grpcish");
+    // Silent: closed (HTTP/2 keepalive would begin only after a preface).
+    let mut silent = TcpStream::connect(listener).await.unwrap();
+    assert!(closed(&mut silent).await, "a silent client is closed");
+    // A client that sends its preface at once is served.
+    let mut c = h2(listener).await.unwrap();
     let resp = c
         .send_request(Request::get("/echo").body(empty()).unwrap())
         .await
