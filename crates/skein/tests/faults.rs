@@ -500,25 +500,26 @@ async fn one_good_one_faulty(
     (control, good, (app, proxy), client)
 }
 
-#[tokio::test]
-async fn an_application_that_resets_connections_fails_no_reading_request() {
-    skein_testkit::init_tracing();
-    // Default balancing and outlier detection.
-    let (_control, (good, _p), (faulty, _fp), client) =
-        one_good_one_faulty(1, "stew", "", Fault::Reset).await;
-    let via = client.addrs.http_proxy.unwrap();
-    // 100 GETs a second for 4 s; every request that reaches the faulty application is
-    // met with a reset before any answer.
+/// 100 GETs a second for 4 s to Service `name` through the caller's HTTP proxy `via`,
+/// beside an endpoint whose application fails as `what` says: none may fail, the faulty
+/// application must have been met, and then ejected (a handful of requests, not half).
+async fn no_loss_beside(
+    via: SocketAddr,
+    name: &str,
+    good: &HttpBackend,
+    faulty: &FaultyApp,
+    what: &str,
+) {
     let tally = load(
         via,
-        format!("http://stew:{PORT}/ladle"),
+        format!("http://{name}:{PORT}/bowl"),
         4,
         Duration::from_millis(40),
         Instant::now() + Duration::from_secs(4),
     )
     .await;
     eprintln!(
-        "{} ok, {} failed; the resetting application read {} requests, the good one {}",
+        "{} ok, {} failed; the {what} application read {} requests, the good one {}",
         tally.ok,
         tally.failed.len(),
         faulty.requests(),
@@ -526,7 +527,7 @@ async fn an_application_that_resets_connections_fails_no_reading_request() {
     );
     assert!(
         faulty.requests() > 0,
-        "the faulty application was never met"
+        "the {what} application was never met"
     );
     assert!(
         tally.failed.is_empty(),
@@ -534,12 +535,29 @@ async fn an_application_that_resets_connections_fails_no_reading_request() {
         tally.failed
     );
     assert!(tally.ok >= 200, "the load ran: {}", tally.ok);
-    // Outlier detection took it out of rotation: it met a handful, not half the load.
     assert!(
         faulty.requests() <= 20,
-        "the resetting endpoint was not ejected: it read {} requests",
+        "the {what} endpoint was not ejected: it read {} requests",
         faulty.requests()
     );
+}
+
+#[tokio::test]
+async fn an_application_that_resets_connections_fails_no_reading_request() {
+    skein_testkit::init_tracing();
+    // Default balancing and outlier detection.
+    let (_control, (good, _p), (faulty, _fp), client) =
+        one_good_one_faulty(1, "stew", "", Fault::Reset).await;
+    // Every request that reaches the faulty application is met with a reset before any
+    // answer.
+    no_loss_beside(
+        client.addrs.http_proxy.unwrap(),
+        "stew",
+        &good,
+        &faulty,
+        "resetting",
+    )
+    .await;
     client.shutdown().await;
 }
 
@@ -556,34 +574,14 @@ async fn an_application_that_never_answers_is_cut_off_by_timeouts_and_ejected() 
     );
     let (_control, (good, _p), (faulty, _fp), client) =
         one_good_one_faulty(5, "pie", &route, Fault::Hang).await;
-    let via = client.addrs.http_proxy.unwrap();
-    let tally = load(
-        via,
-        format!("http://pie:{PORT}/crust"),
-        4,
-        Duration::from_millis(40),
-        Instant::now() + Duration::from_secs(4),
+    no_loss_beside(
+        client.addrs.http_proxy.unwrap(),
+        "pie",
+        &good,
+        &faulty,
+        "hung",
     )
     .await;
-    eprintln!(
-        "{} ok, {} failed; the hung application read {} requests, the good one {}",
-        tally.ok,
-        tally.failed.len(),
-        faulty.requests(),
-        good.hits()
-    );
-    assert!(faulty.requests() > 0, "the hung application was never met");
-    assert!(
-        tally.failed.is_empty(),
-        "requests failed (time since the load started, status, skein-error): {:#?}",
-        tally.failed
-    );
-    assert!(tally.ok >= 200, "the load ran: {}", tally.ok);
-    assert!(
-        faulty.requests() <= 20,
-        "the hung endpoint was not ejected: it read {} requests",
-        faulty.requests()
-    );
     client.shutdown().await;
 }
 
