@@ -336,7 +336,9 @@ impl ProxyControl for ProxyControlService {
                     }
                     // The revisions come from one store, so the largest is always newer.
                     let floor = current.revision.max(ca.revision).max(ca.denied_revision);
-                    if let Some((next, sent)) = push.next(&shared, last_local.clone(), floor) {
+                    if let Some((mut next, sent)) = push.next(&shared, last_local.clone(), floor) {
+                        // The proxy keeps this clock for checking certificates.
+                        next.sent_unix_ms = unix_ms_now();
                         connections.sent(session, next.version, sent);
                         if tx.send(Ok(next)).await.is_err() {
                             break;

@@ -1086,6 +1086,10 @@ impl Pki {
             trust_bundle: bundle,
             identity: identity.to_string(),
             ca_generation: authority.generation,
+            issued_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or_default(),
         })
     }
 

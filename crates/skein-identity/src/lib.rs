@@ -17,6 +17,7 @@
 //! the `ring` provider, so nothing needs cmake or nasm to build.
 
 mod ca;
+pub mod clock;
 mod error;
 mod fsutil;
 mod lineage;
@@ -26,6 +27,7 @@ mod token;
 mod workload;
 
 pub use ca::{CaPem, CertificateAuthority, IssuedCert, DEFAULT_WORKLOAD_TTL};
+pub use clock::MeshClock;
 pub use error::{IdentityError, Result};
 pub use lineage::{expiry_of, lineage_of, validate_lineage, DenyList, LINEAGE_PREFIX};
 pub use spiffe::SpiffeId;

@@ -149,7 +149,13 @@ impl WorkloadCert {
     /// `not_before` a minute for clock skew; counting from there would renew a short-lived
     /// certificate at once).
     pub fn renew_at(&self) -> SystemTime {
-        let start = self.not_before.max(self.received);
+        self.renew_after(self.received)
+    }
+
+    /// [`Self::renew_at`] for a chain that arrived at `received` by another clock than
+    /// the host's (a proxy's [`crate::MeshClock`]).
+    pub fn renew_after(&self, received: SystemTime) -> SystemTime {
+        let start = self.not_before.max(received);
         let life = self
             .not_after
             .duration_since(start)

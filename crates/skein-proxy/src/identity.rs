@@ -13,7 +13,7 @@ use crate::io::BoxedIo;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use skein_identity::tls::{self, CertResolver, TrustBundle};
-use skein_identity::{CertificateDer, SpiffeId, WorkloadCert};
+use skein_identity::{CertificateDer, MeshClock, SpiffeId, WorkloadCert};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +44,11 @@ pub struct CertStatus {
     /// The join lineage it records (`<token id>.<n>`), which revocation refers to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lineage: Option<String>,
+    /// How far this host's wall clock is ahead of the control plane's, in milliseconds
+    /// (negative: behind). Certificates are checked, and renewal timed, by the control
+    /// plane's clock; this says how wrong the host's is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_clock_offset_ms: Option<i64>,
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -89,17 +94,29 @@ impl Identity {
         roots: Vec<CertificateDer<'static>>,
         ca_generation: u64,
     ) -> Result<Arc<Identity>, skein_identity::IdentityError> {
+        Self::with_clock(cert, roots, ca_generation, Arc::new(MeshClock::new()))
+    }
+
+    /// An identity presenting `cert`, trusting `roots`, checking certificates (peers' and
+    /// its own) and timing renewal by `clock`, which keeps the control plane's time.
+    pub fn with_clock(
+        cert: &WorkloadCert,
+        roots: Vec<CertificateDer<'static>>,
+        ca_generation: u64,
+        clock: Arc<MeshClock>,
+    ) -> Result<Arc<Identity>, skein_identity::IdentityError> {
         let resolver = CertResolver::new(cert)?;
-        let bundle = TrustBundle::new(&roots)?;
+        let bundle = TrustBundle::with_clock(&roots, clock)?;
         let server = tls::server_config(resolver.clone(), bundle.clone())?;
-        let status = Self::describe(cert, ca_generation, roots.len(), false);
+        let renew_at = cert.renew_after(bundle.clock().now());
+        let status = Self::describe(cert, renew_at, ca_generation, roots.len(), false);
         Ok(Arc::new(Identity {
             resolver,
             bundle,
             roots: Mutex::new(roots),
             server,
             clients: Mutex::new(HashMap::new()),
-            status: RwLock::new((status, cert.renew_at(), cert.not_after())),
+            status: RwLock::new((status, renew_at, cert.not_after())),
             permissive: AtomicBool::new(false),
             renew_now: Notify::new(),
             changes: tokio::sync::watch::Sender::new(0),
@@ -109,6 +126,7 @@ impl Identity {
 
     fn describe(
         cert: &WorkloadCert,
+        renew_at: SystemTime,
         ca_generation: u64,
         roots: usize,
         permissive: bool,
@@ -118,7 +136,7 @@ impl Identity {
             serial: cert.serial().to_owned(),
             expires: rfc3339(cert.not_after()),
             not_after_unix: unix(cert.not_after()),
-            renew_at: rfc3339(cert.renew_at()),
+            renew_at: rfc3339(renew_at),
             ca_generation,
             trusted_roots: roots,
             mtls: if permissive { "permissive" } else { "strict" },
@@ -126,6 +144,7 @@ impl Identity {
                 .chain()
                 .first()
                 .and_then(|leaf| skein_identity::lineage_of(leaf)),
+            host_clock_offset_ms: None,
         }
     }
 
@@ -137,9 +156,10 @@ impl Identity {
     ) -> Result<(), skein_identity::IdentityError> {
         self.resolver.store(cert)?;
         let roots = self.roots.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let status = Self::describe(cert, ca_generation, roots, self.is_permissive());
+        let renew_at = cert.renew_after(self.clock().now());
+        let status = Self::describe(cert, renew_at, ca_generation, roots, self.is_permissive());
         *self.status.write().unwrap_or_else(|p| p.into_inner()) =
-            (status, cert.renew_at(), cert.not_after());
+            (status, renew_at, cert.not_after());
         self.changes.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -219,11 +239,14 @@ impl Identity {
 
     /// What is presented now.
     pub fn status(&self) -> CertStatus {
-        self.status
+        let mut status = self
+            .status
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .0
-            .clone()
+            .clone();
+        status.host_clock_offset_ms = self.clock().host_offset_ms();
+        status
     }
 
     /// When the current certificate should be renewed.
@@ -236,9 +259,16 @@ impl Identity {
         self.status.read().unwrap_or_else(|p| p.into_inner()).2
     }
 
-    /// Whether the current certificate is still valid.
+    /// Whether the current certificate is still valid (by [`Self::clock`]).
     pub fn is_valid(&self) -> bool {
-        SystemTime::now() < self.not_after()
+        self.clock().now() < self.not_after()
+    }
+
+    /// The clock certificates are checked against: the control plane's time, carried
+    /// forward by the host's boot-time clock, so that a jump of the host's wall clock
+    /// neither makes peers' certificates look expired nor stalls renewal.
+    pub fn clock(&self) -> &Arc<MeshClock> {
+        self.bundle.clock()
     }
 
     /// The CA generation of the current certificate.

@@ -443,6 +443,18 @@ impl ControlledProxy {
         control: SocketAddr,
         join_token: &JoinToken,
     ) -> anyhow::Result<ControlledProxy> {
+        Self::start_with_env(bin, config, control, join_token, &[]).await
+    }
+
+    /// [`Self::start`] with `env` added to the proxy's environment (e.g. `LD_PRELOAD` of a
+    /// fake clock).
+    pub async fn start_with_env(
+        bin: &Path,
+        config: &ProxyConfig,
+        control: SocketAddr,
+        join_token: &JoinToken,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlledProxy> {
         let dir = TempDir::new("proxy")?;
         let file = dir.join("proxy.yaml");
         std::fs::write(&file, config.to_yaml())?;
@@ -458,6 +470,7 @@ impl ControlledProxy {
                 std::env::var("SKEIN_LOG").unwrap_or("info".into()),
             )
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

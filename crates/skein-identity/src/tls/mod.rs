@@ -9,7 +9,8 @@
 //! Certificates and roots live in swappable holders, [`CertResolver`] and [`TrustBundle`].
 //! Configs read them at every handshake, so `store()` takes effect for new connections while
 //! established ones carry on untouched. The bundle also holds the [`DenyList`] of revoked
-//! join lineages: a peer whose certificate descends from one is refused at the handshake. Session resumption is off on both sides: a resumed
+//! join lineages: a peer whose certificate descends from one is refused at the handshake,
+//! and the [`MeshClock`] certificates are checked against. Session resumption is off on both sides: a resumed
 //! session would skip verification against the current bundle and identity.
 
 use std::fmt;
@@ -30,6 +31,9 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
+
+use crate::clock::MeshClock;
 use crate::{DenyList, IdentityError, Result, SpiffeId, WorkloadCert};
 
 /// The one application protocol spoken between proxies.
@@ -130,6 +134,8 @@ impl ResolvesClientCert for CertResolver {
 pub struct TrustBundle {
     current: RwLock<Arc<Roots>>,
     denied: RwLock<Arc<DenyList>>,
+    /// The time certificates are checked against (see [`crate::clock`]).
+    clock: Arc<MeshClock>,
 }
 
 struct Roots {
@@ -139,11 +145,27 @@ struct Roots {
 
 impl TrustBundle {
     /// A bundle of `roots` (DER). Refuses an empty bundle or a certificate that is no anchor.
+    /// Certificates are checked against the host's wall clock.
     pub fn new(roots: &[CertificateDer<'static>]) -> Result<Arc<Self>> {
+        Self::with_clock(roots, Arc::new(MeshClock::new()))
+    }
+
+    /// A bundle of `roots` whose certificates are checked against `clock` (a proxy's,
+    /// which keeps the control plane's time).
+    pub fn with_clock(
+        roots: &[CertificateDer<'static>],
+        clock: Arc<MeshClock>,
+    ) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(Roots::new(roots)?)),
             denied: RwLock::new(Arc::new(DenyList::default())),
+            clock,
         }))
+    }
+
+    /// The clock certificates are checked against.
+    pub fn clock(&self) -> &Arc<MeshClock> {
+        &self.clock
     }
 
     /// Refuses certificates of the lineages in `denied` from the next handshake on.
@@ -266,6 +288,7 @@ fn build_server_config(
     bundle: Arc<TrustBundle>,
     mandatory: bool,
 ) -> Result<Arc<ServerConfig>> {
+    let clock = bundle.clock.clone();
     let verifier = Arc::new(MeshClientVerifier {
         trust_domain: resolver.identity().trust_domain().to_owned(),
         bundle,
@@ -273,7 +296,7 @@ fn build_server_config(
         mandatory,
         accept_expired: !mandatory,
     });
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_details(provider(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(IdentityError::tls)?
         .with_client_cert_verifier(verifier)
@@ -293,12 +316,13 @@ pub fn client_config(
     bundle: Arc<TrustBundle>,
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>> {
+    let clock: Arc<dyn TimeProvider> = bundle.clock.clone();
     let verifier = Arc::new(MeshServerVerifier {
         anchors: Anchors::Bundle(bundle),
         expected,
         algs: provider().signature_verification_algorithms,
     });
-    build_client_config(verifier, Some(resolver))
+    build_client_config(verifier, Some(resolver), clock)
 }
 
 /// Config for a proxy's first contact with the control plane, before it has a certificate:
@@ -311,14 +335,16 @@ pub fn bootstrap_client_config(pin: &str, expected: SpiffeId) -> Result<Arc<Clie
         expected,
         algs: provider().signature_verification_algorithms,
     });
-    build_client_config(verifier, None)
+    // No mesh time yet: a proxy's first contact is checked by the host's clock.
+    build_client_config(verifier, None, Arc::new(DefaultTimeProvider))
 }
 
 fn build_client_config(
     verifier: Arc<MeshServerVerifier>,
     resolver: Option<Arc<CertResolver>>,
+    clock: Arc<dyn TimeProvider>,
 ) -> Result<Arc<ClientConfig>> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_details(provider(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(IdentityError::tls)?
         .dangerous()

@@ -33,8 +33,8 @@ use skein_api::v1::proxy_control_client::ProxyControlClient;
 use skein_api::v1::{
     self as pb, proxy_message, Ack, CertifyRequest, ProxyMessage, Register, Snapshot,
 };
-use skein_identity::SpiffeId;
 use skein_identity::{CertificateDer, DenyList, JoinToken, WorkloadCert, WorkloadKey};
+use skein_identity::{MeshClock, SpiffeId};
 use skein_model::ProxyConfig;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -48,6 +48,9 @@ use tokio::sync::mpsc;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Shortest time between two renewals, a floor under whatever the certificate's times
+/// say (a renewal loop would flood the control plane).
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
@@ -208,13 +211,24 @@ pub async fn certify(
     control: &ControlConfig,
     claimed: &SpiffeId,
 ) -> Result<Arc<Identity>, Failure> {
-    let (cert, roots, generation) = certify_with_token(control, claimed).await?;
-    Identity::new(&cert, roots, generation).map_err(|e| Failure::transient(e.to_string()))
+    let issued = certify_with_token(control, claimed).await?;
+    let clock = Arc::new(MeshClock::new());
+    clock.observe(issued.control_unix_ms);
+    Identity::with_clock(&issued.cert, issued.roots, issued.generation, clock)
+        .map_err(|e| Failure::transient(e.to_string()))
 }
 
-/// What `Certify` hands back: the certificate (with our key), the trust bundle and the CA
-/// generation that signed it.
-type Issued = (WorkloadCert, Vec<CertificateDer<'static>>, u64);
+/// What `Certify` hands back.
+struct Issued {
+    /// The certificate, with our key.
+    cert: WorkloadCert,
+    /// The trust bundle.
+    roots: Vec<CertificateDer<'static>>,
+    /// The CA generation that signed it.
+    generation: u64,
+    /// The control plane's clock when it answered (0: not said).
+    control_unix_ms: i64,
+}
 
 /// A certificate obtained with the join token, over TLS that trusts only the pinned root.
 async fn certify_with_token(
@@ -264,31 +278,40 @@ async fn request_cert(
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    Ok((cert, roots, resp.ca_generation))
+    Ok(Issued {
+        cert,
+        roots,
+        generation: resp.ca_generation,
+        control_unix_ms: resp.issued_unix_ms,
+    })
 }
 
 /// Renews the certificate at 70 % of its life (or when told to, after a CA rotation),
-/// retrying failures with backoff; keeps the expiry gauge current.
+/// retrying failures with backoff; keeps the expiry gauge current. Times are read off the
+/// identity's clock (the control plane's time), and the backoff off the monotonic clock,
+/// so that a jump of the host's wall clock neither renews early nor stalls renewal.
 async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
     let Some(identity) = ctx.identity.get().cloned() else {
         return;
     };
     let mut failures = 0u32;
-    let mut next_try = std::time::SystemTime::now();
+    let mut next_try = tokio::time::Instant::now();
     let mut forced = false;
     loop {
+        let now = identity.clock().now();
         let expires_in = identity
             .not_after()
-            .duration_since(std::time::SystemTime::now())
+            .duration_since(now)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
         ctx.metrics.cert_expiry_seconds.set(expires_in);
-        let now = std::time::SystemTime::now();
-        if (forced || now >= identity.renew_at()) && now >= next_try {
+        if (forced || now >= identity.renew_at()) && tokio::time::Instant::now() >= next_try {
             match renew(&control, &identity).await {
                 Ok(()) => {
                     failures = 0;
                     forced = false;
+                    // Whatever the clocks say next, never more than one renewal a second.
+                    next_try = tokio::time::Instant::now() + MIN_RENEWAL_INTERVAL;
                     ctx.metrics.cert_renewals("issued");
                     let s = identity.status();
                     tracing::info!(serial = %s.serial, expires = %s.expires, generation = s.ca_generation, "renewed the workload certificate");
@@ -301,7 +324,7 @@ async fn renew_loop(ctx: Arc<Ctx>, control: ControlConfig) {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     ctx.metrics.cert_renewals("failed");
-                    next_try = std::time::SystemTime::now() + backoff(failures);
+                    next_try = tokio::time::Instant::now() + backoff(failures);
                     let valid = identity.is_valid();
                     tracing::warn!(error = %e, failures, valid, expires = %identity.status().expires, "certificate renewal failed; retrying with backoff");
                 }
@@ -325,7 +348,7 @@ async fn renew(control: &ControlConfig, identity: &Identity) -> Result<(), Failu
     let tls = identity
         .client_config(&expected)
         .map_err(|e| Failure::transient(e.to_string()))?;
-    let (cert, roots, generation) = match request_cert(control, tls, String::new(), &id).await {
+    let issued = match request_cert(control, tls, String::new(), &id).await {
         Ok(issued) => issued,
         Err(e) if identity.is_valid() || !e.fatal => return Err(e),
         Err(by_cert) => certify_with_token(control, &id).await.map_err(|by_token| Failure {
@@ -335,13 +358,14 @@ async fn renew(control: &ControlConfig, identity: &Identity) -> Result<(), Failu
             fatal: by_token.fatal,
         })?,
     };
+    identity.clock().observe(issued.control_unix_ms);
     // Roots first, so a certificate from a new root is presented only once peers' bundles
     // (pushed the same way) can verify it.
     identity
-        .install_bundle(roots)
+        .install_bundle(issued.roots)
         .map_err(|e| Failure::transient(e.to_string()))?;
     identity
-        .install_cert(&cert, generation)
+        .install_cert(&issued.cert, issued.generation)
         .map_err(|e| Failure::transient(e.to_string()))
 }
 
@@ -563,6 +587,7 @@ async fn serve_session(
                 None => break,
             },
         };
+        identity.clock().observe(snapshot.sent_unix_ms);
         let version = snapshot.version;
         let held = ctx.config_version.load(Ordering::SeqCst);
         // What identity, trust and mesh settings say: a complete snapshot's, or what a

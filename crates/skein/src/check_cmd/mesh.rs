@@ -28,9 +28,10 @@ pub const CLOCK: &str = "clock skew";
 const CA_WARN_SECS: i64 = 30 * 24 * 3600;
 /// Clock skew above this is a warning (milliseconds).
 const SKEW_WARN_MS: i64 = 1_000;
-/// Clock skew above this fails (milliseconds): certificates are backdated 60 s and may
-/// live only 5 s, so a clock this far off sees valid certificates as not yet valid or
-/// already expired.
+/// Clock skew above this fails (milliseconds). A running proxy checks certificates by the
+/// control plane's clock, whatever its host's says; but a proxy that starts checks the
+/// control plane's certificate (backdated 60 s) by its host's clock, and stamps its spans
+/// and logs with it.
 const SKEW_FAIL_MS: i64 = 30_000;
 
 /// What the proxies' checks look at.
@@ -373,7 +374,7 @@ fn clock(connections: &Value) -> Check {
             PROXIES,
             CLOCK,
             describe(ms, &who),
-            format!("{sync}: certificates are backdated only 60 s and may live 5 s (workloadCertTTL), so a clock this far off sees valid certificates as not yet valid or expired"),
+            format!("{sync}: a running proxy checks certificates by the control plane's clock, but one that starts checks the control plane's certificate (backdated only 60 s) by its host's clock, so a clock this far off may fail to join; spans and logs carry the host's time"),
         ),
         Some((ms, who)) if ms.abs() > SKEW_WARN_MS => {
             Check::warn(PROXIES, CLOCK, describe(ms, &who), sync)
