@@ -769,7 +769,7 @@ async fn follow(
         let Some(registry) = weak.upgrade() else {
             return;
         };
-        tracing::warn!("store watch ended (fell behind or history compacted); re-listing");
+        tracing::warn!("store watch ended (fell behind, history compacted, or the store was reopened after an I/O error); re-listing");
         loop {
             match registry.resync().await {
                 Ok(fresh) => {

@@ -1,11 +1,20 @@
 //! The embedded store: a single redb file (`store.redb`) in the control plane's data
 //! directory. Crash-safe (copy-on-write B-trees, fsync on commit), nothing to install.
 //! Watchers are fed in-process, since only one control plane can own the file.
+//!
+//! A failed write (a full disk, a filesystem remounted read-only) is refused with what was
+//! wrong and what to do, and writes nothing: the commit before it stays the file's state.
+//! redb refuses every later operation on a database that met an I/O error, so the store
+//! then drops its handle and opens the file again at the next operation (redb checks and
+//! repairs it on opening). Until that succeeds (space is back) operations are refused with
+//! the same clear error; once it does, every watcher's channel is closed, so that what
+//! follows the file re-lists it and holds exactly what it holds. Everything served from
+//! memory (the API's reads, the proxies' configurations, certificates) goes on meanwhile.
 
 use super::{Entry, Event, Op, Store, StoreError};
 use futures_util::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -24,11 +33,51 @@ type Watchers = Arc<Mutex<Vec<(String, mpsc::Sender<Vec<Event>>)>>>;
 /// A persistent store in one file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    file: Arc<File>,
     watchers: Watchers,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+/// The store file and the open database (none after an I/O error, until reopened).
+struct File {
+    path: PathBuf,
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+/// A redb error, worded for the operator: a full or read-only filesystem says so and what
+/// to do; the rest as redb puts it.
+fn backend(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    let io = match &e {
+        redb::Error::Io(io) => io,
+        redb::Error::DatabaseAlreadyOpen => {
+            return StoreError::Backend(format!(
+                "the store {} is being reopened after an I/O error; try again",
+                path.display()
+            ))
+        }
+        other => return StoreError::Backend(format!("{}: {other}", path.display())),
+    };
+    use std::io::ErrorKind;
+    let advice = match io.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "its filesystem is full: free space there (`df -h` on the data directory)"
+        }
+        ErrorKind::ReadOnlyFilesystem => {
+            "its filesystem is read-only: remount it read-write (the kernel does this to a filesystem after disk errors: check `dmesg`)"
+        }
+        ErrorKind::PermissionDenied => {
+            "permission denied: the control plane's user must own the data directory"
+        }
+        _ => "check the disk and filesystem of the data directory",
+    };
+    StoreError::Backend(format!(
+        "cannot use the store {}: {io}; {advice}. Nothing was written; the control plane keeps serving what it holds and will write again once the store can",
+        path.display()
+    ))
+}
+
+/// A failure of the machinery around redb (a blocking task that panicked).
+fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
@@ -39,30 +88,79 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
         owner_only(&path)?;
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(DATA).map_err(backend)?;
-        txn.open_table(META).map_err(backend)?;
-        txn.commit().map_err(backend)?;
+        let db = Database::create(&path).map_err(|e| backend(&path, e))?;
+        let txn = db.begin_write().map_err(|e| backend(&path, e))?;
+        txn.open_table(DATA).map_err(|e| backend(&path, e))?;
+        txn.open_table(META).map_err(|e| backend(&path, e))?;
+        txn.commit().map_err(|e| backend(&path, e))?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            file: Arc::new(File {
+                path,
+                db: Mutex::new(Some(Arc::new(db))),
+            }),
             watchers: Arc::default(),
         })
     }
 
-    fn list_sync(db: &Database, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
-        let txn = db.begin_read().map_err(backend)?;
-        let data = txn.open_table(DATA).map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
+    /// The open database, opening the file again if an I/O error closed it. A reopening
+    /// closes every watcher's channel (they re-list).
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.file.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db =
+            Arc::new(Database::create(&self.file.path).map_err(|e| backend(&self.file.path, e))?);
+        *slot = Some(db.clone());
+        drop(slot);
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tracing::info!(path = %self.file.path.display(), "reopened the store after an I/O error; watchers re-list it");
+        Ok(db)
+    }
+
+    /// Runs `op` on the database in a blocking task; after an I/O error, lets go of the
+    /// database so that the next operation opens the file again.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.database()?;
+        let (file, used) = (self.file.clone(), db.clone());
+        let result = tokio::task::spawn_blocking(move || op(&used, &file.path))
+            .await
+            .map_err(internal)?;
+        // Any failure but a conflict came from redb, which refuses every later operation
+        // after an I/O error: let go of this database so that the next one reopens it.
+        if let Err(StoreError::Backend(message)) = &result {
+            let mut slot = self.file.db.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                *slot = None;
+                tracing::warn!(path = %self.file.path.display(), error = %message, "the store failed; it will be opened again at the next operation");
+            }
+        }
+        result
+    }
+
+    fn list_sync(
+        db: &Database,
+        path: &Path,
+        prefix: &str,
+    ) -> Result<(Vec<Entry>, u64), StoreError> {
+        let backend = |e: redb::Error| backend(path, e);
+        let txn = db.begin_read().map_err(|e| backend(e.into()))?;
+        let data = txn.open_table(DATA).map_err(|e| backend(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| backend(e.into()))?;
         let revision = meta
             .get("revision")
-            .map_err(backend)?
+            .map_err(|e| backend(e.into()))?
             .map(|v| v.value())
             .unwrap_or(0);
         let mut out = Vec::new();
-        for item in data.range(prefix..).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
+        for item in data.range(prefix..).map_err(|e| backend(e.into()))? {
+            let (k, v) = item.map_err(|e| backend(e.into()))?;
             let key = k.value();
             if !key.starts_with(prefix) {
                 break;
@@ -77,15 +175,20 @@ impl EmbeddedStore {
         Ok((out, revision))
     }
 
-    fn commit_sync(db: &Database, ops: &[Op]) -> Result<(u64, Vec<Event>), StoreError> {
-        let txn = db.begin_write().map_err(backend)?;
+    fn commit_sync(
+        db: &Database,
+        path: &Path,
+        ops: &[Op],
+    ) -> Result<(u64, Vec<Event>), StoreError> {
+        let backend = |e: redb::Error| backend(path, e);
+        let txn = db.begin_write().map_err(|e| backend(e.into()))?;
         let mut events = Vec::with_capacity(ops.len());
         let revision = {
-            let mut data = txn.open_table(DATA).map_err(backend)?;
-            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut data = txn.open_table(DATA).map_err(|e| backend(e.into()))?;
+            let mut meta = txn.open_table(META).map_err(|e| backend(e.into()))?;
             let revision = meta
                 .get("revision")
-                .map_err(backend)?
+                .map_err(|e| backend(e.into()))?
                 .map(|v| v.value())
                 .unwrap_or(0)
                 + 1;
@@ -95,7 +198,7 @@ impl EmbeddedStore {
                 };
                 let found = data
                     .get(key.as_str())
-                    .map_err(backend)?
+                    .map_err(|e| backend(e.into()))?
                     .map(|v| v.value().0)
                     .unwrap_or(0);
                 if let Some(expected) = *expect {
@@ -111,7 +214,7 @@ impl EmbeddedStore {
                 match op {
                     Op::Put { key, value, .. } => {
                         data.insert(key.as_str(), (revision, value.as_slice()))
-                            .map_err(backend)?;
+                            .map_err(|e| backend(e.into()))?;
                         events.push(Event::Put(Entry {
                             key: key.clone(),
                             value: value.clone(),
@@ -119,7 +222,11 @@ impl EmbeddedStore {
                         }));
                     }
                     Op::Delete { key, .. } => {
-                        if data.remove(key.as_str()).map_err(backend)?.is_some() {
+                        if data
+                            .remove(key.as_str())
+                            .map_err(|e| backend(e.into()))?
+                            .is_some()
+                        {
                             events.push(Event::Delete {
                                 key: key.clone(),
                                 revision,
@@ -128,10 +235,11 @@ impl EmbeddedStore {
                     }
                 }
             }
-            meta.insert("revision", revision).map_err(backend)?;
+            meta.insert("revision", revision)
+                .map_err(|e| backend(e.into()))?;
             revision
         };
-        txn.commit().map_err(backend)?;
+        txn.commit().map_err(|e| backend(e.into()))?;
         Ok((revision, events))
     }
 
@@ -150,21 +258,18 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn list(&self, prefix: &str) -> BoxFuture<'_, Result<(Vec<Entry>, u64), StoreError>> {
-        let (db, prefix) = (self.db.clone(), prefix.to_string());
+        let prefix = prefix.to_string();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || Self::list_sync(&db, &prefix))
+            self.run(move |db, path| Self::list_sync(db, path, &prefix))
                 .await
-                .map_err(backend)?
         })
     }
 
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
-        let db = self.db.clone();
         Box::pin(async move {
-            let (revision, events) =
-                tokio::task::spawn_blocking(move || Self::commit_sync(&db, &ops))
-                    .await
-                    .map_err(backend)??;
+            let (revision, events) = self
+                .run(move |db, path| Self::commit_sync(db, path, &ops))
+                .await?;
             self.notify(&events);
             Ok(revision)
         })
@@ -223,6 +328,28 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("skein-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn io_errors_say_what_was_wrong_and_what_to_do() {
+        let path = Path::new("/data/store.redb");
+        let say = |errno: i32| backend(path, std::io::Error::from_raw_os_error(errno)).to_string();
+        let full = say(28); // ENOSPC
+        assert!(full.contains("/data/store.redb"), "{full}");
+        assert!(full.contains("filesystem is full: free space"), "{full}");
+        assert!(full.contains("Nothing was written"), "{full}");
+        assert!(
+            say(30).contains("read-only: remount it read-write"),
+            "{}",
+            say(30)
+        );
+        assert!(say(13).contains("permission denied"), "{}", say(13));
+        assert!(say(5).contains("check the disk"), "{}", say(5));
+        let other = backend(path, redb::Error::PreviousIo).to_string();
+        assert!(
+            other.starts_with("store unavailable: /data/store.redb: "),
+            "{other}"
+        );
     }
 
     #[tokio::test]
