@@ -1,5 +1,6 @@
-//! A real, single-member etcd (Debian's `etcd-server`) for tests of the etcd store and of
-//! several control-plane replicas: started on free loopback ports with its own data
+//! A real etcd (Debian's `etcd-server`) for tests of the etcd store and of several
+//! control-plane replicas: one member ([`Etcd`]) or a cluster of several
+//! ([`EtcdCluster`]), started on free loopback ports, each member with its own data
 //! directory, and killed with that directory removed when the handle drops, even when the
 //! test fails.
 
@@ -24,6 +25,9 @@ pub struct Etcd {
     dir: PathBuf,
     client: SocketAddr,
     peer: SocketAddr,
+    /// The member's name and `--initial-cluster` (every member's name and peer URL).
+    name: String,
+    cluster: String,
 }
 
 impl Etcd {
@@ -39,12 +43,15 @@ impl Etcd {
             .context("etcd is not installed: apt-get install etcd-server (or put etcd on PATH)")?;
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
+            let peer = free_port()?;
             let mut etcd = Etcd {
                 child: None,
                 bin: bin.clone(),
                 dir: unique_dir()?,
                 client: free_port()?,
-                peer: free_port()?,
+                peer,
+                name: "default".into(),
+                cluster: format!("default=http://{peer}"),
             };
             match etcd.spawn() {
                 Ok(()) => return Ok(etcd),
@@ -97,6 +104,14 @@ impl Etcd {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        self.launch()?;
+        self.wait_healthy()
+            .with_context(|| format!("etcd output:\n{}", self.log_tail()))
+    }
+
+    /// Starts the process without waiting for it (a cluster's members are healthy only
+    /// once a quorum of them runs).
+    fn launch(&mut self) -> anyhow::Result<()> {
         let log_path = self.dir.join("etcd.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -107,7 +122,7 @@ impl Etcd {
         let peer_url = format!("http://{}", self.peer);
         let child = Command::new(&self.bin)
             .arg("--name")
-            .arg("default")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--listen-client-urls")
@@ -119,7 +134,7 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("default={peer_url}"))
+            .arg(&self.cluster)
             .arg("--logger")
             .arg("zap")
             .arg("--log-level")
@@ -130,8 +145,7 @@ impl Etcd {
             .spawn()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
         self.child = Some(child);
-        self.wait_healthy()
-            .with_context(|| format!("etcd output:\n{}", self.log_tail()))
+        Ok(())
     }
 
     /// Polls `GET /health` on the client port until etcd reports itself healthy (it has a
@@ -171,6 +185,74 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Several etcd members forming one cluster (Raft: a majority must run for it to serve).
+pub struct EtcdCluster {
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members on free ports of 127.0.0.1 and waits until each serves
+    /// requests (a leader is elected).
+    pub fn start(size: usize) -> anyhow::Result<EtcdCluster> {
+        let bin = find_binary()
+            .context("etcd is not installed: apt-get install etcd-server (or put etcd on PATH)")?;
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            members.push(Etcd {
+                child: None,
+                bin: bin.clone(),
+                dir: unique_dir()?,
+                client: free_port()?,
+                peer: free_port()?,
+                name: format!("m{i}"),
+                cluster: String::new(),
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut this = EtcdCluster { members };
+        for member in &mut this.members {
+            member.cluster = cluster.clone();
+            member.launch()?;
+        }
+        for member in &mut this.members {
+            member
+                .wait_healthy()
+                .with_context(|| format!("etcd output:\n{}", member.log_tail()))?;
+        }
+        Ok(this)
+    }
+
+    /// Every member's client address, `127.0.0.1:PORT`, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// Member `i`.
+    pub fn member(&mut self, i: usize) -> &mut Etcd {
+        &mut self.members[i]
+    }
+
+    /// Which running member leads, as its members say (`None` while none does).
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && http_request(m.client, "POST", "/v3/maintenance/status", "{}")
+                    .ok()
+                    .and_then(|r| {
+                        let body = r.split_once("\r\n\r\n")?.1.to_string();
+                        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                        let me = v["header"]["member_id"].as_str()?.to_string();
+                        Some(v["leader"].as_str() == Some(me.as_str()))
+                    })
+                    .unwrap_or(false)
+        })
     }
 }
 

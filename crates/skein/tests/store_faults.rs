@@ -9,7 +9,15 @@
 //!   started afresh on the same file finds exactly what was written. Needs root (it
 //!   mounts); skipped otherwise, saying why.
 //!
-//! Addresses 127.0.22.80–82; the mount, processes and directories go with drop guards.
+//! - etcd's leader SIGKILLed under a control plane connected to it (a real three-member
+//!   cluster): the control plane moves to a member that answers, writes are accepted again
+//!   once the two left elect a leader, and are pushed to the proxies; no request fails.
+//!
+//! - etcd down altogether for 12 s, then back: writes are refused naming etcd and where,
+//!   reads go on, no request fails; once etcd is back, writes are accepted and pushed
+//!   without a restart.
+//!
+//! Addresses 127.0.22.80–82 and 84–89; the mount, processes and directories go with drop guards.
 
 use http::{Request, StatusCode};
 use skein_model::{Protocol, ProxyConfig};
@@ -213,6 +221,97 @@ fn renewals(proxy: &RunningProxy) -> u64 {
     )
 }
 
+/// `web`'s application and proxy, and a caller's proxy (both in this process), joined to
+/// `control`, with traffic flowing through them.
+struct Pair {
+    backend: HttpBackend,
+    server: RunningProxy,
+    client: RunningProxy,
+    /// web's port.
+    port: u16,
+    /// The caller's HTTP proxy listener.
+    via: SocketAddr,
+}
+
+/// A [`Pair`]: web's application and proxy on 127.0.22.`first`, the caller's proxy on the
+/// next address.
+async fn pair(control: &ControlProcess, first: u8) -> Pair {
+    let backend = HttpBackend::start(SocketAddr::new(ip(first), 0))
+        .await
+        .unwrap();
+    let port = backend.addr().port();
+    control
+        .cli_with(
+            &["apply", "-f", "-"],
+            &control.data_dir,
+            Some(&service("web", port)),
+        )
+        .await
+        .ok();
+    let spec = MeshSpec {
+        client_ip: ip(first + 1),
+        server_ip: ip(first),
+        ..MeshSpec::new(1, 1)
+    }
+    .service("web", backend.addr(), Protocol::Http);
+    let admin = control.token();
+    let mut server_cfg = spec.server_config();
+    server_cfg.workload.name = "web-1".into();
+    server_cfg.workload.service = "web".into();
+    server_cfg.inbound.listen = SocketAddr::new(ip(first), 4143);
+    let (http, grpc) = (control.http, control.grpc);
+    let joined = |cfg: &ProxyConfig, service: &'static str| {
+        let (admin, advertise) = (admin.clone(), cfg.inbound.listen);
+        async move { control_config(http, &admin, grpc, advertise, service).await }
+    };
+    let server = RunningProxy::start_with_control(
+        server_cfg.clone(),
+        Some(joined(&server_cfg, "web").await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut client_cfg: ProxyConfig = spec.client_config(server_cfg.inbound.listen);
+    client_cfg.destinations.clear();
+    client_cfg.outbound.upstreams.clear();
+    client_cfg.inbound.listen = SocketAddr::new(ip(first + 1), 4143);
+    let client = RunningProxy::start_with_control(
+        client_cfg.clone(),
+        Some(joined(&client_cfg, "client").await.unwrap()),
+    )
+    .await
+    .unwrap();
+    client.discover(&["web"]).await.unwrap();
+    let via = client.addrs.http_proxy.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, _) = steady(via, port, Instant::now() + Duration::from_millis(50))
+            .await
+            .unwrap();
+        if ok > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no traffic through the pair");
+    }
+    Pair {
+        backend,
+        server,
+        client,
+        port,
+        via,
+    }
+}
+
+/// Whether the caller's proxy holds an endpoint of `service`, after asking for it.
+async fn holds(client: &RunningProxy, service: &str) -> bool {
+    let _ = client.discover(&[service]).await;
+    client
+        .ctx
+        .config()
+        .destinations
+        .iter()
+        .any(|d| d.service == service)
+}
+
 #[tokio::test]
 async fn a_full_or_read_only_disk_refuses_writes_saying_why_and_loses_nothing() {
     skein_testkit::init_tracing();
@@ -252,56 +351,13 @@ async fn a_full_or_read_only_disk_refuses_writes_saying_why_and_loses_nothing() 
     .await
     .ok();
 
-    // web's application and proxy on .81, a caller's proxy on .82, in this process.
-    let backend = HttpBackend::start(SocketAddr::new(ip(81), 0))
-        .await
-        .unwrap();
-    let port = backend.addr().port();
-    apply(service("web", port)).await.ok();
-    let spec = MeshSpec {
-        client_ip: ip(82),
-        server_ip: ip(81),
-        ..MeshSpec::new(1, 1)
-    }
-    .service("web", backend.addr(), Protocol::Http);
-    let admin = control.token();
-    let mut server_cfg = spec.server_config();
-    server_cfg.workload.name = "web-1".into();
-    server_cfg.workload.service = "web".into();
-    server_cfg.inbound.listen = SocketAddr::new(ip(81), 4143);
-    let (http, grpc) = (control.http, control.grpc);
-    let joined = |cfg: &ProxyConfig, service: &'static str| {
-        let (admin, advertise) = (admin.clone(), cfg.inbound.listen);
-        async move { control_config(http, &admin, grpc, advertise, service).await }
-    };
-    let server = RunningProxy::start_with_control(
-        server_cfg.clone(),
-        Some(joined(&server_cfg, "web").await.unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut client_cfg: ProxyConfig = spec.client_config(server_cfg.inbound.listen);
-    client_cfg.destinations.clear();
-    client_cfg.outbound.upstreams.clear();
-    client_cfg.inbound.listen = SocketAddr::new(ip(82), 4143);
-    let client = RunningProxy::start_with_control(
-        client_cfg.clone(),
-        Some(joined(&client_cfg, "client").await.unwrap()),
-    )
-    .await
-    .unwrap();
-    client.discover(&["web"]).await.unwrap();
-    let via = client.addrs.http_proxy.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (ok, _) = steady(via, port, Instant::now() + Duration::from_millis(50))
-            .await
-            .unwrap();
-        if ok > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no traffic through the pair");
-    }
+    let Pair {
+        backend: _backend,
+        server,
+        client,
+        port,
+        via,
+    } = pair(&control, 81).await;
     let traffic = steady(via, port, Instant::now() + Duration::from_secs(36));
 
     // The disk fills: writes are refused, saying so, and nothing else stops.
@@ -405,4 +461,180 @@ async fn a_full_or_read_only_disk_refuses_writes_saying_why_and_loses_nothing() 
     client.shutdown().await;
     server.shutdown().await;
     drop(disk);
+}
+
+/// `skein apply` of `yaml`.
+async fn apply(control: &ControlProcess, yaml: &str) -> skein_testkit::control::CliOutput {
+    control
+        .cli_with(&["apply", "-f", "-"], &control.data_dir, Some(yaml))
+        .await
+}
+
+/// A control plane on etcd at `endpoints` (in this order), on 127.0.22.`host`.
+async fn control_on_etcd(host: u8, endpoints: &[String], dirs: &TempDir) -> ControlProcess {
+    let key = skein_testkit::control::secrets_key_file(dirs.path()).unwrap();
+    let data = dirs.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = format!("etcd://{}", endpoints.join(","));
+    ControlProcess::start(
+        Path::new(BIN),
+        &data,
+        SocketAddr::new(ip(host), 0),
+        SocketAddr::new(ip(host), 0),
+        &[
+            "--store",
+            &store,
+            "--secrets-key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap()
+}
+
+/// Applies Service `name` until it is accepted (within `limit`); how long that took, and
+/// the last refusal before it.
+async fn apply_until_accepted(
+    control: &ControlProcess,
+    name: &str,
+    port: u16,
+    limit: Duration,
+) -> (Duration, Option<String>) {
+    let start = Instant::now();
+    let mut refusal = None;
+    loop {
+        let out = apply(control, &service(name, port)).await;
+        if out.success() {
+            return (start.elapsed(), refusal);
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} not accepted within {limit:?}: {}",
+            out.stderr
+        );
+        refusal = Some(out.stderr.trim().to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the caller's proxy holds `service` (a change pushed to it).
+async fn until_held(client: &RunningProxy, service: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while !holds(client, service).await {
+        assert!(
+            start.elapsed() < limit,
+            "the caller's proxy never received {service}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn etcds_leader_killed_under_the_control_plane_loses_nothing() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+        assert!(std::env::var_os("CI").is_none(), "CI installs etcd");
+        return;
+    }
+    let mut cluster = skein_testkit::etcd::EtcdCluster::start(3).unwrap();
+    let leader = cluster
+        .leader()
+        .expect("a three-member cluster elects a leader");
+    // The control plane talks to the leader: the member about to die.
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(leader);
+    let dirs = TempDir::new("etcd-leader").unwrap();
+    let control = control_on_etcd(84, &endpoints, &dirs).await;
+    let Pair {
+        backend: _backend,
+        server,
+        client,
+        port,
+        via,
+    } = pair(&control, 85).await;
+    let traffic = steady(via, port, Instant::now() + Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    cluster.member(leader).stop(); // SIGKILL
+    let killed = Instant::now();
+    let (took, refusal) =
+        apply_until_accepted(&control, "after", port, Duration::from_secs(30)).await;
+    eprintln!(
+        "etcd's leader killed: writes accepted again {took:?} later (the last refusal: {refusal:?})"
+    );
+    if let Some(refusal) = &refusal {
+        assert!(refusal.contains("etcd"), "a refusal names etcd: {refusal}");
+    }
+    let pushed = until_held(&client, "after", Duration::from_secs(20)).await;
+    eprintln!(
+        "... and pushed to the caller's proxy {:?} after the kill ({pushed:?} after the write)",
+        killed.elapsed()
+    );
+    assert!(cluster.leader().is_some(), "the other two elected a leader");
+    assert_eq!(services(&control).await, ["after", "web"]);
+
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("traffic through it: {ok} ok, {} failed", failed.len());
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(ok > 500, "traffic flowed: {ok}");
+    assert!(
+        control.log().contains("moved to"),
+        "the control plane moved to a live member: {}",
+        control.log()
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn etcd_down_then_back_refuses_writes_saying_why_and_loses_nothing() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+        assert!(std::env::var_os("CI").is_none(), "CI installs etcd");
+        return;
+    }
+    let mut etcd = skein_testkit::etcd::Etcd::start().unwrap();
+    let dirs = TempDir::new("etcd-down").unwrap();
+    let control = control_on_etcd(87, &[etcd.endpoint()], &dirs).await;
+    let Pair {
+        backend: _backend,
+        server,
+        client,
+        port,
+        via,
+    } = pair(&control, 88).await;
+    let traffic = steady(via, port, Instant::now() + Duration::from_secs(24));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // etcd goes away entirely for 12 s.
+    etcd.stop();
+    let down = Instant::now();
+    let out = apply(&control, &service("during", port)).await;
+    let said = out.failed();
+    eprintln!("a write with etcd down: {said}");
+    assert!(
+        said.contains(&etcd.endpoint()) && said.contains("etcd"),
+        "the refusal names etcd and where: {said}"
+    );
+    assert_eq!(services(&control).await, ["web"], "reads go on");
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(down.elapsed())).await;
+    etcd.restart().unwrap();
+    let back = Instant::now();
+    let (took, _) = apply_until_accepted(&control, "after", port, Duration::from_secs(30)).await;
+    let pushed = until_held(&client, "after", Duration::from_secs(20)).await;
+    eprintln!(
+        "etcd back: writes accepted {took:?} later, pushed to the caller's proxy {:?} after it returned",
+        back.elapsed().min(took + pushed)
+    );
+    assert_eq!(services(&control).await, ["after", "web"]);
+
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("traffic through it: {ok} ok, {} failed", failed.len());
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(ok > 500, "traffic flowed: {ok}");
+    client.shutdown().await;
+    server.shutdown().await;
 }

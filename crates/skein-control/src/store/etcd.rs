@@ -9,6 +9,14 @@
 //! preconditions; a watch is an etcd watch stream that resumes where it stopped when the
 //! connection drops, and closes (the consumer re-lists) when etcd has compacted the history
 //! it would need.
+//!
+//! The store talks to one member at a time. When a request or stream to it fails as
+//! unavailable (the member died, lost quorum, or stopped answering), it checks that member
+//! with a test read and, if that fails too, moves to the first other member given that
+//! answers one ([`EtcdStore::fail_over`]): the request that failed is refused (its caller
+//! retries, as for any store error), and what follows goes to the member that works.
+//! Watches resume on it from the revision they had reached, and the leader's lease
+//! keepalive follows.
 
 mod election;
 mod pb;
@@ -52,7 +60,7 @@ enum EtcdError {
     EmptyPrefix,
     #[error("cannot reach etcd; tried {tried}. Is etcd running and serving clients there (`etcdctl --endpoints HOST:PORT endpoint health`)? Point Skein at it with --store etcd://HOST:PORT[,HOST:PORT…]")]
     Unreachable { tried: String },
-    #[error("etcd at {endpoint} did not answer {op} within {REQUEST_TIMEOUT:?}; check that it is running and healthy (`etcdctl --endpoints {endpoint} endpoint health`)")]
+    #[error("etcd at {endpoint} did not answer {op} within {REQUEST_TIMEOUT:?}; check that it is running and healthy (`etcdctl --endpoints {endpoint} endpoint health`); the control plane moves to another etcd endpoint it was given if one answers")]
     Timeout { endpoint: String, op: &'static str },
     #[error("etcd at {endpoint} failed {op}: {message}{hint}")]
     Request {
@@ -77,6 +85,16 @@ impl From<EtcdError> for StoreError {
     }
 }
 
+/// One etcd member and the connection to it.
+#[derive(Clone)]
+struct Member {
+    channel: Channel,
+    /// As given (`HOST:PORT`), for messages.
+    endpoint: String,
+    /// Its place in [`Inner::endpoints`].
+    index: usize,
+}
+
 /// A [`Store`] backed by etcd. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -86,16 +104,19 @@ pub struct EtcdStore {
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.endpoint())
             .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    channel: Channel,
-    /// The endpoint in use, as given (`HOST:PORT`), for error messages.
-    endpoint: String,
+    /// Every endpoint given, in order: (URI, as given).
+    endpoints: Vec<(String, String)>,
+    /// The member in use; replaced when it fails and another answers.
+    current: std::sync::RwLock<Member>,
+    /// Held while a failover checks the members, so that one runs at a time.
+    failing_over: tokio::sync::Mutex<()>,
     /// Prepended to every key; ends with `/`.
     prefix: String,
     /// The highest store revision seen in any response: where new watches start.
@@ -107,17 +128,36 @@ impl EtcdStore {
     /// keeps Skein's keys under `prefix` (e.g. [`DEFAULT_PREFIX`]; a missing trailing `/` is
     /// added). The endpoints are tried in order; the error names each one and why it failed.
     /// After connecting, the store stays on that endpoint (the connection is re-established
-    /// if it drops).
+    /// if it drops) until it fails and another answers ([`EtcdStore::fail_over`]).
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoint.into());
         }
         let prefix = normalize_prefix(prefix)?;
+        let endpoints = endpoints
+            .iter()
+            .map(|e| Ok((parse_endpoint(e)?, e.clone())))
+            .collect::<Result<Vec<_>, EtcdError>>()?;
         let mut tried = Vec::new();
-        for endpoint in endpoints {
-            let uri = parse_endpoint(endpoint)?;
-            match Self::try_endpoint(&uri, endpoint, &prefix).await {
-                Ok(store) => return Ok(store),
+        for (index, (uri, endpoint)) in endpoints.iter().enumerate() {
+            match Self::open(uri, &prefix).await {
+                Ok((channel, header)) => {
+                    let store = EtcdStore {
+                        inner: Arc::new(Inner {
+                            current: std::sync::RwLock::new(Member {
+                                channel,
+                                endpoint: endpoint.clone(),
+                                index,
+                            }),
+                            endpoints,
+                            failing_over: tokio::sync::Mutex::new(()),
+                            prefix,
+                            revision: AtomicU64::new(0),
+                        }),
+                    };
+                    store.observe(header.as_ref());
+                    return Ok(store);
+                }
                 Err(why) => tried.push(format!("{endpoint} ({why})")),
             }
         }
@@ -127,7 +167,11 @@ impl EtcdStore {
         .into())
     }
 
-    async fn try_endpoint(uri: &str, endpoint: &str, prefix: &str) -> Result<Self, String> {
+    /// A connection to the member at `uri`, and the header of a test read through it.
+    async fn open(
+        uri: &str,
+        prefix: &str,
+    ) -> Result<(Channel, Option<rpc::ResponseHeader>), String> {
         let channel = Endpoint::from_shared(uri.to_string())
             .map_err(|e| error_chain(&e))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -142,31 +186,74 @@ impl EtcdStore {
             Ok(Err(e)) => return Err(error_chain(&e)),
             Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
         };
-        let store = EtcdStore {
-            inner: Arc::new(Inner {
-                channel,
-                endpoint: endpoint.to_string(),
-                prefix: prefix.to_string(),
-                revision: AtomicU64::new(0),
-            }),
-        };
-        // A connection alone does not prove it is etcd, nor that it serves requests (a
-        // member without quorum accepts connections): one small read does.
+        let header = Self::test_read(&channel, prefix).await?;
+        Ok((channel, header))
+    }
+
+    /// A connection alone does not prove it is etcd, nor that it serves requests (a member
+    /// without quorum accepts connections): one small read does.
+    async fn test_read(
+        channel: &Channel,
+        prefix: &str,
+    ) -> Result<Option<rpc::ResponseHeader>, String> {
         let probe = rpc::RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: prefix_end(prefix.as_bytes()),
             count_only: true,
             ..Default::default()
         };
-        let response = store
-            .call("a test read", store.kv().range(probe))
-            .await
-            .map_err(|e| match e {
-                EtcdError::Request { message, .. } => message,
-                other => other.to_string(),
-            })?;
-        store.observe(response.header.as_ref());
-        Ok(store)
+        let mut kv = KvClient::new(channel.clone());
+        match tokio::time::timeout(CONNECT_TIMEOUT, kv.range(probe)).await {
+            Ok(Ok(response)) => Ok(response.into_inner().header),
+            Ok(Err(status)) => Err(status_text(&status)),
+            Err(_) => Err(format!("no answer to a test read within {CONNECT_TIMEOUT:?}")),
+        }
+    }
+
+    /// After a failure that says the member in use is unavailable: unless it answers a test
+    /// read, moves to the first other endpoint (in the order given, after it) that does.
+    /// Runs in the background, one at a time; a failover already under way covers this
+    /// failure too. With every member down the store stays where it is (its connection
+    /// keeps trying) and checks again at the next failure.
+    pub(crate) fn fail_over(&self, why: String) {
+        if self.inner.endpoints.len() < 2 {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let Ok(_running) = store.inner.failing_over.try_lock() else {
+                return;
+            };
+            let from = store.member();
+            if Self::test_read(&from.channel, &store.inner.prefix).await.is_ok() {
+                return;
+            }
+            let count = store.inner.endpoints.len();
+            for step in 1..count {
+                let index = (from.index + step) % count;
+                let (uri, endpoint) = &store.inner.endpoints[index];
+                match Self::open(uri, &store.inner.prefix).await {
+                    Ok((channel, header)) => {
+                        store.observe(header.as_ref());
+                        *store
+                            .inner
+                            .current
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner()) = Member {
+                            channel,
+                            endpoint: endpoint.clone(),
+                            index,
+                        };
+                        tracing::warn!(from = %from.endpoint, to = %endpoint, "etcd at {} failed ({why}); moved to {endpoint}", from.endpoint);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(endpoint = %endpoint, "etcd endpoint unusable for failover: {e}")
+                    }
+                }
+            }
+            tracing::warn!(endpoint = %from.endpoint, "etcd at {} failed ({why}) and no other endpoint answers; staying on it", from.endpoint);
+        });
     }
 
     /// The key prefix in use (ends with `/`).
@@ -174,13 +261,26 @@ impl EtcdStore {
         &self.inner.prefix
     }
 
+    fn member(&self) -> Member {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The endpoint in use (`HOST:PORT`).
-    pub fn endpoint(&self) -> &str {
-        &self.inner.endpoint
+    pub fn endpoint(&self) -> String {
+        self.member().endpoint
+    }
+
+    /// The connection to the member in use.
+    fn channel(&self) -> Channel {
+        self.member().channel
     }
 
     fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.inner.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+        KvClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// Runs one unary request with [`REQUEST_TIMEOUT`], naming `op` in errors.
@@ -192,18 +292,22 @@ impl EtcdStore {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(self.status_error(op, &status)),
-            Err(_) => Err(EtcdError::Timeout {
-                endpoint: self.inner.endpoint.clone(),
-                op,
-            }),
+            Err(_) => {
+                self.fail_over(format!("no answer to {op} within {REQUEST_TIMEOUT:?}"));
+                Err(EtcdError::Timeout {
+                    endpoint: self.endpoint(),
+                    op,
+                })
+            }
         }
     }
 
     fn status_error(&self, op: &'static str, status: &tonic::Status) -> EtcdError {
-        let endpoint = self.inner.endpoint.clone();
+        let endpoint = self.endpoint();
         let message = status_text(status);
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                self.fail_over(message.clone());
                 EtcdError::Request {
                     endpoint,
                     op,

@@ -303,7 +303,7 @@ async fn wait_deleted(store: &EtcdStore, key: &[u8], from: i64) -> Result<(), St
         )),
     };
     let requests = futures_util::stream::iter([create]).chain(futures_util::stream::pending());
-    let mut client = WatchClient::new(store.inner.channel.clone());
+    let mut client = WatchClient::new(store.channel());
     let mut stream =
         match tokio::time::timeout(super::REQUEST_TIMEOUT, client.watch(requests)).await {
             Ok(Ok(response)) => response.into_inner(),
@@ -334,8 +334,9 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
     let interval = (lease.ttl / 3).max(Duration::from_millis(100));
     let give_up_after = lease.ttl * 3 / 4;
     let mut renewed_at = lease.renewed_at;
-    let mut client = LeaseClient::new(store.inner.channel.clone());
     loop {
+        // A new client each time round: the store may have moved to another member.
+        let mut client = LeaseClient::new(store.channel());
         let lost_at = renewed_at + give_up_after;
         if Instant::now() >= lost_at {
             return format!("no renewal confirmed for {give_up_after:?}");
@@ -360,6 +361,7 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
                     "lease keepalive failed: {}",
                     status_text(&status)
                 );
+                store.fail_over(format!("a lease keepalive: {}", status_text(&status)));
                 tokio::time::sleep_until((Instant::now() + interval / 2).min(lost_at)).await;
                 continue;
             }
@@ -378,6 +380,7 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
                         "lease keepalive failed: {}",
                         status_text(&status)
                     );
+                    store.fail_over(format!("a lease keepalive: {}", status_text(&status)));
                     break;
                 }
                 Err(_) => return format!("no renewal confirmed for {give_up_after:?}"),
@@ -401,13 +404,13 @@ async fn grant(store: &EtcdStore, ttl_secs: i64) -> Result<Lease, EtcdError> {
         ttl: ttl_secs,
         id: 0,
     };
-    let mut client = LeaseClient::new(store.inner.channel.clone());
+    let mut client = LeaseClient::new(store.channel());
     let response = store
         .call("a lease grant", client.lease_grant(request))
         .await?;
     if !response.error.is_empty() {
         return Err(EtcdError::Refused {
-            endpoint: store.endpoint().to_string(),
+            endpoint: store.endpoint(),
             op: "a lease grant",
             message: response.error,
         });
@@ -426,7 +429,7 @@ async fn revoke(store: &EtcdStore, id: i64) -> Result<(), EtcdError> {
     if id == 0 {
         return Ok(());
     }
-    let mut client = LeaseClient::new(store.inner.channel.clone());
+    let mut client = LeaseClient::new(store.channel());
     let request = rpc::LeaseRevokeRequest { id };
     match store
         .call("a lease revoke", client.lease_revoke(request))

@@ -68,6 +68,7 @@ async fn run(store: EtcdStore, range: Range, from: u64, tx: mpsc::Sender<Vec<Eve
                 if next > before {
                     backoff.reset();
                 }
+                store.fail_over(format!("a watch: {why}"));
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     endpoint = store.endpoint(),
@@ -105,7 +106,7 @@ async fn stream_once(
     // The request side stays open: closing it would end the watch on some etcd versions.
     let requests = futures_util::stream::iter([create]).chain(futures_util::stream::pending());
     let mut client =
-        WatchClient::new(store.inner.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+        WatchClient::new(store.channel()).max_decoding_message_size(MAX_MESSAGE);
     let mut stream = tokio::select! {
         opened = tokio::time::timeout(super::REQUEST_TIMEOUT, client.watch(requests)) => match opened {
             Ok(Ok(response)) => response.into_inner(),
