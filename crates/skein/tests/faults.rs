@@ -28,7 +28,11 @@
 //!   endpoint is ejected, and it takes traffic again once the partition heals. Skipped,
 //!   saying why, where iptables cannot be used (it needs root).
 //!
-//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, and 127.0.22.1–12 and
+//! - A peer proxy at its request ceiling (`limits.maxRequests`, 16): it sheds requests with
+//!   `503 proxy_overloaded`, and the caller's proxy sends each, `POST`s with bodies
+//!   included, to the other endpoint; none fails, and each reaches one application once.
+//!
+//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, and 127.0.22.1–16 and
 //! 60–63,
 //! ports fixed per test;
 //! every process is killed and every directory removed by drop guards, also when a test
@@ -37,7 +41,7 @@
 use http::{Request, StatusCode};
 use skein_control::server::{ControlOptions, RunningControl};
 use skein_model::resource::parse_documents;
-use skein_model::{Protocol, ProxyConfig, Upstream};
+use skein_model::{Limits, Protocol, ProxyConfig, Upstream};
 use skein_proxy::control::ControlConfig;
 use skein_proxy::http::empty;
 use skein_proxy::metrics::sum_samples;
@@ -349,9 +353,21 @@ async fn proxy_for(
     service: &str,
     app: SocketAddr,
 ) -> ControlledProxy {
+    proxy_with(control, host, service, app, Limits::default()).await
+}
+
+/// [`proxy_for`], with the proxy's own ceilings at `limits`.
+async fn proxy_with(
+    control: &RunningControl,
+    host: IpAddr,
+    service: &str,
+    app: SocketAddr,
+    limits: Limits,
+) -> ControlledProxy {
     let mut config = at(host)
         .service(service, app, Protocol::Http)
         .server_config();
+    config.limits = limits;
     config.workload.labels.insert("app".into(), service.into());
     config.workload.name = format!("{service}-{}", host.to_string().replace(['.', ':'], "-"));
     config.workload.service = service.into();
@@ -784,5 +800,98 @@ async fn a_partition_is_cut_by_timeouts_ejected_and_healed() {
     assert!(retried > 0, "timed-out tries went again elsewhere");
     assert!(ejected > 0, "the cut endpoint was ejected");
     assert!(after > 0, "the healed endpoint took traffic again");
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_proxy_at_its_request_ceiling_sheds_and_the_caller_sends_elsewhere() {
+    skein_testkit::init_tracing();
+    // Round robin, so that half the requests go to the endpoint that sheds.
+    let resources = format!(
+        "apiVersion: skein.dev/v1alpha1\nkind: Service\nmetadata: {{name: jam}}\n\
+         spec: {{selector: {{app: jam}}, ports: [{{port: {PORT}, protocol: http}}]}}\n\
+         ---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: jam}}\n\
+         spec: {{targetRef: {{name: jam}}, loadBalancer: round-robin, outlierDetection: {{maxEjectionPercent: 0}}}}\n"
+    );
+    let (control, _dir) = control_with(ip22(13), &resources).await;
+    // One endpoint's proxy takes 16 requests at a time (the smallest ceiling accepted),
+    // and its application holds each for a second: while it holds 16, its proxy sheds the
+    // rest with 503 proxy_overloaded, which says the request reached no application.
+    let full_app = HttpBackend::start(SocketAddr::new(ip22(14), PORT))
+        .await
+        .unwrap();
+    full_app.set_delay(Duration::from_secs(1));
+    let limits = Limits {
+        max_requests: 16,
+        ..Limits::default()
+    };
+    let full = proxy_with(&control, ip22(14), "jam", full_app.addr(), limits).await;
+    let (spare_app, _spare) = workload(&control, ip22(15), "jam").await;
+    let client = caller(&control, ip22(16), "jam", 2).await;
+    let via = client.addrs.http_proxy.unwrap();
+
+    // 100 requests at once, GETs and POSTs with bodies (neither could have taken effect at
+    // the endpoint that shed them).
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        sent.push(tokio::spawn(async move {
+            let mut sender = h1(via).await.unwrap();
+            let req = if i % 2 == 0 {
+                Request::get(format!("http://jam:{PORT}/get/{i}")).body(empty())
+            } else {
+                Request::post(format!("http://jam:{PORT}/post/{i}"))
+                    .body(skein_proxy::http::full(format!("order {i}")))
+            };
+            let resp = sender.send_request(req.unwrap()).await.unwrap();
+            let status = resp.status();
+            let error = resp
+                .headers()
+                .get("skein-error")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            body_bytes(resp).await.unwrap();
+            (status, error)
+        }));
+    }
+    let mut answers = Vec::new();
+    for s in sent {
+        answers.push(s.await.unwrap());
+    }
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+        .collect();
+    let shed = full
+        .admin_get("/metrics")
+        .await
+        .map(|m| {
+            sum_samples(
+                &m,
+                "skein_overload_shed_total",
+                &["resource=\"requests\"", "direction=\"inbound\""],
+            )
+        })
+        .unwrap();
+    eprintln!(
+        "100 requests: {} failed; the full endpoint's proxy shed {shed}, its application served {}, the other {}",
+        failed.len(),
+        full_app.hits(),
+        spare_app.hits()
+    );
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(shed >= 10, "the full endpoint shed requests: {shed}");
+    assert!(
+        full_app.hits() <= 20,
+        "the full endpoint's application got only what its proxy let through: {}",
+        full_app.hits()
+    );
+    // Every request reached exactly one application, once.
+    assert_eq!(full_app.hits() + spare_app.hits(), 100);
+    let posts = spare_app
+        .seen()
+        .iter()
+        .chain(full_app.seen().iter())
+        .filter(|r| r.path.starts_with("/post/"))
+        .count();
+    assert_eq!(posts, 50, "every POST arrived once");
     client.shutdown().await;
 }

@@ -1,8 +1,8 @@
 //! The proxy's own ceilings (`limits.maxConnections`, `maxRequests`, `maxBufferedBytes`):
 //! at each, new work is shed at once with a clear error, what the proxy holds is served
 //! on, and once work finishes new work is taken again; a tunnel keeps its connection's
-//! share until it closes; a silent client of a declared HTTP/2 port is closed. Addresses
-//! 127.0.22.20–31.
+//! share until it closes, and so does a WebSocket; a silent client of a declared HTTP/2
+//! port is closed. Addresses 127.0.22.20–33.
 
 use http::{Request, StatusCode};
 use skein_model::{DestinationRoute, Limits, Protocol};
@@ -273,6 +273,62 @@ async fn a_tunnel_keeps_its_connections_share_of_the_ceiling_until_it_closes() {
     drop(tunnels);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut c = h1(mesh.upstream("web")).await.unwrap();
+    let resp = c
+        .send_request(Request::get("/echo").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_its_connections_share_of_the_ceiling_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let limits = Limits {
+        max_connections: 16,
+        ..Limits::default()
+    };
+    let (mesh, _backend) = start(32, 33, limits, "").await;
+    let web = mesh.upstream("web");
+    // 16 WebSockets: each upgraded connection is a byte stream the proxy splices, and must
+    // keep its connection's share after the HTTP exchange that opened it has ended.
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        let tcp = TcpStream::connect(web).await.unwrap();
+        let url = format!("ws://{}/ws", mesh.authority("web"));
+        let (ws, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(web).await.unwrap();
+    assert!(
+        closed(&mut over).await,
+        "the 17th connection is closed: the WebSockets hold 16"
+    );
+    assert_eq!(
+        mesh.metric(
+            Side::Client,
+            "skein_overload_shed_total",
+            &["resource=\"connections\"", "direction=\"outbound\""]
+        ),
+        1,
+        "closed by the ceiling"
+    );
+    // The WebSockets carry messages meanwhile.
+    let ws = &mut sockets[0];
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    // Closed WebSockets give their shares back.
+    for mut ws in sockets {
+        ws.close(None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = h1(web).await.unwrap();
     let resp = c
         .send_request(Request::get("/echo").body(empty()).unwrap())
         .await
