@@ -221,7 +221,27 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::Connect { .. } | ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown
-        )
+        ) || self.refused_stream()
+    }
+
+    /// Whether the peer reset the request's HTTP/2 stream with `REFUSED_STREAM`, which
+    /// says it was closed before any processing (RFC 9113 §8.7: safe to retry, whatever
+    /// the method). Streams a peer's `GOAWAY` cut off are not counted: h2 reports those
+    /// the same way as ones the connection's end cut off after they were processed.
+    pub fn refused_stream(&self) -> bool {
+        let ProxyError::Upstream { source, .. } = self else {
+            return false;
+        };
+        let mut cause = std::error::Error::source(source);
+        while let Some(e) = cause {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return h2.is_reset()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            }
+            cause = e.source();
+        }
+        false
     }
 
     /// The status returned to an HTTP caller.

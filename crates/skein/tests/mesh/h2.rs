@@ -224,3 +224,87 @@ async fn an_http2_client_reaches_an_http1_only_app_on_an_http_port() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// An HTTP/2 server (plaintext, prior knowledge, as a peer proxy speaks it) that resets
+/// every request's stream with `REFUSED_STREAM`; counts the streams it refused.
+async fn refusing_peer(
+    addr: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = ::h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(::h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_stream_a_peer_refused_goes_to_another_endpoint_whatever_its_method() {
+    use std::sync::atomic::Ordering;
+    skein_testkit::init_tracing();
+    let backend = HttpBackend::start(SocketAddr::new(loopback(47), 0))
+        .await
+        .unwrap();
+    let spec = MeshSpec::new(46, 47).service("web", backend.addr(), Protocol::Http);
+    let server = skein_proxy::RunningProxy::start(spec.server_config())
+        .await
+        .unwrap();
+    // The caller holds two endpoints, round robin: the real peer proxy, and one that
+    // refuses every stream (RFC 9113 §8.7: "closed prior to any processing").
+    let (refuser, refused) = refusing_peer(SocketAddr::new(loopback(48), 0)).await;
+    let mut config = spec.client_config(server.addrs.inbound);
+    let web = std::sync::Arc::make_mut(&mut config.destinations[0]);
+    web.endpoints.push(skein_model::Endpoint {
+        address: refuser,
+        identity: None,
+    });
+    web.policies = serde_yaml_ng::from_str(
+        "- name: default/web\n  spec: {targetRef: {name: web}, loadBalancer: round-robin}\n",
+    )
+    .unwrap();
+    let client = skein_proxy::RunningProxy::start(config).await.unwrap();
+    let upstream = client.addrs.upstreams[0];
+
+    // POSTs and DELETEs (without bodies: a body is streamed once unless a route `retry`
+    // asks to keep a copy), which only a refusal that proves nothing was processed may
+    // send again.
+    let mut sender = skein_testkit::client::h1(upstream).await.unwrap();
+    for i in 0..20 {
+        let method = if i % 2 == 0 { "POST" } else { "DELETE" };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/order/{i}"))
+            .header("host", "web")
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = body_bytes(resp).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{method} {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let refused = refused.load(Ordering::SeqCst);
+    eprintln!("20 POSTs and DELETEs: all 200; the refusing endpoint refused {refused} streams");
+    assert!(refused >= 3, "the refusing endpoint was tried: {refused}");
+    assert_eq!(backend.hits(), 20, "each reached the application once");
+    client.shutdown().await;
+    server.shutdown().await;
+}
