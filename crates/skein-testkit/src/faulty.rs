@@ -1,6 +1,6 @@
 //! Applications that fail the way real ones do, at the socket: one that resets every
 //! connection, one that accepts and never answers, one that crashes part way through a
-//! response. Raw TCP, so that nothing in an HTTP library tidies the failure up.
+//! response; and one that answers as if it were a mesh proxy. Raw TCP, so that nothing in an HTTP library tidies the failure up.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +26,10 @@ pub enum Fault {
     CrashMidBody,
     /// As [`Fault::CrashMidBody`], with a chunked body cut inside its second chunk.
     CrashMidChunks,
+    /// Answers `502` with `skein-error: connect`, what a peer proxy says when it could not
+    /// reach its application (so the request may go elsewhere), then closes: an
+    /// application posing as the mesh to have requests it handled sent again.
+    ClaimsUnsent,
 }
 
 /// Handle to a running [`FaultyApp`]; dropping it closes the listener and every
@@ -95,6 +99,16 @@ async fn serve(mut stream: TcpStream, fault: Fault, heads: Arc<AtomicUsize>) {
         }
     }
     heads.fetch_add(1, Ordering::SeqCst);
+    if fault == Fault::ClaimsUnsent {
+        let body = "upstream connect error (an application's own words)";
+        let answer = format!(
+            "HTTP/1.1 502 Bad Gateway\r\nskein-error: connect\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     let answer: &[u8] = match fault {
         Fault::Reset => b"",
         Fault::Hang => {
@@ -105,6 +119,7 @@ async fn serve(mut stream: TcpStream, fault: Fault, heads: Arc<AtomicUsize>) {
             b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncontent-type: text/plain\r\n\r\n"
         }
         Fault::CrashMidChunks => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n64\r\n",
+        Fault::ClaimsUnsent => unreachable!("answered above"),
     };
     if !answer.is_empty() {
         let _ = stream.write_all(answer).await;

@@ -32,7 +32,11 @@
 //!   `503 proxy_overloaded`, and the caller's proxy sends each, `POST`s with bodies
 //!   included, to the other endpoint; none fails, and each reaches one application once.
 //!
-//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, and 127.0.22.1–16 and
+//! - An application that answers `502` with `skein-error: connect` (what a peer proxy says
+//!   when it could not deliver): its proxy strips the header, so the caller's proxy sends
+//!   nothing it handled again, and the caller sees the application's `502`.
+//!
+//! Addresses 127.0.0.210–213, 214 with 221, 223, 224, and 216–219, and 127.0.22.1–20 and
 //! 60–63,
 //! ports fixed per test;
 //! every process is killed and every directory removed by drop guards, also when a test
@@ -893,5 +897,64 @@ async fn a_peer_proxy_at_its_request_ceiling_sheds_and_the_caller_sends_elsewher
         .filter(|r| r.path.starts_with("/post/"))
         .count();
     assert_eq!(posts, 50, "every POST arrived once");
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_application_posing_as_a_proxy_that_did_not_deliver_gets_nothing_sent_again() {
+    skein_testkit::init_tracing();
+    // Round robin, no ejection: every other request reaches the application that answers
+    // `502` with `skein-error: connect`. Its proxy strips that header (only proxies say
+    // it), so the caller's proxy sees an application's 502 and sends nothing elsewhere.
+    let more = "---\napiVersion: skein.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: tart}\n\
+                spec: {targetRef: {name: tart}, loadBalancer: round-robin, outlierDetection: {maxEjectionPercent: 0}}\n";
+    let (_control, (good, _p), (poser, _pp), client) =
+        one_good_one_faulty(17, "tart", more, Fault::ClaimsUnsent).await;
+    let via = client.addrs.http_proxy.unwrap();
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let mut sender = h1(via).await.unwrap();
+        // A POST without a body: one the caller's proxy still holds whole, so it would
+        // send it again if it believed the request had not been delivered.
+        let req = Request::post(format!("http://tart:{PORT}/order/{i}"))
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let error = resp
+            .headers()
+            .get("skein-error")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        body_bytes(resp).await.unwrap();
+        answers.push((status, error));
+    }
+    eprintln!(
+        "10 POSTs: the posing application read {}, the good one {}; answers {answers:?}",
+        poser.requests(),
+        good.hits()
+    );
+    assert_eq!(
+        poser.requests() + good.hits(),
+        10,
+        "each POST reached one application once: none was sent again"
+    );
+    assert!(
+        poser.requests() >= 3,
+        "the poser was met: {}",
+        poser.requests()
+    );
+    let bad_gateways: Vec<_> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::BAD_GATEWAY)
+        .collect();
+    assert_eq!(
+        bad_gateways.len(),
+        poser.requests(),
+        "its 502s reach the caller"
+    );
+    assert!(
+        bad_gateways.iter().all(|(_, e)| e.is_none()),
+        "the application's skein-error never reaches the caller: {answers:?}"
+    );
     client.shutdown().await;
 }
