@@ -30,8 +30,13 @@
 //! kills whatever still runs in a recorded namespace, deletes recorded veths and the bridge.
 //! Every wait is bounded.
 //!
-//! Needs root, `ip`, `iptables`, `python3` and `curl`; without them each test says why it
-//! skipped and passes.
+//! And a network partition between two namespaces under traffic (iptables drops inside one
+//! endpoint's namespace every packet to and from the caller's): per-try timeouts send the
+//! caller's requests to the other endpoint, outlier detection ejects the cut one, and it
+//! serves again once the partition heals.
+//!
+//! Needs root, `ip`, `iptables`, `nsenter`, `python3` and `curl`; without them each test
+//! says why it skipped and passes.
 
 use skein_proxy::metrics::sum_samples;
 use skein_testkit::control::{ControlProcess, TempDir};
@@ -894,6 +899,231 @@ impl Drop for NamedNetns {
 }
 
 // ---------------------------------------------------------------------------------------
+// 4. A network partition between two namespaces, under traffic.
+// ---------------------------------------------------------------------------------------
+
+/// A load generator for inside a namespace: GETs `URL` every 20 ms for `SECONDS` (each on
+/// a new connection, at most 5 s), then prints `{"ok": N, "failed": [[t, why], …]}`.
+const LOAD_PY: &str = r#"
+import json, sys, time, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+start = time.time()
+ok, failed = 0, []
+print("load started", file=sys.stderr, flush=True)
+while time.time() - start < seconds:
+    t = round(time.time() - start, 2)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            r.read()
+            ok += 1
+    except Exception as e:
+        failed.append([t, str(e)])
+    time.sleep(0.02)
+print(json.dumps({"ok": ok, "failed": failed}), flush=True)
+"#;
+
+/// `iptables ARGS` in the network namespace of `holder` (a process inside it).
+fn netns_iptables(holder: u32, args: &[&str]) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{holder}/ns/net"))
+        .arg("iptables")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables {args:?} in {holder}'s namespace: {out:?}"
+    );
+}
+
+/// Drops every packet between the namespace of `holder` and `peer`, both ways, while it
+/// lives; the rules go when it drops (and with the namespace, whatever happens).
+struct Partition {
+    holder: u32,
+    peer: String,
+}
+
+impl Partition {
+    fn cut(holder: u32, peer: Ipv4Addr) -> Partition {
+        let peer = peer.to_string();
+        netns_iptables(holder, &["-I", "INPUT", "-s", &peer, "-j", "DROP"]);
+        netns_iptables(holder, &["-I", "OUTPUT", "-d", &peer, "-j", "DROP"]);
+        Partition { holder, peer }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for (chain, flag) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            let _ = Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", self.holder))
+                .args(["iptables", "-D", chain, flag, &self.peer, "-j", "DROP"])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partition_between_namespaces_is_cut_by_timeouts_ejected_and_healed() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: skein run test, because {why}");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new('c', 2);
+    let control = lab.control().await;
+    let vip_net = lab.vip_net();
+    // Each try may take 300 ms; a 504 goes again to another endpoint; round robin, so the
+    // cut endpoint keeps being picked until outlier detection ejects it.
+    lab.apply(
+        &control,
+        &format!(
+            "apiVersion: skein.dev/v1alpha1
+kind: Mesh
+metadata: {{name: default}}
+spec:
+  serviceCIDRs: [{vip_net}]
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: soup}}
+spec:
+  selector: {{app: soup}}
+  ports: [{{port: 8080, protocol: http}}]
+---
+apiVersion: skein.dev/v1alpha1
+kind: Service
+metadata: {{name: client}}
+spec:
+  selector: {{app: client}}
+  ports: [{{port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: soup}}
+spec:
+  parentRefs: [{{name: soup, port: 8080}}]
+  rules:
+  - backendRefs: [{{name: soup, port: 8080}}]
+    timeouts: {{request: 3s, backendRequest: 300ms}}
+    retry: {{attempts: 1, codes: [504], backoff: 1ms}}
+---
+apiVersion: skein.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: soup}}
+spec:
+  targetRef: {{name: soup}}
+  loadBalancer: round-robin
+  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s}}
+"
+        ),
+    )
+    .await;
+    let www = lab.work.join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("bowl"), "soup\n").unwrap();
+    let server = |lab: &Lab, control: &ControlProcess| {
+        Run::start(
+            lab,
+            control,
+            "soup",
+            &["8080/http"],
+            &strings(&[
+                "python3",
+                "-u",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &www.display().to_string(),
+            ]),
+        )
+    };
+    let mut cut = server(&lab, &control);
+    let cut_workload = lab.observe(&mut cut).await;
+    let mut other = server(&lab, &control);
+    other.ready().await;
+    for run in [&cut, &other] {
+        wait_for("the HTTP server listens", WAIT, || {
+            run.stdout().contains("Serving HTTP on")
+        })
+        .await;
+    }
+    let cut_holder = lab.entry(cut_workload.id).unwrap()["holder"][0]
+        .as_u64()
+        .unwrap() as u32;
+
+    // The caller: 12 s of GETs to soup by name, from a namespace of its own.
+    let load_py = lab.work.join("load.py");
+    std::fs::write(&load_py, LOAD_PY).unwrap();
+    let mut client = Run::start(
+        &lab,
+        &control,
+        "client",
+        &[],
+        &strings(&[
+            "python3",
+            "-u",
+            &load_py.display().to_string(),
+            "http://soup:8080/bowl",
+            "12",
+        ]),
+    );
+    let client_ip = client.ready().await;
+    wait_for("the load starts", WAIT, || {
+        client.stderr().contains("load started")
+    })
+    .await;
+    let served = |run: &Run| run.stderr().matches("\"GET /bowl").count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every packet between the caller's namespace and one endpoint's is dropped for 3 s.
+    let partition = Partition::cut(cut_holder, client_ip);
+    let cut_at = served(&cut);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = served(&cut) - cut_at;
+    drop(partition);
+    let healed_at = served(&cut);
+    // What the caller's proxy did about it: tries timed out and sent elsewhere, and the
+    // cut endpoint ejected.
+    let caller = metrics(client_ip).await;
+    let retried = sum_samples(&caller, "skein_route_retries_total", &["result=\"sent\""]);
+    let ejected = sum_samples(&caller, "skein_outlier_ejections_total", &[]);
+
+    let out = client.finish().await;
+    assert_eq!(out.code, Some(0), "the load generator: {out:#?}");
+    let result: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:#?}"));
+    let ok = result["ok"].as_u64().unwrap();
+    let failed = result["failed"].as_array().unwrap();
+    let after_heal = served(&cut) - healed_at;
+    eprintln!(
+        "partition between namespaces: {ok} ok, {} failed; {retried} tries timed out and went elsewhere, {ejected} ejections; the cut endpoint served {during} during the partition and {after_heal} after it healed, the other {}",
+        failed.len(),
+        served(&other)
+    );
+    assert!(
+        retried >= 1,
+        "timeouts fired and the tries went elsewhere:\n{}",
+        relevant(&caller)
+    );
+    assert!(
+        ejected >= 1,
+        "outlier detection ejected the cut endpoint:\n{}",
+        relevant(&caller)
+    );
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(ok > 150, "the load ran: {ok}");
+    assert_eq!(during, 0, "nothing crossed the partition");
+    assert!(
+        after_heal > 5,
+        "the cut endpoint served again once healed: {after_heal}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // The lab: a control plane, a bridge, a state directory; and `skein run` processes.
 // ---------------------------------------------------------------------------------------
 
@@ -1338,6 +1568,7 @@ fn missing_prerequisite() -> Option<String> {
         ("iptables", "--version"),
         ("python3", "--version"),
         ("curl", "--version"),
+        ("nsenter", "--version"),
     ] {
         match Command::new(tool).arg(version_flag).output() {
             Ok(out) if out.status.success() => {}
