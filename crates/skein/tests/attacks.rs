@@ -12,10 +12,12 @@
 //! with `limits.headerTimeout` and `limits.handshakeTimeout` of 2 s, so that what those
 //! cut off is cut off within the test.
 //!
-//! The admin listener and the control plane's listeners are attacked in `security.rs`
-//! (idle and half-sent connections, connection caps).
+//! The control plane's proxy API (gRPC over TLS) is attacked the same way by a client
+//! without a certificate (as every new proxy connects), while a well-behaved new proxy
+//! joins every 100 ms. The admin listener and the control plane's HTTP API (HTTP/1 only)
+//! are attacked in `security.rs` (idle and half-sent connections, connection caps).
 //!
-//! Addresses 127.0.22.40–47; every process is killed and every directory removed by drop
+//! Addresses 127.0.22.40–49; every process is killed and every directory removed by drop
 //! guards, also when a test fails.
 
 use http::{Request, StatusCode};
@@ -169,18 +171,58 @@ async fn stage(first: u8) -> Stage {
     stage
 }
 
-/// A well-behaved client: a GET through the caller's proxy every 20 ms on a keep-alive
-/// connection, each timed.
+/// What the well-behaved client calls.
+#[derive(Clone)]
+enum Target {
+    /// GETs through the caller's proxy (its upstream listener for `web`), every 20 ms on
+    /// a keep-alive connection.
+    Upstream(SocketAddr),
+    /// The control plane's proxy API: a new proxy joining every 100 ms (a fresh key, a
+    /// TLS handshake, a `Certify` call with a token of many uses).
+    Certify(skein_proxy::control::ControlConfig, SpiffeId),
+}
+
+/// A well-behaved client of a [`Target`], each call timed.
 struct Watch {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>, usize)>,
 }
 
 impl Watch {
-    fn start(upstream: SocketAddr) -> Watch {
+    fn start(target: &Target) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let task = tokio::spawn(async move {
+        let task = match target.clone() {
+            Target::Upstream(upstream) => tokio::spawn(Self::get(upstream, stopped)),
+            Target::Certify(join, id) => tokio::spawn(Self::certify(join, id, stopped)),
+        };
+        Watch { stop, task }
+    }
+
+    async fn certify(
+        join: skein_proxy::control::ControlConfig,
+        id: SpiffeId,
+        stopped: Arc<AtomicBool>,
+    ) -> (Vec<Duration>, Vec<String>, usize) {
+        let (mut took, mut failed) = (Vec::new(), Vec::new());
+        // Bounded: at most 60 s of calls.
+        let until = Instant::now() + Duration::from_secs(60);
+        while !stopped.load(Ordering::SeqCst) && Instant::now() < until {
+            let started = Instant::now();
+            match skein_proxy::control::certify(&join, &id).await {
+                Ok(_) => took.push(started.elapsed()),
+                Err(e) => failed.push(e.message),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (took, failed, 0)
+    }
+
+    async fn get(
+        upstream: SocketAddr,
+        stopped: Arc<AtomicBool>,
+    ) -> (Vec<Duration>, Vec<String>, usize) {
+        {
             let (mut took, mut failed) = (Vec::new(), Vec::new());
             let mut resent = 0;
             let mut sender = None;
@@ -232,8 +274,7 @@ impl Watch {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (took, failed, resent)
-        });
-        Watch { stop, task }
+        }
     }
 
     /// Stops it: requests that succeeded, their p99, the failures, and how many were sent
@@ -250,24 +291,24 @@ impl Watch {
     }
 }
 
-/// Runs `attack` against the proxy `pid` while a well-behaved client calls through
-/// `upstream`; `attack` says whether the attacker was cut off. Asserts the client lost
-/// nothing, the proxy's peak RSS grew by at most [`GROWTH_BOUND_KIB`], and the cut-off
-/// when `must_cut` says it is due.
-async fn under<F>(name: &str, pid: u32, upstream: SocketAddr, must_cut: bool, attack: F)
+/// Runs `attack` against the process `pid` while a well-behaved client calls `target`;
+/// `attack` says whether the attacker was cut off. Asserts the client lost nothing, the
+/// process's peak RSS grew by at most [`GROWTH_BOUND_KIB`], and the cut-off when
+/// `must_cut` says it is due.
+async fn under<F>(name: &str, pid: u32, target: &Target, must_cut: bool, attack: F)
 where
     F: std::future::Future<Output = bool>,
 {
     reset_peak_rss(pid).unwrap();
     let before = status_kib(pid, "VmRSS").unwrap();
-    let watch = Watch::start(upstream);
+    let watch = Watch::start(target);
     let started = Instant::now();
     let cut = attack.await;
     let lasted = started.elapsed();
     let (ok, p99, failed, resent) = watch.finish().await;
     let peak = status_kib(pid, "VmHWM").unwrap();
     eprintln!(
-        "attack {name}: {lasted:.1?}; cut off: {cut}; proxy RSS {} → peak {} MiB (+{} KiB); well-behaved client: {ok} ok, {} failed, {resent} resent after an idle close, p99 {p99:.1?}",
+        "attack {name}: {lasted:.1?}; cut off: {cut}; RSS {} → peak {} MiB (+{} KiB); well-behaved client: {ok} ok, {} failed, {resent} resent after an idle close, p99 {p99:.1?}",
         before / 1024,
         peak / 1024,
         peak.saturating_sub(before),
@@ -482,7 +523,7 @@ type H2Attack = (
 /// must hold nothing: each frame is answered and forgotten; an attacker that stops
 /// reading is cut off by the keepalive (no answer to the proxy's PING within 20 s + 10 s),
 /// later than this test waits.
-async fn h2_floods<C, Fut, S>(name: &str, pid: u32, upstream: SocketAddr, connect: C)
+async fn h2_floods<C, Fut, S>(name: &str, pid: u32, target: &Target, connect: C)
 where
     C: Fn() -> Fut,
     Fut: std::future::Future<Output = S>,
@@ -500,7 +541,7 @@ where
     ];
     for ((kind, frames), must_cut) in attacks {
         let attack = format!("{name} {kind}");
-        under(&attack, pid, upstream, must_cut, async {
+        under(&attack, pid, target, must_cut, async {
             let until = Instant::now() + Duration::from_secs(2);
             let (mut connections, mut cut) = (0, 0);
             while Instant::now() < until {
@@ -526,8 +567,9 @@ where
 async fn the_outbound_listener_survives_hostile_applications() {
     let stage = stage(40).await;
     let (pid, upstream) = (stage.client.pid(), stage.upstream);
+    let target = Target::Upstream(upstream);
     // Slowloris: 200 request heads, a header line every 300 ms, never finished.
-    under("outbound slowloris", pid, upstream, true, async {
+    under("outbound slowloris", pid, &target, true, async {
         hold(
             upstream,
             200,
@@ -539,12 +581,12 @@ async fn the_outbound_listener_survives_hostile_applications() {
     })
     .await;
     // 1,000 connections that send nothing.
-    under("outbound idle connections", pid, upstream, true, async {
+    under("outbound idle connections", pid, &target, true, async {
         hold(upstream, 1_000, b"", b"", CUT_OFF * 3).await
     })
     .await;
     // Slow read: 50 streams of a 4 MiB response each, windows wide open, never read.
-    under("outbound slow read", pid, upstream, false, async {
+    under("outbound slow read", pid, &target, false, async {
         let mut conn = TcpStream::connect(upstream).await.unwrap();
         let mut frames = vec![
             h2raw::PREFACE.to_vec(),
@@ -566,7 +608,7 @@ async fn the_outbound_listener_survives_hostile_applications() {
     })
     .await;
     // An endless chunked body, sent as fast as the proxy takes it, for 3 s.
-    under("outbound endless body", pid, upstream, false, async {
+    under("outbound endless body", pid, &target, false, async {
         let mut conn = TcpStream::connect(upstream).await.unwrap();
         conn.write_all(b"POST /echo HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n")
             .await
@@ -594,7 +636,7 @@ async fn the_outbound_listener_survives_hostile_applications() {
         false
     })
     .await;
-    h2_floods("outbound", pid, upstream, || async {
+    h2_floods("outbound", pid, &target, || async {
         TcpStream::connect(upstream).await.unwrap()
     })
     .await;
@@ -605,12 +647,13 @@ async fn the_outbound_listener_survives_hostile_applications() {
 async fn the_inbound_listener_survives_hostile_peers() {
     let stage = stage(44).await;
     let (pid, upstream, inbound) = (stage.server.pid(), stage.upstream, stage.inbound);
+    let target = Target::Upstream(upstream);
     // TLS handshakes that never finish: a ClientHello record header announcing 512
     // bytes, and 10 of them.
     under(
         "inbound unfinished TLS handshakes",
         pid,
-        upstream,
+        &target,
         true,
         async {
             hold(
@@ -625,7 +668,7 @@ async fn the_inbound_listener_survives_hostile_peers() {
     )
     .await;
     // Plain TCP that never starts TLS.
-    under("inbound silent connections", pid, upstream, true, async {
+    under("inbound silent connections", pid, &target, true, async {
         hold(inbound, 300, b"", b"", CUT_OFF * 3).await
     })
     .await;
@@ -639,7 +682,7 @@ async fn the_inbound_listener_survives_hostile_peers() {
     let web: SpiffeId = "spiffe://skein.local/ns/default/sa/web".parse().unwrap();
     let identity = skein_proxy::control::certify(&join, &web).await.unwrap();
     let tls = identity.client_config(&web).unwrap();
-    h2_floods("inbound", pid, upstream, || {
+    h2_floods("inbound", pid, &target, || {
         let tls = tls.clone();
         let web = web.clone();
         async move {
@@ -652,4 +695,82 @@ async fn the_inbound_listener_survives_hostile_peers() {
     })
     .await;
     drop(stage.control);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_proxy_api_survives_hostile_clients() {
+    skein_testkit::init_tracing();
+    // A `skein control` process, so that its memory is its own; the attacker connects
+    // from an address of its own (the control plane caps connections per source).
+    let dir = TempDir::new("attack-control").unwrap();
+    let host = ip(48);
+    let control = skein_testkit::control::ControlProcess::start(
+        Path::new(BIN),
+        dir.path(),
+        SocketAddr::new(host, 0),
+        SocketAddr::new(host, 0),
+        &[],
+    )
+    .await
+    .unwrap();
+    let pid = control.pid();
+    let grpc = control.grpc;
+    let token: skein_identity::JoinToken = control
+        .cli(&["token", "create", "--service", "web", "--uses", "100000"])
+        .await
+        .ok()
+        .trim()
+        .parse()
+        .unwrap();
+    let pin = token.ca_pin().to_string();
+    let web: SpiffeId = "spiffe://skein.local/ns/default/sa/web".parse().unwrap();
+    let target = Target::Certify(
+        skein_proxy::control::ControlConfig {
+            endpoint: grpc.to_string(),
+            advertise: SocketAddr::new(host, 4143),
+            token,
+        },
+        web,
+    );
+    let attacker = || async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(ip(49), 0)).unwrap();
+        socket.connect(grpc).await.unwrap()
+    };
+    // TLS handshakes that never finish, and connections that never start one.
+    under(
+        "control API unfinished TLS handshakes",
+        pid,
+        &target,
+        true,
+        async {
+            hold(
+                grpc,
+                200,
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03",
+                b"",
+                Duration::from_secs(15),
+            )
+            .await
+        },
+    )
+    .await;
+    // HTTP/2 floods over TLS without a client certificate, as any new proxy connects.
+    let control_id: SpiffeId = "spiffe://skein.local/ns/skein-system/sa/skein-control"
+        .parse()
+        .unwrap();
+    let tls = skein_identity::tls::bootstrap_client_config(&pin, control_id.clone()).unwrap();
+    h2_floods("control API", pid, &target, || {
+        let (tls, control_id) = (tls.clone(), control_id.clone());
+        async move {
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(
+                    skein_identity::tls::server_name(&control_id).unwrap(),
+                    attacker().await,
+                )
+                .await
+                .unwrap()
+        }
+    })
+    .await;
 }
