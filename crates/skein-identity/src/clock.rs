@@ -23,6 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::pki_types::UnixTime;
 use rustls::time_provider::TimeProvider;
 
+/// How far behind the time kept a stamp may be and still count as late rather than as a
+/// correction of the clock.
+const LATE: Duration = Duration::from_secs(5);
+
 /// A reading of the control plane's clock and the host's boot-time clock at that moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Anchor {
@@ -59,8 +63,16 @@ impl MeshClock {
             return;
         }
         let control = UNIX_EPOCH + Duration::from_millis(ms);
-        *self.anchor.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(Anchor { control, boot });
+        let mut anchor = self.anchor.write().unwrap_or_else(PoisonError::into_inner);
+        // A stamp a little behind the time kept is a late one (the message waited in a
+        // queue, or came from a replica a little behind): keeping the later time, the
+        // clock never steps back for it. One far behind is a correction, and is taken.
+        if let Some(current) = anchor.map(|a| a.control + boot.saturating_sub(a.boot)) {
+            if control < current && current.duration_since(control).unwrap_or_default() < LATE {
+                return;
+            }
+        }
+        *anchor = Some(Anchor { control, boot });
     }
 
     /// The time now: the last stamp plus the boot-time clock's advance since, or the host's
@@ -150,12 +162,27 @@ mod tests {
         );
         // A boot reading older than the stamp's (never happens) does not run it backwards.
         assert_eq!(at(50 * S), at(100 * S));
-        // A later stamp replaces the earlier one, even if it says an earlier time.
-        clock.observe_at(stamp - 5_000, 200 * S);
+        // A later stamp replaces the earlier one, even if it says an earlier time by more
+        // than a late message could (a correction).
+        clock.observe_at(stamp - 6_000, 100 * S);
         assert_eq!(
-            at(200 * S),
-            UNIX_EPOCH + Duration::from_millis(stamp as u64) - 5 * S
+            at(100 * S),
+            UNIX_EPOCH + Duration::from_millis(stamp as u64) - 6 * S
         );
+    }
+
+    #[test]
+    fn a_late_stamp_never_steps_the_clock_back() {
+        let clock = MeshClock::new();
+        let stamp = 1_767_225_600_000_i64;
+        clock.observe_at(stamp, 100 * S);
+        let kept = clock.at(110 * S).unwrap();
+        // Sent 2 s before it arrived (queued): the clock keeps its time.
+        clock.observe_at(stamp + 8_000, 110 * S);
+        assert_eq!(clock.at(110 * S).unwrap(), kept);
+        // A stamp ahead moves it forward.
+        clock.observe_at(stamp + 12_000, 110 * S);
+        assert_eq!(clock.at(110 * S).unwrap(), kept + 2 * S);
     }
 
     #[test]

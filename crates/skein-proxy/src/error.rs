@@ -227,7 +227,10 @@ impl ProxyError {
     /// Whether the peer reset the request's HTTP/2 stream with `REFUSED_STREAM`, which
     /// says it was closed before any processing (RFC 9113 §8.7: safe to retry, whatever
     /// the method). Streams a peer's `GOAWAY` cut off are not counted: h2 reports those
-    /// the same way as ones the connection's end cut off after they were processed.
+    /// the same way as ones the connection's end cut off after they were processed. A
+    /// peer proxy never passes its application's `REFUSED_STREAM` on (it answers `502` for
+    /// a refused request, and resets a failed response body with `INTERNAL_ERROR`, see
+    /// `inbound::app`), so the reset is the peer's own word.
     pub fn refused_stream(&self) -> bool {
         let ProxyError::Upstream { source, .. } = self else {
             return false;

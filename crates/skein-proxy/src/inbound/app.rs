@@ -72,11 +72,34 @@ pub async fn forward(
             .send(addr, Request::from_parts(parts, boxed(body)))
             .await?
     };
-    let mut resp = resp.map(boxed);
+    let mut resp = resp.map(|body| boxed(http_body_util::BodyExt::map_err(body, app_body_error)));
     headers::strip_hop_by_hop(resp.headers_mut());
     // Only proxies set skein-* headers (e.g. skein-error); an application cannot.
     headers::strip_internal(resp.headers_mut());
     Ok(resp)
+}
+
+/// What a failure of the application's response body becomes on the caller's stream. The
+/// HTTP/2 server resets the stream with the reason it finds in the error, and a reset with
+/// `REFUSED_STREAM` tells the caller's proxy that nothing was processed, so that it sends
+/// the request again elsewhere (RFC 9113 §8.7): only this proxy may say that, never the
+/// application (whose response had begun). Its `REFUSED_STREAM` becomes `INTERNAL_ERROR`;
+/// any other reason (`CANCEL`, gRPC's use of them) goes on as it was.
+fn app_body_error<E>(e: E) -> crate::http::BoxError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cause {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+            }
+            break;
+        }
+        cause = err.source();
+    }
+    Box::new(e)
 }
 
 /// Removes every header a caller could forge an identity with ([`headers::is_internal`],
@@ -116,6 +139,49 @@ pub fn identify(headers: &mut http::HeaderMap, caller: &Caller) {
 
 #[cfg(test)]
 mod tests {
+    use super::app_body_error;
+
+    /// An error caused by another, as hyper wraps h2's.
+    #[derive(Debug)]
+    struct Wrapped(h2::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("body failed")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn reason(e: &crate::http::BoxError) -> Option<h2::Reason> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(err) = cause {
+            if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                return h2.reason();
+            }
+            cause = err.source();
+        }
+        None
+    }
+
+    #[test]
+    fn an_applications_refused_stream_never_reaches_the_caller_as_one() {
+        let refused = || h2::Error::from(h2::Reason::REFUSED_STREAM);
+        for e in [
+            app_body_error(refused()),
+            app_body_error(Wrapped(refused())),
+        ] {
+            assert_eq!(reason(&e), Some(h2::Reason::INTERNAL_ERROR));
+        }
+        // Other reasons go on as they were.
+        let cancel = app_body_error(Wrapped(h2::Error::from(h2::Reason::CANCEL)));
+        assert_eq!(reason(&cancel), Some(h2::Reason::CANCEL));
+        let plain = app_body_error(std::io::Error::other("closed"));
+        assert_eq!(reason(&plain), None);
+    }
+
     use super::*;
 
     #[test]
