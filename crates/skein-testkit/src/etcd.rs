@@ -195,15 +195,28 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `size` members on free ports of 127.0.0.1 and waits until each serves
-    /// requests (a leader is elected).
+    /// requests (a leader is elected); tried afresh on other ports if a start fails
+    /// (another process may take a port picked).
     pub fn start(size: usize) -> anyhow::Result<EtcdCluster> {
         let bin = find_binary()
             .context("etcd is not installed: apt-get install etcd-server (or put etcd on PATH)")?;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            match Self::try_start(&bin, size) {
+                Ok(cluster) => return Ok(cluster),
+                // Dropping the members killed them and removed their directories.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    fn try_start(bin: &std::path::Path, size: usize) -> anyhow::Result<EtcdCluster> {
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
             members.push(Etcd {
                 child: None,
-                bin: bin.clone(),
+                bin: bin.to_path_buf(),
                 dir: unique_dir()?,
                 client: free_port()?,
                 peer: free_port()?,

@@ -42,6 +42,8 @@ pub const DEFAULT_PREFIX: &str = "/skein/";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a failover waits for a member's test read (members are tried at once).
+const FAILOVER_PROBE: Duration = Duration::from_millis(1500);
 /// Keys per Range page when listing, so that large lists stay under message limits.
 const LIST_PAGE: i64 = 1000;
 /// Largest response accepted from etcd (tonic's default, 4 MiB, is too small for a page of
@@ -117,6 +119,13 @@ struct Inner {
     current: std::sync::RwLock<Member>,
     /// Held while a failover checks the members, so that one runs at a time.
     failing_over: tokio::sync::Mutex<()>,
+    /// Counts moves to another member: open streams (watches, the lease keepalive) end
+    /// and start again on the new member when it changes.
+    moves: tokio::sync::watch::Sender<u64>,
+    /// The etcd cluster's ID, from the first answer: a member of another cluster (a
+    /// decommissioned member restarted alone, a restore made a new cluster) is never
+    /// taken.
+    cluster_id: u64,
     /// Prepended to every key; ends with `/`.
     prefix: String,
     /// The highest store revision seen in any response: where new watches start.
@@ -140,7 +149,7 @@ impl EtcdStore {
             .collect::<Result<Vec<_>, EtcdError>>()?;
         let mut tried = Vec::new();
         for (index, (uri, endpoint)) in endpoints.iter().enumerate() {
-            match Self::open(uri, &prefix).await {
+            match Self::open(uri, &prefix, CONNECT_TIMEOUT).await {
                 Ok((channel, header)) => {
                     let store = EtcdStore {
                         inner: Arc::new(Inner {
@@ -151,6 +160,8 @@ impl EtcdStore {
                             }),
                             endpoints,
                             failing_over: tokio::sync::Mutex::new(()),
+                            moves: tokio::sync::watch::Sender::new(0),
+                            cluster_id: header.as_ref().map_or(0, |h| h.cluster_id),
                             prefix,
                             revision: AtomicU64::new(0),
                         }),
@@ -167,10 +178,12 @@ impl EtcdStore {
         .into())
     }
 
-    /// A connection to the member at `uri`, and the header of a test read through it.
+    /// A connection to the member at `uri`, and the header of a test read through it
+    /// (answered within `read_within`).
     async fn open(
         uri: &str,
         prefix: &str,
+        read_within: Duration,
     ) -> Result<(Channel, Option<rpc::ResponseHeader>), String> {
         let channel = Endpoint::from_shared(uri.to_string())
             .map_err(|e| error_chain(&e))?
@@ -186,7 +199,7 @@ impl EtcdStore {
             Ok(Err(e)) => return Err(error_chain(&e)),
             Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
         };
-        let header = Self::test_read(&channel, prefix).await?;
+        let header = Self::test_read(&channel, prefix, read_within).await?;
         Ok((channel, header))
     }
 
@@ -195,6 +208,7 @@ impl EtcdStore {
     async fn test_read(
         channel: &Channel,
         prefix: &str,
+        within: Duration,
     ) -> Result<Option<rpc::ResponseHeader>, String> {
         let probe = rpc::RangeRequest {
             key: prefix.as_bytes().to_vec(),
@@ -203,18 +217,20 @@ impl EtcdStore {
             ..Default::default()
         };
         let mut kv = KvClient::new(channel.clone());
-        match tokio::time::timeout(CONNECT_TIMEOUT, kv.range(probe)).await {
+        match tokio::time::timeout(within, kv.range(probe)).await {
             Ok(Ok(response)) => Ok(response.into_inner().header),
             Ok(Err(status)) => Err(status_text(&status)),
-            Err(_) => Err(format!("no answer to a test read within {CONNECT_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer to a test read within {within:?}")),
         }
     }
 
     /// After a failure that says the member in use is unavailable: unless it answers a test
-    /// read, moves to the first other endpoint (in the order given, after it) that does.
-    /// Runs in the background, one at a time; a failover already under way covers this
-    /// failure too. With every member down the store stays where it is (its connection
-    /// keeps trying) and checks again at the next failure.
+    /// read, moves to the first other endpoint (in the order given, after it) that does,
+    /// for the same cluster, with every revision already seen; the others are tried at
+    /// once. Runs in the background, one at a time; a failover already under way covers
+    /// this failure too. With no member to move to the store stays where it is (its
+    /// connection keeps trying) and checks again at the next failure. Open watches and the
+    /// lease keepalive follow the move ([`EtcdStore::moved`]).
     pub(crate) fn fail_over(&self, why: String) {
         if self.inner.endpoints.len() < 2 {
             return;
@@ -225,35 +241,70 @@ impl EtcdStore {
                 return;
             };
             let from = store.member();
-            if Self::test_read(&from.channel, &store.inner.prefix).await.is_ok() {
+            let prefix = &store.inner.prefix;
+            if Self::test_read(&from.channel, prefix, FAILOVER_PROBE)
+                .await
+                .is_ok()
+            {
                 return;
             }
             let count = store.inner.endpoints.len();
-            for step in 1..count {
-                let index = (from.index + step) % count;
-                let (uri, endpoint) = &store.inner.endpoints[index];
-                match Self::open(uri, &store.inner.prefix).await {
-                    Ok((channel, header)) => {
-                        store.observe(header.as_ref());
-                        *store
-                            .inner
-                            .current
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner()) = Member {
-                            channel,
-                            endpoint: endpoint.clone(),
-                            index,
-                        };
-                        tracing::warn!(from = %from.endpoint, to = %endpoint, "etcd at {} failed ({why}); moved to {endpoint}", from.endpoint);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(endpoint = %endpoint, "etcd endpoint unusable for failover: {e}")
-                    }
+            let candidates: Vec<usize> =
+                (1..count).map(|step| (from.index + step) % count).collect();
+            let opened = futures_util::future::join_all(candidates.iter().map(|&index| {
+                let uri = store.inner.endpoints[index].0.clone();
+                async move { Self::open(&uri, prefix, FAILOVER_PROBE).await }
+            }))
+            .await;
+            let seen = store.inner.revision.load(Ordering::Relaxed);
+            for (&index, result) in candidates.iter().zip(opened) {
+                let endpoint = &store.inner.endpoints[index].1;
+                let refusal = match &result {
+                    Err(e) => Some(e.clone()),
+                    Ok((_, header)) => store.unsuitable(header.as_ref(), seen),
+                };
+                if let Some(refusal) = refusal {
+                    tracing::debug!(endpoint = %endpoint, "etcd endpoint not taken in a failover: {refusal}");
+                    continue;
                 }
+                let Ok((channel, header)) = result else {
+                    continue;
+                };
+                store.observe(header.as_ref());
+                *store
+                    .inner
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Member {
+                    channel,
+                    endpoint: endpoint.clone(),
+                    index,
+                };
+                store.inner.moves.send_modify(|n| *n += 1);
+                tracing::warn!(from = %from.endpoint, to = %endpoint, "etcd at {} failed ({why}); moved to {endpoint}", from.endpoint);
+                return;
             }
-            tracing::warn!(endpoint = %from.endpoint, "etcd at {} failed ({why}) and no other endpoint answers; staying on it", from.endpoint);
+            tracing::warn!(endpoint = %from.endpoint, "etcd at {} failed ({why}) and no other endpoint answers for this cluster; staying on it", from.endpoint);
         });
+    }
+
+    /// Why a member that answered with `header` must not be moved to: another cluster,
+    /// or behind what this store has already seen (`seen`).
+    fn unsuitable(&self, header: Option<&rpc::ResponseHeader>, seen: u64) -> Option<String> {
+        let header = header?;
+        if self.inner.cluster_id != 0 && header.cluster_id != self.inner.cluster_id {
+            return Some(format!(
+                "it belongs to etcd cluster {:x}, not {:x}",
+                header.cluster_id, self.inner.cluster_id
+            ));
+        }
+        let at = revision(header.revision);
+        (at < seen).then(|| format!("it is at revision {at}, behind {seen} already seen"))
+    }
+
+    /// Notified when the store moves to another member.
+    pub(crate) fn moved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.moves.subscribe()
     }
 
     /// The key prefix in use (ends with `/`).
@@ -521,6 +572,18 @@ impl Store for EtcdStore {
         let from = self.inner.revision.load(Ordering::Relaxed) + 1;
         watch::spawn(self.clone(), prefix, from)
     }
+}
+
+/// A streaming request that etcd ends (`no leader`) when its member loses the cluster's
+/// leader, instead of keeping it open on a member that hears nothing (etcd's `hasleader`
+/// metadata, as etcd's own clients send with `WithRequireLeader`).
+fn require_leader<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
 }
 
 /// etcd revisions are `int64` but never negative.

@@ -303,15 +303,24 @@ async fn wait_deleted(store: &EtcdStore, key: &[u8], from: i64) -> Result<(), St
         )),
     };
     let requests = futures_util::stream::iter([create]).chain(futures_util::stream::pending());
+    let mut moved = store.moved();
     let mut client = WatchClient::new(store.channel());
-    let mut stream =
-        match tokio::time::timeout(super::REQUEST_TIMEOUT, client.watch(requests)).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(status_text(&status)),
-            Err(_) => return Err("no answer to the watch request".into()),
-        };
+    let mut stream = match tokio::time::timeout(
+        super::REQUEST_TIMEOUT,
+        client.watch(super::require_leader(requests)),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(status_text(&status)),
+        Err(_) => return Err("no answer to the watch request".into()),
+    };
     loop {
-        let response = match stream.message().await {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = moved.changed() => return Err("the store moved to another etcd member".into()),
+        };
+        let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => return Err("etcd ended the stream".into()),
             Err(status) => return Err(status_text(&status)),
@@ -352,7 +361,10 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
         let rx = futures_util::stream::unfold(rx, |mut rx: mpsc::Receiver<_>| async move {
             rx.recv().await.map(|request| (request, rx))
         });
-        let opened = tokio::time::timeout_at(lost_at, client.lease_keep_alive(rx)).await;
+        let mut moved = store.moved();
+        let opened =
+            tokio::time::timeout_at(lost_at, client.lease_keep_alive(super::require_leader(rx)))
+                .await;
         let mut responses = match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
@@ -365,10 +377,21 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
                 tokio::time::sleep_until((Instant::now() + interval / 2).min(lost_at)).await;
                 continue;
             }
-            Err(_) => continue,
+            Err(_) => {
+                store.fail_over("no answer to a lease keepalive".into());
+                continue;
+            }
         };
         loop {
-            match tokio::time::timeout_at(renewed_at + give_up_after, responses.message()).await {
+            // An answer is due within a renewal interval: a member that gives none is
+            // left for another (the lease is lost only at `give_up_after`).
+            let lost_at = renewed_at + give_up_after;
+            let due = (sent_at + interval).min(lost_at);
+            let answer = tokio::select! {
+                a = tokio::time::timeout_at(due, responses.message()) => a,
+                _ = moved.changed() => break,
+            };
+            match answer {
                 Ok(Ok(Some(response))) if response.ttl <= 0 => {
                     return "etcd reports that the lease expired".into()
                 }
@@ -383,7 +406,15 @@ async fn keep_alive(store: &EtcdStore, lease: Lease) -> String {
                     store.fail_over(format!("a lease keepalive: {}", status_text(&status)));
                     break;
                 }
-                Err(_) => return format!("no renewal confirmed for {give_up_after:?}"),
+                Err(_) if Instant::now() >= lost_at => {
+                    return format!("no renewal confirmed for {give_up_after:?}")
+                }
+                Err(_) => {
+                    store.fail_over(format!(
+                        "no answer to a lease keepalive within {interval:?}"
+                    ));
+                    break;
+                }
             }
             tokio::time::sleep(interval).await;
             sent_at = Instant::now();

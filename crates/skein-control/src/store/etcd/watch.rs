@@ -105,10 +105,10 @@ async fn stream_once(
     };
     // The request side stays open: closing it would end the watch on some etcd versions.
     let requests = futures_util::stream::iter([create]).chain(futures_util::stream::pending());
-    let mut client =
-        WatchClient::new(store.channel()).max_decoding_message_size(MAX_MESSAGE);
+    let mut moved = store.moved();
+    let mut client = WatchClient::new(store.channel()).max_decoding_message_size(MAX_MESSAGE);
     let mut stream = tokio::select! {
-        opened = tokio::time::timeout(super::REQUEST_TIMEOUT, client.watch(requests)) => match opened {
+        opened = tokio::time::timeout(super::REQUEST_TIMEOUT, client.watch(super::require_leader(requests))) => match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => return Ended::Failed(status_text(&status)),
             Err(_) => return Ended::Failed("no answer to the watch request".into()),
@@ -119,6 +119,7 @@ async fn stream_once(
         let message = tokio::select! {
             m = stream.message() => m,
             () = tx.closed() => return Ended::ReceiverGone,
+            _ = moved.changed() => return Ended::Failed("the store moved to another etcd member".into()),
         };
         let response = match message {
             Ok(Some(response)) => response,
