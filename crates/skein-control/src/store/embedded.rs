@@ -41,6 +41,29 @@ pub struct EmbeddedStore {
 struct File {
     path: PathBuf,
     db: Mutex<Option<Arc<Database>>>,
+    /// `store.lock`, locked for as long as this process runs: redb's own lock on the file
+    /// goes while the database is closed to be reopened, and this one keeps another
+    /// control plane from taking the file meanwhile.
+    _lock: std::fs::File,
+    /// Whether a reopening is under way, and when the last one failed (reopening runs
+    /// redb's repair: at most once a second while the disk is still full).
+    reopening: Mutex<Reopening>,
+}
+
+#[derive(Default)]
+struct Reopening {
+    busy: bool,
+    failed: Option<(std::time::Instant, String)>,
+}
+
+/// How often a failed reopening is tried again at most.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why an operation on the database failed: a refusal of the store's own (a conflict), or
+/// redb's error.
+enum Failed {
+    Store(StoreError),
+    Redb(redb::Error),
 }
 
 /// A redb error, worded for the operator: a full or read-only filesystem says so and what
@@ -58,20 +81,28 @@ fn backend(path: &Path, e: impl Into<redb::Error>) -> StoreError {
         other => return StoreError::Backend(format!("{}: {other}", path.display())),
     };
     use std::io::ErrorKind;
-    let advice = match io.kind() {
-        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
-            "its filesystem is full: free space there (`df -h` on the data directory)"
-        }
-        ErrorKind::ReadOnlyFilesystem => {
-            "its filesystem is read-only: remount it read-write (the kernel does this to a filesystem after disk errors: check `dmesg`)"
-        }
-        ErrorKind::PermissionDenied => {
-            "permission denied: the control plane's user must own the data directory"
-        }
-        _ => "check the disk and filesystem of the data directory",
+    // Refused before anything reached the disk, or a failure that may have come after
+    // (a disk error during the commit's flush).
+    let (advice, outcome) = match io.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => (
+            "its filesystem is full: free space there (`df -h` on the data directory)",
+            "Nothing was written",
+        ),
+        ErrorKind::ReadOnlyFilesystem => (
+            "its filesystem is read-only: the kernel does this to a filesystem after disk errors (check `dmesg`); repair it and remount it read-write",
+            "Nothing was written",
+        ),
+        ErrorKind::PermissionDenied => (
+            "permission denied: the control plane's user must own the data directory",
+            "Nothing was written",
+        ),
+        _ => (
+            "check the disk and filesystem of the data directory",
+            "The change may or may not have been made (check with `skein get` once the store works)",
+        ),
     };
     StoreError::Backend(format!(
-        "cannot use the store {}: {io}; {advice}. Nothing was written; the control plane keeps serving what it holds and will write again once the store can",
+        "cannot use the store {}: {io}; {advice}. {outcome}; the control plane keeps serving what it holds and will write again once the store can",
         path.display()
     ))
 }
@@ -88,6 +119,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
         owner_only(&path)?;
+        let lock = lock_dir(dir)?;
         let db = Database::create(&path).map_err(|e| backend(&path, e))?;
         let txn = db.begin_write().map_err(|e| backend(&path, e))?;
         txn.open_table(DATA).map_err(|e| backend(&path, e))?;
@@ -97,22 +129,63 @@ impl EmbeddedStore {
             file: Arc::new(File {
                 path,
                 db: Mutex::new(Some(Arc::new(db))),
+                _lock: lock,
+                reopening: Mutex::default(),
             }),
             watchers: Arc::default(),
         })
     }
 
-    /// The open database, opening the file again if an I/O error closed it. A reopening
-    /// closes every watcher's channel (they re-list).
-    fn database(&self) -> Result<Arc<Database>, StoreError> {
-        let mut slot = self.file.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(db) = &*slot {
+    /// The open database, opening the file again (in a blocking task, one at a time, at
+    /// most once every [`REOPEN_EVERY`] while it fails) if an I/O error closed it. A
+    /// reopening closes every watcher's channel (they re-list).
+    async fn database(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = &*self.file.db.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(db.clone());
         }
-        let db =
-            Arc::new(Database::create(&self.file.path).map_err(|e| backend(&self.file.path, e))?);
-        *slot = Some(db.clone());
-        drop(slot);
+        {
+            let mut reopening = self
+                .file
+                .reopening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let again = || {
+                StoreError::Backend(format!(
+                    "the store {} is being opened again after an I/O error; try again shortly",
+                    self.file.path.display()
+                ))
+            };
+            if reopening.busy {
+                return Err(again());
+            }
+            if let Some((at, why)) = &reopening.failed {
+                if at.elapsed() < REOPEN_EVERY {
+                    return Err(StoreError::Backend(why.clone()));
+                }
+            }
+            reopening.busy = true;
+        }
+        let path = self.file.path.clone();
+        let opened = tokio::task::spawn_blocking(move || Database::create(&path))
+            .await
+            .map_err(internal)
+            .and_then(|r| r.map_err(|e| backend(&self.file.path, e)));
+        let mut reopening = self
+            .file
+            .reopening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        reopening.busy = false;
+        let db = match opened {
+            Ok(db) => Arc::new(db),
+            Err(e) => {
+                reopening.failed = Some((std::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        reopening.failed = None;
+        *self.file.db.lock().unwrap_or_else(|p| p.into_inner()) = Some(db.clone());
+        drop(reopening);
         self.watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -125,31 +198,37 @@ impl EmbeddedStore {
     /// database so that the next operation opens the file again.
     async fn run<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&Database) -> Result<T, Failed> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.database()?;
-        let (file, used) = (self.file.clone(), db.clone());
-        let result = tokio::task::spawn_blocking(move || op(&used, &file.path))
+        let db = self.database().await?;
+        let used = db.clone();
+        let result = tokio::task::spawn_blocking(move || op(&used))
             .await
             .map_err(internal)?;
-        // Any failure but a conflict came from redb, which refuses every later operation
-        // after an I/O error: let go of this database so that the next one reopens it.
-        if let Err(StoreError::Backend(message)) = &result {
-            let mut slot = self.file.db.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
-                *slot = None;
-                tracing::warn!(path = %self.file.path.display(), error = %message, "the store failed; it will be opened again at the next operation");
+        match result {
+            Ok(value) => Ok(value),
+            Err(Failed::Store(e)) => Err(e),
+            Err(Failed::Redb(e)) => {
+                // redb refuses every later operation after an I/O error.
+                let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+                let error = backend(&self.file.path, e);
+                if io {
+                    let mut slot = self.file.db.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot
+                        .as_ref()
+                        .is_some_and(|current| Arc::ptr_eq(current, &db))
+                    {
+                        *slot = None;
+                        tracing::warn!(path = %self.file.path.display(), error = %error, "the store met an I/O error; it will be opened again at the next operation");
+                    }
+                }
+                Err(error)
             }
         }
-        result
     }
 
-    fn list_sync(
-        db: &Database,
-        path: &Path,
-        prefix: &str,
-    ) -> Result<(Vec<Entry>, u64), StoreError> {
-        let backend = |e: redb::Error| backend(path, e);
+    fn list_sync(db: &Database, prefix: &str) -> Result<(Vec<Entry>, u64), Failed> {
+        let backend = Failed::Redb;
         let txn = db.begin_read().map_err(|e| backend(e.into()))?;
         let data = txn.open_table(DATA).map_err(|e| backend(e.into()))?;
         let meta = txn.open_table(META).map_err(|e| backend(e.into()))?;
@@ -175,12 +254,8 @@ impl EmbeddedStore {
         Ok((out, revision))
     }
 
-    fn commit_sync(
-        db: &Database,
-        path: &Path,
-        ops: &[Op],
-    ) -> Result<(u64, Vec<Event>), StoreError> {
-        let backend = |e: redb::Error| backend(path, e);
+    fn commit_sync(db: &Database, ops: &[Op]) -> Result<(u64, Vec<Event>), Failed> {
+        let backend = Failed::Redb;
         let txn = db.begin_write().map_err(|e| backend(e.into()))?;
         let mut events = Vec::with_capacity(ops.len());
         let revision = {
@@ -204,11 +279,11 @@ impl EmbeddedStore {
                 if let Some(expected) = *expect {
                     if expected != found {
                         // Dropping the transaction without commit discards every write.
-                        return Err(StoreError::Conflict {
+                        return Err(Failed::Store(StoreError::Conflict {
                             key: key.clone(),
                             expected,
                             found,
-                        });
+                        }));
                     }
                 }
                 match op {
@@ -259,17 +334,12 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     fn list(&self, prefix: &str) -> BoxFuture<'_, Result<(Vec<Entry>, u64), StoreError>> {
         let prefix = prefix.to_string();
-        Box::pin(async move {
-            self.run(move |db, path| Self::list_sync(db, path, &prefix))
-                .await
-        })
+        Box::pin(async move { self.run(move |db| Self::list_sync(db, &prefix)).await })
     }
 
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let (revision, events) = self
-                .run(move |db, path| Self::commit_sync(db, path, &ops))
-                .await?;
+            let (revision, events) = self.run(move |db| Self::commit_sync(db, &ops)).await?;
             self.notify(&events);
             Ok(revision)
         })
@@ -280,6 +350,32 @@ impl Store for EmbeddedStore {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers.push((prefix.to_string(), tx));
         rx
+    }
+}
+
+/// Locks `DIR/store.lock` for the life of the process: one control plane per data
+/// directory, also while the store file itself is closed to be reopened.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("store.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "another control plane uses the data directory {} ({} is locked): stop it, or give this one its own --data-dir",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -338,18 +434,37 @@ mod tests {
         assert!(full.contains("/data/store.redb"), "{full}");
         assert!(full.contains("filesystem is full: free space"), "{full}");
         assert!(full.contains("Nothing was written"), "{full}");
-        assert!(
-            say(30).contains("read-only: remount it read-write"),
-            "{}",
-            say(30)
-        );
+        let read_only = say(30);
+        assert!(read_only.contains("read-only: the kernel"), "{read_only}");
+        assert!(read_only.contains("Nothing was written"), "{read_only}");
         assert!(say(13).contains("permission denied"), "{}", say(13));
-        assert!(say(5).contains("check the disk"), "{}", say(5));
+        // A disk error may come after the commit reached the disk: not said to be unwritten.
+        let eio = say(5);
+        assert!(eio.contains("check the disk"), "{eio}");
+        assert!(eio.contains("may or may not have been made"), "{eio}");
         let other = backend(path, redb::Error::PreviousIo).to_string();
         assert!(
             other.starts_with("store unavailable: /data/store.redb: "),
             "{other}"
         );
+    }
+
+    #[tokio::test]
+    async fn one_store_per_data_directory() {
+        let dir = temp_dir("lock");
+        let first = EmbeddedStore::open(&dir).unwrap();
+        let second = EmbeddedStore::open(&dir)
+            .err()
+            .expect("the directory is in use");
+        assert!(
+            second
+                .to_string()
+                .contains("another control plane uses the data directory"),
+            "{second}"
+        );
+        drop(first);
+        drop(EmbeddedStore::open(&dir).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
