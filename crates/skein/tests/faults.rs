@@ -819,12 +819,13 @@ async fn a_peer_proxy_at_its_request_ceiling_sheds_and_the_caller_sends_elsewher
     );
     let (control, _dir) = control_with(ip22(13), &resources).await;
     // One endpoint's proxy takes 16 requests at a time (the smallest ceiling accepted),
-    // and its application holds each for a second: while it holds 16, its proxy sheds the
+    // and its application holds each for 3 s: while it holds 16, its proxy sheds the
     // rest with 503 proxy_overloaded, which says the request reached no application.
     let full_app = HttpBackend::start(SocketAddr::new(ip22(14), PORT))
         .await
         .unwrap();
-    full_app.set_delay(Duration::from_secs(1));
+    // Held 3 s, so that all 100 requests arrive while 16 are held even on a slow machine.
+    full_app.set_delay(Duration::from_secs(3));
     let limits = Limits {
         max_requests: 16,
         ..Limits::default()
