@@ -87,6 +87,24 @@ impl Etcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its ports still take connections, but nothing answers, as
+    /// with a member whose host hangs or whose network blackholes. [`Etcd::resume`] (or
+    /// dropping the handle) ends it.
+    pub fn pause(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// Lets a [`Etcd::pause`]d etcd run again.
+    pub fn resume(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: as in `pause`.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+    }
+
     /// Starts etcd again on the same ports with the same data, after [`Etcd::stop`] (or
     /// kills the running one first), and waits until it serves requests.
     pub fn restart(&mut self) -> anyhow::Result<()> {

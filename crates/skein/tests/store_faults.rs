@@ -17,7 +17,11 @@
 //!   reads go on, no request fails; once etcd is back, writes are accepted and pushed
 //!   without a restart.
 //!
-//! Addresses 127.0.22.80–82 and 84–89; the mount, processes and directories go with drop guards.
+//! - etcd's member under the control plane frozen (SIGSTOP: connections open, nothing
+//!   answering): the control plane leaves it for a member that answers, writes and the
+//!   registry's watch with it, and the write is pushed; no request fails.
+//!
+//! Addresses 127.0.22.80–82 and 84–92; the mount, processes and directories go with drop guards.
 
 use http::{Request, StatusCode};
 use skein_model::{Protocol, ProxyConfig};
@@ -635,6 +639,62 @@ async fn etcd_down_then_back_refuses_writes_saying_why_and_loses_nothing() {
     eprintln!("traffic through it: {ok} ok, {} failed", failed.len());
     assert!(failed.is_empty(), "requests failed: {failed:?}");
     assert!(ok > 500, "traffic flowed: {ok}");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_etcd_member_that_stops_answering_is_left_for_one_that_works() {
+    skein_testkit::init_tracing();
+    if !skein_testkit::etcd::Etcd::available() {
+        eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+        assert!(std::env::var_os("CI").is_none(), "CI installs etcd");
+        return;
+    }
+    let mut cluster = skein_testkit::etcd::EtcdCluster::start(3).unwrap();
+    let leader = cluster
+        .leader()
+        .expect("a three-member cluster elects a leader");
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(leader);
+    let dirs = TempDir::new("etcd-hang").unwrap();
+    let control = control_on_etcd(90, &endpoints, &dirs).await;
+    let Pair {
+        backend: _backend,
+        server,
+        client,
+        port,
+        via,
+    } = pair(&control, 91).await;
+    let traffic = steady(via, port, Instant::now() + Duration::from_secs(40));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The member the control plane uses freezes (SIGSTOP): its connections stay open and
+    // its port takes new ones, but nothing answers; nothing fails fast.
+    cluster.member(leader).pause();
+    let frozen = Instant::now();
+    let (took, refusal) =
+        apply_until_accepted(&control, "after", port, Duration::from_secs(35)).await;
+    eprintln!(
+        "etcd member frozen: writes accepted again {took:?} later (the last refusal: {refusal:?})"
+    );
+    // The write reaches the proxies only through the registry's watch, which must have
+    // left the frozen member too.
+    until_held(&client, "after", Duration::from_secs(20)).await;
+    eprintln!(
+        "... and pushed to the caller's proxy {:?} after the freeze",
+        frozen.elapsed()
+    );
+    assert_eq!(services(&control).await, ["after", "web"]);
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("traffic through it: {ok} ok, {} failed", failed.len());
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(
+        control.log().contains("moved to"),
+        "the control plane moved to another member: {}",
+        control.log()
+    );
+    cluster.member(leader).resume();
     client.shutdown().await;
     server.shutdown().await;
 }
