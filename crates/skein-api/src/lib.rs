@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod json_body;
+pub mod listen;
 
 /// Generated packages, nested as their protobuf packages are (generated code names
 /// another package by its relative path).

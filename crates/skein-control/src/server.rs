@@ -179,14 +179,9 @@ impl RunningControl {
         let connections = Arc::new(Connections::default());
         let mut tasks = tokio::task::JoinSet::new();
 
-        let http = tokio::net::TcpListener::bind(opts.http)
+        let http = skein_api::listen::bind(opts.http, "the HTTP API")
             .await
-            .map_err(|e| {
-                io(
-                    &format!("cannot listen on {} for the HTTP API", opts.http),
-                    e,
-                )
-            })?;
+            .map_err(|e| ControlError::Io(e.to_string()))?;
         let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
         let central = crate::telemetry::Central::new();
         let taps = crate::tap::TapHub::new();
@@ -249,9 +244,9 @@ impl RunningControl {
             shutdown.clone(),
         ));
 
-        let grpc = tokio::net::TcpListener::bind(opts.grpc)
+        let grpc = skein_api::listen::bind(opts.grpc, "proxies")
             .await
-            .map_err(|e| io(&format!("cannot listen on {} for proxies", opts.grpc), e))?;
+            .map_err(|e| ControlError::Io(e.to_string()))?;
         let grpc_addr = grpc.local_addr().map_err(|e| io("local address", e))?;
         let (live_tx, live) = tokio::sync::watch::channel(None);
         if presence.is_some() {

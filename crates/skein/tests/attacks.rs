@@ -12,10 +12,13 @@
 //! with `limits.headerTimeout` and `limits.handshakeTimeout` of 2 s, so that what those
 //! cut off is cut off within the test.
 //!
-//! The control plane's proxy API (gRPC over TLS) is attacked the same way by a client
-//! without a certificate (as every new proxy connects), while a well-behaved new proxy
-//! joins every 100 ms. The admin listener and the control plane's HTTP API (HTTP/1 only)
-//! are attacked in `security.rs` (idle and half-sent connections, connection caps).
+//! The control plane (a `skein control` process) is attacked from an address of its own:
+//! its HTTP API (HTTP/1.1) with slowloris, a thousand idle connections and bodies without
+//! end, while a well-behaved client asks `/healthz` every 20 ms; its proxy API (gRPC over
+//! TLS) with unfinished handshakes and the HTTP/2 attacks by a client without a
+//! certificate (as every new proxy connects), while a well-behaved new proxy joins every
+//! 100 ms. The proxies' admin listeners are attacked in `security.rs` (idle and
+//! half-sent connections, the connection cap).
 //!
 //! Addresses 127.0.22.40–49; every process is killed and every directory removed by drop
 //! guards, also when a test fails.
@@ -174,9 +177,9 @@ async fn stage(first: u8) -> Stage {
 /// What the well-behaved client calls.
 #[derive(Clone)]
 enum Target {
-    /// GETs through the caller's proxy (its upstream listener for `web`), every 20 ms on
-    /// a keep-alive connection.
-    Upstream(SocketAddr),
+    /// GETs of a path on a keep-alive connection, every 20 ms: through the caller's proxy
+    /// (its upstream listener for `web`), or of a listener's own page.
+    Http(SocketAddr, &'static str),
     /// The control plane's proxy API: a new proxy joining every 100 ms (a fresh key, a
     /// TLS handshake, a `Certify` call with a token of many uses).
     Certify(skein_proxy::control::ControlConfig, SpiffeId),
@@ -193,7 +196,7 @@ impl Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let task = match target.clone() {
-            Target::Upstream(upstream) => tokio::spawn(Self::get(upstream, stopped)),
+            Target::Http(addr, path) => tokio::spawn(Self::get(addr, path, stopped)),
             Target::Certify(join, id) => tokio::spawn(Self::certify(join, id, stopped)),
         };
         Watch { stop, task }
@@ -220,6 +223,7 @@ impl Watch {
 
     async fn get(
         upstream: SocketAddr,
+        path: &'static str,
         stopped: Arc<AtomicBool>,
     ) -> (Vec<Duration>, Vec<String>, usize) {
         {
@@ -233,7 +237,12 @@ impl Watch {
                     sender = h1(upstream).await.ok();
                 }
                 let started = Instant::now();
-                let req = || Request::get("/echo").body(empty()).unwrap();
+                let req = || {
+                    Request::get(path)
+                        .header("host", "web")
+                        .body(empty())
+                        .unwrap()
+                };
                 let mut answer = match sender.as_mut() {
                     Some(s) => s.send_request(req()).await,
                     None => {
@@ -337,12 +346,30 @@ async fn hold(
     drip: &'static [u8],
     within: Duration,
 ) -> bool {
+    hold_from(None, addr, n, first, drip, within).await
+}
+
+/// [`hold`], from the address `from` (else the kernel's choice).
+async fn hold_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    n: usize,
+    first: &'static [u8],
+    drip: &'static [u8],
+    within: Duration,
+) -> bool {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         tasks.spawn(async move {
-            let mut conn = TcpStream::connect(addr)
-                .await
-                .expect("connect to the proxy");
+            let mut conn = match from {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                    socket.connect(addr).await
+                }
+            }
+            .expect("connect to the listener");
             // Closed before the first bytes went out: cut off, though not by a timeout.
             if conn.write_all(first).await.is_err() {
                 return true;
@@ -567,7 +594,7 @@ where
 async fn the_outbound_listener_survives_hostile_applications() {
     let stage = stage(40).await;
     let (pid, upstream) = (stage.client.pid(), stage.upstream);
-    let target = Target::Upstream(upstream);
+    let target = Target::Http(upstream, "/echo");
     // Slowloris: 200 request heads, a header line every 300 ms, never finished.
     under("outbound slowloris", pid, &target, true, async {
         hold(
@@ -647,7 +674,7 @@ async fn the_outbound_listener_survives_hostile_applications() {
 async fn the_inbound_listener_survives_hostile_peers() {
     let stage = stage(44).await;
     let (pid, upstream, inbound) = (stage.server.pid(), stage.upstream, stage.inbound);
-    let target = Target::Upstream(upstream);
+    let target = Target::Http(upstream, "/echo");
     // TLS handshakes that never finish: a ClientHello record header announcing 512
     // bytes, and 10 of them.
     under(
@@ -698,7 +725,7 @@ async fn the_inbound_listener_survives_hostile_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_planes_proxy_api_survives_hostile_clients() {
+async fn the_control_planes_listeners_survive_hostile_clients() {
     skein_testkit::init_tracing();
     // A `skein control` process, so that its memory is its own; the attacker connects
     // from an address of its own (the control plane caps connections per source).
@@ -737,7 +764,85 @@ async fn the_control_planes_proxy_api_survives_hostile_clients() {
         socket.bind(SocketAddr::new(ip(49), 0)).unwrap();
         socket.connect(grpc).await.unwrap()
     };
-    // TLS handshakes that never finish, and connections that never start one.
+    // Its HTTP API (HTTP/1.1 only), while a well-behaved client asks `/healthz` every
+    // 20 ms from another address: slowloris, a thousand idle connections, and bodies
+    // without end from a client without the admin token.
+    let api = control.http;
+    let healthz = Target::Http(api, "/healthz");
+    let from = Some(ip(49));
+    under("control HTTP API slowloris", pid, &healthz, true, async {
+        hold_from(
+            from,
+            api,
+            200,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n",
+            b"x-slow: 1\r\n",
+            Duration::from_secs(15),
+        )
+        .await
+    })
+    .await;
+    under(
+        "control HTTP API idle connections",
+        pid,
+        &healthz,
+        true,
+        async { hold_from(from, api, 1_000, b"", b"", Duration::from_secs(15)).await },
+    )
+    .await;
+    for (what, head) in [
+        (
+            "a 1 GiB body",
+            "POST /api/v1/apply HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n",
+        ),
+        (
+            "an endless chunked body",
+            "POST /api/v1/apply HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        ),
+    ] {
+        let name = format!("control HTTP API {what} without the token");
+        under(&name, pid, &healthz, true, async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip(49), 0)).unwrap();
+            let conn = socket.connect(api).await.unwrap();
+            let (mut rd, mut wr) = conn.into_split();
+            wr.write_all(head.as_bytes()).await.unwrap();
+            let block = if head.contains("chunked") {
+                [
+                    format!("{:x}\r\n", 64 * 1024).into_bytes(),
+                    vec![b'b'; 64 * 1024],
+                    b"\r\n".to_vec(),
+                ]
+                .concat()
+            } else {
+                vec![b'b'; 64 * 1024]
+            };
+            // Sent as fast as it is taken, for at most 5 s; cut off when the API answers
+            // (and stops reading) or closes.
+            let writer = tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < until {
+                    if wr.write_all(&block).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut answer = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(8), rd.read_to_end(&mut answer)).await;
+            writer.abort();
+            let text = String::from_utf8_lossy(&answer);
+            eprintln!(
+                "{what}: answered {:?}",
+                text.lines().next().unwrap_or("nothing")
+            );
+            read.is_ok() && text.starts_with("HTTP/1.1 4")
+        })
+        .await;
+    }
+
+    // Its proxy API: TLS handshakes that never finish, and connections that never start
+    // one.
     under(
         "control API unfinished TLS handshakes",
         pid,
