@@ -66,18 +66,59 @@ pub struct StoredSpan {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Heap bytes a string of `len` bytes takes: the allocator rounds each allocation up to
+/// a size class (16-byte steps for small ones, coarser above).
+fn heap(len: usize) -> usize {
+    match len {
+        0 => 0,
+        1..=128 => len.next_multiple_of(16),
+        _ => len.next_multiple_of(64) + len / 8,
+    }
+}
+
+/// A leaf node of a `BTreeMap<String, String>`: room for 11 entries (two string headers
+/// each) and the node's links.
+const MAP_LEAF: usize = 544;
+/// An internal node: a leaf's room and 12 child pointers.
+const MAP_INTERNAL: usize = 640;
+
+/// The nodes of a `BTreeMap<String, String>` of `n` entries: one leaf up to 11, then
+/// leaves about half full (as splits leave them) under internal nodes.
+fn map_nodes(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=11 => MAP_LEAF,
+        _ => {
+            let leaves = n.div_ceil(6);
+            leaves * MAP_LEAF + leaves.div_ceil(6) * MAP_INTERNAL
+        }
+    }
+}
+
+/// What a trace takes besides its spans: its entry in the map of traces (with the
+/// table's slack), its place in the arrival order.
+const TRACE_OVERHEAD: usize = 160;
+
 impl StoredSpan {
-    /// Bytes it counts for against [`MAX_BYTES`].
+    /// Bytes it counts for against [`MAX_BYTES`]: what it takes in memory, its strings'
+    /// heap as the allocator rounds it, its attributes' map nodes, and its share of the
+    /// trace's vector (which grows by doubling). Checked against an allocator that counts
+    /// in `tests/trace_memory.rs`.
     fn size(&self) -> usize {
-        let attrs: usize = self
-            .attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 48)
-            .sum();
-        200 + self.service.len()
-            + self.workload.len()
-            + self.name.len()
-            + self.status_message.len()
+        let attrs: usize = map_nodes(self.attributes.len())
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| heap(k.len()) + heap(v.len()))
+                .sum::<usize>();
+        std::mem::size_of::<Self>() * 3 / 2
+            + heap(self.trace_id.len())
+            + heap(self.span_id.len())
+            + self.parent_span_id.as_ref().map_or(0, |p| heap(p.len()))
+            + heap(self.service.len())
+            + heap(self.workload.len())
+            + heap(self.name.len())
+            + heap(self.status_message.len())
             + attrs
     }
 }
@@ -245,7 +286,11 @@ impl Traces {
             } = &mut *inner;
             let trace = traces.entry(id).or_insert_with(|| {
                 order.push_back(id);
-                Trace::default()
+                *bytes += TRACE_OVERHEAD;
+                Trace {
+                    bytes: TRACE_OVERHEAD,
+                    ..Trace::default()
+                }
             });
             if trace.spans.len() >= MAX_SPANS_PER_TRACE {
                 trace.over += 1;
