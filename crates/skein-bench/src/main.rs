@@ -21,6 +21,7 @@ mod scale;
 mod scenarios;
 mod setups;
 mod slow;
+mod soak;
 mod tcp;
 mod tools;
 
@@ -166,6 +167,34 @@ enum Cmd {
         #[arg(long = "proxy-env")]
         proxy_env: Vec<String>,
     },
+    /// `skein demo` held up for a long run: every process of it sampled (RSS, open file
+    /// descriptors), every proxy's request counters read; a JSON report and a table of
+    /// growth per process and failures. Exits 1 on growth, an exited process or a failed
+    /// request. See docs/reliability.md, "Soak".
+    Soak {
+        /// How long to sample once the demo's traffic flows, e.g. 30m.
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        duration: Duration,
+        /// How often to sample, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        sample: Duration,
+        /// The skein binary (default: next to this one).
+        #[arg(long)]
+        skein: Option<PathBuf>,
+        /// Where to write soak.json, samples.csv, counters.csv and the demo's logs
+        /// (default: a new directory under $TMPDIR, kept).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Requests per second of the demo's traffic generator (1 to 500).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+        rps: u32,
+        /// The demo's network: 198.18.N.0/24 in namespaces (as root), else 127.0.N.0/24.
+        #[arg(long, default_value_t = 93)]
+        net: u8,
+        /// Run the demo on loopback even as root.
+        #[arg(long)]
+        loopback: bool,
+    },
     /// Start the benchmark's skein pair (control plane, mutual TLS, authorization,
     /// telemetry) on 127.0.0.174–176 and hold it up until Ctrl-C, printing its addresses
     /// and the proxies' process ids: for profiling by hand (perf, strace).
@@ -300,6 +329,37 @@ fn main() -> anyhow::Result<()> {
             println!("{figures}");
             Ok(())
         }
+        Cmd::Soak {
+            duration,
+            sample,
+            skein,
+            out,
+            rps,
+            net,
+            loopback,
+        } => {
+            let opts = soak::Options {
+                duration,
+                sample,
+                skein: skein_binary(skein)?,
+                out,
+                rps,
+                net,
+                loopback,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            // One thread, as for `run`: the demo is spawned from it (PR_SET_PDEATHSIG).
+            let report = current_thread()?.block_on(until_signal(soak::run(opts)))?;
+            if !report.passed {
+                anyhow::bail!(
+                    "soak: FAIL: {} flagged processes, {} failures (the verdict is above; the report in {})",
+                    report.flagged.len(),
+                    report.unexplained_failures,
+                    report.out
+                );
+            }
+            Ok(())
+        }
         Cmd::Pair => multi_thread()?.block_on(pair::hold()),
         Cmd::Run {
             quick,
@@ -314,18 +374,21 @@ fn main() -> anyhow::Result<()> {
                 only,
             };
             // One thread: children are spawned from it, which PR_SET_PDEATHSIG relies on.
-            current_thread()?.block_on(run_until_signal(args))
+            current_thread()?.block_on(until_signal(run::run(args)))
         }
     }
 }
 
-/// Runs the orchestrator; on SIGINT or SIGTERM drops it, which stops every child.
-async fn run_until_signal(args: run::RunArgs) -> anyhow::Result<()> {
+/// Runs `work` (the orchestrator, the soak); on SIGINT or SIGTERM drops it, which stops
+/// every child.
+async fn until_signal<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let name = tokio::select! {
-        result = run::run(args) => return result,
+        result = work => return result,
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };

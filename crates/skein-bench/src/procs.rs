@@ -79,6 +79,29 @@ impl Proc {
         self.pid
     }
 
+    /// Sends SIGINT to the process alone, not its group (what Ctrl-C in a terminal does to
+    /// a program that stops its own children in order, such as `skein demo`), and waits
+    /// at most `within` for it to exit; true if it did. Dropping the handle afterwards
+    /// still stops whatever is left of the group.
+    pub fn interrupt(&mut self, within: Duration) -> bool {
+        let Some(child) = &mut self.child else {
+            return false;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        // SAFETY: a plain syscall on a child this handle started and has not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Fails, quoting the end of its log, if the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         let exited = match &mut self.child {
@@ -203,8 +226,9 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     Ok(total)
 }
 
-/// `pid` and its descendants, found by scanning `/proc` for parent ids.
-fn family(pid: u32) -> Vec<u32> {
+/// `pid` and its descendants, found by scanning `/proc` for parent ids; parents come
+/// before their children.
+pub(crate) fn family(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -235,7 +259,7 @@ fn family(pid: u32) -> Vec<u32> {
 
 /// Parent pid and utime+stime (clock ticks) from a `/proc/PID/stat` line. The command
 /// name may hold spaces and parentheses, so fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+pub(crate) fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
@@ -246,7 +270,7 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
 }
 
 /// A `Key:   123 kB` value from `/proc/PID/status`.
-fn status_kib(status: &str, key: &str) -> Option<u64> {
+pub(crate) fn status_kib(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix(':')?;
         v.trim().trim_end_matches("kB").trim().parse().ok()

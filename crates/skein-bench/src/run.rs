@@ -518,7 +518,8 @@ pub fn workspace_root() -> anyhow::Result<PathBuf> {
         .context("cannot find the workspace root: run from it, or via bench/run")
 }
 
-fn git_commit(root: &Path) -> String {
+/// The short commit of the work tree at `root`, `+dirty` when tracked files changed.
+pub(crate) fn git_commit(root: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")
@@ -538,7 +539,8 @@ fn git_commit(root: &Path) -> String {
     }
 }
 
-fn cpu_model() -> String {
+/// The CPU model, from /proc/cpuinfo.
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
