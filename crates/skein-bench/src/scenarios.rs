@@ -42,12 +42,21 @@ pub struct Plan {
     pub handshake_workers: u32,
 }
 
+/// Seconds per measurement, instead of the plan's own (3 quick, 10 full).
+pub const SECS_ENV: &str = "SKEIN_BENCH_SECS";
+
 impl Plan {
-    /// The quick plan (`--quick`, CI) or the full one.
+    /// The quick plan (`--quick`, CI) or the full one. [`SECS_ENV`] sets how long each
+    /// measurement runs (CI's smoke run, which measures nothing, takes 1 s).
     pub fn new(quick: bool) -> Plan {
+        let secs = std::env::var(SECS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(if quick { 3 } else { 10 });
         Plan {
             quick,
-            secs: if quick { 3 } else { 10 },
+            secs,
             repetitions: if quick { 1 } else { 2 },
             rates: if quick {
                 vec![500, 1000]
