@@ -17,8 +17,9 @@
 //! end, while a well-behaved client asks `/healthz` every 20 ms; its proxy API (gRPC over
 //! TLS) with unfinished handshakes and the HTTP/2 attacks by a client without a
 //! certificate (as every new proxy connects), while a well-behaved new proxy joins every
-//! 100 ms. The proxies' admin listeners are attacked in `security.rs` (idle and
-//! half-sent connections, the connection cap).
+//! 100 ms. The caller's proxy's admin listener takes slowloris and idle connections (up
+//! to its cap of 64; past it, connections are refused, which `security.rs` tests) while a
+//! monitor asks `/ready`.
 //!
 //! Addresses 127.0.22.40–49; every process is killed and every directory removed by drop
 //! guards, also when a test fails.
@@ -699,6 +700,30 @@ async fn the_outbound_listener_survives_hostile_applications() {
     h2_floods("outbound", pid, &target, || async {
         TcpStream::connect(upstream).await.unwrap()
     })
+    .await;
+    // The same proxy's admin listener (HTTP/1.1, at most 64 connections): 40 request
+    // heads dripping and 20 connections that send nothing, while a monitor asks `/ready`
+    // every 20 ms on a connection of its own.
+    let admin = stage.client.admin;
+    let ready = Target::Http(admin, "/ready");
+    under(
+        "admin slowloris and idle connections",
+        pid,
+        &ready,
+        true,
+        async {
+            let slow = hold(
+                admin,
+                40,
+                b"GET /metrics HTTP/1.1\r\nhost: x\r\n",
+                b"x-slow: 1\r\n",
+                Duration::from_secs(15),
+            );
+            let idle = hold(admin, 20, b"", b"", Duration::from_secs(15));
+            let (slow, idle) = tokio::join!(slow, idle);
+            slow && idle
+        },
+    )
     .await;
     drop(stage.control);
 }
