@@ -235,16 +235,9 @@ impl ProxyError {
         let ProxyError::Upstream { source, .. } = self else {
             return false;
         };
-        let mut cause = std::error::Error::source(source);
-        while let Some(e) = cause {
-            if let Some(h2) = e.downcast_ref::<h2::Error>() {
-                return h2.is_reset()
-                    && h2.is_remote()
-                    && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            }
-            cause = e.source();
-        }
-        false
+        h2_error(source).is_some_and(|h2| {
+            h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        })
     }
 
     /// The status returned to an HTTP caller.
@@ -444,6 +437,19 @@ impl ProxyError {
             }
         }
     }
+}
+
+/// The HTTP/2 error in `e`'s chain of causes (`e` included), if any: what an HTTP/2
+/// stream was reset with.
+pub(crate) fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cause = err.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -89,15 +89,8 @@ fn app_body_error<E>(e: E) -> crate::http::BoxError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = cause {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
-            }
-            break;
-        }
-        cause = err.source();
+    if crate::error::h2_error(&e).and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM) {
+        return Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
     }
     Box::new(e)
 }
@@ -156,14 +149,7 @@ mod tests {
     }
 
     fn reason(e: &crate::http::BoxError) -> Option<h2::Reason> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-        while let Some(err) = cause {
-            if let Some(h2) = err.downcast_ref::<h2::Error>() {
-                return h2.reason();
-            }
-            cause = err.source();
-        }
-        None
+        crate::error::h2_error(e.as_ref()).and_then(h2::Error::reason)
     }
 
     #[test]
