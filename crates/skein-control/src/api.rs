@@ -738,6 +738,10 @@ async fn traces(
         "traces": api.central.traces.list(&filter),
         "kept": kept,
         "bytes": bytes,
+        "limits": {
+            "traces": crate::telemetry::traces::MAX_TRACES,
+            "bytes": crate::telemetry::traces::MAX_BYTES,
+        },
         "replica": api.replica,
     })))
 }

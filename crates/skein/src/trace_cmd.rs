@@ -122,7 +122,7 @@ fn list_text(answer: &Value) -> String {
             ]
         })
         .collect();
-    align(
+    let mut text = align(
         &[
             "TRACE",
             "START (UTC)",
@@ -132,7 +132,23 @@ fn list_text(answer: &Value) -> String {
             "ROOT",
         ],
         &rows,
-    )
+    );
+    text.push_str(&kept_line(answer));
+    text
+}
+
+/// What the store holds against its limits (the oldest traces go first), when the
+/// control plane says.
+fn kept_line(answer: &Value) -> String {
+    let mib = |v: &Value| v.as_u64().map(|b| b as f64 / (1 << 20) as f64);
+    let (kept, bytes) = (answer["kept"].as_u64(), mib(&answer["bytes"]));
+    let limits = &answer["limits"];
+    match (kept, bytes, limits["traces"].as_u64(), mib(&limits["bytes"])) {
+        (Some(kept), Some(bytes), Some(max), Some(max_bytes)) => format!(
+            "The control plane keeps {kept} traces ({bytes:.1} MiB) of at most {max} ({max_bytes:.0} MiB); the oldest go first.\n"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// One trace as a waterfall: spans in tree order (children under their parent, by start
@@ -323,6 +339,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1.5ms"), "{text}");
+        assert!(!text.contains("keeps"), "no limits, no line: {text}");
         assert!(list_text(&json!({"traces": []})).starts_with("No traces match"));
+        let mut full = answer.clone();
+        full["kept"] = json!(5448);
+        full["bytes"] = json!(67_108_392u64);
+        full["limits"] = json!({"traces": 10_000, "bytes": 64 << 20});
+        let text = list_text(&full);
+        assert!(
+            text.ends_with(
+                "keeps 5448 traces (64.0 MiB) of at most 10000 (64 MiB); the oldest go first.\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -522,6 +522,12 @@ async fn new_traces_are_sampled_at_the_mesh_ratio_and_failed_requests_always_rec
     .await;
     let v: serde_json::Value = serde_json::from_str(errors.ok()).unwrap();
     assert!(v["traces"].as_array().unwrap().len() >= 20);
+    // The store says what it holds against its limits.
+    assert_eq!(v["limits"]["traces"], 10_000, "{v}");
+    assert_eq!(v["limits"]["bytes"], 64 << 20, "{v}");
+    assert!(v["kept"].as_u64().unwrap() >= 20, "{v}");
+    let bytes = v["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes <= 64 << 20, "{v}");
     caller.shutdown().await;
     api.shutdown().await;
     cp.shutdown().await;
