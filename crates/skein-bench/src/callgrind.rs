@@ -62,8 +62,15 @@ pub fn valgrind(dir: &Path, tag: &str) -> Command {
         ))
         // Collect from the start; `-z` zeroes before each measurement.
         .arg("--collect-atstart=yes");
+    // More of callgrind's options, e.g. `--demangle=no` for `bench/link-order`.
+    if let Ok(extra) = std::env::var(ARGS_ENV) {
+        cmd.args(extra.split_whitespace());
+    }
     cmd
 }
+
+/// Further `valgrind` options for the proxies, separated by spaces.
+pub const ARGS_ENV: &str = "SKEIN_BENCH_CALLGRIND_ARGS";
 
 /// Why callgrind cannot run here, if it cannot.
 pub fn supported() -> Result<(), String> {
@@ -188,7 +195,9 @@ async fn h2load_n(h2load: &Path, addr: SocketAddr, n: u64, h2: bool) -> anyhow::
 pub const KEEP_ENV: &str = "SKEIN_BENCH_CALLGRIND_KEEP";
 
 /// Zeroes both proxies' counters, runs `work`, dumps them: the instructions each
-/// executed meanwhile. The profiles are kept when [`KEEP_ENV`] names a directory.
+/// executed meanwhile. The profiles are kept when [`KEEP_ENV`] names a directory, and
+/// then so is what each proxy ran before (start-up, the warm-up, earlier measurements):
+/// dumped rather than zeroed, as `<what>-before`.
 async fn measure<F, Fut>(
     dir: &Path,
     what: &str,
@@ -199,37 +208,54 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    let keeping = keep_dir().is_some();
     for p in procs {
-        control(p, &["-z"])?;
+        if keeping {
+            // A dump zeroes the counters too.
+            dump(dir, p, &format!("{what}-before")).await?;
+        } else {
+            control(p, &["-z"])?;
+        }
     }
     work().await?;
     let mut counts = [0; 2];
     for (p, count) in procs.iter().zip(counts.iter_mut()) {
-        let before = dumps(dir, p.pid()).len();
-        control(p, &["-d"])?;
-        // The dump is complete once its totals (written last) are in it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        *count = loop {
-            let files = dumps(dir, p.pid());
-            let last = files[before.min(files.len())..].last();
-            if let Some((f, n)) =
-                last.and_then(|f| Some((f, total(&std::fs::read_to_string(f).ok()?)?)))
-            {
-                keep(f, what, &p.name)?;
-                break n;
-            }
-            if Instant::now() > deadline {
-                bail!("{}: callgrind wrote no complete dump within 60 s", p.name);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        *count = dump(dir, p, what).await?;
     }
     Ok(counts)
 }
 
+/// Dumps a proxy's counters (which zeroes them), waits for the dump and keeps it as
+/// `what`; the instructions it counts.
+async fn dump(dir: &Path, p: &Proc, what: &str) -> anyhow::Result<u64> {
+    let before = dumps(dir, p.pid()).len();
+    control(p, &["-d"])?;
+    // The dump is complete once its totals (written last) are in it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = dumps(dir, p.pid());
+        let last = files[before.min(files.len())..].last();
+        if let Some((f, n)) =
+            last.and_then(|f| Some((f, total(&std::fs::read_to_string(f).ok()?)?)))
+        {
+            keep(f, what, &p.name)?;
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            bail!("{}: callgrind wrote no complete dump within 60 s", p.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`KEEP_ENV`]'s directory, when it is set.
+fn keep_dir() -> Option<std::ffi::OsString> {
+    std::env::var_os(KEEP_ENV).filter(|d| !d.is_empty())
+}
+
 /// Copies a complete profile to [`KEEP_ENV`]'s directory, when it is set.
 fn keep(profile: &Path, what: &str, proxy: &str) -> anyhow::Result<()> {
-    let Some(dir) = std::env::var_os(KEEP_ENV).filter(|d| !d.is_empty()) else {
+    let Some(dir) = keep_dir() else {
         return Ok(());
     };
     let dir = Path::new(&dir);

@@ -8,6 +8,7 @@ mod callgrind;
 mod deployed;
 mod grpc;
 mod handshake;
+mod link_order;
 mod load;
 mod memory;
 mod nginx;
@@ -166,6 +167,20 @@ enum Cmd {
         /// LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to compare allocators.
         #[arg(long = "proxy-env")]
         proxy_env: Vec<String>,
+    },
+    /// The functions the skein binary's linker places first (crates/skein/link-order.txt),
+    /// from callgrind profiles written with --demangle=no: what they ran, the most
+    /// instructions first. bench/link-order records the profiles and calls this.
+    LinkOrder {
+        /// Profiles, or directories of them.
+        #[arg(required = true)]
+        profiles: Vec<PathBuf>,
+        /// The binary that ran in them (only functions it defines are listed).
+        #[arg(long)]
+        binary: PathBuf,
+        /// Where to write the list.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// `skein demo` held up for a long run: every process of it sampled (RSS, open file
     /// descriptors), every proxy's request counters read; a JSON report and a table of
@@ -329,6 +344,11 @@ fn main() -> anyhow::Result<()> {
             println!("{figures}");
             Ok(())
         }
+        Cmd::LinkOrder {
+            profiles,
+            binary,
+            out,
+        } => link_order::run(&profiles, &binary, &out),
         Cmd::Soak {
             duration,
             sample,
