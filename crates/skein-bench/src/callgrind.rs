@@ -9,8 +9,9 @@
 //! both proxies under `valgrind --tool=callgrind`. For each protocol: a warm-up, both
 //! proxies' counters zeroed (`callgrind_control -z`), a fixed amount of work, the counters
 //! dumped (`callgrind_control -d`) and divided by it. HTTP/1.1: h2load `--h1`, 8 keep-alive
-//! connections; HTTP/2: h2load, 4 connections × 8 streams; TCP: one `tcp-bulk` transfer,
-//! per MB. Everything each process executed in that window counts, on every thread: the
+//! connections; HTTP/2: h2load, 4 connections × 8 streams; gRPC: the same, unary calls
+//! with a 128-byte request message (the bench backend answers 1 KiB and `grpc-status:
+//! 0`); TCP: one `tcp-bulk` transfer, per MB. Everything each process executed in that window counts, on every thread: the
 //! runtime's own bookkeeping and the periodic work of an idle proxy too (about a thousand
 //! instructions in ten idle seconds, nothing next to the requests'). The kernel's work
 //! (system calls, the TCP stack) is not counted: callgrind sees only user space.
@@ -114,18 +115,29 @@ pub async fn run(env: &Env, quick: bool) -> anyhow::Result<Callgrind> {
     let h2load = setups::find_tool("h2load").context("h2load not found (nghttp2-client)")?;
     let setup = setups::skein(env, PAIR).await?;
     let [outbound, inbound] = [&setup.proxies[0], &setup.proxies[1]];
+    let grpc_message = env.dir.path().join("grpc-request.bin");
+    std::fs::write(
+        &grpc_message,
+        crate::grpc::message(crate::grpc::REQUEST_LEN),
+    )
+    .with_context(|| format!("cannot write {}", grpc_message.display()))?;
     let mut rows = Vec::new();
-    for (what, addr, h2) in [
-        ("HTTP/1.1", setup.http, false),
+    for (what, addr, load) in [
+        ("HTTP/1.1", setup.http, Load::Http1),
         (
             "HTTP/2",
             setup.h2.clone().map_err(anyhow::Error::msg)?,
-            true,
+            Load::Http2,
+        ),
+        (
+            "gRPC",
+            setup.grpc.clone().map_err(anyhow::Error::msg)?,
+            Load::Grpc(&grpc_message),
         ),
     ] {
-        h2load_n(&h2load, addr, WARM_UP, h2).await?;
+        h2load_n(&h2load, addr, WARM_UP, load).await?;
         let counts = measure(env.dir.path(), what, [outbound, inbound], || {
-            h2load_n(&h2load, addr, requests, h2)
+            h2load_n(&h2load, addr, requests, load)
         })
         .await
         .with_context(|| format!("callgrind, {what}"))?;
@@ -165,18 +177,43 @@ pub async fn run(env: &Env, quick: bool) -> anyhow::Result<Callgrind> {
     Ok(Callgrind { rows })
 }
 
-/// `h2load -n N` against `addr`: HTTP/1.1 on 8 connections, or HTTP/2 on 4 × 8 streams;
-/// fails unless every request succeeded.
-async fn h2load_n(h2load: &Path, addr: SocketAddr, n: u64, h2: bool) -> anyhow::Result<()> {
+/// What h2load sends.
+#[derive(Debug, Clone, Copy)]
+enum Load<'a> {
+    /// HTTP/1.1 GETs on 8 keep-alive connections.
+    Http1,
+    /// HTTP/2 GETs on 4 connections × 8 streams.
+    Http2,
+    /// Unary gRPC calls, this request message each, on 4 connections × 8 streams.
+    Grpc(&'a Path),
+}
+
+/// `h2load -n N` against `addr`; fails unless every request succeeded (for gRPC, with a
+/// 200: h2load does not read trailers, the setup's probe checked `grpc-status`).
+async fn h2load_n(h2load: &Path, addr: SocketAddr, n: u64, load: Load<'_>) -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new(h2load);
-    if h2 {
-        cmd.args(["-c4", "-m8"]);
-    } else {
-        cmd.args(["--h1", "-c8"]);
+    match load {
+        Load::Http1 => {
+            cmd.args(["--h1", "-c8"]);
+        }
+        Load::Http2 | Load::Grpc(_) => {
+            cmd.args(["-c4", "-m8"]);
+        }
     }
-    cmd.arg(format!("-n{n}"))
-        .arg("-t1")
-        .arg(format!("http://{addr}/"));
+    cmd.arg(format!("-n{n}")).arg("-t1");
+    match load {
+        Load::Grpc(message) => {
+            cmd.arg("-d")
+                .arg(message)
+                .arg("-H")
+                .arg(format!("content-type: {}", crate::grpc::CONTENT_TYPE))
+                .args(["-H", "te: trailers"])
+                .arg(format!("http://{addr}{}", crate::grpc::PATH));
+        }
+        Load::Http1 | Load::Http2 => {
+            cmd.arg(format!("http://{addr}/"));
+        }
+    }
     let text = tools::output(cmd, "h2load", Duration::from_secs(900)).await?;
     let r = tools::parse_h2load(&text)?;
     if r.succeeded != n || r.errors > 0 || r.non_2xx > 0 {
