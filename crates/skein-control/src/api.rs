@@ -418,6 +418,7 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
             "error": store_error,
         },
         "workloadCertTtlSeconds": cert_ttl.as_secs(),
+        "telemetry": api.central.history(crate::telemetry::unix_now()),
     }))
     .into_response()
 }

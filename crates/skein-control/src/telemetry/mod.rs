@@ -244,6 +244,18 @@ impl Slot {
     }
 }
 
+/// How much history the central view holds ([`Central::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// How far back it keeps: [`WINDOW_SLOTS`] × [`SLOT_SECS`].
+    pub window_seconds: i64,
+    /// How far back its oldest slot goes (0 with none): at `window_seconds` it is full.
+    pub seconds: i64,
+    /// Series-slots held in all (each at most [`MAX_ENTRIES_PER_PROXY`] per proxy).
+    pub series_slots: usize,
+}
+
 /// One proxy's rolling hour.
 #[derive(Debug)]
 pub struct ProxyRecord {
@@ -549,6 +561,25 @@ impl Central {
             for s in p.slots.iter().filter(|s| s.start >= from) {
                 f(p, s);
             }
+        }
+    }
+
+    /// How much history the view holds, as of `now` (unix seconds): it grows for the
+    /// first [`WINDOW_SLOTS`] slots of traffic, then old slots go as new ones come.
+    pub fn history(&self, now: i64) -> History {
+        let proxies = self.proxies.read().unwrap_or_else(|e| e.into_inner());
+        let oldest = proxies
+            .values()
+            .filter_map(|p| p.slots.front().map(|s| s.start))
+            .min();
+        History {
+            window_seconds: WINDOW_SLOTS * SLOT_SECS,
+            seconds: oldest.map_or(0, |o| (now - o).max(0)),
+            series_slots: proxies
+                .values()
+                .flat_map(|p| p.slots.iter())
+                .map(Slot::entries)
+                .sum(),
         }
     }
 

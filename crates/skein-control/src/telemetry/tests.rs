@@ -427,3 +427,40 @@ fn a_young_mesh_shows_its_real_rate_not_a_share_of_the_window() {
     let edge = c.edges(None, MIN, t0 + 10)[0].signals.rps;
     assert!((edge - 20.0).abs() < 0.01, "{edge}");
 }
+
+#[test]
+fn history_grows_for_the_window_then_stays() {
+    let c = Central::default();
+    let now = 1_000_000;
+    assert_eq!(
+        c.history(now),
+        History {
+            window_seconds: 3600,
+            seconds: 0,
+            series_slots: 0
+        }
+    );
+    let who = reporter("api-1", "api");
+    // A summary every 10 s for two hours: one series a slot.
+    let mut at = now;
+    for seq in 1..=720 {
+        c.ingest(
+            &who,
+            &summary(seq, vec![requests(true, "web", "api", 200, 1, 1)]),
+            at,
+        )
+        .unwrap();
+        if seq == 180 {
+            let half = c.history(at);
+            assert_eq!(half.series_slots, 180);
+            assert!((1790..=1800).contains(&half.seconds), "{half:?}");
+        }
+        at += SLOT_SECS;
+    }
+    let full = c.history(at);
+    assert_eq!(full.series_slots, WINDOW_SLOTS as usize);
+    assert!(
+        (3600..=3610).contains(&full.seconds),
+        "the oldest slot is an hour back: {full:?}"
+    );
+}
