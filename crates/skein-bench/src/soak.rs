@@ -13,8 +13,10 @@
 //! failed when its status is 400 or more or the mesh answered it itself (`error` set).
 //!
 //! The verdict per process, after a warm-up (a tenth of the run, at most 2 minutes; for
-//! the demo's own process, which hosts the control plane, until its trace store is full
-//! too, since a bounded store filling is not a leak: see [`store_full_at`]):
+//! the demo's own process, which hosts the control plane, until its bounded stores are
+//! full too, since a bounded store filling is not a leak: its trace store, see
+//! [`store_full_at`], and its hour of golden signals, see [`history_full_at`]; with less
+//! than [`MIN_SETTLED`] of the run left after that, it is not judged):
 //! growth of memory when the least-squares slope of its RSS over the second half of the
 //! run exceeds [`RSS_SLOPE_LIMIT_KIB_PER_HOUR`] and its RSS at the end exceeds its RSS
 //! after the warm-up by more than [`RSS_RISE_LIMIT_KIB`]; growth of descriptors when the
@@ -158,7 +160,7 @@ impl ProcessSummary {
     fn failed(&self) -> bool {
         self.verdict
             .iter()
-            .any(|v| v != "steady" && v != "not judged")
+            .any(|v| v != "steady" && !v.starts_with("not judged"))
     }
 }
 
@@ -473,6 +475,38 @@ fn trace_store(control: SocketAddr, token: &str) -> Option<StoreReading> {
     })
 }
 
+/// The control plane's history of golden signals, from `GET /api/v1/status`
+/// (`telemetry`: how far back it goes, and how far back it keeps).
+fn history(control: SocketAddr, token: &str) -> Option<(u64, u64)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&control, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /api/v1/status HTTP/1.0\r\nHost: {control}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let v: serde_json::Value = serde_json::from_str(ok_body(&out)?).ok()?;
+    let t = &v["telemetry"];
+    Some((t["seconds"].as_u64()?, t["windowSeconds"].as_u64()?))
+}
+
+/// When the control plane's history of golden signals first reached back its whole window
+/// (less two 10-second slots), s since sampling began: until then it grows by a slot's
+/// series every 10 s.
+fn history_full_at(readings: &[(f64, u64, u64)]) -> Option<f64> {
+    readings
+        .iter()
+        .find(|(_, seconds, window)| *window > 0 && seconds + 20 >= *window)
+        .map(|(t, _, _)| *t)
+}
+
+/// How much of the run must be left, once the control plane's bounded stores are full,
+/// for its process to be judged.
+const MIN_SETTLED: f64 = 600.0;
+
 /// One reading of the control plane's trace store, with its limits (from a control plane
 /// that says them).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -491,6 +525,17 @@ impl StoreReading {
         let near = |v: u64, max: Option<u64>| max.is_some_and(|m| m > 0 && v * 100 >= m * 99);
         near(self.kept, self.max_traces) || near(self.bytes, self.max_bytes)
     }
+}
+
+/// When the demo process is judged from: once both bounded stores are full, if that
+/// leaves [`MIN_SETTLED`] of the run; `None` (not judged) otherwise.
+fn settled_at(trace_full: Option<f64>, history_full: Option<f64>, w: Window) -> Option<f64> {
+    let at = match (trace_full, history_full) {
+        (Some(a), Some(b)) => a.max(b),
+        _ => return None,
+    }
+    .max(w.warm_up);
+    (w.end - at >= MIN_SETTLED).then_some(at)
 }
 
 /// When the trace store first read full (s since sampling began), if it did. The demo's
@@ -777,6 +822,14 @@ pub struct Report {
     pub control: Option<String>,
     /// Its trace store, when its API answered.
     pub trace_store: Option<TraceStore>,
+    /// When its history of golden signals first went back its whole window (an hour),
+    /// s since sampling began; and how far back it went at the end, s.
+    pub history_full_at_s: Option<f64>,
+    /// See `history_full_at_s`.
+    pub history_end_s: Option<u64>,
+    /// When the demo process (the control plane) is judged from: both bounded stores
+    /// full; `None`: not judged.
+    pub control_plane_judged_from_s: Option<f64>,
     /// The demo's traffic, requests per second.
     pub rps: u32,
     /// The growth thresholds.
@@ -976,7 +1029,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         &out.join("samples.csv"),
         "t_s,pid,process,rss_kib,anon_kib,fds,threads",
     )?;
-    let mut control_csv = Csv::create(&out.join("control.csv"), "t_s,traces_kept,trace_bytes")?;
+    let mut control_csv = Csv::create(
+        &out.join("control.csv"),
+        "t_s,traces_kept,trace_bytes,history_s",
+    )?;
+    let mut histories: Vec<(f64, u64, u64)> = Vec::new();
     let control_api: Option<(SocketAddr, String)> = info
         .control
         .as_deref()
@@ -1047,13 +1104,25 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             ))?;
         }
         counters_csv.flush()?;
-        if let Some(store) = control_api
-            .as_ref()
-            .and_then(|(addr, token)| trace_store(*addr, token))
-        {
-            control_csv.row(format_args!("{t:.1},{},{}", store.kept, store.bytes))?;
-            control_csv.flush()?;
-            traces.push((t, store));
+        if let Some((addr, token)) = control_api.as_ref() {
+            let store = trace_store(*addr, token);
+            let held = history(*addr, token);
+            if let Some(store) = store {
+                traces.push((t, store));
+            }
+            if let Some((seconds, window)) = held {
+                histories.push((t, seconds, window));
+            }
+            if store.is_some() || held.is_some() {
+                let field = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+                control_csv.row(format_args!(
+                    "{t:.1},{},{},{}",
+                    field(store.map(|s| s.kept)),
+                    field(store.map(|s| s.bytes)),
+                    field(held.map(|h| h.0))
+                ))?;
+                control_csv.flush()?;
+            }
         }
         if i % progress_every == 0 || i == steps {
             let rss: u64 = series
@@ -1104,17 +1173,31 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         sample: opts.sample.as_secs_f64(),
     };
     let full_at = store_full_at(&traces);
+    let history_at = history_full_at(&histories);
+    let settled = settled_at(full_at, history_at, window);
     let processes: Vec<ProcessSummary> = order
         .iter()
         .filter_map(|pid| {
-            let w = match full_at {
-                Some(full) if *pid == demo_pid => Window {
-                    warm_up: window.warm_up.max(full),
-                    ..window
-                },
-                _ => window,
+            if *pid != demo_pid {
+                return summarize(*pid, &series[pid], window);
+            }
+            let w = Window {
+                warm_up: window.warm_up.max(settled.unwrap_or(window.end)),
+                ..window
             };
-            summarize(*pid, &series[pid], w)
+            let mut s = summarize(*pid, &series[pid], w)?;
+            if settled.is_none() {
+                s.verdict = vec![format!(
+                    "not judged: its bounded stores were full for less than {:.0} minutes of the run (trace store {}; golden-signal history {}); run longer",
+                    MIN_SETTLED / 60.0,
+                    full_at.map_or("never full".into(), |t| format!("full at {t:.0} s")),
+                    history_at.map_or_else(
+                        || format!("{:.0} of {:.0} minutes at the end", histories.last().map_or(0, |h| h.1) as f64 / 60.0, histories.last().map_or(3600, |h| h.2) as f64 / 60.0),
+                        |t| format!("full at {t:.0} s")
+                    ),
+                )];
+            }
+            Some(s)
         })
         .collect();
     let mut per_proxy = Vec::new();
@@ -1196,7 +1279,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             unscraped.join(", ")
         );
     }
-    let judged = |p: &&ProcessSummary| !p.verdict.iter().any(|v| v == "not judged");
+    let judged = |p: &&ProcessSummary| !p.verdict.iter().any(|v| v.starts_with("not judged"));
     let report = Report {
         date,
         command: opts.command.clone(),
@@ -1213,6 +1296,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         demo_loopback_because: info.loopback_because.clone(),
         control: info.control.clone(),
         trace_store,
+        history_full_at_s: history_at,
+        history_end_s: histories.last().map(|h| h.1),
+        control_plane_judged_from_s: settled,
         rps: opts.rps,
         rss_slope_limit_kib_per_hour: RSS_SLOPE_LIMIT_KIB_PER_HOUR,
         rss_rise_limit_kib: RSS_RISE_LIMIT_KIB,
@@ -1366,11 +1452,32 @@ fn table(r: &Report) -> String {
             s,
             "  {}",
             match ts.full_at_s {
-                Some(t) => format!("full (99 % of a limit) at {t:.0} s: the demo process is judged from then"),
-                None => "not full by the end: the demo process's figures include the store filling (run longer, or faster)".into(),
+                Some(t) => format!("full (99 % of a limit) at {t:.0} s"),
+                None => "not full by the end (run longer, or faster)".into(),
             }
         );
     }
+    if let Some(end) = r.history_end_s {
+        let _ = writeln!(
+            s,
+            "control plane's golden-signal history (an hour of 10 s slots): {}",
+            match r.history_full_at_s {
+                Some(t) => format!("an hour back at {t:.0} s"),
+                None => format!("{:.0} minutes back at the end", end as f64 / 60.0),
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "the demo process (control plane) is {}",
+        match r.control_plane_judged_from_s {
+            Some(t) => format!("judged from {t:.0} s, when both stores were full"),
+            None => format!(
+                "not judged: both stores must be full with {:.0} minutes of the run left (run the soak for 75 minutes or more)",
+                MIN_SETTLED / 60.0
+            ),
+        }
+    );
     if r.rps < 100 {
         let _ = writeln!(
             s,
@@ -1527,6 +1634,43 @@ mod tests {
         assert_eq!(
             sum.rss_start_kib,
             20 * 1024 + (full as u64 * 64).min(64 * 1024)
+        );
+    }
+
+    #[test]
+    fn the_control_plane_is_judged_once_both_stores_are_full_with_time_left() {
+        // History grows 10 s per 10 s sample from the demo's start, 5 s before sampling.
+        let readings: Vec<(f64, u64, u64)> = (0..=540)
+            .map(|i| (i as f64 * 10.0, (i * 10 + 5).min(3_605), 3_600))
+            .collect();
+        let full = history_full_at(&readings).unwrap();
+        assert_eq!(full, 3_580.0, "two slots short of the hour counts as full");
+        assert_eq!(history_full_at(&readings[..300]), None);
+        // A control plane that states no window is never full.
+        assert_eq!(history_full_at(&[(0.0, 5_000, 0)]), None);
+        let run = |end: f64| Window {
+            warm_up: 120.0,
+            half: end / 2.0,
+            end,
+            sample: 10.0,
+        };
+        // Both full, ten minutes or more left: judged from the later of the two.
+        assert_eq!(
+            settled_at(Some(300.0), Some(3_580.0), run(5_400.0)),
+            Some(3_580.0)
+        );
+        assert_eq!(
+            settled_at(Some(300.0), Some(3_580.0), run(4_180.0)),
+            Some(3_580.0)
+        );
+        // Less than ten minutes left, or a store never full: not judged.
+        assert_eq!(settled_at(Some(300.0), Some(3_580.0), run(4_100.0)), None);
+        assert_eq!(settled_at(None, Some(600.0), run(5_400.0)), None);
+        assert_eq!(settled_at(Some(300.0), None, run(5_400.0)), None);
+        // Never before the warm-up.
+        assert_eq!(
+            settled_at(Some(10.0), Some(20.0), run(5_400.0)),
+            Some(120.0)
         );
     }
 
