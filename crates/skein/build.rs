@@ -2,77 +2,120 @@
 //!
 //! The kernel maps a program's code into a process in 64 KiB windows around each page it
 //! touches (fault-around), and every window counts in the process's RSS. Scattered
-//! through the binary, the 2 MiB of functions a proxy runs from start-up to serving
-//! occupy about 8 MiB of windows. `link-order.txt` lists those functions (from
+//! through the binary, the 2–3 MiB of functions a proxy runs from start-up to serving
+//! occupy about 9 MiB of windows. `link-order.txt` lists those functions (from
 //! `bench/link-order`, which records them under callgrind), and the linker places them
-//! first, in that order (`--symbol-ordering-file`). Names it does not find (code changed
-//! since the list was made) are skipped: the list only moves code, it never decides what
-//! is linked. See docs/ARCHITECTURE.md, "Binary size and memory".
+//! first, in that order (LLD's `--symbol-ordering-file`). Names it does not find (code
+//! changed since the list was made, another toolchain) are skipped: the list only moves
+//! code, it never decides what is linked. See docs/ARCHITECTURE.md, "Binary size and
+//! memory".
 //!
-//! Only where the linker is LLD: Rust's default on x86_64 Linux with glibc from 1.90 on,
-//! unless a linker is chosen by hand. `SKEIN_LINK_ORDER=off` leaves the layout to the
-//! linker.
+//! Only where the linker takes the option: before using it, this links an empty program
+//! the way the real link will go (the same `rustc`, target, linker and flags) with the
+//! option, and leaves the layout to the linker if that fails (GNU ld and gold do not
+//! know it; LLD is rustup's default linker on x86_64 Linux with glibc from Rust 1.90 on).
+//! `SKEIN_LINK_ORDER=off` leaves the layout to the linker too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=link-order.txt");
-    println!("cargo:rerun-if-env-changed=SKEIN_LINK_ORDER");
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
-    if std::env::var("SKEIN_LINK_ORDER").is_ok_and(|v| v == "off" || v == "0") {
+    // What decides whether the option links. Changes in cargo's configuration files are
+    // not seen here; `cargo clean -p skein` makes the probe run again.
+    for var in [
+        "SKEIN_LINK_ORDER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+        "RUSTC_LINKER",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var("SKEIN_LINK_ORDER").is_ok_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "off" | "0" | "false" | "no"
+        )
+    }) {
         return;
     }
-    if let Err(why) = lld_is_the_linker() {
-        println!("cargo:warning=skein: code layout left to the linker: {why}");
-        return;
-    }
-    let list = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("link-order.txt");
+    let list = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("link-order.txt");
     if !list.exists() {
         return;
     }
-    println!(
-        "cargo:rustc-link-arg-bin=skein=-Wl,--symbol-ordering-file={}",
-        list.display()
-    );
-    println!("cargo:rustc-link-arg-bin=skein=-Wl,--no-warn-symbol-ordering");
+    let Some(list) = list.to_str().filter(|p| !p.contains(',')) else {
+        println!(
+            "cargo:warning=skein: code layout left to the linker: the path {} is not UTF-8 or has a comma",
+            list.display()
+        );
+        return;
+    };
+    match probe() {
+        Ok(()) => {
+            // `-Xlinker` passes each argument whole (a path may hold spaces).
+            for arg in [
+                "-Xlinker",
+                &format!("--symbol-ordering-file={list}"),
+                "-Xlinker",
+                "--no-warn-symbol-ordering",
+            ] {
+                println!("cargo:rustc-link-arg-bin=skein={arg}");
+            }
+        }
+        // Expected on targets where LLD is not the default: no warning there.
+        Err(why) if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu") => {
+            println!("cargo:warning=skein: code layout left to the linker: {why}");
+        }
+        Err(_) => {}
+    }
 }
 
-/// Whether this build links with LLD, as far as the build can tell; why not, if not.
-fn lld_is_the_linker() -> Result<(), String> {
-    let target = std::env::var("TARGET").unwrap_or_default();
-    if target != "x86_64-unknown-linux-gnu" {
-        return Err(format!(
-            "target {target} (only x86_64-unknown-linux-gnu links with LLD by default)"
-        ));
-    }
-    if std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some() {
-        return Err("a linker chosen by CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER".into());
-    }
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags
-        .split('\x1f')
-        .any(|f| f.contains("linker") || f.contains("link-self-contained") || f.contains("fuse-ld"))
-    {
-        return Err("a linker chosen in RUSTFLAGS".into());
-    }
+/// Links an empty program as the `skein` binary will be linked, with the option; why
+/// not, if that fails.
+fn probe() -> Result<(), String> {
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let source = out.join("link_order_probe.rs");
+    std::fs::write(&source, "fn main() {}\n").map_err(|e| e.to_string())?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = Command::new(rustc)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let minor = version
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.split('.').nth(1))
-        .and_then(|m| m.parse::<u32>().ok());
-    match minor {
-        Some(m) if m >= 90 => Ok(()),
-        _ => Err(format!(
-            "{} (LLD is the default linker from 1.90)",
-            version.trim()
-        )),
+    let mut cmd = Command::new(rustc);
+    cmd.arg("--edition=2021")
+        .arg("--crate-type=bin")
+        .arg("--crate-name=link_order_probe")
+        .arg("-o")
+        .arg(out.join("link_order_probe"))
+        .arg(&source);
+    if let Ok(target) = std::env::var("TARGET") {
+        cmd.arg("--target").arg(target);
     }
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        cmd.arg(format!("-Clinker={linker}"));
+    }
+    if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    cmd.args([
+        "-Clink-arg=-Xlinker",
+        "-Clink-arg=--symbol-ordering-file=/dev/null",
+    ]);
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run rustc for the probe: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    // GNU ld: "/usr/bin/ld: unrecognized option '--symbol-ordering-file=/dev/null'".
+    let line = said
+        .lines()
+        .find(|l| l.contains("unrecognized") || l.contains("unknown option"))
+        .or_else(|| said.lines().find(|l| l.starts_with("error")))
+        .unwrap_or("the probe's link failed");
+    Err(format!(
+        "the linker does not take --symbol-ordering-file ({})",
+        line.trim()
+    ))
 }

@@ -233,8 +233,9 @@ pub const KEEP_ENV: &str = "SKEIN_BENCH_CALLGRIND_KEEP";
 
 /// Zeroes both proxies' counters, runs `work`, dumps them: the instructions each
 /// executed meanwhile. The profiles are kept when [`KEEP_ENV`] names a directory, and
-/// then so is what each proxy ran before (start-up, the warm-up, earlier measurements):
-/// dumped rather than zeroed, as `<what>-before`.
+/// then so is what each proxy ran since the previous dump (for the first measurement,
+/// start-up; then each measurement's warm-up): dumped rather than zeroed, as
+/// `<what>-before`.
 async fn measure<F, Fut>(
     dir: &Path,
     what: &str,

@@ -10,7 +10,7 @@
 //! Input: profiles written with `--demangle=no` (symbol names as the binary has them),
 //! from `bench/link-order`: a standalone pair idle after one request
 //! (`bench/idle-rss`), and the mesh's pair under its control plane from start-up through
-//! HTTP/1.1, HTTP/2 and TCP (`bench/run --only callgrind`); each argument is one such
+//! HTTP/1.1, HTTP/2, gRPC and TCP (`bench/run --only callgrind`); each argument is one such
 //! scenario. Output: every function those profiles saw run that the binary defines, one
 //! name a line, grouped by the scenarios that ran it, those that every scenario ran
 //! first, so that a proxy running one of them maps few windows: its code is one or two
@@ -25,17 +25,21 @@ use std::process::Command;
 /// Instructions each function executed itself (not in its callees), from one callgrind
 /// profile, added to `into`. Functions that ran appear even with no cost of their own.
 ///
-/// The format (callgrind's "Callgrind Format Specification"): `fn=` starts a function's
-/// cost lines, with its name given once and then referred to by `(id)`; `cfn=` names a
-/// callee the same way; a `calls=` line means the next cost line is a call's inclusive
-/// cost, which is the callee's, not this function's. A cost line is a position followed
-/// by event counts (`Ir` first, the only event counted here).
-pub fn self_costs(profile: &str, into: &mut HashMap<String, u64>) {
+/// The format (callgrind's "Callgrind Format Specification"): `positions:` says how many
+/// position columns start a cost line (`line`, or `instr line` with `--dump-instr=yes`),
+/// `events:` which event each following column counts (`Ir` is read); `fn=` starts a
+/// function's cost lines, with its name given once and then referred to by `(id)`
+/// (`cfn=` and `jfn=` name functions the same way); a `calls=` line means the next cost
+/// line is a call's inclusive cost, which is the callee's, not this function's. A cost
+/// line starts with a position: a number, or `+N`, `-N`, `*` relative to the last.
+/// Names carry no context suffix (`'2` for a recursion depth, `'caller`): those are cut.
+/// Fails on a profile without `Ir`, or cut short (no `totals:` or `summary:`).
+pub fn self_costs(profile: &str, into: &mut HashMap<String, u64>) -> anyhow::Result<()> {
     let mut names: HashMap<String, String> = HashMap::new();
     // Resolves `(id) name` (defines id) or `(id)` (refers to it) or a bare name.
     let mut resolve = |spec: &str| -> String {
         let spec = spec.trim();
-        match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
+        let name = match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
             Some((id, rest)) => {
                 let rest = rest.trim();
                 if rest.is_empty() {
@@ -46,17 +50,33 @@ pub fn self_costs(profile: &str, into: &mut HashMap<String, u64>) {
                 }
             }
             None => spec.to_string(),
+        };
+        match name.split_once('\'') {
+            Some((bare, _)) => bare.to_string(),
+            None => name,
         }
     };
+    let mut positions = 1;
+    let mut ir: Option<usize> = None;
+    let mut complete = false;
     let mut current: Option<String> = None;
     let mut call_cost_next = false;
     for line in profile.lines() {
-        if let Some(spec) = line.strip_prefix("fn=") {
+        if let Some(cols) = line.strip_prefix("positions:") {
+            positions = cols.split_whitespace().count().max(1);
+        } else if let Some(events) = line.strip_prefix("events:") {
+            ir = events.split_whitespace().position(|e| e == "Ir");
+        } else if line.starts_with("totals:") || line.starts_with("summary:") {
+            complete = true;
+        } else if let Some(spec) = line.strip_prefix("fn=") {
             let name = resolve(spec);
             into.entry(name.clone()).or_insert(0);
             current = Some(name);
             call_cost_next = false;
-        } else if let Some(spec) = line.strip_prefix("cfn=") {
+        } else if let Some(spec) = line
+            .strip_prefix("cfn=")
+            .or_else(|| line.strip_prefix("jfn="))
+        {
             let name = resolve(spec);
             into.entry(name).or_insert(0);
         } else if line.starts_with("calls=") {
@@ -69,16 +89,27 @@ pub fn self_costs(profile: &str, into: &mut HashMap<String, u64>) {
             if std::mem::take(&mut call_cost_next) {
                 continue;
             }
-            let ir = line
+            let Some(ir) = ir else {
+                bail!("a cost line before an `events:` line that counts Ir");
+            };
+            let cost = line
                 .split_whitespace()
-                .nth(1)
+                .nth(positions + ir)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             if let Some(f) = &current {
-                *into.entry(f.clone()).or_insert(0) += ir;
+                *into.entry(f.clone()).or_insert(0) += cost;
             }
         }
     }
+    if ir.is_none() {
+        bail!("no Ir event in the profile (callgrind's default event set counts it)");
+    }
+    if !complete {
+        bail!("the profile has no totals: cut short (written while the process ran?)");
+    }
+    into.remove("");
+    Ok(())
 }
 
 /// The names of the functions `binary` defines (`nm`'s text symbols).
@@ -154,7 +185,7 @@ pub fn run(profiles: &[std::path::PathBuf], binary: &Path, out: &Path) -> anyhow
                 continue;
             }
             files += 1;
-            self_costs(&text, &mut costs);
+            self_costs(&text, &mut costs).with_context(|| path.display().to_string())?;
         }
         if costs.is_empty() {
             bail!("no callgrind profiles found in {}", scenario.display());
@@ -162,6 +193,18 @@ pub fn run(profiles: &[std::path::PathBuf], binary: &Path, out: &Path) -> anyhow
         scenarios.push(costs);
     }
     let defined = defined(binary)?;
+    for (scenario, costs) in profiles.iter().zip(&scenarios) {
+        let found = costs.keys().filter(|n| defined.contains(*n)).count();
+        // Most of what a proxy runs is its own binary's; libc and the loader are the rest.
+        if found * 2 < costs.len() {
+            bail!(
+                "{}: only {found} of the {} functions that ran are defined by {}: profiles of another build, or written without --demangle=no?",
+                scenario.display(),
+                costs.len(),
+                binary.display()
+            );
+        }
+    }
     let list = order(&scenarios, &defined);
     let ran: HashSet<&String> = scenarios.iter().flat_map(|c| c.keys()).collect();
     if list.is_empty() {
@@ -220,21 +263,51 @@ totals: 1015
     #[test]
     fn self_cost_leaves_out_what_calls_cost() {
         let mut costs = HashMap::new();
-        self_costs(PROFILE, &mut costs);
+        self_costs(PROFILE, &mut costs).unwrap();
         assert_eq!(costs["_RNvCs1_4main4main"], 15);
         assert_eq!(costs["_RNvCs1_4main5hot_a"], 400);
         assert_eq!(costs["memcpy"], 50);
         // Ran, but spent nothing of its own.
         assert_eq!(costs["_RNvCs1_4main10only_calls"], 0);
         // Two profiles add up.
-        self_costs(PROFILE, &mut costs);
+        self_costs(PROFILE, &mut costs).unwrap();
         assert_eq!(costs["_RNvCs1_4main5hot_a"], 800);
+    }
+
+    #[test]
+    fn instruction_positions_other_events_jumps_and_contexts_are_read() {
+        // `--dump-instr=yes --collect-jumps=yes --cache-sim=yes --separate-recs=2`.
+        let profile = "version: 1
+positions: instr line
+events: Dr Ir
+fn=(1) _RNvCs1_4main4main
+0x10 3 1000 7
+jfn=(2) _RNvCs1_4main4loop'2
+jump=4 +3 *
++2 * 9 5
+cfn=(2)
+calls=1 0x40 9
+* * 2 500
+fn=(2)
+0x40 9 1 40
+totals: 1003 552
+";
+        let mut costs = HashMap::new();
+        self_costs(profile, &mut costs).unwrap();
+        assert_eq!(costs["_RNvCs1_4main4main"], 12, "{costs:?}");
+        assert_eq!(costs["_RNvCs1_4main4loop"], 40, "{costs:?}");
+        assert_eq!(costs.len(), 2, "{costs:?}");
+        // No Ir, or cut short: refused.
+        let no_ir = profile.replace("events: Dr Ir", "events: Dr");
+        assert!(self_costs(&no_ir, &mut HashMap::new()).is_err());
+        let cut = profile.replace("totals: 1003 552\n", "");
+        assert!(self_costs(&cut, &mut HashMap::new()).is_err());
     }
 
     #[test]
     fn order_is_hot_first_and_only_what_the_binary_defines() {
         let mut costs = HashMap::new();
-        self_costs(PROFILE, &mut costs);
+        self_costs(PROFILE, &mut costs).unwrap();
         let defined: HashSet<String> = [
             "_RNvCs1_4main4main",
             "_RNvCs1_4main5hot_a",
