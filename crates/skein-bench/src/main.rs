@@ -188,7 +188,9 @@ enum Cmd {
     /// request. See docs/reliability.md, "Soak".
     Soak {
         /// How long to sample once the demo's traffic flows, e.g. 30m.
-        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        /// The default is long enough to judge the control plane, whose bounded stores
+        /// fill for the first hour of traffic.
+        #[arg(long, default_value = "80m", value_parser = parse_duration)]
         duration: Duration,
         /// How often to sample, e.g. 10s.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
