@@ -59,6 +59,26 @@ struct Reopening {
 /// How often a failed reopening is tried again at most.
 const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a reopening waits for operations that still hold the old handle (begun
+/// before the I/O error) to finish: redb refuses to open a file this process has open.
+const RELEASE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the store's file again once every operation holding the old handle has let go
+/// of it (at most [`RELEASE_WITHIN`]).
+fn open_when_released(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + RELEASE_WITHIN;
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Why an operation on the database failed: a refusal of the store's own (a conflict), or
 /// redb's error.
 enum Failed {
@@ -74,7 +94,7 @@ fn backend(path: &Path, e: impl Into<redb::Error>) -> StoreError {
         redb::Error::Io(io) => io,
         redb::Error::DatabaseAlreadyOpen => {
             return StoreError::Backend(format!(
-                "the store {} is being reopened after an I/O error; try again",
+                "the store {} is being reopened after an I/O error, and an operation begun before it still holds the file; try again",
                 path.display()
             ))
         }
@@ -140,33 +160,44 @@ impl EmbeddedStore {
     /// most once every [`REOPEN_EVERY`] while it fails) if an I/O error closed it. A
     /// reopening closes every watcher's channel (they re-list).
     async fn database(&self) -> Result<Arc<Database>, StoreError> {
-        if let Some(db) = &*self.file.db.lock().unwrap_or_else(|p| p.into_inner()) {
-            return Ok(db.clone());
-        }
-        {
-            let mut reopening = self
-                .file
-                .reopening
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let again = || {
-                StoreError::Backend(format!(
+        // An operation that finds a reopening under way waits for its outcome (it takes
+        // at most about `RELEASE_WITHIN`) rather than being refused for it.
+        let wait_until = std::time::Instant::now() + 2 * RELEASE_WITHIN;
+        loop {
+            if let Some(db) = &*self.file.db.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Ok(db.clone());
+            }
+            // Ok(true): this operation reopens; Ok(false): another one is.
+            let ours = {
+                let mut reopening = self
+                    .file
+                    .reopening
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match &reopening.failed {
+                    _ if reopening.busy => Ok(false),
+                    Some((at, why)) if at.elapsed() < REOPEN_EVERY => {
+                        Err(StoreError::Backend(why.clone()))
+                    }
+                    _ => {
+                        reopening.busy = true;
+                        Ok(true)
+                    }
+                }
+            };
+            if ours? {
+                break;
+            }
+            if std::time::Instant::now() > wait_until {
+                return Err(StoreError::Backend(format!(
                     "the store {} is being opened again after an I/O error; try again shortly",
                     self.file.path.display()
-                ))
-            };
-            if reopening.busy {
-                return Err(again());
+                )));
             }
-            if let Some((at, why)) = &reopening.failed {
-                if at.elapsed() < REOPEN_EVERY {
-                    return Err(StoreError::Backend(why.clone()));
-                }
-            }
-            reopening.busy = true;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let path = self.file.path.clone();
-        let opened = tokio::task::spawn_blocking(move || Database::create(&path))
+        let opened = tokio::task::spawn_blocking(move || open_when_released(&path))
             .await
             .map_err(internal)
             .and_then(|r| r.map_err(|e| backend(&self.file.path, e)));
@@ -179,7 +210,12 @@ impl EmbeddedStore {
         let db = match opened {
             Ok(db) => Arc::new(db),
             Err(e) => {
-                reopening.failed = Some((std::time::Instant::now(), e.to_string()));
+                // Kept as the message alone: it is returned as a `Backend` error again.
+                let why = match &e {
+                    StoreError::Backend(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                reopening.failed = Some((std::time::Instant::now(), why));
                 return Err(e);
             }
         };
@@ -447,6 +483,28 @@ mod tests {
             other.starts_with("store unavailable: /data/store.redb: "),
             "{other}"
         );
+    }
+
+    #[test]
+    fn reopening_waits_for_the_old_handle_to_go() {
+        let dir = temp_dir("release");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("store.redb");
+        let old = Database::create(&path).unwrap();
+        // redb refuses a second handle while the first lives (what an operation begun
+        // before an I/O error holds)...
+        assert!(matches!(
+            Database::create(&path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        // ...and the reopening waits for it to go instead of failing.
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(old);
+        });
+        open_when_released(&path).expect("opened once the old handle went");
+        holder.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
