@@ -631,8 +631,10 @@ mod tests {
         assert!(m.capacity() < grown / 100, "{} of {grown}", m.capacity());
         assert_eq!(m.len(), 10);
         let mut small: HashMap<u32, u32> = (0..20).map(|i| (i, i)).collect();
-        let room = small.capacity();
         small.retain(|k, _| *k < 2);
+        // What `capacity` reads after removals depends on where the hashes put the
+        // entries (a removed one may leave a tombstone), so compare after `retain`.
+        let room = small.capacity();
         fit(&mut small);
         assert_eq!(small.capacity(), room, "small maps are left alone");
     }
