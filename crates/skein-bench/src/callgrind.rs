@@ -202,14 +202,7 @@ async fn h2load_n(h2load: &Path, addr: SocketAddr, n: u64, load: Load<'_>) -> an
     }
     cmd.arg(format!("-n{n}")).arg("-t1");
     match load {
-        Load::Grpc(message) => {
-            cmd.arg("-d")
-                .arg(message)
-                .arg("-H")
-                .arg(format!("content-type: {}", crate::grpc::CONTENT_TYPE))
-                .args(["-H", "te: trailers"])
-                .arg(format!("http://{addr}{}", crate::grpc::PATH));
-        }
+        Load::Grpc(message) => tools::grpc_calls_args(cmd.as_std_mut(), message, addr),
         Load::Http1 | Load::Http2 => {
             cmd.arg(format!("http://{addr}/"));
         }

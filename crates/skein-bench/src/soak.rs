@@ -453,20 +453,26 @@ fn read_status(status: &str, t: f64) -> Option<Reading> {
     })
 }
 
-/// The control plane's trace store: traces kept and the bytes it counts them as, from
-/// its API (`GET /api/v1/traces`, behind the admin token).
-fn trace_store(control: SocketAddr, token: &str) -> Option<StoreReading> {
+/// `GET path` on the control plane's HTTP API with the admin token: its JSON answer, if
+/// it gave a `200`.
+fn api_get(control: SocketAddr, token: &str, path: &str) -> Option<serde_json::Value> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect_timeout(&control, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET /api/v1/traces?limit=1 HTTP/1.0\r\nHost: {control}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {control}\r\nAuthorization: Bearer {token}\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    let v: serde_json::Value = serde_json::from_str(ok_body(&out)?).ok()?;
+    serde_json::from_str(ok_body(&out)?).ok()
+}
+
+/// The control plane's trace store: traces kept and the bytes it counts them as, from
+/// its API (`GET /api/v1/traces`, behind the admin token).
+fn trace_store(control: SocketAddr, token: &str) -> Option<StoreReading> {
+    let v = api_get(control, token, "/api/v1/traces?limit=1")?;
     Some(StoreReading {
         kept: v["kept"].as_u64()?,
         bytes: v["bytes"].as_u64()?,
@@ -478,17 +484,7 @@ fn trace_store(control: SocketAddr, token: &str) -> Option<StoreReading> {
 /// The control plane's history of golden signals, from `GET /api/v1/status`
 /// (`telemetry`: how far back it goes, and how far back it keeps).
 fn history(control: SocketAddr, token: &str) -> Option<(u64, u64)> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&control, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /api/v1/status HTTP/1.0\r\nHost: {control}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let v: serde_json::Value = serde_json::from_str(ok_body(&out)?).ok()?;
+    let v = api_get(control, token, "/api/v1/status")?;
     let t = &v["telemetry"];
     Some((t["seconds"].as_u64()?, t["windowSeconds"].as_u64()?))
 }

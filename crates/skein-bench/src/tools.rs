@@ -128,20 +128,24 @@ pub async fn h2load(
         .arg("-D")
         .arg(secs.to_string());
     match grpc {
-        Some(message) => {
-            cmd.arg("-d")
-                .arg(message)
-                .arg("-H")
-                .arg(format!("content-type: {}", crate::grpc::CONTENT_TYPE))
-                .args(["-H", "te: trailers"])
-                .arg(format!("http://{addr}{}", crate::grpc::PATH));
-        }
+        Some(message) => grpc_calls_args(cmd.as_std_mut(), message, addr),
         None => {
             cmd.arg(format!("http://{addr}/"));
         }
     }
     let text = output(cmd, "h2load", limit(secs)).await?;
     parse_h2load(&text).with_context(|| format!("cannot read h2load's output:\n{text}"))
+}
+
+/// h2load's arguments for unary gRPC calls to `addr`, each sending `message` (a framed
+/// request message) with gRPC's headers.
+pub fn grpc_calls_args(cmd: &mut std::process::Command, message: &Path, addr: SocketAddr) {
+    cmd.arg("-d")
+        .arg(message)
+        .arg("-H")
+        .arg(format!("content-type: {}", crate::grpc::CONTENT_TYPE))
+        .args(["-H", "te: trailers"])
+        .arg(format!("http://{addr}{}", crate::grpc::PATH));
 }
 
 /// How [`load`] sends: where from, and which HTTP version.
