@@ -528,6 +528,12 @@ async fn new_traces_are_sampled_at_the_mesh_ratio_and_failed_requests_always_rec
     assert!(v["kept"].as_u64().unwrap() >= 20, "{v}");
     let bytes = v["bytes"].as_u64().unwrap();
     assert!(bytes > 0 && bytes <= 64 << 20, "{v}");
+    // The status says how much golden-signal history the proxies' summaries made.
+    let status = api_json(&cp, "/api/v1/status").await;
+    let held = &status["telemetry"];
+    assert_eq!(held["windowSeconds"], 3600, "{status}");
+    assert!(held["seriesSlots"].as_u64().unwrap() > 0, "{status}");
+    assert!(held["seconds"].as_u64().unwrap() < 3600, "{status}");
     caller.shutdown().await;
     api.shutdown().await;
     cp.shutdown().await;
@@ -556,6 +562,25 @@ fn python(test: &str) -> Option<PathBuf> {
     assert!(std::env::var_os("CI").is_none(), "{why}");
     eprintln!("skipped: {why}");
     None
+}
+
+/// `GET path` on the control plane's HTTP API with its admin token, as JSON (a `200`).
+async fn api_json(cp: &skein_control::server::RunningControl, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(cp.http).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        cp.http, cp.token
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    serde_json::from_str(body).unwrap()
 }
 
 /// A child process killed when the test ends, however it ends.
