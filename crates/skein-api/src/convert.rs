@@ -467,12 +467,22 @@ pub fn adaptive_from_wire(a: &pb::AdaptiveLimit) -> AdaptiveLimit {
 }
 
 /// A destination's BackendPolicies from the wire; `service` is the destination's name.
-/// An absent part takes its defaults (values are validated when the configuration is
-/// applied).
-pub fn policies_from_wire(service: &str, policies: &[pb::BackendPolicy]) -> Vec<DestinationPolicy> {
+/// An absent part takes its defaults (ranges are validated when the configuration is
+/// applied). A retry budget ratio that is not a number is refused here: no range holds
+/// it, and a configuration holding it would not even equal itself.
+pub fn policies_from_wire(
+    service: &str,
+    policies: &[pb::BackendPolicy],
+) -> Result<Vec<DestinationPolicy>, String> {
     policies
         .iter()
         .map(|p| {
+            if let Some(b) = p.retry_budget.filter(|b| b.ratio.is_nan()) {
+                return Err(format!(
+                    "destination {service}: policy {}: retryBudget.ratio {} is not a number; a fraction from 0 to 1 is accepted",
+                    p.name, b.ratio
+                ));
+            }
             let pool = p
                 .connection_pool
                 .map_or_else(ConnectionPool::default, |c| ConnectionPool {
@@ -496,7 +506,7 @@ pub fn policies_from_wire(service: &str, policies: &[pb::BackendPolicy]) -> Vec<
                     min_per_second: b.min_per_second,
                     ttl: Duration::from_millis(b.ttl_ms),
                 });
-            DestinationPolicy {
+            Ok(DestinationPolicy {
                 name: p.name.clone(),
                 spec: BackendPolicySpec {
                     target_ref: target(service, p.port),
@@ -514,7 +524,7 @@ pub fn policies_from_wire(service: &str, policies: &[pb::BackendPolicy]) -> Vec<
                         adaptive: l.adaptive.as_ref().map(adaptive_from_wire),
                     }),
                 },
-            }
+            })
         })
         .collect()
 }
@@ -751,7 +761,7 @@ mod tests {
             spec,
         }];
         assert_eq!(
-            policies_from_wire("api", &policies_to_wire(&policies)),
+            policies_from_wire("api", &policies_to_wire(&policies)).unwrap(),
             policies
         );
         let set: PolicySet = serde_yaml_ng::from_str(
@@ -800,9 +810,24 @@ mod tests {
             load_balancer: 9,
             ..Default::default()
         };
-        let read = policies_from_wire("api", &[policy]);
+        let read = policies_from_wire("api", &[policy]).unwrap();
         assert_eq!(read[0].spec.load_balancer, LoadBalancer::Ewma);
         assert_eq!(read[0].spec.connection_pool, ConnectionPool::default());
+    }
+
+    #[test]
+    fn a_ratio_that_is_not_a_number_is_refused() {
+        let policy = pb::BackendPolicy {
+            name: "default/api".into(),
+            retry_budget: Some(pb::RetryBudget {
+                ratio: f64::NAN,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = policies_from_wire("api", &[policy]).unwrap_err();
+        assert!(e.contains("retryBudget.ratio NaN is not a number"), "{e}");
+        assert!(e.contains("from 0 to 1"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use proxy::{
     Upstream, WorkloadInfo,
 };
 pub use resource::{parse_documents, Kind, Resource, ResourceKey, ResourceProblem};
-pub use trace_settings::TracingSpec;
+pub use trace_settings::{TracingSpec, SAMPLING_FORM};
 
 /// A problem found while reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]

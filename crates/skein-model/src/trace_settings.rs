@@ -49,6 +49,9 @@ fn default_sampling_percent() -> f64 {
     1.0
 }
 
+/// What `samplingPercent` accepts.
+pub const SAMPLING_FORM: &str = "a percentage from 0 to 100 (e.g. 1 or 0.5)";
+
 /// What `collector` accepts.
 pub const COLLECTOR_FORM: &str =
     "an OTLP/gRPC endpoint http://host:port (TLS to collectors is not supported: run the collector beside the proxy or control plane, or reach it through the mesh)";
@@ -60,7 +63,7 @@ impl TracingSpec {
             (0.0..=100.0).contains(&self.sampling_percent),
             format!("{at}.samplingPercent"),
             self.sampling_percent,
-            "a percentage from 0 to 100 (e.g. 1 or 0.5)",
+            SAMPLING_FORM,
         );
         if let Some(c) = &self.collector {
             p.check(

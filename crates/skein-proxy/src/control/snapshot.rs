@@ -147,7 +147,7 @@ fn destination(d: &pb::Destination) -> Result<Destination, String> {
             })
             .collect::<Result<_, String>>()?,
         routes: convert::routes_from_wire(&d.routes),
-        policies: convert::policies_from_wire(&d.service, &d.policies),
+        policies: convert::policies_from_wire(&d.service, &d.policies)?,
         identities: admitted(d)?,
     })
 }
@@ -180,6 +180,15 @@ fn local_to_config(base: &ProxyConfig, snapshot: &Snapshot) -> Result<ProxyConfi
         adaptive: l.adaptive.as_ref().map(convert::adaptive_from_wire),
     });
     if let Some(t) = &snapshot.tracing {
+        // The range is checked when the configuration is applied; a value that is not a
+        // number has no range and would not even equal itself.
+        if t.sampling_percent.is_nan() {
+            return Err(format!(
+                "tracing.samplingPercent {} is not a number; {}",
+                t.sampling_percent,
+                skein_model::SAMPLING_FORM
+            ));
+        }
         next.telemetry.tracing = skein_model::TracingSpec {
             enabled: !t.disabled,
             sampling_percent: t.sampling_percent,
@@ -333,6 +342,31 @@ mod tests {
         assert!(to_config(&base(), &s)
             .unwrap_err()
             .contains("not 1 to 65535"));
+        // Numbers that are not numbers: no range check could hold them.
+        let mut s = snapshot();
+        s.tracing = Some(pb::Tracing {
+            sampling_percent: f64::NAN,
+            ..Default::default()
+        });
+        let err = to_config(&base(), &s).unwrap_err();
+        assert!(
+            err.contains("tracing.samplingPercent NaN is not a number; a percentage from 0 to 100"),
+            "{err}"
+        );
+        let mut s = snapshot();
+        s.destinations[0].policies.push(pb::BackendPolicy {
+            name: "default/api".into(),
+            retry_budget: Some(pb::RetryBudget {
+                ratio: f64::NAN,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = to_config(&base(), &s).unwrap_err();
+        assert!(
+            err.contains("retryBudget.ratio NaN is not a number"),
+            "{err}"
+        );
     }
 
     /// Messages as a newer control plane might send them: today's fields and one more
