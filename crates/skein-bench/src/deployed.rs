@@ -91,6 +91,25 @@ pub fn supported() -> Result<(), String> {
 /// `skein run`).
 pub const SKIP_ENV: &str = "SKEIN_BENCH_NO_DEPLOYED";
 
+/// A command (words split on spaces) that each `skein run` of the skein shape runs
+/// under, e.g. `valgrind --tool=callgrind --trace-children=yes …` to profile the proxies
+/// it starts (`bench/link-order`, with `--only deployed-idle`).
+pub const RUN_WRAP_ENV: &str = "SKEIN_BENCH_RUN_WRAP";
+
+/// `skein run` (`skein`), under [`RUN_WRAP_ENV`]'s command when it is set.
+fn run_command(skein: &Path) -> Command {
+    let wrap = std::env::var(RUN_WRAP_ENV).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        None => Command::new(skein),
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(skein);
+            cmd
+        }
+    }
+}
+
 /// Whether [`SKIP_ENV`] asks to leave the deployed shape out.
 pub fn skipped() -> bool {
     std::env::var(SKIP_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "0"))
@@ -348,7 +367,7 @@ async fn run_side(
 ) -> anyhow::Result<Side> {
     let dir = env.dir.path();
     let proxy_log = dir.join(format!("skein-ns-{service}-proxy.log"));
-    let mut cmd = Command::new(&env.skein);
+    let mut cmd = run_command(&env.skein);
     cmd.args(["run", "--service", service])
         .arg("--control")
         .arg(format!("127.0.0.1:{CONTROL_GRPC}"))
@@ -429,7 +448,8 @@ fn proxy_pid(netns: &Path) -> Option<u32> {
             let same = std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l == want);
             let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = args.split(|b| *b == 0).collect();
-            same && args.get(1) == Some(&&b"proxy"[..]) && args.contains(&&b"--advertise"[..])
+            // `skein proxy … --advertise …`, or a wrapper's command line around it.
+            same && args.contains(&&b"proxy"[..]) && args.contains(&&b"--advertise"[..])
         })
 }
 

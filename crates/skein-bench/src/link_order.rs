@@ -164,6 +164,17 @@ pub fn order(scenarios: &Scenarios, defined: &HashSet<String>) -> Vec<String> {
     list.into_iter().map(|(name, _)| name.clone()).collect()
 }
 
+/// Whether a profile is a proxy's: its `cmd:` line runs the `proxy` subcommand (`skein
+/// proxy …`, or `/proc/self/fd/N proxy …` as `skein run` starts it). Profiles of whatever
+/// else ran under a wrapper tracing children (`skein run` itself, the application) are
+/// left out; a profile without a `cmd:` line is kept.
+fn of_a_proxy(profile: &str) -> bool {
+    match profile.lines().find_map(|l| l.strip_prefix("cmd:")) {
+        Some(cmd) => cmd.split_whitespace().nth(1) == Some("proxy"),
+        None => true,
+    }
+}
+
 /// Reads every profile (each argument a scenario: a profile, or a directory of them read
 /// recursively), writes the order to `out`.
 pub fn run(profiles: &[std::path::PathBuf], binary: &Path, out: &Path) -> anyhow::Result<()> {
@@ -182,6 +193,9 @@ pub fn run(profiles: &[std::path::PathBuf], binary: &Path, out: &Path) -> anyhow
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             if !text.contains("\nevents:") && !text.starts_with("events:") {
+                continue;
+            }
+            if !of_a_proxy(&text) {
                 continue;
             }
             files += 1;
@@ -302,6 +316,26 @@ totals: 1003 552
         assert!(self_costs(&no_ir, &mut HashMap::new()).is_err());
         let cut = profile.replace("totals: 1003 552\n", "");
         assert!(self_costs(&cut, &mut HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn only_proxies_profiles_count() {
+        assert!(of_a_proxy(PROFILE), "no cmd: line");
+        let of = |cmd: &str| of_a_proxy(&format!("version: 1\ncmd: {cmd}\nevents: Ir\n"));
+        assert!(of("/work/target/release/skein proxy --config p.yaml"));
+        assert!(of(
+            "/proc/self/fd/3 proxy --config - --control 198.18.121.1:9981"
+        ));
+        assert!(!of(
+            "/work/target/release/skein run --service bench -- nginx"
+        ));
+        assert!(!of(
+            "/work/target/release/skein-bench backend --listen 198.18.121.3:8082"
+        ));
+        assert!(
+            !of("/usr/sbin/nginx -g daemon off; proxy"),
+            "only the subcommand's place"
+        );
     }
 
     #[test]

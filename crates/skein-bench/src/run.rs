@@ -21,6 +21,7 @@ use serde::Serialize;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What `run` was asked for.
@@ -48,6 +49,11 @@ pub enum Only {
     /// The deployed shape alone ([`crate::deployed`]: direct and skein, each side in a
     /// network namespace), three repetitions in a full run; root only.
     Deployed,
+    /// The deployed shape started, probed (a request of each kind, a second of TCP) and
+    /// left idle, its proxies' idle memory read; no load. Root only. With
+    /// [`crate::deployed::RUN_WRAP_ENV`] set, how `bench/link-order` records what deployed
+    /// proxies run.
+    DeployedIdle,
     /// Instructions per request through each proxy under callgrind
     /// ([`crate::callgrind`]); no other setup starts.
     Callgrind,
@@ -90,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe().context("cannot find this binary's path")?;
     let skein = skein_binary(&root)?;
     let mut plan = Plan::new(args.quick);
-    let only_deployed = args.only == Some(Only::Deployed);
+    let only_deployed = matches!(args.only, Some(Only::Deployed | Only::DeployedIdle));
     if only_deployed && !args.quick {
         // Two setups instead of seven: room for the third run the tail's spread needs.
         plan.repetitions = 3;
@@ -112,20 +118,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         return write_report(&root, &args, report, started);
     }
     let deployed = match args.only {
-        None | Some(Only::Deployed) => deployed_shape(only_deployed)?,
+        None | Some(Only::Deployed | Only::DeployedIdle) => deployed_shape(only_deployed)?,
         Some(_) => Err("not asked for".to_string()),
     };
     let results = match args.only {
-        Some(Only::Deployed) | None => {
+        Some(Only::Deployed | Only::DeployedIdle) | None => {
             let which = Which {
                 loopback: !only_deployed,
                 deployed: deployed.is_ok(),
+                load: args.only != Some(Only::DeployedIdle),
             };
             interleaved(&plan, which, me.clone(), skein.clone(), tool).await?
         }
         Some(_) => Vec::new(),
     };
-    let slow = if matches!(args.only, Some(Only::Overload | Only::Deployed)) {
+    let slow = if matches!(
+        args.only,
+        Some(Only::Overload | Only::Deployed | Only::DeployedIdle)
+    ) {
         None
     } else if slow::skipped() && args.only.is_none() {
         eprintln!(
@@ -143,7 +153,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let dir = TempDir::new()?;
         Some(slow::run(&dir, &me, &skein, args.quick, plan.repetitions).await?)
     };
-    let overload = if matches!(args.only, Some(Only::SlowEndpoint | Only::Deployed)) {
+    let overload = if matches!(
+        args.only,
+        Some(Only::SlowEndpoint | Only::Deployed | Only::DeployedIdle)
+    ) {
         None
     } else if overload::skipped() && args.only.is_none() {
         eprintln!(
@@ -247,6 +260,9 @@ struct Which {
     loopback: bool,
     /// direct (namespaces) and skein (namespaces).
     deployed: bool,
+    /// Whether the scenarios run; without, the setups are only probed and their idle
+    /// memory read.
+    load: bool,
 }
 
 /// Starts every setup, runs the interleaved scenarios on them and stops them; returns
@@ -285,12 +301,22 @@ async fn interleaved(
     );
     let mut setups = start_setups(&env, which).await?;
     let mut results = Vec::new();
-    for s in &setups {
-        results.push(SetupResults::start(s)?);
-    }
     let measured = async {
         for s in &mut setups {
             s.probe(&tools.me).await?;
+        }
+        eprintln!(
+            "skein-bench: every setup answered; reading the proxies' idle memory after {} s without traffic",
+            IDLE_SETTLE.as_secs()
+        );
+        tokio::time::sleep(IDLE_SETTLE).await;
+        for s in &setups {
+            results.push(SetupResults::start(s)?);
+        }
+        if !which.load {
+            return Ok(());
+        }
+        for s in &mut setups {
             scenarios::warm_up(&tools, plan, s).await?;
         }
         eprintln!(
@@ -310,6 +336,12 @@ async fn interleaved(
     }
     Ok(results)
 }
+
+/// How long the setups stay without traffic, after their probes, before their proxies'
+/// idle memory is read: longer than the 5 s after which the proxies' allocator (jemalloc,
+/// `dirty_decay_ms`) hands freed pages back, so that the figure is what an idle proxy
+/// holds rather than what the probes (a second of opaque TCP among them) left to return.
+const IDLE_SETTLE: Duration = Duration::from_secs(8);
 
 /// Set to `1` to leave out the "skein, telemetry off" setup, e.g. to measure a `skein`
 /// binary older than the `telemetry` setting, which refuses that pair's config.
@@ -468,6 +500,7 @@ fn command(args: &RunArgs) -> String {
         Some(Only::SlowEndpoint) => c.push_str(" --only slow-endpoint"),
         Some(Only::Overload) => c.push_str(" --only overload"),
         Some(Only::Deployed) => c.push_str(" --only deployed"),
+        Some(Only::DeployedIdle) => c.push_str(" --only deployed-idle"),
         Some(Only::Callgrind) => c.push_str(" --only callgrind"),
         Some(Only::Resumption) => c.push_str(" --only resumption"),
         None => {}

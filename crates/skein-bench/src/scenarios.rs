@@ -163,7 +163,8 @@ pub struct SetupResults {
 pub struct ProxyUsage {
     /// e.g. `skein outbound proxy`.
     pub name: String,
-    /// Resident memory once started and probed, before any load, KiB.
+    /// Resident memory once started, probed (a request of each kind, a second of TCP) and
+    /// idle for a few seconds, before any load, KiB.
     pub idle_rss_kib: u64,
     /// The anonymous (private) part of the idle memory, KiB: what one more proxy of the
     /// same binary costs, the code pages being shared.
