@@ -1,9 +1,13 @@
-//! The HTTP API the CLI (and later the dashboard) uses: list, get, apply and delete
-//! resources, and see connected proxies. Every route but `/healthz` needs the admin token
-//! (`Authorization: Bearer TOKEN`); errors are JSON `{"error": "..."}` that say what to do.
+//! The HTTP API the CLI and the dashboard use: list, get, apply and delete resources,
+//! and see connected proxies. Every route but `/healthz` needs a credential
+//! ([`crate::ui::caller`]): the admin token as `Authorization: Bearer TOKEN` (the CLI), a
+//! read-only dashboard token the same way (reads only), or a dashboard session cookie
+//! (changes only with `X-Skein-Csrf: 1`); errors are JSON `{"error": "..."}` that say what
+//! to do. The dashboard's pages are under `/ui/` ([`crate::ui`]).
 //!
 //! ```text
 //! GET    /healthz
+//! GET    /api/v1/session                    who is asking: {"role": "admin"|"viewer", "session", "expiresUnix"?}
 //! POST   /api/v1/apply                      body: YAML or JSON, one or more documents;
 //!                                           answers results and warnings (references to
 //!                                           resources that do not exist yet)
@@ -17,9 +21,13 @@
 //! GET    /api/v1/status                     replica, version, leadership, store revision
 //!                                           and health, workload certificate lifetime
 //! POST   /api/v1/tokens                     body: {"service", "namespace"?, "ttl"?, "uses"?}
-//!                                           → join token (and a warning if no such Service)
-//! GET    /api/v1/tokens
-//! DELETE /api/v1/tokens/{id}                revoke (and every workload that joined with it)
+//!                                           → join token (and a warning if no such Service);
+//!                                           or {"dashboard": true, "readOnly": true, "ttl"?}
+//!                                           → read-only dashboard token
+//! GET    /api/v1/tokens                     join tokens ("items") and dashboard tokens
+//!                                           ("dashboard"), never their secrets
+//! DELETE /api/v1/tokens/{id}                revoke (a join token: and every workload that
+//!                                           joined with it; a dashboard token: its sessions)
 //! POST   /api/v1/workloads/{namespace}/{name}/revoke   revoke one workload's join lineage
 //! GET    /api/v1/revocations                the deny list proxies enforce
 //! GET    /api/v1/ca                         trust domain, generation, rotation phase, root pins,
@@ -89,6 +97,10 @@ pub struct Api {
     pub store: Arc<dyn crate::store::Store>,
     /// What the store is: `embedded`, or `etcd://HOST:PORT,…`.
     pub store_name: String,
+    /// Dashboard sessions, signed with a key derived from the admin token.
+    pub sessions: crate::ui::session::Sessions,
+    /// Read-only dashboard tokens.
+    pub dashboard_tokens: crate::ui::tokens::DashboardTokens,
 }
 
 /// How long `/api/v1/status` waits for the store to answer its probe.
@@ -124,6 +136,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/api/v1/resources/{kind}/{name}",
             get(get_one).delete(delete),
         )
+        .route("/api/v1/session", get(session))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/status", get(status))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
@@ -157,28 +170,33 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(protected)
+        .merge(crate::ui::router())
         .with_state(api)
 }
 
-async fn authenticate(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if crate::token::matches(&api.token, token.trim()) => next.run(req).await,
-        Some(_) => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "the admin token is wrong; use the one in DATA_DIR/admin.token (skein finds it with --data-dir, or pass --token / SKEIN_TOKEN)".into(),
-        )
-        .into_response(),
-        None => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing credential: send `Authorization: Bearer TOKEN` with the token from DATA_DIR/admin.token".into(),
-        )
-        .into_response(),
+/// Who is asking ([`crate::ui::caller`]), then whether they may ([`crate::ui::may`]); the
+/// caller rides on the request for the handlers.
+async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+    let caller = match crate::ui::caller(&api, req.headers(), crate::ui::now_unix()).await {
+        Ok(c) => c,
+        Err(e) => return ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    if let Err((status, why)) =
+        crate::ui::may(&caller, req.method(), req.uri().path(), req.headers())
+    {
+        return ApiError(status, why).into_response();
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn session(axum::Extension(caller): axum::Extension<crate::ui::Caller>) -> Response {
+    Json(json!({
+        "role": caller.role.name(),
+        "session": caller.by_session,
+        "expiresUnix": caller.expires_unix,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -449,8 +467,17 @@ impl From<crate::pki::PkiError> for ApiError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct TokenRequest {
+    /// The service a join token is for (join tokens only).
+    #[serde(default)]
     service: String,
+    /// A dashboard token instead of a join token.
+    #[serde(default)]
+    dashboard: bool,
+    /// Required with `dashboard`: dashboard tokens are read-only.
+    #[serde(default)]
+    read_only: bool,
     #[serde(default)]
     namespace: Option<String>,
     /// A duration such as `30m` or `24h`.
@@ -469,14 +496,30 @@ async fn create_token(State(api): State<Arc<Api>>, body: String) -> Result<Respo
         )
     })?;
     let ttl = match &req.ttl {
-        Some(t) => skein_model::duration::parse(t).ok_or_else(|| {
+        Some(t) => Some(skein_model::duration::parse(t).ok_or_else(|| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("ttl: {t:?} is not a duration; use e.g. 30m, 24h"),
             )
-        })?,
-        None => crate::pki::DEFAULT_TOKEN_TTL,
+        })?),
+        None => None,
     };
+    if req.dashboard {
+        return create_dashboard_token(&api, &req, ttl).await;
+    }
+    if req.read_only {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "readOnly applies to dashboard tokens only; add \"dashboard\": true (a join token grants a workload identity, not API access)".into(),
+        ));
+    }
+    if req.service.is_empty() {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a join token needs the service it is for: send {\"service\": NAME}; for a read-only dashboard token send {\"dashboard\": true, \"readOnly\": true}".into(),
+        ));
+    }
+    let ttl = ttl.unwrap_or(crate::pki::DEFAULT_TOKEN_TTL);
     let namespace = req.namespace.as_deref().unwrap_or("default");
     let uses = req.uses.unwrap_or(1);
     let (token, record) = api
@@ -525,14 +568,66 @@ async fn revocations(State(api): State<Arc<Api>>) -> Result<Response, ApiError> 
     Ok(Json(json!({ "items": api.pki.deny_list() })).into_response())
 }
 
+/// A read-only dashboard token: the only kind (changes need the admin token).
+async fn create_dashboard_token(
+    api: &Api,
+    req: &TokenRequest,
+    ttl: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    if !req.read_only {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "dashboard tokens are read-only: ask for one with \"readOnly\": true (`skein token create --dashboard --read-only`); changes are made with the admin token".into(),
+        ));
+    }
+    if !req.service.is_empty() || req.namespace.is_some() || req.uses.is_some() {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "service, namespace and uses belong to join tokens; a dashboard token takes only \"ttl\"".into(),
+        ));
+    }
+    let ttl = ttl.unwrap_or(crate::ui::tokens::DEFAULT_TTL);
+    let (token, record) = api
+        .dashboard_tokens
+        .create(ttl, crate::ui::now_unix())
+        .await
+        .map_err(dashboard_error)?;
+    Ok(Json(json!({ "token": token, "record": record })).into_response())
+}
+
+fn dashboard_error(e: crate::ui::tokens::TokenError) -> ApiError {
+    use crate::ui::tokens::TokenError as E;
+    let status = match &e {
+        E::Lifetime(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        E::NoSuchId(_) => StatusCode::NOT_FOUND,
+        E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Unknown | E::Revoked(_) | E::Expired(_) => StatusCode::UNAUTHORIZED,
+        E::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError(status, e.to_string())
+}
+
 async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    Ok(Json(json!({ "items": api.pki.list_tokens().await? })).into_response())
+    let dashboard = api.dashboard_tokens.list().await.map_err(dashboard_error)?;
+    Ok(
+        Json(json!({ "items": api.pki.list_tokens().await?, "dashboard": dashboard }))
+            .into_response(),
+    )
 }
 
 async fn revoke_token(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let now = crate::ui::now_unix();
+    if let Some(record) = api
+        .dashboard_tokens
+        .revoke(&id, now)
+        .await
+        .map_err(dashboard_error)?
+    {
+        return Ok(Json(json!({ "revoked": record, "kind": "dashboard" })).into_response());
+    }
     Ok(Json(json!({ "revoked": api.pki.revoke_token(&id).await? })).into_response())
 }
 

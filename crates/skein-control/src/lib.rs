@@ -26,6 +26,7 @@ pub mod tap;
 pub mod telemetry;
 pub mod tls_incoming;
 pub mod token;
+pub mod ui;
 pub mod vip;
 
 /// CIDR ranges (`--workload-cidr`), re-exported so the binary names the same type.

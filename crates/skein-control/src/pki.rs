@@ -869,19 +869,11 @@ impl Pki {
 
     async fn get_token(&self, id: &str) -> Result<Option<(TokenRecord, u64)>, PkiError> {
         let key = format!("{TOKEN_PREFIX}{id}");
-        let (found, _) = self.store.list(&key).await?;
-        found
-            .into_iter()
-            .find(|e| e.key == key)
-            .map(|e| {
-                serde_json::from_slice(&e.value)
-                    .map(|r| (r, e.revision))
-                    .map_err(|err| PkiError::Corrupt {
-                        what: format!("token {id}"),
-                        reason: err.to_string(),
-                    })
-            })
-            .transpose()
+        crate::store::get_json(&*self.store, &key, |err| PkiError::Corrupt {
+            what: format!("token {id}"),
+            reason: err.to_string(),
+        })
+        .await
     }
 
     /// Every token (without secret hashes), oldest first.

@@ -199,6 +199,8 @@ impl RunningControl {
                 StoreChoice::Embedded => "embedded".into(),
                 StoreChoice::Etcd { endpoints, .. } => format!("etcd://{}", endpoints.join(",")),
             },
+            sessions: crate::ui::session::Sessions::new(&token),
+            dashboard_tokens: crate::ui::tokens::DashboardTokens::new(store.clone()),
         }));
         let mut follow = leader.clone();
         let replica = opts.replica.clone();

@@ -77,6 +77,11 @@ impl Client {
         Ok(Client { server, token })
     }
 
+    /// The control plane's HTTP address, as a URL (`http://HOST:PORT`).
+    pub(crate) fn base(&self) -> String {
+        format!("http://{}", self.server)
+    }
+
     /// Sends a request and calls `on_line` for each line of a streamed 2xx answer as it
     /// arrives; fails with the API's own error message otherwise.
     pub(crate) async fn stream_lines(
@@ -546,6 +551,28 @@ pub async fn token_create(
     Ok(())
 }
 
+/// `skein token create --dashboard --read-only`: prints the token alone on stdout and
+/// what it grants on stderr.
+pub async fn dashboard_token_create(target: &Target, ttl: Option<&str>) -> anyhow::Result<()> {
+    let client = Client::new(target)?;
+    let mut body = serde_json::json!({ "dashboard": true, "readOnly": true });
+    if let Some(ttl) = ttl {
+        body["ttl"] = ttl.into();
+    }
+    let result = client
+        .call(Method::POST, "/api/v1/tokens", body.to_string())
+        .await?;
+    let record = &result["record"];
+    eprintln!(
+        "read-only dashboard token {} (expires {}); log in with it at {}/ui/ to see the mesh and change nothing:",
+        record["id"].as_str().unwrap_or_default(),
+        record["expires"].as_str().unwrap_or_default(),
+        client.base(),
+    );
+    println!("{}", result["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
 /// A single-use join token for `namespace/service`, valid for ten minutes (what
 /// `skein run` asks for when it is given none).
 pub async fn create_join_token(
@@ -575,10 +602,20 @@ pub async fn token_list(target: &Target) -> anyhow::Result<()> {
         .call(Method::GET, "/api/v1/tokens", String::new())
         .await?;
     let items = result["items"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
-        eprintln!("No join tokens; create one with `skein token create --service NAME`.");
+    let dashboard = result["dashboard"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() && dashboard.is_empty() {
+        eprintln!("No tokens; create one with `skein token create --service NAME` (join) or `skein token create --dashboard --read-only`.");
         return Ok(());
     }
+    // Dashboard tokens as rows of the same table: their identity is the role they grant.
+    let items: Vec<serde_json::Value> = items
+        .into_iter()
+        .chain(dashboard.into_iter().map(|mut t| {
+            t["identity"] = "dashboard (read-only)".into();
+            t["uses"] = serde_json::Value::Null;
+            t
+        }))
+        .collect();
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|t| {
@@ -586,11 +623,10 @@ pub async fn token_list(target: &Target) -> anyhow::Result<()> {
                 Some(when) => format!("revoked {when}"),
                 None => "active".into(),
             };
-            let used = format!(
-                "{}/{}",
-                t["used"].as_u64().unwrap_or(0),
-                t["uses"].as_u64().unwrap_or(1)
-            );
+            let used = match t["uses"].as_u64() {
+                Some(uses) => format!("{}/{uses}", t["used"].as_u64().unwrap_or(0)),
+                None => "-".into(),
+            };
             [&t["id"], &t["identity"], &t["expires"]]
                 .iter()
                 .map(|v| v.as_str().unwrap_or_default().to_string())
@@ -652,10 +688,14 @@ pub async fn token_revoke(target: &Target, id: &str) -> anyhow::Result<()> {
             String::new(),
         )
         .await?;
-    println!(
-        "token {id} revoked ({})",
-        result["revoked"]["identity"].as_str().unwrap_or_default()
-    );
+    if result["kind"] == "dashboard" {
+        println!("dashboard token {id} revoked (its sessions end at their next request)");
+    } else {
+        println!(
+            "token {id} revoked ({})",
+            result["revoked"]["identity"].as_str().unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

@@ -364,23 +364,38 @@ enum TraceCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a join token for one service's workloads; prints it once.
+    /// Create a join token for one service's workloads, or a read-only dashboard token;
+    /// prints it once.
     ///
-    /// A proxy started with the token (`skein proxy --join-token`) receives a certificate
-    /// for spiffe://<trust-domain>/ns/<namespace>/sa/<service> and nothing else.
+    /// A proxy started with a join token (`skein proxy --join-token`) receives a
+    /// certificate for spiffe://<trust-domain>/ns/<namespace>/sa/<service> and nothing
+    /// else. A dashboard token (`--dashboard --read-only`) logs a browser in at /ui/ to see
+    /// everything and change nothing.
     Create {
-        /// The service the workloads run for.
-        #[arg(long)]
-        service: String,
+        /// The service the workloads run for (join tokens).
+        #[arg(
+            long,
+            required_unless_present = "dashboard",
+            conflicts_with = "dashboard"
+        )]
+        service: Option<String>,
         /// Its namespace.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// How long the token is accepted (e.g. 30m, 24h).
-        #[arg(long, default_value = "1h")]
-        ttl: String,
+        /// How long the token is accepted (e.g. 30m, 24h); join tokens 1h by default,
+        /// dashboard tokens 720h.
+        #[arg(long)]
+        ttl: Option<String>,
         /// How many proxies may join with it (a fleet of replicas); by default one.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "dashboard")]
         uses: u32,
+        /// A token for the dashboard instead of a join token (needs --read-only).
+        #[arg(long, requires = "read_only")]
+        dashboard: bool,
+        /// The dashboard token sees and changes nothing (the only kind: changes need the
+        /// admin token).
+        #[arg(long, requires = "dashboard")]
+        read_only: bool,
         #[command(flatten)]
         target: cli::Target,
     },
@@ -571,8 +586,16 @@ fn run() -> anyhow::Result<()> {
                 namespace,
                 ttl,
                 uses,
+                dashboard,
+                read_only: _,
                 target,
-            }) => cli::token_create(&target, &service, &namespace, &ttl, uses).await,
+            }) => match service {
+                Some(service) if !dashboard => {
+                    let ttl = ttl.as_deref().unwrap_or("1h");
+                    cli::token_create(&target, &service, &namespace, ttl, uses).await
+                }
+                _ => cli::dashboard_token_create(&target, ttl.as_deref()).await,
+            },
             Command::Token(TokenCommand::List { target }) => cli::token_list(&target).await,
             Command::Token(TokenCommand::Revoke { id, target }) => {
                 cli::token_revoke(&target, &id).await

@@ -85,6 +85,22 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// The JSON record at exactly `key` (not its children), with the revision that wrote it;
+/// `corrupt` turns a decoding failure into the caller's error.
+pub async fn get_json<T: serde::de::DeserializeOwned, E: From<StoreError>>(
+    store: &dyn Store,
+    key: &str,
+    corrupt: impl FnOnce(serde_json::Error) -> E,
+) -> Result<Option<(T, u64)>, E> {
+    let (found, _) = store.list(key).await?;
+    match found.into_iter().find(|e| e.key == key) {
+        None => Ok(None),
+        Some(e) => serde_json::from_slice(&e.value)
+            .map(|r| Some((r, e.revision)))
+            .map_err(corrupt),
+    }
+}
+
 /// What every store provides.
 pub trait Store: Send + Sync + 'static {
     /// Every entry whose key starts with `prefix`, and the store revision they reflect.

@@ -506,7 +506,10 @@ async fn the_api_requires_the_admin_token() {
     );
     let (code, body) = call(with(Some("Authorization: Bearer wrong".into()))).await;
     assert_eq!(code, "401", "{body}");
-    assert!(body.contains("admin token is wrong"), "{body}");
+    assert!(
+        body.contains("the credential is wrong") && body.contains("DATA_DIR/admin.token"),
+        "{body}"
+    );
     let (code, body) = call(with(Some(format!("Authorization: Bearer {}x", token)))).await;
     assert_eq!(code, "401", "a longer token is wrong too: {body}");
     let (code, body) = call(with(Some("Authorization: Basic YWRtaW46YWRtaW4=".into()))).await;
