@@ -100,7 +100,7 @@ pub struct Api {
     /// Dashboard sessions, signed with a key derived from the admin token.
     pub sessions: crate::ui::session::Sessions,
     /// Read-only dashboard tokens.
-    pub dashboard_tokens: crate::ui::tokens::DashboardTokens,
+    pub dashboard_tokens: Arc<crate::ui::tokens::DashboardTokens>,
 }
 
 /// How long `/api/v1/status` waits for the store to answer its probe.

@@ -116,6 +116,8 @@ pub struct RunningControl {
     pub central: Arc<crate::telemetry::Central>,
     /// Live taps and the proxies' tap streams.
     pub taps: Arc<crate::tap::TapHub>,
+    /// Read-only dashboard tokens.
+    pub dashboard_tokens: Arc<crate::ui::tokens::DashboardTokens>,
     /// True while this replica leads (always, with the embedded store).
     pub leader: tokio::sync::watch::Receiver<bool>,
     election: Option<Election>,
@@ -185,6 +187,7 @@ impl RunningControl {
         let http_addr = http.local_addr().map_err(|e| io("local address", e))?;
         let central = crate::telemetry::Central::new();
         let taps = crate::tap::TapHub::new();
+        let dashboard_tokens = Arc::new(crate::ui::tokens::DashboardTokens::new(store.clone()));
         let router = api::router(Arc::new(Api {
             central: central.clone(),
             taps: taps.clone(),
@@ -200,7 +203,7 @@ impl RunningControl {
                 StoreChoice::Etcd { endpoints, .. } => format!("etcd://{}", endpoints.join(",")),
             },
             sessions: crate::ui::session::Sessions::new(&token),
-            dashboard_tokens: crate::ui::tokens::DashboardTokens::new(store.clone()),
+            dashboard_tokens: dashboard_tokens.clone(),
         }));
         let mut follow = leader.clone();
         let replica = opts.replica.clone();
@@ -340,6 +343,7 @@ impl RunningControl {
             connections,
             central,
             taps,
+            dashboard_tokens,
             leader,
             election,
             presence,

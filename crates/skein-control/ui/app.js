@@ -52,6 +52,7 @@ async function overview() {
           cell(fixed(row.p99_ms, 1), "num"),
           cell(row.mtls === null || row.mtls === undefined ? "–" : row.mtls ? "yes" : "no", row.mtls === false ? "bad" : ""),
           cell(String(row.denied), row.denied > 0 ? "num bad" : "num"),
+          cell(String(row.tcp_connections), "num tcp"),
           cell(problems.length ? problems.join(", ") : "ok", problems.length ? "bad state" : "ok state"),
         );
         return tr;

@@ -209,6 +209,7 @@ async fn run_in(
         control.http,
         dir.join("control").display()
     );
+    print_dashboard(&control, dir).await?;
 
     let mut proxies = Vec::new();
     let grpc = control.grpc;
@@ -829,4 +830,28 @@ pub(crate) async fn serve_ledger(listener: TcpListener) {
             }
         });
     }
+}
+
+/// Prints where the dashboard is, with a read-only login made for the demo (a day long)
+/// and where the admin token is; `dir` is the demo's directory.
+pub(crate) async fn print_dashboard(
+    control: &skein_control::server::RunningControl,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let (viewer, _) = control
+        .dashboard_tokens
+        .create(
+            Duration::from_secs(24 * 3600),
+            skein_control::ui::now_unix(),
+        )
+        .await?;
+    println!(
+        "  dashboard http://{}/ui/  read-only login: {viewer}",
+        control.http
+    );
+    println!(
+        "            (the admin token, for the buttons that change things: {})",
+        dir.join("control").join("admin.token").display()
+    );
+    Ok(())
 }

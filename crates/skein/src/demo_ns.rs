@@ -126,6 +126,7 @@ async fn run_in(
         control.grpc.port()
     );
     println!("            try: skein get services {target}");
+    crate::demo::print_dashboard(&control, dir).await?;
 
     let mut children: Vec<(&str, Child)> = Vec::new();
     let result = async {

@@ -5,12 +5,13 @@
 //! with a session needs the dashboard's CSRF header; revoking a dashboard token ends its
 //! sessions at their next request; bad logins say why and lose nothing.
 //!
-//! Addresses: 127.0.23.1–9, one control plane per test.
+//! Addresses: 127.0.23.1–9, one control plane per test; the browser test runs `skein
+//! demo --net 77` (127.0.77.0/24).
 
 use skein_control::server::{ControlOptions, RunningControl};
 use skein_testkit::control::{skein_cli, CliOutput, TempDir};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `skein` binary under test.
@@ -328,4 +329,227 @@ async fn a_read_only_dashboard_token_sees_everything_and_changes_nothing() {
     let again = post_login(cp.http, &token).await;
     assert_eq!(again.status, 401);
     assert!(again.body.contains("was revoked"), "{}", again.body);
+}
+
+/// `skein demo` run by a test: interrupted (as Ctrl-C would) and waited for when the
+/// test ends, however it ends; the demo then stops its proxies and applications.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The venv Python with Selenium, Chromium and its driver, if all are here; `None` (the
+/// test skips) outside CI, a failure under it.
+fn browser_tools() -> Option<PathBuf> {
+    let python = std::env::var_os("SKEIN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/venv/bin/python")
+        });
+    let selenium = std::process::Command::new(&python)
+        .args(["-c", "import selenium"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|p| Path::new(p).exists());
+    if selenium && browser {
+        return Some(python);
+    }
+    let why = format!(
+        "the browser test needs Selenium in {} and Debian's chromium and chromium-driver (`.ci/run` installs them)",
+        python.display()
+    );
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// In Chromium, headless, driven over WebDriver: the demo's dashboard as a newcomer meets
+/// it with the read-only login the demo prints. The login page first; the overview lists
+/// the demo's services with their traffic; axe-core finds no violation on either page;
+/// Tab reaches every control; the session cookie is out of the page script's reach; a
+/// change tried from the page is refused by the API; the browser asks nothing of any
+/// host but the control plane. Screenshots go to `target/tmp/dashboard-screenshots/`.
+#[tokio::test]
+async fn the_demos_dashboard_in_a_real_browser() {
+    use std::io::BufRead;
+    let Some(python) = browser_tools() else {
+        return;
+    };
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--loopback",
+            "--duration",
+            "180s",
+            "--rps",
+            "25",
+            "--net",
+            "77",
+        ])
+        .env("SKEIN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run skein demo");
+    let stdout = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    // Read up to the line that says traffic started, and keep reading after it: a demo
+    // whose stdout closed would fail at its next line.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut printed = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.trim_start().starts_with("traffic ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(printed.clone());
+                }
+            }
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(printed);
+        }
+    });
+    let printed = rx.await.expect("the demo's output");
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.trim_start().starts_with("traffic ")),
+        "the demo ended before its traffic started:\n{printed}"
+    );
+    let line = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("dashboard "))
+        .unwrap_or_else(|| panic!("the demo prints no dashboard line:\n{printed}"));
+    let url = line.split_whitespace().nth(1).unwrap().to_string();
+    let token = line.split_whitespace().last().unwrap().to_string();
+    assert!(
+        url.starts_with("http://127.0.77.1:") && url.ends_with("/ui/"),
+        "{line}"
+    );
+    assert!(token.starts_with("skein-dashboard."), "{line}");
+    let origin = url.trim_end_matches("/ui/").to_string();
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let axe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/axe.min.js");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/dashboard_browser.py");
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&url)
+        .arg(&token)
+        .arg(&axe)
+        .arg(&shots)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(150), run)
+        .await
+        .expect("the browser run ends within 150 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+
+    // The login page first, then the overview.
+    assert_eq!(seen["login_url"], format!("{origin}/ui/login"), "{seen}");
+    assert_eq!(seen["overview_url"], url.as_str(), "{seen}");
+    assert_eq!(seen["who"], "read-only viewer", "{seen}");
+    let rows = seen["overview_rows"].as_array().unwrap();
+    let row = |service: &str| -> Vec<String> {
+        rows.iter()
+            .find(|r| r["service"] == service)
+            .unwrap_or_else(|| panic!("no {service} on the overview: {seen}"))["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    for service in ["default/frontend", "default/restaurant"] {
+        let cells = row(service);
+        let rps: f64 = cells[1].parse().unwrap_or(0.0);
+        assert!(rps > 0.0, "{service} shows no requests: {cells:?}");
+        assert_eq!(cells[5], "yes", "{service}: mutual TLS: {cells:?}");
+    }
+    let ledger = row("default/ledger");
+    assert!(
+        ledger[7].parse::<u64>().unwrap_or(0) > 0,
+        "ledger's TCP: {ledger:?}"
+    );
+
+    // Accessibility: no axe-core violation; the keyboard reaches every control.
+    for page in ["login", "overview"] {
+        assert_eq!(
+            seen[format!("{page}_axe")],
+            serde_json::json!([]),
+            "{page}: {seen}"
+        );
+        let keyboard = &seen[format!("{page}_keyboard")];
+        let reached: Vec<&serde_json::Value> =
+            keyboard["reached"].as_array().unwrap().iter().collect();
+        let controls = keyboard["controls"].as_array().unwrap();
+        assert!(!controls.is_empty(), "{page}: {keyboard}");
+        for control in controls {
+            assert!(
+                reached.contains(&control),
+                "{page}: Tab never reaches {control}: {keyboard}"
+            );
+        }
+    }
+
+    // The session is out of scripts' reach, and the API refuses what a viewer tries.
+    assert_eq!(
+        seen["cookie_http_only"],
+        serde_json::json!([true]),
+        "{seen}"
+    );
+    assert!(!seen["cookie_visible_to_script"]
+        .as_str()
+        .unwrap()
+        .contains("skein_session"));
+    assert_eq!(seen["viewer_change"]["status"], 403, "{seen}");
+    assert!(seen["viewer_change"]["body"]
+        .as_str()
+        .unwrap()
+        .contains("read-only credential"));
+
+    // Nothing but the control plane was asked for anything.
+    let requested = seen["requested"].as_array().unwrap();
+    assert!(requested.len() >= 5, "{seen}");
+    for u in requested {
+        let u = u.as_str().unwrap();
+        assert!(
+            u.starts_with(&format!("{origin}/")) || u.starts_with("data:"),
+            "the browser asked {u}"
+        );
+    }
+    for page in ["login", "overview"] {
+        let png = std::fs::read(shots.join(format!("{page}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 5_000,
+            "{page}.png"
+        );
+    }
 }
