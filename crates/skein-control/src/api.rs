@@ -179,7 +179,7 @@ pub fn router(api: Arc<Api>) -> Router {
 async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
     let caller = match crate::ui::caller(&api, req.headers(), crate::ui::now_unix()).await {
         Ok(c) => c,
-        Err(e) => return ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => return ApiError(e.status(), e.to_string()).into_response(),
     };
     if let Err((status, why)) =
         crate::ui::may(&caller, req.method(), req.uri().path(), req.headers())
@@ -187,7 +187,18 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
         return ApiError(status, why).into_response();
     }
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let mut response = next.run(req).await;
+    // Answers a browser now reads too: never cached, never sniffed as another type.
+    let h = response.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 async fn session(axum::Extension(caller): axum::Extension<crate::ui::Caller>) -> Response {
@@ -976,6 +987,17 @@ async fn tap(State(api): State<Arc<Api>>, Query(q): Query<TapQuery>) -> Result<R
         status_class,
         max_per_second: max,
     };
+    // Each tap starts a stream of events from every proxy: a bounded number at once, so
+    // that no credential (a read-only one included) can load the data plane with taps.
+    if api.taps.subscribers() >= crate::tap::MAX_TAPS {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} live taps are open, the most the control plane runs at once; end one (its `skein tap` or dashboard page) and try again",
+                crate::tap::MAX_TAPS
+            ),
+        ));
+    }
     let subscription = api.taps.subscribe(filter);
     let lines = futures_util::stream::unfold(subscription, |mut sub| async move {
         let event = sub.events.recv().await?;

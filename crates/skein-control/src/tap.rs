@@ -24,6 +24,10 @@ struct Subscriber {
     window: (u32, Instant),
 }
 
+/// The most taps the API keeps open at once (each asks every proxy for a stream of
+/// events of up to 1,000 a second).
+pub const MAX_TAPS: usize = 16;
+
 /// Every proxy's tap stream and every subscriber.
 #[derive(Default)]
 pub struct TapHub {

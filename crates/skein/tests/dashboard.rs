@@ -226,10 +226,81 @@ async fn the_admin_token_logs_in_to_a_strict_session_whose_changes_need_the_csrf
     assert_eq!(with.status, 200, "{}", with.body);
     assert_eq!(services(&cp), 1);
 
+    // Another port of this host gets the browser's cookie too (SameSite does not tell
+    // ports apart), but not the answers: the browser says where the request came from.
+    let other_port = [("Cookie", cookie.as_str()), ("Sec-Fetch-Site", "same-site")];
+    let cross = get(cp.http, "/api/v1/session", &other_port).await;
+    assert_eq!(cross.status, 403);
+    assert!(
+        cross.body.contains("Sec-Fetch-Site: same-site"),
+        "{}",
+        cross.body
+    );
+    // A login form another page submits is refused: no one logs a browser in to their
+    // session.
+    let form = format!("token={}", cp.token);
+    let planted = send(
+        cp.http,
+        "POST",
+        "/ui/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "http://127.0.0.1:8080"),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(planted.status, 403);
+    assert!(planted.header("set-cookie").is_none());
+    assert!(
+        planted.body.contains("accepted only from the dashboard"),
+        "{}",
+        planted.body
+    );
+    // API answers are never cached.
+    assert_eq!(who.header("cache-control"), Some("no-store"));
+
     // Logging out clears the cookie.
     let out = send(cp.http, "POST", "/ui/logout", &[("Cookie", &cookie)], "").await;
     assert_eq!(out.status, 303);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+/// Live taps are bounded: a read-only token (or any credential) opens at most
+/// `MAX_TAPS` at once, each of which asks every proxy for a stream of events.
+#[tokio::test]
+async fn live_taps_are_bounded_whoever_asks() {
+    let (cp, _dir) = control(4, "taps").await;
+    let (token, _) = cp
+        .dashboard_tokens
+        .create(
+            std::time::Duration::from_secs(600),
+            skein_control::ui::now_unix(),
+        )
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/v1/tap HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        cp.http
+    );
+    let mut open = Vec::new();
+    for _ in 0..skein_control::tap::MAX_TAPS {
+        let mut s = tokio::net::TcpStream::connect(cp.http).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "a tap within the bound opens");
+        open.push(s);
+    }
+    let bearer = format!("Bearer {token}");
+    let one_more = get(cp.http, "/api/v1/tap", &[("Authorization", &bearer)]).await;
+    assert_eq!(one_more.status, 429, "{}", one_more.body);
+    assert!(
+        one_more.body.contains("live taps are open"),
+        "{}",
+        one_more.body
+    );
+    drop(open);
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 //! The pages are hand-written HTML, CSS and JavaScript modules, with no build step, so
 //! the Rust build needs no JavaScript toolchain (docs/ARCHITECTURE.md, "The dashboard").
 //! Every response says: load nothing from another host, run no inline script, be framed
-//! by no page (`Content-Security-Policy`), guess no content type, send no referrer.
+//! by no page (`Content-Security-Policy`), guess no content type, send a referrer only to
+//! this origin (`same-origin`: with `no-referrer`, browsers send a form's `Origin` as
+//! `null`, and the login form could not show where it came from).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +52,7 @@ pub fn harden(mut response: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)

@@ -74,6 +74,32 @@ pub enum Unauthenticated {
     /// A session cookie that does not count.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The store could not say whether a dashboard token counts.
+    #[error("the control plane cannot check dashboard tokens now (its store did not answer); try again shortly")]
+    Unavailable,
+}
+
+impl Unauthenticated {
+    /// The HTTP status for it: 503 when the store failed, 401 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Unauthenticated::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// A dashboard token's refusal as a caller's: a failing store is not a wrong token (and
+/// its text stays in the log, not in the answer).
+fn token_refusal(e: tokens::TokenError) -> Unauthenticated {
+    match e {
+        tokens::TokenError::Unknown => Unauthenticated::WrongToken,
+        tokens::TokenError::Store(_) | tokens::TokenError::Corrupt { .. } => {
+            tracing::warn!(error = %e, "cannot check a dashboard token");
+            Unauthenticated::Unavailable
+        }
+        other => Unauthenticated::Token(other),
+    }
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -114,7 +140,7 @@ pub async fn caller(
         api.dashboard_tokens
             .still_valid(id, now_unix)
             .await
-            .map_err(Unauthenticated::Token)?;
+            .map_err(token_refusal)?;
     }
     Ok(Caller {
         role: s.role,
@@ -137,8 +163,7 @@ async fn credential_role(
     }
     match api.dashboard_tokens.check(token, now_unix).await {
         Ok(t) => Ok((Role::Viewer, Some((t.id, t.expires_unix)))),
-        Err(tokens::TokenError::Unknown) => Err(Unauthenticated::WrongToken),
-        Err(e) => Err(Unauthenticated::Token(e)),
+        Err(e) => Err(token_refusal(e)),
     }
 }
 
@@ -151,6 +176,20 @@ pub fn may(
     headers: &HeaderMap,
 ) -> Result<(), (StatusCode, String)> {
     let reads = matches!(*method, Method::GET | Method::HEAD);
+    // Browsers send a host's cookies to all of its ports, and `SameSite` does not tell
+    // ports apart: a page served by another port of this host could make the browser ask
+    // with the session. Browsers say where a request comes from (`Sec-Fetch-Site`); the
+    // dashboard's own requests say `same-origin`.
+    if caller.by_session {
+        if let Some(site) = headers.get("sec-fetch-site") {
+            if site != "same-origin" {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("a dashboard session answers only the dashboard's own pages; this request came from another site or port (Sec-Fetch-Site: {}); use the dashboard at /ui/, or send a token as `Authorization: Bearer`", site.to_str().unwrap_or("?")),
+                ));
+            }
+        }
+    }
     if caller.role == Role::Viewer {
         if !reads {
             return Err((
@@ -218,7 +257,38 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(api): State<Arc<Api>>, Form(form): Form<LoginForm>) -> Response {
+/// Whether a form came from this origin's own page: browsers say where a POST comes from
+/// (`Sec-Fetch-Site`, `Origin`); a form another site or port submits is refused, so that
+/// nobody can log a browser in to their own session, or out of its own.
+fn from_own_page(headers: &HeaderMap) -> bool {
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .is_none_or(|v| v == "same-origin");
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => host
+            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}")),
+    };
+    site_ok && origin_ok
+}
+
+/// The answer to a form that did not come from the dashboard's own page.
+fn not_from_own_page() -> Response {
+    login_html(
+        StatusCode::FORBIDDEN,
+        Some("This form is accepted only from the dashboard's own login page; open /ui/login and log in there."),
+    )
+}
+
+async fn login(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !from_own_page(&headers) {
+        return not_from_own_page();
+    }
     let now = now_unix();
     let token = form.token.trim();
     if token.is_empty() {
@@ -229,7 +299,10 @@ async fn login(State(api): State<Arc<Api>>, Form(form): Form<LoginForm>) -> Resp
     }
     let (role, dashboard) = match credential_role(&api, token, now).await {
         Ok(found) => found,
-        Err(e) => return login_html(StatusCode::UNAUTHORIZED, Some(&e.to_string())),
+        Err(e) => {
+            tracing::warn!(reason = %e, "dashboard login refused");
+            return login_html(e.status(), Some(&e.to_string()));
+        }
     };
     let lifetime = match &dashboard {
         Some((_, ends)) => ends.saturating_sub(now).min(session::MAX_LIFETIME_SECS),
@@ -249,7 +322,7 @@ async fn login(State(api): State<Arc<Api>>, Form(form): Form<LoginForm>) -> Resp
         lifetime,
         nonce,
     );
-    tracing::info!(%role, "dashboard login");
+    tracing::info!(%role, token = dashboard.as_ref().map(|(id, _)| id.as_str()), "dashboard login");
     let cookie = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={lifetime}");
     let mut response = Redirect::to("/ui/").into_response();
     *response.status_mut() = StatusCode::SEE_OTHER;
@@ -259,7 +332,10 @@ async fn login(State(api): State<Arc<Api>>, Form(form): Form<LoginForm>) -> Resp
     assets::harden(response)
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
+    if !from_own_page(&headers) {
+        return not_from_own_page();
+    }
     let mut response = Redirect::to("/ui/login").into_response();
     *response.status_mut() = StatusCode::SEE_OTHER;
     response.headers_mut().insert(
@@ -344,6 +420,40 @@ mod tests {
         let mut wrong = HeaderMap::new();
         wrong.insert(CSRF_HEADER, HeaderValue::from_static("yes"));
         assert!(may(&admin(true), &post, promote, &wrong).is_err());
+    }
+
+    #[test]
+    fn a_session_answers_only_its_own_origin_and_forms_come_from_their_page() {
+        let mut cross = HeaderMap::new();
+        cross.insert(CSRF_HEADER, HeaderValue::from_static("1"));
+        cross.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        let (_, why) = may(&admin(true), &Method::GET, "/api/v1/tap", &cross).unwrap_err();
+        assert!(why.contains("Sec-Fetch-Site: same-site"), "{why}");
+        // A bearer token is not a browser's ambient credential: no such check.
+        assert!(may(&admin(false), &Method::GET, "/api/v1/tap", &cross).is_ok());
+        let mut own = HeaderMap::new();
+        own.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(may(&viewer(true), &Method::GET, "/api/v1/map", &own).is_ok());
+
+        let form = |site: Option<&'static str>, origin: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9990"));
+            if let Some(s) = site {
+                h.insert("sec-fetch-site", HeaderValue::from_static(s));
+            }
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            }
+            from_own_page(&h)
+        };
+        assert!(form(None, None), "a client that says nothing (curl)");
+        assert!(form(Some("same-origin"), Some("http://127.0.0.1:9990")));
+        assert!(
+            !form(Some("same-site"), Some("http://127.0.0.1:8080")),
+            "another port"
+        );
+        assert!(!form(Some("cross-site"), None));
+        assert!(!form(None, Some("http://evil.example")));
     }
 
     #[test]
