@@ -610,7 +610,6 @@ fn dashboard_error(e: crate::ui::tokens::TokenError) -> ApiError {
     use crate::ui::tokens::TokenError as E;
     let status = match &e {
         E::Lifetime(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        E::NoSuchId(_) => StatusCode::NOT_FOUND,
         E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::Unknown | E::Revoked(_) | E::Expired(_) => StatusCode::UNAUTHORIZED,
         E::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,

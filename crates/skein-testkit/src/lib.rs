@@ -14,6 +14,7 @@ pub mod h2raw;
 pub mod http;
 pub mod mesh;
 pub mod process;
+pub mod python;
 mod server;
 pub mod tcp;
 

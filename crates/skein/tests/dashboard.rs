@@ -422,32 +422,17 @@ impl Drop for Demo {
     }
 }
 
-/// The venv Python with Selenium, Chromium and its driver, if all are here; `None` (the
+/// The venv Python with Selenium, if Chromium and its driver are here too; `None` (the
 /// test skips) outside CI, a failure under it.
 fn browser_tools() -> Option<PathBuf> {
-    let python = std::env::var_os("SKEIN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/venv/bin/python")
-        });
-    let selenium = std::process::Command::new(&python)
-        .args(["-c", "import selenium"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
     let browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
         .iter()
         .all(|p| Path::new(p).exists());
-    if selenium && browser {
-        return Some(python);
-    }
-    let why = format!(
-        "the browser test needs Selenium in {} and Debian's chromium and chromium-driver (`.ci/run` installs them)",
-        python.display()
-    );
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    None
+    skein_testkit::python::venv_python(
+        "selenium",
+        browser,
+        "the browser test needs Selenium and Debian's chromium and chromium-driver",
+    )
 }
 
 /// In Chromium, headless, driven over WebDriver: the demo's dashboard as a newcomer meets

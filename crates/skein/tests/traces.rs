@@ -539,29 +539,14 @@ async fn new_traces_are_sampled_at_the_mesh_ratio_and_failed_requests_always_rec
     cp.shutdown().await;
 }
 
-/// The Python of the venv `.ci/run` makes, if there is one; `None` (and the test skips)
+/// The venv's Python with grpcio and the OpenTelemetry SDK; `None` (the test skips)
 /// outside CI, a failure under it.
 fn python(test: &str) -> Option<PathBuf> {
-    let candidate = std::env::var_os("SKEIN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/venv/bin/python")
-        });
-    let ok = Command::new(&candidate)
-        .args(["-c", "import grpc, opentelemetry.sdk, opentelemetry.proto"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(candidate);
-    }
-    let why = format!(
-        "{test} needs Python with grpcio and the OpenTelemetry SDK at {} (`.ci/run` makes the venv; or set SKEIN_TEST_PYTHON)",
-        candidate.display()
-    );
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    None
+    skein_testkit::python::venv_python(
+        "grpc, opentelemetry.sdk, opentelemetry.proto",
+        true,
+        &format!("{test} needs Python with grpcio and the OpenTelemetry SDK"),
+    )
 }
 
 /// `GET path` on the control plane's HTTP API with its admin token, as JSON (a `200`).

@@ -345,17 +345,16 @@ async fn logout(headers: HeaderMap) -> Response {
     assets::harden(response)
 }
 
-/// The caller of a page request, or the way to the login page.
-async fn page_caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Response> {
-    caller(api, headers, now_unix())
-        .await
-        .map_err(|_| assets::harden(Redirect::to("/ui/login").into_response()))
+/// Whether a page request comes with a valid credential.
+async fn signed_in(api: &Api, headers: &HeaderMap) -> bool {
+    caller(api, headers, now_unix()).await.is_ok()
 }
 
 async fn page(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    match page_caller(&api, &headers).await {
-        Ok(_) => assets::html(StatusCode::OK, assets::INDEX_HTML.to_string()),
-        Err(to_login) => to_login,
+    if signed_in(&api, &headers).await {
+        assets::html(StatusCode::OK, assets::INDEX_HTML.to_string())
+    } else {
+        assets::harden(Redirect::to("/ui/login").into_response())
     }
 }
 
@@ -364,11 +363,10 @@ async fn asset(
     axum::extract::Path(file): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match page_caller(&api, &headers).await {
-        Ok(_) => assets::serve(&file),
-        Err(_) => {
-            assets::harden((StatusCode::UNAUTHORIZED, "log in at /ui/login\n").into_response())
-        }
+    if signed_in(&api, &headers).await {
+        assets::serve(&file)
+    } else {
+        assets::harden((StatusCode::UNAUTHORIZED, "log in at /ui/login\n").into_response())
     }
 }
 

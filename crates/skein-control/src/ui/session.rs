@@ -145,7 +145,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // Hex digits only: `from_str_radix` would also take a sign.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -208,6 +209,11 @@ mod tests {
         );
         assert_eq!(s.verify(&longer, NOW), Err(SessionError::BadSignature));
         // Another mesh's (another admin token's) session.
+        // A tag in anything but hex digits is not one this control plane wrote.
+        assert_eq!(
+            s.verify("v1.a.1.-.00.+a", NOW),
+            Err(SessionError::Malformed)
+        );
         let other = Sessions::new("another").issue(Role::Admin, None, NOW, 3600, [3; 16]);
         assert_eq!(s.verify(&other, NOW), Err(SessionError::BadSignature));
         for junk in [

@@ -62,9 +62,6 @@ pub enum TokenError {
         "a dashboard token's lifetime of {0:?} is not accepted; use a duration from 1s to 8760h"
     )]
     Lifetime(Duration),
-    /// No such id (revoking).
-    #[error("no dashboard token {0}; `skein token list` lists them")]
-    NoSuchId(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
