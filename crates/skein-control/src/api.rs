@@ -101,6 +101,8 @@ pub struct Api {
     pub sessions: crate::ui::session::Sessions,
     /// Read-only dashboard tokens.
     pub dashboard_tokens: Arc<crate::ui::tokens::DashboardTokens>,
+    /// Open streams of `GET /api/v1/updates`.
+    pub watchers: crate::ui::updates::Watchers,
 }
 
 /// How long `/api/v1/status` waits for the store to answer its probe.
@@ -138,6 +140,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/api/v1/session", get(session))
         .route("/api/v1/connections", get(connections))
+        .route("/api/v1/endpoints/{namespace}/{name}", get(endpoints))
         .route("/api/v1/status", get(status))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
@@ -150,9 +153,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ca/rotate", post(rotate))
         .route("/api/v1/policy/check", post(policy_check))
         .route("/api/v1/stat/{kind}", get(stat))
+        .route("/api/v1/series/{kind}", get(series))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/map", get(map))
         .route("/api/v1/tap", get(tap))
+        .route("/api/v1/updates", get(updates))
         .route("/api/v1/policy/suggest", get(policy_suggest))
         .route("/api/v1/prometheus/targets", get(prometheus_targets))
         .route("/api/v1/why", get(why))
@@ -450,6 +455,64 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "telemetry": api.central.history(crate::telemetry::unix_now()),
     }))
     .into_response()
+}
+
+/// The workloads a Service selects (as its callers' proxies get them), each with what
+/// its registration and this replica's connection say: connected, the configuration
+/// version it acknowledged, its certificate's end.
+async fn endpoints(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mesh = api.registry.subscribe().borrow().clone();
+    let service = mesh
+        .services
+        .iter()
+        .find(|s| s.namespace == namespace && s.name == name)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "Service {namespace}/{name} not found; `skein get services` lists what exists"
+                ),
+            )
+        })?;
+    let connections = api.connections.list();
+    let items: Vec<serde_json::Value> = mesh
+        .workloads
+        .iter()
+        .filter(|w| service.selects(w))
+        .map(|w| {
+            let key = ResourceKey::new(Kind::Workload, &w.namespace, &w.name);
+            let status = match api.registry.get(&key) {
+                Some(Resource::Workload(r)) => r.status.unwrap_or_default(),
+                _ => Default::default(),
+            };
+            let connection = connections
+                .iter()
+                .find(|c| c.namespace == w.namespace && c.workload == w.name);
+            json!({
+                "name": w.name,
+                "address": w.address,
+                "inboundPort": w.inbound_port,
+                "account": w.account,
+                "labels": w.labels,
+                "connected": status.connected,
+                "since": status.since,
+                "acknowledgedVersion": connection
+                    .map(|c| c.acked_version)
+                    .or(status.acknowledged_version),
+                "controlPlane": status.control_plane,
+                "certificate": connection.and_then(|c| c.certificate.clone()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "service": format!("{namespace}/{name}"),
+        "accounts": service.accounts,
+        "items": items,
+        "replica": api.replica,
+    })))
 }
 
 async fn connections(State(api): State<Arc<Api>>) -> Response {
@@ -765,6 +828,65 @@ async fn stat(
     })))
 }
 
+/// `?window=&step=&namespace=&name=` of a series.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    window: Option<String>,
+    step: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Steps a series is cut into by default, and at most.
+const SERIES_STEPS: u64 = 60;
+
+async fn series(
+    State(api): State<Arc<Api>>,
+    Path(kind): Path<String>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::telemetry::SLOT_SECS;
+    let kind: crate::telemetry::query::StatKind = kind
+        .parse()
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let window = SignalsQuery {
+        window: q.window.clone().or_else(|| Some("1h".into())),
+        name: None,
+        service: None,
+        namespace: None,
+    }
+    .window()?;
+    let slot = SLOT_SECS as u64;
+    let fewest = window.as_secs().div_ceil(SERIES_STEPS).div_ceil(slot) * slot;
+    let step = match q.step.as_deref() {
+        None => std::time::Duration::from_secs(fewest),
+        Some(text) => {
+            let step = skein_model::duration::parse(text).filter(|s| {
+                s.subsec_nanos() == 0 && s.as_secs() % slot == 0 && s.as_secs() >= fewest
+            });
+            step.filter(|s| *s <= window).ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "step {text:?} is not accepted: it must be a whole number of 10 s slots, at least {fewest} s (at most {SERIES_STEPS} steps) and at most the window; use e.g. 10s, 1m or 5m"
+                    ),
+                )
+            })?
+        }
+    };
+    let now = crate::telemetry::unix_now();
+    let only = (q.namespace.as_deref(), q.name.as_deref());
+    let series = api.central.series(kind, only, window, step, now);
+    Ok(Json(json!({
+        "window": skein_model::duration::format(window),
+        "replica": api.replica,
+        "step_seconds": series.step_seconds,
+        "t": series.t,
+        "rows": series.rows,
+    })))
+}
+
 async fn edges(
     State(api): State<Arc<Api>>,
     Query(q): Query<SignalsQuery>,
@@ -938,6 +1060,44 @@ async fn policy_suggest(
     let policies = api.central.suggest(q.namespace.as_deref(), window, now);
     let yaml = crate::telemetry::suggest::to_yaml(&policies, window, now);
     Ok(Json(json!({ "yaml": yaml, "policies": policies })))
+}
+
+/// Server-sent events telling the dashboard what may have changed ([`crate::ui::updates`]).
+async fn updates(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    use crate::ui::updates::{news, Versions, EVERY, MAX_WATCHERS};
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let watching = api.watchers.enter().ok_or_else(|| {
+        ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_WATCHERS} dashboard pages are watching this control plane, the most it serves at once; close one, or the page polls instead"),
+        )
+    })?;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (api, watching, None::<Versions>, tick);
+    let events =
+        futures_util::stream::unfold(state, |(api, watching, told, mut tick)| async move {
+            loop {
+                tick.tick().await;
+                let now = Versions {
+                    resources: api.registry.revision(),
+                    telemetry: api.central.ingested(),
+                };
+                if news(told, now) {
+                    let event = Event::default()
+                        .event("change")
+                        .json_data(now)
+                        .unwrap_or_default();
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (api, watching, Some(now), tick),
+                    ));
+                }
+            }
+        });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// `?to=&from=&path=&method=&status=&max_rps=` of a tap.

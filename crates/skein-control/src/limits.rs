@@ -193,6 +193,9 @@ pub async fn serve_api(
         let Some(permit) = cap.admit(client) else {
             continue;
         };
+        // An answer written in pieces (a streamed listing, an event stream) goes out as it
+        // is written, not after the client's delayed acknowledgement of the first piece.
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -204,6 +204,7 @@ impl RunningControl {
             },
             sessions: crate::ui::session::Sessions::new(&token),
             dashboard_tokens: dashboard_tokens.clone(),
+            watchers: Default::default(),
         }));
         let mut follow = leader.clone();
         let replica = opts.replica.clone();

@@ -1,87 +1,145 @@
-// The dashboard's script: reads the control plane's API (the one the CLI uses) with the
-// session cookie, and redraws without reloading the page.
+// The dashboard's script: one page whose sections are chosen by the address's fragment
+// (#overview, #map, #canaries, #tap, #traces, #service/NAMESPACE/NAME), each redrawn from the control plane's API
+// without reloading the page: when the control plane says something changed (server-sent
+// events from /api/v1/updates: the store's revision or new telemetry), at most every
+// PUSHED_MS; without that stream, every REFRESH_MS.
+
+import { api } from "./common.js";
+import { overview } from "./overview.js";
+import { map } from "./map.js";
+import { canaries } from "./canaries.js";
+import * as tap from "./tap.js";
+import { traces } from "./traces.js";
+import { service, tapStop as serviceTapStop } from "./service.js";
 
 const REFRESH_MS = 5000;
+/** The least time between two redraws the stream asks for. */
+const PUSHED_MS = 2000;
+/** With the stream open, a redraw at least this often all the same. */
+const QUIET_MS = 30000;
 
-/** GET an API path as JSON; a lapsed session goes back to the login page. */
-async function api(path) {
-  const r = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  if (r.status === 401) {
-    window.location.assign("/ui/login");
-    throw new Error("the session ended");
+/** Every page: its fragment, its title, what redraws it, and what starts and stops
+ * with it (the live tap streams instead of being redrawn). */
+const PAGES = {
+  overview: { title: "Overview", draw: () => overview() },
+  map: { title: "Network map", draw: () => map() },
+  canaries: { title: "Canaries", draw: () => canaries(session.role) },
+  tap: { title: "Live tap", enter: tap.start, leave: tap.stop },
+  traces: { title: "Traces", draw: () => traces() },
+  service: { title: "Service", draw: () => service(), leave: serviceTapStop },
+};
+
+let session = { role: "viewer" };
+
+/** The page the fragment names (the overview if it names none). */
+function current() {
+  const name = window.location.hash.slice(1).split("/")[0];
+  return Object.hasOwn(PAGES, name) ? name : "overview";
+}
+
+/** Shows the current page's section and marks its link; with `focus`, moves the
+ * keyboard's focus to its heading (as a new page would). */
+function show(focus) {
+  const now = current();
+  for (const section of document.querySelectorAll("main > section[data-page]")) {
+    section.hidden = section.dataset.page !== now;
   }
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || `${path}: HTTP ${r.status}`);
-  return body;
-}
-
-function cell(text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (cls) td.className = cls;
-  return td;
-}
-
-const fixed = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
-const percent = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)} %`);
-
-/** What is wrong with a row of signals, in words: failing, denied, or nothing. */
-export function trouble(row) {
-  const said = [];
-  if (row.success_rate !== null && row.success_rate !== undefined && row.success_rate < 0.95) said.push("failing");
-  if (row.denied > 0) said.push("denied");
-  return said;
-}
-
-async function overview() {
-  const status = document.getElementById("overview-status");
-  try {
-    const stat = await api("/api/v1/stat/services?window=1m");
-    const body = document.querySelector("#services tbody");
-    const rows = [...stat.rows].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
-    body.replaceChildren(
-      ...rows.map((row) => {
-        const tr = document.createElement("tr");
-        tr.dataset.service = `${row.namespace}/${row.name}`;
-        const problems = trouble(row);
-        tr.append(
-          cell(`${row.namespace}/${row.name}`),
-          cell(fixed(row.rps, 1), "num rps"),
-          cell(percent(row.success_rate), "num"),
-          cell(fixed(row.p50_ms, 1), "num"),
-          cell(fixed(row.p99_ms, 1), "num"),
-          cell(row.mtls === null || row.mtls === undefined ? "–" : row.mtls ? "yes" : "no", row.mtls === false ? "bad" : ""),
-          cell(String(row.denied), row.denied > 0 ? "num bad" : "num"),
-          cell(String(row.tcp_connections), "num tcp"),
-          cell(problems.length ? problems.join(", ") : "ok", problems.length ? "bad state" : "ok state"),
-        );
-        return tr;
-      }),
-    );
-    status.className = "status";
-    status.textContent = rows.length
-      ? `${rows.length} services, ${stat.window} window, updated ${new Date().toLocaleTimeString()}`
-      : "No service has reported traffic yet.";
-  } catch (e) {
-    status.className = "status error";
-    status.textContent = `Cannot read the services: ${e.message}`;
+  for (const link of document.querySelectorAll("header nav a")) {
+    if (link.getAttribute("href") === `#${now}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
+  document.title = `Skein — ${PAGES[now].title}`;
+  if (focus) document.getElementById(`${now}-title`)?.focus();
+}
+
+let timer = null;
+let round = 0;
+let shown = null;
+
+/** Whether the control plane pushes changes (then redraws follow its events). */
+let pushed = false;
+/** Whether the person paused redrawing (to read or move through a page that holds still);
+ * choosing another page still draws it once. */
+let paused = false;
+/** When the current page was last redrawn (ms). */
+let drawnAt = 0;
+
+/** Redraws the current page now, then again after REFRESH_MS (QUIET_MS while changes are
+ * pushed); a newer round replaces an older. A page being left is stopped, one being
+ * entered started. */
+async function refresh() {
+  clearTimeout(timer);
+  const mine = ++round;
+  const now = current();
+  if (shown !== now) {
+    PAGES[shown]?.leave?.();
+    shown = now;
+    PAGES[now].enter?.();
+  } else if (paused) {
+    return;
+  }
+  if (!PAGES[now].draw) return;
+  drawnAt = Date.now();
+  await PAGES[now].draw();
+  if (mine === round) timer = setTimeout(refresh, pushed ? QUIET_MS : REFRESH_MS);
+}
+
+/** Follows the control plane's change events; on an error (refused, or the connection
+ * lost) the page polls until the browser's reconnection succeeds. */
+function follow() {
+  const changes = new EventSource("/api/v1/updates");
+  let events = 0;
+  changes.addEventListener("change", () => {
+    events += 1;
+    if (paused) return;
+    document.body.dataset.pushed = String(events);
+    if (!pushed) {
+      pushed = true;
+      document.body.dataset.updates = "pushed";
+    }
+    const wait = Math.max(0, drawnAt + PUSHED_MS - Date.now());
+    clearTimeout(timer);
+    timer = setTimeout(refresh, wait);
+  });
+  changes.addEventListener("error", () => {
+    pushed = false;
+    document.body.dataset.updates = "polled";
+    if (changes.readyState === EventSource.CLOSED) {
+      // Refused outright (too many pages watching, or the session ended): poll.
+      clearTimeout(timer);
+      timer = setTimeout(refresh, REFRESH_MS);
+    }
+  });
 }
 
 async function who() {
   try {
-    const s = await api("/api/v1/session");
-    document.getElementById("who").textContent = s.role === "viewer" ? "read-only viewer" : "admin";
-    document.body.dataset.role = s.role;
+    session = await api("/api/v1/session");
+    document.getElementById("who").textContent = session.role === "viewer" ? "read-only viewer" : "admin";
+    document.body.dataset.role = session.role;
   } catch (e) {
     document.getElementById("who").textContent = "";
   }
 }
 
-async function tick() {
-  await overview();
-  setTimeout(tick, REFRESH_MS);
-}
+const live = document.getElementById("live");
+live.addEventListener("click", () => {
+  paused = !paused;
+  live.setAttribute("aria-pressed", String(!paused));
+  live.textContent = paused ? "Updates paused" : "Live updates";
+  document.body.dataset.paused = String(paused);
+  if (paused) clearTimeout(timer);
+  else refresh();
+});
 
-who();
-tick();
+window.addEventListener("hashchange", () => {
+  show(true);
+  refresh();
+});
+document.getElementById("map-window").addEventListener("change", () => refresh());
+document.getElementById("service-window").addEventListener("change", () => refresh());
+
+show(false);
+await who();
+follow();
+refresh();

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! traffic ──► frontend ──HTTP──► restaurant
-//!                  └─────TCP───► ledger
+//!    ╎             └─────TCP───► ledger
+//!    └╌╌╌╌ denied ╌╌╌╌╌╌╌╌╌╌╌╌╌► restaurant (every 2 s; no policy allows it)
 //! ```
 //!
 //! With `--canary`, two more versions of the restaurant run beside it (v2 healthy, v3
@@ -231,6 +232,10 @@ async fn run_in(
             "  authz     deny by default; allowed: traffic → frontend (GET), frontend → restaurant (GET /menu/*), frontend → ledger"
         );
         println!(
+            "            the traffic generator also calls restaurant directly every {} s, which no policy allows: the mesh denies it (403)",
+            PROBE_EVERY.as_secs()
+        );
+        println!(
             "            try: skein policy check --from traffic --to restaurant --server {} --data-dir {}",
             control.http,
             dir.join("control").display()
@@ -273,6 +278,7 @@ async fn run_in(
         );
         let traffic = generate(
             listen(&TRAFFIC, UPSTREAM_A),
+            listen(&TRAFFIC, UPSTREAM_B),
             duration,
             rps,
             !canary,
@@ -351,8 +357,9 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr, canary: bool) ->
     match w.name {
         "traffic" => {
             yaml += &format!(
-                "outbound:\n  upstreams: [{{listen: {}, service: frontend, port: {APP_PORT}}}]\n",
-                at(w, UPSTREAM_A)
+                "outbound:\n  upstreams:\n  - {{listen: {}, service: frontend, port: {APP_PORT}}}\n  - {{listen: {}, service: restaurant, port: {APP_PORT}}}\n",
+                at(w, UPSTREAM_A),
+                at(w, UPSTREAM_B)
             );
         }
         "frontend" => {
@@ -605,7 +612,9 @@ pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<S
 }
 
 /// Requests to the frontend at a fixed rate, at most four seconds' worth outstanding,
-/// counted as answered (`200`) or failed.
+/// counted as answered (`200`) or failed. With a probe, every [`PROBE_EVERY`] one more
+/// request goes straight to the restaurant, which no policy lets the traffic generator
+/// call: the mesh denies it (`403`), and the dashboard's map draws the pair denied.
 pub(crate) struct Load {
     pool: Arc<H1Pool>,
     target: SocketAddr,
@@ -613,7 +622,16 @@ pub(crate) struct Load {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     inflight: tokio::task::JoinSet<()>,
+    /// Where the restaurant is reached from the traffic generator, if it is probed.
+    probe: Option<SocketAddr>,
+    /// Probes the mesh denied.
+    denied: Arc<AtomicU64>,
+    /// Requests fired so far.
+    fired: u64,
 }
+
+/// How often the traffic generator tries the restaurant it may not call.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 impl Load {
     /// Load on the frontend at `target`.
@@ -625,7 +643,17 @@ impl Load {
             ok: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicU64::new(0)),
             inflight: tokio::task::JoinSet::new(),
+            probe: None,
+            denied: Arc::new(AtomicU64::new(0)),
+            fired: 0,
         }
+    }
+
+    /// Also tries the restaurant at `restaurant` every [`PROBE_EVERY`]; an answer other
+    /// than the mesh's `403` counts as failed (the policy did not hold).
+    pub(crate) fn probing(mut self, restaurant: SocketAddr) -> Load {
+        self.probe = Some(restaurant);
+        self
     }
 
     /// How often [`Load::fire`] is to be called.
@@ -639,6 +667,19 @@ impl Load {
         if self.inflight.len() >= (self.rps as usize * 4).max(8) {
             return;
         }
+        let every = (u64::from(self.rps) * PROBE_EVERY.as_secs()).max(1);
+        if let Some(restaurant) = self.probe.filter(|_| self.fired.is_multiple_of(every)) {
+            let pool = self.pool.clone();
+            let (denied, failed) = (self.denied.clone(), self.failed.clone());
+            self.inflight.spawn(async move {
+                let counter = match get(&pool, restaurant, "restaurant:8080", "/menu", &[]).await {
+                    Ok(resp) if resp.status() == StatusCode::FORBIDDEN => denied,
+                    _ => failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        self.fired += 1;
         let (pool, target) = (self.pool.clone(), self.target);
         let (ok, failed) = (self.ok.clone(), self.failed.clone());
         self.inflight.spawn(async move {
@@ -648,6 +689,16 @@ impl Load {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         });
+    }
+
+    /// `traffic → restaurant denied N times, as policy says`, if probing.
+    pub(crate) fn denials(&self) -> Option<String> {
+        self.probe.map(|_| {
+            format!(
+                "traffic → restaurant (no policy allows it) denied {} times",
+                self.denied.load(Ordering::Relaxed)
+            )
+        })
     }
 
     /// `ok=N failed=M` so far.
@@ -689,12 +740,13 @@ pub(crate) async fn proxy_counts(admin: impl Fn(&str) -> Option<SocketAddr>) -> 
 /// counts every two seconds.
 async fn generate(
     target: SocketAddr,
+    probe: SocketAddr,
     duration: Duration,
     rps: u32,
     report_counts: bool,
     admin: impl Fn(&Workload) -> SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut load = Load::new(target, rps);
+    let mut load = Load::new(target, rps).probing(probe);
     let started = Instant::now();
     let mut tick = tokio::time::interval(load.every());
     let mut report = tokio::time::interval(Duration::from_secs(2));
@@ -722,6 +774,9 @@ async fn generate(
         }
     }
     println!("  total: {}", load.counts());
+    if let Some(denials) = load.denials() {
+        println!("  denied: {denials}");
+    }
     Ok(())
 }
 

@@ -286,6 +286,9 @@ async fn report(
     if let Some(last) = traffic.lines().rev().find(|l| l.starts_with("traffic ")) {
         println!("  total: {}", last.trim_start_matches("traffic "));
     }
+    if let Some(last) = traffic.lines().rev().find(|l| l.starts_with("denied ")) {
+        println!("  denied: {}", last.trim_start_matches("denied "));
+    }
     Ok(())
 }
 
@@ -329,10 +332,12 @@ async fn resolve(name: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{name} resolves to no address"))
 }
 
-/// Sends `rps` requests a second to `http://frontend:8080/` for `duration`, printing what
-/// it counted every two seconds.
+/// Sends `rps` requests a second to `http://frontend:8080/` for `duration` (and, every
+/// two seconds, one to the restaurant, which the mesh denies), printing what it counted
+/// every two seconds.
 async fn traffic(rps: u32, duration: Duration) -> anyhow::Result<()> {
-    let mut load = Load::new(resolve("frontend", APP_PORT).await?, rps);
+    let mut load = Load::new(resolve("frontend", APP_PORT).await?, rps)
+        .probing(resolve("restaurant", APP_PORT).await?);
     let started = Instant::now();
     let mut tick = tokio::time::interval(load.every());
     let mut report = tokio::time::interval(Duration::from_secs(2));
@@ -344,6 +349,9 @@ async fn traffic(rps: u32, duration: Duration) -> anyhow::Result<()> {
         }
     }
     println!("traffic {}", load.counts());
+    if let Some(denials) = load.denials() {
+        println!("denied {denials}");
+    }
     Ok(())
 }
 

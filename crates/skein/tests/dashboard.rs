@@ -303,6 +303,79 @@ async fn live_taps_are_bounded_whoever_asks() {
     drop(open);
 }
 
+/// Reads from `s` until `text` has come (at most 10 s); what came.
+async fn read_until(s: &mut tokio::net::TcpStream, seen: &mut String, text: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains(text) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {text:?} within 10 s; read: {seen}"))
+            .unwrap();
+        assert!(n > 0, "the stream closed; read: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// The dashboard is told of changes: `GET /api/v1/updates` is a server-sent event
+/// stream whose first event carries the current versions and whose next comes when a
+/// resource is applied; streams are bounded for every credential together.
+#[tokio::test]
+async fn changes_are_pushed_to_the_dashboard_as_server_sent_events() {
+    let (cp, _dir) = control(5, "updates").await;
+    let request = format!(
+        "GET /api/v1/updates HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        cp.http, cp.token
+    );
+    let mut s = tokio::net::TcpStream::connect(cp.http).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut s, &mut seen, "event: change").await;
+    read_until(&mut s, &mut seen, "}\n").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{seen}"
+    );
+    let revision = |text: &str| -> u64 {
+        let data = text.rsplit("data: ").next().unwrap();
+        let json: serde_json::Value = serde_json::from_str(data.lines().next().unwrap()).unwrap();
+        json["resources"].as_u64().unwrap()
+    };
+    let before = revision(&seen);
+    // A change to the resources: the next event says so.
+    let admin = format!("Bearer {}", cp.token);
+    let applied = send(
+        cp.http,
+        "POST",
+        "/api/v1/apply",
+        &[("Authorization", &admin)],
+        SERVICE,
+    )
+    .await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    let mut next = String::new();
+    read_until(&mut s, &mut next, "event: change").await;
+    read_until(&mut s, &mut next, "}\n").await;
+    assert!(revision(&next) > before, "{seen}\n--\n{next}");
+
+    // Bounded: with every place taken, one more is refused, saying why.
+    let mut open = vec![s];
+    for _ in 1..skein_control::ui::updates::MAX_WATCHERS {
+        let mut s = tokio::net::TcpStream::connect(cp.http).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    let refused = get(cp.http, "/api/v1/updates", &[("Authorization", &admin)]).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("polls instead"), "{}", refused.body);
+    drop(open);
+}
+
 #[tokio::test]
 async fn a_read_only_dashboard_token_sees_everything_and_changes_nothing() {
     let (cp, _dir) = control(3, "viewer").await;
@@ -435,12 +508,16 @@ fn browser_tools() -> Option<PathBuf> {
     )
 }
 
-/// In Chromium, headless, driven over WebDriver: the demo's dashboard as a newcomer meets
-/// it with the read-only login the demo prints. The login page first; the overview lists
-/// the demo's services with their traffic; axe-core finds no violation on either page;
-/// Tab reaches every control; the session cookie is out of the page script's reach; a
-/// change tried from the page is refused by the API; the browser asks nothing of any
-/// host but the control plane. Screenshots go to `target/tmp/dashboard-screenshots/`.
+/// In Chromium, headless, driven over WebDriver: the dashboard of `skein demo --canary`
+/// as a newcomer meets it with the read-only login the demo prints, then as the admin.
+/// The login page first; the overview lists the demo's services with their traffic; the
+/// network map draws the demo's services and edges, the pair the mesh denies dashed, a
+/// padlock on mutual TLS, and (once the admin has promoted a version that fails one
+/// request in ten) the failing edge red; a viewer's rollout buttons are disabled and the
+/// API refuses the viewer's change anyway; the admin's Promote button promotes; axe-core
+/// finds no violation on any page; Tab reaches every control; the session cookie is out
+/// of the page script's reach; the browser asks nothing of any host but the control
+/// plane. Screenshots go to `target/tmp/dashboard-screenshots/`.
 #[tokio::test]
 async fn the_demos_dashboard_in_a_real_browser() {
     use std::io::BufRead;
@@ -451,8 +528,9 @@ async fn the_demos_dashboard_in_a_real_browser() {
         .args([
             "demo",
             "--loopback",
+            "--canary",
             "--duration",
-            "180s",
+            "300s",
             "--rps",
             "25",
             "--net",
@@ -465,8 +543,8 @@ async fn the_demos_dashboard_in_a_real_browser() {
         .expect("run skein demo");
     let stdout = child.stdout.take().unwrap();
     let _demo = Demo(child);
-    // Read up to the line that says traffic started, and keep reading after it: a demo
-    // whose stdout closed would fail at its next line.
+    // Read up to the line that says both releases are done, and keep reading after it: a
+    // demo whose stdout closed would fail at its next line.
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -475,7 +553,7 @@ async fn the_demos_dashboard_in_a_real_browser() {
             let Ok(line) = line else { break };
             printed.push_str(&line);
             printed.push('\n');
-            if line.trim_start().starts_with("traffic ") {
+            if line.contains("both releases done") {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(printed.clone());
                 }
@@ -485,12 +563,13 @@ async fn the_demos_dashboard_in_a_real_browser() {
             let _ = tx.send(printed);
         }
     });
-    let printed = rx.await.expect("the demo's output");
+    let printed = tokio::time::timeout(std::time::Duration::from_secs(240), rx)
+        .await
+        .expect("the demo's releases end within 240 s")
+        .expect("the demo's output");
     assert!(
-        printed
-            .lines()
-            .any(|l| l.trim_start().starts_with("traffic ")),
-        "the demo ended before its traffic started:\n{printed}"
+        printed.contains("both releases done"),
+        "the demo ended before its releases did:\n{printed}"
     );
     let line = printed
         .lines()
@@ -504,6 +583,16 @@ async fn the_demos_dashboard_in_a_real_browser() {
     );
     assert!(token.starts_with("skein-dashboard."), "{line}");
     let origin = url.trim_end_matches("/ui/").to_string();
+    // The admin token, where the CLI commands the demo prints find it.
+    let data_dir = printed
+        .split_whitespace()
+        .skip_while(|w| *w != "--data-dir")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the demo prints no --data-dir:\n{printed}"));
+    let admin = std::fs::read_to_string(Path::new(data_dir).join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
@@ -515,22 +604,27 @@ async fn the_demos_dashboard_in_a_real_browser() {
         .arg(&script)
         .arg(&url)
         .arg(&token)
+        .arg(&admin)
         .arg(&axe)
         .arg(&shots)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(150), run)
+    let out = tokio::time::timeout(std::time::Duration::from_secs(280), run)
         .await
-        .expect("the browser run ends within 150 s")
+        .expect("the browser run ends within 280 s")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the browser run failed:\n{stderr}");
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    judge_browser_run(&seen, &url, &origin, &shots);
+}
 
+/// What the browser saw, judged.
+fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &Path) {
     // The login page first, then the overview.
     assert_eq!(seen["login_url"], format!("{origin}/ui/login"), "{seen}");
-    assert_eq!(seen["overview_url"], url.as_str(), "{seen}");
+    assert_eq!(seen["overview_url"], url, "{seen}");
     assert_eq!(seen["who"], "read-only viewer", "{seen}");
     let rows = seen["overview_rows"].as_array().unwrap();
     let row = |service: &str| -> Vec<String> {
@@ -555,13 +649,227 @@ async fn the_demos_dashboard_in_a_real_browser() {
         "ledger's TCP: {ledger:?}"
     );
 
+    // The page follows the control plane's change events rather than polling.
+    assert_eq!(seen["updates"][0], "pushed", "{seen}");
+
+    // The map: the demo's services and edges; the pair no policy allows, denied and
+    // dashed; mutual TLS padlocked; every edge listed in the table too.
+    let map = &seen["map"];
+    let nodes: Vec<&str> = map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for node in [
+        "default/traffic",
+        "default/frontend",
+        "default/restaurant",
+        "default/ledger",
+    ] {
+        assert!(nodes.contains(&node), "no {node} on the map: {map}");
+    }
+    let edge = |state: &serde_json::Value, name: &str| -> serde_json::Value {
+        state["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["edge"] == name)
+            .unwrap_or_else(|| panic!("no edge {name} on the map: {state}"))
+            .clone()
+    };
+    let called = edge(map, "default/traffic → default/frontend");
+    assert_eq!(called["authorization"], "allowed", "{called}");
+    assert_eq!(called["mtls"], "true", "{called}");
+    assert_eq!(called["lock"], "lock", "a closed padlock: {called}");
+    assert_eq!(called["dash"], "none", "{called}");
+    let tcp = edge(map, "default/frontend → default/ledger");
+    assert_eq!(tcp["health"], "tcp", "{tcp}");
+    let denied = edge(map, "default/traffic → default/restaurant");
+    assert_eq!(denied["authorization"], "denied", "{denied}");
+    assert_eq!(denied["health"], "denied", "{denied}");
+    assert_ne!(denied["dash"], "none", "a denied edge is dashed: {denied}");
+    assert!(
+        denied["label"].as_str().unwrap().contains("denied"),
+        "{denied}"
+    );
+    let listed = map["rows"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        map["edges"].as_array().unwrap().len(),
+        "{map}"
+    );
+    let detail = seen["map_detail"].as_str().unwrap();
+    assert!(
+        detail.contains("default/traffic → default/frontend") && detail.contains("Requests/s"),
+        "{detail}"
+    );
+
+    // The live tap streams requests; filtered to 4xx, only the mesh's denials (403) of
+    // the traffic generator's calls to the restaurant.
+    let tapped = seen["tap_rows"].as_array().unwrap();
+    assert!(tapped.len() >= 5, "{seen}");
+    assert!(
+        tapped
+            .iter()
+            .any(|r| r[3] == "default/frontend" || r[3] == "default/restaurant"),
+        "{tapped:?}"
+    );
+    let denied_rows = seen["tap_denied_rows"].as_array().unwrap();
+    assert!(denied_rows.len() >= 2, "{seen}");
+    for r in denied_rows {
+        assert_eq!(r[6], "403", "only 4xx after the filter: {r}");
+        assert_eq!(r[2], "default/traffic", "{r}");
+    }
+
+    // Traces: failing ones listed, one's waterfall with its failing span, and `skein why`'s
+    // explanation of its request.
+    let failing_traces = seen["failing_traces"].as_array().unwrap();
+    assert!(
+        !failing_traces.is_empty(),
+        "no failing trace listed: {seen}"
+    );
+    for t in failing_traces {
+        assert_ne!(t["cells"][5], "0", "a listed trace has errors: {t}");
+    }
+    let spans = seen["waterfall_spans"].as_array().unwrap();
+    assert!(spans.len() >= 2, "{seen}");
+    assert!(spans.iter().any(|s| s["error"] == true), "{spans:?}");
+    // The newest failures are the mesh's denials of the traffic generator's direct calls
+    // (or the promoted version's 500s): either way, each proxy's word on it.
+    let hops = seen["why_hops"].as_array().unwrap();
+    assert!(!hops.is_empty(), "{seen}");
+    assert!(
+        hops.iter().any(|h| {
+            let status = h[7].as_str().unwrap();
+            status.starts_with("403 (denied)") || status.starts_with('5')
+        }),
+        "the explanation names the failure: {hops:?}"
+    );
+    assert!(
+        hops.iter().all(|h| !h[8].as_str().unwrap().is_empty()),
+        "each proxy says why: {hops:?}"
+    );
+
+    // The restaurant's page: its workloads connected, with a configuration version and a
+    // certificate end; its callers, the frontend allowed and the traffic generator denied;
+    // three charts; the top paths from its tap.
+    assert_eq!(
+        seen["service_heading"], "Service default/restaurant",
+        "{seen}"
+    );
+    let workloads = seen["service_workloads"].as_array().unwrap();
+    assert!(!workloads.is_empty(), "{seen}");
+    for w in workloads {
+        assert_eq!(w[2], "yes", "connected: {w}");
+        assert!(
+            w[3].as_str().unwrap().parse::<u64>().is_ok(),
+            "a config version: {w}"
+        );
+        assert!(
+            w[4].as_str().unwrap().contains('('),
+            "a certificate end: {w}"
+        );
+    }
+    let callers = seen["service_callers"].as_array().unwrap();
+    let caller = |name: &str| {
+        callers
+            .iter()
+            .find(|c| c[0] == name)
+            .unwrap_or_else(|| panic!("no caller {name}: {callers:?}"))
+    };
+    assert_eq!(
+        caller("default/frontend")[3],
+        "0",
+        "the frontend is allowed"
+    );
+    let intruder = caller("default/traffic");
+    assert_eq!(
+        intruder[2], "0",
+        "the traffic generator is never allowed: {intruder}"
+    );
+    assert_ne!(intruder[3], "0", "{intruder}");
+    assert_eq!(seen["service_charts"], 3, "{seen}");
+    let paths = seen["service_paths"].as_array().unwrap();
+    assert!(
+        paths.iter().any(|p| p[0] == "GET" && p[1] == "/menu"),
+        "{paths:?}"
+    );
+
+    // A viewer's buttons are disabled, and the API refuses what a viewer tries.
+    let buttons = seen["viewer_buttons"].as_array().unwrap();
+    assert_eq!(buttons.len(), 3, "{seen}");
+    assert!(
+        buttons.iter().all(|b| b["disabled"] == true),
+        "a viewer's buttons: {buttons:?}"
+    );
+    assert_eq!(seen["viewer_change"]["status"], 403, "{seen}");
+    assert!(seen["viewer_change"]["body"]
+        .as_str()
+        .unwrap()
+        .contains("read-only credential"));
+
+    // The admin's Promote button promotes the rollout waiting at its first step.
+    assert_eq!(seen["next_release_phase"], "Progressing", "{seen}");
+    assert_eq!(seen["admin_who"], "admin", "{seen}");
+    assert_eq!(seen["admin_phase_before"], "Progressing", "{seen}");
+    assert!(
+        seen["admin_buttons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["disabled"] == false),
+        "{seen}"
+    );
+    let after = seen["admin_phase_after"].as_str().unwrap();
+    assert!(
+        after == "Promoting" || after == "Succeeded",
+        "after Promote: {after}: {seen}"
+    );
+    assert!(
+        seen["admin_phase_text"]
+            .as_str()
+            .unwrap()
+            .contains("restaurant-v3"),
+        "{seen}"
+    );
+    let events = seen["promoted_status"]["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("promot")),
+        "the controller recorded the promotion: {events:?}"
+    );
+
+    // v3 serves everything and fails one request in ten: the edge into the restaurant is
+    // drawn failing, in red.
+    let failing = edge(
+        &seen["map_failing"],
+        "default/frontend → default/restaurant",
+    );
+    assert_eq!(failing["health"], "failing", "{failing}");
+    assert_eq!(failing["stroke"], "rgb(185, 28, 28)", "{failing}");
+
     // Accessibility: no axe-core violation; the keyboard reaches every control.
-    for page in ["login", "overview"] {
+    for page in [
+        "login",
+        "overview",
+        "map",
+        "tap",
+        "traces",
+        "service",
+        "viewer_canaries",
+        "canaries",
+    ] {
         assert_eq!(
             seen[format!("{page}_axe")],
             serde_json::json!([]),
             "{page}: {seen}"
         );
+    }
+    for page in [
+        "login", "overview", "map", "tap", "traces", "service", "canaries",
+    ] {
         let keyboard = &seen[format!("{page}_keyboard")];
         let reached: Vec<&serde_json::Value> =
             keyboard["reached"].as_array().unwrap().iter().collect();
@@ -575,7 +883,7 @@ async fn the_demos_dashboard_in_a_real_browser() {
         }
     }
 
-    // The session is out of scripts' reach, and the API refuses what a viewer tries.
+    // The session is out of scripts' reach.
     assert_eq!(
         seen["cookie_http_only"],
         serde_json::json!([true]),
@@ -585,15 +893,10 @@ async fn the_demos_dashboard_in_a_real_browser() {
         .as_str()
         .unwrap()
         .contains("skein_session"));
-    assert_eq!(seen["viewer_change"]["status"], 403, "{seen}");
-    assert!(seen["viewer_change"]["body"]
-        .as_str()
-        .unwrap()
-        .contains("read-only credential"));
 
     // Nothing but the control plane was asked for anything.
     let requested = seen["requested"].as_array().unwrap();
-    assert!(requested.len() >= 5, "{seen}");
+    assert!(requested.len() >= 10, "{seen}");
     for u in requested {
         let u = u.as_str().unwrap();
         assert!(
@@ -601,7 +904,18 @@ async fn the_demos_dashboard_in_a_real_browser() {
             "the browser asked {u}"
         );
     }
-    for page in ["login", "overview"] {
+    for page in [
+        "login",
+        "overview",
+        "map",
+        "tap",
+        "traces",
+        "service",
+        "canaries-viewer",
+        "canaries",
+        "canaries-promoted",
+        "map-failing",
+    ] {
         let png = std::fs::read(shots.join(format!("{page}.png"))).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5_000,

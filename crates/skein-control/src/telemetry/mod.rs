@@ -340,6 +340,9 @@ pub struct Central {
     pub why: why::Why,
     /// Recent traces (`skein trace`).
     pub traces: traces::Traces,
+    /// Summaries taken in so far: what tells a watcher (the dashboard) that the signals
+    /// changed.
+    ingested: std::sync::atomic::AtomicU64,
 }
 
 impl Central {
@@ -373,6 +376,8 @@ impl Central {
         if s.bucket_layout != BUCKET_LAYOUT {
             return Err(IngestError::Layout(s.bucket_layout));
         }
+        self.ingested
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Before the lock on every proxy's record: its own lock only.
         self.why.add(
             &format!("{}/{}", from.namespace, from.workload),
@@ -562,6 +567,11 @@ impl Central {
                 f(p, s);
             }
         }
+    }
+
+    /// Summaries taken in so far.
+    pub fn ingested(&self) -> u64 {
+        self.ingested.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How much history the view holds, as of `now` (unix seconds): it grows for the

@@ -14,10 +14,11 @@
 //! A request failed when its status is 5xx or its gRPC status is not OK; a request the
 //! callee's authorization denied is counted as denied, not as a failure.
 
-use super::{Central, ReqAgg, ReqKey, Slot, TcpAgg, TcpKey, SLOT_SECS};
+use super::{Central, Label, ReqAgg, ReqKey, Slot, TcpAgg, TcpKey, SLOT_SECS};
 use serde::Serialize;
 use skein_model::latency::Snapshot;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to group by.
@@ -201,6 +202,120 @@ pub(super) fn window_start(now: i64, window: Duration) -> i64 {
     (now - w).div_euclid(SLOT_SECS) * SLOT_SECS + SLOT_SECS
 }
 
+/// Rows being summed, each found by `N` labels. The view interns its labels, so the same
+/// text is the same allocation: the few keys used last are recognised by address, and
+/// most series (a proxy's inbound series all count in one service's row) find their row
+/// without comparing text or touching a reference count. A key is copied only for a new
+/// row or after a miss.
+struct Rows<const N: usize, V> {
+    index: BTreeMap<[Label; N], usize>,
+    rows: Vec<([Label; N], V)>,
+    recent: [usize; RECENT],
+    next: usize,
+}
+
+/// Keys [`Rows`] recognises by address.
+const RECENT: usize = 8;
+
+impl<const N: usize, V> Rows<N, V> {
+    fn new() -> Self {
+        Rows {
+            index: BTreeMap::new(),
+            rows: Vec::new(),
+            recent: [usize::MAX; RECENT],
+            next: 0,
+        }
+    }
+
+    /// The row of `key`, made with `new` if there is none.
+    fn get(&mut self, key: [&Label; N], new: impl FnOnce() -> V) -> &mut V {
+        let same = |row: &[Label; N]| row.iter().zip(key).all(|(a, b)| Arc::ptr_eq(a, b));
+        let hit = self
+            .recent
+            .iter()
+            .copied()
+            .find(|&i| self.rows.get(i).is_some_and(|(k, _)| same(k)));
+        let i = match hit {
+            Some(i) => i,
+            None => {
+                let owned = key.map(Label::clone);
+                let i = match self.index.get(&owned) {
+                    Some(&i) => i,
+                    None => {
+                        self.rows.push((owned.clone(), new()));
+                        self.index.insert(owned, self.rows.len() - 1);
+                        self.rows.len() - 1
+                    }
+                };
+                self.recent[self.next] = i;
+                self.next = (self.next + 1) % RECENT;
+                i
+            }
+        };
+        &mut self.rows[i].1
+    }
+
+    /// The rows, sorted by key.
+    fn sorted(self) -> impl Iterator<Item = ([Label; N], V)> {
+        let mut rows = self.rows;
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter()
+    }
+}
+
+/// A row of `skein stat` while it is summed: its (namespace, name) key and its service
+/// column. A route's namespace is left empty here (it is the start of the route's name)
+/// and filled in by [`row_names`].
+type RowKey<'a> = ([&'a Label; 2], Option<&'a Label>);
+
+/// The row of `kind` a request series of `proxy` counts in, if any.
+fn request_row<'a>(
+    kind: StatKind,
+    proxy: &'a super::ProxyRecord,
+    k: &'a ReqKey,
+    empty: &'a Label,
+) -> Option<RowKey<'a>> {
+    match kind {
+        StatKind::Routes if !k.inbound && !k.route.is_empty() => {
+            Some(([empty, &k.route], Some(&k.dst.name)))
+        }
+        _ if k.inbound => inbound_row(kind, proxy, &k.dst),
+        _ => None,
+    }
+}
+
+/// The row of `kind` a TCP series of `proxy` counts in, if any (routes carry no TCP).
+fn tcp_row<'a>(kind: StatKind, proxy: &'a super::ProxyRecord, k: &'a TcpKey) -> Option<RowKey<'a>> {
+    k.inbound
+        .then(|| inbound_row(kind, proxy, &k.dst))
+        .flatten()
+}
+
+/// The service or workload row of what `proxy` received for `dst`.
+fn inbound_row<'a>(
+    kind: StatKind,
+    proxy: &'a super::ProxyRecord,
+    dst: &'a super::Who,
+) -> Option<RowKey<'a>> {
+    match kind {
+        StatKind::Services => Some(([&dst.namespace, &dst.name], None)),
+        StatKind::Workloads => Some((
+            [&proxy.workload.namespace, &proxy.workload.name],
+            Some(&proxy.account),
+        )),
+        StatKind::Routes => None,
+    }
+}
+
+/// A summed row's namespace and name, as answered.
+fn row_names(kind: StatKind, [namespace, name]: &[Label; 2]) -> (String, String) {
+    let namespace = match kind {
+        StatKind::Routes => name.split_once('/').map_or("", |(ns, _)| ns),
+        _ => namespace,
+    };
+    (namespace.to_string(), name.to_string())
+}
+
 impl Central {
     /// `skein stat KIND [NAME]`: one row per service, workload or route with traffic in
     /// the window (rows sorted by namespace and name); `name` keeps only that one.
@@ -211,58 +326,32 @@ impl Central {
         window: Duration,
         now: i64,
     ) -> Vec<StatRow> {
-        let mut rows: BTreeMap<(String, String), (Option<String>, Acc)> = BTreeMap::new();
+        let empty = Label::from("");
+        let mut rows: Rows<2, (Option<Label>, Acc)> = Rows::new();
         self.each_slot(window_start(now, window), |proxy, slot: &Slot| {
             for (k, v) in &slot.requests {
-                let at = match kind {
-                    StatKind::Services if k.inbound => {
-                        ((k.dst.namespace.to_string(), k.dst.name.to_string()), None)
-                    }
-                    StatKind::Workloads if k.inbound => (
-                        (
-                            proxy.workload.namespace.to_string(),
-                            proxy.workload.name.to_string(),
-                        ),
-                        Some(proxy.account.to_string()),
-                    ),
-                    StatKind::Routes if !k.inbound && !k.route.is_empty() => {
-                        let ns = k.route.split_once('/').map_or("", |(ns, _)| ns);
-                        (
-                            (ns.to_string(), k.route.to_string()),
-                            Some(k.dst.name.to_string()),
-                        )
-                    }
-                    _ => continue,
-                };
-                let row = rows.entry(at.0).or_insert_with(|| (at.1, Acc::default()));
-                row.1.from(proxy).request(k, v);
+                if let Some((at, service)) = request_row(kind, proxy, k, &empty) {
+                    let row = rows.get(at, || (service.cloned(), Acc::default()));
+                    row.1.from(proxy).request(k, v);
+                }
             }
             for (k, v) in &slot.tcp {
-                let at = match kind {
-                    StatKind::Services if k.inbound => {
-                        (k.dst.namespace.to_string(), k.dst.name.to_string())
-                    }
-                    StatKind::Workloads if k.inbound => (
-                        proxy.workload.namespace.to_string(),
-                        proxy.workload.name.to_string(),
-                    ),
-                    _ => continue,
-                };
-                let service = (kind == StatKind::Workloads).then(|| proxy.account.to_string());
-                rows.entry(at)
-                    .or_insert_with(|| (service, Acc::default()))
-                    .1
-                    .from(proxy)
-                    .connection(k, v);
+                if let Some((at, service)) = tcp_row(kind, proxy, k) {
+                    let row = rows.get(at, || (service.cloned(), Acc::default()));
+                    row.1.from(proxy).connection(k, v);
+                }
             }
         });
-        rows.into_iter()
-            .filter(|((_, n), _)| name.is_none_or(|want| n == want))
-            .map(|((namespace, name), (service, acc))| StatRow {
-                namespace,
-                name,
-                service,
-                signals: acc.signals(window, now),
+        rows.sorted()
+            .filter(|([_, n], _)| name.is_none_or(|want| &**n == want))
+            .map(|(at, (service, acc))| {
+                let (namespace, name) = row_names(kind, &at);
+                StatRow {
+                    namespace,
+                    name,
+                    service: service.map(|s| s.to_string()),
+                    signals: acc.signals(window, now),
+                }
             })
             .collect()
     }
@@ -270,41 +359,60 @@ impl Central {
     /// `skein edges [SERVICE]`: one row per caller account → service pair seen by the
     /// callee's proxy in the window; `service` keeps the edges into or out of it.
     pub fn edges(&self, service: Option<&str>, window: Duration, now: i64) -> Vec<EdgeRow> {
-        type Pair = (String, String, String, String);
-        let mut rows: BTreeMap<Pair, Acc> = BTreeMap::new();
-        let pair = |src: &super::Who, dst: &super::Who| -> Pair {
-            (
-                src.namespace.to_string(),
-                src.name.to_string(),
-                dst.namespace.to_string(),
-                dst.name.to_string(),
-            )
-        };
+        let (_, edges) = self.inbound(false, window, now);
+        edge_rows(edges, service, window, now)
+    }
+
+    /// One pass over the window's inbound series (what callees' proxies saw): each
+    /// caller → service pair's row and, with `services`, each service's row.
+    fn inbound(&self, services: bool, window: Duration, now: i64) -> (Rows<2, Acc>, Rows<4, Acc>) {
+        let mut by_service: Rows<2, Acc> = Rows::new();
+        let mut by_edge: Rows<4, Acc> = Rows::new();
         self.each_slot(window_start(now, window), |proxy, slot| {
             for (k, v) in slot.requests.iter().filter(|(k, _)| k.inbound) {
-                rows.entry(pair(&k.src, &k.dst))
-                    .or_default()
-                    .from(proxy)
-                    .request(k, v);
+                let (src, dst) = (&k.src, &k.dst);
+                let pair = [&src.namespace, &src.name, &dst.namespace, &dst.name];
+                by_edge.get(pair, Acc::default).from(proxy).request(k, v);
+                if services {
+                    let at = [&dst.namespace, &dst.name];
+                    by_service.get(at, Acc::default).from(proxy).request(k, v);
+                }
             }
             for (k, v) in slot.tcp.iter().filter(|(k, _)| k.inbound) {
-                rows.entry(pair(&k.src, &k.dst))
-                    .or_default()
-                    .from(proxy)
-                    .connection(k, v);
+                let (src, dst) = (&k.src, &k.dst);
+                let pair = [&src.namespace, &src.name, &dst.namespace, &dst.name];
+                by_edge.get(pair, Acc::default).from(proxy).connection(k, v);
+                if services {
+                    let at = [&dst.namespace, &dst.name];
+                    by_service
+                        .get(at, Acc::default)
+                        .from(proxy)
+                        .connection(k, v);
+                }
             }
         });
-        rows.into_iter()
-            .filter(|((_, src, _, dst), _)| service.is_none_or(|s| src == s || dst == s))
-            .map(|((src_namespace, src, dst_namespace, dst), acc)| EdgeRow {
-                src_namespace,
-                src,
-                dst_namespace,
-                dst,
-                signals: acc.signals(window, now),
-            })
-            .collect()
+        (by_service, by_edge)
     }
+}
+
+/// The edge rows of summed `edges`, those into or out of `service` if given.
+fn edge_rows(
+    edges: Rows<4, Acc>,
+    service: Option<&str>,
+    window: Duration,
+    now: i64,
+) -> Vec<EdgeRow> {
+    edges
+        .sorted()
+        .filter(|([_, src, _, dst], _)| service.is_none_or(|s| &**src == s || &**dst == s))
+        .map(|([src_namespace, src, dst_namespace, dst], acc)| EdgeRow {
+            src_namespace: src_namespace.to_string(),
+            src: src.to_string(),
+            dst_namespace: dst_namespace.to_string(),
+            dst: dst.to_string(),
+            signals: acc.signals(window, now),
+        })
+        .collect()
 }
 
 /// One service on the map.
@@ -344,11 +452,18 @@ pub struct MapView {
 impl Central {
     /// `skein map`: every service with traffic as a node, every observed edge.
     pub fn map(&self, window: Duration, now: i64) -> MapView {
-        let services = self.stat(StatKind::Services, None, window, now);
-        let edges = self.edges(None, window, now);
+        // Services and edges from one pass over the window (the same rows as `stat
+        // services` and `edges`).
+        let (services, edges) = self.inbound(true, window, now);
+        let edges = edge_rows(edges, None, window, now);
         let mut nodes: BTreeMap<(String, String), Option<Signals>> = services
-            .into_iter()
-            .map(|r| ((r.namespace, r.name), Some(r.signals)))
+            .sorted()
+            .map(|([ns, name], acc)| {
+                (
+                    (ns.to_string(), name.to_string()),
+                    Some(acc.signals(window, now)),
+                )
+            })
             .collect();
         for e in &edges {
             nodes
@@ -387,6 +502,146 @@ impl Central {
                     }
                 })
                 .collect(),
+        }
+    }
+}
+
+/// One row's golden signals step by step over a window, as columns (what a chart draws):
+/// index `i` of each column is the step starting at [`Series::t`]`[i]`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeriesRow {
+    /// Namespace.
+    pub namespace: String,
+    /// The service, workload or route.
+    pub name: String,
+    /// The workload's service, or the route's parent service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Requests per second.
+    pub rps: Vec<f64>,
+    /// Share of requests that did not fail (none: no requests in the step).
+    pub success_rate: Vec<Option<f64>>,
+    /// Median latency to response headers, in milliseconds.
+    pub p50_ms: Vec<Option<f64>>,
+    /// 99th percentile.
+    pub p99_ms: Vec<Option<f64>>,
+    /// Requests authorization denied.
+    pub denied: Vec<u64>,
+    /// Opaque TCP connections opened.
+    pub tcp_connections: Vec<u64>,
+}
+
+/// `GET /api/v1/series/KIND`: every row's signals over a window in steps.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Series {
+    /// Unix second each step starts at, oldest first; the last step is the one under way.
+    pub t: Vec<i64>,
+    /// Seconds per step (a multiple of the 10 s slot).
+    pub step_seconds: i64,
+    /// One per service, workload or route with traffic in the window, sorted.
+    pub rows: Vec<SeriesRow>,
+}
+
+/// `x` rounded to `digits` decimals: charts need no more, and the answer stays small.
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+impl Central {
+    /// Rows of `kind` (only `namespace`/`name` if given) over `window` ending `now`, in
+    /// steps of `step` (rounded up to whole 10 s slots). A step's rate divides by the part
+    /// of it that has passed and that its proxies' reports cover.
+    pub fn series(
+        &self,
+        kind: StatKind,
+        only: (Option<&str>, Option<&str>),
+        window: Duration,
+        step: Duration,
+        now: i64,
+    ) -> Series {
+        let start = window_start(now, window);
+        let step_seconds = step
+            .as_secs()
+            .clamp(SLOT_SECS as u64, MAX_WINDOW.as_secs())
+            .next_multiple_of(SLOT_SECS as u64) as i64;
+        let current = now - now.rem_euclid(SLOT_SECS);
+        let steps = ((current - start) / step_seconds + 1).max(1) as usize;
+        let empty = Label::from("");
+        let wanted = |[ns, name]: &[&Label; 2]| {
+            let ns = match kind {
+                StatKind::Routes => name.split_once('/').map_or("", |(ns, _)| ns),
+                _ => ns,
+            };
+            only.0.is_none_or(|want| ns == want) && only.1.is_none_or(|want| &***name == want)
+        };
+        let mut rows: Rows<2, (Option<Label>, Vec<Acc>)> = Rows::new();
+        let fresh = || (0..steps).map(|_| Acc::default()).collect::<Vec<_>>();
+        self.each_slot(start, |proxy, slot| {
+            let Ok(i) = usize::try_from((slot.start - start) / step_seconds) else {
+                return;
+            };
+            if i >= steps {
+                return;
+            }
+            for (k, v) in &slot.requests {
+                if let Some((at, service)) =
+                    request_row(kind, proxy, k, &empty).filter(|r| wanted(&r.0))
+                {
+                    let row = rows.get(at, || (service.cloned(), fresh()));
+                    row.1[i].from(proxy).request(k, v);
+                }
+            }
+            for (k, v) in &slot.tcp {
+                if let Some((at, service)) = tcp_row(kind, proxy, k).filter(|r| wanted(&r.0)) {
+                    let row = rows.get(at, || (service.cloned(), fresh()));
+                    row.1[i].from(proxy).connection(k, v);
+                }
+            }
+        });
+        let t: Vec<i64> = (0..steps as i64)
+            .map(|i| start + i * step_seconds)
+            .collect();
+        let rows = rows
+            .sorted()
+            .map(|(at, (service, accs))| {
+                let (namespace, name) = row_names(kind, &at);
+                let mut row = SeriesRow {
+                    namespace,
+                    name,
+                    service: service.map(|s| s.to_string()),
+                    rps: Vec::with_capacity(steps),
+                    success_rate: Vec::with_capacity(steps),
+                    p50_ms: Vec::with_capacity(steps),
+                    p99_ms: Vec::with_capacity(steps),
+                    denied: Vec::with_capacity(steps),
+                    tcp_connections: Vec::with_capacity(steps),
+                };
+                for (acc, &from) in accs.iter().zip(&t) {
+                    let begin = acc.covered_since.map_or(from, |c| c.max(from));
+                    let secs = ((from + step_seconds).min(now) - begin).max(1) as f64;
+                    let ms = |q| {
+                        acc.latency
+                            .quantile(q)
+                            .map(|d| round(d.as_secs_f64() * 1e3, 2))
+                    };
+                    row.rps.push(round(acc.requests as f64 / secs, 3));
+                    row.success_rate.push(
+                        (acc.requests > 0)
+                            .then(|| round(1.0 - acc.failures as f64 / acc.requests as f64, 4)),
+                    );
+                    row.p50_ms.push(ms(0.5));
+                    row.p99_ms.push(ms(0.99));
+                    row.denied.push(acc.denied);
+                    row.tcp_connections.push(acc.tcp.opened);
+                }
+                row
+            })
+            .collect();
+        Series {
+            t,
+            step_seconds,
+            rows,
         }
     }
 }

@@ -202,6 +202,13 @@ fn edges_show_denials_and_tcp_and_routes_show_callers_traffic() {
         ],
         "callers nobody calls are nodes too"
     );
+    // The map's one pass gives what `stat services` and `edges` give.
+    let services = c.stat(StatKind::Services, None, MIN, now);
+    let drawn: Vec<_> = map.nodes.iter().filter_map(|n| n.signals.clone()).collect();
+    let stated: Vec<_> = services.into_iter().map(|r| r.signals).collect();
+    assert_eq!(drawn, stated);
+    let edge_rows: Vec<_> = map.edges.iter().map(|e| e.edge.clone()).collect();
+    assert_eq!(edge_rows, c.edges(None, MIN, now));
     let kinds: Vec<_> = map
         .edges
         .iter()
@@ -463,4 +470,83 @@ fn history_grows_for_the_window_then_stays() {
         (3600..=3610).contains(&full.seconds),
         "the oldest slot is an hour back: {full:?}"
     );
+}
+
+#[test]
+fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
+    let c = Central::default();
+    // Slot-aligned: a summary every 10 s for two minutes, web → api: 20 requests each,
+    // of which (from the seventh on) 5 fail; and db, called once a slot.
+    let t0 = 9_000_000;
+    for i in 0..12u64 {
+        let failed = if i >= 6 { 5 } else { 0 };
+        let s = summary(
+            i + 1,
+            vec![
+                requests(true, "web", "api", 200, 20 - failed, 2),
+                requests(true, "web", "api", 503, failed, 2),
+            ],
+        );
+        let at = t0 + i as i64 * SLOT_SECS;
+        c.ingest(&reporter("api-1", "api"), &s, at).unwrap();
+        let db = summary(i + 1, vec![requests(true, "api", "db", 200, 1, 1)]);
+        c.ingest(&reporter("db-1", "db"), &db, at).unwrap();
+    }
+    let now = t0 + 11 * SLOT_SECS + 5;
+    let window = Duration::from_secs(60);
+    let s = c.series(
+        StatKind::Services,
+        (None, None),
+        window,
+        Duration::from_secs(20),
+        now,
+    );
+    assert_eq!(s.step_seconds, 20);
+    assert_eq!(s.t.len(), 3, "60 s in 20 s steps: {:?}", s.t);
+    assert_eq!(s.t[2], t0 + 100, "the last step is the one under way");
+    assert_eq!(s.t[1] - s.t[0], 20);
+    let names: Vec<&str> = s.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["api", "db"], "sorted");
+    let api = &s.rows[0];
+    // Whole steps: 40 requests in 20 s; the step under way: 40 in the 15 s passed.
+    assert_eq!(api.rps, [2.0, 2.0, 2.667]);
+    assert_eq!(api.success_rate, [Some(0.75); 3]);
+    assert!(api.p99_ms.iter().all(|p| p.is_some()));
+    assert_eq!(api.tcp_connections, [0, 0, 0]);
+    // The steps add up to what `skein stat` says for the same window.
+    let stat = &c.stat(StatKind::Services, Some("api"), window, now)[0];
+    let summed: f64 = api.rps[..2].iter().map(|r| r * 20.0).sum::<f64>() + api.rps[2] * 15.0;
+    assert_eq!(summed as u64, stat.signals.requests);
+
+    // One row, asked for by name; a step is never finer than the slot.
+    let one = c.series(
+        StatKind::Services,
+        (Some("default"), Some("db")),
+        window,
+        Duration::from_secs(1),
+        now,
+    );
+    assert_eq!(one.step_seconds, SLOT_SECS);
+    assert_eq!(one.rows.len(), 1);
+    assert_eq!(one.rows[0].name, "db");
+    assert_eq!(one.t.len(), 6);
+    assert!(c
+        .series(
+            StatKind::Services,
+            (Some("other"), None),
+            window,
+            window,
+            now
+        )
+        .rows
+        .is_empty());
+    // Workloads carry their service.
+    let workloads = c.series(
+        StatKind::Workloads,
+        (None, Some("api-1")),
+        window,
+        window,
+        now,
+    );
+    assert_eq!(workloads.rows[0].service.as_deref(), Some("api"));
 }

@@ -25,6 +25,7 @@
 pub mod assets;
 pub mod session;
 pub mod tokens;
+pub mod updates;
 
 use crate::api::Api;
 use axum::extract::State;
