@@ -5,6 +5,7 @@
 
 mod backend;
 mod callgrind;
+mod dashboard;
 mod deployed;
 mod grpc;
 mod handshake;

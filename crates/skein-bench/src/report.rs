@@ -24,6 +24,9 @@ pub struct Extras<'a> {
     /// Full against resumed TLS handshakes ([`crate::resumption`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumption: Option<&'a crate::resumption::Resumption>,
+    /// The dashboard's API for 200 services ([`crate::dashboard`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_api: Option<&'a crate::dashboard::DashboardApi>,
 }
 
 /// Where and how the run happened.
@@ -474,6 +477,9 @@ pub fn markdown(
     }
     if let Some(resumption) = extras.resumption {
         crate::resumption::markdown(&mut o, resumption);
+    }
+    if let Some(dashboard) = extras.dashboard_api {
+        crate::dashboard::markdown(&mut o, dashboard);
     }
     let _ = writeln!(o, "Every figure: `{json_path}`.\n");
     o

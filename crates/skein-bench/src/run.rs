@@ -60,6 +60,9 @@ pub enum Only {
     /// Full against resumed mutual-TLS handshakes, in this process
     /// ([`crate::resumption`]); nothing starts.
     Resumption,
+    /// The dashboard's API for a mesh of 200 services, against a control plane in this
+    /// process ([`crate::dashboard`]); nothing else starts.
+    DashboardApi,
 }
 
 #[derive(Serialize)]
@@ -87,6 +90,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             results: &[],
             extras: Extras {
                 resumption: Some(&measured),
+                ..Extras::default()
+            },
+            deployed_na: None,
+        };
+        return write_report(&root, &args, report, started);
+    }
+    if args.only == Some(Only::DashboardApi) {
+        let measured = dashboard_api(args.quick).await?;
+        let report = Report {
+            plan: Plan::new(args.quick),
+            results: &[],
+            extras: Extras {
+                dashboard_api: Some(&measured),
                 ..Extras::default()
             },
             deployed_na: None,
@@ -187,6 +203,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Some(resumption(args.quick)?),
         Some(_) => None,
     };
+    let dashboard_api = match args.only {
+        None => Some(dashboard_api(args.quick).await?),
+        Some(_) => None,
+    };
     let deployed_na = match (args.only, deployed) {
         (None, Err(why)) => Some(why),
         _ => None,
@@ -199,6 +219,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             overload: overload.as_ref(),
             callgrind: callgrind.as_ref(),
             resumption: resumption.as_ref(),
+            dashboard_api: dashboard_api.as_ref(),
         },
         deployed_na,
     };
@@ -226,6 +247,15 @@ fn resumption(quick: bool) -> anyhow::Result<crate::resumption::Resumption> {
     let n = if quick { 200 } else { 3_000 };
     eprintln!("skein-bench: session resumption ({n} handshakes of each kind, in process)");
     crate::resumption::run(n)
+}
+
+/// The dashboard's API for a mesh of 200 services.
+async fn dashboard_api(quick: bool) -> anyhow::Result<crate::dashboard::DashboardApi> {
+    eprintln!(
+        "skein-bench: the dashboard's API for {} services (control plane in process, 127.0.0.177)",
+        crate::dashboard::SERVICES
+    );
+    crate::dashboard::run(quick).await
 }
 
 /// Instructions per request through each proxy, in a scratch directory of its own.
@@ -503,6 +533,7 @@ fn command(args: &RunArgs) -> String {
         Some(Only::DeployedIdle) => c.push_str(" --only deployed-idle"),
         Some(Only::Callgrind) => c.push_str(" --only callgrind"),
         Some(Only::Resumption) => c.push_str(" --only resumption"),
+        Some(Only::DashboardApi) => c.push_str(" --only dashboard-api"),
         None => {}
     }
     c
