@@ -37,6 +37,13 @@
 //!                                           → the decision a proxy would make
 //! GET    /api/v1/stat/{services|workloads|routes}[?name=N&window=1m]
 //!                                           golden signals per row over the window
+//! GET    /api/v1/series/{services|workloads|routes}[?window=1h&step=1m&namespace=&name=]
+//!                                           the same signals in steps, as columns (at most
+//!                                           60 steps and 500 rows)
+//! GET    /api/v1/endpoints/{namespace}/{name} the workloads a Service selects, connected,
+//!                                           acknowledged version, certificate end
+//! GET    /api/v1/updates                    server-sent events when the store or the
+//!                                           telemetry moved (the dashboard's redraws)
 //! GET    /api/v1/edges[?service=S&window=1m] caller account → service pairs
 //! GET    /api/v1/map[?window=1m]             services as nodes, observed edges
 //! GET    /api/v1/policy/suggest[?namespace=NS&window=1h]
@@ -103,6 +110,8 @@ pub struct Api {
     pub dashboard_tokens: Arc<crate::ui::tokens::DashboardTokens>,
     /// Open streams of `GET /api/v1/updates`.
     pub watchers: crate::ui::updates::Watchers,
+    /// Turns for queries over the central view ([`QUERIES_AT_ONCE`]).
+    pub queries: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long `/api/v1/status` waits for the store to answer its probe.
@@ -810,6 +819,39 @@ impl SignalsQuery {
     }
 }
 
+/// Queries over the central view run at once at most: each reads every proxy's hour under
+/// the view's read lock (up to about a tenth of a second for 200 services), so a client
+/// asking many at once waits its turn instead of taking every core and holding off the
+/// summaries proxies send.
+const QUERIES_AT_ONCE: usize = 2;
+
+/// The turns [`query`] takes.
+pub fn query_turns() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(QUERIES_AT_ONCE))
+}
+
+/// Runs `f` over the central view on a blocking thread, [`QUERIES_AT_ONCE`] at a time.
+async fn query<T: Send + 'static>(
+    api: &Arc<Api>,
+    f: impl FnOnce(&crate::telemetry::Central) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _turn = api.queries.clone().acquire_owned().await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control plane is stopping".into(),
+        )
+    })?;
+    let central = api.central.clone();
+    tokio::task::spawn_blocking(move || f(&central))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the query failed: {e}"),
+            )
+        })
+}
+
 async fn stat(
     State(api): State<Arc<Api>>,
     Path(kind): Path<String>,
@@ -820,7 +862,8 @@ async fn stat(
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
     let window = q.window()?;
     let now = crate::telemetry::unix_now();
-    let rows = api.central.stat(kind, q.name.as_deref(), window, now);
+    let name = q.name.clone();
+    let rows = query(&api, move |c| c.stat(kind, name.as_deref(), window, now)).await?;
     Ok(Json(json!({
         "window": skein_model::duration::format(window),
         "replica": api.replica,
@@ -876,14 +919,18 @@ async fn series(
         }
     };
     let now = crate::telemetry::unix_now();
-    let only = (q.namespace.as_deref(), q.name.as_deref());
-    let series = api.central.series(kind, only, window, step, now);
+    let series = query(&api, move |c| {
+        let only = (q.namespace.as_deref(), q.name.as_deref());
+        c.series(kind, only, window, step, now)
+    })
+    .await?;
     Ok(Json(json!({
         "window": skein_model::duration::format(window),
         "replica": api.replica,
         "step_seconds": series.step_seconds,
         "t": series.t,
         "rows": series.rows,
+        "truncated": series.truncated,
     })))
 }
 
@@ -893,7 +940,8 @@ async fn edges(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let window = q.window()?;
     let now = crate::telemetry::unix_now();
-    let rows = api.central.edges(q.service.as_deref(), window, now);
+    let service = q.service.clone();
+    let rows = query(&api, move |c| c.edges(service.as_deref(), window, now)).await?;
     Ok(Json(json!({
         "window": skein_model::duration::format(window),
         "replica": api.replica,
@@ -1039,7 +1087,8 @@ async fn map(
     Query(q): Query<SignalsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let window = q.window()?;
-    let view = api.central.map(window, crate::telemetry::unix_now());
+    let now = crate::telemetry::unix_now();
+    let view = query(&api, move |c| c.map(window, now)).await?;
     Ok(Json(json!({
         "window": skein_model::duration::format(window),
         "replica": api.replica,
@@ -1057,14 +1106,18 @@ async fn policy_suggest(
         Some(_) => q.window()?,
     };
     let now = crate::telemetry::unix_now();
-    let policies = api.central.suggest(q.namespace.as_deref(), window, now);
-    let yaml = crate::telemetry::suggest::to_yaml(&policies, window, now);
+    let (policies, yaml) = query(&api, move |c| {
+        let policies = c.suggest(q.namespace.as_deref(), window, now);
+        let yaml = crate::telemetry::suggest::to_yaml(&policies, window, now);
+        (policies, yaml)
+    })
+    .await?;
     Ok(Json(json!({ "yaml": yaml, "policies": policies })))
 }
 
 /// Server-sent events telling the dashboard what may have changed ([`crate::ui::updates`]).
 async fn updates(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    use crate::ui::updates::{news, Versions, EVERY, MAX_WATCHERS};
+    use crate::ui::updates::{news, Versions, EVERY, LOOKS, MAX_WATCHERS, TELEMETRY_EVERY};
     use axum::response::sse::{Event, KeepAlive, Sse};
     let watching = api.watchers.enter().ok_or_else(|| {
         ApiError(
@@ -1074,14 +1127,24 @@ async fn updates(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     })?;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (api, watching, None::<Versions>, tick);
-    let events =
-        futures_util::stream::unfold(state, |(api, watching, told, mut tick)| async move {
+    let state = (api, watching, None::<Versions>, tick, 0u64);
+    let events = futures_util::stream::unfold(
+        state,
+        |(api, watching, told, mut tick, mut looks)| async move {
             loop {
                 tick.tick().await;
+                looks += 1;
+                if looks > LOOKS {
+                    // The browser opens the stream again, asking with its credential as
+                    // it is now: a revoked token or an ended session stops here.
+                    return None;
+                }
                 let now = Versions {
                     resources: api.registry.revision(),
-                    telemetry: api.central.ingested(),
+                    telemetry: match told {
+                        Some(t) if looks % TELEMETRY_EVERY != 1 => t.telemetry,
+                        _ => api.central.ingested(),
+                    },
                 };
                 if news(told, now) {
                     let event = Event::default()
@@ -1090,11 +1153,12 @@ async fn updates(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
                         .unwrap_or_default();
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (api, watching, Some(now), tick),
+                        (api, watching, Some(now), tick, looks),
                     ));
                 }
             }
-        });
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())

@@ -205,6 +205,7 @@ impl RunningControl {
             sessions: crate::ui::session::Sessions::new(&token),
             dashboard_tokens: dashboard_tokens.clone(),
             watchers: Default::default(),
+            queries: api::query_turns(),
         }));
         let mut follow = leader.clone();
         let replica = opts.replica.clone();

@@ -1,5 +1,5 @@
 // The dashboard's script: one page whose sections are chosen by the address's fragment
-// (#overview, #map, #canaries, #tap, #traces, #service/NAMESPACE/NAME), each redrawn from the control plane's API
+// (#overview, #map, #service/NAMESPACE/NAME, #canaries, #tap, #traces, #policies), each redrawn from the control plane's API
 // without reloading the page: when the control plane says something changed (server-sent
 // events from /api/v1/updates: the store's revision or new telemetry), at most every
 // PUSHED_MS; without that stream, every REFRESH_MS.
@@ -11,6 +11,7 @@ import { canaries } from "./canaries.js";
 import * as tap from "./tap.js";
 import { traces } from "./traces.js";
 import { service, tapStop as serviceTapStop } from "./service.js";
+import { policies } from "./policies.js";
 
 const REFRESH_MS = 5000;
 /** The least time between two redraws the stream asks for. */
@@ -27,6 +28,7 @@ const PAGES = {
   tap: { title: "Live tap", enter: tap.start, leave: tap.stop },
   traces: { title: "Traces", draw: () => traces() },
   service: { title: "Service", draw: () => service(), leave: serviceTapStop },
+  policies: { title: "Policies", draw: () => policies() },
 };
 
 let session = { role: "viewer" };
@@ -81,6 +83,8 @@ async function refresh() {
   if (!PAGES[now].draw) return;
   drawnAt = Date.now();
   await PAGES[now].draw();
+  // When the page was last redrawn, outside every live region (not news to announce).
+  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   if (mine === round) timer = setTimeout(refresh, pushed ? QUIET_MS : REFRESH_MS);
 }
 
@@ -105,9 +109,11 @@ function follow() {
     pushed = false;
     document.body.dataset.updates = "polled";
     if (changes.readyState === EventSource.CLOSED) {
-      // Refused outright (too many pages watching, or the session ended): poll.
+      // Refused outright (too many pages watching, or the session ended): poll, and try
+      // the stream again in a minute.
       clearTimeout(timer);
       timer = setTimeout(refresh, REFRESH_MS);
+      setTimeout(follow, 60000);
     }
   });
 }

@@ -4,7 +4,7 @@
 // them disabled, and the API refuses a viewer's request whatever the page does.
 
 import uPlot from "./uplot.js";
-import { api, change, el, clock, fixed } from "./common.js";
+import { api, setStatus, change, el, clock, fixed } from "./common.js";
 
 /** What each card was drawn from, so that an unchanged rollout is not redrawn (which
  * would take the keyboard's focus away from its buttons every refresh). */
@@ -104,7 +104,7 @@ function card(c, role) {
     b.addEventListener("click", () => press(key, action, say));
     return b;
   };
-  const id = `canary-${key.replace("/", "-")}`;
+  const id = idOf(key);
   const plotHost = el("div", { class: "plot" });
   const checks = (status.checks || []).slice(-12);
   const article = el(
@@ -164,6 +164,13 @@ function card(c, role) {
 
 let role = "viewer";
 
+/** Element ids for each rollout's card, unique whatever its name holds. */
+const ids = new Map();
+function idOf(key) {
+  if (!ids.has(key)) ids.set(key, `canary-${ids.size + 1}`);
+  return ids.get(key);
+}
+
 /** The page, for a session whose role is `sessionRole`. */
 export async function canaries(sessionRole) {
   if (sessionRole) role = sessionRole;
@@ -195,12 +202,10 @@ export async function canaries(sessionRole) {
         old.remove();
       }
     }
-    status.className = "status";
-    status.textContent = items.length
-      ? `${items.length} rollouts, updated ${new Date().toLocaleTimeString()}`
-      : "No Canary exists; `skein apply` one to release a new version step by step (docs/resources.md).";
+    setStatus(status.id, items.length
+      ? `${items.length} rollouts`
+      : "No Canary exists; `skein apply` one to release a new version step by step (docs/resources.md).");
   } catch (e) {
-    status.className = "status error";
-    status.textContent = `Cannot read the rollouts: ${e.message}`;
+    setStatus(status.id, `Cannot read the rollouts: ${e.message}`, true);
   }
 }

@@ -53,6 +53,15 @@ export async function eachLine(r, each, after = () => {}) {
   }
 }
 
+/** Sets a status line's text and class, only if they changed: a live region announces
+ * every change, and a redraw that says the same thing again is not news. */
+export function setStatus(id, text, bad) {
+  const p = document.getElementById(id);
+  const cls = bad ? "status error" : "status";
+  if (p.className !== cls) p.className = cls;
+  if (p.textContent !== text) p.textContent = text;
+}
+
 /** An HTML element with attributes (`class`, `data-*`, `aria-*`, …) and children
  * (elements or text). */
 export function el(tag, attrs = {}, ...children) {

@@ -7,7 +7,7 @@
 // in a table for screen readers and keyboards.
 
 import dagre from "./dagre.js";
-import { api, el, svg, fixed, percent, health, qualified, cell } from "./common.js";
+import { api, setStatus, el, svg, fixed, percent, health, qualified, cell } from "./common.js";
 import { serviceHref } from "./service.js";
 
 const NODE_HEIGHT = 34;
@@ -207,7 +207,10 @@ function detail() {
   const box = document.getElementById("map-detail");
   const e = view?.edges.find((x) => edgeId(x) === selected);
   if (!e) {
-    box.replaceChildren(el("p", {}, "Select an edge (click it, or Tab to it and press Enter) to see its signals."));
+    if (box.dataset.said !== "") {
+      box.dataset.said = "";
+      box.replaceChildren(el("p", {}, "Select an edge (click it, or Tab to it and press Enter) to see its signals."));
+    }
     return;
   }
   const rows = [
@@ -223,6 +226,10 @@ function detail() {
     ["Authorization", e.authorization],
     ["Denied", String(e.denied)],
   ];
+  // A live region: rebuilt only when what it says changed, not at every redraw.
+  const said = JSON.stringify([edgeId(e), rows]);
+  if (box.dataset.said === said) return;
+  box.dataset.said = said;
   box.replaceChildren(
     el("h2", { id: "map-detail-title" }, edgeId(e)),
     el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
@@ -239,12 +246,10 @@ export async function map() {
     draw(view, drawn.graph);
     table(view);
     detail();
-    status.className = "status";
-    status.textContent = view.nodes.length
-      ? `${view.nodes.length} nodes, ${view.edges.length} edges over the last ${view.window}, updated ${new Date().toLocaleTimeString()}`
-      : `No traffic in the last ${view.window}.`;
+    setStatus(status.id, view.nodes.length
+      ? `${view.nodes.length} nodes, ${view.edges.length} edges over the last ${view.window}`
+      : `No traffic in the last ${view.window}.`);
   } catch (e) {
-    status.className = "status error";
-    status.textContent = `Cannot read the map: ${e.message}`;
+    setStatus(status.id, `Cannot read the map: ${e.message}`, true);
   }
 }

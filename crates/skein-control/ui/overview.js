@@ -3,7 +3,7 @@
 // hour (uPlot, vendored), red where it was failing.
 
 import uPlot from "./uplot.js";
-import { api, cell, el, fixed, percent, trouble, qualified, FAILING_BELOW } from "./common.js";
+import { api, setStatus, cell, el, fixed, percent, trouble, qualified, FAILING_BELOW } from "./common.js";
 import { serviceHref } from "./service.js";
 
 /** Each service's sparkline, kept across refreshes and moved into its new row. */
@@ -100,12 +100,10 @@ export async function overview() {
         sparks.delete(key);
       }
     }
-    status.className = "status";
-    status.textContent = rows.length
-      ? `${rows.length} services, ${stat.window} window, updated ${new Date().toLocaleTimeString()}`
-      : "No service has reported traffic yet.";
+    setStatus(status.id, rows.length
+      ? `${rows.length} services, ${stat.window} window`
+      : "No service has reported traffic yet.");
   } catch (e) {
-    status.className = "status error";
-    status.textContent = `Cannot read the services: ${e.message}`;
+    setStatus(status.id, `Cannot read the services: ${e.message}`, true);
   }
 }

@@ -10,9 +10,18 @@ import { api, el, clock, fixed, percent, qualified, health, eachLine } from "./c
 
 /** The service shown, as [namespace, name], or null. */
 export function chosen() {
-  const [page, ns, name] = window.location.hash.slice(1).split("/");
-  if (page !== "service" || !ns || !name) return null;
-  return [decodeURIComponent(ns), decodeURIComponent(name)];
+  const [page, ns, name, ...more] = window.location.hash.slice(1).split("/");
+  if (page !== "service" || !ns || !name || more.length) return null;
+  // Names are DNS labels (namespaces) and subdomains (services): anything else is no
+  // service, and never becomes part of an API path.
+  const label = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+  const subdomain = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+  try {
+    const which = [decodeURIComponent(ns), decodeURIComponent(name)];
+    return label.test(which[0]) && subdomain.test(which[1]) && !which[1].includes("..") ? which : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The address of a service's page. */
@@ -324,7 +333,7 @@ export async function service() {
       ),
     );
     status.className = "status";
-    status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    status.textContent = "";
   } catch (e) {
     status.className = "status error";
     status.textContent = `Cannot read ${key}: ${e.message}`;

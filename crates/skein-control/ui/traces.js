@@ -3,7 +3,7 @@
 // `skein why` shows it). Every span a proxy recorded carries its request's ID, so a
 // waterfall's span leads to its explanation.
 
-import { api, el, svg, clock, fixed } from "./common.js";
+import { api, setStatus, el, svg, clock, fixed } from "./common.js";
 
 /** The trace whose waterfall shows, kept across refreshes. */
 let open = null;
@@ -26,11 +26,7 @@ function listPath() {
   return `/api/v1/traces?${q}`;
 }
 
-function say(id, text, bad) {
-  const p = document.getElementById(id);
-  p.className = bad ? "status error" : "status";
-  p.textContent = text;
-}
+const say = setStatus;
 
 /** Spans in waterfall order: each after its parent, siblings by start; with depth. */
 export function ordered(spans) {
@@ -181,7 +177,7 @@ export async function traces() {
       );
       if (focused) body.querySelector(`button[data-trace="${CSS.escape(focused)}"]`)?.focus();
     }
-    say("traces-status", `${list.traces.length} shown of ${list.kept} kept, updated ${new Date().toLocaleTimeString()}`);
+    say("traces-status", `${list.traces.length} shown of ${list.kept} kept`);
     if (open && !document.getElementById("trace-title")) showTrace(open);
   } catch (e) {
     say("traces-status", `Cannot read the traces: ${e.message}`, true);

@@ -796,6 +796,30 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
         "{paths:?}"
     );
 
+    // Policies: the mesh denies by default; the traffic generator is the denied caller;
+    // the suggestion is YAML ready to copy, allowing what the traffic used.
+    assert_eq!(seen["policies_default"][0], "deny", "{seen}");
+    let listed = seen["policies_listed"].as_array().unwrap();
+    for p in ["default/frontend", "default/restaurant", "default/ledger"] {
+        assert!(listed.iter().any(|l| l == p), "{p} not listed: {listed:?}");
+    }
+    let denied_callers = seen["policies_denied"].as_array().unwrap();
+    assert!(
+        denied_callers
+            .iter()
+            .any(|d| d[0] == "default/traffic" && d[1] == "default/restaurant" && d[3] == "0"),
+        "{denied_callers:?}"
+    );
+    let yaml = seen["policies_yaml"].as_str().unwrap();
+    assert!(
+        yaml.contains("kind: AuthorizationPolicy") && yaml.contains("frontend"),
+        "{yaml}"
+    );
+    assert!(
+        !seen["policies_copied"].as_str().unwrap().is_empty(),
+        "{seen}"
+    );
+
     // A viewer's buttons are disabled, and the API refuses what a viewer tries.
     let buttons = seen["viewer_buttons"].as_array().unwrap();
     assert_eq!(buttons.len(), 3, "{seen}");
@@ -858,6 +882,7 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
         "tap",
         "traces",
         "service",
+        "policies",
         "viewer_canaries",
         "canaries",
     ] {
@@ -868,7 +893,7 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
         );
     }
     for page in [
-        "login", "overview", "map", "tap", "traces", "service", "canaries",
+        "login", "overview", "map", "tap", "traces", "service", "policies", "canaries",
     ] {
         let keyboard = &seen[format!("{page}_keyboard")];
         let reached: Vec<&serde_json::Value> =
@@ -911,6 +936,7 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
         "tap",
         "traces",
         "service",
+        "policies",
         "canaries-viewer",
         "canaries",
         "canaries-promoted",

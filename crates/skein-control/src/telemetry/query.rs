@@ -229,30 +229,46 @@ impl<const N: usize, V> Rows<N, V> {
 
     /// The row of `key`, made with `new` if there is none.
     fn get(&mut self, key: [&Label; N], new: impl FnOnce() -> V) -> &mut V {
+        let i = self.find(key, usize::MAX, new);
+        &mut self.rows[i.unwrap_or_default()].1
+    }
+
+    /// The row of `key`, made with `new` if there is none and fewer than `most` rows;
+    /// `None` when there is no room for it.
+    fn get_within(
+        &mut self,
+        key: [&Label; N],
+        most: usize,
+        new: impl FnOnce() -> V,
+    ) -> Option<&mut V> {
+        let i = self.find(key, most, new)?;
+        Some(&mut self.rows[i].1)
+    }
+
+    /// The index of `key`'s row, made if there is room.
+    fn find(&mut self, key: [&Label; N], most: usize, new: impl FnOnce() -> V) -> Option<usize> {
         let same = |row: &[Label; N]| row.iter().zip(key).all(|(a, b)| Arc::ptr_eq(a, b));
         let hit = self
             .recent
             .iter()
             .copied()
             .find(|&i| self.rows.get(i).is_some_and(|(k, _)| same(k)));
-        let i = match hit {
-            Some(i) => i,
+        if hit.is_some() {
+            return hit;
+        }
+        let owned = key.map(Label::clone);
+        let i = match self.index.get(&owned) {
+            Some(&i) => i,
+            None if self.rows.len() >= most => return None,
             None => {
-                let owned = key.map(Label::clone);
-                let i = match self.index.get(&owned) {
-                    Some(&i) => i,
-                    None => {
-                        self.rows.push((owned.clone(), new()));
-                        self.index.insert(owned, self.rows.len() - 1);
-                        self.rows.len() - 1
-                    }
-                };
-                self.recent[self.next] = i;
-                self.next = (self.next + 1) % RECENT;
-                i
+                self.rows.push((owned.clone(), new()));
+                self.index.insert(owned, self.rows.len() - 1);
+                self.rows.len() - 1
             }
         };
-        &mut self.rows[i].1
+        self.recent[self.next] = i;
+        self.next = (self.next + 1) % RECENT;
+        Some(i)
     }
 
     /// The rows, sorted by key.
@@ -534,13 +550,21 @@ pub struct SeriesRow {
 /// `GET /api/v1/series/KIND`: every row's signals over a window in steps.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Series {
-    /// Unix second each step starts at, oldest first; the last step is the one under way.
+    /// Unix second each step starts at, oldest first. Only whole 10 s slots count: the
+    /// window ends where the slot under way begins (its summaries are still arriving).
     pub t: Vec<i64>,
     /// Seconds per step (a multiple of the 10 s slot).
     pub step_seconds: i64,
-    /// One per service, workload or route with traffic in the window, sorted.
+    /// One per service, workload or route with traffic in the window, sorted; at most
+    /// [`MAX_SERIES_ROWS`].
     pub rows: Vec<SeriesRow>,
+    /// Whether rows beyond [`MAX_SERIES_ROWS`] were left out (ask for one by name).
+    pub truncated: bool,
 }
+
+/// Rows a series answers at most: each holds a histogram per step, so the bound keeps
+/// one answer's memory in tens of megabytes, whatever the labels proxies report.
+pub const MAX_SERIES_ROWS: usize = 500;
 
 /// `x` rounded to `digits` decimals: charts need no more, and the answer stays small.
 fn round(x: f64, digits: i32) -> f64 {
@@ -549,9 +573,10 @@ fn round(x: f64, digits: i32) -> f64 {
 }
 
 impl Central {
-    /// Rows of `kind` (only `namespace`/`name` if given) over `window` ending `now`, in
-    /// steps of `step` (rounded up to whole 10 s slots). A step's rate divides by the part
-    /// of it that has passed and that its proxies' reports cover.
+    /// Rows of `kind` (only `namespace`/`name` if given) over the `window` of whole slots
+    /// ending where the slot under way at `now` begins, in steps of `step` (rounded up to
+    /// whole 10 s slots). A step's rate divides by the part of it in the window that its
+    /// proxies' reports cover.
     pub fn series(
         &self,
         kind: StatKind,
@@ -560,13 +585,14 @@ impl Central {
         step: Duration,
         now: i64,
     ) -> Series {
-        let start = window_start(now, window);
+        let end = now - now.rem_euclid(SLOT_SECS);
+        let start = window_start(end - 1, window);
         let step_seconds = step
             .as_secs()
             .clamp(SLOT_SECS as u64, MAX_WINDOW.as_secs())
             .next_multiple_of(SLOT_SECS as u64) as i64;
-        let current = now - now.rem_euclid(SLOT_SECS);
-        let steps = ((current - start) / step_seconds + 1).max(1) as usize;
+        let steps = ((end - start + step_seconds - 1) / step_seconds).max(1) as usize;
+        let mut truncated = false;
         let empty = Label::from("");
         let wanted = |[ns, name]: &[&Label; 2]| {
             let ns = match kind {
@@ -581,21 +607,25 @@ impl Central {
             let Ok(i) = usize::try_from((slot.start - start) / step_seconds) else {
                 return;
             };
-            if i >= steps {
+            if i >= steps || slot.start >= end {
                 return;
             }
             for (k, v) in &slot.requests {
                 if let Some((at, service)) =
                     request_row(kind, proxy, k, &empty).filter(|r| wanted(&r.0))
                 {
-                    let row = rows.get(at, || (service.cloned(), fresh()));
-                    row.1[i].from(proxy).request(k, v);
+                    match rows.get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh())) {
+                        Some(row) => row.1[i].from(proxy).request(k, v),
+                        None => truncated = true,
+                    }
                 }
             }
             for (k, v) in &slot.tcp {
                 if let Some((at, service)) = tcp_row(kind, proxy, k).filter(|r| wanted(&r.0)) {
-                    let row = rows.get(at, || (service.cloned(), fresh()));
-                    row.1[i].from(proxy).connection(k, v);
+                    match rows.get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh())) {
+                        Some(row) => row.1[i].from(proxy).connection(k, v),
+                        None => truncated = true,
+                    }
                 }
             }
         });
@@ -619,7 +649,7 @@ impl Central {
                 };
                 for (acc, &from) in accs.iter().zip(&t) {
                     let begin = acc.covered_since.map_or(from, |c| c.max(from));
-                    let secs = ((from + step_seconds).min(now) - begin).max(1) as f64;
+                    let secs = ((from + step_seconds).min(end) - begin).max(1) as f64;
                     let ms = |q| {
                         acc.latency
                             .quantile(q)
@@ -642,6 +672,7 @@ impl Central {
             t,
             step_seconds,
             rows,
+            truncated,
         }
     }
 }

@@ -492,6 +492,7 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
         let db = summary(i + 1, vec![requests(true, "api", "db", 200, 1, 1)]);
         c.ingest(&reporter("db-1", "db"), &db, at).unwrap();
     }
+    // Five seconds into the twelfth slot: the window is the six whole slots before it.
     let now = t0 + 11 * SLOT_SECS + 5;
     let window = Duration::from_secs(60);
     let s = c.series(
@@ -502,21 +503,23 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
         now,
     );
     assert_eq!(s.step_seconds, 20);
-    assert_eq!(s.t.len(), 3, "60 s in 20 s steps: {:?}", s.t);
-    assert_eq!(s.t[2], t0 + 100, "the last step is the one under way");
-    assert_eq!(s.t[1] - s.t[0], 20);
+    assert_eq!(
+        s.t,
+        [t0 + 50, t0 + 70, t0 + 90],
+        "60 s of whole slots in 20 s steps, ending where the slot under way begins"
+    );
+    assert!(!s.truncated);
     let names: Vec<&str> = s.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["api", "db"], "sorted");
     let api = &s.rows[0];
-    // Whole steps: 40 requests in 20 s; the step under way: 40 in the 15 s passed.
-    assert_eq!(api.rps, [2.0, 2.0, 2.667]);
-    assert_eq!(api.success_rate, [Some(0.75); 3]);
+    // 40 requests in each 20 s step; failures from the seventh slot (t0 + 60) on.
+    assert_eq!(api.rps, [2.0, 2.0, 2.0]);
+    assert_eq!(api.success_rate, [Some(0.875), Some(0.75), Some(0.75)]);
     assert!(api.p99_ms.iter().all(|p| p.is_some()));
     assert_eq!(api.tcp_connections, [0, 0, 0]);
-    // The steps add up to what `skein stat` says for the same window.
-    let stat = &c.stat(StatKind::Services, Some("api"), window, now)[0];
-    let summed: f64 = api.rps[..2].iter().map(|r| r * 20.0).sum::<f64>() + api.rps[2] * 15.0;
-    assert_eq!(summed as u64, stat.signals.requests);
+    // The slot under way is not in it: what its summaries said so far would read low.
+    let summed: f64 = api.rps.iter().map(|r| r * 20.0).sum();
+    assert_eq!(summed as u64, 6 * 20, "six whole slots of 20 requests");
 
     // One row, asked for by name; a step is never finer than the slot.
     let one = c.series(
@@ -530,6 +533,7 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
     assert_eq!(one.rows.len(), 1);
     assert_eq!(one.rows[0].name, "db");
     assert_eq!(one.t.len(), 6);
+    assert_eq!(one.rows[0].rps, [0.1; 6], "one request a slot");
     assert!(c
         .series(
             StatKind::Services,
@@ -549,4 +553,29 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
         now,
     );
     assert_eq!(workloads.rows[0].service.as_deref(), Some("api"));
+}
+
+#[test]
+fn a_series_answers_a_bounded_number_of_rows() {
+    use super::query::MAX_SERIES_ROWS;
+    let c = Central::default();
+    let t0 = 9_500_000;
+    for i in 0..=MAX_SERIES_ROWS {
+        let name = format!("svc-{i}");
+        let s = summary(1, vec![requests(true, "web", &name, 200, 1, 1)]);
+        c.ingest(&reporter(&format!("{name}-1"), &name), &s, t0)
+            .unwrap();
+    }
+    let s = c.series(StatKind::Services, (None, None), MIN, MIN, t0 + SLOT_SECS);
+    assert_eq!(s.rows.len(), MAX_SERIES_ROWS);
+    assert!(s.truncated, "says that rows were left out");
+    let one = c.series(
+        StatKind::Services,
+        (None, Some("svc-77")),
+        MIN,
+        MIN,
+        t0 + SLOT_SECS,
+    );
+    assert_eq!(one.rows.len(), 1, "one asked for by name is always there");
+    assert!(!one.truncated);
 }

@@ -30,6 +30,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("tap.js", JS, include_str!("../../ui/tap.js")),
     ("traces.js", JS, include_str!("../../ui/traces.js")),
     ("service.js", JS, include_str!("../../ui/service.js")),
+    ("policies.js", JS, include_str!("../../ui/policies.js")),
     ("dagre.js", JS, include_str!("../../ui/vendor/dagre.js")),
     ("uplot.js", JS, include_str!("../../ui/vendor/uplot.js")),
     ("uplot.css", CSS, include_str!("../../ui/vendor/uplot.css")),

@@ -4,10 +4,14 @@
 //! summaries the control plane has taken in (signals); the page redraws what it shows
 //! when either moved, instead of asking every few seconds whether anything did.
 //!
-//! The control plane looks once a second and sends an event only when a number moved,
-//! plus a comment every 15 s that keeps idle connections open through proxies and shows
-//! a closed one. At most [`MAX_WATCHERS`] streams are open at once (a page falls back to
-//! polling when refused).
+//! The control plane looks at the store's revision once a second and at the telemetry
+//! count every [`TELEMETRY_EVERY`] seconds (proxies report every few seconds: a page
+//! redrawn each time would ask more than one that polls), and sends an event only when a
+//! number moved, plus a comment every 15 s that keeps idle connections open through
+//! proxies and shows a closed one. A stream ends after [`LOOKS`] looks, and the browser
+//! opens it again with the credential it has then, so a revoked token or an ended session
+//! stops being told within minutes. At most [`MAX_WATCHERS`] streams are open at once
+//! (a page polls when refused, and tries the stream again a minute later).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,8 +19,14 @@ use std::sync::Arc;
 /// Streams open at once, for every credential together.
 pub const MAX_WATCHERS: usize = 64;
 
-/// How often the numbers are looked at.
+/// How often the store's revision is looked at.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every how many looks the telemetry count is read.
+pub const TELEMETRY_EVERY: u64 = 5;
+
+/// Looks before a stream ends (five minutes).
+pub const LOOKS: u64 = 300;
 
 /// What a `change` event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -300,6 +300,22 @@ try:
     report["service_keyboard"] = keyboard()
     shot("service")
 
+    # Policies: deny by default, the caller authorization denied, and the suggested
+    # policies ready to copy.
+    open_page("policies", "#policies-yaml")
+    WebDriverWait(driver, 20).until(lambda d: "AuthorizationPolicy" in d.find_element(By.ID, "policies-yaml").text)
+    default = driver.find_element(By.ID, "policies-default")
+    report["policies_default"] = [default.get_attribute("data-policy"), default.text]
+    report["policies_listed"] = [r[0] for r in rows("#policies-list")]
+    report["policies_denied"] = rows("#policies-denied")
+    report["policies_yaml"] = driver.find_element(By.ID, "policies-yaml").text
+    driver.find_element(By.ID, "policies-copy").click()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "policies-copied").text)
+    report["policies_copied"] = driver.find_element(By.ID, "policies-copied").text
+    report["policies_axe"] = axe()
+    report["policies_keyboard"] = keyboard()
+    shot("policies")
+
     # A change from the page, as a viewer, with the header the dashboard sends: the API's
     # answer.
     report["viewer_change"] = driver.execute_async_script(
