@@ -57,13 +57,23 @@ function spark(key, t, row) {
   return holder;
 }
 
+/** The hour of series the sparklines draw, and when it was read: its steps are minutes,
+ * so it is read again once a minute, not at every redraw (an hour over 200 services is
+ * the costliest query the page makes). */
+let lastHour = { at: 0, series: null };
+const HOUR_EVERY_MS = 60000;
+
+async function hour() {
+  if (!lastHour.series || Date.now() - lastHour.at >= HOUR_EVERY_MS) {
+    lastHour = { at: Date.now(), series: await api("/api/v1/series/services?window=1h") };
+  }
+  return lastHour.series;
+}
+
 export async function overview() {
   const status = document.getElementById("overview-status");
   try {
-    const [stat, series] = await Promise.all([
-      api("/api/v1/stat/services?window=1m"),
-      api("/api/v1/series/services?window=1h"),
-    ]);
+    const [stat, series] = await Promise.all([api("/api/v1/stat/services?window=1m"), hour()]);
     const history = new Map(series.rows.map((r) => [qualified(r.namespace, r.name), r]));
     const body = document.querySelector("#services tbody");
     const rows = [...stat.rows].sort((a, b) =>
