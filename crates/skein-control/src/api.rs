@@ -35,9 +35,9 @@
 //! POST   /api/v1/ca/rotate                  runs a root rotation; streams progress lines
 //! POST   /api/v1/policy/check               body: {"from", "to", "port"?, "method"?, "path"?, …}
 //!                                           → the decision a proxy would make
-//! GET    /api/v1/stat/{services|workloads|routes}[?name=N&window=1m]
+//! GET    /api/v1/stat/{services|workloads|routes|rules}[?name=N&window=1m]
 //!                                           golden signals per row over the window
-//! GET    /api/v1/series/{services|workloads|routes}[?window=1h&step=1m&namespace=&name=]
+//! GET    /api/v1/series/{services|workloads|routes|rules}[?window=1h&step=1m&namespace=&name=]
 //!                                           the same signals in steps, as columns (at most
 //!                                           60 steps and 500 rows)
 //! GET    /api/v1/endpoints/{namespace}/{name} the workloads a Service selects, connected,

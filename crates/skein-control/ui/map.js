@@ -68,6 +68,7 @@ function describe(e) {
   if (e.tcp_connections > 0) said.push(`${e.tcp_connections} TCP connections`);
   said.push(e.mtls === true ? "mutual TLS" : e.mtls === false ? "not mutual TLS" : "no traffic");
   said.push(e.authorization === "allowed" ? "allowed" : `${e.authorization} (${e.denied} requests denied)`);
+  if (e.audited > 0) said.push(`${e.audited} audited (would be denied)`);
   return said.join(", ");
 }
 
@@ -225,6 +226,7 @@ function detail() {
     ["Mutual TLS", e.mtls === true ? "yes" : e.mtls === false ? "no" : "–"],
     ["Authorization", e.authorization],
     ["Denied", String(e.denied)],
+    ["Audited (would be denied)", String(e.audited)],
   ];
   // A live region: rebuilt only when what it says changed, not at every redraw.
   const said = JSON.stringify([edgeId(e), rows]);

@@ -1,5 +1,5 @@
 // Policies: whether the mesh denies by default, the AuthorizationPolicies of a namespace,
-// the callers authorization denied (and, in an audited mesh, what it would deny), and the
+// the callers authorization denied, what it only audited (would-be denials), and the
 // least-privilege policies the observed traffic suggests, ready to copy and apply
 // (`skein policy suggest` gives the same).
 
@@ -70,6 +70,22 @@ export async function policies() {
       ),
     );
     document.getElementById("policies-denied-none").hidden = denied.length > 0;
+
+    const audited = edges.rows.filter((e) => e.audited > 0 && e.dst_namespace === ns);
+    document.querySelector("#policies-audited tbody").replaceChildren(
+      ...audited.map((e) =>
+        el(
+          "tr",
+          { "data-edge": `${qualified(e.src_namespace, e.src)} → ${qualified(e.dst_namespace, e.dst)}` },
+          el("td", {}, qualified(e.src_namespace, e.src)),
+          el("td", {}, qualified(e.dst_namespace, e.dst)),
+          el("td", { class: "num warn" }, String(e.audited)),
+          el("td", { class: "num" }, String(e.requests)),
+          el("td", { class: "num" }, String(e.tcp_connections)),
+        ),
+      ),
+    );
+    document.getElementById("policies-audited-none").hidden = audited.length > 0;
 
     if (suggestion.yaml !== suggested) {
       suggested = suggestion.yaml;

@@ -164,7 +164,7 @@ export async function service() {
   tapStart(ns, name);
   try {
     const q = (o) => new URLSearchParams(o).toString();
-    const [svc, endpoints, series, workloads, edges, routes, policies, routeStats] = await Promise.all([
+    const [svc, endpoints, series, workloads, edges, routes, policies, ruleStats] = await Promise.all([
       api(`/api/v1/resources/services/${encodeURIComponent(name)}?${q({ namespace: ns })}`),
       api(`/api/v1/endpoints/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`),
       api(`/api/v1/series/services?${q({ window: span, namespace: ns, name })}`),
@@ -172,7 +172,7 @@ export async function service() {
       api(`/api/v1/edges?${q({ window: span, service: name })}`),
       api(`/api/v1/resources/httproutes?${q({ namespace: ns })}`),
       api(`/api/v1/resources/authorizationpolicies?${q({ namespace: ns })}`),
-      api(`/api/v1/stat/routes?${q({ window: span })}`),
+      api(`/api/v1/stat/rules?${q({ window: span })}`),
     ]);
     const host = document.getElementById("service-body");
     if (drawnKey !== key) {
@@ -252,29 +252,31 @@ export async function service() {
       ),
     );
 
-    // Routes attached to the service, each rule in words, with the route's traffic.
+    // Routes attached to the service, each rule in words, with the rule's traffic.
     const mine = routes.items.filter((r) => attached(r, ns, name));
-    const byRoute = new Map(routeStats.rows.map((r) => [r.name, r]));
+    const byRule = new Map(ruleStats.rows.filter((r) => r.rule !== undefined).map((r) => [`${r.name}#${r.rule}`, r]));
     document.getElementById("svc-routes").replaceChildren(
       mine.length
         ? table(
             "svc-route-table",
-            `HTTPRoutes attached to ${key}; traffic is per route (what callers sent through it over the last ${span})`,
-            ["Route", "Rule", "Matches", "Backends (weight)", "Requests/s", "Success"],
+            `HTTPRoutes attached to ${key}, rule by rule, with what callers sent through each rule over the last ${span}`,
+            ["Route", "Rule", "Matches", "Backends (weight)", "Requests/s", "Success", "p99"],
             mine.flatMap((r) => {
-              const s = byRoute.get(`${r.metadata.namespace}/${r.metadata.name}`);
-              return (r.spec.rules || []).map((rule, i) =>
-                el(
+              const route = `${r.metadata.namespace}/${r.metadata.name}`;
+              return (r.spec.rules || []).map((rule, i) => {
+                const s = byRule.get(`${route}#${i}`);
+                return el(
                   "tr",
-                  {},
+                  { "data-rule": `${route}#${i}` },
                   el("td", {}, i === 0 ? `${r.metadata.namespace}/${r.metadata.name}` : ""),
                   el("td", { class: "num" }, String(i)),
                   el("td", {}, matches(rule)),
                   el("td", {}, (rule.backendRefs || []).map((b) => `${b.name} (${b.weight ?? 1})`).join(", ") || "–"),
-                  el("td", { class: "num" }, i === 0 && s ? fixed(s.rps, 1) : ""),
-                  el("td", { class: "num" }, i === 0 && s ? percent(s.success_rate) : ""),
-                ),
-              );
+                  el("td", { class: "num" }, s ? fixed(s.rps, 1) : "–"),
+                  el("td", { class: `num ${s && health(s.success_rate) === "failing" ? "bad" : ""}` }, s ? percent(s.success_rate) : "–"),
+                  el("td", { class: "num" }, s && s.p99_ms !== null ? `${fixed(s.p99_ms, 1)} ms` : "–"),
+                );
+              });
             }),
           )
         : el("p", {}, "No HTTPRoute is attached: every request goes to the service's own workloads."),
@@ -293,8 +295,8 @@ export async function service() {
       ),
       table(
         "svc-callers",
-        `What authorization decided for each caller over the last ${span}`,
-        ["Caller", "Requests", "Allowed", "Denied", "Mutual TLS", "Success"],
+        `What authorization decided for each caller over the last ${span} (audited: let through only because authorization audits; deny would refuse them)`,
+        ["Caller", "Requests", "Allowed", "Denied", "Audited", "Connections", "Mutual TLS", "Success"],
         edges.rows
           .filter((e) => e.dst === name && e.dst_namespace === ns)
           .map((e) =>
@@ -305,6 +307,8 @@ export async function service() {
               el("td", { class: "num" }, String(e.requests)),
               el("td", { class: "num" }, String(e.requests - e.denied)),
               el("td", { class: `num ${e.denied ? "bad" : ""}` }, String(e.denied)),
+              el("td", { class: `num ${e.audited ? "warn" : ""}` }, String(e.audited)),
+              el("td", { class: "num" }, String(e.tcp_connections)),
               el("td", {}, e.mtls === true ? "yes" : e.mtls === false ? "no" : "–"),
               el("td", { class: "num" }, percent(e.success_rate)),
             ),

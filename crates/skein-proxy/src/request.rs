@@ -50,8 +50,9 @@ pub struct Record {
     pub endpoint: Option<SocketAddr>,
     /// Tries made.
     pub attempts: u32,
-    /// What authorization let through (inbound), for `skein policy suggest`.
-    pub pathway: Option<(u16, &'static str, Label)>,
+    /// What authorization let through (inbound), for `skein policy suggest` and the
+    /// audited counts.
+    pub pathway: Option<crate::telemetry::Pathway>,
     /// Method and path, kept only while a tap is in force.
     pub tap: Option<crate::telemetry::tap::Seen>,
     /// Request body bytes read so far (counted only when the request is recorded).
@@ -443,13 +444,16 @@ impl End {
         if !rec.recorded {
             return;
         }
-        if let Some((port, method, prefix)) = &rec.pathway {
-            telemetry.pathway(crate::telemetry::PathwayKey {
-                src: rec.src.clone(),
-                port: *port,
-                method,
-                prefix: prefix.clone(),
-            });
+        if let Some(p) = &rec.pathway {
+            telemetry.pathway(
+                crate::telemetry::PathwayKey {
+                    src: rec.src.clone(),
+                    port: p.port,
+                    method: p.method,
+                    prefix: p.prefix.clone(),
+                },
+                p.audited,
+            );
         }
         let duration = rec.started.elapsed();
         let request_bytes = rec.body_bytes();

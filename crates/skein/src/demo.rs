@@ -236,6 +236,9 @@ async fn run_in(
             PROBE_EVERY.as_secs()
         );
         println!(
+            "            ledger-audit dry-runs cutting frontend off the ledger: its connections pass, counted as audited (would-be denials)"
+        );
+        println!(
             "            try: skein policy check --from traffic --to restaurant --server {} --data-dir {}",
             control.http,
             dir.join("control").display()
@@ -374,8 +377,9 @@ fn proxy_config(w: &Workload, ip: &dyn Fn(&Workload) -> IpAddr, canary: bool) ->
     yaml
 }
 
-/// The mesh's resources, applied to the demo's control plane: deny by default, and one
-/// AuthorizationPolicy per pathway the sample application uses.
+/// The mesh's resources, applied to the demo's control plane: deny by default, one
+/// AuthorizationPolicy per pathway the sample application uses, and an audit policy that
+/// dry-runs taking one away (what the dashboard's audited counts show).
 pub(crate) const RESOURCES: &str = "
 apiVersion: skein.dev/v1alpha1
 kind: Mesh
@@ -396,6 +400,11 @@ apiVersion: skein.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: ledger}
 spec: {targetRef: {name: ledger}, rules: [{from: [{service: frontend}]}]}
+---
+apiVersion: skein.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ledger-audit}
+spec: {targetRef: {name: ledger}, action: audit, rules: [{from: [{service: frontend}]}]}
 ---
 apiVersion: skein.dev/v1alpha1
 kind: Service

@@ -148,13 +148,14 @@ enum Command {
     /// Authorization: ask whether a caller may reach a service, without sending traffic.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Golden signals per service, workload or route, from every proxy's reports.
+    /// Golden signals per service, workload, route or route rule, from every proxy's
+    /// reports.
     ///
     /// Success rate, requests per second and latency percentiles (to response headers)
     /// over a window, merged across all replicas; TCP connections. Services and
-    /// workloads as their own proxies saw them, routes as their callers did.
+    /// workloads as their own proxies saw them, routes and rules as their callers did.
     Stat {
-        /// services, workloads or routes.
+        /// services, workloads, routes or rules.
         kind: String,
         /// Only this service, workload or route (`namespace/name` for routes).
         name: Option<String>,

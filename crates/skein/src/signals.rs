@@ -18,7 +18,7 @@ pub enum Output {
     Json,
 }
 
-/// `skein stat services|workloads|routes [NAME] [--window 1m]`.
+/// `skein stat services|workloads|routes|rules [NAME] [--window 1m]`.
 pub async fn stat(
     target: &Target,
     kind: &str,
@@ -37,9 +37,13 @@ pub async fn stat(
         return Ok(());
     };
     let by_service = rows.iter().any(|r| r.get("service").is_some());
+    let by_rule = rows.iter().any(|r| r.get("rule").is_some());
     let mut headers = vec!["NAMESPACE", "NAME"];
     if by_service {
         headers.push("SERVICE");
+    }
+    if by_rule {
+        headers.push("RULE");
     }
     headers.extend([
         "SUCCESS",
@@ -53,6 +57,7 @@ pub async fn stat(
         headers.extend([
             "REQUESTS",
             "DENIED",
+            "AUDITED",
             "RETRIES",
             "MTLS",
             "READ_BYTES",
@@ -65,6 +70,9 @@ pub async fn stat(
             let mut row = vec![text(&r["namespace"]), text(&r["name"])];
             if by_service {
                 row.push(text(&r["service"]));
+            }
+            if by_rule {
+                row.push(text(&r["rule"]));
             }
             row.extend(signals(r, output == Output::Wide));
             row
@@ -123,7 +131,7 @@ pub async fn edges(
         "TCP_CONN",
     ];
     if output == Output::Wide {
-        headers.extend(["REQUESTS", "RETRIES", "TCP_SENT", "TCP_RECEIVED"]);
+        headers.extend(["REQUESTS", "AUDITED", "RETRIES", "TCP_SENT", "TCP_RECEIVED"]);
     }
     let table: Vec<Vec<String>> = rows
         .iter()
@@ -141,6 +149,7 @@ pub async fn edges(
             if output == Output::Wide {
                 row.extend([
                     text(&r["requests"]),
+                    text(&r["audited"]),
                     text(&r["retries"]),
                     text(&r["tcp_sent_bytes"]),
                     text(&r["tcp_received_bytes"]),
@@ -461,6 +470,9 @@ fn edge_label(e: &Value) -> String {
     if e["denied"].as_u64().unwrap_or(0) > 0 {
         parts.push(format!("{} denied", text(&e["denied"])));
     }
+    if e["audited"].as_u64().unwrap_or(0) > 0 {
+        parts.push(format!("{} audited", text(&e["audited"])));
+    }
     parts.join(", ")
 }
 
@@ -588,6 +600,7 @@ fn signals(r: &Value, wide: bool) -> Vec<String> {
         out.extend([
             text(&r["requests"]),
             text(&r["denied"]),
+            text(&r["audited"]),
             text(&r["retries"]),
             mtls(&r["mtls"]),
             sum("request_bytes", "tcp_sent_bytes"),
@@ -730,13 +743,13 @@ mod tests {
         assert_eq!(millis(&json!(1.234)), "1.23ms");
         assert_eq!(mtls(&json!(true)), "√");
         let row = json!({"success_rate": 1.0, "rps": 2.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
-            "tcp_connections": 0, "requests": 120, "denied": 0, "retries": 1, "mtls": true,
+            "tcp_connections": 0, "requests": 120, "denied": 0, "audited": 3, "retries": 1, "mtls": true,
             "request_bytes": 10, "tcp_sent_bytes": 5, "response_bytes": 7, "tcp_received_bytes": 0});
         assert_eq!(
             signals(&row, true),
             [
-                "100.00%", "2.0", "1.00ms", "2.00ms", "3.00ms", "0", "120", "0", "1", "√", "15",
-                "7"
+                "100.00%", "2.0", "1.00ms", "2.00ms", "3.00ms", "0", "120", "0", "3", "1", "√",
+                "15", "7"
             ]
         );
     }

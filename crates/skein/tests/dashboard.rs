@@ -795,6 +795,16 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
         paths.iter().any(|p| p[0] == "GET" && p[1] == "/menu"),
         "{paths:?}"
     );
+    // The release's HTTPRoute, rule by rule, with the traffic through its rule.
+    let rules = seen["service_rules"].as_array().unwrap();
+    let first = rules
+        .iter()
+        .find(|r| r[0] == "default/restaurant" && r[1] == "0")
+        .unwrap_or_else(|| panic!("no rule 0 of default/restaurant: {rules:?}"));
+    assert!(
+        first[4].as_str().unwrap().parse::<f64>().unwrap_or(0.0) > 0.0,
+        "traffic through the rule: {first}"
+    );
 
     // Policies: the mesh denies by default; the traffic generator is the denied caller;
     // the suggestion is YAML ready to copy, allowing what the traffic used.
@@ -809,6 +819,18 @@ fn judge_browser_run(seen: &serde_json::Value, url: &str, origin: &str, shots: &
             .iter()
             .any(|d| d[0] == "default/traffic" && d[1] == "default/restaurant" && d[3] == "0"),
         "{denied_callers:?}"
+    );
+    // The demo's audit policy dry-runs cutting the frontend off the ledger: each of its
+    // connections passed and was counted as audited.
+    let audited = seen["policies_audited"].as_array().unwrap();
+    let ledger = audited
+        .iter()
+        .find(|a| a[0] == "default/frontend" && a[1] == "default/ledger")
+        .unwrap_or_else(|| panic!("no audited frontend → ledger: {audited:?}"));
+    let count = |i: usize| ledger[i].as_str().unwrap().parse::<u64>().unwrap_or(0);
+    assert!(
+        count(2) > 0 && count(4) > 0,
+        "audited TCP connections: {ledger}"
     );
     let yaml = seen["policies_yaml"].as_str().unwrap();
     assert!(

@@ -823,7 +823,7 @@ async fn stat_and_edges_show_exactly_what_the_proxies_saw() {
     assert!(
         refused
             .failed()
-            .contains("use services, workloads or routes"),
+            .contains("use services, workloads, routes or rules"),
         "{}",
         refused.failed()
     );
@@ -947,6 +947,30 @@ async fn suggested_policies_take_an_audited_mesh_to_deny_without_breaking_it() {
         !yaml.contains("intruder"),
         "only callers that called:\n{yaml}"
     );
+    // The control plane counts the would-be denials per caller, as the proxies did.
+    let mut edges = serde_json::Value::Null;
+    eventually(
+        "the audited counts reached the control plane",
+        SOON,
+        async || {
+            let out = cli(&control, d, &["edges", "--window", "10m", "-o", "json"]).await;
+            edges = serde_json::from_str(out.ok()).unwrap_or_default();
+            let audited = |dst: &str| {
+                edges["rows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["src"] == "web" && r["dst"] == dst)
+                    .and_then(|r| r["audited"].as_u64())
+                    .unwrap_or(0)
+            };
+            audited("api") >= 4 && audited("db") >= 1
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {edges}"));
+    let wide = cli(&control, d, &["edges", "--window", "10m", "-o", "wide"]).await;
+    assert!(wide.ok().contains("AUDITED"), "{}", wide.ok());
 
     // Apply it while still auditing: the observed traffic raises no more audits.
     apply_and_wait(&control, d, &yaml, &api_proxy, 1, PolicyAction::Audit).await;

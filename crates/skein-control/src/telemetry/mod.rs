@@ -42,6 +42,9 @@ pub const MAX_VALUES: usize = 8192;
 /// The histogram layout this control plane reads (`skein_model::latency`).
 pub const BUCKET_LAYOUT: u32 = 1;
 
+/// Rules an HTTPRoute has at most: a rule index a proxy reports at or past it is dropped.
+pub const MAX_RULES: usize = skein_model::resource::MAX_RULES;
+
 /// What excess or unknown label values fold into.
 pub const OTHER: &str = "other";
 
@@ -89,6 +92,8 @@ pub struct ReqKey {
     pub dst: Who,
     /// The HTTPRoute, or empty.
     pub route: Label,
+    /// The route's rule (outbound series through a route), below [`MAX_RULES`].
+    pub rule: Option<u8>,
     /// The HTTP status (a class × 100 when the proxy folded it).
     pub status: u16,
     /// The gRPC status, for gRPC.
@@ -200,6 +205,16 @@ impl ReqAgg {
     }
 }
 
+/// A pathway's counts in one slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathAgg {
+    /// Requests and tunnels along it.
+    pub count: u64,
+    /// Of them, those let through only because authorization is auditing (would-be
+    /// denials).
+    pub audited: u64,
+}
+
 /// A TCP series' values in one slot.
 #[derive(Debug, Clone, Default)]
 pub struct TcpAgg {
@@ -235,7 +250,7 @@ pub struct Slot {
     /// TCP edge series.
     pub tcp: HashMap<TcpKey, TcpAgg>,
     /// Pathways authorization let through, with their counts.
-    pub pathways: HashMap<PathKey, u64>,
+    pub pathways: HashMap<PathKey, PathAgg>,
 }
 
 impl Slot {
@@ -496,6 +511,10 @@ impl Central {
                 src,
                 dst,
                 route: self.intern(&mut values, &r.route),
+                rule: r
+                    .rule
+                    .filter(|&n| !r.inbound && !r.route.is_empty() && (n as usize) < MAX_RULES)
+                    .map(|n| n as u8),
                 status,
                 grpc_status: r.grpc_status.and_then(|g| u8::try_from(g).ok()),
                 error: self.intern(&mut values, &r.error),
@@ -503,6 +522,7 @@ impl Central {
             if slot.requests.len() >= MAX_SERIES_PER_SLOT && !slot.requests.contains_key(&key) {
                 key.src = other.clone();
                 key.route = other.name.clone();
+                key.rule = None;
                 key.error = other.name.clone();
                 if !key.inbound {
                     key.dst = other.clone();
@@ -555,7 +575,9 @@ impl Central {
             if full && !slot.pathways.contains_key(&key) {
                 key.src = other.clone();
             }
-            *slot.pathways.entry(key).or_default() += p.count;
+            let agg = slot.pathways.entry(key).or_default();
+            agg.count += p.count;
+            agg.audited += p.audited.min(p.count);
         }
     }
 

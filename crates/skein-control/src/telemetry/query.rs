@@ -3,10 +3,11 @@
 //!
 //! - **services** and **workloads**: what their proxies received (inbound series):
 //!   every replica of a service merged.
-//! - **routes**: what callers sent through each HTTPRoute (outbound series).
+//! - **routes**: what callers sent through each HTTPRoute (outbound series); **rules**:
+//!   the same, rule by rule.
 //! - **edges**: caller account → service, as the callee's proxy saw it (so the caller is
 //!   the account its certificate proved), with whether it was mutual TLS and how many
-//!   calls authorization denied.
+//!   calls authorization denied or only audited (let through as would-be denials).
 //!
 //! - **map**: every service as a node with its signals, every edge with its protocol and
 //!   whether authorization denied it.
@@ -30,6 +31,8 @@ pub enum StatKind {
     Workloads,
     /// Each HTTPRoute (outbound, all callers).
     Routes,
+    /// Each rule of each HTTPRoute (outbound, all callers).
+    Rules,
 }
 
 impl std::str::FromStr for StatKind {
@@ -39,8 +42,9 @@ impl std::str::FromStr for StatKind {
             "services" | "service" | "svc" => Ok(StatKind::Services),
             "workloads" | "workload" | "wl" => Ok(StatKind::Workloads),
             "routes" | "route" | "httproutes" => Ok(StatKind::Routes),
+            "rules" | "rule" => Ok(StatKind::Rules),
             other => Err(format!(
-                "{other:?} is not something skein stat reads; use services, workloads or routes"
+                "{other:?} is not something skein stat reads; use services, workloads, routes or rules"
             )),
         }
     }
@@ -55,6 +59,7 @@ struct Acc {
     requests: u64,
     failures: u64,
     denied: u64,
+    audited: u64,
     retries: u64,
     tls_requests: u64,
     latency: Snapshot,
@@ -90,6 +95,11 @@ impl Acc {
         self.response_bytes += v.response_bytes;
     }
 
+    /// Counts what a pathway's authorization only audited.
+    fn audited(&mut self, v: &super::PathAgg) {
+        self.audited += v.audited;
+    }
+
     fn connection(&mut self, k: &TcpKey, v: &TcpAgg) {
         self.tcp.merge(v);
         if k.tls {
@@ -109,6 +119,9 @@ pub struct Signals {
     pub success_rate: Option<f64>,
     /// Requests authorization denied.
     pub denied: u64,
+    /// Requests and connections authorization let through only because it is auditing
+    /// (a `defaultPolicy: audit` mesh or an `audit` policy): would-be denials.
+    pub audited: u64,
     /// Route retries (tries beyond the first).
     pub retries: u64,
     /// Latency to response headers, in milliseconds.
@@ -148,6 +161,7 @@ impl Acc {
             success_rate: (self.requests > 0)
                 .then(|| 1.0 - self.failures as f64 / self.requests as f64),
             denied: self.denied,
+            audited: self.audited,
             retries: self.retries,
             p50_ms: ms(0.5),
             p95_ms: ms(0.95),
@@ -172,6 +186,9 @@ pub struct StatRow {
     /// The workload's service, or the route's parent service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The rule's index in the route (`rules` rows; none: the proxy named no rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
     /// The signals.
     #[serde(flatten)]
     pub signals: Signals,
@@ -279,21 +296,48 @@ impl<const N: usize, V> Rows<N, V> {
     }
 }
 
-/// A row of `skein stat` while it is summed: its (namespace, name) key and its service
-/// column. A route's namespace is left empty here (it is the start of the route's name)
-/// and filled in by [`row_names`].
+/// A row of `skein stat` while it is summed: its two-label key and its service column.
+/// A route's key is (rule, route): its namespace is the start of the route's name, so the
+/// first label is free to carry the rule's index ([`Fixed::rules`]; empty for a route's
+/// row, or a rule the proxy did not name). [`row_names`] reads the key back.
 type RowKey<'a> = ([&'a Label; 2], Option<&'a Label>);
+
+/// Labels a query's row keys use besides the view's own.
+struct Fixed {
+    empty: Label,
+    /// `"0"`, `"1"`, … one per rule index an HTTPRoute may have.
+    rules: Vec<Label>,
+}
+
+impl Fixed {
+    fn new() -> Self {
+        Fixed {
+            empty: Label::from(""),
+            rules: (0..super::MAX_RULES)
+                .map(|i| Label::from(i.to_string()))
+                .collect(),
+        }
+    }
+
+    fn rule(&self, rule: Option<u8>) -> &Label {
+        rule.and_then(|r| self.rules.get(usize::from(r)))
+            .unwrap_or(&self.empty)
+    }
+}
 
 /// The row of `kind` a request series of `proxy` counts in, if any.
 fn request_row<'a>(
     kind: StatKind,
     proxy: &'a super::ProxyRecord,
     k: &'a ReqKey,
-    empty: &'a Label,
+    fixed: &'a Fixed,
 ) -> Option<RowKey<'a>> {
     match kind {
         StatKind::Routes if !k.inbound && !k.route.is_empty() => {
-            Some(([empty, &k.route], Some(&k.dst.name)))
+            Some(([&fixed.empty, &k.route], Some(&k.dst.name)))
+        }
+        StatKind::Rules if !k.inbound && !k.route.is_empty() => {
+            Some(([fixed.rule(k.rule), &k.route], Some(&k.dst.name)))
         }
         _ if k.inbound => inbound_row(kind, proxy, &k.dst),
         _ => None,
@@ -319,17 +363,20 @@ fn inbound_row<'a>(
             [&proxy.workload.namespace, &proxy.workload.name],
             Some(&proxy.account),
         )),
-        StatKind::Routes => None,
+        StatKind::Routes | StatKind::Rules => None,
     }
 }
 
-/// A summed row's namespace and name, as answered.
-fn row_names(kind: StatKind, [namespace, name]: &[Label; 2]) -> (String, String) {
-    let namespace = match kind {
-        StatKind::Routes => name.split_once('/').map_or("", |(ns, _)| ns),
-        _ => namespace,
-    };
-    (namespace.to_string(), name.to_string())
+/// A summed row's namespace, name and rule, as answered.
+fn row_names(kind: StatKind, [first, name]: &[Label; 2]) -> (String, String, Option<u32>) {
+    match kind {
+        StatKind::Routes | StatKind::Rules => (
+            name.split_once('/').map_or("", |(ns, _)| ns).to_string(),
+            name.to_string(),
+            first.parse().ok(),
+        ),
+        _ => (first.to_string(), name.to_string(), None),
+    }
 }
 
 impl Central {
@@ -342,11 +389,11 @@ impl Central {
         window: Duration,
         now: i64,
     ) -> Vec<StatRow> {
-        let empty = Label::from("");
+        let fixed = Fixed::new();
         let mut rows: Rows<2, (Option<Label>, Acc)> = Rows::new();
         self.each_slot(window_start(now, window), |proxy, slot: &Slot| {
             for (k, v) in &slot.requests {
-                if let Some((at, service)) = request_row(kind, proxy, k, &empty) {
+                if let Some((at, service)) = request_row(kind, proxy, k, &fixed) {
                     let row = rows.get(at, || (service.cloned(), Acc::default()));
                     row.1.from(proxy).request(k, v);
                 }
@@ -357,15 +404,22 @@ impl Central {
                     row.1.from(proxy).connection(k, v);
                 }
             }
+            for (k, v) in slot.pathways.iter().filter(|(_, v)| v.audited > 0) {
+                if let Some((at, service)) = inbound_row(kind, proxy, &k.dst) {
+                    let row = rows.get(at, || (service.cloned(), Acc::default()));
+                    row.1.from(proxy).audited(v);
+                }
+            }
         });
         rows.sorted()
             .filter(|([_, n], _)| name.is_none_or(|want| &**n == want))
             .map(|(at, (service, acc))| {
-                let (namespace, name) = row_names(kind, &at);
+                let (namespace, name, rule) = row_names(kind, &at);
                 StatRow {
                     namespace,
                     name,
                     service: service.map(|s| s.to_string()),
+                    rule,
                     signals: acc.signals(window, now),
                 }
             })
@@ -404,6 +458,15 @@ impl Central {
                         .get(at, Acc::default)
                         .from(proxy)
                         .connection(k, v);
+                }
+            }
+            for (k, v) in slot.pathways.iter().filter(|(_, v)| v.audited > 0) {
+                let (src, dst) = (&k.src, &k.dst);
+                let pair = [&src.namespace, &src.name, &dst.namespace, &dst.name];
+                by_edge.get(pair, Acc::default).from(proxy).audited(v);
+                if services {
+                    let at = [&dst.namespace, &dst.name];
+                    by_service.get(at, Acc::default).from(proxy).audited(v);
                 }
             }
         });
@@ -533,6 +596,9 @@ pub struct SeriesRow {
     /// The workload's service, or the route's parent service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The rule's index in the route (`rules` rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
     /// Requests per second.
     pub rps: Vec<f64>,
     /// Share of requests that did not fail (none: no requests in the step).
@@ -593,10 +659,10 @@ impl Central {
             .next_multiple_of(SLOT_SECS as u64) as i64;
         let steps = ((end - start + step_seconds - 1) / step_seconds).max(1) as usize;
         let mut truncated = false;
-        let empty = Label::from("");
+        let fixed = Fixed::new();
         let wanted = |[ns, name]: &[&Label; 2]| {
             let ns = match kind {
-                StatKind::Routes => name.split_once('/').map_or("", |(ns, _)| ns),
+                StatKind::Routes | StatKind::Rules => name.split_once('/').map_or("", |(ns, _)| ns),
                 _ => ns,
             };
             only.0.is_none_or(|want| ns == want) && only.1.is_none_or(|want| &***name == want)
@@ -612,7 +678,7 @@ impl Central {
             }
             for (k, v) in &slot.requests {
                 if let Some((at, service)) =
-                    request_row(kind, proxy, k, &empty).filter(|r| wanted(&r.0))
+                    request_row(kind, proxy, k, &fixed).filter(|r| wanted(&r.0))
                 {
                     match rows.get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh())) {
                         Some(row) => row.1[i].from(proxy).request(k, v),
@@ -635,11 +701,12 @@ impl Central {
         let rows = rows
             .sorted()
             .map(|(at, (service, accs))| {
-                let (namespace, name) = row_names(kind, &at);
+                let (namespace, name, rule) = row_names(kind, &at);
                 let mut row = SeriesRow {
                     namespace,
                     name,
                     service: service.map(|s| s.to_string()),
+                    rule,
                     rps: Vec::with_capacity(steps),
                     success_rate: Vec::with_capacity(steps),
                     p50_ms: Vec::with_capacity(steps),

@@ -76,7 +76,8 @@ impl Central {
         // service → caller → port → (tcp connections, method → prefix → requests)
         let mut seen: BTreeMap<Who, BTreeMap<Who, BTreeMap<u16, PortUse>>> = BTreeMap::new();
         self.each_slot(super::query::window_start(now, window), |_, slot| {
-            for (k, n) in &slot.pathways {
+            for (k, agg) in &slot.pathways {
+                let n = &agg.count;
                 if namespace.is_some_and(|ns| *k.dst.namespace != *ns) {
                     continue;
                 }

@@ -330,6 +330,7 @@ fn pathway(
         method: method.into(),
         prefix: prefix.into(),
         count,
+        audited: 0,
     }
 }
 
@@ -578,4 +579,115 @@ fn a_series_answers_a_bounded_number_of_rows() {
     );
     assert_eq!(one.rows.len(), 1, "one asked for by name is always there");
     assert!(!one.truncated);
+}
+
+#[test]
+fn rules_split_a_routes_traffic_and_drop_indexes_no_route_has() {
+    let c = Central::default();
+    let now = 7_000_000;
+    let routed = |rule: Option<u32>, n: u64| pb::RequestStats {
+        route: "default/api-split".into(),
+        rule,
+        ..requests(false, "web", "api", 200, n, 1)
+    };
+    let s = summary(
+        1,
+        vec![
+            routed(Some(0), 5),
+            routed(Some(1), 3),
+            routed(Some(MAX_RULES as u32), 2),
+            pb::RequestStats {
+                rule: Some(0),
+                ..requests(true, "web", "api", 200, 10, 1)
+            },
+        ],
+    );
+    c.ingest(&reporter("web-1", "web"), &s, now).unwrap();
+    let rules: Vec<_> = c
+        .stat(StatKind::Rules, None, MIN, now)
+        .into_iter()
+        .map(|r| (r.namespace, r.name, r.rule, r.signals.requests))
+        .collect();
+    let row = |rule, n| {
+        (
+            "default".to_string(),
+            "default/api-split".to_string(),
+            rule,
+            n,
+        )
+    };
+    assert_eq!(
+        rules,
+        [row(None, 2), row(Some(0), 5), row(Some(1), 3)],
+        "a rule past the last a route may have counts, unnamed; inbound series are no rule's"
+    );
+    let routes = c.stat(StatKind::Routes, None, MIN, now);
+    assert_eq!((routes[0].rule, routes[0].signals.requests), (None, 10));
+    // The JSON names the rule only on rules rows.
+    let json = serde_json::to_value(c.stat(StatKind::Rules, None, MIN, now)).unwrap();
+    assert_eq!(json[1]["rule"], 0);
+    assert!(json[0].get("rule").is_none());
+    let series = c.series(StatKind::Rules, (None, None), MIN, MIN, now + SLOT_SECS);
+    let named: Vec<_> = series.rows.iter().map(|r| r.rule).collect();
+    assert_eq!(named, [None, Some(0), Some(1)]);
+    assert_eq!("rules".parse::<StatKind>(), Ok(StatKind::Rules));
+}
+
+#[test]
+fn audited_pathways_count_per_caller_and_service_and_never_exceed_the_traffic() {
+    let c = Central::default();
+    let now = 8_000_000;
+    let audited = |src: &str, method: &str, count: u64, audited: u64| pb::PathwayStats {
+        audited,
+        ..pathway(
+            "default",
+            src,
+            9000,
+            method,
+            if method.is_empty() { "" } else { "/" },
+            count,
+        )
+    };
+    let mut s = summary(1, vec![requests(true, "web", "ledger", 200, 4, 1)]);
+    s.tcp = vec![pb::TcpStats {
+        inbound: true,
+        tls: true,
+        src: account("web"),
+        dst: account("ledger"),
+        opened: 3,
+        ..Default::default()
+    }];
+    s.pathways = vec![
+        audited("web", "", 3, 3),
+        audited("web", "GET", 4, 1),
+        // A proxy claiming more audited than requests is believed up to its count.
+        audited("batch", "GET", 2, 9),
+    ];
+    c.ingest(&reporter("ledger-1", "ledger"), &s, now).unwrap();
+    let edges: Vec<_> = c
+        .edges(None, MIN, now)
+        .into_iter()
+        .map(|e| (e.src, e.signals.audited))
+        .collect();
+    assert_eq!(edges, [("batch".to_string(), 2), ("web".to_string(), 4)]);
+    let services = c.stat(StatKind::Services, None, MIN, now);
+    assert_eq!(services[0].signals.audited, 6);
+    let workloads = c.stat(StatKind::Workloads, None, MIN, now);
+    assert_eq!(
+        (workloads[0].name.as_str(), workloads[0].signals.audited),
+        ("ledger-1", 6)
+    );
+    let map = c.map(MIN, now);
+    assert_eq!(
+        map.nodes
+            .iter()
+            .filter_map(|n| n.signals.as_ref())
+            .map(|s| s.audited)
+            .sum::<u64>(),
+        6
+    );
+    // Suggestions still count every request along a pathway, audited or not.
+    let suggested = c.suggest(None, MIN, now);
+    let web = suggested[0].rules.iter().find(|r| r.from == "web").unwrap();
+    assert_eq!(web.requests, 4);
 }

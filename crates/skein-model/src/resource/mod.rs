@@ -58,7 +58,7 @@ pub use problem::{Cause, ResourceProblem};
 pub use route::{
     compile_regex, BackendRef, HeaderMatch, HttpRouteSpec, ParentRef, PathMatch, PathMatchType,
     QueryParamMatch, RouteMatch, RouteRetry, RouteRule, RouteTimeouts, TryDeadline, ValueMatchType,
-    REGEX_SIZE_LIMIT,
+    MAX_RULES, REGEX_SIZE_LIMIT,
 };
 pub use route_status::{Condition, RouteParentStatus, RouteStatus, CONTROLLER_NAME};
 pub use service::{ServicePort, ServiceSpec};

@@ -10,6 +10,7 @@
 
 use super::Caller;
 use crate::error::ProxyError;
+use crate::telemetry::Pathway;
 use crate::Ctx;
 use foldhash::HashMap;
 use http::uri::{PathAndQuery, Uri};
@@ -55,18 +56,28 @@ pub fn http<B>(
     record(ctx, caller, &config.workload.service, port, decision)
 }
 
-/// The pathway an authorized request took (its port, method and normalised path prefix).
-pub fn pathway<B>(req: &Request<B>, port: u16) -> (u16, &'static str, crate::telemetry::Label) {
-    let method = crate::telemetry::pathway_method(req.method());
-    let prefix = crate::telemetry::path_prefix(req.uri().path());
-    (port, method, prefix.into())
+/// The pathway a request `decision` let through took (its port, method and normalised
+/// path prefix, and whether it was only audited).
+pub fn pathway<B>(req: &Request<B>, port: u16, decision: &Decision) -> Pathway {
+    Pathway {
+        port,
+        method: crate::telemetry::pathway_method(req.method()),
+        prefix: crate::telemetry::path_prefix(req.uri().path()).into(),
+        audited: decision.verdict == Verdict::Audited,
+    }
 }
 
-/// Decides an opaque TCP tunnel to `port`.
-pub fn tcp(ctx: &Ctx, config: &ProxyConfig, caller: &Caller, port: u16) -> Result<(), ProxyError> {
+/// Decides an opaque TCP tunnel to `port`; on success the decision (allowed or audited)
+/// is returned.
+pub fn tcp(
+    ctx: &Ctx,
+    config: &ProxyConfig,
+    caller: &Caller,
+    port: u16,
+) -> Result<Decision, ProxyError> {
     let request = authz::Request { port, http: None };
     let decision = config.authorization.decide(&caller.as_authz(), &request);
-    record(ctx, caller, &config.workload.service, port, decision).map(|_| ())
+    record(ctx, caller, &config.workload.service, port, decision)
 }
 
 /// Counts and (rate-limited) logs the decision; a denial becomes the error returned.

@@ -375,14 +375,17 @@ async fn route(
     if req.method() == Method::CONNECT {
         // An HTTP/1 tunnel's requests are authorized one by one inside it.
         if !tunnel::carries_http1(&req) {
-            authorize::tcp(ctx, config, caller, port.port)?;
+            let decision = authorize::tcp(ctx, config, caller, port.port)?;
             if config.telemetry.requests {
-                ctx.metrics.telemetry.pathway(crate::telemetry::PathwayKey {
-                    src: peer.account.clone(),
-                    port: port.port,
-                    method: "",
-                    prefix: crate::telemetry::empty(),
-                });
+                ctx.metrics.telemetry.pathway(
+                    crate::telemetry::PathwayKey {
+                        src: peer.account.clone(),
+                        port: port.port,
+                        method: "",
+                        prefix: crate::telemetry::empty(),
+                    },
+                    decision.verdict == skein_model::authz::Verdict::Audited,
+                );
             }
         }
         return tunnel::open(ctx, state, req, port, peer).await;
@@ -395,7 +398,7 @@ async fn route(
         ));
     }
     if rec.recorded {
-        rec.pathway = Some(authorize::pathway(&req, port.port));
+        rec.pathway = Some(authorize::pathway(&req, port.port, &decision));
     }
     let admitted = shed::admit(ctx, state).await?;
     let to_h2 = app_speaks_h2(port.protocol, &req);

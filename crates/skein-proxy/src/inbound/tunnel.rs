@@ -108,11 +108,11 @@ async fn serve_http1<I: crate::io::Io>(ctx: Arc<Ctx>, io: I, port: PortSpec, pee
             rec.for_taps(&ctx, &req);
             rec.request_id = Some(crate::ids::request_id(req.headers()).0);
             rec.dst = Some(state.service.clone());
-            let authorized =
-                super::authorize::http(&ctx, config, caller, &mut req, port.port).map(|_| ());
-            if authorized.is_ok() && rec.recorded {
-                rec.pathway = Some(super::authorize::pathway(&req, port.port));
+            let authorized = super::authorize::http(&ctx, config, caller, &mut req, port.port);
+            if let (Ok(decision), true) = (&authorized, rec.recorded) {
+                rec.pathway = Some(super::authorize::pathway(&req, port.port, decision));
             }
+            let authorized = authorized.map(|_| ());
             let result = match authorized {
                 Err(e) => Err(e),
                 Ok(()) if headers::wants_upgrade(req.headers()) => {

@@ -203,6 +203,19 @@ pub struct PathwayKey {
     pub prefix: Label,
 }
 
+/// The pathway one request took, kept on its record until it ends.
+#[derive(Debug, Clone)]
+pub struct Pathway {
+    /// The application port.
+    pub port: u16,
+    /// As [`pathway_method`] records it.
+    pub method: &'static str,
+    /// As [`path_prefix`] records it.
+    pub prefix: Label,
+    /// Authorization let it through only because it is auditing.
+    pub audited: bool,
+}
+
 /// Pathways kept at most; past it, new ones lose their prefix (`/*`), then their caller.
 pub const MAX_PATHWAYS: usize = 512;
 
@@ -252,11 +265,14 @@ pub struct TcpSeries {
     quiet: Quiet,
 }
 
-/// The count of one pathway.
+/// The counts of one pathway.
 #[derive(Debug, Default)]
 pub struct PathwaySeries {
     /// Requests and tunnels along it.
     pub count: AtomicU64,
+    /// Those of them let through only because authorization is auditing: a `deny`
+    /// default or an `audit` policy would have refused them (would-be denials).
+    pub audited: AtomicU64,
     quiet: Quiet,
 }
 
@@ -414,11 +430,18 @@ impl Telemetry {
         series.entry(key).or_default().clone()
     }
 
-    /// Counts one request or tunnel along `key`.
-    pub fn pathway(&self, key: PathwayKey) {
+    /// Counts one request or tunnel along `key`; `audited`: authorization let it through
+    /// only because it is auditing.
+    pub fn pathway(&self, key: PathwayKey, audited: bool) {
+        let count = |s: &PathwaySeries| {
+            s.count.fetch_add(1, Ordering::Relaxed);
+            if audited {
+                s.audited.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         // Counted under the lock, so a sweep (which takes it to write) never loses one.
-        if let Some(c) = read(&self.pathways).get(&key) {
-            c.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = read(&self.pathways).get(&key) {
+            count(s);
             return;
         }
         let mut pathways = self.pathways.write().unwrap_or_else(|p| p.into_inner());
@@ -430,11 +453,7 @@ impl Telemetry {
         if pathways.len() >= MAX_PATHWAYS && !pathways.contains_key(&key) {
             key.src = Named::other();
         }
-        pathways
-            .entry(key)
-            .or_default()
-            .count
-            .fetch_add(1, Ordering::Relaxed);
+        count(pathways.entry(key).or_default());
     }
 
     /// Every pathway with its count.
@@ -877,12 +896,15 @@ mod tests {
             dst: Named::new("default", "db"),
         };
         let open = t.tcp_open(edge.clone());
-        t.pathway(PathwayKey {
-            src: Named::new("default", "web"),
-            port: 80,
-            method: "GET",
-            prefix: "/".into(),
-        });
+        t.pathway(
+            PathwayKey {
+                src: Named::new("default", "web"),
+                port: 80,
+                method: "GET",
+                prefix: "/".into(),
+            },
+            false,
+        );
         // A request being recorded holds its series.
         let recording = t.request_series(key("web", "s1", 200));
         assert_eq!(t.sweep(secs(0), idle), 0, "the first look only notes");
@@ -988,12 +1010,15 @@ mod tests {
         let t = Telemetry::default();
         for caller in 0..20 {
             for path in 0..100 {
-                t.pathway(PathwayKey {
-                    src: Named::new("default", &format!("c{caller}")),
-                    port: 80,
-                    method: "GET",
-                    prefix: format!("/p{path}/*").into(),
-                });
+                t.pathway(
+                    PathwayKey {
+                        src: Named::new("default", &format!("c{caller}")),
+                        port: 80,
+                        method: "GET",
+                        prefix: format!("/p{path}/*").into(),
+                    },
+                    false,
+                );
             }
         }
         let all = t.pathways_now();

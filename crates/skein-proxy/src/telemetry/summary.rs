@@ -50,7 +50,7 @@ type Last<K, S, T> = HashMap<K, (Weak<S>, T)>;
 pub struct Summarizer {
     requests: Last<RequestKey, super::RequestSeries, RequestTotals>,
     tcp: Last<TcpKey, super::TcpSeries, TcpTotals>,
-    pathways: Last<super::PathwayKey, super::PathwaySeries, u64>,
+    pathways: Last<super::PathwayKey, super::PathwaySeries, (u64, u64)>,
     folded: u64,
     sequence: u64,
 }
@@ -124,10 +124,12 @@ impl Summarizer {
         let mut last = std::mem::take(&mut self.pathways);
         let mut pathways = Vec::new();
         for (key, series) in t.pathways_now() {
-            let count = load(&series.count);
+            // The audited count first: a request counts in `count` before `audited`, so
+            // this never reads more audited requests than requests.
+            let now = (load(&series.audited), load(&series.count));
             let before = previous(&mut last, &key, &series);
-            if count == before {
-                self.pathways.insert(key, (Arc::downgrade(&series), count));
+            if now == before {
+                self.pathways.insert(key, (Arc::downgrade(&series), before));
                 continue;
             }
             pathways.push(pb::PathwayStats {
@@ -135,9 +137,10 @@ impl Summarizer {
                 port: u32::from(key.port),
                 method: key.method.to_string(),
                 prefix: key.prefix.to_string(),
-                count: count - before,
+                count: now.1 - before.1,
+                audited: now.0 - before.0,
             });
-            self.pathways.insert(key, (Arc::downgrade(&series), count));
+            self.pathways.insert(key, (Arc::downgrade(&series), now));
         }
         let folded = t.folded();
         let folded_delta = folded - self.folded.min(folded);
@@ -365,8 +368,8 @@ mod tests {
             method: "GET",
             prefix: "/menu/*".into(),
         };
-        t.pathway(menu.clone());
-        t.pathway(menu);
+        t.pathway(menu.clone(), false);
+        t.pathway(menu, true);
 
         t.request(key(200), ended(5, 0));
         let second = s.take(&t, &Default::default(), &spans, 2, 1000).unwrap();
@@ -374,10 +377,8 @@ mod tests {
         assert_eq!(second.requests.len(), 1, "only the series that moved");
         assert_eq!(second.requests[0].count, 1, "a delta, not a total");
         assert_eq!(second.pathways.len(), 1);
-        assert_eq!(
-            (second.pathways[0].prefix.as_str(), second.pathways[0].count),
-            ("/menu/*", 2)
-        );
+        let p = &second.pathways[0];
+        assert_eq!((p.prefix.as_str(), p.count, p.audited), ("/menu/*", 2, 1));
         assert!(s.take(&t, &Default::default(), &spans, 3, 1000).is_none());
     }
 

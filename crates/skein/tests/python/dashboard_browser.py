@@ -295,6 +295,7 @@ try:
     report["service_workloads"] = rows("#svc-workload-table")
     report["service_callers"] = rows("#svc-callers")
     report["service_paths"] = rows("#svc-path-table")
+    report["service_rules"] = rows("#svc-route-table")
     report["service_charts"] = len(driver.find_elements(By.CSS_SELECTOR, "#service-body .charts canvas"))
     report["service_axe"] = axe()
     report["service_keyboard"] = keyboard()
@@ -308,6 +309,11 @@ try:
     report["policies_default"] = [default.get_attribute("data-policy"), default.text]
     report["policies_listed"] = [r[0] for r in rows("#policies-list")]
     report["policies_denied"] = rows("#policies-denied")
+    # The demo's audit policy: the frontend's connections to the ledger, would-be denials.
+    deadline = time.time() + 30
+    while time.time() < deadline and not rows("#policies-audited"):
+        time.sleep(1)
+    report["policies_audited"] = rows("#policies-audited")
     report["policies_yaml"] = driver.find_element(By.ID, "policies-yaml").text
     driver.find_element(By.ID, "policies-copy").click()
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "policies-copied").text)
