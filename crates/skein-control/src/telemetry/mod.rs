@@ -591,6 +591,49 @@ impl Central {
         }
     }
 
+    /// Runs `pass` over the proxies split into `parts` shares of about the same number
+    /// of slots from `from` on, each share on its own thread (the first on this one), and
+    /// folds the answers with `join`. The view is read-locked throughout, as for
+    /// [`Central::each_slot`].
+    pub fn each_part<T: Send>(
+        &self,
+        from: i64,
+        parts: usize,
+        pass: impl Fn(&[&ProxyRecord]) -> T + Sync,
+        join: impl Fn(T, T) -> T,
+    ) -> T {
+        let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<&ProxyRecord> = proxies.values().collect();
+        let weight = |p: &ProxyRecord| p.slots.iter().filter(|s| s.start >= from).count();
+        let total: usize = all.iter().map(|p| weight(p)).sum();
+        let share = total.div_ceil(parts.max(1)).max(1);
+        let mut shares: Vec<&[&ProxyRecord]> = Vec::with_capacity(parts);
+        let (mut begin, mut taken) = (0, 0);
+        for (i, p) in all.iter().enumerate() {
+            taken += weight(p);
+            if taken >= share && shares.len() + 1 < parts {
+                shares.push(&all[begin..=i]);
+                (begin, taken) = (i + 1, 0);
+            }
+        }
+        shares.push(&all[begin..]);
+        let pass = &pass;
+        std::thread::scope(|scope| {
+            let others: Vec<_> = shares[1..]
+                .iter()
+                .map(|share| scope.spawn(move || pass(share)))
+                .collect();
+            let mut answer = pass(shares[0]);
+            for other in others {
+                match other.join() {
+                    Ok(part) => answer = join(answer, part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            answer
+        })
+    }
+
     /// Summaries taken in so far.
     pub fn ingested(&self) -> u64 {
         self.ingested.load(std::sync::atomic::Ordering::Relaxed)

@@ -100,6 +100,25 @@ impl Acc {
         self.audited += v.audited;
     }
 
+    /// Adds another part's sums (the same row, summed over other proxies).
+    fn merge(&mut self, o: &Acc) {
+        self.requests += o.requests;
+        self.failures += o.failures;
+        self.denied += o.denied;
+        self.audited += o.audited;
+        self.retries += o.retries;
+        self.tls_requests += o.tls_requests;
+        self.latency.add(&o.latency);
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        self.tcp.merge(&o.tcp);
+        self.tls_connections += o.tls_connections;
+        self.covered_since = match (self.covered_since, o.covered_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     fn connection(&mut self, k: &TcpKey, v: &TcpAgg) {
         self.tcp.merge(v);
         if k.tls {
@@ -288,6 +307,13 @@ impl<const N: usize, V> Rows<N, V> {
         Some(i)
     }
 
+    /// Adds `other`'s rows to these, merging rows of the same key with `merge`.
+    fn absorb(&mut self, other: Rows<N, V>, new: impl Fn() -> V, merge: impl Fn(&mut V, &V)) {
+        for (key, v) in other.rows {
+            merge(self.get(key.each_ref(), &new), &v);
+        }
+    }
+
     /// The rows, sorted by key.
     fn sorted(self) -> impl Iterator<Item = ([Label; N], V)> {
         let mut rows = self.rows;
@@ -433,12 +459,73 @@ impl Central {
         edge_rows(edges, service, window, now)
     }
 
+    /// [`Central::edges`] with the pass split over `threads` (the same answer).
+    #[cfg(test)]
+    pub(super) fn edges_split(&self, window: Duration, now: i64, threads: usize) -> Vec<EdgeRow> {
+        let (_, edges) = self.inbound_split(false, window, now, threads);
+        edge_rows(edges, None, window, now)
+    }
+
     /// One pass over the window's inbound series (what callees' proxies saw): each
-    /// caller → service pair's row and, with `services`, each service's row.
+    /// caller → service pair's row and, with `services`, each service's row. A long window
+    /// reads hundreds of thousands of series-slots scattered over memory (its time goes to
+    /// cache misses, not arithmetic), so the proxies are split over up to
+    /// [`PASS_THREADS`] threads and their rows merged.
     fn inbound(&self, services: bool, window: Duration, now: i64) -> (Rows<2, Acc>, Rows<4, Acc>) {
-        let mut by_service: Rows<2, Acc> = Rows::new();
-        let mut by_edge: Rows<4, Acc> = Rows::new();
-        self.each_slot(window_start(now, window), |proxy, slot| {
+        let threads = split_threads(window.as_secs() as i64);
+        self.inbound_split(services, window, now, threads)
+    }
+
+    /// [`Central::inbound`] split over `threads`.
+    fn inbound_split(
+        &self,
+        services: bool,
+        window: Duration,
+        now: i64,
+        threads: usize,
+    ) -> (Rows<2, Acc>, Rows<4, Acc>) {
+        let from = window_start(now, window);
+        self.each_part(
+            from,
+            threads,
+            |part| inbound_pass(part, services, from),
+            |mut a, b| {
+                a.0.absorb(b.0, Acc::default, Acc::merge);
+                a.1.absorb(b.1, Acc::default, Acc::merge);
+                a
+            },
+        )
+    }
+}
+
+/// Threads a long pass over the central view is split over at most. Each part holds its
+/// own rows until they are merged, so a split series holds up to this many times its
+/// rows' memory.
+pub const PASS_THREADS: usize = 2;
+
+/// Windows of at least this many slots (10 minutes) are read by split passes.
+const SPLIT_FROM_SLOTS: i64 = 60;
+
+/// The threads a pass over a window of `seconds` is split over: one for a short window,
+/// else one per core up to [`PASS_THREADS`].
+fn split_threads(seconds: i64) -> usize {
+    if seconds >= SPLIT_FROM_SLOTS * SLOT_SECS {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(PASS_THREADS))
+    } else {
+        1
+    }
+}
+
+/// The inbound rows of `proxies`' slots from `from` on.
+fn inbound_pass(
+    proxies: &[&super::ProxyRecord],
+    services: bool,
+    from: i64,
+) -> (Rows<2, Acc>, Rows<4, Acc>) {
+    let mut by_service: Rows<2, Acc> = Rows::new();
+    let mut by_edge: Rows<4, Acc> = Rows::new();
+    for proxy in proxies {
+        for slot in proxy.slots.iter().filter(|s| s.start >= from) {
             for (k, v) in slot.requests.iter().filter(|(k, _)| k.inbound) {
                 let (src, dst) = (&k.src, &k.dst);
                 let pair = [&src.namespace, &src.name, &dst.namespace, &dst.name];
@@ -469,9 +556,9 @@ impl Central {
                     by_service.get(at, Acc::default).from(proxy).audited(v);
                 }
             }
-        });
-        (by_service, by_edge)
+        }
     }
+    (by_service, by_edge)
 }
 
 /// The edge rows of summed `edges`, those into or out of `service` if given.
@@ -651,6 +738,20 @@ impl Central {
         step: Duration,
         now: i64,
     ) -> Series {
+        let threads = split_threads(window.as_secs() as i64);
+        self.series_split(kind, only, window, step, now, threads)
+    }
+
+    /// [`Central::series`] with its pass split over `threads` (the same answer).
+    pub(super) fn series_split(
+        &self,
+        kind: StatKind,
+        only: (Option<&str>, Option<&str>),
+        window: Duration,
+        step: Duration,
+        now: i64,
+        threads: usize,
+    ) -> Series {
         let end = now - now.rem_euclid(SLOT_SECS);
         let start = window_start(end - 1, window);
         let step_seconds = step
@@ -658,7 +759,6 @@ impl Central {
             .clamp(SLOT_SECS as u64, MAX_WINDOW.as_secs())
             .next_multiple_of(SLOT_SECS as u64) as i64;
         let steps = ((end - start + step_seconds - 1) / step_seconds).max(1) as usize;
-        let mut truncated = false;
         let fixed = Fixed::new();
         let wanted = |[ns, name]: &[&Label; 2]| {
             let ns = match kind {
@@ -667,34 +767,66 @@ impl Central {
             };
             only.0.is_none_or(|want| ns == want) && only.1.is_none_or(|want| &***name == want)
         };
-        let mut rows: Rows<2, (Option<Label>, Vec<Acc>)> = Rows::new();
+        type Part = (Rows<2, (Option<Label>, Vec<Acc>)>, bool);
         let fresh = || (0..steps).map(|_| Acc::default()).collect::<Vec<_>>();
-        self.each_slot(start, |proxy, slot| {
-            let Ok(i) = usize::try_from((slot.start - start) / step_seconds) else {
-                return;
-            };
-            if i >= steps || slot.start >= end {
-                return;
-            }
-            for (k, v) in &slot.requests {
-                if let Some((at, service)) =
-                    request_row(kind, proxy, k, &fixed).filter(|r| wanted(&r.0))
+        let pass = |proxies: &[&super::ProxyRecord]| -> Part {
+            let mut rows = Rows::new();
+            let mut truncated = false;
+            for proxy in proxies {
+                for slot in proxy
+                    .slots
+                    .iter()
+                    .filter(|s| s.start >= start && s.start < end)
                 {
-                    match rows.get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh())) {
-                        Some(row) => row.1[i].from(proxy).request(k, v),
-                        None => truncated = true,
+                    let Ok(i) = usize::try_from((slot.start - start) / step_seconds) else {
+                        continue;
+                    };
+                    if i >= steps {
+                        continue;
+                    }
+                    for (k, v) in &slot.requests {
+                        if let Some((at, service)) =
+                            request_row(kind, proxy, k, &fixed).filter(|r| wanted(&r.0))
+                        {
+                            match rows
+                                .get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh()))
+                            {
+                                Some(row) => row.1[i].from(proxy).request(k, v),
+                                None => truncated = true,
+                            }
+                        }
+                    }
+                    for (k, v) in &slot.tcp {
+                        if let Some((at, service)) =
+                            tcp_row(kind, proxy, k).filter(|r| wanted(&r.0))
+                        {
+                            match rows
+                                .get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh()))
+                            {
+                                Some(row) => row.1[i].from(proxy).connection(k, v),
+                                None => truncated = true,
+                            }
+                        }
                     }
                 }
             }
-            for (k, v) in &slot.tcp {
-                if let Some((at, service)) = tcp_row(kind, proxy, k).filter(|r| wanted(&r.0)) {
-                    match rows.get_within(at, MAX_SERIES_ROWS, || (service.cloned(), fresh())) {
-                        Some(row) => row.1[i].from(proxy).connection(k, v),
-                        None => truncated = true,
-                    }
+            (rows, truncated)
+        };
+        // Parts' rows merged step by step, still at most MAX_SERIES_ROWS.
+        let join = |(mut rows, mut truncated): Part, (more, cut): Part| -> Part {
+            truncated |= cut;
+            for (key, (service, accs)) in more.rows {
+                let keep = rows.get_within(key.each_ref(), MAX_SERIES_ROWS, || {
+                    (service.clone(), fresh())
+                });
+                match keep {
+                    Some(row) => row.1.iter_mut().zip(&accs).for_each(|(a, b)| a.merge(b)),
+                    None => truncated = true,
                 }
             }
-        });
+            (rows, truncated)
+        };
+        let (rows, truncated) = self.each_part(start, threads, pass, join);
         let t: Vec<i64> = (0..steps as i64)
             .map(|i| start + i * step_seconds)
             .collect();

@@ -691,3 +691,93 @@ fn audited_pathways_count_per_caller_and_service_and_never_exceed_the_traffic() 
     let web = suggested[0].rules.iter().find(|r| r.from == "web").unwrap();
     assert_eq!(web.requests, 4);
 }
+
+#[test]
+fn a_pass_split_over_threads_answers_exactly_what_one_pass_does() {
+    let c = Central::default();
+    let start = 9_000_000;
+    // 30 proxies of 10 services, an hour of slots, some proxies younger than others.
+    for slot in 0..WINDOW_SLOTS {
+        for p in 0..30 {
+            if slot < p {
+                continue;
+            }
+            let service = format!("svc{}", p % 10);
+            let mut s = summary(
+                slot as u64 + 1,
+                vec![
+                    requests(
+                        true,
+                        "web",
+                        &service,
+                        200,
+                        1 + p as u64,
+                        1 + (slot % 7) as u64,
+                    ),
+                    requests(true, &format!("c{}", p % 4), &service, 503, 1, 30),
+                ],
+            );
+            s.pathways = vec![pb::PathwayStats {
+                audited: 1,
+                ..pathway("default", "web", 80, "GET", "/", 1 + p as u64)
+            }];
+            let from = reporter(&format!("{service}-{p}"), &service);
+            c.ingest(&from, &s, start + slot * SLOT_SECS).unwrap();
+        }
+    }
+    let now = start + WINDOW_SLOTS * SLOT_SECS - 1;
+    let hour = Duration::from_secs(3600);
+    let one = c.edges_split(hour, now, 1);
+    assert_eq!(
+        one.len(),
+        30,
+        "web and two of c0..c3 into each service: {one:?}"
+    );
+    for threads in [2, 3, 4, 64] {
+        assert_eq!(c.edges_split(hour, now, threads), one, "{threads} threads");
+    }
+    let series = c.series_split(StatKind::Services, (None, None), hour, MIN, now, 1);
+    assert_eq!(series.rows.len(), 10);
+    for threads in [2, 3, 64] {
+        let split = c.series_split(StatKind::Services, (None, None), hour, MIN, now, threads);
+        assert_eq!(split, series, "{threads} threads");
+    }
+    // The map's services (split) are what `stat services` (one pass) says.
+    let drawn: Vec<_> = c
+        .map(hour, now)
+        .nodes
+        .into_iter()
+        .filter_map(|n| n.signals)
+        .collect();
+    let stated: Vec<_> = c
+        .stat(StatKind::Services, None, hour, now)
+        .into_iter()
+        .map(|r| r.signals)
+        .collect();
+    assert_eq!(drawn, stated);
+}
+
+#[test]
+fn a_split_series_keeps_its_row_bound_and_says_it_was_cut() {
+    let c = Central::default();
+    let t0 = 10_000_000;
+    for i in 0..query::MAX_SERIES_ROWS + 10 {
+        let name = format!("s{i:04}");
+        let s = summary(1, vec![requests(true, "web", &name, 200, 1, 1)]);
+        c.ingest(&reporter(&format!("{name}-1"), &name), &s, t0)
+            .unwrap();
+    }
+    let hour = Duration::from_secs(3600);
+    for threads in [1, 2, 4] {
+        let s = c.series_split(
+            StatKind::Services,
+            (None, None),
+            hour,
+            MIN,
+            t0 + SLOT_SECS,
+            threads,
+        );
+        assert_eq!(s.rows.len(), query::MAX_SERIES_ROWS, "{threads} threads");
+        assert!(s.truncated, "{threads} threads");
+    }
+}
