@@ -158,7 +158,7 @@ impl Sparse {
 
     fn add_one(&mut self, bucket: u8, n: u64) {
         match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
-            Ok(i) => self.buckets[i].1 += n,
+            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(n),
             Err(i) => self.buckets.insert(i, (bucket, n)),
         }
     }
@@ -167,7 +167,7 @@ impl Sparse {
         for &(b, n) in &other.buckets {
             self.add_one(b, n);
         }
-        self.sum_us += other.sum_us;
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 
     /// Adds these observations to a full histogram.
@@ -197,11 +197,11 @@ pub struct ReqAgg {
 
 impl ReqAgg {
     fn merge(&mut self, o: &ReqAgg) {
-        self.count += o.count;
-        self.retries += o.retries;
+        self.count = self.count.saturating_add(o.count);
+        self.retries = self.retries.saturating_add(o.retries);
         self.latency.merge(&o.latency);
-        self.request_bytes += o.request_bytes;
-        self.response_bytes += o.response_bytes;
+        self.request_bytes = self.request_bytes.saturating_add(o.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
     }
 }
 
@@ -232,10 +232,10 @@ pub struct TcpAgg {
 
 impl TcpAgg {
     fn merge(&mut self, o: &TcpAgg) {
-        self.opened += o.opened;
-        self.closed += o.closed;
-        self.sent += o.sent;
-        self.received += o.received;
+        self.opened = self.opened.saturating_add(o.opened);
+        self.closed = self.closed.saturating_add(o.closed);
+        self.sent = self.sent.saturating_add(o.sent);
+        self.received = self.received.saturating_add(o.received);
         self.duration.merge(&o.duration);
     }
 }
@@ -576,8 +576,8 @@ impl Central {
                 key.src = other.clone();
             }
             let agg = slot.pathways.entry(key).or_default();
-            agg.count += p.count;
-            agg.audited += p.audited.min(p.count);
+            agg.count = agg.count.saturating_add(p.count);
+            agg.audited = agg.audited.saturating_add(p.audited.min(p.count));
         }
     }
 

@@ -79,40 +79,46 @@ impl Acc {
         self
     }
 
+    /// Sums saturate: what proxies report is never a reason to panic or wrap.
     fn request(&mut self, k: &ReqKey, v: &ReqAgg) {
-        self.requests += v.count;
-        self.retries += v.retries;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.requests, v.count);
+        add(&mut self.retries, v.retries);
         if k.tls {
-            self.tls_requests += v.count;
+            add(&mut self.tls_requests, v.count);
         }
         if &*k.error == "denied" {
-            self.denied += v.count;
+            add(&mut self.denied, v.count);
         } else if k.status >= 500 || k.grpc_status.is_some_and(|g| g != 0) {
-            self.failures += v.count;
+            add(&mut self.failures, v.count);
         }
         v.latency.add_to(&mut self.latency);
-        self.request_bytes += v.request_bytes;
-        self.response_bytes += v.response_bytes;
+        add(&mut self.request_bytes, v.request_bytes);
+        add(&mut self.response_bytes, v.response_bytes);
     }
 
     /// Counts what a pathway's authorization only audited.
     fn audited(&mut self, v: &super::PathAgg) {
-        self.audited += v.audited;
+        self.audited = self.audited.saturating_add(v.audited);
     }
 
     /// Adds another part's sums (the same row, summed over other proxies).
     fn merge(&mut self, o: &Acc) {
-        self.requests += o.requests;
-        self.failures += o.failures;
-        self.denied += o.denied;
-        self.audited += o.audited;
-        self.retries += o.retries;
-        self.tls_requests += o.tls_requests;
-        self.latency.add(&o.latency);
-        self.request_bytes += o.request_bytes;
-        self.response_bytes += o.response_bytes;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.requests, o.requests);
+        add(&mut self.failures, o.failures);
+        add(&mut self.denied, o.denied);
+        add(&mut self.audited, o.audited);
+        add(&mut self.retries, o.retries);
+        add(&mut self.tls_requests, o.tls_requests);
+        for (a, b) in self.latency.counts.iter_mut().zip(&o.latency.counts) {
+            add(a, *b);
+        }
+        add(&mut self.latency.sum_us, o.latency.sum_us);
+        add(&mut self.request_bytes, o.request_bytes);
+        add(&mut self.response_bytes, o.response_bytes);
         self.tcp.merge(&o.tcp);
-        self.tls_connections += o.tls_connections;
+        add(&mut self.tls_connections, o.tls_connections);
         self.covered_since = match (self.covered_since, o.covered_since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -122,7 +128,7 @@ impl Acc {
     fn connection(&mut self, k: &TcpKey, v: &TcpAgg) {
         self.tcp.merge(v);
         if k.tls {
-            self.tls_connections += v.opened;
+            self.tls_connections = self.tls_connections.saturating_add(v.opened);
         }
     }
 }
@@ -437,7 +443,8 @@ impl Central {
                 }
             }
         });
-        rows.sorted()
+        let mut rows: Vec<StatRow> = rows
+            .sorted()
             .filter(|([_, n], _)| name.is_none_or(|want| &**n == want))
             .map(|(at, (service, acc))| {
                 let (namespace, name, rule) = row_names(kind, &at);
@@ -449,7 +456,10 @@ impl Central {
                     signals: acc.signals(window, now),
                 }
             })
-            .collect()
+            .collect();
+        // Rules rows are keyed rule first: in the answer a route's rules follow each other.
+        rows.sort_by(|a, b| (&a.namespace, &a.name, a.rule).cmp(&(&b.namespace, &b.name, b.rule)));
+        rows
     }
 
     /// `skein edges [SERVICE]`: one row per caller account → service pair seen by the
@@ -827,10 +837,16 @@ impl Central {
             (rows, truncated)
         };
         let (rows, truncated) = self.each_part(start, threads, pass, join);
+        if truncated && threads > 1 {
+            // Each part admitted its own first rows: a row one part admitted may have
+            // been left out of another, short of what one pass would have summed. Rare
+            // (over MAX_SERIES_ROWS rows), so the one pass is run instead.
+            return self.series_split(kind, only, window, step, now, 1);
+        }
         let t: Vec<i64> = (0..steps as i64)
             .map(|i| start + i * step_seconds)
             .collect();
-        let rows = rows
+        let mut rows: Vec<SeriesRow> = rows
             .sorted()
             .map(|(at, (service, accs))| {
                 let (namespace, name, rule) = row_names(kind, &at);
@@ -867,6 +883,7 @@ impl Central {
                 row
             })
             .collect();
+        rows.sort_by(|a, b| (&a.namespace, &a.name, a.rule).cmp(&(&b.namespace, &b.name, b.rule)));
         Series {
             t,
             step_seconds,

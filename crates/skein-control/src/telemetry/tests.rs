@@ -585,14 +585,17 @@ fn a_series_answers_a_bounded_number_of_rows() {
 fn rules_split_a_routes_traffic_and_drop_indexes_no_route_has() {
     let c = Central::default();
     let now = 7_000_000;
-    let routed = |rule: Option<u32>, n: u64| pb::RequestStats {
-        route: "default/api-split".into(),
+    let through = |route: &str, rule: Option<u32>, n: u64| pb::RequestStats {
+        route: route.into(),
         rule,
         ..requests(false, "web", "api", 200, n, 1)
     };
+    let routed = |rule, n| through("default/api-split", rule, n);
     let s = summary(
         1,
         vec![
+            through("default/a-first", Some(10), 1),
+            through("default/a-first", Some(2), 1),
             routed(Some(0), 5),
             routed(Some(1), 3),
             routed(Some(MAX_RULES as u32), 2),
@@ -608,28 +611,29 @@ fn rules_split_a_routes_traffic_and_drop_indexes_no_route_has() {
         .into_iter()
         .map(|r| (r.namespace, r.name, r.rule, r.signals.requests))
         .collect();
-    let row = |rule, n| {
-        (
-            "default".to_string(),
-            "default/api-split".to_string(),
-            rule,
-            n,
-        )
-    };
+    let row = |route: &str, rule, n| ("default".to_string(), route.to_string(), rule, n);
+    let split = |rule, n| row("default/api-split", rule, n);
     assert_eq!(
         rules,
-        [row(None, 2), row(Some(0), 5), row(Some(1), 3)],
-        "a rule past the last a route may have counts, unnamed; inbound series are no rule's"
+        [
+            row("default/a-first", Some(2), 1),
+            row("default/a-first", Some(10), 1),
+            split(None, 2),
+            split(Some(0), 5),
+            split(Some(1), 3)
+        ],
+        "by route, then rule by number; a rule past the last a route may have counts, \
+         unnamed; inbound series are no rule's"
     );
     let routes = c.stat(StatKind::Routes, None, MIN, now);
-    assert_eq!((routes[0].rule, routes[0].signals.requests), (None, 10));
+    assert_eq!((routes[1].rule, routes[1].signals.requests), (None, 10));
     // The JSON names the rule only on rules rows.
     let json = serde_json::to_value(c.stat(StatKind::Rules, None, MIN, now)).unwrap();
-    assert_eq!(json[1]["rule"], 0);
-    assert!(json[0].get("rule").is_none());
+    assert_eq!(json[3]["rule"], 0);
+    assert!(json[2].get("rule").is_none());
     let series = c.series(StatKind::Rules, (None, None), MIN, MIN, now + SLOT_SECS);
     let named: Vec<_> = series.rows.iter().map(|r| r.rule).collect();
-    assert_eq!(named, [None, Some(0), Some(1)]);
+    assert_eq!(named, [Some(2), Some(10), None, Some(0), Some(1)]);
     assert_eq!("rules".parse::<StatKind>(), Ok(StatKind::Rules));
 }
 
@@ -768,16 +772,24 @@ fn a_split_series_keeps_its_row_bound_and_says_it_was_cut() {
             .unwrap();
     }
     let hour = Duration::from_secs(3600);
-    for threads in [1, 2, 4] {
-        let s = c.series_split(
+    let series = |threads| {
+        c.series_split(
             StatKind::Services,
             (None, None),
             hour,
             MIN,
             t0 + SLOT_SECS,
             threads,
+        )
+    };
+    let one = series(1);
+    assert_eq!(one.rows.len(), query::MAX_SERIES_ROWS);
+    assert!(one.truncated);
+    for threads in [2, 4] {
+        assert_eq!(
+            series(threads),
+            one,
+            "{threads} threads: the same rows and values"
         );
-        assert_eq!(s.rows.len(), query::MAX_SERIES_ROWS, "{threads} threads");
-        assert!(s.truncated, "{threads} threads");
     }
 }

@@ -265,15 +265,25 @@ pub struct TcpSeries {
     quiet: Quiet,
 }
 
-/// The counts of one pathway.
+/// The counts of one pathway. Each request or tunnel adds to exactly one of them, so a
+/// summary's delta of their sum is never below its delta of `audited`, however the two
+/// reads interleave with requests.
 #[derive(Debug, Default)]
 pub struct PathwaySeries {
-    /// Requests and tunnels along it.
-    pub count: AtomicU64,
-    /// Those of them let through only because authorization is auditing: a `deny`
-    /// default or an `audit` policy would have refused them (would-be denials).
+    /// Requests and tunnels along it that authorization allowed.
+    pub allowed: AtomicU64,
+    /// Those it let through only because it is auditing: a `deny` default or an `audit`
+    /// policy would have refused them (would-be denials).
     pub audited: AtomicU64,
     quiet: Quiet,
+}
+
+impl PathwaySeries {
+    /// Requests and tunnels along it, allowed or audited.
+    pub fn count(&self) -> u64 {
+        let allowed = self.allowed.load(Ordering::Relaxed);
+        allowed.wrapping_add(self.audited.load(Ordering::Relaxed))
+    }
 }
 
 /// Every series of one proxy.
@@ -434,10 +444,8 @@ impl Telemetry {
     /// only because it is auditing.
     pub fn pathway(&self, key: PathwayKey, audited: bool) {
         let count = |s: &PathwaySeries| {
-            s.count.fetch_add(1, Ordering::Relaxed);
-            if audited {
-                s.audited.fetch_add(1, Ordering::Relaxed);
-            }
+            let counter = if audited { &s.audited } else { &s.allowed };
+            counter.fetch_add(1, Ordering::Relaxed);
         };
         // Counted under the lock, so a sweep (which takes it to write) never loses one.
         if let Some(s) = read(&self.pathways).get(&key) {
@@ -494,7 +502,7 @@ impl Telemetry {
             let activity = load(&s.opened).wrapping_add(load(&s.closed));
             s.quiet.still_for(activity, now) >= idle && free
         };
-        let idle_pathway = |s: &Arc<PathwaySeries>| s.quiet.still_for(load(&s.count), now) >= idle;
+        let idle_pathway = |s: &Arc<PathwaySeries>| s.quiet.still_for(s.count(), now) >= idle;
         // Look under the read locks first (every series, to note what moved); write-lock
         // only when something is to go.
         let requests_stale = read(&self.requests)
@@ -1024,9 +1032,7 @@ mod tests {
         let all = t.pathways_now();
         assert!(all.len() <= MAX_PATHWAYS + 20 + 1, "{}", all.len());
         assert_eq!(
-            all.iter()
-                .map(|(_, n)| n.count.load(Ordering::Relaxed))
-                .sum::<u64>(),
+            all.iter().map(|(_, n)| n.count()).sum::<u64>(),
             2000,
             "every request counted"
         );

@@ -124,9 +124,10 @@ impl Summarizer {
         let mut last = std::mem::take(&mut self.pathways);
         let mut pathways = Vec::new();
         for (key, series) in t.pathways_now() {
-            // The audited count first: a request counts in `count` before `audited`, so
-            // this never reads more audited requests than requests.
-            let now = (load(&series.audited), load(&series.count));
+            // (audited, allowed + audited): each request adds to one of the two counters,
+            // so the total's delta covers the audited delta whatever the reads' order.
+            let audited = load(&series.audited);
+            let now = (audited, load(&series.allowed).wrapping_add(audited));
             let before = previous(&mut last, &key, &series);
             if now == before {
                 self.pathways.insert(key, (Arc::downgrade(&series), before));
@@ -380,6 +381,41 @@ mod tests {
         let p = &second.pathways[0];
         assert_eq!((p.prefix.as_str(), p.count, p.audited), ("/menu/*", 2, 1));
         assert!(s.take(&t, &Default::default(), &spans, 3, 1000).is_none());
+    }
+
+    #[test]
+    fn audited_counts_taken_while_requests_arrive_are_never_lost_or_above_the_count() {
+        let t = std::sync::Arc::new(Telemetry::default());
+        let mut s = Summarizer::default();
+        let spans = spans();
+        let key = crate::telemetry::PathwayKey {
+            src: Named::new("default", "web"),
+            port: 9000,
+            method: "",
+            prefix: crate::telemetry::empty(),
+        };
+        let counting = {
+            let (t, key) = (t.clone(), key.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    t.pathway(key.clone(), i % 3 == 0);
+                }
+            })
+        };
+        let (mut count, mut audited, mut taken) = (0, 0, 0u64);
+        let mut add = |s: Option<pb::Summary>| {
+            for p in s.into_iter().flat_map(|s| s.pathways) {
+                assert!(p.audited <= p.count, "{} audited of {}", p.audited, p.count);
+                (count, audited) = (count + p.count, audited + p.audited);
+            }
+        };
+        while !counting.is_finished() {
+            taken += 1;
+            add(s.take(&t, &Default::default(), &spans, taken as i64, 1000));
+        }
+        counting.join().unwrap();
+        add(s.take(&t, &Default::default(), &spans, taken as i64 + 1, 1000));
+        assert_eq!((count, audited), (20_000, 6_667), "after {taken} summaries");
     }
 
     #[test]
