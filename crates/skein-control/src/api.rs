@@ -1116,15 +1116,16 @@ async fn policy_suggest(
 }
 
 /// Server-sent events telling the dashboard what may have changed ([`crate::ui::updates`]).
-async fn updates(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    use crate::ui::updates::{news, Versions, EVERY, LOOKS, MAX_WATCHERS, TELEMETRY_EVERY};
+async fn updates(
+    State(api): State<Arc<Api>>,
+    axum::Extension(caller): axum::Extension<crate::ui::Caller>,
+) -> Result<Response, ApiError> {
+    use crate::ui::updates::{news, Versions, EVERY, LOOKS, TELEMETRY_EVERY};
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let watching = api.watchers.enter().ok_or_else(|| {
-        ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{MAX_WATCHERS} dashboard pages are watching this control plane, the most it serves at once; close one, or the page polls instead"),
-        )
-    })?;
+    let watching = api
+        .watchers
+        .enter(caller.token_id.as_deref())
+        .map_err(|full| ApiError(StatusCode::TOO_MANY_REQUESTS, full.to_string()))?;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (api, watching, None::<Versions>, tick, 0u64);

@@ -360,15 +360,54 @@ async fn changes_are_pushed_to_the_dashboard_as_server_sent_events() {
     read_until(&mut s, &mut next, "}\n").await;
     assert!(revision(&next) > before, "{seen}\n--\n{next}");
 
-    // Bounded: with every place taken, one more is refused, saying why.
-    let mut open = vec![s];
-    for _ in 1..skein_control::ui::updates::MAX_WATCHERS {
+    // One read-only token holds at most its share of the places; another credential
+    // still gets one.
+    let viewer = cli(
+        &cp,
+        &[
+            "token",
+            "create",
+            "--dashboard",
+            "--read-only",
+            "--ttl",
+            "1h",
+        ],
+    )
+    .await;
+    let viewer = viewer.ok().trim().to_string();
+    let stream = |token: &str| {
+        format!(
+            "GET /api/v1/updates HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+            cp.http
+        )
+    };
+    let opened = async |request: &str| {
         let mut s = tokio::net::TcpStream::connect(cp.http).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"HTTP/1.1 200");
-        open.push(s);
+        s
+    };
+    let mut viewers = Vec::new();
+    for _ in 0..skein_control::ui::updates::MAX_PER_TOKEN {
+        viewers.push(opened(&stream(&viewer)).await);
+    }
+    let bearer = format!("Bearer {viewer}");
+    let refused = get(cp.http, "/api/v1/updates", &[("Authorization", &bearer)]).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(
+        refused.body.contains("read-only dashboard token")
+            && refused.body.contains("polls instead"),
+        "{}",
+        refused.body
+    );
+    drop(viewers);
+
+    // Bounded: with every place taken, one more is refused, saying why.
+    let mut open = vec![s];
+    for _ in 1..skein_control::ui::updates::MAX_WATCHERS {
+        open.push(opened(&request).await);
     }
     let refused = get(cp.http, "/api/v1/updates", &[("Authorization", &admin)]).await;
     assert_eq!(refused.status, 429, "{}", refused.body);

@@ -58,6 +58,9 @@ pub struct Caller {
     pub by_session: bool,
     /// When its session ends (Unix seconds), for a session.
     pub expires_unix: Option<u64>,
+    /// The read-only dashboard token it holds (or its session was made with), by id;
+    /// none for the admin token.
+    pub token_id: Option<String>,
 }
 
 /// Why a request has no caller.
@@ -126,11 +129,12 @@ pub async fn caller(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(token) = bearer {
-        let role = credential_role(api, token.trim(), now_unix).await?.0;
+        let (role, token) = credential_role(api, token.trim(), now_unix).await?;
         return Ok(Caller {
             role,
             by_session: false,
             expires_unix: None,
+            token_id: token.map(|(id, _)| id),
         });
     }
     let Some(value) = cookie_value(headers, COOKIE) else {
@@ -147,6 +151,7 @@ pub async fn caller(
         role: s.role,
         by_session: true,
         expires_unix: Some(s.expires_unix),
+        token_id: s.token_id,
     })
 }
 
@@ -380,6 +385,7 @@ mod tests {
             role: Role::Viewer,
             by_session,
             expires_unix: None,
+            token_id: Some("t1".into()),
         }
     }
 

@@ -10,14 +10,20 @@
 //! number moved, plus a comment every 15 s that keeps idle connections open through
 //! proxies and shows a closed one. A stream ends after [`LOOKS`] looks, and the browser
 //! opens it again with the credential it has then, so a revoked token or an ended session
-//! stops being told within minutes. At most [`MAX_WATCHERS`] streams are open at once
-//! (a page polls when refused, and tries the stream again a minute later).
+//! stops being told within minutes. At most [`MAX_WATCHERS`] streams are open at once,
+//! and at most [`MAX_PER_TOKEN`] of them for one read-only dashboard token, so that one
+//! viewer's credential cannot take every place (a page polls when refused, and tries the
+//! stream again a minute later). The admin token is not held to the second bound: it
+//! may do anything else anyway.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Streams open at once, for every credential together.
 pub const MAX_WATCHERS: usize = 64;
+
+/// Streams open at once for one read-only dashboard token (its sessions included).
+pub const MAX_PER_TOKEN: usize = 16;
 
 /// How often the store's revision is looked at.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -37,34 +43,75 @@ pub struct Versions {
     pub telemetry: u64,
 }
 
-/// The open streams' count.
+/// Streams open now: in all, and per dashboard token (only tokens with one open).
+#[derive(Debug, Default)]
+struct Open {
+    all: usize,
+    by_token: HashMap<String, usize>,
+}
+
+/// The open streams' counts.
 #[derive(Debug, Default, Clone)]
-pub struct Watchers(Arc<AtomicUsize>);
+pub struct Watchers(Arc<Mutex<Open>>);
 
 /// One open stream; dropping it (the browser went) frees its place.
 #[derive(Debug)]
-pub struct Watching(Arc<AtomicUsize>);
+pub struct Watching {
+    open: Arc<Mutex<Open>>,
+    token: Option<String>,
+}
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.all -= 1;
+        if let Some(token) = &self.token {
+            if let Some(n) = open.by_token.get_mut(token) {
+                *n -= 1;
+                if *n == 0 {
+                    open.by_token.remove(token);
+                }
+            }
+        }
     }
 }
 
+/// Why a stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    /// Every place is taken.
+    #[error("{MAX_WATCHERS} dashboard pages are watching this control plane, the most it serves at once; close one, or the page polls instead")]
+    All,
+    /// This dashboard token holds its share.
+    #[error("this read-only dashboard token already has {MAX_PER_TOKEN} pages watching, the most one token may; close one (or give each viewer a token of their own: skein token create --dashboard --read-only), or the page polls instead")]
+    Token,
+}
+
 impl Watchers {
-    /// A place for one more stream, or `None` at [`MAX_WATCHERS`].
-    pub fn enter(&self) -> Option<Watching> {
-        self.0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_WATCHERS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Watching(self.0.clone()))
+    /// A place for one more stream of a caller holding the dashboard token `token` (none:
+    /// the admin token), or why there is none.
+    pub fn enter(&self, token: Option<&str>) -> Result<Watching, Full> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if open.all >= MAX_WATCHERS {
+            return Err(Full::All);
+        }
+        if let Some(token) = token {
+            let n = open.by_token.entry(token.to_string()).or_default();
+            if *n >= MAX_PER_TOKEN {
+                return Err(Full::Token);
+            }
+            *n += 1;
+        }
+        open.all += 1;
+        Ok(Watching {
+            open: self.0.clone(),
+            token: token.map(str::to_string),
+        })
     }
 
     /// Streams open now.
     pub fn open(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).all
     }
 }
 
@@ -80,12 +127,35 @@ mod tests {
     #[test]
     fn places_are_bounded_and_freed() {
         let w = Watchers::default();
-        let held: Vec<Watching> = (0..MAX_WATCHERS).map(|_| w.enter().unwrap()).collect();
-        assert!(w.enter().is_none(), "the bound holds");
+        let held: Vec<Watching> = (0..MAX_WATCHERS).map(|_| w.enter(None).unwrap()).collect();
+        assert_eq!(w.enter(None).unwrap_err(), Full::All, "the bound holds");
+        assert_eq!(w.enter(Some("t1")).unwrap_err(), Full::All);
         assert_eq!(w.open(), MAX_WATCHERS);
         drop(held);
         assert_eq!(w.open(), 0);
-        assert!(w.enter().is_some());
+        assert!(w.enter(None).is_ok());
+    }
+
+    #[test]
+    fn one_dashboard_token_holds_at_most_its_share() {
+        let w = Watchers::default();
+        let one: Vec<Watching> = (0..MAX_PER_TOKEN)
+            .map(|_| w.enter(Some("t1")).unwrap())
+            .collect();
+        assert_eq!(w.enter(Some("t1")).unwrap_err(), Full::Token);
+        let other = w.enter(Some("t2")).expect("another token has places");
+        let admin = w
+            .enter(None)
+            .expect("the admin token is held to the total only");
+        assert_eq!(w.open(), MAX_PER_TOKEN + 2);
+        drop(one);
+        assert!(w.enter(Some("t1")).is_ok(), "places come back");
+        drop((other, admin));
+        assert_eq!(
+            w.0.lock().unwrap().by_token.len(),
+            0,
+            "no token is remembered without a stream"
+        );
     }
 
     #[test]
