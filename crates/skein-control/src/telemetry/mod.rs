@@ -318,16 +318,17 @@ impl Served {
     pub fn add(&mut self, other: &Served) {
         self.requests = self.requests.saturating_add(other.requests);
         self.failures = self.failures.saturating_add(other.failures);
-        for (a, b) in self
-            .latency
-            .counts
-            .iter_mut()
-            .zip(other.latency.counts.iter())
-        {
-            *a = a.saturating_add(*b);
-        }
-        self.latency.sum_us = self.latency.sum_us.saturating_add(other.latency.sum_us);
+        add_latency(&mut self.latency, &other.latency);
     }
+}
+
+/// Adds `from`'s observations to `into`, saturating: what proxies report is never a
+/// reason to wrap.
+pub(crate) fn add_latency(into: &mut Snapshot, from: &Snapshot) {
+    for (a, b) in into.counts.iter_mut().zip(&from.counts) {
+        *a = a.saturating_add(*b);
+    }
+    into.sum_us = into.sum_us.saturating_add(from.sum_us);
 }
 
 impl ProxyRecord {

@@ -111,10 +111,7 @@ impl Acc {
         add(&mut self.audited, o.audited);
         add(&mut self.retries, o.retries);
         add(&mut self.tls_requests, o.tls_requests);
-        for (a, b) in self.latency.counts.iter_mut().zip(&o.latency.counts) {
-            add(a, *b);
-        }
-        add(&mut self.latency.sum_us, o.latency.sum_us);
+        super::add_latency(&mut self.latency, &o.latency);
         add(&mut self.request_bytes, o.request_bytes);
         add(&mut self.response_bytes, o.response_bytes);
         self.tcp.merge(&o.tcp);
@@ -201,19 +198,28 @@ impl Acc {
     }
 }
 
-/// One row of `skein stat`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StatRow {
+/// What a `stat` or `series` row is of; rows are answered in this order (namespace,
+/// name, then a route's rules by number).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RowId {
     /// Namespace.
     pub namespace: String,
-    /// The service, workload or route (`namespace/name` for routes).
+    /// The service, workload or route (`namespace/name` for routes and rules).
     pub name: String,
-    /// The workload's service, or the route's parent service.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
     /// The rule's index in the route (`rules` rows; none: the proxy named no rule).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
+    /// The workload's service, or the route's parent service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// One row of `skein stat`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatRow {
+    /// What the row is of.
+    #[serde(flatten)]
+    pub id: RowId,
     /// The signals.
     #[serde(flatten)]
     pub signals: Signals,
@@ -331,7 +337,7 @@ impl<const N: usize, V> Rows<N, V> {
 /// A row of `skein stat` while it is summed: its two-label key and its service column.
 /// A route's key is (rule, route): its namespace is the start of the route's name, so the
 /// first label is free to carry the rule's index ([`Fixed::rules`]; empty for a route's
-/// row, or a rule the proxy did not name). [`row_names`] reads the key back.
+/// row, or a rule the proxy did not name). [`row_id`] reads the key back.
 type RowKey<'a> = ([&'a Label; 2], Option<&'a Label>);
 
 /// Labels a query's row keys use besides the view's own.
@@ -399,15 +405,20 @@ fn inbound_row<'a>(
     }
 }
 
-/// A summed row's namespace, name and rule, as answered.
-fn row_names(kind: StatKind, [first, name]: &[Label; 2]) -> (String, String, Option<u32>) {
-    match kind {
+/// A summed row's key and service column, as answered.
+fn row_id(kind: StatKind, [first, name]: &[Label; 2], service: Option<Label>) -> RowId {
+    let (namespace, rule) = match kind {
         StatKind::Routes | StatKind::Rules => (
-            name.split_once('/').map_or("", |(ns, _)| ns).to_string(),
-            name.to_string(),
+            name.split_once('/').map_or("", |(ns, _)| ns),
             first.parse().ok(),
         ),
-        _ => (first.to_string(), name.to_string(), None),
+        _ => (&**first, None),
+    };
+    RowId {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        rule,
+        service: service.map(|s| s.to_string()),
     }
 }
 
@@ -446,19 +457,13 @@ impl Central {
         let mut rows: Vec<StatRow> = rows
             .sorted()
             .filter(|([_, n], _)| name.is_none_or(|want| &**n == want))
-            .map(|(at, (service, acc))| {
-                let (namespace, name, rule) = row_names(kind, &at);
-                StatRow {
-                    namespace,
-                    name,
-                    service: service.map(|s| s.to_string()),
-                    rule,
-                    signals: acc.signals(window, now),
-                }
+            .map(|(at, (service, acc))| StatRow {
+                id: row_id(kind, &at, service),
+                signals: acc.signals(window, now),
             })
             .collect();
         // Rules rows are keyed rule first: in the answer a route's rules follow each other.
-        rows.sort_by(|a, b| (&a.namespace, &a.name, a.rule).cmp(&(&b.namespace, &b.name, b.rule)));
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
     }
 
@@ -686,16 +691,9 @@ impl Central {
 /// index `i` of each column is the step starting at [`Series::t`]`[i]`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SeriesRow {
-    /// Namespace.
-    pub namespace: String,
-    /// The service, workload or route.
-    pub name: String,
-    /// The workload's service, or the route's parent service.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// The rule's index in the route (`rules` rows).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<u32>,
+    /// What the row is of.
+    #[serde(flatten)]
+    pub id: RowId,
     /// Requests per second.
     pub rps: Vec<f64>,
     /// Share of requests that did not fail (none: no requests in the step).
@@ -849,12 +847,8 @@ impl Central {
         let mut rows: Vec<SeriesRow> = rows
             .sorted()
             .map(|(at, (service, accs))| {
-                let (namespace, name, rule) = row_names(kind, &at);
                 let mut row = SeriesRow {
-                    namespace,
-                    name,
-                    service: service.map(|s| s.to_string()),
-                    rule,
+                    id: row_id(kind, &at, service),
                     rps: Vec::with_capacity(steps),
                     success_rate: Vec::with_capacity(steps),
                     p50_ms: Vec::with_capacity(steps),
@@ -883,7 +877,7 @@ impl Central {
                 row
             })
             .collect();
-        rows.sort_by(|a, b| (&a.namespace, &a.name, a.rule).cmp(&(&b.namespace, &b.name, b.rule)));
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
         Series {
             t,
             step_seconds,

@@ -73,7 +73,7 @@ fn services_merge_their_replicas_and_count_exactly() {
     let rows = c.stat(StatKind::Services, None, MIN, now + 5);
     assert_eq!(rows.len(), 1);
     let api = &rows[0].signals;
-    assert_eq!((rows[0].name.as_str(), api.requests), ("api", 42));
+    assert_eq!((rows[0].id.name.as_str(), api.requests), ("api", 42));
     assert_eq!(api.success_rate, Some(40.0 / 42.0));
     let p50 = api.p50_ms.unwrap();
     let p99 = api.p99_ms.unwrap();
@@ -85,10 +85,10 @@ fn services_merge_their_replicas_and_count_exactly() {
     let workloads = c.stat(StatKind::Workloads, None, MIN, now + 5);
     let names: Vec<_> = workloads
         .iter()
-        .map(|r| (r.name.as_str(), r.signals.requests))
+        .map(|r| (r.id.name.as_str(), r.signals.requests))
         .collect();
     assert_eq!(names, [("api-1", 30), ("api-2", 12)]);
-    assert_eq!(workloads[0].service.as_deref(), Some("api"));
+    assert_eq!(workloads[0].id.service.as_deref(), Some("api"));
     assert_eq!(c.stat(StatKind::Services, Some("web"), MIN, now + 5), []);
 }
 
@@ -108,7 +108,7 @@ fn a_proxy_cannot_report_traffic_for_another_service_or_account() {
     let services: Vec<_> = c
         .stat(StatKind::Services, None, MIN, now)
         .into_iter()
-        .map(|r| r.name)
+        .map(|r| r.id.name)
         .collect();
     assert_eq!(services, ["api"], "recorded as calls to its own service");
     let edges = c.edges(None, MIN, now);
@@ -231,8 +231,8 @@ fn edges_show_denials_and_tcp_and_routes_show_callers_traffic() {
     );
     let routes = c.stat(StatKind::Routes, None, MIN, now);
     assert_eq!(routes.len(), 1);
-    assert_eq!(routes[0].name, "default/api-split");
-    assert_eq!(routes[0].service.as_deref(), Some("api"));
+    assert_eq!(routes[0].id.name, "default/api-split");
+    assert_eq!(routes[0].id.service.as_deref(), Some("api"));
     assert_eq!(
         (routes[0].signals.requests, routes[0].signals.retries),
         (9, 2)
@@ -510,7 +510,7 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
         "60 s of whole slots in 20 s steps, ending where the slot under way begins"
     );
     assert!(!s.truncated);
-    let names: Vec<&str> = s.rows.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = s.rows.iter().map(|r| r.id.name.as_str()).collect();
     assert_eq!(names, ["api", "db"], "sorted");
     let api = &s.rows[0];
     // 40 requests in each 20 s step; failures from the seventh slot (t0 + 60) on.
@@ -532,7 +532,7 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
     );
     assert_eq!(one.step_seconds, SLOT_SECS);
     assert_eq!(one.rows.len(), 1);
-    assert_eq!(one.rows[0].name, "db");
+    assert_eq!(one.rows[0].id.name, "db");
     assert_eq!(one.t.len(), 6);
     assert_eq!(one.rows[0].rps, [0.1; 6], "one request a slot");
     assert!(c
@@ -553,7 +553,7 @@ fn a_series_cuts_the_window_into_steps_that_add_up_to_the_stat() {
         window,
         now,
     );
-    assert_eq!(workloads.rows[0].service.as_deref(), Some("api"));
+    assert_eq!(workloads.rows[0].id.service.as_deref(), Some("api"));
 }
 
 #[test]
@@ -609,7 +609,7 @@ fn rules_split_a_routes_traffic_and_drop_indexes_no_route_has() {
     let rules: Vec<_> = c
         .stat(StatKind::Rules, None, MIN, now)
         .into_iter()
-        .map(|r| (r.namespace, r.name, r.rule, r.signals.requests))
+        .map(|r| (r.id.namespace, r.id.name, r.id.rule, r.signals.requests))
         .collect();
     let row = |route: &str, rule, n| ("default".to_string(), route.to_string(), rule, n);
     let split = |rule, n| row("default/api-split", rule, n);
@@ -626,13 +626,13 @@ fn rules_split_a_routes_traffic_and_drop_indexes_no_route_has() {
          unnamed; inbound series are no rule's"
     );
     let routes = c.stat(StatKind::Routes, None, MIN, now);
-    assert_eq!((routes[1].rule, routes[1].signals.requests), (None, 10));
+    assert_eq!((routes[1].id.rule, routes[1].signals.requests), (None, 10));
     // The JSON names the rule only on rules rows.
     let json = serde_json::to_value(c.stat(StatKind::Rules, None, MIN, now)).unwrap();
     assert_eq!(json[3]["rule"], 0);
     assert!(json[2].get("rule").is_none());
     let series = c.series(StatKind::Rules, (None, None), MIN, MIN, now + SLOT_SECS);
-    let named: Vec<_> = series.rows.iter().map(|r| r.rule).collect();
+    let named: Vec<_> = series.rows.iter().map(|r| r.id.rule).collect();
     assert_eq!(named, [Some(2), Some(10), None, Some(0), Some(1)]);
     assert_eq!("rules".parse::<StatKind>(), Ok(StatKind::Rules));
 }
@@ -678,7 +678,7 @@ fn audited_pathways_count_per_caller_and_service_and_never_exceed_the_traffic() 
     assert_eq!(services[0].signals.audited, 6);
     let workloads = c.stat(StatKind::Workloads, None, MIN, now);
     assert_eq!(
-        (workloads[0].name.as_str(), workloads[0].signals.audited),
+        (workloads[0].id.name.as_str(), workloads[0].signals.audited),
         ("ledger-1", 6)
     );
     let map = c.map(MIN, now);
